@@ -1,0 +1,166 @@
+"""Configuration dataclasses and named presets.
+
+Every knob of the method lives here, validated with one-line errors, so that the
+trainer, the bundle and the CLI share one definition (pythae style: configs apart from
+the model and the trainer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from SkullVAELib.errors import SkullVAEError
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture of the VAE (the authors' MONAI VarAutoEncoder, without residual units).
+
+    Attributes:
+        grid: model grid (X, Y, Z) in voxels; each must be divisible by 2**len(channels).
+        channels: output channels of the encoder's stride-2 conv blocks; the decoder
+            mirrors them. Depth = len(channels).
+        latent_size: d, the latent dimension.
+    """
+
+    grid: tuple[int, int, int] = (256, 256, 128)
+    channels: tuple[int, ...] = (32, 64, 64, 128, 128, 256)
+    latent_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        self.validate()
+
+    @property
+    def depth(self) -> int:
+        return len(self.channels)
+
+    @property
+    def bottleneck_shape(self) -> tuple[int, int, int, int]:
+        """(C, X, Y, Z) of the encoder output before flattening."""
+        f = 2**self.depth
+        return (self.channels[-1], self.grid[0] // f, self.grid[1] // f, self.grid[2] // f)
+
+    def validate(self) -> None:
+        if len(self.grid) != 3 or any(g <= 0 for g in self.grid):
+            raise SkullVAEError(f"grid must be three positive integers, got {self.grid}")
+        if not self.channels or any(c <= 0 for c in self.channels):
+            raise SkullVAEError(f"channels must be positive integers, got {self.channels}")
+        if self.latent_size <= 0:
+            raise SkullVAEError(f"latent_size must be positive, got {self.latent_size}")
+        f = 2**self.depth
+        bad = [g for g in self.grid if g % f]
+        if bad:
+            raise SkullVAEError(
+                f"grid {'x'.join(map(str, self.grid))} cannot be divided by 2^{self.depth}={f} "
+                f"(network depth {self.depth}); use multiples of {f} or fewer channel blocks"
+            )
+
+    def to_dict(self) -> dict:
+        return {"grid": list(self.grid), "channels": list(self.channels), "latent_size": self.latent_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        return cls(grid=tuple(d["grid"]), channels=tuple(d["channels"]), latent_size=int(d["latent_size"]))
+
+
+# Named presets. "paper" is the authors' configuration (4.23 M parameters).
+PRESETS: dict[str, NetworkConfig] = {
+    "paper": NetworkConfig(),
+    "paper-128": NetworkConfig(grid=(128, 128, 64), channels=(32, 64, 64, 128, 128, 256)),
+    "cpu-small": NetworkConfig(grid=(64, 64, 32), channels=(16, 32, 64, 128, 128)),
+    "test": NetworkConfig(grid=(32, 32, 32), channels=(8, 16, 32, 64), latent_size=8),
+}
+
+
+def network_preset(name: str) -> NetworkConfig:
+    """Look up a preset by name, with a helpful error."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SkullVAEError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for one training stage.
+
+    ``dice_weight`` and the KLD sum reproduce the authors' loss scaling, so that β = 100
+    and β = 1e-4 mean what they mean in the paper:
+    loss = dice_weight · Σ_batch DiceLoss + β · Σ_batch Σ_latent KLD.
+    """
+
+    stage: int = 1
+    beta: float = 100.0
+    epochs: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    dice_weight: float = 80.0
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    checkpoint_every: int = 10
+    stage2_latent: str = "sample"  # "sample" (paper: z ~ q(z|x) each epoch) | "mu_plus_sigma" (authors' code)
+    amp: bool = True  # bf16 autocast on CUDA only
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise SkullVAEError(f"stage must be 1 or 2, got {self.stage}")
+        if self.epochs < 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise SkullVAEError("epochs must be >= 0, batch size and learning rate > 0")
+        if self.beta < 0:
+            raise SkullVAEError(f"beta must be >= 0, got {self.beta}")
+        if self.stage2_latent not in ("sample", "mu_plus_sigma"):
+            raise SkullVAEError(f"stage2_latent must be 'sample' or 'mu_plus_sigma', got {self.stage2_latent!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CompletionConfig:
+    """Settings of `complete()`.
+
+    Attributes:
+        gamma: γ of z + γ·DEV (0 reconstructs, 1 completes, >1 thickens).
+        defect: "auto" | "cranial" | "facial".
+        keep_patient_bone: completed skull = input ∪ implant (True) or raw decoded skull.
+        threshold: probability threshold for bone on the original grid.
+        min_island_mm3: implant components smaller than this are removed.
+        max_distance_mm: implant voxels farther than this from the input bone are removed.
+        uncertainty_samples: K samples z ~ q(z|x) + γ·DEV for the uncertainty map (0 = off).
+    """
+
+    gamma: float = 1.0
+    defect: str = "auto"
+    keep_patient_bone: bool = True
+    threshold: float = 0.5
+    min_island_mm3: float = 100.0
+    max_distance_mm: float = 10.0
+    uncertainty_samples: int = 0
+    resample: str = "area"  # "area" (accurate default) | "nearest" (the paper)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.defect not in ("auto", "cranial", "facial"):
+            raise SkullVAEError(f"defect must be auto, cranial or facial, got {self.defect!r}")
+        if not (0.0 < self.threshold < 1.0):
+            raise SkullVAEError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.uncertainty_samples < 0:
+            raise SkullVAEError("uncertainty_samples must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DataConfig:
+    """How a data folder is turned into model-grid tensors (see `dataset`)."""
+
+    grid: tuple[int, int, int] = (256, 256, 128)
+    resample: str = "area"  # "area" | "nearest"
+    cache_dir: str | None = None
+    classes: tuple[str, ...] = field(default=("complete", "cranial", "facial"))

@@ -1,0 +1,51 @@
+"""`skullvae import-reference`: the authors' published .pth weights -> a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from SkullVAELib.bundle import CONFIG_FILE
+from SkullVAELib.cli.common import grid_arg
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.reference import import_reference
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import-reference",
+        help="convert the authors' published weights (.pth state dicts) into a model bundle",
+        description=(
+            "Convert the paper's published weights (Jianningli/skullVAE: a MONAI VarAutoEncoder, "
+            "and optionally the retrained decoder) into a SkullVAE model bundle. Files are read "
+            "with torch.load(weights_only=True); nothing is unpickled. The bundle has no class "
+            "centroids until `skullvae fit-completion` runs on data."
+        ),
+    )
+    parser.add_argument("--vae", required=True, type=Path, help="the VAE state dict (β = 1e-4 or β = 100)")
+    parser.add_argument(
+        "--decoder", type=Path, help="the retrained (decoupled) decoder state dict: makes an aggregated VAE"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="model bundle folder to write")
+    parser.add_argument(
+        "--grid",
+        type=grid_arg,
+        default=None,
+        help="model grid X,Y,Z (default: 256,256,128 when the weights fit it, else inferred)",
+    )
+    parser.add_argument("--beta", type=float, default=None, help="the β the VAE was trained with (recorded only)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing model bundle in --out")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.out / CONFIG_FILE).exists() and not args.force:
+        raise SkullVAEError("a model bundle exists here; pass --force to overwrite it", args.out)
+    bundle = import_reference(args.vae, args.decoder, grid=args.grid, beta=args.beta)
+    bundle.save(args.out)
+    net = bundle.network
+    print(
+        f"wrote {bundle.kind} model {args.out} (grid {'x'.join(map(str, net.grid))}, channels "
+        f"{list(net.channels)}, latent {net.latent_size}); next: skullvae fit-completion --model {args.out}"
+    )
+    return 0

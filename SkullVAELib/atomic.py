@@ -27,6 +27,10 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         suffix = name[name.index(".") :] if "." in name else ""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
     os.close(fd)
+    # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -1,0 +1,239 @@
+"""MRML node work of the SkullVAE module: only ``slicer`` MRML classes and ``vtk`` (no Qt).
+
+Runs inside Slicer and under the Qt-free ``slicer-core`` wheel (tests, headless). Files are
+read and written with Slicer's own storage nodes, so the RAS↔LPS conversion happens
+where Slicer does it, never by hand. Every helper takes the scene from the nodes it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import vtk
+
+COMPLETED_SKULL = "Completed skull"
+IMPLANT = "Implant"
+# Bone white for the skull, a saturated orange for the implant: distinct in 2D and 3D.
+SEGMENT_COLORS = {COMPLETED_SKULL: (0.91, 0.86, 0.74), IMPLANT: (0.96, 0.45, 0.13)}
+
+
+def createCoreScene():
+    """A scene with application, segmentations and subject hierarchy logics registered.
+
+    For use outside the Slicer application (slicer-core wheel: tests, plain-Python batch),
+    in the way trame-slicer sets up its scene. Returns ``(scene, logics dict)``; keep the
+    logics referenced as long as the scene is used.
+    """
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    appLogic = slicer.vtkSlicerApplicationLogic()
+    appLogic.SetMRMLScene(scene)
+    appLogic.GetColorLogic().SetMRMLScene(scene)
+    appLogic.GetColorLogic().AddDefaultColorNodes()
+    segLogic = slicer.vtkSlicerSegmentationsModuleLogic()
+    segLogic.SetMRMLScene(scene)
+    segLogic.SetMRMLApplicationLogic(appLogic)
+    appLogic.SetModuleLogic("Segmentations", segLogic)
+    shLogic = slicer.vtkSlicerSubjectHierarchyModuleLogic()
+    shLogic.SetMRMLScene(scene)
+    shLogic.SetMRMLApplicationLogic(appLogic)
+    return scene, {"app": appLogic, "segmentations": segLogic, "subjectHierarchy": shLogic}
+
+
+def isSegmentationNode(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLSegmentationNode")
+
+
+def isLabelmapNode(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLLabelMapVolumeNode")
+
+
+def isScalarVolumeNode(node) -> bool:
+    return node is not None and node.IsA("vtkMRMLScalarVolumeNode")
+
+
+def ijkToRas(volumeNode) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def readVolume(scene, path: str | os.PathLike, name: str | None = None, labelmap: bool = False):
+    """Load an image file into a new volume node of ``scene`` (nothing added on failure)."""
+    import slicer
+
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not Path(path).is_file() or not storage.ReadData(node):
+        raise ValueError(f"{path}: cannot read this file as a volume")
+    node.SetName(name or Path(path).name.split(".")[0])
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def writeVolume(volumeNode, path: str | os.PathLike) -> str:
+    """Write a scalar or labelmap volume with a storage node that is not added to the scene."""
+    import slicer
+
+    if volumeNode.GetImageData() is None:
+        raise ValueError(f"volume '{volumeNode.GetName()}' holds no image data")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)  # temporary file: speed over size
+    if not storage.WriteData(volumeNode):
+        raise RuntimeError(f"cannot write volume '{volumeNode.GetName()}' to {path}")
+    return str(path)
+
+
+def writeSegmentationAsLabelmap(segmentationNode, path: str | os.PathLike) -> str:
+    """Export all segments to one labelmap on the segmentation's reference geometry and write it.
+
+    Every node the export creates (labelmap, its colour table, display nodes) is removed
+    again, so the scene is left as it was. Raises ValueError for a segmentation without
+    segments or with only empty segments.
+    """
+    import slicer
+
+    scene = segmentationNode.GetScene()
+    segmentation = segmentationNode.GetSegmentation()
+    name = segmentationNode.GetName()
+    if segmentation.GetNumberOfSegments() == 0:
+        raise ValueError(f"segmentation '{name}' has no segments; segment the skull first")
+    ids = vtk.vtkStringArray()
+    segmentation.GetSegmentIDs(ids)
+    before = nodeIds(scene)
+    try:
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} SkullVAE input")
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentationNode, ids, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        )
+        image = labelmap.GetImageData()
+        empty = image is None or image.GetNumberOfPoints() == 0 or image.GetScalarRange()[1] <= 0
+        if not ok or empty:
+            raise ValueError(f"segmentation '{name}' is empty: no voxel belongs to any segment")
+        writeVolume(labelmap, path)
+    finally:
+        removeNodes([scene.GetNodeByID(i) for i in nodeIds(scene) - before])
+    return str(path)
+
+
+def nodeIds(scene) -> set[str]:
+    """IDs of all nodes now in ``scene``."""
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def removeNodes(nodes) -> None:
+    """Remove nodes (and their display/storage nodes) from their scene; None entries are skipped."""
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        scene = node.GetScene()
+        for i in range(node.GetNumberOfDisplayNodes() if node.IsA("vtkMRMLDisplayableNode") else 0):
+            display = node.GetNthDisplayNode(i)
+            if display is not None:
+                scene.RemoveNode(display)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
+            scene.RemoveNode(node.GetStorageNode())
+        scene.RemoveNode(node)
+
+
+def loadSegmentationFile(scene, path: str | os.PathLike):
+    """Read a .seg.nrrd into a standalone vtkSegmentation; the scene is left as it was."""
+    import slicer
+
+    before = nodeIds(scene)
+    try:
+        holder = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SkullVAE result (temporary)")
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(path))
+        if not Path(path).is_file() or not storage.ReadData(holder):
+            raise RuntimeError(f"{path}: the completion result cannot be read as a segmentation")
+        segmentation = slicer.vtkSegmentation()
+        segmentation.DeepCopy(holder.GetSegmentation())
+    finally:
+        removeNodes([scene.GetNodeByID(i) for i in nodeIds(scene) - before])
+    return segmentation
+
+
+def setReferenceGeometry(segmentationNode, referenceNode) -> None:
+    """Give ``segmentationNode`` the geometry of a volume, or of another segmentation's reference."""
+    import slicer
+
+    if isSegmentationNode(referenceNode):
+        name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+        geometry = referenceNode.GetSegmentation().GetConversionParameter(name)
+        segmentationNode.GetSegmentation().SetConversionParameter(name, geometry)
+    else:
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceNode)
+
+
+def fillResultSegmentation(outputNode, segmentation, referenceNode) -> None:
+    """Replace the segments of ``outputNode`` by ``segmentation`` and style them.
+
+    Geometry reference comes from the input volume; closed surfaces are created for 3D.
+    """
+    missing = [n for n in (COMPLETED_SKULL, IMPLANT) if segmentation.GetSegmentIdBySegmentName(n) == ""]
+    if missing:
+        raise RuntimeError(f"the completion result lacks the segment(s) {', '.join(missing)}")
+    outputNode.GetSegmentation().DeepCopy(segmentation)
+    setReferenceGeometry(outputNode, referenceNode)
+    for name, color in SEGMENT_COLORS.items():
+        segment = outputNode.GetSegmentation().GetSegment(outputNode.GetSegmentation().GetSegmentIdBySegmentName(name))
+        segment.SetColor(*color)
+    outputNode.CreateDefaultDisplayNodes()
+    outputNode.CreateClosedSurfaceRepresentation()
+
+
+def segmentIsEmpty(segmentationNode, segmentName: str) -> bool:
+    """True when the named segment holds no voxel (e.g. no defect found)."""
+    import slicer
+
+    segmentation = segmentationNode.GetSegmentation()
+    image = slicer.vtkOrientedImageData()
+    segmentationNode.GetBinaryLabelmapRepresentation(segmentation.GetSegmentIdBySegmentName(segmentName), image)
+    return image.GetNumberOfPoints() == 0 or image.GetScalarRange()[1] <= 0
+
+
+def placeUnder(node, parentNode) -> None:
+    """Put ``node`` under ``parentNode`` in the subject hierarchy (when the scene has one)."""
+    import slicer
+
+    scene = node.GetScene()
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene) if scene else None
+    if shNode is None:
+        return
+    child, parent = shNode.GetItemByDataNode(node), shNode.GetItemByDataNode(parentNode)
+    if child and parent:
+        shNode.SetItemParent(child, parent)
+
+
+def exportSegmentStl(segmentationNode, segmentName: str, path: str | os.PathLike) -> str:
+    """Write one segment's closed surface as STL (LPS, like Slicer's model files), atomically."""
+    import slicer
+
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
+    if not segmentId:
+        raise ValueError(f"segmentation '{segmentationNode.GetName()}' has no segment '{segmentName}'")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segmentId)
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".stl-", dir=final.parent))
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
+            str(folder), segmentationNode, ids, "STL", True, 1.0, False
+        )
+        written = sorted(folder.glob("*.stl"))
+        if not ok or not written:
+            raise RuntimeError(f"cannot export segment '{segmentName}' as STL to {final}")
+        os.replace(written[0], final)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return str(final)

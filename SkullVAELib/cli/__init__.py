@@ -14,22 +14,24 @@ import sys
 from SkullVAELib import __version__
 from SkullVAELib.errors import SkullVAEError
 
-# Verb modules, in the order `skullvae --help` lists them. A module that is missing
-# (not yet written) is skipped so the rest of the CLI keeps working.
-VERB_MODULES = (
-    "demo",
-    "phantoms",
-    "make_defects",
-    "cache",
-    "train",
-    "fit_completion",
-    "complete",
-    "evaluate",
-    "import_reference",
-)
+# Verb name -> (module in SkullVAELib/cli/, one-line help). Only the module of the verb being
+# run is imported, so `skullvae complete` does not pay for the imports of every other verb.
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the whole pipeline on phantoms (CPU, a few minutes)"),
+    "phantoms": ("phantoms", "write a cohort of procedural skull phantoms (a data set)"),
+    "make-defects": ("make_defects", "cut cranial or facial defects out of complete skulls"),
+    "cache": ("cache", "precompute the model-grid volumes of a data set (cached on disk)"),
+    "train": ("train", "train the β-VAE (stage 1) and the decoupled decoder (stage 2)"),
+    "fit-completion": ("fit_completion", "fit class centroids and DEV vectors into a model bundle"),
+    "complete": ("complete", "complete a defective skull: completed skull + implant"),
+    "evaluate": ("evaluate", "evaluate a model on held-out cases (Table 1, implant metrics, figures)"),
+    "import-reference": ("import_reference", "convert the authors' published weights into a bundle"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the verb named in ``argv`` (if any) gets its full sub-parser."""
+    chosen = next((a for a in (argv or []) if a in VERBS), None)
     parser = argparse.ArgumentParser(
         prog="skullvae",
         description="Skull reconstruction and shape completion with an aggregated β-VAE.",
@@ -37,20 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skullvae {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(f"SkullVAELib.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"SkullVAELib.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+    for name, (module_name, help_text) in VERBS.items():
+        if name == chosen:
+            importlib.import_module(f"SkullVAELib.cli.{module_name}").register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SkullVAEError as exc:

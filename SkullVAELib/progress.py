@@ -47,8 +47,13 @@ class TqdmProgress:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=1000, desc=stage, disable=self.disable, leave=False,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+            self._bar = tqdm(
+                total=1000,
+                desc=stage,
+                disable=self.disable,
+                leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+            )
         bar = self._bar
         bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
         if message:

@@ -44,7 +44,10 @@ def _preview(defective_path: Path, seg_path: Path, png_path: Path) -> None:
     defective = read_skull(defective_path)
     _, segments = read_segmentation(seg_path)
     completed = defective.with_mask(segments["Completed skull"])
-    save_mip_png([("defective input", defective, None), ("completed, implant in yellow", completed, segments["Implant"])], png_path)
+    save_mip_png(
+        [("defective input", defective, None), ("completed, implant in yellow", completed, segments["Implant"])],
+        png_path,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,24 +70,83 @@ def run(args: argparse.Namespace) -> int:
             raise SkullVAEError(f"demo step failed: skullvae {' '.join(argv)} (exit {code})")
 
     _step(f"1/5 phantoms: {args.n} subjects with cranial and facial defects -> {data}")
-    call(["phantoms", "--n", str(args.n), "--out", str(data), "--seed", str(args.seed),
-          "--shape", DEMO_PHANTOM_SHAPE, "--spacing", DEMO_SPACING_MM, "--with-defects"])
+    call(
+        [
+            "phantoms",
+            "--n",
+            str(args.n),
+            "--out",
+            str(data),
+            "--seed",
+            str(args.seed),
+            "--shape",
+            DEMO_PHANTOM_SHAPE,
+            "--spacing",
+            DEMO_SPACING_MM,
+            "--with-defects",
+        ]
+    )
     train_ids = ",".join(f"phantom_{i:03d}" for i in range(args.n - 1))
 
     _step(f"2/5 train stage 1 (β = 100) and stage 2 (decoupled decoder) -> {model}")
-    call(["train", "--data", str(data), "--out", str(model), "--stage", "all", "--preset", DEMO_PRESET,
-          "--beta", "100", "--epochs", str(args.epochs), "--epochs2", str(args.epochs2),
-          "--seed", str(args.seed), "--train-ids", train_ids, "--cache-dir", str(out / "cache")])
+    call(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(model),
+            "--stage",
+            "all",
+            "--preset",
+            DEMO_PRESET,
+            "--beta",
+            "100",
+            "--epochs",
+            str(args.epochs),
+            "--epochs2",
+            str(args.epochs2),
+            "--seed",
+            str(args.seed),
+            "--train-ids",
+            train_ids,
+            "--cache-dir",
+            str(out / "cache"),
+        ]
+    )
 
     _step("3/5 fit completion centroids (DEV vectors) on the training phantoms")
-    call(["fit-completion", "--model", str(model), "--data", str(data), "--train-ids", train_ids,
-          "--cache-dir", str(out / "cache")])
+    call(
+        [
+            "fit-completion",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--train-ids",
+            train_ids,
+            "--cache-dir",
+            str(out / "cache"),
+        ]
+    )
 
     _step(f"4/5 complete the held-back defective phantom {held_back}")
     for kind, folder in (("cranial", "defective_skull"), ("facial", "facial_defective_skull")):
-        call(["complete", "--model", str(model), "--input", str(data / folder / f"{held_back}.nrrd"),
-              "--output", str(result / f"{kind}.seg.nrrd"), "--implant-stl", str(result / f"{kind}_implant.stl"),
-              "--defect", "auto"])
+        call(
+            [
+                "complete",
+                "--model",
+                str(model),
+                "--input",
+                str(data / folder / f"{held_back}.nrrd"),
+                "--output",
+                str(result / f"{kind}.seg.nrrd"),
+                "--implant-stl",
+                str(result / f"{kind}_implant.stl"),
+                "--defect",
+                "auto",
+            ]
+        )
         _preview(data / folder / f"{held_back}.nrrd", result / f"{kind}.seg.nrrd", result / f"{kind}.png")
 
     minutes = (time.perf_counter() - t0) / 60

@@ -71,6 +71,7 @@ PRESETS: dict[str, NetworkConfig] = {
     "paper": NetworkConfig(),
     "paper-128": NetworkConfig(grid=(128, 128, 64), channels=(32, 64, 64, 128, 128, 256)),
     "cpu-small": NetworkConfig(grid=(64, 64, 32), channels=(16, 32, 64, 128, 128)),
+    "demo": NetworkConfig(grid=(64, 64, 32), channels=(8, 16, 32, 64, 64), latent_size=16),
     "test": NetworkConfig(grid=(32, 32, 32), channels=(8, 16, 32, 64), latent_size=8),
 }
 

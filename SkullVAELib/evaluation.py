@@ -76,33 +76,6 @@ class EvaluationResult:
 
 
 # --- id specs ---------------------------------------------------------------------------
-def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
-    """Case ids from "064-079", "000,003,010-012" or a list of such; None stays None.
-
-    Ranges keep the zero padding of their first bound ("064-079" → "064" … "079").
-    """
-    if spec is None:
-        return None
-    parts = [spec] if isinstance(spec, str) else list(spec)
-    ids: list[str] = []
-    for part in parts:
-        for item in str(part).split(","):
-            item = item.strip()
-            if not item:
-                continue
-            lo, sep, hi = item.partition("-")
-            if sep and lo.isdigit() and hi.isdigit():
-                if int(hi) < int(lo):
-                    raise SkullVAEError(f"id range {item!r} runs backwards")
-                width = len(lo)
-                ids += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
-            else:
-                ids.append(item)
-    if not ids:
-        raise SkullVAEError(f"no case ids in {spec!r}")
-    return list(dict.fromkeys(ids))
-
-
 # --- model helpers ------------------------------------------------------------------------
 @torch.inference_mode()
 def encode(bundle, volume: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, float_list_arg, make_progress
+from SkullVAELib.dataset import parse_id_spec
 from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.evaluation import parse_id_spec
 
 
 def register(subparsers) -> None:

@@ -41,16 +41,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.centroids import fit_completion
-    from SkullVAELib.cli.train import parse_ids
     from SkullVAELib.completion import resolve_device
-    from SkullVAELib.dataset import build_cache, discover_cases
+    from SkullVAELib.dataset import build_cache, discover_cases, parse_id_spec
 
     if args.batch_size < 1:
         raise SkullVAEError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     bundle = ModelBundle.load(args.model, device="cpu")
     cases = discover_cases(args.data)
-    ids = parse_ids(args.train_ids)
+    ids = parse_id_spec(args.train_ids)
+    ids = None if ids is None else set(ids)
     if ids is not None:
         unknown = sorted(ids - {c.case_id for c in cases})
         if unknown:

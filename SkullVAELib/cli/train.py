@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, grid_arg, make_progress
+from SkullVAELib.config import PRESETS
 from SkullVAELib.errors import SkullVAEError
 
 
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--beta", type=float, default=100.0, help="KLD weight β of stage 1 (1e-4 = regular VAE)")
     p.add_argument("--epochs", type=int, default=200, help="stage-1 epochs (paper: 200)")
     p.add_argument("--epochs2", type=int, default=1200, help="stage-2 epochs (paper: 1200)")
-    p.add_argument("--preset", default="paper", help="network preset: paper, paper-128, cpu-small, test")
+    p.add_argument("--preset", default="paper", help="network preset: " + ", ".join(PRESETS))
     p.add_argument("--grid", type=grid_arg, default=None, help="model grid X,Y,Z (overrides the preset)")
     p.add_argument("--channels", default=None, help="encoder channels, e.g. 32,64,64,128,128,256")
     p.add_argument("--latent", type=int, default=None, help="latent size d (preset default 32)")
@@ -51,27 +52,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_ids(text: str | None) -> set[str] | None:
-    """``"000-003,007"`` → {"000","001","002","003","007"}; a path → one id per line."""
-    if text is None:
-        return None
-    path = Path(text)
-    if path.is_file():
-        items = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    else:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-    ids: set[str] = set()
-    for item in items:
-        lo, sep, hi = item.partition("-")
-        if sep and lo.isdigit() and hi.isdigit():
-            if int(hi) < int(lo):
-                raise SkullVAEError(f"--train-ids range {item!r} runs backwards")
-            ids.update(str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1))
-        else:
-            ids.add(item)
-    if not ids:
-        raise SkullVAEError(f"--train-ids {text!r} names no case")
-    return ids
+def _id_set(spec: str | None) -> set[str] | None:
+    from SkullVAELib.dataset import parse_id_spec
+
+    ids = parse_id_spec(spec)
+    return None if ids is None else set(ids)
 
 
 def _network(args: argparse.Namespace):
@@ -148,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint_path(out, stages[0]).is_file():
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, stages[0]))
 
-    wanted = parse_ids(args.train_ids)
+    wanted = _id_set(args.train_ids)
     created = init_distributed(args.device)
     progress = make_progress(args.progress)
     try:
@@ -158,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             "library_version": __version__,
             "data_manifest_hash": cached.manifest_hash,
             "train_cases": len(cached.case_ids),
+            "train_case_ids": sorted(set(cached.case_ids)),
             "seed": args.seed,
             "batch_size": args.batch,
             "lr": args.lr,

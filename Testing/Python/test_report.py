@@ -14,9 +14,10 @@ import pytest
 from SkullVAELib.bundle import new_bundle
 from SkullVAELib.config import PRESETS
 from SkullVAELib.curves import write_log
+from SkullVAELib.dataset import parse_id_spec
 from SkullVAELib.defects import cranial_defect, facial_defect
 from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.evaluation import evaluate, parse_id_spec, summarise
+from SkullVAELib.evaluation import evaluate, summarise
 from SkullVAELib.image import write_mask
 from SkullVAELib.phantoms import make_phantom
 from SkullVAELib.report import id_ranges, write_report

@@ -217,7 +217,11 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_train_ids_parsing(tmp_path):
-    from SkullVAELib.cli.train import parse_ids
+    from SkullVAELib.dataset import parse_id_spec
+
+    def parse_ids(spec):
+        ids = parse_id_spec(spec)
+        return None if ids is None else set(ids)
 
     assert parse_ids("000-002,phantom_007") == {"000", "001", "002", "phantom_007"}
     listing = tmp_path / "ids.txt"

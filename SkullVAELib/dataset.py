@@ -335,3 +335,20 @@ def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
     if not ids:
         raise SkullVAEError(f"no case ids in {spec!r}")
     return list(dict.fromkeys(ids))
+
+
+def select_cases(cases: Sequence[Case], spec: str | Sequence[str] | None, option: str = "--train-ids") -> list[Case]:
+    """The cases whose id ``spec`` names (see `parse_id_spec`); all of them when ``spec`` is None.
+
+    Raises SkullVAEError when an id is not in the data or nothing is left.
+    """
+    ids = parse_id_spec(spec)
+    if ids is not None:
+        missing = [i for i in ids if i not in {c.case_id for c in cases}]
+        if missing:
+            raise SkullVAEError(f"{option} names cases not in the data: {', '.join(missing[:5])}")
+        wanted = set(ids)
+        cases = [c for c in cases if c.case_id in wanted]
+    if not cases:
+        raise SkullVAEError("no cases found")
+    return list(cases)

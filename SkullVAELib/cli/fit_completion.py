@@ -42,22 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.centroids import fit_completion
     from SkullVAELib.completion import resolve_device
-    from SkullVAELib.dataset import build_cache, discover_cases, parse_id_spec
+    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
 
     if args.batch_size < 1:
         raise SkullVAEError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     bundle = ModelBundle.load(args.model, device="cpu")
-    cases = discover_cases(args.data)
-    ids = parse_id_spec(args.train_ids)
-    ids = None if ids is None else set(ids)
-    if ids is not None:
-        unknown = sorted(ids - {c.case_id for c in cases})
-        if unknown:
-            raise SkullVAEError(f"--train-ids not in the data: {', '.join(unknown[:5])}")
-        cases = [c for c in cases if c.case_id in ids]
-    if not cases:
-        raise SkullVAEError("no cases found", args.data[0])
+    cases = select_cases(discover_cases(args.data), args.train_ids)
     progress = make_progress(args.progress)
     data = build_cache(cases, bundle.network.grid, cache_dir=args.cache_dir, mode=args.resample, progress=progress)
     progress("encode", 0.0, f"encoding {len(cases)} skulls")

@@ -52,13 +52,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _id_set(spec: str | None) -> set[str] | None:
-    from SkullVAELib.dataset import parse_id_spec
-
-    ids = parse_id_spec(spec)
-    return None if ids is None else set(ids)
-
-
 def _network(args: argparse.Namespace):
     from SkullVAELib.config import NetworkConfig, network_preset
 
@@ -91,17 +84,10 @@ def _train_config(args: argparse.Namespace, stage: int):
     )
 
 
-def _load_data(args: argparse.Namespace, wanted: set[str] | None, grid, ctx, progress):
-    from SkullVAELib.dataset import build_cache, discover_cases
+def _load_data(args: argparse.Namespace, grid, ctx, progress):
+    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
 
-    cases = discover_cases([Path(d) for d in args.data])
-    if wanted is not None:
-        missing = sorted(wanted - {c.case_id for c in cases})
-        if missing:
-            raise SkullVAEError(f"--train-ids names cases not in the data: {', '.join(missing[:5])}")
-        cases = [c for c in cases if c.case_id in wanted]
-    if not cases:
-        raise SkullVAEError("no training cases found", args.data[0])
+    cases = select_cases(discover_cases([Path(d) for d in args.data]), args.train_ids)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 fills the cache first; the others then read it
     cached = build_cache(cases, grid, cache_dir=args.cache_dir, progress=progress if ctx.is_main else None)
@@ -116,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib import __version__
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.checkpoint import checkpoint_path, load_checkpoint
+    from SkullVAELib.dataset import parse_id_spec
     from SkullVAELib.distributed import current_context, init_distributed, shutdown_distributed
     from SkullVAELib.networks import VAE, Decoder
     from SkullVAELib.trainer import train_stage1, train_stage2
@@ -123,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     stages = (1, 2) if args.stage == "all" else (int(args.stage),)
     network = _network(args)  # validates grid / depth / channels first: one-line errors
+    parse_id_spec(args.train_ids)  # and the id spec, before any data is read
     cfgs = {s: _train_config(args, s) for s in stages}
     bundle = None
     if stages == (2,):
@@ -133,12 +121,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint_path(out, stages[0]).is_file():
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, stages[0]))
 
-    wanted = _id_set(args.train_ids)
     created = init_distributed(args.device)
     progress = make_progress(args.progress)
     try:
         ctx = current_context(args.device)
-        cached = _load_data(args, wanted, network.grid, ctx, progress)
+        cached = _load_data(args, network.grid, ctx, progress)
         info = {
             "library_version": __version__,
             "data_manifest_hash": cached.manifest_hash,

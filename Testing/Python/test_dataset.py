@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,15 @@ def test_cli_cache_empty_folder_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("skullvae cache: error:") and str(tmp_path) in err and "no cases found" in err
+
+
+def test_select_cases_by_id_spec():
+    from SkullVAELib.dataset import Case, select_cases
+
+    cases = [Case(f"{i:03d}", "complete", Path(f"/x/{i:03d}.nrrd")) for i in range(5)]
+    assert [c.case_id for c in select_cases(cases, "001-002,004")] == ["001", "002", "004"]
+    assert len(select_cases(cases, None)) == 5
+    with pytest.raises(SkullVAEError, match="--train-ids names cases not in the data: 009"):
+        select_cases(cases, "009")
+    with pytest.raises(SkullVAEError, match="no cases"):
+        select_cases([], None)

@@ -48,6 +48,12 @@ def register(subparsers) -> None:
     p.add_argument("--resample", choices=("area", "nearest"), default="area")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="network arithmetic: float32 (exact) or bfloat16 (about 2x faster on AVX-512-BF16/AMX CPUs and GPUs)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the uncertainty samples")
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -158,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             progress(stage, (n + fraction) / len(gammas), message)
 
         try:
-            result = complete(skull, bundle, cfg, device=args.device, progress=stage_progress)
+            result = complete(skull, bundle, cfg, device=args.device, progress=stage_progress, precision=args.precision)
         except SkullVAEError as exc:
             raise SkullVAEError(exc.message, exc.path or args.input) from None
         for key, value in result.timings.items():

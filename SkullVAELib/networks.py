@@ -2,7 +2,8 @@
 
 Layer for layer the authors' MONAI ``VarAutoEncoder(spatial_dims=3, channels=(32, 64, 64,
 128, 128, 256), strides=(2,)*6, latent_size=32, norm=BATCH, num_res_units=0)``, built from
-MONAI's ``Convolution`` block (conv → BatchNorm → PReLU, "NDA" order):
+blocks that mirror MONAI's ``Convolution`` block (conv → BatchNorm → PReLU, "NDA" order) with
+the same parameter names, so MONAI-built weights load unchanged:
 
 * encoder: N × [Conv3d k3 s2 p1 → BatchNorm3d → PReLU] → flatten → Linear μ, Linear log σ²;
 * decoder: Linear → ReLU → reshape → N × [ConvTranspose3d k3 s2 p1 op1 → BatchNorm3d →
@@ -23,31 +24,40 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
-from monai.networks.layers.factories import Act, Norm
 from torch import nn
 
 from SkullVAELib.config import NetworkConfig
 from SkullVAELib.errors import SkullVAEError
 
 
-def conv_block(in_channels: int, out_channels: int, transposed: bool, conv_only: bool = False) -> Convolution:
+class ConvBlock(nn.Sequential):
+    """Conv → BatchNorm3d → PReLU, laid out like MONAI's ``Convolution`` block.
+
+    Children ``conv`` and ``adn`` (``adn.N`` BatchNorm3d, ``adn.A`` PReLU) carry MONAI's
+    parameter names, so state dicts are interchangeable with MONAI's AutoEncoder blocks
+    (tested in test_networks.py). Hand-built rather than imported: importing MONAI costs
+    ~3 s per process, a large share of the single-case completion latency budget.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, transposed: bool, conv_only: bool = False) -> None:
+        super().__init__()
+        if transposed:
+            self.conv = nn.ConvTranspose3d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+        else:
+            self.conv = nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1)
+        if not conv_only:
+            self.adn = nn.Sequential()
+            self.adn.add_module("N", nn.BatchNorm3d(out_channels))
+            self.adn.add_module("A", nn.PReLU())
+
+
+def conv_block(in_channels: int, out_channels: int, transposed: bool, conv_only: bool = False) -> ConvBlock:
     """One stride-2, kernel-3 block as MONAI's AutoEncoder builds it.
 
     ``transposed=False``: Conv3d p1 halves each side; ``True``: ConvTranspose3d p1 op1 doubles it.
     ``conv_only`` drops BatchNorm3d + PReLU (the last decoder layer).
     """
-    return Convolution(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        strides=2,
-        kernel_size=3,
-        act=Act.PRELU,
-        norm=Norm.BATCH,
-        is_transposed=transposed,
-        conv_only=conv_only,
-    )
+    return ConvBlock(in_channels, out_channels, transposed, conv_only)
 
 
 def _check_volume(x: torch.Tensor, cfg: NetworkConfig) -> None:

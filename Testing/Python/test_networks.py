@@ -112,3 +112,41 @@ def test_gradients_flow_to_every_parameter():
     prob, mu, logvar, _ = vae(torch.rand(2, 1, *TEST_CFG.grid))
     (prob.mean() + mu.sum() + logvar.sum()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.parameters())
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("conv_only", [False, True])
+def test_conv_block_matches_monai_convolution(transposed, conv_only):
+    """Our plain-torch block has MONAI's parameter names and computes the same function."""
+    from monai.networks.blocks import Convolution
+
+    from SkullVAELib.networks import conv_block
+
+    torch.manual_seed(0)
+    ours = conv_block(3, 5, transposed=transposed, conv_only=conv_only)
+    theirs = Convolution(
+        spatial_dims=3,
+        in_channels=3,
+        out_channels=5,
+        strides=2,
+        kernel_size=3,
+        act="PRELU",
+        norm="BATCH",
+        is_transposed=transposed,
+        conv_only=conv_only,
+    )
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 8, 8, 8)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_networks_do_not_import_monai():
+    """MONAI's import (~3 s) stays out of the completion path."""
+    import subprocess
+    import sys
+
+    code = "import sys, SkullVAELib.networks, SkullVAELib.bundle; print('monai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

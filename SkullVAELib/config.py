@@ -104,7 +104,7 @@ class TrainConfig:
     checkpoint_every: int = 10
     stage2_latent: str = "sample"  # "sample" (paper: z ~ q(z|x) each epoch) | "mu_plus_sigma" (authors' code)
     amp: bool = True  # bf16 autocast on CUDA only
-    channels_last: bool = False
+    channels_last: bool = True  # channels-last-3d: 1.9x faster epochs on CPU (docs/BENCHMARKS.md)
     compile: bool = False
 
     def __post_init__(self) -> None:

@@ -64,14 +64,15 @@ def _assign_layers(masks: list[np.ndarray]) -> list[int]:
     return chosen
 
 
-def write_segmentation(path: str | Path, like: SkullImage, segments: list[Segment], compression_level: int = 1) -> None:
+def write_segmentation(path: str | Path, like: SkullImage, segments: list[Segment], compression_level: int = 3) -> None:
     """Write ``segments`` as a Slicer ``.seg.nrrd`` on ``like``'s exact geometry (atomic).
 
     Args:
         path: output file, normally ending in ``.seg.nrrd``.
         like: the geometry (origin, spacing, direction) and shape (I, J, K).
         segments: names must be unique; masks may overlap (written as layers).
-        compression_level: gzip level (1 = fast, 9 = smallest).
+        compression_level: gzip level (1 = fast, 9 = smallest); 3 was the fastest write
+            for SkullFix-size segmentations (docs/BENCHMARKS.md).
     """
     import slicerio
 

@@ -9,7 +9,7 @@ but its output is replaced by the case's complete skull on the model grid (prepa
 separate process), so the implant, STL and write stages see a realistic implant.
 
 Variants run interleaved: "as found" (channels-first float32), channels-last (now the
-default), + the proposed grid fast path (monkeypatch, see ``_grid_fastpath.py``), + bfloat16
+default; the integer-factor grid fast path is in the library since), + bfloat16
 (``--precision bfloat16``), and 1 thread. Also: import times and the output gzip level.
 
     .venv/bin/python benchmarks/complete_latency.py --case 000 --threads 2 --reps 2
@@ -36,8 +36,7 @@ STAGES = ("read", "to_grid", "encode", "decode", "implant_model_grid", "implant_
 VARIANTS = {
     "as found (channels-first fp32)": dict(channels_last=False),
     "channels-last fp32 (applied, default)": dict(),
-    "+ grid fast path (proposed grid.py change)": dict(fastgrid=True),
-    "+ bfloat16 (--precision bfloat16, opt-in)": dict(fastgrid=True, precision="bfloat16"),
+    "+ bfloat16 (--precision bfloat16, opt-in)": dict(precision="bfloat16"),
 }
 
 
@@ -77,10 +76,6 @@ def child(args) -> None:
     from SkullVAELib.cli import main as cli_main
 
     completion.CHANNELS_LAST = opts.get("channels_last", True)
-    if opts.get("fastgrid"):
-        import _grid_fastpath
-
-        _grid_fastpath.install()
     if args.oracle:
         target = torch.from_numpy(np.load(args.oracle))[None, None]
         load = ModelBundle.load

@@ -93,3 +93,18 @@ def test_skullfix_round_trip_dice(skullfix_dir, case):
     nearest = from_model_grid(to_model_grid(skull, (256, 256, 128), "nearest"), skull, "nearest")
     assert area >= 0.97
     assert dice(nearest > 0.5, skull.mask) < area
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 40), (63, 64, 40), (64, 48, 30)])
+def test_area_down_sampling_equals_adaptive_average_pooling(shape):
+    """Both the integer-factor fast path and the general path are box means (adaptive_avg_pool3d)."""
+    import torch
+    import torch.nn.functional as F
+
+    from SkullVAELib.grid import downsample_mask
+
+    rng = np.random.default_rng(1)
+    mask = rng.random(shape) > 0.6
+    grid = (16, 16, 10)
+    expected = F.adaptive_avg_pool3d(torch.from_numpy(mask).float()[None, None], grid)[0, 0].numpy()
+    np.testing.assert_allclose(downsample_mask(mask, grid), expected, atol=1e-6)

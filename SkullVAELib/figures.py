@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from SkullVAELib.atomic import atomic_path
+from SkullVAELib.preview import xray_projection
 
 CLASS_COLORS = {"complete": "tab:green", "cranial": "tab:blue", "facial": "tab:orange"}
 _YELLOW = np.array([1.0, 0.85, 0.0])
@@ -48,13 +49,6 @@ def _save(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     return path
 
 
-def xray(mask: np.ndarray, axis: int) -> np.ndarray:
-    """(A, B) float32 in [0, 1]: bone path length along ``axis``, scaled to its 99th percentile."""
-    path = mask.sum(axis=axis, dtype=np.float32)
-    peak = float(np.percentile(path[path > 0], 99)) if np.any(path > 0) else 1.0
-    return np.clip(path / max(peak, 1.0), 0.0, 1.0) ** 0.6
-
-
 def orthogonal_views(bone: np.ndarray, pred: np.ndarray | None, gt: np.ndarray | None, spacing) -> list[dict]:
     """Three projections of bone (grey) with predicted / true implant footprints.
 
@@ -70,7 +64,7 @@ def orthogonal_views(bone: np.ndarray, pred: np.ndarray | None, gt: np.ndarray |
     for proj, h, v, origin, title in VIEWS:
         views.append(
             {
-                "grey": xray(bone, proj).T,
+                "grey": xray_projection(bone, proj).T,
                 "pred": None if pred is None else pred.any(axis=proj).T,
                 "gt": None if gt is None else gt.any(axis=proj).T,
                 "extent": (float(bone.shape[h] * spacing[h]), float(bone.shape[v] * spacing[v])),

@@ -27,14 +27,19 @@ _VIEWS = (
 _YELLOW = np.array([1.0, 0.85, 0.0])
 
 
+def xray_projection(mask: np.ndarray, axis: int) -> np.ndarray:
+    """(A, B) float32 in [0, 1]: bone path length along ``axis`` (scaled to its 99th percentile,
+    with a gamma that lifts thin bone). Shows orbits and holes that a maximum projection hides."""
+    path = mask.sum(axis=axis, dtype=np.float32)
+    peak = float(np.percentile(path[path > 0], 99)) if np.any(path > 0) else 1.0
+    return np.clip(path / max(peak, 1.0), 0.0, 1.0) ** 0.6
+
+
 def _project(mask: np.ndarray, axis: int, mode: str) -> np.ndarray:
     """(A, B) image in [0, 1] of a bool volume projected along ``axis``."""
     if mode == "max":
         return mask.any(axis=axis).astype(np.float32)
-    # "xray": bone path length along the ray, scaled per image, with a gamma that lifts thin bone.
-    path = mask.sum(axis=axis, dtype=np.float32)
-    peak = float(np.percentile(path[path > 0], 99)) if np.any(path > 0) else 1.0
-    return np.clip(path / max(peak, 1.0), 0.0, 1.0) ** 0.6
+    return xray_projection(mask, axis)
 
 
 def _normalise_items(images) -> list[tuple[str, SkullImage, np.ndarray | None]]:

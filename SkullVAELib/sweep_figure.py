@@ -15,6 +15,7 @@ import numpy as np
 
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.image import SkullImage
+from SkullVAELib.preview import xray_projection
 
 # (projected axis, horizontal axis, vertical axis, flip vertical, name)
 _VIEWS = ((0, 1, 2, False, "from the left"), (1, 0, 2, False, "from the front"), (2, 0, 1, True, "from above"))
@@ -23,9 +24,7 @@ _YELLOW = np.array([1.0, 0.85, 0.0])
 
 def _panel(completed: np.ndarray, implant: np.ndarray, axis: int) -> np.ndarray:
     """RGB (V, H, 3) of one view: grey bone path length, implant in yellow."""
-    path = completed.sum(axis=axis, dtype=np.float32)
-    peak = float(np.percentile(path[path > 0], 99)) if np.any(path > 0) else 1.0
-    grey = np.clip(path / max(peak, 1.0), 0.0, 1.0) ** 0.6
+    grey = xray_projection(completed, axis)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     hit = implant.any(axis=axis)
     rgb[hit] = 0.3 * rgb[hit] + 0.7 * _YELLOW

@@ -158,3 +158,18 @@ def test_bad_requests(skulls):
     bundle.set_centroids({"complete": np.zeros(4), "cranial": np.ones(4)})
     with pytest.raises(SkullVAEError, match="facial"):
         complete(defective, bundle, CompletionConfig(gamma=1.0, defect="facial"))
+
+
+def test_bfloat16_networks_agree_with_float32(skulls):
+    """The opt-in bf16 path changes probabilities by little and the implant by a few voxels."""
+    _, defective, _ = skulls
+    bundle = new_bundle(CFG, seed=0)
+    bundle.set_centroids(_centroids())
+    cfg = CompletionConfig(gamma=1.0, defect="cranial", keep_patient_bone=False)
+    exact = complete(defective, bundle, cfg, device="cpu")
+    fast = complete(defective, bundle, cfg, device="cpu", precision="bfloat16")
+    assert np.abs(exact.probabilities_model_grid - fast.probabilities_model_grid).max() < 0.02
+    differing = np.count_nonzero(exact.completed.mask != fast.completed.mask)
+    assert differing <= 0.001 * exact.completed.mask.size
+    with pytest.raises(SkullVAEError, match="precision"):
+        complete(defective, bundle, cfg, device="cpu", precision="float16")

@@ -182,6 +182,10 @@ def _encode_decode(
         shift = torch.from_numpy(_latent_shift(bundle, defect, cfg.gamma)).to(device)
         logits = decoder.logits(mu + shift)
         prob = np.ascontiguousarray(torch.sigmoid(logits.float())[0, 0].cpu().numpy())
+        added = None  # what the latent shift γ·DEV adds to the reconstruction: where the defect is
+        if bool(shift.abs().max() > 0):
+            reconstruction = torch.sigmoid(decoder.logits(mu).float())[0, 0].cpu().numpy()
+            added = (prob > cfg.threshold) & ~(reconstruction > cfg.threshold)
         timings["decode"] = time.perf_counter() - t
         samples = None
         if cfg.uncertainty_samples > 0:
@@ -197,7 +201,7 @@ def _encode_decode(
                 )
             samples = np.ascontiguousarray((counts / cfg.uncertainty_samples).cpu().numpy())
             timings["uncertainty_decode"] = time.perf_counter() - t
-    return mu_np, defect, confidence, probs, prob, samples
+    return mu_np, defect, confidence, probs, prob, samples, added
 
 
 def complete(
@@ -251,13 +255,13 @@ def complete(
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         out = _encode_decode(bundle, occupancy, cfg, torch.device("cpu"), timings, report, precision)
-    mu, defect, confidence, probs, prob, samples = out
+    mu, defect, confidence, probs, prob, samples, added = out
 
     report(0.7, "extracting the implant")
     t = time.perf_counter()
     voxel_mm = implant_ops.model_spacing(skull, grid)
     region = implant_ops.clean_model_grid_implant(
-        prob > cfg.threshold, occupancy, voxel_mm, cfg.min_island_mm3, cfg.max_distance_mm
+        prob > cfg.threshold, occupancy, voxel_mm, cfg.min_island_mm3, cfg.max_distance_mm, added
     )
     timings["implant_model_grid"] = time.perf_counter() - t
     t = time.perf_counter()

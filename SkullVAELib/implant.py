@@ -16,6 +16,11 @@ Rule (documented for users):
    inside a kept component are NOT dropped for being far from the input bone, because the
    centre of a large defect (SkullFix: up to ~40 mm radius) is legitimately far from any
    remaining bone.
+   When γ ≠ 0, a component is also dropped unless at least ``SHIFT_OVERLAP`` (25 %) of it
+   is bone that the latent shift γ·DEV *adds* to the reconstruction decode(μ): the
+   paper's implant is what DEV adds, so pieces that the reconstruction has too (the
+   halo of a misaligned reconstruction, far from the defect) are not implant. Skipped
+   when the shift adds less than ``min_island_mm3`` (e.g. a collapsed latent space).
 3. At original resolution, only inside the box around the kept components (dilated by one
    model voxel): implant = (trilinear probability > threshold) ∧ ¬input bone ∧ kept
    region; components smaller than ``min_island_mm3`` are dropped again.
@@ -36,6 +41,7 @@ from SkullVAELib.image import SkullImage
 _CUBE = ndimage.generate_binary_structure(3, 3)
 INPUT_BONE_FRACTION = 0.5  # a model voxel is input bone when half of it is bone
 SHELL_MIN_NEIGHBOURS = 10  # of 26: one-voxel shells have <= 8, two-voxel plates >= 11
+SHIFT_OVERLAP = 0.25  # least fraction of a kept component that the latent shift added
 
 
 def remove_thin_shells(mask: np.ndarray, min_neighbours: int = SHELL_MIN_NEIGHBOURS) -> np.ndarray:
@@ -127,6 +133,7 @@ def clean_model_grid_implant(
     voxel_mm: np.ndarray,
     min_island_mm3: float,
     max_distance_mm: float,
+    shift_added: np.ndarray | None = None,
 ) -> np.ndarray:
     """Steps 1–2 on the model grid: bool (X, Y, Z) of the implant components kept.
 
@@ -134,6 +141,7 @@ def clean_model_grid_implant(
         completed: bool (X, Y, Z), decoded bone.
         input_occupancy: float32 (X, Y, Z), bone fraction of the defective input.
         voxel_mm: (3,) model voxel size in mm.
+        shift_added: bool (X, Y, Z), bone of decode(μ + γ·DEV) not in decode(μ), or None.
     """
     input_bone = input_occupancy >= INPUT_BONE_FRACTION
     candidate = remove_thin_shells(completed & ~input_bone)
@@ -159,6 +167,10 @@ def clean_model_grid_implant(
         keep[1:] &= np.asarray(nearest) <= max_distance_mm
     else:
         keep[:] = False
+    voxel_mm3 = float(np.prod(voxel_mm))
+    if shift_added is not None and shift_added.sum() * voxel_mm3 >= min_island_mm3:
+        added = np.bincount(labels.ravel(), weights=shift_added[box].ravel(), minlength=n + 1) * voxel_mm3
+        keep[1:] &= added[1:] >= SHIFT_OVERLAP * sizes[1:]
     out = np.zeros(completed.shape, dtype=bool)
     out[box] = keep[labels]
     return out

@@ -85,3 +85,22 @@ def test_thin_shell_removal_keeps_two_voxel_plates_and_drops_one_voxel_shells():
     out = ops.remove_thin_shells(mask)
     assert out[5:25, 5:25, 4:6].sum() == 2 * 20 * 20 - 8  # all but its 8 corner voxels
     assert not out[:, :, 12].any()
+
+
+def test_only_what_the_latent_shift_adds_is_implant():
+    """A piece the reconstruction decode(μ) has too (not added by γ·DEV) is not implant."""
+    defective, completed, full = _plate_with_hole()
+    plug = full & ~defective
+    generous = dict(min_island_mm3=50.0, max_distance_mm=20.0)
+    occupancy = defective.astype(np.float32)
+    both = ops.clean_model_grid_implant(completed, occupancy, np.ones(3), **generous)
+    assert both[plug].mean() > 0.95 and both[19:23, 19:23, 23:27].all()  # plug and blob kept
+    added = plug.copy()  # the shift filled the hole; the blob was in the reconstruction already
+    kept = ops.clean_model_grid_implant(completed, occupancy, np.ones(3), **generous, shift_added=added)
+    assert kept[plug].mean() > 0.95
+    assert not kept[19:23, 19:23, 23:27].any()
+    # a shift that adds (almost) nothing does not filter: a collapsed latent space keeps the old rule
+    tiny = np.zeros_like(added)
+    tiny[0, 0, 0] = True
+    same = ops.clean_model_grid_implant(completed, occupancy, np.ones(3), **generous, shift_added=tiny)
+    assert np.array_equal(same, both)

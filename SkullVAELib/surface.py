@@ -11,8 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support
+
+# Only the VTK modules used here: `import vtk` loads all of VTK (~0.5 s per process).
+from vtkmodules.util import numpy_support
+from vtkmodules.util.vtkConstants import VTK_UNSIGNED_CHAR
+from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+from vtkmodules.vtkCommonTransforms import vtkTransform
+from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
+from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
+from vtkmodules.vtkIOGeometry import vtkSTLWriter
 
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.errors import SkullVAEError
@@ -21,24 +28,24 @@ from SkullVAELib.image import SkullImage
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def _vtk_image(mask: np.ndarray) -> vtk.vtkImageData:
+def _vtk_image(mask: np.ndarray) -> vtkImageData:
     """A uint8 vtkImageData in index space (origin 0, spacing 1), padded by one empty voxel.
 
     The padding closes the surface where the mask touches the volume border; the padded
     image starts at index −1.
     """
     padded = np.pad(mask.astype(np.uint8), 1)
-    image = vtk.vtkImageData()
+    image = vtkImageData()
     image.SetDimensions(*padded.shape)
     image.SetOrigin(-1.0, -1.0, -1.0)
     image.SetSpacing(1.0, 1.0, 1.0)
     # VTK point order is x fastest: (K, J, I) C-order == (I, J, K) Fortran order
-    scalars = numpy_support.numpy_to_vtk(padded.ravel(order="F"), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    scalars = numpy_support.numpy_to_vtk(padded.ravel(order="F"), deep=True, array_type=VTK_UNSIGNED_CHAR)
     image.GetPointData().SetScalars(scalars)
     return image
 
 
-def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: str = "LPS") -> vtk.vtkPolyData:
+def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: str = "LPS") -> vtkPolyData:
     """Triangulated surface (with normals) of ``mask.mask`` in physical mm.
 
     Args:
@@ -50,13 +57,13 @@ def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: st
         raise SkullVAEError(f"coordinate_system must be LPS or RAS, got {coordinate_system!r}")
     if not mask.mask.any():
         raise SkullVAEError("the implant is empty; there is no surface to write")
-    contour = vtk.vtkDiscreteFlyingEdges3D()
+    contour = vtkDiscreteFlyingEdges3D()
     contour.SetInputData(_vtk_image(mask.mask))
     contour.SetValue(0, 1)
     contour.ComputeNormalsOff()
     last = contour
     if smooth:
-        smoother = vtk.vtkWindowedSincPolyDataFilter()
+        smoother = vtkWindowedSincPolyDataFilter()
         smoother.SetInputConnection(contour.GetOutputPort())
         smoother.SetNumberOfIterations(20)
         smoother.SetPassBand(0.1)
@@ -68,12 +75,12 @@ def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: st
     affine = mask.index_to_physical()
     if coordinate_system == "RAS":
         affine = _LPS_TO_RAS @ affine
-    transform = vtk.vtkTransform()
+    transform = vtkTransform()
     transform.SetMatrix(affine.ravel().tolist())
-    to_physical = vtk.vtkTransformPolyDataFilter()
+    to_physical = vtkTransformPolyDataFilter()
     to_physical.SetTransform(transform)
     to_physical.SetInputConnection(last.GetOutputPort())
-    normals = vtk.vtkPolyDataNormals()
+    normals = vtkPolyDataNormals()
     normals.SetInputConnection(to_physical.GetOutputPort())
     normals.SplittingOff()
     normals.ConsistencyOn()
@@ -84,11 +91,11 @@ def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: st
 
 def write_implant_stl(
     mask: SkullImage, path: str | Path, smooth: bool = True, coordinate_system: str = "LPS"
-) -> vtk.vtkPolyData:
+) -> vtkPolyData:
     """Write the implant surface as binary STL (atomic) and return the polydata."""
     surface = implant_surface(mask, smooth=smooth, coordinate_system=coordinate_system)
     with atomic_path(path, suffix=".stl") as tmp:
-        writer = vtk.vtkSTLWriter()
+        writer = vtkSTLWriter()
         writer.SetFileName(str(tmp))
         writer.SetInputData(surface)
         writer.SetFileTypeToBinary()

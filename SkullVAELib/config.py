@@ -104,6 +104,7 @@ class TrainConfig:
     checkpoint_every: int = 10
     stage2_latent: str = "sample"  # "sample" (paper: z ~ q(z|x) each epoch) | "mu_plus_sigma" (authors' code)
     amp: bool = True  # bf16 autocast on CUDA only
+    cpu_bf16: bool = False  # opt-in bf16 autocast on CPUs with AVX-512-BF16/AMX (docs/BENCHMARKS.md)
     channels_last: bool = True  # channels-last-3d: 1.9x faster epochs on CPU (docs/BENCHMARKS.md)
     compile: bool = False
 

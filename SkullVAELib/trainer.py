@@ -182,11 +182,8 @@ def _run(
             kept = [r for r in read_log(out_dir / LOG_NAME) if r["stage"] < stage]
             write_log(out_dir / LOG_NAME, kept + history)
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.amp and ctx.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    use_bf16 = (cfg.amp and ctx.device.type == "cuda") or (cfg.cpu_bf16 and ctx.device.type == "cpu")
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     need = ctx.world_size * micro_batches
     epoch, step, noise, in_step = start_epoch, start_step, None, False
     t0 = time.perf_counter() - seconds0

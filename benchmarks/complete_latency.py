@@ -126,7 +126,7 @@ def import_times() -> list[list]:
         ("python start-up", "pass"),
         ("import torch", "import torch"),
         ("import torch + monai.networks.blocks", "import torch, monai.networks.blocks"),
-        ("import SkullVAELib.bundle (torch, monai, safetensors)", "import SkullVAELib.bundle"),
+        ("import SkullVAELib.bundle (torch, safetensors; no MONAI since)", "import SkullVAELib.bundle"),
         ("`skullvae complete --help` (dispatcher imports every verb)", None),
     ]:
         cmd = [PYTHON, "-m", "SkullVAELib", "complete", "--help"] if code is None else [PYTHON, "-c", code]
@@ -237,7 +237,7 @@ def main() -> None:
             "Targets: ≤ 5 s wall, ≤ 3 GB peak RSS."
         )
         section.add("Import times (fresh process each, seconds):\n\n" + table(["what", "s"], import_times()))
-        section.add("Output compression (the CLI writes gzip level 1):\n\n" + compression_levels(args))
+        section.add("Output compression (the CLI writes gzip level 3):\n\n" + compression_levels(args))
     if not args.no_write:
         section.write()
 

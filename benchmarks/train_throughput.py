@@ -214,7 +214,7 @@ def main() -> None:
         f"package is not installed) + EnsureChannelFirstd + Resized(nearest), DataLoader with {args.workers} worker(s), "
         "MONAI VarAutoEncoder (paper arguments, 2-channel softmax head), 80·DiceLoss(to_onehot_y, softmax, sum) + β·KLD. "
         "Ours: build_cache (area mode, float16 in memory) + trainer.train_stage1 (TrainConfig(channels_last=True); "
-        "the channels-first row is TrainConfig's default). Floor: our VAE + vae_loss + Adam on in-memory float32 "
+        "the channels-first row is `--channels-first`). Floor: our VAE + vae_loss + Adam on in-memory float32 "
         "batches in the same layout. Times in seconds per epoch; ratio = reference / ours."
     )
     plans = [(tuple(args.grid), args.epochs, None)]

@@ -46,6 +46,7 @@ def register(subparsers) -> None:
         help="case ids to train on: comma list, ranges like 000-063, or a file with one id per line",
     )
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (fast on AMX/AVX-512-BF16 CPUs)")
     p.add_argument(
         "--channels-first",
         action="store_true",
@@ -83,6 +84,7 @@ def _train_config(args: argparse.Namespace, stage: int):
         checkpoint_every=args.checkpoint_every,
         stage2_latent=args.stage2_latent,
         amp=not args.no_amp,
+        cpu_bf16=args.cpu_bf16,
         channels_last=not args.channels_first,
         compile=args.compile,
     )

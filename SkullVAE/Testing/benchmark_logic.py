@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("input")
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--defect", default="cranial")
+    parser.add_argument("--model", help="a trained bundle to time instead of an untrained preset")
     args = parser.parse_args()
 
     import numpy as np
@@ -34,10 +35,12 @@ def main() -> int:
     from SkullVAELib.config import network_preset
 
     with tempfile.TemporaryDirectory() as folder:
-        bundle = new_bundle(network_preset(args.preset), aggregated=True, seed=0)
-        d = bundle.network.latent_size
-        bundle.set_centroids({"complete": np.zeros(d), "cranial": np.full(d, 0.1), "facial": np.full(d, -0.1)})
-        bundle.save(Path(folder) / "model")
+        model = args.model or str(Path(folder) / "model")
+        if not args.model:
+            bundle = new_bundle(network_preset(args.preset), aggregated=True, seed=0)
+            d = bundle.network.latent_size
+            bundle.set_centroids({"complete": np.zeros(d), "cranial": np.full(d, 0.1), "facial": np.full(d, -0.1)})
+            bundle.save(model)
         scene, _logics = nodes.createCoreScene()
         volume = nodes.readVolume(scene, args.input)
         stages = {}
@@ -46,13 +49,15 @@ def main() -> int:
         logic.logCallback = lambda text: None
         seg = logic.process(
             volume,
-            str(Path(folder) / "model"),
+            model,
             defect=args.defect,
             onProgress=lambda stage, fraction, message: stages.setdefault(stage, time.perf_counter() - start),
         )
         total = time.perf_counter() - start
     dims = volume.GetImageData().GetDimensions()
-    print(f"input {args.input} {dims}, preset {args.preset}: process() -> result {total:.1f} s")
+    print(
+        f"input {args.input} {dims}, model {args.model or 'untrained ' + args.preset}: process() -> result {total:.1f} s"
+    )
     print("first progress event per stage (s after process()):", {k: round(v, 1) for k, v in stages.items()})
     print("segments:", [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)])
     return 0

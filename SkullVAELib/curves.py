@@ -99,3 +99,9 @@ def plot_curves(logs: Sequence[str | os.PathLike], png_path: str | os.PathLike) 
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return png_path
+
+
+def curve_logs(out_dir: str | os.PathLike) -> list[Path]:
+    """The training logs drawn into ``curves.png``: this folder's and its sub-folders' (e.g. both β runs)."""
+    out_dir = Path(out_dir)
+    return [p for p in [out_dir / LOG_NAME, *sorted(out_dir.glob(f"*/{LOG_NAME}"))] if p.is_file()]

@@ -35,7 +35,7 @@ from torch import nn
 
 from SkullVAELib import checkpoint as ckpt
 from SkullVAELib.config import TrainConfig
-from SkullVAELib.curves import CURVES_NAME, LOG_NAME, plot_curves, read_log, write_log
+from SkullVAELib.curves import CURVES_NAME, LOG_NAME, curve_logs, plot_curves, read_log, write_log
 from SkullVAELib.distributed import DistContext, current_context
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.losses import kld_standard_normal, soft_dice_loss, vae_loss
@@ -252,12 +252,6 @@ def _run(
     if ctx.is_main:
         plot_curves(curve_logs(out_dir), out_dir / CURVES_NAME)
     return history
-
-
-def curve_logs(out_dir: str | os.PathLike) -> list[Path]:
-    """The training logs drawn into ``curves.png``: this folder's and its sub-folders' (e.g. both β runs)."""
-    out_dir = Path(out_dir)
-    return [p for p in [out_dir / LOG_NAME, *sorted(out_dir.glob(f"*/{LOG_NAME}"))] if p.is_file()]
 
 
 def train_stage1(

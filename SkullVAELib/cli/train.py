@@ -90,10 +90,10 @@ def _train_config(args: argparse.Namespace, stage: int):
     )
 
 
-def _load_data(args: argparse.Namespace, grid, ctx, progress):
+def _load_data(args: argparse.Namespace, train_ids: list[str] | None, grid, ctx, progress):
     from SkullVAELib.dataset import build_cache, discover_cases, select_cases
 
-    cases = select_cases(discover_cases([Path(d) for d in args.data]), args.train_ids)
+    cases = select_cases(discover_cases([Path(d) for d in args.data]), train_ids)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 fills the cache first; the others then read it
     cached = build_cache(cases, grid, cache_dir=args.cache_dir, progress=progress if ctx.is_main else None)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     stages = (1, 2) if args.stage == "all" else (int(args.stage),)
     network = _network(args)  # validates grid / depth / channels first: one-line errors
-    parse_id_spec(args.train_ids)  # and the id spec, before any data is read
+    train_ids = parse_id_spec(args.train_ids)  # and the id spec, before any data is read
     cfgs = {s: _train_config(args, s) for s in stages}
     bundle = None
     if stages == (2,):
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     try:
         ctx = current_context(args.device)
-        cached = _load_data(args, network.grid, ctx, progress)
+        cached = _load_data(args, train_ids, network.grid, ctx, progress)
         info = {
             "library_version": __version__,
             "data_manifest_hash": cached.manifest_hash,

@@ -1,0 +1,124 @@
+"""Training augmentation on the model grid (SkullVAELib.augment), on phantoms."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from SkullVAELib.augment import (
+    AugmentConfig,
+    Augmenter,
+    affine_theta,
+    augment_batch,
+    cranial_region,
+    facial_region,
+    mirror,
+    step_generator,
+    warp,
+)
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.grid import to_model_grid
+from SkullVAELib.phantoms import make_phantom
+
+GRID = (32, 32, 24)
+SPACING = (6.4, 6.4, 6.4)  # phantom field of view 204.8 x 204.8 x 153.6 mm on GRID
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    vols = [to_model_grid(make_phantom(s, shape=(64, 64, 48), spacing=None), GRID) for s in (1, 2)]
+    return torch.from_numpy(np.stack(vols))[:, None]
+
+
+def _cfg(**kw) -> AugmentConfig:
+    return AugmentConfig(spacing_mm=SPACING, **kw)
+
+
+def test_shape_dtype_and_range(batch):
+    inputs, targets = augment_batch(batch.half(), _cfg(p_affine=1, p_elastic=1, p_cranial=0.5), step_generator(0, 0, 0))
+    for t in (inputs, targets):
+        assert t.shape == batch.shape and t.dtype == torch.float32
+        assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    # bone is moved, not created or destroyed wholesale
+    assert 0.7 < float(targets.sum()) / float(batch.sum()) < 1.3
+
+
+def test_mirror_is_an_involution_and_flips_left_right(batch):
+    assert torch.equal(mirror(mirror(batch)), batch)
+    flipped = mirror(batch)
+    assert torch.equal(flipped[:, :, 0], batch[:, :, -1])
+    assert not torch.equal(flipped, batch)  # phantoms are not exactly symmetric
+
+
+def test_zero_transform_is_identity(batch):
+    theta = affine_theta(torch.eye(3, dtype=torch.float64)[None].repeat(2, 1, 1), torch.zeros(2, 3), GRID, SPACING)
+    assert torch.allclose(warp(batch, theta), batch.float(), atol=1e-5)
+    cfg = _cfg(
+        p_mirror=0, p_affine=1, rotation_deg=0, translation_mm=0, scale=0, shear=0, p_elastic=0, p_cranial=0, p_facial=0
+    )
+    inputs, targets = augment_batch(batch, cfg, step_generator(0, 0, 0))
+    assert torch.allclose(inputs, batch.float(), atol=1e-5) and torch.allclose(targets, batch.float(), atol=1e-5)
+
+
+def test_translation_in_millimetres_moves_by_voxels(batch):
+    # +2 voxels (12.8 mm) along X: p_in = p_out + t, so the output at i equals the input at i + 2
+    theta = affine_theta(
+        torch.eye(3, dtype=torch.float64)[None], torch.tensor([[2 * SPACING[0], 0.0, 0.0]]), GRID, SPACING
+    )
+    moved = warp(batch[:1], theta)
+    assert torch.allclose(moved[0, 0, :-2], batch[0, 0, 2:].float(), atol=1e-4)
+
+
+def test_seeds_reproduce_and_differ(batch):
+    cfg = _cfg(p_affine=1, p_elastic=1, p_cranial=0.5, p_facial=0.5)
+    a = Augmenter(cfg)(batch, epoch=3, step=1)
+    b = Augmenter(cfg)(batch, epoch=3, step=1)
+    c = Augmenter(cfg)(batch, epoch=4, step=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+    aug = Augmenter(cfg)  # the internal counter: successive calls differ, a new Augmenter repeats them
+    first, second = aug(batch), aug(batch)
+    assert not torch.equal(first[1], second[1]) and torch.equal(Augmenter(cfg)(batch)[1], first[1])
+
+
+def test_fresh_cranial_defect_only_on_the_vault(batch):
+    bone = batch[0, 0] > 0.5
+    z_bone = bone.nonzero()[:, 2].float()
+    mid = float((z_bone.min() + z_bone.max()) / 2)
+    for seed in range(6):
+        region = cranial_region(bone, SPACING, step_generator(seed, 0, 0))
+        removed = region & bone
+        assert int(removed.sum()) > 0.005 * int(bone.sum())
+        assert float(removed.nonzero()[:, 2].float().min()) >= mid - 2  # upper half (vault)
+
+
+def test_fresh_facial_defect_only_in_front(batch):
+    bone = batch[0, 0] > 0.5
+    idx = bone.nonzero().float()
+    y_front, z_low = float(idx[:, 1].min()), float(idx[:, 2].min())
+    region = facial_region(bone, SPACING, step_generator(0, 0, 0))
+    removed = (region & bone).nonzero().float()
+    assert len(removed) > 0
+    assert float(removed[:, 1].max()) <= y_front + 44.0 / SPACING[1] + 1  # within 44 mm of the front
+    assert float(removed[:, 2].max()) <= z_low + 0.6 * (float(idx[:, 2].max()) - z_low) + 1  # lower part
+
+
+def test_defect_inputs_only_remove_bone_and_targets_follow_the_option(batch):
+    cfg = _cfg(p_mirror=0, p_affine=0, p_elastic=0, p_cranial=1.0, p_facial=0)
+    inputs, targets = augment_batch(batch, cfg, step_generator(1, 0, 0))
+    assert torch.equal(targets, batch.float())  # complete target: the skull before the cut
+    assert bool((inputs <= targets).all()) and float(inputs.sum()) < float(targets.sum())
+    inputs2, targets2 = augment_batch(batch, dataclasses.replace(cfg, defect_target="input"), step_generator(1, 0, 0))
+    assert torch.equal(inputs2, inputs) and torch.equal(targets2, inputs2)
+
+
+def test_bad_settings_and_batches_are_one_line_errors():
+    with pytest.raises(SkullVAEError, match="p_mirror"):
+        AugmentConfig(p_mirror=2)
+    with pytest.raises(SkullVAEError, match="defect_target"):
+        AugmentConfig(defect_target="other")
+    with pytest.raises(SkullVAEError, match=r"\(B, 1, X, Y, Z\)"):
+        Augmenter()(torch.zeros(2, 32, 32, 16))

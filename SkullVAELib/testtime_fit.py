@@ -1,0 +1,226 @@
+"""Test-time fit of the latent code to the patient's own bone (issue 9, lever 3).
+
+Completion by latent arithmetic decodes μ + γ·DEV: a skull the model knows, moved towards
+"complete". On a skull the model never saw, μ decodes to a memorised neighbour, not the
+patient. The fit optimises z so that the decoded skull matches the patient's bone where the
+patient HAS bone information, i.e. everywhere outside a dilated defect region:
+
+    loss(z) = SoftDice_O(decode(z), x) + λ · ½‖z‖²
+
+* x: the patient's bone occupancy on the model grid (X, Y, Z) in [0, 1];
+* O: the observed voxels = NOT dilate(defect region, ``dilation_mm``). The defect region is given,
+  or (default) where decode(μ + γ·DEV) adds bone to decode(μ) (what the latent shift fills,
+  i.e. where the model thinks the hole is), falling back to the decoded bone outside the patient's
+  bone when the shift adds nothing;
+* SoftDice_O = 1 − 2 Σ_O p·x / (Σ_O p + Σ_O x), p = sigmoid(decoder logits);
+* ½‖z‖²: the Gaussian prior N(0, I) of the latent space as a penalty, weight λ = ``prior_weight``
+  (default 1e-3 per unit of Dice: keeps z near the prior's typical set for an aggregated VAE,
+  whose ‖z‖² ≈ d, without fighting the data term; λ = 0 is the plain maximum-likelihood fit).
+
+Adam on z only (the decoder is frozen, eval mode), ``steps`` steps from ``μ`` (``start="mu"``) or
+``μ + γ·DEV`` (``start="shifted"``, default). The implant is then taken from the fitted decoding
+inside the defect region (see ``completion``); the patient's bone is never altered, because the
+completed skull is always input ∪ implant and the implant lies outside the input bone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from SkullVAELib.errors import SkullVAEError
+
+STARTS = ("mu", "shifted")
+
+
+@dataclass
+class FitConfig:
+    """Settings of the test-time fit (see the module docstring).
+
+    Attributes:
+        steps: Adam steps (0 = no fit).
+        lr: Adam learning rate on z.
+        prior_weight: λ of the ½‖z‖² penalty (per unit of Dice).
+        dilation_mm: the defect region is dilated by this many mm before it is excluded.
+        start: "mu" or "shifted" (μ + γ·DEV).
+        jitter: standard deviation of Gaussian noise added to the start (0 = deterministic start).
+        seed: seeds the jitter.
+    """
+
+    steps: int = 100
+    lr: float = 0.05
+    prior_weight: float = 1e-3
+    dilation_mm: float = 10.0
+    start: str = "shifted"
+    jitter: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.steps) != self.steps or self.steps < 0:
+            raise SkullVAEError(f"fit steps must be a non-negative integer, got {self.steps}")
+        for name in ("lr", "prior_weight", "dilation_mm", "jitter"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
+                raise SkullVAEError(f"fit {name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v}")
+        if self.start not in STARTS:
+            raise SkullVAEError(f"fit start must be one of {STARTS}, got {self.start!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit_latent`.
+
+    Attributes:
+        z: fitted latent (d,) float32.
+        probabilities: decode(z) on the model grid (X, Y, Z) float32.
+        losses: total loss before the first step and after every step (steps + 1 values).
+        masked_dice: SoftDice_O before and after the fit.
+        observed: the voxels O the fit matched (X, Y, Z) bool.
+    """
+
+    z: np.ndarray
+    probabilities: np.ndarray
+    losses: list[float]
+    masked_dice: tuple[float, float]
+    observed: np.ndarray
+
+
+def dilate_mm(mask: np.ndarray, voxel_mm, radius_mm: float) -> np.ndarray:
+    """Dilate a bool (X, Y, Z) mask by an ellipsoid of ``radius_mm`` in each axis (anisotropic voxels)."""
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    r = [max(0, int(math.floor(radius_mm / float(v)))) for v in voxel_mm]
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
+    ball = sum(((g * float(v)) / radius_mm) ** 2 for g, v in zip(grids, voxel_mm, strict=True)) <= 1.0
+    return ndimage.binary_dilation(mask, structure=ball)
+
+
+def defect_region(added: np.ndarray | None, candidate: np.ndarray) -> np.ndarray:
+    """The defect estimate (X, Y, Z) bool: what the latent shift adds, else the candidate implant."""
+    if added is not None and added.any():
+        return added
+    return candidate
+
+
+def masked_soft_dice(prob: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """1 − 2 Σ w·p·x / (Σ w·p + Σ w·x) over the last three dims; ``weight`` 1 on O, 0 elsewhere."""
+    dims = (-3, -2, -1)
+    inter = (weight * prob * target).sum(dims)
+    denom = (weight * prob).sum(dims) + (weight * target).sum(dims)
+    return 1.0 - 2.0 * inter / denom.clamp_min(1e-6)
+
+
+def fit_latent(
+    decoder: torch.nn.Module,
+    occupancy: np.ndarray,
+    z_start: np.ndarray,
+    observed: np.ndarray,
+    cfg: FitConfig,
+    device: str | torch.device = "cpu",
+) -> FitResult:
+    """Optimise z so that ``decoder.logits(z)`` matches ``occupancy`` on ``observed``.
+
+    Args:
+        decoder: has ``logits(z (1, d)) -> (1, 1, X, Y, Z)``; frozen and left in eval mode.
+        occupancy: the patient's bone fraction (X, Y, Z) float in [0, 1] (never modified).
+        z_start: (d,) starting code (μ or μ + γ·DEV).
+        observed: (X, Y, Z) bool, the voxels O (outside the dilated defect).
+        cfg: steps, lr, prior weight, jitter + seed.
+        device: where the decoder runs.
+
+    Returns:
+        FitResult (z, decode(z), loss history, masked Dice before/after, O).
+    """
+    if occupancy.shape != observed.shape:
+        raise SkullVAEError(f"occupancy {occupancy.shape} and observed mask {observed.shape} differ in shape")
+    if not observed.any():
+        raise SkullVAEError("the test-time fit has no observed voxels (the defect region covers the whole grid)")
+    device = torch.device(device)
+    x = torch.from_numpy(np.ascontiguousarray(occupancy, dtype=np.float32)).to(device)[None, None]
+    w = torch.from_numpy(np.ascontiguousarray(observed, dtype=np.float32)).to(device)[None, None]
+    z0 = torch.as_tensor(np.asarray(z_start, dtype=np.float32)).reshape(1, -1).to(device)
+    if cfg.jitter > 0:
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        z0 = z0 + cfg.jitter * torch.randn(z0.shape, generator=gen).to(device)
+    z = z0.clone().requires_grad_(True)
+    was_training = decoder.training
+    flags = [p.requires_grad for p in decoder.parameters()]
+    decoder.eval()
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam([z], lr=cfg.lr)
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        prob = torch.sigmoid(decoder.logits(z).float())
+        dice = masked_soft_dice(prob, x, w).sum()
+        return dice + cfg.prior_weight * 0.5 * (z**2).sum(), dice, prob
+
+    losses: list[float] = []  # the loss at z before each step, then at the final z
+    dice_before = float("nan")
+    try:
+        with torch.enable_grad():
+            for step in range(int(cfg.steps)):
+                optimizer.zero_grad(set_to_none=True)
+                loss, dice, _ = objective()
+                losses.append(float(loss.detach()))
+                if step == 0:
+                    dice_before = float(dice.detach())
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            loss, dice, prob = objective()
+    finally:
+        for p, flag in zip(decoder.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        decoder.train(was_training)
+    losses.append(float(loss))
+    if cfg.steps == 0:
+        dice_before = float(dice)
+    return FitResult(
+        z=z.detach()[0].cpu().numpy().astype(np.float32),
+        probabilities=np.ascontiguousarray(prob[0, 0].cpu().numpy(), dtype=np.float32),
+        losses=losses,
+        masked_dice=(dice_before, float(dice)),
+        observed=observed.copy(),
+    )
+
+
+def fit_to_patient(
+    decoder: torch.nn.Module,
+    occupancy: np.ndarray,
+    mu: np.ndarray,
+    shift: np.ndarray,
+    prob_shifted: np.ndarray,
+    added: np.ndarray | None,
+    voxel_mm,
+    cfg: FitConfig,
+    threshold: float = 0.5,
+    region: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[FitResult, np.ndarray]:
+    """The fit as ``complete`` runs it: (FitResult, dilated defect region (X, Y, Z) bool).
+
+    Args:
+        decoder: the completion decoder.
+        occupancy: the patient's bone fraction on the model grid (X, Y, Z).
+        mu, shift: μ and γ·DEV (d,).
+        prob_shifted: decode(μ + γ·DEV) (X, Y, Z): its bone outside the patient's bone is the
+            fallback defect estimate.
+        added: bone that γ·DEV adds to decode(μ) (X, Y, Z) bool, or None.
+        voxel_mm: model voxel size (3,) in mm.
+        region: a given defect region (X, Y, Z) bool, used instead of the estimate (still dilated).
+    """
+    if region is None:
+        candidate = (prob_shifted > threshold) & (occupancy < 0.5)
+        region = defect_region(added, candidate)
+    region = dilate_mm(np.asarray(region, dtype=bool), voxel_mm, cfg.dilation_mm)
+    start = np.asarray(mu, dtype=np.float32) + (np.asarray(shift, np.float32) if cfg.start == "shifted" else 0.0)
+    return fit_latent(decoder, occupancy, start, ~region, cfg, device), region

@@ -1,0 +1,115 @@
+"""Test-time fit of z to the patient's own bone (SkullVAELib.testtime_fit), on phantoms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from SkullVAELib.defects import cranial_defect
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.grid import to_model_grid
+from SkullVAELib.phantoms import make_phantom
+from SkullVAELib.testtime_fit import FitConfig, dilate_mm, fit_latent, fit_to_patient, masked_soft_dice
+
+GRID = (32, 32, 24)
+VOXEL_MM = (6.4, 6.4, 6.4)
+
+
+class BlendDecoder(nn.Module):
+    """logits = 20·((1 − s)·A + s·B − 0.5), s = sigmoid(z₀): z₀ picks between two skulls A and B."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.from_numpy(a)[None, None])
+        self.register_buffer("b", torch.from_numpy(b)[None, None])
+        self.gain = nn.Parameter(torch.tensor(20.0))
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(z[:, :1]).view(-1, 1, 1, 1, 1)
+        return self.gain * ((1 - s) * self.a + s * self.b - 0.5)
+
+
+@pytest.fixture(scope="module")
+def case():
+    skull_a = make_phantom(3, shape=(64, 64, 48), spacing=None)
+    skull_b = make_phantom(8, shape=(64, 64, 48), spacing=None)
+    defective, implant = cranial_defect(skull_a, seed=1)
+    a, b = to_model_grid(skull_a, GRID), to_model_grid(skull_b, GRID)
+    occupancy = to_model_grid(defective, GRID)
+    hole = to_model_grid(implant, GRID) > 0.2
+    return BlendDecoder(a, b), occupancy, hole, a
+
+
+def test_fit_lowers_the_masked_loss_towards_the_patient(case):
+    decoder, occupancy, hole, _ = case
+    observed = ~dilate_mm(hole, VOXEL_MM, 10.0)
+    start = np.array([3.0, 0.0], dtype=np.float32)  # s ≈ 0.95: the other skull
+    result = fit_latent(decoder, occupancy, start, observed, FitConfig(steps=40, lr=0.2, prior_weight=0.0))
+    assert result.losses[-1] < result.losses[0] - 0.05
+    assert result.masked_dice[1] < result.masked_dice[0]
+    assert result.z[0] < start[0] - 1.0  # moved towards the patient's skull A
+    assert result.probabilities.shape == GRID and result.probabilities.dtype == np.float32
+
+
+def test_step_count_is_respected_and_zero_steps_is_the_start(case):
+    decoder, occupancy, hole, _ = case
+    start = np.array([1.0, -0.5], dtype=np.float32)
+    for steps in (0, 1, 7):
+        result = fit_latent(decoder, occupancy, start, ~hole, FitConfig(steps=steps))
+        assert len(result.losses) == steps + 1
+    zero = fit_latent(decoder, occupancy, start, ~hole, FitConfig(steps=0))
+    assert np.array_equal(zero.z, start) and zero.masked_dice[0] == zero.masked_dice[1]
+
+
+def test_deterministic_with_a_seed(case):
+    decoder, occupancy, hole, _ = case
+    start = np.zeros(2, dtype=np.float32)
+    runs = [fit_latent(decoder, occupancy, start, ~hole, FitConfig(steps=5, jitter=0.5, seed=s)).z for s in (1, 1, 2)]
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_patient_bone_and_decoder_are_never_altered(case):
+    decoder, occupancy, hole, _ = case
+    before = occupancy.copy()
+    params = [p.detach().clone() for p in decoder.parameters()]
+    fit_latent(decoder, occupancy, np.zeros(2, np.float32), ~hole, FitConfig(steps=5))
+    assert np.array_equal(occupancy, before)
+    assert all(torch.equal(p, q) for p, q in zip(decoder.parameters(), params, strict=True))
+    assert all(p.requires_grad for p in decoder.parameters())  # restored
+    assert decoder.training  # restored
+
+
+def test_prior_pulls_z_towards_zero(case):
+    decoder, occupancy, hole, _ = case
+    start = np.array([0.0, 4.0], dtype=np.float32)  # z₁ does not change the decoding
+    free = fit_latent(decoder, occupancy, start, ~hole, FitConfig(steps=20, lr=0.2, prior_weight=0.0))
+    prior = fit_latent(decoder, occupancy, start, ~hole, FitConfig(steps=20, lr=0.2, prior_weight=0.1))
+    assert free.z[1] == pytest.approx(4.0) and prior.z[1] < 3.0
+
+
+def test_fit_to_patient_excludes_the_dilated_defect(case):
+    decoder, occupancy, hole, a = case
+    mu, shift = np.array([0.0, 0.0], np.float32), np.array([-2.0, 0.0], np.float32)
+    result, region = fit_to_patient(
+        decoder, occupancy, mu, shift, a, hole, VOXEL_MM, FitConfig(steps=3, dilation_mm=12.8)
+    )
+    assert region[hole].all() and region.sum() > hole.sum()  # dilated
+    assert not result.observed[region].any() and result.observed[~region].all()
+    # without `added`, the estimate is the decoded bone outside the patient's bone
+    _, fallback = fit_to_patient(decoder, occupancy, mu, shift, a, None, VOXEL_MM, FitConfig(steps=0))
+    assert fallback[(a > 0.5) & (occupancy < 0.5)].all()
+
+
+def test_masked_dice_and_bad_settings():
+    p = torch.ones(1, 1, 2, 2, 2)
+    w = torch.zeros_like(p)
+    w[..., 0] = 1
+    assert float(masked_soft_dice(p, p, w)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(SkullVAEError, match="steps"):
+        FitConfig(steps=-1)
+    with pytest.raises(SkullVAEError, match="start"):
+        FitConfig(start="zero")
+    with pytest.raises(SkullVAEError, match="observed"):
+        fit_latent(nn.Identity(), np.zeros((2, 2, 2), np.float32), np.zeros(1), np.zeros((2, 2, 2), bool), FitConfig())

@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "complete": ("complete", "complete a defective skull: completed skull + implant"),
     "evaluate": ("evaluate", "evaluate a model on held-out cases (Table 1, implant metrics, figures)"),
     "import-reference": ("import_reference", "convert the authors' published weights into a bundle"),
+    "models": ("models", "list, download and install pretrained models (registry + user cache)"),
 }
 
 

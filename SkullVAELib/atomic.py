@@ -1,15 +1,121 @@
 """Write files atomically: to a temporary name in the same folder, then rename.
 
-A reader (or a crash) never sees a half-written file at the final path.
+A reader (or a crash) never sees a half-written file at the final path. Temporary names
+follow one pattern, ``.{final name}.{8 random characters}.tmp{extension}``; the writing
+process holds an advisory lock on its temporary file, so a later run recognises the
+temporaries left by a killed process (no lock held) and removes them
+(:func:`remove_stale_temporaries`, called for every final path before writing it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from SkullVAELib.errors import SkullVAEError
+
+try:  # POSIX advisory locks; Windows falls back to the age of the temporary
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+TEMP_PATTERN = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\..*)?$")
+STALE_AGE_WITHOUT_LOCKS_S = 24 * 3600  # only where advisory locks do not exist
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for good)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file: 0666 & ~umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive non-blocking lock on ``fd``; False when another process holds one."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def is_temporary_name(name: str, final_name: str | None = None) -> bool:
+    """True for names of our temporaries (of ``final_name`` only, when given)."""
+    match = TEMP_PATTERN.match(name)
+    return match is not None and (final_name is None or match.group("final") == final_name)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, final_name: str | None = None) -> list[Path]:
+    """Remove temporaries of our naming in ``folder`` that no running process is writing.
+
+    A temporary is stale when no process holds its lock (the writer was killed); without
+    POSIX locks, when it is older than a day. Only plain files are touched.
+
+    Args:
+        folder: where to look (not recursive).
+        final_name: only temporaries of this final file name (None: all of ours).
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not is_temporary_name(entry.name, final_name):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if fcntl is None:
+                if time.time() - entry.stat().st_mtime < STALE_AGE_WITHOUT_LOCKS_S:
+                    continue
+                os.unlink(entry.path)
+            else:
+                fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    if not _try_lock(fd):
+                        continue  # a live writer holds it
+                    os.unlink(entry.path)
+                finally:
+                    os.close(fd)
+            removed.append(Path(entry.path))
+        except OSError:
+            continue  # vanished or not ours to remove: leave it
+    return removed
+
+
+def write_error(exc: OSError, path: str | os.PathLike) -> SkullVAEError:
+    """A one-line user error for a failed write (read-only folder, parent is a file, disk full, ...)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return SkullVAEError(f"cannot write: {reason}", path)
+
+
+def make_parent(final: Path) -> None:
+    """Create ``final``'s folder (and missing parents); one-line error when that is impossible."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SkullVAEError("cannot write: a parent of this path is a file, not a folder", final) from None
+    except OSError as exc:
+        raise write_error(exc, final) from None
+    if not final.parent.is_dir():
+        raise SkullVAEError("cannot write: a parent of this path is a file, not a folder", final)
 
 
 @contextlib.contextmanager
@@ -18,27 +124,36 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
 
     The temporary name keeps the final file's extension(s) (``suffix``, default taken
     from ``final``) so that writers that pick a format by extension (SimpleITK, VTK)
-    still work. On any exception the temporary file is removed and ``final`` is untouched.
+    still work. On any exception the temporary file is removed and ``final`` is untouched;
+    an OSError (read-only folder, disk full, ...) becomes a one-line SkullVAEError naming
+    ``final``. The file gets the mode a plain ``open()`` would give (0666 & ~umask), even
+    when the writer recreated it (safetensors writes 0600).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(final)
+    remove_stale_temporaries(final.parent, final.name)
     if suffix is None:
-        name = final.name
+        name = final.name.lstrip(".")
         suffix = name[name.index(".") :] if "." in name else ""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
-    os.close(fd)
-    # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
+    except OSError as exc:
+        raise write_error(exc, final) from None
+    _try_lock(fd)  # held until the rename: marks the temporary as live
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, final)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, file_mode())
+            os.replace(tmp_path, final)
+        except OSError as exc:
+            raise write_error(exc, final) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:

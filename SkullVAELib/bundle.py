@@ -10,25 +10,34 @@ MODEL/
 ```
 
 Weights are safetensors and metadata JSON: loading never unpickles. Every file is written
-atomically; config.json is written last, so a folder with a config.json is complete.
+atomically (mode 0666 & ~umask, readable by others under the usual umask 022), config.json
+last. Each save draws a ``save_id`` stored in config.json, in every weights file's metadata
+and in completion.json, so a folder whose parts come from different saves (a crash half-way
+through a save) is refused instead of completing skulls with a mixed model. Sizes declared by
+config.json are checked against :mod:`SkullVAELib.limits` before anything is allocated.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from SkullVAELib import __version__
-from SkullVAELib.atomic import atomic_path, atomic_write_text
-from SkullVAELib.config import NetworkConfig
+from SkullVAELib.atomic import atomic_write_bytes, atomic_write_text
+from SkullVAELib.bundle_checks import check_classifier, heads_of, network_of, read_json
+from SkullVAELib.config import COMPLETE, DEFAULT_RESAMPLE, NetworkConfig
 from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.limits import check_network
 from SkullVAELib.networks import Decoder, Encoder
 
 FORMAT = "skullvae-model"
@@ -40,7 +49,6 @@ WEIGHT_FILES = {
     "decoder": "decoder.safetensors",
     "decoupled_decoder": "decoupled_decoder.safetensors",
 }
-COMPLETE = "complete"
 
 
 @dataclass
@@ -64,6 +72,7 @@ class ModelBundle:
     centroids: dict[str, np.ndarray] | None = None
     info: dict = field(default_factory=dict)
     completion_info: dict = field(default_factory=dict)
+    save_id: str | None = None  # set by save() and load(); ties the bundle's files together
 
     @property
     def kind(self) -> str:
@@ -108,8 +117,7 @@ class ModelBundle:
 
     def dev(self, defect: str) -> np.ndarray:
         """DEV = c_complete − c_defect, ``(d,)`` (paper eq. 12)."""
-        if not self.centroids:
-            raise SkullVAEError("model has no completion data; run skullvae fit-completion")
+        self.require_completion()
         if defect == COMPLETE or defect not in self.centroids:
             known = ", ".join(k for k in self.centroids if k != COMPLETE) or "none"
             raise SkullVAEError(f"model has no centroid for defect class {defect!r} (has: {known})")
@@ -120,29 +128,47 @@ class ModelBundle:
         """Defect labels with a centroid (e.g. ["cranial", "facial"])."""
         return [k for k in (self.centroids or {}) if k != COMPLETE]
 
+    def require_completion(self, path: str | Path | None = None) -> None:
+        """SkullVAEError unless fit-completion stored centroids: the one check for missing completion data."""
+        if not self.centroids:
+            raise SkullVAEError("the model has no completion data (centroids); run skullvae fit-completion first", path)
+
+    @property
+    def resample(self) -> str:
+        """The grid resampling mode the model was trained with (``info["resample"]``; "area" when unrecorded)."""
+        return str(self.info.get("resample") or DEFAULT_RESAMPLE)
+
     # ---- saving ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write the bundle to ``folder`` (created); removes stale parts of an older bundle."""
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise SkullVAEError("cannot write a model bundle: path exists and is not a folder", folder)
-        config_text = _dumps(self._config_dict())  # fails (JSON) before anything is written
-        folder.mkdir(parents=True, exist_ok=True)
-        for part, module in self._modules().items():
-            _save_weights(module, folder / WEIGHT_FILES[part], part)
+        previous_id = self.save_id
+        self.save_id = uuid.uuid4().hex
+        try:
+            config_text = _dumps(self._config_dict())  # fails (JSON) before anything is written
+            blobs = {part: _weights_bytes(module, part, self.save_id) for part, module in self._modules().items()}
+        except BaseException:
+            self.save_id = previous_id
+            raise
+        # config.json goes first (removed) and last (written): a crash in between leaves a folder
+        # without config.json ("not a bundle") or parts whose save_id differs (refused by load).
+        _remove(folder / CONFIG_FILE)
+        for part, blob in blobs.items():
+            atomic_write_bytes(folder / WEIGHT_FILES[part], blob)
         if self.decoupled_decoder is None:
-            (folder / WEIGHT_FILES["decoupled_decoder"]).unlink(missing_ok=True)
+            _remove(folder / WEIGHT_FILES["decoupled_decoder"])
         if self.centroids:
             self.save_completion(folder)
         else:
-            (folder / COMPLETION_FILE).unlink(missing_ok=True)
+            _remove(folder / COMPLETION_FILE)
         atomic_write_text(folder / CONFIG_FILE, config_text)
         return folder
 
     def save_completion(self, folder: str | Path) -> Path:
         """Write completion.json (centroids and DEV vectors) into an existing bundle folder."""
-        if not self.centroids:
-            raise SkullVAEError("model has no completion data; run skullvae fit-completion")
+        self.require_completion(folder)
         doc = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -150,6 +176,7 @@ class ModelBundle:
             "centroids": {k: v.tolist() for k, v in self.centroids.items()},
             "dev": {k: self.dev(k).tolist() for k in self.defect_classes},
             "info": self.completion_info,
+            "save_id": self.save_id,
         }
         path = Path(folder) / COMPLETION_FILE
         atomic_write_text(path, _dumps(doc))
@@ -175,6 +202,7 @@ class ModelBundle:
             "network": self.network.to_dict(),
             "heads": heads,
             "info": self.info,
+            "save_id": self.save_id,
         }
 
     # ---- loading ---------------------------------------------------------------------
@@ -187,7 +215,7 @@ class ModelBundle:
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
             raise SkullVAEError(f"not a SkullVAE model bundle (no {CONFIG_FILE})", folder)
-        config = _read_json(config_path)
+        config = read_json(config_path)
         if config.get("format") != FORMAT:
             raise SkullVAEError("not a SkullVAE model config (no 'format': 'skullvae-model')", config_path)
         version = config.get("format_version")
@@ -197,35 +225,46 @@ class ModelBundle:
                 f"which reads version {FORMAT_VERSION})",
                 config_path,
             )
+        network = network_of(config, config_path)
+        heads = heads_of(config, config_path)
+        kind = config.get("kind")
+        check_network(network.grid, network.channels, network.latent_size, config_path)
         try:
-            network = NetworkConfig.from_dict(config["network"])
-            heads = config["heads"]
-            kind = config["kind"]
-            decoders = {p: Decoder(network, int(h["out_channels"]), bool(h["extra_relu"])) for p, h in heads.items()}
+            decoders = {p: Decoder(network, out, relu) for p, (out, relu) in heads.items()}
         except SkullVAEError as exc:
             raise SkullVAEError(f"invalid network in config: {exc.message}", config_path) from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SkullVAEError(f"invalid model config ({type(exc).__name__}: {exc})", config_path) from None
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SkullVAEError(f"invalid model config ({reason})", config_path) from None
         if kind not in ("regular", "aggregated") or "decoder" not in decoders or set(decoders) - set(WEIGHT_FILES):
             raise SkullVAEError(f"invalid model config (kind {kind!r}, decoders {sorted(decoders)})", config_path)
         if (kind == "aggregated") != ("decoupled_decoder" in decoders):
             raise SkullVAEError(f"config kind {kind!r} does not match its decoders {sorted(decoders)}", config_path)
+        save_id = config.get("save_id")
+        info = config.get("info") or {}
+        if not isinstance(info, dict):
+            raise SkullVAEError("invalid model config ('info' must be an object)", config_path)
         encoder = Encoder(network)
-        _load_weights(encoder, folder / WEIGHT_FILES["encoder"], network)
+        _load_weights(encoder, folder / WEIGHT_FILES["encoder"], network, save_id)
         for part, decoder in decoders.items():
-            _load_weights(decoder, folder / WEIGHT_FILES[part], network)
-        bundle = cls(
-            network, encoder, decoders["decoder"], decoders.get("decoupled_decoder"), info=config.get("info") or {}
-        )
+            _load_weights(decoder, folder / WEIGHT_FILES[part], network, save_id)
+        bundle = cls(network, encoder, decoders["decoder"], decoders.get("decoupled_decoder"), info=info)
+        bundle.save_id = save_id
         completion_path = folder / COMPLETION_FILE
-        if completion_path.exists():
-            doc = _read_json(completion_path)
+        if completion_path.exists() or completion_path.is_symlink():
+            doc = read_json(completion_path)
             try:
-                bundle.set_centroids(doc["centroids"], doc.get("info") or {})
+                completion_info = doc.get("info") or {}
+                if not isinstance(completion_info, dict):
+                    raise SkullVAEError("'info' must be an object")
+                bundle.set_centroids(doc["centroids"], completion_info)
+                check_classifier(completion_info, network.latent_size)
             except SkullVAEError as exc:
                 raise SkullVAEError(f"invalid completion data: {exc.message}", completion_path) from None
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                 raise SkullVAEError(f"invalid completion data ({type(exc).__name__}: {exc})", completion_path) from None
+            if doc.get("save_id") != save_id:
+                raise SkullVAEError(_MIXED, completion_path)
         return bundle.to(device).eval()
 
 
@@ -243,22 +282,47 @@ def new_bundle(
     return ModelBundle(cfg, Encoder(cfg), Decoder(cfg, out_channels), decoupled, info=dict(info or {})).eval()
 
 
-def _save_weights(module: nn.Module, path: Path, part: str) -> None:
+_MIXED = (
+    "belongs to another save of the model than config.json (a save was interrupted?); "
+    "save or train the model again, or restore the folder from a backup"
+)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise SkullVAEError(f"cannot remove an old part of the model bundle: {exc.strerror}", path) from None
+
+
+def _weights_bytes(module: nn.Module, part: str, save_id: str) -> bytes:
+    """The safetensors bytes of ``module`` (written by us, not safetensors, so the file keeps
+    the atomic writer's mode and lock)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "part": part})
+    return safetensors_bytes(tensors, metadata={"format": FORMAT, "part": part, "save_id": save_id})
 
 
-def _load_weights(module: nn.Module, path: Path, network: NetworkConfig) -> None:
-    """Fill ``module`` from a safetensors file, with one-line errors naming the file."""
+def _save_weights(module: nn.Module, path: Path, part: str, save_id: str = "") -> None:
+    atomic_write_bytes(path, _weights_bytes(module, part, save_id))
+
+
+def _load_weights(module: nn.Module, path: Path, network: NetworkConfig, save_id: str | None = None) -> None:
+    """Fill ``module`` from a safetensors file, with one-line errors naming the file.
+
+    ``save_id`` (from config.json) must match the file's metadata: parts of two saves are refused.
+    """
     if not path.is_file():
         raise SkullVAEError("missing weights file of the model bundle", path)
     try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises SafetensorError or OSError/ValueError
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SkullVAEError(f"corrupt or truncated safetensors file ({reason})", path) from None
-    load_checked(module, tensors, path, network)
+    load_checked(module, tensors, path, network)  # foreign or mis-shaped weights: the precise error first
+    if metadata.get("save_id") != save_id:
+        raise SkullVAEError(_MIXED, path)
 
 
 def load_checked(
@@ -287,19 +351,11 @@ def load_checked(
                 f"{tuple(tensors[key].shape)}, expected {tuple(ref.shape)}",
                 path,
             )
+        if tensors[key].dtype != ref.dtype:
+            raise SkullVAEError(f"weights {key} have dtype {tensors[key].dtype}, expected {ref.dtype}", path)
         if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
             raise SkullVAEError(f"weights contain NaN or infinity ({key})", path)
     module.load_state_dict(tensors)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SkullVAEError(f"cannot read JSON ({exc})", path) from None
-    if not isinstance(doc, dict):
-        raise SkullVAEError("expected a JSON object", path)
-    return doc
 
 
 def _dumps(doc: dict) -> str:

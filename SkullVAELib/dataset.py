@@ -20,9 +20,9 @@ re-reads or re-resamples the originals.
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing
 import os
-import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +33,8 @@ import torch
 
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.inputs import data_files
+from SkullVAELib.limits import check_memory
 from SkullVAELib.progress import ProgressCallback, no_progress
 
 LABEL_FOLDERS = {"complete": "complete_skull", "cranial": "defective_skull", "facial": "facial_defective_skull"}
@@ -151,19 +153,24 @@ def default_cache_dir() -> Path:
 
 
 def file_content_hash(path: str | os.PathLike) -> str:
-    """SHA-256 of the file's bytes (for .mhd, header plus its data file)."""
+    """SHA-256 of the file's bytes (for .mhd, header plus its data file).
+
+    Only regular files are read (a FIFO or an .mhd naming ``/dev/zero`` is refused, see
+    :func:`SkullVAELib.inputs.data_files`), and never more bytes than the file's size when opened.
+    """
     path = Path(path)
     digest = hashlib.sha256()
-    files = [path]
-    if path.suffix.lower() == ".mhd":
-        match = re.search(rb"ElementDataFile\s*=\s*(\S+)", path.read_bytes())
-        if match and match.group(1) != b"LOCAL":
-            files.append(path.parent / match.group(1).decode())
+    files = data_files(path)
     try:
         for file in files:
             with open(file, "rb") as stream:
-                for block in iter(lambda: stream.read(1 << 20), b""):
+                left = os.fstat(stream.fileno()).st_size
+                while left > 0:
+                    block = stream.read(min(1 << 20, left))
+                    if not block:
+                        break
                     digest.update(block)
+                    left -= len(block)
     except OSError as exc:
         raise SkullVAEError(f"cannot read file: {exc.strerror}", exc.filename or path) from None
     return digest.hexdigest()
@@ -275,6 +282,8 @@ def build_cache(
     progress = progress or no_progress
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     n = len(cases)
+    # float16 volumes in memory (N, 1, X, Y, Z) plus one uint8 entry being loaded
+    check_memory(n * math.prod(grid) * 2 + math.prod(grid), f"the training cache of {n} volumes on a {grid} grid")
 
     hashes = []
     for i, case in enumerate(cases):

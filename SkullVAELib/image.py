@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.inputs import read_information
 
 
 @dataclass(eq=False)
@@ -124,30 +125,23 @@ _CT_MAX_ABOVE = 300.0  # ... and bone above the threshold
 
 
 def _read_itk(path: str | Path) -> sitk.Image:
-    """Read any ITK file as a 3D scalar image, or raise SkullVAEError naming the file."""
+    """Read any ITK file as a 3D scalar image, or raise SkullVAEError naming the file.
+
+    The header is checked first (regular file, 3D scalar, size limits, complete NIfTI;
+    see :mod:`SkullVAELib.inputs`), so no voxel is allocated for a bad or hostile file.
+    """
     path = Path(path)
-    if not path.exists():
-        raise SkullVAEError("file not found", path)
-    if path.is_dir():
-        raise SkullVAEError("is a folder, expected an image file (.nrrd, .nii, .nii.gz, .mha, .mhd)", path)
+    reader = read_information(path)
     try:
-        img = sitk.ReadImage(str(path))
+        img = reader.Execute()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()
-        hint = next((line.strip() for line in reason if "Could not create IO object" in line), "")
+        last = reason[-1].strip() if reason else ""
         raise SkullVAEError(
-            "cannot read this file as an image (.nrrd, .nii, .nii.gz, .mha, .mhd)" + (f"; {hint}" if hint else ""), path
+            "cannot read this file as an image (.nrrd, .nii, .nii.gz, .mha, .mhd)" + (f"; {last}" if last else ""), path
         ) from None
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise SkullVAEError(
-            f"is a vector image with {img.GetNumberOfComponentsPerPixel()} components per voxel (4D); expected a 3D volume",
-            path,
-        )
-    dim = img.GetDimension()
-    if dim == 2 or (dim == 3 and min(img.GetSize()) < 2):
-        raise SkullVAEError(f"is a 2D image (size {'x'.join(map(str, img.GetSize()))}); expected a 3D volume", path)
-    if dim != 3:
-        raise SkullVAEError(f"is a {dim}D image (size {'x'.join(map(str, img.GetSize()))}); expected a 3D volume", path)
+    except MemoryError:
+        raise SkullVAEError("not enough memory to read this image", path) from None
     return img
 
 

@@ -9,8 +9,11 @@ torch are converted to tensors/ints so that the safe loader accepts them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,30 +108,61 @@ def check_fingerprint(
         )
 
 
+# Files the trainer writes through atomic_path (temp name ".NAME.<random>.tmp<ext>" next to NAME).
+_OWN_FILES = ("checkpoints/stage1.pt", "checkpoints/stage2.pt", "training_log.csv", "curves.png")
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporaries of our own naming left by a killed run (e.g. a 0-byte checkpoint temp).
+
+    Only ``.NAME.*.tmp*`` siblings of the files the trainer writes (:data:`_OWN_FILES`) are
+    touched, and only regular files. Call it at the start of a run, on one process.
+    Returns the removed paths.
+    """
+    removed = []
+    for own in _OWN_FILES:
+        final = Path(out_dir) / own
+        if not final.parent.is_dir():
+            continue
+        for tmp in final.parent.glob(f".{final.name}.*.tmp*"):
+            if tmp.is_file() and not tmp.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
+
+
 class DeferredInterrupt:
-    """Context manager: the first Ctrl-C only sets ``.requested`` (checked at step boundaries, so the
-    state saved is consistent); a second Ctrl-C interrupts at once. A no-op outside the main thread."""
+    """Context manager: the first Ctrl-C (SIGINT) or SIGTERM only sets ``.requested`` (checked at
+    step boundaries, so the state saved is consistent); a second one interrupts at once.
+
+    SIGTERM is what ``kill``, SLURM and ``docker stop`` send: the trainer treats it exactly like
+    Ctrl-C (checkpoint, then ``KeyboardInterrupt``; the CLI exits 130). ``.signal_name`` says
+    which signal came. A no-op outside the main thread.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __enter__(self) -> DeferredInterrupt:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for name in self.SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    self._previous[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}

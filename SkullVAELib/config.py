@@ -90,7 +90,21 @@ class TrainConfig:
 
     ``dice_weight`` and the KLD sum reproduce the authors' loss scaling, so that β = 100
     and β = 1e-4 mean what they mean in the paper:
-    loss = dice_weight · Σ_batch DiceLoss + β · Σ_batch Σ_latent KLD.
+    loss = recon_scale · dice_weight · Σ_batch DiceLoss + β · Σ_batch Σ_latent KLD.
+
+    ``recon_scale`` (default 1 = the paper): with the authors' scaling one nat of KL costs
+    β = 100 while a sample's whole Dice term is worth at most 80, so β = 100 always collapses
+    the posterior. A larger scale (e.g. 1000: one nat then costs as much as 0.125 % of a
+    sample's Dice) lets β = 100 keep an informative posterior; choose it on validation
+    (docs/RESULTS.md, issue 11). Stage 2 (Dice only) ignores it.
+
+    Checkpoints: at the end of every ``checkpoint_every``-th epoch (default 1; 0 = only by
+    wall time) and mid-epoch whenever ``checkpoint_minutes`` (default 5) have passed since
+    the last one, whichever comes sooner; always at the end and on Ctrl-C / SIGTERM.
+
+    Validation (when the trainer is given validation volumes): reconstruction Dice every
+    ``val_every`` epochs; the best weights are kept; ``patience`` > 0 stops the stage after
+    that many evaluations without improvement (0 = never stop early).
     """
 
     stage: int = 1
@@ -101,14 +115,25 @@ class TrainConfig:
     dice_weight: float = 80.0
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    checkpoint_every: int = 10
+    checkpoint_every: int = 1
+    checkpoint_minutes: float = 5.0
     stage2_latent: str = "sample"  # "sample" (paper: z ~ q(z|x) each epoch) | "mu_plus_sigma" (authors' code)
     amp: bool = True  # bf16 autocast on CUDA only
     cpu_bf16: bool = False  # opt-in bf16 autocast on CPUs with AVX-512-BF16/AMX (docs/BENCHMARKS.md)
     channels_last: bool = True  # channels-last-3d: 1.9x faster epochs on CPU (docs/BENCHMARKS.md)
     compile: bool = False
+    fused_adam: bool = False  # torch's fused Adam kernel (one launch per step; CUDA and CPU)
+    recon_scale: float = 1.0  # multiplies the Dice term of stage 1 (1 = the paper; see above)
+    val_every: int = 10  # epochs between validation evaluations (when validation data are given)
+    patience: int = 0  # evaluations without improvement before stopping (0 = never stop early)
 
     def __post_init__(self) -> None:
+        if not self.recon_scale > 0 or self.recon_scale == float("inf"):
+            raise SkullVAEError(f"recon_scale must be a positive finite number, got {self.recon_scale}")
+        if self.checkpoint_every < 0 or not self.checkpoint_minutes > 0:
+            raise SkullVAEError("checkpoint_every must be >= 0 and checkpoint_minutes > 0")
+        if self.val_every < 1 or self.patience < 0:
+            raise SkullVAEError("val_every must be >= 1 and patience >= 0")
         if self.stage not in (1, 2):
             raise SkullVAEError(f"stage must be 1 or 2, got {self.stage}")
         if self.epochs < 0 or self.batch_size <= 0 or self.lr <= 0:

@@ -1,55 +1,20 @@
-"""The per-epoch training log (``training_log.csv``) and the Figure-3-style curves (``curves.png``).
+"""Deprecated alias (one release): the log moved to :mod:`SkullVAELib.training_log`.
 
-CSV columns (one row per stage and epoch; losses on the authors' per-batch scale, i.e. the
-mean per-sample term times the nominal batch size, so they compare with the paper's Fig. 3):
-
-* ``stage`` 1|2, ``epoch`` (1-based), ``beta`` (β of that stage; 0 for stage 2),
-* ``dice`` = dice_weight · Σ_batch soft-Dice loss, ``kld`` = Σ_batch Σ_latent KLD,
-  ``beta_kld`` = β · kld, ``loss`` = dice + beta_kld,
-* ``dice_score`` = mean per-sample soft Dice coefficient (1 − Dice loss) in [0, 1],
-* ``kld_per_dim`` = mean KLD per sample and latent dimension (nats),
-* ``seconds`` = wall time of the epoch.
+What remains here is the drawing of Fig. 3 (``plot_curves``), which belongs with the other
+figures; engines (the trainer) import no plotting code. Import the log functions from
+``SkullVAELib.training_log``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from SkullVAELib.atomic import atomic_path, atomic_write_text
+from SkullVAELib.atomic import atomic_path
+from SkullVAELib.training_log import COLUMNS, CURVES_NAME, LOG_NAME, curve_logs, read_log, write_log
 
-LOG_NAME = "training_log.csv"
-CURVES_NAME = "curves.png"
-COLUMNS = ("stage", "epoch", "beta", "dice", "kld", "beta_kld", "loss", "dice_score", "kld_per_dim", "seconds")
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a training log as dicts of floats (``stage``/``epoch`` as int); [] if absent."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, float] = {}
-            for key in COLUMNS:
-                if raw.get(key) not in (None, ""):
-                    row[key] = int(raw[key]) if key in ("stage", "epoch") else float(raw[key])
-            rows.append(row)
-    return rows
-
-
-def write_log(path: str | os.PathLike, rows: Iterable[dict[str, float]]) -> None:
-    """Rewrite the whole CSV atomically (cheap: a few hundred rows)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+__all__ = ["COLUMNS", "CURVES_NAME", "LOG_NAME", "curve_logs", "plot_curves", "read_log", "write_log"]
 
 
 def _runs(rows: Sequence[dict[str, float]]) -> dict[tuple[int, float], list[dict[str, float]]]:
@@ -99,9 +64,3 @@ def plot_curves(logs: Sequence[str | os.PathLike], png_path: str | os.PathLike) 
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return png_path
-
-
-def curve_logs(out_dir: str | os.PathLike) -> list[Path]:
-    """The training logs drawn into ``curves.png``: this folder's and its sub-folders' (e.g. both β runs)."""
-    out_dir = Path(out_dir)
-    return [p for p in [out_dir / LOG_NAME, *sorted(out_dir.glob(f"*/{LOG_NAME}"))] if p.is_file()]

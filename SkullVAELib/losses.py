@@ -8,6 +8,14 @@ With this scaling β = 100 makes the KLD dominate (posterior ≈ N(0, I), poor r
 and β = 1e-4 makes it negligible (good reconstruction, loosely regularised latents), the
 paper's two regimes. A different Dice weight or a per-voxel mean would shift both regimes.
 
+Why β = 100 collapses, and ``recon_scale``: one nat of KL costs β = 100, while the whole
+Dice term of a sample is worth at most dice_weight · 1 = 80, so no code that carries
+information can pay for itself and q(z|x) = N(0, I) is the optimum (issue 11, measured).
+``recon_scale`` multiplies the reconstruction term (default 1 = the paper):
+loss = recon_scale · dice_weight · Σ_batch Dice_b + β · Σ_batch Σ_latent KLD. It is a
+documented normalisation of the Dice term, equivalent to dividing β by ``recon_scale``;
+the informative aggregated VAE uses β = 100 with the scale chosen on validation.
+
 Dice on the foreground only: the authors' ``DiceLoss(to_onehot_y=True, softmax=True,
 include_background=True, reduction="sum")`` on a 2-channel head also summed the background
 channel's Dice loss. The background fills ~90 % of the grid, so its Dice loss is a small
@@ -61,6 +69,7 @@ def vae_loss(
     logvar: torch.Tensor,
     beta: float,
     dice_weight: float = 80.0,
+    recon_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """The authors' β-VAE objective (see the module docstring for the scaling).
 
@@ -69,9 +78,10 @@ def vae_loss(
         mu, logvar: ``(B, d)`` posterior parameters (pass ``beta=0`` for stage 2, Dice only).
         beta: KLD weight β.
         dice_weight: the authors' 80.
+        recon_scale: multiplies the Dice term in ``loss`` (1 = the paper; see the module docstring).
 
     Returns:
-        ``loss``: scalar to backpropagate = ``dice + beta_kld``;
+        ``loss``: scalar to backpropagate = ``recon_scale · dice + beta_kld``;
         ``dice``: dice_weight · Σ_batch soft Dice loss (the curve the paper plots);
         ``kld``: Σ_batch Σ_latent KLD; ``beta_kld``: β · kld;
         ``dice_per_sample``, ``kld_per_sample``: the unweighted ``(B,)`` terms.
@@ -82,7 +92,7 @@ def vae_loss(
     kld = kld_b.sum()
     beta_kld = beta * kld
     return {
-        "loss": dice + beta_kld,
+        "loss": recon_scale * dice + beta_kld,
         "dice": dice,
         "kld": kld,
         "beta_kld": beta_kld,

@@ -186,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if ctx.is_main:
             bundle.save(out)
+            _draw_curves(out)
             if hasattr(progress, "close"):
                 progress.close()
             print(f"skullvae train: wrote {bundle.kind} model bundle {out}")
@@ -193,6 +194,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed(created)
     return 0
+
+
+def _draw_curves(out: Path) -> None:
+    """curves.png (Fig. 3) from the training logs: the trainer draws nothing (HT; to move into workflows)."""
+    from SkullVAELib.curves import plot_curves
+    from SkullVAELib.training_log import CURVES_NAME, curve_logs
+
+    plot_curves(curve_logs(out), out / CURVES_NAME)
 
 
 def _mean_seconds(history: list[dict]) -> float | None:

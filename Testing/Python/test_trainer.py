@@ -14,7 +14,7 @@ import torch
 
 from SkullVAELib import checkpoint as ckpt
 from SkullVAELib.config import TrainConfig, network_preset
-from SkullVAELib.curves import read_log
+from SkullVAELib.training_log import read_log
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.grid import to_model_grid
 from SkullVAELib.networks import VAE, Decoder
@@ -103,7 +103,7 @@ def test_checkpoint_survives_a_failing_write(data, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", half_write_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises((OSError, SkullVAEError), match="disk full"):
         train_stage1(fresh_vae(), data, cfg1(epochs=2), out, resume=True)
     after = ckpt.load_checkpoint(path)
     assert after["epoch"] == before["epoch"] == 1
@@ -165,7 +165,7 @@ def test_stage2_freezes_encoder_trains_new_decoder_and_logs(data, tmp_path):
     rows = read_log(tmp_path / "training_log.csv")
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert rows[0]["dice"] == pytest.approx(h1[0]["dice"], rel=1e-5)
-    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert not (tmp_path / "curves.png").exists()  # the engine draws nothing; the workflow draws the curves
     assert (tmp_path / "checkpoints" / "stage2.pt").is_file()
 
 

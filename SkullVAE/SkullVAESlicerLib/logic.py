@@ -59,6 +59,55 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         self.lastResult: dict | None = None
         self.uncertaintyVolume = None
         self._run: _Run | None = None
+        self._download = None  # a running models.ModelDownload
+
+    # --- pretrained models (SkullVAESlicerLib/models.py) ---------------------------
+    @staticmethod
+    def listModels() -> list:
+        """Installed models and registry entries: ``ModelChoice(name, installed, path, downloadable, status)``."""
+        from .models import listModels
+
+        return listModels()
+
+    @staticmethod
+    def modelPath(nameOrPath) -> str:
+        """The folder of an installed model name (or a folder as given); ValueError otherwise."""
+        from .models import resolveModelPath
+
+        return str(resolveModelPath(nameOrPath))
+
+    @property
+    def isDownloading(self) -> bool:
+        return self._download is not None and not self._download.done
+
+    def downloadModel(self, name: str, waitForCompletion: bool = True, onProgress=None, onFinished=None, force=False):
+        """Download, verify and install the registry model ``name`` (child process; resumable).
+
+        Returns the installed folder when ``waitForCompletion``; else None, and
+        :meth:`pollDownload` must be called from a timer. ``onFinished(path, error)``.
+        Raises ValueError (not in the registry, not released, network error naming the URL),
+        SkullVAECancelled after :meth:`cancelDownload`, RuntimeError otherwise.
+        """
+        from .models import ModelDownload
+
+        if self.isDownloading:
+            raise RuntimeError("a model download is already running; cancel it first")
+        self.log(f"Downloading model {name}...")
+        self._download = ModelDownload(name, onProgress=onProgress, onFinished=onFinished, force=force)
+        if not waitForCompletion:
+            return None
+        path = self._download.wait()
+        self.log(f"Model {name} installed in {path}")
+        return str(path)
+
+    def pollDownload(self) -> bool:
+        """Handle the download's pending output; True once it has ended (or none runs)."""
+        return self._download is None or self._download.poll()
+
+    def cancelDownload(self) -> None:
+        if self.isDownloading:
+            self.log("Cancelling the download...")
+            self._download.cancel()
 
     # --- dependencies ------------------------------------------------------------
     def setupPythonRequirements(self, askConfirmation: bool = True) -> bool:
@@ -162,7 +211,9 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"'{inputNode.GetName()}' is neither a volume nor a segmentation")
         if not modelPath or not str(modelPath).strip():
             raise ValueError("No model chosen: select a SkullVAE model folder (it holds config.json)")
-        model = Path(str(modelPath)).expanduser()
+        from .models import resolveModelPath
+
+        model = resolveModelPath(modelPath)  # a folder, or the name of an installed model
         if not model.is_dir():
             raise ValueError(f"{model}: model folder not found")
         if not (model / "config.json").is_file():

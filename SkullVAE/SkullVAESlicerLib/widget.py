@@ -2,7 +2,8 @@
 
 The logic runs the child process; this class drains its output with a ``qt.QTimer`` on
 the main thread (so the GUI never freezes), turns Apply into Cancel while it runs, and
-shows the result.
+shows the result. The model selector lists installed models and the registry's; Download
+runs ``skullvae models download`` the same way (progress bar, Cancel).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import qt
 import slicer
@@ -33,6 +35,7 @@ class SkullVAEPanel:
         self.ui = ui
         self.logic = logic
         self.parameterNode = parameterNode
+        self.modelChoices: list = []  # ModelChoice of each selector line after the placeholder
         self.logic.logCallback = self.appendLog
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
@@ -44,6 +47,12 @@ class SkullVAEPanel:
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
+        self.downloadTimer = qt.QTimer()
+        self.downloadTimer.setInterval(POLL_INTERVAL_MS)
+        self.downloadTimer.connect("timeout()", self.onDownloadTimer)
+        self.ui.modelSelectorComboBox.connect("activated(int)", self.onModelSelected)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadOrCancel)
+        self.refreshModels()
 
     # --- settings ------------------------------------------------------------------
     @staticmethod
@@ -53,7 +62,91 @@ class SkullVAEPanel:
     def onModelPathChanged(self, path: str) -> None:
         if path and os.path.isfile(os.path.join(path, "config.json")):
             qt.QSettings().setValue(MODEL_PATH_SETTING, path)
+        self.selectChoiceFor(path)
         self.updateButtons()
+
+    # --- model selector and download -------------------------------------------------
+    def refreshModels(self) -> None:
+        """Fill the selector: a placeholder, installed models, then registry entries."""
+        try:
+            self.modelChoices = list(self.logic.listModels())
+        except Exception as exc:  # a broken registry must not break the panel
+            self.modelChoices = []
+            self.appendLog(f"Model list unavailable: {exc}")
+        combo = self.ui.modelSelectorComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("(a model folder below)" if self.modelChoices else "(no models: choose a folder below)")
+        for choice in self.modelChoices:
+            combo.addItem(choice.label)
+        combo.blockSignals(False)
+        params = self.parameterNode()
+        self.selectChoiceFor(modelPathText(params) if params is not None else "")
+        self.updateButtons()
+
+    def selectChoiceFor(self, path: str) -> None:
+        """Show the installed model whose folder is ``path`` (else the placeholder)."""
+        index = next(
+            (i + 1 for i, c in enumerate(self.modelChoices) if c.installed and path and _samePath(c.path, path)), 0
+        )
+        self.ui.modelSelectorComboBox.setCurrentIndex(index)
+
+    def selectedChoice(self):
+        index = self.ui.modelSelectorComboBox.currentIndex - 1
+        return self.modelChoices[index] if 0 <= index < len(self.modelChoices) else None
+
+    def onModelSelected(self, index: int) -> None:
+        choice = self.selectedChoice()
+        params = self.parameterNode()
+        if choice is not None and choice.installed and params is not None:
+            params.modelPath = Path(choice.path)
+        elif choice is not None and not choice.installed:
+            self.ui.statusLabel.text = (
+                f"{choice.name}: click Download to install it"
+                if choice.downloadable
+                else f"{choice.name}: {choice.status}"
+            )
+        self.updateButtons()
+
+    def onDownloadOrCancel(self) -> None:
+        if self.logic.isDownloading:
+            self.logic.cancelDownload()
+            return
+        choice = self.selectedChoice()
+        if choice is None or not choice.downloadable:
+            return
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = f"Downloading {choice.name}..."
+        try:
+            self.logic.downloadModel(
+                choice.name, waitForCompletion=False, onProgress=self.onProgress, onFinished=self.onDownloadFinished
+            )
+        except Exception as exc:
+            slicer.util.errorDisplay(f"SkullVAE could not start the download: {exc}")
+            self.updateButtons()
+            return
+        self.downloadTimer.start()
+        self.updateButtons()
+
+    def onDownloadTimer(self) -> None:
+        if self.logic.pollDownload():
+            self.downloadTimer.stop()
+
+    def onDownloadFinished(self, path, error) -> None:
+        self.downloadTimer.stop()
+        if isinstance(error, SkullVAECancelled):
+            self.ui.statusLabel.text = "Download cancelled (it resumes next time)."
+            self.ui.progressBar.setValue(0)
+        elif error is not None:
+            self.ui.statusLabel.text = "Download failed."
+            slicer.util.errorDisplay(str(error), windowTitle="SkullVAE")
+        else:
+            self.ui.statusLabel.text = f"Model installed: {path}"
+            self.ui.progressBar.setValue(100)
+            params = self.parameterNode()
+            if params is not None:
+                params.modelPath = Path(path)
+        self.refreshModels()
 
     # --- state ---------------------------------------------------------------------
     def updateButtons(self) -> None:
@@ -61,8 +154,15 @@ class SkullVAEPanel:
         running = self.logic.isRunning
         hasInput = params is not None and (params.inputVolume is not None or params.inputSegmentation is not None)
         hasModel = params is not None and bool(modelPathText(params))
+        downloading = self.logic.isDownloading
+        choice = self.selectedChoice()
+        self.ui.downloadModelButton.text = "Cancel download" if downloading else "Download"
+        self.ui.downloadModelButton.enabled = downloading or (
+            choice is not None and choice.downloadable and not running
+        )
+        self.ui.modelSelectorComboBox.enabled = not (running or downloading)
         self.ui.applyButton.text = "Cancel" if running else "Apply"
-        self.ui.applyButton.enabled = running or (hasInput and hasModel)
+        self.ui.applyButton.enabled = running or (hasInput and hasModel and not downloading)
         self.ui.applyButton.toolTip = (
             "Stop the running completion"
             if running
@@ -166,6 +266,12 @@ class SkullVAEPanel:
 
     def cancel(self) -> None:
         """Stop a running child (module cleanup, scene close)."""
+        if self.logic.isDownloading:
+            self.logic.cancelDownload()
+            deadline = time.monotonic() + 10
+            while not self.logic.pollDownload() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.downloadTimer.stop()
         if self.logic.isRunning:
             self.logic.cancel()
             deadline = time.monotonic() + 10
@@ -178,6 +284,13 @@ def modelPathText(params) -> str:
     """The chosen model folder as text; "" when none (an unset pathlib.Path reads as ".")."""
     text = str(params.modelPath or "") if params is not None else ""
     return "" if text in ("", ".") else text
+
+
+def _samePath(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _isLabelmap(node) -> bool:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,7 +49,7 @@ def archive_bytes(bundle_dir, tmp_path_factory) -> bytes:
 
 
 class Server:
-    """A ThreadingHTTPServer serving ``files`` (path -> bytes) with Range requests.
+    """A ThreadingHTTPServer serving ``files`` (path -> bytes) with Range requests (also used by test_slicer_models).
 
     ``cut_once[path] = n`` sends the full headers but only n bytes of the body on the next
     request for ``path`` and then drops the connection (an interrupted download).
@@ -58,6 +59,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.cut_once: dict[str, int] = {}
         self.requests: list[tuple[str, str | None, int]] = []  # (path, Range header, status)
+        self.chunk, self.chunk_delay = 1 << 16, 0.0  # a slow server: small chunks with a delay
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,7 +91,11 @@ class Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 cut = server.cut_once.pop(self.path, None)
-                self.wfile.write(body if cut is None else body[:cut])
+                body = body if cut is None else body[:cut]
+                for i in range(0, len(body), server.chunk):
+                    self.wfile.write(body[i : i + server.chunk])
+                    if server.chunk_delay:
+                        time.sleep(server.chunk_delay)
                 if cut is not None:
                     self.wfile.flush()
                     self.close_connection = True

@@ -87,3 +87,10 @@ def test_module_metadata_and_classes():
     assert "SkullVAELogic" in text and 'categories = ["Segmentation"]' in text
     assert re.search(r"research use only", text, re.I) and re.search(r"not a certified medical device", text, re.I)
     assert "slicer.util.loadUI" in text and "childWidgetVariables" in text and "connectGui" in text
+
+
+def test_model_selector_and_download_button():
+    widgets = ui_widgets()
+    assert widgets["modelSelectorComboBox"].get("class") == "QComboBox"
+    assert widgets["downloadModelButton"].get("class") == "QPushButton"
+    assert {"modelSelectorComboBox", "downloadModelButton"} <= used_ui_names(WIDGET)

@@ -23,8 +23,11 @@ BEFORE the fresh defect was cut, so a freshly cut skull is trained to be complet
 input reconstructs itself). SkullFix's fixed defective cases are data like any other: their target
 is themselves (plus any fresh cut filled back).
 
-Randomness: one ``torch.Generator`` on the CPU seeded from ``(seed, epoch, step)`` draws every
-parameter, so a run is reproducible and identical on CPU and GPU up to float rounding.
+Randomness: one ``torch.Generator`` on the CPU, seeded per batch from ``cfg.seed`` and one draw of
+the trainer's generator (itself seeded per seed, stage, epoch, rank), draws every parameter, so a
+run is reproducible and the same on CPU and GPU up to float rounding.
+
+Wiring: ``trainer.train_stage1(..., batch_transform=Augmenter(cfg))``; ``skullvae train --augment``.
 """
 
 from __future__ import annotations
@@ -292,10 +295,12 @@ def facial_region(
 
 
 class Augmenter:
-    """Callable batch transform ``(B, 1, X, Y, Z) → (inputs, targets)``; see the module docstring.
+    """Batch transform ``(B, 1, X, Y, Z) → (inputs, targets)`` for the trainer's ``batch_transform`` hook.
 
-    Each call draws from ``step_generator(cfg.seed, epoch, step)`` (arguments) or, when they are not
-    given, from an internal counter, so the same (seed, epoch, step) always gives the same batch.
+    ``augmenter(x, generator)``: the trainer's generator (seeded per seed, stage, epoch, rank, on the
+    training device) gives one 63-bit draw that, with ``cfg.seed``, seeds the CPU generator of this
+    batch; without a generator the calls are counted (``step_generator(cfg.seed, None, call)``).
+    Either way the same seeds always give the same batches.
     """
 
     def __init__(self, cfg: AugmentConfig | None = None) -> None:
@@ -303,14 +308,17 @@ class Augmenter:
         self.calls = 0
 
     def __call__(
-        self, batch: torch.Tensor, epoch: int | None = None, step: int | None = None
+        self, batch: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.ndim != 5 or batch.shape[1] != 1:
             raise SkullVAEError(f"augment needs a (B, 1, X, Y, Z) batch, got shape {tuple(batch.shape)}")
-        if epoch is None or step is None:
-            epoch, step = None, self.calls
+        if generator is None:
+            gen = step_generator(self.cfg.seed, None, self.calls)
+        else:
+            draw = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            gen = step_generator(self.cfg.seed, draw, 0)
         self.calls += 1
-        return augment_batch(batch, self.cfg, step_generator(self.cfg.seed, epoch, step))
+        return augment_batch(batch, self.cfg, gen)
 
 
 def augment_batch(batch: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,8 +40,9 @@ from SkullVAELib.progress import ProgressCallback
 from SkullVAELib.training_log import LOG_NAME, read_log, write_log
 
 EpochCallback = Callable[[dict], None]
-# (x (B, 1, X, Y, Z) float32 on the training device, generator on that device) -> same-shape tensor.
-BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# (x (B, 1, X, Y, Z) float32 on the training device, generator on that device) -> same-shape tensor,
+# or an (input, target) pair of them (the loss then compares the decoding of input with target).
+BatchTransform = Callable[[torch.Tensor, torch.Generator], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 _RESUME_KEYS = ("beta", "batch_size", "seed", "dice_weight", "stage2_latent", "recon_scale")
 
 

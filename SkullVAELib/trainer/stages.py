@@ -104,13 +104,23 @@ class _StageTrainer(Trainer):
 
     def load(self, idx: torch.Tensor, generator: torch.Generator | None = None, source: torch.Tensor | None = None):
         """Volumes ``idx`` of ``source`` (default: the training data) as float32 on the device, augmented."""
+        return self.load_pair(idx, generator, source)[0]
+
+    def load_pair(
+        self, idx: torch.Tensor, generator: torch.Generator | None = None, source: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, target) of :meth:`load`: the target differs only when ``batch_transform`` returns a pair
+        (e.g. ``augment``: a freshly cut defective input, the skull before the cut as the target)."""
         source = self.data if source is None else source
         x = source[idx.to(source.device)].to(self.ctx.device, torch.float32, non_blocking=True)
+        target = x
         if generator is not None and self.batch_transform is not None:
             x = self.batch_transform(x, generator)
+            x, target = x if isinstance(x, tuple) else (x, x)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x
+            target = target if target is x else target.contiguous(memory_format=torch.channels_last_3d)
+        return x, target
 
     def _val_batches(self):
         for start in range(0, self.validation.shape[0], self.cfg.batch_size):
@@ -124,10 +134,10 @@ class Stage1Trainer(_StageTrainer):
     stage = 1
 
     def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:
-        x = self.load(idx, generator)
+        x, target = self.load_pair(idx, generator)
         with self.autocast():
             prob, mu, logvar = self.forward(x, eps)
-        return vae_loss(prob, x, mu, logvar, self.beta, self.cfg.dice_weight, self.cfg.recon_scale)
+        return vae_loss(prob, target, mu, logvar, self.beta, self.cfg.dice_weight, self.cfg.recon_scale)
 
     @torch.no_grad()
     def validation_dice(self) -> float:
@@ -164,7 +174,7 @@ class Stage2Trainer(_StageTrainer):
 
     def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:
         i = idx.to(self.ctx.device)
-        x = self.load(idx, generator)
+        x, target = self.load_pair(idx, generator)
         if self.batch_transform is not None:  # the augmented batch's own posterior
             with torch.no_grad(), self.autocast():
                 mu, logvar = self.encoder(x)
@@ -174,7 +184,7 @@ class Stage2Trainer(_StageTrainer):
         z = mu + (std if self.fixed else eps * std)  # float32; the decoder's first layer keeps it so
         with self.autocast():
             prob = self.forward(z)
-        dice_b = soft_dice_loss(prob, x)
+        dice_b = soft_dice_loss(prob, target)
         return {"loss": self.cfg.dice_weight * dice_b.sum(), "dice_per_sample": dice_b, "kld_per_sample": kld}
 
     @torch.no_grad()
@@ -215,7 +225,8 @@ def train_stage1(
         micro_batches: split each (per-rank) batch into this many gradient-accumulation chunks.
         batch_transform: ``f(x, generator) -> x'`` applied to every training batch ``(B, 1, X, Y, Z)``
             float32 on the training device (augmentation), before the forward pass; input and target
-            are both the transformed batch. ``generator`` is seeded per (seed, stage, epoch, rank).
+            are both the transformed batch, unless it returns an ``(input, target)`` pair.
+            ``generator`` is seeded per (seed, stage, epoch, rank).
         validation: optional ``(M, 1, X, Y, Z)`` volumes: reconstruction Dice (z = μ) every
             ``cfg.val_every`` epochs, best weights kept, early stop after ``cfg.patience`` evaluations
             without improvement (logged as ``val_dice``, ``best_epoch``, ``early_stop``).

@@ -74,9 +74,9 @@ def test_translation_in_millimetres_moves_by_voxels(batch):
 
 def test_seeds_reproduce_and_differ(batch):
     cfg = _cfg(p_affine=1, p_elastic=1, p_cranial=0.5, p_facial=0.5)
-    a = Augmenter(cfg)(batch, epoch=3, step=1)
-    b = Augmenter(cfg)(batch, epoch=3, step=1)
-    c = Augmenter(cfg)(batch, epoch=4, step=1)
+    a = Augmenter(cfg)(batch, torch.Generator().manual_seed(3))
+    b = Augmenter(cfg)(batch, torch.Generator().manual_seed(3))
+    c = Augmenter(cfg)(batch, torch.Generator().manual_seed(4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
     aug = Augmenter(cfg)  # the internal counter: successive calls differ, a new Augmenter repeats them
@@ -122,3 +122,33 @@ def test_bad_settings_and_batches_are_one_line_errors():
         AugmentConfig(defect_target="other")
     with pytest.raises(SkullVAEError, match=r"\(B, 1, X, Y, Z\)"):
         Augmenter()(torch.zeros(2, 32, 32, 16))
+
+
+def test_the_trainer_calls_the_batch_transform_and_uses_its_target(tmp_path, batch):
+    from SkullVAELib.config import NetworkConfig, TrainConfig
+    from SkullVAELib.networks import VAE
+    from SkullVAELib.trainer import train_stage1
+
+    data = torch.nn.functional.avg_pool3d(batch.float(), 2).repeat(2, 1, 1, 1, 1)[
+        :, :, :16, :16, :8
+    ]  # (4, 1, 16, 16, 8)
+    net = NetworkConfig(grid=(16, 16, 8), channels=(4, 8), latent_size=4)
+    cfg = TrainConfig(epochs=2, batch_size=2, seed=0, device="cpu", checkpoint_every=0)
+    calls = []
+
+    def spy(target_of):
+        def transform(x, generator):
+            calls.append(tuple(x.shape))
+            return x, target_of(x)
+
+        return transform
+
+    torch.manual_seed(0)
+    same = train_stage1(VAE(net), data, cfg, tmp_path / "a", batch_transform=spy(lambda x: x))
+    assert calls == [(2, 1, 16, 16, 8)] * 4  # 2 batches x 2 epochs
+    torch.manual_seed(0)
+    other = train_stage1(VAE(net), data, cfg, tmp_path / "b", batch_transform=spy(lambda x: 1.0 - x))
+    assert same[0]["dice_score"] != pytest.approx(other[0]["dice_score"], abs=1e-3)
+    torch.manual_seed(0)
+    hist = train_stage1(VAE(net), data, cfg, tmp_path / "c", batch_transform=Augmenter(_cfg(p_cranial=0.5)))
+    assert len(hist) == 2 and all(np.isfinite(r["dice"]) for r in hist)

@@ -9,7 +9,6 @@ torch are converted to tensors/ints so that the safe loader accepts them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from SkullVAELib import atomic
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.errors import SkullVAEError
 
@@ -108,27 +108,20 @@ def check_fingerprint(
         )
 
 
-# Files the trainer writes through atomic_path (temp name ".NAME.<random>.tmp<ext>" next to NAME).
+# Files the trainer writes through atomic_path (temporaries ".NAME.<8 chars>.tmp<ext>" next to NAME).
 _OWN_FILES = ("checkpoints/stage1.pt", "checkpoints/stage2.pt", "training_log.csv", "curves.png")
 
 
 def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
-    """Delete temporaries of our own naming left by a killed run (e.g. a 0-byte checkpoint temp).
+    """Delete temporaries of the trainer's files left by a killed run (e.g. a 0-byte checkpoint temp).
 
-    Only ``.NAME.*.tmp*`` siblings of the files the trainer writes (:data:`_OWN_FILES`) are
-    touched, and only regular files. Call it at the start of a run, on one process.
-    Returns the removed paths.
+    Only temporaries of :data:`_OWN_FILES` that no live process holds (``atomic.remove_stale_temporaries``)
+    are removed. Called at the start of every training run. Returns the removed paths.
     """
     removed = []
     for own in _OWN_FILES:
         final = Path(out_dir) / own
-        if not final.parent.is_dir():
-            continue
-        for tmp in final.parent.glob(f".{final.name}.*.tmp*"):
-            if tmp.is_file() and not tmp.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                    removed.append(tmp)
+        removed += atomic.remove_stale_temporaries(final.parent, final.name)
     return removed
 
 

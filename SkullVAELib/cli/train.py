@@ -32,7 +32,30 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoints exactly")
-    p.add_argument("--checkpoint-every", type=int, default=10, metavar="N", help="epochs between checkpoints")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="epochs between checkpoints (default 1; 0 = by wall time only); see --checkpoint-minutes",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        metavar="M",
+        help="also checkpoint mid-epoch once M minutes passed since the last one (default 5): whichever is sooner",
+    )
+    p.add_argument(
+        "--recon-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="multiply stage 1's Dice term by S (default 1 = the paper). With the paper's scaling one nat of KL "
+        "costs beta = 100 while a sample's whole Dice term is worth at most 80, so beta = 100 collapses the "
+        "posterior; S ~ 1000 lets beta = 100 keep an informative one (docs/RESULTS.md, issue 11)",
+    )
+    p.add_argument("--fused-adam", action="store_true", help="torch's fused Adam (one kernel per step)")
     p.add_argument(
         "--stage2-latent",
         choices=("sample", "mu_plus_sigma"),
@@ -82,6 +105,9 @@ def _train_config(args: argparse.Namespace, stage: int):
         seed=args.seed,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        recon_scale=args.recon_scale,
+        fused_adam=args.fused_adam,
         stage2_latent=args.stage2_latent,
         amp=not args.no_amp,
         cpu_bf16=args.cpu_bf16,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_trainer import phantom_data
 
 from SkullVAELib import checkpoint as ckpt
 from SkullVAELib.config import TrainConfig, network_preset
 from SkullVAELib.networks import VAE, Decoder
 from SkullVAELib.trainer import Stage1Trainer, train_stage1, train_stage2
 from SkullVAELib.training_log import read_log
-
-from test_trainer import phantom_data
 
 NET = network_preset("test")
 

@@ -127,9 +127,17 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     still work. On any exception the temporary file is removed and ``final`` is untouched;
     an OSError (read-only folder, disk full, ...) becomes a one-line SkullVAEError naming
     ``final``. The file gets the mode a plain ``open()`` would give (0666 & ~umask), even
-    when the writer recreated it (safetensors writes 0600).
+    when the writer recreated it (safetensors writes 0600). A ``final`` that is itself an
+    existing temporary of ours (an output transaction's) is written in place.
     """
     final = Path(final)
+    if is_temporary_name(final.name) and final.is_file():
+        # already one of our (locked) temporaries, e.g. from outputs.OutputPlan: write it in place
+        try:
+            yield final
+        except OSError as exc:
+            raise write_error(exc, final) from None
+        return
     make_parent(final)
     remove_stale_temporaries(final.parent, final.name)
     if suffix is None:

@@ -1,0 +1,252 @@
+"""Output safety: check every destination of a call before work starts, write them together.
+
+:class:`OutputPlan` collects the outputs of one call (``complete``, ``make-defects``, ...)
+and refuses, before anything is computed or written:
+
+- an output that resolves (symlinks and hard links followed) to an input of the call, to
+  another output of the same call, or into a protected folder (the model bundle);
+- a wrong extension (``.seg.nrrd`` for segmentations, ``.stl``, a single-file volume format
+  for maps), so a file never holds another format than its name says;
+- an existing file, unless overwriting is allowed (``--overwrite``);
+- a destination whose folder cannot be made: more than ``max_new_folders`` missing levels,
+  a parent that is a file, a read-only folder.
+
+:meth:`OutputPlan.transaction` then hands out temporary names (atomic.py's pattern, locked
+while written) and renames all outputs at the end under a lock on their folders, so two calls
+writing the same outputs never leave a segmentation of one beside an STL of the other, and a
+failure anywhere leaves the previous files as they were (temporaries removed, new empty
+folders removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from SkullVAELib.atomic import _try_lock, file_mode, remove_stale_temporaries, write_error
+from SkullVAELib.errors import SkullVAEError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no folder lock, renames still grouped
+    fcntl = None  # type: ignore[assignment]
+
+SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
+STL_EXTENSIONS = (".stl",)
+# single-file volume formats (.mhd writes a second data file whose name the header records)
+VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
+IMAGE_EXTENSIONS = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+PNG_EXTENSIONS = (".png",)
+
+
+def has_extension(path: str | os.PathLike, extensions: Iterable[str]) -> bool:
+    name = Path(path).name.lower()
+    return any(name.endswith(ext) and len(name) > len(ext) for ext in extensions)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+@dataclass
+class _Output:
+    final: Path
+    option: str
+    resolved: Path
+
+
+class OutputPlan:
+    """The checked outputs of one call; see the module docstring.
+
+    Args:
+        inputs: files (or folders) the call reads; no output may be one of them or inside an
+            input folder.
+        protected: folders no output may land in (the model bundle).
+        overwrite: allow replacing existing files (complete's own outputs: yes; data sets
+            and models: only with ``--overwrite``).
+        max_new_folders: how many missing folder levels above an output may be created.
+    """
+
+    def __init__(
+        self,
+        inputs: Iterable[str | os.PathLike] = (),
+        protected: Iterable[str | os.PathLike] = (),
+        overwrite: bool = True,
+        max_new_folders: int = 1,
+    ) -> None:
+        self.inputs = [Path(p) for p in inputs]
+        self.protected = [Path(p).resolve() for p in protected]
+        self.overwrite = overwrite
+        self.max_new_folders = max_new_folders
+        self.outputs: list[_Output] = []
+        self._input_ids = {i for i in map(_identity, self.inputs) if i is not None}
+        self._input_paths = {p.resolve() for p in self.inputs}
+
+    def add(self, path: str | os.PathLike, option: str, extensions: Iterable[str] | None = None) -> Path:
+        """Check one output (``option`` names it in errors, e.g. "--implant-stl") and plan it."""
+        final = Path(path)
+        extensions = tuple(extensions or ())
+        if extensions and not has_extension(final, extensions):
+            raise SkullVAEError(f"{option} must end in {' or '.join(extensions)}", final)
+        if final.is_dir():
+            raise SkullVAEError(f"{option} is a folder; give a file name", final)
+        resolved = final.resolve()
+        identity = _identity(final)
+        if resolved in self._input_paths or (identity is not None and identity in self._input_ids):
+            raise SkullVAEError(f"{option} is an input of this command; refusing to overwrite it", final)
+        for folder in self.protected:
+            if resolved == folder or folder in resolved.parents:
+                raise SkullVAEError(f"{option} lies inside the model folder {folder}; refusing to write there", final)
+        for other in self.outputs:
+            if other.resolved == resolved or (identity is not None and identity == _identity(other.final)):
+                raise SkullVAEError(f"{option} and {other.option} name the same file", final)
+        if not self.overwrite and (final.exists() or final.is_symlink()):
+            raise SkullVAEError(f"{option} exists; refusing to replace it (give --overwrite to replace it)", final)
+        self._check_folder(final, option)
+        self.outputs.append(_Output(final, option, resolved))
+        return final
+
+    def _check_folder(self, final: Path, option: str) -> None:
+        missing = 0
+        folder = final.parent
+        while not folder.exists():
+            if folder.is_symlink():
+                raise SkullVAEError(f"{option}: the folder is a broken symbolic link", folder)
+            missing += 1
+            if missing > self.max_new_folders or folder == folder.parent:
+                raise SkullVAEError(f"{option}: folder {folder.parent} does not exist", final)
+            folder = folder.parent
+        if not folder.is_dir():
+            raise SkullVAEError(f"{option}: {folder} is a file, not a folder", final)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SkullVAEError(f"{option}: folder {folder} is not writable", final)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Temporary names for every planned output; all renamed at the end (see module docstring)."""
+        tx = Transaction(self.outputs)
+        try:
+            tx.begin()
+            yield tx
+            tx.commit()
+        finally:
+            tx.cleanup()
+
+
+class Transaction:
+    """Temporary files of an :class:`OutputPlan`; use :meth:`path` to get the name to write."""
+
+    def __init__(self, outputs: list[_Output]) -> None:
+        self.outputs = outputs
+        self.temps: dict[Path, Path] = {}
+        self.written: set[Path] = set()
+        self._fds: list[int] = []
+        self._new_folders: list[Path] = []
+        self.committed = False
+
+    def begin(self) -> None:
+        for out in self.outputs:
+            self._make_folders(out.final)
+            remove_stale_temporaries(out.final.parent, out.final.name)
+            name = out.final.name
+            if name.lower().endswith(".mhd"):  # header + data file: written into a temporary folder
+                try:
+                    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmpdir", dir=out.final.parent))
+                except OSError as exc:
+                    raise write_error(exc, out.final) from None
+                self.temps[out.final] = folder / name
+                continue
+            suffix = next((ext for ext in (".seg.nrrd", ".nii.gz") if name.lower().endswith(ext)), None)
+            suffix = suffix if suffix is not None else (Path(name).suffix or "")
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + suffix, dir=out.final.parent)
+            except OSError as exc:
+                raise write_error(exc, out.final) from None
+            self._fds.append(fd)
+            _try_lock(fd)
+            self.temps[out.final] = Path(tmp)
+
+    def _make_folders(self, final: Path) -> None:
+        missing = []
+        folder = final.parent
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise write_error(exc, folder) from None
+            self._new_folders.append(folder)
+
+    def path(self, final: str | os.PathLike) -> Path:
+        """The temporary to write instead of ``final`` (marks the output as written)."""
+        final = Path(final)
+        if final not in self.temps:
+            raise KeyError(f"{final} is not a planned output")
+        self.written.add(final)
+        return self.temps[final]
+
+    def commit(self) -> None:
+        """Rename the written outputs over their finals under folder locks; outputs not written
+        are removed at their final paths, so no file of an earlier run stays beside new ones."""
+        folders = sorted({out.final.parent.resolve() for out in self.outputs})
+        with contextlib.ExitStack() as stack:
+            for folder in folders:
+                stack.enter_context(_folder_lock(folder))
+            for out in self.outputs:
+                tmp = self.temps[out.final]
+                try:
+                    if out.final in self.written and tmp.parent != out.final.parent:  # .mhd folder
+                        for part in sorted(tmp.parent.iterdir(), key=lambda p: p.name == tmp.name):  # header last
+                            os.chmod(part, file_mode())
+                            os.replace(part, out.final.parent / part.name)
+                    elif out.final in self.written:
+                        os.chmod(tmp, file_mode())
+                        os.replace(tmp, out.final)
+                    elif out.final.is_file():
+                        out.final.unlink()
+                except OSError as exc:
+                    raise write_error(exc, out.final) from None
+        self.committed = True
+
+    def cleanup(self) -> None:
+        for final, tmp in self.temps.items():
+            if tmp.parent != final.parent:
+                shutil.rmtree(tmp.parent, ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        if not self.committed:
+            for folder in reversed(self._new_folders):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when still empty
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a folder (POSIX flock on its descriptor): leaves no file."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

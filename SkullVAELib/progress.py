@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import weakref
 from typing import Protocol
+
+_LIVE_BARS: weakref.WeakSet = weakref.WeakSet()  # TqdmProgress objects with an open bar
 
 
 class ProgressCallback(Protocol):
@@ -34,33 +38,77 @@ class JsonLinesProgress:
 
 
 class TqdmProgress:
-    """One tqdm bar per stage, on stderr; a new stage closes the previous bar."""
+    """One tqdm bar per stage on stderr (a new stage closes the previous bar), with an ETA.
 
-    def __init__(self, disable: bool = False) -> None:
+    The bar is redrawn at most every ``mininterval`` seconds (a training calls back once
+    per batch). When stderr is not a terminal (a log file, a pipe) there is no bar: one
+    plain line per stage start, at most one per ``log_interval`` seconds, and one at 100 %.
+    """
+
+    def __init__(self, disable: bool = False, mininterval: float = 0.5, log_interval: float = 60.0, stream=None):
         self.disable = disable
+        self.mininterval = mininterval
+        self.log_interval = log_interval
+        self.stream = stream
         self._bar = None
         self._stage: str | None = None
+        self._last = 0.0
+        self._started = 0.0
+
+    def _out(self):
+        return self.stream or sys.stderr
 
     def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.disable:
+            return
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        now = time.monotonic()
+        new_stage = stage != self._stage
+        if new_stage:
+            self.close()
+            self._stage, self._started, self._last = stage, now, 0.0
+        if not getattr(self._out(), "isatty", lambda: False)():
+            if new_stage or fraction >= 1.0 or now - self._last >= self.log_interval:
+                self._last = now
+                eta = _eta(now - self._started, fraction)
+                print(f"{stage}: {100 * fraction:3.0f}%{eta} {message}".rstrip(), file=self._out(), flush=True)
+            return
         from tqdm.auto import tqdm
 
-        if stage != self._stage:
-            self.close()
-            self._stage = stage
+        if self._bar is None:
             self._bar = tqdm(
                 total=1000,
                 desc=stage,
-                disable=self.disable,
                 leave=False,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                file=self._out(),
+                mininterval=self.mininterval,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
             )
+            _LIVE_BARS.add(self)
         bar = self._bar
-        bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        bar.n = int(round(1000 * fraction))
         if message:
             bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
+        if new_stage or fraction >= 1.0 or now - self._last >= self.mininterval:
+            self._last = now
+            bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        _LIVE_BARS.discard(self)
+
+
+def close_all_bars() -> None:
+    """Close every open progress bar (before printing an error, so it starts on its own line)."""
+    for progress in list(_LIVE_BARS):
+        progress.close()
+
+
+def _eta(elapsed: float, fraction: float) -> str:
+    """ " (ETA 3 min)" from the elapsed time and the fraction done; "" when unknown."""
+    if fraction <= 0.02 or fraction >= 1.0 or elapsed < 2:
+        return ""
+    left = elapsed * (1 - fraction) / fraction
+    return f" (ETA {left / 60:.0f} min)" if left >= 90 else f" (ETA {left:.0f} s)"

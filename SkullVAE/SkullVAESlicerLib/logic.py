@@ -15,7 +15,14 @@ import tempfile
 from pathlib import Path
 
 from . import nodes
-from .process import ChildProcess, RunOutcome, buildCompleteCommand, childEnvironment
+from .process import (
+    TEMP_PREFIX,
+    ChildProcess,
+    RunOutcome,
+    buildCompleteCommand,
+    childEnvironment,
+    removeStaleTempFolders,
+)
 
 try:  # inside Slicer
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -38,7 +45,8 @@ class _Run:
         self.options = options
         self.onProgress = onProgress
         self.onFinished = onFinished
-        self.tempDir = Path(tempfile.mkdtemp(prefix="SkullVAE-"))
+        removeStaleTempFolders()  # patient copies left by a killed Slicer (older than a day)
+        self.tempDir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         self.child: ChildProcess | None = None
         self.retriedOnCPU = False
 
@@ -176,24 +184,40 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             raise
         if not waitForCompletion:
             return None
-        while True:
-            outcome = run.child.wait(lambda event: self._onEvent(run, event))
-            done, node, error = self._afterChild(run, outcome)
-            if done:
-                if error is not None:
-                    raise error
-                return node
+        try:
+            done = False
+            while not done:
+                outcome = run.child.wait(lambda event: self._onEvent(run, event))
+                done, node, error = self._afterChild(run, outcome)
+        except BaseException as exc:  # e.g. onProgress raised: no child or temp folder may stay
+            self._abort(run, exc)
+            raise
+        if error is not None:
+            raise error
+        return node
 
     def poll(self) -> bool:
         """Handle the child's pending output without blocking; True once the run has ended."""
         run = self._run
         if run is None:
             return True
-        outcome = run.child.drain(lambda event: self._onEvent(run, event))
-        if outcome is None:
-            return False
-        done, _node, _error = self._afterChild(run, outcome)
+        try:
+            outcome = run.child.drain(lambda event: self._onEvent(run, event))
+            if outcome is None:
+                return False
+            done, _node, _error = self._afterChild(run, outcome)
+        except BaseException as exc:  # e.g. onProgress raised: no child or temp folder may stay
+            self._abort(run, exc)
+            raise
         return done
+
+    def _abort(self, run: _Run, error: BaseException) -> None:
+        """End ``run`` after an unexpected exception: kill its child, remove its files, once."""
+        if self._run is not run:
+            return  # already finished
+        if run.child is not None and run.child.proc.poll() is None:
+            run.child.kill()
+        self._finish(run, None, error)
 
     def cancel(self) -> None:
         """Kill the running child (and its children); the run ends with SkullVAECancelled."""
@@ -257,7 +281,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
         )
         self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
-        run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]))
+        run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))
 
     def _onEvent(self, run: _Run, event) -> None:
         if event.fraction is None and event.result is None:

@@ -5,6 +5,12 @@ whoever owns the event loop drains it (the widget with a ``qt.QTimer``, console 
 batch use by blocking in :meth:`ChildProcess.wait`). Cancel kills the whole process
 tree (children first) with psutil.
 
+The child is isolated from the folder it is started in: it runs from a private temporary
+folder (``cwd``) through a bootstrap (``-c``) that removes the current folder from
+``sys.path`` and puts our library first, so a ``SkullVAELib/``, ``json.py`` or ``random.py``
+planted in Slicer's working folder is never imported (``-I`` would also drop the
+``PYTHONPATH`` that PythonSlicer needs; ``-P`` needs Python 3.11).
+
 Output protocol of the child (``--progress json``, stderr merged into stdout):
 ``{"stage", "fraction", "message"}`` per line, finally ``{"stage": "done", ..., "result": {...}}``;
 on a user error exit code 2 and one line ``skullvae complete: error: ...``.
@@ -19,10 +25,20 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ERROR_PREFIX = "error:"
+TEMP_PREFIX = "SkullVAE-"  # temporary folders of runs: input copy, results
+STALE_TEMP_AGE_S = 24 * 3600  # a run's folder older than this belongs to a killed Slicer
+# Runs `SkullVAELib.cli.main(argv)` with the library root (argv[1]) first on sys.path and the
+# current folder ('' or '.') removed, before anything else is imported.
+BOOTSTRAP = (
+    "import sys; root = sys.argv.pop(1); "
+    "sys.path[:] = [root] + [p for p in sys.path if p not in ('', '.', root)]; "
+    "from SkullVAELib.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory")
 
 
@@ -68,7 +84,7 @@ def buildCompleteCommand(
     python: str | None = None,
 ) -> list[str]:
     """The argument list of one ``skullvae complete`` run with JSON progress."""
-    args = [python or pythonExecutable(), "-m", "SkullVAELib", "complete"]
+    args = skullvaeCommand(["complete"], python)
     args += ["--model", str(modelPath), "--input", str(inputPath), "--output", str(outputPath)]
     args += ["--gamma", repr(float(gamma)), "--defect", defect, "--input-kind", inputKind]
     args += ["--hu-threshold", repr(float(boneThresholdHU)), "--device", device, "--progress", "json"]
@@ -77,6 +93,40 @@ def buildCompleteCommand(
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
     return args
+
+
+def skullvaeCommand(verbArgs: list[str], python: str | None = None) -> list[str]:
+    """``[python, -c, BOOTSTRAP, LIBRARY_ROOT, *verbArgs]``: ``skullvae VERB ...`` isolated from the
+    current folder (see the module docstring); use with a private ``cwd``."""
+    return [python or pythonExecutable(), "-c", BOOTSTRAP, libraryRoot(), *map(str, verbArgs)]
+
+
+def removeStaleTempFolders(root: str | None = None, maxAge: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Remove our ``SkullVAE-*`` run folders older than ``maxAge`` seconds (left by a killed Slicer:
+    they hold a copy of a patient volume). Only folders owned by this user are touched."""
+    import tempfile
+
+    root = root or tempfile.gettempdir()
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_dir(follow_symlinks=False) or now - info.st_mtime < maxAge:
+                continue
+            if hasattr(os, "getuid") and info.st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
 
 
 def childEnvironment(forceCPU: bool = False) -> dict[str, str]:
@@ -139,8 +189,8 @@ class RunOutcome:
         return any(marker in line for line in self.logLines for marker in CUDA_OOM_MARKERS)
 
 
-def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """Start the child with stdout+stderr merged into one text pipe.
+def _launch(args: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
+    """Start the child (in ``cwd``) with stdout+stderr merged into one text pipe.
 
     Inside Slicer ``slicer.util.launchConsoleProcess`` starts it from Slicer's startup
     environment (hidden console on Windows); under the slicer-core wheel the same
@@ -153,9 +203,9 @@ def _launch(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     except ImportError:
         launch = None
     if launch is not None:
-        return launch(args, useStartupEnvironment=_slicerApp() is not None, updateEnvironment=env)
+        return launch(args, useStartupEnvironment=_slicerApp() is not None, updateEnvironment=env, cwd=cwd)
     full_env = {**os.environ, **env}
-    return subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 class ChildProcess:
@@ -165,14 +215,14 @@ class ChildProcess:
     ``outcome = child.wait(callback)`` to block; ``child.kill()`` cancels.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         self.args = list(args)
         self.events: queue.Queue[ProgressEvent | None] = queue.Queue()
         self.logLines: list[str] = []
         self.result: dict | None = None
         self.cancelled = False
         self._finished = False
-        self.proc = _launch(self.args, env or {})
+        self.proc = _launch(self.args, env or {}, cwd)
         self._reader = threading.Thread(target=self._read, name="SkullVAE-child-reader", daemon=True)
         self._reader.start()
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from SkullVAELib.config import CLASSES, DEFECTS
 from SkullVAELib.errors import SkullVAEError
 
-LABELS = ("complete", "cranial", "facial")
-DEFECTS = ("cranial", "facial")
+LABELS = CLASSES  # vocabulary owned by config
 CLASSIFIER_KEY = "defect_classifier"  # in completion.json "info"
 
 

@@ -15,7 +15,6 @@ voxel-wise frequency of bone, interpolated back to the original grid (float32 (I
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 
 from SkullVAELib import implant as implant_ops
-from SkullVAELib.centroids import DEFECTS, classifier_of, nearest_centroid_defect
-from SkullVAELib.config import CompletionConfig
+from SkullVAELib.centroids import classifier_of, nearest_centroid_defect
+from SkullVAELib.config import DEFECTS, CompletionConfig, check_gamma
+from SkullVAELib.devices import resolve_device
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.grid import from_model_grid, to_model_grid
 from SkullVAELib.image import ALL_BONE_FRACTION, SkullImage
@@ -86,18 +86,6 @@ def raw_skull(prob: np.ndarray, like: SkullImage, threshold: float = 0.5, mode: 
     return like.with_mask(from_model_grid(prob, like, mode=mode) > threshold, title="raw decoded skull")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """ "auto" = CUDA when available, else CPU; "cuda" without CUDA is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SkullVAEError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise SkullVAEError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-
-
 def check_input(skull: SkullImage) -> None:
     """Empty or all-bone masks cannot be completed (SkullVAEError naming the source)."""
     source = skull.metadata.get("source")
@@ -119,7 +107,7 @@ def choose_defect(bundle, mu: np.ndarray, cfg: CompletionConfig) -> tuple[str, f
     if not available:
         if cfg.gamma == 0:
             return NO_DEFECT, 1.0, {}
-        raise SkullVAEError("the model has no completion data (centroids); run `skullvae fit-completion` first")
+        bundle.require_completion()
     classifier = classifier_of(bundle)
     if classifier is not None and set(classifier.classes) <= set(available):
         p = classifier.probabilities(mu)[0]
@@ -235,16 +223,16 @@ def complete(
 
     if precision not in PRECISIONS:
         raise SkullVAEError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not math.isfinite(cfg.gamma):
-        raise SkullVAEError(f"gamma must be a finite number, got {cfg.gamma}")
+    check_gamma(cfg.gamma)
     check_input(skull)
-    if cfg.gamma != 0 and not bundle.centroids:
-        raise SkullVAEError("the model has no completion data (centroids); run `skullvae fit-completion` first")
+    if cfg.gamma != 0:
+        bundle.require_completion()
+    resample = cfg.resample or bundle.resample  # the mode the model was trained with, unless asked
     timings: dict[str, float] = {}
     grid = tuple(bundle.network.grid)
     report(0.0, f"resampling to the model grid {'x'.join(map(str, grid))}")
     t = time.perf_counter()
-    occupancy = np.ascontiguousarray(to_model_grid(skull, grid, mode=cfg.resample), dtype=np.float32)
+    occupancy = np.ascontiguousarray(to_model_grid(skull, grid, mode=resample), dtype=np.float32)
     timings["to_grid"] = time.perf_counter() - t
     report(0.15, "encoding")
     dev = resolve_device(device)
@@ -280,7 +268,7 @@ def complete(
         mu=mu,
         probabilities=probs,
         _like=skull,
-        _resample=cfg.resample,
+        _resample=resample,
         _threshold=cfg.threshold,
     )
     report(0.85, "composing the completed skull")
@@ -292,7 +280,7 @@ def complete(
     timings["back_to_grid"] = time.perf_counter() - t
     if samples is not None:
         t = time.perf_counter()
-        result.uncertainty = from_model_grid(samples, skull, mode=cfg.resample)
+        result.uncertainty = from_model_grid(samples, skull, mode=resample)
         timings["uncertainty_back_to_grid"] = time.perf_counter() - t
     report(1.0, f"implant {result.implant_volume_mm3 / 1000:.1f} cm³")
     return result

@@ -8,9 +8,46 @@ the model and the trainer).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from SkullVAELib.errors import SkullVAEError
+
+# --- vocabulary (one owner: every module, the CLI and the Slicer module import these) ------
+#: The defect classes a model completes; a data set's classes are ("complete", *DEFECTS).
+DEFECTS: tuple[str, ...] = ("cranial", "facial")
+#: The class of a complete (healthy) skull.
+COMPLETE = "complete"
+#: Every class of a data set, in this order.
+CLASSES: tuple[str, ...] = (COMPLETE, *DEFECTS)
+#: What a user may ask for: the classifier's choice, or one defect class.
+DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
+#: Valid γ of z + γ·DEV (inclusive): 0 reconstructs, 1 completes (the paper), up to 2 thickens.
+GAMMA_RANGE: tuple[float, float] = (0.0, 2.0)
+#: The γ values of a sweep figure (the paper's Figure 5).
+GAMMAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+#: How volumes are resampled to and from the model grid ("area": soft occupancy down,
+#: trilinear back; "nearest": the paper's resizing). Recorded in the bundle at training.
+RESAMPLE_MODES: tuple[str, ...] = ("area", "nearest")
+DEFAULT_RESAMPLE = "area"
+
+
+def check_gamma(value: float) -> float:
+    """``value`` as a float when it is a valid γ (finite, within GAMMA_RANGE); SkullVAEError otherwise."""
+    try:
+        gamma = float(value)
+    except (TypeError, ValueError):
+        gamma = float("nan")
+    low, high = GAMMA_RANGE
+    if not low <= gamma <= high:  # also rejects NaN
+        raise SkullVAEError(f"gamma must be a number in {low:g}..{high:g}, got {value}")
+    return gamma
+
+
+def check_resample(mode: str) -> str:
+    """``mode`` when it is one of RESAMPLE_MODES; SkullVAEError otherwise."""
+    if mode not in RESAMPLE_MODES:
+        raise SkullVAEError(f"resample mode must be one of {', '.join(RESAMPLE_MODES)}, got {mode!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -168,12 +205,15 @@ class CompletionConfig:
     min_island_mm3: float = 100.0
     max_distance_mm: float = 10.0
     uncertainty_samples: int = 0
-    resample: str = "area"  # "area" (accurate default) | "nearest" (the paper)
+    resample: str | None = None  # RESAMPLE_MODES; None = the mode the model was trained with
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.defect not in ("auto", "cranial", "facial"):
-            raise SkullVAEError(f"defect must be auto, cranial or facial, got {self.defect!r}")
+        self.gamma = check_gamma(self.gamma)
+        if self.resample is not None:
+            check_resample(self.resample)
+        if self.defect not in DEFECT_CHOICES:
+            raise SkullVAEError(f"defect must be {', '.join(DEFECT_CHOICES)}, got {self.defect!r}")
         if not (0.0 < self.threshold < 1.0):
             raise SkullVAEError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.uncertainty_samples < 0:
@@ -182,12 +222,3 @@ class CompletionConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-@dataclass
-class DataConfig:
-    """How a data folder is turned into model-grid tensors (see `dataset`)."""
-
-    grid: tuple[int, int, int] = (256, 256, 128)
-    resample: str = "area"  # "area" | "nearest"
-    cache_dir: str | None = None
-    classes: tuple[str, ...] = field(default=("complete", "cranial", "facial"))

@@ -61,14 +61,19 @@ class Case:
     implant_path: Path | None = None
 
 
-def _case_id(file: Path) -> str | None:
-    name = file.name
-    if name.startswith(".") or not file.is_file():
+def split_case_name(name: str) -> tuple[str, str] | None:
+    """(case id, extension) of an image file name of the layout, or None (hidden, or not EXTENSIONS)."""
+    if name.startswith("."):
         return None
     for ext in EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[len(name) - len(ext) :]
     return None
+
+
+def _case_id(file: Path) -> str | None:
+    split = split_case_name(file.name)
+    return split[0] if split is not None and file.is_file() else None
 
 
 def _files_by_id(folder: Path) -> dict[str, Path]:

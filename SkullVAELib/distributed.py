@@ -1,4 +1,4 @@
-"""Device choice and DistributedDataParallel plumbing (torchrun, NCCL on CUDA, gloo on CPU).
+"""DistributedDataParallel plumbing (torchrun, NCCL on CUDA, gloo on CPU).
 
 Sharding convention (documented in the trainer): ``TrainConfig.batch_size`` is the GLOBAL
 batch. Every rank draws the same seeded permutation of the in-memory data set, cuts it
@@ -15,26 +15,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.devices import resolve_device
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA if present else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` forced (error if absent)."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SkullVAEError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SkullVAEError(f"device {name!r} requested but this torch has no usable CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SkullVAEError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
-    elif device.type != "cpu":
-        raise SkullVAEError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
+__all__ = [
+    "DistContext",
+    "current_context",
+    "init_distributed",
+    "launched_by_torchrun",
+    "resolve_device",
+    "shutdown_distributed",
+]
 
 
 @dataclass(frozen=True)

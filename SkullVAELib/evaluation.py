@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from SkullVAELib.config import COMPLETE, DEFECTS
 from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.figures import orthogonal_views
 from SkullVAELib.gaussianity import latent_gaussianity
 from SkullVAELib.metrics import dice, implant_metrics
 from SkullVAELib.progress import ProgressCallback, no_progress
+from SkullVAELib.views import orthogonal_views
 
-LABELS = ("cranial", "facial", "complete")
-DEFECTS = ("cranial", "facial")
+LABELS = (*DEFECTS, COMPLETE)  # table order; the vocabulary is config's
 METRIC_COLUMNS = (
     "rec_dsc_model",
     "rec_dsc_original",
@@ -56,7 +56,7 @@ class EvaluationResult:
         classification: {"accuracy", "n", "confusion": {true: {chosen: count}}}.
         latents: {"test"|"train": {"mu" (N, d), "logvar" (N, d), "labels", "case_ids"}}.
         examples: per (case_id, label) of a few defective cases: orthogonal views of the
-            defective bone, predicted and true implant (see figures.orthogonal_views).
+            defective bone, predicted and true implant (see views.orthogonal_views).
         test_ids, train_ids: the case ids; grid_mode, grid, seconds: the setting and wall time.
     """
 
@@ -185,12 +185,13 @@ def evaluate(
     bundle,
     test_cases: Sequence,
     train_cases_for_latents: Sequence | None = None,
-    grid_mode: str = "area",
+    grid_mode: str | None = None,
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     cache_dir: str | None = None,
     n_examples: int = 2,
     n_permutations: int = 500,
+    resample: str | None = None,
 ) -> EvaluationResult:
     """Evaluate ``bundle`` on ``test_cases`` (dataset.Case, any mix of classes).
 
@@ -200,7 +201,8 @@ def evaluate(
             label "complete") is used as CMP ground truth when present.
         train_cases_for_latents: training cases whose μ / log σ² give the training-set
             Gaussianity and the PCA figure (optional).
-        grid_mode: "area" | "nearest", the resampling of the model input and output.
+        resample: "area" | "nearest", the resampling of the model input and output; None = the
+            mode the model was trained with (``bundle.resample``). ``grid_mode`` is its deprecated name.
         device: torch device for the networks.
         n_examples: defective cases per class kept as figure views (Figs. 7–8).
     """
@@ -210,8 +212,8 @@ def evaluate(
     from SkullVAELib.image import read_skull
 
     progress = progress or no_progress
-    if not bundle.centroids:
-        raise SkullVAEError("model has no completion data; run skullvae fit-completion before evaluating")
+    bundle.require_completion()
+    grid_mode = resample or grid_mode or bundle.resample
     # complete first within an id: its mask is the CMP ground truth of the defective ones
     order = ("complete", *DEFECTS)
     test_cases = sorted(test_cases, key=lambda c: (c.case_id, order.index(c.label)))

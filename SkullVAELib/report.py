@@ -21,10 +21,11 @@ import numpy as np
 
 from SkullVAELib import figures
 from SkullVAELib.atomic import atomic_write_text
-from SkullVAELib.evaluation import DEFECTS, LABELS, METRIC_COLUMNS, EvaluationResult
+from SkullVAELib.config import DEFECTS, GAMMAS
+from SkullVAELib.evaluation import LABELS, METRIC_COLUMNS, EvaluationResult
 from SkullVAELib.progress import ProgressCallback, no_progress
+from SkullVAELib.training_log import read_log
 
-GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 SWEEP_VIEW = {"cranial": 0, "facial": 2}  # axial from above shows the vault, sagittal the face
 
 
@@ -354,7 +355,6 @@ def write_report(
         gammas: γ values of Fig. 5 (empty: no sweep).
     Returns the path of report.md.
     """
-    from SkullVAELib.curves import plot_curves, read_log
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -366,7 +366,7 @@ def write_report(
     log_rows = [r for log in logs for r in read_log(log)]
     facts = model_facts(bundle, log_rows)
     figs: dict[str, Path | None] = {}
-    figs["fig3"] = plot_curves(logs, out / "fig3_training_curves.png") if log_rows else None
+    figs["fig3"] = figures.plot_curves(logs, out / "fig3_training_curves.png") if log_rows else None
     figs["fig4"] = figures.plot_latent_pca(result.latents, bundle.centroids, out / "fig4_latent_pca.png")
     sweep = gamma_sweep_rows(result, bundle, gammas, device, progress) if gammas else []
     figs["fig5"] = figures.plot_gamma_sweep(sweep, out / "fig5_gamma_sweep.png")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
-from pathlib import Path
+import sys
 
-from SkullVAELib.cli.common import add_progress_arg, grid_arg, make_progress
+from SkullVAELib.cli.common import add_network_args, add_progress_arg, add_resample_arg, close_progress, make_progress
+from SkullVAELib.config import DEFAULT_RESAMPLE, RESAMPLE_MODES, network_preset
 
 
 def register(subparsers) -> None:
@@ -18,34 +18,30 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="data folder(s): complete_skull/, defective_skull/, facial_defective_skull/ (merged by case id)",
     )
-    p.add_argument("--grid", type=grid_arg, default=(256, 256, 128), help="model grid X,Y,Z (default 256,256,128)")
+    add_network_args(p, architecture=False)  # the same grid choice as `train` (default: the paper's 256,256,128)
     p.add_argument("--cache-dir", default=None, help="cache folder (default $SKULLVAE_CACHE or ~/.cache/skullvae)")
-    p.add_argument(
-        "--mode",
-        choices=("area", "nearest"),
-        default="area",
-        help="area: soft occupancy (accurate, default); nearest: the paper's resizing",
-    )
+    add_resample_arg(p, default=DEFAULT_RESAMPLE)
+    p.add_argument("--mode", choices=RESAMPLE_MODES, default=None, help="deprecated name of --resample")
     p.add_argument("--workers", type=int, default=1, help="processes computing missing volumes (default 1)")
     add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.dataset import build_cache, default_cache_dir, discover_cases
+    from SkullVAELib.workflows import cache_data_set
 
-    cases = discover_cases([Path(d) for d in args.data])
+    resample = args.resample
+    if args.mode is not None:
+        print("skullvae cache: warning: --mode is deprecated; use --resample", file=sys.stderr)
+        resample = args.mode
+    grid = args.grid or network_preset(args.preset).grid
     progress = make_progress(args.progress)
     try:
-        data = build_cache(
-            cases, args.grid, cache_dir=args.cache_dir, mode=args.mode, progress=progress, workers=max(1, args.workers)
-        )
+        data, counts, cache_dir = cache_data_set(args.data, grid, args.cache_dir, resample, args.workers, progress)
     finally:
-        if hasattr(progress, "close"):
-            progress.close()
-    counts = ", ".join(f"{n} {label}" for label, n in Counter(data.labels).items())
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        close_progress(progress)
     if args.progress != "json":
-        print(f"cached {len(data)} volumes ({counts}) at {'x'.join(map(str, data.grid))} ({args.mode}) in {cache_dir}")
+        summary = ", ".join(f"{n} {label}" for label, n in counts.items())
+        print(f"cached {len(data)} volumes ({summary}) at {'x'.join(map(str, data.grid))} ({resample}) in {cache_dir}")
         print(f"manifest hash {data.manifest_hash}")
     return 0

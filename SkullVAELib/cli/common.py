@@ -1,9 +1,11 @@
-"""Helpers shared by the CLI verbs: argument types and progress choice."""
+"""Helpers shared by the CLI verbs: argument types, shared options and the progress choice."""
 
 from __future__ import annotations
 
 import argparse
 
+from SkullVAELib.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_gamma, network_preset
+from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.progress import JsonLinesProgress, TqdmProgress
 
 
@@ -27,6 +29,62 @@ def float_list_arg(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
 
 
+def gamma_list(text: str, option: str = "--gamma") -> list[float]:
+    """ "1" or "0,0.5,1" -> valid γ values (``config.check_gamma``); a one-line SkullVAEError otherwise."""
+    try:
+        values = float_list_arg(str(text))
+        if not values:
+            raise SkullVAEError("empty")
+        return [check_gamma(v) for v in values]
+    except (argparse.ArgumentTypeError, SkullVAEError) as exc:
+        detail = str(exc) if isinstance(exc, SkullVAEError) and str(exc) != "empty" else None
+        raise SkullVAEError(
+            f"{option} must be a number or comma-separated numbers, got {text!r}" + (f" ({detail})" if detail else "")
+        ) from None
+
+
+def gammas_arg(text: str) -> list[float]:
+    """:func:`gamma_list` for argparse ``type=``."""
+    try:
+        return gamma_list(text, "γ")
+    except SkullVAEError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_resample_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--resample area|nearest``; default None = the mode the model was trained with."""
+    parser.add_argument(
+        "--resample",
+        choices=RESAMPLE_MODES,
+        default=default,
+        help="grid resampling: area (soft occupancy, accurate) or nearest (the paper's resizing); "
+        + (f"default {default}" if default else "default: the mode the model was trained with"),
+    )
+
+
+def add_network_args(parser: argparse.ArgumentParser, architecture: bool = True) -> None:
+    """``--preset`` and ``--grid`` (and ``--channels``, ``--latent`` with ``architecture``), as ``train`` has."""
+    parser.add_argument("--preset", default="paper", help="network preset: " + ", ".join(PRESETS))
+    parser.add_argument("--grid", type=grid_arg, default=None, help="model grid X,Y,Z (overrides the preset)")
+    if architecture:
+        parser.add_argument("--channels", default=None, help="encoder channels, e.g. 32,64,64,128,128,256")
+        parser.add_argument("--latent", type=int, default=None, help="latent size d (preset default 32)")
+
+
+def network_from_args(args: argparse.Namespace) -> NetworkConfig:
+    """The NetworkConfig of ``--preset`` with ``--grid`` / ``--channels`` / ``--latent`` applied (validated)."""
+    base = network_preset(args.preset)
+    channels = base.channels
+    if getattr(args, "channels", None):
+        try:
+            channels = tuple(int(c) for c in args.channels.split(","))
+        except ValueError:
+            raise SkullVAEError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
+    return NetworkConfig(
+        grid=args.grid or base.grid, channels=channels, latent_size=getattr(args, "latent", None) or base.latent_size
+    )
+
+
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -41,3 +99,9 @@ def make_progress(kind: str):
     if kind == "json":
         return JsonLinesProgress()
     return TqdmProgress(disable=(kind == "none"))
+
+
+def close_progress(progress) -> None:
+    """Close a progress display (tqdm bars) if it has anything to close."""
+    if hasattr(progress, "close"):
+        progress.close()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-import numpy as np
-
-from SkullVAELib.cli.common import add_progress_arg, make_progress
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, make_progress
+from SkullVAELib.devices import DEVICE_HELP
 
 
 def register(subparsers) -> None:
@@ -28,42 +27,39 @@ def register(subparsers) -> None:
     p.add_argument(
         "--grid-from-model",
         action="store_true",
-        help="resample the data to the model's grid (always the case; kept for explicitness)",
+        help="deprecated, does nothing: the data are always resampled to the model's grid",
     )
-    p.add_argument("--resample", choices=("area", "nearest"), default="area")
+    add_resample_arg(p)
     p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.centroids import fit_completion
-    from SkullVAELib.completion import resolve_device
-    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
+    from SkullVAELib.workflows import fit_completion_data
 
-    if args.batch_size < 1:
-        raise SkullVAEError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = resolve_device(args.device)
-    bundle = ModelBundle.load(args.model, device="cpu")
-    cases = select_cases(discover_cases(args.data), args.train_ids)
+    if args.grid_from_model:
+        print("skullvae fit-completion: warning: --grid-from-model is deprecated and does nothing", file=sys.stderr)
     progress = make_progress(args.progress)
-    data = build_cache(cases, bundle.network.grid, cache_dir=args.cache_dir, mode=args.resample, progress=progress)
-    progress("encode", 0.0, f"encoding {len(cases)} skulls")
-    centroids = fit_completion(bundle, data, batch_size=args.batch_size, device=str(device))
-    bundle.to("cpu")
-    bundle.save_completion(args.model)
-    progress("encode", 1.0, "done")
-    if hasattr(progress, "close"):
-        progress.close()
-    counts = bundle.completion_info.get("counts", {})
-    print(f"centroids of {len(cases)} skulls: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for defect in bundle.defect_classes:
-        print(f"|DEV_{defect}| = {float(np.linalg.norm(bundle.dev(defect))):.4f}")
-    missing = [d for d in ("cranial", "facial") if d not in centroids]
-    if missing:
-        print(f"no {' or '.join(missing)} cases: no DEV for {', '.join(missing)} defects")
+    try:
+        fitted = fit_completion_data(
+            args.model,
+            args.data,
+            train_ids=args.train_ids,
+            resample=args.resample,
+            cache_dir=args.cache_dir,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=progress,
+        )
+    finally:
+        close_progress(progress)
+    print(f"centroids of {fitted.cases} skulls: " + ", ".join(f"{k} {v}" for k, v in fitted.counts.items()))
+    for defect, norm in fitted.dev_norms.items():
+        print(f"|DEV_{defect}| = {norm:.4f}")
+    if fitted.missing:
+        print(f"no {' or '.join(fitted.missing)} cases: no DEV for {', '.join(fitted.missing)} defects")
     print(f"wrote {args.model}/completion.json")
     return 0

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.bundle import CONFIG_FILE
 from SkullVAELib.cli.common import grid_arg
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.reference import import_reference
 
 
 def register(subparsers) -> None:
@@ -39,10 +36,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.out / CONFIG_FILE).exists() and not args.force:
-        raise SkullVAEError("a model bundle exists here; pass --force to overwrite it", args.out)
-    bundle = import_reference(args.vae, args.decoder, grid=args.grid, beta=args.beta)
-    bundle.save(args.out)
+    from SkullVAELib.workflows import import_reference_model
+
+    bundle = import_reference_model(args.vae, args.out, args.decoder, args.grid, args.beta, args.force)
     net = bundle.network
     print(
         f"wrote {bundle.kind} model {args.out} (grid {'x'.join(map(str, net.grid))}, channels "

@@ -8,11 +8,9 @@ Writes ``OUT/complete_skull/phantom_000.nrrd`` ...; with ``--with-defects`` also
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from SkullVAELib.cli.common import add_progress_arg, grid_arg, make_progress
+from SkullVAELib.cli.common import add_progress_arg, close_progress, grid_arg, make_progress
 from SkullVAELib.defects import CRANIAL_STYLES
-from SkullVAELib.errors import SkullVAEError
 
 
 def spacing_arg(text: str) -> tuple[float, float, float]:
@@ -49,33 +47,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.cli.make_defects import write_defect_pair
-    from SkullVAELib.image import write_mask
-    from SkullVAELib.phantoms import make_phantom, phantom_seeds
+    from SkullVAELib.workflows import make_phantom_set
 
-    if args.n < 1:
-        raise SkullVAEError(f"--n must be at least 1, got {args.n}")
-    if args.seed < 0:
-        raise SkullVAEError(f"--seed must be a non-negative integer, got {args.seed}")
-    out = Path(args.out)
     progress = make_progress(args.progress)
-    volumes = []
     try:
-        for n, subject_seed in enumerate(phantom_seeds(args.n, args.seed)):
-            name = f"phantom_{n:03d}.nrrd"
-            progress("phantoms", n / args.n, name)
-            image = make_phantom(subject_seed, args.shape, args.spacing)
-            write_mask(image, out / "complete_skull" / name)
-            volumes.append(image.mask.sum() * image.voxel_volume_mm3 / 1000.0)
-            if args.with_defects:
-                write_defect_pair(image, name, "cranial", out, args.seed, args.style)
-                write_defect_pair(image, name, "facial", out, args.seed)
-        progress("phantoms", 1.0, f"{args.n} phantoms")
+        made = make_phantom_set(
+            args.n, args.out, args.seed, args.shape, args.spacing, args.with_defects, args.style, progress
+        )
     finally:
-        if hasattr(progress, "close"):
-            progress.close()
-    written = "complete_skull/" + (
-        ", defective_skull/, implant/, facial_defective_skull/, facial_implant/" if args.with_defects else ""
-    )
-    print(f"{args.n} phantoms (bone {min(volumes):.0f}-{max(volumes):.0f} cm³) -> {out} ({written})")
+        close_progress(progress)
+    folders = ", ".join(f"{f}/" for f in made.folders)
+    print(f"{made.n} phantoms (bone {min(made.bone_cm3):.0f}-{max(made.bone_cm3):.0f} cm³) -> {made.out} ({folders})")
     return 0

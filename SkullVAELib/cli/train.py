@@ -2,17 +2,23 @@
 
 Under ``torchrun`` (WORLD_SIZE > 1 in the environment) it joins the process group itself
 (NCCL on CUDA, gloo on CPU); ``--batch`` is then the global batch. Rank 0 logs and saves.
+The work is :func:`SkullVAELib.workflows.train_model`.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
+import os
 
-from SkullVAELib.cli.common import add_progress_arg, grid_arg, make_progress
-from SkullVAELib.config import PRESETS
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.cli.common import (
+    add_network_args,
+    add_progress_arg,
+    add_resample_arg,
+    close_progress,
+    make_progress,
+    network_from_args,
+)
+from SkullVAELib.config import DEFAULT_RESAMPLE
 
 
 def register(subparsers) -> None:
@@ -23,10 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--beta", type=float, default=100.0, help="KLD weight β of stage 1 (1e-4 = regular VAE)")
     p.add_argument("--epochs", type=int, default=200, help="stage-1 epochs (paper: 200)")
     p.add_argument("--epochs2", type=int, default=1200, help="stage-2 epochs (paper: 1200)")
-    p.add_argument("--preset", default="paper", help="network preset: " + ", ".join(PRESETS))
-    p.add_argument("--grid", type=grid_arg, default=None, help="model grid X,Y,Z (overrides the preset)")
-    p.add_argument("--channels", default=None, help="encoder channels, e.g. 32,64,64,128,128,256")
-    p.add_argument("--latent", type=int, default=None, help="latent size d (preset default 32)")
+    add_network_args(p)
     p.add_argument("--batch", type=int, default=4, help="global batch size")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -63,6 +66,7 @@ def register(subparsers) -> None:
         help="stage-2 input: z ~ q(z|x) afresh (paper) or the fixed z = μ + σ (authors' code)",
     )
     p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
+    add_resample_arg(p, default=DEFAULT_RESAMPLE)  # recorded in the bundle; completion uses it
     p.add_argument(
         "--train-ids",
         default=None,
@@ -80,163 +84,59 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _network(args: argparse.Namespace):
-    from SkullVAELib.config import NetworkConfig, network_preset
-
-    base = network_preset(args.preset)
-    channels = base.channels
-    if args.channels:
-        try:
-            channels = tuple(int(c) for c in args.channels.split(","))
-        except ValueError:
-            raise SkullVAEError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
-    return NetworkConfig(grid=args.grid or base.grid, channels=channels, latent_size=args.latent or base.latent_size)
-
-
-def _train_config(args: argparse.Namespace, stage: int):
+def train_configs(args: argparse.Namespace) -> dict:
+    """{stage: TrainConfig} of ``--stage`` from the parsed arguments."""
     from SkullVAELib.config import TrainConfig
 
-    return TrainConfig(
-        stage=stage,
-        beta=args.beta,
-        epochs=args.epochs if stage == 1 else args.epochs2,
-        batch_size=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_minutes=args.checkpoint_minutes,
-        recon_scale=args.recon_scale,
-        fused_adam=args.fused_adam,
-        stage2_latent=args.stage2_latent,
-        amp=not args.no_amp,
-        cpu_bf16=args.cpu_bf16,
-        channels_last=not args.channels_first,
-        compile=args.compile,
-    )
-
-
-def _load_data(args: argparse.Namespace, train_ids: list[str] | None, grid, ctx, progress):
-    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
-
-    cases = select_cases(discover_cases([Path(d) for d in args.data]), train_ids)
-    if not ctx.is_main:
-        ctx.barrier()  # rank 0 fills the cache first; the others then read it
-    cached = build_cache(cases, grid, cache_dir=args.cache_dir, progress=progress if ctx.is_main else None)
-    if ctx.is_main:
-        ctx.barrier()
-    return cached
+    stages = (1, 2) if args.stage == "all" else (int(args.stage),)
+    return {
+        s: TrainConfig(
+            stage=s,
+            beta=args.beta,
+            epochs=args.epochs if s == 1 else args.epochs2,
+            batch_size=args.batch,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_minutes=args.checkpoint_minutes,
+            recon_scale=args.recon_scale,
+            fused_adam=args.fused_adam,
+            stage2_latent=args.stage2_latent,
+            amp=not args.no_amp,
+            cpu_bf16=args.cpu_bf16,
+            channels_last=not args.channels_first,
+            compile=args.compile,
+        )
+        for s in stages
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from SkullVAELib import __version__
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.checkpoint import checkpoint_path, load_checkpoint
     from SkullVAELib.dataset import parse_id_spec
-    from SkullVAELib.distributed import current_context, init_distributed, shutdown_distributed
-    from SkullVAELib.networks import VAE, Decoder
-    from SkullVAELib.trainer import train_stage1, train_stage2
+    from SkullVAELib.workflows import train_model
 
-    out = Path(args.out)
-    stages = (1, 2) if args.stage == "all" else (int(args.stage),)
-    network = _network(args)  # validates grid / depth / channels first: one-line errors
+    network = network_from_args(args)  # validates grid / depth / channels first: one-line errors
     train_ids = parse_id_spec(args.train_ids)  # and the id spec, before any data is read
-    cfgs = {s: _train_config(args, s) for s in stages}
-    bundle = None
-    if stages == (2,):
-        bundle = ModelBundle.load(out)  # the stage-1 encoder; one-line error if absent
-        if args.grid and tuple(args.grid) != bundle.network.grid:
-            raise SkullVAEError(f"--grid {args.grid} differs from the stage-1 bundle's grid {bundle.network.grid}", out)
-        network = bundle.network
-    if args.resume and not checkpoint_path(out, stages[0]).is_file():
-        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, stages[0]))
-
-    created = init_distributed(args.device)
+    stages = train_configs(args)
+    if set(stages) == {2} and not args.grid:
+        network = None  # stage 2 alone: the stage-1 bundle's network
     progress = make_progress(args.progress)
     try:
-        ctx = current_context(args.device)
-        cached = _load_data(args, train_ids, network.grid, ctx, progress)
-        info = {
-            "library_version": __version__,
-            "data_manifest_hash": cached.manifest_hash,
-            "train_cases": len(cached.case_ids),
-            "train_case_ids": sorted(set(cached.case_ids)),
-            "seed": args.seed,
-            "batch_size": args.batch,
-            "lr": args.lr,
-            "world_size": ctx.world_size,
-            "device": str(ctx.device),
-        }
-        stage1_trained = False
-        if 1 in stages:
-            done_before = load_checkpoint(checkpoint_path(out, 1))["epoch"] if args.resume else 0
-            torch.manual_seed(args.seed)
-            vae = VAE(network)
-            t0 = time.perf_counter()
-            hist = train_stage1(vae, cached.volumes, cfgs[1], out, resume=args.resume, progress=progress)
-            info.update(
-                beta=args.beta,
-                epochs_stage1=args.epochs,
-                stage1_seconds=round(time.perf_counter() - t0, 2),
-                seconds_per_epoch_stage1=_mean_seconds(hist),
-                stage1_final=_final(hist),
-            )
-            bundle = ModelBundle.from_vae(vae.cpu(), info=info)
-            stage1_trained = len(hist) > done_before
-        else:
-            if bundle.info.get("data_manifest_hash") not in (None, cached.manifest_hash) and ctx.is_main:
-                print("skullvae train: note: the stage-2 data differ from the stage-1 bundle's data manifest")
-            bundle.info.update({k: v for k, v in info.items() if k != "seed"})
-        if 2 in stages:
-            torch.manual_seed(args.seed + 1)
-            decoder = Decoder(network)
-            # A stage-2 checkpoint is stale once stage 1 trained further: stage 2 then starts afresh.
-            resume2 = args.resume and checkpoint_path(out, 2).is_file() and not stage1_trained
-            t0 = time.perf_counter()
-            hist = train_stage2(
-                bundle.encoder, decoder, cached.volumes, cfgs[2], out, resume=resume2, progress=progress
-            )
-            bundle.decoupled_decoder = decoder.cpu()
-            bundle.encoder.cpu()
-            for p in bundle.encoder.parameters():
-                p.requires_grad_(True)
-            bundle.info.update(
-                epochs_stage2=args.epochs2,
-                stage2_latent=args.stage2_latent,
-                stage2_seed=args.seed + 1,
-                stage2_seconds=round(time.perf_counter() - t0, 2),
-                seconds_per_epoch_stage2=_mean_seconds(hist),
-                stage2_final=_final(hist),
-            )
-        if ctx.is_main:
-            bundle.save(out)
-            _draw_curves(out)
-            if hasattr(progress, "close"):
-                progress.close()
-            print(f"skullvae train: wrote {bundle.kind} model bundle {out}")
-        ctx.barrier()
+        bundle = train_model(
+            args.data,
+            args.out,
+            network,
+            stages,
+            train_ids=train_ids,
+            cache_dir=args.cache_dir,
+            resample=args.resample,
+            resume=args.resume,
+            progress=progress,
+            log=print,
+        )
     finally:
-        shutdown_distributed(created)
+        close_progress(progress)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
+        print(f"skullvae train: wrote {bundle.kind} model bundle {args.out}")
     return 0
-
-
-def _draw_curves(out: Path) -> None:
-    """curves.png (Fig. 3) from the training logs: the trainer draws nothing (HT; to move into workflows)."""
-    from SkullVAELib.curves import plot_curves
-    from SkullVAELib.training_log import CURVES_NAME, curve_logs
-
-    plot_curves(curve_logs(out), out / CURVES_NAME)
-
-
-def _mean_seconds(history: list[dict]) -> float | None:
-    secs = [r["seconds"] for r in history if r.get("seconds")]
-    return round(sum(secs) / len(secs), 4) if secs else None
-
-
-def _final(history: list[dict]) -> dict:
-    if not history:
-        return {}
-    last = history[-1]
-    return {k: round(float(last[k]), 5) for k in ("dice", "kld", "dice_score", "kld_per_dim")}

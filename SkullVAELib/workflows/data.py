@@ -1,0 +1,175 @@
+"""Data-set workflows: phantom cohorts, defect sets and the model-grid cache.
+
+Every function writes the data-set layout owned by :mod:`SkullVAELib.dataset`
+(``LABEL_FOLDERS``, ``IMPLANT_FOLDERS``, ``EXTENSIONS``) and returns what it did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from SkullVAELib.config import DEFAULT_RESAMPLE, DEFECTS
+from SkullVAELib.dataset import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, split_case_name
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.image import SkullImage
+from SkullVAELib.progress import ProgressCallback, no_progress
+
+
+@dataclass
+class DefectSet:
+    """What :func:`make_defect_set` wrote: ``cases`` files of one ``kind`` into two folders."""
+
+    kind: str
+    cases: int
+    mean_implant_fraction: float  # implant voxels / complete-skull voxels, mean over cases
+    defective_dir: Path
+    implant_dir: Path
+
+
+@dataclass
+class PhantomSet:
+    """What :func:`make_phantom_set` wrote under ``out``."""
+
+    out: Path
+    n: int
+    bone_cm3: list[float] = field(default_factory=list)  # bone volume per phantom (cm³)
+    folders: list[str] = field(default_factory=list)  # folder names written, in layout order
+
+
+def list_complete_skulls(folder: str | os.PathLike) -> list[Path]:
+    """The image files of ``folder`` (or of ``folder/complete_skull/`` when that exists), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SkullVAEError("not a folder of complete skulls", folder)
+    if (folder / LABEL_FOLDERS["complete"]).is_dir():
+        folder = folder / LABEL_FOLDERS["complete"]
+    files = sorted(p for p in folder.iterdir() if p.is_file() and split_case_name(p.name) is not None)
+    if not files:
+        raise SkullVAEError(f"no skull images ({', '.join(EXTENSIONS)}) in this folder", folder)
+    return files
+
+
+def write_defect_pair(
+    complete: SkullImage, file_name: str, kind: str, out: str | os.PathLike, seed: int, style: str = "skullfix"
+) -> tuple[SkullImage, SkullImage]:
+    """Cut one ``kind`` defect (per-case seed from ``seed`` and the case id) and write both halves."""
+    from SkullVAELib.defects import case_seed, cranial_defect, facial_defect
+    from SkullVAELib.image import write_mask
+
+    if kind not in DEFECTS:
+        raise SkullVAEError(f"defect kind must be one of {', '.join(DEFECTS)}, got {kind!r}")
+    split = split_case_name(file_name)
+    if split is None:
+        raise SkullVAEError(f"not an image file name ({', '.join(EXTENSIONS)})", file_name)
+    per_case = case_seed(seed, split[0])
+    if kind == "cranial":
+        defective, implant = cranial_defect(complete, per_case, style=style)
+    else:
+        defective, implant = facial_defect(complete, per_case)
+    write_mask(defective, Path(out) / LABEL_FOLDERS[kind] / file_name)
+    write_mask(implant, Path(out) / IMPLANT_FOLDERS[kind] / file_name)
+    return defective, implant
+
+
+def _check_seed(seed: int) -> None:
+    if seed < 0:
+        raise SkullVAEError(f"--seed must be a non-negative integer, got {seed}")
+
+
+def make_defect_set(
+    complete: str | os.PathLike,
+    kind: str,
+    out: str | os.PathLike,
+    seed: int = 0,
+    style: str = "skullfix",
+    progress: ProgressCallback | None = None,
+) -> DefectSet:
+    """Cut a ``kind`` defect out of every complete skull of ``complete`` into the data set ``out``.
+
+    Same file names and exact geometry as the inputs; each case's seed comes from ``seed`` and
+    its id, so the result does not depend on the order or on the other cases.
+    """
+    from SkullVAELib.image import read_skull
+
+    _check_seed(seed)
+    files = list_complete_skulls(complete)
+    progress = progress or no_progress
+    total_fraction = 0.0
+    for n, path in enumerate(files):
+        progress("make-defects", n / len(files), path.name)
+        skull = read_skull(path)
+        _, implant = write_defect_pair(skull, path.name, kind, out, seed, style)
+        total_fraction += implant.mask.sum() / max(int(skull.mask.sum()), 1)
+    progress("make-defects", 1.0, f"{len(files)} cases")
+    out = Path(out)
+    return DefectSet(
+        kind, len(files), total_fraction / len(files), out / LABEL_FOLDERS[kind], out / IMPLANT_FOLDERS[kind]
+    )
+
+
+def make_phantom_set(
+    n: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    shape: Sequence[int] = (128, 128, 96),
+    spacing: Sequence[float] | None = None,
+    with_defects: bool = False,
+    style: str = "skullfix",
+    progress: ProgressCallback | None = None,
+) -> PhantomSet:
+    """Write ``n`` procedural phantoms as ``out/complete_skull/phantom_NNN.nrrd``; with
+    ``with_defects`` also a cranial and a facial defect (and implant) of each."""
+    from SkullVAELib.image import write_mask
+    from SkullVAELib.phantoms import make_phantom, phantom_seeds
+
+    if n < 1:
+        raise SkullVAEError(f"--n must be at least 1, got {n}")
+    _check_seed(seed)
+    out = Path(out)
+    progress = progress or no_progress
+    result = PhantomSet(out, n)
+    for k, subject_seed in enumerate(phantom_seeds(n, seed)):
+        name = phantom_file_name(k)
+        progress("phantoms", k / n, name)
+        image = make_phantom(subject_seed, tuple(shape), None if spacing is None else tuple(spacing))
+        write_mask(image, out / LABEL_FOLDERS["complete"] / name)
+        result.bone_cm3.append(float(image.mask.sum() * image.voxel_volume_mm3 / 1000.0))
+        if with_defects:
+            for kind in DEFECTS:
+                write_defect_pair(image, name, kind, out, seed, style)
+    progress("phantoms", 1.0, f"{n} phantoms")
+    result.folders = [LABEL_FOLDERS["complete"]]
+    if with_defects:
+        result.folders += [f for kind in DEFECTS for f in (LABEL_FOLDERS[kind], IMPLANT_FOLDERS[kind])]
+    return result
+
+
+def phantom_file_name(index: int) -> str:
+    """``phantom_007.nrrd``: the file name of the phantom ``index`` of a cohort."""
+    return f"phantom_{index:03d}.nrrd"
+
+
+def cache_data_set(
+    data: Sequence[str | os.PathLike],
+    grid: Sequence[int],
+    cache_dir: str | os.PathLike | None = None,
+    resample: str = DEFAULT_RESAMPLE,
+    workers: int = 1,
+    progress: ProgressCallback | None = None,
+):
+    """Map every case of the data folders to the model grid once (content-hashed cache).
+
+    Returns ``(CachedDataset, {label: count}, cache folder)``.
+    """
+    from SkullVAELib.dataset import build_cache, default_cache_dir, discover_cases
+
+    cases = discover_cases([Path(d) for d in data])
+    cached = build_cache(
+        cases, tuple(grid), cache_dir=cache_dir, mode=resample, progress=progress, workers=max(1, workers)
+    )
+    where = Path(cache_dir) if cache_dir else default_cache_dir()
+    return cached, dict(Counter(cached.labels)), where

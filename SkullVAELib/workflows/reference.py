@@ -1,0 +1,36 @@
+"""Import the authors' published weights as a model bundle (no completion data yet)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from SkullVAELib.errors import SkullVAEError
+
+if TYPE_CHECKING:
+    from SkullVAELib.bundle import ModelBundle
+
+
+def import_reference_model(
+    vae: str | os.PathLike,
+    out: str | os.PathLike,
+    decoder: str | os.PathLike | None = None,
+    grid: Sequence[int] | None = None,
+    beta: float | None = None,
+    force: bool = False,
+) -> ModelBundle:
+    """Convert the VAE (and optionally the retrained decoder) state dicts into the bundle folder ``out``.
+
+    Refuses to overwrite an existing bundle unless ``force``. Nothing is unpickled.
+    """
+    from SkullVAELib.bundle import CONFIG_FILE
+    from SkullVAELib.reference import import_reference
+
+    out = Path(out)
+    if (out / CONFIG_FILE).exists() and not force:
+        raise SkullVAEError("a model bundle exists here; pass --force to overwrite it", out)
+    bundle = import_reference(vae, decoder, grid=None if grid is None else tuple(grid), beta=beta)
+    bundle.save(out)
+    return bundle

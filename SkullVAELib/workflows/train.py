@@ -1,0 +1,199 @@
+"""The training workflow: data folders → model-grid cache → stage 1 and/or stage 2 → model bundle.
+
+Under ``torchrun`` (WORLD_SIZE > 1) it joins the process group itself (NCCL on CUDA, gloo on
+CPU); ``TrainConfig.batch_size`` is then the global batch. Rank 0 logs, saves and draws
+``curves.png`` (the trainer writes only its log and checkpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from SkullVAELib.config import DEFAULT_RESAMPLE, NetworkConfig, TrainConfig, check_resample
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from SkullVAELib.bundle import ModelBundle
+
+
+def _load_data(data, ids, grid, cache_dir, resample, ctx, progress, option="--train-ids"):
+    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
+
+    cases = select_cases(discover_cases([Path(d) for d in data]), ids, option)
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 fills the cache first; the others then read it
+    cached = build_cache(cases, grid, cache_dir=cache_dir, mode=resample, progress=progress if ctx.is_main else None)
+    if ctx.is_main:
+        ctx.barrier()
+    return cached
+
+
+def draw_curves(model_dir: str | os.PathLike) -> Path | None:
+    """Draw ``MODEL/curves.png`` (Fig. 3) from the training logs of a model folder; None without rows."""
+    from SkullVAELib.figures import plot_curves
+    from SkullVAELib.training_log import CURVES_NAME, curve_logs
+
+    return plot_curves(curve_logs(model_dir), Path(model_dir) / CURVES_NAME)
+
+
+def train_model(
+    data: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    network: NetworkConfig | None,
+    stages: dict[int, TrainConfig],
+    *,
+    train_ids: Sequence[str] | None = None,
+    validation_ids: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    resample: str = DEFAULT_RESAMPLE,
+    resume: bool = False,
+    batch_transform=None,
+    progress: ProgressCallback | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ModelBundle:
+    """Train stage 1 (β-VAE) and/or stage 2 (decoupled decoder) into the bundle folder ``out``.
+
+    Args:
+        data: data folders (merged by case id).
+        out: the model bundle folder (written; for stage 2 alone it must hold a stage-1 bundle).
+        network: the architecture; for stage 2 alone None means "the stage-1 bundle's", and a
+            given network must have the bundle's grid.
+        stages: ``{1: TrainConfig, 2: TrainConfig}`` (either or both); ``seed``, ``batch_size``,
+            ``lr`` and ``device`` of the first stage are recorded in the bundle.
+        train_ids / validation_ids: case ids (``dataset.parse_id_spec`` lists); None = every case /
+            no validation.
+        cache_dir: model-grid cache folder (default ``$SKULLVAE_CACHE`` or ``~/.cache/skullvae``).
+        resample: grid resampling mode (``config.RESAMPLE_MODES``); recorded in the bundle and
+            used again by fit-completion and completion.
+        resume: continue from ``out/checkpoints`` exactly.
+        batch_transform: ``f(x, generator) -> x'`` applied to every training batch (augmentation).
+        progress: ``(stage, fraction, message)``.
+        log: receives notes for the user (rank 0), e.g. ``print``.
+
+    Returns:
+        The trained ModelBundle (on the CPU), saved in ``out`` by rank 0 with ``curves.png``.
+    """
+    import torch
+
+    from SkullVAELib import __version__
+    from SkullVAELib.bundle import ModelBundle
+    from SkullVAELib.checkpoint import checkpoint_path, load_checkpoint
+    from SkullVAELib.distributed import current_context, init_distributed, shutdown_distributed
+    from SkullVAELib.networks import VAE, Decoder
+    from SkullVAELib.trainer import train_stage1, train_stage2
+
+    out = Path(out)
+    order = tuple(sorted(stages))
+    if not order or not set(order) <= {1, 2}:
+        raise SkullVAEError(f"stages must be 1, 2 or both, got {order}")
+    check_resample(resample)
+    first = stages[order[0]]
+    bundle = None
+    if order == (2,):
+        bundle = ModelBundle.load(out)  # the stage-1 encoder; one-line error if absent
+        if network is not None and tuple(network.grid) != bundle.network.grid:
+            raise SkullVAEError(
+                f"--grid {network.grid} differs from the stage-1 bundle's grid {bundle.network.grid}", out
+            )
+        network = bundle.network
+    elif network is None:
+        raise SkullVAEError("stage 1 needs a network configuration")
+    if resume and not checkpoint_path(out, order[0]).is_file():
+        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, order[0]))
+
+    created = init_distributed(first.device)
+    try:
+        ctx = current_context(first.device)
+        cached = _load_data(data, train_ids, network.grid, cache_dir, resample, ctx, progress)
+        validation = None
+        if validation_ids:
+            val = _load_data(data, validation_ids, network.grid, cache_dir, resample, ctx, None, "--val-ids")
+            overlap = sorted(set(val.case_ids) & set(cached.case_ids))
+            if overlap:
+                raise SkullVAEError(f"validation and training share case ids: {', '.join(overlap[:5])}")
+            validation = val.volumes
+        info = {
+            "library_version": __version__,
+            "data_manifest_hash": cached.manifest_hash,
+            "train_cases": len(cached.case_ids),
+            "train_case_ids": sorted(set(cached.case_ids)),
+            "seed": first.seed,
+            "batch_size": first.batch_size,
+            "lr": first.lr,
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
+            "resample": resample,
+        }
+        if validation_ids:
+            info["validation_case_ids"] = sorted(set(validation_ids))
+        options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
+        stage1_trained = False
+        if 1 in stages:
+            cfg = stages[1]
+            done_before = load_checkpoint(checkpoint_path(out, 1))["epoch"] if resume else 0
+            torch.manual_seed(cfg.seed)
+            vae = VAE(network)
+            t0 = time.perf_counter()
+            hist = train_stage1(vae, cached.volumes, cfg, out, resume=resume, **options)
+            info.update(
+                beta=cfg.beta,
+                epochs_stage1=cfg.epochs,
+                stage1_seconds=round(time.perf_counter() - t0, 2),
+                seconds_per_epoch_stage1=_mean_seconds(hist),
+                stage1_final=_final(hist),
+            )
+            bundle = ModelBundle.from_vae(vae.cpu(), info=info)
+            stage1_trained = len(hist) > done_before
+        else:
+            if bundle.info.get("data_manifest_hash") not in (None, cached.manifest_hash) and ctx.is_main and log:
+                log("skullvae train: note: the stage-2 data differ from the stage-1 bundle's data manifest")
+            if bundle.info.get("resample", DEFAULT_RESAMPLE) != resample:
+                raise SkullVAEError(
+                    f"--resample {resample} differs from the stage-1 bundle's {bundle.resample}; stage 2 must match",
+                    out,
+                )
+            bundle.info.update({k: v for k, v in info.items() if k != "seed"})
+        if 2 in stages:
+            cfg = stages[2]
+            torch.manual_seed(cfg.seed + 1)
+            decoder = Decoder(network)
+            # A stage-2 checkpoint is stale once stage 1 trained further: stage 2 then starts afresh.
+            resume2 = resume and checkpoint_path(out, 2).is_file() and not stage1_trained
+            t0 = time.perf_counter()
+            hist = train_stage2(bundle.encoder, decoder, cached.volumes, cfg, out, resume=resume2, **options)
+            bundle.decoupled_decoder = decoder.cpu()
+            bundle.encoder.cpu()
+            for p in bundle.encoder.parameters():
+                p.requires_grad_(True)
+            bundle.info.update(
+                epochs_stage2=cfg.epochs,
+                stage2_latent=cfg.stage2_latent,
+                stage2_seed=cfg.seed + 1,
+                stage2_seconds=round(time.perf_counter() - t0, 2),
+                seconds_per_epoch_stage2=_mean_seconds(hist),
+                stage2_final=_final(hist),
+            )
+        if ctx.is_main:
+            bundle.save(out)
+            draw_curves(out)
+        ctx.barrier()
+    finally:
+        shutdown_distributed(created)
+    return bundle
+
+
+def _mean_seconds(history: list[dict]) -> float | None:
+    secs = [r["seconds"] for r in history if r.get("seconds")]
+    return round(sum(secs) / len(secs), 4) if secs else None
+
+
+def _final(history: list[dict]) -> dict:
+    if not history:
+        return {}
+    last = history[-1]
+    return {k: round(float(last[k]), 5) for k in ("dice", "kld", "dice_score", "kld_per_dim") if k in last}

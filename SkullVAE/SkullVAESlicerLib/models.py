@@ -2,7 +2,8 @@
 
 No Qt and no torch here. Listing reads the registry and the user's model cache with
 :mod:`SkullVAELib.models` (pure standard library). A download runs
-``PythonSlicer -m SkullVAELib models download NAME --progress json`` as a child process,
+``skullvae models download NAME --progress json`` in a child process (PythonSlicer, the
+isolated bootstrap of process.py, a private working folder),
 like a completion: its progress lines drive the panel's bar, Cancel kills it (the
 partial file stays and the next download resumes it), and the same Python installs the
 model that later runs the completion, so both agree on the cache folder.
@@ -10,10 +11,12 @@ model that later runs the completion, so both agree on the cache folder.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .process import ChildProcess, RunOutcome, childEnvironment, pythonExecutable
+from .process import TEMP_PREFIX, ChildProcess, RunOutcome, childEnvironment, skullvaeCommand
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,7 @@ def resolveModelPath(nameOrPath) -> Path:
 
 def buildDownloadCommand(name: str, force: bool = False, python: str | None = None) -> list[str]:
     """The argument list of ``skullvae models download NAME`` with JSON progress."""
-    args = [python or pythonExecutable(), "-m", "SkullVAELib", "models", "download", name, "--progress", "json"]
-    return args + (["--force"] if force else [])
+    return skullvaeCommand(["models", "download", name, "--progress", "json"] + (["--force"] if force else []), python)
 
 
 class ModelDownload:
@@ -82,7 +84,12 @@ class ModelDownload:
         self.path: Path | None = None
         self.error: BaseException | None = None
         self.done = False
-        self.child = ChildProcess(buildDownloadCommand(name, force), childEnvironment())
+        self.workDir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        try:
+            self.child = ChildProcess(buildDownloadCommand(name, force), childEnvironment(), cwd=self.workDir)
+        except BaseException:
+            shutil.rmtree(self.workDir, ignore_errors=True)
+            raise
 
     def _onEvent(self, event) -> None:
         if self.onProgress is not None:
@@ -121,5 +128,6 @@ class ModelDownload:
         else:
             self.path = Path((outcome.result or {}).get("path", ""))
         self.done = True
+        shutil.rmtree(self.workDir, ignore_errors=True)
         if self.onFinished is not None:
             self.onFinished(self.path, self.error)

@@ -1,0 +1,25 @@
+"""`skullvae train` states its plan: stages, epochs, steps, an estimated time, and the --epochs2 trap."""
+
+from __future__ import annotations
+
+from SkullVAELib.config import network_preset
+from SkullVAELib.train_plan import TrainingPlan, estimate_step_seconds
+
+
+def test_plan_names_stages_epochs_and_the_epochs2_default():
+    plan = TrainingPlan({1: 2, 2: 1200}, 100.0, 33, 4, (64, 64, 32), "cpu", {1: 0.1, 2: 0.05}, {1: True, 2: False})
+    text = plan.text()
+    assert "stage 1, β-VAE (β = 100): 2 epochs" in text and "stage 2, decoupled decoder: 1200 epochs" in text
+    assert "9 steps per epoch" in text
+    assert "estimated time ≈ 9 min" in text  # 9 steps × (2 × 0.1 + 1200 × 0.05) s = 542 s
+    assert "--epochs2" in text
+
+
+def test_no_note_when_both_epochs_are_given_and_no_estimate_without_timings():
+    text = TrainingPlan({1: 2, 2: 3}, 1e-4, 8, 4, (32, 32, 32), "cpu", {}, {1: True, 2: True}).text()
+    assert "--epochs2" not in text and "estimated" not in text
+
+
+def test_step_timing_is_measured_for_both_stages():
+    seconds = estimate_step_seconds(network_preset("test"), batch=2)
+    assert set(seconds) == {1, 2} and all(0 < s < 60 for s in seconds.values())

@@ -184,9 +184,12 @@ def _registry_card(entry) -> str:
         f"- kind: {entry.kind}; grid {'x'.join(map(str, entry.grid or ()))}; stages {json.dumps(entry.stages)}",
         f"- training data: {entry.training_data}",
         f"- split: {json.dumps(entry.split)}",
-        f"- held-out metrics: {json.dumps(entry.metrics) if entry.metrics else 'not measured yet'}",
         f"- licence: {entry.licence}",
         f"- recipe: {entry.recipe}",
+        "",
+        "## Held-out metrics",
+        "",
+        *([f"- {k}: {v}" for k, v in entry.metrics.items()] if entry.metrics else ["- not measured yet"]),
         "",
         "Not a medical device: every implant needs review by a qualified expert before any clinical use.",
     ]

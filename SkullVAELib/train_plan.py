@@ -130,3 +130,39 @@ def _duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def log_training_plan(log, stages: dict, network, volumes: int, device) -> TrainingPlan:
+    """Build the plan of ``train_model`` (``stages``: {stage: TrainConfig}), time its steps, ``log`` it."""
+    first = stages[min(stages)]
+    plan = TrainingPlan(
+        epochs={s: int(cfg.epochs) for s, cfg in sorted(stages.items())},
+        beta=float(stages.get(1, first).beta),
+        volumes=int(volumes),
+        batch=int(first.batch_size),
+        grid=tuple(network.grid),
+        device=str(device),
+    )
+    try:
+        plan.step_seconds = estimate_step_seconds(network, min(plan.batch, max(1, plan.volumes)), device, tuple(stages))
+    except Exception:  # an estimate must never stop a training (e.g. out of memory on a busy GPU)
+        plan.step_seconds = {}
+    log(plan.text())
+    return plan
+
+
+def grid_advice(grid, channels) -> str:
+    """Which flags give a network that fits ``grid`` (for the 'cannot be divided' error)."""
+    from SkullVAELib.config import PRESETS
+
+    depth = min((int(g) & -int(g)).bit_length() - 1 for g in grid)  # stride-2 blocks the grid allows
+    made_for = [name for name, cfg in PRESETS.items() if tuple(cfg.grid) == tuple(grid)]
+    advice = []
+    if made_for:
+        advice.append(f"--preset {made_for[-1]} (made for {'×'.join(map(str, grid))})")
+    if depth >= 1:
+        fewer = ",".join(str(c) for c in list(channels)[:depth])
+        advice.append(f"at most {depth} channel block{'s' if depth > 1 else ''}, e.g. --channels {fewer}")
+    multiple = 2 ** len(channels)
+    advice.append(f"a --grid of multiples of {multiple}")
+    return "use " + ", or ".join(advice)

@@ -23,3 +23,20 @@ def test_no_note_when_both_epochs_are_given_and_no_estimate_without_timings():
 def test_step_timing_is_measured_for_both_stages():
     seconds = estimate_step_seconds(network_preset("test"), batch=2)
     assert set(seconds) == {1, 2} and all(0 < s < 60 for s in seconds.values())
+
+
+def test_grid_advice_names_the_flags():
+    from SkullVAELib.train_plan import grid_advice
+
+    text = grid_advice((32, 32, 32), (32, 64, 64, 128, 128, 256))
+    assert "--preset test" in text and "--channels 32,64,64,128,128" in text
+
+
+def test_log_training_plan_logs_the_plan():
+    from SkullVAELib.config import TrainConfig
+    from SkullVAELib.train_plan import log_training_plan
+
+    lines = []
+    stages = {1: TrainConfig(stage=1, epochs=2), 2: TrainConfig(stage=2, epochs=3)}
+    plan = log_training_plan(lines.append, stages, network_preset("test"), volumes=6, device="cpu")
+    assert plan.epochs == {1: 2, 2: 3} and "estimated time" in lines[0]

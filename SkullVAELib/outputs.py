@@ -110,7 +110,7 @@ class OutputPlan:
             if other.resolved == resolved or (identity is not None and identity == _identity(other.final)):
                 raise SkullVAEError(f"{option} and {other.option} name the same file", final)
         if not self.overwrite and (final.exists() or final.is_symlink()):
-            raise SkullVAEError(f"{option} exists; refusing to replace it (give --overwrite to replace it)", final)
+            raise SkullVAEError("already exists; give --overwrite to replace it", final)
         self._check_folder(final, option)
         self.outputs.append(_Output(final, option, resolved))
         return final
@@ -236,6 +236,47 @@ class Transaction:
             for folder in reversed(self._new_folders):
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when still empty
+
+
+MODEL_PARTS = ("config.json", "encoder.safetensors", "decoder.safetensors", "decoupled_decoder.safetensors")
+
+
+def check_model_destination(
+    folder: str | os.PathLike, stages: Iterable[int], resume: bool = False, overwrite: bool = False
+) -> None:
+    """Refuse to train into ``folder`` when that would replace a model (before any data is read).
+
+    A folder holding a bundle or checkpoints is refused unless ``overwrite`` or ``resume``;
+    stage 2 alone needs the stage-1 bundle there and is refused only when it would replace an
+    existing stage-2 decoder. Also refused: a file in the way, missing folders more than one
+    level up, a read-only parent.
+    """
+    folder = Path(folder)
+    stages = tuple(stages)
+    if folder.exists() and not folder.is_dir():
+        raise SkullVAEError("--out exists and is not a folder", folder)
+    if folder.is_dir() and not (resume or overwrite):
+        if stages == (2,):
+            if (folder / "decoupled_decoder.safetensors").exists():
+                raise SkullVAEError(
+                    "--out already holds a stage-2 (decoupled) decoder; give --overwrite to replace it, "
+                    "or --resume to continue its training",
+                    folder,
+                )
+        else:
+            found = [name for name in MODEL_PARTS if (folder / name).exists()]
+            if (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir()):
+                found.append("checkpoints/")
+            if found:
+                raise SkullVAEError(
+                    f"--out holds a model ({', '.join(found)}); give --overwrite to replace it, "
+                    "or --resume to continue its training",
+                    folder,
+                )
+    if not folder.is_dir():
+        OutputPlan(max_new_folders=2)._check_folder(folder / "config.json", "--out")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        raise SkullVAEError("--out: folder is not writable", folder)
 
 
 @contextlib.contextmanager

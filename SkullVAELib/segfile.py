@@ -16,6 +16,8 @@ import numpy as np
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import SkullImage, exact_axis_vectors, geometry_from_axis_vectors
+from SkullVAELib.inputs import require_regular_file
+from SkullVAELib.limits import check_volume
 
 # Colours (RGB in [0, 1]) of the segments SkullVAE writes; bone-like and the paper's yellow implant.
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
@@ -131,11 +133,16 @@ def read_segmentation(path: str | Path) -> tuple[SkullImage, dict[str, np.ndarra
 
     Raises SkullVAEError naming the file when it is missing or not a segmentation.
     """
+    import nrrd
     import slicerio
 
-    path = Path(path)
-    if not path.is_file():
-        raise SkullVAEError("file not found", path)
+    path = require_regular_file(path)
+    try:
+        header = nrrd.read_header(str(path))
+        sizes = [int(s) for s in header["sizes"]]
+    except Exception as exc:  # pynrrd raises many types for a bad header
+        raise SkullVAEError(f"cannot read as a Slicer segmentation: {exc}", path) from None
+    check_volume(sizes, 1, path, what="segmentation")  # before pynrrd allocates the voxels
     try:
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as exc:  # pynrrd/slicerio raise many types for a bad file

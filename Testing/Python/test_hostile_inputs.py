@@ -89,6 +89,13 @@ def test_tiny_nrrd_declaring_2000_cubed_is_refused_from_its_header(tmp_path):
     assert "huge.nrrd" in message and "8,000,000,000 voxels exceeds the limit" in message
 
 
+def test_segmentation_header_declaring_2000_cubed_is_refused(tmp_path):
+    from SkullVAELib.segfile import read_segmentation
+
+    path = _nrrd_header(tmp_path / "huge.seg.nrrd", "2000 2000 2000")
+    assert "exceeds the limit" in _finishes(lambda: _one_line_error(read_segmentation, path))
+
+
 def _nifti_gz_declaring(path: Path, size: int) -> Path:
     """A .nii.gz whose header says size³ uint8 voxels, holding only a few (a tiny 'bomb')."""
     small = tmp = path.with_name("small.nii")

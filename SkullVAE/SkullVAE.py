@@ -15,6 +15,7 @@ from typing import Annotated
 
 import slicer
 import vtk
+from SkullVAESlicerLib import resourcePath
 from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: F401  (re-exported API)
 from SkullVAESlicerLib.widget import modelPathText
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -26,15 +27,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from SkullVAELib.config import DEFECT_CHOICES, GAMMA_RANGE
+
 
 def resourceFile(relative: str) -> str:
     """Resources/<relative> next to this file (installed) or in the repository root (source tree)."""
-    here = Path(__file__).resolve().parent
-    for folder in (here, here.parent):
-        candidate = folder / "Resources" / relative
-        if candidate.exists():
-            return str(candidate)
-    return str(here / "Resources" / relative)
+    return str(resourcePath(relative))
 
 
 class SkullVAE(ScriptedLoadableModule):
@@ -78,8 +76,8 @@ class SkullVAEParameterNode:
     inputSegmentation: a skull segmentation; used instead of inputVolume when set.
     boneThresholdHU: bone threshold for CT input.
     modelPath: model bundle folder.
-    defectType: auto / cranial / facial.
-    gamma: γ, 0..2 (1 = paper).
+    defectType: auto / cranial / facial (``SkullVAELib.config.DEFECT_CHOICES``).
+    gamma: γ in ``SkullVAELib.config.GAMMA_RANGE`` (0..2; 1 = paper).
     forceCPU: run on CPU even with a GPU.
     uncertainty: also produce an uncertainty map.
     outputSegmentation: receives "Completed skull" and "Implant".
@@ -89,8 +87,8 @@ class SkullVAEParameterNode:
     inputSegmentation: vtkMRMLSegmentationNode
     boneThresholdHU: Annotated[float, WithinRange(-1000, 3000)] = 300
     modelPath: Path  # a ctkPathLineEdit binds to pathlib.Path only; Path(".") means "not chosen"
-    defectType: Annotated[str, Choice(["auto", "cranial", "facial"])] = "auto"
-    gamma: Annotated[float, WithinRange(0, 2)] = 1.0
+    defectType: Annotated[str, Choice(list(DEFECT_CHOICES))] = "auto"
+    gamma: Annotated[float, WithinRange(*GAMMA_RANGE)] = 1.0
     forceCPU: bool = False
     uncertainty: bool = False
     outputSegmentation: vtkMRMLSegmentationNode

@@ -221,4 +221,3 @@ class CompletionConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-

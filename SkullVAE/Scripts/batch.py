@@ -20,8 +20,10 @@ from pathlib import Path
 # Scripts/ sits next to the helper package (installed and source layouts alike).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from SkullVAESlicerLib import nodes  # noqa: E402
+from SkullVAESlicerLib import nodes  # noqa: E402  (importing it makes SkullVAELib importable too)
 from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
+
+from SkullVAELib.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402  (the library's vocabulary)
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -30,8 +32,8 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model bundle folder (holds config.json)")
     parser.add_argument("--output", required=True, help="output segmentation (.seg.nrrd)")
     parser.add_argument("--implant-stl", help="also write the implant surface as STL")
-    parser.add_argument("--gamma", type=float, default=1.0, help="γ, 0..2 (default 1)")
-    parser.add_argument("--defect", choices=("auto", "cranial", "facial"), default="auto")
+    parser.add_argument("--gamma", type=float, default=1.0, help="γ in {:g}..{:g} (default 1)".format(*GAMMA_RANGE))
+    parser.add_argument("--defect", choices=DEFECT_CHOICES, default="auto")
     parser.add_argument("--hu-threshold", type=float, default=300.0, help="bone threshold for CT input (HU)")
     parser.add_argument("--cpu", action="store_true", help="force CPU")
     return parser

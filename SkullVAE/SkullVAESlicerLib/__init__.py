@@ -5,6 +5,8 @@
 - ``logic``: ``SkullVAELogic`` (console, batch and panel), no Qt.
 - ``install``: dependency setup inside Slicer (asks first).
 - ``widget``: the Qt panel parts.
+
+``resourcePath`` finds ``Resources/`` files for all of them.
 """
 
 from __future__ import annotations
@@ -12,18 +14,31 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+# Where the module's files are: next to the module folder (installed extension: SkullVAE.py,
+# SkullVAELib/ and Resources/ in qt-scripted-modules/) or one level up (source tree: the
+# repository root holds SkullVAELib/ and Resources/).
+_HERE = Path(__file__).resolve().parent
+ROOTS = (_HERE.parent, _HERE.parent.parent)
+
+
+def resourcePath(relative: str) -> Path:
+    """``Resources/<relative>`` of the first root that has it (else the installed location).
+
+    The one Resources lookup of the Slicer side (icon, .ui, requirements.txt).
+    """
+    for folder in ROOTS:
+        candidate = folder / "Resources" / relative
+        if candidate.exists():
+            return candidate
+    return ROOTS[0] / "Resources" / relative
+
 
 def _ensureLibraryImportable() -> None:
-    """Make ``import SkullVAELib`` work from a source checkout too.
-
-    Installed extension: SkullVAELib sits next to this package (qt-scripted-modules/).
-    Source tree: it sits in the repository root, one level above the module folder.
-    """
+    """Make ``import SkullVAELib`` work from a source checkout too."""
     try:
         import SkullVAELib  # noqa: F401
     except ImportError:
-        here = Path(__file__).resolve().parent
-        for folder in (here.parent, here.parent.parent):
+        for folder in ROOTS:
             if (folder / "SkullVAELib" / "__init__.py").is_file():
                 sys.path.insert(0, str(folder))
                 return

@@ -18,12 +18,10 @@ NEVER_INSTALL = {"simpleitk", "numpy", "vtk", "torch"}
 
 def requirementsFile() -> Path | None:
     """Resources/requirements.txt next to the module (installed) or in the repository root (source)."""
-    here = Path(__file__).resolve().parent
-    for folder in (here.parent, here.parent.parent):
-        candidate = folder / "Resources" / "requirements.txt"
-        if candidate.is_file():
-            return candidate
-    return None
+    from . import resourcePath
+
+    path = resourcePath("requirements.txt")
+    return path if path.is_file() else None
 
 
 def readRequirements(path: Path | None = None) -> list[str]:

@@ -14,6 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from SkullVAELib.config import DEFECT_CHOICES, check_gamma  # the vocabulary and γ rule (torch-free)
+from SkullVAELib.errors import SkullVAEError
+
 from . import nodes
 from .process import (
     TEMP_PREFIX,
@@ -29,7 +32,7 @@ try:  # inside Slicer
 except ImportError:  # slicer-core wheel (no Qt): same API, no base behaviour needed
     ScriptedLoadableModuleLogic = object
 
-DEFECT_TYPES = ("auto", "cranial", "facial")
+DEFECT_TYPES = DEFECT_CHOICES  # the library's vocabulary (config.py owns it)
 
 
 class SkullVAECancelled(RuntimeError):
@@ -48,7 +51,6 @@ class _Run:
         removeStaleTempFolders()  # patient copies left by a killed Slicer (older than a day)
         self.tempDir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         self.child: ChildProcess | None = None
-        self.retriedOnCPU = False
 
 
 class SkullVAELogic(ScriptedLoadableModuleLogic):
@@ -153,7 +155,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
                 or vtkMRMLSegmentationNode.
             modelPath: a model bundle folder (holds config.json).
             outputSegmentation: node to fill; None creates "<input> completion".
-            gamma: γ, weight of the class-direction shift (0..2).
+            gamma: γ, weight of the class-direction shift (``SkullVAELib.config.GAMMA_RANGE``, 0..2).
             defect: "auto", "cranial" or "facial".
             boneThresholdHU: bone threshold for CT input.
             forceCPU: run on CPU even when CUDA is present.
@@ -242,8 +244,10 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"{model}: model folder not found")
         if not (model / "config.json").is_file():
             raise ValueError(f"{model}: not a SkullVAE model bundle (no config.json in this folder)")
-        if not 0.0 <= float(gamma) <= 2.0:
-            raise ValueError(f"gamma must lie in 0..2, got {gamma}")
+        try:
+            check_gamma(gamma)  # the library's rule (config.GAMMA_RANGE)
+        except SkullVAEError as exc:
+            raise ValueError(str(exc)) from None
         if defect not in DEFECT_TYPES:
             raise ValueError(f"defect type must be one of {', '.join(DEFECT_TYPES)}, got {defect!r}")
         return {
@@ -292,18 +296,13 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             run.onProgress(event.stage, event.fraction, event.message)
 
     def _afterChild(self, run: _Run, outcome: RunOutcome):
-        """Decide what a finished child means: retry on CPU, load the result, or fail."""
+        """Decide what a finished child means: load the result, or fail.
+
+        CUDA out of memory is handled inside the child (``completion.complete`` falls back to the CPU).
+        """
         node, error = None, None
         if outcome.cancelled:
             error = SkullVAECancelled("Cancelled: the completion was stopped by the user")
-        elif outcome.returnCode != 0 and outcome.cudaOutOfMemory and not run.options["forceCPU"]:
-            self.log("The GPU ran out of memory; running again on the CPU (slower).")
-            run.options["forceCPU"] = True
-            try:
-                self._start(run)
-                return False, None, None
-            except BaseException as exc:
-                error = exc
         elif outcome.returnCode == 2:
             error = ValueError(self._userMessage(run, outcome.errorMessage))
         elif outcome.returnCode != 0:

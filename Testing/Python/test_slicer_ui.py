@@ -64,9 +64,13 @@ def test_connect_gui_names_match_parameter_node():
 
 def test_parameter_node_types_and_ranges():
     fields = parameter_fields()
-    assert fields["gamma"] == "Annotated[float, WithinRange(0, 2)]"
+    # γ range and defect choices come from the library's one definition (SkullVAELib.config)
+    assert fields["gamma"] == "Annotated[float, WithinRange(*GAMMA_RANGE)]"
     assert fields["boneThresholdHU"] == "Annotated[float, WithinRange(-1000, 3000)]"
-    assert "Choice(['auto', 'cranial', 'facial'])" in fields["defectType"]
+    assert fields["defectType"] == "Annotated[str, Choice(list(DEFECT_CHOICES))]"
+    from SkullVAELib.config import DEFECT_CHOICES, GAMMA_RANGE
+
+    assert GAMMA_RANGE == (0.0, 2.0) and DEFECT_CHOICES == ("auto", "cranial", "facial")
     assert fields["outputSegmentation"] == "vtkMRMLSegmentationNode"
     assert fields["inputVolume"] == "vtkMRMLScalarVolumeNode"
     assert fields["modelPath"] == "Path"  # ctkPathLineEdit connects to pathlib.Path only

@@ -238,6 +238,20 @@ class Transaction:
                     folder.rmdir()  # only when still empty
 
 
+def check_output_folder(folder: str | os.PathLike, option: str = "--out", max_new_folders: int = 2) -> Path:
+    """Check, before long work starts, that files can be written into ``folder`` (made if missing,
+    at most ``max_new_folders`` levels): not a file, not read-only. One-line SkullVAEError otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SkullVAEError(f"{option} exists and is not a folder", folder)
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SkullVAEError(f"{option}: folder is not writable", folder)
+    else:
+        OutputPlan(max_new_folders=max_new_folders)._check_folder(folder / "file", option)
+    return folder
+
+
 MODEL_PARTS = ("config.json", "encoder.safetensors", "decoder.safetensors", "decoupled_decoder.safetensors")
 
 
@@ -273,10 +287,7 @@ def check_model_destination(
                     "or --resume to continue its training",
                     folder,
                 )
-    if not folder.is_dir():
-        OutputPlan(max_new_folders=2)._check_folder(folder / "config.json", "--out")
-    elif not os.access(folder, os.W_OK | os.X_OK):
-        raise SkullVAEError("--out: folder is not writable", folder)
+    check_output_folder(folder, "--out")
 
 
 @contextlib.contextmanager

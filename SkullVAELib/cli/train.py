@@ -72,6 +72,20 @@ def register(subparsers) -> None:
         default=None,
         help="case ids to train on: comma list, ranges like 000-063, or a file with one id per line",
     )
+    p.add_argument(
+        "--val-ids",
+        default=None,
+        help="validation case ids (same syntax; disjoint from --train-ids): reconstruction Dice every "
+        "--val-every epochs, the best weights are kept",
+    )
+    p.add_argument("--val-every", type=int, default=10, metavar="K", help="epochs between validations (default 10)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        metavar="P",
+        help="stop a stage after P validations without improvement (default 0 = never stop early)",
+    )
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (fast on AMX/AVX-512-BF16 CPUs)")
     p.add_argument(
@@ -102,6 +116,8 @@ def train_configs(args: argparse.Namespace) -> dict:
             checkpoint_minutes=args.checkpoint_minutes,
             recon_scale=args.recon_scale,
             fused_adam=args.fused_adam,
+            val_every=args.val_every,
+            patience=args.patience,
             stage2_latent=args.stage2_latent,
             amp=not args.no_amp,
             cpu_bf16=args.cpu_bf16,
@@ -118,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     network = network_from_args(args)  # validates grid / depth / channels first: one-line errors
     train_ids = parse_id_spec(args.train_ids)  # and the id spec, before any data is read
+    val_ids = parse_id_spec(args.val_ids)
     stages = train_configs(args)
     if set(stages) == {2} and not args.grid:
         network = None  # stage 2 alone: the stage-1 bundle's network
@@ -129,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             network,
             stages,
             train_ids=train_ids,
+            validation_ids=val_ids,
             cache_dir=args.cache_dir,
             resample=args.resample,
             resume=args.resume,

@@ -114,3 +114,24 @@ def test_validation_dice_is_measured_every_k_epochs(data, tmp_path):
         vae.encoder, Decoder(NET), data, cfg(stage=2, epochs=2, val_every=1), tmp_path / "s2", validation=data[4:]
     )
     assert all(0.0 < r["val_dice"] < 1.0 for r in h2)
+
+
+def test_cli_validation_ids_are_measured_and_kept_apart(tmp_path, capsys):
+    from SkullVAELib.bundle import ModelBundle
+    from SkullVAELib.cli import main
+    from SkullVAELib.image import write_mask
+    from SkullVAELib.phantoms import make_phantom
+
+    data_dir = tmp_path / "data"
+    for seed in range(4):
+        write_mask(
+            make_phantom(seed, shape=(64, 64, 48), spacing=None), data_dir / "complete_skull" / f"{seed:03d}.nrrd"
+        )
+    argv = ["train", "--data", str(data_dir), "--preset", "test", "--batch", "2", "--device", "cpu", "--stage", "1"]
+    argv += ["--epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--progress", "none", "--train-ids", "000-002"]
+    assert main([*argv, "--out", str(tmp_path / "m"), "--val-ids", "003", "--val-every", "1", "--patience", "5"]) == 0
+    rows = read_log(tmp_path / "m" / "training_log.csv")
+    assert all(0 < r["val_dice"] < 1 for r in rows) and rows[-1]["best_epoch"] in (1, 2)
+    assert ModelBundle.load(tmp_path / "m").info["validation_case_ids"] == ["003"]
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--val-ids", "002-003"]) == 2
+    assert "share case ids: 002" in capsys.readouterr().err

@@ -29,6 +29,8 @@ GAMMAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 #: trilinear back; "nearest": the paper's resizing). Recorded in the bundle at training.
 RESAMPLE_MODES: tuple[str, ...] = ("area", "nearest")
 DEFAULT_RESAMPLE = "area"
+#: ``--device`` values (rule: ``devices.resolve_device``).
+DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
 
 
 def check_gamma(value: float) -> float:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from SkullVAELib.config import DEVICE_HELP
 from SkullVAELib.errors import SkullVAEError
-
-DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from SkullVAELib.image import SkullImage
+from SkullVAELib.metrics import dice as metrics_dice
 
 MODES = ("area", "nearest")
 _SLICES_PER_CHUNK = 32  # bounds the float32 working copy to 32 slices at a time
@@ -141,15 +142,5 @@ def from_model_grid(prob: np.ndarray | torch.Tensor, like: SkullImage, mode: str
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice similarity 2|A∩B| / (|A|+|B|) of two masks of one shape (1.0 when both empty).
-
-    Non-boolean arrays are thresholded at 0.5 (probabilities, soft occupancy).
-    """
-    a = a if a.dtype == bool else a > 0.5
-    b = b if b.dtype == bool else b > 0.5
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    if total == 0:
-        return 1.0
-    return 2.0 * np.count_nonzero(a & b) / total
+    """Deprecated alias (one release): :func:`SkullVAELib.metrics.dice` with ``threshold=0.5``."""
+    return metrics_dice(a, b, threshold=0.5)

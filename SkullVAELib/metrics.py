@@ -55,11 +55,15 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[sli
     return tuple(box)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice similarity coefficient 2|A∩B| / (|A| + |B|) of two boolean masks.
+def dice(a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> float:
+    """Dice similarity coefficient 2|A∩B| / (|A| + |B|) of two masks of one shape (the one Dice).
 
-    Both empty → 1.0; exactly one empty → 0.0.
+    Both empty → 1.0; exactly one empty → 0.0. Non-boolean arrays count nonzero voxels, or
+    voxels above ``threshold`` when given (probabilities, soft occupancy: ``threshold=0.5``).
     """
+    if threshold is not None:
+        a = a if a.dtype == bool else a > threshold
+        b = b if b.dtype == bool else b > threshold
     a, b = _as_bool_pair(a, b)
     total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
     if total == 0:

@@ -9,8 +9,7 @@ import argparse
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gammas_arg, make_progress
-from SkullVAELib.config import GAMMAS
-from SkullVAELib.devices import DEVICE_HELP
+from SkullVAELib.config import DEVICE_HELP, GAMMAS
 from SkullVAELib.workflows.evaluate import recorded_train_ids, select_cases
 
 __all__ = ["recorded_train_ids", "register", "run", "select_cases"]  # the selection rules live in the workflow

@@ -78,3 +78,28 @@ def refine_implant(
         )
     messages += check_implant(implant, skull.voxel_volume_mm3, result.holes)
     return RefinedImplant(implant, source, result.holes, messages, timings)
+
+
+def refine_completion(
+    result, skull: SkullImage, symmetry: bool = False, keep_patient_bone: bool = True, cache: dict | None = None
+) -> RefinedImplant:
+    """Replace a :class:`completion.CompletionResult`'s implant by :func:`refine_implant` (in place).
+
+    The completed skull becomes the patient's bone ∪ the refined implant (unless
+    ``keep_patient_bone`` is False: the raw decoded skull stays). ``cache`` (a dict) reuses the
+    rim fit between the γ values of a sweep (it does not depend on γ). Timings are added to
+    ``result.timings`` as ``refine_*``; the returned messages are for the user.
+    """
+    key = ("refine", bool(symmetry))
+    refined = None if cache is None else cache.get(key)
+    if refined is None or result.defect == "facial":
+        refined = refine_implant(skull, result.implant.mask, result.defect, refine=True, symmetry=symmetry)
+        if cache is not None and refined.source.startswith("rim fit"):
+            cache[key] = refined
+        for name, seconds in refined.timings.items():
+            result.timings[f"refine_{name}"] = seconds
+    if refined.source.startswith("rim fit"):
+        result.implant = skull.with_mask(refined.implant, title="implant")
+        if keep_patient_bone:
+            result.completed = skull.with_mask(skull.mask | refined.implant, title="completed skull")
+    return refined

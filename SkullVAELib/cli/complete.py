@@ -13,8 +13,7 @@ import json
 import sys
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gamma_list, make_progress
-from SkullVAELib.config import DEFECT_CHOICES, GAMMA_RANGE
-from SkullVAELib.devices import DEVICE_HELP
+from SkullVAELib.config import DEFECT_CHOICES, DEVICE_HELP, GAMMA_RANGE
 from SkullVAELib.workflows.complete import DEFAULT_SAMPLES
 
 
@@ -55,6 +54,19 @@ def register(subparsers) -> None:
         help="network arithmetic: float32 (exact) or bfloat16 (about 2x faster on AVX-512-BF16/AMX CPUs and GPUs)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the uncertainty samples")
+    p.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cranial defects: fit the implant to the defect's rim at the original resolution (geometric, "
+        "no training); --no-refine keeps the model's implant (the paper's method)",
+    )
+    p.add_argument(
+        "--symmetry",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="let the rim fit use the skull's mirror image where it covers a one-sided hole",
+    )
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -86,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             precision=args.precision,
             seed=args.seed,
+            refine=args.refine,
+            symmetry=args.symmetry,
             progress=progress,
         )
     finally:

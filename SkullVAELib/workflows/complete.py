@@ -111,6 +111,8 @@ def complete_files(
     threads: int | None = None,
     precision: str = "float32",
     seed: int = 0,
+    refine: bool = True,
+    symmetry: bool = False,
     progress: ProgressCallback | None = None,
 ) -> CompletedFiles:
     """Complete the defective skull in ``input`` with the bundle ``model``; write ``output`` (.seg.nrrd).
@@ -122,6 +124,10 @@ def complete_files(
         uncertainty: also the bone frequency over ``samples`` samples (float NRRD; default 10 samples).
         raw: completed skull = raw decoded skull (the paper); default keeps the input bone.
         resample: grid resampling mode; None = the one the model was trained with.
+        refine: for a cranial defect, build the implant with the geometric rim fit from the
+            patient's own bone at the original resolution (:mod:`SkullVAELib.refine`); False
+            keeps the model's implant (the paper's method). Facial defects keep the model's.
+        symmetry: let the rim fit use the skull's mirror image where it covers the hole.
         Other settings as :class:`~SkullVAELib.config.CompletionConfig` and ``read_skull``.
 
     Returns:
@@ -156,7 +162,7 @@ def complete_files(
     skull = read_skull(input, kind=input_kind, hu_threshold=hu_threshold)
     timings["read"] = time.perf_counter() - t
 
-    results = []
+    results, sources, refined, refine_cache = [], [], [], {}
     for n, gamma in enumerate(gammas):
         cfg = CompletionConfig(
             gamma=gamma,
@@ -177,13 +183,26 @@ def complete_files(
             result = complete(skull, bundle, cfg, device=device, progress=stage_progress, precision=precision)
         except SkullVAEError as exc:
             raise SkullVAEError(exc.message, exc.path or input) from None
+        source = "model"
+        if refine and gamma != 0:
+            from SkullVAELib.refine import refine_completion
+
+            stage_progress("refine", 0.9, "fitting the implant to the defect's rim")
+            done = refine_completion(result, skull, symmetry, keep_patient_bone=not raw, cache=refine_cache)
+            source = done.source
+            refined += [m for m in done.messages if m not in refined]
+        elif gamma != 0:
+            from SkullVAELib.implant_check import check_implant
+
+            refined += [m for m in check_implant(result.implant.mask, skull.voxel_volume_mm3) if m not in refined]
         for key, value in result.timings.items():
             timings[key] = timings.get(key, 0.0) + value
         results.append(result)
+        sources.append(source)
 
     progress("write", 0.0, f"writing {output}")
     sweep = len(gammas) > 1
-    written, warnings = [], []
+    written, warnings = [], list(refined)
     for gamma, result in zip(gammas, results, strict=True):
         stl = Path(implant_stl) if implant_stl else None
         unc = Path(uncertainty) if uncertainty else None
@@ -208,8 +227,9 @@ def complete_files(
             "defect": r.defect,
             "confidence": round(r.confidence, 4),
             "implant_volume_mm3": round(r.implant_volume_mm3, 1),
+            "implant_source": src,
         }
-        for w, r in zip(written, results, strict=True)
+        for w, r, src in zip(written, results, sources, strict=True)
     ]
     main = summaries[gammas.index(1.0)] if 1.0 in gammas else summaries[-1]
     record = {
@@ -221,6 +241,6 @@ def complete_files(
     }
     message = (
         f"{record['defect']} defect ({record['confidence']:.2f}), implant "
-        f"{record['implant_volume_mm3'] / 1000:.1f} cm³, {timings['total']:.1f} s"
+        f"{record['implant_volume_mm3'] / 1000:.1f} cm³ ({record['implant_source']}), {timings['total']:.1f} s"
     )
     return CompletedFiles(record, message, warnings)

@@ -1,0 +1,60 @@
+"""`skullvae complete` with the rim-fit stage (issue 9): on by default for cranial defects, switchable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from SkullVAELib.bundle import new_bundle
+from SkullVAELib.cli import main
+from SkullVAELib.config import PRESETS
+from SkullVAELib.defects import cranial_defect
+from SkullVAELib.image import write_mask
+from SkullVAELib.metrics import dice
+from SkullVAELib.phantoms import make_phantom
+from SkullVAELib.segfile import read_segmentation
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refine")
+    bundle = new_bundle(PRESETS["test"], aggregated=True, seed=0)  # untrained: its implant is poor
+    rng = np.random.default_rng(0)
+    bundle.set_centroids({"complete": np.zeros(8), "cranial": rng.normal(size=8), "facial": rng.normal(size=8)})
+    bundle.save(root / "model")
+    defective, truth = cranial_defect(make_phantom(1, (96, 96, 72), (2.2, 2.2, 2.2)), 1, style="skullbreak")
+    write_mask(defective, root / "defective.nrrd")
+    return root, defective, truth
+
+
+def _complete(capsys, root, name, *extra):
+    out = root / name / "result.seg.nrrd"
+    argv = ["complete", "--model", root / "model", "--input", root / "defective.nrrd", "--output", out]
+    code = main([*map(str, argv), "--defect", "cranial", "--progress", "json", *extra])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    done = json.loads(stdout.splitlines()[-1])["result"]
+    return done, read_segmentation(out)[1], stderr
+
+
+def test_refine_is_on_by_default_and_fills_the_hole(setup, capsys):
+    root, defective, truth = setup
+    done, segments, _ = _complete(capsys, root, "default")
+    assert done["implant_source"] == "rim fit"
+    assert any(k.startswith("refine_rimfit") for k in done["timings"])
+    implant = segments["Implant"]
+    assert not (implant & defective.mask).any()
+    assert dice(implant, truth.mask) >= 0.8
+    assert np.array_equal(segments["Completed skull"], defective.mask | implant)
+
+
+def test_no_refine_keeps_the_model_implant_and_symmetry_is_switchable(setup, capsys):
+    root, defective, truth = setup
+    plain, segments, _ = _complete(capsys, root, "plain", "--no-refine")
+    assert plain["implant_source"] == "model"
+    assert dice(segments["Implant"], truth.mask) < 0.8  # the untrained model does not fill it
+    mirrored, segments, _ = _complete(capsys, root, "mirror", "--symmetry")
+    assert mirrored["implant_source"].startswith("rim fit")
+    assert "refine_symmetry_plane" in mirrored["timings"]

@@ -1,0 +1,157 @@
+"""The architecture rules of docs/ARCHITECTURE.md, checked on the import graph (ast, nothing imported).
+
+Rules are allow-lists by ROLE, so a new engine module is covered without editing this file:
+1. ``cli/`` imports only the modules a verb needs to parse and print (CLI_MAY_IMPORT), and
+   never another verb; only ``cli`` and ``__main__`` import the CLI.
+2. Only figure modules, their users (``report``, ``workflows``) and the CLI import a figure
+   module or a plotting library; every other module (the engines: trainer, completion,
+   evaluation, networks, grid, image, and any new one) imports none.
+3. ``SkullVAELib`` never imports ``SkullVAE``, ``SkullVAESlicerLib``, ``slicer``, ``qt`` or ``ctk``.
+4. One module owns each vocabulary: defect-class tuples are spelled only in ``config.py``,
+   data-set folder names only in ``dataset.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LIB = REPO / "SkullVAELib"
+
+# Rule 1: what a verb may import (docs/ARCHITECTURE.md, "Rules"), besides the standard library.
+CLI_MAY_IMPORT = (
+    "SkullVAELib",  # the package itself: __version__
+    "SkullVAELib.workflows",  # the work
+    "SkullVAELib.config",  # vocabulary, presets, defaults
+    "SkullVAELib.errors",
+    "SkullVAELib.progress",  # tqdm bars / JSON lines
+    "SkullVAELib.dataset",  # case-id specs (parse_id_spec) checked before any work
+    "SkullVAELib.bundle",
+    "SkullVAELib.evaluation",
+    "SkullVAELib.report",
+    "SkullVAELib.defects",  # CRANIAL_STYLES for --style choices
+    "SkullVAELib.train_plan",  # grid advice in a --grid error message
+    "SkullVAELib.models",  # `skullvae models`: the registry and the user's model store
+    "SkullVAELib.cli.common",
+)
+# Rule 2: figure modules, the modules that may use them, and plotting libraries.
+FIGURE_MODULES = ("SkullVAELib.figures", "SkullVAELib.preview", "SkullVAELib.sweep_figure", "SkullVAELib.curves")
+FIGURE_USERS = (*FIGURE_MODULES, "SkullVAELib.report", "SkullVAELib.workflows", "SkullVAELib.cli")
+PLOTTING = ("matplotlib", "seaborn", "plotly")
+ENGINES = ("trainer", "completion", "evaluation", "networks", "grid", "image")  # named in the rule
+# Rule 3
+HOST_APP = ("SkullVAE", "SkullVAESlicerLib", "slicer", "qt", "ctk", "PythonQt")
+
+
+def _within(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def library_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(LIB.rglob("*.py"))}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of every module ``path`` imports, at any depth (function-level imports too).
+
+    ``from SkullVAELib import figures`` counts as ``SkullVAELib.figures`` when that is a module.
+    """
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            for alias in node.names:
+                if f"{module}.{alias.name}" in library_modules():
+                    found.add(f"{module}.{alias.name}")
+    return found
+
+
+def test_the_graph_is_read():
+    modules = library_modules()
+    assert "SkullVAELib.workflows" in modules and "SkullVAELib.cli.train" in modules
+    assert "SkullVAELib.figures" in imports_of(modules["SkullVAELib.report"])
+    assert "SkullVAELib.workflows.train" in imports_of(modules["SkullVAELib.workflows.phantom_demo"])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in library_modules() if _within(n, ("SkullVAELib.cli",))))
+def test_rule1_cli_imports_only_allowed_rooms_and_no_other_verb(name):
+    lib = {m for m in imports_of(library_modules()[name]) if _within(m, ("SkullVAELib",))}
+    allowed = CLI_MAY_IMPORT
+    if name == "SkullVAELib.cli":  # the dispatcher imports verbs by name (importlib), nothing else
+        allowed = ("SkullVAELib", "SkullVAELib.errors", "SkullVAELib.progress")
+    bad = sorted(m for m in lib if m != "SkullVAELib" and not _within(m, allowed))
+    assert not bad, f"{name} imports {bad}: move the work into SkullVAELib/workflows/ (docs/ARCHITECTURE.md rule 1)"
+
+
+def test_rule1_only_the_cli_imports_the_cli_and_only_cli_or_workflows_import_workflows():
+    for name, path in library_modules().items():
+        deps = imports_of(path)
+        if not _within(name, ("SkullVAELib.cli", "SkullVAELib.__main__")):
+            assert not any(_within(m, ("SkullVAELib.cli",)) for m in deps), f"{name} imports the CLI"
+        if not _within(name, ("SkullVAELib.cli", "SkullVAELib.workflows")):
+            assert not any(_within(m, ("SkullVAELib.workflows",)) for m in deps), f"{name} imports a workflow"
+
+
+@pytest.mark.parametrize("name", sorted(library_modules()))
+def test_rule2_engines_import_no_figure_module(name):
+    if _within(name, FIGURE_USERS):
+        return
+    deps = imports_of(library_modules()[name])
+    bad = sorted(m for m in deps if _within(m, FIGURE_MODULES) or m.split(".")[0] in PLOTTING)
+    assert not bad, f"{name} imports {bad}: only figures.py draws (docs/ARCHITECTURE.md rule 2)"
+
+
+def test_rule2_names_real_engines():
+    for engine in ENGINES:
+        name = f"SkullVAELib.{engine}"
+        assert name in library_modules() and not _within(name, FIGURE_USERS)
+
+
+@pytest.mark.parametrize("name", sorted(library_modules()))
+def test_rule3_library_never_imports_the_host_application(name):
+    bad = sorted(m for m in imports_of(library_modules()[name]) if m.split(".")[0] in HOST_APP)
+    assert not bad, f"{name} imports {bad}: SkullVAELib runs without Slicer (rule 3)"
+
+
+DEFECT_WORDS = {"auto", "complete", "cranial", "facial"}
+FOLDER_NAMES = {"complete_skull", "defective_skull", "facial_defective_skull", "facial_implant"}
+
+
+def _python_files():
+    for root in ("SkullVAELib", "SkullVAE"):
+        yield from sorted((REPO / root).rglob("*.py"))
+
+
+def test_rule4_one_owner_per_vocabulary():
+    """Tuples of defect classes only in config.py; folder names only in dataset.py (docstrings aside)."""
+    owners = {"tuple": REPO / "SkullVAELib" / "config.py", "folder": REPO / "SkullVAELib" / "dataset.py"}
+    bad = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Tuple | ast.List | ast.Set) and node.elts:
+                words = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                if len(words) == len(node.elts) and {"cranial", "facial"} <= words <= DEFECT_WORDS:
+                    if path != owners["tuple"]:
+                        bad.append(f"{path.relative_to(REPO)}:{node.lineno} spells {sorted(words)} (use config)")
+            elif isinstance(node, ast.Constant) and node.value in FOLDER_NAMES and path != owners["folder"]:
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} spells {node.value!r} (use dataset.LABEL_FOLDERS)")
+    assert not bad, "\n".join(bad)

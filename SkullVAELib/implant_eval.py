@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from SkullVAELib.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import SkullImage, read_skull
 from SkullVAELib.metrics import dice, implant_metrics
@@ -54,23 +55,32 @@ def _find(folder: Path, case_id: str) -> Path | None:
 
 
 def defect_cases(
-    root: str | Path, case_ids: Sequence[str], defect_types: Sequence[str] = DEFECT_TYPES, seeds: Sequence[int] = (0,)
+    roots: str | Path | Sequence[str | Path],
+    case_ids: Sequence[str],
+    defect_types: Sequence[str] = DEFECT_TYPES,
+    seeds: Sequence[int] = (0,),
 ) -> Iterator[DefectCase]:
-    """The cases of ``root`` (SkullFix layout: complete_skull/, defective_skull/, implant/), lazily."""
+    """The cases of ``roots`` (SkullFix layout: complete_skull/, defective_skull/, implant/), lazily.
+
+    Each id is read from the first root that has ``complete_skull/ID``.
+    """
     from SkullVAELib.defects import case_seed, cranial_defect, facial_defect
 
-    root = Path(root)
+    roots = [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
     bad = [d for d in defect_types if d not in DEFECT_TYPES]
     if bad:
         raise SkullVAEError(f"unknown defect type(s) {', '.join(bad)}; choose from {', '.join(DEFECT_TYPES)}")
     for cid in case_ids:
-        complete_path = _find(root / "complete_skull", cid)
-        if complete_path is None:
-            raise SkullVAEError(f"case {cid}: no complete_skull/{cid}.* (needed as ground truth)", root)
+        found = [(r, _find(r / LABEL_FOLDERS["complete"], cid)) for r in roots]
+        found = [(r, p) for r, p in found if p is not None]
+        if not found:
+            raise SkullVAEError(f"case {cid}: no complete_skull/{cid}.* (needed as ground truth)", roots[0])
+        root, complete_path = found[0]
         complete = read_skull(complete_path, kind="binary")
         for defect in defect_types:
             if defect == "cranial":
-                d_path, i_path = _find(root / "defective_skull", cid), _find(root / "implant", cid)
+                folder, implants = root / LABEL_FOLDERS["cranial"], root / IMPLANT_FOLDERS["cranial"]
+                d_path, i_path = _find(folder, cid), _find(implants, cid)
                 if d_path is None:
                     continue
                 defective = read_skull(d_path, kind="binary")
@@ -132,7 +142,7 @@ def score(pred: np.ndarray, case: DefectCase) -> dict[str, float]:
 
 
 def run_protocol(
-    root: str | Path,
+    root: str | Path | Sequence[str | Path],
     case_ids: Sequence[str],
     methods: Sequence[str] = ("refine",),
     defect_types: Sequence[str] = ("cranial", "vault"),
@@ -150,9 +160,10 @@ def run_protocol(
                 progress("evaluate implants", n / max(len(case_ids), 1), f"{case.defect} {case.case_id} {method}")
             t0 = time.perf_counter()
             pred, timings, messages = predict(method, case, bundle, device, rimfit_cfg)
+            seconds = time.perf_counter() - t0
             row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "method": method}
             row.update(score(pred, case))
-            row["seconds"] = time.perf_counter() - t0
+            row["seconds"] = seconds  # the method's time, without scoring
             row["timings"] = {k: round(v, 3) for k, v in timings.items()}
             row["messages"] = messages
             rows.append(row)

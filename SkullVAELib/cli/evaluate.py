@@ -26,7 +26,11 @@ def register(subparsers) -> None:
             "metrics.csv, summary.json and PNGs. Refuses test ids that the model trained on."
         ),
     )
-    parser.add_argument("--model", required=True, type=Path, help="model bundle folder (with centroids)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model bundle folder (with centroids); optional with --implants-only and no vae method",
+    )
     parser.add_argument("--data", required=True, type=Path, nargs="+", help="data folder(s), merged by case id")
     parser.add_argument("--out", required=True, type=Path, help="report folder to write")
     parser.add_argument(
@@ -44,14 +48,73 @@ def register(subparsers) -> None:
     parser.add_argument("--gammas", type=gammas_arg, default=list(GAMMAS), help="γ values of the sweep figure")
     parser.add_argument("--cache-dir", type=Path, default=None, help="model-grid cache for the training latents")
     parser.add_argument("--permutations", type=int, default=500, help="permutations of the MMD test")
+    implants = parser.add_argument_group("implant ablation (issue 9: per defect type, at original resolution)")
+    implants.add_argument(
+        "--implants",
+        help="comma-separated implant methods to compare: vae, refine, refine+symmetry, vae+refine, "
+        "vae+refine+symmetry (refine = geometric rim fit); writes OUT/implants.md, .csv, .json",
+    )
+    implants.add_argument(
+        "--defects",
+        default="cranial,vault,facial",
+        help="defect types: cranial (the data set's own), vault (random vault places, SkullBreak-style "
+        "generator), facial (generated)",
+    )
+    implants.add_argument("--defect-seeds", default="0", help="seeds of the generated defects, e.g. 0,1,2")
+    implants.add_argument("--implants-only", action="store_true", help="skip the paper's evaluation")
     add_progress_arg(parser)
     parser.set_defaults(func=run)
 
 
+def _run_implants(args: argparse.Namespace, progress) -> None:
+    from SkullVAELib.dataset import parse_id_spec
+    from SkullVAELib.errors import SkullVAEError
+    from SkullVAELib.workflows.implants import evaluate_implants
+
+    test_ids = parse_id_spec(args.test_ids)
+    if not test_ids:
+        raise SkullVAEError("--implants needs --test-ids (e.g. 056-063 for validation, 064-079 for test)")
+    try:
+        seeds = [int(s) for s in str(args.defect_seeds).split(",") if s.strip()]
+    except ValueError:
+        raise SkullVAEError(f"--defect-seeds must be comma-separated integers, got {args.defect_seeds!r}") from None
+    summary, path = evaluate_implants(
+        args.data,
+        args.out,
+        test_ids,
+        [m.strip() for m in args.implants.split(",") if m.strip()],
+        [d.strip() for d in args.defects.split(",") if d.strip()],
+        seeds,
+        model=args.model,
+        device=args.device,
+        progress=progress,
+    )
+    for (method, defect), entry in summary.items():
+        print(
+            f"{method:>20} {defect:>8}: implant DSC {entry['dsc']['mean']:.3f}, bDSC {entry['bdsc']['mean']:.3f}, "
+            f"HD95 {entry['hd95']['mean']:.2f} mm, skull DSC {entry['skull_dsc']['mean']:.4f}, "
+            f"{entry['n_empty']}/{entry['n']} empty"
+        )
+    print(f"wrote {path}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from SkullVAELib.errors import SkullVAEError
     from SkullVAELib.workflows import evaluate_model
 
+    if args.implants_only and not args.implants:
+        raise SkullVAEError("--implants-only needs --implants METHODS")
     progress = make_progress(args.progress)
+    if args.implants:
+        try:
+            _run_implants(args, progress)
+        finally:
+            if args.implants_only:
+                close_progress(progress)
+        if args.implants_only:
+            return 0
+    if args.model is None:
+        raise SkullVAEError("--model is required (or use --implants with --implants-only)")
     try:
         result, path, test_ids = evaluate_model(
             args.model,

@@ -78,3 +78,21 @@ def test_summary_has_mean_median_bootstrap_interval_and_counts():
     assert entry["hd95"]["n_infinite"] == 1 and math.isfinite(entry["hd95"]["mean"])
     table = implant_eval.markdown_table(summary, "val")
     assert "| val | refine | cranial | 13 |" in table and "1 inf" in table
+
+
+def test_cli_evaluate_implants_only_writes_the_ablation_files(phantom_root, tmp_path, capsys):
+    from SkullVAELib.cli import main
+
+    out = tmp_path / "report"
+    argv = ["evaluate", "--data", str(phantom_root), "--out", str(out), "--test-ids", "900"]
+    code = main([*argv, "--implants", "refine", "--defects", "vault", "--defect-seeds", "0", "--implants-only"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert "refine" in stdout and "vault" in stdout and "0/1 empty" in stdout
+    assert (out / "implants.md").is_file() and (out / "implants.csv").is_file() and (out / "implants.json").is_file()
+    assert "| refine | vault | 1 |" in (out / "implants.md").read_text()
+    # a vae method without a model, and a missing --test-ids, are one-line errors with exit code 2
+    assert main([*argv, "--implants", "vae", "--implants-only"]) == 2
+    assert "need --model" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(phantom_root), "--out", str(out), "--implants", "refine"]) == 2
+    assert "--test-ids" in capsys.readouterr().err

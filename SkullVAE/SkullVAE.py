@@ -80,6 +80,7 @@ class SkullVAEParameterNode:
     gamma: γ in ``SkullVAELib.config.GAMMA_RANGE`` (0..2; 1 = paper).
     forceCPU: run on CPU even with a GPU.
     uncertainty: also produce an uncertainty map.
+    refineImplant: cranial defects: fit the implant to the defect's rim (``skullvae complete --refine``).
     outputSegmentation: receives "Completed skull" and "Implant".
     """
 
@@ -91,6 +92,7 @@ class SkullVAEParameterNode:
     gamma: Annotated[float, WithinRange(*GAMMA_RANGE)] = 1.0
     forceCPU: bool = False
     uncertainty: bool = False
+    refineImplant: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
 
 

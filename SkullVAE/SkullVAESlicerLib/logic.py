@@ -144,6 +144,8 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         boneThresholdHU: float = 300.0,
         forceCPU: bool = False,
         uncertainty: bool = False,
+        refine: bool = True,
+        symmetry: bool = False,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
@@ -160,6 +162,9 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             boneThresholdHU: bone threshold for CT input.
             forceCPU: run on CPU even when CUDA is present.
             uncertainty: also load an uncertainty map as a volume.
+            refine: cranial defects: fit the implant to the defect's rim at full resolution
+                (``skullvae complete --refine``); False keeps the model's implant (the paper's).
+            symmetry: let that fit use the skull's mirror image (``--symmetry``).
             waitForCompletion: block until done (console, batch); else return at once
                 and call :meth:`poll` from a timer.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
@@ -176,6 +181,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
         options = self._checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
+        options.update(refine=bool(refine), symmetry=bool(symmetry))
         run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
         self._run = run
         try:
@@ -283,6 +289,8 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             boneThresholdHU=opts["boneThresholdHU"],
             device=device,
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
+            refine=opts.get("refine", True),
+            symmetry=opts.get("symmetry", False),
         )
         self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
         run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))
@@ -343,7 +351,15 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         self.lastResult = outcome.result or {}
         if nodes.segmentIsEmpty(output, nodes.IMPLANT):
             self.log("Note: the implant is empty (the model found nothing missing at this gamma).")
-        self.log(f"Completion done: {self.lastResult.get('defect', run.options['defect'])} defect")
+        timings = self.lastResult.get("timings") or {}
+        if timings:
+            self.log(
+                "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, int | float))
+            )
+        self.log(
+            f"Completion done: {self.lastResult.get('defect', run.options['defect'])} defect, "
+            f"implant from {self.lastResult.get('implant_source', 'the model')}"
+        )
         return output
 
     def _finish(self, run: _Run, node, error) -> None:

@@ -82,6 +82,8 @@ def buildCompleteCommand(
     implantStlPath: str | None = None,
     uncertaintyPath: str | None = None,
     python: str | None = None,
+    refine: bool = True,
+    symmetry: bool = False,
 ) -> list[str]:
     """The argument list of one ``skullvae complete`` run with JSON progress."""
     args = skullvaeCommand(["complete"], python)
@@ -92,6 +94,7 @@ def buildCompleteCommand(
         args += ["--implant-stl", str(implantStlPath)]
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
+    args += ["--refine" if refine else "--no-refine"] + (["--symmetry"] if symmetry else [])
     return args
 
 

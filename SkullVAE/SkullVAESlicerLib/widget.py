@@ -206,6 +206,7 @@ class SkullVAEPanel:
                 boneThresholdHU=params.boneThresholdHU,
                 forceCPU=params.forceCPU,
                 uncertainty=params.uncertainty,
+                refine=params.refineImplant,
                 waitForCompletion=False,
                 onProgress=self.onProgress,
                 onFinished=self.onFinished,

@@ -58,3 +58,17 @@ def test_no_refine_keeps_the_model_implant_and_symmetry_is_switchable(setup, cap
     mirrored, segments, _ = _complete(capsys, root, "mirror", "--symmetry")
     assert mirrored["implant_source"].startswith("rim fit")
     assert "refine_symmetry_plane" in mirrored["timings"]
+
+
+def test_slicer_logic_passes_the_refine_choice_to_the_child():
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("slicer")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SkullVAE"))
+    from SkullVAESlicerLib.process import buildCompleteCommand
+
+    default = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
+    assert "--refine" in default and "--symmetry" not in default
+    plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", refine=False, symmetry=True)
+    assert "--no-refine" in plain and "--symmetry" in plain

@@ -93,12 +93,12 @@ def test_fit_to_patient_excludes_the_dilated_defect(case):
     decoder, occupancy, hole, a = case
     mu, shift = np.array([0.0, 0.0], np.float32), np.array([-2.0, 0.0], np.float32)
     result, region = fit_to_patient(
-        decoder, occupancy, mu, shift, a, hole, VOXEL_MM, FitConfig(steps=3, dilation_mm=12.8)
+        decoder, occupancy, mu, shift, a, hole, VOXEL_MM, FitConfig(steps=3, mode="outside", dilation_mm=12.8)
     )
     assert region[hole].all() and region.sum() > hole.sum()  # dilated
     assert not result.observed[region].any() and result.observed[~region].all()
     # without `added`, the estimate is the decoded bone outside the patient's bone
-    _, fallback = fit_to_patient(decoder, occupancy, mu, shift, a, None, VOXEL_MM, FitConfig(steps=0))
+    _, fallback = fit_to_patient(decoder, occupancy, mu, shift, a, None, VOXEL_MM, FitConfig(steps=0, mode="outside"))
     assert fallback[(a > 0.5) & (occupancy < 0.5)].all()
 
 
@@ -113,3 +113,19 @@ def test_masked_dice_and_bad_settings():
         FitConfig(start="zero")
     with pytest.raises(SkullVAEError, match="observed"):
         fit_latent(nn.Identity(), np.zeros((2, 2, 2), np.float32), np.zeros(1), np.zeros((2, 2, 2), bool), FitConfig())
+
+
+def test_refit_fits_from_mu_then_applies_the_shift(case):
+    decoder, occupancy, hole, a = case
+    mu, shift = np.array([3.0, 0.0], np.float32), np.array([0.5, 0.0], np.float32)
+    result, added = fit_to_patient(
+        decoder, occupancy, mu, shift, a, None, VOXEL_MM, FitConfig(steps=30, lr=0.2, prior_weight=0.0)
+    )
+    fitted = result.z - shift
+    assert fitted[0] < mu[0] - 1.0  # moved from skull B towards the patient's skull A
+    assert result.observed.all()  # refit matches every voxel of the defective skull
+    with torch.no_grad():
+        prob = torch.sigmoid(decoder.logits(torch.from_numpy(result.z)[None]))[0, 0].numpy()
+        rec = torch.sigmoid(decoder.logits(torch.from_numpy(fitted)[None]))[0, 0].numpy()
+    np.testing.assert_allclose(result.probabilities, prob, atol=1e-6)
+    assert np.array_equal(added, (prob > 0.5) & ~(rec > 0.5))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from SkullVAELib.cli.augment_args import add_augment_args, augmenter_from_args
 from SkullVAELib.cli.common import (
     add_network_args,
     add_progress_arg,
@@ -94,6 +95,7 @@ def register(subparsers) -> None:
         help="train in the default (channels-first) memory layout instead of channels-last-3d (faster on CPU)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    add_augment_args(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -136,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     train_ids = parse_id_spec(args.train_ids)  # and the id spec, before any data is read
     val_ids = parse_id_spec(args.val_ids)
     stages = train_configs(args)
+    augmenter = augmenter_from_args(args)  # --augment: one-line errors before any data is read
     if set(stages) == {2} and not args.grid:
         network = None  # stage 2 alone: the stage-1 bundle's network
     progress = make_progress(args.progress)
@@ -150,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             resample=args.resample,
             resume=args.resume,
+            batch_transform=augmenter,
             progress=progress,
             log=print,
         )

@@ -131,6 +131,8 @@ def train_model(
         }
         if validation_ids:
             info["validation_case_ids"] = sorted(set(validation_ids))
+        if hasattr(batch_transform, "cfg") and hasattr(batch_transform.cfg, "to_dict"):
+            info["augment"] = batch_transform.cfg.to_dict()  # augment.AugmentConfig of --augment
         options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
         stage1_trained = False
         if 1 in stages:

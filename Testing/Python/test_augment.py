@@ -152,3 +152,26 @@ def test_the_trainer_calls_the_batch_transform_and_uses_its_target(tmp_path, bat
     torch.manual_seed(0)
     hist = train_stage1(VAE(net), data, cfg, tmp_path / "c", batch_transform=Augmenter(_cfg(p_cranial=0.5)))
     assert len(hist) == 2 and all(np.isfinite(r["dice"]) for r in hist)
+
+
+def test_cli_train_augment_records_its_settings_and_rejects_bad_ones(tmp_path, capsys):
+    from SkullVAELib.bundle import ModelBundle
+    from SkullVAELib.cli import main
+    from SkullVAELib.image import write_mask
+
+    data_dir = tmp_path / "data"
+    for seed in range(2):
+        path = data_dir / "complete_skull" / f"{seed:03d}.nrrd"
+        write_mask(make_phantom(seed, shape=(64, 64, 48), spacing=None), path)
+    base = ["train", "--data", str(data_dir), "--preset", "test", "--batch", "2", "--device", "cpu"]
+    base += ["--stage", "1", "--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--progress", "none"]
+    argv = [*base, "--out", str(tmp_path / "m"), "--augment", "--augment-defects", "0.5,0.2"]
+    assert main([*argv, "--augment-target", "input", "--augment-spacing", "6.4,6.4,4.8"]) == 0
+    info = ModelBundle.load(tmp_path / "m").info["augment"]
+    assert info["p_cranial"] == 0.5 and info["p_facial"] == 0.2 and info["defect_target"] == "input"
+    assert info["spacing_mm"] == [6.4, 6.4, 4.8]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--augment", "--augment-defects", "0.9,0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "p_cranial + p_facial" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -59,7 +59,12 @@ class TrainingPlan:
             lines.append(
                 f"      estimated time ≈ {_duration(total)} ({each}; timed on this machine now; more load, more time)"
             )
-        if 1 in self.epochs and 2 in self.epochs and self.epochs_given.get(1) and not self.epochs_given.get(2):
+        both = 1 in self.epochs and 2 in self.epochs
+        if self.epochs_given:  # the caller knows which flags were given
+            trap = both and self.epochs_given.get(1) and not self.epochs_given.get(2)
+        else:  # stage 2 much longer than stage 1: most likely --epochs alone was shortened
+            trap = both and self.epochs[2] >= 4 * self.epochs[1]
+        if trap:
             lines.append(
                 f"      note: --epochs sets stage 1 only; stage 2 runs {self.epochs[2]} epochs (--epochs2, the "
                 "paper's value): pass --epochs2 N to change it"
@@ -71,8 +76,8 @@ def estimate_step_seconds(network, batch: int, device: str = "cpu", stages=(1, 2
     """Seconds of one training step per stage at ``network.grid``, on random volumes.
 
     Stage 1: VAE forward + Dice/KLD backward + Adam; stage 2: encoder without gradients,
-    decoder forward + backward + Adam. The fastest of up to 5 steps after a warm-up step,
-    within about 3 s per stage (2 steps when one step takes longer).
+    decoder forward + backward + Adam. The fastest of up to 3 steps after a warm-up step,
+    within about 2 s per stage (1 step when one step takes longer).
     """
     import torch
 
@@ -85,7 +90,7 @@ def estimate_step_seconds(network, batch: int, device: str = "cpu", stages=(1, 2
     vae = VAE(network).to(dev)
     timings = {}
 
-    def timed(step, budget_s: float = 3.0, max_steps: int = 6) -> float:
+    def timed(step, budget_s: float = 2.0, max_steps: int = 4) -> float:
         """Fastest of a few steps after a warm-up (the first steps pick kernels and allocate)."""
         best, start = math.inf, time.perf_counter()
         for n in range(max_steps):
@@ -121,6 +126,9 @@ def estimate_step_seconds(network, batch: int, device: str = "cpu", stages=(1, 2
             opt2.step()
 
         timings[2] = timed(step2)
+    if dev.type == "cuda":
+        del vae, x
+        torch.cuda.empty_cache()  # give the timing's memory back before the real training
     return timings
 
 
@@ -147,6 +155,9 @@ def log_training_plan(log, stages: dict, network, volumes: int, device) -> Train
         plan.step_seconds = estimate_step_seconds(network, min(plan.batch, max(1, plan.volumes)), device, tuple(stages))
     except Exception:  # an estimate must never stop a training (e.g. out of memory on a busy GPU)
         plan.step_seconds = {}
+    from SkullVAELib.progress import close_all_bars
+
+    close_all_bars()  # the plan starts on its own line
     log(plan.text())
     return plan
 

@@ -13,6 +13,7 @@ import sys
 
 from SkullVAELib import __version__
 from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.progress import close_all_bars
 
 # Verb name -> (module in SkullVAELib/cli/, one-line help). Only the module of the verb being
 # run is imported, so `skullvae complete` does not pay for the imports of every other verb.
@@ -54,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SkullVAEError as exc:
+        close_all_bars()  # the error starts on its own line, not after a progress bar
         print(f"skullvae {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        close_all_bars()
         print(f"skullvae {args.verb}: interrupted", file=sys.stderr)
         return 130
 

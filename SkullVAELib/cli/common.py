@@ -51,14 +51,18 @@ def gammas_arg(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_resample_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """``--resample area|nearest``; default None = the mode the model was trained with."""
+def add_resample_arg(
+    parser: argparse.ArgumentParser,
+    default: str | None = None,
+    default_help: str = "the mode the model was trained with",
+) -> None:
+    """``--resample area|nearest``; ``default`` None means ``default_help`` (decided by the workflow)."""
     parser.add_argument(
         "--resample",
         choices=RESAMPLE_MODES,
         default=default,
-        help="grid resampling: area (soft occupancy, accurate) or nearest (the paper's resizing); "
-        + (f"default {default}" if default else "default: the mode the model was trained with"),
+        help="grid resampling: area (soft occupancy, accurate) or nearest (the paper's resizing); default: "
+        + (default or default_help),
     )
 
 
@@ -80,9 +84,17 @@ def network_from_args(args: argparse.Namespace) -> NetworkConfig:
             channels = tuple(int(c) for c in args.channels.split(","))
         except ValueError:
             raise SkullVAEError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
-    return NetworkConfig(
-        grid=args.grid or base.grid, channels=channels, latent_size=getattr(args, "latent", None) or base.latent_size
-    )
+    grid = args.grid or base.grid
+    try:
+        return NetworkConfig(
+            grid=grid, channels=channels, latent_size=getattr(args, "latent", None) or base.latent_size
+        )
+    except SkullVAEError as exc:
+        if "cannot be divided" not in exc.message:
+            raise
+        from SkullVAELib.train_plan import grid_advice
+
+        raise SkullVAEError(f"{exc.message.split('; ')[0]}: {grid_advice(grid, channels)}") from None
 
 
 def add_progress_arg(parser: argparse.ArgumentParser) -> None:

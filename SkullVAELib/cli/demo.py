@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import argparse
 
-from SkullVAELib.cli.common import close_progress, make_progress
-from SkullVAELib.workflows.phantom_demo import DEMO_BETA
+from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
+from SkullVAELib.workflows.phantom_demo import DEMO_BETA, DEMO_MEASURED
+
+DESCRIPTION = (
+    "Run the whole pipeline on procedural phantoms, on the CPU: write 12 phantom skulls with cranial and "
+    "facial defects, train stage 1 (β-VAE) and stage 2 (decoupled decoder) on 11 of them, fit the "
+    "completion centroids, and complete the held-back phantom's two defects into ./skullvae-demo/ "
+    f"(.seg.nrrd, implant STL, PNG previews). Measured: {DEMO_MEASURED}; it prints its training plan with an "
+    "estimated time, and the progress bars show the time left."
+)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the whole pipeline on phantoms (CPU, a few minutes)")
+    p = subparsers.add_parser(
+        "demo", help="run the whole pipeline on phantoms (CPU, a few minutes)", description=DESCRIPTION
+    )
     p.add_argument("--out", default="skullvae-demo", help="output folder (default: ./skullvae-demo)")
     p.add_argument("--n", type=int, default=12, help="number of phantom subjects (one is held back)")
     p.add_argument("--epochs", type=int, default=250, help="stage-1 epochs")
@@ -28,13 +38,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows import demo
 
-    progress = make_progress("tqdm")
+    progress = make_progress(args.progress)
 
     def log(line: str) -> None:
         close_progress(progress)  # a finished bar first, then the line

@@ -10,9 +10,18 @@ from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gammas_arg, make_progress
 from SkullVAELib.config import DEVICE_HELP, GAMMAS
-from SkullVAELib.workflows.evaluate import recorded_train_ids, select_cases
 
-__all__ = ["recorded_train_ids", "register", "run", "select_cases"]  # the selection rules live in the workflow
+__all__ = ["register", "run"]  # recorded_train_ids and select_cases: the workflow's, see __getattr__
+
+
+def __getattr__(name: str):
+    """``recorded_train_ids`` / ``select_cases`` from the workflow, imported on first use (it loads torch;
+    `skullvae evaluate --help` must not)."""
+    if name in ("recorded_train_ids", "select_cases"):
+        from SkullVAELib.workflows import evaluate as workflow
+
+        return getattr(workflow, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(subparsers) -> None:

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "make-defects",
         help="cut cranial or facial defects from a folder of complete skulls",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=__doc__.split("\n\n")[1].replace("``", "") if __doc__ else None,  # no reST markup in --help
     )
     p.add_argument("--complete", required=True, help="folder of complete skulls (or a data set with complete_skull/)")
     p.add_argument("--kind", required=True, choices=DEFECTS, help="defect kind")

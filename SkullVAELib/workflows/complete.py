@@ -136,6 +136,9 @@ def complete_files(
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.completion import complete
     from SkullVAELib.image import read_skull
+    from SkullVAELib.inputs import read_information
+    from SkullVAELib.models.store import resolve_model
+    from SkullVAELib.outputs import check_output_folder
 
     start = time.perf_counter()
     gammas = [check_gamma(g) for g in gammas]
@@ -149,6 +152,13 @@ def complete_files(
     output = Path(output)
     if output.is_dir():
         raise SkullVAEError("--output is a folder; give a file name like result.seg.nrrd", output)
+    # Cheap checks before the model loads: the input is a readable image, each output's folder
+    # exists or is one new level (never a chain of folders made up from a typo), a model name resolves.
+    read_information(input)
+    for path, option in ((output, "--output"), (implant_stl, "--implant-stl"), (uncertainty, "--uncertainty")):
+        if path:
+            check_output_folder(Path(path).parent, option, max_new_folders=1)
+    model = resolve_model(model)  # a bundle folder, or the name of an installed model (skullvae models)
     set_threads(threads)
     progress = progress or no_progress
     timings: dict[str, float] = {}

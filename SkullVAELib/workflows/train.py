@@ -50,7 +50,7 @@ def train_model(
     train_ids: Sequence[str] | None = None,
     validation_ids: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
-    resample: str = DEFAULT_RESAMPLE,
+    resample: str | None = None,
     resume: bool = False,
     batch_transform=None,
     progress: ProgressCallback | None = None,
@@ -68,7 +68,8 @@ def train_model(
         train_ids / validation_ids: case ids (``dataset.parse_id_spec`` lists); None = every case /
             no validation.
         cache_dir: model-grid cache folder (default ``$SKULLVAE_CACHE`` or ``~/.cache/skullvae``).
-        resample: grid resampling mode (``config.RESAMPLE_MODES``); recorded in the bundle and
+        resample: grid resampling mode (``config.RESAMPLE_MODES``; None = "area", or the stage-1
+            bundle's mode for stage 2 alone); recorded in the bundle and
             used again by fit-completion and completion.
         resume: continue from ``out/checkpoints`` exactly.
         batch_transform: ``f(x, generator) -> x'`` applied to every training batch (augmentation).
@@ -84,14 +85,15 @@ def train_model(
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.checkpoint import checkpoint_path, load_checkpoint
     from SkullVAELib.distributed import current_context, init_distributed, shutdown_distributed
+    from SkullVAELib.models.card import write_training_card
     from SkullVAELib.networks import VAE, Decoder
+    from SkullVAELib.train_plan import log_training_plan
     from SkullVAELib.trainer import train_stage1, train_stage2
 
     out = Path(out)
     order = tuple(sorted(stages))
     if not order or not set(order) <= {1, 2}:
         raise SkullVAEError(f"stages must be 1, 2 or both, got {order}")
-    check_resample(resample)
     first = stages[order[0]]
     bundle = None
     if order == (2,):
@@ -101,8 +103,10 @@ def train_model(
                 f"--grid {network.grid} differs from the stage-1 bundle's grid {bundle.network.grid}", out
             )
         network = bundle.network
+        resample = resample or bundle.resample
     elif network is None:
         raise SkullVAEError("stage 1 needs a network configuration")
+    resample = check_resample(resample or DEFAULT_RESAMPLE)
     if resume and not checkpoint_path(out, order[0]).is_file():
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, order[0]))
 
@@ -134,6 +138,8 @@ def train_model(
         if hasattr(batch_transform, "cfg") and hasattr(batch_transform.cfg, "to_dict"):
             info["augment"] = batch_transform.cfg.to_dict()  # augment.AugmentConfig of --augment
         options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
+        if ctx.is_main and log is not None:  # stages, epochs, steps and an estimated time, before the work
+            log_training_plan(log, stages, network, len(cached.volumes), ctx.device)
         stage1_trained = False
         if 1 in stages:
             cfg = stages[1]
@@ -183,6 +189,7 @@ def train_model(
         if ctx.is_main:
             bundle.save(out)
             draw_curves(out)
+            write_training_card(out, [str(d) for d in data])  # model_card.json/.md (models/card.py)
         ctx.barrier()
     finally:
         shutdown_distributed(created)

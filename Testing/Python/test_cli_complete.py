@@ -216,3 +216,51 @@ def test_fit_completion_stores_centroids(setup, tmp_path, capsys):
     loaded = ModelBundle.load(model)
     assert set(loaded.centroids) == {"complete", "cranial"}
     assert loaded.completion_info["defect_classifier"]["classes"] == ["cranial"]
+
+
+def test_missing_input_is_reported_before_the_model_loads(setup, capsys, monkeypatch):
+    root, _ = setup
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(ModelBundle, "load", no_load)
+    code, _, err = _run(
+        capsys, "--model", root / "model", "--input", root / "nothere.nrrd", "--output", root / "x.seg.nrrd"
+    )
+    assert code == 2 and err.startswith("skullvae complete: error:") and "nothere.nrrd" in err
+    assert err.count("\n") == 1  # one line, not glued to a progress bar
+
+
+def test_output_creates_at_most_its_last_folder(setup, capsys, tmp_path):
+    root, _ = setup
+    deep = tmp_path / "no" / "such" / "x.seg.nrrd"
+    code, _, err = _run(capsys, "--model", root / "model", "--input", root / "defective.nrrd", "--output", deep)
+    assert code == 2 and "--output" in err and not (tmp_path / "no").exists()
+    code, _, err = _run(
+        capsys,
+        "--model",
+        root / "model",
+        "--input",
+        root / "defective.nrrd",
+        "--output",
+        tmp_path / "new" / "x.seg.nrrd",
+    )
+    assert code == 0, err
+    assert (tmp_path / "new" / "x.seg.nrrd").is_file()
+
+
+def test_model_by_installed_name(setup, capsys, tmp_path, monkeypatch):
+    from SkullVAELib.models import install_model
+
+    root, _ = setup
+    monkeypatch.setenv("SKULLVAE_HOME", str(tmp_path / "home"))
+    install_model(root / "model", name="tiny-test")
+    code, _, err = _run(
+        capsys, "--model", "tiny-test", "--input", root / "defective.nrrd", "--output", tmp_path / "n.seg.nrrd"
+    )
+    assert code == 0, err
+    code, _, err = _run(
+        capsys, "--model", "no-such-model", "--input", root / "defective.nrrd", "--output", tmp_path / "m.seg.nrrd"
+    )
+    assert code == 2 and "no-such-model" in err and "not installed" in err

@@ -30,6 +30,7 @@ from SkullVAELib.grid import from_model_grid, to_model_grid
 from SkullVAELib.image import ALL_BONE_FRACTION, SkullImage
 from SkullVAELib.networks import reparameterize
 from SkullVAELib.progress import ProgressCallback, no_progress
+from SkullVAELib.testtime_fit import FitConfig, apply_fit
 
 NO_DEFECT = "none"  # γ = 0 without centroids: plain reconstruction
 PRECISIONS = ("float32", "bfloat16")
@@ -199,6 +200,7 @@ def complete(
     device: str = "auto",
     progress: ProgressCallback | None = None,
     precision: str = "float32",
+    fit=None,
 ) -> CompletionResult:
     """Complete a defective skull; see the module docstring.
 
@@ -211,6 +213,8 @@ def complete(
         precision: "float32" (default, exact) or "bfloat16" (autocast for the networks: about
             2x faster again on CPUs with AVX-512-BF16/AMX and on GPUs; probabilities differ by
             ~1e-3, so a few voxels at the threshold may flip).
+        fit: a ``testtime_fit.FitConfig`` for the test-time fit of z to the patient's bone
+            (default: ``FitConfig(steps=cfg.fit_steps)``; no fit when 0 steps).
 
     Returns:
         CompletionResult on the input's exact geometry.
@@ -244,10 +248,21 @@ def complete(
             torch.cuda.empty_cache()
         out = _encode_decode(bundle, occupancy, cfg, torch.device("cpu"), timings, report, precision)
     mu, defect, confidence, probs, prob, samples, added = out
+    voxel_mm = implant_ops.model_spacing(skull, grid)
+    fit = fit if fit is not None else FitConfig(steps=cfg.fit_steps)
+    if fit.steps > 0:  # z fitted to the patient's bone, then shifted (testtime_fit)
+        report(0.5, f"fitting z to the patient's bone ({fit.steps} steps)")
+        t = time.perf_counter()
+        shift = _latent_shift(bundle, defect, cfg.gamma)
+        prob, added, fit_info = apply_fit(
+            bundle.completion_decoder, occupancy, mu, shift, prob, added, voxel_mm, fit, cfg.threshold
+        )
+        timings["fit"] = time.perf_counter() - t
+        before, after = fit_info["masked_dice"]
+        report(0.69, f"fit: Dice loss on the patient's bone {before:.3f} -> {after:.3f}")
 
     report(0.7, "extracting the implant")
     t = time.perf_counter()
-    voxel_mm = implant_ops.model_spacing(skull, grid)
     region = implant_ops.clean_model_grid_implant(
         prob > cfg.threshold, occupancy, voxel_mm, cfg.min_island_mm3, cfg.max_distance_mm, added
     )

@@ -198,6 +198,8 @@ class CompletionConfig:
         min_island_mm3: implant components smaller than this are removed.
         max_distance_mm: implant voxels farther than this from the input bone are removed.
         uncertainty_samples: K samples z ~ q(z|x) + γ·DEV for the uncertainty map (0 = off).
+        fit_steps: Adam steps of the test-time fit of z to the patient's bone before the latent
+            shift (``testtime_fit``, mode "refit"; 0 = off, the paper's completion).
     """
 
     gamma: float = 1.0
@@ -209,6 +211,7 @@ class CompletionConfig:
     uncertainty_samples: int = 0
     resample: str | None = None  # RESAMPLE_MODES; None = the mode the model was trained with
     seed: int = 0
+    fit_steps: int = 0
 
     def __post_init__(self) -> None:
         self.gamma = check_gamma(self.gamma)
@@ -220,6 +223,8 @@ class CompletionConfig:
             raise SkullVAEError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.uncertainty_samples < 0:
             raise SkullVAEError("uncertainty_samples must be >= 0")
+        if self.fit_steps < 0:
+            raise SkullVAEError(f"fit_steps must be >= 0, got {self.fit_steps}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

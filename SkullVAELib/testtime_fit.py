@@ -30,6 +30,7 @@ lies outside the input bone (``completion``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -128,6 +129,24 @@ def masked_soft_dice(prob: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     return 1.0 - 2.0 * inter / denom.clamp_min(1e-6)
 
 
+def frozen_copy(decoder: torch.nn.Module) -> torch.nn.Module:
+    """A private eval-mode copy of ``decoder`` with plain (non-inference) tensors and no parameter grads.
+
+    The fit never touches the caller's module (its mode, grads, or weights); the copy also works
+    when the weights were last moved inside ``torch.inference_mode`` (``completion`` does that).
+    """
+    work = copy.deepcopy(decoder)
+    with torch.inference_mode(False):
+        for module in work.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = b.detach().clone()
+    return work.eval()
+
+
 def fit_latent(
     decoder: torch.nn.Module,
     occupancy: np.ndarray,
@@ -161,11 +180,7 @@ def fit_latent(
         gen = torch.Generator().manual_seed(int(cfg.seed))
         z0 = z0 + cfg.jitter * torch.randn(z0.shape, generator=gen).to(device)
     z = z0.clone().requires_grad_(True)
-    was_training = decoder.training
-    flags = [p.requires_grad for p in decoder.parameters()]
-    decoder.eval()
-    for p in decoder.parameters():
-        p.requires_grad_(False)
+    decoder = frozen_copy(decoder)
     optimizer = torch.optim.Adam([z], lr=cfg.lr)
 
     def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,22 +190,17 @@ def fit_latent(
 
     losses: list[float] = []  # the loss at z before each step, then at the final z
     dice_before = float("nan")
-    try:
-        with torch.enable_grad():
-            for step in range(int(cfg.steps)):
-                optimizer.zero_grad(set_to_none=True)
-                loss, dice, _ = objective()
-                losses.append(float(loss.detach()))
-                if step == 0:
-                    dice_before = float(dice.detach())
-                loss.backward()
-                optimizer.step()
-        with torch.no_grad():
-            loss, dice, prob = objective()
-    finally:
-        for p, flag in zip(decoder.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-        decoder.train(was_training)
+    with torch.inference_mode(False), torch.enable_grad():
+        for step in range(int(cfg.steps)):
+            optimizer.zero_grad(set_to_none=True)
+            loss, dice, _ = objective()
+            losses.append(float(loss.detach()))
+            if step == 0:
+                dice_before = float(dice.detach())
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        loss, dice, prob = objective()
     losses.append(float(loss))
     if cfg.steps == 0:
         dice_before = float(dice)
@@ -249,3 +259,35 @@ def fit_to_patient(
     region = dilate_mm(np.asarray(region, dtype=bool), voxel_mm, cfg.dilation_mm)
     start = mu + (shift if cfg.start == "shifted" else 0.0)
     return fit_latent(decoder, occupancy, start, ~region, cfg, device), region
+
+
+def apply_fit(
+    decoder: torch.nn.Module,
+    occupancy: np.ndarray,
+    mu: np.ndarray,
+    shift: np.ndarray,
+    prob: np.ndarray,
+    added: np.ndarray | None,
+    voxel_mm,
+    cfg: FitConfig,
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """``complete``'s hook: (probabilities, implant mask for the ``implant`` rule, info) after the fit.
+
+    With ``cfg.steps == 0`` the inputs come back unchanged. ``info``: steps, mode, masked Dice
+    before/after, ‖z‖ before/after. The decoder runs on the device its parameters are on.
+    """
+    if cfg.steps == 0:
+        return prob, added, {"steps": 0}
+    device = next(decoder.parameters()).device
+    start = np.linalg.norm(np.asarray(mu) + (np.asarray(shift) if cfg.mode == "refit" else 0.0))
+    result, region = fit_to_patient(
+        decoder, occupancy, mu, shift, prob, added, voxel_mm, cfg, threshold=threshold, device=device
+    )
+    info = {
+        "steps": cfg.steps,
+        "mode": cfg.mode,
+        "masked_dice": [round(v, 5) for v in result.masked_dice],
+        "z_norm": [round(float(start), 4), round(float(np.linalg.norm(result.z)), 4)],
+    }
+    return result.probabilities, region, info

@@ -129,3 +129,26 @@ def test_refit_fits_from_mu_then_applies_the_shift(case):
         rec = torch.sigmoid(decoder.logits(torch.from_numpy(fitted)[None]))[0, 0].numpy()
     np.testing.assert_allclose(result.probabilities, prob, atol=1e-6)
     assert np.array_equal(added, (prob > 0.5) & ~(rec > 0.5))
+
+
+def test_complete_with_the_fit_keeps_the_patient_bone_and_is_deterministic():
+    from SkullVAELib.bundle import new_bundle
+    from SkullVAELib.completion import complete
+    from SkullVAELib.config import CompletionConfig, NetworkConfig
+
+    bundle = new_bundle(NetworkConfig(grid=(32, 32, 24), channels=(4, 8), latent_size=4), seed=0)
+    bundle.set_centroids({"complete": np.zeros(4), "cranial": np.array([-1.0, 0, 0, 0]), "facial": np.ones(4)})
+    defective, _ = cranial_defect(make_phantom(3, shape=(64, 64, 48), spacing=None), seed=1)
+    before = defective.mask.copy()
+    plain = complete(defective, bundle, CompletionConfig(defect="cranial"), device="cpu")
+    runs = [complete(defective, bundle, CompletionConfig(defect="cranial", fit_steps=5), device="cpu") for _ in "ab"]
+    assert "fit" in runs[0].timings and "fit" not in plain.timings
+    assert np.array_equal(defective.mask, before)  # the input is never modified
+    for res in runs:
+        assert np.array_equal(res.completed.mask & defective.mask, defective.mask)  # patient bone kept
+        assert not (res.implant.mask & defective.mask).any()
+        assert np.array_equal(res.completed.mask, defective.mask | res.implant.mask)
+    assert np.array_equal(runs[0].probabilities_model_grid, runs[1].probabilities_model_grid)
+    assert not np.array_equal(runs[0].probabilities_model_grid, plain.probabilities_model_grid)
+    with pytest.raises(SkullVAEError, match="fit_steps"):
+        CompletionConfig(fit_steps=-2)

@@ -19,7 +19,6 @@ from SkullVAELib.cli.common import (
     make_progress,
     network_from_args,
 )
-from SkullVAELib.config import DEFAULT_RESAMPLE
 
 
 def register(subparsers) -> None:
@@ -67,7 +66,7 @@ def register(subparsers) -> None:
         help="stage-2 input: z ~ q(z|x) afresh (paper) or the fixed z = μ + σ (authors' code)",
     )
     p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
-    add_resample_arg(p, default=DEFAULT_RESAMPLE)  # recorded in the bundle; completion uses it
+    add_resample_arg(p, default_help="area (--stage 2 alone: the stage-1 bundle's)")  # recorded in the bundle
     p.add_argument(
         "--train-ids",
         default=None,

@@ -41,6 +41,15 @@ def test_train_records_the_resample_mode_and_draws_the_curves(nearest_model):
     assert (out / "curves.png").stat().st_size > 1000  # drawn by the workflow, not the trainer
 
 
+def test_stage2_alone_keeps_the_stage1_mode_and_refuses_another(data, nearest_model):
+    out, _ = nearest_model
+    cfg = {2: TrainConfig(stage=2, epochs=1, batch_size=2, device="cpu")}
+    cache = out.parent / "cache"
+    assert train_model([data], out, None, cfg, cache_dir=cache).resample == "nearest"
+    with pytest.raises(SkullVAEError, match="stage 2 must match"):
+        train_model([data], out, None, cfg, cache_dir=cache, resample="area")
+
+
 def test_completion_uses_the_bundle_mode_unless_asked(data, nearest_model, monkeypatch):
     out, bundle = nearest_model
     seen = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from SkullVAELib.cli.common import float_list_arg
+from SkullVAELib.errors import SkullVAEError
 
 
 def add_augment_args(p: argparse.ArgumentParser) -> None:
@@ -39,22 +40,18 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment-seed", type=int, default=0, help="augmentation seed (with the trainer's per-epoch seeds)")
 
 
-def augmenter_from_args(args: argparse.Namespace):
-    """An ``augment.Augmenter`` for ``--augment``, or None."""
+def augment_settings(args: argparse.Namespace) -> dict | None:
+    """The ``augment.AugmentConfig`` fields of ``--augment`` (checked by the workflow), or None."""
     if not getattr(args, "augment", False):
         return None
-    from SkullVAELib.augment import AugmentConfig, Augmenter
-    from SkullVAELib.errors import SkullVAEError
-
     if len(args.augment_defects) != 2:
         raise SkullVAEError(f"--augment-defects takes two probabilities PC,PF, got {args.augment_defects}")
     if args.augment_spacing is not None and len(args.augment_spacing) != 3:
         raise SkullVAEError(f"--augment-spacing takes three sizes X,Y,Z in mm, got {args.augment_spacing}")
-    cfg = AugmentConfig(
-        spacing_mm=tuple(args.augment_spacing) if args.augment_spacing else None,
-        p_cranial=args.augment_defects[0],
-        p_facial=args.augment_defects[1],
-        defect_target=args.augment_target,
-        seed=args.augment_seed,
-    )
-    return Augmenter(cfg)
+    return {
+        "spacing_mm": tuple(args.augment_spacing) if args.augment_spacing else None,
+        "p_cranial": args.augment_defects[0],
+        "p_facial": args.augment_defects[1],
+        "defect_target": args.augment_target,
+        "seed": args.augment_seed,
+    }

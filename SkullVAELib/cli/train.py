@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from SkullVAELib.cli.augment_args import add_augment_args, augmenter_from_args
+from SkullVAELib.cli.augment_args import add_augment_args, augment_settings
 from SkullVAELib.cli.common import (
     add_network_args,
     add_progress_arg,
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     train_ids = parse_id_spec(args.train_ids)  # and the id spec, before any data is read
     val_ids = parse_id_spec(args.val_ids)
     stages = train_configs(args)
-    augmenter = augmenter_from_args(args)  # --augment: one-line errors before any data is read
+    augment = augment_settings(args)  # --augment settings (the workflow checks them before any data is read)
     if set(stages) == {2} and not args.grid:
         network = None  # stage 2 alone: the stage-1 bundle's network
     progress = make_progress(args.progress)
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             resample=args.resample,
             resume=args.resume,
-            batch_transform=augmenter,
+            augment=augment,
             progress=progress,
             log=print,
         )

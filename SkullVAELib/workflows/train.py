@@ -53,6 +53,7 @@ def train_model(
     resample: str | None = None,
     resume: bool = False,
     batch_transform=None,
+    augment: dict | None = None,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ModelBundle:
@@ -73,6 +74,7 @@ def train_model(
             used again by fit-completion and completion.
         resume: continue from ``out/checkpoints`` exactly.
         batch_transform: ``f(x, generator) -> x'`` applied to every training batch (augmentation).
+        augment: ``augment.AugmentConfig`` fields: the batch transform is then ``augment.Augmenter``.
         progress: ``(stage, fraction, message)``.
         log: receives notes for the user (rank 0), e.g. ``print``.
 
@@ -91,6 +93,10 @@ def train_model(
     from SkullVAELib.trainer import train_stage1, train_stage2
 
     out = Path(out)
+    if augment is not None:  # checked before any data is read or anything written
+        from SkullVAELib.augment import AugmentConfig, Augmenter
+
+        batch_transform = Augmenter(AugmentConfig(**augment))
     order = tuple(sorted(stages))
     if not order or not set(order) <= {1, 2}:
         raise SkullVAEError(f"stages must be 1, 2 or both, got {order}")

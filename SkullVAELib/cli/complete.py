@@ -67,6 +67,14 @@ def register(subparsers) -> None:
         default=False,
         help="let the rim fit use the skull's mirror image where it covers a one-sided hole",
     )
+    p.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="test-time fit: N Adam steps fitting the latent code to the patient's own bone before the "
+        "latent shift (0 = off, the paper; docs/RESULTS.md issue 9 has the measured effect)",
+    )
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             refine=args.refine,
             symmetry=args.symmetry,
+            fit_steps=args.fit_steps,
             progress=progress,
         )
     finally:

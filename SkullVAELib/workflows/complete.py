@@ -113,6 +113,7 @@ def complete_files(
     seed: int = 0,
     refine: bool = True,
     symmetry: bool = False,
+    fit_steps: int = 0,
     progress: ProgressCallback | None = None,
 ) -> CompletedFiles:
     """Complete the defective skull in ``input`` with the bundle ``model``; write ``output`` (.seg.nrrd).
@@ -128,6 +129,7 @@ def complete_files(
             patient's own bone at the original resolution (:mod:`SkullVAELib.refine`); False
             keeps the model's implant (the paper's method). Facial defects keep the model's.
         symmetry: let the rim fit use the skull's mirror image where it covers the hole.
+        fit_steps: Adam steps of the test-time fit of z to the patient's bone (``testtime_fit``; 0 = off).
         Other settings as :class:`~SkullVAELib.config.CompletionConfig` and ``read_skull``.
 
     Returns:
@@ -184,6 +186,7 @@ def complete_files(
             uncertainty_samples=samples,
             resample=resample,
             seed=seed,
+            fit_steps=fit_steps,
         )
 
         def stage_progress(stage, fraction, message="", n=n):

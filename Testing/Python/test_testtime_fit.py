@@ -152,3 +152,25 @@ def test_complete_with_the_fit_keeps_the_patient_bone_and_is_deterministic():
     assert not np.array_equal(runs[0].probabilities_model_grid, plain.probabilities_model_grid)
     with pytest.raises(SkullVAEError, match="fit_steps"):
         CompletionConfig(fit_steps=-2)
+
+
+def test_cli_complete_fit_steps(tmp_path, capsys):
+    from SkullVAELib.bundle import new_bundle
+    from SkullVAELib.cli import main
+    from SkullVAELib.config import PRESETS
+    from SkullVAELib.image import read_skull, write_mask
+
+    bundle = new_bundle(PRESETS["test"], seed=0)
+    rng = np.random.default_rng(0)
+    bundle.set_centroids({"complete": np.zeros(8), "cranial": rng.normal(size=8), "facial": rng.normal(size=8)})
+    bundle.save(tmp_path / "model")
+    defective, _ = cranial_defect(make_phantom(5, shape=(64, 64, 48), spacing=(3.2, 3.2, 3.2)), seed=2)
+    write_mask(defective, tmp_path / "in.nrrd")
+    argv = ["complete", "--model", tmp_path / "model", "--input", tmp_path / "in.nrrd", "--defect", "cranial"]
+    argv += ["--no-refine", "--device", "cpu", "--progress", "json", "--fit-steps", "3"]
+    assert main([*map(str, argv), "--output", str(tmp_path / "r.seg.nrrd")]) == 0
+    assert "fitting z to the patient's bone (3 steps)" in capsys.readouterr().out
+    assert (tmp_path / "r.seg.nrrd").is_file()
+    assert np.array_equal(read_skull(tmp_path / "in.nrrd").mask, defective.mask)  # input untouched
+    assert main([*map(str, argv[:-1]), "-1", "--output", str(tmp_path / "bad.seg.nrrd")]) == 2
+    assert "fit_steps" in capsys.readouterr().err and not (tmp_path / "bad.seg.nrrd").exists()

@@ -60,7 +60,35 @@ def set_threads(n: int | None) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
 
 
-def _write_one(result, output: Path, stl: Path | None, uncertainty: Path | None, frame: str, timings, warnings):
+def _plan_outputs(input, model, output: Path, gammas, implant_stl, uncertainty):
+    """Every file the call will write, checked before any work (outputs.OutputPlan): not an input,
+    not in the model, not twice, the right extension, a folder that exists or is one new level."""
+    from SkullVAELib.outputs import (
+        PNG_EXTENSIONS,
+        SEGMENTATION_EXTENSIONS,
+        STL_EXTENSIONS,
+        VOLUME_EXTENSIONS,
+        OutputPlan,
+    )
+
+    plan = OutputPlan(inputs=[input], protected=[model])
+    sweep = len(gammas) > 1
+    for gamma in gammas:
+        pick = (lambda p, g=gamma: sweep_path(Path(p), g)) if sweep else Path
+        plan.add(pick(output), "--output", SEGMENTATION_EXTENSIONS)
+        if implant_stl:
+            plan.add(pick(implant_stl), "--implant-stl", STL_EXTENSIONS)
+        if uncertainty:
+            plan.add(pick(uncertainty), "--uncertainty", VOLUME_EXTENSIONS)
+    if sweep:
+        plan.add(
+            output.with_name(output.name.split(".")[0] + "_gamma_sweep.png"), "the γ-sweep montage", PNG_EXTENSIONS
+        )
+    return plan
+
+
+def _write_one(result, output: Path, stl: Path | None, uncertainty: Path | None, frame: str, timings, warnings, tx):
+    """Write one result's files through the output transaction ``tx`` (renamed together at its end)."""
     from SkullVAELib.image import write_scalar
     from SkullVAELib.segfile import Segment, write_segmentation
     from SkullVAELib.surface import write_implant_stl
@@ -70,20 +98,21 @@ def _write_one(result, output: Path, stl: Path | None, uncertainty: Path | None,
 
     t = time.perf_counter()
     masks = (result.completed.mask, result.implant.mask)
-    write_segmentation(output, result.completed, [Segment(n, m, c) for (n, c), m in zip(SEGMENTS, masks, strict=True)])
+    segments = [Segment(n, m, c) for (n, c), m in zip(SEGMENTS, masks, strict=True)]
+    write_segmentation(tx.path(output), result.completed, segments)
     timed("write_segmentation", t)
     written = {"output": str(output), "implant_stl": None, "uncertainty": None}
     if stl is not None:
         if result.implant.mask.any():
             t = time.perf_counter()
-            write_implant_stl(result.implant, stl, coordinate_system=frame)
+            write_implant_stl(result.implant, tx.path(stl), coordinate_system=frame)
             timed("write_stl", t)
             written["implant_stl"] = str(stl)
         else:
             warnings.append(f"the implant is empty; {stl} not written")
     if uncertainty is not None and result.uncertainty is not None:
         t = time.perf_counter()
-        write_scalar(result.completed, result.uncertainty, uncertainty)
+        write_scalar(result.completed, result.uncertainty, tx.path(uncertainty))
         timed("write_uncertainty", t)
         written["uncertainty"] = str(uncertainty)
     return written
@@ -140,7 +169,6 @@ def complete_files(
     from SkullVAELib.image import read_skull
     from SkullVAELib.inputs import read_information
     from SkullVAELib.models.store import resolve_model
-    from SkullVAELib.outputs import check_output_folder
 
     start = time.perf_counter()
     gammas = [check_gamma(g) for g in gammas]
@@ -157,10 +185,8 @@ def complete_files(
     # Cheap checks before the model loads: the input is a readable image, each output's folder
     # exists or is one new level (never a chain of folders made up from a typo), a model name resolves.
     read_information(input)
-    for path, option in ((output, "--output"), (implant_stl, "--implant-stl"), (uncertainty, "--uncertainty")):
-        if path:
-            check_output_folder(Path(path).parent, option, max_new_folders=1)
     model = resolve_model(model)  # a bundle folder, or the name of an installed model (skullvae models)
+    plan = _plan_outputs(input, model, output, gammas, implant_stl, uncertainty)
     set_threads(threads)
     progress = progress or no_progress
     timings: dict[str, float] = {}
@@ -216,21 +242,22 @@ def complete_files(
     progress("write", 0.0, f"writing {output}")
     sweep = len(gammas) > 1
     written, warnings = [], list(refined)
-    for gamma, result in zip(gammas, results, strict=True):
-        stl = Path(implant_stl) if implant_stl else None
-        unc = Path(uncertainty) if uncertainty else None
-        if sweep:
-            stl = sweep_path(stl, gamma) if stl else None
-            unc = sweep_path(unc, gamma) if unc else None
-        out = sweep_path(output, gamma) if sweep else output
-        written.append(_write_one(result, out, stl, unc, stl_frame, timings, warnings))
     montage = None
-    if sweep:
-        from SkullVAELib.figures import plot_gamma_sweep, sweep_rows
+    with plan.transaction() as tx:  # all files appear together at the end, or none
+        for gamma, result in zip(gammas, results, strict=True):
+            stl = Path(implant_stl) if implant_stl else None
+            unc = Path(uncertainty) if uncertainty else None
+            if sweep:
+                stl = sweep_path(stl, gamma) if stl else None
+                unc = sweep_path(unc, gamma) if unc else None
+            out = sweep_path(output, gamma) if sweep else output
+            written.append(_write_one(result, out, stl, unc, stl_frame, timings, warnings, tx))
+        if sweep:
+            from SkullVAELib.figures import plot_gamma_sweep, sweep_rows
 
-        montage = output.with_name(output.name.split(".")[0] + "_gamma_sweep.png")
-        rows = sweep_rows(gammas, [r.completed for r in results], [r.implant for r in results])
-        plot_gamma_sweep(rows, montage, title=Path(input).name, dpi=80)
+            montage = output.with_name(output.name.split(".")[0] + "_gamma_sweep.png")
+            rows = sweep_rows(gammas, [r.completed for r in results], [r.implant for r in results])
+            plot_gamma_sweep(rows, tx.path(montage), title=Path(input).name, dpi=80)
     timings["total"] = time.perf_counter() - start
 
     summaries = [

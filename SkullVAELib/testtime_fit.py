@@ -62,7 +62,7 @@ class FitConfig:
 
     steps: int = 100
     mode: str = "refit"
-    lr: float = 0.05
+    lr: float = 0.1
     prior_weight: float = 1e-3
     dilation_mm: float = 10.0
     start: str = "shifted"

@@ -44,19 +44,55 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in VERBS.items():
         if name == chosen:
             importlib.import_module(f"SkullVAELib.cli.{module_name}").register(sub)
+            if name != "models":  # every verb that reads volumes or models
+                _add_limit_args(sub.choices[name])
         else:
             sub.add_parser(name, help=help_text)
     return parser
+
+
+def _add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-voxels`` / ``--max-memory-gb``: the resource limits of :mod:`SkullVAELib.limits`."""
+    from SkullVAELib.limits import DEFAULT_MAX_MEMORY_GB, ENV_MAX_MEMORY_GB, ENV_MAX_VOXELS
+
+    group = parser.add_argument_group("resource limits (checked from headers and configs before reading)")
+    group.add_argument(
+        "--max-voxels",
+        type=float,
+        default=None,
+        metavar="N",
+        help=f"largest volume accepted, in voxels (default 1024³ = 1073741824, or ${ENV_MAX_VOXELS})",
+    )
+    group.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=None,
+        metavar="GB",
+        help=f"largest estimated memory of one volume, model or cache (default {DEFAULT_MAX_MEMORY_GB:g}, "
+        f"or ${ENV_MAX_MEMORY_GB})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     try:
+        if getattr(args, "max_voxels", None) is not None or getattr(args, "max_memory_gb", None) is not None:
+            from SkullVAELib.limits import set_limits
+
+            set_limits(args.max_voxels, args.max_memory_gb)
         return int(args.func(args) or 0)
     except SkullVAEError as exc:
         close_all_bars()  # the error starts on its own line, not after a progress bar
         print(f"skullvae {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        close_all_bars()
+        print(
+            f"skullvae {args.verb}: error: out of memory; lower --max-memory-gb so that oversized inputs "
+            "are refused before they are read, or use a machine with more memory",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         close_all_bars()

@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--style", choices=CRANIAL_STYLES, default="skullfix", help="cranial defect shape (default skullfix)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace cases that already exist in --out")
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     progress = make_progress(args.progress)
     try:
-        made = make_defect_set(args.complete, args.kind, args.out, args.seed, args.style, progress)
+        made = make_defect_set(
+            args.complete, args.kind, args.out, args.seed, args.style, progress, overwrite=args.overwrite
+        )
     finally:
         close_progress(progress)
     print(

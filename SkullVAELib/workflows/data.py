@@ -54,9 +54,16 @@ def list_complete_skulls(folder: str | os.PathLike) -> list[Path]:
 
 
 def write_defect_pair(
-    complete: SkullImage, file_name: str, kind: str, out: str | os.PathLike, seed: int, style: str = "skullfix"
+    complete: SkullImage,
+    file_name: str,
+    kind: str,
+    out: str | os.PathLike,
+    seed: int,
+    style: str = "skullfix",
+    paths: tuple[Path, Path] | None = None,
 ) -> tuple[SkullImage, SkullImage]:
-    """Cut one ``kind`` defect (per-case seed from ``seed`` and the case id) and write both halves."""
+    """Cut one ``kind`` defect (per-case seed from ``seed`` and the case id) and write both halves
+    (to ``out``'s layout, or to ``paths`` = (defective, implant), e.g. an output transaction's)."""
     from SkullVAELib.defects import case_seed, cranial_defect, facial_defect
     from SkullVAELib.image import write_mask
 
@@ -70,8 +77,10 @@ def write_defect_pair(
         defective, implant = cranial_defect(complete, per_case, style=style)
     else:
         defective, implant = facial_defect(complete, per_case)
-    write_mask(defective, Path(out) / LABEL_FOLDERS[kind] / file_name)
-    write_mask(implant, Path(out) / IMPLANT_FOLDERS[kind] / file_name)
+    if paths is None:
+        paths = (Path(out) / LABEL_FOLDERS[kind] / file_name, Path(out) / IMPLANT_FOLDERS[kind] / file_name)
+    write_mask(defective, paths[0])
+    write_mask(implant, paths[1])
     return defective, implant
 
 
@@ -87,25 +96,38 @@ def make_defect_set(
     seed: int = 0,
     style: str = "skullfix",
     progress: ProgressCallback | None = None,
+    overwrite: bool = False,
 ) -> DefectSet:
     """Cut a ``kind`` defect out of every complete skull of ``complete`` into the data set ``out``.
 
     Same file names and exact geometry as the inputs; each case's seed comes from ``seed`` and
-    its id, so the result does not depend on the order or on the other cases.
+    its id, so the result does not depend on the order or on the other cases. Existing files
+    are not replaced unless ``overwrite``; every case is written under a temporary name and all
+    are renamed at the end, so a bad input anywhere leaves nothing written.
     """
     from SkullVAELib.image import read_skull
+    from SkullVAELib.outputs import OutputPlan
 
     _check_seed(seed)
+    if kind not in DEFECTS:
+        raise SkullVAEError(f"defect kind must be one of {', '.join(DEFECTS)}, got {kind!r}")
     files = list_complete_skulls(complete)
+    out = Path(out)
+    plan = OutputPlan(inputs=files, overwrite=overwrite, max_new_folders=2)  # OUT and OUT/defective_skull
+    targets = [
+        (plan.add(out / LABEL_FOLDERS[kind] / f.name, "--out"), plan.add(out / IMPLANT_FOLDERS[kind] / f.name, "--out"))
+        for f in files
+    ]
     progress = progress or no_progress
     total_fraction = 0.0
-    for n, path in enumerate(files):
-        progress("make-defects", n / len(files), path.name)
-        skull = read_skull(path)
-        _, implant = write_defect_pair(skull, path.name, kind, out, seed, style)
-        total_fraction += implant.mask.sum() / max(int(skull.mask.sum()), 1)
+    with plan.transaction() as tx:
+        for n, (path, (defective_path, implant_path)) in enumerate(zip(files, targets, strict=True)):
+            progress("make-defects", n / len(files), path.name)
+            skull = read_skull(path)
+            paths = (tx.path(defective_path), tx.path(implant_path))
+            _, implant = write_defect_pair(skull, path.name, kind, out, seed, style, paths=paths)
+            total_fraction += implant.mask.sum() / max(int(skull.mask.sum()), 1)
     progress("make-defects", 1.0, f"{len(files)} cases")
-    out = Path(out)
     return DefectSet(
         kind, len(files), total_fraction / len(files), out / LABEL_FOLDERS[kind], out / IMPLANT_FOLDERS[kind]
     )

@@ -49,6 +49,8 @@ class RimFitConfig:
     band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
     smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation
     degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
+    thickness_degree: int = 2  # the same for the bone thickness
+    thickness_smoothing: float = 0.01
     max_rim_points: int = 600
     grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
     grow_iterations: int = 3
@@ -210,7 +212,8 @@ def fill_hole(
             base_out, base_thick = m_out[rim_idx], m_thick[rim_idx]
     kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
     fit_out = RBFInterpolator(xy_rim, outer - base_out, **kw)(xy_fill)
-    fit_thick = RBFInterpolator(xy_rim, thick - base_thick, **kw)(xy_fill)
+    kw_thick = {"kernel": "thin_plate_spline", "smoothing": cfg.thickness_smoothing, "degree": cfg.thickness_degree}
+    fit_thick = RBFInterpolator(xy_rim, thick - base_thick, **kw_thick)(xy_fill)
     if use_mirror is not None:
         fit_out = fit_out + np.where(use_mirror, m_out[fill_idx], np.nan)
         fit_thick = fit_thick + np.where(use_mirror, m_thick[fill_idx], np.nan)

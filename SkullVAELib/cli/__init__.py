@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from SkullVAELib import __version__
@@ -51,25 +52,36 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _add_limit_args(parser: argparse.ArgumentParser) -> None:
-    """``--max-voxels`` / ``--max-memory-gb``: the resource limits of :mod:`SkullVAELib.limits`."""
-    from SkullVAELib.limits import DEFAULT_MAX_MEMORY_GB, ENV_MAX_MEMORY_GB, ENV_MAX_VOXELS
+LIMIT_ENV = {"max_voxels": "SKULLVAE_MAX_VOXELS", "max_memory_gb": "SKULLVAE_MAX_MEMORY_GB"}  # SkullVAELib.limits
 
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-voxels`` / ``--max-memory-gb``: the resource limits of ``SkullVAELib.limits``, handed
+    to it (and to child processes) through its environment variables."""
     group = parser.add_argument_group("resource limits (checked from headers and configs before reading)")
     group.add_argument(
         "--max-voxels",
-        type=float,
+        type=_positive_number,
         default=None,
         metavar="N",
-        help=f"largest volume accepted, in voxels (default 1024³ = 1073741824, or ${ENV_MAX_VOXELS})",
+        help=f"largest volume accepted, in voxels (default 1024³ = 1073741824, or ${LIMIT_ENV['max_voxels']})",
     )
     group.add_argument(
         "--max-memory-gb",
-        type=float,
+        type=_positive_number,
         default=None,
         metavar="GB",
-        help=f"largest estimated memory of one volume, model or cache (default {DEFAULT_MAX_MEMORY_GB:g}, "
-        f"or ${ENV_MAX_MEMORY_GB})",
+        help=f"largest estimated memory of one volume, model or cache (default 4, or ${LIMIT_ENV['max_memory_gb']})",
     )
 
 
@@ -77,10 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     try:
-        if getattr(args, "max_voxels", None) is not None or getattr(args, "max_memory_gb", None) is not None:
-            from SkullVAELib.limits import set_limits
-
-            set_limits(args.max_voxels, args.max_memory_gb)
+        for key, env in LIMIT_ENV.items():
+            if getattr(args, key, None) is not None:
+                os.environ[env] = repr(getattr(args, key))
         return int(args.func(args) or 0)
     except SkullVAEError as exc:
         close_all_bars()  # the error starts on its own line, not after a progress bar

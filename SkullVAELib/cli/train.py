@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoints exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in MODEL_DIR (refused without it)")
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             resample=args.resample,
             resume=args.resume,
+            overwrite=args.overwrite,
             augment=augment,
             progress=progress,
             log=print,

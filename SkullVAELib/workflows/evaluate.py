@@ -83,12 +83,12 @@ def evaluate_model(
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.dataset import discover_cases
     from SkullVAELib.evaluation import evaluate
+    from SkullVAELib.outputs import check_output_folder
     from SkullVAELib.report import write_report
     from SkullVAELib.training_log import LOG_NAME
 
     model, out = Path(model), Path(out)
-    if out.exists() and not out.is_dir():
-        raise SkullVAEError("exists and is not a folder", out)
+    check_output_folder(out, "--out")  # a file in the way or a read-only folder: before the work
     if permutations < 1:
         raise SkullVAEError(f"--permutations must be positive, got {permutations}")
     bundle = ModelBundle.load(model)

@@ -43,11 +43,13 @@ def fit_completion_data(
     from SkullVAELib.centroids import fit_completion
     from SkullVAELib.dataset import build_cache, discover_cases, select_cases
     from SkullVAELib.devices import resolve_device
+    from SkullVAELib.outputs import check_output_folder
 
     if batch_size < 1:
         raise SkullVAEError(f"--batch-size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     bundle = ModelBundle.load(model, device="cpu")
+    check_output_folder(model, "--model")  # completion.json is written there: fail before the work
     cases = select_cases(discover_cases(data), train_ids)
     progress = progress or no_progress
     mode = resample or bundle.resample

@@ -109,6 +109,7 @@ def demo(
         stages,
         train_ids=train_ids,
         cache_dir=cache,
+        overwrite=True,  # the demo's own folder: a rerun trains afresh
         progress=progress,
         log=log,  # the plan: stages, epochs, estimated time
     )

@@ -52,6 +52,7 @@ def train_model(
     cache_dir: str | os.PathLike | None = None,
     resample: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     batch_transform=None,
     augment: dict | None = None,
     progress: ProgressCallback | None = None,
@@ -73,6 +74,7 @@ def train_model(
             bundle's mode for stage 2 alone); recorded in the bundle and
             used again by fit-completion and completion.
         resume: continue from ``out/checkpoints`` exactly.
+        overwrite: replace a model already in ``out`` (refused otherwise, unless ``resume``).
         batch_transform: ``f(x, generator) -> x'`` applied to every training batch (augmentation).
         augment: ``augment.AugmentConfig`` fields: the batch transform is then ``augment.Augmenter``.
         progress: ``(stage, fraction, message)``.
@@ -87,8 +89,10 @@ def train_model(
     from SkullVAELib.bundle import ModelBundle
     from SkullVAELib.checkpoint import checkpoint_path, load_checkpoint
     from SkullVAELib.distributed import current_context, init_distributed, shutdown_distributed
+    from SkullVAELib.limits import check_network
     from SkullVAELib.models.card import write_training_card
     from SkullVAELib.networks import VAE, Decoder
+    from SkullVAELib.outputs import check_model_destination
     from SkullVAELib.train_plan import log_training_plan
     from SkullVAELib.trainer import train_stage1, train_stage2
 
@@ -101,6 +105,7 @@ def train_model(
     if not order or not set(order) <= {1, 2}:
         raise SkullVAEError(f"stages must be 1, 2 or both, got {order}")
     first = stages[order[0]]
+    check_model_destination(out, order, resume=resume, overwrite=overwrite)  # before any data is read
     bundle = None
     if order == (2,):
         bundle = ModelBundle.load(out)  # the stage-1 encoder; one-line error if absent
@@ -113,6 +118,7 @@ def train_model(
     elif network is None:
         raise SkullVAEError("stage 1 needs a network configuration")
     resample = check_resample(resample or DEFAULT_RESAMPLE)
+    check_network(network.grid, network.channels, network.latent_size)  # memory limit, before allocating
     if resume and not checkpoint_path(out, order[0]).is_file():
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, order[0]))
 

@@ -65,6 +65,8 @@ def _default_limits(monkeypatch):
     limits.reset_limits()
     yield
     limits.reset_limits()
+    for name in (limits.ENV_MAX_VOXELS, limits.ENV_MAX_MEMORY_GB):  # set by the CLI flags in-process
+        os.environ.pop(name, None)
 
 
 def _small_skull() -> SkullImage:

@@ -190,7 +190,7 @@ def test_disk_full_while_writing_leaves_nothing(setup, tmp_path):
         "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    args = _complete(setup, "--output", out / "r.seg.nrrd", "--implant-stl", out / "i.stl")
+    args = _complete(setup, "--output", out / "r.seg.nrrd", "--implant-stl", out / "i.stl", "--no-refine")
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0], done.stderr[-3000:]
@@ -232,7 +232,7 @@ with plan.transaction() as tx:
 def test_concurrent_runs_never_mix_their_outputs(tmp_path):
     import time
 
-    start = time.time() + 5
+    start = time.time() + 3
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(k), str(start)]) for k in range(4)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert (tmp_path / "r.seg.nrrd").read_text() == (tmp_path / "i.stl").read_text()

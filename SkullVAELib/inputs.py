@@ -67,13 +67,37 @@ def mhd_data_files(header: Path) -> list[Path]:
     return [header.parent / name]
 
 
+def nrrd_data_files(header: Path) -> list[Path]:
+    """The detached data file(s) a NRRD header names (``data file:``); empty for attached data."""
+    try:
+        with open(header, "rb") as stream:
+            text = stream.read(1 << 16)
+    except OSError as exc:
+        raise SkullVAEError(f"cannot read file: {exc.strerror}", header) from None
+    head = text.split(b"\n\n", 1)[0]
+    match = re.search(rb"^data ?file:\s*(.+?)\s*$", head, re.MULTILINE)
+    if match is None:
+        return []
+    name = match.group(1).decode("utf-8", "replace")
+    if name.upper().startswith("LIST") or "%" in name or " " in name.strip():
+        raise SkullVAEError("multi-file NRRD data (LIST or a file pattern) is not supported", header)
+    return [header.parent / name]
+
+
 def data_files(path: str | os.PathLike) -> list[Path]:
-    """Every file whose bytes make up the image at ``path`` (checked to be regular files)."""
+    """Every file whose bytes make up the image at ``path`` (checked to be regular files): the file
+    itself and, for MetaImage (``ElementDataFile``) and NRRD (``data file:``) headers, their data file."""
     path = require_regular_file(path)
     files = [path]
-    if path.name.lower().endswith(".mhd"):
-        for data in mhd_data_files(path):
-            files.append(require_regular_file(data, "data file of the .mhd header"))
+    name = path.name.lower()
+    if name.endswith((".mhd", ".mha")):
+        extra = mhd_data_files(path)
+    elif name.endswith((".nrrd", ".nhdr")):
+        extra = nrrd_data_files(path)
+    else:
+        extra = []
+    for data in extra:
+        files.append(require_regular_file(data, "data file named by the header"))
     return files
 
 

@@ -151,6 +151,14 @@ def test_mhd_pointing_at_dev_zero_is_refused_while_hashing_and_reading(tmp_path)
     assert "not a regular file" in _finishes(lambda: _one_line_error(read_skull, path))
 
 
+def test_nrrd_with_a_detached_fifo_data_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "data.raw")
+    path = tmp_path / "000.nrrd"
+    path.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 8 8 8\nencoding: raw\ndata file: data.raw\n\n")
+    assert "FIFO" in _finishes(lambda: _one_line_error(read_skull, path))
+    assert "FIFO" in _finishes(lambda: _one_line_error(file_content_hash, path))
+
+
 def test_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "000.nrrd"
     os.mkfifo(fifo)

@@ -280,8 +280,10 @@ def test_cli_trains_both_stages_into_a_bundle_and_resumes(tmp_path, capsys):
     )
     rows = read_log(model / "training_log.csv")
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
-    # Stage 2 alone on the existing bundle.
-    assert main([*argv, "--stage", "2", "--stage2-latent", "mu_plus_sigma"]) == 0
+    # Stage 2 alone on the existing bundle: it replaces the stage-2 decoder, so only with --overwrite.
+    assert main([*argv, "--stage", "2", "--stage2-latent", "mu_plus_sigma"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--stage", "2", "--stage2-latent", "mu_plus_sigma", "--overwrite"]) == 0
     assert ModelBundle.load(model).info["stage2_latent"] == "mu_plus_sigma"
 
 

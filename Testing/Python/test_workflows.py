@@ -45,9 +45,9 @@ def test_stage2_alone_keeps_the_stage1_mode_and_refuses_another(data, nearest_mo
     out, _ = nearest_model
     cfg = {2: TrainConfig(stage=2, epochs=1, batch_size=2, device="cpu")}
     cache = out.parent / "cache"
-    assert train_model([data], out, None, cfg, cache_dir=cache).resample == "nearest"
+    assert train_model([data], out, None, cfg, cache_dir=cache, overwrite=True).resample == "nearest"
     with pytest.raises(SkullVAEError, match="stage 2 must match"):
-        train_model([data], out, None, cfg, cache_dir=cache, resample="area")
+        train_model([data], out, None, cfg, cache_dir=cache, resample="area", overwrite=True)
 
 
 def test_completion_uses_the_bundle_mode_unless_asked(data, nearest_model, monkeypatch):

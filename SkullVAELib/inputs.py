@@ -30,6 +30,7 @@ from SkullVAELib.limits import check_volume
 IMAGE_HINT = "(.nrrd, .nii, .nii.gz, .mha, .mhd)"
 _CHUNK = 1 << 20
 _NIFTI_SLACK = 1 << 20  # bytes tolerated after the declared voxels (padding, vendor extras)
+_VERIFIED: set[tuple] = set()  # NIfTI files found complete (path, device, inode, size, mtime, bytes)
 
 
 def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -135,7 +136,11 @@ def read_information(path: str | os.PathLike) -> sitk.ImageFileReader:
     check_volume(size, pixel_bytes, path, what="image")
     name = path.name.lower()
     if name.endswith(".nii") or name.endswith(".nii.gz"):
-        verify_nifti_complete(path, math.prod(size) * pixel_bytes)
+        st = os.stat(path)
+        key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, math.prod(size) * pixel_bytes)
+        if key not in _VERIFIED:  # a workflow checks its input once early, then reads it: decompress once
+            verify_nifti_complete(path, math.prod(size) * pixel_bytes)
+            _VERIFIED.add(key)
     return reader
 
 

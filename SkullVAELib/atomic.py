@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 TEMP_PATTERN = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\..*)?$")
+TEMP_DIR_PATTERN = re.compile(r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.tmpdir$")  # .mhd header + data file
 STALE_AGE_WITHOUT_LOCKS_S = 24 * 3600  # only where advisory locks do not exist
 
 
@@ -51,17 +53,31 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def is_temporary_name(name: str, final_name: str | None = None) -> bool:
-    """True for names of our temporaries (of ``final_name`` only, when given)."""
-    match = TEMP_PATTERN.match(name)
+def is_temporary_name(name: str, final_name: str | None = None, folder: bool = False) -> bool:
+    """True for names of our temporary files (folders with ``folder``), of ``final_name`` only when given."""
+    match = (TEMP_DIR_PATTERN if folder else TEMP_PATTERN).match(name)
     return match is not None and (final_name is None or match.group("final") == final_name)
+
+
+def make_temporary_folder(final: Path) -> tuple[Path, int]:
+    """A locked temporary folder next to ``final`` (for formats written as several files, .mhd):
+    ``(folder, fd)``; the lock lasts until ``fd`` is closed. One-line error when impossible."""
+    make_parent(final)
+    remove_stale_temporaries(final.parent, final.name)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmpdir", dir=final.parent))
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise write_error(exc, final) from None
+    _try_lock(fd)
+    return folder, fd
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, final_name: str | None = None) -> list[Path]:
     """Remove temporaries of our naming in ``folder`` that no running process is writing.
 
     A temporary is stale when no process holds its lock (the writer was killed); without
-    POSIX locks, when it is older than a day. Only plain files are touched.
+    POSIX locks, when it is older than a day. Plain files and our ``.tmpdir`` folders only.
 
     Args:
         folder: where to look (not recursive).
@@ -77,6 +93,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, final_name: str | None =
     except OSError:
         return removed
     for entry in entries:
+        if is_temporary_name(entry.name, final_name, folder=True):
+            _remove_stale_folder(entry)
+            continue
         if not is_temporary_name(entry.name, final_name):
             continue
         try:
@@ -98,6 +117,25 @@ def remove_stale_temporaries(folder: str | os.PathLike, final_name: str | None =
         except OSError:
             continue  # vanished or not ours to remove: leave it
     return removed
+
+
+def _remove_stale_folder(entry: os.DirEntry) -> None:
+    """Remove one of our temporary folders when no process holds its lock (see remove_stale_temporaries)."""
+    try:
+        if not entry.is_dir(follow_symlinks=False):
+            return
+        if fcntl is None:
+            if time.time() - entry.stat().st_mtime >= STALE_AGE_WITHOUT_LOCKS_S:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            return
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            if _try_lock(fd):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
+    except OSError:
+        return
 
 
 def write_error(exc: OSError, path: str | os.PathLike) -> SkullVAEError:

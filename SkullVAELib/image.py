@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from SkullVAELib.atomic import atomic_path
+from SkullVAELib.atomic import atomic_path, make_temporary_folder, write_error
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.inputs import read_information
 
@@ -281,15 +280,17 @@ def _write_itk(img: sitk.Image, path: str | Path, compress: bool) -> None:
     path = Path(path)
     try:
         if path.suffix.lower() == ".mhd":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            tmp_dir, fd = make_temporary_folder(path)
             try:
                 sitk.WriteImage(img, str(tmp_dir / path.name), compress)
                 header = tmp_dir / path.name
                 for part in sorted(tmp_dir.iterdir(), key=lambda p: p == header):  # data first, header last
                     os.replace(part, path.parent / part.name)
+            except OSError as exc:
+                raise write_error(exc, path) from None
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+                os.close(fd)
         else:
             with atomic_path(path) as tmp:
                 sitk.WriteImage(img, str(tmp), compress)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from SkullVAELib.atomic import _try_lock, file_mode, remove_stale_temporaries, write_error
+from SkullVAELib.atomic import _try_lock, file_mode, make_temporary_folder, remove_stale_temporaries, write_error
 from SkullVAELib.errors import SkullVAEError
 
 try:
@@ -159,10 +159,8 @@ class Transaction:
             remove_stale_temporaries(out.final.parent, out.final.name)
             name = out.final.name
             if name.lower().endswith(".mhd"):  # header + data file: written into a temporary folder
-                try:
-                    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmpdir", dir=out.final.parent))
-                except OSError as exc:
-                    raise write_error(exc, out.final) from None
+                folder, fd = make_temporary_folder(out.final)
+                self._fds.append(fd)
                 self.temps[out.final] = folder / name
                 continue
             suffix = next((ext for ext in (".seg.nrrd", ".nii.gz") if name.lower().endswith(ext)), None)

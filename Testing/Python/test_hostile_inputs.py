@@ -351,6 +351,22 @@ def test_temporaries_of_a_killed_writer_are_removed_on_the_next_run(tmp_path):
     assert names == [".implant.stl.abcd1234.tmp.stl", "implant.stl"]
 
 
+def test_stale_mhd_temporary_folders_are_removed_unless_in_use(tmp_path):
+    import fcntl
+
+    stale, busy = tmp_path / ".s.mhd.k1ll3d00.tmpdir", tmp_path / ".s.mhd.l1v3w0rk.tmpdir"
+    for folder in (stale, busy):
+        folder.mkdir()
+        (folder / "s.zraw").write_bytes(b"half")
+    fd = os.open(busy, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write_mask(_small_skull(), tmp_path / "s.mhd")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.mhd.l1v3w0rk.tmpdir", "s.mhd", "s.zraw"]
+
+
 def test_parent_is_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     assert "is a file" in _one_line_error(atomic_write_text, tmp_path / "file" / "out.json", "{}")

@@ -59,18 +59,57 @@ def is_temporary_name(name: str, final_name: str | None = None, folder: bool = F
     return match is not None and (final_name is None or match.group("final") == final_name)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on a folder (POSIX flock on its descriptor; leaves no file).
+
+    Held while temporaries are created (until their own lock is taken) and while stale ones are
+    removed, so a cleaner never removes a temporary in the instant between its creation and its
+    lock; and by output transactions while they rename. Degrades to no lock where the file
+    system has none (or on Windows).
+    """
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # e.g. ENOLCK on a network file system
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def create_temporary(final: Path, suffix: str = "", folder: bool = False) -> tuple[Path, int]:
+    """A new locked temporary next to ``final`` (a file ``.NAME.XXXXXXXX.tmpSUFFIX``, or with
+    ``folder`` a folder ``.NAME.XXXXXXXX.tmpdir``), after removing stale ones of ``final``.
+
+    Returns ``(path, fd)``; the temporary counts as live until ``fd`` is closed. One-line
+    SkullVAEError when the folder cannot be written.
+    """
+    make_parent(final)
+    with folder_lock(final.parent):
+        _remove_stale(final.parent, final.name)
+        try:
+            if folder:
+                path = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmpdir", dir=final.parent)
+                fd = os.open(path, os.O_RDONLY)
+            else:
+                fd, path = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
+        except OSError as exc:
+            raise write_error(exc, final) from None
+        _try_lock(fd)
+    return Path(path), fd
+
+
 def make_temporary_folder(final: Path) -> tuple[Path, int]:
     """A locked temporary folder next to ``final`` (for formats written as several files, .mhd):
     ``(folder, fd)``; the lock lasts until ``fd`` is closed. One-line error when impossible."""
-    make_parent(final)
-    remove_stale_temporaries(final.parent, final.name)
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmpdir", dir=final.parent))
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as exc:
-        raise write_error(exc, final) from None
-    _try_lock(fd)
-    return folder, fd
+    return create_temporary(final, folder=True)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, final_name: str | None = None) -> list[Path]:
@@ -86,7 +125,12 @@ def remove_stale_temporaries(folder: str | os.PathLike, final_name: str | None =
     Returns:
         The removed paths.
     """
-    folder = Path(folder)
+    with folder_lock(folder):
+        return _remove_stale(Path(folder), final_name)
+
+
+def _remove_stale(folder: Path, final_name: str | None) -> list[Path]:
+    """:func:`remove_stale_temporaries` with the folder lock already held."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
@@ -176,17 +220,10 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         except OSError as exc:
             raise write_error(exc, final) from None
         return
-    make_parent(final)
-    remove_stale_temporaries(final.parent, final.name)
     if suffix is None:
         name = final.name.lstrip(".")
         suffix = name[name.index(".") :] if "." in name else ""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
-    except OSError as exc:
-        raise write_error(exc, final) from None
-    _try_lock(fd)  # held until the rename: marks the temporary as live
-    tmp_path = Path(tmp)
+    tmp_path, fd = create_temporary(final, suffix)  # locked until the rename: marks it as live
     try:
         try:
             yield tmp_path

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from SkullVAELib.atomic import atomic_path, make_temporary_folder, write_error
+from SkullVAELib.atomic import atomic_path, is_temporary_name, make_temporary_folder, write_error
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.inputs import read_information
 
@@ -279,7 +279,9 @@ def _write_itk(img: sitk.Image, path: str | Path, compress: bool) -> None:
     """Write atomically; .mhd (header + data file) goes through a temporary folder."""
     path = Path(path)
     try:
-        if path.suffix.lower() == ".mhd":
+        if path.suffix.lower() == ".mhd" and is_temporary_name(path.parent.name, folder=True):
+            sitk.WriteImage(img, str(path), compress)  # already in a locked temporary folder (outputs.py)
+        elif path.suffix.lower() == ".mhd":
             tmp_dir, fd = make_temporary_folder(path)
             try:
                 sitk.WriteImage(img, str(tmp_dir / path.name), compress)

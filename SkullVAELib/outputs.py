@@ -23,18 +23,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from SkullVAELib.atomic import _try_lock, file_mode, make_temporary_folder, remove_stale_temporaries, write_error
+from SkullVAELib.atomic import create_temporary, file_mode, folder_lock, make_temporary_folder, write_error
 from SkullVAELib.errors import SkullVAEError
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no folder lock, renames still grouped
-    fcntl = None  # type: ignore[assignment]
 
 SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
 STL_EXTENSIONS = (".stl",)
@@ -156,7 +150,6 @@ class Transaction:
     def begin(self) -> None:
         for out in self.outputs:
             self._make_folders(out.final)
-            remove_stale_temporaries(out.final.parent, out.final.name)
             name = out.final.name
             if name.lower().endswith(".mhd"):  # header + data file: written into a temporary folder
                 folder, fd = make_temporary_folder(out.final)
@@ -165,13 +158,9 @@ class Transaction:
                 continue
             suffix = next((ext for ext in (".seg.nrrd", ".nii.gz") if name.lower().endswith(ext)), None)
             suffix = suffix if suffix is not None else (Path(name).suffix or "")
-            try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + suffix, dir=out.final.parent)
-            except OSError as exc:
-                raise write_error(exc, out.final) from None
+            tmp, fd = create_temporary(out.final, suffix)  # locked: live until the transaction ends
             self._fds.append(fd)
-            _try_lock(fd)
-            self.temps[out.final] = Path(tmp)
+            self.temps[out.final] = tmp
 
     def _make_folders(self, final: Path) -> None:
         missing = []
@@ -202,7 +191,7 @@ class Transaction:
         folders = sorted({out.final.parent.resolve() for out in self.outputs})
         with contextlib.ExitStack() as stack:
             for folder in folders:
-                stack.enter_context(_folder_lock(folder))
+                stack.enter_context(folder_lock(folder))
             for out in self.outputs:
                 tmp = self.temps[out.final]
                 try:
@@ -286,24 +275,3 @@ def check_model_destination(
                     folder,
                 )
     check_output_folder(folder, "--out")
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock on a folder (POSIX flock on its descriptor): leaves no file."""
-    if fcntl is None:
-        yield
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a folder we may write but not open: rename without the lock
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # e.g. ENOLCK on a network file system without locks
-            pass
-        yield
-    finally:
-        os.close(fd)  # releases the lock

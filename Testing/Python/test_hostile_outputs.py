@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from SkullVAELib import limits
-from SkullVAELib.atomic import is_temporary_name
+from SkullVAELib.atomic import atomic_path, atomic_write_text, is_temporary_name
 from SkullVAELib.bundle import new_bundle
 from SkullVAELib.cli import main
 from SkullVAELib.config import PRESETS
 from SkullVAELib.defects import cranial_defect
-from SkullVAELib.image import write_mask
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.image import SkullImage, write_mask
 from SkullVAELib.phantoms import make_phantom
 
 SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
@@ -289,3 +290,92 @@ def test_complete_refuses_a_header_declaring_2000_cubed(setup, capsys, tmp_path)
         capsys, *_complete(setup, "--output", tmp_path / "r.seg.nrrd", "--max-voxels", "1000")
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.nrrd"]
+
+
+# --- item 10: stale temporaries; item 11: write errors, at the level of one file --------------
+def _one_line_error(call, *args, **kwargs) -> str:
+    with pytest.raises(SkullVAEError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def _small_skull() -> SkullImage:
+    mask = np.zeros((24, 20, 16), dtype=bool)
+    mask[4:20, 4:16, 4:12] = True
+    return SkullImage(mask, origin=(1.0, 2.0, 3.0), spacing=(1.0, 1.5, 2.0))
+
+
+def test_temporaries_of_a_killed_writer_are_removed_on_the_next_run(tmp_path):
+    final = tmp_path / "implant.stl"
+    code = (
+        "import os, sys\nfrom SkullVAELib.atomic import atomic_path\n"
+        f"with atomic_path({str(final)!r}, suffix='.stl') as tmp:\n"
+        "    tmp.write_bytes(b'x' * 100000)\n    os.kill(os.getpid(), 9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    left = [p for p in tmp_path.iterdir() if is_temporary_name(p.name)]
+    assert len(left) == 1 and not final.exists()
+    busy = tmp_path / ".implant.stl.abcd1234.tmp.stl"  # a live writer's temporary (locked)
+    busy.write_bytes(b"busy")
+    import fcntl
+
+    with open(busy, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        atomic_write_text(final, "solid\n")
+        names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".implant.stl.abcd1234.tmp.stl", "implant.stl"]
+
+
+def test_stale_mhd_temporary_folders_are_removed_unless_in_use(tmp_path):
+    import fcntl
+
+    stale, busy = tmp_path / ".s.mhd.k1ll3d00.tmpdir", tmp_path / ".s.mhd.l1v3w0rk.tmpdir"
+    for folder in (stale, busy):
+        folder.mkdir()
+        (folder / "s.zraw").write_bytes(b"half")
+    fd = os.open(busy, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write_mask(_small_skull(), tmp_path / "s.mhd")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.mhd.l1v3w0rk.tmpdir", "s.mhd", "s.zraw"]
+
+
+def test_parent_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _one_line_error(atomic_write_text, tmp_path / "file" / "out.json", "{}")
+
+
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EACCES", "EROFS"])
+def test_write_errors_become_one_line_and_leave_nothing(tmp_path, errno_name):
+    import errno
+
+    code = getattr(errno, errno_name)
+    final = tmp_path / "out.bin"
+    with pytest.raises(SkullVAEError) as info:
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(code, os.strerror(code))
+    assert os.strerror(code) in str(info.value) and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_a_segmentation_leaves_nothing(tmp_path):
+    """A real short write: the file-size limit (RLIMIT_FSIZE) of a child process stands in for a full disk."""
+    code = (
+        "import resource, signal, sys\nimport numpy as np\n"
+        "from SkullVAELib.image import SkullImage\nfrom SkullVAELib.segfile import Segment, write_segmentation\n"
+        "from SkullVAELib.errors import SkullVAEError\n"
+        "rng = np.random.default_rng(0)\nlike = SkullImage(rng.random((64, 64, 64)) > 0.5, (0, 0, 0), (1, 1, 1))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\nresource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        f"    write_segmentation({str(tmp_path / 'r.seg.nrrd')!r}, like, [Segment('Completed skull', like.mask)])\n"
+        "except SkullVAEError as exc:\n    print(exc)\n    sys.exit(2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "r.seg.nrrd: cannot write" in done.stdout and done.stdout.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

@@ -62,8 +62,7 @@ class OutputPlan:
     """The checked outputs of one call; see the module docstring.
 
     Args:
-        inputs: files (or folders) the call reads; no output may be one of them or inside an
-            input folder.
+        inputs: files the call reads; no output may be one of them (by path or by inode).
         protected: folders no output may land in (the model bundle).
         overwrite: allow replacing existing files (complete's own outputs: yes; data sets
             and models: only with ``--overwrite``).

@@ -42,11 +42,18 @@ def listModels() -> list[ModelChoice]:
     installed = {m.name: m for m in installed_models()}
     choices = [ModelChoice(n, True, str(m.path), False, "installed") for n, m in installed.items()]
     choices += [
-        ModelChoice(e.name, False, "", e.downloadable, "download" if e.downloadable else e.status())
+        ModelChoice(e.name, False, "", e.downloadable, _shortStatus(e))
         for e in registry.entries
         if e.name not in installed
     ]
     return choices
+
+
+def _shortStatus(entry) -> str:
+    """A few words for the selector: "download", "not released yet", ..."""
+    if entry.downloadable:
+        return "download"
+    return "not released yet" if not entry.released else entry.status()
 
 
 def resolveModelPath(nameOrPath) -> Path:

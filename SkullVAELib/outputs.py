@@ -116,7 +116,8 @@ class OutputPlan:
                 raise SkullVAEError(f"{option}: the folder is a broken symbolic link", folder)
             missing += 1
             if missing > self.max_new_folders or folder == folder.parent:
-                raise SkullVAEError(f"{option}: folder {folder.parent} does not exist", final)
+                levels = f"{self.max_new_folders} new folder level" + ("s are" if self.max_new_folders > 1 else " is")
+                raise SkullVAEError(f"{option}: folder {folder} does not exist (at most {levels} made)", final)
             folder = folder.parent
         if not folder.is_dir():
             raise SkullVAEError(f"{option}: {folder} is a file, not a folder", final)
@@ -141,6 +142,7 @@ class Transaction:
     def __init__(self, outputs: list[_Output]) -> None:
         self.outputs = outputs
         self.temps: dict[Path, Path] = {}
+        self.temp_folders: dict[Path, Path] = {}  # .mhd outputs: final -> its temporary folder
         self.written: set[Path] = set()
         self._fds: list[int] = []
         self._new_folders: list[Path] = []
@@ -154,6 +156,7 @@ class Transaction:
                 folder, fd = make_temporary_folder(out.final)
                 self._fds.append(fd)
                 self.temps[out.final] = folder / name
+                self.temp_folders[out.final] = folder
                 continue
             suffix = next((ext for ext in (".seg.nrrd", ".nii.gz") if name.lower().endswith(ext)), None)
             suffix = suffix if suffix is not None else (Path(name).suffix or "")
@@ -194,8 +197,9 @@ class Transaction:
             for out in self.outputs:
                 tmp = self.temps[out.final]
                 try:
-                    if out.final in self.written and tmp.parent != out.final.parent:  # .mhd folder
-                        for part in sorted(tmp.parent.iterdir(), key=lambda p: p.name == tmp.name):  # header last
+                    if out.final in self.written and out.final in self.temp_folders:  # .mhd: header + data
+                        parts = self.temp_folders[out.final].iterdir()
+                        for part in sorted(parts, key=lambda p: p.name == tmp.name):  # header last
                             os.chmod(part, file_mode())
                             os.replace(part, out.final.parent / part.name)
                     elif out.final in self.written:
@@ -209,8 +213,8 @@ class Transaction:
 
     def cleanup(self) -> None:
         for final, tmp in self.temps.items():
-            if tmp.parent != final.parent:
-                shutil.rmtree(tmp.parent, ignore_errors=True)
+            if final in self.temp_folders:
+                shutil.rmtree(self.temp_folders[final], ignore_errors=True)
                 continue
             with contextlib.suppress(OSError):
                 tmp.unlink()

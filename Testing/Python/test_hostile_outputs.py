@@ -240,6 +240,18 @@ def test_concurrent_runs_never_mix_their_outputs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.stl", "r.seg.nrrd"]
 
 
+def test_relative_outputs_keep_their_folder_and_its_other_files(setup, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("mine")
+    for folder in ("old", "new"):
+        args = _complete(setup, "--output", f"{folder}/r.seg.nrrd", "--implant-stl", f"{folder}/i.stl")
+        code, err = _cli(capsys, *args)
+        assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["i.stl", "keep.txt", "r.seg.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["i.stl", "r.seg.nrrd"]
+
+
 # --- item 2: existing data sets and models are not replaced without --overwrite ---------------
 def test_make_defects_refuses_to_replace_existing_cases(setup, capsys, tmp_path):
     out = tmp_path / "facial"

@@ -20,7 +20,6 @@ re-reads or re-resamples the originals.
 from __future__ import annotations
 
 import hashlib
-import math
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
@@ -34,7 +33,7 @@ import torch
 from SkullVAELib.atomic import atomic_path
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.inputs import data_files
-from SkullVAELib.limits import check_memory
+from SkullVAELib.limits import check_volume
 from SkullVAELib.progress import ProgressCallback, no_progress
 
 LABEL_FOLDERS = {"complete": "complete_skull", "cranial": "defective_skull", "facial": "facial_defective_skull"}
@@ -287,8 +286,9 @@ def build_cache(
     progress = progress or no_progress
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     n = len(cases)
-    # float16 volumes in memory (N, 1, X, Y, Z) plus one uint8 entry being loaded
-    check_memory(n * math.prod(grid) * 2 + math.prod(grid), f"the training cache of {n} volumes on a {grid} grid")
+    # One model-grid volume must fit the limits (a 2048³ grid is refused before anything is allocated);
+    # the whole cache (N float16 volumes, 4 GB for SkullFix's 240 at 256×256×128) is what training needs.
+    check_volume(grid, 2, what="model-grid volume")
 
     hashes = []
     for i, case in enumerate(cases):

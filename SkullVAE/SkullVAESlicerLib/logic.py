@@ -145,7 +145,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         forceCPU: bool = False,
         uncertainty: bool = False,
         refine: bool = True,
-        symmetry: bool = False,
+        symmetry: bool = True,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
@@ -290,7 +290,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             device=device,
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
             refine=opts.get("refine", True),
-            symmetry=opts.get("symmetry", False),
+            symmetry=opts.get("symmetry", True),
         )
         self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
         run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))

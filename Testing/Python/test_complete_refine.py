@@ -42,7 +42,8 @@ def _complete(capsys, root, name, *extra):
 def test_refine_is_on_by_default_and_fills_the_hole(setup, capsys):
     root, defective, truth = setup
     done, segments, _ = _complete(capsys, root, "default")
-    assert done["implant_source"] == "rim fit"
+    assert done["implant_source"].startswith("rim fit")
+    assert "refine_symmetry_plane" in done["timings"]  # the mirror cue is on by default
     assert any(k.startswith("refine_rimfit") for k in done["timings"])
     implant = segments["Implant"]
     assert not (implant & defective.mask).any()
@@ -55,9 +56,9 @@ def test_no_refine_keeps_the_model_implant_and_symmetry_is_switchable(setup, cap
     plain, segments, _ = _complete(capsys, root, "plain", "--no-refine")
     assert plain["implant_source"] == "model"
     assert dice(segments["Implant"], truth.mask) < 0.8  # the untrained model does not fill it
-    mirrored, segments, _ = _complete(capsys, root, "mirror", "--symmetry")
-    assert mirrored["implant_source"].startswith("rim fit")
-    assert "refine_symmetry_plane" in mirrored["timings"]
+    spline, _, _ = _complete(capsys, root, "spline", "--no-symmetry")
+    assert spline["implant_source"] == "rim fit"
+    assert "refine_symmetry_plane" not in spline["timings"]
 
 
 def test_slicer_logic_passes_the_refine_choice_to_the_child():
@@ -69,6 +70,6 @@ def test_slicer_logic_passes_the_refine_choice_to_the_child():
     from SkullVAESlicerLib.process import buildCompleteCommand
 
     default = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
-    assert "--refine" in default and "--symmetry" not in default
-    plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", refine=False, symmetry=True)
-    assert "--no-refine" in plain and "--symmetry" in plain
+    assert "--refine" in default and "--symmetry" in default
+    plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", refine=False, symmetry=False)
+    assert "--no-refine" in plain and "--no-symmetry" in plain

@@ -86,7 +86,9 @@ def fit(args) -> list[dict]:
         if truth is None and full is not None:
             truth = full & ~skull.mask
         for steps in args.fit_steps:
-            fit_cfg = FitConfig(steps=steps, lr=args.lr, prior_weight=args.prior, dilation_mm=args.dilation)
+            fit_cfg = FitConfig(
+                steps=steps, mode=args.mode, lr=args.lr, prior_weight=args.prior, dilation_mm=args.dilation
+            )
             t = time.perf_counter()
             res = complete(
                 skull, bundle, CompletionConfig(gamma=args.gamma, defect=case.label), device="cpu", fit=fit_cfg
@@ -135,7 +137,9 @@ def fitgrid(args) -> list[dict]:
         for steps in args.fit_steps:
             prob, region = prob0, added
             if steps:
-                cfg = FitConfig(steps=steps, lr=args.lr, prior_weight=args.prior, dilation_mm=args.dilation)
+                cfg = FitConfig(
+                    steps=steps, mode=args.mode, lr=args.lr, prior_weight=args.prior, dilation_mm=args.dilation
+                )
                 res, region = fit_to_patient(dec, occ, mu, shift, prob0, added, voxel_mm, cfg)
                 prob = res.probabilities
             imp = clean_model_grid_implant(prob > 0.5, occ, voxel_mm, 100.0, 10.0, region)
@@ -169,6 +173,7 @@ def main() -> None:
         p.add_argument("--lr", type=float, default=0.1)
         p.add_argument("--prior", type=float, default=1e-3)
         p.add_argument("--dilation", type=float, default=10.0)
+        p.add_argument("--mode", choices=("refit", "outside"), default="refit")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = {"gap": gap, "fit": fit, "fitgrid": fitgrid}[args.what](args)

@@ -72,7 +72,9 @@ class TrainingPlan:
         return "\n".join(lines)
 
 
-def estimate_step_seconds(network, batch: int, device: str = "cpu", stages=(1, 2)) -> dict[int, float]:
+def estimate_step_seconds(
+    network, batch: int, device: str = "cpu", stages=(1, 2), channels_last: bool = False
+) -> dict[int, float]:
     """Seconds of one training step per stage at ``network.grid``, on random volumes.
 
     Stage 1: VAE forward + Dice/KLD backward + Adam; stage 2: encoder without gradients,
@@ -88,6 +90,9 @@ def estimate_step_seconds(network, batch: int, device: str = "cpu", stages=(1, 2
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand((batch, 1, *network.grid), generator=gen) > 0.5).float().to(dev)
     vae = VAE(network).to(dev)
+    if channels_last:  # the trainer's default memory layout (faster convolutions on the CPU)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        vae = vae.to(memory_format=torch.channels_last_3d)
     timings = {}
 
     def timed(step, budget_s: float = 2.0, max_steps: int = 4) -> float:
@@ -116,6 +121,8 @@ def estimate_step_seconds(network, batch: int, device: str = "cpu", stages=(1, 2
         timings[1] = timed(step1)
     if 2 in stages:
         decoder = Decoder(network).to(dev)
+        if channels_last:
+            decoder = decoder.to(memory_format=torch.channels_last_3d)
         opt2 = torch.optim.Adam(decoder.parameters(), lr=1e-4)
 
         def step2():
@@ -152,7 +159,9 @@ def log_training_plan(log, stages: dict, network, volumes: int, device) -> Train
         device=str(device),
     )
     try:
-        plan.step_seconds = estimate_step_seconds(network, min(plan.batch, max(1, plan.volumes)), device, tuple(stages))
+        batch = min(plan.batch, max(1, plan.volumes))
+        layout = bool(getattr(first, "channels_last", False))
+        plan.step_seconds = estimate_step_seconds(network, batch, device, tuple(stages), channels_last=layout)
     except Exception:  # an estimate must never stop a training (e.g. out of memory on a busy GPU)
         plan.step_seconds = {}
     from SkullVAELib.progress import close_all_bars

@@ -11,6 +11,7 @@ model that later runs the completion, so both agree on the cache folder.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -93,7 +94,10 @@ class ModelDownload:
         self.done = False
         self.workDir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         try:
-            self.child = ChildProcess(buildDownloadCommand(name, force), childEnvironment(), cwd=self.workDir)
+            env = childEnvironment()
+            # the child must install where this process lists (set in Slicer's console after startup, too)
+            env.update({k: os.environ[k] for k in ("SKULLVAE_HOME", "SKULLVAE_REGISTRY") if os.environ.get(k)})
+            self.child = ChildProcess(buildDownloadCommand(name, force), env, cwd=self.workDir)
         except BaseException:
             shutil.rmtree(self.workDir, ignore_errors=True)
             raise

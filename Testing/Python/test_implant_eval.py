@@ -96,3 +96,16 @@ def test_cli_evaluate_implants_only_writes_the_ablation_files(phantom_root, tmp_
     assert "need --model" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(phantom_root), "--out", str(out), "--implants", "refine"]) == 2
     assert "--test-ids" in capsys.readouterr().err
+
+
+def test_vae_methods_run_with_a_model_and_refine_takes_over_cranial_holes(phantom_root):
+    from SkullVAELib.bundle import new_bundle
+    from SkullVAELib.config import PRESETS
+
+    bundle = new_bundle(PRESETS["test"], aggregated=True, seed=0)  # untrained
+    rng = np.random.default_rng(0)
+    bundle.set_centroids({"complete": np.zeros(8), "cranial": rng.normal(size=8), "facial": rng.normal(size=8)})
+    rows = implant_eval.run_protocol(phantom_root, ["900"], ["vae", "vae+refine"], ["vault"], [0], bundle=bundle)
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"vae", "vae+refine"}
+    assert by_method["vae+refine"]["dsc"] > 0.6 > by_method["vae"]["dsc"]

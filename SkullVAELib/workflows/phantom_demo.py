@@ -27,7 +27,7 @@ DEMO_PRESET = "demo"
 DEMO_BETA = 0.01
 DEMO_LR = 1e-3  # the paper's 1e-4 needs far more steps than a demo has
 # Measured wall time of the default demo (README quick start): stated when the demo starts.
-DEMO_MEASURED = "2.3 min on 2 idle CPU cores, 15 min on a busy 2-core machine"
+DEMO_MEASURED = "2.3 min on 2 idle CPU cores, 15-35 min on a busy 2-core machine"
 
 
 @dataclass

@@ -14,12 +14,12 @@ import torch
 
 from SkullVAELib import checkpoint as ckpt
 from SkullVAELib.config import TrainConfig, network_preset
-from SkullVAELib.training_log import read_log
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.grid import to_model_grid
 from SkullVAELib.networks import VAE, Decoder
 from SkullVAELib.phantoms import make_phantom
 from SkullVAELib.trainer import train_stage1, train_stage2
+from SkullVAELib.training_log import read_log
 
 NET = network_preset("test")  # 32³, channels (8, 16, 32, 64), d = 8
 

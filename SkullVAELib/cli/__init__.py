@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from SkullVAELib import __version__
 from SkullVAELib.errors import SkullVAEError
@@ -85,9 +87,26 @@ def _add_limit_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sigterm_as_ctrl_c(signum, frame) -> None:
+    """SIGTERM (``kill``, SLURM, ``docker stop``) ends a verb as Ctrl-C does: temporaries removed,
+    exit 130. Training installs its own handler (checkpoint first, SkullVAELib.checkpoint)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c) if on_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen verb; user errors become one line and exit 2, interruptions exit 130."""
     try:
         for key, env in LIMIT_ENV.items():
             if getattr(args, key, None) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from SkullVAELib.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_gamma, network_preset
 from SkullVAELib.errors import SkullVAEError
@@ -111,6 +112,14 @@ def make_progress(kind: str):
     if kind == "json":
         return JsonLinesProgress()
     return TqdmProgress(disable=(kind == "none"))
+
+
+def make_log(kind: str):
+    """Where a verb's informational lines go: stdout, or stderr under ``--progress json`` (stdout then
+    carries only JSON progress objects, one per line, for programs such as the Slicer module)."""
+    if kind == "json":
+        return lambda message: print(message, file=sys.stderr, flush=True)
+    return print
 
 
 def close_progress(progress) -> None:

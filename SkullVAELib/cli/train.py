@@ -16,6 +16,7 @@ from SkullVAELib.cli.common import (
     add_progress_arg,
     add_resample_arg,
     close_progress,
+    make_log,
     make_progress,
     network_from_args,
 )
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             augment=augment,
             progress=progress,
-            log=print,
+            log=make_log(args.progress),
         )
     finally:
         close_progress(progress)

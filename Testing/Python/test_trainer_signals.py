@@ -66,9 +66,7 @@ def run_until(argv: list[str], epoch: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:
-        if not line.startswith("{"):
-            continue  # e.g. the training plan printed before the progress lines
-        record = json.loads(line)
+        record = json.loads(line)  # under --progress json, stdout holds only JSON objects
         if record["stage"] == "train stage 1" and f"epoch {epoch}/" in record["message"]:
             return proc
     proc.wait()

@@ -8,8 +8,10 @@ where the folder is absent, so the suite passes on a fresh machine.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,3 +41,64 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def default_limits(monkeypatch):
+    """SkullVAELib.limits at its documented defaults, whatever the environment or an earlier
+    in-process CLI call (``--max-voxels`` sets an environment variable) left behind."""
+    from SkullVAELib import limits
+
+    monkeypatch.delenv(limits.ENV_MAX_VOXELS, raising=False)
+    monkeypatch.delenv(limits.ENV_MAX_MEMORY_GB, raising=False)
+    limits.reset_limits()
+    yield
+    limits.reset_limits()
+    for name in (limits.ENV_MAX_VOXELS, limits.ENV_MAX_MEMORY_GB):
+        os.environ.pop(name, None)
+
+
+# --- Slicer-side fixtures (real slicer-core; only the tests that ask for them import it) ---
+@pytest.fixture
+def scene():
+    """A core MRML scene with the logics the module needs (SkullVAESlicerLib.nodes)."""
+    from SkullVAESlicerLib import nodes
+
+    scene, logics = nodes.createCoreScene()
+    scene._skullvae_logics = logics  # keep the logics alive with the scene
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained aggregated bundle (preset "test") with centroids: enough to run completion."""
+    from SkullVAELib.bundle import new_bundle
+    from SkullVAELib.config import network_preset
+
+    bundle = new_bundle(network_preset("test"), aggregated=True, seed=0)
+    d = bundle.network.latent_size
+    bundle.set_centroids({"complete": np.zeros(d), "cranial": np.full(d, 0.1), "facial": np.full(d, -0.1)})
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    bundle.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory) -> Path:
+    """A binary phantom skull NRRD, 48×48×40 voxels of 3.2 mm."""
+    from SkullVAELib.image import write_mask
+    from SkullVAELib.phantoms import make_phantom
+
+    path = tmp_path_factory.mktemp("phantom") / "phantom.nrrd"
+    write_mask(make_phantom(0, shape=(48, 48, 40), spacing=(3.2, 3.2, 3.2)), path)
+    return path
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch) -> Path:
+    """Route tempfile into an empty folder, so leftovers can be seen."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

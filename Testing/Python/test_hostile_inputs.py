@@ -55,15 +55,7 @@ def _finishes(call, seconds: float = 20.0):
     return box.get("value")
 
 
-@pytest.fixture(autouse=True)
-def _default_limits(monkeypatch):
-    monkeypatch.delenv(limits.ENV_MAX_VOXELS, raising=False)
-    monkeypatch.delenv(limits.ENV_MAX_MEMORY_GB, raising=False)
-    limits.reset_limits()
-    yield
-    limits.reset_limits()
-    for name in (limits.ENV_MAX_VOXELS, limits.ENV_MAX_MEMORY_GB):  # set by the CLI flags in-process
-        os.environ.pop(name, None)
+pytestmark = pytest.mark.usefixtures("default_limits")
 
 
 def _small_skull() -> SkullImage:

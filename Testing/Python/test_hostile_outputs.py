@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from SkullVAELib import limits
 from SkullVAELib.atomic import atomic_path, atomic_write_text, is_temporary_name
 from SkullVAELib.bundle import new_bundle
 from SkullVAELib.cli import main
@@ -51,15 +50,7 @@ def setup(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def _default_limits(monkeypatch):
-    monkeypatch.delenv(limits.ENV_MAX_VOXELS, raising=False)
-    monkeypatch.delenv(limits.ENV_MAX_MEMORY_GB, raising=False)
-    limits.reset_limits()
-    yield
-    limits.reset_limits()
-    for name in (limits.ENV_MAX_VOXELS, limits.ENV_MAX_MEMORY_GB):  # set by the CLI flags in-process
-        os.environ.pop(name, None)
+pytestmark = pytest.mark.usefixtures("default_limits")
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

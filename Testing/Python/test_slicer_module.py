@@ -28,26 +28,7 @@ needs_cli = pytest.mark.skipif(
 )
 
 
-# --- fixtures ------------------------------------------------------------------------
-@pytest.fixture
-def scene():
-    scene, logics = nodes.createCoreScene()
-    scene._skullvae_logics = logics  # keep the logics alive with the scene
-    yield scene
-    scene.Clear(1)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from SkullVAELib.bundle import new_bundle
-    from SkullVAELib.config import network_preset
-
-    bundle = new_bundle(network_preset("test"), aggregated=True, seed=0)
-    d = bundle.network.latent_size
-    bundle.set_centroids({"complete": np.zeros(d), "cranial": np.full(d, 0.1), "facial": np.full(d, -0.1)})
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    bundle.save(folder)
-    return folder
+# fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
 
 
 @pytest.fixture(scope="module")

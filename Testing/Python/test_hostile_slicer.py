@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,24 +23,6 @@ from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
 from SkullVAESlicerLib.process import removeStaleTempFolders  # noqa: E402
 
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
-
-
-@pytest.fixture(scope="module")
-def phantom_file(tmp_path_factory) -> Path:
-    from SkullVAELib.image import write_mask
-    from SkullVAELib.phantoms import make_phantom
-
-    path = tmp_path_factory.mktemp("phantom") / "phantom.nrrd"
-    write_mask(make_phantom(0, shape=(48, 48, 40), spacing=(3.2, 3.2, 3.2)), path)
-    return path
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def _dead(pid: int) -> bool:

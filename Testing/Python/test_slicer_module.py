@@ -4,7 +4,6 @@ nodes, segmentations logic), through the same child-process path the panel uses.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,25 +28,6 @@ needs_cli = pytest.mark.skipif(
 
 
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
-
-
-@pytest.fixture(scope="module")
-def phantom_file(tmp_path_factory) -> Path:
-    from SkullVAELib.image import write_mask
-    from SkullVAELib.phantoms import make_phantom
-
-    path = tmp_path_factory.mktemp("phantom") / "phantom.nrrd"
-    write_mask(make_phantom(0, shape=(48, 48, 40), spacing=(3.2, 3.2, 3.2)), path)
-    return path
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch) -> Path:
-    """Route tempfile into an empty folder, so leftovers can be seen."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def node_ids(scene) -> set[str]:

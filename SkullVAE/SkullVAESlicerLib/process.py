@@ -39,7 +39,6 @@ BOOTSTRAP = (
     "sys.path[:] = [root] + [p for p in sys.path if p not in ('', '.', root)]; "
     "from SkullVAELib.cli import main; sys.exit(main(sys.argv[1:]))"
 )
-CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory")
 
 
 def pythonExecutable() -> str:
@@ -186,10 +185,6 @@ class RunOutcome:
             if ERROR_PREFIX in line or "Error" in line:
                 return line.strip()
         return self.logLines[-1].strip() if self.logLines else f"exit code {self.returnCode}"
-
-    @property
-    def cudaOutOfMemory(self) -> bool:
-        return any(marker in line for line in self.logLines for marker in CUDA_OOM_MARKERS)
 
 
 def _launch(args: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:

@@ -84,6 +84,16 @@ class ModelBundle:
         """The decoder completion uses: the decoupled one when present."""
         return self.decoupled_decoder if self.decoupled_decoder is not None else self.decoder
 
+    def latent_code(self, mu, logvar):
+        """The code the completion decoder reads, from ``mu``/``logvar`` ((d,) or (B, d), numpy or torch):
+        μ, or μ + σ for a decoupled decoder trained on the authors' fixed z = μ + σ
+        (``info["stage2_latent"] == "mu_plus_sigma"``). Centroids, DEV and completion all live in it."""
+        if self.decoupled_decoder is None or self.info.get("stage2_latent") != "mu_plus_sigma":
+            return mu
+        if isinstance(mu, torch.Tensor):
+            return mu + torch.exp(0.5 * logvar)
+        return mu + np.exp(0.5 * np.asarray(logvar))
+
     @classmethod
     def from_vae(cls, vae: nn.Module, decoupled_decoder: Decoder | None = None, info: dict | None = None):
         """Wrap a trained ``networks.VAE`` (and optionally a stage-2 decoder)."""

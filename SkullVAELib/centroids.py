@@ -30,17 +30,18 @@ CLASSIFIER_KEY = "defect_classifier"  # in completion.json "info"
 
 # --- encoding -------------------------------------------------------------------------
 @torch.inference_mode()
-def encode_mu(encoder: torch.nn.Module, volumes: torch.Tensor, batch_size: int = 4, device: str = "cpu") -> np.ndarray:
-    """μ of every volume: ``volumes`` (N, 1, X, Y, Z) (any float dtype) -> float32 (N, d).
+def encode_codes(bundle, volumes: torch.Tensor, batch_size: int = 4, device: str = "cpu") -> np.ndarray:
+    """The completion code (``bundle.latent_code``: μ, or μ + σ) of every volume:
+    ``volumes`` (N, 1, X, Y, Z) (any float dtype) -> float32 (N, d).
 
     The encoder is put in eval mode (BatchNorm running statistics) and left there.
     """
-    encoder.eval().to(device)
+    encoder = bundle.encoder.eval().to(device)
     out = []
     for start in range(0, volumes.shape[0], batch_size):
         batch = volumes[start : start + batch_size].to(device=device, dtype=torch.float32)
-        mu, _ = encoder(batch)
-        out.append(mu.float().cpu().numpy())
+        mu, logvar = encoder(batch)
+        out.append(bundle.latent_code(mu.float(), logvar.float()).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -189,7 +190,7 @@ def fit_centroids(bundle, data, batch_size: int = 4, device: str = "cpu") -> dic
     missing defect class just has no DEV. Does not change the bundle.
     """
     _check_grid(bundle, data)
-    mu = encode_mu(bundle.encoder, data.volumes, batch_size=batch_size, device=device)
+    mu = encode_codes(bundle, data.volumes, batch_size=batch_size, device=device)
     return class_centroids(mu, list(data.labels))
 
 
@@ -201,7 +202,7 @@ def fit_completion(bundle, data, batch_size: int = 4, device: str = "cpu") -> di
     Returns the centroids. Raises SkullVAEError without complete skulls.
     """
     _check_grid(bundle, data)
-    mu = encode_mu(bundle.encoder, data.volumes, batch_size=batch_size, device=device)
+    mu = encode_codes(bundle, data.volumes, batch_size=batch_size, device=device)
     labels = [str(x) for x in data.labels]
     centroids = class_centroids(mu, labels)
     if "complete" not in centroids:

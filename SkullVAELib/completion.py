@@ -163,6 +163,7 @@ def _encode_decode(
     with _inference_modules(bundle, device, CHANNELS_LAST) as (encoder, decoder), _autocast(device, precision):
         mu, logvar = encoder(x)
         mu, logvar = mu.float(), logvar.float()
+        mu = bundle.latent_code(mu, logvar)  # the code the completion decoder was trained on
         timings["encode"] = time.perf_counter() - t
         mu_np = mu[0].cpu().numpy()
         defect, confidence, probs = choose_defect(bundle, mu_np, cfg)

@@ -234,7 +234,7 @@ def evaluate(
         mu, logvar = encode(bundle, target, device)
         mus.append(mu)
         logvars.append(logvar)
-        prob = decode(bundle, mu, device)
+        prob = decode(bundle, bundle.latent_code(mu, logvar), device)
         row = {"case_id": case.case_id, "label": case.label, **{k: math.nan for k in METRIC_COLUMNS}}
         row["rec_dsc_model"] = dice(prob > 0.5, target > 0.5)
         row["rec_dsc_original"] = dice(from_model_grid(prob, skull, grid_mode) > 0.5, skull.mask)

@@ -5,8 +5,8 @@ resampled input > 0.5 (REC), and decode(μ + DEV of the true defect class) > 0.5
 resampled complete skull > 0.5 (CMP), on the model grid - and, in the authors' code, on the
 TRAINING cases. The code decoded is the one the completion decoder was trained on: μ, except for
 a bundle whose stage 2 ran on the authors' fixed z = μ + σ (``stage2_latent == "mu_plus_sigma"``),
-where z = μ + σ and DEV comes from the class means of μ + σ over the bundle's training ids (its
-decoder never saw a code near μ ≈ 0). ``skullvae evaluate`` refuses training ids (its numbers are held-out by design
+where z = μ + σ (``ModelBundle.latent_code``) and DEV comes from the bundle's centroids, which
+``fit-completion`` fits in the same code (its decoder never saw a code near μ ≈ 0). ``skullvae evaluate`` refuses training ids (its numbers are held-out by design
 and include original-resolution metrics); issue 11's reproduction needs the in-sample column
 too, so this script takes any ``--ids`` and says whether they are in-sample. It also reports
 the aggregate posterior's Gaussianity of the same volumes.
@@ -41,20 +41,8 @@ def table1(model: Path, data: list[str], ids: str, cache_dir: str | None, permut
     mu, logvar = encode_dataset(bundle.encoder, cached.volumes, amp=False)
     decoder = bundle.completion_decoder.eval()
     labels, case_ids = list(cached.labels), list(cached.case_ids)
-    code, dev = mu, {lab: torch.as_tensor(bundle.dev(lab)).float() for lab in bundle.defect_classes}
-    authors = bundle.kind == "aggregated" and bundle.info.get("stage2_latent") == "mu_plus_sigma"
-    if authors:  # z = μ + σ, and DEV between the class means of z on the training cases
-        code = mu + torch.exp(0.5 * logvar)
-        train = build_cache(
-            select_cases(discover_cases(data), sorted(trained), "--ids"),
-            bundle.network.grid,
-            cache_dir,
-            bundle.resample,
-        )
-        tmu, tlogvar = encode_dataset(bundle.encoder, train.volumes, amp=False)
-        tz, tlab = tmu + torch.exp(0.5 * tlogvar), np.array(train.labels)
-        mean = {lab: tz[torch.from_numpy(tlab == lab)].mean(0) for lab in set(train.labels)}
-        dev = {lab: mean["complete"] - mean[lab] for lab in dev}
+    code = bundle.latent_code(mu, logvar)  # μ, or μ + σ for a stage 2 on the authors' fixed z
+    dev = {lab: torch.as_tensor(bundle.dev(lab)).float() for lab in bundle.defect_classes}
     shift = torch.stack([torch.zeros(mu.shape[1]) if lab == "complete" else dev[lab] for lab in labels])
 
     def decoded(z: torch.Tensor) -> np.ndarray:
@@ -75,7 +63,7 @@ def table1(model: Path, data: list[str], ids: str, cache_dir: str | None, permut
         "ids": ids,
         "n_volumes": len(labels),
         "split": "in-sample" if in_sample == {True} else "held-out" if in_sample == {False} else "mixed",
-        "code": "mu + sigma" if authors else "mu",
+        "code": "mu + sigma" if code is not mu else "mu",
         "table1_model_grid": {k: {lab: float(np.mean(v)) for lab, v in d.items()} for k, d in rows.items()},
         "gaussianity": {
             "kl_aggregate": g["aggregate"]["kl_total"],

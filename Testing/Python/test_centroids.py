@@ -132,3 +132,19 @@ def test_fit_completion_needs_complete_skulls():
     mu = np.zeros((2, 3), dtype=np.float32)
     with pytest.raises(SkullVAEError, match="complete"):
         fit_completion(_bundle_with_code_encoder(), _data(mu, ["cranial", "facial"]))
+
+
+def test_centroids_live_in_the_completion_code_of_an_authors_stage2_bundle():
+    """A decoupled decoder trained on the authors' fixed z = μ + σ reads μ + σ: centroids (and so
+    DEV) are fitted in that code, not in μ (log σ² = 0 here, so σ = 1)."""
+    mu = np.array([[1, 1, 1], [3, 3, 3], [0, 0, 0]], dtype=np.float32)
+    data = _data(mu, ["complete", "complete", "cranial"])
+    plain = _bundle_with_code_encoder()
+    np.testing.assert_allclose(fit_centroids(plain, data)["complete"], [2, 2, 2])
+    authors = new_bundle(CFG, aggregated=True, seed=0)
+    authors.encoder = CodeEncoder()
+    authors.info["stage2_latent"] = "mu_plus_sigma"
+    np.testing.assert_allclose(fit_centroids(authors, data)["complete"], [3, 3, 3])
+    np.testing.assert_allclose(authors.latent_code(np.zeros(3), np.zeros(3)), np.ones(3))
+    authors.info["stage2_latent"] = "sample"  # the paper's z ~ q(z|x): the code is μ
+    np.testing.assert_allclose(fit_centroids(authors, data)["complete"], [2, 2, 2])

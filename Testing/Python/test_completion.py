@@ -173,3 +173,20 @@ def test_bfloat16_networks_agree_with_float32(skulls):
     assert differing <= 0.001 * exact.completed.mask.size
     with pytest.raises(SkullVAEError, match="precision"):
         complete(defective, bundle, cfg, device="cpu", precision="float16")
+
+
+def test_an_authors_stage2_bundle_decodes_mu_plus_sigma(skulls):
+    """A decoupled decoder trained on the fixed z = μ + σ is given μ + σ (+ γ·DEV), never bare μ."""
+    complete_skull, defective, _ = skulls
+    bundle = _oracle_bundle(complete_skull, code=(-1.0, 0.0, 0.0, 0.0))
+    seen = []
+
+    class Recorder(OracleDecoder):
+        def logits(self, z):
+            seen.append(z.detach().clone())
+            return super().logits(z)
+
+    bundle.decoupled_decoder = Recorder(to_model_grid(complete_skull, CFG.grid))
+    bundle.info["stage2_latent"] = "mu_plus_sigma"
+    complete(defective, bundle, CompletionConfig(gamma=0.0, defect="cranial"), device="cpu")
+    torch.testing.assert_close(seen[0][0], torch.tensor([0.0, 1.0, 1.0, 1.0]))  # μ + exp(0/2)

@@ -3,6 +3,7 @@
 Writes ``OUT/complete_skull/phantom_000.nrrd`` ...; with ``--with-defects`` also
 ``defective_skull/`` + ``implant/`` (cranial) and ``facial_defective_skull/`` +
 ``facial_implant/`` (facial), so the cohort is a complete data set (docs/ARCHITECTURE.md).
+A data set already in ``OUT`` is replaced only with ``--overwrite``; nothing is written on an error.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--style", choices=CRANIAL_STYLES, default="skullfix", help="cranial defect shape (with --with-defects)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a data set already in --out (its phantom_NNN files; other files are kept)",
+    )
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -52,7 +58,15 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     try:
         made = make_phantom_set(
-            args.n, args.out, args.seed, args.shape, args.spacing, args.with_defects, args.style, progress
+            args.n,
+            args.out,
+            args.seed,
+            args.shape,
+            args.spacing,
+            args.with_defects,
+            args.style,
+            progress,
+            overwrite=args.overwrite,
         )
     finally:
         close_progress(progress)

@@ -7,6 +7,7 @@ Every function writes the data-set layout owned by :mod:`SkullVAELib.dataset`
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class PhantomSet:
     n: int
     bone_cm3: list[float] = field(default_factory=list)  # bone volume per phantom (cm³)
     folders: list[str] = field(default_factory=list)  # folder names written, in layout order
+
+
+PHANTOM_ID = re.compile(r"^phantom_\d{3,}$")  # the case ids phantom_file_name gives
 
 
 def list_complete_skulls(folder: str | os.PathLike) -> list[Path]:
@@ -142,32 +146,71 @@ def make_phantom_set(
     with_defects: bool = False,
     style: str = "skullfix",
     progress: ProgressCallback | None = None,
+    overwrite: bool = False,
 ) -> PhantomSet:
     """Write ``n`` procedural phantoms as ``out/complete_skull/phantom_NNN.nrrd``; with
-    ``with_defects`` also a cranial and a facial defect (and implant) of each."""
+    ``with_defects`` also a cranial and a facial defect (and implant) of each.
+
+    A data set already in ``out`` (files in any of its folders) is refused unless ``overwrite``;
+    then every ``phantom_NNN`` file there is replaced or, when this cohort has no such file
+    (fewer phantoms, no defects), removed, so no phantom of an earlier cohort stays beside the
+    new ones; other files are left alone. All files are written under temporary names and
+    renamed at the end: an error anywhere leaves ``out`` as it was.
+    """
     from SkullVAELib.image import write_mask
+    from SkullVAELib.outputs import OutputPlan, check_output_folder
     from SkullVAELib.phantoms import make_phantom, phantom_seeds
 
     if n < 1:
         raise SkullVAEError(f"--n must be at least 1, got {n}")
     _check_seed(seed)
-    out = Path(out)
+    out = check_output_folder(out, "--out")  # at most 2 new folder levels
+    layout = [LABEL_FOLDERS["complete"]] + [f for kind in DEFECTS for f in (LABEL_FOLDERS[kind], IMPLANT_FOLDERS[kind])]
+    if not overwrite:
+        held = [f"{name}/" for name in layout if _has_visible_files(out / name)]
+        if held:
+            raise SkullVAEError(
+                f"--out already holds a data set ({', '.join(held)}); give --overwrite to replace it", out
+            )
+    folders = layout if with_defects else layout[:1]
+    names = [phantom_file_name(k) for k in range(n)]
+    plan = OutputPlan(overwrite=overwrite, max_new_folders=3)  # the new levels of out + its data-set folder
+    targets = {(folder, name): plan.add(out / folder / name, "--out") for folder in folders for name in names}
+    for folder in layout:  # planned, never written: the transaction removes them
+        for stale in _phantom_files(out / folder):
+            if (folder, stale.name) not in targets:
+                plan.add(stale, "--out")
     progress = progress or no_progress
-    result = PhantomSet(out, n)
-    for k, subject_seed in enumerate(phantom_seeds(n, seed)):
-        name = phantom_file_name(k)
-        progress("phantoms", k / n, name)
-        image = make_phantom(subject_seed, tuple(shape), None if spacing is None else tuple(spacing))
-        write_mask(image, out / LABEL_FOLDERS["complete"] / name)
-        result.bone_cm3.append(float(image.mask.sum() * image.voxel_volume_mm3 / 1000.0))
-        if with_defects:
-            for kind in DEFECTS:
-                write_defect_pair(image, name, kind, out, seed, style)
+    result = PhantomSet(out, n, folders=folders)
+    with plan.transaction() as tx:
+        for k, subject_seed in enumerate(phantom_seeds(n, seed)):
+            name = names[k]
+            progress("phantoms", k / n, name)
+            image = make_phantom(subject_seed, tuple(shape), None if spacing is None else tuple(spacing))
+            write_mask(image, tx.path(targets[(layout[0], name)]))
+            result.bone_cm3.append(float(image.mask.sum() * image.voxel_volume_mm3 / 1000.0))
+            if with_defects:
+                for kind in DEFECTS:
+                    pair = (targets[(LABEL_FOLDERS[kind], name)], targets[(IMPLANT_FOLDERS[kind], name)])
+                    write_defect_pair(image, name, kind, out, seed, style, paths=(tx.path(pair[0]), tx.path(pair[1])))
     progress("phantoms", 1.0, f"{n} phantoms")
-    result.folders = [LABEL_FOLDERS["complete"]]
-    if with_defects:
-        result.folders += [f for kind in DEFECTS for f in (LABEL_FOLDERS[kind], IMPLANT_FOLDERS[kind])]
     return result
+
+
+def _has_visible_files(folder: Path) -> bool:
+    """True when ``folder`` is a folder with an entry not hidden (hidden: stale temporaries, .DS_Store)."""
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+
+def _phantom_files(folder: Path) -> list[Path]:
+    """The ``phantom_NNN`` image files of ``folder`` (none when it is not a folder)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and (split := split_case_name(p.name)) is not None and PHANTOM_ID.match(split[0])
+    )
 
 
 def phantom_file_name(index: int) -> str:

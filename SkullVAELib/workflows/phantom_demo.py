@@ -95,7 +95,9 @@ def demo(
 
     log(f"skullvae demo: measured {DEMO_MEASURED}; the training plan below estimates this machine's time.")
     step(f"1/5 phantoms: {n} subjects with cranial and facial defects -> {data}")
-    made = make_phantom_set(n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress)
+    made = make_phantom_set(
+        n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=True
+    )  # the demo's own folder: a rerun writes a fresh cohort
     log(f"{made.n} phantoms (bone {min(made.bone_cm3):.0f}-{max(made.bone_cm3):.0f} cm³) -> {data}")
 
     step(f"2/5 train stage 1 (β = {beta:g}) and stage 2 (decoupled decoder) -> {model}")

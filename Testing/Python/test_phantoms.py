@@ -142,6 +142,61 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys, bad):
     assert len(err) == 1 and err[0].startswith("skullvae phantoms: error:")
 
 
+def _files(folder):
+    """Every file under ``folder`` (relative path) and its bytes."""
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def _phantoms_cli(out, *extra):
+    return main(["phantoms", "--out", str(out), "--shape", "64,64,48", "--progress", "none", *map(str, extra)])
+
+
+def test_cli_refuses_to_replace_a_data_set_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert _phantoms_cli(out, "--n", "2", "--with-defects") == 0
+    (out / "complete_skull" / "notes.txt").write_text("mine")
+    before = _files(out)
+    capsys.readouterr()
+    assert _phantoms_cli(out, "--n", "1", "--seed", "4") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--overwrite" in err[0] and "complete_skull/" in err[0]
+    assert _files(out) == before
+    # --overwrite: the new cohort replaces every phantom file; none of the old cohort stays, other files do
+    assert _phantoms_cli(out, "--n", "1", "--seed", "4", "--overwrite") == 0
+    after = _files(out)
+    assert sorted(after) == ["complete_skull/notes.txt", "complete_skull/phantom_000.nrrd"]
+    assert after["complete_skull/phantom_000.nrrd"] != before["complete_skull/phantom_000.nrrd"]
+    assert not [p for p in out.rglob(".*")]  # no temporaries left
+
+
+def test_cli_bad_out_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _phantoms_cli(tmp_path / "file", "--n", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0] and str(tmp_path / "file") in err[0]
+    assert _phantoms_cli(tmp_path / "a" / "b" / "c", "--n", "1") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failure_midway_writes_nothing(tmp_path, monkeypatch):
+    import SkullVAELib.phantoms as phantoms
+    from SkullVAELib.workflows import make_phantom_set
+
+    real, calls = phantoms.make_phantom, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SkullVAEError("simulated failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phantoms, "make_phantom", failing)
+    with pytest.raises(SkullVAEError, match="simulated"):
+        make_phantom_set(3, tmp_path / "data", shape=SMALL, with_defects=True)
+    assert len(calls) == 2 and not (tmp_path / "data").exists()
+
+
 def test_preview_png(tmp_path):
     from SkullVAELib.defects import cranial_defect
     from SkullVAELib.preview import save_mip_png

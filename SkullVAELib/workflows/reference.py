@@ -19,18 +19,21 @@ def import_reference_model(
     decoder: str | os.PathLike | None = None,
     grid: Sequence[int] | None = None,
     beta: float | None = None,
-    force: bool = False,
+    overwrite: bool = False,
 ) -> ModelBundle:
     """Convert the VAE (and optionally the retrained decoder) state dicts into the bundle folder ``out``.
 
-    Refuses to overwrite an existing bundle unless ``force``. Nothing is unpickled.
+    Refuses to replace an existing bundle unless ``overwrite``, and a destination that cannot be
+    a folder, before reading the weights. Nothing is unpickled.
     """
     from SkullVAELib.bundle import CONFIG_FILE
+    from SkullVAELib.outputs import check_output_folder
     from SkullVAELib.reference import import_reference
 
     out = Path(out)
-    if (out / CONFIG_FILE).exists() and not force:
-        raise SkullVAEError("a model bundle exists here; pass --force to overwrite it", out)
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise SkullVAEError("--out already holds a model bundle; give --overwrite to replace it", out)
+    check_output_folder(out, "--out")
     bundle = import_reference(vae, decoder, grid=None if grid is None else tuple(grid), beta=beta)
     bundle.save(out)
     return bundle

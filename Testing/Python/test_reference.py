@@ -134,11 +134,33 @@ def test_cli_writes_a_loadable_bundle(reference_files, tmp_path, capsys):
     x = torch.rand(1, 1, *GRID, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(loaded.encoder(x)[0], vae.encode_forward(x)[0], atol=1e-5, rtol=1e-4)
-    # An existing bundle is not overwritten without --force.
+    # An existing bundle is not replaced without --overwrite: one line naming the folder, exit 2.
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert main(["import-reference", "--vae", str(vae_path), "--out", str(out)]) == 2
-    assert "--force" in capsys.readouterr().err
-    assert main(["import-reference", "--vae", str(vae_path), "--out", str(out), "--force"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--overwrite" in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(["import-reference", "--vae", str(vae_path), "--out", str(out), "--overwrite"]) == 0
     assert ModelBundle.load(out).kind == "regular"
+
+
+def test_cli_force_is_a_hidden_deprecated_alias_of_overwrite(reference_files, tmp_path, capsys):
+    _, _, vae_path, _ = reference_files
+    out = tmp_path / "model"
+    assert main(["import-reference", "--vae", str(vae_path), "--out", str(out)]) == 0
+    assert main(["import-reference", "--vae", str(vae_path), "--out", str(out), "--force"]) == 0
+    assert "--force is deprecated; use --overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["import-reference", "--help"])
+    usage = capsys.readouterr().out
+    assert "--overwrite" in usage and "--force" not in usage
+
+
+def test_cli_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["import-reference", "--vae", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0] and (tmp_path / "file").read_text() == "x"
 
 
 def test_regular_import_and_explicit_grid(reference_files):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild one model of the registry (Resources/models.json) from the SkullFix cases:
+# Rebuild one model of the registry (SkullVAELib/models/models.json) from the SkullFix cases:
 # facial defects -> model-grid cache -> train -> fit the completion centroids -> evaluate on
 # the held-out test split -> model card with the held-out metrics -> release archive + sha256.
 #
@@ -16,7 +16,7 @@
 #   QUICK=1 2 epochs, train 000-007, test 064-065: checks the recipe end to end in minutes (not a release)
 # See docs/MODELS.md for the commands per model and the measured / estimated times.
 set -euo pipefail
-NAME=${1:?usage: tools/release_model.sh NAME (see Resources/models.json)}
+NAME=${1:?usage: tools/release_model.sh NAME (see SkullVAELib/models/models.json)}
 SF=${SF:-../shared/data/skullfix}
 WORK=${WORK:-runs/release}
 DEVICE=${DEVICE:-auto}
@@ -34,13 +34,13 @@ case $NAME in
   skullfix-aggregated-128)
     GRID=128,128,64
     TRAIN="--preset paper-128 --stage all --beta 100 --epochs 100 --epochs2 200" ;;
-  *) echo "release_model.sh: unknown model $NAME (see Resources/models.json)" >&2; exit 2 ;;
+  *) echo "release_model.sh: unknown model $NAME (see SkullVAELib/models/models.json)" >&2; exit 2 ;;
 esac
 EVAL_EXTRA=""
 if [ -n "${QUICK:-}" ]; then
   TRAIN="$TRAIN --epochs 2 --epochs2 2"; TRAIN_IDS=000-007; TEST_IDS=064-065; EVAL_EXTRA="--permutations 20"
 fi
-VERSION=$(python3 -c "import json,sys; m=[e for e in json.load(open('Resources/models.json'))['models'] if e['name']==sys.argv[1]]; print(m[0]['version'] if m else 1)" "$NAME")
+VERSION=$(python3 -c "import json,sys; m=[e for e in json.load(open('SkullVAELib/models/models.json'))['models'] if e['name']==sys.argv[1]]; print(m[0]['version'] if m else 1)" "$NAME")
 FACIAL=${FACIAL:-$WORK/facial}
 MODEL=$WORK/models/$NAME
 REPORT=$WORK/reports/$NAME
@@ -83,6 +83,6 @@ if has pack; then
   mkdir -p "$WORK/release"
   $SKV models pack "$MODEL" --out "$WORK/release/$NAME-v$VERSION.zip" --name "$NAME"
   echo "Upload $WORK/release/$NAME-v$VERSION.zip to the release, then set released, sha256 and size"
-  echo "of '$NAME' in Resources/models.json (and copy the held-out metrics from $MODEL/model_card.json)."
+  echo "of '$NAME' in SkullVAELib/models/models.json (and copy the held-out metrics from $MODEL/model_card.json)."
 fi
 step "done ($NAME)"

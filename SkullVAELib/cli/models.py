@@ -13,7 +13,7 @@ from pathlib import Path
 from SkullVAELib.cli.common import add_progress_arg, make_progress
 
 DESCRIPTION = (
-    "Pretrained model bundles: the registry (Resources/models.json) and the user's model cache "
+    "Pretrained model bundles: the registry (SkullVAELib/models/models.json) and the user's model cache "
     "($SKULLVAE_HOME, default: the platform's user cache folder). Downloads resume, are verified "
     "(sha256) and installed atomically. `skullvae complete --model NAME` takes an installed name."
 )

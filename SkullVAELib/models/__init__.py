@@ -1,4 +1,4 @@
-"""Pretrained models: the registry (Resources/models.json), the user's model cache, downloads and model cards.
+"""Pretrained models: the registry (``models.json`` here), the user's model cache, downloads and model cards.
 
 No torch at import time (the Slicer panel lists models in its GUI process); installing a
 bundle imports :mod:`SkullVAELib.bundle` to check that it loads.

@@ -1,4 +1,4 @@
-"""The model registry: ``Resources/models.json``, the pretrained models users can download.
+"""The model registry: ``SkullVAELib/models/models.json``, the pretrained models users can download.
 
 Each entry names one released model bundle (an archive of the bundle folder) with its
 URL on the project's release page, its sha256 and size, and the facts a user needs to
@@ -22,9 +22,12 @@ REGISTRY_ENV = "SKULLVAE_REGISTRY"  # another registry file (tests, private mirr
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+REGISTRY_FILE = "models.json"  # package data of SkullVAELib.models (pyproject.toml, CMakeLists.txt ship it)
+
+
 def default_registry_path() -> Path:
-    """``Resources/models.json`` next to the SkullVAELib package (repository or Slicer install)."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "models.json"
+    """``models.json`` beside this module: the same file in the repository, a wheel install and Slicer."""
+    return Path(__file__).resolve().with_name(REGISTRY_FILE)
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,10 @@ def check_name(name: str) -> str:
 
 
 def load_registry(path: str | os.PathLike | None = None) -> Registry:
-    """Read a registry file (default: ``$SKULLVAE_REGISTRY`` or ``Resources/models.json``).
+    """Read a registry file (default: ``$SKULLVAE_REGISTRY`` or :func:`default_registry_path`).
 
-    A missing default registry is an empty registry (e.g. a wheel install without Resources/).
+    A missing default registry (a damaged install) reads as an empty registry, so the Slicer
+    module still opens; an explicit path or ``$SKULLVAE_REGISTRY`` must exist.
     """
     explicit = path is not None or bool(os.environ.get(REGISTRY_ENV))
     path = Path(path if path is not None else os.environ.get(REGISTRY_ENV) or default_registry_path())

@@ -24,7 +24,7 @@ from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.models import download_model, install_model, installed_models, model_path, remove_model
 from SkullVAELib.models.archive import pack_bundle
 from SkullVAELib.models.card import CARD_TEXT, read_model_card, render_model_card, write_training_card
-from SkullVAELib.models.registry import load_registry
+from SkullVAELib.models.registry import default_registry_path, load_registry
 from SkullVAELib.models.store import resolve_model
 
 
@@ -306,7 +306,7 @@ def test_model_card_records_data_licence_and_disclaimer(bundle_dir):
 
 
 def test_shipped_registry_is_valid_and_points_at_release_assets():
-    registry = load_registry(Path(__file__).resolve().parents[2] / "Resources" / "models.json")
+    registry = load_registry(default_registry_path())  # the file a wheel and Slicer ship (test_python_packaging.py)
     assert registry.entries
     for entry in registry.entries:
         assert entry.url.startswith("https://github.com/skullvae/SlicerSkullVAE/releases/download/")

@@ -59,7 +59,12 @@ def test_every_listed_file_exists(cmake, variable, base):
 
 def test_resources_packaged_and_valid():
     listed = cmake_set(ROOT_CMAKE, "SKULLVAE_PYTHON_RESOURCES")
-    assert {"Resources/Icons/SkullVAE.png", "Resources/UI/SkullVAE.ui", "Resources/requirements.txt"} <= set(listed)
+    assert {
+        "Resources/Icons/SkullVAE.png",
+        "Resources/UI/SkullVAE.ui",
+        "Resources/requirements.txt",
+        "SkullVAELib/models/models.json",  # the model registry: package data, beside registry.py
+    } <= set(listed)
     import matplotlib.image
 
     icon = matplotlib.image.imread(REPO / "Resources" / "Icons" / "SkullVAE.png")

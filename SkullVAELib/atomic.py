@@ -207,14 +207,18 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     The temporary name keeps the final file's extension(s) (``suffix``, default taken
     from ``final``) so that writers that pick a format by extension (SimpleITK, VTK)
     still work. On any exception the temporary file is removed and ``final`` is untouched;
+    inside one of our temporary folders (:func:`make_temporary_folder`) ``final`` is written directly;
     an OSError (read-only folder, disk full, ...) becomes a one-line SkullVAEError naming
     ``final``. The file gets the mode a plain ``open()`` would give (0666 & ~umask), even
     when the writer recreated it (safetensors writes 0600). A ``final`` that is itself an
     existing temporary of ours (an output transaction's) is written in place.
     """
     final = Path(final)
-    if is_temporary_name(final.name) and final.is_file():
-        # already one of our (locked) temporaries, e.g. from outputs.OutputPlan: write it in place
+    in_temporary_folder = is_temporary_name(final.parent.name, folder=True) and final.parent.is_dir()
+    if (is_temporary_name(final.name) and final.is_file()) or in_temporary_folder:
+        # already one of our (locked) temporaries, e.g. from outputs.OutputPlan, or inside a locked
+        # temporary folder that is renamed into place as a whole: write it in place (taking the
+        # folder's lock again here would wait for ourselves)
         try:
             yield final
         except OSError as exc:

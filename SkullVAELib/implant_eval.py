@@ -8,7 +8,9 @@ Defect types of one skull (case id):
 
 Methods (the ablation; each stage switchable): ``vae`` (the model's implant), ``refine``
 (geometric rim fit only, no model), ``refine+symmetry``, ``vae+refine``,
-``vae+refine+symmetry`` (rim fit where it applies, the model's implant elsewhere).
+``vae+refine+symmetry`` (rim fit where it applies, the model's implant elsewhere), ``atlas``
+(the multi-atlas implant only, :mod:`atlas`) and ``refine+symmetry+atlas`` (rim fit where it
+applies, the atlas implant elsewhere: ``skullvae complete``'s default with an atlas set).
 
 Per case: implant DSC, bDSC (10 mm), HD95 (pooled, mm), completed-skull DSC (patient bone ∪
 implant vs complete skull), implant volume, seconds. Summaries: mean, median and a bootstrap
@@ -32,7 +34,7 @@ from SkullVAELib.image import SkullImage, read_skull
 from SkullVAELib.metrics import dice, implant_metrics
 
 DEFECT_TYPES = ("cranial", "vault", "facial")
-METHODS = ("vae", "refine", "refine+symmetry", "vae+refine", "vae+refine+symmetry")
+METHODS = ("vae", "refine", "refine+symmetry", "vae+refine", "vae+refine+symmetry", "atlas", "refine+symmetry+atlas")
 METRICS = ("dsc", "bdsc", "hd95", "skull_dsc")
 
 
@@ -99,13 +101,24 @@ def defect_cases(
 
 
 def predict(
-    method: str, case: DefectCase, bundle=None, device: str = "cpu", rimfit_cfg=None
+    method: str, case: DefectCase, bundle=None, device: str = "cpu", rimfit_cfg=None, atlas=None, atlas_cfg=None
 ) -> tuple[np.ndarray, dict, list[str]]:
-    """(implant bool (I, J, K), timings, messages) of ``method`` on ``case`` (``rimfit_cfg``: a RimFitConfig)."""
+    """(implant bool (I, J, K), timings, messages) of ``method`` on ``case``.
+
+    ``rimfit_cfg``: a RimFitConfig; ``atlas``: an AtlasSet (needed by the ``*atlas`` methods),
+    ``atlas_cfg``: an AtlasConfig.
+    """
     from SkullVAELib.refine import refine_implant
 
     if method not in METHODS:
         raise SkullVAEError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method.endswith("atlas") and atlas is None:
+        raise SkullVAEError(f"method {method!r} needs an atlas set (--atlas)")
+    if method == "atlas":
+        from SkullVAELib.atlas import atlas_implant
+
+        fill = atlas_implant(case.defective, atlas, atlas_cfg)
+        return fill.implant, fill.timings, fill.messages
     timings: dict[str, float] = {}
     model_implant = None
     kind = "facial" if case.defect == "facial" else "cranial"
@@ -120,7 +133,14 @@ def predict(
         model_implant = np.asarray(result.implant.mask, dtype=bool)
         timings["vae"] = time.perf_counter() - t0
     refined = refine_implant(
-        case.defective, model_implant, kind, refine="refine" in method, symmetry="symmetry" in method, cfg=rimfit_cfg
+        case.defective,
+        model_implant,
+        kind,
+        refine="refine" in method,
+        symmetry="symmetry" in method,
+        cfg=rimfit_cfg,
+        atlas=atlas if method.endswith("atlas") else None,
+        atlas_cfg=atlas_cfg,
     )
     timings.update(refined.timings)
     return refined.implant, timings, refined.messages
@@ -151,6 +171,8 @@ def run_protocol(
     device: str = "cpu",
     progress=None,
     rimfit_cfg=None,
+    atlas=None,
+    atlas_cfg=None,
 ) -> list[dict]:
     """One row per (case, defect, seed, method): the :func:`score` metrics plus seconds and messages."""
     rows = []
@@ -159,7 +181,7 @@ def run_protocol(
             if progress is not None:
                 progress("evaluate implants", n / max(len(case_ids), 1), f"{case.defect} {case.case_id} {method}")
             t0 = time.perf_counter()
-            pred, timings, messages = predict(method, case, bundle, device, rimfit_cfg)
+            pred, timings, messages = predict(method, case, bundle, device, rimfit_cfg, atlas, atlas_cfg)
             seconds = time.perf_counter() - t0
             row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "method": method}
             row.update(score(pred, case))

@@ -3,7 +3,8 @@
 ``refine_implant`` runs after (or instead of) the VAE: for a cranial defect the rim fit
 (:mod:`rimfit`, optionally with the mirror cue of :mod:`symmetry`) builds the implant from the
 patient's own bone at the original resolution; where it does not apply (a facial defect, or no
-enclosed vault hole) the model's implant is kept. Every result is sanity-checked
+enclosed vault hole) the atlas implant (:mod:`atlas`: registered complete skulls of the
+training set) is used when an atlas set is given, else the model's implant is kept. Every result is sanity-checked
 (:mod:`implant_check`) and carries its messages and per-step timings.
 """
 
@@ -26,7 +27,7 @@ class RefinedImplant:
     the user; timings: seconds per step."""
 
     implant: np.ndarray
-    source: str
+    source: str  # also "atlas"
     holes: list = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
@@ -39,6 +40,8 @@ def refine_implant(
     refine: bool = True,
     symmetry: bool = False,
     cfg: RimFitConfig | None = None,
+    atlas=None,
+    atlas_cfg=None,
 ) -> RefinedImplant:
     """The final implant for ``skull`` (its mask is never modified).
 
@@ -47,15 +50,21 @@ def refine_implant(
         defect: "cranial" or "facial" (the rim fit is for cranial defects).
         refine: run the rim fit (False: the model's implant, checked).
         symmetry: use the mirror image about the mid-sagittal plane where it covers the hole.
+        atlas: an :class:`atlas.AtlasSet` for defects the rim fit cannot fill (``atlas_cfg``:
+            an :class:`atlas.AtlasConfig`); None keeps the model's implant there.
     """
     timings: dict[str, float] = {}
     messages: list[str] = []
     fallback = np.zeros(skull.shape, dtype=bool) if model_implant is None else np.asarray(model_implant, bool)
     fallback = fallback & ~skull.mask
     source = "model" if model_implant is not None else "none"
-    if not refine or defect == "facial":
-        if refine:
-            messages.append("the rim fit is for cranial defects; the model's facial implant is kept")
+    if not refine:
+        messages += check_implant(fallback, skull.voxel_volume_mm3)
+        return RefinedImplant(fallback, source, [], messages, timings)
+    if defect == "facial":
+        if atlas is not None:
+            return _atlas_fill(skull, atlas, atlas_cfg, [], timings)
+        messages.append("the rim fit is for cranial defects; the model's facial implant is kept")
         messages += check_implant(fallback, skull.voxel_volume_mm3)
         return RefinedImplant(fallback, source, [], messages, timings)
     transform = None
@@ -70,6 +79,10 @@ def refine_implant(
     if result.implant.any():
         mirrored = any(h.source != "spline" for h in result.holes)
         implant, source = result.implant, "rim fit + mirror" if mirrored else "rim fit"
+    elif atlas is not None:
+        return _atlas_fill(
+            skull, atlas, atlas_cfg, result.holes, timings, ["the rim fit found no enclosed hole in the vault"]
+        )
     else:
         implant = fallback
         messages.append(
@@ -80,26 +93,50 @@ def refine_implant(
     return RefinedImplant(implant, source, result.holes, messages, timings)
 
 
+def _atlas_fill(skull, atlas, atlas_cfg, holes, timings, messages=None) -> RefinedImplant:
+    """The atlas implant (checked), for a defect the rim fit cannot fill."""
+    from SkullVAELib.atlas import atlas_implant
+
+    fill = atlas_implant(skull, atlas, atlas_cfg)
+    timings.update(fill.timings)
+    messages = list(messages or []) + fill.messages
+    messages += check_implant(fill.implant, skull.voxel_volume_mm3)
+    return RefinedImplant(fill.implant, "atlas", holes, messages, timings)
+
+
 def refine_completion(
-    result, skull: SkullImage, symmetry: bool = False, keep_patient_bone: bool = True, cache: dict | None = None
+    result,
+    skull: SkullImage,
+    symmetry: bool = False,
+    keep_patient_bone: bool = True,
+    cache: dict | None = None,
+    atlas=None,
+    atlas_cfg=None,
 ) -> RefinedImplant:
     """Replace a :class:`completion.CompletionResult`'s implant by :func:`refine_implant` (in place).
 
     The completed skull becomes the patient's bone ∪ the refined implant (unless
     ``keep_patient_bone`` is False: the raw decoded skull stays). ``cache`` (a dict) reuses the
-    rim fit between the γ values of a sweep (it does not depend on γ). Timings are added to
-    ``result.timings`` as ``refine_*``; the returned messages are for the user.
+    rim fit or atlas implant between the γ values of a sweep (neither depends on γ). Timings are
+    added to ``result.timings`` as ``refine_*``; the returned messages are for the user.
     """
-    key = ("refine", bool(symmetry))
+    key = ("refine", bool(symmetry), result.defect, atlas is not None)
     refined = None if cache is None else cache.get(key)
-    if refined is None or result.defect == "facial":
-        refined = refine_implant(skull, result.implant.mask, result.defect, refine=True, symmetry=symmetry)
-        if cache is not None and refined.source.startswith("rim fit"):
+    if refined is None:
+        refined = refine_implant(
+            skull, result.implant.mask, result.defect, True, symmetry, atlas=atlas, atlas_cfg=atlas_cfg
+        )
+        if cache is not None and _geometric(refined):
             cache[key] = refined
         for name, seconds in refined.timings.items():
             result.timings[f"refine_{name}"] = seconds
-    if refined.source.startswith("rim fit"):
+    if _geometric(refined):
         result.implant = skull.with_mask(refined.implant, title="implant")
         if keep_patient_bone:
             result.completed = skull.with_mask(skull.mask | refined.implant, title="completed skull")
     return refined
+
+
+def _geometric(refined: RefinedImplant) -> bool:
+    """True when the implant came from the rim fit or the atlases (not from the model, so not from γ)."""
+    return refined.source.startswith("rim fit") or refined.source == "atlas"

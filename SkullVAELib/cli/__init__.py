@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "cache": ("cache", "precompute the model-grid volumes of a data set (cached on disk)"),
     "train": ("train", "train the β-VAE (stage 1) and the decoupled decoder (stage 2)"),
     "fit-completion": ("fit_completion", "fit class centroids and DEV vectors into a model bundle"),
+    "build-atlas": ("build_atlas", "write complete training skulls as an atlas set (facial implants)"),
     "complete": ("complete", "complete a defective skull: completed skull + implant"),
     "evaluate": ("evaluate", "evaluate a model on held-out cases (Table 1, implant metrics, figures)"),
     "import-reference": ("import_reference", "convert the authors' published weights into a bundle"),

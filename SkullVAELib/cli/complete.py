@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gamma_list, make_progress
 from SkullVAELib.config import DEFECT_CHOICES, DEVICE_HELP, GAMMA_RANGE
@@ -68,6 +69,21 @@ def register(subparsers) -> None:
         help="let the rim fit use the skull's mirror image where it covers a one-sided hole (default on: "
         "validation 056-063, random vault defects, implant DSC 0.879 -> 0.912)",
     )
+    atlas = p.add_mutually_exclusive_group()
+    atlas.add_argument(
+        "--atlas",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="atlas set (skullvae build-atlas) that fills defects the rim fit cannot, e.g. facial ones "
+        "(default: MODEL/atlas when the bundle has one)",
+    )
+    atlas.add_argument(
+        "--no-atlas",
+        dest="atlas",
+        action="store_false",
+        help="keep the model's implant where the rim fit does not apply",
+    )
     p.add_argument(
         "--fit-steps",
         type=int,
@@ -111,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             symmetry=args.symmetry,
             fit_steps=args.fit_steps,
             progress=progress,
+            atlas=args.atlas,
         )
     finally:
         close_progress(progress)

@@ -61,7 +61,11 @@ def register(subparsers) -> None:
     implants.add_argument(
         "--implants",
         help="comma-separated implant methods to compare: vae, refine, refine+symmetry, vae+refine, "
-        "vae+refine+symmetry (refine = geometric rim fit); writes OUT/implants.md, .csv, .json",
+        "vae+refine+symmetry, atlas, refine+symmetry+atlas (refine = geometric rim fit, atlas = "
+        "registered training skulls); writes OUT/implants.md, .csv, .json",
+    )
+    implants.add_argument(
+        "--atlas", type=Path, default=None, help="atlas set folder (skullvae build-atlas) for the *atlas methods"
     )
     implants.add_argument(
         "--defects",
@@ -97,6 +101,7 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
         model=args.model,
         device=args.device,
         progress=progress,
+        atlas=args.atlas,
     )
     for (method, defect), entry in summary.items():
         print(

@@ -10,6 +10,7 @@ Each ``cli/<verb>.py`` parses its arguments, makes one call here and prints the 
 - ``complete_files`` (``workflows.complete``): defective file → .seg.nrrd, STL, uncertainty map.
 - ``evaluate_model`` (``workflows.evaluate``): held-out cases → report folder.
 - ``import_reference_model`` (``workflows.reference``): the authors' weights → bundle.
+- ``build_atlas`` (``workflows.atlas``): training skulls → atlas set for the atlas implant.
 - ``demo`` (``workflows.phantom_demo``): all of the above on phantoms.
 
 Names are imported lazily (``from SkullVAELib.workflows import train_model`` loads only
@@ -30,6 +31,7 @@ _HOME = {
     "evaluate_model": "evaluate",
     "demo": "phantom_demo",
     "import_reference_model": "reference",
+    "build_atlas": "atlas",
 }
 
 __all__ = sorted(_HOME)

@@ -144,6 +144,7 @@ def complete_files(
     symmetry: bool = True,
     fit_steps: int = 0,
     progress: ProgressCallback | None = None,
+    atlas: str | os.PathLike | bool | None = None,
 ) -> CompletedFiles:
     """Complete the defective skull in ``input`` with the bundle ``model``; write ``output`` (.seg.nrrd).
 
@@ -159,6 +160,9 @@ def complete_files(
             keeps the model's implant (the paper's method). Facial defects keep the model's.
         symmetry: let the rim fit use the skull's mirror image where it covers the hole.
         fit_steps: Adam steps of the test-time fit of z to the patient's bone (``testtime_fit``; 0 = off).
+        atlas: an atlas set folder (``skullvae build-atlas``) that fills the defects the rim fit
+            cannot (facial ones) when ``refine`` is on; None uses ``MODEL/atlas`` when the bundle
+            has one, False uses none (the model's implant is kept there).
         Other settings as :class:`~SkullVAELib.config.CompletionConfig` and ``read_skull``.
 
     Returns:
@@ -200,6 +204,7 @@ def complete_files(
     skull = read_skull(input, kind=input_kind, hu_threshold=hu_threshold)
     timings["read"] = time.perf_counter() - t
 
+    atlas_set = _atlas_set(model, atlas) if refine else None
     results, sources, refined, refine_cache = [], [], [], {}
     for n, gamma in enumerate(gammas):
         cfg = CompletionConfig(
@@ -227,7 +232,9 @@ def complete_files(
             from SkullVAELib.refine import refine_completion
 
             stage_progress("refine", 0.9, "fitting the implant to the defect's rim")
-            done = refine_completion(result, skull, symmetry, keep_patient_bone=not raw, cache=refine_cache)
+            done = refine_completion(
+                result, skull, symmetry, keep_patient_bone=not raw, cache=refine_cache, atlas=atlas_set
+            )
             source = done.source
             refined += [m for m in done.messages if m not in refined]
         elif gamma != 0:
@@ -284,3 +291,14 @@ def complete_files(
         f"{record['implant_volume_mm3'] / 1000:.1f} cm³ ({record['implant_source']}), {timings['total']:.1f} s"
     )
     return CompletedFiles(record, message, warnings)
+
+
+def _atlas_set(model: Path, atlas: str | os.PathLike | bool | None):
+    """The AtlasSet ``complete_files`` should use (see its ``atlas`` argument), or None."""
+    from SkullVAELib.atlas import AtlasSet
+    from SkullVAELib.workflows.atlas import bundle_atlas
+
+    if atlas is False:
+        return None
+    folder = bundle_atlas(model) if atlas is None or atlas is True else Path(atlas)
+    return None if folder is None else AtlasSet.load(folder)

@@ -45,10 +45,12 @@ def evaluate_implants(
     device: str = "cpu",
     label: str = "",
     progress: ProgressCallback | None = None,
+    atlas: str | os.PathLike | None = None,
 ) -> tuple[dict, Path]:
     """Run the protocol (:func:`implant_eval.run_protocol`) and write its files; (summary, table path).
 
-    A model is needed only for the ``vae*`` methods; its training ids must not be among ``test_ids``.
+    A model is needed only for the ``vae*`` methods, an atlas set (folder) only for the
+    ``*atlas`` ones; neither may have seen any of ``test_ids``.
     """
     from SkullVAELib import implant_eval
 
@@ -74,8 +76,26 @@ def evaluate_implants(
             raise SkullVAEError(
                 f"refusing to evaluate implants on case ids the model trained on: {', '.join(seen[:5])}"
             )
+    atlas_set = None
+    if any(m.endswith("atlas") for m in methods):
+        if atlas is None:
+            raise SkullVAEError("the *atlas implant methods need --atlas (a folder from `skullvae build-atlas`)")
+        from SkullVAELib.atlas import AtlasSet
+
+        atlas_set = AtlasSet.load(atlas)
+        seen = sorted(set(atlas_set.ids) & set(test_ids))
+        if seen:
+            raise SkullVAEError(f"refusing to evaluate on case ids the atlas set holds: {', '.join(seen[:5])}", atlas)
     rows = implant_eval.run_protocol(
-        list(data), list(test_ids), list(methods), list(defects), list(seeds), bundle, device, progress
+        list(data),
+        list(test_ids),
+        list(methods),
+        list(defects),
+        list(seeds),
+        bundle,
+        device,
+        progress,
+        atlas=atlas_set,
     )
     summary = implant_eval.summarise(rows)
     table = implant_eval.markdown_table(summary, label)

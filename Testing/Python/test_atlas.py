@@ -1,0 +1,97 @@
+"""The atlas implant (issue 9, facial defects): registered complete skulls fill what the rim fit cannot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from SkullVAELib.atlas import AtlasConfig, AtlasSet, atlas_implant, build_atlas_set
+from SkullVAELib.defects import facial_defect
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.image import SkullImage, write_mask
+from SkullVAELib.metrics import dice
+from SkullVAELib.phantoms import make_phantom
+
+SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
+CFG = AtlasConfig(n_atlases=3, mesh_mm=60.0)
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("atlas")
+    pairs = []
+    for seed in (1, 2, 3, 4):
+        path = root / "skulls" / f"{seed:03d}.nrrd"
+        path.parent.mkdir(exist_ok=True)
+        write_mask(make_phantom(seed, SHAPE, SPACING), path)
+        pairs.append((f"{seed:03d}", path))
+    return build_atlas_set(pairs, root / "set", spacing_mm=4.0).folder
+
+
+@pytest.fixture(scope="module")
+def facial_case():
+    return facial_defect(make_phantom(7, SHAPE, SPACING), seed=0)
+
+
+def test_atlas_implant_fills_a_facial_defect_without_touching_the_patient(atlas_dir, facial_case):
+    defective, truth = facial_case
+    before = defective.mask.copy()
+    fill = atlas_implant(defective, AtlasSet.load(atlas_dir), CFG)
+    assert np.array_equal(defective.mask, before)  # the patient's bone is never modified
+    assert fill.implant.shape == defective.shape and fill.implant.any()
+    assert not (fill.implant & defective.mask).any()
+    assert dice(fill.implant, truth.mask) >= 0.5
+    assert len(fill.atlases) == 3 and set(fill.timings) >= {"atlas_choose", "atlas_register", "atlas_fuse"}
+
+
+def test_an_intact_skull_gets_almost_no_atlas_bone(atlas_dir):
+    skull = make_phantom(7, SHAPE, SPACING)
+    fill = atlas_implant(skull, AtlasSet.load(atlas_dir), CFG)
+    assert np.count_nonzero(fill.implant) < 0.02 * np.count_nonzero(skull.mask)
+
+
+def test_oblique_patient_grid(atlas_dir, facial_case):
+    """The implant lands on the patient's own grid when its direction is oblique (physical space)."""
+    defective, truth = facial_case
+    angle = np.deg2rad(8.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    oblique = SkullImage(defective.mask, defective.origin, defective.spacing, rot)
+    fill = atlas_implant(oblique, AtlasSet.load(atlas_dir), CFG)
+    assert fill.implant.shape == oblique.shape
+    assert dice(fill.implant, truth.mask) >= 0.4  # same voxels: the rotation moved patient and truth together
+
+
+def test_bad_atlas_folders_are_one_line_errors(tmp_path, atlas_dir):
+    with pytest.raises(SkullVAEError, match="not an atlas set"):
+        AtlasSet.load(tmp_path)
+    (tmp_path / "atlas.json").write_text("{not json")
+    with pytest.raises(SkullVAEError, match="unreadable atlas manifest") as err:
+        AtlasSet.load(tmp_path)
+    assert "atlas.json" in str(err.value) and "\n" not in str(err.value)
+    info = json.loads((atlas_dir / "atlas.json").read_text())
+    info["cases"][0]["mask"] = "../escape.nrrd"
+    (tmp_path / "atlas.json").write_text(json.dumps(info))
+    with pytest.raises(SkullVAEError, match="missing"):
+        AtlasSet.load(tmp_path)
+    info["version"] = 99
+    (tmp_path / "atlas.json").write_text(json.dumps(info))
+    with pytest.raises(SkullVAEError, match="version"):
+        AtlasSet.load(tmp_path)
+
+
+def test_build_never_overwrites_without_asking_and_leaves_nothing_half_written(tmp_path, atlas_dir):
+    src = AtlasSet.load(atlas_dir)
+    pairs = [(i, atlas_dir / f"{i}.nrrd") for i in src.ids[:2]]
+    with pytest.raises(SkullVAEError, match="--overwrite"):
+        build_atlas_set(pairs, atlas_dir)
+    bad = tmp_path / "bad.nrrd"
+    bad.write_bytes(b"NRRD0004\nnonsense\n")
+    with pytest.raises(SkullVAEError):
+        build_atlas_set([*pairs, ("bad", bad)], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.nrrd"]  # no folder, no temporary
+    out = build_atlas_set(pairs, tmp_path / "out")
+    again = build_atlas_set(pairs[:1], tmp_path / "out", overwrite=True)
+    assert len(out) == 2 and again.ids == [pairs[0][0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.nrrd", "out"]

@@ -1,0 +1,82 @@
+"""`skullvae build-atlas`, `complete` with MODEL/atlas (on by default, --no-atlas) and `evaluate --atlas`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from SkullVAELib.bundle import new_bundle
+from SkullVAELib.cli import main
+from SkullVAELib.config import PRESETS
+from SkullVAELib.defects import facial_defect
+from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.image import write_mask
+from SkullVAELib.metrics import dice
+from SkullVAELib.phantoms import make_phantom
+from SkullVAELib.segfile import read_segmentation
+
+SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_atlas")
+    for seed in (1, 2, 3):
+        (root / "data" / "complete_skull").mkdir(parents=True, exist_ok=True)
+        write_mask(make_phantom(seed, SHAPE, SPACING), root / "data" / "complete_skull" / f"{seed:03d}.nrrd")
+    bundle = new_bundle(PRESETS["test"], aggregated=True, seed=0)
+    rng = np.random.default_rng(0)
+    bundle.set_centroids({"complete": np.zeros(8), "cranial": rng.normal(size=8), "facial": rng.normal(size=8)})
+    bundle.save(root / "model")
+    defective, truth = facial_defect(make_phantom(7, SHAPE, SPACING), seed=0)
+    write_mask(defective, root / "defective.nrrd")
+    return root, defective, truth
+
+
+def test_build_atlas_into_the_bundle_then_refuse_to_overwrite(setup, capsys):
+    root, _, _ = setup
+    argv = ["build-atlas", "--data", str(root / "data"), "--out", str(root / "model" / "atlas"), "--progress", "none"]
+    assert main([*argv, "--train-ids", "001-003"]) == 0
+    assert "3 skulls" in capsys.readouterr().out
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--overwrite" in err and "atlas" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--train-ids", "009"]) == 2  # an id the data set lacks
+    assert "009" in capsys.readouterr().err
+
+
+def _complete(capsys, root, name, *extra):
+    out = root / name / "result.seg.nrrd"
+    argv = ["complete", "--model", root / "model", "--input", root / "defective.nrrd", "--output", out]
+    code = main([*map(str, argv), "--defect", "facial", "--progress", "json", *extra])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    return json.loads(stdout.splitlines()[-1])["result"], read_segmentation(out)[1]
+
+
+def test_complete_uses_the_bundle_atlas_for_a_facial_defect(setup, capsys):
+    root, defective, truth = setup
+    if not (root / "model" / "atlas" / "atlas.json").exists():
+        assert main(["build-atlas", "--data", str(root / "data"), "--out", str(root / "model" / "atlas")]) == 0
+        capsys.readouterr()
+    done, segments = _complete(capsys, root, "atlas")
+    assert done["implant_source"] == "atlas"
+    assert any(k.startswith("refine_atlas") for k in done["timings"])
+    implant = segments["Implant"]
+    assert not (implant & defective.mask).any() and dice(implant, truth.mask) >= 0.5
+    plain, segments = _complete(capsys, root, "plain", "--no-atlas")
+    assert plain["implant_source"] == "model"
+
+
+def test_evaluate_refuses_an_atlas_that_holds_test_cases(setup, tmp_path):
+    from SkullVAELib.workflows.implants import evaluate_implants
+
+    root, _, _ = setup
+    with pytest.raises(SkullVAEError, match="atlas set holds"):
+        evaluate_implants(
+            [root / "data"], tmp_path / "rep", ["002"], ["atlas"], ["facial"], atlas=root / "model" / "atlas"
+        )
+    with pytest.raises(SkullVAEError, match="--atlas"):
+        evaluate_implants([root / "data"], tmp_path / "rep", ["002"], ["atlas"], ["facial"])

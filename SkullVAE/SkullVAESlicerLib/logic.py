@@ -146,6 +146,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         uncertainty: bool = False,
         refine: bool = True,
         symmetry: bool = True,
+        atlas: bool = True,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
@@ -165,6 +166,8 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             refine: cranial defects: fit the implant to the defect's rim at full resolution
                 (``skullvae complete --refine``); False keeps the model's implant (the paper's).
             symmetry: let that fit use the skull's mirror image (``--symmetry``).
+            atlas: facial defects (no rim to fit): the atlas implant of the bundle's ``atlas/``
+                set when it has one (``skullvae build-atlas``); False: ``--no-atlas``.
             waitForCompletion: block until done (console, batch); else return at once
                 and call :meth:`poll` from a timer.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
@@ -181,7 +184,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
         options = self._checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
-        options.update(refine=bool(refine), symmetry=bool(symmetry))
+        options.update(refine=bool(refine), symmetry=bool(symmetry), atlas=bool(atlas))
         run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
         self._run = run
         try:
@@ -291,6 +294,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
             refine=opts.get("refine", True),
             symmetry=opts.get("symmetry", True),
+            atlas=opts.get("atlas", True),
         )
         self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
         run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))

@@ -83,8 +83,13 @@ def buildCompleteCommand(
     python: str | None = None,
     refine: bool = True,
     symmetry: bool = True,
+    atlas: bool = True,
 ) -> list[str]:
-    """The argument list of one ``skullvae complete`` run with JSON progress."""
+    """The argument list of one ``skullvae complete`` run with JSON progress.
+
+    ``atlas``: let the defects the rim fit cannot fill (facial ones) take the atlas implant of
+    the bundle's ``atlas/`` set when it has one (False: ``--no-atlas``, the model's implant).
+    """
     args = skullvaeCommand(["complete"], python)
     args += ["--model", str(modelPath), "--input", str(inputPath), "--output", str(outputPath)]
     args += ["--gamma", repr(float(gamma)), "--defect", defect, "--input-kind", inputKind]
@@ -94,6 +99,8 @@ def buildCompleteCommand(
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
     args += ["--refine" if refine else "--no-refine", "--symmetry" if symmetry else "--no-symmetry"]
+    if not atlas:
+        args.append("--no-atlas")
     return args
 
 

@@ -70,6 +70,10 @@ def test_slicer_logic_passes_the_refine_choice_to_the_child():
     from SkullVAESlicerLib.process import buildCompleteCommand
 
     default = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
-    assert "--refine" in default and "--symmetry" in default
-    plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", refine=False, symmetry=False)
-    assert "--no-refine" in plain and "--no-symmetry" in plain
+    assert "--refine" in default and "--symmetry" in default and "--no-atlas" not in default
+    plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", refine=False, symmetry=False, atlas=False)
+    assert "--no-refine" in plain and "--no-symmetry" in plain and "--no-atlas" in plain
+    from SkullVAELib.cli import build_parser
+
+    args = build_parser(plain[plain.index("complete") :]).parse_args(plain[plain.index("complete") :])
+    assert args.atlas is False and args.refine is False  # the child's own parser understands the command

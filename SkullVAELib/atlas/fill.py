@@ -94,12 +94,32 @@ def _metric(fixed: sitk.Image, mask: sitk.Image, moving: sitk.Image, transform: 
     return float(np.mean(diff[inside] ** 2)) if inside.any() else float("nan")
 
 
-def fuse(skull: SkullImage, atlases: AtlasSet, transforms: list[tuple[str, sitk.Transform]]) -> np.ndarray:
-    """float32 (I, J, K) fraction of the atlases with bone at each of the patient's voxels."""
+def fuse(
+    skull: SkullImage,
+    atlases: AtlasSet,
+    transforms: list[tuple[str, sitk.Transform]],
+    field_grid: sitk.Image | None = None,
+) -> np.ndarray:
+    """float32 (I, J, K) fraction of the atlases with bone at each of the patient's voxels.
+
+    ``field_grid``: an image (the 2 mm registration grid) on which a non-affine transform is
+    sampled once as a displacement field, so that the original-resolution resampling
+    interpolates 8 vectors per voxel instead of evaluating 64 B-spline weights.
+    """
     check_memory(skull.mask.size * 16.0, "fusing the atlases on the patient's grid")
     reference = skull.to_sitk()
     total = np.zeros(skull.shape, dtype=np.float32)
     for case_id, transform in transforms:
+        if field_grid is not None and not isinstance(transform, sitk.AffineTransform):
+            field = sitk.TransformToDisplacementField(
+                transform,
+                sitk.sitkVectorFloat64,
+                field_grid.GetSize(),
+                field_grid.GetOrigin(),
+                field_grid.GetSpacing(),
+                field_grid.GetDirection(),
+            )
+            transform = sitk.DisplacementFieldTransform(field)
         moving = sitk.Cast(atlases.mask(case_id).to_sitk(), sitk.sitkFloat32)
         warped = sitk.Resample(moving, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         total += np.transpose(sitk.GetArrayViewFromImage(warped), (2, 1, 0))
@@ -188,7 +208,7 @@ def atlas_implant(
     timings["atlas_register"] = time.perf_counter() - t0
     progress("atlas", 0.75, "fusing the atlas skulls on the patient's grid")
     t0 = time.perf_counter()
-    probability = fuse(skull, atlases, transforms)
+    probability = fuse(skull, atlases, transforms, field_grid=fixed)
     timings["atlas_fuse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     implant = localise(skull, probability, cfg)

@@ -102,3 +102,24 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
+
+
+@pytest.fixture
+def run_complete(capsys):
+    """``run_complete(root, name, defect, *extra)``: `skullvae complete` of ``root/defective.nrrd``
+    with the bundle ``root/model`` into ``root/name/result.seg.nrrd``; asserts exit 0 and returns
+    (the JSON result, the segments by name, stderr)."""
+    import json
+
+    from SkullVAELib.cli import main
+    from SkullVAELib.segfile import read_segmentation
+
+    def run(root: Path, name: str, defect: str, *extra: str):
+        out = root / name / "result.seg.nrrd"
+        argv = ["complete", "--model", root / "model", "--input", root / "defective.nrrd", "--output", out]
+        code = main([*map(str, argv), "--defect", defect, "--progress", "json", *extra])
+        stdout, stderr = capsys.readouterr()
+        assert code == 0, stderr
+        return json.loads(stdout.splitlines()[-1])["result"], read_segmentation(out)[1], stderr
+
+    return run

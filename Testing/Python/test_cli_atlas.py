@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -15,7 +13,6 @@ from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import write_mask
 from SkullVAELib.metrics import dice
 from SkullVAELib.phantoms import make_phantom
-from SkullVAELib.segfile import read_segmentation
 
 SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
 
@@ -47,26 +44,17 @@ def test_build_atlas_into_the_bundle_then_refuse_to_overwrite(setup, capsys):
     assert "009" in capsys.readouterr().err
 
 
-def _complete(capsys, root, name, *extra):
-    out = root / name / "result.seg.nrrd"
-    argv = ["complete", "--model", root / "model", "--input", root / "defective.nrrd", "--output", out]
-    code = main([*map(str, argv), "--defect", "facial", "--progress", "json", *extra])
-    stdout, stderr = capsys.readouterr()
-    assert code == 0, stderr
-    return json.loads(stdout.splitlines()[-1])["result"], read_segmentation(out)[1]
-
-
-def test_complete_uses_the_bundle_atlas_for_a_facial_defect(setup, capsys):
+def test_complete_uses_the_bundle_atlas_for_a_facial_defect(setup, capsys, run_complete):
     root, defective, truth = setup
     if not (root / "model" / "atlas" / "atlas.json").exists():
         assert main(["build-atlas", "--data", str(root / "data"), "--out", str(root / "model" / "atlas")]) == 0
         capsys.readouterr()
-    done, segments = _complete(capsys, root, "atlas")
+    done, segments, _ = run_complete(root, "atlas", "facial")
     assert done["implant_source"] == "atlas"
     assert any(k.startswith("refine_atlas") for k in done["timings"])
     implant = segments["Implant"]
     assert not (implant & defective.mask).any() and dice(implant, truth.mask) >= 0.5
-    plain, segments = _complete(capsys, root, "plain", "--no-atlas")
+    plain, _, _ = run_complete(root, "plain", "facial", "--no-atlas")
     assert plain["implant_source"] == "model"
 
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from SkullVAELib.bundle import new_bundle
-from SkullVAELib.cli import main
 from SkullVAELib.config import PRESETS
 from SkullVAELib.defects import cranial_defect
 from SkullVAELib.image import write_mask
 from SkullVAELib.metrics import dice
 from SkullVAELib.phantoms import make_phantom
-from SkullVAELib.segfile import read_segmentation
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +25,9 @@ def setup(tmp_path_factory):
     return root, defective, truth
 
 
-def _complete(capsys, root, name, *extra):
-    out = root / name / "result.seg.nrrd"
-    argv = ["complete", "--model", root / "model", "--input", root / "defective.nrrd", "--output", out]
-    code = main([*map(str, argv), "--defect", "cranial", "--progress", "json", *extra])
-    stdout, stderr = capsys.readouterr()
-    assert code == 0, stderr
-    done = json.loads(stdout.splitlines()[-1])["result"]
-    return done, read_segmentation(out)[1], stderr
-
-
-def test_refine_is_on_by_default_and_fills_the_hole(setup, capsys):
+def test_refine_is_on_by_default_and_fills_the_hole(setup, run_complete):
     root, defective, truth = setup
-    done, segments, _ = _complete(capsys, root, "default")
+    done, segments, _ = run_complete(root, "default", "cranial")
     assert done["implant_source"].startswith("rim fit")
     assert "refine_symmetry_plane" in done["timings"]  # the mirror cue is on by default
     assert any(k.startswith("refine_rimfit") for k in done["timings"])
@@ -51,12 +37,12 @@ def test_refine_is_on_by_default_and_fills_the_hole(setup, capsys):
     assert np.array_equal(segments["Completed skull"], defective.mask | implant)
 
 
-def test_no_refine_keeps_the_model_implant_and_symmetry_is_switchable(setup, capsys):
+def test_no_refine_keeps_the_model_implant_and_symmetry_is_switchable(setup, run_complete):
     root, defective, truth = setup
-    plain, segments, _ = _complete(capsys, root, "plain", "--no-refine")
+    plain, segments, _ = run_complete(root, "plain", "cranial", "--no-refine")
     assert plain["implant_source"] == "model"
     assert dice(segments["Implant"], truth.mask) < 0.8  # the untrained model does not fill it
-    spline, _, _ = _complete(capsys, root, "spline", "--no-symmetry")
+    spline, _, _ = run_complete(root, "spline", "cranial", "--no-symmetry")
     assert spline["implant_source"] == "rim fit"
     assert "refine_symmetry_plane" not in spline["timings"]
 

@@ -188,6 +188,22 @@ def write_error(exc: OSError, path: str | os.PathLike) -> SkullVAEError:
     return SkullVAEError(f"cannot write: {reason}", path)
 
 
+def replace_folder(staged: Path, final: Path) -> None:
+    """Rename the finished folder ``staged`` to ``final`` (same file system), replacing an existing
+    ``final``: the old folder is renamed aside first and deleted only after the new one is in
+    place (put back if that rename fails), so ``final`` never names a half-written folder."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    try:
+        os.replace(staged, final)
+    except OSError:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def make_parent(final: Path) -> None:
     """Create ``final``'s folder (and missing parents); one-line error when that is impossible."""
     try:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from SkullVAELib.atomic import make_temporary_folder
+from SkullVAELib.atomic import make_temporary_folder, replace_folder
+from SkullVAELib.config import ATLAS_SPACING_MM
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import SkullImage, read_skull, write_mask
 from SkullVAELib.progress import ProgressCallback, no_progress
@@ -30,10 +31,9 @@ from SkullVAELib.progress import ProgressCallback, no_progress
 MANIFEST = "atlas.json"
 FORMAT = "skullvae-atlas"
 VERSION = 1
-DEFAULT_SPACING_MM = 2.0
 
 
-def registration_image(mask: sitk.Image, spacing_mm: float = DEFAULT_SPACING_MM) -> sitk.Image:
+def registration_image(mask: sitk.Image, spacing_mm: float = ATLAS_SPACING_MM) -> sitk.Image:
     """float32 image of ``mask`` (uint8 0/1) area-averaged to ≈ ``spacing_mm`` and smoothed (σ = spacing / 2)."""
     img = sitk.Cast(mask, sitk.sitkFloat32)
     factors = [max(int(round(spacing_mm / s)), 1) for s in img.GetSpacing()]
@@ -120,7 +120,7 @@ class AtlasSet:
 def build_atlas_set(
     complete: Sequence[tuple[str, str | os.PathLike]],
     out: str | os.PathLike,
-    spacing_mm: float = DEFAULT_SPACING_MM,
+    spacing_mm: float = ATLAS_SPACING_MM,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> AtlasSet:
@@ -154,14 +154,7 @@ def build_atlas_set(
         manifest = {"format": FORMAT, "version": VERSION, "spacing_mm": float(spacing_mm), "cases": cases}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

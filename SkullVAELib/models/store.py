@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from SkullVAELib.atomic import atomic_write_text
+from SkullVAELib.atomic import atomic_write_text, replace_folder
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.models.archive import bundle_root, is_archive, unpack_archive
 from SkullVAELib.models.download import download_file, sha256_file
@@ -247,11 +247,7 @@ def _commit(root: Path, name: str, home: Path, meta: dict, progress, replace: bo
         )
     info = {"name": name, "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
     atomic_write_text(root / INSTALLED_FILE, json.dumps(info, indent=2) + "\n")
-    old = root.parent / ".old"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(root, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(root, dest)
     if progress is not None:
         progress("install", 1.0, f"installed {name}")
     return dest

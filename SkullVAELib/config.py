@@ -28,6 +28,7 @@ GAMMAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 #: How volumes are resampled to and from the model grid ("area": soft occupancy down,
 #: trilinear back; "nearest": the paper's resizing). Recorded in the bundle at training.
 RESAMPLE_MODES: tuple[str, ...] = ("area", "nearest")
+ATLAS_SPACING_MM = 2.0  # grid of an atlas set's registration images (skullvae build-atlas --spacing)
 DEFAULT_RESAMPLE = "area"
 #: ``--device`` values (rule: ``devices.resolve_device``).
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"

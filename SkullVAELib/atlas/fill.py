@@ -60,7 +60,8 @@ class AtlasConfig:
 @dataclass
 class AtlasFill:
     """implant: bool (I, J, K) on the patient's grid, disjoint from its bone; atlases: ids used
-    (best first) with their final registration metric; messages for the user; seconds per step."""
+    (best first) with the metric their last registration ended at (mean squares, lower is
+    better); messages for the user; seconds per step."""
 
     implant: np.ndarray
     atlases: list[str] = field(default_factory=list)
@@ -84,14 +85,6 @@ def choose_atlases(
         scored.append((metric, case_id, transform))
     scored.sort(key=lambda s: s[0])
     return scored[:n]
-
-
-def _metric(fixed: sitk.Image, mask: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
-    """Mean squared difference of ``fixed`` and the placed ``moving`` within ``mask`` (the fit, lower is better)."""
-    placed = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)
-    diff = sitk.GetArrayViewFromImage(fixed) - sitk.GetArrayViewFromImage(placed)
-    inside = sitk.GetArrayViewFromImage(mask) > 0
-    return float(np.mean(diff[inside] ** 2)) if inside.any() else float("nan")
 
 
 def fuse(
@@ -190,21 +183,20 @@ def atlas_implant(
     if not chosen:
         return AtlasFill(np.zeros(skull.shape, dtype=bool), messages=["no atlas skull could be registered"])
     t0 = time.perf_counter()
-    ids = [case_id for _, case_id, _ in chosen]
+    ids, metrics = [case_id for _, case_id, _ in chosen], []
     for n, (_, case_id, affine) in enumerate(chosen):
         progress("atlas", 0.1 + 0.3 * n / len(chosen), f"registering atlas skull {case_id} (affine)")
-        register_affine(fixed, mask, atlases.low(case_id), affine, shrink=(1,), iterations=100)
+        metrics.append(register_affine(fixed, mask, atlases.low(case_id), affine, shrink=(1,), iterations=100))
     transforms: list[tuple[str, sitk.Transform]] = [(case_id, affine) for _, case_id, affine in chosen]
     if cfg.deformable:
         placed = [sitk.Resample(atlases.low(i), fixed, t, sitk.sitkLinear, 0.0) for i, t in transforms]
         deform_mask = without_missing_part(fixed, mask, placed, cfg.missing_core_mm, cfg.missing_margin_mm)
         for n, (case_id, affine) in enumerate(list(transforms)):
             progress("atlas", 0.4 + 0.3 * n / len(chosen), f"registering atlas skull {case_id} (B-spline)")
-            deformed, _ = register_deformable(
+            deformed, metrics[n] = register_deformable(
                 fixed, deform_mask, atlases.low(case_id), affine, cfg.mesh_mm, cfg.bspline_iterations
             )
             transforms[n] = (case_id, deformed)
-    metrics = [_metric(fixed, mask, atlases.low(i), t) for i, t in transforms]
     timings["atlas_register"] = time.perf_counter() - t0
     progress("atlas", 0.75, "fusing the atlas skulls on the patient's grid")
     t0 = time.perf_counter()

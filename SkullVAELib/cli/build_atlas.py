@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
+from SkullVAELib.config import ATLAS_SPACING_MM
 
 
 def register(subparsers) -> None:
@@ -19,7 +20,12 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="data folder (its complete_skull/) or a folder of complete skulls")
     p.add_argument("--out", required=True, type=Path, help="atlas set folder to write (e.g. MODEL/atlas)")
     p.add_argument("--train-ids", default=None, help="case ids to include, e.g. 000-055 (default: all)")
-    p.add_argument("--spacing", type=float, default=2.0, help="registration grid spacing in mm (default 2)")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=ATLAS_SPACING_MM,
+        help=f"registration grid spacing in mm (default {ATLAS_SPACING_MM:g})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing atlas set at --out")
     add_progress_arg(p)
     p.set_defaults(func=run)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from SkullVAELib.atlas import AtlasSet, build_atlas_set
-from SkullVAELib.atlas.store import DEFAULT_SPACING_MM
+from SkullVAELib.config import ATLAS_SPACING_MM
 from SkullVAELib.dataset import split_case_name
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.progress import ProgressCallback
@@ -19,7 +19,7 @@ def build_atlas(
     data: str | os.PathLike,
     out: str | os.PathLike,
     train_ids: Sequence[str] | None = None,
-    spacing_mm: float = DEFAULT_SPACING_MM,
+    spacing_mm: float = ATLAS_SPACING_MM,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> AtlasSet:

@@ -23,11 +23,11 @@ from SkullVAELib.rimfit import RimFitConfig, rim_fit
 @dataclass
 class RefinedImplant:
     """implant: bool (I, J, K), disjoint from the patient's bone; source: "rim fit",
-    "rim fit + mirror", "model" or "none"; holes: rimfit.Hole list; messages: warnings for
+    "rim fit + mirror", "atlas", "model" or "none"; holes: rimfit.Hole list; messages: warnings for
     the user; timings: seconds per step."""
 
     implant: np.ndarray
-    source: str  # also "atlas"
+    source: str
     holes: list = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)

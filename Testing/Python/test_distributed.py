@@ -101,6 +101,10 @@ def _worker(out_json: str, out_dir: str) -> None:
     try:
         result = train_both_stages(Path(out_dir))
         Path(out_json).write_text(json.dumps(result))
+        # as workflows.train does: no rank tears its gloo connections down while a peer still
+        # uses them (without this wait a rank was once aborted at exit, "terminate called ...")
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
     finally:
         shutdown_distributed(created)
 

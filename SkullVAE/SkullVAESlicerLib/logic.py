@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from SkullVAELib.config import DEFECT_CHOICES, check_gamma  # the vocabulary and γ rule (torch-free)
@@ -90,20 +91,33 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
     def isDownloading(self) -> bool:
         return self._download is not None and not self._download.done
 
-    def downloadModel(self, name: str, waitForCompletion: bool = True, onProgress=None, onFinished=None, force=False):
+    def downloadModel(
+        self,
+        name: str,
+        waitForCompletion: bool = True,
+        onProgress=None,
+        onFinished=None,
+        overwrite: bool = False,
+        force: bool | None = None,
+    ):
         """Download, verify and install the registry model ``name`` (child process; resumable).
 
         Returns the installed folder when ``waitForCompletion``; else None, and
         :meth:`pollDownload` must be called from a timer. ``onFinished(path, error)``.
+        ``overwrite`` downloads and installs again even if the model is installed
+        (``force`` is its deprecated old name).
         Raises ValueError (not in the registry, not released, network error naming the URL),
         SkullVAECancelled after :meth:`cancelDownload`, RuntimeError otherwise.
         """
         from .models import ModelDownload
 
+        if force is not None:
+            warnings.warn("downloadModel(force=...) is deprecated; use overwrite=...", DeprecationWarning, stacklevel=2)
+            overwrite = overwrite or bool(force)
         if self.isDownloading:
             raise RuntimeError("a model download is already running; cancel it first")
         self.log(f"Downloading model {name}...")
-        self._download = ModelDownload(name, onProgress=onProgress, onFinished=onFinished, force=force)
+        self._download = ModelDownload(name, onProgress=onProgress, onFinished=onFinished, overwrite=overwrite)
         if not waitForCompletion:
             return None
         path = self._download.wait()

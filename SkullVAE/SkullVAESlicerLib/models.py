@@ -71,9 +71,10 @@ def resolveModelPath(nameOrPath) -> Path:
         raise ValueError(str(exc)) from None
 
 
-def buildDownloadCommand(name: str, force: bool = False, python: str | None = None) -> list[str]:
+def buildDownloadCommand(name: str, overwrite: bool = False, python: str | None = None) -> list[str]:
     """The argument list of ``skullvae models download NAME`` with JSON progress."""
-    return skullvaeCommand(["models", "download", name, "--progress", "json"] + (["--force"] if force else []), python)
+    args = ["models", "download", name, "--progress", "json"] + (["--overwrite"] if overwrite else [])
+    return skullvaeCommand(args, python)
 
 
 class ModelDownload:
@@ -83,9 +84,10 @@ class ModelDownload:
         name: registry name.
         onProgress: ``(stage, fraction, message)``; fraction None for log lines.
         onFinished: ``(path or None, error or None)`` once, when it ends.
+        overwrite: download and install again even if the model is installed.
     """
 
-    def __init__(self, name: str, onProgress=None, onFinished=None, force: bool = False) -> None:
+    def __init__(self, name: str, onProgress=None, onFinished=None, overwrite: bool = False) -> None:
         self.name = name
         self.onProgress = onProgress
         self.onFinished = onFinished
@@ -97,7 +99,7 @@ class ModelDownload:
             env = childEnvironment()
             # the child must install where this process lists (set in Slicer's console after startup, too)
             env.update({k: os.environ[k] for k in ("SKULLVAE_HOME", "SKULLVAE_REGISTRY") if os.environ.get(k)})
-            self.child = ChildProcess(buildDownloadCommand(name, force), env, cwd=self.workDir)
+            self.child = ChildProcess(buildDownloadCommand(name, overwrite), env, cwd=self.workDir)
         except BaseException:
             shutil.rmtree(self.workDir, ignore_errors=True)
             raise

@@ -116,11 +116,11 @@ def download_model(
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
-    force: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Download, verify and install the registry model ``name``; returns its folder.
 
-    An installed model with the registry's sha256 is kept as it is (unless ``force``).
+    An installed model with the registry's sha256 is kept as it is (unless ``overwrite``).
     """
     registry = registry or load_registry()
     entry = registry.get(check_name(name))
@@ -136,13 +136,13 @@ def download_model(
         raise SkullVAEError(f"registry entry {name!r} has no sha256; refusing an unverifiable download", registry.path)
     home = home or models_home()
     current = _read_installed(home / "models" / name)
-    if not force and current.get("sha256") == entry.sha256 and (home / "models" / name / "config.json").is_file():
+    if not overwrite and current.get("sha256") == entry.sha256 and (home / "models" / name / "config.json").is_file():
         return home / "models" / name
     archive = download_file(
         entry.url, home / "downloads" / entry.archive_name, entry.sha256, entry.size, progress=progress, cancel=cancel
     )
     try:
-        return install_archive(archive, name, home, _meta(entry, entry.url), progress=progress, replace=True)
+        return install_archive(archive, name, home, _meta(entry, entry.url), progress=progress, overwrite=True)
     finally:
         archive.unlink(missing_ok=True)
 
@@ -153,12 +153,12 @@ def install_model(
     home: Path | None = None,
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
-    force: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Install a bundle from a folder, an archive file or an archive URL; returns its folder.
 
     The name is ``name``, else the registry entry whose sha256 matches the archive, else
-    the bundle folder's name. An existing model of that name is replaced only with ``force``.
+    the bundle folder's name. An existing model of that name is replaced only with ``overwrite``.
     """
     registry = registry or load_registry()
     home = home or models_home()
@@ -172,33 +172,33 @@ def install_model(
         )  # fmt: skip
         try:
             return _install_file(
-                archive, name or (entry.name if entry else None), home, registry, progress, force, text
+                archive, name or (entry.name if entry else None), home, registry, progress, overwrite, text
             )
         finally:
             archive.unlink(missing_ok=True)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _install_folder(path, name, home, progress, force)
+        return _install_folder(path, name, home, progress, overwrite)
     if not path.exists():
         raise SkullVAEError("no such file or folder to install", path)
-    return _install_file(path, name, home, registry, progress, force, str(path.resolve()))
+    return _install_file(path, name, home, registry, progress, overwrite, str(path.resolve()))
 
 
-def _install_file(archive: Path, name, home, registry: Registry, progress, force, source: str) -> Path:
+def _install_file(archive: Path, name, home, registry: Registry, progress, overwrite, source: str) -> Path:
     if not is_archive(archive):
         raise SkullVAEError("not a model archive (.zip or .tar of a bundle folder) or a bundle folder", archive)
     digest = sha256_file(archive)
     entry = registry.by_sha256(digest)
     meta = {**(_meta(entry, source) if entry else {"source": source}), "sha256": digest}
-    return install_archive(archive, name or (entry.name if entry else None), home, meta, progress, replace=force)
+    return install_archive(archive, name or (entry.name if entry else None), home, meta, progress, overwrite=overwrite)
 
 
-def _install_folder(folder: Path, name, home: Path, progress, force) -> Path:
+def _install_folder(folder: Path, name, home: Path, progress, overwrite) -> Path:
     name = check_name(name or folder.resolve().name)
     staging = _staging(home, name)
     try:
         shutil.copytree(folder, staging / "bundle", ignore=shutil.ignore_patterns("checkpoints", ".*"))
-        return _commit(staging / "bundle", name, home, {"source": str(folder.resolve())}, progress, force)
+        return _commit(staging / "bundle", name, home, {"source": str(folder.resolve())}, progress, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -209,9 +209,12 @@ def install_archive(
     home: Path,
     meta: dict,
     progress: ProgressCallback | None = None,
-    replace: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Unpack ``archive``, check that it loads, and rename it to ``home/models/NAME``."""
+    """Unpack ``archive``, check that it loads, and rename it to ``home/models/NAME``.
+
+    An installed model of that name is replaced only with ``overwrite``.
+    """
     archive = Path(archive)
     staging = _staging(home, name or "archive")
     try:
@@ -225,12 +228,12 @@ def install_archive(
         if not name:  # the bundle's folder name inside the archive, else the archive's name
             name = root.name if root != staging / "unpacked" else archive.name.split(".")[0]
         name = check_name(name)
-        return _commit(root, name, home, meta, progress, replace, label=archive)
+        return _commit(root, name, home, meta, progress, overwrite, label=archive)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _commit(root: Path, name: str, home: Path, meta: dict, progress, replace: bool, label=None) -> Path:
+def _commit(root: Path, name: str, home: Path, meta: dict, progress, overwrite: bool, label=None) -> Path:
     from SkullVAELib.bundle import ModelBundle  # torch: imported only when a bundle is installed
 
     if progress is not None:
@@ -241,9 +244,9 @@ def _commit(root: Path, name: str, home: Path, meta: dict, progress, replace: bo
         where = label or exc.path
         raise SkullVAEError(f"not a valid model bundle, not installed ({exc})", where) from None
     dest = home / "models" / name
-    if (dest / "config.json").is_file() and not replace:
+    if (dest / "config.json").is_file() and not overwrite:
         raise SkullVAEError(
-            f"model {name!r} is already installed; use --force to replace it, or --name to pick another name", dest
+            f"model {name!r} is already installed; use --overwrite to replace it, or --name to pick another name", dest
         )
     info = {"name": name, "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
     atomic_write_text(root / INSTALLED_FILE, json.dumps(info, indent=2) + "\n")

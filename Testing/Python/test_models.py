@@ -291,6 +291,50 @@ def test_cli_verbs(env, capsys, bundle_dir):
     assert main(["models", "path", "mine"]) == 2
 
 
+def test_cli_install_replaces_an_installed_name_only_with_overwrite(env, capsys, bundle_dir, archive_bytes, tmp_path):
+    archive = tmp_path / "tiny-v1.zip"
+    archive.write_bytes(archive_bytes)
+    assert main(["models", "install", str(bundle_dir), "--name", "mine", "--progress", "none"]) == 0
+    installed = env / "models" / "mine" / "installed.json"
+    before = installed.read_text()
+    capsys.readouterr()
+    # An installed model is not replaced without --overwrite: one line naming --overwrite, exit 2.
+    assert main(["models", "install", str(archive), "--name", "mine", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already installed" in err[0] and "--overwrite" in err[0] and "--force" not in err[0]
+    assert installed.read_text() == before
+    assert main(["models", "install", str(archive), "--name", "mine", "--overwrite", "--progress", "none"]) == 0
+    assert "--force" not in capsys.readouterr().err
+    meta = json.loads(installed.read_text())
+    assert meta["source"] == str(archive.resolve()) and meta["sha256"] == hashlib.sha256(archive_bytes).hexdigest()
+    # the library takes the same keyword
+    assert install_model(bundle_dir, name="mine", overwrite=True) == env / "models" / "mine"
+    assert json.loads(installed.read_text())["source"] == str(bundle_dir.resolve())
+    assert [m.name for m in installed_models()] == ["mine"]
+
+
+def test_cli_force_is_a_hidden_deprecated_alias_of_overwrite(env, server, capsys, bundle_dir):
+    assert main(["models", "install", str(bundle_dir), "--name", "mine", "--progress", "none"]) == 0
+    capsys.readouterr()
+    assert main(["models", "install", str(bundle_dir), "--name", "mine", "--force", "--progress", "none"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["skullvae models install: warning: --force is deprecated; use --overwrite"]
+    assert main(["models", "download", "tiny", "--progress", "none"]) == 0
+    assert main(["models", "download", "tiny", "--progress", "none"]) == 0  # installed with this sha256: kept
+    assert len(server.requests) == 1
+    capsys.readouterr()
+    assert main(["models", "download", "tiny", "--force", "--progress", "none"]) == 0
+    assert "skullvae models download: warning: --force is deprecated; use --overwrite" in capsys.readouterr().err
+    assert main(["models", "download", "tiny", "--overwrite", "--progress", "none"]) == 0
+    assert "--force" not in capsys.readouterr().err
+    assert len(server.requests) == 3  # --force and --overwrite download again
+    for action in ("install", "download"):
+        with pytest.raises(SystemExit):
+            main(["models", action, "--help"])
+        usage = capsys.readouterr().out
+        assert "--overwrite" in usage and "--force" not in usage
+
+
 def test_resolver_prefers_folders_and_explains_unknown_names(env, bundle_dir):
     assert resolve_model(str(bundle_dir)) == bundle_dir
     with pytest.raises(SkullVAEError, match="no model folder 'nosuch'"):

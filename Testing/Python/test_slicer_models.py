@@ -33,6 +33,20 @@ def test_download_then_list_and_resolve(env, server):  # noqa: F811
     assert logic.modelPath("tiny") == path
 
 
+def test_download_again_only_with_overwrite(env, server):  # noqa: F811
+    from SkullVAESlicerLib.models import buildDownloadCommand
+
+    assert buildDownloadCommand("tiny", overwrite=True)[-1] == "--overwrite"
+    assert "--overwrite" not in buildDownloadCommand("tiny") and "--force" not in buildDownloadCommand("tiny", True)
+    logic = SkullVAELogic()
+    path = logic.downloadModel("tiny")
+    assert logic.downloadModel("tiny") == path and len(server.requests) == 1  # installed: kept
+    assert logic.downloadModel("tiny", overwrite=True) == path and len(server.requests) == 2
+    with pytest.warns(DeprecationWarning, match="use overwrite"):
+        assert logic.downloadModel("tiny", force=True) == path
+    assert len(server.requests) == 3
+
+
 def test_download_cancel_keeps_nothing_installed(env, server):  # noqa: F811
     server.chunk, server.chunk_delay = 1024, 0.05  # slow enough to cancel in the middle
     logic = SkullVAELogic()

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from SkullVAELib.image import SkullImage
+from SkullVAELib.metrics import bounding_box
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
 INPUT_BONE_FRACTION = 0.5  # a model voxel is input bone when half of it is bone
@@ -59,18 +60,6 @@ def remove_thin_shells(mask: np.ndarray, min_neighbours: int = SHELL_MIN_NEIGHBO
 def model_spacing(like: SkullImage, grid: Sequence[int]) -> np.ndarray:
     """Physical size (mm) of one model voxel along each axis: (3,) = shape · spacing / grid."""
     return np.asarray(like.shape, dtype=np.float64) * like.spacing / np.asarray(grid, dtype=np.float64)
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
-    """Slices of the smallest box holding all True voxels (grown by ``margin``), or None if empty."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)  # type: ignore[return-value]
 
 
 def _linear_weights(n_in: int, n_out: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,6 +112,22 @@ def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
         return mask.copy()
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def keep_major_components(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """Keep the 26-connected components of at least ``fraction`` × the largest one's voxels.
+
+    An implant is one piece per hole; small pieces far from it are misplaced bone whose
+    distance dominates HD95 (a new bool array).
+    """
+    labels, n = ndimage.label(mask, structure=_CUBE)
+    if n <= 1:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = sizes >= fraction * sizes.max()
     keep[0] = False
     return keep[labels]
 

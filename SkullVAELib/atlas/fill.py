@@ -10,7 +10,9 @@
    ``exposed_margin_mm`` (or where the ray meets no bone at all) is missing surface; its
    connected pieces that reach ≥ ``seed_depth_mm`` from the patient's bone are the implant
    (thin misregistration slivers and differences inside the skull base never qualify);
-5. post-process as the rim fit does (closing, thin shells, keep what touches the bone, islands).
+5. post-process as the rim fit does (closing, thin shells, keep what touches the bone, islands),
+   then keep only the pieces of at least ``min_piece_fraction`` × the largest one: bone the
+   atlases add far from the defect (skull base, orbits) comes in small pieces.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from SkullVAELib.atlas.register import (
 from SkullVAELib.atlas.store import AtlasSet, registration_image
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import SkullImage
-from SkullVAELib.implant import bounding_box
+from SkullVAELib.implant import bounding_box, keep_major_components
 from SkullVAELib.limits import check_memory
 from SkullVAELib.progress import ProgressCallback, no_progress
 
@@ -55,6 +57,7 @@ class AtlasConfig:
     exposed_margin_mm: float = 4.0
     seed_depth_mm: float = 6.0
     step_deg: float = 1.0
+    min_piece_fraction: float = 0.1  # pieces smaller than this × the largest are dropped
 
 
 @dataclass
@@ -147,7 +150,7 @@ def localise(skull: SkullImage, probability: np.ndarray, cfg: AtlasConfig) -> np
 
 def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> np.ndarray:
     """The connected pieces of ``missing`` (bool (I, J, K)) that reach ``seed_depth_mm`` from the
-    patient's bone, post-processed like the rim fit's implant."""
+    patient's bone, post-processed like the rim fit's implant, without the minor pieces."""
     from SkullVAELib.rimfit import RimFitConfig, postprocess
 
     margin = int(np.ceil(cfg.seed_depth_mm / skull.spacing.min())) + 2
@@ -160,7 +163,11 @@ def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> 
     seeds = np.unique(labels[crop & (depth >= cfg.seed_depth_mm)])
     implant = np.zeros(skull.shape, dtype=bool)
     implant[box] = np.isin(labels, seeds[seeds > 0])
-    return postprocess(implant, skull, RimFitConfig())
+    implant = postprocess(implant, skull, RimFitConfig())
+    box = bounding_box(implant)
+    if box is not None:
+        implant[box] = keep_major_components(implant[box], cfg.min_piece_fraction)
+    return implant
 
 
 def atlas_implant(

@@ -46,6 +46,23 @@ def test_atlas_implant_fills_a_facial_defect_without_touching_the_patient(atlas_
     assert len(fill.atlases) == 3 and set(fill.timings) >= {"atlas_choose", "atlas_register", "atlas_fuse"}
 
 
+def test_small_pieces_far_from_the_defect_are_dropped(facial_case):
+    """Atlas bone beyond the patient's surface far from the defect (a stray piece) is not implant."""
+    from SkullVAELib.atlas.fill import localise
+
+    defective, truth = facial_case
+    probability = truth.mask.astype(np.float32)  # a perfect atlas for the face ...
+    stray = np.zeros_like(truth.mask)  # ... plus a blob on the back of the skull, touching it
+    i, k = SHAPE[0] // 2, SHAPE[2] // 2 + 4
+    j = int(np.flatnonzero(defective.mask[i, :, k]).max())
+    stray[i - 2 : i + 3, j + 1 : j + 6, k - 2 : k + 3] = True
+    probability[stray & ~defective.mask] = 1.0
+    kept = localise(defective, probability, AtlasConfig())
+    assert dice(kept, truth.mask) >= 0.8 and not (kept & stray).any()
+    everything = localise(defective, probability, AtlasConfig(min_piece_fraction=0.0))
+    assert (everything & stray).any()  # without the rule the stray piece would be kept
+
+
 def test_an_intact_skull_gets_almost_no_atlas_bone(atlas_dir):
     skull = make_phantom(7, SHAPE, SPACING)
     fill = atlas_implant(skull, AtlasSet.load(atlas_dir), CFG)

@@ -33,6 +33,18 @@ def test_remove_small_components_keeps_large_ones():
     assert np.count_nonzero(out) == 216
 
 
+def test_keep_major_components_drops_pieces_below_a_fraction_of_the_largest():
+    mask = np.zeros((30, 30, 30), dtype=bool)
+    mask[2:12, 2:12, 2:12] = True  # 1000 voxels
+    mask[20:25, 20:25, 20:25] = True  # 125 voxels: 12.5 % of the largest
+    mask[20:24, 2:6, 2:6] = True  # 64 voxels: 6.4 %
+    out = ops.keep_major_components(mask, fraction=0.1)
+    assert np.count_nonzero(out) == 1125 and not out[20:24, 2:6, 2:6].any()
+    assert np.count_nonzero(ops.keep_major_components(mask, fraction=1.0)) == 1000
+    assert np.array_equal(ops.keep_major_components(mask, fraction=0.0), mask)
+    assert not ops.keep_major_components(np.zeros_like(mask), 0.1).any()
+
+
 def _plate_with_hole():
     """Input: a 4-voxel thick plate with a square hole; completion: the full plate + a floating blob."""
     shape = (40, 40, 30)

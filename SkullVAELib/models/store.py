@@ -120,7 +120,9 @@ def download_model(
 ) -> Path:
     """Download, verify and install the registry model ``name``; returns its folder.
 
-    An installed model with the registry's sha256 is kept as it is (unless ``overwrite``).
+    An installed model with the registry's sha256 is kept as it is (unless ``overwrite``); an
+    older download of the same entry is upgraded; a model installed under this name from
+    anywhere else (the user's own) is replaced only with ``overwrite``.
     """
     registry = registry or load_registry()
     entry = registry.get(check_name(name))
@@ -136,8 +138,16 @@ def download_model(
         raise SkullVAEError(f"registry entry {name!r} has no sha256; refusing an unverifiable download", registry.path)
     home = home or models_home()
     current = _read_installed(home / "models" / name)
-    if not overwrite and current.get("sha256") == entry.sha256 and (home / "models" / name / "config.json").is_file():
-        return home / "models" / name
+    installed = (home / "models" / name / "config.json").is_file()
+    if installed and not overwrite:
+        if current.get("sha256") == entry.sha256:
+            return home / "models" / name
+        if current.get("registry_name") != entry.name:
+            raise SkullVAEError(
+                f"model {name!r} is installed from {current.get('source', 'elsewhere')}, not from the registry; "
+                "use --overwrite to replace it with the registry's",
+                home / "models" / name,
+            )
     archive = download_file(
         entry.url, home / "downloads" / entry.archive_name, entry.sha256, entry.size, progress=progress, cancel=cancel
     )

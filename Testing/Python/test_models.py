@@ -171,6 +171,17 @@ def test_full_download_installs_a_loadable_bundle(env, server):
     assert len(server.requests) == 1
 
 
+def test_download_never_replaces_the_users_own_model_of_that_name(env, server, bundle_dir):
+    """A model installed from a folder under a registry name is the user's: download refuses it."""
+    own = install_model(bundle_dir, name="tiny")
+    with pytest.raises(SkullVAEError, match="not from the registry; use --overwrite"):
+        download_model("tiny")
+    assert json.loads((own / "installed.json").read_text())["source"] == str(bundle_dir.resolve())
+    assert not server.requests  # refused before downloading anything
+    path = download_model("tiny", overwrite=True)
+    assert json.loads((path / "installed.json").read_text())["registry_name"] == "tiny"
+
+
 def test_interrupted_download_resumes_with_a_range_request(env, server, archive_bytes):
     half = len(archive_bytes) // 2
     server.cut_once["/tiny-v1.zip"] = half

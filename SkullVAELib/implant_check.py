@@ -17,16 +17,25 @@ MIN_IMPLANT_MM3 = 100.0  # less than 0.1 cm³ is no implant
 
 
 def check_implant(
-    implant: np.ndarray, voxel_volume_mm3: float, holes: Sequence | None = None, what: str = "implant"
+    implant: np.ndarray,
+    voxel_volume_mm3: float,
+    holes: Sequence | None = None,
+    what: str = "implant",
+    expected_mm3: float | None = None,
 ) -> list[str]:
     """Human-readable warnings about ``implant`` (bool (I, J, K)); [] when it looks plausible.
 
     Args:
         voxel_volume_mm3: volume of one voxel.
         holes: rimfit.Hole list (with ``expected_volume_mm3``) of the defective skull, or None.
+        expected_mm3: the volume the defect needs by another estimate (the atlas implant's:
+            what its registered skulls add on average); used instead of the holes' when given.
     """
     volume = float(np.count_nonzero(implant)) * float(voxel_volume_mm3)
-    expected = sum(float(h.expected_volume_mm3) for h in holes or [] if np.isfinite(h.expected_volume_mm3))
+    if expected_mm3 is not None and np.isfinite(expected_mm3):
+        expected = float(expected_mm3)
+    else:
+        expected = sum(float(h.expected_volume_mm3) for h in holes or [] if np.isfinite(h.expected_volume_mm3))
     messages = []
     if volume < MIN_IMPLANT_MM3:
         if holes:

@@ -100,7 +100,7 @@ def _atlas_fill(skull, atlas, atlas_cfg, holes, timings, messages=None) -> Refin
     fill = atlas_implant(skull, atlas, atlas_cfg)
     timings.update(fill.timings)
     messages = list(messages or []) + fill.messages
-    messages += check_implant(fill.implant, skull.voxel_volume_mm3)
+    messages += check_implant(fill.implant, skull.voxel_volume_mm3, expected_mm3=fill.expected_volume_mm3)
     return RefinedImplant(fill.implant, "atlas", holes, messages, timings)
 
 

@@ -43,6 +43,8 @@ def test_atlas_implant_fills_a_facial_defect_without_touching_the_patient(atlas_
     assert fill.implant.shape == defective.shape and fill.implant.any()
     assert not (fill.implant & defective.mask).any()
     assert dice(fill.implant, truth.mask) >= 0.5
+    volume = np.count_nonzero(fill.implant) * defective.voxel_volume_mm3
+    assert 0.5 <= volume / fill.expected_volume_mm3 <= 2.0  # the volume check's estimate agrees
     assert len(fill.atlases) == 3 and set(fill.timings) >= {"atlas_choose", "atlas_register", "atlas_fuse"}
 
 
@@ -61,6 +63,23 @@ def test_small_pieces_far_from_the_defect_are_dropped(facial_case):
     assert dice(kept, truth.mask) >= 0.8 and not (kept & stray).any()
     everything = localise(defective, probability, AtlasConfig(min_piece_fraction=0.0))
     assert (everything & stray).any()  # without the rule the stray piece would be kept
+
+
+def test_an_atlas_implant_of_implausible_volume_is_flagged(monkeypatch, facial_case):
+    """refine_implant checks the atlas implant's volume against what its atlases add on average."""
+    import SkullVAELib.atlas as atlas_package
+    from SkullVAELib.atlas.fill import AtlasFill
+    from SkullVAELib.refine import refine_implant
+
+    defective, truth = facial_case
+    volume = np.count_nonzero(truth.mask) * defective.voxel_volume_mm3
+
+    for expected, flagged in ((volume, False), (5.0 * volume, True)):
+        fill = AtlasFill(truth.mask.copy(), expected_volume_mm3=expected)
+        monkeypatch.setattr(atlas_package, "atlas_implant", lambda *args, fill=fill, **kwargs: fill)
+        refined = refine_implant(defective, defect="facial", atlas=object())
+        assert refined.source == "atlas"
+        assert any("implausible" in m for m in refined.messages) is flagged
 
 
 def test_an_intact_skull_gets_almost_no_atlas_bone(atlas_dir):

@@ -114,6 +114,16 @@ def test_implausible_volume_is_flagged():
     assert "empty" in check_implant(np.zeros_like(implant), 1.0, [hole])[0]
 
 
+def test_an_expected_volume_from_elsewhere_replaces_the_holes():
+    """The atlas implant has no rim-fit hole: its own estimate of the needed volume is checked."""
+    implant = np.zeros((40, 40, 40), dtype=bool)
+    implant[:10, :10, :10] = True  # 1000 mm³
+    assert check_implant(implant, 1.0, expected_mm3=1100.0) == []
+    (message,) = check_implant(implant, 1.0, expected_mm3=5000.0)
+    assert "implausible" in message and "0.20x" in message
+    assert check_implant(implant, 1.0, expected_mm3=float("nan")) == []  # no estimate: nothing to compare
+
+
 def test_mirror_plane_of_a_shifted_phantom(phantom):
     from SkullVAELib.symmetry import find_mirror_plane
 

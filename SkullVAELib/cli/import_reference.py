@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from SkullVAELib.cli.common import grid_arg
+from SkullVAELib.cli.common import add_overwrite_arg, grid_arg, overwrite_requested
 
 
 def register(subparsers) -> None:
@@ -32,18 +31,14 @@ def register(subparsers) -> None:
         help="model grid X,Y,Z (default: 256,256,128 when the weights fit it, else inferred)",
     )
     parser.add_argument("--beta", type=float, default=None, help="the β the VAE was trained with (recorded only)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a model bundle already in --out")
-    # --force: the old name of --overwrite, kept working for existing scripts (not in --help)
-    parser.add_argument("--force", action="store_true", dest="force", help=argparse.SUPPRESS)
+    add_overwrite_arg(parser, "replace a model bundle already in --out")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows import import_reference_model
 
-    if args.force:
-        print("skullvae import-reference: warning: --force is deprecated; use --overwrite", file=sys.stderr)
-    overwrite = args.overwrite or args.force
+    overwrite = overwrite_requested(args, "import-reference")
     bundle = import_reference_model(args.vae, args.out, args.decoder, args.grid, args.beta, overwrite=overwrite)
     net = bundle.network
     print(

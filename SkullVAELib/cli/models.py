@@ -10,7 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_progress_arg, make_progress
+from SkullVAELib.cli.common import (
+    add_overwrite_arg,
+    add_progress_arg,
+    close_progress,
+    make_progress,
+    overwrite_requested,
+)
 
 DESCRIPTION = (
     "Pretrained model bundles: the registry (SkullVAELib/models/models.json) and the user's model cache "
@@ -28,15 +34,13 @@ def register(subparsers) -> None:
     s.set_defaults(func=run_list)
     s = sub.add_parser("download", help="download, verify and install a registry model")
     s.add_argument("name")
-    s.add_argument("--overwrite", action="store_true", help="download again even if installed")
-    _add_deprecated_force(s)
+    add_overwrite_arg(s, "download again even if installed")
     add_progress_arg(s)
     s.set_defaults(func=run_download)
     s = sub.add_parser("install", help="install a bundle folder, a .zip/.tar archive, or an archive URL")
     s.add_argument("source", metavar="PATH_OR_URL")
     s.add_argument("--name", help="install under this name (default: registry match or folder name)")
-    s.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
-    _add_deprecated_force(s)
+    add_overwrite_arg(s, "replace an installed model of the same name")
     add_progress_arg(s)
     s.set_defaults(func=run_install)
     s = sub.add_parser("remove", help="delete an installed model")
@@ -108,10 +112,10 @@ def run_list(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from SkullVAELib.models import download_model
 
-    overwrite = _overwrite(args, "download")
+    overwrite = overwrite_requested(args, "models download")
     progress = make_progress(args.progress)
     path = download_model(args.name, progress=progress, overwrite=overwrite)
-    _close(progress)
+    close_progress(progress)
     _done(args, f"installed {args.name} in {path}", path)
     return 0
 
@@ -119,10 +123,10 @@ def run_download(args: argparse.Namespace) -> int:
 def run_install(args: argparse.Namespace) -> int:
     from SkullVAELib.models import install_model
 
-    overwrite = _overwrite(args, "install")
+    overwrite = overwrite_requested(args, "models install")
     progress = make_progress(args.progress)
     path = install_model(args.source, name=args.name, progress=progress, overwrite=overwrite)
-    _close(progress)
+    close_progress(progress)
     _done(args, f"installed {path.name} in {path}", path)
     return 0
 
@@ -198,22 +202,6 @@ def _registry_card(entry) -> str:
         "Not a medical device: every implant needs review by a qualified expert before any clinical use.",
     ]
     return "\n".join(lines)
-
-
-def _add_deprecated_force(parser) -> None:
-    # --force: the old name of --overwrite, kept working for existing scripts (not in --help)
-    parser.add_argument("--force", action="store_true", dest="force", help=argparse.SUPPRESS)
-
-
-def _overwrite(args: argparse.Namespace, action: str) -> bool:
-    if args.force:
-        print(f"skullvae models {action}: warning: --force is deprecated; use --overwrite", file=sys.stderr)
-    return args.overwrite or args.force
-
-
-def _close(progress) -> None:
-    if hasattr(progress, "close"):
-        progress.close()
 
 
 def _done(args: argparse.Namespace, message: str, path: Path) -> None:

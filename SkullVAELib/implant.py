@@ -105,15 +105,23 @@ def _original_box(model_box: Sequence[slice], grid: Sequence[int], shape: Sequen
     return tuple(out)
 
 
-def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
-    """Drop 26-connected components with fewer than ``min_voxels`` voxels (returns a new bool array)."""
+def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, voxels per label) of the 26-connected components; the background's size is 0."""
     labels, n = ndimage.label(mask, structure=_CUBE)
-    if n == 0:
-        return mask.copy()
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= min_voxels
+    sizes[0] = 0
+    return labels, sizes
+
+
+def _kept(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     keep[0] = False
     return keep[labels]
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    """Drop 26-connected components with fewer than ``min_voxels`` voxels (returns a new bool array)."""
+    labels, sizes = _component_sizes(mask)
+    return _kept(labels, sizes >= min_voxels)
 
 
 def keep_major_components(mask: np.ndarray, fraction: float) -> np.ndarray:
@@ -122,14 +130,8 @@ def keep_major_components(mask: np.ndarray, fraction: float) -> np.ndarray:
     An implant is one piece per hole; small pieces far from it are misplaced bone whose
     distance dominates HD95 (a new bool array).
     """
-    labels, n = ndimage.label(mask, structure=_CUBE)
-    if n <= 1:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    keep = sizes >= fraction * sizes.max()
-    keep[0] = False
-    return keep[labels]
+    labels, sizes = _component_sizes(mask)
+    return _kept(labels, sizes >= fraction * sizes.max())
 
 
 def clean_model_grid_implant(

@@ -33,7 +33,7 @@ from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib import raycast
 from SkullVAELib.image import SkullImage
-from SkullVAELib.implant import bounding_box, remove_small_components, remove_thin_shells
+from SkullVAELib.implant import bounding_box, keep_major_components, remove_small_components, remove_thin_shells
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -56,6 +56,7 @@ class RimFitConfig:
     grow_iterations: int = 3
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
+    min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
 
 
 @dataclass
@@ -267,7 +268,8 @@ def rasterise(
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:
-    """Closing (ball of ``closing_mm``), thin-shell removal, keep pieces touching the bone, drop islands."""
+    """Closing (ball of ``closing_mm``), thin-shell removal, keep pieces touching the bone, drop islands
+    (and pieces below ``min_piece_fraction`` × the largest)."""
     box = bounding_box(implant, margin=int(np.ceil(cfg.closing_mm / skull.spacing.min())) + 2)
     if box is None:
         return implant
@@ -282,6 +284,8 @@ def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np
     if n:
         touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
         crop = np.isin(labels, touching[touching > 0])
+    if cfg.min_piece_fraction > 0:
+        crop = keep_major_components(crop, cfg.min_piece_fraction)
     out = np.zeros_like(implant)
     out[box] = crop
     return out

@@ -35,11 +35,12 @@ from SkullVAELib.atlas.register import (
 from SkullVAELib.atlas.store import AtlasSet, registration_image
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import SkullImage
-from SkullVAELib.implant import bounding_box, keep_major_components
+from SkullVAELib.implant import bounding_box
 from SkullVAELib.limits import check_memory
 from SkullVAELib.progress import ProgressCallback, no_progress
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
+SOFT_SHARE = 0.1  # the expected volume counts atlas bone down to this share (below: interpolation fringe)
 
 
 @dataclass
@@ -153,7 +154,8 @@ def localise_with_volume(skull: SkullImage, probability: np.ndarray, cfg: AtlasC
     """(implant, expected volume in mm³): :func:`localise`, and the volume the atlases add outside
     the patient's surface on average (the sum of the probability there), which the thresholded,
     cleaned implant should roughly match (0.9–1.1× on validation 056–063)."""
-    region = exposed(skull, (probability >= min(0.1, cfg.threshold)) & ~skull.mask, cfg.exposed_margin_mm, cfg.step_deg)
+    candidate = (probability >= min(SOFT_SHARE, cfg.threshold)) & ~skull.mask
+    region = exposed(skull, candidate, cfg.exposed_margin_mm, cfg.step_deg)
     implant = seeded_implant(skull, region & (probability >= cfg.threshold), cfg)
     return implant, float(probability[region].sum(dtype=np.float64)) * skull.voxel_volume_mm3
 
@@ -173,11 +175,7 @@ def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> 
     seeds = np.unique(labels[crop & (depth >= cfg.seed_depth_mm)])
     implant = np.zeros(skull.shape, dtype=bool)
     implant[box] = np.isin(labels, seeds[seeds > 0])
-    implant = postprocess(implant, skull, RimFitConfig())
-    box = bounding_box(implant)
-    if box is not None:
-        implant[box] = keep_major_components(implant[box], cfg.min_piece_fraction)
-    return implant
+    return postprocess(implant, skull, RimFitConfig(min_piece_fraction=cfg.min_piece_fraction))
 
 
 def atlas_implant(

@@ -12,7 +12,11 @@
    (thin misregistration slivers and differences inside the skull base never qualify);
 5. post-process as the rim fit does (closing, thin shells, keep what touches the bone, islands),
    then keep only the pieces of at least ``min_piece_fraction`` × the largest one: bone the
-   atlases add far from the defect (skull base, orbits) comes in small pieces.
+   atlases add far from the defect (skull base, orbits) comes in small pieces;
+6. attach to the rim: the exposed-margin rule of step 4 leaves a band of up to
+   ``exposed_margin_mm`` between the implant and the patient's cut edges; bone the atlases share
+   (≥ ``threshold``) within ``rim_attach_mm`` of the patient's bone and ``rim_attach_reach_mm`` of
+   the implant is added back, so the implant meets the rim.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class AtlasConfig:
     seed_depth_mm: float = 6.0
     step_deg: float = 1.0
     min_piece_fraction: float = 0.1  # pieces smaller than this × the largest are dropped
+    rim_attach_mm: float = 4.0  # step 6: atlas bone this close to the patient's bone ...
+    rim_attach_reach_mm: float = 2.0  # ... and this close to the implant joins it (0: off)
 
 
 @dataclass
@@ -157,7 +163,26 @@ def localise_with_volume(skull: SkullImage, probability: np.ndarray, cfg: AtlasC
     candidate = (probability >= min(SOFT_SHARE, cfg.threshold)) & ~skull.mask
     region = exposed(skull, candidate, cfg.exposed_margin_mm, cfg.step_deg)
     implant = seeded_implant(skull, region & (probability >= cfg.threshold), cfg)
+    implant = attach_to_rim(skull, implant, probability >= cfg.threshold, cfg)
     return implant, float(probability[region].sum(dtype=np.float64)) * skull.voxel_volume_mm3
+
+
+def attach_to_rim(skull: SkullImage, implant: np.ndarray, shared: np.ndarray, cfg: AtlasConfig) -> np.ndarray:
+    """``implant`` (bool (I, J, K)) plus the voxels of ``shared`` (bone the atlases agree on) that
+    are not the patient's, lie within ``rim_attach_mm`` of the patient's bone and within
+    ``rim_attach_reach_mm`` of the implant: the part of the band between the implant and the cut
+    edges that the implant reaches (one dilation, not a flood)."""
+    if cfg.rim_attach_mm <= 0 or cfg.rim_attach_reach_mm <= 0:
+        return implant
+    pad = np.ceil((cfg.rim_attach_mm + cfg.rim_attach_reach_mm) / skull.spacing).astype(int) + 1
+    box = bounding_box(implant, margin=pad)
+    if box is None:
+        return implant
+    near_implant = ndimage.distance_transform_edt(~implant[box], sampling=skull.spacing) <= cfg.rim_attach_reach_mm
+    near_bone = ndimage.distance_transform_edt(~skull.mask[box], sampling=skull.spacing) <= cfg.rim_attach_mm
+    out = implant.copy()
+    out[box] |= shared[box] & ~skull.mask[box] & near_implant & near_bone
+    return out
 
 
 def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> np.ndarray:

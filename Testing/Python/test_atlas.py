@@ -65,6 +65,27 @@ def test_small_pieces_far_from_the_defect_are_dropped(facial_case):
     assert (everything & stray).any()  # without the rule the stray piece would be kept
 
 
+def test_the_implant_is_attached_to_the_rim_it_was_cut_back_from():
+    """Step 6: the band the exposed-margin rule leaves between implant and cut edge is filled
+    from the atlases' shared bone, and only that band (not bone far from the implant)."""
+    from SkullVAELib.atlas.fill import attach_to_rim
+
+    mask = np.zeros((40, 40, 20), dtype=bool)
+    mask[:10] = True  # the patient's bone: a slab with its cut face at i = 10
+    skull = SkullImage(mask, np.zeros(3), np.ones(3))
+    shared = np.zeros_like(mask)
+    shared[8:30, 5:35] = True  # what the atlases agree on: the missing part, overlapping the bone
+    implant = shared & ~mask
+    implant[:12] = False  # cut back 2 mm from the rim
+    shared[10:12, 38:] = True  # shared bone at the rim but 4 mm away from the implant: not added
+    attached = attach_to_rim(skull, implant, shared, AtlasConfig())
+    assert not (attached & mask).any() and (attached & implant).sum() == implant.sum()
+    assert attached[10:12, 5:35].all()  # the band is filled ...
+    assert not attached[10:12, 38:].any()  # ... and nothing out of reach of the implant
+    off = attach_to_rim(skull, implant, shared, AtlasConfig(rim_attach_mm=0.0))
+    assert np.array_equal(off, implant)
+
+
 def test_an_atlas_implant_of_implausible_volume_is_flagged(monkeypatch, facial_case):
     """refine_implant checks the atlas implant's volume against what its atlases add on average."""
     import SkullVAELib.atlas as atlas_package

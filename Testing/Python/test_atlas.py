@@ -152,3 +152,40 @@ def test_build_never_overwrites_without_asking_and_leaves_nothing_half_written(t
     again = build_atlas_set(pairs[:1], tmp_path / "out", overwrite=True)
     assert len(out) == 2 and again.ids == [pairs[0][0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.nrrd", "out"]
+
+
+def test_atlases_scanned_shorter_than_the_patient_are_chosen_last(tmp_path):
+    """Step 1: an atlas that stops above the patient's lowest bone (a shorter CT) cannot give
+    the lower face; it goes behind the atlases that cover it, however well it matches above
+    (here other2 does not cover it either; other1 does)."""
+    import SimpleITK as sitk
+
+    from SkullVAELib.atlas.fill import choose_atlases
+    from SkullVAELib.atlas.register import coverage, initial_affine, lower_band, metric_mask
+    from SkullVAELib.atlas.store import registration_image
+
+    patient = make_phantom(7, SHAPE, SPACING)
+    lowest = int(np.flatnonzero(patient.mask.any(axis=(0, 1)))[0])
+    short = patient.mask.copy()
+    short[:, :, : lowest + 3] = False  # the same skull, its scan ending 9.6 mm higher
+    pairs = []
+    for name, mask in (("short", short), ("other1", make_phantom(1, SHAPE, SPACING).mask),
+                       ("other2", make_phantom(2, SHAPE, SPACING).mask)):  # fmt: skip
+        path = tmp_path / f"{name}.nrrd"
+        write_mask(SkullImage(mask, patient.origin, patient.spacing), path)
+        pairs.append((name, path))
+    atlases = build_atlas_set(pairs, tmp_path / "set", spacing_mm=4.0)
+    fixed = registration_image(patient.to_sitk(), atlases.spacing_mm)
+    band = lower_band(fixed, 15.0)
+    assert 0 < sitk.GetArrayViewFromImage(band).sum() < (sitk.GetArrayViewFromImage(fixed) > 0.5).sum() / 4
+    identity = initial_affine(fixed, atlases.low("short"))
+    assert coverage(band, atlases.low("short"), identity) < 0.8
+    assert coverage(band, registration_image(patient.to_sitk(), 4.0), sitk.Transform(3, sitk.sitkIdentity)) == 1.0
+
+    mask = metric_mask(fixed, 2.0)
+    by_metric = [c.case_id for c in choose_atlases(fixed, mask, atlases, 3, AtlasConfig(min_lower_coverage=0.0))]
+    assert by_metric[0] == "short"  # it matches best where it has bone ...
+    choices = choose_atlases(fixed, mask, atlases, 3, AtlasConfig())
+    chosen = [c.case_id for c in choices]
+    assert chosen[0] == "other1" and sorted(chosen) == sorted(by_metric)  # ... the one that covers goes first
+    assert [c.covers for c in choices] == [True, False, False]

@@ -1,9 +1,7 @@
 """The atlas implant: average the best-registered complete skulls, keep what the patient lacks.
 
 1. choose: every atlas is registered affinely on a 4 mm grid; the ``n_atlases`` with the lowest
-   metric are kept (:mod:`.register`), first among those that cover ≥ ``min_lower_coverage`` of
-   the patient's bone within ``lower_band_mm`` of its lowest point (CTs end at different levels:
-   an atlas that stops above the patient has no lower face to give);
+   metric are kept (:mod:`.register`);
 2. register: affine then (optionally) B-spline on the 2 mm grid, metric only near the patient's bone;
 3. fuse: each chosen atlas at its original resolution is resampled (linear) onto the patient's
    exact grid and averaged: a bone probability;
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,9 +30,7 @@ from scipy import ndimage
 
 from SkullVAELib import raycast
 from SkullVAELib.atlas.register import (
-    coverage,
     initial_affine,
-    lower_band,
     metric_mask,
     register_affine,
     register_deformable,
@@ -57,8 +52,6 @@ class AtlasConfig:
     """Settings of the atlas implant (lengths in mm); defaults chosen on validation cases 056–063."""
 
     n_atlases: int = 5
-    lower_band_mm: float = 15.0  # the patient's lowest bone, which a chosen atlas must cover ...
-    min_lower_coverage: float = 0.8  # ... this fraction of (within 2 mm); 0: choose by metric only
     metric_mask_mm: float = 2.0  # registration metric only this close to the patient's bone
     deformable: bool = True
     mesh_mm: float = 40.0  # B-spline control-point spacing
@@ -89,23 +82,10 @@ class AtlasFill:
     expected_volume_mm3: float = float("nan")
 
 
-class Choice(NamedTuple):
-    """One chosen atlas: its 4 mm affine metric (lower is better), id, affine, and whether it
-    covers the patient's lowest bone."""
-
-    metric: float
-    case_id: str
-    affine: sitk.AffineTransform
-    covers: bool
-
-
 def choose_atlases(
-    fixed: sitk.Image, mask: sitk.Image, atlases: AtlasSet, n: int, cfg: AtlasConfig | None = None
-) -> list[Choice]:
-    """The ``n`` atlases that match ``fixed`` best after a 4 mm affine fit, those covering the
-    patient's lowest bone (``cfg.min_lower_coverage``) first."""
-    cfg = cfg or AtlasConfig()
-    band = lower_band(fixed, cfg.lower_band_mm)
+    fixed: sitk.Image, mask: sitk.Image, atlases: AtlasSet, n: int
+) -> list[tuple[float, str, sitk.AffineTransform]]:
+    """(metric, id, affine) of the ``n`` atlases that match ``fixed`` best after a 4 mm affine fit."""
     scored = []
     for case_id in atlases.ids:
         moving = atlases.low(case_id)
@@ -114,8 +94,8 @@ def choose_atlases(
             metric = register_affine(fixed, mask, moving, transform, shrink=(2,), iterations=100)
         except RuntimeError:  # e.g. no overlap left: this atlas does not fit at all
             continue
-        scored.append(Choice(metric, case_id, transform, coverage(band, moving, transform) >= cfg.min_lower_coverage))
-    scored.sort(key=lambda c: (not c.covers, c.metric))
+        scored.append((metric, case_id, transform))
+    scored.sort(key=lambda s: s[0])
     return scored[:n]
 
 
@@ -238,16 +218,16 @@ def atlas_implant(
     fixed = registration_image(skull.to_sitk(), atlases.spacing_mm)
     mask = metric_mask(fixed, cfg.metric_mask_mm)
     progress("atlas", 0.0, f"choosing among {len(atlases)} atlas skulls")
-    chosen = choose_atlases(fixed, mask, atlases, cfg.n_atlases, cfg)
+    chosen = choose_atlases(fixed, mask, atlases, cfg.n_atlases)
     timings["atlas_choose"] = time.perf_counter() - t0
     if not chosen:
         return AtlasFill(np.zeros(skull.shape, dtype=bool), messages=["no atlas skull could be registered"])
     t0 = time.perf_counter()
-    ids, metrics = [c.case_id for c in chosen], []
-    for n, (_, case_id, affine, _) in enumerate(chosen):
+    ids, metrics = [case_id for _, case_id, _ in chosen], []
+    for n, (_, case_id, affine) in enumerate(chosen):
         progress("atlas", 0.1 + 0.3 * n / len(chosen), f"registering atlas skull {case_id} (affine)")
         metrics.append(register_affine(fixed, mask, atlases.low(case_id), affine, shrink=(1,), iterations=100))
-    transforms: list[tuple[str, sitk.Transform]] = [(c.case_id, c.affine) for c in chosen]
+    transforms: list[tuple[str, sitk.Transform]] = [(case_id, affine) for _, case_id, affine in chosen]
     if cfg.deformable:
         placed = [sitk.Resample(atlases.low(i), fixed, t, sitk.sitkLinear, 0.0) for i, t in transforms]
         deform_mask = without_missing_part(fixed, mask, placed, cfg.missing_core_mm, cfg.missing_margin_mm)
@@ -266,11 +246,5 @@ def atlas_implant(
     implant, expected = localise_with_volume(skull, probability, cfg)
     timings["atlas_localise"] = time.perf_counter() - t0
     messages = [] if implant.any() else ["the atlas skulls add no bone outside the patient's surface"]
-    short = sum(not c.covers for c in chosen)
-    if short:
-        messages.append(
-            f"{short} of the {len(chosen)} atlas skulls end above the patient's lowest bone: "
-            "the lower face may be incomplete"
-        )
     progress("atlas", 1.0, "atlas implant done")
     return AtlasFill(implant, ids, metrics, messages, timings, expected)

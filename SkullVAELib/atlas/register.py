@@ -43,35 +43,6 @@ def without_missing_part(
     return sitk.Cast(mask, sitk.sitkUInt8) & sitk.Cast(near > margin_mm, sitk.sitkUInt8)
 
 
-def lower_band(fixed: sitk.Image, band_mm: float) -> sitk.Image:
-    """uint8 mask of the patient's bone (registration image ``fixed``) within ``band_mm`` of its
-    lowest point (LPS z): where head CTs end at different levels, an atlas scanned shorter than
-    the patient has nothing to give for the lower face."""
-    bone = sitk.GetArrayFromImage(fixed) > 0.5  # (K, J, I)
-    k, j, i = np.nonzero(bone)
-    band = np.zeros(bone.shape, dtype=np.uint8)
-    if k.size:
-        index = np.stack([i, j, k], axis=1).astype(np.float64)
-        direction = np.asarray(fixed.GetDirection()).reshape(3, 3)
-        z = (index @ (direction * np.asarray(fixed.GetSpacing())).T + np.asarray(fixed.GetOrigin()))[:, 2]
-        low = z <= z.min() + band_mm
-        band[k[low], j[low], i[low]] = 1
-    out = sitk.GetImageFromArray(band)
-    out.CopyInformation(fixed)
-    return out
-
-
-def coverage(band: sitk.Image, moving: sitk.Image, transform: sitk.Transform, tolerance_mm: float = 2.0) -> float:
-    """Fraction of the voxels of ``band`` (uint8 mask on the fixed grid) that the placed atlas
-    ``moving`` has bone within ``tolerance_mm`` of (1.0 for an empty band)."""
-    inside = sitk.GetArrayViewFromImage(band).astype(bool)
-    if not inside.any():
-        return 1.0
-    placed = sitk.Resample(moving, band, transform, sitk.sitkLinear, 0.0) > 0.5
-    distance = sitk.SignedMaurerDistanceMap(placed, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return float((sitk.GetArrayViewFromImage(distance)[inside] <= tolerance_mm).mean())
-
-
 def upper_centroid(image: sitk.Image) -> np.ndarray:
     """(3,) LPS mm: centroid of the upper half (LPS z) of the bone of a registration image.
 

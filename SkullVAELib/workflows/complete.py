@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from SkullVAELib.config import DEFECT_CHOICES, CompletionConfig, check_gamma
@@ -197,18 +197,26 @@ def complete_files(
 
     progress("load", 0.0, "loading the model")
     bundle = ModelBundle.load(model, device="cpu")
-    if any(g != 0 for g in gammas):
+    atlas_set = _atlas_set(model, atlas) if refine else None
+    # A facial implant from the atlas set does not use the model's facial shift, so a model
+    # without a facial centroid (trained on cranial defects only) still serves: its γ = 0
+    # reconstruction is computed and the atlas implant replaces its implant.
+    atlas_only = atlas_set is not None and defect == "facial" and "facial" not in bundle.defect_classes
+    if any(g != 0 for g in gammas) and not atlas_only:
         bundle.require_completion(model)
     progress("read", 0.0, f"reading {input}")
     t = time.perf_counter()
     skull = read_skull(input, kind=input_kind, hu_threshold=hu_threshold)
     timings["read"] = time.perf_counter() - t
 
-    atlas_set = _atlas_set(model, atlas) if refine else None
     results, sources, refined, refine_cache = [], [], [], {}
+    if atlas_only:
+        refined.append(
+            "the model has no facial centroid: the implant comes from the atlas set alone (γ does not change it)"
+        )
     for n, gamma in enumerate(gammas):
         cfg = CompletionConfig(
-            gamma=gamma,
+            gamma=0.0 if atlas_only else gamma,
             defect=defect,
             keep_patient_bone=not raw,
             threshold=threshold,
@@ -227,6 +235,8 @@ def complete_files(
             result = complete(skull, bundle, cfg, device=device, progress=stage_progress, precision=precision)
         except SkullVAEError as exc:
             raise SkullVAEError(exc.message, exc.path or input) from None
+        if atlas_only:
+            result = replace(result, gamma=gamma)
         source = "model"
         if refine and gamma != 0:
             from SkullVAELib.refine import refine_completion

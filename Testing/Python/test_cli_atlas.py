@@ -68,3 +68,33 @@ def test_evaluate_refuses_an_atlas_that_holds_test_cases(setup, tmp_path):
         )
     with pytest.raises(SkullVAEError, match="--atlas"):
         evaluate_implants([root / "data"], tmp_path / "rep", ["002"], ["atlas"], ["facial"])
+
+
+def test_a_model_without_a_facial_centroid_still_gets_the_atlas_implant(setup, capsys, tmp_path):
+    """The atlas implant needs no facial shift: a model trained on cranial defects only serves
+    (with a warning that γ has no effect); without an atlas it is a one-line error, as before."""
+    import json
+
+    from SkullVAELib.segfile import read_segmentation
+
+    root, defective, truth = setup
+    atlas = root / "model" / "atlas"
+    if not (atlas / "atlas.json").exists():
+        assert main(["build-atlas", "--data", str(root / "data"), "--out", str(atlas), "--progress", "none"]) == 0
+    bundle = new_bundle(PRESETS["test"], aggregated=True, seed=0)
+    bundle.set_centroids({"complete": np.zeros(8), "cranial": np.ones(8)})
+    bundle.save(tmp_path / "cranial_only")
+    capsys.readouterr()
+    argv = ["complete", "--model", str(tmp_path / "cranial_only"), "--input", str(root / "defective.nrrd")]
+    argv += ["--defect", "facial", "--progress", "json"]
+    assert main([*argv, "--output", str(tmp_path / "a.seg.nrrd"), "--atlas", str(atlas)]) == 0
+    out, err = capsys.readouterr()
+    done = json.loads(out.splitlines()[-1])["result"]
+    assert done["implant_source"] == "atlas" and done["gamma"] == 1.0
+    assert "no facial centroid" in err
+    implant = read_segmentation(tmp_path / "a.seg.nrrd")[1]["Implant"]
+    assert dice(implant, truth.mask) >= 0.5
+    assert main([*argv, "--output", str(tmp_path / "b.seg.nrrd"), "--no-atlas"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no centroid for defect class 'facial'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b.seg.nrrd").exists()

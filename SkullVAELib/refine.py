@@ -17,6 +17,7 @@ import numpy as np
 
 from SkullVAELib.image import SkullImage
 from SkullVAELib.implant_check import check_implant
+from SkullVAELib.progress import ProgressCallback
 from SkullVAELib.rimfit import RimFitConfig, rim_fit
 
 
@@ -42,6 +43,7 @@ def refine_implant(
     cfg: RimFitConfig | None = None,
     atlas=None,
     atlas_cfg=None,
+    progress: ProgressCallback | None = None,
 ) -> RefinedImplant:
     """The final implant for ``skull`` (its mask is never modified).
 
@@ -52,6 +54,7 @@ def refine_implant(
         symmetry: use the mirror image about the mid-sagittal plane where it covers the hole.
         atlas: an :class:`atlas.AtlasSet` for defects the rim fit cannot fill (``atlas_cfg``:
             an :class:`atlas.AtlasConfig`); None keeps the model's implant there.
+        progress: ``progress("atlas", fraction, message)`` while the atlas implant is built.
     """
     timings: dict[str, float] = {}
     messages: list[str] = []
@@ -63,7 +66,7 @@ def refine_implant(
         return RefinedImplant(fallback, source, [], messages, timings)
     if defect == "facial":
         if atlas is not None:
-            return _atlas_fill(skull, atlas, atlas_cfg, [], timings)
+            return _atlas_fill(skull, atlas, atlas_cfg, [], timings, progress=progress)
         messages.append("the rim fit is for cranial defects; the model's facial implant is kept")
         messages += check_implant(fallback, skull.voxel_volume_mm3)
         return RefinedImplant(fallback, source, [], messages, timings)
@@ -81,7 +84,13 @@ def refine_implant(
         implant, source = result.implant, "rim fit + mirror" if mirrored else "rim fit"
     elif atlas is not None:
         return _atlas_fill(
-            skull, atlas, atlas_cfg, result.holes, timings, ["the rim fit found no enclosed hole in the vault"]
+            skull,
+            atlas,
+            atlas_cfg,
+            result.holes,
+            timings,
+            ["the rim fit found no enclosed hole in the vault"],
+            progress,
         )
     else:
         implant = fallback
@@ -93,11 +102,11 @@ def refine_implant(
     return RefinedImplant(implant, source, result.holes, messages, timings)
 
 
-def _atlas_fill(skull, atlas, atlas_cfg, holes, timings, messages=None) -> RefinedImplant:
+def _atlas_fill(skull, atlas, atlas_cfg, holes, timings, messages=None, progress=None) -> RefinedImplant:
     """The atlas implant (checked), for a defect the rim fit cannot fill."""
     from SkullVAELib.atlas import atlas_implant
 
-    fill = atlas_implant(skull, atlas, atlas_cfg)
+    fill = atlas_implant(skull, atlas, atlas_cfg, progress)
     timings.update(fill.timings)
     messages = list(messages or []) + fill.messages
     messages += check_implant(fill.implant, skull.voxel_volume_mm3, expected_mm3=fill.expected_volume_mm3)
@@ -112,6 +121,7 @@ def refine_completion(
     cache: dict | None = None,
     atlas=None,
     atlas_cfg=None,
+    progress: ProgressCallback | None = None,
 ) -> RefinedImplant:
     """Replace a :class:`completion.CompletionResult`'s implant by :func:`refine_implant` (in place).
 
@@ -124,7 +134,14 @@ def refine_completion(
     refined = None if cache is None else cache.get(key)
     if refined is None:
         refined = refine_implant(
-            skull, result.implant.mask, result.defect, True, symmetry, atlas=atlas, atlas_cfg=atlas_cfg
+            skull,
+            result.implant.mask,
+            result.defect,
+            True,
+            symmetry,
+            atlas=atlas,
+            atlas_cfg=atlas_cfg,
+            progress=progress,
         )
         if cache is not None and _geometric(refined):
             cache[key] = refined

@@ -241,9 +241,15 @@ def complete_files(
         if refine and gamma != 0:
             from SkullVAELib.refine import refine_completion
 
-            stage_progress("refine", 0.9, "fitting the implant to the defect's rim")
+            stage_progress("refine", 0.9, "building the implant from the patient's bone at full resolution")
             done = refine_completion(
-                result, skull, symmetry, keep_patient_bone=not raw, cache=refine_cache, atlas=atlas_set
+                result,
+                skull,
+                symmetry,
+                keep_patient_bone=not raw,
+                cache=refine_cache,
+                atlas=atlas_set,
+                progress=stage_progress,
             )
             source = done.source
             refined += [m for m in done.messages if m not in refined]

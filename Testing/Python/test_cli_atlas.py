@@ -92,6 +92,8 @@ def test_a_model_without_a_facial_centroid_still_gets_the_atlas_implant(setup, c
     done = json.loads(out.splitlines()[-1])["result"]
     assert done["implant_source"] == "atlas" and done["gamma"] == 1.0
     assert "no facial centroid" in err
+    stages = [json.loads(line)["stage"] for line in out.splitlines()]
+    assert "atlas" in stages  # the atlas registrations report progress (minutes on a CPU)
     implant = read_segmentation(tmp_path / "a.seg.nrrd")[1]["Implant"]
     assert dice(implant, truth.mask) >= 0.5
     assert main([*argv, "--output", str(tmp_path / "b.seg.nrrd"), "--no-atlas"]) == 2

@@ -6,7 +6,8 @@ takes the fastest epoch of each stage (the first pays cuDNN autotuning), and pro
 paper's protocol: ``--protocol-volumes`` (300) volumes, 200 stage-1 + 1200 stage-2 epochs.
 The training step reads nothing back to the host (loss sums stay on the GPU until the epoch
 ends; Testing/Python/test_aggregated_vae.py counts the reads), so an epoch's time is the GPU's.
-``--fused-adam`` and ``--compile`` measure the optional speed-ups; ``--stage2-latent`` picks
+``--fused-adam`` and ``--compile`` measure the optional speed-ups, ``--augment`` the cost of
+augmentation; ``--stage2-latent`` picks
 the paper's z ~ q(z|x) or the authors' fixed z = μ + σ (float32 whatever the autocast).
 Data: the SkullFix complete skulls from the cache (``build_cache``) when the folder exists,
 otherwise random sparse volumes (timing only depends on the shapes). Needs a CUDA device.
@@ -52,12 +53,14 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also torch.compile the trained modules")
     p.add_argument("--fused-adam", action="store_true", help="torch's fused Adam (one kernel per step)")
     p.add_argument("--stage2-latent", choices=("sample", "mu_plus_sigma"), default="sample")
+    p.add_argument("--augment", action="store_true", help="stage 1 with the default augmentation (train --augment)")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--device", default="cuda", help="cuda (the measure) or cpu (a smoke test at a small --grid)")
     args = p.parse_args()
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         raise SystemExit("gpu_epoch.py needs a CUDA device (none found); see docs/BENCHMARKS.md section 5")
+    from SkullVAELib.augment import AugmentConfig, Augmenter
     from SkullVAELib.config import NetworkConfig, TrainConfig
     from SkullVAELib.networks import VAE, Decoder
     from SkullVAELib.trainer import train_stage1, train_stage2
@@ -72,7 +75,10 @@ def main() -> None:
     vae = VAE(cfg_net)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        h1 = train_stage1(vae, data, TrainConfig(stage=1, beta=100.0, **common), Path(tmp) / "s1")
+        augmenter = Augmenter(AugmentConfig(seed=0)) if args.augment else None
+        h1 = train_stage1(
+            vae, data, TrainConfig(stage=1, beta=100.0, **common), Path(tmp) / "s1", batch_transform=augmenter
+        )
         wall1 = time.perf_counter() - t
         t = time.perf_counter()
         cfg2 = TrainConfig(stage=2, stage2_latent=args.stage2_latent, **common)
@@ -88,6 +94,7 @@ def main() -> None:
         f"{what}, grid {'×'.join(map(str, args.grid))}, batch {args.batch}, {'bf16 autocast' if on_gpu else 'float32'}, channels-last"
         + (", torch.compile" if args.compile else "")
         + (", fused Adam" if args.fused_adam else "")
+        + (", stage 1 augmented (defaults)" if args.augment else "")
         + f", stage 2 on {args.stage2_latent}, host-sync-free steps"
         + f"; fastest of {args.epochs} epochs; peak GPU memory {memory:.1f} GiB.\n\n"
         + table(

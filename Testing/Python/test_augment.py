@@ -14,6 +14,7 @@ from SkullVAELib.augment import (
     affine_theta,
     augment_batch,
     cranial_region,
+    elastic_offsets,
     facial_region,
     mirror,
     step_generator,
@@ -82,6 +83,15 @@ def test_seeds_reproduce_and_differ(batch):
     aug = Augmenter(cfg)  # the internal counter: successive calls differ, a new Augmenter repeats them
     first, second = aug(batch), aug(batch)
     assert not torch.equal(first[1], second[1]) and torch.equal(Augmenter(cfg)(batch)[1], first[1])
+
+
+def test_the_elastic_field_is_built_on_the_batch_device_from_the_same_draws():
+    """Only the control points travel to the device (a GPU batch does not wait for a 50 MB copy)."""
+    cfg, grid, spacing = _cfg(p_elastic=1), (32, 32, 16), (6.0, 6.0, 6.0)
+    on_cpu = elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0))
+    assert on_cpu.shape == (2, 32, 32, 16, 3) and float(on_cpu.abs().max()) > 0
+    assert torch.equal(elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0), device="cpu"), on_cpu)
+    assert elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0), device="meta").device.type == "meta"
 
 
 def test_fresh_cranial_defect_only_on_the_vault(batch):

@@ -7,8 +7,8 @@ paper's protocol: ``--protocol-volumes`` (300) volumes, 200 stage-1 + 1200 stage
 The training step reads nothing back to the host (loss sums stay on the GPU until the epoch
 ends; Testing/Python/test_aggregated_vae.py counts the reads), so an epoch's time is the GPU's.
 ``--fused-adam`` and ``--compile`` measure the optional speed-ups, ``--augment`` the cost of
-augmentation; ``--stage2-latent`` picks
-the paper's z ~ q(z|x) or the authors' fixed z = μ + σ (float32 whatever the autocast).
+augmentation; ``--stage2-latent`` picks the paper's z ~ q(z|x) or the authors' fixed
+z = μ + σ (float32 whatever the autocast).
 Data: the SkullFix complete skulls from the cache (``build_cache``) when the folder exists,
 otherwise random sparse volumes (timing only depends on the shapes). Needs a CUDA device.
 

@@ -164,6 +164,30 @@ def random_affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> tuple[tor
     return rot @ (shape + off), _uniform(gen, (n, 3), cfg.translation_mm)
 
 
+def elastic_control_points(
+    n: int, grid: Sequence[int], spacing_mm: Sequence[float], cfg: AugmentConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """float64 (n, 3, cx, cy, cz) mm: random displacements on a control grid every ``elastic_spacing_mm``,
+    drawn on the CPU generator (same seeds, same draws on any device)."""
+    ctrl = [max(2, round(g * s / cfg.elastic_spacing_mm) + 1) for g, s in zip(grid, spacing_mm, strict=True)]
+    return torch.randn((n, 3, *ctrl), generator=gen, dtype=torch.float64) * cfg.elastic_mm
+
+
+def elastic_field(
+    control: torch.Tensor,
+    grid: Sequence[int],
+    spacing_mm: Sequence[float],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Displacements (n, X, Y, Z, 3) in ``grid_sample``'s normalised (Z, Y, X) units, interpolated on
+    ``device`` from ``control`` (:func:`elastic_control_points`): only the control points travel;
+    the full field (n × 3 × X × Y × Z floats, 50 MB for 4 volumes at 128×128×64) is built where it is used."""
+    field = F.interpolate(control.float().to(device), size=tuple(grid), mode="trilinear", align_corners=True)
+    half = torch.tensor([g * s / 2.0 for g, s in zip(grid, spacing_mm, strict=True)], device=field.device)
+    field = field / half.view(1, 3, 1, 1, 1)  # mm → normalised, channels in (X, Y, Z) order
+    return field.flip(1).permute(0, 2, 3, 4, 1)  # (n, X, Y, Z, 3) in (Z, Y, X) order
+
+
 def elastic_offsets(
     n: int,
     grid: Sequence[int],
@@ -172,18 +196,9 @@ def elastic_offsets(
     gen: torch.Generator,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Smooth random displacements (n, X, Y, Z, 3) in ``grid_sample``'s normalised (Z, Y, X) units, on ``device``.
-
-    The control points are drawn on the CPU generator (same seeds, same draws on any device); only
-    they travel: the full field (n × 3 × X × Y × Z floats, 50 MB for 4 volumes at 128×128×64) is
-    interpolated where it is used.
-    """
-    ctrl = [max(2, round(g * s / cfg.elastic_spacing_mm) + 1) for g, s in zip(grid, spacing_mm, strict=True)]
-    coarse = torch.randn((n, 3, *ctrl), generator=gen, dtype=torch.float64) * cfg.elastic_mm
-    field = F.interpolate(coarse.float().to(device), size=tuple(grid), mode="trilinear", align_corners=True)
-    half = torch.tensor([g * s / 2.0 for g, s in zip(grid, spacing_mm, strict=True)], device=field.device)
-    field = field / half.view(1, 3, 1, 1, 1)  # mm → normalised, channels in (X, Y, Z) order
-    return field.flip(1).permute(0, 2, 3, 4, 1)  # (n, X, Y, Z, 3) in (Z, Y, X) order
+    """Smooth random displacements (n, X, Y, Z, 3) in normalised (Z, Y, X) units on ``device``:
+    :func:`elastic_control_points` interpolated by :func:`elastic_field`."""
+    return elastic_field(elastic_control_points(n, grid, spacing_mm, cfg, gen), grid, spacing_mm, device)
 
 
 def warp(volume: torch.Tensor, theta: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -345,8 +360,10 @@ def augment_batch(batch: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator)
     eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
     matrix = torch.where(use_aff.view(-1, 1, 1), matrix, eye)
     shift = torch.where(use_aff.view(-1, 1), shift, torch.zeros_like(shift))
-    field = elastic_offsets(n, grid, spacing, cfg, gen, device=x.device)  # always drawn: a fixed RNG stream
-    offsets = field * use_el.view(-1, 1, 1, 1, 1).to(x.device) if bool(use_el.any()) else None
+    control = elastic_control_points(n, grid, spacing, cfg, gen)  # always drawn: a fixed RNG stream
+    offsets = None
+    if bool(use_el.any()):  # the field itself only when a volume uses it
+        offsets = elastic_field(control, grid, spacing, x.device) * use_el.view(-1, 1, 1, 1, 1).to(x.device)
     if bool(use_aff.any() or use_el.any()):
         moved = warp(x, affine_theta(matrix, shift, grid, spacing), offsets)
         x = torch.where((use_aff | use_el).view(-1, 1, 1, 1, 1).to(x.device), moved, x)

@@ -94,6 +94,23 @@ def test_the_elastic_field_is_built_on_the_batch_device_from_the_same_draws():
     assert elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0), device="meta").device.type == "meta"
 
 
+def test_a_batch_without_elastic_samples_builds_no_elastic_field(batch, monkeypatch):
+    """The full field (50 MB per 4 volumes at 128×128×64) is interpolated only when a volume uses it."""
+    from SkullVAELib import augment
+
+    cfg = _cfg(p_elastic=0.0, p_affine=1.0, p_cranial=0.5, p_facial=0.5)
+    expected = augment_batch(batch, cfg, step_generator(0, 3, 0))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the elastic field was built for a batch that does not use it")
+
+    monkeypatch.setattr(augment, "elastic_field", refuse)
+    got = augment_batch(batch, cfg, step_generator(0, 3, 0))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    with pytest.raises(AssertionError, match="elastic field"):
+        augment_batch(batch, dataclasses.replace(cfg, p_elastic=1.0), step_generator(0, 3, 0))
+
+
 def test_fresh_cranial_defect_only_on_the_vault(batch):
     bone = batch[0, 0] > 0.5
     z_bone = bone.nonzero()[:, 2].float()

@@ -2,7 +2,8 @@
 
 1. choose: every atlas is registered affinely on a 4 mm grid; the ``n_atlases`` with the lowest
    metric are kept (:mod:`.register`);
-2. register: affine then (optionally) B-spline on the 2 mm grid, metric only near the patient's bone;
+2. register: affine then (optionally) B-spline on the 2 mm grid, metric only near the patient's bone
+   (and, within ``missing_margin_mm`` of the missing part, only on the bone itself: one-sided);
 3. fuse: each chosen atlas at its original resolution is resampled (linear) onto the patient's
    exact grid and averaged: a bone probability;
 4. localise: bone with probability ≥ ``threshold`` that is not the patient's and lies outside the
@@ -16,7 +17,13 @@
 6. attach to the rim: the exposed-margin rule of step 4 leaves a band of up to
    ``exposed_margin_mm`` between the implant and the patient's cut edges; bone the atlases share
    (≥ ``threshold``) within ``rim_attach_mm`` of the patient's bone and ``rim_attach_reach_mm`` of
-   the implant is added back, so the implant meets the rim.
+   the implant is added back, so the implant meets the rim;
+7. drop doubled bone: where the registration left an atlas surface a few mm beside the patient's
+   own (orbital roofs, the skull base behind the cut), the band between them passes the rules
+   above and runs far back along the patient's bone, joined to the face; implant voxels closer
+   than ``doubled_near_mm`` to the patient's bone and farther than ``doubled_core_mm`` from the
+   implant's core (its voxels at least ``seed_depth_mm`` from the patient's bone) are dropped.
+   The band at the cut edges lies next to the core and stays.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ class AtlasConfig:
     deformable: bool = True
     mesh_mm: float = 40.0  # B-spline control-point spacing
     missing_core_mm: float = 4.0  # atlas bone this far from the patient's marks the missing part
-    missing_margin_mm: float = 8.0  # the B-spline ignores the patient's bone this close to it
+    missing_margin_mm: float = 8.0  # the B-spline ignores the patient's bone this close to it ...
+    rim_bone_in_metric: bool = True  # ... except the bone voxels themselves (one-sided, by the cut)
     bspline_iterations: int = 30
     threshold: float = 0.4  # fraction of the chosen atlases that must have bone
     exposed_margin_mm: float = 4.0
@@ -65,6 +73,8 @@ class AtlasConfig:
     min_piece_fraction: float = 0.1  # pieces smaller than this × the largest are dropped
     rim_attach_mm: float = 4.0  # step 6: atlas bone this close to the patient's bone ...
     rim_attach_reach_mm: float = 2.0  # ... and this close to the implant joins it (0: off)
+    doubled_near_mm: float = 6.0  # step 7: implant this close to the patient's bone ... (0: off)
+    doubled_core_mm: float = 6.0  # ... and farther than this from the implant's core is dropped
 
 
 @dataclass
@@ -164,6 +174,7 @@ def localise_with_volume(skull: SkullImage, probability: np.ndarray, cfg: AtlasC
     region = exposed(skull, candidate, cfg.exposed_margin_mm, cfg.step_deg)
     implant = seeded_implant(skull, region & (probability >= cfg.threshold), cfg)
     implant = attach_to_rim(skull, implant, probability >= cfg.threshold, cfg)
+    implant = drop_doubled_bone(skull, implant, cfg)
     return implant, float(probability[region].sum(dtype=np.float64)) * skull.voxel_volume_mm3
 
 
@@ -182,6 +193,26 @@ def attach_to_rim(skull: SkullImage, implant: np.ndarray, shared: np.ndarray, cf
     near_bone = ndimage.distance_transform_edt(~skull.mask[box], sampling=skull.spacing) <= cfg.rim_attach_mm
     out = implant.copy()
     out[box] |= shared[box] & ~skull.mask[box] & near_implant & near_bone
+    return out
+
+
+def drop_doubled_bone(skull: SkullImage, implant: np.ndarray, cfg: AtlasConfig) -> np.ndarray:
+    """``implant`` (bool (I, J, K)) without the voxels closer than ``doubled_near_mm`` to the
+    patient's bone and farther than ``doubled_core_mm`` from the core (implant voxels at least
+    ``seed_depth_mm`` from the patient's bone): an atlas surface lying beside the patient's own."""
+    if cfg.doubled_near_mm <= 0:
+        return implant
+    pad = np.ceil((cfg.doubled_core_mm + cfg.seed_depth_mm) / skull.spacing).astype(int) + 1
+    box = bounding_box(implant, margin=pad)
+    if box is None:
+        return implant
+    to_bone = ndimage.distance_transform_edt(~skull.mask[box], sampling=skull.spacing)
+    core = implant[box] & (to_bone >= cfg.seed_depth_mm)
+    if not core.any():  # nothing deep to measure from: a thin implant stays as it is
+        return implant
+    to_core = ndimage.distance_transform_edt(~core, sampling=skull.spacing)
+    out = implant.copy()
+    out[box] &= ~((to_bone < cfg.doubled_near_mm) & (to_core > cfg.doubled_core_mm))
     return out
 
 
@@ -230,7 +261,9 @@ def atlas_implant(
     transforms: list[tuple[str, sitk.Transform]] = [(case_id, affine) for _, case_id, affine in chosen]
     if cfg.deformable:
         placed = [sitk.Resample(atlases.low(i), fixed, t, sitk.sitkLinear, 0.0) for i, t in transforms]
-        deform_mask = without_missing_part(fixed, mask, placed, cfg.missing_core_mm, cfg.missing_margin_mm)
+        deform_mask = without_missing_part(
+            fixed, mask, placed, cfg.missing_core_mm, cfg.missing_margin_mm, cfg.rim_bone_in_metric
+        )
         for n, (case_id, affine) in enumerate(list(transforms)):
             progress("atlas", 0.4 + 0.3 * n / len(chosen), f"registering atlas skull {case_id} (B-spline)")
             deformed, metrics[n] = register_deformable(

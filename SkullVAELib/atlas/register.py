@@ -26,13 +26,16 @@ def without_missing_part(
     placed: list[sitk.Image],
     core_mm: float = 4.0,
     margin_mm: float = 8.0,
+    keep_bone: bool = False,
 ) -> sitk.Image:
     """``mask`` minus the neighbourhood of the bone the patient lacks, for the deformable step.
 
     ``placed``: atlas registration images already resampled onto ``fixed`` (affinely placed).
     Where most of them have bone farther than ``core_mm`` from the patient's, bone is missing;
     within ``margin_mm`` of that the metric would pull the atlas's bone away from the cut edges
-    (the patient has none there), so the B-spline must not see it.
+    (the patient has none there), so the B-spline must not see it. ``keep_bone``: it still sees
+    the patient's own bone voxels there (one-sided: the atlas must cover the bone by the cut, and
+    its bone continuing past the cut costs nothing).
     """
     mean = sum(sitk.Cast(p > 0.5, sitk.sitkFloat32) for p in placed) / float(len(placed))
     distance = sitk.SignedMaurerDistanceMap(
@@ -40,7 +43,10 @@ def without_missing_part(
     )
     missing = (mean > 0.5) & (distance > core_mm)
     near = sitk.SignedMaurerDistanceMap(missing, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.Cast(mask, sitk.sitkUInt8) & sitk.Cast(near > margin_mm, sitk.sitkUInt8)
+    seen = near > margin_mm
+    if keep_bone:
+        seen = seen | (fixed > 0.5)
+    return sitk.Cast(mask, sitk.sitkUInt8) & sitk.Cast(seen, sitk.sitkUInt8)
 
 
 def upper_centroid(image: sitk.Image) -> np.ndarray:

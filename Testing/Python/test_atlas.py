@@ -86,6 +86,55 @@ def test_the_implant_is_attached_to_the_rim_it_was_cut_back_from():
     assert np.array_equal(off, implant)
 
 
+def test_atlas_bone_lying_beside_the_patients_own_far_from_the_face_is_dropped():
+    """Step 7: a band of atlas bone along the patient's bone, running back from the implant (an
+    orbital roof doubled by the registration) goes; the band at the cut edge, next to the core, stays."""
+    from SkullVAELib.atlas.fill import drop_doubled_bone
+
+    mask = np.zeros((48, 40, 20), dtype=bool)
+    mask[:10] = True  # the patient's bone: a slab cut at i = 10 ...
+    mask[:, :2] = True  # ... and a plate that runs on behind the cut (j < 2)
+    skull = SkullImage(mask, np.zeros(3), np.ones(3))
+    implant = np.zeros_like(mask)
+    implant[10:30, 5:35] = True  # the missing block: its core lies ≥ 6 mm from the bone
+    implant[10:46, 2:4] = True  # a doubled band 0–2 mm from the plate, running to i = 46
+    cfg = AtlasConfig(doubled_near_mm=4.0, doubled_core_mm=6.0)
+    kept = drop_doubled_bone(skull, implant, cfg)
+    assert not (kept & ~implant).any() and not (kept & mask).any()
+    assert not kept[37:, 2:4].any()  # the band far from the core is gone ...
+    assert kept[10:12, 5:35].all() and kept[14:24, 2:4].all()  # ... the rim and the band by the block stay
+    assert kept[16:30, 8:35].all()  # the core itself is never touched
+    assert np.array_equal(drop_doubled_bone(skull, implant, AtlasConfig(doubled_near_mm=0.0)), implant)
+    shallow = np.zeros_like(mask)
+    shallow[10:13, 5:35] = True  # no voxel 6 mm deep: nothing to measure from, kept whole
+    assert np.array_equal(drop_doubled_bone(skull, shallow, cfg), shallow)
+
+
+def test_the_deformable_metric_sees_the_patients_bone_by_the_cut_only_when_asked():
+    """Near the missing part the B-spline's metric is blind, except (``keep_bone``) on the patient's
+    own bone voxels there: one-sided, so atlas bone continuing past the cut costs nothing."""
+    import SimpleITK as sitk
+
+    from SkullVAELib.atlas.register import metric_mask, without_missing_part
+
+    bone = np.zeros((40, 20, 20), dtype=np.float32)
+    bone[:20] = 1.0  # the patient: bone up to its cut at i = 20
+    atlas = np.ones_like(bone)  # an atlas that continues past the cut
+    fixed, placed = sitk.GetImageFromArray(bone.T.copy()), sitk.GetImageFromArray(atlas.T.copy())
+    for image in (fixed, placed):
+        image.SetSpacing((2.0, 2.0, 2.0))
+    mask = metric_mask(fixed, 2.0)
+
+    def seen(keep_bone: bool) -> np.ndarray:
+        out = without_missing_part(fixed, mask, [placed], 4.0, 12.0, keep_bone=keep_bone)
+        return sitk.GetArrayFromImage(out).T.astype(bool)
+
+    blind, one_sided = seen(False), seen(True)
+    assert not blind[17:20].any() and blind[:12].all()  # the bone by the cut is hidden by default
+    assert one_sided[17:20].all() and one_sided[:12].all()  # its voxels are seen when asked ...
+    assert not one_sided[20:].any()  # ... and never the space past the cut
+
+
 def test_an_atlas_implant_of_implausible_volume_is_flagged(monkeypatch, facial_case):
     """refine_implant checks the atlas implant's volume against what its atlases add on average."""
     import SkullVAELib.atlas as atlas_package

@@ -202,7 +202,9 @@ def drop_doubled_bone(skull: SkullImage, implant: np.ndarray, cfg: AtlasConfig) 
     ``seed_depth_mm`` from the patient's bone): an atlas surface lying beside the patient's own."""
     if cfg.doubled_near_mm <= 0:
         return implant
-    pad = np.ceil((cfg.doubled_core_mm + cfg.seed_depth_mm) / skull.spacing).astype(int) + 1
+    # the crop must hold all bone within doubled_near_mm (the rule) and seed_depth_mm (the core) of
+    # the implant for those distances to be exact; the core is implant, inside the crop already
+    pad = np.ceil(max(cfg.doubled_near_mm, cfg.seed_depth_mm) / skull.spacing).astype(int) + 1
     box = bounding_box(implant, margin=pad)
     if box is None:
         return implant

@@ -188,19 +188,6 @@ def elastic_field(
     return field.flip(1).permute(0, 2, 3, 4, 1)  # (n, X, Y, Z, 3) in (Z, Y, X) order
 
 
-def elastic_offsets(
-    n: int,
-    grid: Sequence[int],
-    spacing_mm: Sequence[float],
-    cfg: AugmentConfig,
-    gen: torch.Generator,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Smooth random displacements (n, X, Y, Z, 3) in normalised (Z, Y, X) units on ``device``:
-    :func:`elastic_control_points` interpolated by :func:`elastic_field`."""
-    return elastic_field(elastic_control_points(n, grid, spacing_mm, cfg, gen), grid, spacing_mm, device)
-
-
 def warp(volume: torch.Tensor, theta: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Resample (B, 1, X, Y, Z) through θ (B, 3, 4) plus optional offsets (B, X, Y, Z, 3); trilinear, zeros outside."""
     x = volume.float()

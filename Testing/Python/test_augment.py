@@ -14,7 +14,8 @@ from SkullVAELib.augment import (
     affine_theta,
     augment_batch,
     cranial_region,
-    elastic_offsets,
+    elastic_control_points,
+    elastic_field,
     facial_region,
     mirror,
     step_generator,
@@ -88,10 +89,16 @@ def test_seeds_reproduce_and_differ(batch):
 def test_the_elastic_field_is_built_on_the_batch_device_from_the_same_draws():
     """Only the control points travel to the device (a GPU batch does not wait for a 50 MB copy)."""
     cfg, grid, spacing = _cfg(p_elastic=1), (32, 32, 16), (6.0, 6.0, 6.0)
-    on_cpu = elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0))
+
+    def offsets(device=None):
+        return elastic_field(
+            elastic_control_points(2, grid, spacing, cfg, step_generator(0, 1, 0)), grid, spacing, device
+        )
+
+    on_cpu = offsets()
     assert on_cpu.shape == (2, 32, 32, 16, 3) and float(on_cpu.abs().max()) > 0
-    assert torch.equal(elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0), device="cpu"), on_cpu)
-    assert elastic_offsets(2, grid, spacing, cfg, step_generator(0, 1, 0), device="meta").device.type == "meta"
+    assert torch.equal(offsets(device="cpu"), on_cpu)
+    assert offsets(device="meta").device.type == "meta"
 
 
 def test_a_batch_without_elastic_samples_builds_no_elastic_field(batch, monkeypatch):

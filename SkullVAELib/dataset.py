@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from SkullVAELib.atomic import atomic_path
+from SkullVAELib.case_ids import parse_id_spec  # noqa: F401  (re-exported: dataset.parse_id_spec)
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.inputs import data_files
 from SkullVAELib.limits import check_volume
@@ -318,37 +319,6 @@ def build_cache(
         volumes[i, 0] = torch.from_numpy(array).to(torch.float16) / 255.0
         progress("load", (i + 1) / n, f"{cases[i].label}/{cases[i].case_id}")
     return CachedDataset(volumes, [c.label for c in cases], [c.case_id for c in cases], hashes, grid, mode)  # type: ignore[arg-type]
-
-
-def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
-    """Case ids from "064-079", "000,003,010-012", a file with one id (or range) per line,
-    or a list of such; None stays None. Order kept, duplicates dropped.
-
-    Ranges keep the zero padding of their first bound ("064-079" → "064" … "079").
-    """
-    if spec is None:
-        return None
-    parts = [spec] if isinstance(spec, str) else list(spec)
-    if len(parts) == 1 and Path(str(parts[0])).is_file():
-        lines = Path(str(parts[0])).read_text(encoding="utf-8").splitlines()
-        parts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    ids: list[str] = []
-    for part in parts:
-        for item in str(part).split(","):
-            item = item.strip()
-            if not item:
-                continue
-            lo, sep, hi = item.partition("-")
-            if sep and lo.isdigit() and hi.isdigit():
-                if int(hi) < int(lo):
-                    raise SkullVAEError(f"id range {item!r} runs backwards")
-                width = len(lo)
-                ids += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
-            else:
-                ids.append(item)
-    if not ids:
-        raise SkullVAEError(f"no case ids in {spec!r}")
-    return list(dict.fromkeys(ids))
 
 
 def select_cases(cases: Sequence[Case], spec: str | Sequence[str] | None, option: str = "--train-ids") -> list[Case]:

@@ -28,6 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train the β-VAE (stage 1) and the decoupled decoder (stage 2)"),
     "fit-completion": ("fit_completion", "fit class centroids and DEV vectors into a model bundle"),
     "build-atlas": ("build_atlas", "write complete training skulls as an atlas set (facial implants)"),
+    "train-refiner": ("train_refiner", "train the learned facial refiner (a 3D U-Net on a 1 mm face crop)"),
     "complete": ("complete", "complete a defective skull: completed skull + implant"),
     "evaluate": ("evaluate", "evaluate a model on held-out cases (Table 1, implant metrics, figures)"),
     "import-reference": ("import_reference", "convert the authors' published weights into a bundle"),

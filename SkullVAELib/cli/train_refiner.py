@@ -1,0 +1,98 @@
+"""`skullvae train-refiner`: the learned facial refiner (a 3D U-Net on a 1 mm face crop)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from SkullVAELib.cli.common import (
+    add_overwrite_arg,
+    add_progress_arg,
+    close_progress,
+    make_progress,
+    overwrite_requested,
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-refiner",
+        help="train the learned facial refiner (facial defects drawn afresh every step)",
+        description="Packs the complete skulls on a 1 mm LPS grid (--data, or read a packed file with --grids), "
+        "then trains a 3D U-Net on face crops with facial defects drawn every step, keeping the weights with the "
+        "best validation Dice. Put OUT/refiner.safetensors at MODEL/refiner.safetensors (or pass --refiner to "
+        "`skullvae complete`). --pack-only writes the packed grids (≈10 MB for 64 skulls) to send to a GPU machine.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="data folder (its complete_skull/) or a folder of complete skulls")
+    src.add_argument("--grids", type=Path, help="packed grids (.npz) from an earlier --pack-only")
+    p.add_argument(
+        "--out", required=True, type=Path, help="folder for refiner.safetensors (or the .npz with --pack-only)"
+    )
+    p.add_argument("--train-ids", required=True, help="training case ids, e.g. 000-055")
+    p.add_argument("--val-ids", default=None, help="validation case ids for model selection, e.g. 056-063")
+    p.add_argument("--pack-only", action="store_true", help="only write the packed grids of --data to --out (.npz)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
+    p.add_argument("--steps", type=int, default=100_000, help="optimiser steps at most (default 100000)")
+    p.add_argument("--minutes", type=float, default=math.inf, help="wall-time budget; the best weights are kept")
+    p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
+    p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 144,128,128)")
+    p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128,256)")
+    add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from SkullVAELib.case_ids import parse_id_spec
+    from SkullVAELib.errors import SkullVAEError
+    from SkullVAELib.refiner.config import RefinerConfig
+    from SkullVAELib.refiner.train import RefinerTrainConfig
+    from SkullVAELib.workflows.refiner import REFINER_FILE, pack_refiner_grids, train_refiner
+
+    train_ids = parse_id_spec(args.train_ids) or []
+    val_ids = parse_id_spec(args.val_ids) or []
+    if args.steps < 1 or args.batch < 1 or args.val_every < 1 or not args.minutes > 0 or not args.lr > 0:
+        raise SkullVAEError("--steps, --batch, --val-every, --minutes and --lr must be positive")
+    if args.pack_only:
+        if args.data is None:
+            raise SkullVAEError("--pack-only needs --data")
+        progress = make_progress(args.progress)
+        try:
+            path = pack_refiner_grids(
+                args.data,
+                args.out,
+                train_ids + val_ids,
+                overwrite=overwrite_requested(args, "train-refiner"),
+                progress=progress,
+            )
+        finally:
+            close_progress(progress)
+        print(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
+        return 0
+    overrides = {}
+    if args.crop:
+        overrides["crop_shape"] = tuple(int(v) for v in args.crop.split(","))
+    if args.channels:
+        overrides["channels"] = tuple(int(v) for v in args.channels.split(","))
+    cfg = RefinerConfig(**overrides)
+    train_cfg = RefinerTrainConfig(
+        steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr, val_every=args.val_every
+    )
+    overwrite = overwrite_requested(args, "train-refiner")
+    if (args.out / REFINER_FILE).exists() and not overwrite:
+        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it", args.out)
+    grids = args.grids
+    if grids is None:
+        grids = args.out / "grids.npz"
+        progress = make_progress(args.progress)
+        try:
+            pack_refiner_grids(args.data, grids, train_ids + val_ids, cfg.spacing_mm, overwrite=True, progress=progress)
+        finally:
+            close_progress(progress)
+    path = train_refiner(grids, args.out, train_ids, val_ids, cfg, train_cfg, args.device, overwrite)
+    print(f"wrote the facial refiner to {path}")
+    return 0

@@ -9,8 +9,10 @@ Defect types of one skull (case id):
 Methods (the ablation; each stage switchable): ``vae`` (the model's implant), ``refine``
 (geometric rim fit only, no model), ``refine+symmetry``, ``vae+refine``,
 ``vae+refine+symmetry`` (rim fit where it applies, the model's implant elsewhere), ``atlas``
-(the multi-atlas implant only, :mod:`atlas`) and ``refine+symmetry+atlas`` (rim fit where it
-applies, the atlas implant elsewhere: ``skullvae complete``'s default with an atlas set).
+(the multi-atlas implant only, :mod:`atlas`), ``refine+symmetry+atlas`` (rim fit where it
+applies, the atlas implant elsewhere), ``learned`` (the learned facial refiner only,
+:mod:`refiner`) and ``refine+symmetry+learned`` (rim fit where it applies, the learned refiner
+for facial defects: ``skullvae complete``'s default with a refiner).
 
 Per case: implant DSC, bDSC (10 mm), HD95 (pooled, mm), completed-skull DSC (patient bone ∪
 implant vs complete skull), implant volume, seconds. Summaries: mean, median and a bootstrap
@@ -34,7 +36,17 @@ from SkullVAELib.image import SkullImage, read_skull
 from SkullVAELib.metrics import dice, implant_metrics
 
 DEFECT_TYPES = ("cranial", "vault", "facial")
-METHODS = ("vae", "refine", "refine+symmetry", "vae+refine", "vae+refine+symmetry", "atlas", "refine+symmetry+atlas")
+METHODS = (
+    "vae",
+    "refine",
+    "refine+symmetry",
+    "vae+refine",
+    "vae+refine+symmetry",
+    "atlas",
+    "refine+symmetry+atlas",
+    "learned",
+    "refine+symmetry+learned",
+)
 METRICS = ("dsc", "bdsc", "hd95", "skull_dsc")
 
 
@@ -101,12 +113,19 @@ def defect_cases(
 
 
 def predict(
-    method: str, case: DefectCase, bundle=None, device: str = "cpu", rimfit_cfg=None, atlas=None, atlas_cfg=None
+    method: str,
+    case: DefectCase,
+    bundle=None,
+    device: str = "cpu",
+    rimfit_cfg=None,
+    atlas=None,
+    atlas_cfg=None,
+    refiner=None,
 ) -> tuple[np.ndarray, dict, list[str]]:
     """(implant bool (I, J, K), timings, messages) of ``method`` on ``case``.
 
     ``rimfit_cfg``: a RimFitConfig; ``atlas``: an AtlasSet (needed by the ``*atlas`` methods),
-    ``atlas_cfg``: an AtlasConfig.
+    ``atlas_cfg``: an AtlasConfig; ``refiner``: a FacialRefiner (needed by the ``*learned`` ones).
     """
     from SkullVAELib.refine import refine_implant
 
@@ -114,6 +133,11 @@ def predict(
         raise SkullVAEError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method.endswith("atlas") and atlas is None:
         raise SkullVAEError(f"method {method!r} needs an atlas set (--atlas)")
+    if method.endswith("learned") and refiner is None:
+        raise SkullVAEError(f"method {method!r} needs a facial refiner (--refiner)")
+    if method == "learned":
+        learned = refiner(case.defective)
+        return learned.implant, learned.timings, learned.messages
     if method == "atlas":
         from SkullVAELib.atlas import atlas_implant
 
@@ -141,6 +165,7 @@ def predict(
         cfg=rimfit_cfg,
         atlas=atlas if method.endswith("atlas") else None,
         atlas_cfg=atlas_cfg,
+        refiner=refiner if method.endswith("learned") else None,
     )
     timings.update(refined.timings)
     return refined.implant, timings, refined.messages
@@ -173,6 +198,7 @@ def run_protocol(
     rimfit_cfg=None,
     atlas=None,
     atlas_cfg=None,
+    refiner=None,
 ) -> list[dict]:
     """One row per (case, defect, seed, method): the :func:`score` metrics plus seconds and messages."""
     rows = []
@@ -181,7 +207,7 @@ def run_protocol(
             if progress is not None:
                 progress("evaluate implants", n / max(len(case_ids), 1), f"{case.defect} {case.case_id} {method}")
             t0 = time.perf_counter()
-            pred, timings, messages = predict(method, case, bundle, device, rimfit_cfg, atlas, atlas_cfg)
+            pred, timings, messages = predict(method, case, bundle, device, rimfit_cfg, atlas, atlas_cfg, refiner)
             seconds = time.perf_counter() - t0
             row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "method": method}
             row.update(score(pred, case))

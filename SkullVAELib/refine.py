@@ -2,9 +2,11 @@
 
 ``refine_implant`` runs after (or instead of) the VAE: for a cranial defect the rim fit
 (:mod:`rimfit`, optionally with the mirror cue of :mod:`symmetry`) builds the implant from the
-patient's own bone at the original resolution; where it does not apply (a facial defect, or no
-enclosed vault hole) the atlas implant (:mod:`atlas`: registered complete skulls of the
-training set) is used when an atlas set is given, else the model's implant is kept. Every result is sanity-checked
+patient's own bone at the original resolution; a facial defect takes the learned facial
+refiner's implant (:mod:`refiner`: a 3D U-Net on a 1 mm face crop) when one is given; where
+neither applies (a facial defect without a refiner, or no enclosed vault hole) the atlas implant
+(:mod:`atlas`: registered complete skulls of the training set) is used when an atlas set is
+given, else the model's implant is kept. Every result is sanity-checked
 (:mod:`implant_check`) and carries its messages and per-step timings.
 """
 
@@ -24,7 +26,7 @@ from SkullVAELib.rimfit import RimFitConfig, rim_fit
 @dataclass
 class RefinedImplant:
     """implant: bool (I, J, K), disjoint from the patient's bone; source: "rim fit",
-    "rim fit + mirror", "atlas", "model" or "none"; holes: rimfit.Hole list; messages: warnings for
+    "rim fit + mirror", "learned", "atlas", "model" or "none"; holes: rimfit.Hole list; messages: warnings for
     the user; timings: seconds per step."""
 
     implant: np.ndarray
@@ -44,6 +46,7 @@ def refine_implant(
     atlas=None,
     atlas_cfg=None,
     progress: ProgressCallback | None = None,
+    refiner=None,
 ) -> RefinedImplant:
     """The final implant for ``skull`` (its mask is never modified).
 
@@ -55,6 +58,7 @@ def refine_implant(
         atlas: an :class:`atlas.AtlasSet` for defects the rim fit cannot fill (``atlas_cfg``:
             an :class:`atlas.AtlasConfig`); None keeps the model's implant there.
         progress: ``progress("atlas", fraction, message)`` while the atlas implant is built.
+        refiner: a :class:`refiner.infer.FacialRefiner` for facial defects (before the atlas).
     """
     timings: dict[str, float] = {}
     messages: list[str] = []
@@ -65,6 +69,8 @@ def refine_implant(
         messages += check_implant(fallback, skull.voxel_volume_mm3)
         return RefinedImplant(fallback, source, [], messages, timings)
     if defect == "facial":
+        if refiner is not None:
+            return _learned_fill(skull, refiner, timings, progress)
         if atlas is not None:
             return _atlas_fill(skull, atlas, atlas_cfg, [], timings, progress=progress)
         messages.append("the rim fit is for cranial defects; the model's facial implant is kept")
@@ -113,6 +119,16 @@ def _atlas_fill(skull, atlas, atlas_cfg, holes, timings, messages=None, progress
     return RefinedImplant(fill.implant, "atlas", holes, messages, timings)
 
 
+def _learned_fill(skull, refiner, timings, progress=None) -> RefinedImplant:
+    """The learned facial refiner's implant (checked)."""
+    if progress is not None:
+        progress("refiner", 0.0, "predicting the facial implant (learned refiner)")
+    learned = refiner(skull)
+    timings.update(learned.timings)
+    messages = learned.messages + check_implant(learned.implant, skull.voxel_volume_mm3)
+    return RefinedImplant(learned.implant, "learned", [], messages, timings)
+
+
 def refine_completion(
     result,
     skull: SkullImage,
@@ -122,6 +138,7 @@ def refine_completion(
     atlas=None,
     atlas_cfg=None,
     progress: ProgressCallback | None = None,
+    refiner=None,
 ) -> RefinedImplant:
     """Replace a :class:`completion.CompletionResult`'s implant by :func:`refine_implant` (in place).
 
@@ -130,7 +147,7 @@ def refine_completion(
     rim fit or atlas implant between the γ values of a sweep (neither depends on γ). Timings are
     added to ``result.timings`` as ``refine_*``; the returned messages are for the user.
     """
-    key = ("refine", bool(symmetry), result.defect, atlas is not None)
+    key = ("refine", bool(symmetry), result.defect, atlas is not None, refiner is not None)
     refined = None if cache is None else cache.get(key)
     if refined is None:
         refined = refine_implant(
@@ -142,6 +159,7 @@ def refine_completion(
             atlas=atlas,
             atlas_cfg=atlas_cfg,
             progress=progress,
+            refiner=refiner,
         )
         if cache is not None and _geometric(refined):
             cache[key] = refined
@@ -155,5 +173,6 @@ def refine_completion(
 
 
 def _geometric(refined: RefinedImplant) -> bool:
-    """True when the implant came from the rim fit or the atlases (not from the model, so not from γ)."""
-    return refined.source.startswith("rim fit") or refined.source == "atlas"
+    """True when the implant came from the rim fit, the learned refiner or the atlases (not from the
+    model, so not from γ)."""
+    return refined.source.startswith("rim fit") or refined.source in ("learned", "atlas")

@@ -161,6 +161,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         refine: bool = True,
         symmetry: bool = True,
         atlas: bool = True,
+        learnedRefiner: bool = True,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
@@ -182,6 +183,9 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             symmetry: let that fit use the skull's mirror image (``--symmetry``).
             atlas: facial defects (no rim to fit): the atlas implant of the bundle's ``atlas/``
                 set when it has one (``skullvae build-atlas``); False: ``--no-atlas``.
+            learnedRefiner: facial defects: the bundle's learned facial refiner
+                (``refiner.safetensors``, ``skullvae train-refiner``) when it has one, before the
+                atlas; False: ``--no-refiner``.
             waitForCompletion: block until done (console, batch); else return at once
                 and call :meth:`poll` from a timer.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
@@ -198,7 +202,9 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
         options = self._checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
-        options.update(refine=bool(refine), symmetry=bool(symmetry), atlas=bool(atlas))
+        options.update(
+            refine=bool(refine), symmetry=bool(symmetry), atlas=bool(atlas), learnedRefiner=bool(learnedRefiner)
+        )
         run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
         self._run = run
         try:
@@ -309,6 +315,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             refine=opts.get("refine", True),
             symmetry=opts.get("symmetry", True),
             atlas=opts.get("atlas", True),
+            learnedRefiner=opts.get("learnedRefiner", True),
         )
         self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
         run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))

@@ -84,11 +84,14 @@ def buildCompleteCommand(
     refine: bool = True,
     symmetry: bool = True,
     atlas: bool = True,
+    learnedRefiner: bool = True,
 ) -> list[str]:
     """The argument list of one ``skullvae complete`` run with JSON progress.
 
     ``atlas``: let the defects the rim fit cannot fill (facial ones) take the atlas implant of
     the bundle's ``atlas/`` set when it has one (False: ``--no-atlas``, the model's implant).
+    ``learnedRefiner``: let facial defects take the bundle's learned facial refiner
+    (``refiner.safetensors``) when it has one, before the atlas (False: ``--no-refiner``).
     """
     args = skullvaeCommand(["complete"], python)
     args += ["--model", str(modelPath), "--input", str(inputPath), "--output", str(outputPath)]
@@ -101,6 +104,8 @@ def buildCompleteCommand(
     args += ["--refine" if refine else "--no-refine", "--symmetry" if symmetry else "--no-symmetry"]
     if not atlas:
         args.append("--no-atlas")
+    if not learnedRefiner:
+        args.append("--no-refiner")
     return args
 
 

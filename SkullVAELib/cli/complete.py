@@ -84,6 +84,21 @@ def register(subparsers) -> None:
         action="store_false",
         help="keep the model's implant where the rim fit does not apply",
     )
+    learned = p.add_mutually_exclusive_group()
+    learned.add_argument(
+        "--refiner",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="learned facial refiner (skullvae train-refiner) that builds facial implants, before the atlas "
+        "set (default: MODEL/refiner.safetensors when the bundle has one)",
+    )
+    learned.add_argument(
+        "--no-refiner",
+        dest="refiner",
+        action="store_false",
+        help="do not use the learned facial refiner (the atlas set, or the model, fills facial defects)",
+    )
     p.add_argument(
         "--fit-steps",
         type=int,
@@ -128,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             fit_steps=args.fit_steps,
             progress=progress,
             atlas=args.atlas,
+            refiner=args.refiner,
         )
     finally:
         close_progress(progress)

@@ -61,11 +61,18 @@ def register(subparsers) -> None:
     implants.add_argument(
         "--implants",
         help="comma-separated implant methods to compare: vae, refine, refine+symmetry, vae+refine, "
-        "vae+refine+symmetry, atlas, refine+symmetry+atlas (refine = geometric rim fit, atlas = "
-        "registered training skulls); writes OUT/implants.md, .csv, .json",
+        "vae+refine+symmetry, atlas, refine+symmetry+atlas, learned, refine+symmetry+learned (refine = "
+        "geometric rim fit, atlas = registered training skulls, learned = the facial refiner); writes "
+        "OUT/implants.md, .csv, .json",
     )
     implants.add_argument(
         "--atlas", type=Path, default=None, help="atlas set folder (skullvae build-atlas) for the *atlas methods"
+    )
+    implants.add_argument(
+        "--refiner",
+        type=Path,
+        default=None,
+        help="facial refiner (refiner.safetensors from skullvae train-refiner) for the *learned methods",
     )
     implants.add_argument(
         "--defects",
@@ -102,6 +109,7 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
         device=args.device,
         progress=progress,
         atlas=args.atlas,
+        refiner=args.refiner,
     )
     for (method, defect), entry in summary.items():
         print(

@@ -145,6 +145,7 @@ def complete_files(
     fit_steps: int = 0,
     progress: ProgressCallback | None = None,
     atlas: str | os.PathLike | bool | None = None,
+    refiner: str | os.PathLike | bool | None = None,
 ) -> CompletedFiles:
     """Complete the defective skull in ``input`` with the bundle ``model``; write ``output`` (.seg.nrrd).
 
@@ -163,6 +164,9 @@ def complete_files(
         atlas: an atlas set folder (``skullvae build-atlas``) that fills the defects the rim fit
             cannot (facial ones) when ``refine`` is on; None uses ``MODEL/atlas`` when the bundle
             has one, False uses none (the model's implant is kept there).
+        refiner: the learned facial refiner (``skullvae train-refiner``: a ``refiner.safetensors``
+            file) that builds facial implants when ``refine`` is on, before the atlas set; None
+            uses ``MODEL/refiner.safetensors`` when the bundle has one, False uses none.
         Other settings as :class:`~SkullVAELib.config.CompletionConfig` and ``read_skull``.
 
     Returns:
@@ -198,10 +202,12 @@ def complete_files(
     progress("load", 0.0, "loading the model")
     bundle = ModelBundle.load(model, device="cpu")
     atlas_set = _atlas_set(model, atlas) if refine else None
-    # A facial implant from the atlas set does not use the model's facial shift, so a model
-    # without a facial centroid (trained on cranial defects only) still serves: its γ = 0
-    # reconstruction is computed and the atlas implant replaces its implant.
-    atlas_only = atlas_set is not None and defect == "facial" and "facial" not in bundle.defect_classes
+    facial_refiner = _facial_refiner(model, refiner, device) if refine else None
+    # A facial implant from the refiner or the atlas set does not use the model's facial shift, so
+    # a model without a facial centroid (trained on cranial defects only) still serves: its γ = 0
+    # reconstruction is computed and the refiner's (or atlas) implant replaces its implant.
+    independent = facial_refiner is not None or atlas_set is not None
+    atlas_only = independent and defect == "facial" and "facial" not in bundle.defect_classes
     if any(g != 0 for g in gammas) and not atlas_only:
         bundle.require_completion(model)
     progress("read", 0.0, f"reading {input}")
@@ -211,8 +217,9 @@ def complete_files(
 
     results, sources, refined, refine_cache = [], [], [], {}
     if atlas_only:
+        which = "learned refiner" if facial_refiner is not None else "atlas set"
         refined.append(
-            "the model has no facial centroid: the implant comes from the atlas set alone (γ does not change it)"
+            f"the model has no facial centroid: the implant comes from the {which} alone (γ does not change it)"
         )
     for n, gamma in enumerate(gammas):
         cfg = CompletionConfig(
@@ -250,6 +257,7 @@ def complete_files(
                 cache=refine_cache,
                 atlas=atlas_set,
                 progress=stage_progress,
+                refiner=facial_refiner,
             )
             source = done.source
             refined += [m for m in done.messages if m not in refined]
@@ -318,3 +326,19 @@ def _atlas_set(model: Path, atlas: str | os.PathLike | bool | None):
         return None
     folder = bundle_atlas(model) if atlas is None or atlas is True else Path(atlas)
     return None if folder is None else AtlasSet.load(folder)
+
+
+def _facial_refiner(model: Path, refiner: str | os.PathLike | bool | None, device: str):
+    """The FacialRefiner ``complete_files`` should use (see its ``refiner`` argument), or None."""
+    from SkullVAELib.devices import resolve_device
+    from SkullVAELib.refiner.infer import FacialRefiner
+    from SkullVAELib.workflows.refiner import REFINER_FILE
+
+    if refiner is False:
+        return None
+    path = Path(model) / REFINER_FILE if refiner is None or refiner is True else Path(refiner)
+    if not path.is_file():
+        if refiner is None or refiner is True:
+            return None
+        raise SkullVAEError("no such refiner file", path)
+    return FacialRefiner.load(path, str(resolve_device(device)))

@@ -46,11 +46,13 @@ def evaluate_implants(
     label: str = "",
     progress: ProgressCallback | None = None,
     atlas: str | os.PathLike | None = None,
+    refiner: str | os.PathLike | None = None,
 ) -> tuple[dict, Path]:
     """Run the protocol (:func:`implant_eval.run_protocol`) and write its files; (summary, table path).
 
     A model is needed only for the ``vae*`` methods, an atlas set (folder) only for the
-    ``*atlas`` ones; neither may have seen any of ``test_ids``.
+    ``*atlas`` ones, a facial refiner (``refiner.safetensors``) only for the ``*learned`` ones;
+    none of them may have seen any of ``test_ids``.
     """
     from SkullVAELib import implant_eval
 
@@ -86,6 +88,20 @@ def evaluate_implants(
         seen = sorted(set(atlas_set.ids) & set(test_ids))
         if seen:
             raise SkullVAEError(f"refusing to evaluate on case ids the atlas set holds: {', '.join(seen[:5])}", atlas)
+    facial_refiner = None
+    if any(m.endswith("learned") for m in methods):
+        if refiner is None:
+            raise SkullVAEError("the *learned implant methods need --refiner (from `skullvae train-refiner`)")
+        from SkullVAELib.devices import resolve_device
+        from SkullVAELib.refiner.infer import FacialRefiner
+
+        facial_refiner = FacialRefiner.load(refiner, str(resolve_device(device)))
+        used = set(facial_refiner.info.get("train_ids", [])) | set(facial_refiner.info.get("val_ids", []))
+        seen = sorted(used & set(test_ids))
+        if seen:
+            raise SkullVAEError(
+                f"refusing to evaluate on case ids the refiner trained on: {', '.join(seen[:5])}", refiner
+            )
     rows = implant_eval.run_protocol(
         list(data),
         list(test_ids),
@@ -96,6 +112,7 @@ def evaluate_implants(
         device,
         progress,
         atlas=atlas_set,
+        refiner=facial_refiner,
     )
     summary = implant_eval.summarise(rows)
     table = implant_eval.markdown_table(summary, label)

@@ -244,6 +244,12 @@ def test_bad_refiner_files_are_one_line_errors(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": REFINER_FORMAT, "config": TINY.to_json()})
     refused(foreign, "do not fit")
+    damaged = tmp_path / "damaged.safetensors"
+    save_file({"w": torch.zeros(2)}, str(damaged), metadata={"format": REFINER_FORMAT, "config": "{not json"})
+    refused(damaged, "settings are missing or damaged")
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare), metadata={"format": REFINER_FORMAT})
+    refused(bare, "settings are missing or damaged")
 
 
 def test_the_crop_must_fit_the_unet_depth():
@@ -301,7 +307,9 @@ def test_training_without_validation_skulls_keeps_the_last_weights(grids, tmp_pa
     path = train_refiner(grids, tmp_path / "noval", ["001"], [], TINY, RefinerTrainConfig(steps=4, val_every=2))
     info = load_refiner(path)[2]
     assert info["steps"] == 4
-    assert info["best_step"] == 4  # the library keeps step 2's weights (RefinerTrainer._record)
+    assert info["best_step"] == 4  # without validation the last weights are kept, not the first
+    with pytest.raises(SkullVAEError, match="at least one training skull"):
+        train_refiner(grids, tmp_path / "none", [], ["001"], TINY)
 
 
 # --- inference --------------------------------------------------------------------------------

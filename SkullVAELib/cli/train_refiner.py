@@ -39,6 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
+    p.add_argument("--spacing", type=float, default=1.0, help="grid spacing in mm (default 1; the CPU recipe uses 2)")
     p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 144,128,128)")
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128,256)")
     add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 args.data,
                 args.out,
                 train_ids + val_ids,
+                args.spacing,
                 overwrite=overwrite_requested(args, "train-refiner"),
                 progress=progress,
             )
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             close_progress(progress)
         print(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
         return 0
-    overrides = {}
+    overrides: dict = {"spacing_mm": args.spacing}
     if args.crop:
         overrides["crop_shape"] = tuple(int(v) for v in args.crop.split(","))
     if args.channels:

@@ -408,3 +408,20 @@ def test_train_refiner_trains_from_packed_grids_then_refuses_to_overwrite(data_d
     assert info["train_ids"] == ["001"] and info["val_ids"] == ["002"] and info["train"]["steps"] == 2
     assert main(argv) == 2
     assert "--overwrite" in one_line_error(capsys)
+
+
+def test_the_trainer_runs_on_a_machine_without_simpleitk(grids, tmp_path):
+    """A GPU machine may have torch alone: `train-refiner --grids` must not import SimpleITK."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['SimpleITK'] = None\n"  # any import of SimpleITK now fails
+        "from SkullVAELib.cli import main\n"
+        f"sys.exit(main(['train-refiner', '--grids', {str(grids)!r}, '--out', {str(tmp_path / 'out')!r}, "
+        "'--train-ids', '001-002', '--val-ids', '003', '--spacing', '4', '--crop', '32,32,32', "
+        "'--channels', '4,8,16', '--steps', '2', '--val-every', '1', '--progress', 'none']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "refiner.safetensors").is_file()

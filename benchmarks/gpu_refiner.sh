@@ -1,0 +1,30 @@
+#!/bin/bash
+# Issue 9's learned facial refiner, GPU recipe, as one time-boxed run on a lent GPU machine
+# (docs/RESULTS.md, "Facial defects: the learned refiner"). The GPU machine needs neither
+# SimpleITK nor the SkullFix files: the complete skulls are packed on the CPU machine first,
+#     skullvae train-refiner --data ../shared/data/skullfix --train-ids 000-055 --val-ids 056-063 \
+#         --pack-only --out .device/grids.npz          # 64 skulls on 1 mm LPS grids, 6.3 MB, ~3 min
+# and .device/ also holds the MONAI wheel (`pip download --no-deps monai==1.6.1 -d .device`).
+# On the device, from the checkout's root (send .device/ along: `carry [".device"]`):
+#     MIN=6.6 bash benchmarks/gpu_refiner.sh
+# $OUT/ref gets refiner.safetensors (best validation Dice, fp16, 4.9 MB), history.csv, history.png.
+# Dry run on a CPU: OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.2 EXTRA="--crop 32,32,32 --channels 4,8,16" \
+#     bash benchmarks/gpu_refiner.sh
+set -u
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+T0=$(date +%s)
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+if [ -z "${SKIPPIP:-}" ]; then
+  mkdir -p /tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+fi
+python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)"
+echo "setup $(($(date +%s) - T0)) s"
+# shellcheck disable=SC2086  # EXTRA holds several flags
+python3 -m SkullVAELib train-refiner --grids "${GRIDS:-.device/grids.npz}" --out "$OUT/ref" \
+  --train-ids 000-055 --val-ids 056-063 --device "${DEV:-cuda}" --minutes "${MIN:-6.6}" \
+  --batch "${BATCH:-4}" --val-every "${VE:-100}" --progress none ${EXTRA:-}
+echo "rc=$? total $(($(date +%s) - T0)) s"

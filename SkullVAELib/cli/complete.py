@@ -69,35 +69,21 @@ def register(subparsers) -> None:
         help="let the rim fit use the skull's mirror image where it covers a one-sided hole (default on: "
         "validation 056-063, random vault defects, implant DSC 0.879 -> 0.912)",
     )
-    atlas = p.add_mutually_exclusive_group()
-    atlas.add_argument(
-        "--atlas",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="atlas set (skullvae build-atlas) that fills defects the rim fit cannot, e.g. facial ones "
+    _add_switchable_path(
+        p,
+        "atlas",
+        "DIR",
+        "atlas set (skullvae build-atlas) that fills defects the rim fit cannot, e.g. facial ones "
         "(default: MODEL/atlas when the bundle has one)",
+        "keep the model's implant where the rim fit does not apply",
     )
-    atlas.add_argument(
-        "--no-atlas",
-        dest="atlas",
-        action="store_false",
-        help="keep the model's implant where the rim fit does not apply",
-    )
-    learned = p.add_mutually_exclusive_group()
-    learned.add_argument(
-        "--refiner",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="learned facial refiner (skullvae train-refiner) that builds facial implants, before the atlas "
+    _add_switchable_path(
+        p,
+        "refiner",
+        "FILE",
+        "learned facial refiner (skullvae train-refiner) that builds facial implants, before the atlas "
         "set (default: MODEL/refiner.safetensors when the bundle has one)",
-    )
-    learned.add_argument(
-        "--no-refiner",
-        dest="refiner",
-        action="store_false",
-        help="do not use the learned facial refiner (the atlas set, or the model, fills facial defects)",
+        "do not use the learned facial refiner (the atlas set, or the model, fills facial defects)",
     )
     p.add_argument(
         "--fit-steps",
@@ -109,6 +95,13 @@ def register(subparsers) -> None:
     )
     add_progress_arg(p)
     p.set_defaults(func=run)
+
+
+def _add_switchable_path(parser, name: str, metavar: str, help_on: str, help_off: str) -> None:
+    """``--NAME PATH`` (default None: the bundle's own, when it has one) or ``--no-NAME`` (False)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", type=Path, default=None, metavar=metavar, help=help_on)
+    group.add_argument(f"--no-{name}", dest=name, action="store_false", help=help_off)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,31 +35,33 @@ def crop_start(anchor: torch.Tensor, origin: torch.Tensor, cfg: RefinerConfig) -
     return [int(v) for v in torch.round((anchor + offset - origin.to(anchor)) / cfg.spacing_mm).tolist()]
 
 
+def _overlap(start: list[int], crop_shape, volume_shape) -> tuple[tuple, tuple] | None:
+    """(volume slices, crop slices) where a crop at ``start`` overlaps the volume; None: nowhere."""
+    in_volume, in_crop = [], []
+    for s, n, size in zip(start, crop_shape, volume_shape, strict=True):
+        lo, hi = max(s, 0), min(s + n, size)
+        if hi <= lo:
+            return None
+        in_volume.append(slice(lo, hi))
+        in_crop.append(slice(lo - s, hi - s))
+    return tuple(in_volume), tuple(in_crop)
+
+
 def cut(volume: torch.Tensor, start: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """volume[..., start:start+shape] (last 3 dims), zero where the crop leaves the volume."""
     out = volume.new_zeros(volume.shape[:-3] + tuple(shape))
-    src, dst = [], []
-    for s, n, size in zip(start, shape, volume.shape[-3:], strict=True):
-        lo, hi = max(s, 0), min(s + n, size)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[(..., *dst)] = volume[(..., *src)]
+    both = _overlap(start, shape, volume.shape[-3:])
+    if both is not None:
+        out[(..., *both[1])] = volume[(..., *both[0])]
     return out
 
 
 def paste(crop: torch.Tensor, start: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """The inverse of :func:`cut`: a zero volume of ``shape`` with ``crop`` (..., x, y, z) at ``start``."""
     out = crop.new_zeros(crop.shape[:-3] + tuple(shape))
-    src, dst = [], []
-    for s, n, size in zip(start, crop.shape[-3:], shape, strict=True):
-        lo, hi = max(s, 0), min(s + n, size)
-        if hi <= lo:
-            return out
-        dst.append(slice(lo, hi))
-        src.append(slice(lo - s, hi - s))
-    out[(..., *dst)] = crop[(..., *src)]
+    both = _overlap(start, crop.shape[-3:], shape)
+    if both is not None:
+        out[(..., *both[0])] = crop[(..., *both[1])]
     return out
 
 

@@ -125,7 +125,11 @@ def _learned_fill(skull, refiner, timings, progress=None) -> RefinedImplant:
         progress("refiner", 0.0, "predicting the facial implant (learned refiner)")
     learned = refiner(skull)
     timings.update(learned.timings)
-    messages = learned.messages + check_implant(learned.implant, skull.voxel_volume_mm3)
+    messages = list(learned.messages)  # an empty implant is explained there
+    if not messages:
+        messages += check_implant(
+            learned.implant, skull.voxel_volume_mm3, what="facial implant", expected_mm3=learned.expected_volume_mm3
+        )
     return RefinedImplant(learned.implant, "learned", [], messages, timings)
 
 

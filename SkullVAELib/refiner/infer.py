@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from SkullVAELib.image import SkullImage
+from SkullVAELib.implant_check import MIN_IMPLANT_MM3
 from SkullVAELib.refiner.config import RefinerConfig
 from SkullVAELib.refiner.crop import crop_start, cut, face_anchor, paste
 from SkullVAELib.refiner.lps_grid import from_lps_grid, to_lps_grid
@@ -24,12 +25,15 @@ from SkullVAELib.refiner.lps_grid import from_lps_grid, to_lps_grid
 @dataclass
 class LearnedImplant:
     """implant: bool (I, J, K) on the patient's grid, disjoint from its bone; probability: float32
-    (I, J, K) of the network (before post-processing); seconds per step; messages for the user."""
+    (I, J, K) of the network (before post-processing); seconds per step; messages for the user;
+    expected_volume_mm3: the probability summed outside the patient's bone (the soft volume the
+    thresholded, cleaned implant should roughly match: for the volume check)."""
 
     implant: np.ndarray
     probability: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    expected_volume_mm3: float = float("nan")
 
 
 @dataclass
@@ -85,5 +89,12 @@ def learned_implant(
     implant = (probability >= cfg.threshold) & ~skull.mask
     implant = postprocess(implant, skull, RimFitConfig())
     timings["refiner_back"] = time.perf_counter() - t0
-    messages = [] if implant.any() else ["the learned refiner predicts no facial implant"]
-    return LearnedImplant(implant, probability, timings, messages)
+    expected = float(probability[~skull.mask].sum(dtype=np.float64)) * skull.voxel_volume_mm3
+    volume = float(np.count_nonzero(implant)) * skull.voxel_volume_mm3
+    messages = []
+    if volume < MIN_IMPLANT_MM3:
+        messages.append(
+            f"the learned refiner predicts no facial implant ({volume:.0f} mm³): is the face missing, "
+            "and is the input a whole skull (not a crop)?"
+        )
+    return LearnedImplant(implant, probability, timings, messages, expected)

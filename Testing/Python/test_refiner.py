@@ -329,6 +329,8 @@ def test_a_confident_refiner_fills_only_the_face_crop_and_never_the_bone(oblique
     assert result.probability.shape == skull.shape
     assert result.implant.any() and not (result.implant & skull.mask).any()
     assert result.messages == [] and set(result.timings) == {"refiner_grid", "refiner_network", "refiner_back"}
+    soft = float(result.probability[~skull.mask].sum()) * skull.voxel_volume_mm3
+    assert result.expected_volume_mm3 == pytest.approx(soft, rel=1e-4)
     # every implant voxel lies in the crop (to half a grid voxel: the probability is resampled linearly)
     bone, origin = lps_bone(skull, cfg.spacing_mm)
     start = np.array(crop_start(face_anchor(bone, origin, cfg.spacing_mm), origin, cfg))
@@ -346,6 +348,29 @@ def test_a_refiner_that_sees_no_implant_says_so(oblique_facial_case):
     assert result.implant.shape == oblique_facial_case.shape and not result.implant.any()
     assert float(result.probability.max()) < 0.5
     assert any("no facial implant" in m for m in result.messages)
+
+
+def test_the_learned_implant_is_volume_checked_against_its_soft_volume(oblique_facial_case):
+    """refine_implant takes the refiner as a collaborator: a cleaned implant far smaller than the
+    network's soft volume is flagged; a matching one is not; an empty one is explained once."""
+    from SkullVAELib.refine import refine_implant
+    from SkullVAELib.refiner.infer import LearnedImplant
+
+    skull = oblique_facial_case
+    implant = np.zeros(skull.shape, dtype=bool)
+    implant[tuple(np.argwhere(~skull.mask)[:2000].T)] = True
+    volume = float(implant.sum()) * skull.voxel_volume_mm3
+
+    def refiner_with(expected, implant=implant):
+        return lambda _: LearnedImplant(implant, implant.astype(np.float32), {"refiner_network": 0.1}, [], expected)
+
+    plausible = refine_implant(skull, defect="facial", refiner=refiner_with(1.2 * volume))
+    assert plausible.source == "learned" and plausible.messages == [] and plausible.timings["refiner_network"] == 0.1
+    flagged = refine_implant(skull, defect="facial", refiner=refiner_with(10 * volume))
+    assert len(flagged.messages) == 1 and "implausible facial implant volume" in flagged.messages[0]
+    empty = learned_implant(skull, ConstantLogit(-20.0), RefinerConfig(spacing_mm=2.0, crop_shape=(64, 64, 64)))
+    said = refine_implant(skull, defect="facial", refiner=lambda _: empty).messages
+    assert len(said) == 1 and "no facial implant" in said[0]
 
 
 def test_a_facial_refiner_loads_from_its_file_and_runs(trained, oblique_facial_case):

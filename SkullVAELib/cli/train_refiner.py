@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument("--spacing", type=float, default=1.0, help="grid spacing in mm (default 1; the CPU recipe uses 2)")
     p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 144,128,128)")
+    p.add_argument(
+        "--output-head",
+        action="store_true",
+        help="end the U-Net in a 1x1x1 convolution (the CPU recipe; default: MONAI's top layer, the GPU recipe)",
+    )
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128,256)")
     add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
     add_progress_arg(p)
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             close_progress(progress)
         print(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
         return 0
-    overrides: dict = {"spacing_mm": args.spacing}
+    overrides: dict = {"spacing_mm": args.spacing, "output_head": args.output_head}
     if args.crop:
         overrides["crop_shape"] = tuple(int(v) for v in args.crop.split(","))
     if args.channels:

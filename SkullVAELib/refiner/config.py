@@ -28,6 +28,10 @@ class RefinerConfig:
     crop_offset_mm: tuple[float, float, float] = (-72.0, -32.0, -8.0)
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     res_units: int = 1
+    # a 1×1×1 convolution from channels[0] features to the logits; without it MONAI's top layer
+    # ends in a one-channel instance norm + PReLU (the GPU recipe's network); with it the CPU
+    # recipe trains stably (without it, its validation Dice fell to 0 after 1000 steps)
+    output_head: bool = False
     threshold: float = 0.5  # on the implant probability, on the patient's grid
 
     def __post_init__(self) -> None:

@@ -10,13 +10,17 @@ from SkullVAELib.refiner.config import RefinerConfig
 
 
 def refiner_network(cfg: RefinerConfig) -> torch.nn.Module:
-    """A U-Net with ``cfg.channels`` features per level (stride 2 between levels), instance norm."""
-    return UNet(
+    """A U-Net with ``cfg.channels`` features per level (stride 2 between levels), instance norm;
+    with ``cfg.output_head`` it outputs ``channels[0]`` features and a 1×1×1 convolution the logits."""
+    unet = UNet(
         spatial_dims=3,
         in_channels=1,
-        out_channels=1,
+        out_channels=cfg.channels[0] if cfg.output_head else 1,
         channels=cfg.channels,
         strides=(2,) * (len(cfg.channels) - 1),
         num_res_units=cfg.res_units,
         norm="instance",
     )
+    if not cfg.output_head:
+        return unet
+    return torch.nn.Sequential(unet, torch.nn.Conv3d(cfg.channels[0], 1, kernel_size=1))

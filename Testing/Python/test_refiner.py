@@ -226,6 +226,22 @@ def test_a_saved_refiner_loads_with_its_config_and_the_same_outputs(tmp_path):
     assert RefinerConfig.from_json(TINY.to_json()) == TINY
 
 
+def test_the_output_head_is_part_of_the_stored_network(tmp_path):
+    """With ``output_head`` the logits come from a 1×1×1 convolution after channels[0] features; a
+    file written without the field (before the head existed) loads as the head-less network."""
+    import json
+    from dataclasses import asdict, replace
+
+    headed = replace(TINY, output_head=True)
+    network = refiner_network(headed)
+    assert isinstance(network[-1], torch.nn.Conv3d) and network[-1].in_channels == TINY.channels[0]
+    assert network(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
+    save_refiner(tmp_path / "headed.safetensors", network, headed)
+    assert load_refiner(tmp_path / "headed.safetensors")[1].output_head
+    legacy = {k: v for k, v in asdict(TINY).items() if k != "output_head"}
+    assert RefinerConfig.from_json(json.dumps(legacy)).output_head is False
+
+
 def test_bad_refiner_files_are_one_line_errors(tmp_path):
     from safetensors.torch import save_file
 

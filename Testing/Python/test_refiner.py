@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from SkullVAELib.cli import main
-from SkullVAELib.defects import facial_defect
+from SkullVAELib.defects import case_seed, facial_defect
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.image import SkullImage, write_mask
 from SkullVAELib.metrics import dice
@@ -466,3 +466,21 @@ def test_the_trainer_runs_on_a_machine_without_simpleitk(grids, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "refiner.safetensors").is_file()
+
+
+@pytest.mark.skullfix
+def test_the_face_crop_holds_the_whole_facial_implant_of_real_skulls(skullfix_dir):
+    """On real SkullFix skulls (005 is oblique), the crop placed from the *defective* skull's anchors
+    holds every voxel of the implant the evaluation's facial generator cuts."""
+    from SkullVAELib.image import read_skull
+
+    cfg = RefinerConfig()
+    for case_id in ("005", "063"):  # 063: the skull whose anchor moves back the most
+        complete = read_skull(skullfix_dir / "complete_skull" / f"{case_id}.nrrd", kind="binary")
+        defective, implant = facial_defect(complete, case_seed(0, case_id))
+        bone, grid = to_lps_grid(defective, cfg.spacing_mm)
+        origin = torch.tensor(grid.origin)
+        start = crop_start(face_anchor(torch.from_numpy(bone >= 0.5), origin, cfg.spacing_mm), origin, cfg)
+        truth, _ = to_lps_grid(implant, cfg.spacing_mm)
+        inside = cut(torch.from_numpy(truth)[None], start, cfg.crop_shape).sum()
+        assert float(inside) >= 0.999 * float(truth.sum()), case_id

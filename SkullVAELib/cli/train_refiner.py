@@ -55,9 +55,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.case_ids import parse_id_spec
     from SkullVAELib.errors import SkullVAEError
-    from SkullVAELib.refiner.config import RefinerConfig
-    from SkullVAELib.refiner.train import RefinerTrainConfig
-    from SkullVAELib.workflows.refiner import REFINER_FILE, pack_refiner_grids, train_refiner
+    from SkullVAELib.workflows.refiner import (
+        REFINER_FILE,
+        RefinerConfig,
+        RefinerTrainConfig,
+        pack_refiner_grids,
+        train_refiner,
+    )
 
     train_ids = parse_id_spec(args.train_ids) or []
     val_ids = parse_id_spec(args.val_ids) or []

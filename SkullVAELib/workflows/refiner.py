@@ -11,6 +11,8 @@ from SkullVAELib.progress import ProgressCallback
 from SkullVAELib.refiner.config import RefinerConfig
 from SkullVAELib.refiner.train import RefinerTrainConfig
 
+__all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "pack_refiner_grids", "train_refiner"]
+
 REFINER_FILE = "refiner.safetensors"  # MODEL/refiner.safetensors: used by `skullvae complete` when present
 
 

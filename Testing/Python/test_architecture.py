@@ -29,6 +29,7 @@ CLI_MAY_IMPORT = (
     "SkullVAELib.errors",
     "SkullVAELib.progress",  # tqdm bars / JSON lines
     "SkullVAELib.dataset",  # case-id specs (parse_id_spec) checked before any work
+    "SkullVAELib.case_ids",  # parse_id_spec's own light module (no SimpleITK: train-refiner on a GPU machine)
     "SkullVAELib.bundle",
     "SkullVAELib.evaluation",
     "SkullVAELib.report",

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from SkullVAELib.errors import SkullVAEError
 from SkullVAELib.refiner.config import RefinerConfig
+from SkullVAELib.refiner.draw import bone_bounds
 
 
 def face_anchor(bone: torch.Tensor, origin: torch.Tensor, spacing: float) -> torch.Tensor:
@@ -22,11 +23,8 @@ def face_anchor(bone: torch.Tensor, origin: torch.Tensor, spacing: float) -> tor
     """
     if not bool(bone.any()):
         raise SkullVAEError("the skull has no bone on the refiner's grid")
-    xs = torch.nonzero(bone.any(dim=(1, 2))).flatten()
-    ys = torch.nonzero(bone.any(dim=(0, 2))).flatten()
-    zs = torch.nonzero(bone.any(dim=(0, 1))).flatten()
-    index = torch.stack([0.5 * (xs[0] + xs[-1]).float(), ys[0].float(), zs[0].float()])
-    return origin.to(index) + spacing * index
+    lo, hi = bone_bounds(bone, origin, spacing)
+    return torch.stack([0.5 * (lo[0] + hi[0]), lo[1], lo[2]])
 
 
 def crop_start(anchor: torch.Tensor, origin: torch.Tensor, cfg: RefinerConfig) -> list[int]:

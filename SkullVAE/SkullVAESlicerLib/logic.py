@@ -202,9 +202,8 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
         options = self._checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
-        options.update(
-            refine=bool(refine), symmetry=bool(symmetry), atlas=bool(atlas), learnedRefiner=bool(learnedRefiner)
-        )
+        switches = dict(refine=refine, symmetry=symmetry, atlas=atlas, learnedRefiner=learnedRefiner)
+        options["switches"] = {name: bool(on) for name, on in switches.items()}  # buildCompleteCommand's
         run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
         self._run = run
         try:
@@ -312,10 +311,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             boneThresholdHU=opts["boneThresholdHU"],
             device=device,
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
-            refine=opts.get("refine", True),
-            symmetry=opts.get("symmetry", True),
-            atlas=opts.get("atlas", True),
-            learnedRefiner=opts.get("learnedRefiner", True),
+            **opts.get("switches", {}),
         )
         self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
         run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))

@@ -27,7 +27,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SkullVAELib.config import DEFECT_CHOICES, GAMMA_RANGE
+from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE
 
 
 def resourceFile(relative: str) -> str:
@@ -76,8 +76,8 @@ class SkullVAEParameterNode:
     inputSegmentation: a skull segmentation; used instead of inputVolume when set.
     boneThresholdHU: bone threshold for CT input.
     modelPath: model bundle folder.
-    defectType: auto / cranial / facial (``SkullVAELib.config.DEFECT_CHOICES``).
-    gamma: γ in ``SkullVAELib.config.GAMMA_RANGE`` (0..2; 1 = paper).
+    defectType: auto / cranial / facial (``SkullVAELib.core.config.DEFECT_CHOICES``).
+    gamma: γ in ``SkullVAELib.core.config.GAMMA_RANGE`` (0..2; 1 = paper).
     forceCPU: run on CPU even with a GPU.
     uncertainty: also produce an uncertainty map.
     refineImplant: cranial defects: fit the implant to the defect's rim (``skullvae complete --refine``).
@@ -179,10 +179,10 @@ class SkullVAETest(ScriptedLoadableModuleTest):
     def test_PhantomEndToEnd(self):
         import numpy as np
 
-        from SkullVAELib.bundle import new_bundle
-        from SkullVAELib.config import network_preset
-        from SkullVAELib.image import write_mask
-        from SkullVAELib.phantoms import make_phantom
+        from SkullVAELib.bundle.model_bundle import new_bundle
+        from SkullVAELib.core.config import network_preset
+        from SkullVAELib.data.phantoms import make_phantom
+        from SkullVAELib.io.image import write_mask
 
         self.delayDisplay("Making a phantom skull and a tiny model")
         folder = Path(tempfile.mkdtemp(prefix="SkullVAETest-"))

@@ -139,7 +139,7 @@ class Section:
 
     def write(self, path: Path = BENCHMARKS_MD) -> None:
         """Replace (or append) this section in ``path``, atomically."""
-        from SkullVAELib.atomic import atomic_write_text
+        from SkullVAELib.core.atomic import atomic_write_text
 
         text = path.read_text() if path.is_file() else _INTRO
         begin, end = f"<!-- bench:{self.name} -->", f"<!-- /bench:{self.name} -->"

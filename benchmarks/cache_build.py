@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from SkullVAELib.atomic import atomic_write_text
 from SkullVAELib.cli.common import grid_arg
-from SkullVAELib.dataset import build_cache, discover_cases
+from SkullVAELib.core.atomic import atomic_write_text
+from SkullVAELib.data.dataset import build_cache, discover_cases
 
 
 def main() -> None:

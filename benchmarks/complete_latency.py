@@ -43,8 +43,8 @@ VARIANTS = {
 def make_model(folder: Path) -> None:
     import numpy as np
 
-    from SkullVAELib.bundle import new_bundle
-    from SkullVAELib.config import PRESETS
+    from SkullVAELib.bundle.model_bundle import new_bundle
+    from SkullVAELib.core.config import PRESETS
 
     bundle = new_bundle(PRESETS["paper"], aggregated=True, seed=0)
     rng = np.random.default_rng(0)
@@ -58,8 +58,8 @@ def make_model(folder: Path) -> None:
 def prepare_oracle(complete: Path, npy: Path) -> None:
     import numpy as np
 
-    from SkullVAELib.grid import to_model_grid
-    from SkullVAELib.image import read_skull
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.vae.grid import to_model_grid
 
     np.save(npy, to_model_grid(read_skull(complete), (256, 256, 128)))
 
@@ -71,9 +71,9 @@ def child(args) -> None:
     import numpy as np
     import torch
 
-    from SkullVAELib import completion
-    from SkullVAELib.bundle import ModelBundle
+    from SkullVAELib.bundle.model_bundle import ModelBundle
     from SkullVAELib.cli import main as cli_main
+    from SkullVAELib.vae import completion
 
     completion.CHANNELS_LAST = opts.get("channels_last", True)
     if args.oracle:
@@ -126,7 +126,10 @@ def import_times() -> list[list]:
         ("python start-up", "pass"),
         ("import torch", "import torch"),
         ("import torch + monai.networks.blocks", "import torch, monai.networks.blocks"),
-        ("import SkullVAELib.bundle (torch, safetensors; no MONAI since)", "import SkullVAELib.bundle"),
+        (
+            "import SkullVAELib.bundle.model_bundle (torch, safetensors; no MONAI since)",
+            "import SkullVAELib.bundle.model_bundle",
+        ),
         ("`skullvae complete --help` (dispatcher imports every verb)", None),
     ]:
         cmd = [PYTHON, "-m", "SkullVAELib", "complete", "--help"] if code is None else [PYTHON, "-c", code]
@@ -143,8 +146,8 @@ def compression_levels(args) -> str:
 
 def compression_child(args) -> None:
     """Write the defective skull ∪ its implant as a 2-segment .seg.nrrd at several gzip levels."""
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.segfile import Segment, write_segmentation
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.segfile import Segment, write_segmentation
 
     defective = read_skull(args.input)
     implant = read_skull(Path(args.input).parents[1] / "implant" / Path(args.input).name)

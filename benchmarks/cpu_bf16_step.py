@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from SkullVAELib.config import network_preset
-from SkullVAELib.losses import vae_loss
-from SkullVAELib.networks import VAE
+from SkullVAELib.core.config import network_preset
+from SkullVAELib.vae.losses import vae_loss
+from SkullVAELib.vae.networks import VAE
 
 
 def step_times(bf16: bool, steps: int, preset: str) -> list[float]:

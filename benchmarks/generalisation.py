@@ -35,15 +35,15 @@ import torch
 
 
 def _cases(args):
-    from SkullVAELib.dataset import discover_cases, parse_id_spec, select_cases
+    from SkullVAELib.data.dataset import discover_cases, parse_id_spec, select_cases
 
     return select_cases(discover_cases([Path(d) for d in args.data]), parse_id_spec(args.ids))
 
 
 def gap(args) -> list[dict]:
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.dataset import build_cache
-    from SkullVAELib.grid import dice
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.data.dataset import build_cache
+    from SkullVAELib.vae.grid import dice
 
     bundle = ModelBundle.load(args.model)
     data = build_cache(_cases(args), bundle.network.grid, cache_dir=args.cache_dir)
@@ -68,12 +68,12 @@ def _summary(rows: list[dict], key: str) -> list[str]:
 
 
 def fit(args) -> list[dict]:
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.completion import complete
-    from SkullVAELib.config import CompletionConfig
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.metrics import dice, implant_metrics
-    from SkullVAELib.testtime_fit import FitConfig
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.core.config import CompletionConfig
+    from SkullVAELib.evaluation.metrics import dice, implant_metrics
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.vae.completion import complete
+    from SkullVAELib.vae.testtime_fit import FitConfig
 
     bundle = ModelBundle.load(args.model)
     cases = [c for c in _cases(args) if c.label in ("cranial", "facial")]
@@ -107,12 +107,12 @@ def fit(args) -> list[dict]:
 
 
 def fitgrid(args) -> list[dict]:
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.dataset import build_cache
-    from SkullVAELib.grid import dice
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.implant import clean_model_grid_implant, model_spacing
-    from SkullVAELib.testtime_fit import FitConfig, fit_to_patient
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.data.dataset import build_cache
+    from SkullVAELib.implant.cleanup import clean_model_grid_implant, model_spacing
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.vae.grid import dice
+    from SkullVAELib.vae.testtime_fit import FitConfig, fit_to_patient
 
     bundle = ModelBundle.load(args.model)
     grid = bundle.network.grid

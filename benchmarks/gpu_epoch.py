@@ -30,7 +30,7 @@ from SkullVAELib.cli.common import grid_arg
 
 def volumes(data: Path, n: int, grid, cache_dir: Path) -> tuple[torch.Tensor, str]:
     if (data / "complete_skull").is_dir():
-        from SkullVAELib.dataset import build_cache, discover_cases
+        from SkullVAELib.data.dataset import build_cache, discover_cases
 
         cases = discover_cases(data)[:n]
         cached = build_cache(cases, grid, cache_dir=cache_dir, workers=4)
@@ -60,10 +60,10 @@ def main() -> None:
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         raise SystemExit("gpu_epoch.py needs a CUDA device (none found); see docs/BENCHMARKS.md section 5")
-    from SkullVAELib.augment import AugmentConfig, Augmenter
-    from SkullVAELib.config import NetworkConfig, TrainConfig
-    from SkullVAELib.networks import VAE, Decoder
-    from SkullVAELib.trainer import train_stage1, train_stage2
+    from SkullVAELib.core.config import NetworkConfig, TrainConfig
+    from SkullVAELib.data.augment import AugmentConfig, Augmenter
+    from SkullVAELib.vae.networks import VAE, Decoder
+    from SkullVAELib.vae.stages import train_stage1, train_stage2
 
     torch.backends.cudnn.benchmark = True
     data, what = volumes(args.data, args.volumes, args.grid, args.cache_dir)

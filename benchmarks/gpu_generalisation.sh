@@ -38,7 +38,7 @@ timeout -s INT $((END - $(el))) $SKV train $D --out "$W/plain" --epochs 100000 >
 timeout -s INT $((END - $(el))) $SKV train $D --out "$W/aug" --epochs 100000 --augment > "$W/aug.log" 2>&1 &
 waitjobs
 echo "training window closed at $(el)s"
-ep() { $PY -c "from SkullVAELib.checkpoint import load_checkpoint as l, checkpoint_path as p; print(l(p('$1',1))['epoch'])"; }
+ep() { $PY -c "from SkullVAELib.training.checkpoint import load_checkpoint as l, checkpoint_path as p; print(l(p('$1',1))['epoch'])"; }
 for m in plain aug; do
   E=$(ep "$W/$m"); echo "$m: $E epochs"
   A=""; [ $m = aug ] && A=--augment

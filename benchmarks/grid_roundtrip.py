@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from SkullVAELib.atomic import atomic_write_text
-from SkullVAELib.grid import dice, from_model_grid, to_model_grid
-from SkullVAELib.image import read_skull
+from SkullVAELib.core.atomic import atomic_write_text
+from SkullVAELib.io.image import read_skull
+from SkullVAELib.vae.grid import dice, from_model_grid, to_model_grid
 
 GRIDS = ((256, 256, 128), (128, 128, 64))
 MODES = ("area", "nearest")

@@ -45,9 +45,9 @@ def count_flops(grid) -> dict[str, float]:
     from monai.networks.nets import VarAutoEncoder
     from torch.utils.flop_counter import FlopCounterMode
 
-    from SkullVAELib.config import NetworkConfig
-    from SkullVAELib.losses import vae_loss
-    from SkullVAELib.networks import VAE
+    from SkullVAELib.core.config import NetworkConfig
+    from SkullVAELib.vae.losses import vae_loss
+    from SkullVAELib.vae.networks import VAE
 
     out = {}
     with torch.device("meta"):
@@ -71,9 +71,9 @@ def count_flops(grid) -> dict[str, float]:
 def step_child(grid, batches: list[int], steps: int, threads: int) -> None:
     import torch
 
-    from SkullVAELib.config import NetworkConfig
-    from SkullVAELib.losses import vae_loss
-    from SkullVAELib.networks import VAE
+    from SkullVAELib.core.config import NetworkConfig
+    from SkullVAELib.vae.losses import vae_loss
+    from SkullVAELib.vae.networks import VAE
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -102,12 +102,12 @@ def completion_child(data: Path, case: str, threads: int) -> None:
     import numpy as np
     import torch
 
-    from SkullVAELib.bundle import new_bundle
-    from SkullVAELib.completion import complete
-    from SkullVAELib.config import PRESETS, CompletionConfig
-    from SkullVAELib.grid import to_model_grid
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.segfile import Segment, write_segmentation
+    from SkullVAELib.bundle.model_bundle import new_bundle
+    from SkullVAELib.core.config import PRESETS, CompletionConfig
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.segfile import Segment, write_segmentation
+    from SkullVAELib.vae.completion import complete
+    from SkullVAELib.vae.grid import to_model_grid
 
     torch.set_num_threads(threads)
     bundle = new_bundle(PRESETS["paper"], aggregated=True, seed=0)

@@ -26,11 +26,11 @@ import torch
 
 
 def table1(model: Path, data: list[str], ids: str, cache_dir: str | None, permutations: int) -> dict:
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
-    from SkullVAELib.gaussianity import latent_gaussianity
-    from SkullVAELib.metrics import dice
-    from SkullVAELib.trainer import encode_dataset
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.data.dataset import build_cache, discover_cases, select_cases
+    from SkullVAELib.evaluation.gaussianity import latent_gaussianity
+    from SkullVAELib.evaluation.metrics import dice
+    from SkullVAELib.vae.stages import encode_dataset
 
     bundle = ModelBundle.load(model)
     bundle.require_completion(model)

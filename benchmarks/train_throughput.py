@@ -85,9 +85,9 @@ def ours_steps(
     volumes: torch.Tensor, grid, batch: int, channels_last: bool, out_dir: Path
 ) -> tuple[list[float], float]:
     """(seconds of each step, the epoch seconds of the trainer's log row) of one train_stage1 epoch."""
-    from SkullVAELib.config import NetworkConfig, TrainConfig
-    from SkullVAELib.networks import VAE
-    from SkullVAELib.trainer import train_stage1
+    from SkullVAELib.core.config import NetworkConfig, TrainConfig
+    from SkullVAELib.vae.networks import VAE
+    from SkullVAELib.vae.stages import train_stage1
 
     torch.manual_seed(0)
     vae = VAE(NetworkConfig(grid=grid, channels=PAPER_CHANNELS))
@@ -99,9 +99,9 @@ def ours_steps(
 
 
 def floor_parts(grid, channels_last: bool):
-    from SkullVAELib.config import NetworkConfig
-    from SkullVAELib.losses import vae_loss
-    from SkullVAELib.networks import VAE
+    from SkullVAELib.core.config import NetworkConfig
+    from SkullVAELib.vae.losses import vae_loss
+    from SkullVAELib.vae.networks import VAE
 
     torch.manual_seed(0)
     vae = VAE(NetworkConfig(grid=grid, channels=PAPER_CHANNELS)).train()
@@ -129,7 +129,7 @@ def floor_steps(step, batches: list[torch.Tensor]) -> list[float]:
 
 def overhead_section(cases, grid, batch: int, reps: int, cache_dir: Path, threads: int) -> Section:
     """ours vs floor only, both on a FRESH model every epoch (symmetric warm-up), ``reps`` interleaved pairs."""
-    from SkullVAELib.dataset import build_cache
+    from SkullVAELib.data.dataset import build_cache
 
     volumes = build_cache(cases, grid, cache_dir=cache_dir).volumes
     n_steps = len(cases) // batch
@@ -194,7 +194,7 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from SkullVAELib.dataset import build_cache, discover_cases
+    from SkullVAELib.data.dataset import build_cache, discover_cases
 
     cases = [c for c in discover_cases(args.data) if c.label == "complete"][: args.volumes]
     files = [c.path for c in cases]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from SkullVAESlicerLib import nodes  # noqa: E402  (importing it makes SkullVAELib importable too)
 from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
 
-from SkullVAELib.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402  (the library's vocabulary)
+from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402  (the library's vocabulary)
 
 
 def buildParser() -> argparse.ArgumentParser:

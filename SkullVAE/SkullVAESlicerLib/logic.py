@@ -15,8 +15,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from SkullVAELib.config import DEFECT_CHOICES, check_gamma  # the vocabulary and γ rule (torch-free)
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.config import DEFECT_CHOICES, check_gamma  # the vocabulary and γ rule (torch-free)
+from SkullVAELib.core.errors import SkullVAEError
 
 from . import nodes
 from .process import (
@@ -173,7 +173,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
                 or vtkMRMLSegmentationNode.
             modelPath: a model bundle folder (holds config.json).
             outputSegmentation: node to fill; None creates "<input> completion".
-            gamma: γ, weight of the class-direction shift (``SkullVAELib.config.GAMMA_RANGE``, 0..2).
+            gamma: γ, weight of the class-direction shift (``SkullVAELib.core.config.GAMMA_RANGE``, 0..2).
             defect: "auto", "cranial" or "facial".
             boneThresholdHU: bone threshold for CT input.
             forceCPU: run on CPU even when CUDA is present.

@@ -62,7 +62,7 @@ def resolveModelPath(nameOrPath) -> Path:
 
     Raises ValueError with a one-line message (names how to get the model) otherwise.
     """
-    from SkullVAELib.errors import SkullVAEError
+    from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.models import resolve_model
 
     try:

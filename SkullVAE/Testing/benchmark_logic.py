@@ -31,8 +31,8 @@ def main() -> int:
 
     import numpy as np
 
-    from SkullVAELib.bundle import new_bundle
-    from SkullVAELib.config import network_preset
+    from SkullVAELib.bundle.model_bundle import new_bundle
+    from SkullVAELib.core.config import network_preset
 
     with tempfile.TemporaryDirectory() as folder:
         model = args.model or str(Path(folder) / "model")

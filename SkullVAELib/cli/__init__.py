@@ -15,8 +15,8 @@ import sys
 import threading
 
 from SkullVAELib import __version__
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import close_all_bars
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import close_all_bars
 
 # Verb name -> (module in SkullVAELib/cli/, one-line help). Only the module of the verb being
 # run is imported, so `skullvae complete` does not pay for the imports of every other verb.
@@ -56,7 +56,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-LIMIT_ENV = {"max_voxels": "SKULLVAE_MAX_VOXELS", "max_memory_gb": "SKULLVAE_MAX_MEMORY_GB"}  # SkullVAELib.limits
+LIMIT_ENV = {"max_voxels": "SKULLVAE_MAX_VOXELS", "max_memory_gb": "SKULLVAE_MAX_MEMORY_GB"}  # SkullVAELib.core.limits
 
 
 def _positive_number(text: str) -> float:
@@ -70,7 +70,7 @@ def _positive_number(text: str) -> float:
 
 
 def _add_limit_args(parser: argparse.ArgumentParser) -> None:
-    """``--max-voxels`` / ``--max-memory-gb``: the resource limits of ``SkullVAELib.limits``, handed
+    """``--max-voxels`` / ``--max-memory-gb``: the resource limits of ``SkullVAELib.core.limits``, handed
     to it (and to child processes) through its environment variables."""
     group = parser.add_argument_group("resource limits (checked from headers and configs before reading)")
     group.add_argument(
@@ -91,7 +91,7 @@ def _add_limit_args(parser: argparse.ArgumentParser) -> None:
 
 def _sigterm_as_ctrl_c(signum, frame) -> None:
     """SIGTERM (``kill``, SLURM, ``docker stop``) ends a verb as Ctrl-C does: temporaries removed,
-    exit 130. Training installs its own handler (checkpoint first, SkullVAELib.checkpoint)."""
+    exit 130. Training installs its own handler (checkpoint first, SkullVAELib.training.checkpoint)."""
     raise KeyboardInterrupt
 
 

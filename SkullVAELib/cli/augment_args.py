@@ -1,16 +1,16 @@
-"""`skullvae train --augment ...`: the options of training-time augmentation (``SkullVAELib.augment``)."""
+"""`skullvae train --augment ...`: the options of training-time augmentation (``SkullVAELib.data.augment``)."""
 
 from __future__ import annotations
 
 import argparse
 
 from SkullVAELib.cli.common import float_list_arg
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.errors import SkullVAEError
 
 
 def add_augment_args(p: argparse.ArgumentParser) -> None:
     """--augment and its settings (an argument group of ``train``)."""
-    g = p.add_argument_group("augmentation (every batch, on the training device; SkullVAELib.augment)")
+    g = p.add_argument_group("augmentation (every batch, on the training device; SkullVAELib.data.augment)")
     g.add_argument(
         "--augment",
         action="store_true",

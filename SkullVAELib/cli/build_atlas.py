@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
-from SkullVAELib.config import ATLAS_SPACING_MM
+from SkullVAELib.core.config import ATLAS_SPACING_MM
 
 
 def register(subparsers) -> None:
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.dataset import parse_id_spec
+    from SkullVAELib.data.dataset import parse_id_spec
     from SkullVAELib.workflows import build_atlas
 
     progress = make_progress(args.progress)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from SkullVAELib.cli.common import add_network_args, add_progress_arg, add_resample_arg, close_progress, make_progress
-from SkullVAELib.config import DEFAULT_RESAMPLE, RESAMPLE_MODES, network_preset
+from SkullVAELib.core.config import DEFAULT_RESAMPLE, RESAMPLE_MODES, network_preset
 
 
 def register(subparsers) -> None:

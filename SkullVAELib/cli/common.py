@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from SkullVAELib.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_gamma, network_preset
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import JsonLinesProgress, TqdmProgress
+from SkullVAELib.core.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_gamma, network_preset
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import JsonLinesProgress, TqdmProgress
 
 
 def grid_arg(text: str) -> tuple[int, int, int]:
@@ -93,7 +93,7 @@ def network_from_args(args: argparse.Namespace) -> NetworkConfig:
     except SkullVAEError as exc:
         if "cannot be divided" not in exc.message:
             raise
-        from SkullVAELib.train_plan import grid_advice
+        from SkullVAELib.training.plan import grid_advice
 
         raise SkullVAEError(f"{exc.message.split('; ')[0]}: {grid_advice(grid, channels)}") from None
 

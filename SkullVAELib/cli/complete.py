@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gamma_list, make_progress
-from SkullVAELib.config import DEFECT_CHOICES, DEVICE_HELP, GAMMA_RANGE
+from SkullVAELib.core.config import DEFECT_CHOICES, DEVICE_HELP, GAMMA_RANGE
 from SkullVAELib.workflows.complete import DEFAULT_SAMPLES
 
 

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gammas_arg, make_progress
-from SkullVAELib.config import DEVICE_HELP, GAMMAS
+from SkullVAELib.core.config import DEVICE_HELP, GAMMAS
 
 __all__ = ["register", "run"]  # recorded_train_ids and select_cases: the workflow's, see __getattr__
 
@@ -87,8 +87,8 @@ def register(subparsers) -> None:
 
 
 def _run_implants(args: argparse.Namespace, progress) -> None:
-    from SkullVAELib.dataset import parse_id_spec
-    from SkullVAELib.errors import SkullVAEError
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.data.dataset import parse_id_spec
     from SkullVAELib.workflows.implants import evaluate_implants
 
     test_ids = parse_id_spec(args.test_ids)
@@ -121,7 +121,7 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.errors import SkullVAEError
+    from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.workflows import evaluate_model
 
     if args.implants_only and not args.implants:

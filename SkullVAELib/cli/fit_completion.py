@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, make_progress
-from SkullVAELib.config import DEVICE_HELP
+from SkullVAELib.core.config import DEVICE_HELP
 
 
 def register(subparsers) -> None:

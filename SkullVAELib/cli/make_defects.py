@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
-from SkullVAELib.config import DEFECTS
-from SkullVAELib.defects import CRANIAL_STYLES
+from SkullVAELib.core.config import DEFECTS
+from SkullVAELib.data.defects import CRANIAL_STYLES
 
 
 def register(subparsers) -> None:

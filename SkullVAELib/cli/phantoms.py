@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from SkullVAELib.cli.common import add_progress_arg, close_progress, grid_arg, make_progress
-from SkullVAELib.defects import CRANIAL_STYLES
+from SkullVAELib.data.defects import CRANIAL_STYLES
 
 
 def spacing_arg(text: str) -> tuple[float, float, float]:

@@ -103,7 +103,7 @@ def register(subparsers) -> None:
 
 def train_configs(args: argparse.Namespace) -> dict:
     """{stage: TrainConfig} of ``--stage`` from the parsed arguments."""
-    from SkullVAELib.config import TrainConfig
+    from SkullVAELib.core.config import TrainConfig
 
     stages = (1, 2) if args.stage == "all" else (int(args.stage),)
     return {
@@ -132,7 +132,7 @@ def train_configs(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.dataset import parse_id_spec
+    from SkullVAELib.data.dataset import parse_id_spec
     from SkullVAELib.workflows import train_model
 
     network = network_from_args(args)  # validates grid / depth / channels first: one-line errors

@@ -53,8 +53,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.case_ids import parse_id_spec
-    from SkullVAELib.errors import SkullVAEError
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows.refiner import (
         REFINER_FILE,
         RefinerConfig,

@@ -1,7 +1,7 @@
 """Pretrained models: the registry (``models.json`` here), the user's model cache, downloads and model cards.
 
 No torch at import time (the Slicer panel lists models in its GUI process); installing a
-bundle imports :mod:`SkullVAELib.bundle` to check that it loads.
+bundle imports :mod:`SkullVAELib.bundle.model_bundle` to check that it loads.
 """
 
 from SkullVAELib.models.card import read_model_card, render_model_card, write_model_card, write_training_card

@@ -13,8 +13,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from SkullVAELib.atomic import atomic_path
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.atomic import atomic_path
+from SkullVAELib.core.errors import SkullVAEError
 
 # Files of a bundle folder that are not shipped: resumable training state and temp files.
 EXCLUDED_PARTS = ("checkpoints",)

@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from SkullVAELib.atomic import atomic_write_text
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.atomic import atomic_write_text
+from SkullVAELib.core.errors import SkullVAEError
 
 CARD_JSON = "model_card.json"
 CARD_TEXT = "model_card.md"

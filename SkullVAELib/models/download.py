@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from SkullVAELib import __version__
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
 
 CHUNK_BYTES = 1 << 16
 TIMEOUT_S = 30.0

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.errors import SkullVAEError
 
 REGISTRY_FORMAT = "skullvae-model-registry"
 REGISTRY_ENV = "SKULLVAE_REGISTRY"  # another registry file (tests, private mirrors)

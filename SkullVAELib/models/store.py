@@ -23,12 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from SkullVAELib.atomic import atomic_write_text, replace_folder
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.atomic import atomic_write_text, replace_folder
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.models.archive import bundle_root, is_archive, unpack_archive
 from SkullVAELib.models.download import download_file, sha256_file
 from SkullVAELib.models.registry import Registry, RegistryEntry, check_name, load_registry
-from SkullVAELib.progress import ProgressCallback
 
 HOME_ENV = "SKULLVAE_HOME"
 INSTALLED_FILE = "installed.json"
@@ -244,7 +244,7 @@ def install_archive(
 
 
 def _commit(root: Path, name: str, home: Path, meta: dict, progress, overwrite: bool, label=None) -> Path:
-    from SkullVAELib.bundle import ModelBundle  # torch: imported only when a bundle is installed
+    from SkullVAELib.bundle.model_bundle import ModelBundle  # torch: imported only when a bundle is installed
 
     if progress is not None:
         progress("install", 0.5, f"checking that {name} loads")

@@ -6,11 +6,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SkullVAELib.atlas import AtlasSet, build_atlas_set
-from SkullVAELib.config import ATLAS_SPACING_MM
-from SkullVAELib.dataset import split_case_name
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
+from SkullVAELib.core.config import ATLAS_SPACING_MM
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.data.dataset import split_case_name
+from SkullVAELib.implant.atlas import AtlasSet, build_atlas_set
 
 BUNDLE_ATLAS = "atlas"  # MODEL/atlas/: the atlas set `skullvae complete` uses by default
 

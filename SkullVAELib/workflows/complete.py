@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from SkullVAELib.config import DEFECT_CHOICES, CompletionConfig, check_gamma
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback, no_progress
+from SkullVAELib.core.config import DEFECT_CHOICES, CompletionConfig, check_gamma
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback, no_progress
 
 DEFAULT_SAMPLES = 10  # uncertainty samples when an uncertainty map is asked for without a count
 SEGMENTS = (("Completed skull", (0.95, 0.92, 0.84)), ("Implant", (1.0, 0.85, 0.0)))
@@ -63,7 +63,7 @@ def set_threads(n: int | None) -> None:
 def _plan_outputs(input, model, output: Path, gammas, implant_stl, uncertainty):
     """Every file the call will write, checked before any work (outputs.OutputPlan): not an input,
     not in the model, not twice, the right extension, a folder that exists or is one new level."""
-    from SkullVAELib.outputs import (
+    from SkullVAELib.io.outputs import (
         PNG_EXTENSIONS,
         SEGMENTATION_EXTENSIONS,
         STL_EXTENSIONS,
@@ -89,9 +89,9 @@ def _plan_outputs(input, model, output: Path, gammas, implant_stl, uncertainty):
 
 def _write_one(result, output: Path, stl: Path | None, uncertainty: Path | None, frame: str, timings, warnings, tx):
     """Write one result's files through the output transaction ``tx`` (renamed together at its end)."""
-    from SkullVAELib.image import write_scalar
-    from SkullVAELib.segfile import Segment, write_segmentation
-    from SkullVAELib.surface import write_implant_stl
+    from SkullVAELib.io.image import write_scalar
+    from SkullVAELib.io.segfile import Segment, write_segmentation
+    from SkullVAELib.io.surface import write_implant_stl
 
     def timed(key: str, start: float) -> None:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
@@ -157,7 +157,7 @@ def complete_files(
         raw: completed skull = raw decoded skull (the paper); default keeps the input bone.
         resample: grid resampling mode; None = the one the model was trained with.
         refine: for a cranial defect, build the implant with the geometric rim fit from the
-            patient's own bone at the original resolution (:mod:`SkullVAELib.refine`); False
+            patient's own bone at the original resolution (:mod:`SkullVAELib.implant.refine`); False
             keeps the model's implant (the paper's method). Facial defects keep the model's.
         symmetry: let the rim fit use the skull's mirror image where it covers the hole.
         fit_steps: Adam steps of the test-time fit of z to the patient's bone (``testtime_fit``; 0 = off).
@@ -167,16 +167,16 @@ def complete_files(
         refiner: the learned facial refiner (``skullvae train-refiner``: a ``refiner.safetensors``
             file) that builds facial implants when ``refine`` is on, before the atlas set; None
             uses ``MODEL/refiner.safetensors`` when the bundle has one, False uses none.
-        Other settings as :class:`~SkullVAELib.config.CompletionConfig` and ``read_skull``.
+        Other settings as :class:`~SkullVAELib.core.config.CompletionConfig` and ``read_skull``.
 
     Returns:
         :class:`CompletedFiles`. Raises SkullVAEError (naming the file) on bad input.
     """
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.completion import complete
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.inputs import read_information
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.inputs import read_information
     from SkullVAELib.models.store import resolve_model
+    from SkullVAELib.vae.completion import complete
 
     start = time.perf_counter()
     gammas = [check_gamma(g) for g in gammas]
@@ -246,7 +246,7 @@ def complete_files(
             result = replace(result, gamma=gamma)
         source = "model"
         if refine and gamma != 0:
-            from SkullVAELib.refine import refine_completion
+            from SkullVAELib.implant.refine import refine_completion
 
             stage_progress("refine", 0.9, "building the implant from the patient's bone at full resolution")
             done = refine_completion(
@@ -262,7 +262,7 @@ def complete_files(
             source = done.source
             refined += [m for m in done.messages if m not in refined]
         elif gamma != 0:
-            from SkullVAELib.implant_check import check_implant
+            from SkullVAELib.implant.check import check_implant
 
             refined += [m for m in check_implant(result.implant.mask, skull.voxel_volume_mm3) if m not in refined]
         for key, value in result.timings.items():
@@ -284,7 +284,7 @@ def complete_files(
             out = sweep_path(output, gamma) if sweep else output
             written.append(_write_one(result, out, stl, unc, stl_frame, timings, warnings, tx))
         if sweep:
-            from SkullVAELib.figures import plot_gamma_sweep, sweep_rows
+            from SkullVAELib.evaluation.figures import plot_gamma_sweep, sweep_rows
 
             montage = output.with_name(output.name.split(".")[0] + "_gamma_sweep.png")
             rows = sweep_rows(gammas, [r.completed for r in results], [r.implant for r in results])
@@ -319,7 +319,7 @@ def complete_files(
 
 def _atlas_set(model: Path, atlas: str | os.PathLike | bool | None):
     """The AtlasSet ``complete_files`` should use (see its ``atlas`` argument), or None."""
-    from SkullVAELib.atlas import AtlasSet
+    from SkullVAELib.implant.atlas import AtlasSet
     from SkullVAELib.workflows.atlas import bundle_atlas
 
     if atlas is False:
@@ -330,8 +330,8 @@ def _atlas_set(model: Path, atlas: str | os.PathLike | bool | None):
 
 def _facial_refiner(model: Path, refiner: str | os.PathLike | bool | None, device: str):
     """The FacialRefiner ``complete_files`` should use (see its ``refiner`` argument), or None."""
-    from SkullVAELib.devices import resolve_device
-    from SkullVAELib.refiner.infer import FacialRefiner
+    from SkullVAELib.core.devices import resolve_device
+    from SkullVAELib.implant.learned.infer import FacialRefiner
     from SkullVAELib.workflows.refiner import REFINER_FILE
 
     if refiner is False:

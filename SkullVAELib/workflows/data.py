@@ -1,6 +1,6 @@
 """Data-set workflows: phantom cohorts, defect sets and the model-grid cache.
 
-Every function writes the data-set layout owned by :mod:`SkullVAELib.dataset`
+Every function writes the data-set layout owned by :mod:`SkullVAELib.data.dataset`
 (``LABEL_FOLDERS``, ``IMPLANT_FOLDERS``, ``EXTENSIONS``) and returns what it did.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from SkullVAELib.config import DEFAULT_RESAMPLE, DEFECTS
-from SkullVAELib.dataset import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, split_case_name
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.image import SkullImage
-from SkullVAELib.progress import ProgressCallback, no_progress
+from SkullVAELib.core.config import DEFAULT_RESAMPLE, DEFECTS
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.data.dataset import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, split_case_name
+from SkullVAELib.io.image import SkullImage
 
 
 @dataclass
@@ -68,8 +68,8 @@ def write_defect_pair(
 ) -> tuple[SkullImage, SkullImage]:
     """Cut one ``kind`` defect (per-case seed from ``seed`` and the case id) and write both halves
     (to ``out``'s layout, or to ``paths`` = (defective, implant), e.g. an output transaction's)."""
-    from SkullVAELib.defects import case_seed, cranial_defect, facial_defect
-    from SkullVAELib.image import write_mask
+    from SkullVAELib.data.defects import case_seed, cranial_defect, facial_defect
+    from SkullVAELib.io.image import write_mask
 
     if kind not in DEFECTS:
         raise SkullVAEError(f"defect kind must be one of {', '.join(DEFECTS)}, got {kind!r}")
@@ -109,8 +109,8 @@ def make_defect_set(
     are not replaced unless ``overwrite``; every case is written under a temporary name and all
     are renamed at the end, so a bad input anywhere leaves nothing written.
     """
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.outputs import OutputPlan
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.outputs import OutputPlan
 
     _check_seed(seed)
     if kind not in DEFECTS:
@@ -157,9 +157,9 @@ def make_phantom_set(
     new ones; other files are left alone. All files are written under temporary names and
     renamed at the end: an error anywhere leaves ``out`` as it was.
     """
-    from SkullVAELib.image import write_mask
-    from SkullVAELib.outputs import OutputPlan, check_output_folder
-    from SkullVAELib.phantoms import make_phantom, phantom_seeds
+    from SkullVAELib.data.phantoms import make_phantom, phantom_seeds
+    from SkullVAELib.io.image import write_mask
+    from SkullVAELib.io.outputs import OutputPlan, check_output_folder
 
     if n < 1:
         raise SkullVAEError(f"--n must be at least 1, got {n}")
@@ -230,7 +230,7 @@ def cache_data_set(
 
     Returns ``(CachedDataset, {label: count}, cache folder)``.
     """
-    from SkullVAELib.dataset import build_cache, default_cache_dir, discover_cases
+    from SkullVAELib.data.dataset import build_cache, default_cache_dir, discover_cases
 
     cases = discover_cases([Path(d) for d in data])
     cached = build_cache(

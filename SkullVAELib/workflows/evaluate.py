@@ -6,10 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SkullVAELib.config import GAMMAS
-from SkullVAELib.dataset import parse_id_spec
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
+from SkullVAELib.core.config import GAMMAS
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.data.dataset import parse_id_spec
 
 
 def recorded_train_ids(bundle) -> list[str] | None:
@@ -80,12 +80,12 @@ def evaluate_model(
     Refuses test ids the model trained on. ``resample`` None uses the model's own mode.
     Returns ``(EvaluationResult, report path, test ids)``.
     """
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.dataset import discover_cases
-    from SkullVAELib.evaluation import evaluate
-    from SkullVAELib.outputs import check_output_folder
-    from SkullVAELib.report import write_report
-    from SkullVAELib.training_log import LOG_NAME
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.data.dataset import discover_cases
+    from SkullVAELib.evaluation.report import write_report
+    from SkullVAELib.evaluation.table1 import evaluate
+    from SkullVAELib.io.outputs import check_output_folder
+    from SkullVAELib.training.log import LOG_NAME
 
     model, out = Path(model), Path(out)
     check_output_folder(out, "--out")  # a file in the way or a read-only folder: before the work

@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from SkullVAELib.config import DEFECTS
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback, no_progress
+from SkullVAELib.core.config import DEFECTS
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback, no_progress
 
 
 @dataclass
@@ -39,11 +39,11 @@ def fit_completion_data(
     """
     import numpy as np
 
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.centroids import fit_completion
-    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
-    from SkullVAELib.devices import resolve_device
-    from SkullVAELib.outputs import check_output_folder
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.core.devices import resolve_device
+    from SkullVAELib.data.dataset import build_cache, discover_cases, select_cases
+    from SkullVAELib.io.outputs import check_output_folder
+    from SkullVAELib.vae.centroids import fit_completion
 
     if batch_size < 1:
         raise SkullVAEError(f"--batch-size must be >= 1, got {batch_size}")

@@ -14,9 +14,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SkullVAELib.atomic import atomic_write_text
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
+from SkullVAELib.core.atomic import atomic_write_text
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
 
 CSV_COLUMNS = (
     "case_id", "defect", "seed", "method", "dsc", "bdsc", "hd95", "skull_dsc",
@@ -54,7 +54,7 @@ def evaluate_implants(
     ``*atlas`` ones, a facial refiner (``refiner.safetensors``) only for the ``*learned`` ones;
     none of them may have seen any of ``test_ids``.
     """
-    from SkullVAELib import implant_eval
+    from SkullVAELib.evaluation import implants as implant_eval
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -68,7 +68,7 @@ def evaluate_implants(
     if any(m.startswith("vae") for m in methods):
         if model is None:
             raise SkullVAEError("the vae* implant methods need --model")
-        from SkullVAELib.bundle import ModelBundle
+        from SkullVAELib.bundle.model_bundle import ModelBundle
         from SkullVAELib.workflows.evaluate import recorded_train_ids
 
         bundle = ModelBundle.load(model)
@@ -82,7 +82,7 @@ def evaluate_implants(
     if any(m.endswith("atlas") for m in methods):
         if atlas is None:
             raise SkullVAEError("the *atlas implant methods need --atlas (a folder from `skullvae build-atlas`)")
-        from SkullVAELib.atlas import AtlasSet
+        from SkullVAELib.implant.atlas import AtlasSet
 
         atlas_set = AtlasSet.load(atlas)
         seen = sorted(set(atlas_set.ids) & set(test_ids))
@@ -92,8 +92,8 @@ def evaluate_implants(
     if any(m.endswith("learned") for m in methods):
         if refiner is None:
             raise SkullVAEError("the *learned implant methods need --refiner (from `skullvae train-refiner`)")
-        from SkullVAELib.devices import resolve_device
-        from SkullVAELib.refiner.infer import FacialRefiner
+        from SkullVAELib.core.devices import resolve_device
+        from SkullVAELib.implant.learned.infer import FacialRefiner
 
         facial_refiner = FacialRefiner.load(refiner, str(resolve_device(device)))
         # its validation ids chose the weights, so scoring them is a validation run, not a test

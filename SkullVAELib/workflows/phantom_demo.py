@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from SkullVAELib.config import DEFECTS, TrainConfig, network_preset
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
+from SkullVAELib.core.config import DEFECTS, TrainConfig, network_preset
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
 
 # Demo sizes: small enough for < 10 minutes on 2 CPU cores, large enough to look like skulls.
 DEMO_PHANTOM_SHAPE = (96, 96, 80)
@@ -42,9 +42,9 @@ class DemoOutputs:
 
 def _preview(defective_path: Path, seg_path: Path, png_path: Path) -> None:
     """Orthogonal projections: the defective input, and the completion with the implant in yellow."""
-    from SkullVAELib.figures import save_mip_png
-    from SkullVAELib.image import read_skull
-    from SkullVAELib.segfile import read_segmentation
+    from SkullVAELib.evaluation.figures import save_mip_png
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.segfile import read_segmentation
 
     defective = read_skull(defective_path)
     _, segments = read_segmentation(seg_path)
@@ -71,7 +71,7 @@ def demo(
     ``n`` phantoms (the last is held back), ``epochs``/``epochs2`` per stage, stage-1 ``beta``;
     ``threads`` torch threads (0 = all cores).
     """
-    from SkullVAELib.dataset import LABEL_FOLDERS, parse_id_spec
+    from SkullVAELib.data.dataset import LABEL_FOLDERS, parse_id_spec
     from SkullVAELib.workflows.complete import complete_files
     from SkullVAELib.workflows.data import make_phantom_set, phantom_file_name
     from SkullVAELib.workflows.fit import fit_completion_data

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from SkullVAELib.errors import SkullVAEError
+from SkullVAELib.core.errors import SkullVAEError
 
 if TYPE_CHECKING:
-    from SkullVAELib.bundle import ModelBundle
+    from SkullVAELib.bundle.model_bundle import ModelBundle
 
 
 def import_reference_model(
@@ -26,9 +26,9 @@ def import_reference_model(
     Refuses to replace an existing bundle unless ``overwrite``, and a destination that cannot be
     a folder, before reading the weights. Nothing is unpickled.
     """
-    from SkullVAELib.bundle import CONFIG_FILE
-    from SkullVAELib.outputs import check_output_folder
-    from SkullVAELib.reference import import_reference
+    from SkullVAELib.bundle.model_bundle import CONFIG_FILE
+    from SkullVAELib.bundle.reference import import_reference
+    from SkullVAELib.io.outputs import check_output_folder
 
     out = Path(out)
     if (out / CONFIG_FILE).exists() and not overwrite:

@@ -6,10 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
-from SkullVAELib.refiner.config import RefinerConfig
-from SkullVAELib.refiner.train import RefinerTrainConfig
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.implant.learned.config import RefinerConfig
+from SkullVAELib.implant.learned.train import RefinerTrainConfig
 
 __all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "pack_refiner_grids", "train_refiner"]
 
@@ -25,8 +25,8 @@ def pack_refiner_grids(
     progress: ProgressCallback | None = None,
 ) -> Path:
     """Write the complete skulls of ``data`` (ids ``ids``, None: all) on the refiner's grid to ``out``."""
-    from SkullVAELib.dataset import split_case_name
-    from SkullVAELib.refiner.data import pack_lps_grids
+    from SkullVAELib.data.dataset import split_case_name
+    from SkullVAELib.implant.learned.data import pack_lps_grids
     from SkullVAELib.workflows.data import list_complete_skulls
 
     out = Path(out)
@@ -53,8 +53,8 @@ def train_refiner(
 ) -> Path:
     """Train on ``train_ids`` of the packed ``grids`` file, select on ``val_ids``; returns the
     weights file (``out/refiner.safetensors``; ``out/history.csv`` and ``out/history.png`` beside it)."""
-    from SkullVAELib.refiner.data import load_lps_grids
-    from SkullVAELib.refiner.train import RefinerTrainer, to_device
+    from SkullVAELib.implant.learned.data import load_lps_grids
+    from SkullVAELib.implant.learned.train import RefinerTrainer, to_device
 
     cfg = cfg or RefinerConfig()
     out = Path(out)
@@ -87,7 +87,7 @@ def _plot_history(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from SkullVAELib.atomic import atomic_path
+    from SkullVAELib.core.atomic import atomic_path
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -13,16 +13,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from SkullVAELib.config import DEFAULT_RESAMPLE, NetworkConfig, TrainConfig, check_resample
-from SkullVAELib.errors import SkullVAEError
-from SkullVAELib.progress import ProgressCallback
+from SkullVAELib.core.config import DEFAULT_RESAMPLE, NetworkConfig, TrainConfig, check_resample
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from SkullVAELib.bundle import ModelBundle
+    from SkullVAELib.bundle.model_bundle import ModelBundle
 
 
 def _load_data(data, ids, grid, cache_dir, resample, ctx, progress, option="--train-ids"):
-    from SkullVAELib.dataset import build_cache, discover_cases, select_cases
+    from SkullVAELib.data.dataset import build_cache, discover_cases, select_cases
 
     cases = select_cases(discover_cases([Path(d) for d in data]), ids, option)
     if not ctx.is_main:
@@ -35,8 +35,8 @@ def _load_data(data, ids, grid, cache_dir, resample, ctx, progress, option="--tr
 
 def draw_curves(model_dir: str | os.PathLike) -> Path | None:
     """Draw ``MODEL/curves.png`` (Fig. 3) from the training logs of a model folder; None without rows."""
-    from SkullVAELib.figures import plot_curves
-    from SkullVAELib.training_log import CURVES_NAME, curve_logs
+    from SkullVAELib.evaluation.figures import plot_curves
+    from SkullVAELib.training.log import CURVES_NAME, curve_logs
 
     return plot_curves(curve_logs(model_dir), Path(model_dir) / CURVES_NAME)
 
@@ -86,19 +86,19 @@ def train_model(
     import torch
 
     from SkullVAELib import __version__
-    from SkullVAELib.bundle import ModelBundle
-    from SkullVAELib.checkpoint import checkpoint_path, load_checkpoint
-    from SkullVAELib.distributed import current_context, init_distributed, shutdown_distributed
-    from SkullVAELib.limits import check_network
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.core.limits import check_network
+    from SkullVAELib.io.outputs import check_model_destination
     from SkullVAELib.models.card import write_training_card
-    from SkullVAELib.networks import VAE, Decoder
-    from SkullVAELib.outputs import check_model_destination
-    from SkullVAELib.train_plan import log_training_plan
-    from SkullVAELib.trainer import train_stage1, train_stage2
+    from SkullVAELib.training.checkpoint import checkpoint_path, load_checkpoint
+    from SkullVAELib.training.distributed import current_context, init_distributed, shutdown_distributed
+    from SkullVAELib.training.plan import log_training_plan
+    from SkullVAELib.vae.networks import VAE, Decoder
+    from SkullVAELib.vae.stages import train_stage1, train_stage2
 
     out = Path(out)
     if augment is not None:  # checked before any data is read or anything written
-        from SkullVAELib.augment import AugmentConfig, Augmenter
+        from SkullVAELib.data.augment import AugmentConfig, Augmenter
 
         batch_transform = Augmenter(AugmentConfig(**augment))
     order = tuple(sorted(stages))

@@ -8,6 +8,7 @@ where the folder is absent, so the suite passes on a fresh machine.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -45,9 +46,9 @@ def _one_torch_thread():
 
 @pytest.fixture
 def default_limits(monkeypatch):
-    """SkullVAELib.limits at its documented defaults, whatever the environment or an earlier
+    """SkullVAELib.core.limits at its documented defaults, whatever the environment or an earlier
     in-process CLI call (``--max-voxels`` sets an environment variable) left behind."""
-    from SkullVAELib import limits
+    from SkullVAELib.core import limits
 
     monkeypatch.delenv(limits.ENV_MAX_VOXELS, raising=False)
     monkeypatch.delenv(limits.ENV_MAX_MEMORY_GB, raising=False)
@@ -73,8 +74,8 @@ def scene():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """An untrained aggregated bundle (preset "test") with centroids: enough to run completion."""
-    from SkullVAELib.bundle import new_bundle
-    from SkullVAELib.config import network_preset
+    from SkullVAELib.bundle.model_bundle import new_bundle
+    from SkullVAELib.core.config import network_preset
 
     bundle = new_bundle(network_preset("test"), aggregated=True, seed=0)
     d = bundle.network.latent_size
@@ -87,8 +88,8 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def phantom_file(tmp_path_factory) -> Path:
     """A binary phantom skull NRRD, 48×48×40 voxels of 3.2 mm."""
-    from SkullVAELib.image import write_mask
-    from SkullVAELib.phantoms import make_phantom
+    from SkullVAELib.data.phantoms import make_phantom
+    from SkullVAELib.io.image import write_mask
 
     path = tmp_path_factory.mktemp("phantom") / "phantom.nrrd"
     write_mask(make_phantom(0, shape=(48, 48, 40), spacing=(3.2, 3.2, 3.2)), path)
@@ -112,7 +113,7 @@ def run_complete(capsys):
     import json
 
     from SkullVAELib.cli import main
-    from SkullVAELib.segfile import read_segmentation
+    from SkullVAELib.io.segfile import read_segmentation
 
     def run(root: Path, name: str, defect: str, *extra: str):
         out = root / name / "result.seg.nrrd"
@@ -123,3 +124,22 @@ def run_complete(capsys):
         return json.loads(stdout.splitlines()[-1])["result"], read_segmentation(out)[1], stderr
 
     return run
+
+
+def phantom_data(n: int = 8, grid=(32, 32, 32)) -> torch.Tensor:
+    """``(n, 1, X, Y, Z)`` float16 soft occupancy of phantoms, as the cache holds them."""
+    from SkullVAELib.data.phantoms import make_phantom as _make_phantom
+    from SkullVAELib.vae.grid import to_model_grid as _to_model_grid
+
+    vols = [_to_model_grid(_make_phantom(seed, shape=(64, 64, 48), spacing=None), grid) for seed in range(n)]
+    return torch.from_numpy(np.stack(vols))[:, None].to(torch.float16)
+
+
+def cmake_set(path: Path, variable: str) -> list[str]:
+    """Entries of ``set(VARIABLE ...)`` in a CMake file (comments dropped, ${MODULE_NAME} expanded)."""
+    text = re.sub(r"#[^\n]*", "", path.read_text())
+    names = dict(re.findall(r"set\((\w+)\s+([^\s)]+)\s*\)", text))
+    match = re.search(rf"set\({variable}\b(.*?)\)", text, re.S)
+    assert match, f"{path.name}: set({variable} ...) not found"
+    entries = match.group(1).split()
+    return [re.sub(r"\$\{(\w+)\}", lambda m: names.get(m.group(1), m.group(0)), e) for e in entries]

@@ -25,23 +25,23 @@ LIB = REPO / "SkullVAELib"
 # Rule 1: what a verb may import (docs/ARCHITECTURE.md, "Rules"), besides the standard library.
 CLI_MAY_IMPORT = (
     "SkullVAELib.workflows",  # the work
-    "SkullVAELib.config",  # vocabulary, presets, defaults
-    "SkullVAELib.errors",
-    "SkullVAELib.progress",  # tqdm bars / JSON lines
-    "SkullVAELib.dataset",  # case-id specs (parse_id_spec) checked before any work
-    "SkullVAELib.case_ids",  # parse_id_spec's own light module (no SimpleITK: train-refiner on a GPU machine)
-    "SkullVAELib.bundle",
-    "SkullVAELib.evaluation",
-    "SkullVAELib.report",
-    "SkullVAELib.defects",  # CRANIAL_STYLES for --style choices
-    "SkullVAELib.train_plan",  # grid advice in a --grid error message
+    "SkullVAELib.core.config",  # vocabulary, presets, defaults
+    "SkullVAELib.core.errors",
+    "SkullVAELib.core.progress",  # tqdm bars / JSON lines
+    "SkullVAELib.data.dataset",  # case-id specs (parse_id_spec) checked before any work
+    "SkullVAELib.data.case_ids",  # parse_id_spec's own light module (no SimpleITK: train-refiner on a GPU machine)
+    "SkullVAELib.bundle.model_bundle",
+    "SkullVAELib.evaluation.table1",
+    "SkullVAELib.evaluation.report",
+    "SkullVAELib.data.defects",  # CRANIAL_STYLES for --style choices
+    "SkullVAELib.training.plan",  # grid advice in a --grid error message
     "SkullVAELib.models",  # `skullvae models`: the registry and the user's model store
 )
 # Rule 2: figure modules, the modules that may use them, and plotting libraries.
-FIGURE_MODULES = ("SkullVAELib.figures", "SkullVAELib.preview", "SkullVAELib.sweep_figure", "SkullVAELib.curves")
-FIGURE_USERS = (*FIGURE_MODULES, "SkullVAELib.report", "SkullVAELib.workflows", "SkullVAELib.cli")
+FIGURE_MODULES = ("SkullVAELib.evaluation.figures",)
+FIGURE_USERS = (*FIGURE_MODULES, "SkullVAELib.evaluation.report", "SkullVAELib.workflows", "SkullVAELib.cli")
 PLOTTING = ("matplotlib", "seaborn", "plotly")
-ENGINES = ("trainer", "completion", "evaluation", "networks", "grid", "image")  # named in the rule
+ENGINES = ("training.loop", "vae.completion", "evaluation.table1", "vae.networks", "vae.grid", "io.image")  # named in the rule
 # Rule 3
 HOST_APP = ("SkullVAE", "SkullVAESlicerLib", "slicer", "qt", "ctk", "PythonQt")
 
@@ -63,7 +63,7 @@ def library_modules() -> dict[str, Path]:
 def imports_of(path: Path) -> set[str]:
     """Absolute names of every module ``path`` imports, at any depth (function-level imports too).
 
-    ``from SkullVAELib import figures`` counts as ``SkullVAELib.figures`` when that is a module.
+    ``from SkullVAELib.evaluation import figures`` counts as ``SkullVAELib.evaluation.figures`` when that is a module.
     """
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -87,7 +87,7 @@ def imports_of(path: Path) -> set[str]:
 def test_the_graph_is_read():
     modules = library_modules()
     assert "SkullVAELib.workflows" in modules and "SkullVAELib.cli.train" in modules
-    assert "SkullVAELib.figures" in imports_of(modules["SkullVAELib.report"])
+    assert "SkullVAELib.evaluation.figures" in imports_of(modules["SkullVAELib.evaluation.report"])
     assert "SkullVAELib.workflows.train" in imports_of(modules["SkullVAELib.workflows.phantom_demo"])
 
 
@@ -102,7 +102,7 @@ def cli_verbs() -> set[str]:
 def test_rule1_cli_imports_only_allowed_rooms_and_no_other_verb(name):
     lib = {m for m in imports_of(library_modules()[name]) if _within(m, ("SkullVAELib",)) and m != "SkullVAELib"}
     if name == "SkullVAELib.cli":  # the dispatcher imports verbs by name (importlib), nothing else
-        bad = sorted(m for m in lib if not _within(m, ("SkullVAELib.errors", "SkullVAELib.progress")))
+        bad = sorted(m for m in lib if not _within(m, ("SkullVAELib.core.errors", "SkullVAELib.core.progress")))
     else:
         helpers = set(library_modules()) - cli_verbs() - {"SkullVAELib.cli"}
         cli_helpers = tuple(m for m in helpers if _within(m, ("SkullVAELib.cli",)))
@@ -156,7 +156,7 @@ def _python_files():
 
 def test_rule4_one_owner_per_vocabulary():
     """Tuples of defect classes only in config.py; folder names only in dataset.py (docstrings aside)."""
-    owners = {"tuple": REPO / "SkullVAELib" / "config.py", "folder": REPO / "SkullVAELib" / "dataset.py"}
+    owners = {"tuple": REPO / "SkullVAELib" / "core" / "config.py", "folder": REPO / "SkullVAELib" / "data" / "dataset.py"}
     bad = []
     for path in _python_files():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

@@ -17,11 +17,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_slicer_packaging import ROOT_CMAKE, cmake_set
+from conftest import REPO_ROOT, cmake_set
 
 from SkullVAELib.models.registry import default_registry_path
 
 REPO = Path(__file__).resolve().parents[2]
+ROOT_CMAKE = REPO_ROOT / "CMakeLists.txt"
 PACKAGE = REPO / "SkullVAELib"
 
 
@@ -68,7 +69,7 @@ def test_installed_wheel_reads_its_registry(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # what pip install puts in site-packages
     code = (
-        "import SkullVAELib.workflows, SkullVAELib.trainer\n"
+        "import SkullVAELib.workflows, SkullVAELib.training.loop\n"
         "from SkullVAELib.models.registry import default_registry_path, load_registry\n"
         "print(SkullVAELib.__file__); print(default_registry_path()); print(len(load_registry().entries))\n"
     )

@@ -1,0 +1,1 @@
+"""A model folder: ModelBundle (weights, completion data, refiner, atlas, card), checks, reference import."""

@@ -1,0 +1,1 @@
+"""Foundation: errors, atomic writes, progress, resource limits, the vocabulary and configs, devices."""

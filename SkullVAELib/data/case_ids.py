@@ -1,0 +1,40 @@
+"""Case-id lists ("064-079", "000,003,010-012", a file of ids): light, no imaging imports, so
+the refiner's trainer parses ids on a GPU machine that has torch alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from SkullVAELib.core.errors import SkullVAEError
+
+
+def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
+    """Case ids from "064-079", "000,003,010-012", a file with one id (or range) per line,
+    or a list of such; None stays None. Order kept, duplicates dropped.
+
+    Ranges keep the zero padding of their first bound ("064-079" → "064" … "079").
+    """
+    if spec is None:
+        return None
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    if len(parts) == 1 and Path(str(parts[0])).is_file():
+        lines = Path(str(parts[0])).read_text(encoding="utf-8").splitlines()
+        parts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    ids: list[str] = []
+    for part in parts:
+        for item in str(part).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            lo, sep, hi = item.partition("-")
+            if sep and lo.isdigit() and hi.isdigit():
+                if int(hi) < int(lo):
+                    raise SkullVAEError(f"id range {item!r} runs backwards")
+                width = len(lo)
+                ids += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+            else:
+                ids.append(item)
+    if not ids:
+        raise SkullVAEError(f"no case ids in {spec!r}")
+    return list(dict.fromkeys(ids))

@@ -1,0 +1,1 @@
+"""Implant sources (rim fit, learned, atlas, model), their post-processing and checks."""

@@ -1,0 +1,164 @@
+"""An atlas set on disk: complete skulls at their original resolution plus registration images.
+
+Layout of the folder (written to a temporary folder, renamed into place when complete)::
+
+    atlas.json        {"format": "skullvae-atlas", "version": 1, "spacing_mm": 2.0,
+                       "cases": [{"id": "000", "mask": "000.nrrd", "low": "000.low.nrrd"}, ...]}
+    000.nrrd          uint8 mask, the complete skull on its own grid (gzip NRRD)
+    000.low.nrrd      float32, the mask averaged to ≈ spacing_mm and Gaussian-smoothed (registration)
+
+The images are skulls of the training set: an atlas set is as private as the data it was built
+from (like a trained model) and is never committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from SkullVAELib.core.atomic import make_temporary_folder, replace_folder
+from SkullVAELib.core.config import ATLAS_SPACING_MM
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.io.image import SkullImage, read_skull, write_mask
+
+MANIFEST = "atlas.json"
+FORMAT = "skullvae-atlas"
+VERSION = 1
+
+
+def registration_image(mask: sitk.Image, spacing_mm: float = ATLAS_SPACING_MM) -> sitk.Image:
+    """float32 image of ``mask`` (uint8 0/1) area-averaged to ≈ ``spacing_mm`` and smoothed (σ = spacing / 2)."""
+    img = sitk.Cast(mask, sitk.sitkFloat32)
+    factors = [max(int(round(spacing_mm / s)), 1) for s in img.GetSpacing()]
+    return sitk.SmoothingRecursiveGaussian(sitk.BinShrink(img, factors), spacing_mm / 2.0)
+
+
+@dataclass(frozen=True)
+class AtlasEntry:
+    """One complete skull of the set: its id and file names inside the folder."""
+
+    case_id: str
+    mask: str
+    low: str
+
+
+class AtlasSet:
+    """A loaded atlas set (folder with ``atlas.json``); images are read on demand and cached."""
+
+    def __init__(self, folder: Path, entries: list[AtlasEntry], spacing_mm: float) -> None:
+        self.folder = folder
+        self.entries = entries
+        self.spacing_mm = spacing_mm
+        self._low: dict[str, sitk.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.case_id for e in self.entries]
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> AtlasSet:
+        """Read and check ``folder/atlas.json``; one-line SkullVAEError naming the file otherwise."""
+        folder = Path(folder)
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            raise SkullVAEError(f"not an atlas set (no {MANIFEST}; build one with `skullvae build-atlas`)", folder)
+        try:
+            info = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SkullVAEError(f"unreadable atlas manifest ({exc.__class__.__name__})", manifest) from None
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise SkullVAEError(f"not a {FORMAT} manifest", manifest)
+        if info.get("version") != VERSION:
+            raise SkullVAEError(
+                f"atlas format version {info.get('version')!r}; this SkullVAE reads {VERSION}", manifest
+            )
+        try:
+            entries = [AtlasEntry(str(c["id"]), str(c["mask"]), str(c["low"])) for c in info["cases"]]
+            spacing = float(info["spacing_mm"])
+        except (KeyError, TypeError, ValueError):
+            raise SkullVAEError("atlas manifest lacks cases/spacing_mm", manifest) from None
+        if not entries:
+            raise SkullVAEError("the atlas set has no skulls", manifest)
+        for e in entries:
+            for name in (e.mask, e.low):
+                if Path(name).name != name or not (folder / name).is_file():
+                    raise SkullVAEError(f"atlas file {name!r} named in the manifest is missing", folder)
+        return cls(folder, entries, spacing)
+
+    def low(self, case_id: str) -> sitk.Image:
+        """The registration image of ``case_id`` (float32 sitk.Image, ≈ ``spacing_mm``)."""
+        if case_id not in self._low:
+            entry = self._entry(case_id)
+            path = self.folder / entry.low
+            try:
+                self._low[case_id] = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
+            except RuntimeError:
+                raise SkullVAEError("unreadable atlas image", path) from None
+        return self._low[case_id]
+
+    def mask(self, case_id: str) -> SkullImage:
+        """The complete skull of ``case_id`` at its original resolution."""
+        return read_skull(self.folder / self._entry(case_id).mask, kind="binary")
+
+    def _entry(self, case_id: str) -> AtlasEntry:
+        for e in self.entries:
+            if e.case_id == case_id:
+                return e
+        raise SkullVAEError(f"no skull {case_id!r} in the atlas set", self.folder)
+
+
+def build_atlas_set(
+    complete: Sequence[tuple[str, str | os.PathLike]],
+    out: str | os.PathLike,
+    spacing_mm: float = ATLAS_SPACING_MM,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> AtlasSet:
+    """Write an atlas set of the complete skulls ``complete`` ((case id, path) pairs) to ``out``.
+
+    The folder appears only when every skull was written; an existing ``out`` is replaced only
+    with ``overwrite``. Inputs are read as binary masks (any format :func:`read_skull` reads).
+    """
+    out = Path(out)
+    progress = progress or no_progress
+    if not complete:
+        raise SkullVAEError("no complete skulls to build an atlas set from")
+    if not (spacing_mm > 0 and spacing_mm < 20):
+        raise SkullVAEError(f"the atlas registration spacing must be in (0, 20) mm, got {spacing_mm}")
+    ids = [str(c) for c, _ in complete]
+    if len(set(ids)) != len(ids):
+        raise SkullVAEError("duplicate case ids in the atlas set", out)
+    if out.exists() and not (out.is_dir() and overwrite):
+        what = "exists" if out.is_dir() else "exists and is not a folder"
+        raise SkullVAEError(f"{what}; give --overwrite to replace the atlas set", out)
+    tmp, fd = make_temporary_folder(out)
+    try:
+        cases = []
+        for n, (case_id, path) in enumerate(complete):
+            progress("atlas", n / len(complete), f"skull {case_id}")
+            skull = read_skull(path, kind="binary")
+            mask_name, low_name = f"{case_id}.nrrd", f"{case_id}.low.nrrd"
+            write_mask(skull, tmp / mask_name)
+            sitk.WriteImage(registration_image(skull.to_sitk(), spacing_mm), str(tmp / low_name), True)
+            cases.append({"id": case_id, "mask": mask_name, "low": low_name})
+        manifest = {"format": FORMAT, "version": VERSION, "spacing_mm": float(spacing_mm), "cases": cases}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
+    progress("atlas", 1.0, f"{len(cases)} skulls")
+    return AtlasSet.load(out)

@@ -1,0 +1,101 @@
+"""The refiner's settings (a dataclass, stored beside the weights) and its safetensors file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from SkullVAELib.core.errors import SkullVAEError
+
+REFINER_FORMAT = "skullvae-facial-refiner"
+
+
+@dataclass
+class RefinerConfig:
+    """Grid, crop and network of the facial refiner (lengths in mm, shapes in voxels (X, Y, Z)).
+
+    The crop starts at ``crop_offset_mm`` from the anchor (x: the bone's left-right centre,
+    y: its most anterior point, z: its lowest point, all measured on the defective skull,
+    which a facial defect leaves in place) and spans ``crop_shape`` voxels of ``spacing_mm``.
+    """
+
+    spacing_mm: float = 1.0
+    crop_shape: tuple[int, int, int] = (144, 128, 128)
+    crop_offset_mm: tuple[float, float, float] = (-72.0, -32.0, -8.0)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    res_units: int = 1
+    # a 1×1×1 convolution from channels[0] features to the logits; without it MONAI's top layer
+    # ends in a one-channel instance norm + PReLU (the GPU recipe's network); with it the CPU
+    # recipe trains stably (without it, its validation Dice fell to 0 after 1000 steps)
+    output_head: bool = False
+    threshold: float = 0.5  # on the implant probability, on the patient's grid
+
+    def __post_init__(self) -> None:
+        self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]
+        self.crop_offset_mm = tuple(float(v) for v in self.crop_offset_mm)  # type: ignore[assignment]
+        self.channels = tuple(int(v) for v in self.channels)
+        step = 2 ** (len(self.channels) - 1)
+        if len(self.crop_shape) != 3 or any(s < step or s % step for s in self.crop_shape):
+            raise SkullVAEError(f"the refiner's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth)")
+        if not self.spacing_mm > 0 or not 0 < self.threshold < 1:
+            raise SkullVAEError("the refiner needs spacing_mm > 0 and a threshold in (0, 1)")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RefinerConfig:
+        values = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def save_refiner(
+    path: str | os.PathLike, network: torch.nn.Module, cfg: RefinerConfig, info: dict | None = None
+) -> None:
+    """Write the weights (float16) and ``cfg`` to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    from SkullVAELib.core.atomic import atomic_path
+
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in network.state_dict().items()}
+    metadata = {"format": REFINER_FORMAT, "config": cfg.to_json(), "info": json.dumps(info or {})}
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, RefinerConfig, dict]:
+    """(network in eval mode, config, training info) from a file written by :func:`save_refiner`.
+
+    Never unpickles: safetensors holds tensors and strings only.
+    """
+    from safetensors import safe_open
+
+    from SkullVAELib.implant.learned.network import refiner_network
+
+    path = Path(path)
+    if not path.is_file():
+        raise SkullVAEError("no such refiner file", path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own types for a truncated or foreign file
+        raise SkullVAEError(f"not a safetensors refiner file ({exc})", path) from None
+    if metadata.get("format") != REFINER_FORMAT:
+        raise SkullVAEError(f"not a facial refiner (format {metadata.get('format')!r})", path)
+    try:
+        cfg = RefinerConfig.from_json(metadata["config"])
+        info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SkullVAEError(f"the refiner's stored settings are missing or damaged ({exc})", path) from None
+    network = refiner_network(cfg)
+    try:
+        network.load_state_dict({k: v.float() for k, v in tensors.items()})
+    except RuntimeError as exc:
+        raise SkullVAEError(f"the weights do not fit the stored network ({str(exc).splitlines()[0]})", path) from None
+    return network.to(device).eval(), cfg, info

@@ -1,0 +1,100 @@
+"""The learned facial implant for one patient: crop, predict, resample back, post-process.
+
+1. the defective skull on the refiner's 1 mm LPS grid (:mod:`.lps_grid`), bone where ≥ 50 %;
+2. the face crop placed from its anchors (:mod:`.crop`), the U-Net's implant probability there;
+3. that probability resampled (linear) onto the patient's exact grid, thresholded, minus the
+   patient's bone, then post-processed as the rim fit's implant (closing, keep what touches the
+   bone, drop small islands).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from SkullVAELib.implant.check import MIN_IMPLANT_MM3
+from SkullVAELib.implant.learned.config import RefinerConfig
+from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
+from SkullVAELib.implant.learned.lps_grid import from_lps_grid, to_lps_grid
+from SkullVAELib.io.image import SkullImage
+
+
+@dataclass
+class LearnedImplant:
+    """implant: bool (I, J, K) on the patient's grid, disjoint from its bone; probability: float32
+    (I, J, K) of the network (before post-processing); seconds per step; messages for the user;
+    expected_volume_mm3: the probability summed outside the patient's bone (the soft volume the
+    thresholded, cleaned implant should roughly match: for the volume check)."""
+
+    implant: np.ndarray
+    probability: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    expected_volume_mm3: float = float("nan")
+
+
+@dataclass
+class FacialRefiner:
+    """A trained refiner ready to use: network (eval mode), its config and the torch device."""
+
+    network: torch.nn.Module
+    cfg: RefinerConfig
+    device: str = "cpu"
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path, device: str = "cpu") -> FacialRefiner:
+        """From a ``refiner.safetensors`` file (never unpickled)."""
+        from SkullVAELib.implant.learned.config import load_refiner
+
+        network, cfg, info = load_refiner(path, device)
+        return cls(network, cfg, device, info)
+
+    def __call__(self, skull: SkullImage) -> LearnedImplant:
+        return learned_implant(skull, self.network, self.cfg, self.device)
+
+
+@torch.no_grad()
+def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Module, cfg: RefinerConfig, device: str):
+    """float32 (X, Y, Z): the implant probability on the LPS grid (zero outside the face crop).
+
+    bone: bool (X, Y, Z) defective skull on the refiner's grid with voxel (0, 0, 0) at ``origin``.
+    """
+    volume = torch.from_numpy(bone)
+    o = torch.as_tensor(origin, dtype=torch.float32)
+    start = crop_start(face_anchor(volume, o, cfg.spacing_mm), o, cfg)
+    x = cut(volume.float()[None, None], start, cfg.crop_shape).to(device)
+    probability = torch.sigmoid(network(x).float())[0, 0].cpu()
+    return paste(probability, start, tuple(bone.shape)).numpy()
+
+
+def learned_implant(
+    skull: SkullImage, network: torch.nn.Module, cfg: RefinerConfig, device: str = "cpu"
+) -> LearnedImplant:
+    """The refiner's facial implant for ``skull`` (any geometry; never modified)."""
+    from SkullVAELib.implant.rimfit import RimFitConfig, postprocess
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    fraction, grid = to_lps_grid(skull, cfg.spacing_mm)
+    timings["refiner_grid"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    on_grid = crop_probability(fraction >= 0.5, np.asarray(grid.origin), network, cfg, device)
+    timings["refiner_network"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probability = from_lps_grid(on_grid, grid, skull)
+    implant = (probability >= cfg.threshold) & ~skull.mask
+    implant = postprocess(implant, skull, RimFitConfig())
+    timings["refiner_back"] = time.perf_counter() - t0
+    expected = float(probability[~skull.mask].sum(dtype=np.float64)) * skull.voxel_volume_mm3
+    volume = float(np.count_nonzero(implant)) * skull.voxel_volume_mm3
+    messages = []
+    if volume < MIN_IMPLANT_MM3:
+        messages.append(
+            f"the learned refiner predicts no facial implant ({volume:.0f} mm³): is the face missing, "
+            "and is the input a whole skull (not a crop)?"
+        )
+    return LearnedImplant(implant, probability, timings, messages, expected)

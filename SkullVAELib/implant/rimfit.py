@@ -1,0 +1,330 @@
+"""Geometric rim fit: a cranial implant continued across the hole from the defect's rim.
+
+No training, so nothing to over-fit: the implant is built from the patient's own bone at the
+original resolution.
+
+1. :func:`raycast.cast` gives, per direction from a centre inside the cranium, the outer
+   radius and thickness of the outermost bone layer.
+2. Holes: connected groups of rays that miss bone, enclosed by bone (not touching the grid's
+   poles or its downward seam, i.e. not the foramen magnum / the cut-off skull base), and
+   larger than ``min_hole_sr`` steradians.
+3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
+   hole) are continued across the hole with a thin-plate spline
+   (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
+   direction; with a mirror cue (``symmetry``), the mirrored skull's radii inside the hole
+   plus a spline of the rim residual replace the plain spline where the mirror has bone.
+4. Rasterise at the original resolution: every voxel whose direction falls in the hole (or a
+   ``band`` of cells around it) and whose radius lies between the filled inner and outer
+   radius, minus the patient's bone.
+5. Post-process as the anchors do: closing, thin-shell removal, keep components that touch the
+   patient's bone, drop small islands.
+
+The patient's bone is never altered: the implant is disjoint from it by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.interpolate import RBFInterpolator
+
+from SkullVAELib.implant import raycast
+from SkullVAELib.implant.cleanup import bounding_box, keep_major_components, remove_small_components, remove_thin_shells
+from SkullVAELib.io.image import SkullImage
+
+_CUBE = ndimage.generate_binary_structure(3, 3)
+_SQUARE = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class RimFitConfig:
+    """Settings of the rim fit (angles in degrees, lengths in mm)."""
+
+    step_deg: float = 1.0
+    min_hole_sr: float = 0.02  # smaller ray holes (foramina, noise) are not defects
+    ring: tuple[int, int] = (5, 12)  # rim rays: between these many cells outside the hole
+    band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
+    smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation
+    degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
+    thickness_degree: int = 2  # the same for the bone thickness
+    thickness_smoothing: float = 0.01
+    max_rim_points: int = 600
+    grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
+    grow_iterations: int = 3
+    closing_mm: float = 1.0
+    min_island_mm3: float = 50.0
+    min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
+
+
+@dataclass
+class Hole:
+    """One defect hole in the ray map.
+
+    Attributes:
+        cells: bool (Nα, Nβ) rays of the hole.
+        solid_angle_sr: its solid angle.
+        direction: (3,) unit LPS mean direction.
+        rim_thickness_mm: median thickness on the rim.
+        area_mm2: hole area on the fitted outer surface.
+        expected_volume_mm3: area × rim thickness.
+        source: "spline" or "mirror+spline".
+    """
+
+    cells: np.ndarray
+    solid_angle_sr: float
+    direction: np.ndarray
+    rim_thickness_mm: float = float("nan")
+    area_mm2: float = float("nan")
+    expected_volume_mm3: float = float("nan")
+    source: str = "spline"
+
+
+@dataclass
+class RimFitResult:
+    """implant: bool (I, J, K) on the input grid; holes; ray map; timings (s) per step."""
+
+    implant: np.ndarray
+    holes: list[Hole]
+    raymap: raycast.RayMap
+    timings: dict = field(default_factory=dict)
+
+
+def _cell_solid_angle(step_deg: float) -> np.ndarray:
+    """Solid angle (sr) of each grid row's cells, (Nα, 1)."""
+    alpha, _ = raycast.angle_grid(step_deg)
+    step = np.deg2rad(step_deg)
+    return (np.sin(alpha) * step * step)[:, None]
+
+
+def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02) -> list[Hole]:
+    """Enclosed groups of missing rays (8-connected on the grid), largest first."""
+    miss = ~raymap.hit
+    labels, n = ndimage.label(miss, structure=_SQUARE)
+    if n == 0:
+        return []
+    border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    omega = _cell_solid_angle(raymap.step_deg)
+    alpha, beta = raycast.angle_grid(raymap.step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    holes = []
+    for lab in range(1, n + 1):
+        if lab in border:
+            continue
+        cells = labels == lab
+        sr = float((omega * cells).sum())
+        if sr < min_hole_sr:
+            continue
+        mean = (dirs[cells] * np.broadcast_to(omega, cells.shape)[cells][:, None]).sum(axis=0)
+        holes.append(Hole(cells, sr, mean / np.linalg.norm(mean)))
+    return sorted(holes, key=lambda h: -h.solid_angle_sr)
+
+
+def _gnomonic(dirs: np.ndarray, centre_dir: np.ndarray) -> np.ndarray:
+    """Tangent-plane coordinates (N, 2) of unit vectors about ``centre_dir`` (all within 90°)."""
+    helper = np.array([1.0, 0.0, 0.0]) if abs(centre_dir[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
+    t1 = np.cross(centre_dir, helper)
+    t1 /= np.linalg.norm(t1)
+    t2 = np.cross(centre_dir, t1)
+    depth = np.maximum(dirs @ centre_dir, 1e-3)
+    return np.c_[dirs @ t1 / depth, dirs @ t2 / depth]
+
+
+def _ring(cells: np.ndarray, inner: int, outer: int) -> np.ndarray:
+    near = ndimage.binary_dilation(cells, _SQUARE, iterations=outer)
+    return near & ~ndimage.binary_dilation(cells, _SQUARE, iterations=inner)
+
+
+def _rim_rays(raymap: raycast.RayMap, cells: np.ndarray, cfg: RimFitConfig) -> np.ndarray:
+    """Ring cells used as rim data: hit rays ``cfg.ring`` cells out, outer-radius outliers removed."""
+    ring = _ring(cells, cfg.ring[0], cfg.ring[1]) & raymap.hit
+    if ring.any():  # rim rays whose outer radius strays far from the rim's median met other bone
+        ring &= np.abs(raymap.r_out - np.nanmedian(raymap.r_out[ring])) <= 20.0
+    return ring
+
+
+def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
+    """Add the rays next to the hole whose outermost bone lies ``grow_mm`` inside the surface fitted
+    from the rim: the ray passed through the hole and met deeper bone (skull base, orbit roof)."""
+    alpha, beta = raycast.angle_grid(raymap.step_deg)
+    flat_dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
+    cells = hole.cells
+    for _ in range(cfg.grow_iterations):
+        ring = _rim_rays(raymap, cells, cfg)
+        if ring.sum() < 10:
+            break
+        rim_idx = np.flatnonzero(ring)
+        if len(rim_idx) > cfg.max_rim_points:
+            rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
+        near = ndimage.binary_dilation(cells, _SQUARE, iterations=cfg.ring[1]) & raymap.hit & ~cells
+        near_idx = np.flatnonzero(near)
+        if near_idx.size == 0:
+            break
+        kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
+        spline = RBFInterpolator(_gnomonic(flat_dirs[rim_idx], hole.direction), raymap.r_out.ravel()[rim_idx], **kw)
+        deep = raymap.r_out.ravel()[near_idx] < spline(_gnomonic(flat_dirs[near_idx], hole.direction)) - cfg.grow_mm
+        grown = cells.copy()
+        grown.ravel()[near_idx[deep]] = True
+        labels, _ = ndimage.label(grown, structure=_SQUARE)
+        keep = np.unique(labels[cells])
+        grown = np.isin(labels, keep[keep > 0])
+        if grown.sum() == cells.sum():
+            break
+        cells = grown
+    hole.cells = cells
+    return hole
+
+
+def fill_hole(
+    raymap: raycast.RayMap,
+    hole: Hole,
+    cfg: RimFitConfig,
+    mirror: raycast.RayMap | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(region, r_in, r_out): bool (Nα, Nβ) cells to rasterise and their filled radii (NaN outside)."""
+    alpha, beta = raycast.angle_grid(raymap.step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
+    ring = _rim_rays(raymap, hole.cells, cfg)
+    r_out = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
+    r_in = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
+    if ring.sum() < 10:
+        return np.zeros_like(region), r_in, r_out
+    rim_idx = np.flatnonzero(ring)
+    if len(rim_idx) > cfg.max_rim_points:  # even subsample keeps the solve small (O(N³))
+        rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
+    flat_dirs = dirs.reshape(-1, 3)
+    xy_rim = _gnomonic(flat_dirs[rim_idx], hole.direction)
+    fill_idx = np.flatnonzero(region)
+    xy_fill = _gnomonic(flat_dirs[fill_idx], hole.direction)
+    outer = raymap.r_out.ravel()[rim_idx].astype(np.float64)
+    thick = raymap.thickness.ravel()[rim_idx].astype(np.float64)
+    base_out = base_thick = 0.0
+    use_mirror = None
+    if mirror is not None:
+        m_out, m_thick = mirror.r_out.ravel(), mirror.thickness.ravel()
+        ok_rim = np.isfinite(m_out[rim_idx])
+        ok_fill = np.isfinite(m_out[fill_idx])
+        if ok_rim.mean() > 0.9 and ok_fill[hole.cells.ravel()[fill_idx]].mean() > 0.95:
+            use_mirror = ok_fill
+            rim_idx, xy_rim, outer, thick = rim_idx[ok_rim], xy_rim[ok_rim], outer[ok_rim], thick[ok_rim]
+            base_out, base_thick = m_out[rim_idx], m_thick[rim_idx]
+    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
+    fit_out = RBFInterpolator(xy_rim, outer - base_out, **kw)(xy_fill)
+    kw_thick = {"kernel": "thin_plate_spline", "smoothing": cfg.thickness_smoothing, "degree": cfg.thickness_degree}
+    fit_thick = RBFInterpolator(xy_rim, thick - base_thick, **kw_thick)(xy_fill)
+    if use_mirror is not None:
+        fit_out = fit_out + np.where(use_mirror, m_out[fill_idx], np.nan)
+        fit_thick = fit_thick + np.where(use_mirror, m_thick[fill_idx], np.nan)
+        hole.source = "mirror+spline"
+    fit_thick = np.clip(fit_thick, 1.0, None)
+    r_out.ravel()[fill_idx] = fit_out
+    r_in.ravel()[fill_idx] = fit_out - fit_thick
+    hole.rim_thickness_mm = float(np.median(raymap.thickness.ravel()[np.flatnonzero(ring)]))
+    omega = np.broadcast_to(_cell_solid_angle(raymap.step_deg), region.shape).ravel()
+    in_hole = hole.cells.ravel()[fill_idx]
+    outer_hole = np.nan_to_num(fit_out[in_hole])
+    hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
+    hole.expected_volume_mm3 = hole.area_mm2 * hole.rim_thickness_mm
+    return region & np.isfinite(r_out), r_in, r_out
+
+
+def rasterise(
+    skull: SkullImage, centre: np.ndarray, step_deg: float, region: np.ndarray, r_in: np.ndarray, r_out: np.ndarray
+) -> np.ndarray:
+    """bool (I, J, K): voxels whose direction lies in ``region`` with r_in ≤ r ≤ r_out, minus bone."""
+    out = np.zeros(skull.shape, dtype=bool)
+    if not region.any():
+        return out
+    alpha, beta = raycast.angle_grid(step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])[region]
+    lo_r, hi_r = float(np.nanmin(r_in[region])) - 1.0, float(np.nanmax(r_out[region])) + 1.0
+    corners = np.concatenate([centre + lo_r * dirs, centre + hi_r * dirs])
+    affine = skull.index_to_physical()
+    index = (corners - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    lo = np.clip(np.floor(index.min(axis=0)).astype(int) - 2, 0, None)
+    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 3, skull.shape)
+    if np.any(hi <= lo):
+        return out
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    ii, jj, kk = np.meshgrid(*(np.arange(s.start, s.stop, dtype=np.float32) for s in box), indexing="ij")
+    lin, off = affine[:3, :3].astype(np.float32), (affine[:3, 3] - centre).astype(np.float32)
+    vec = np.stack([lin[a, 0] * ii + lin[a, 1] * jj + lin[a, 2] * kk + off[a] for a in range(3)], axis=-1)
+    del ii, jj, kk
+    r, a, b = raycast.to_angles(vec)
+    del vec
+    row, col = raycast.grid_coordinates(a, b, step_deg)
+    coords = np.stack([row, col])
+    inside = ndimage.map_coordinates(region.astype(np.uint8), coords, order=0, mode="nearest").astype(bool)
+    # radii outside the region are never used; fill them so bilinear reads stay finite at its edge
+    near = ndimage.distance_transform_edt(~np.isfinite(r_out), return_distances=False, return_indices=True)
+    fin_out, fin_in = r_out[tuple(near)], r_in[tuple(near)]
+    lo_val = ndimage.map_coordinates(fin_in, coords, order=1, mode="nearest")
+    hi_val = ndimage.map_coordinates(fin_out, coords, order=1, mode="nearest")
+    out[box] = inside & (r >= lo_val) & (r <= hi_val) & ~skull.mask[box]
+    return out
+
+
+def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:
+    """Closing (ball of ``closing_mm``), thin-shell removal, keep pieces touching the bone, drop islands
+    (and pieces below ``min_piece_fraction`` × the largest)."""
+    box = bounding_box(implant, margin=int(np.ceil(cfg.closing_mm / skull.spacing.min())) + 2)
+    if box is None:
+        return implant
+    crop, bone = implant[box], skull.mask[box]
+    radius = np.maximum(np.round(cfg.closing_mm / skull.spacing).astype(int), 1)
+    grid = np.ogrid[tuple(slice(-int(r), int(r) + 1) for r in radius)]
+    ball = sum((g * s) ** 2 for g, s in zip(grid, skull.spacing, strict=True)) <= cfg.closing_mm**2 + 1e-6
+    crop = ndimage.binary_closing(crop, structure=ball) & ~bone
+    crop = remove_thin_shells(crop)
+    crop = remove_small_components(crop, cfg.min_island_mm3 / skull.voxel_volume_mm3)
+    labels, n = ndimage.label(crop, structure=_CUBE)
+    if n:
+        touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
+        crop = np.isin(labels, touching[touching > 0])
+    if cfg.min_piece_fraction > 0:
+        crop = keep_major_components(crop, cfg.min_piece_fraction)
+    out = np.zeros_like(implant)
+    out[box] = crop
+    return out
+
+
+def rim_fit(
+    skull: SkullImage,
+    cfg: RimFitConfig | None = None,
+    mirror_transform: np.ndarray | None = None,
+    centre: np.ndarray | None = None,
+) -> RimFitResult:
+    """Implant(s) for every enclosed vault hole of ``skull`` (bool (I, J, K), disjoint from its bone).
+
+    Args:
+        mirror_transform: (4, 4) LPS reflection about the skull's mid-sagittal plane
+            (``symmetry.mirror_transform``); enables the mirror cue.
+        centre: ray centre (LPS mm); default :func:`raycast.cranial_centre`.
+    """
+    cfg = cfg or RimFitConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
+    volume = np.ascontiguousarray(skull.mask, dtype=np.uint8)
+    raymap = raycast.cast(skull, centre, cfg.step_deg, volume=volume)
+    mirror = None
+    if mirror_transform is not None:
+        mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, volume=volume)
+    del volume
+    timings["raycast"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    holes = find_holes(raymap, cfg.min_hole_sr)
+    implant = np.zeros(skull.shape, dtype=bool)
+    for hole in holes:
+        if cfg.grow_mm > 0:
+            grow_hole(raymap, hole, cfg)
+        region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror)
+        implant |= rasterise(skull, centre, cfg.step_deg, region, r_in, r_out)
+    timings["fill"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    implant = postprocess(implant, skull, cfg)
+    timings["postprocess"] = time.perf_counter() - t0
+    return RimFitResult(implant, holes, raymap, timings)

@@ -1,0 +1,312 @@
+"""`SkullImage`: a boolean skull mask with its physical geometry.
+
+Array order: ``mask[i, j, k]`` is indexed like ITK/NRRD voxel indices (x fastest in the
+file), shape ``(I, J, K)``; the model grid uses the same order (e.g. 256×256×128).
+Geometry is kept exactly as ITK reports it (LPS physical space, millimetres):
+``origin`` (3,), ``spacing`` (3,), ``direction`` (3, 3) whose column ``c`` is the
+physical direction of index axis ``c``. Conversion to Slicer's RAS is left to Slicer's
+storage nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from SkullVAELib.core.atomic import atomic_path, is_temporary_name, make_temporary_folder, write_error
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.io.inputs import read_information
+
+
+@dataclass(eq=False)
+class SkullImage:
+    """A binary volume plus its geometry.
+
+    Attributes:
+        mask: bool array, shape (I, J, K), True = bone.
+        origin: (3,) float64, physical position of voxel (0, 0, 0) in mm (LPS).
+        spacing: (3,) float64, voxel size in mm along i, j, k.
+        direction: (3, 3) float64, column c = unit direction of index axis c.
+        metadata: free-form provenance (source path, detected kind, threshold, ...).
+    """
+
+    mask: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mask = np.asarray(self.mask, dtype=bool)
+        self.origin = np.asarray(self.origin, dtype=np.float64).reshape(3)
+        self.spacing = np.asarray(self.spacing, dtype=np.float64).reshape(3)
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if self.mask.ndim != 3:
+            raise ValueError(f"SkullImage mask must be 3D, got shape {self.mask.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Voxel counts (I, J, K)."""
+        return tuple(int(s) for s in self.mask.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel in mm³."""
+        return float(np.prod(self.spacing))
+
+    def with_mask(self, mask: np.ndarray, **metadata) -> SkullImage:
+        """A new image on exactly this geometry with another mask (shape must match)."""
+        mask = np.asarray(mask)
+        if mask.shape != self.mask.shape:
+            raise ValueError(f"mask shape {mask.shape} != image shape {self.mask.shape}")
+        return SkullImage(
+            mask, self.origin.copy(), self.spacing.copy(), self.direction.copy(), {**self.metadata, **metadata}
+        )
+
+    def same_geometry(self, other: SkullImage) -> bool:
+        """True when both lie on the identical voxel grid (bit-for-bit geometry)."""
+        return (
+            self.shape == other.shape
+            and np.array_equal(self.origin, other.origin)
+            and np.array_equal(self.spacing, other.spacing)
+            and np.array_equal(self.direction, other.direction)
+        )
+
+    def index_to_physical(self) -> np.ndarray:
+        """(4, 4) affine mapping homogeneous voxel index (i, j, k, 1) to LPS mm."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction @ np.diag(self.spacing)
+        affine[:3, 3] = self.origin
+        return affine
+
+    # --- SimpleITK bridges (array order: sitk arrays are (K, J, I)) ---------------
+    def to_sitk(self, array: np.ndarray | None = None, pixel_type=np.uint8) -> sitk.Image:
+        """An ITK image of ``array`` (default: the mask) on this geometry."""
+        data = self.mask if array is None else np.asarray(array)
+        if data.shape != self.mask.shape:
+            raise ValueError(f"array shape {data.shape} != image shape {self.mask.shape}")
+        img = sitk.GetImageFromArray(np.ascontiguousarray(data.astype(pixel_type, copy=False).transpose(2, 1, 0)))
+        img.SetOrigin(tuple(float(v) for v in self.origin))
+        img.SetSpacing(tuple(float(v) for v in self.spacing))
+        img.SetDirection(tuple(float(v) for v in self.direction.ravel()))
+        return img
+
+    @staticmethod
+    def geometry_from_sitk(img: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(origin, spacing, direction) of a 3D ITK image, exactly as stored."""
+        return (
+            np.array(img.GetOrigin(), dtype=np.float64),
+            np.array(img.GetSpacing(), dtype=np.float64),
+            np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3),
+        )
+
+    @classmethod
+    def from_sitk_mask(cls, img: sitk.Image, mask: np.ndarray | None = None, **metadata) -> SkullImage:
+        """Wrap an ITK image (nonzero = bone unless ``mask`` is given, in (I, J, K) order)."""
+        origin, spacing, direction = cls.geometry_from_sitk(img)
+        if mask is None:
+            mask = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0) != 0
+        return cls(mask, origin, spacing, direction, dict(metadata))
+
+
+# --- reading and writing files ------------------------------------------------------
+# Bone threshold for CT input: 300 HU separates cortical/cancellous bone (≈ 400–2000 HU)
+# from soft tissue and contrast-free brain (< 100 HU) with margin for partial volume.
+DEFAULT_HU_THRESHOLD = 300.0
+ALL_BONE_FRACTION = 0.999  # a "mask" this full is not a skull segmentation
+_CT_MIN_BELOW = -200.0  # a CT holds air (≈ -1000 HU); a mask never has negatives
+_CT_MAX_ABOVE = 300.0  # ... and bone above the threshold
+
+
+def _read_itk(path: str | Path) -> sitk.Image:
+    """Read any ITK file as a 3D scalar image, or raise SkullVAEError naming the file.
+
+    The header is checked first (regular file, 3D scalar, size limits, complete NIfTI;
+    see :mod:`SkullVAELib.io.inputs`), so no voxel is allocated for a bad or hostile file.
+    """
+    path = Path(path)
+    reader = read_information(path)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()
+        last = reason[-1].strip() if reason else ""
+        raise SkullVAEError(
+            "cannot read this file as an image (.nrrd, .nii, .nii.gz, .mha, .mhd)" + (f"; {last}" if last else ""), path
+        ) from None
+    except MemoryError:
+        raise SkullVAEError("not enough memory to read this image", path) from None
+    return img
+
+
+def _detect_kind(values: np.ndarray, path: Path) -> str:
+    """ "binary" for small non-negative integer labels, "ct" for HU-like ranges."""
+    lo, hi = float(values.min()), float(values.max())
+    integral = values.dtype.kind in "iub" or bool(np.array_equal(values, np.round(values)))
+    if lo >= 0 and hi <= 255 and integral:
+        return "binary"
+    if lo < _CT_MIN_BELOW and hi > _CT_MAX_ABOVE:
+        return "ct"
+    raise SkullVAEError(
+        f"neither a binary mask (values 0..255 integers) nor a CT (HU, air < {_CT_MIN_BELOW:g}): "
+        f"values range {lo:g}..{hi:g}; force one with kind='binary' or kind='ct'",
+        path,
+    )
+
+
+def _largest_component(mask_img: sitk.Image) -> sitk.Image:
+    """Keep the largest 26-connected component of a uint8 ITK mask."""
+    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask_img, True), sortByObjectSize=True)
+    return sitk.Equal(labels, 1)
+
+
+def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAULT_HU_THRESHOLD) -> SkullImage:
+    """Read a skull as a boolean mask on its exact geometry.
+
+    Args:
+        path: .nrrd, .nii, .nii.gz, .mha or .mhd file holding a 3D scalar volume.
+        kind: "binary" (nonzero = bone), "ct" (bone = HU ≥ ``hu_threshold``, then the
+            largest connected component) or "auto" (binary if the values are non-negative
+            integers ≤ 255; CT if they span air (< -200) to bone (> 300)).
+        hu_threshold: bone threshold in Hounsfield units for CT (default 300 HU).
+
+    Returns:
+        SkullImage with mask (I, J, K); ``metadata`` holds ``source``, ``kind`` and, for
+        CT, ``hu_threshold``.
+
+    Raises:
+        SkullVAEError naming the file: missing, unreadable, 2D, 4D/vector, NaN values,
+        neither mask nor CT, empty mask, or all-bone mask.
+    """
+    if kind not in ("auto", "binary", "ct"):
+        raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
+    path = Path(path)
+    img = _read_itk(path)
+    values = sitk.GetArrayViewFromImage(img)  # (K, J, I) view, no copy
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        raise SkullVAEError("contains NaN values", path)
+    detected = _detect_kind(values, path) if kind == "auto" else kind
+    metadata: dict = {"source": str(path), "kind": detected}
+    if detected == "binary":
+        mask_kji = values != 0
+    else:
+        metadata["hu_threshold"] = float(hu_threshold)
+        bone = sitk.GreaterEqual(img, float(hu_threshold))  # uint8 0/1
+        mask_kji = sitk.GetArrayFromImage(_largest_component(bone)).astype(bool)
+    del values
+    n_bone = np.count_nonzero(mask_kji)
+    fraction = n_bone / mask_kji.size
+    if n_bone == 0:
+        raise SkullVAEError(
+            "empty mask: no bone voxels" + (f" above {hu_threshold:g} HU" if detected == "ct" else ""), path
+        )
+    if fraction >= ALL_BONE_FRACTION:
+        raise SkullVAEError(
+            f"all-bone mask ({100 * fraction:.2f}% of voxels are bone); expected a skull segmentation", path
+        )
+    origin, spacing, direction = SkullImage.geometry_from_sitk(img)
+    return SkullImage(mask_kji.transpose(2, 1, 0), origin, spacing, direction, metadata)
+
+
+def read_scalar(path: str | Path) -> tuple[np.ndarray, SkullImage]:
+    """Read a scalar map: (float32 array (I, J, K), SkullImage geometry with an all-False mask).
+
+    Raises SkullVAEError naming the file when missing, unreadable, 2D or 4D.
+    """
+    path = Path(path)
+    img = _read_itk(path)
+    array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False).transpose(2, 1, 0)
+    origin, spacing, direction = SkullImage.geometry_from_sitk(img)
+    geometry = SkullImage(np.zeros(array.shape, dtype=bool), origin, spacing, direction, {"source": str(path)})
+    return array, geometry
+
+
+def _exact_space_direction(spacing: float, direction: np.ndarray) -> np.ndarray:
+    """The NRRD axis vector v that ITK reads back as exactly (spacing, direction).
+
+    NRRD stores v = spacing · direction; ITK (teem's nrrdSpacingCalculate) reads
+    spacing = sqrt(v0² + v1² + v2²), direction = v · (1 / spacing). The plain product
+    often comes back one ulp off (69 of the 240 SkullFix files), so we try the product's
+    neighbours up to 3 ulps per component and keep the first that reproduces both bit for bit
+    (hand-written because no library writes NRRD geometry exactly; falls back to the product).
+    """
+    base = direction * spacing
+    steps = np.arange(-3, 4)
+    offsets = np.array(np.meshgrid(steps, steps, steps, indexing="ij")).reshape(3, -1).T
+    offsets = offsets[np.argsort(np.abs(offsets).sum(1), kind="stable")]
+    ulp = np.spacing(base)
+    cand = base + offsets * ulp  # exact: multiples of one ulp within the same binade or next
+    norm = np.sqrt((cand[:, 0] * cand[:, 0] + cand[:, 1] * cand[:, 1]) + cand[:, 2] * cand[:, 2])
+    ok = (norm == spacing) & np.all(cand * (1.0 / norm)[:, None] == direction, axis=1)
+    return cand[int(np.argmax(ok))] if ok.any() else base
+
+
+def exact_axis_vectors(spacing: np.ndarray, direction: np.ndarray) -> list[np.ndarray]:
+    """The three NRRD axis vectors (LPS mm per voxel step) that read back as exactly
+    ``spacing`` (3,) and ``direction`` (3, 3) (column c = axis c); see ``_exact_space_direction``."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    direction = np.asarray(direction, dtype=np.float64)
+    return [_exact_space_direction(float(spacing[c]), direction[:, c]) for c in range(3)]
+
+
+def geometry_from_axis_vectors(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(spacing (3,), direction (3, 3)) from a (3, 3) matrix whose column c is axis c's vector,
+    computed as ITK's NRRD reader does, so that it matches ``read_skull`` bit for bit."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    spacing = np.sqrt((vectors[0] * vectors[0] + vectors[1] * vectors[1]) + vectors[2] * vectors[2])
+    return spacing, vectors * (1.0 / spacing)[None, :]
+
+
+def _patch_nrrd_space_directions(path: Path, img: sitk.Image) -> None:
+    """Rewrite the ``space directions`` header line of a NRRD file ITK just wrote (see above)."""
+    spacing = np.array(img.GetSpacing(), dtype=np.float64)
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    vectors = exact_axis_vectors(spacing, direction)
+    line = "space directions: " + " ".join("(" + ",".join(repr(float(v)) for v in vec) + ")" for vec in vectors)
+    data = path.read_bytes()
+    end = data.index(b"\n\n")
+    header = data[:end].decode("ascii").split("\n")
+    header = [line if h.startswith("space directions:") else h for h in header]
+    path.write_bytes("\n".join(header).encode("ascii") + data[end:])
+
+
+def _write_itk(img: sitk.Image, path: str | Path, compress: bool) -> None:
+    """Write atomically; .mhd (header + data file) goes through a temporary folder."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".mhd" and is_temporary_name(path.parent.name, folder=True):
+            sitk.WriteImage(img, str(path), compress)  # already in a locked temporary folder (outputs.py)
+        elif path.suffix.lower() == ".mhd":
+            tmp_dir, fd = make_temporary_folder(path)
+            try:
+                sitk.WriteImage(img, str(tmp_dir / path.name), compress)
+                header = tmp_dir / path.name
+                for part in sorted(tmp_dir.iterdir(), key=lambda p: p == header):  # data first, header last
+                    os.replace(part, path.parent / part.name)
+            except OSError as exc:
+                raise write_error(exc, path) from None
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                os.close(fd)
+        else:
+            with atomic_path(path) as tmp:
+                sitk.WriteImage(img, str(tmp), compress)
+                if path.name.lower().endswith(".nrrd"):
+                    _patch_nrrd_space_directions(tmp, img)
+    except RuntimeError as exc:
+        raise SkullVAEError(f"cannot write image: {str(exc).strip().splitlines()[-1]}", path) from None
+
+
+def write_mask(image: SkullImage, path: str | Path, compress: bool = True) -> None:
+    """Write ``image.mask`` as uint8 0/1 on its exact geometry (atomic; gzip by default)."""
+    _write_itk(image.to_sitk(pixel_type=np.uint8), path, compress)
+
+
+def write_scalar(like: SkullImage, array: np.ndarray, path: str | Path, compress: bool = True) -> None:
+    """Write a float32 map (I, J, K) (e.g. probabilities, uncertainty) on ``like``'s geometry."""
+    _write_itk(like.to_sitk(np.asarray(array), pixel_type=np.float32), path, compress)

@@ -1,0 +1,280 @@
+"""Output safety: check every destination of a call before work starts, write them together.
+
+:class:`OutputPlan` collects the outputs of one call (``complete``, ``make-defects``, ...)
+and refuses, before anything is computed or written:
+
+- an output that resolves (symlinks and hard links followed) to an input of the call, to
+  another output of the same call, or into a protected folder (the model bundle);
+- a wrong extension (``.seg.nrrd`` for segmentations, ``.stl``, a single-file volume format
+  for maps), so a file never holds another format than its name says;
+- an existing file, unless overwriting is allowed (``--overwrite``);
+- a destination whose folder cannot be made: more than ``max_new_folders`` missing levels,
+  a parent that is a file, a read-only folder.
+
+:meth:`OutputPlan.transaction` then hands out temporary names (atomic.py's pattern, locked
+while written) and renames all outputs at the end under a lock on their folders, so two calls
+writing the same outputs never leave a segmentation of one beside an STL of the other, and a
+failure anywhere leaves the previous files as they were (temporaries removed, new empty
+folders removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from SkullVAELib.core.atomic import create_temporary, file_mode, folder_lock, make_temporary_folder, write_error
+from SkullVAELib.core.errors import SkullVAEError
+
+SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
+STL_EXTENSIONS = (".stl",)
+# single-file volume formats (.mhd writes a second data file whose name the header records)
+VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
+IMAGE_EXTENSIONS = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+PNG_EXTENSIONS = (".png",)
+
+
+def has_extension(path: str | os.PathLike, extensions: Iterable[str]) -> bool:
+    name = Path(path).name.lower()
+    return any(name.endswith(ext) and len(name) > len(ext) for ext in extensions)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+@dataclass
+class _Output:
+    final: Path
+    option: str
+    resolved: Path
+
+
+class OutputPlan:
+    """The checked outputs of one call; see the module docstring.
+
+    Args:
+        inputs: files the call reads; no output may be one of them (by path or by inode).
+        protected: folders no output may land in (the model bundle).
+        overwrite: allow replacing existing files (complete's own outputs: yes; data sets
+            and models: only with ``--overwrite``).
+        max_new_folders: how many missing folder levels above an output may be created.
+    """
+
+    def __init__(
+        self,
+        inputs: Iterable[str | os.PathLike] = (),
+        protected: Iterable[str | os.PathLike] = (),
+        overwrite: bool = True,
+        max_new_folders: int = 1,
+    ) -> None:
+        self.inputs = [Path(p) for p in inputs]
+        self.protected = [Path(p).resolve() for p in protected]
+        self.overwrite = overwrite
+        self.max_new_folders = max_new_folders
+        self.outputs: list[_Output] = []
+        self._input_ids = {i for i in map(_identity, self.inputs) if i is not None}
+        self._input_paths = {p.resolve() for p in self.inputs}
+
+    def add(self, path: str | os.PathLike, option: str, extensions: Iterable[str] | None = None) -> Path:
+        """Check one output (``option`` names it in errors, e.g. "--implant-stl") and plan it."""
+        final = Path(path)
+        extensions = tuple(extensions or ())
+        if extensions and not has_extension(final, extensions):
+            raise SkullVAEError(f"{option} must end in {' or '.join(extensions)}", final)
+        if final.is_dir():
+            raise SkullVAEError(f"{option} is a folder; give a file name", final)
+        resolved = final.resolve()
+        identity = _identity(final)
+        if resolved in self._input_paths or (identity is not None and identity in self._input_ids):
+            raise SkullVAEError(f"{option} is an input of this command; refusing to overwrite it", final)
+        for folder in self.protected:
+            if resolved == folder or folder in resolved.parents:
+                raise SkullVAEError(f"{option} lies inside the model folder {folder}; refusing to write there", final)
+        for other in self.outputs:
+            if other.resolved == resolved or (identity is not None and identity == _identity(other.final)):
+                raise SkullVAEError(f"{option} and {other.option} name the same file", final)
+        if not self.overwrite and (final.exists() or final.is_symlink()):
+            raise SkullVAEError("already exists; give --overwrite to replace it", final)
+        self._check_folder(final, option)
+        self.outputs.append(_Output(final, option, resolved))
+        return final
+
+    def _check_folder(self, final: Path, option: str) -> None:
+        missing = 0
+        folder = final.parent
+        while not folder.exists():
+            if folder.is_symlink():
+                raise SkullVAEError(f"{option}: the folder is a broken symbolic link", folder)
+            missing += 1
+            if missing > self.max_new_folders or folder == folder.parent:
+                levels = f"{self.max_new_folders} new folder level" + ("s are" if self.max_new_folders > 1 else " is")
+                raise SkullVAEError(f"{option}: folder {folder} does not exist (at most {levels} made)", final)
+            folder = folder.parent
+        if not folder.is_dir():
+            raise SkullVAEError(f"{option}: {folder} is a file, not a folder", final)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SkullVAEError(f"{option}: folder {folder} is not writable", final)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Temporary names for every planned output; all renamed at the end (see module docstring)."""
+        tx = Transaction(self.outputs)
+        try:
+            tx.begin()
+            yield tx
+            tx.commit()
+        finally:
+            tx.cleanup()
+
+
+class Transaction:
+    """Temporary files of an :class:`OutputPlan`; use :meth:`path` to get the name to write."""
+
+    def __init__(self, outputs: list[_Output]) -> None:
+        self.outputs = outputs
+        self.temps: dict[Path, Path] = {}
+        self.temp_folders: dict[Path, Path] = {}  # .mhd outputs: final -> its temporary folder
+        self.written: set[Path] = set()
+        self._fds: list[int] = []
+        self._new_folders: list[Path] = []
+        self.committed = False
+
+    def begin(self) -> None:
+        for out in self.outputs:
+            self._make_folders(out.final)
+            name = out.final.name
+            if name.lower().endswith(".mhd"):  # header + data file: written into a temporary folder
+                folder, fd = make_temporary_folder(out.final)
+                self._fds.append(fd)
+                self.temps[out.final] = folder / name
+                self.temp_folders[out.final] = folder
+                continue
+            suffix = next((ext for ext in (".seg.nrrd", ".nii.gz") if name.lower().endswith(ext)), None)
+            suffix = suffix if suffix is not None else (Path(name).suffix or "")
+            tmp, fd = create_temporary(out.final, suffix)  # locked: live until the transaction ends
+            self._fds.append(fd)
+            self.temps[out.final] = tmp
+
+    def _make_folders(self, final: Path) -> None:
+        missing = []
+        folder = final.parent
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise write_error(exc, folder) from None
+            self._new_folders.append(folder)
+
+    def path(self, final: str | os.PathLike) -> Path:
+        """The temporary to write instead of ``final`` (marks the output as written)."""
+        final = Path(final)
+        if final not in self.temps:
+            raise KeyError(f"{final} is not a planned output")
+        self.written.add(final)
+        return self.temps[final]
+
+    def commit(self) -> None:
+        """Rename the written outputs over their finals under folder locks; outputs not written
+        are removed at their final paths, so no file of an earlier run stays beside new ones."""
+        folders = sorted({out.final.parent.resolve() for out in self.outputs})
+        with contextlib.ExitStack() as stack:
+            for folder in folders:
+                stack.enter_context(folder_lock(folder))
+            for out in self.outputs:
+                tmp = self.temps[out.final]
+                try:
+                    if out.final in self.written and out.final in self.temp_folders:  # .mhd: header + data
+                        parts = self.temp_folders[out.final].iterdir()
+                        for part in sorted(parts, key=lambda p: p.name == tmp.name):  # header last
+                            os.chmod(part, file_mode())
+                            os.replace(part, out.final.parent / part.name)
+                    elif out.final in self.written:
+                        os.chmod(tmp, file_mode())
+                        os.replace(tmp, out.final)
+                    elif out.final.is_file():
+                        out.final.unlink()
+                except OSError as exc:
+                    raise write_error(exc, out.final) from None
+        self.committed = True
+
+    def cleanup(self) -> None:
+        for final, tmp in self.temps.items():
+            if final in self.temp_folders:
+                shutil.rmtree(self.temp_folders[final], ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        if not self.committed:
+            for folder in reversed(self._new_folders):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when still empty
+
+
+def check_output_folder(folder: str | os.PathLike, option: str = "--out", max_new_folders: int = 2) -> Path:
+    """Check, before long work starts, that files can be written into ``folder`` (made if missing,
+    at most ``max_new_folders`` levels): not a file, not read-only. One-line SkullVAEError otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SkullVAEError(f"{option} exists and is not a folder", folder)
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SkullVAEError(f"{option}: folder is not writable", folder)
+    else:
+        OutputPlan(max_new_folders=max_new_folders)._check_folder(folder / "file", option)
+    return folder
+
+
+MODEL_PARTS = ("config.json", "encoder.safetensors", "decoder.safetensors", "decoupled_decoder.safetensors")
+
+
+def check_model_destination(
+    folder: str | os.PathLike, stages: Iterable[int], resume: bool = False, overwrite: bool = False
+) -> None:
+    """Refuse to train into ``folder`` when that would replace a model (before any data is read).
+
+    A folder holding a bundle or checkpoints is refused unless ``overwrite`` or ``resume``;
+    stage 2 alone needs the stage-1 bundle there and is refused only when it would replace an
+    existing stage-2 decoder. Also refused: a file in the way, missing folders more than one
+    level up, a read-only parent.
+    """
+    folder = Path(folder)
+    stages = tuple(stages)
+    if folder.exists() and not folder.is_dir():
+        raise SkullVAEError("--out exists and is not a folder", folder)
+    if folder.is_dir() and not (resume or overwrite):
+        if stages == (2,):
+            if (folder / "decoupled_decoder.safetensors").exists():
+                raise SkullVAEError(
+                    "--out already holds a stage-2 (decoupled) decoder; give --overwrite to replace it, "
+                    "or --resume to continue its training",
+                    folder,
+                )
+        else:
+            found = [name for name in MODEL_PARTS if (folder / name).exists()]
+            if (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir()):
+                found.append("checkpoints/")
+            if found:
+                raise SkullVAEError(
+                    f"--out holds a model ({', '.join(found)}); give --overwrite to replace it, "
+                    "or --resume to continue its training",
+                    folder,
+                )
+    check_output_folder(folder, "--out")

@@ -1,0 +1,161 @@
+"""Resumable training state: atomic save, safe load, RNG state capture.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts written with
+``torch.save`` through :func:`SkullVAELib.core.atomic.atomic_path` (temp file + rename, so a kill
+mid-write leaves the previous checkpoint intact) and read back with
+``torch.load(weights_only=True)`` (nothing is unpickled). RNG states of Python, NumPy and
+torch are converted to tensors/ints so that the safe loader accepts them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from SkullVAELib.core import atomic
+from SkullVAELib.core.atomic import atomic_path
+from SkullVAELib.core.errors import SkullVAEError
+
+CHECKPOINT_FORMAT = "skullvae-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def checkpoint_path(out_dir: str | os.PathLike, stage: int) -> Path:
+    """``out_dir/checkpoints/stage{1,2}.pt``."""
+    return Path(out_dir) / "checkpoints" / f"stage{stage}.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` (plain tensors/containers only) atomically to ``path``."""
+    record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; one-line :class:`SkullVAEError` if missing/corrupt/foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkullVAEError("no checkpoint to resume from (train without --resume first)", path)
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, ...: all user-fixable
+        raise SkullVAEError(f"not a readable checkpoint ({type(exc).__name__})", path) from None
+    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
+        raise SkullVAEError("not a SkullVAE training checkpoint", path)
+    if record.get("version") != CHECKPOINT_VERSION:
+        raise SkullVAEError(f"checkpoint version {record.get('version')} is not supported", path)
+    return record
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Global RNG states of Python, NumPy and torch (CPU and every CUDA device) as safe-loadable values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state(
+        (nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def data_fingerprint(data: torch.Tensor) -> dict[str, Any]:
+    """Shape and a cheap checksum of the training tensor, to refuse resuming on different data."""
+    return {"shape": list(data.shape), "sum": float(data.float().sum().item())}
+
+
+def check_fingerprint(
+    saved: dict[str, Any], data: torch.Tensor, path: str | os.PathLike, rtol: float = 1e-6, what: str = "data"
+) -> None:
+    """Raise a one-line error if ``data`` is not the tensor the checkpoint was trained on."""
+    now = data_fingerprint(data)
+    scale = max(1.0, abs(now["sum"]), float(data.float().abs().sum().item()))
+    same = saved["shape"] == now["shape"] and abs(saved["sum"] - now["sum"]) <= rtol * scale
+    if not same:
+        raise SkullVAEError(
+            f"the checkpoint was trained on {what} of shape {tuple(saved['shape'])} (sum {saved['sum']:.1f}), "
+            f"not on this {what} {tuple(now['shape'])} (sum {now['sum']:.1f}); resume with the same data, grid and model",
+            path,
+        )
+
+
+# Files the trainer writes through atomic_path (temporaries ".NAME.<8 chars>.tmp<ext>" next to NAME).
+_OWN_FILES = ("checkpoints/stage1.pt", "checkpoints/stage2.pt", "training_log.csv", "curves.png")
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporaries of the trainer's files left by a killed run (e.g. a 0-byte checkpoint temp).
+
+    Only temporaries of :data:`_OWN_FILES` that no live process holds (``atomic.remove_stale_temporaries``)
+    are removed. Called at the start of every training run. Returns the removed paths.
+    """
+    removed = []
+    for own in _OWN_FILES:
+        final = Path(out_dir) / own
+        removed += atomic.remove_stale_temporaries(final.parent, final.name)
+    return removed
+
+
+class DeferredInterrupt:
+    """Context manager: the first Ctrl-C (SIGINT) or SIGTERM only sets ``.requested`` (checked at
+    step boundaries, so the state saved is consistent); a second one interrupts at once.
+
+    SIGTERM is what ``kill``, SLURM and ``docker stop`` send: the trainer treats it exactly like
+    Ctrl-C (checkpoint, then ``KeyboardInterrupt``; the CLI exits 130). ``.signal_name`` says
+    which signal came. A no-op outside the main thread.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}

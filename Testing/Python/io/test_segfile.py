@@ -1,0 +1,161 @@
+"""`.seg.nrrd` files: names, colours, overlap and exact geometry, read back by slicerio and by Slicer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slicerio
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.io.image import SkullImage, read_skull, write_mask
+from SkullVAELib.io.segfile import DEFAULT_COLORS, Segment, read_segmentation, write_segmentation
+
+
+def _rotation(angle_deg: float, axis: int) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    i, j = [k for k in range(3) if k != axis]
+    rot = np.eye(3)
+    rot[i, i], rot[i, j], rot[j, i], rot[j, j] = np.cos(a), -np.sin(a), np.sin(a), np.cos(a)
+    return rot
+
+
+@pytest.fixture
+def skull_and_implant(tmp_path) -> tuple[SkullImage, np.ndarray, np.ndarray]:
+    """An oblique shell; the implant is a cap of it; the completed skull contains the implant."""
+    shape = (40, 36, 28)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    complete = (r > 0.55) & (r < 0.8)
+    implant = complete & (grid[2] > 0.5)
+    direction = _rotation(17.3, 0) @ _rotation(-8.9, 2)
+    like = SkullImage(
+        complete, origin=(-120.2, -127.846117, -10.2158), spacing=(0.451172, 0.4511719, 0.633), direction=direction
+    )
+    # as read from a NRRD file (NRRD stores spacing·direction, so arbitrary doubles shift an ulp once)
+    write_mask(like, tmp_path / "like.nrrd")
+    like = read_skull(tmp_path / "like.nrrd")
+    (tmp_path / "like.nrrd").unlink()
+    return like, complete, implant
+
+
+def _segments(complete, implant) -> list[Segment]:
+    return [
+        Segment("Completed skull", complete),
+        Segment("Implant", implant),
+        Segment("Defective skull", complete & ~implant),
+    ]
+
+
+def test_round_trip_names_masks_geometry(tmp_path, skull_and_implant):
+    like, complete, implant = skull_and_implant
+    path = tmp_path / "out.seg.nrrd"
+    write_segmentation(path, like, _segments(complete, implant))
+    geometry, masks = read_segmentation(path)
+    assert geometry.same_geometry(like)
+    assert list(masks) == ["Completed skull", "Implant", "Defective skull"]
+    assert np.array_equal(masks["Completed skull"], complete)
+    assert np.array_equal(masks["Implant"], implant)
+    assert np.array_equal(masks["Defective skull"], complete & ~implant)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.seg.nrrd"]  # no temporary left
+
+
+def test_slicerio_sees_names_colors_layers(tmp_path, skull_and_implant):
+    like, complete, implant = skull_and_implant
+    path = tmp_path / "out.seg.nrrd"
+    write_segmentation(path, like, [Segment("Completed skull", complete), Segment("Implant", implant, (0.1, 0.2, 0.3))])
+    seg = slicerio.read_segmentation(str(path))
+    by_name = {s["name"]: s for s in seg["segments"]}
+    np.testing.assert_allclose(by_name["Completed skull"]["color"], DEFAULT_COLORS["Completed skull"])
+    np.testing.assert_allclose(by_name["Implant"]["color"], (0.1, 0.2, 0.3))
+    assert by_name["Completed skull"]["layer"] != by_name["Implant"]["layer"]  # overlapping → two layers
+    np.testing.assert_allclose(np.asarray(seg["ijkToLPS"]), like.index_to_physical(), rtol=0, atol=1e-12)
+    extracted = slicerio.extract_segments(seg, [("Implant", 1)])
+    assert np.array_equal(extracted["voxels"] == 1, implant)
+
+
+def test_disjoint_segments_use_one_3d_layer(tmp_path, skull_and_implant):
+    like, complete, implant = skull_and_implant
+    write_segmentation(
+        tmp_path / "d.seg.nrrd", like, [Segment("Defective skull", complete & ~implant), Segment("Implant", implant)]
+    )
+    seg = slicerio.read_segmentation(str(tmp_path / "d.seg.nrrd"))
+    assert np.asarray(seg["voxels"]).ndim == 3
+    assert {s["layer"] for s in seg["segments"]} == {0}
+
+
+def _matrix(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def test_slicer_storage_node_reads_names_colors_geometry(tmp_path, skull_and_implant):
+    slicer = pytest.importorskip("slicer")
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    like, complete, implant = skull_and_implant
+    write_segmentation(tmp_path / "out.seg.nrrd", like, _segments(complete, implant))
+    write_mask(like, tmp_path / "volume.nrrd")
+
+    scene = slicer.vtkMRMLScene()
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg_storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(seg_storage)
+    seg_storage.SetFileName(str(tmp_path / "out.seg.nrrd"))
+    assert seg_storage.ReadData(seg_node)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    volume_storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(volume_storage)
+    volume_storage.SetFileName(str(tmp_path / "volume.nrrd"))
+    assert volume_storage.ReadData(volume)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ like.index_to_physical()  # LPS → RAS
+    np.testing.assert_allclose(_matrix(ijk_to_ras), expected, rtol=0, atol=1e-9)
+
+    segmentation = seg_node.GetSegmentation()
+    wanted = {"Completed skull": complete, "Implant": implant, "Defective skull": complete & ~implant}
+    assert segmentation.GetNumberOfSegments() == 3
+    for n in range(3):
+        segment = segmentation.GetSegment(segmentation.GetNthSegmentID(n))
+        name = segment.GetName()
+        assert name in wanted
+        np.testing.assert_allclose(segment.GetColor(), DEFAULT_COLORS[name], atol=1e-6)
+        labelmap = segment.GetRepresentation("Binary labelmap")
+        image_to_world = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(image_to_world)
+        np.testing.assert_allclose(_matrix(image_to_world), _matrix(ijk_to_ras), rtol=0, atol=1e-9)
+        assert labelmap.GetExtent() == (0, like.shape[0] - 1, 0, like.shape[1] - 1, 0, like.shape[2] - 1)
+        voxels = vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(like.shape[::-1]).transpose(2, 1, 0)
+        assert np.array_equal(voxels == segment.GetLabelValue(), wanted[name])
+
+
+@pytest.mark.skullfix
+def test_skullfix_oblique_case(skullfix_dir, tmp_path):
+    skull = read_skull(skullfix_dir / "complete_skull" / "000.nrrd")  # oblique direction
+    implant = read_skull(skullfix_dir / "implant" / "000.nrrd").mask
+    write_segmentation(
+        tmp_path / "000.seg.nrrd",
+        skull,
+        [Segment("Completed skull", skull.mask | implant), Segment("Implant", implant)],
+    )
+    geometry, masks = read_segmentation(tmp_path / "000.seg.nrrd")
+    assert geometry.same_geometry(skull)
+    assert np.array_equal(masks["Implant"], implant)
+    assert np.array_equal(masks["Completed skull"], skull.mask | implant)
+
+
+def test_bad_input(tmp_path, skull_and_implant):
+    like, complete, implant = skull_and_implant
+    with pytest.raises(SkullVAEError, match="not found") as err:
+        read_segmentation(tmp_path / "missing.seg.nrrd")
+    assert "missing.seg.nrrd" in str(err.value)
+    garbage = tmp_path / "garbage.seg.nrrd"
+    garbage.write_text("hello")
+    with pytest.raises(SkullVAEError, match="cannot read") as err:
+        read_segmentation(garbage)
+    assert "garbage.seg.nrrd" in str(err.value)
+    with pytest.raises(SkullVAEError, match="shape"):
+        write_segmentation(tmp_path / "x.seg.nrrd", like, [Segment("Implant", implant[:-1])])
+    with pytest.raises(SkullVAEError, match="unique"):
+        write_segmentation(tmp_path / "x.seg.nrrd", like, [Segment("Implant", implant), Segment("Implant", complete)])
+    assert not (tmp_path / "x.seg.nrrd").exists()

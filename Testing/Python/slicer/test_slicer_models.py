@@ -1,0 +1,76 @@
+"""The module's model selector logic and `SkullVAELogic().downloadModel` under slicer-core,
+against the local HTTP server of test_models (a real child process does the download)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("slicer")
+pytest.importorskip("psutil")
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "SkullVAE"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+
+from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: E402
+from test_models import archive_bytes, bundle_dir, env, server, write_registry  # noqa: E402, F401
+
+
+def test_download_then_list_and_resolve(env, server):  # noqa: F811
+    logic = SkullVAELogic()
+    before = {c.name: c for c in logic.listModels()}
+    assert not before["tiny"].installed and before["tiny"].downloadable
+    seen = []
+    path = logic.downloadModel("tiny", onProgress=lambda stage, fraction, message: seen.append(stage))
+    assert Path(path) == env / "models" / "tiny" and (Path(path) / "config.json").is_file()
+    assert "download" in seen and "install" in seen
+    after = {c.name: c for c in logic.listModels()}
+    assert after["tiny"].installed and after["tiny"].label == "tiny"
+    assert logic.modelPath("tiny") == path
+
+
+def test_download_again_only_with_overwrite(env, server):  # noqa: F811
+    from SkullVAESlicerLib.models import buildDownloadCommand
+
+    assert buildDownloadCommand("tiny", overwrite=True)[-1] == "--overwrite"
+    assert "--overwrite" not in buildDownloadCommand("tiny") and "--force" not in buildDownloadCommand("tiny", True)
+    logic = SkullVAELogic()
+    path = logic.downloadModel("tiny")
+    assert logic.downloadModel("tiny") == path and len(server.requests) == 1  # installed: kept
+    assert logic.downloadModel("tiny", overwrite=True) == path and len(server.requests) == 2
+    with pytest.warns(DeprecationWarning, match="use overwrite"):
+        assert logic.downloadModel("tiny", force=True) == path
+    assert len(server.requests) == 3
+
+
+def test_download_cancel_keeps_nothing_installed(env, server):  # noqa: F811
+    server.chunk, server.chunk_delay = 1024, 0.05  # slow enough to cancel in the middle
+    logic = SkullVAELogic()
+    finished = []
+    logic.downloadModel("tiny", waitForCompletion=False, onFinished=lambda p, e: finished.append((p, e)))
+    deadline = time.monotonic() + 60
+    while not server.requests and time.monotonic() < deadline:
+        logic.pollDownload()
+        time.sleep(0.05)
+    logic.cancelDownload()
+    while not logic.pollDownload() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert finished and finished[0][0] is None and isinstance(finished[0][1], SkullVAECancelled)
+    assert not (env / "models" / "tiny").exists()
+    assert not logic.isDownloading
+
+
+def test_unreleased_model_and_unknown_name(env, server, archive_bytes, tmp_path, monkeypatch):  # noqa: F811
+    reg = write_registry(tmp_path / "u.json", server.url + "/tiny-v1.zip", archive_bytes, released=False)
+    monkeypatch.setenv("SKULLVAE_REGISTRY", str(reg))
+    logic = SkullVAELogic()
+    choice = {c.name: c for c in logic.listModels()}["tiny"]
+    assert not choice.downloadable and "not released" in choice.label
+    with pytest.raises(ValueError, match="not released yet"):
+        logic.downloadModel("tiny")
+    with pytest.raises(ValueError, match="not installed"):
+        logic.modelPath("tiny")

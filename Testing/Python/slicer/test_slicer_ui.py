@@ -1,0 +1,100 @@
+"""The panel's .ui file parses, and every widget and parameter name the module uses exists."""
+
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+UI_FILE = REPO / "Resources" / "UI" / "SkullVAE.ui"
+MODULE = REPO / "SkullVAE" / "SkullVAE.py"
+WIDGET = REPO / "SkullVAE" / "SkullVAESlicerLib" / "widget.py"
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def used_ui_names(path: Path) -> set[str]:
+    """Names X in ``self.ui.X`` / ``ui.X`` attribute chains of a Python file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
+            names.add(node.attr)
+    return names
+
+
+def parameter_fields() -> dict[str, str]:
+    """Annotated fields of the @parameterNodeWrapper class: name -> annotation source."""
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SkullVAEParameterNode")
+    assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {s.target.id: ast.unparse(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)}
+
+
+def test_ui_parses_with_unique_names():
+    root = ET.parse(UI_FILE).getroot()
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names))
+    assert root.find("widget").get("class") == "qMRMLWidget"
+
+
+def test_every_used_widget_exists():
+    widgets = ui_widgets()
+    used = used_ui_names(WIDGET) | used_ui_names(MODULE)
+    assert {"applyButton", "progressBar", "logTextEdit", "show3DButton", "exportStlButton"} <= used
+    missing = sorted(used - set(widgets))
+    assert not missing, f"not in {UI_FILE.name}: {missing}"
+
+
+def test_connect_gui_names_match_parameter_node():
+    fields = parameter_fields()
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = name
+    assert set(bound) == set(fields), (
+        f"parameters without widget or widgets without parameter: {set(bound) ^ set(fields)}"
+    )
+
+
+def test_parameter_node_types_and_ranges():
+    fields = parameter_fields()
+    # γ range and defect choices come from the library's one definition (SkullVAELib.core.config)
+    assert fields["gamma"] == "Annotated[float, WithinRange(*GAMMA_RANGE)]"
+    assert fields["boneThresholdHU"] == "Annotated[float, WithinRange(-1000, 3000)]"
+    assert fields["defectType"] == "Annotated[str, Choice(list(DEFECT_CHOICES))]"
+    from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE
+
+    assert GAMMA_RANGE == (0.0, 2.0) and DEFECT_CHOICES == ("auto", "cranial", "facial")
+    assert fields["outputSegmentation"] == "vtkMRMLSegmentationNode"
+    assert fields["inputVolume"] == "vtkMRMLScalarVolumeNode"
+    assert fields["modelPath"] == "Path"  # ctkPathLineEdit connects to pathlib.Path only
+
+
+def test_node_selectors_get_the_scene():
+    root = ET.parse(UI_FILE).getroot()
+    selectors = {name for name, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in root.iter("connection") if "setMRMLScene" in c.findtext("slot")}
+    assert selectors and selectors <= connected
+
+
+def test_module_metadata_and_classes():
+    tree = ast.parse(MODULE.read_text())
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"SkullVAE", "SkullVAEParameterNode", "SkullVAEWidget", "SkullVAETest"} <= classes
+    text = MODULE.read_text()
+    assert "SkullVAELogic" in text and 'categories = ["Segmentation"]' in text
+    assert re.search(r"research use only", text, re.I) and re.search(r"not a certified medical device", text, re.I)
+    assert "slicer.util.loadUI" in text and "childWidgetVariables" in text and "connectGui" in text
+
+
+def test_model_selector_and_download_button():
+    widgets = ui_widgets()
+    assert widgets["modelSelectorComboBox"].get("class") == "QComboBox"
+    assert widgets["downloadModelButton"].get("class") == "QPushButton"
+    assert {"modelSelectorComboBox", "downloadModelButton"} <= used_ui_names(WIDGET)

@@ -32,7 +32,7 @@ from scipy import ndimage
 from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.cleanup import bounding_box, keep_major_components, remove_small_components, remove_thin_shells
+from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 from SkullVAELib.io.image import SkullImage
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
@@ -57,6 +57,10 @@ class RimFitConfig:
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
+
+    def postprocess(self) -> PostprocessConfig:
+        """The shared post-processing's settings of this rim fit."""
+        return PostprocessConfig(self.closing_mm, self.min_island_mm3, self.min_piece_fraction)
 
 
 @dataclass
@@ -268,27 +272,8 @@ def rasterise(
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:
-    """Closing (ball of ``closing_mm``), thin-shell removal, keep pieces touching the bone, drop islands
-    (and pieces below ``min_piece_fraction`` × the largest)."""
-    box = bounding_box(implant, margin=int(np.ceil(cfg.closing_mm / skull.spacing.min())) + 2)
-    if box is None:
-        return implant
-    crop, bone = implant[box], skull.mask[box]
-    radius = np.maximum(np.round(cfg.closing_mm / skull.spacing).astype(int), 1)
-    grid = np.ogrid[tuple(slice(-int(r), int(r) + 1) for r in radius)]
-    ball = sum((g * s) ** 2 for g, s in zip(grid, skull.spacing, strict=True)) <= cfg.closing_mm**2 + 1e-6
-    crop = ndimage.binary_closing(crop, structure=ball) & ~bone
-    crop = remove_thin_shells(crop)
-    crop = remove_small_components(crop, cfg.min_island_mm3 / skull.voxel_volume_mm3)
-    labels, n = ndimage.label(crop, structure=_CUBE)
-    if n:
-        touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
-        crop = np.isin(labels, touching[touching > 0])
-    if cfg.min_piece_fraction > 0:
-        crop = keep_major_components(crop, cfg.min_piece_fraction)
-    out = np.zeros_like(implant)
-    out[box] = crop
-    return out
+    """The shared post-processing (:mod:`postprocess`) with the rim fit's settings."""
+    return postprocess_implant(implant, skull, cfg.postprocess())
 
 
 def rim_fit(

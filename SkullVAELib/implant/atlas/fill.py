@@ -221,7 +221,7 @@ def drop_doubled_bone(skull: SkullImage, implant: np.ndarray, cfg: AtlasConfig) 
 def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> np.ndarray:
     """The connected pieces of ``missing`` (bool (I, J, K)) that reach ``seed_depth_mm`` from the
     patient's bone, post-processed like the rim fit's implant, without the minor pieces."""
-    from SkullVAELib.implant.rimfit import RimFitConfig, postprocess
+    from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 
     margin = int(np.ceil(cfg.seed_depth_mm / skull.spacing.min())) + 2
     box = bounding_box(missing, margin=margin)
@@ -233,7 +233,7 @@ def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> 
     seeds = np.unique(labels[crop & (depth >= cfg.seed_depth_mm)])
     implant = np.zeros(skull.shape, dtype=bool)
     implant[box] = np.isin(labels, seeds[seeds > 0])
-    return postprocess(implant, skull, RimFitConfig(min_piece_fraction=cfg.min_piece_fraction))
+    return postprocess_implant(implant, skull, PostprocessConfig(min_piece_fraction=cfg.min_piece_fraction))
 
 
 def atlas_implant(

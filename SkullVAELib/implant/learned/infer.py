@@ -75,7 +75,7 @@ def learned_implant(
     skull: SkullImage, network: torch.nn.Module, cfg: RefinerConfig, device: str = "cpu"
 ) -> LearnedImplant:
     """The refiner's facial implant for ``skull`` (any geometry; never modified)."""
-    from SkullVAELib.implant.rimfit import RimFitConfig, postprocess
+    from SkullVAELib.implant.postprocess import postprocess_implant
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def learned_implant(
     t0 = time.perf_counter()
     probability = from_lps_grid(on_grid, grid, skull)
     implant = (probability >= cfg.threshold) & ~skull.mask
-    implant = postprocess(implant, skull, RimFitConfig())
+    implant = postprocess_implant(implant, skull)
     timings["refiner_back"] = time.perf_counter() - t0
     expected = float(probability[~skull.mask].sum(dtype=np.float64)) * skull.voxel_volume_mm3
     volume = float(np.count_nonzero(implant)) * skull.voxel_volume_mm3

@@ -21,6 +21,9 @@ COMPLETE = "complete"
 CLASSES: tuple[str, ...] = (COMPLETE, *DEFECTS)
 #: What a user may ask for: the classifier's choice, or one defect class.
 DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
+# Implant sources (SkullVAELib/implant/sources), one word each: the geometric rim fit, the learned
+# facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.
+IMPLANT_SOURCES: tuple[str, ...] = ("rimfit", "learned", "atlas", "model")
 #: Valid γ of z + γ·DEV (inclusive): 0 reconstructs, 1 completes (the paper), up to 2 thickens.
 GAMMA_RANGE: tuple[float, float] = (0.0, 2.0)
 #: The γ values of a sweep figure (the paper's Figure 5).
@@ -30,6 +33,9 @@ GAMMAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 RESAMPLE_MODES: tuple[str, ...] = ("area", "nearest")
 ATLAS_SPACING_MM = 2.0  # grid of an atlas set's registration images (skullvae build-atlas --spacing)
 DEFAULT_RESAMPLE = "area"
+#: The implant's colour everywhere (RGB in [0, 1]): the .seg.nrrd files, the Slicer module, the
+#: README images. Yellow, as the paper shows implants.
+IMPLANT_COLOR: tuple[float, float, float] = (0.95, 0.80, 0.20)
 #: ``--device`` values (rule: ``devices.resolve_device``).
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
 

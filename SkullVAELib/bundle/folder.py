@@ -1,0 +1,111 @@
+"""A model folder and every part it may hold, read by one loader.
+
+```
+MODEL/
+  config.json, encoder/decoder*.safetensors, completion.json   the β-VAE (ModelBundle)
+  refiner.safetensors                                           the learned facial implant source
+  atlas/atlas.json (+ skulls)                                   the atlas implant source
+  model_card.json                                               what it is, how it was trained
+```
+
+Every part is optional; a part is loaded on first use and kept, so a batch pays once. Heavy
+imports (torch for the VAE, MONAI for the refiner, SimpleITK for the atlas) happen only when
+that part is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from SkullVAELib.core.errors import SkullVAEError
+
+REFINER_FILE = "refiner.safetensors"
+ATLAS_FOLDER = "atlas"
+ATLAS_MANIFEST = "atlas.json"
+VAE_CONFIG = "config.json"
+
+
+class ModelFolder:
+    """The parts of one model folder (or none: ``ModelFolder(None)`` has no parts).
+
+    Args:
+        path: the folder, or None.
+        refiner: a refiner file that replaces ``MODEL/refiner.safetensors`` (must exist), or None.
+        atlas: an atlas-set folder that replaces ``MODEL/atlas`` (must hold atlas.json), or None.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        refiner: str | os.PathLike | None = None,
+        atlas: str | os.PathLike | None = None,
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        if self.path is not None and not self.path.is_dir():
+            raise SkullVAEError("no such model folder", self.path)
+        if refiner is not None and not Path(refiner).is_file():
+            raise SkullVAEError("no such refiner file", refiner)
+        if atlas is not None and not (Path(atlas) / ATLAS_MANIFEST).is_file():
+            raise SkullVAEError(f"not an atlas set (no {ATLAS_MANIFEST}; build one with `skullvae build-atlas`)", atlas)
+        self.refiner_path = Path(refiner) if refiner is not None else self._part(REFINER_FILE, file=True)
+        self.atlas_path = Path(atlas) if atlas is not None else self._part(ATLAS_FOLDER, marker=ATLAS_MANIFEST)
+        self.vae_path = self.path if self._part(VAE_CONFIG, file=True) is not None else None
+        self._loaded: dict[str, object] = {}
+
+    def _part(self, name: str, file: bool = False, marker: str | None = None) -> Path | None:
+        if self.path is None:
+            return None
+        candidate = self.path / name
+        if file:
+            return candidate if candidate.is_file() else None
+        return candidate if (candidate / (marker or "")).is_file() else None
+
+    @property
+    def has_vae(self) -> bool:
+        return self.vae_path is not None
+
+    @property
+    def has_refiner(self) -> bool:
+        return self.refiner_path is not None
+
+    @property
+    def has_atlas(self) -> bool:
+        return self.atlas_path is not None
+
+    def vae(self):
+        """The :class:`~SkullVAELib.bundle.model_bundle.ModelBundle` (on the CPU; loaded once)."""
+        if "vae" not in self._loaded:
+            if self.vae_path is None:
+                where = self.path if self.path is not None else "no --model given"
+                raise SkullVAEError(f"no trained β-VAE here ({VAE_CONFIG} missing)", where)
+            from SkullVAELib.bundle.model_bundle import ModelBundle
+
+            self._loaded["vae"] = ModelBundle.load(self.vae_path, device="cpu")
+        return self._loaded["vae"]
+
+    def refiner(self, device: str = "cpu"):
+        """The :class:`~SkullVAELib.implant.learned.infer.FacialRefiner` (loaded once; imports MONAI)."""
+        key = f"refiner:{device}"
+        if key not in self._loaded:
+            if self.refiner_path is None:
+                raise SkullVAEError(f"no learned refiner ({REFINER_FILE})", self.path)
+            from SkullVAELib.core.devices import resolve_device
+            from SkullVAELib.implant.learned.infer import FacialRefiner
+
+            self._loaded[key] = FacialRefiner.load(self.refiner_path, str(resolve_device(device)))
+        return self._loaded[key]
+
+    def atlas(self):
+        """The :class:`~SkullVAELib.implant.atlas.store.AtlasSet` (loaded once)."""
+        if "atlas" not in self._loaded:
+            if self.atlas_path is None:
+                raise SkullVAEError(f"no atlas set ({ATLAS_FOLDER}/{ATLAS_MANIFEST})", self.path)
+            from SkullVAELib.implant.atlas.store import AtlasSet
+
+            self._loaded["atlas"] = AtlasSet.load(self.atlas_path)
+        return self._loaded["atlas"]
+
+    def parts(self) -> list[str]:
+        """The parts present: "vae", "refiner", "atlas" (in that order)."""
+        return [n for n, p in (("vae", self.vae_path), ("refiner", self.refiner_path), ("atlas", self.atlas_path)) if p]

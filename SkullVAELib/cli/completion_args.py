@@ -1,0 +1,130 @@
+"""The options that build a :class:`~SkullVAELib.pipeline.settings.CompletionSettings`, shared by
+``skullvae complete`` and ``skullvae evaluate --implants`` (one spelling of every switch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from SkullVAELib.cli.common import add_resample_arg
+from SkullVAELib.core.config import DEFECT_CHOICES, DEVICE_HELP, IMPLANT_SOURCES, CompletionConfig
+from SkullVAELib.core.errors import SkullVAEError
+
+
+def source_list(text: str) -> tuple[str, ...]:
+    """ "rimfit,learned" -> ("rimfit", "learned"); unknown words are refused with the known ones."""
+    names = tuple(w.strip() for w in text.split(",") if w.strip())
+    bad = [n for n in names if n not in IMPLANT_SOURCES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown implant source(s) {bad or text!r}; choose from {','.join(IMPLANT_SOURCES)}"
+        )
+    return names
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --refiner, --atlas: where the trained parts come from (all optional)."""
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder or installed model name (optional: without one, cranial defects take the rim fit)",
+    )
+    p.add_argument(
+        "--refiner",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="learned facial refiner file "
+        "(skullvae train-refiner; default MODEL/refiner.safetensors when there is one)",
+    )
+    p.add_argument(
+        "--atlas",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="atlas set folder (skullvae build-atlas; default MODEL/atlas when there is one)",
+    )
+
+
+def add_completion_args(p: argparse.ArgumentParser) -> None:
+    """The implant sources and the model's settings."""
+    g = p.add_argument_group("implant sources (tried in order; the first that applies and proposes bone is kept)")
+    g.add_argument(
+        "--sources",
+        type=source_list,
+        default=IMPLANT_SOURCES,
+        metavar="LIST",
+        help=f"comma-separated order of implant sources (default {','.join(IMPLANT_SOURCES)}): rimfit = fitted to "
+        "the defect's rim (cranial, no model), learned = the facial U-Net (--refiner), atlas = registered "
+        "training skulls (--atlas), model = the β-VAE's latent arithmetic z + γ·DEV (--model)",
+    )
+    g.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the rim fit use the skull's mirror image where it covers the hole",
+    )
+    g.add_argument(
+        "--defect",
+        choices=DEFECT_CHOICES,
+        default="auto",
+        help="the defect: auto = an enclosed vault hole is cranial, otherwise the model's classifier "
+        "(or, without a model, facial)",
+    )
+    m = p.add_argument_group("the model source (--model)")
+    m.add_argument("--threshold", type=float, default=0.5, help="bone probability threshold of the decoded skull")
+    m.add_argument("--min-island", type=float, default=100.0, help="drop model-implant pieces smaller than this (mm³)")
+    m.add_argument(
+        "--max-distance", type=float, default=10.0, help="model-implant pieces must touch the skull within (mm)"
+    )
+    add_resample_arg(m)
+    m.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="test-time fit: N Adam steps fitting the "
+        "latent code to the patient's own bone before the latent shift (0 = off, the paper)",
+    )
+    m.add_argument("--seed", type=int, default=0, help="seed of the uncertainty samples")
+    m.add_argument("--device", default="auto", help=DEVICE_HELP)
+    m.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="network arithmetic: float32 (exact) or bfloat16 (faster on CPUs with bf16 units and GPUs)",
+    )
+
+
+def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: int = 0, raw: bool = False):
+    """The :class:`CompletionSettings` of parsed :func:`add_model_args` + :func:`add_completion_args` options."""
+    import dataclasses
+
+    from SkullVAELib.models.store import resolve_model
+    from SkullVAELib.pipeline.settings import AtlasSettings, CompletionSettings, LearnedSettings, RimFitSettings
+
+    model = resolve_model(args.model) if args.model else None
+    vae = CompletionConfig(
+        gamma=gamma,
+        keep_patient_bone=not raw,
+        threshold=args.threshold,
+        min_island_mm3=args.min_island,
+        max_distance_mm=args.max_distance,
+        uncertainty_samples=samples,
+        resample=args.resample,
+        seed=args.seed,
+        fit_steps=args.fit_steps,
+    )
+    if (raw or samples) and model is None:
+        raise SkullVAEError("--raw and --uncertainty need a trained model (--model)")
+    return CompletionSettings(
+        model=model,
+        sources=args.sources,
+        defect=args.defect,
+        vae=vae,
+        rimfit=dataclasses.replace(RimFitSettings(), mirror=args.mirror),
+        learned=LearnedSettings(args.refiner),
+        atlas=AtlasSettings(args.atlas),
+        device=args.device,
+        precision=args.precision,
+    )

@@ -1,0 +1,141 @@
+"""The one owner of the product pipeline: defective skull → defect → implant source → completed skull.
+
+nnU-Net's predictor pattern: configured once from :class:`CompletionSettings`, it loads what its
+sources need once (a model folder, or nothing), then completes skull after skull::
+
+    completer = Completer(CompletionSettings(model=None))     # the rim fit needs no model
+    result = completer.complete(read_skull("defective.nrrd"))
+    result.implant, result.source, result.skipped, result.timings
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from SkullVAELib.bundle.folder import ModelFolder
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.implant.check import check_implant
+from SkullVAELib.implant.postprocess import postprocess_implant
+from SkullVAELib.implant.sources import source_class
+from SkullVAELib.io.image import SkullImage
+from SkullVAELib.pipeline.context import CompletionContext
+from SkullVAELib.pipeline.defect import decide_defect
+from SkullVAELib.pipeline.result import Completion
+from SkullVAELib.pipeline.settings import CompletionSettings
+
+MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
+FACIAL_SOURCES_HINT = (
+    "a facial defect needs the learned refiner, an atlas set or a trained model: "
+    "`skullvae models download NAME` (or give --model DIR, --refiner FILE, --atlas DIR)"
+)
+
+
+class Completer:
+    """Completes defective skulls with one set of :class:`CompletionSettings`.
+
+    Args:
+        settings: what to do (model folder, source order, each source's settings).
+        folder: the model folder's parts (default: opened from ``settings``; pass one to share
+            loaded parts between Completers, e.g. the methods of an evaluation).
+    """
+
+    def __init__(self, settings: CompletionSettings, folder: ModelFolder | None = None) -> None:
+        self.settings = settings
+        self.folder = folder or ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
+        self.sources = [source_class(name)(settings) for name in settings.sources]
+
+    def complete(
+        self, skull: SkullImage, gamma: float | None = None, progress: ProgressCallback | None = None
+    ) -> Completion:
+        """Complete one skull (its mask is never modified); ``gamma`` overrides the settings' γ."""
+        return self.sweep(skull, [self.settings.vae.gamma if gamma is None else gamma], progress)[0]
+
+    def sweep(
+        self, skull: SkullImage, gammas: Sequence[float], progress: ProgressCallback | None = None
+    ) -> list[Completion]:
+        """One :class:`Completion` per γ; work that does not depend on γ (defect, rim fit, learned
+        and atlas implants) is done once."""
+        if np.count_nonzero(skull.mask) < MIN_BONE_VOXELS:
+            raise SkullVAEError("empty mask: no bone voxels to complete", skull.metadata.get("source"))
+        cache: dict = {}
+        return [self._complete_one(skull, float(g), cache, progress or no_progress) for g in gammas]
+
+    def _complete_one(self, skull: SkullImage, gamma: float, cache: dict, progress: ProgressCallback) -> Completion:
+        start = time.perf_counter()
+        context = CompletionContext(skull, self.settings.with_gamma(gamma), self.folder, progress=progress, cache=cache)
+        with context.timed("defect"):
+            decision = decide_defect(context)
+        context.defect = decision.defect
+        chosen, skipped, tried = self._choose(context)
+        if chosen is None:
+            implant, name, variant = np.zeros(skull.shape, dtype=bool), "none", ""
+            if decision.defect == "facial" and not tried:
+                raise SkullVAEError(FACIAL_SOURCES_HINT, skull.metadata.get("source"))
+            warnings = [f"no implant: {name_}: {why}" for name_, why in skipped.items()]
+        else:
+            source, proposal, implant = chosen
+            name, variant = source.name, proposal.variant
+            warnings = list(proposal.messages)
+            warnings += check_implant(
+                implant, skull.voxel_volume_mm3, proposal.holes, expected_mm3=proposal.expected_mm3
+            )
+        completed = self._completed_skull(context, implant)
+        uncertainty = None
+        if self.settings.vae.uncertainty_samples > 0:
+            uncertainty = context.model_completion().uncertainty
+        context.timings["total"] = time.perf_counter() - start
+        used = chosen is not None and chosen[0].uses_gamma
+        return Completion(
+            completed=completed,
+            implant=skull.with_mask(implant, title="implant"),
+            source=name,
+            defect=decision.defect,
+            defect_reason=decision.reason,
+            gamma=gamma,
+            variant=variant,
+            confidence=decision.confidence,
+            gamma_used=used,
+            skipped=skipped,
+            warnings=list(dict.fromkeys(warnings)),
+            timings=dict(context.timings),
+            uncertainty=uncertainty,
+        )
+
+    def _choose(self, context: CompletionContext):
+        """((source, proposal, implant) of the first source with a non-empty implant, or None;
+        {source: why it was passed over}; the names of the sources that applied)."""
+        skipped: dict[str, str] = {}
+        tried: list[str] = []
+        for source in self.sources:
+            reason = source.applies(context)
+            if reason is not None:
+                skipped[source.name] = reason
+                continue
+            tried.append(source.name)
+            key = ("proposal", source.name, context.settings.vae.gamma if source.uses_gamma else None)
+            if key not in context.cache:
+                with context.timed(source.name):
+                    proposal = source.propose(context)
+                    implant = np.asarray(proposal.implant, dtype=bool) & ~context.skull.mask
+                    if not proposal.postprocessed:
+                        implant = postprocess_implant(implant, context.skull, self.settings.postprocess)
+                context.cache[key] = (proposal, implant)
+            proposal, implant = context.cache[key]
+            if not implant.any():
+                skipped[source.name] = "; ".join(proposal.messages) or "it proposed no implant"
+                continue
+            return (source, proposal, implant), skipped, tried
+        return None, skipped, tried
+
+    def _completed_skull(self, context: CompletionContext, implant: np.ndarray) -> SkullImage:
+        skull = context.skull
+        if self.settings.vae.keep_patient_bone:
+            return skull.with_mask(skull.mask | implant, title="completed skull")
+        if not self.folder.has_vae:
+            raise SkullVAEError("the raw decoded skull (--raw) needs a trained model (--model)")
+        with context.timed("raw_skull"):
+            return skull.with_mask(context.model_completion().raw.mask, title="completed skull (raw decoded)")

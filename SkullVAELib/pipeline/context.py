@@ -1,0 +1,95 @@
+"""One skull's shared work while the sources run: computed once, whichever source asks first."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from SkullVAELib.bundle.folder import ModelFolder
+from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.io.image import SkullImage
+from SkullVAELib.pipeline.settings import CompletionSettings
+
+
+@dataclass
+class CompletionContext:
+    """What the sources of one :meth:`Completer.complete` call share.
+
+    Attributes:
+        skull: the defective skull (never modified).
+        settings: the Completer's settings (γ of this call in ``settings.vae.gamma``).
+        folder: the model folder's parts (loaded once per Completer).
+        defect: "cranial" or "facial" (decided before the sources run).
+        progress: ``progress(stage, fraction, message)``.
+        timings: seconds per step (sources add theirs).
+        cache: results shared between sources and between the γ values of a sweep.
+    """
+
+    skull: SkullImage
+    settings: CompletionSettings
+    folder: ModelFolder
+    defect: str = "cranial"
+    progress: ProgressCallback = no_progress
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Add the seconds of the ``with`` block to ``timings[key]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+    def mirror_transform(self) -> np.ndarray:
+        """(4, 4) LPS reflection about the skull's mid-sagittal plane (computed once per skull)."""
+        if "mirror" not in self.cache:
+            from SkullVAELib.implant.symmetry import find_mirror_plane
+
+            self.progress("rimfit", 0.0, "finding the mid-sagittal plane")
+            with self.timed("mirror_plane"):
+                self.cache["mirror"] = find_mirror_plane(self.skull).transform()
+        return self.cache["mirror"]
+
+    def rim_fit(self):
+        """The rim fit's :class:`~SkullVAELib.implant.rimfit.RimFitResult` (once per skull; it does not depend on γ)."""
+        key = ("rimfit", self.settings.rimfit.mirror)
+        if key not in self.cache:
+            from SkullVAELib.implant.rimfit import rim_fit
+
+            transform = self.mirror_transform() if self.settings.rimfit.mirror else None
+            self.progress("rimfit", 0.3, "fitting the implant to the defect's rim")
+            result = rim_fit(self.skull, self.settings.rimfit.config, mirror_transform=transform)
+            for name, seconds in result.timings.items():
+                self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
+            self.cache[key] = result
+        return self.cache[key]
+
+    def model_completion(self):
+        """The model's :class:`~SkullVAELib.vae.completion.CompletionResult` at this call's γ (once per γ)."""
+        gamma = self.settings.vae.gamma
+        key = ("model", gamma)
+        if key not in self.cache:
+            import dataclasses
+
+            from SkullVAELib.vae.completion import complete
+
+            defect = self.defect if gamma != 0 else self.settings.defect
+            cfg = dataclasses.replace(self.settings.vae, defect=defect)
+            result = complete(
+                self.skull,
+                self.folder.vae(),
+                cfg,
+                device=self.settings.device,
+                progress=self.progress,
+                precision=self.settings.precision,
+            )
+            for name, seconds in result.timings.items():
+                self.timings[f"model_{name}"] = self.timings.get(f"model_{name}", 0.0) + seconds
+            self.cache[key] = result
+        return self.cache[key]

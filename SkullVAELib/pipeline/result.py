@@ -1,0 +1,68 @@
+"""What one completion returns: the completed skull, the implant, and how they were made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from SkullVAELib.io.image import SkullImage
+
+
+@dataclass
+class Completion:
+    """The result of :meth:`Completer.complete`; every image lies on the input's exact geometry.
+
+    Attributes:
+        completed: the completed skull, bool (I, J, K): the patient's bone ∪ the implant (or the
+            model's raw decoded skull when the settings ask for it).
+        implant: bool (I, J, K), disjoint from the patient's bone.
+        source: the implant source that made it ("rimfit", "learned", "atlas", "model"), or "none".
+        variant: a detail of the source ("mirror" when the rim fit used the mirror cue), or "".
+        defect: "cranial" or "facial"; defect_reason: how it was decided; confidence: the
+            classifier's probability when the model decided, else None.
+        gamma: the γ of this call; gamma_used: True when γ made the implant (the model source).
+        skipped: source -> why it did not make the implant (did not apply, or proposed nothing).
+        warnings: notes for the user (implant checks, sources' messages).
+        timings: seconds per stage.
+        uncertainty: float32 (I, J, K) bone frequency over the model's samples, or None.
+    """
+
+    completed: SkullImage
+    implant: SkullImage
+    source: str
+    defect: str
+    defect_reason: str
+    gamma: float
+    variant: str = ""
+    confidence: float | None = None
+    gamma_used: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    uncertainty: np.ndarray | None = None
+
+    @property
+    def implant_volume_mm3(self) -> float:
+        return float(np.count_nonzero(self.implant.mask)) * self.implant.voxel_volume_mm3
+
+    def record(self) -> dict:
+        """JSON-able summary (the result file, ``--progress json``'s last line, the Slicer log)."""
+        return {
+            "defect": self.defect,
+            "defect_reason": self.defect_reason,
+            "confidence": None if self.confidence is None else round(float(self.confidence), 4),
+            "gamma": self.gamma,
+            "gamma_used": self.gamma_used,
+            "implant_source": self.source,
+            "implant_variant": self.variant,
+            "implant_volume_mm3": round(self.implant_volume_mm3, 1),
+            "skipped_sources": dict(self.skipped),
+            "warnings": list(self.warnings),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def summary_line(self) -> str:
+        """One line: "cranial defect, implant 12.3 cm³ (rimfit + mirror)"."""
+        how = self.source + (f" + {self.variant}" if self.variant else "")
+        return f"{self.defect} defect, implant {self.implant_volume_mm3 / 1000:.1f} cm³ ({how})"

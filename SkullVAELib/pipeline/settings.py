@@ -1,0 +1,108 @@
+"""Everything a :class:`~SkullVAELib.pipeline.completer.Completer` needs to know, in one place.
+
+The CLI (``skullvae complete``), ``skullvae evaluate --implants`` and the Slicer module (through
+the CLI child) all build a :class:`CompletionSettings` and hand it to one Completer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from SkullVAELib.core.config import DEFECT_CHOICES, IMPLANT_SOURCES, CompletionConfig
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.implant.postprocess import PostprocessConfig
+from SkullVAELib.implant.rimfit import RimFitConfig
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class RimFitSettings:
+    """The rim-fit source: ``mirror`` lets it use the skull's mirror image where that covers the hole."""
+
+    mirror: bool = True
+    config: RimFitConfig = field(default_factory=RimFitConfig)
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    """The learned source: ``path`` of a refiner file; None = the model folder's ``refiner.safetensors``."""
+
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class AtlasSettings:
+    """The atlas source: ``path`` of an atlas-set folder (None = ``MODEL/atlas``); ``config`` an AtlasConfig."""
+
+    path: Path | None = None
+    config: object | None = None
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """One completion recipe.
+
+    Attributes:
+        model: a model folder (or None: no trained model; the rim fit still serves cranial defects).
+        sources: implant sources tried in this order (``core.config.IMPLANT_SOURCES`` words).
+        defect: "auto" (the model's classifier when a model is loaded, else the skull's geometry),
+            "cranial" or "facial".
+        vae: the model's part (γ, threshold, cleanup, uncertainty samples, resampling, test-time fit);
+            its ``defect`` is ignored (``defect`` above decides).
+        rimfit, learned, atlas: each source's own settings.
+        postprocess: the shared post-processing applied to every proposal.
+        device: "auto", "cpu", "cuda" or "cuda:N" (the VAE and the learned source).
+        precision: "float32" or "bfloat16" for the VAE.
+    """
+
+    model: Path | None = None
+    sources: tuple[str, ...] = IMPLANT_SOURCES
+    defect: str = "auto"
+    vae: CompletionConfig = field(default_factory=CompletionConfig)
+    rimfit: RimFitSettings = field(default_factory=RimFitSettings)
+    learned: LearnedSettings = field(default_factory=LearnedSettings)
+    atlas: AtlasSettings = field(default_factory=AtlasSettings)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    device: str = "auto"
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        from SkullVAELib.implant.sources import source_class
+
+        sources = tuple(self.sources)
+        object.__setattr__(self, "sources", sources)
+        if not sources:
+            raise SkullVAEError("no implant source given; choose from " + ", ".join(IMPLANT_SOURCES))
+        for name in sources:
+            source_class(name)  # one-line error listing the known sources
+        if len(set(sources)) != len(sources):
+            raise SkullVAEError(f"an implant source is named twice: {','.join(sources)}")
+        if self.defect not in DEFECT_CHOICES:
+            raise SkullVAEError(f"defect must be one of {', '.join(DEFECT_CHOICES)}, got {self.defect!r}")
+        if self.precision not in PRECISIONS:
+            raise SkullVAEError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("model",):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if not math.isfinite(self.vae.gamma):
+            raise SkullVAEError(f"γ must be finite, got {self.vae.gamma}")
+
+    def with_gamma(self, gamma: float) -> CompletionSettings:
+        """The same settings with another γ (a γ sweep reuses one Completer; see ``Completer.complete``)."""
+        return dataclasses.replace(self, vae=dataclasses.replace(self.vae, gamma=gamma))
+
+    def summary(self) -> dict:
+        """JSON-able description (for the result file and logs)."""
+        return {
+            "model": None if self.model is None else str(self.model),
+            "sources": list(self.sources),
+            "defect": self.defect,
+            "gamma": self.vae.gamma,
+            "mirror": self.rimfit.mirror,
+            "device": self.device,
+        }

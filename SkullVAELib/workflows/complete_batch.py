@@ -1,0 +1,105 @@
+"""Many defective skulls through one :class:`~SkullVAELib.pipeline.completer.Completer` (models load
+once): ``skullvae complete --input a.nrrd b.nrrd ... --output OUT/`` or ``--input FOLDER``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.data.dataset import split_case_name
+from SkullVAELib.pipeline.settings import CompletionSettings
+from SkullVAELib.workflows.complete import CompletedFiles, OutputOptions, complete_files, set_threads
+
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+
+
+def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The input files: the given files, or the image files of one given folder (sorted)."""
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        found = sorted(p for p in paths[0].iterdir() if p.is_file() and split_case_name(p.name) is not None)
+        if not found:
+            raise SkullVAEError("no image files (.nrrd, .nii.gz, .nii, .mha, .mhd) in this folder", paths[0])
+        return found
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise SkullVAEError("two inputs have the same file name; their results would collide", paths[0])
+    return paths
+
+
+def case_stem(path: Path) -> str:
+    """``case_001.nii.gz`` -> ``case_001``."""
+    split = split_case_name(path.name)
+    return split[0] if split else path.name.split(".")[0]
+
+
+def complete_batch(
+    settings: CompletionSettings,
+    inputs: Sequence[Path],
+    output: Path,
+    gammas: Sequence[float] = (1.0,),
+    *,
+    options: OutputOptions | None = None,
+    input_kind: str = "auto",
+    hu_threshold: float = 300.0,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> CompletedFiles:
+    """One input: :func:`complete_files`. Several: ``output`` is a folder that gets
+    ``<case>.seg.nrrd`` per input (``options.implant_stl`` / ``uncertainty``: folders too)."""
+    options = options or OutputOptions()
+    if len(inputs) == 1 and not output.is_dir():
+        return complete_files(
+            settings,
+            inputs[0],
+            output,
+            gammas,
+            options=options,
+            input_kind=input_kind,
+            hu_threshold=hu_threshold,
+            threads=threads,
+            progress=progress,
+        )
+    from SkullVAELib.pipeline.completer import Completer
+
+    if output.exists() and not output.is_dir():
+        raise SkullVAEError("a batch (several inputs) writes into a folder; --output is a file", output)
+    start = time.perf_counter()
+    progress = progress or no_progress
+    set_threads(threads)
+    completer = Completer(settings)
+    records, warnings = [], []
+    for n, path in enumerate(inputs):
+
+        def case_progress(stage, fraction, message="", n=n, path=path):
+            progress(stage, (n + fraction) / len(inputs), f"{path.name}: {message}")
+
+        stem = case_stem(path)
+        case_options = replace(
+            options,
+            implant_stl=options.implant_stl / f"{stem}.stl" if options.implant_stl else None,
+            uncertainty=options.uncertainty / f"{stem}.nrrd" if options.uncertainty else None,
+        )
+        done = complete_files(
+            settings,
+            path,
+            output / f"{stem}{SEGMENTATION_SUFFIX}",
+            gammas,
+            options=case_options,
+            input_kind=input_kind,
+            hu_threshold=hu_threshold,
+            progress=case_progress,
+            completer=completer,
+        )
+        records.append({"input": str(path), **done.record})
+        warnings += [f"{path.name}: {w}" for w in done.warnings]
+    seconds = time.perf_counter() - start
+    results = [r for record in records for r in record["results"]]
+    record = {"results": results, "cases": records, "timings": {"total": round(seconds, 3)}}
+    message = f"{len(inputs)} skulls completed into {output} in {seconds:.1f} s ({seconds / len(inputs):.1f} s each)"
+    return CompletedFiles(record, message, warnings)

@@ -36,10 +36,19 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``skullvae VERB: error: ...``, exit 2), like
+    every other user error, instead of the usage dump; ``--help`` still prints the full usage."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        close_all_bars()
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the verb named in ``argv`` (if any) gets its full sub-parser."""
     chosen = next((a for a in (argv or []) if a in VERBS), None)
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="skullvae",
         description="Skull reconstruction and shape completion with an aggregated β-VAE.",
     )
@@ -65,7 +74,7 @@ def _positive_number(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from SkullVAELib.cli.common import float_list_arg
+from SkullVAELib.cli.common import float_list_arg, seed_arg
 from SkullVAELib.core.errors import SkullVAEError
 
 
@@ -37,7 +37,9 @@ def add_augment_args(p: argparse.ArgumentParser) -> None:
         metavar="X,Y,Z",
         help="model-grid voxel size in mm for the mm/degree ranges (default: SkullFix's 230x230x190 mm / grid)",
     )
-    g.add_argument("--augment-seed", type=int, default=0, help="augmentation seed (with the trainer's per-epoch seeds)")
+    g.add_argument(
+        "--augment-seed", type=seed_arg, default=0, help="augmentation seed (with the trainer's per-epoch seeds)"
+    )
 
 
 def augment_settings(args: argparse.Namespace) -> dict | None:

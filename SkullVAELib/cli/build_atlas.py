@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
+from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress, positive_float
 from SkullVAELib.core.config import ATLAS_SPACING_MM
 
 
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--train-ids", default=None, help="case ids to include, e.g. 000-055 (default: all)")
     p.add_argument(
         "--spacing",
-        type=float,
+        type=positive_float,
         default=ATLAS_SPACING_MM,
         help=f"registration grid spacing in mm (default {ATLAS_SPACING_MM:g})",
     )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from SkullVAELib.cli.common import add_network_args, add_progress_arg, add_resample_arg, close_progress, make_progress
+from SkullVAELib.cli.common import (
+    add_network_args,
+    add_progress_arg,
+    add_resample_arg,
+    close_progress,
+    make_progress,
+    positive_int,
+)
 from SkullVAELib.core.config import DEFAULT_RESAMPLE, RESAMPLE_MODES, network_preset
 
 
@@ -22,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default $SKULLVAE_CACHE or ~/.cache/skullvae)")
     add_resample_arg(p, default=DEFAULT_RESAMPLE)
     p.add_argument("--mode", choices=RESAMPLE_MODES, default=None, help="deprecated name of --resample")
-    p.add_argument("--workers", type=int, default=1, help="processes computing missing volumes (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes computing missing volumes (default 1)")
     add_progress_arg(p)
     p.set_defaults(func=run)
 

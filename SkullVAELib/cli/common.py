@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from SkullVAELib.core.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_gamma, network_preset
@@ -22,12 +24,79 @@ def grid_arg(text: str) -> tuple[int, int, int]:
     return grid  # type: ignore[return-value]
 
 
-def float_list_arg(text: str) -> list[float]:
-    """Parse "0,0.5,1" into floats, for argparse ``type=`` (γ sweeps)."""
+SEED_LIMIT = 2**64  # seeds are 0 .. 2**64 - 1 (torch.manual_seed's and NumPy's range)
+
+
+def _number(text: str, what: str) -> float:
     try:
-        return [float(p) for p in text.split(",") if p.strip()]
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number (no nan, inf, 1e400), for argparse ``type=``."""
+    return _number(text, "a finite number")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0, for argparse ``type=``."""
+    value = _number(text, "a finite number > 0")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0, for argparse ``type=``."""
+    value = _number(text, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _integer(text: str, low: int, high: int | None, what: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1, for argparse ``type=``."""
+    return _integer(text, 1, None, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0, for argparse ``type=``."""
+    return _integer(text, 0, None, "an integer >= 0")
+
+
+def seed_arg(text: str) -> int:
+    """A seed: an integer in 0 .. 2**64 - 1, for argparse ``type=``."""
+    return _integer(text, 0, SEED_LIMIT - 1, "an integer in 0..2**64-1")
+
+
+def threads_arg(text: str) -> int:
+    """A thread count >= 0 (0 = the library's default), capped at this machine's CPU count, for argparse ``type=``."""
+    return min(_integer(text, 0, None, "an integer >= 0"), os.cpu_count() or 1)
+
+
+def float_list_arg(text: str) -> list[float]:
+    """Parse "0,0.5,1" into finite floats, for argparse ``type=`` (γ sweeps)."""
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def gamma_list(text: str, option: str = "--gamma") -> list[float]:
@@ -73,7 +142,7 @@ def add_network_args(parser: argparse.ArgumentParser, architecture: bool = True)
     parser.add_argument("--grid", type=grid_arg, default=None, help="model grid X,Y,Z (overrides the preset)")
     if architecture:
         parser.add_argument("--channels", default=None, help="encoder channels, e.g. 32,64,64,128,128,256")
-        parser.add_argument("--latent", type=int, default=None, help="latent size d (preset default 32)")
+        parser.add_argument("--latent", type=positive_int, default=None, help="latent size d (preset default 32)")
 
 
 def network_from_args(args: argparse.Namespace) -> NetworkConfig:

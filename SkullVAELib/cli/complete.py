@@ -14,7 +14,15 @@ import json
 import sys
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_progress_arg, close_progress, gamma_list, make_progress
+from SkullVAELib.cli.common import (
+    add_progress_arg,
+    close_progress,
+    finite_float,
+    gamma_list,
+    make_progress,
+    positive_int,
+    threads_arg,
+)
 from SkullVAELib.cli.completion_args import add_completion_args, add_model_args, completion_settings
 from SkullVAELib.core.config import GAMMA_RANGE
 
@@ -45,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--implant-stl", help="also write the implant surface (binary STL, mm); for a batch, a folder")
     p.add_argument("--stl-frame", choices=("LPS", "RAS"), default="LPS", help="STL coordinates (Slicer reads LPS)")
     p.add_argument("--uncertainty", help="also write the model's bone frequency over K samples (float NRRD)")
-    p.add_argument("--samples", type=int, default=None, help="K for --uncertainty (default 10)")
+    p.add_argument("--samples", type=positive_int, default=None, help="K for --uncertainty (default 10)")
     p.add_argument("--raw", action="store_true", help="completed skull = the model's raw decoded skull (the paper)")
     p.add_argument(
         "--completed-segment",
@@ -58,8 +66,10 @@ def register(subparsers) -> None:
         default="auto",
         help="binary mask, CT in HU (thresholded at --hu-threshold), or auto (decided from the values)",
     )
-    p.add_argument("--hu-threshold", type=float, default=300.0, help="bone threshold for CT input (HU)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ITK (at most the CPU count)")
+    p.add_argument("--hu-threshold", type=finite_float, default=300.0, help="bone threshold for CT input (HU)")
+    p.add_argument(
+        "--threads", type=threads_arg, default=None, help="CPU threads for torch and ITK (at most the CPU count)"
+    )
     add_completion_args(p)
     add_progress_arg(p)
     p.set_defaults(func=run)

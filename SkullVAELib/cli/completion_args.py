@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_resample_arg
+from SkullVAELib.cli.common import add_resample_arg, finite_float, non_negative_float, non_negative_int, seed_arg
 from SkullVAELib.core.config import DEFECT_CHOICES, DEVICE_HELP, IMPLANT_SOURCES, CompletionConfig
 from SkullVAELib.core.errors import SkullVAEError
 
@@ -72,21 +72,28 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         "(or, without a model, facial)",
     )
     m = p.add_argument_group("the model source (--model)")
-    m.add_argument("--threshold", type=float, default=0.5, help="bone probability threshold of the decoded skull")
-    m.add_argument("--min-island", type=float, default=100.0, help="drop model-implant pieces smaller than this (mm³)")
     m.add_argument(
-        "--max-distance", type=float, default=10.0, help="model-implant pieces must touch the skull within (mm)"
+        "--threshold", type=finite_float, default=0.5, help="bone probability threshold of the decoded skull"
+    )
+    m.add_argument(
+        "--min-island", type=non_negative_float, default=100.0, help="drop model-implant pieces smaller than this (mm³)"
+    )
+    m.add_argument(
+        "--max-distance",
+        type=non_negative_float,
+        default=10.0,
+        help="model-implant pieces must touch the skull within (mm)",
     )
     add_resample_arg(m)
     m.add_argument(
         "--fit-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="test-time fit: N Adam steps fitting the "
         "latent code to the patient's own bone before the latent shift (0 = off, the paper)",
     )
-    m.add_argument("--seed", type=int, default=0, help="seed of the uncertainty samples")
+    m.add_argument("--seed", type=seed_arg, default=0, help="seed of the uncertainty samples")
     m.add_argument("--device", default="auto", help=DEVICE_HELP)
     m.add_argument(
         "--precision",

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import argparse
 
-from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
+from SkullVAELib.cli.common import (
+    add_progress_arg,
+    close_progress,
+    make_progress,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    seed_arg,
+    threads_arg,
+)
 from SkullVAELib.workflows.phantom_demo import DEMO_BETA, DEMO_MEASURED
 
 DESCRIPTION = (
@@ -27,17 +36,19 @@ def register(subparsers) -> None:
         "demo", help="run the whole pipeline on phantoms (CPU, a few minutes)", description=DESCRIPTION
     )
     p.add_argument("--out", default="skullvae-demo", help="output folder (default: ./skullvae-demo)")
-    p.add_argument("--n", type=int, default=12, help="number of phantom subjects (one is held back)")
-    p.add_argument("--epochs", type=int, default=250, help="stage-1 epochs")
-    p.add_argument("--epochs2", type=int, default=300, help="stage-2 (decoupled decoder) epochs")
+    p.add_argument("--n", type=positive_int, default=12, help="number of phantom subjects (one is held back)")
+    p.add_argument("--epochs", type=non_negative_int, default=250, help="stage-1 epochs")
+    p.add_argument("--epochs2", type=non_negative_int, default=300, help="stage-2 (decoupled decoder) epochs")
     p.add_argument(
         "--beta",
-        type=float,
+        type=non_negative_float,
         default=DEMO_BETA,
         help=f"stage-1 β (default {DEMO_BETA:g}; β = 100 collapses the posterior on a dozen phantoms, see docs/RESULTS.md)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument(
+        "--threads", type=threads_arg, default=0, help="torch threads (0 = all cores; at most the CPU count)"
+    )
     add_progress_arg(p)
     p.set_defaults(func=run)
 

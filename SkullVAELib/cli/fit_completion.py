@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, make_progress
+from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, make_progress, positive_int
 from SkullVAELib.core.config import DEVICE_HELP
 
 
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     )
     add_resample_arg(p)
     p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_progress_arg(p)
     p.set_defaults(func=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_overwrite_arg, grid_arg, overwrite_requested
+from SkullVAELib.cli.common import add_overwrite_arg, grid_arg, non_negative_float, overwrite_requested
 
 
 def register(subparsers) -> None:
@@ -30,7 +30,9 @@ def register(subparsers) -> None:
         default=None,
         help="model grid X,Y,Z (default: 256,256,128 when the weights fit it, else inferred)",
     )
-    parser.add_argument("--beta", type=float, default=None, help="the β the VAE was trained with (recorded only)")
+    parser.add_argument(
+        "--beta", type=non_negative_float, default=None, help="the β the VAE was trained with (recorded only)"
+    )
     add_overwrite_arg(parser, "replace a model bundle already in --out")
     parser.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress
+from SkullVAELib.cli.common import add_progress_arg, close_progress, make_progress, seed_arg
 from SkullVAELib.core.config import DEFECTS
 from SkullVAELib.data.defects import CRANIAL_STYLES
 
@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--complete", required=True, help="folder of complete skulls (or a data set with complete_skull/)")
     p.add_argument("--kind", required=True, choices=DEFECTS, help="defect kind")
     p.add_argument("--out", required=True, help="data set folder to write the defective skulls and implants into")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each case's seed derives from it and the case id")
+    p.add_argument(
+        "--seed", type=seed_arg, default=0, help="run seed; each case's seed derives from it and the case id"
+    )
     p.add_argument(
         "--style", choices=CRANIAL_STYLES, default="skullfix", help="cranial defect shape (default skullfix)"
     )

@@ -19,6 +19,11 @@ from SkullVAELib.cli.common import (
     make_log,
     make_progress,
     network_from_args,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_arg,
 )
 
 
@@ -27,33 +32,35 @@ def register(subparsers) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="data folder(s), merged by case id")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model bundle folder (written/updated)")
     p.add_argument("--stage", choices=("1", "2", "all"), default="all", help="1, 2 (needs a stage-1 bundle), or all")
-    p.add_argument("--beta", type=float, default=100.0, help="KLD weight β of stage 1 (1e-4 = regular VAE)")
-    p.add_argument("--epochs", type=int, default=200, help="stage-1 epochs (paper: 200)")
-    p.add_argument("--epochs2", type=int, default=1200, help="stage-2 epochs (paper: 1200)")
+    p.add_argument(
+        "--beta", type=non_negative_float, default=100.0, help="KLD weight β of stage 1 (1e-4 = regular VAE)"
+    )
+    p.add_argument("--epochs", type=non_negative_int, default=200, help="stage-1 epochs (paper: 200)")
+    p.add_argument("--epochs2", type=non_negative_int, default=1200, help="stage-2 epochs (paper: 1200)")
     add_network_args(p)
-    p.add_argument("--batch", type=int, default=4, help="global batch size")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=positive_int, default=4, help="global batch size")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate")
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoints exactly")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in MODEL_DIR (refused without it)")
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=non_negative_int,
         default=1,
         metavar="N",
         help="epochs between checkpoints (default 1; 0 = by wall time only); see --checkpoint-minutes",
     )
     p.add_argument(
         "--checkpoint-minutes",
-        type=float,
+        type=positive_float,
         default=5.0,
         metavar="M",
         help="also checkpoint mid-epoch once M minutes passed since the last one (default 5): whichever is sooner",
     )
     p.add_argument(
         "--recon-scale",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="multiply stage 1's Dice term by S (default 1 = the paper). With the paper's scaling one nat of KL "
@@ -80,10 +87,12 @@ def register(subparsers) -> None:
         help="validation case ids (same syntax; disjoint from --train-ids): reconstruction Dice every "
         "--val-every epochs, the best weights are kept",
     )
-    p.add_argument("--val-every", type=int, default=10, metavar="K", help="epochs between validations (default 10)")
+    p.add_argument(
+        "--val-every", type=positive_int, default=10, metavar="K", help="epochs between validations (default 10)"
+    )
     p.add_argument(
         "--patience",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="P",
         help="stop a stage after P validations without improvement (default 0 = never stop early)",

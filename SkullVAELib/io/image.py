@@ -123,14 +123,15 @@ _CT_MIN_BELOW = -200.0  # a CT holds air (≈ -1000 HU); a mask never has negati
 _CT_MAX_ABOVE = 300.0  # ... and bone above the threshold
 
 
-def _read_itk(path: str | Path) -> sitk.Image:
+def _read_itk(path: str | Path, warnings: list[str] | None = None) -> sitk.Image:
     """Read any ITK file as a 3D scalar image, or raise SkullVAEError naming the file.
 
-    The header is checked first (regular file, 3D scalar, size limits, complete NIfTI;
-    see :mod:`SkullVAELib.io.inputs`), so no voxel is allocated for a bad or hostile file.
+    The header is checked first (regular file, finite and plausible geometry, 3D scalar, size
+    limits, complete NIfTI; see :mod:`SkullVAELib.io.inputs`), so no voxel is allocated for a bad
+    or hostile file. Defaults assumed for missing header fields go to ``warnings``.
     """
     path = Path(path)
-    reader = read_information(path)
+    reader = read_information(path, warnings)
     try:
         img = reader.Execute()
     except RuntimeError as exc:
@@ -176,22 +177,26 @@ def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAU
         hu_threshold: bone threshold in Hounsfield units for CT (default 300 HU).
 
     Returns:
-        SkullImage with mask (I, J, K); ``metadata`` holds ``source``, ``kind`` and, for
-        CT, ``hu_threshold``.
+        SkullImage with mask (I, J, K); ``metadata`` holds ``source``, ``kind``, for CT
+        ``hu_threshold``, and ``warnings``: defaults assumed for missing header fields (e.g. "the
+        header gives no voxel spacing; 1 mm was assumed"), to be shown with the result.
 
     Raises:
-        SkullVAEError naming the file: missing, unreadable, 2D, 4D/vector, NaN values,
+        SkullVAEError naming the file: missing, unreadable, 2D, 4D/vector, geometry not finite or
+        outside the plausible range (``io.headers.SPACING_RANGE_MM``), NaN or infinite values,
         neither mask nor CT, empty mask, or all-bone mask.
     """
     if kind not in ("auto", "binary", "ct"):
         raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
     path = Path(path)
-    img = _read_itk(path)
+    warnings: list[str] = []
+    img = _read_itk(path, warnings)
     values = sitk.GetArrayViewFromImage(img)  # (K, J, I) view, no copy
-    if values.dtype.kind == "f" and np.isnan(values).any():
-        raise SkullVAEError("contains NaN values", path)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        what = "NaN" if np.isnan(values).any() else "infinite (±inf)"
+        raise SkullVAEError(f"contains {what} values", path)
     detected = _detect_kind(values, path) if kind == "auto" else kind
-    metadata: dict = {"source": str(path), "kind": detected}
+    metadata: dict = {"source": str(path), "kind": detected, "warnings": warnings}
     if detected == "binary":
         mask_kji = values != 0
     else:

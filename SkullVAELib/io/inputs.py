@@ -18,7 +18,6 @@ import math
 import os
 import re
 import stat
-import struct
 import zlib
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import SimpleITK as sitk
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
+from SkullVAELib.io.headers import check_geometry, header_warnings, nifti_vox_offset
 
 IMAGE_HINT = "(.nrrd, .nii, .nii.gz, .mha, .mhd)"
 _CHUNK = 1 << 20
@@ -102,14 +102,17 @@ def data_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_information(path: str | os.PathLike) -> sitk.ImageFileReader:
-    """A reader that has read ``path``'s header only, after the regular-file and size checks.
+def read_information(path: str | os.PathLike, warnings: list[str] | None = None) -> sitk.ImageFileReader:
+    """A reader that has read ``path``'s header only, after the regular-file, geometry and size checks.
 
     Raises SkullVAEError naming the file: not found, not a regular file, unreadable header,
-    not a 3D scalar volume, over the size limits, or a truncated NIfTI.
+    geometry not finite or implausible (:mod:`SkullVAELib.io.headers`), not a 3D scalar volume,
+    over the size limits, or a truncated NIfTI. Defaults assumed for missing header fields (a
+    spacing of 1 mm, ...) are appended to ``warnings`` when a list is given.
     """
     path = Path(path)
     data_files(path)
+    assumed = header_warnings(path)  # the raw fields, before ITK repairs them
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -132,6 +135,9 @@ def read_information(path: str | os.PathLike) -> sitk.ImageFileReader:
         raise SkullVAEError(f"is a 2D image (size {shape}); expected a 3D volume", path)
     if dim != 3:
         raise SkullVAEError(f"is a {dim}D image (size {shape}); expected a 3D volume", path)
+    check_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
+    if warnings is not None:
+        warnings.extend(w for w in assumed if w not in warnings)
     pixel_bytes = sitk.Image([1] * dim, reader.GetPixelID()).GetSizeOfPixelComponent()
     check_volume(size, pixel_bytes, path, what="image")
     name = path.name.lower()
@@ -144,18 +150,9 @@ def read_information(path: str | os.PathLike) -> sitk.ImageFileReader:
     return reader
 
 
-def _open_maybe_gzip(path: Path):
+def open_maybe_gzip(path: Path):
+    """A binary stream of ``path``, decompressed when its name ends in ``.gz``."""
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-def _nifti_vox_offset(head: bytes, path: Path) -> int:
-    """Byte offset of the voxels in a NIfTI-1 or NIfTI-2 header (either byte order)."""
-    for order in "<>":
-        if len(head) >= 4 and struct.unpack(order + "i", head[:4])[0] == 348 and len(head) >= 112:
-            return int(struct.unpack(order + "f", head[108:112])[0])
-        if len(head) >= 4 and struct.unpack(order + "i", head[:4])[0] == 540 and len(head) >= 176:
-            return int(struct.unpack(order + "q", head[168:176])[0])
-    raise SkullVAEError("not a NIfTI file (bad header size field)", path)
 
 
 def verify_nifti_complete(path: str | os.PathLike, voxel_bytes: int) -> None:
@@ -163,9 +160,9 @@ def verify_nifti_complete(path: str | os.PathLike, voxel_bytes: int) -> None:
     when gzipped, that the gzip stream is complete and intact (CRC, length)."""
     path = Path(path)
     try:
-        with _open_maybe_gzip(path) as stream:
+        with open_maybe_gzip(path) as stream:
             head = stream.read(540)
-            offset = _nifti_vox_offset(head, path)
+            offset = nifti_vox_offset(head, path)
             expected = offset + int(voxel_bytes)
             total = len(head)
             limit = expected + _NIFTI_SLACK

@@ -1,13 +1,16 @@
 """Headless skull completion with the SkullVAE module's logic.
 
     Slicer --no-main-window --python-script SkullVAE/Scripts/batch.py \\
-        --input defective.nrrd --model MODEL_DIR --output completed.seg.nrrd \\
+        --input defective.nrrd --output completed.seg.nrrd [--model MODEL_DIR] \\
         [--implant-stl implant.stl] [--gamma 1.0] [--defect auto|cranial|facial] \\
-        [--hu-threshold 300] [--cpu]
+        [--hu-threshold 300] [--cpu] [--timeout SECONDS]
 
 Loads the input (volume, or a .seg.nrrd segmentation), runs ``SkullVAELogic().process``
-(blocking), saves the segmentation and the implant STL. Exit code: 0 done, 2 bad input,
-1 any other failure. Outside Slicer it also runs with plain Python and the slicer-core wheel.
+(blocking; without ``--model`` a cranial defect gets the model-free rim fit), saves the
+segmentation through the library's atomic writer (an unpredictable, exclusively created
+temporary name, then a rename) and the implant STL. An output that is the input (also through
+a link) is refused. Exit code: 0 done, 2 bad input, 1 any other failure (124 after
+``--timeout``). Outside Slicer it also runs with plain Python and the slicer-core wheel.
 """
 
 from __future__ import annotations
@@ -21,21 +24,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from SkullVAESlicerLib import nodes  # noqa: E402  (importing it makes SkullVAELib importable too)
-from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
+from SkullVAESlicerLib.logic import SkullVAELogic, SkullVAETimeout  # noqa: E402
 
 from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402  (the library's vocabulary)
+from SkullVAELib.core.errors import SkullVAEError  # noqa: E402
 
 
 def buildParser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batch.py", description="SkullVAE skull completion without the GUI")
     parser.add_argument("--input", required=True, help="defective skull: CT/binary volume or .seg.nrrd")
-    parser.add_argument("--model", required=True, help="model bundle folder (holds config.json)")
+    parser.add_argument(
+        "--model", default=None, help="model bundle folder or installed model name (default: none, the rim fit)"
+    )
     parser.add_argument("--output", required=True, help="output segmentation (.seg.nrrd)")
     parser.add_argument("--implant-stl", help="also write the implant surface as STL")
     parser.add_argument("--gamma", type=float, default=1.0, help="γ in {:g}..{:g} (default 1)".format(*GAMMA_RANGE))
     parser.add_argument("--defect", choices=DEFECT_CHOICES, default="auto")
     parser.add_argument("--hu-threshold", type=float, default=300.0, help="bone threshold for CT input (HU)")
     parser.add_argument("--cpu", action="store_true", help="force CPU")
+    parser.add_argument("--timeout", type=float, default=None, help="stop the completion after this many seconds")
     return parser
 
 
@@ -58,19 +65,28 @@ def loadInput(scene, path: Path):
 
 
 def saveSegmentation(node, path: Path) -> None:
-    """Write a .seg.nrrd through a temporary name, so a failed write leaves no partial file."""
+    """Write a .seg.nrrd through the library's atomic writer: the storage node writes a new,
+    exclusively created temporary of unpredictable name next to ``path`` (a planted link is never
+    followed), which is then renamed; a failed write leaves no partial file."""
     import slicer
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.seg.nrrd")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(tmp))
-    try:
+    from SkullVAELib.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(tmp))
         if not storage.WriteData(node):
             raise RuntimeError(f"{path}: cannot write the segmentation")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def sameFile(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file (links followed, hard links included)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
@@ -82,6 +98,13 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
     output = Path(args.output)
     if not output.name.lower().endswith(".seg.nrrd"):
         log(f"batch.py: error: {output}: output must end with .seg.nrrd")
+        return 2
+    for other, what in ((args.input, "--input"), (args.implant_stl, "--implant-stl")):
+        if other and sameFile(output, Path(other)):
+            log(f"batch.py: error: {output}: --output is the same file as {what}; choose another output")
+            return 2
+    if args.implant_stl and sameFile(Path(args.implant_stl), Path(args.input)):
+        log(f"batch.py: error: {args.implant_stl}: --implant-stl is the same file as --input")
         return 2
     logics = None
     if scene is None:
@@ -102,12 +125,19 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
             boneThresholdHU=args.hu_threshold,
             forceCPU=args.cpu,
             waitForCompletion=True,
+            timeout=args.timeout,
         )
         saveSegmentation(seg, output)
         log(f"Wrote {output}")
         if args.implant_stl:
             log(f"Wrote {logic.exportImplantStl(seg, args.implant_stl)}")
     except ValueError as exc:
+        log(f"batch.py: error: {exc}")
+        return 2
+    except SkullVAETimeout as exc:
+        log(f"batch.py: failed: {exc}")
+        return 124
+    except SkullVAEError as exc:  # the atomic writer's one-line errors (read-only folder, disk full)
         log(f"batch.py: error: {exc}")
         return 2
     except Exception as exc:  # noqa: BLE001 - every other failure is exit code 1 with its message

@@ -1,30 +1,34 @@
 """SkullVAELogic: everything the module does without a GUI (console, batch, widget).
 
-``process()`` writes the input with a storage node to a temporary folder, runs
+``process()`` writes the input with a storage node to a private temporary folder, runs
 ``python -m SkullVAELib complete ... --progress json`` in a child process, and loads the
-resulting ``.seg.nrrd`` into a segmentation node ("Completed skull", "Implant") on the
-input's geometry, under the input in the subject hierarchy, with closed surfaces.
-Imports no Qt: under the slicer-core wheel the base class is a plain object.
+resulting ``.seg.nrrd`` into a segmentation node the Slicer way (``results.py``: "Patient
+bone" and "Implant", not overlapping, with terminology; the implant's surface at once) on
+the input's geometry, under the input in the subject hierarchy. A model is optional: without
+one, cranial defects get the model-free rim fit. Imports no Qt: under the slicer-core wheel
+the base class is a plain object. The model half (list, download, install, remove) is
+``models.ModelsLogic``.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-import warnings
-from pathlib import Path
+import time
 
 from SkullVAELib.core.config import DEFECT_CHOICES, check_gamma  # the vocabulary and γ rule (torch-free)
 from SkullVAELib.core.errors import SkullVAEError
 
-from . import nodes
-from .process import (
-    TEMP_PREFIX,
+from . import nodes, results
+from .models import ModelsLogic, resolveModelPath
+from .process import (  # noqa: F401  (SkullVAECancelled, SkullVAETimeout: re-exported API)
     ChildProcess,
     RunOutcome,
+    SkullVAECancelled,
+    SkullVAETimeout,
     buildCompleteCommand,
     childEnvironment,
+    makeRunFolder,
     removeStaleTempFolders,
 )
 
@@ -34,10 +38,29 @@ except ImportError:  # slicer-core wheel (no Qt): same API, no base behaviour ne
     ScriptedLoadableModuleLogic = object
 
 DEFECT_TYPES = DEFECT_CHOICES  # the library's vocabulary (config.py owns it)
+#: What the panel says about each implant source of the result JSON's "implant_source".
+SOURCE_TEXT = {
+    "rimfit": "the rim fit (geometry of the defect's edge; no model)",
+    "learned": "the learned facial refiner",
+    "atlas": "the atlas skulls",
+    "model": "the model's latent arithmetic (γ)",
+}
 
 
-class SkullVAECancelled(RuntimeError):
-    """The user cancelled the run."""
+def sourceText(source: str | None) -> str:
+    """Words for an ``implant_source`` value (unknown values are shown as they are)."""
+    return SOURCE_TEXT.get(source or "", source or "unknown")
+
+
+def gammaApplies(modelPath, defect: str = "auto", refine: bool = True) -> bool:
+    """Whether γ can change the implant of a run with these settings (the panel enables γ by it).
+
+    γ weights the model's latent arithmetic: without a model it does nothing, and a cranial
+    defect with the rim fit on takes the rim fit's implant. Other settings may use the model.
+    """
+    if modelPath is None or not str(modelPath).strip() or str(modelPath).strip() == ".":
+        return False
+    return not (defect == "cranial" and refine)
 
 
 class _Run:
@@ -49,17 +72,18 @@ class _Run:
         self.options = options
         self.onProgress = onProgress
         self.onFinished = onFinished
-        removeStaleTempFolders()  # patient copies left by a killed Slicer (older than a day)
-        self.tempDir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        removeStaleTempFolders()  # our own run folders left by a killed Slicer (older than a day)
+        self.tempDir = makeRunFolder()
         self.child: ChildProcess | None = None
 
 
-class SkullVAELogic(ScriptedLoadableModuleLogic):
+class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
     """Skull completion from the Python console, batch scripts and the module panel.
 
     Example (Slicer Python console)::
 
         logic = SkullVAELogic()
+        seg = logic.process(getNode("defective"))  # cranial: the rim fit, no model needed
         seg = logic.process(getNode("defective"), "/path/to/model", gamma=1.0)
     """
 
@@ -69,69 +93,9 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         self.logCallback = None  # (str) -> None; default: logging.info
         self.lastResult: dict | None = None
         self.uncertaintyVolume = None
+        self.settings = None  # accepted licences (ModelsLogic); the panel sets qt.QSettings
         self._run: _Run | None = None
-        self._download = None  # a running models.ModelDownload
-
-    # --- pretrained models (SkullVAESlicerLib/models.py) ---------------------------
-    @staticmethod
-    def listModels() -> list:
-        """Installed models and registry entries: ``ModelChoice(name, installed, path, downloadable, status)``."""
-        from .models import listModels
-
-        return listModels()
-
-    @staticmethod
-    def modelPath(nameOrPath) -> str:
-        """The folder of an installed model name (or a folder as given); ValueError otherwise."""
-        from .models import resolveModelPath
-
-        return str(resolveModelPath(nameOrPath))
-
-    @property
-    def isDownloading(self) -> bool:
-        return self._download is not None and not self._download.done
-
-    def downloadModel(
-        self,
-        name: str,
-        waitForCompletion: bool = True,
-        onProgress=None,
-        onFinished=None,
-        overwrite: bool = False,
-        force: bool | None = None,
-    ):
-        """Download, verify and install the registry model ``name`` (child process; resumable).
-
-        Returns the installed folder when ``waitForCompletion``; else None, and
-        :meth:`pollDownload` must be called from a timer. ``onFinished(path, error)``.
-        ``overwrite`` downloads and installs again even if the model is installed
-        (``force`` is its deprecated old name).
-        Raises ValueError (not in the registry, not released, network error naming the URL),
-        SkullVAECancelled after :meth:`cancelDownload`, RuntimeError otherwise.
-        """
-        from .models import ModelDownload
-
-        if force is not None:
-            warnings.warn("downloadModel(force=...) is deprecated; use overwrite=...", DeprecationWarning, stacklevel=2)
-            overwrite = overwrite or bool(force)
-        if self.isDownloading:
-            raise RuntimeError("a model download is already running; cancel it first")
-        self.log(f"Downloading model {name}...")
-        self._download = ModelDownload(name, onProgress=onProgress, onFinished=onFinished, overwrite=overwrite)
-        if not waitForCompletion:
-            return None
-        path = self._download.wait()
-        self.log(f"Model {name} installed in {path}")
-        return str(path)
-
-    def pollDownload(self) -> bool:
-        """Handle the download's pending output; True once it has ended (or none runs)."""
-        return self._download is None or self._download.poll()
-
-    def cancelDownload(self) -> None:
-        if self.isDownloading:
-            self.log("Cancelling the download...")
-            self._download.cancel()
+        self._job = None  # a running models.ModelJob (download or install)
 
     # --- dependencies ------------------------------------------------------------
     def setupPythonRequirements(self, askConfirmation: bool = True) -> bool:
@@ -151,7 +115,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
     def process(
         self,
         inputNode,
-        modelPath,
+        modelPath=None,
         outputSegmentation=None,
         gamma: float = 1.0,
         defect: str = "auto",
@@ -165,13 +129,15 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
+        timeout: float | None = None,
     ):
         """Complete the skull in ``inputNode`` (CT or binary volume, labelmap, or segmentation).
 
         Args:
             inputNode: vtkMRMLScalarVolumeNode (CT in HU or binary mask), vtkMRMLLabelMapVolumeNode
                 or vtkMRMLSegmentationNode.
-            modelPath: a model bundle folder (holds config.json).
+            modelPath: a model bundle folder (holds config.json) or an installed model's name;
+                None or "": no model (cranial defects: the model-free rim fit).
             outputSegmentation: node to fill; None creates "<input> completion".
             gamma: γ, weight of the class-direction shift (``SkullVAELib.core.config.GAMMA_RANGE``, 0..2).
             defect: "auto", "cranial" or "facial".
@@ -190,13 +156,16 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
                 and call :meth:`poll` from a timer.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
             onFinished: ``(segmentationNode or None, error or None)`` when done.
+            timeout: blocking mode only: seconds after which the child is stopped and
+                :class:`SkullVAETimeout` raised (None: no limit; Ctrl-C also stops it).
 
         Returns:
             The output segmentation node when ``waitForCompletion``, else None.
 
         Raises:
-            ValueError for bad input (no model, not a bundle, empty segmentation,
-            input neither binary nor CT), SkullVAECancelled, RuntimeError when the child fails.
+            ValueError for bad input (a model folder that is not a bundle, empty segmentation,
+            input neither binary nor CT), SkullVAECancelled, SkullVAETimeout, RuntimeError when
+            the child fails.
             The scene is left as it was.
         """
         if self._run is not None:
@@ -214,10 +183,17 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             raise
         if not waitForCompletion:
             return None
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
         try:
             done = False
             while not done:
-                outcome = run.child.wait(lambda event: self._onEvent(run, event))
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    outcome = run.child.wait(lambda event: self._onEvent(run, event), timeout=remaining)
+                except TimeoutError:
+                    raise SkullVAETimeout(
+                        f"the completion did not finish within {timeout:g} s and was stopped"
+                    ) from None
                 done, node, error = self._afterChild(run, outcome)
         except BaseException as exc:  # e.g. onProgress raised: no child or temp folder may stay
             self._abort(run, exc)
@@ -263,15 +239,13 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             raise ValueError("No input selected: choose a CT volume, a labelmap or a skull segmentation")
         if not (nodes.isScalarVolumeNode(inputNode) or nodes.isSegmentationNode(inputNode)):
             raise ValueError(f"'{inputNode.GetName()}' is neither a volume nor a segmentation")
-        if not modelPath or not str(modelPath).strip():
-            raise ValueError("No model chosen: select a SkullVAE model folder (it holds config.json)")
-        from .models import resolveModelPath
-
-        model = resolveModelPath(modelPath)  # a folder, or the name of an installed model
-        if not model.is_dir():
-            raise ValueError(f"{model}: model folder not found")
-        if not (model / "config.json").is_file():
-            raise ValueError(f"{model}: not a SkullVAE model bundle (no config.json in this folder)")
+        model = None
+        if modelPath is not None and str(modelPath).strip() not in ("", "."):
+            model = resolveModelPath(modelPath)  # a folder, or the name of an installed model
+            if not model.is_dir():
+                raise ValueError(f"{model}: model folder not found")
+            if not (model / "config.json").is_file():
+                raise ValueError(f"{model}: not a SkullVAE model bundle (no config.json in this folder)")
         try:
             check_gamma(gamma)  # the library's rule (config.GAMMA_RANGE)
         except SkullVAEError as exc:
@@ -279,7 +253,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         if defect not in DEFECT_TYPES:
             raise ValueError(f"defect type must be one of {', '.join(DEFECT_TYPES)}, got {defect!r}")
         return {
-            "model": str(model),
+            "model": str(model) if model is not None else None,
             "gamma": float(gamma),
             "defect": defect,
             "boneThresholdHU": float(boneThresholdHU),
@@ -313,7 +287,8 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
             **opts.get("switches", {}),
         )
-        self.log(f"Running on {'CPU (forced)' if opts['forceCPU'] else 'GPU if available, else CPU'}: {' '.join(args)}")
+        where = "CPU (forced)" if opts["forceCPU"] else "GPU if available, else CPU"
+        self.log(f"Running on {where}{'' if opts['model'] else ', no model (rim fit)'}: {' '.join(args)}")
         run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))
 
     def _onEvent(self, run: _Run, event) -> None:
@@ -358,7 +333,7 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
         if created:
             output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{run.inputNode.GetName()} completion")
         try:
-            nodes.fillResultSegmentation(output, segmentation, run.inputNode)
+            results.fillResultSegmentation(output, segmentation, run.inputNode)
             nodes.placeUnder(output, run.inputNode)
             if run.options["uncertainty"]:
                 self.uncertaintyVolume = nodes.readVolume(
@@ -369,19 +344,35 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
             if created:
                 nodes.removeNodes([output])
             raise
-        self.lastResult = outcome.result or {}
-        if nodes.segmentIsEmpty(output, nodes.IMPLANT):
-            self.log("Note: the implant is empty (the model found nothing missing at this gamma).")
+        self.lastResult = self._summary(outcome.result or {}, output, run)
         timings = self.lastResult.get("timings") or {}
         if timings:
             self.log(
-                "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, int | float))
+                "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, (int, float)))
             )
+        if not self.lastResult["implantVoxels"]:
+            self.log("Note: the implant is empty (no defect was found to fill).")
         self.log(
-            f"Completion done: {self.lastResult.get('defect', run.options['defect'])} defect, "
-            f"implant from {self.lastResult.get('implant_source', 'the model')}"
+            f"Completion done: {self.lastResult.get('defect', run.options['defect'])} defect; implant "
+            f"{self.lastResult['implantVolumeMm3'] / 1000:.1f} cm³ from {sourceText(self.lastResult['implantSource'])}"
         )
         return output
+
+    @staticmethod
+    def _summary(result: dict, output, run: _Run) -> dict:
+        """The child's result JSON plus what the panel shows, measured on the loaded segments.
+
+        ``implantSource``: the result's "implant_source" (rimfit, learned, atlas, model); a result
+        without it (an older library) came from the model when there was one. ``gammaUsed``: the
+        result's "gamma_used", else whether the model's arithmetic made the implant.
+        """
+        source = result.get("implant_source") or ("model" if run.options.get("model") else "rimfit")
+        summary = dict(result)
+        summary["implantSource"] = source
+        summary["gammaUsed"] = bool(result.get("gamma_used", source == "model"))
+        summary["implantVoxels"] = results.segmentVoxelCount(output, results.IMPLANT)
+        summary["implantVolumeMm3"] = results.segmentVolumeMm3(output, results.IMPLANT)
+        return summary
 
     def _finish(self, run: _Run, node, error) -> None:
         """Remove temporary nodes and files, forget the run, tell the caller."""
@@ -396,4 +387,17 @@ class SkullVAELogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def exportImplantStl(segmentationNode, path) -> str:
         """Write the "Implant" segment's surface as an STL file (LPS)."""
-        return nodes.exportSegmentStl(segmentationNode, nodes.IMPLANT, path)
+        return nodes.exportSegmentStl(segmentationNode, results.IMPLANT, path)
+
+    @staticmethod
+    def addCompletedSkull(segmentationNode) -> str:
+        """Add the "Completed skull" segment (patient bone ∪ implant; it overlaps both) on request."""
+        return results.addCompletedSkull(segmentationNode)
+
+    @staticmethod
+    def showIn3D(segmentationNode, show: bool = True) -> None:
+        """Slicer's Show 3D: build the surfaces still missing (the patient bone's) and show them."""
+        if show:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.GetDisplayNode().SetVisibility3D(bool(show))

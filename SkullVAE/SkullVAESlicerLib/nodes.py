@@ -14,11 +14,6 @@ from pathlib import Path
 
 import vtk
 
-COMPLETED_SKULL = "Completed skull"
-IMPLANT = "Implant"
-# Bone white for the skull, a saturated orange for the implant: distinct in 2D and 3D.
-SEGMENT_COLORS = {COMPLETED_SKULL: (0.91, 0.86, 0.74), IMPLANT: (0.96, 0.45, 0.13)}
-
 
 def createCoreScene():
     """A scene with application, segmentations and subject hierarchy logics registered.
@@ -171,23 +166,6 @@ def setReferenceGeometry(segmentationNode, referenceNode) -> None:
         segmentationNode.GetSegmentation().SetConversionParameter(name, geometry)
     else:
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceNode)
-
-
-def fillResultSegmentation(outputNode, segmentation, referenceNode) -> None:
-    """Replace the segments of ``outputNode`` by ``segmentation`` and style them.
-
-    Geometry reference comes from the input volume; closed surfaces are created for 3D.
-    """
-    missing = [n for n in (COMPLETED_SKULL, IMPLANT) if segmentation.GetSegmentIdBySegmentName(n) == ""]
-    if missing:
-        raise RuntimeError(f"the completion result lacks the segment(s) {', '.join(missing)}")
-    outputNode.GetSegmentation().DeepCopy(segmentation)
-    setReferenceGeometry(outputNode, referenceNode)
-    for name, color in SEGMENT_COLORS.items():
-        segment = outputNode.GetSegmentation().GetSegment(outputNode.GetSegmentation().GetSegmentIdBySegmentName(name))
-        segment.SetColor(*color)
-    outputNode.CreateDefaultDisplayNodes()
-    outputNode.CreateClosedSurfaceRepresentation()
 
 
 def segmentIsEmpty(segmentationNode, segmentName: str) -> bool:

@@ -22,8 +22,10 @@ import json
 import os
 import queue
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,19 @@ from pathlib import Path
 
 ERROR_PREFIX = "error:"
 TEMP_PREFIX = "SkullVAE-"  # temporary folders of runs: input copy, results
+#: A file inside every run folder this module makes: only folders holding it are ever removed as stale.
+RUN_MARKER = ".skullvae-slicer-run"
 STALE_TEMP_AGE_S = 24 * 3600  # a run's folder older than this belongs to a killed Slicer
+
+
+class SkullVAECancelled(RuntimeError):
+    """The user cancelled the run (a completion or a model download)."""
+
+
+class SkullVAETimeout(RuntimeError):
+    """A blocking call ran past its ``timeout``; its child process was stopped."""
+
+
 # Runs `SkullVAELib.cli.main(argv)` with the library root (argv[1]) first on sys.path and the
 # current folder ('' or '.') removed, before anything else is imported.
 BOOTSTRAP = (
@@ -71,7 +85,7 @@ def libraryRoot() -> str:
 
 def buildCompleteCommand(
     inputPath: str,
-    modelPath: str,
+    modelPath: str | None,
     outputPath: str,
     gamma: float = 1.0,
     defect: str = "auto",
@@ -88,25 +102,32 @@ def buildCompleteCommand(
 ) -> list[str]:
     """The argument list of one ``skullvae complete`` run with JSON progress.
 
-    ``atlas``: let the defects the rim fit cannot fill (facial ones) take the atlas implant of
-    the bundle's ``atlas/`` set when it has one (False: ``--no-atlas``, the model's implant).
-    ``learnedRefiner``: let facial defects take the bundle's learned facial refiner
-    (``refiner.safetensors``) when it has one, before the atlas (False: ``--no-refiner``).
+    ``modelPath`` None or "": no ``--model`` (the model-free rim fit of cranial defects).
+    ``refine`` / ``learnedRefiner`` / ``atlas``: keep the ``rimfit`` / ``learned`` / ``atlas`` implant
+    source in ``--sources`` (the ``model`` source is always last); ``symmetry``: ``--mirror``.
     """
     args = skullvaeCommand(["complete"], python)
-    args += ["--model", str(modelPath), "--input", str(inputPath), "--output", str(outputPath)]
+    if modelPath is not None and str(modelPath).strip():
+        args += ["--model", str(modelPath)]
+    args += ["--input", str(inputPath), "--output", str(outputPath)]
     args += ["--gamma", repr(float(gamma)), "--defect", defect, "--input-kind", inputKind]
     args += ["--hu-threshold", repr(float(boneThresholdHU)), "--device", device, "--progress", "json"]
     if implantStlPath:
         args += ["--implant-stl", str(implantStlPath)]
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
-    args += ["--refine" if refine else "--no-refine", "--symmetry" if symmetry else "--no-symmetry"]
-    if not atlas:
-        args.append("--no-atlas")
-    if not learnedRefiner:
-        args.append("--no-refiner")
+    args += ["--sources", ",".join(implantSources(refine, learnedRefiner, atlas))]
+    args.append("--mirror" if symmetry else "--no-mirror")
     return args
+
+
+def implantSources(rimfit: bool = True, learned: bool = True, atlas: bool = True, model: bool = True) -> list[str]:
+    """The implant sources of ``skullvae complete --sources``, in the library's order
+    (``SkullVAELib.core.config.IMPLANT_SOURCES``), with the switched-off ones left out."""
+    from SkullVAELib.core.config import IMPLANT_SOURCES
+
+    wanted = {"rimfit": rimfit, "learned": learned, "atlas": atlas, "model": model}
+    return [name for name in IMPLANT_SOURCES if wanted[name]]
 
 
 def skullvaeCommand(verbArgs: list[str], python: str | None = None) -> list[str]:
@@ -115,11 +136,39 @@ def skullvaeCommand(verbArgs: list[str], python: str | None = None) -> list[str]
     return [python or pythonExecutable(), "-c", BOOTSTRAP, libraryRoot(), *map(str, verbArgs)]
 
 
-def removeStaleTempFolders(root: str | None = None, maxAge: float = STALE_TEMP_AGE_S) -> list[str]:
-    """Remove our ``SkullVAE-*`` run folders older than ``maxAge`` seconds (left by a killed Slicer:
-    they hold a copy of a patient volume). Only folders owned by this user are touched."""
-    import tempfile
+def makeRunFolder(root: str | None = None) -> Path:
+    """A new private ``SkullVAE-XXXXXXXX`` folder (``tempfile.mkdtemp``: mode 0700, unpredictable
+    name) holding :data:`RUN_MARKER`, which marks it as this module's own for
+    :func:`removeStaleTempFolders`."""
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
+    try:
+        fd = os.open(folder / RUN_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as marker:
+            marker.write(f"SkullVAE Slicer run folder of process {os.getpid()}\n")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
 
+
+def isOwnRunFolder(entry: os.DirEntry) -> bool:
+    """True for a real folder (no link) of this user that holds our :data:`RUN_MARKER` as a regular file."""
+    try:
+        if not entry.name.startswith(TEMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            return False
+        if hasattr(os, "getuid") and entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            return False
+        marker = os.lstat(os.path.join(entry.path, RUN_MARKER))
+    except OSError:
+        return False
+    return stat.S_ISREG(marker.st_mode)
+
+
+def removeStaleTempFolders(root: str | None = None, maxAge: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Remove our run folders older than ``maxAge`` seconds (left by a killed Slicer: they hold a
+    copy of a patient volume). Only folders this module made (:func:`makeRunFolder`: they hold
+    :data:`RUN_MARKER`) and that belong to this user are touched; any other ``SkullVAE-*``
+    folder stays, whatever its age."""
     root = root or tempfile.gettempdir()
     removed = []
     now = time.time()
@@ -128,19 +177,29 @@ def removeStaleTempFolders(root: str | None = None, maxAge: float = STALE_TEMP_A
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(TEMP_PREFIX):
-            continue
         try:
-            info = entry.stat(follow_symlinks=False)
-            if not entry.is_dir(follow_symlinks=False) or now - info.st_mtime < maxAge:
-                continue
-            if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            if not isOwnRunFolder(entry) or now - entry.stat(follow_symlinks=False).st_mtime < maxAge:
                 continue
         except OSError:
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.path)
     return removed
+
+
+def requirePsutil():
+    """``psutil`` (needed to cancel: it kills the child's process tree), imported before a child starts.
+
+    Raises RuntimeError naming the fix, so a missing psutil is found at Apply, not at Cancel.
+    """
+    try:
+        import psutil
+    except ImportError:
+        raise RuntimeError(
+            "the Python package psutil is missing (SkullVAE needs it to stop a running computation): "
+            "click 'Install dependencies' in the SkullVAE module"
+        ) from None
+    return psutil
 
 
 def childEnvironment(forceCPU: bool = False) -> dict[str, str]:
@@ -232,6 +291,7 @@ class ChildProcess:
         self.result: dict | None = None
         self.cancelled = False
         self._finished = False
+        self._psutil = requirePsutil()  # before the child exists: Cancel must be able to work
         self.proc = _launch(self.args, env or {}, cwd)
         self._reader = threading.Thread(target=self._read, name="SkullVAE-child-reader", daemon=True)
         self._reader.start()
@@ -261,9 +321,20 @@ class ChildProcess:
                 return outcome
 
     def wait(self, onEvent=None, timeout: float | None = None) -> RunOutcome:
-        """Block until the child has ended, handling its events in this thread."""
+        """Block until the child has ended, handling its events in this thread.
+
+        ``timeout``: seconds for the whole wait (None: no limit); past it ``TimeoutError`` is
+        raised and the child keeps running (the caller decides: :meth:`kill`, or wait again).
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
         while True:
-            event = self.events.get(timeout=timeout)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"the child process {self.proc.pid} did not end within {timeout:g} s")
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue  # the deadline check above raises
             outcome = self._handle(event, onEvent)
             if outcome is not None:
                 return outcome
@@ -283,8 +354,7 @@ class ChildProcess:
 
     def kill(self) -> None:
         """Cancel: kill the child's descendants first, then the child (no orphan workers)."""
-        import psutil
-
+        psutil = self._psutil
         self.cancelled = True
         try:
             parent = psutil.Process(self.proc.pid)

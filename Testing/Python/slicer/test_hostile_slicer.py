@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "SkullVAE"))
 from SkullVAESlicerLib import logic as logic_module  # noqa: E402
 from SkullVAESlicerLib import nodes  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
-from SkullVAESlicerLib.process import removeStaleTempFolders  # noqa: E402
+from SkullVAESlicerLib.process import makeRunFolder, removeStaleTempFolders  # noqa: E402
 
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
 
@@ -84,9 +84,10 @@ def test_progress_callback_that_raises_ends_the_run_and_cleans_up(
 
 def test_stale_run_folders_are_removed_at_start(scene, phantom_file, private_tmp, tiny_model, monkeypatch):
     """Item 14: a killed Slicer leaves /tmp/SkullVAE-*/input.nrrd; the next run removes those older than a day."""
-    old, recent, other = private_tmp / "SkullVAE-old1", private_tmp / "SkullVAE-recent", private_tmp / "other-old"
+    old, recent = makeRunFolder(str(private_tmp)), makeRunFolder(str(private_tmp))  # our own, marked
+    other = private_tmp / "other-old"
+    other.mkdir()
     for folder in (old, recent, other):
-        folder.mkdir()
         (folder / "input.nrrd").write_bytes(b"patient")
     two_days_ago = time.time() - 2 * 86400
     for folder in (old, other):
@@ -95,5 +96,5 @@ def test_stale_run_folders_are_removed_at_start(scene, phantom_file, private_tmp
     volume = nodes.readVolume(scene, phantom_file, "phantom")
     with pytest.raises(RuntimeError, match="exit code 3"):
         SkullVAELogic().process(volume, tiny_model)
-    assert sorted(p.name for p in private_tmp.iterdir()) == ["SkullVAE-recent", "other-old"]
+    assert sorted(p.name for p in private_tmp.iterdir()) == sorted([recent.name, "other-old"])
     assert removeStaleTempFolders(str(private_tmp), maxAge=0) == [str(recent)]

@@ -18,12 +18,29 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "SkullVAE"))
 
 from SkullVAESlicerLib import logic as logic_module  # noqa: E402
-from SkullVAESlicerLib import nodes  # noqa: E402
+from SkullVAESlicerLib import nodes, results  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: E402
-from SkullVAESlicerLib.process import ChildProcess, parseLine  # noqa: E402
+from SkullVAESlicerLib.process import ChildProcess, buildCompleteCommand, parseLine  # noqa: E402
 
 needs_cli = pytest.mark.skipif(
     not (REPO / "SkullVAELib" / "cli" / "complete.py").is_file(), reason="skullvae complete not written yet"
+)
+
+
+def cli_runs_without_a_model() -> bool:
+    """Whether `skullvae complete` accepts a call without --model (the pipeline's model-free Completer)."""
+    import argparse
+
+    from SkullVAELib.cli import complete
+
+    parser = argparse.ArgumentParser()
+    complete.register(parser.add_subparsers())
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["complete"]
+    return not next(a for a in sub._actions if "--model" in a.option_strings).required
+
+
+needs_model_free_cli = pytest.mark.skipif(
+    not cli_runs_without_a_model(), reason="skullvae complete still requires --model (the pipeline's Completer)"
 )
 
 
@@ -59,15 +76,15 @@ def test_phantom_volume_completes_into_segmentation(scene, tiny_model, phantom_f
     assert seg.IsA("vtkMRMLSegmentationNode") and seg.GetScene() is scene
     segmentation = seg.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-    assert set(names) == {"Completed skull", "Implant"}
+    assert set(names) == {"Patient bone", "Implant"}
     colors = {n: segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(n)).GetColor() for n in names}
-    assert colors["Completed skull"] != colors["Implant"]
-    assert np.allclose(colors["Implant"], nodes.SEGMENT_COLORS["Implant"])
+    assert colors["Patient bone"] != colors["Implant"]
+    assert np.allclose(colors["Implant"], results.SEGMENT_COLORS["Implant"])
     # geometry: the result's labelmap lies on the input's voxel grid
     np.testing.assert_allclose(
-        as_numpy(labelmap_matrix(seg, "Completed skull")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9
+        as_numpy(labelmap_matrix(seg, "Patient bone")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9
     )
-    assert segmentation.ContainsRepresentation("Closed surface")
+    assert results.hasSurface(seg, "Implant") or results.segmentVoxelCount(seg, "Implant") == 0
     # subject hierarchy: under the input
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == sh.GetItemByDataNode(volume)
@@ -106,7 +123,7 @@ def test_segmentation_input_and_existing_output(scene, tiny_model, phantom_file,
     assert result is output
     assert output.GetSegmentation().GetSegmentIdBySegmentName("Implant")
     np.testing.assert_allclose(
-        as_numpy(labelmap_matrix(output, "Completed skull")), as_numpy(nodes.ijkToRas(labelmap)), atol=1e-9
+        as_numpy(labelmap_matrix(output, "Patient bone")), as_numpy(nodes.ijkToRas(labelmap)), atol=1e-9
     )
     assert node_ids(scene) - before <= {d.GetID() for d in [output.GetDisplayNode()] if d}
     assert list(private_tmp.iterdir()) == []
@@ -118,7 +135,25 @@ def test_skullfix_case_completes_on_its_geometry(scene, tiny_model, skullfix_dir
     volume = nodes.readVolume(scene, skullfix_dir / "defective_skull" / "070.nrrd", "070")
     seg = SkullVAELogic().process(volume, tiny_model, defect="cranial")
     np.testing.assert_allclose(as_numpy(labelmap_matrix(seg, "Implant")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9)
-    assert seg.GetSegmentation().ContainsRepresentation("Closed surface")
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.skullfix
+@needs_model_free_cli
+def test_skullfix_validation_case_completes_without_a_model(scene, skullfix_dir, private_tmp):
+    """Issue 23's 'done when': a real cranial case (validation 056), no model, segments that do not
+    overlap, with terminology, the implant's source and volume reported."""
+    volume = nodes.readVolume(scene, skullfix_dir / "defective_skull" / "056.nrrd", "056")
+    logic = SkullVAELogic()
+    seg = logic.process(volume, None, defect="cranial")
+    segmentation = seg.GetSegmentation()
+    assert segmentation.GetNumberOfLayers() == 1  # patient bone and implant do not overlap
+    for name in ("Patient bone", "Implant"):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        assert segment.HasTag(segment.GetTerminologyEntryTagName()), name
+    assert logic.lastResult["implantSource"] == "rimfit" and not logic.lastResult["gammaUsed"]
+    assert logic.lastResult["implantVolumeMm3"] > 1000  # a SkullFix cranial implant is tens of cm³
+    np.testing.assert_allclose(as_numpy(labelmap_matrix(seg, "Implant")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9)
     assert list(private_tmp.iterdir()) == []
 
 
@@ -129,12 +164,11 @@ def _assert_untouched(scene, before, private_tmp):
 
 
 @pytest.mark.parametrize("model", [None, "", "   "])
-def test_no_model_chosen(scene, phantom_file, private_tmp, model):
-    volume = nodes.readVolume(scene, phantom_file)
-    before = node_ids(scene)
-    with pytest.raises(ValueError, match="No model chosen"):
-        SkullVAELogic().process(volume, model)
-    _assert_untouched(scene, before, private_tmp)
+def test_no_model_means_no_model_argument(model):
+    args = buildCompleteCommand("in.nrrd", model, "out.seg.nrrd")
+    assert "--model" not in args and args[args.index("--input") + 1] == "in.nrrd"
+    with_model = buildCompleteCommand("in.nrrd", "/models/m", "out.seg.nrrd")
+    assert with_model[with_model.index("--model") + 1] == "/models/m"
 
 
 def test_folder_that_is_not_a_bundle(scene, phantom_file, private_tmp, tmp_path):
@@ -192,7 +226,9 @@ def test_failing_subprocess(scene, phantom_file, private_tmp, tmp_path):
     before = node_ids(scene)
     errors = []
     with pytest.raises((ValueError, RuntimeError)) as info:
-        SkullVAELogic().process(volume, broken, onFinished=lambda node, error: errors.append((node, error)))
+        SkullVAELogic().process(  # facial: the model is needed (a cranial defect takes the model-free rim fit)
+            volume, broken, defect="facial", onFinished=lambda node, error: errors.append((node, error))
+        )
     assert str(broken) in str(info.value) or "config" in str(info.value)
     assert errors and errors[0][0] is None and errors[0][1] is info.value
     _assert_untouched(scene, before, private_tmp)
@@ -275,7 +311,7 @@ def test_batch_writes_segmentation_and_stl(tiny_model, phantom_file, tmp_path, p
     import slicerio
 
     segmentation = slicerio.read_segmentation(str(out), skip_voxels=True)
-    assert {s["name"] for s in segmentation["segments"]} == {"Completed skull", "Implant"}
+    assert {s["name"] for s in segmentation["segments"]} == {"Patient bone", "Implant"}
     assert sorted(p.name for p in out.parent.iterdir()) == ["implant.stl", "phantom.seg.nrrd"]
     assert list(private_tmp.iterdir()) == []
 
@@ -284,8 +320,6 @@ def test_batch_bad_input_exit_codes(tiny_model, phantom_file, tmp_path):
     batch = _batch_module()
     out = str(tmp_path / "x.seg.nrrd")
     lines = []
-    assert batch.runBatch(["--input", str(phantom_file), "--model", "", "--output", out], log=lines.append) == 2
-    assert "No model chosen" in lines[-1]
     assert (
         batch.runBatch(
             ["--input", str(tmp_path / "nope.nrrd"), "--model", str(tiny_model), "--output", out], log=lines.append

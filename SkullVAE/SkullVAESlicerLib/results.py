@@ -1,0 +1,210 @@
+"""The completion result the Slicer way: non-overlapping segments, standard terminology, one colour.
+
+The module shows two segments that do not overlap, in one labelmap layer: **Patient bone**
+and **Implant** (as ``skullvae complete`` writes them; a result of an older library, "Completed
+skull" + "Implant", is split); "Completed skull" is added only on request (:func:`addCompletedSkull`). Every segment
+carries a DICOM/SNOMED CT terminology entry (segment tag ``TerminologyEntry``, the string
+Slicer's Terminologies module reads and writes), and the implant has the project's one
+implant colour (``SkullVAELib.core.config.IMPLANT_COLOR``).
+
+3D: the implant's closed surface is built at once, per segment (:func:`createSegmentSurfaces`);
+the patient bone's (a whole skull, seconds) only when asked (Slicer's Show 3D, or
+``CreateClosedSurfaceRepresentation``). Only ``slicer`` MRML classes and ``vtk``: runs under
+the slicer-core wheel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+from SkullVAELib.core.config import IMPLANT_COLOR
+
+from . import nodes
+
+PATIENT_BONE = "Patient bone"
+IMPLANT = "Implant"
+COMPLETED_SKULL = "Completed skull"  # in the result file; in the scene only on request
+BONE_COLOR = (0.89, 0.85, 0.79)  # Slicer's "bone" tint
+COMPLETED_SKULL_COLOR = (0.70, 0.74, 0.80)
+SEGMENT_COLORS = {PATIENT_BONE: BONE_COLOR, IMPLANT: tuple(IMPLANT_COLOR), COMPLETED_SKULL: COMPLETED_SKULL_COLOR}
+SEGMENT_IDS = {PATIENT_BONE: "PatientBone", IMPLANT: "Implant", COMPLETED_SKULL: "CompletedSkull"}
+
+# Terminology entries: context~category~type~type modifier~anatomic context~region~region modifier,
+# each code as scheme^value^meaning (SCT = SNOMED CT, the DICOM coding scheme designator).
+_CRANIUM = "SCT^89546000^Bone structure of cranium"
+TERMINOLOGY = {
+    PATIENT_BONE: "Segmentation category and type - 3D Slicer General Anatomy list"
+    f"~SCT^123037004^Anatomical Structure~{_CRANIUM}~^^~Anatomic codes - DICOM master list~^^~^^",
+    COMPLETED_SKULL: "Segmentation category and type - 3D Slicer General Anatomy list"
+    f"~SCT^123037004^Anatomical Structure~{_CRANIUM}~^^~Anatomic codes - DICOM master list~^^~^^",
+    # an implant (SCT 40388003, a physical object) placed in the cranium
+    IMPLANT: "Segmentation category and type - DICOM master list"
+    f"~SCT^260787004^Physical object~SCT^40388003^Implant~^^~Anatomic codes - DICOM master list~{_CRANIUM}~^^",
+}
+LABELMAP = "Binary labelmap"
+CLOSED_SURFACE = "Closed surface"
+
+
+def _mask(segmentation, name: str, like=None) -> tuple[np.ndarray, object]:
+    """``(bool array in the layer image's memory order (K, J, I), that image)`` of segment ``name``;
+    resampled onto ``like`` (a vtkOrientedImageData) when given and its geometry differs."""
+    import slicer
+
+    segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+    image = segment.GetRepresentation(LABELMAP)
+    if like is not None and not _sameGrid(image, like):
+        resampled = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(image, like, resampled)
+        image = resampled
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    dims = image.GetDimensions()
+    return scalars.reshape(dims[2], dims[1], dims[0]) == segment.GetLabelValue(), image
+
+
+def _sameGrid(a, b) -> bool:
+    ma, mb = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    a.GetImageToWorldMatrix(ma)
+    b.GetImageToWorldMatrix(mb)
+    same = all(abs(ma.GetElement(r, c) - mb.GetElement(r, c)) < 1e-9 for r in range(4) for c in range(4))
+    return same and a.GetExtent() == b.GetExtent()
+
+
+def splitResult(segmentation) -> None:
+    """Make a result file's segments "Patient bone" + "Implant" in one labelmap layer (in place).
+
+    The library writes "Patient bone" and "Implant" (and "Completed skull" when asked); an older
+    one wrote "Completed skull" (patient bone ∪ implant) and "Implant": then the completed skull's
+    implant voxels are cleared and the segment renamed. Raises RuntimeError when a segment is missing.
+    """
+    has = {n: bool(segmentation.GetSegmentIdBySegmentName(n)) for n in (PATIENT_BONE, IMPLANT, COMPLETED_SKULL)}
+    if not has[IMPLANT] or not (has[PATIENT_BONE] or has[COMPLETED_SKULL]):
+        missing = [n for n in (PATIENT_BONE, IMPLANT) if not has[n]]
+        raise RuntimeError(f"the completion result lacks the segment(s) {', '.join(missing)}")
+    if not has[PATIENT_BONE]:
+        bone = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(COMPLETED_SKULL))
+        boneImage = bone.GetRepresentation(LABELMAP)
+        implant, _ = _mask(segmentation, IMPLANT, like=boneImage)
+        scalars = numpy_support.vtk_to_numpy(boneImage.GetPointData().GetScalars())
+        dims = boneImage.GetDimensions()
+        voxels = scalars.reshape(dims[2], dims[1], dims[0])
+        voxels[implant & (voxels == bone.GetLabelValue())] = 0
+        boneImage.Modified()
+        bone.SetName(PATIENT_BONE)
+    segmentation.CollapseBinaryLabelmaps(False)
+
+
+def styleSegments(segmentation) -> None:
+    """Colour and terminology of every known segment; ids stay as they are."""
+    for name, color in SEGMENT_COLORS.items():
+        segmentId = segmentation.GetSegmentIdBySegmentName(name)
+        if not segmentId:
+            continue
+        segment = segmentation.GetSegment(segmentId)
+        segment.SetColor(*color)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), TERMINOLOGY[name])
+
+
+def fillResultSegmentation(outputNode, segmentation, referenceNode) -> None:
+    """Replace the segments of ``outputNode`` by the split, styled ``segmentation``.
+
+    Args:
+        outputNode: vtkMRMLSegmentationNode to fill.
+        segmentation: vtkSegmentation read from the result file (modified).
+        referenceNode: the input node, whose geometry the output takes.
+    """
+    splitResult(segmentation)
+    styleSegments(segmentation)
+    outputNode.GetSegmentation().DeepCopy(segmentation)
+    nodes.setReferenceGeometry(outputNode, referenceNode)
+    outputNode.CreateDefaultDisplayNodes()
+    display = outputNode.GetDisplayNode()
+    display.SetPreferredDisplayRepresentationName3D(CLOSED_SURFACE)
+    display.SetVisibility3D(True)
+    createSegmentSurfaces(outputNode, [IMPLANT])
+
+
+def createSegmentSurfaces(segmentationNode, names) -> None:
+    """Build the closed surface of the named segments only (the others stay as they are).
+
+    Uses the segmentation's own conversion parameters (smoothing, decimation), so a later
+    ``CreateClosedSurfaceRepresentation`` of the whole segmentation gives the same surface.
+    """
+    import slicer
+
+    segmentation = segmentationNode.GetSegmentation()
+    rule = slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule()
+    for getter in (
+        "GetSmoothingFactorParameterName",
+        "GetDecimationFactorParameterName",
+        "GetComputeSurfaceNormalsParameterName",
+        "GetJointSmoothingParameterName",
+        "GetConversionMethodParameterName",
+        "GetSurfaceNetInternalSmoothingParameterName",
+    ):
+        if hasattr(rule, getter):
+            parameter = getattr(rule, getter)()
+            value = segmentation.GetConversionParameter(parameter)
+            if value:
+                rule.SetConversionParameter(parameter, value)
+    rule.PreConvert(segmentation)
+    for name in names:
+        segmentId = segmentation.GetSegmentIdBySegmentName(name)
+        if segmentId:
+            rule.Convert(segmentation.GetSegment(segmentId))
+    rule.PostConvert(segmentation)
+
+
+def hasSurface(segmentationNode, name: str) -> bool:
+    """True when segment ``name`` has a closed surface with at least one point."""
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.GetSegmentIdBySegmentName(name)
+    surface = segmentation.GetSegment(segmentId).GetRepresentation(CLOSED_SURFACE) if segmentId else None
+    return surface is not None and surface.GetNumberOfPoints() > 0
+
+
+def segmentVoxelCount(segmentationNode, name: str) -> int:
+    """Voxels of segment ``name`` (0 when it is missing or empty)."""
+    segmentation = segmentationNode.GetSegmentation()
+    if not segmentation.GetSegmentIdBySegmentName(name):
+        return 0
+    mask, _ = _mask(segmentation, name)
+    return int(mask.sum())
+
+
+def segmentVolumeMm3(segmentationNode, name: str) -> float:
+    """Volume of segment ``name`` in mm³ (voxel count × voxel volume of its labelmap)."""
+    segmentation = segmentationNode.GetSegmentation()
+    if not segmentation.GetSegmentIdBySegmentName(name):
+        return 0.0
+    mask, image = _mask(segmentation, name)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    voxel = abs(np.linalg.det(np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])))
+    return float(mask.sum()) * float(voxel)
+
+
+def addCompletedSkull(segmentationNode) -> str:
+    """Add (or refresh) the "Completed skull" segment = patient bone ∪ implant; returns its id.
+
+    It overlaps both others by definition, so Slicer keeps it in a layer of its own.
+    """
+    import slicer
+
+    segmentation = segmentationNode.GetSegmentation()
+    bone, image = _mask(segmentation, PATIENT_BONE)
+    implant, _ = _mask(segmentation, IMPLANT, like=image)
+    union = slicer.vtkOrientedImageData()
+    union.DeepCopy(image)
+    scalars = numpy_support.vtk_to_numpy(union.GetPointData().GetScalars())
+    scalars[:] = (bone | implant).ravel()
+    union.Modified()
+    segmentId = segmentation.GetSegmentIdBySegmentName(COMPLETED_SKULL)
+    if not segmentId:
+        segmentId = segmentation.AddEmptySegment(SEGMENT_IDS[COMPLETED_SKULL], COMPLETED_SKULL, COMPLETED_SKULL_COLOR)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.SetBinaryLabelmapToSegment(union, segmentationNode, segmentId, logic.MODE_REPLACE, union.GetExtent()):
+        raise RuntimeError("cannot fill the 'Completed skull' segment")
+    styleSegments(segmentation)
+    return segmentId

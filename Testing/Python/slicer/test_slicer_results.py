@@ -1,0 +1,189 @@
+"""The completion result shown the Slicer way, against the real slicer-core wheel: segments that do
+not overlap, standard terminology, one implant colour, the implant's surface at once and the
+skull's on demand, the implant volume; and the no-model run of the logic (a stand-in child that
+writes a result as the CLI does, so the Slicer side is tested whatever state the library is in)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("psutil")
+slicerio = pytest.importorskip("slicerio")
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "SkullVAE"))
+
+from SkullVAESlicerLib import logic as logic_module  # noqa: E402
+from SkullVAESlicerLib import nodes, results  # noqa: E402
+from SkullVAESlicerLib.logic import SkullVAELogic, gammaApplies, sourceText  # noqa: E402
+from SkullVAESlicerLib.process import buildCompleteCommand  # noqa: E402
+from slicerio.segmentation import terminology_entry_from_string  # noqa: E402
+
+from SkullVAELib.core.config import IMPLANT_COLOR  # noqa: E402
+
+SPACING = 3.2
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A phantom with a cranial defect, and a result file as `skullvae complete` writes it."""
+    from SkullVAELib.data.defects import cranial_defect
+    from SkullVAELib.data.phantoms import make_phantom
+    from SkullVAELib.io.image import write_mask
+    from SkullVAELib.io.segfile import Segment, write_segmentation
+
+    folder = tmp_path_factory.mktemp("case")
+    complete = make_phantom(3, shape=(48, 48, 40), spacing=(SPACING,) * 3)
+    defective, implant = cranial_defect(complete, seed=1)
+    write_mask(defective, folder / "defective.nrrd")
+    segments = [Segment("Completed skull", defective.mask | implant.mask), Segment("Implant", implant.mask)]
+    write_segmentation(folder / "result.seg.nrrd", defective, segments)
+    return {"folder": folder, "defective": defective.mask, "implant": implant.mask}
+
+
+def _array(seg_node, name) -> np.ndarray:
+    mask, _ = results._mask(seg_node.GetSegmentation(), name)
+    return mask
+
+
+def _tag(segment) -> str:
+    import vtk
+
+    value = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), value)
+    return str(value)
+
+
+def _filled(scene, case):
+    volume = nodes.readVolume(scene, case["folder"] / "defective.nrrd", "defective")
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
+    segmentation = nodes.loadSegmentationFile(scene, case["folder"] / "result.seg.nrrd")
+    results.fillResultSegmentation(output, segmentation, volume)
+    return volume, output
+
+
+def test_segments_do_not_overlap_and_keep_every_voxel(scene, case):
+    _, output = _filled(scene, case)
+    segmentation = output.GetSegmentation()
+    names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    assert names == {"Patient bone", "Implant"}
+    assert segmentation.GetNumberOfLayers() == 1  # non-overlapping segments share one labelmap
+    bone, implant = _array(output, "Patient bone"), _array(output, "Implant")
+    assert implant.sum() == case["implant"].sum() > 0
+    assert bone.sum() == case["defective"].sum()
+    assert not (bone & implant).any()
+
+
+def test_terminology_and_the_one_implant_colour(scene, case):
+    _, output = _filled(scene, case)
+    segmentation = output.GetSegmentation()
+    codes = {}
+    for name in ("Patient bone", "Implant"):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        tag = _tag(segment)
+        entry = terminology_entry_from_string(tag)
+        codes[name] = (entry["category"][:2], entry["type"][:2])
+    assert codes["Patient bone"] == (["SCT", "123037004"], ["SCT", "89546000"])  # bone structure of cranium
+    assert codes["Implant"] == (["SCT", "260787004"], ["SCT", "40388003"])  # physical object: implant
+    implant = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("Implant"))
+    np.testing.assert_allclose(implant.GetColor(), IMPLANT_COLOR)
+    from SkullVAELib.io.segfile import DEFAULT_COLORS  # the library's files use the same colour
+
+    assert DEFAULT_COLORS["Implant"] == IMPLANT_COLOR
+
+
+def test_terminology_survives_a_save_and_load(scene, case, tmp_path):
+    _, output = _filled(scene, case)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(tmp_path / "saved.seg.nrrd"))
+    assert storage.WriteData(output)
+    saved = slicerio.read_segmentation(str(tmp_path / "saved.seg.nrrd"), skip_voxels=True)
+    by_name = {s["name"]: s for s in saved["segments"]}
+    assert by_name["Implant"]["terminology"]["type"][1] == "40388003"
+    assert by_name["Patient bone"]["terminology"]["type"][1] == "89546000"
+
+
+def test_implant_surface_at_once_the_skull_only_on_demand(scene, case):
+    _, output = _filled(scene, case)
+    assert results.hasSurface(output, "Implant")
+    assert not results.hasSurface(output, "Patient bone")  # a whole skull: built only when shown
+    assert output.GetDisplayNode().GetPreferredDisplayRepresentationName3D() == "Closed surface"
+    SkullVAELogic.showIn3D(output)
+    assert results.hasSurface(output, "Patient bone")
+    assert output.GetSegmentation().ContainsRepresentation("Closed surface")
+
+
+def test_implant_volume_in_mm3(scene, case):
+    _, output = _filled(scene, case)
+    expected = case["implant"].sum() * SPACING**3
+    assert results.segmentVolumeMm3(output, "Implant") == pytest.approx(expected, rel=1e-9)
+    assert results.segmentVolumeMm3(output, "Missing") == 0.0
+
+
+def test_completed_skull_only_on_request(scene, case):
+    _, output = _filled(scene, case)
+    assert not output.GetSegmentation().GetSegmentIdBySegmentName("Completed skull")
+    SkullVAELogic.addCompletedSkull(output)
+    completed = _array(output, "Completed skull")
+    assert completed.sum() == (case["defective"] | case["implant"]).sum()
+    segment = output.GetSegmentation().GetSegment(output.GetSegmentation().GetSegmentIdBySegmentName("Completed skull"))
+    assert "89546000" in _tag(segment)
+    assert _array(output, "Patient bone").sum() == case["defective"].sum()  # the others are untouched
+
+
+def test_a_result_without_an_implant_segment_is_refused(scene, case, tmp_path):
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.segfile import Segment, write_segmentation
+
+    like = read_skull(case["folder"] / "defective.nrrd")
+    write_segmentation(tmp_path / "bad.seg.nrrd", like, [Segment("Completed skull", like.mask)])
+    segmentation = nodes.loadSegmentationFile(scene, tmp_path / "bad.seg.nrrd")
+    with pytest.raises(RuntimeError, match="lacks the segment"):
+        results.splitResult(segmentation)
+
+
+# --- the logic without a model ---------------------------------------------------------------
+FAKE_CLI = """
+import json, shutil, sys
+args = sys.argv[1:]
+shutil.copyfile({result!r}, args[args.index("--output") + 1])
+print(json.dumps({{"stage": "rimfit", "fraction": 0.5, "message": "fitting"}}), flush=True)
+print(json.dumps({{"stage": "done", "fraction": 1.0, "message": "", "result": {record}}}), flush=True)
+"""
+
+
+def test_no_model_runs_without_a_model_argument(scene, case, private_tmp, monkeypatch):
+    seen = []
+    record = {"defect": "cranial", "implant_source": "rimfit", "gamma_used": False, "implant_volume_mm3": 1.0}
+    code = FAKE_CLI.format(result=str(case["folder"] / "result.seg.nrrd"), record=repr(record))
+
+    def command(*args, **kwargs):
+        real = buildCompleteCommand(*args, **kwargs)
+        seen.append(real)
+        return [sys.executable, "-c", code, *real[real.index("complete") :]]
+
+    monkeypatch.setattr(logic_module, "buildCompleteCommand", command)
+    volume = nodes.readVolume(scene, case["folder"] / "defective.nrrd", "defective")
+    logic = SkullVAELogic()
+    for model in (None, "", "   "):
+        seg = logic.process(volume, model, defect="cranial")
+        assert "--model" not in seen[-1]
+        assert logic.lastResult["implantSource"] == "rimfit" and logic.lastResult["gammaUsed"] is False
+        # the panel's volume is measured on the loaded segment, not copied from the child
+        assert logic.lastResult["implantVolumeMm3"] == pytest.approx(case["implant"].sum() * SPACING**3)
+        assert seg.GetSegmentation().GetSegmentIdBySegmentName("Patient bone")
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_gamma_is_enabled_only_where_the_model_makes_the_implant():
+    assert not gammaApplies(None) and not gammaApplies("") and not gammaApplies(".")
+    assert not gammaApplies("/models/m", "cranial", refine=True)  # the rim fit makes it
+    assert gammaApplies("/models/m", "cranial", refine=False)
+    assert gammaApplies("/models/m", "facial", refine=True)
+    assert "no model" in sourceText("rimfit") and "γ" in sourceText("model")
+    assert sourceText("something-new") == "something-new"

@@ -74,3 +74,64 @@ def test_unreleased_model_and_unknown_name(env, server, archive_bytes, tmp_path,
         logic.downloadModel("tiny")
     with pytest.raises(ValueError, match="not installed"):
         logic.modelPath("tiny")
+
+
+def _licensed_registry(tmp_path, server, archive_bytes, licence: str) -> Path:  # noqa: F811
+    import json
+
+    path = write_registry(tmp_path / "licensed.json", server.url + "/tiny-v1.zip", archive_bytes)
+    doc = json.loads(path.read_text())
+    doc["models"][0]["licence"] = licence
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_licensed_weights_are_downloaded_only_after_acceptance_per_model(env, server, archive_bytes, tmp_path, monkeypatch):  # noqa: F811, E501
+    from SkullVAESlicerLib.models import LicenceNotAccepted
+
+    licence = "CC BY-NC-SA 4.0 (derived from SkullFix): non-commercial research only"
+    monkeypatch.setenv("SKULLVAE_REGISTRY", str(_licensed_registry(tmp_path, server, archive_bytes, licence)))
+    settings = {}  # the panel passes qt.QSettings: remembered for the user, per model
+    logic = SkullVAELogic()
+    logic.settings = settings
+    assert logic.licenceToAccept("tiny") == licence
+    assert {c.name: c for c in logic.listModels()}["tiny"].licence == licence
+    with pytest.raises(LicenceNotAccepted, match="non-commercial"):
+        logic.downloadModel("tiny")
+    assert server.requests == [] and not (env / "models" / "tiny").exists()
+    logic.acceptLicence("tiny")
+    assert logic.licenceToAccept("tiny") is None
+    assert Path(logic.downloadModel("tiny")).is_dir() and len(server.requests) == 1
+    again = SkullVAELogic()
+    again.settings = settings  # a later session with the same user settings: not asked again
+    assert again.licenceToAccept("tiny") is None
+    fresh = SkullVAELogic()  # another user (no settings): asked
+    assert fresh.licenceToAccept("tiny") == licence
+    changed = "CC BY-NC-ND 4.0: no derivatives"  # a changed licence is asked for again
+    monkeypatch.setenv("SKULLVAE_REGISTRY", str(_licensed_registry(tmp_path, server, archive_bytes, changed)))
+    assert again.licenceToAccept("tiny") == changed
+
+
+def test_project_licence_needs_no_acceptance():
+    from SkullVAESlicerLib.models import licenceNeedsAcceptance
+
+    assert not licenceNeedsAcceptance("") and not licenceNeedsAcceptance("Apache-2.0 (phantoms only)")
+    assert licenceNeedsAcceptance("CC BY-NC-SA 4.0")
+
+
+def test_install_from_file_then_remove(env, archive_bytes, tmp_path):  # noqa: F811
+    archive = tmp_path / "downloaded by hand.zip"
+    archive.write_bytes(archive_bytes)
+    logic = SkullVAELogic()
+    seen = []
+    path = logic.installModel(archive, name="mine", onProgress=lambda stage, fraction, message: seen.append(stage))
+    assert Path(path) == env / "models" / "mine" and (Path(path) / "config.json").is_file()
+    assert {c.name: c for c in logic.listModels()}["mine"].installed
+    with pytest.raises(ValueError, match="already installed|exists|--overwrite"):
+        logic.installModel(archive, name="mine")
+    assert logic.removeModel("mine") == path
+    assert not (env / "models" / "mine").exists() and "mine" not in {c.name for c in logic.listModels()}
+    with pytest.raises(ValueError, match="not installed"):
+        logic.removeModel("mine")
+    with pytest.raises(ValueError, match="no such file"):
+        logic.installModel(tmp_path / "missing.zip")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -182,6 +183,17 @@ def _remove_stale_folder(entry: os.DirEntry) -> None:
         return
 
 
+def refuse_special_file(path: str | os.PathLike, option: str = "output") -> None:
+    """Refuse to replace a device node, FIFO or socket (``--out /dev/null`` as root would replace the
+    device); regular files, symbolic links and absent paths pass."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise SkullVAEError(f"{option} is a device, FIFO or socket, not a file; refusing to replace it", path)
+
+
 def write_error(exc: OSError, path: str | os.PathLike) -> SkullVAEError:
     """A one-line user error for a failed write (read-only folder, parent is a file, disk full, ...)."""
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -227,7 +239,10 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     an OSError (read-only folder, disk full, ...) becomes a one-line SkullVAEError naming
     ``final``. The file gets the mode a plain ``open()`` would give (0666 & ~umask), even
     when the writer recreated it (safetensors writes 0600). A ``final`` that is itself an
-    existing temporary of ours (an output transaction's) is written in place.
+    existing temporary of ours (an output transaction's) is written in place. A ``final`` that is a
+    device, FIFO or socket is refused (renaming over ``/dev/null`` as root would replace the device).
+    Temporary names are created with ``O_EXCL`` (:func:`tempfile.mkstemp`): a symbolic link planted
+    at a temporary name is never followed.
     """
     final = Path(final)
     in_temporary_folder = is_temporary_name(final.parent.name, folder=True) and final.parent.is_dir()
@@ -240,6 +255,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         except OSError as exc:
             raise write_error(exc, final) from None
         return
+    refuse_special_file(final)
     if suffix is None:
         name = final.name.lstrip(".")
         suffix = name[name.index(".") :] if "." in name else ""

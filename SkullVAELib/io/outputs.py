@@ -15,20 +15,34 @@ and refuses, before anything is computed or written:
 while written) and renames all outputs at the end under a lock on their folders, so two calls
 writing the same outputs never leave a segmentation of one beside an STL of the other, and a
 failure anywhere leaves the previous files as they were (temporaries removed, new empty
-folders removed).
+folders removed). The commit first moves every earlier file of the planned outputs aside, then
+renames the new ones in: a process killed half-way (``kill -9``, a power cut) leaves some files
+of the new run and none of the old, never a mix of two runs. Without ``overwrite``, an output
+that another run created meanwhile is refused at the commit, under the lock. Each transaction
+has a ``run_id``; asked to, it writes a run manifest (:mod:`SkullVAELib.io.runs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from SkullVAELib.core.atomic import create_temporary, file_mode, folder_lock, make_temporary_folder, write_error
+from SkullVAELib.core.atomic import (
+    create_temporary,
+    file_mode,
+    folder_lock,
+    make_temporary_folder,
+    refuse_special_file,
+    write_error,
+)
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.io.runs import manifest_path, manifest_text
 
 SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
 STL_EXTENSIONS = (".stl",)
@@ -81,6 +95,7 @@ class OutputPlan:
         self.overwrite = overwrite
         self.max_new_folders = max_new_folders
         self.outputs: list[_Output] = []
+        self.manifests: list[Path] = []
         self._input_ids = {i for i in map(_identity, self.inputs) if i is not None}
         self._input_paths = {p.resolve() for p in self.inputs}
 
@@ -104,9 +119,17 @@ class OutputPlan:
                 raise SkullVAEError(f"{option} and {other.option} name the same file", final)
         if not self.overwrite and (final.exists() or final.is_symlink()):
             raise SkullVAEError("already exists; give --overwrite to replace it", final)
+        refuse_special_file(final, option)
         self._check_folder(final, option)
         self.outputs.append(_Output(final, option, resolved))
         return final
+
+    def add_run_manifest(self, output: str | os.PathLike) -> Path:
+        """Plan ``<output>.run.json``: the run manifest (:mod:`SkullVAELib.io.runs`) listing every file
+        this plan writes, with the transaction's ``run_id``; renamed into place after all of them."""
+        path = self.add(manifest_path(output), "the run manifest")
+        self.manifests.append(path)
+        return path
 
     def _check_folder(self, final: Path, option: str) -> None:
         missing = 0
@@ -127,7 +150,7 @@ class OutputPlan:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Temporary names for every planned output; all renamed at the end (see module docstring)."""
-        tx = Transaction(self.outputs)
+        tx = Transaction(self.outputs, overwrite=self.overwrite, manifests=self.manifests)
         try:
             tx.begin()
             yield tx
@@ -137,10 +160,17 @@ class OutputPlan:
 
 
 class Transaction:
-    """Temporary files of an :class:`OutputPlan`; use :meth:`path` to get the name to write."""
+    """Temporary files of an :class:`OutputPlan`; use :meth:`path` to get the name to write.
 
-    def __init__(self, outputs: list[_Output]) -> None:
-        self.outputs = outputs
+    Attributes:
+        run_id: a uuid4 (hex) naming this run; written into its run manifests.
+    """
+
+    def __init__(self, outputs: list[_Output], overwrite: bool = True, manifests: Iterable[Path] = ()) -> None:
+        self.outputs = list(outputs)
+        self.overwrite = overwrite
+        self.manifests = list(manifests)
+        self.run_id = uuid.uuid4().hex
         self.temps: dict[Path, Path] = {}
         self.temp_folders: dict[Path, Path] = {}  # .mhd outputs: final -> its temporary folder
         self.written: set[Path] = set()
@@ -150,19 +180,35 @@ class Transaction:
 
     def begin(self) -> None:
         for out in self.outputs:
-            self._make_folders(out.final)
-            name = out.final.name
-            if name.lower().endswith(".mhd"):  # header + data file: written into a temporary folder
-                folder, fd = make_temporary_folder(out.final)
-                self._fds.append(fd)
-                self.temps[out.final] = folder / name
-                self.temp_folders[out.final] = folder
-                continue
-            suffix = next((ext for ext in (".seg.nrrd", ".nii.gz") if name.lower().endswith(ext)), None)
-            suffix = suffix if suffix is not None else (Path(name).suffix or "")
-            tmp, fd = create_temporary(out.final, suffix)  # locked: live until the transaction ends
+            self._begin_one(out)
+
+    def _begin_one(self, out: _Output) -> None:
+        self._make_folders(out.final)
+        name = out.final.name
+        if name.lower().endswith(".mhd"):  # header + data file: written into a temporary folder
+            folder, fd = make_temporary_folder(out.final)
             self._fds.append(fd)
-            self.temps[out.final] = tmp
+            self.temps[out.final] = folder / name
+            self.temp_folders[out.final] = folder
+            return
+        suffix = next((ext for ext in (".seg.nrrd", ".nii.gz", ".run.json") if name.lower().endswith(ext)), None)
+        suffix = suffix if suffix is not None else (Path(name).suffix or "")
+        tmp, fd = create_temporary(out.final, suffix)  # locked: live until the transaction ends
+        self._fds.append(fd)
+        self.temps[out.final] = tmp
+
+    def record_run(self, output: str | os.PathLike) -> Path:
+        """Also write ``<output>.run.json`` (the run manifest of every file this transaction writes, see
+        :mod:`SkullVAELib.io.runs`) at the commit; returns its path. For a plan already in its
+        transaction; :meth:`OutputPlan.add_run_manifest` does the same before it."""
+        final = manifest_path(output)
+        if final not in self.temps:
+            refuse_special_file(final, "the run manifest")
+            out = _Output(final, "the run manifest", final.resolve())
+            self.outputs.append(out)
+            self.manifests.append(final)
+            self._begin_one(out)
+        return final
 
     def _make_folders(self, final: Path) -> None:
         missing = []
@@ -187,28 +233,77 @@ class Transaction:
         self.written.add(final)
         return self.temps[final]
 
+    def _moves(self) -> list[tuple[Path, Path]]:
+        """(temporary, final) renames of the written outputs, run manifests last (.mhd: data before header)."""
+        moves = []
+        for out in sorted(self.outputs, key=lambda o: o.final in self.manifests):
+            if out.final in self.manifests:
+                if any(o.final in self.written for o in self.outputs if o.final not in self.manifests):
+                    moves.append((self.temps[out.final], out.final))
+                continue
+            if out.final not in self.written:
+                continue
+            if out.final in self.temp_folders:
+                header = self.temps[out.final]
+                parts = sorted(self.temp_folders[out.final].iterdir(), key=lambda p: p == header)
+                moves += [(part, out.final.parent / part.name) for part in parts]
+            else:
+                moves.append((self.temps[out.final], out.final))
+        return moves
+
+    def _write_manifests(self) -> None:
+        files = {
+            o.final: self.temps[o.final]
+            for o in self.outputs
+            if o.final in self.written and o.final not in self.manifests and o.final not in self.temp_folders
+        }
+        for o in self.outputs:
+            if o.final in self.written and o.final in self.temp_folders:
+                files[o.final] = self.temps[o.final]  # an .mhd's header (its data file is named inside it)
+        text = manifest_text(self.run_id, files) if files else ""
+        for final in self.manifests:
+            with open(self.temps[final], "w", encoding="utf-8") as stream:
+                stream.write(text)
+
     def commit(self) -> None:
-        """Rename the written outputs over their finals under folder locks; outputs not written
-        are removed at their final paths, so no file of an earlier run stays beside new ones."""
-        folders = sorted({out.final.parent.resolve() for out in self.outputs})
+        """Under locks on the output folders: refuse outputs created meanwhile (without ``overwrite``),
+        move every earlier file of the planned outputs aside, rename the new ones in (run manifests
+        last), then delete the old ones. A kill at any point leaves files of one run only; an error
+        puts the earlier files back."""
+        try:
+            self._write_manifests()
+        except OSError as exc:
+            raise write_error(exc, self.manifests[0]) from None
+        moves = self._moves()
+        finals = {out.final for out in self.outputs} | {final for _, final in moves}
+        folders = sorted({final.parent.resolve() for final in finals})
         with contextlib.ExitStack() as stack:
             for folder in folders:
                 stack.enter_context(folder_lock(folder))
-            for out in self.outputs:
-                tmp = self.temps[out.final]
-                try:
-                    if out.final in self.written and out.final in self.temp_folders:  # .mhd: header + data
-                        parts = self.temp_folders[out.final].iterdir()
-                        for part in sorted(parts, key=lambda p: p.name == tmp.name):  # header last
-                            os.chmod(part, file_mode())
-                            os.replace(part, out.final.parent / part.name)
-                    elif out.final in self.written:
-                        os.chmod(tmp, file_mode())
-                        os.replace(tmp, out.final)
-                    elif out.final.is_file():
-                        out.final.unlink()
-                except OSError as exc:
-                    raise write_error(exc, out.final) from None
+            existing = sorted(f for f in finals if os.path.lexists(f))
+            if existing and not self.overwrite:
+                raise SkullVAEError(
+                    "already exists: another run wrote it while this one worked; give --overwrite to replace it",
+                    existing[0],
+                )
+            aside: list[tuple[Path, Path]] = []
+            placed: list[Path] = []
+            try:
+                for final in existing:
+                    refuse_special_file(final, "output")
+                    backup = _backup_name(final)
+                    os.replace(final, backup)
+                    aside.append((final, backup))
+                for tmp, final in moves:
+                    os.chmod(tmp, file_mode())
+                    os.replace(tmp, final)
+                    placed.append(final)
+            except OSError as exc:
+                _roll_back(placed, aside)
+                raise write_error(exc, (placed or [moves[0][1] if moves else existing[0]])[-1]) from None
+            for _, backup in aside:
+                with contextlib.suppress(OSError):
+                    backup.unlink()
         self.committed = True
 
     def cleanup(self) -> None:
@@ -226,6 +321,25 @@ class Transaction:
             for folder in reversed(self._new_folders):
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when still empty
+
+
+def _backup_name(final: Path) -> Path:
+    """A free temporary name (atomic.py's pattern, so a killed run's leftovers are removed as stale) to
+    move ``final`` aside to; not made with ``create_temporary``, whose folder lock we already hold."""
+    while True:
+        backup = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp.old")
+        if not os.path.lexists(backup):
+            return backup
+
+
+def _roll_back(placed: list[Path], aside: list[tuple[Path, Path]]) -> None:
+    """Undo a failed commit: remove the new files already placed, put the earlier ones back."""
+    for final in placed:
+        with contextlib.suppress(OSError):
+            final.unlink()
+    for final, backup in aside:
+        with contextlib.suppress(OSError):
+            os.replace(backup, final)
 
 
 def check_output_folder(folder: str | os.PathLike, option: str = "--out", max_new_folders: int = 2) -> Path:

@@ -89,8 +89,8 @@ def write_defect_pair(
 
 
 def _check_seed(seed: int) -> None:
-    if seed < 0:
-        raise SkullVAEError(f"--seed must be a non-negative integer, got {seed}")
+    if not 0 <= seed < 2**64:
+        raise SkullVAEError(f"--seed must be an integer in 0..2**64-1, got {seed}")
 
 
 def make_defect_set(

@@ -156,11 +156,16 @@ def test_nifti_vox_offset_inside_the_header_is_refused(tmp_path, offset):
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf])
 def test_float_mask_with_infinite_voxels_is_refused(tmp_path, value):
-    array = _skull().mask.astype(np.float32)
-    array[3, 3, 3] = value
-    write_mask_path = tmp_path / "inf.nrrd"
-    sitk.WriteImage(_skull().to_sitk(array, pixel_type=np.float32), str(write_mask_path))
-    assert "infinite" in _refused(write_mask_path)
+    """Read as a binary mask (forced, as ``--input-kind binary`` does) or as a CT, ±inf is refused."""
+    mask = _skull().mask.astype(np.float32)
+    ct = np.where(_skull().mask, 1500.0, -1000.0).astype(np.float32)
+    for name, array, kind in (("mask.nrrd", mask, "binary"), ("ct.nrrd", ct, "auto")):
+        array[3, 3, 3] = value
+        path = tmp_path / name
+        sitk.WriteImage(_skull().to_sitk(array, pixel_type=np.float32), str(path))
+        with pytest.raises(SkullVAEError, match="infinite") as info:
+            read_skull(path, kind=kind)
+        assert "\n" not in str(info.value) and name in str(info.value)
 
 
 def test_metaimage_element_type_mismatch_is_one_line_on_stderr(tmp_path):

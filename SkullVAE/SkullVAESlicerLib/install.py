@@ -1,19 +1,24 @@
-"""Python dependencies inside Slicer, installed only after the user agrees.
+"""Python dependencies inside Slicer, installed only after the user agrees, in ONE dialog.
 
 torch comes from the PyTorch extension (``PyTorchUtils``), which picks the CUDA build that
-matches the driver, or CPU. The other packages (Resources/requirements.txt, never pinned
-with ``==``, never SimpleITK/numpy/vtk, which Slicer ships) go through Slicer's pip helpers:
-``slicer.packaging.pip_ensure`` (Slicer ≥ 5.11) or ``slicer.util.pip_install``.
+matches the driver, or CPU. The other packages (Resources/requirements.txt: only what
+inference needs, lower bounds, never pinned with ``==``, never SimpleITK/numpy/vtk, which
+Slicer ships) go through Slicer's pip helpers: ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.11)
+or ``slicer.util.pip_install``. A package counts as present only when its installed version
+satisfies the bound (``packaging``), so an old MONAI or torch is updated, not accepted.
+The one confirmation lists everything; torch and pip then install without asking again.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
+import inspect
 import re
 from pathlib import Path
 
 TORCH_REQUIREMENT = ">=2.1"
 NEVER_INSTALL = {"simpleitk", "numpy", "vtk", "torch"}
+REQUESTER = "SkullVAE"
 
 
 def requirementsFile() -> Path | None:
@@ -32,7 +37,7 @@ def readRequirements(path: Path | None = None) -> list[str]:
     found = []
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line and re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() not in NEVER_INSTALL:
+        if line and _distributionName(line).lower() not in NEVER_INSTALL:
             found.append(line)
     return found
 
@@ -41,45 +46,120 @@ def _distributionName(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
 
 
+def _packaging():
+    """``(SpecifierSet, Version)`` of ``packaging`` (pip's vendored copy where it is not installed)."""
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+    except ImportError:  # pragma: no cover - Slicer ships packaging; pip always vendors it
+        from pip._vendor.packaging.specifiers import SpecifierSet
+        from pip._vendor.packaging.version import Version
+    return SpecifierSet, Version
+
+
+def installedVersion(name: str) -> str | None:
+    """The installed version of distribution ``name``, None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def unsatisfiedRequirements(requirements: list[str], versionOf=installedVersion) -> list[str]:
+    """The requirements that are missing or whose installed version is outside the bound.
+
+    Args:
+        requirements: lines such as ``monai>=1.3``.
+        versionOf: ``name -> version string or None`` (default: the installed distributions).
+    """
+    SpecifierSet, Version = _packaging()
+    unsatisfied = []
+    for requirement in requirements:
+        name = _distributionName(requirement)
+        spec = requirement[len(name) :].split(";", 1)[0].strip()
+        version = versionOf(name)
+        if version is None:
+            unsatisfied.append(requirement)
+            continue
+        try:
+            ok = not spec or SpecifierSet(spec).contains(Version(version), prereleases=True)
+        except Exception:  # noqa: BLE001 - an unparsable installed version does not satisfy a bound
+            ok = False
+        if not ok:
+            unsatisfied.append(requirement)
+    return unsatisfied
+
+
 def missingRequirements(requirements: list[str]) -> list[str]:
-    """Those requirements whose import name is not importable (import name = dist name, '-'→'_')."""
-    aliases = {"scikit-learn": "sklearn"}
-    missing = []
-    for req in requirements:
-        name = _distributionName(req)
-        module = aliases.get(name.lower(), name.replace("-", "_"))
-        if importlib.util.find_spec(module) is None:
-            missing.append(req)
-    return missing
+    """Old name of :func:`unsatisfiedRequirements` (now checks versions too)."""
+    return unsatisfiedRequirements(requirements)
 
 
-def setupPythonRequirements(askConfirmation: bool = True, log=print) -> bool:
-    """Install what is missing, asking first. Returns True when everything is present."""
+def planInstall(torchInstalled: bool, requirements: list[str] | None = None, versionOf=installedVersion) -> dict:
+    """What an install would do: ``{"torch": bool, "packages": [...], "message": str}``."""
+    torchVersion = versionOf("torch") if torchInstalled else None
+    needTorch = torchVersion is None or bool(
+        unsatisfiedRequirements([f"torch{TORCH_REQUIREMENT}"], lambda _: torchVersion)
+    )
+    packages = unsatisfiedRequirements(readRequirements() if requirements is None else requirements, versionOf)
+    lines = [f"PyTorch {TORCH_REQUIREMENT} (GPU build for your driver, or CPU; several minutes)"] if needTorch else []
+    lines += packages
+    message = (
+        "SkullVAE needs these Python packages, which will be downloaded and installed now:\n\n" + "\n".join(lines)
+        if lines
+        else ""
+    )
+    return {"torch": needTorch, "packages": packages, "message": message}
+
+
+def setupPythonRequirements(
+    askConfirmation: bool = True, log=print, confirm=None, torchLogic=None, pipEnsure=None, versionOf=installedVersion
+) -> bool:
+    """Install what is missing or too old, after ONE confirmation. Returns True when all is present.
+
+    ``confirm(message) -> bool``, ``torchLogic`` (PyTorchUtilsLogic) and ``pipEnsure(requirements)``
+    default to Slicer's; tests pass their own. Raises RuntimeError when declined or still unsatisfied.
+    """
     import slicer
 
-    torchLogic = _pyTorchLogic()
+    torchLogic = torchLogic or _pyTorchLogic()
     if torchLogic is None:
         raise RuntimeError("The PyTorch extension is required: install 'PyTorch' from the Extensions Manager")
-    if not torchLogic.torchInstalled():
-        log("Installing PyTorch (this may take several minutes)...")
-        torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT)
-        if torch is None:
-            raise RuntimeError("PyTorch is required; installation was declined or failed")
-    missing = missingRequirements(readRequirements())
-    if not missing:
+    plan = planInstall(torchLogic.torchInstalled(), versionOf=versionOf)
+    if not plan["message"]:
         return True
-    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-        "SkullVAE needs these Python packages, which will be downloaded and installed now:\n\n" + "\n".join(missing),
-        "SkullVAE dependencies",
-    ):
-        raise RuntimeError("Python packages required by SkullVAE were not installed: " + ", ".join(missing))
-    log("Installing " + ", ".join(missing))
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(missing)
-    else:
-        slicer.util.pip_install(missing)
+    confirm = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, "SkullVAE dependencies"))
+    if askConfirmation and not confirm(plan["message"]):
+        raise RuntimeError("Python packages required by SkullVAE were not installed (declined)")
+    if plan["torch"]:
+        log("Installing PyTorch (this may take several minutes)...")
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            raise RuntimeError("PyTorch is required; its installation failed")
+    if plan["packages"]:
+        log("Installing " + ", ".join(plan["packages"]))
+        (pipEnsure or _slicerPipEnsure)(plan["packages"])
+    still = unsatisfiedRequirements(plan["packages"], versionOf)
+    if still:
+        raise RuntimeError("These Python packages are still missing or too old: " + ", ".join(still))
     return True
+
+
+def _slicerPipEnsure(requirements: list[str]) -> None:
+    """Install with Slicer's helper, without its own confirmation (ours was the one dialog)."""
+    import slicer
+
+    packaging = getattr(slicer, "packaging", None)
+    ensure = getattr(packaging, "pip_ensure", None) if packaging is not None else None
+    if ensure is None:
+        slicer.util.pip_install(requirements)
+        return
+    from packaging.requirements import Requirement
+
+    parameters = inspect.signature(ensure).parameters
+    options = {k: False for k in ("prompt_install", "prompt") if k in parameters}
+    if "requester" in parameters:
+        options["requester"] = REQUESTER
+    ensure([Requirement(r) for r in requirements], **options)
 
 
 def _pyTorchLogic():

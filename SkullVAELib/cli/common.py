@@ -198,13 +198,5 @@ def close_progress(progress) -> None:
 
 
 def add_overwrite_arg(parser: argparse.ArgumentParser, help: str) -> None:
-    """``--overwrite`` and its deprecated old name ``--force`` (working, hidden from ``--help``)."""
+    """``--overwrite``: replace what is already at the destination."""
     parser.add_argument("--overwrite", action="store_true", help=help)
-    parser.add_argument("--force", action="store_true", dest="force", help=argparse.SUPPRESS)
-
-
-def overwrite_requested(args: argparse.Namespace, command: str) -> bool:
-    """Whether ``--overwrite`` (or ``--force``, with a deprecation warning on stderr) was given."""
-    if args.force:
-        print(f"skullvae {command}: warning: --force is deprecated; use --overwrite", file=sys.stderr)
-    return args.overwrite or args.force

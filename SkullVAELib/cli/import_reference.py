@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_overwrite_arg, grid_arg, non_negative_float, overwrite_requested
+from SkullVAELib.cli.common import add_overwrite_arg, grid_arg, non_negative_float
 
 
 def register(subparsers) -> None:
@@ -40,8 +40,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows import import_reference_model
 
-    overwrite = overwrite_requested(args, "import-reference")
-    bundle = import_reference_model(args.vae, args.out, args.decoder, args.grid, args.beta, overwrite=overwrite)
+    bundle = import_reference_model(args.vae, args.out, args.decoder, args.grid, args.beta, overwrite=args.overwrite)
     net = bundle.network
     print(
         f"wrote {bundle.kind} model {args.out} (grid {'x'.join(map(str, net.grid))}, channels "

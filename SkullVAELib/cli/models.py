@@ -15,7 +15,6 @@ from SkullVAELib.cli.common import (
     add_progress_arg,
     close_progress,
     make_progress,
-    overwrite_requested,
 )
 
 DESCRIPTION = (
@@ -112,7 +111,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from SkullVAELib.models import download_model
 
-    overwrite = overwrite_requested(args, "models download")
+    overwrite = args.overwrite
     progress = make_progress(args.progress)
     path = download_model(args.name, progress=progress, overwrite=overwrite)
     close_progress(progress)
@@ -123,7 +122,7 @@ def run_download(args: argparse.Namespace) -> int:
 def run_install(args: argparse.Namespace) -> int:
     from SkullVAELib.models import install_model
 
-    overwrite = overwrite_requested(args, "models install")
+    overwrite = args.overwrite
     progress = make_progress(args.progress)
     path = install_model(args.source, name=args.name, progress=progress, overwrite=overwrite)
     close_progress(progress)

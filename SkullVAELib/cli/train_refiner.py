@@ -6,13 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from SkullVAELib.cli.common import (
-    add_overwrite_arg,
-    add_progress_arg,
-    close_progress,
-    make_progress,
-    overwrite_requested,
-)
+from SkullVAELib.cli.common import add_overwrite_arg, add_progress_arg, close_progress, make_log, make_progress
 
 
 def register(subparsers) -> None:
@@ -22,7 +16,8 @@ def register(subparsers) -> None:
         description="Packs the complete skulls on a 1 mm LPS grid (--data, or read a packed file with --grids), "
         "then trains a 3D U-Net on face crops with facial defects drawn every step, keeping the weights with the "
         "best validation Dice. Put OUT/refiner.safetensors at MODEL/refiner.safetensors (or pass --refiner to "
-        "`skullvae complete`). --pack-only writes the packed grids (≈10 MB for 64 skulls) to send to a GPU machine.",
+        "`skullvae complete`). --pack-only writes the packed grids to send to a GPU machine. Ctrl-C or SIGTERM "
+        "keeps the best weights so far, marked interrupted (exit 130); --resume continues exactly.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="data folder (its complete_skull/) or a folder of complete skulls")
@@ -36,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     p.add_argument("--steps", type=int, default=100_000, help="optimiser steps at most (default 100000)")
     p.add_argument("--minutes", type=float, default=math.inf, help="wall-time budget; the best weights are kept")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/refiner.pt exactly")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint at least this often (default 5)")
     p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
@@ -65,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     train_ids = parse_id_spec(args.train_ids) or []
     val_ids = parse_id_spec(args.val_ids) or []
-    if args.steps < 1 or args.batch < 1 or args.val_every < 1 or not args.minutes > 0 or not args.lr > 0:
-        raise SkullVAEError("--steps, --batch, --val-every, --minutes and --lr must be positive")
+    numbers = (args.steps, args.batch, args.val_every, args.minutes, args.lr, args.checkpoint_minutes)
+    if not all(v > 0 for v in numbers):  # NaN too
+        raise SkullVAEError("--steps, --batch, --val-every, --minutes, --lr and --checkpoint-minutes must be positive")
     if args.pack_only:
         if args.data is None:
             raise SkullVAEError("--pack-only needs --data")
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 args.out,
                 train_ids + val_ids,
                 args.spacing,
-                overwrite=overwrite_requested(args, "train-refiner"),
+                overwrite=args.overwrite,
                 progress=progress,
             )
         finally:
@@ -91,19 +89,36 @@ def run(args: argparse.Namespace) -> int:
         overrides["channels"] = tuple(int(v) for v in args.channels.split(","))
     cfg = RefinerConfig(**overrides)
     train_cfg = RefinerTrainConfig(
-        steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr, val_every=args.val_every
+        steps=args.steps,
+        seconds=args.minutes * 60,
+        batch=args.batch,
+        lr=args.lr,
+        val_every=args.val_every,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
-    overwrite = overwrite_requested(args, "train-refiner")
-    if (args.out / REFINER_FILE).exists() and not overwrite:
-        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it", args.out)
+    if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):
+        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)
     grids = args.grids
-    if grids is None:
-        grids = args.out / "grids.npz"
-        progress = make_progress(args.progress)
-        try:
-            pack_refiner_grids(args.data, grids, train_ids + val_ids, cfg.spacing_mm, overwrite=True, progress=progress)
-        finally:
-            close_progress(progress)
-    path = train_refiner(grids, args.out, train_ids, val_ids, cfg, train_cfg, args.device, overwrite)
+    progress = make_progress(args.progress)
+    try:
+        if grids is None:
+            grids = args.out / "grids.npz"
+            if not (args.resume and grids.is_file()):
+                pack_refiner_grids(args.data, grids, train_ids + val_ids, cfg.spacing_mm, True, progress)
+        path = train_refiner(
+            grids,
+            args.out,
+            train_ids,
+            val_ids,
+            cfg,
+            train_cfg,
+            args.device,
+            args.overwrite,
+            resume=args.resume,
+            progress=progress,
+            log=make_log(args.progress),
+        )
+    finally:
+        close_progress(progress)
     print(f"wrote the facial refiner to {path}")
     return 0

@@ -11,10 +11,8 @@ Applied to every training batch ``(B, 1, X, Y, Z)`` (soft occupancy in [0, 1]), 
    up-sampling). Both are applied in ONE ``grid_sample`` (trilinear, zeros outside), so the
    values stay in [0, 1] and the volume is resampled once.
 3. **fresh defects**: with probability ``p_cranial`` / ``p_facial`` a defect is cut from the
-   (transformed) skull, drawn afresh with the same recipes as ``defects`` but on the model grid:
-   cranial = bone removed inside a random shape (SkullFix-style box + cylinders or SkullBreak-style
-   union of balls) at a random site of the upper vault, 30 mm deep along the outward normal;
-   facial = bone removed in a slab from the front (low Y) over the lower part (low Z).
+   (transformed) skull, drawn afresh on the model grid with the recipes of ``make-defects``
+   (:mod:`.recipes`): cranial (SkullFix or SkullBreak style, at even odds) or facial.
 
 Targets: ``Augmenter`` returns ``(inputs, targets)``. ``targets`` is the transformed volume
 BEFORE the fresh defect was cut, so a freshly cut skull is trained to be completed
@@ -42,6 +40,14 @@ import torch
 import torch.nn.functional as F
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.recipes import (
+    CRANIAL_MODEL_GRID,
+    FACIAL,
+    FacialRecipe,
+    bone_bounds,
+    cranial_region,
+    facial_region,
+)
 
 #: Default model-grid voxel size (mm): SkullFix's ≈ 230 × 230 × 190 mm field of view on 64×64×32.
 SKULLFIX_FOV_MM = (230.0, 230.0, 190.0)
@@ -81,7 +87,7 @@ class AugmentConfig:
     elastic_spacing_mm: float = 40.0
     p_cranial: float = 0.3
     p_facial: float = 0.1
-    facial_depth_mm: float = 44.0
+    facial_depth_mm: float = FACIAL.depth_mm[0]
     defect_target: str = "complete"
     seed: int = 0
 
@@ -106,9 +112,14 @@ class AugmentConfig:
             if len(sp) != 3 or min(sp) <= 0:
                 raise SkullVAEError(f"augment spacing_mm must be three positive numbers, got {self.spacing_mm}")
             self.spacing_mm = sp  # type: ignore[assignment]
+        self.facial_recipe()  # a slab depth of 0 is refused here, not in the middle of a training
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def facial_recipe(self) -> FacialRecipe:
+        """:data:`.recipes.FACIAL` with this slab depth."""
+        return dataclasses.replace(FACIAL, depth_mm=(self.facial_depth_mm, self.facial_depth_mm))
 
     def resolved_spacing(self, grid: Sequence[int]) -> tuple[float, float, float]:
         """``spacing_mm`` or SkullFix's field of view divided by ``grid`` (X, Y, Z)."""
@@ -202,108 +213,16 @@ def mirror(volume: torch.Tensor) -> torch.Tensor:
     return torch.flip(volume, dims=(2,))
 
 
-def _coords_mm(grid: Sequence[int], spacing_mm: Sequence[float], device) -> list[torch.Tensor]:
-    """Voxel-centre coordinates (mm, from the grid centre) along X, Y, Z, broadcastable to (X, Y, Z)."""
-    out = []
-    for axis, (g, s) in enumerate(zip(grid, spacing_mm, strict=True)):
-        c = (torch.arange(g, device=device, dtype=torch.float32) - (g - 1) / 2.0) * float(s)
-        shape = [1, 1, 1]
-        shape[axis] = g
-        out.append(c.view(shape))
-    return out
-
-
-def _bone_bounds(bone: torch.Tensor, coords: Sequence[torch.Tensor]) -> tuple[list[float], list[float]]:
-    """Lowest and highest bone coordinate (mm) along X, Y, Z."""
-    lo, hi = [], []
-    for axis, c in enumerate(coords):
-        present = bone.any(dim=tuple(j for j in range(3) if j != axis)).nonzero().flatten()
-        vals = c.flatten()[present]
-        lo.append(float(vals.min()))
-        hi.append(float(vals.max()))
-    return lo, hi
-
-
-def cranial_region(
-    bone: torch.Tensor, spacing_mm: Sequence[float], gen: torch.Generator, style: str | None = None
-) -> torch.Tensor:
-    """A random cranial defect region (X, Y, Z) bool on the upper vault of ``bone`` (X, Y, Z) bool.
-
-    The model-grid twin of ``defects.cranial_defect``: a site on the outer upper vault (random side,
-    azimuth ±50°, elevation 25–65° above mid-height), the outward normal there, and in the tangent
-    frame either a SkullFix box (44–84 mm) with 2–4 edge cylinders or a SkullBreak smooth union of
-    3–6 balls; cut from 30 mm inside to 15 mm outside along the normal. Empty if ``bone`` is empty.
-    """
+def fresh_defect(bone: torch.Tensor, kind: str, spacing_mm: Sequence[float], cfg: AugmentConfig, gen: torch.Generator):
+    """bool (X, Y, Z): a ``kind`` ("cranial" or "facial") defect region drawn on the model-grid skull ``bone``
+    (bool (X, Y, Z), coordinates from the grid centre) with :mod:`.recipes`' recipe; empty without bone."""
+    origin = [-(g - 1) / 2.0 * s for g, s in zip(bone.shape, spacing_mm, strict=True)]
+    if kind == "cranial":
+        return cranial_region(bone, origin, spacing_mm, gen, recipe=CRANIAL_MODEL_GRID)
     if not bool(bone.any()):
         return torch.zeros_like(bone)
-    x, y, z = _coords_mm(bone.shape, spacing_mm, bone.device)
-    idx = bone.nonzero().float()
-    sp = torch.tensor(spacing_mm, device=bone.device, dtype=torch.float32)
-    centre_idx = torch.tensor([(g - 1) / 2.0 for g in bone.shape], device=bone.device)
-    pts = (idx - centre_idx) * sp
-    lo, hi = pts.min(0).values, pts.max(0).values
-    centre, half = (lo + hi) / 2, (hi - lo) / 2
-    side = 1.0 if float(torch.rand((), generator=gen)) < 0.5 else -1.0
-    az = math.radians(float(_uniform(gen, (), 50.0)))
-    el = math.radians(25.0 + 40.0 * float(torch.rand((), generator=gen)))
-    ray = torch.tensor([side * math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-    ray = ray.to(bone.device, torch.float32) * half
-    ray = ray / ray.norm()
-    rel = pts - centre
-    dist = rel.norm(dim=1).clamp_min(1e-6)
-    near = (rel @ ray) >= math.cos(math.radians(6.0)) * dist
-    if not bool(near.any()):
-        return torch.zeros_like(bone)
-    surface = pts[near][dist[near].argmax()]
-    normal = (surface - centre) / (surface - centre).norm()
-    helper = torch.tensor([0.0, 0.0, 1.0] if abs(float(normal[2])) < 0.9 else [1.0, 0.0, 0.0], device=bone.device)
-    t1 = torch.linalg.cross(normal, helper)
-    t1 = t1 / t1.norm()
-    t2 = torch.linalg.cross(normal, t1)
-    rx, ry, rz = x - surface[0], y - surface[1], z - surface[2]
-    a = rx * t1[0] + ry * t1[1] + rz * t1[2]
-    b = rx * t2[0] + ry * t2[1] + rz * t2[2]
-    d = rx * normal[0] + ry * normal[1] + rz * normal[2]
-    if style is None:
-        style = "skullfix" if float(torch.rand((), generator=gen)) < 0.5 else "skullbreak"
-    if style == "skullfix":
-        h1, h2 = (22.0 + 20.0 * torch.rand(2, generator=gen)).tolist()
-        inside = (a.abs() <= h1) & (b.abs() <= h2)
-        for _ in range(int(torch.randint(2, 5, (), generator=gen))):
-            u = torch.rand(4, generator=gen).tolist()
-            if u[0] < 0.5:
-                ca, cb = (h1 if u[1] < 0.5 else -h1), (2 * u[2] - 1) * h2
-            else:
-                ca, cb = (2 * u[2] - 1) * h1, (h2 if u[1] < 0.5 else -h2)
-            inside = inside | ((a - ca) ** 2 + (b - cb) ** 2 <= (8.0 + 7.0 * u[3]) ** 2)
-        return inside & (d >= -30.0) & (d <= 15.0)
-    if style != "skullbreak":
-        raise SkullVAEError(f"cranial defect style must be skullfix or skullbreak, got {style!r}")
-    k, terms = 4.0, []
-    for _ in range(int(torch.randint(3, 7, (), generator=gen))):
-        u = torch.rand(4, generator=gen).tolist()
-        ca, cb, cd, r = 40 * u[0] - 20, 40 * u[1] - 20, -6 + 4 * u[2], 14 + 12 * u[3]
-        terms.append(-(torch.sqrt((a - ca) ** 2 + (b - cb) ** 2 + (d - cd) ** 2) - r) / k)
-    soft_min = -k * torch.logsumexp(torch.stack(terms), dim=0)
-    return (soft_min <= 0.0) & (d >= -30.0) & (d <= 15.0)
-
-
-def facial_region(
-    bone: torch.Tensor, spacing_mm: Sequence[float], gen: torch.Generator, depth_mm: float = 44.0
-) -> torch.Tensor:
-    """A random facial slab (X, Y, Z) bool: ``depth_mm`` back from the most anterior bone (min Y),
-    the lower 45–60 % of the skull's height (Z) and a random 60–100 % of its width (X) near the midline.
-    The model-grid twin of ``defects.facial_defect``; empty if ``bone`` is empty."""
-    if not bool(bone.any()):
-        return torch.zeros_like(bone)
-    x, y, z = _coords_mm(bone.shape, spacing_mm, bone.device)
-    lo, hi = _bone_bounds(bone, (x, y, z))
-    extent = [h - lw for h, lw in zip(hi, lo, strict=True)]
-    u = torch.rand(3, generator=gen).tolist()
-    height = (0.45 + 0.15 * u[0]) * extent[2]
-    width = (0.60 + 0.40 * u[1]) * extent[0]
-    cx = (lo[0] + hi[0]) / 2 + (u[2] - 0.5) * (extent[0] - width)
-    return (y <= lo[1] + depth_mm) & (z <= lo[2] + height) & ((x - cx).abs() <= 0.5 * width)
+    lo, hi = bone_bounds(bone, origin, spacing_mm)
+    return facial_region(bone.shape, origin, spacing_mm, lo, hi, gen, cfg.facial_recipe())
 
 
 class Augmenter:
@@ -358,10 +277,8 @@ def augment_batch(batch: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator)
     inputs = x.clone()
     for i in range(n):
         k = float(kind[i])
-        if k < cfg.p_cranial:
-            region = cranial_region(x[i, 0] > 0.5, spacing, gen)
-        elif k < cfg.p_cranial + cfg.p_facial:
-            region = facial_region(x[i, 0] > 0.5, spacing, gen, cfg.facial_depth_mm)
+        if k < cfg.p_cranial + cfg.p_facial:
+            region = fresh_defect(x[i, 0] > 0.5, "cranial" if k < cfg.p_cranial else "facial", spacing, cfg, gen)
         else:
             continue
         inputs[i, 0] = torch.where(region, torch.zeros_like(x[i, 0]), x[i, 0])

@@ -12,6 +12,8 @@ on the input's exact geometry.
 - `facial_defect`: a slab from the front of the skull's bounding box, ``depth_mm`` deep,
   over the lower part of the skull (the face) and a random width.
 
+The recipes' parameters are :mod:`.recipes`' (the augmentation and the refiner draw the same ones).
+
 Draws use ``numpy.random.default_rng(SeedSequence([seed, attempt]))``; a draw that removes
 (almost) nothing is retried with the next attempt, so a seed always gives the same cut.
 """
@@ -23,13 +25,13 @@ import zlib
 import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.recipes import CRANIAL, CRANIAL_STYLES, FACIAL, CranialRecipe
 from SkullVAELib.io.image import SkullImage
 
 MIN_EXTENT_MM = 60.0  # a skull smaller than this along any physical axis is rejected
 MIN_BONE_VOXELS = 500
 MIN_IMPLANT_FRACTION = 0.005  # a defect must remove at least 0.5 % of the bone
 MAX_ATTEMPTS = 20
-CRANIAL_STYLES = ("skullfix", "skullbreak")
 
 
 class _Bone:
@@ -84,19 +86,19 @@ def _retry(image: SkullImage, bone: _Bone, seed: int, draw, what: str, **metadat
     )
 
 
-def _vault_site(bone: _Bone, rng: np.random.Generator):
+def _vault_site(bone: _Bone, rng: np.random.Generator, recipe: CranialRecipe = CRANIAL):
     """A point on the outer upper vault, random side, and the outward unit normal there."""
     half = 0.5 * (bone.hi - bone.lo)
     side = rng.choice((-1.0, 1.0))
-    azimuth = np.deg2rad(rng.uniform(-50.0, 50.0))  # from the lateral axis towards front/back
-    elevation = np.deg2rad(rng.uniform(25.0, 65.0))  # above the horizontal through mid-height
+    azimuth = np.deg2rad(rng.uniform(-recipe.azimuth_deg, recipe.azimuth_deg))  # lateral axis -> front/back
+    elevation = np.deg2rad(rng.uniform(*recipe.elevation_deg))  # above the horizontal through mid-height
     # The direction, squashed by the bounding box so the angles spread evenly over an oblong skull.
     ray = np.array([side * np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
     ray = ray * half
     ray /= np.linalg.norm(ray)
     rel = bone.points - bone.centre
     dist = np.linalg.norm(rel, axis=1)
-    near_ray = rel @ ray >= np.cos(np.deg2rad(4.0)) * np.maximum(dist, 1e-6)
+    near_ray = rel @ ray >= np.cos(np.deg2rad(recipe.site_cone_deg)) * np.maximum(dist, 1e-6)
     if not near_ray.any():
         return None
     surface = bone.points[near_ray][np.argmax(dist[near_ray])]
@@ -111,30 +113,30 @@ def _tangents(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t1, np.cross(normal, t1)
 
 
-def _skullfix_region(rng, local) -> np.ndarray:
-    """Box of 44–84 mm plus 2–4 cylinders on its edges, cut 30 mm deep along the normal."""
+def _skullfix_region(rng, local, recipe: CranialRecipe = CRANIAL) -> np.ndarray:
+    """A box plus cylinders on its edges, cut along the normal (``recipe``'s sizes)."""
     a, b, d = local
-    h1, h2 = rng.uniform(22.0, 42.0, size=2)
-    depth_ok = (d >= -30.0) & (d <= 15.0)
+    h1, h2 = rng.uniform(*recipe.box_half_mm, size=2)
+    depth_ok = (d >= recipe.cut_mm[0]) & (d <= recipe.cut_mm[1])
     inside = (np.abs(a) <= h1) & (np.abs(b) <= h2)
-    for _ in range(rng.integers(2, 5)):
+    for _ in range(rng.integers(recipe.cylinders[0], recipe.cylinders[1] + 1)):
         on_a = rng.random() < 0.5
         ca = rng.choice((-h1, h1)) if on_a else rng.uniform(-h1, h1)
         cb = rng.uniform(-h2, h2) if on_a else rng.choice((-h2, h2))
-        radius = rng.uniform(8.0, 15.0)
+        radius = rng.uniform(*recipe.cylinder_radius_mm)
         inside |= (a - ca) ** 2 + (b - cb) ** 2 <= radius**2
     return inside & depth_ok
 
 
-def _skullbreak_region(rng, local) -> np.ndarray:
-    """Smooth union (log-sum-exp soft minimum, 4 mm) of 3–6 balls of 14–26 mm radius."""
+def _skullbreak_region(rng, local, recipe: CranialRecipe = CRANIAL) -> np.ndarray:
+    """A smooth union (log-sum-exp soft minimum) of balls (``recipe``'s sizes)."""
     a, b, d = local
-    k = 4.0
+    k = recipe.smooth_mm
     terms = []
-    for _ in range(rng.integers(3, 7)):
-        ca, cb = rng.uniform(-20.0, 20.0, size=2)
-        cd = rng.uniform(-6.0, -2.0)
-        radius = rng.uniform(14.0, 26.0)
+    for _ in range(rng.integers(recipe.balls[0], recipe.balls[1] + 1)):
+        ca, cb = rng.uniform(-recipe.ball_offset_mm, recipe.ball_offset_mm, size=2)
+        cd = rng.uniform(*recipe.ball_depth_mm)
+        radius = rng.uniform(*recipe.ball_radius_mm)
         terms.append(-(np.sqrt((a - ca) ** 2 + (b - cb) ** 2 + (d - cd) ** 2) - radius) / k)
     stacked = np.stack(terms)
     peak = stacked.max(axis=0)
@@ -157,7 +159,7 @@ def cranial_defect(image: SkullImage, seed: int, style: str = "skullfix") -> tup
         raise SkullVAEError(f"cranial defect style must be one of {', '.join(CRANIAL_STYLES)}, got {style!r}")
     bone = _Bone(image)
     region = _skullfix_region if style == "skullfix" else _skullbreak_region
-    reach_mm = 110.0  # half-diagonal of the largest box plus a cylinder, and the cut depth
+    reach_mm = CRANIAL.reach_mm
 
     def draw(rng):
         site = _vault_site(bone, rng)
@@ -175,12 +177,12 @@ def cranial_defect(image: SkullImage, seed: int, style: str = "skullfix") -> tup
     return _retry(image, bone, seed, draw, "cranial", defect_style=style)
 
 
-def facial_defect(image: SkullImage, seed: int, depth_mm: float = 44.0) -> tuple[SkullImage, SkullImage]:
+def facial_defect(image: SkullImage, seed: int, depth_mm: float = FACIAL.depth_mm[0]) -> tuple[SkullImage, SkullImage]:
     """Cut the face off a complete skull: a slab from the front of its bounding box.
 
-    The slab spans ``depth_mm`` from the most anterior bone (minimum LPS y) backwards,
-    the lower 45–60 % of the skull's height (LPS z) and a random 60–100 % of its width
-    (LPS x), centred near the midline.
+    The slab (:data:`.recipes.FACIAL`) spans ``depth_mm`` from the most anterior bone (minimum
+    LPS y) backwards, a random lower part of the skull's height (LPS z) and a random part of its
+    width (LPS x), placed at random within the width.
 
     Returns:
         (defective, implant) on ``image``'s geometry; ``defective | implant == image.mask``.
@@ -192,8 +194,8 @@ def facial_defect(image: SkullImage, seed: int, depth_mm: float = 44.0) -> tuple
     x, y, z = bone.points.T
 
     def draw(rng):
-        height = rng.uniform(0.45, 0.60) * extent[2]
-        width = rng.uniform(0.60, 1.00) * extent[0]
+        height = rng.uniform(*FACIAL.height) * extent[2]
+        width = rng.uniform(*FACIAL.width) * extent[0]
         centre_x = bone.centre[0] + rng.uniform(-0.5, 0.5) * (extent[0] - width)
         return (y <= bone.lo[1] + depth_mm) & (z <= bone.lo[2] + height) & (np.abs(x - centre_x) <= 0.5 * width)
 

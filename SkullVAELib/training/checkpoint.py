@@ -27,9 +27,9 @@ CHECKPOINT_FORMAT = "skullvae-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def checkpoint_path(out_dir: str | os.PathLike, stage: int) -> Path:
-    """``out_dir/checkpoints/stage{1,2}.pt``."""
-    return Path(out_dir) / "checkpoints" / f"stage{stage}.pt"
+def checkpoint_path(out_dir: str | os.PathLike, stage: int | str) -> Path:
+    """``out_dir/checkpoints/stage{1,2}.pt`` for a VAE stage, ``out_dir/checkpoints/NAME.pt`` for a named trainer."""
+    return Path(out_dir) / "checkpoints" / (f"stage{stage}.pt" if isinstance(stage, int) else f"{stage}.pt")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -109,7 +109,13 @@ def check_fingerprint(
 
 
 # Files the trainer writes through atomic_path (temporaries ".NAME.<8 chars>.tmp<ext>" next to NAME).
-_OWN_FILES = ("checkpoints/stage1.pt", "checkpoints/stage2.pt", "training_log.csv", "curves.png")
+_OWN_FILES = (
+    "checkpoints/stage1.pt",
+    "checkpoints/stage2.pt",
+    "checkpoints/refiner.pt",
+    "training_log.csv",
+    "curves.png",
+)
 
 
 def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:

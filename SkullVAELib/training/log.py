@@ -1,14 +1,17 @@
 """The per-epoch training log ``training_log.csv``: columns, reading and atomic rewriting.
 
-CSV columns (one row per stage and epoch; losses on the authors' per-batch scale, i.e. the
-mean per-sample term times the nominal batch size, so they compare with the paper's Fig. 3):
+One log for every trainer of the loop (:mod:`.loop`): one row per stage and epoch. The VAE's
+stages 1 and 2 fill every column (losses on the authors' per-batch scale, i.e. the mean
+per-sample term times the nominal batch size, so they compare with the paper's Fig. 3); the
+learned facial refiner's rows (stage 3; an epoch is one validation round) fill ``loss`` (its
+Dice + cross-entropy), ``seconds``, ``step``, ``val_dice`` and ``best_epoch``.
 
-* ``stage`` 1|2, ``epoch`` (1-based), ``beta`` (β of that stage; 0 for stage 2),
+* ``stage`` 1|2|3, ``epoch`` (1-based), ``beta`` (β of that stage; 0 for stage 2),
 * ``dice`` = dice_weight · Σ_batch soft-Dice loss, ``kld`` = Σ_batch Σ_latent KLD,
   ``beta_kld`` = β · kld, ``loss`` = recon_scale · dice + beta_kld (the optimised objective),
 * ``dice_score`` = mean per-sample soft Dice coefficient (1 − Dice loss) in [0, 1],
 * ``kld_per_dim`` = mean KLD per sample and latent dimension (nats),
-* ``seconds`` = wall time of the epoch,
+* ``seconds`` = wall time of the epoch, ``step`` = optimiser steps of the stage at its end,
 * ``val_dice`` = mean soft Dice of the validation reconstructions (z = μ, eval mode) on the
   epochs where validation ran (empty otherwise), ``best_epoch`` = the epoch whose weights are
   kept so far, ``early_stop`` = 1 on the epoch where validation-based early stopping ended the stage.
@@ -40,11 +43,12 @@ COLUMNS = (
     "dice_score",
     "kld_per_dim",
     "seconds",
+    "step",
     "val_dice",
     "best_epoch",
     "early_stop",
 )
-_INTEGER_COLUMNS = ("stage", "epoch", "best_epoch", "early_stop")
+_INTEGER_COLUMNS = ("stage", "epoch", "step", "best_epoch", "early_stop")
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, float]]:

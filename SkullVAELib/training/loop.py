@@ -1,38 +1,45 @@
-"""The epoch loop shared by both stages, split the way nnU-Net's trainer is.
+"""The one training loop: the VAE's two stages and the learned facial refiner run on :class:`Trainer`.
 
-:class:`Trainer` owns the optimisation state of one stage and the order of events:
+Order of events (split the way nnU-Net's trainer is): ``run`` → ``_resume_state`` (if resuming) →
+``on_train_start`` → per epoch: ``on_epoch_start`` → ``train_step`` per batch → epoch row →
+validation (``validation_dice``, ``on_validation``) → ``on_epoch_end`` → checkpoint when due →
+``on_train_end``. A subclass says what an epoch's batches are (``epoch_batches``), what a step does
+(``train_step``, sums into ``self.acc``), what a row holds (``epoch_row``) and how validation scores
+(``validation_dice``): ``vae.stages`` (the VAE), ``implant.learned.train`` (the refiner, whose
+"epoch" is the steps between two validations).
 
-``run`` → ``_resume_state`` (if resuming) → ``on_train_start`` → per epoch: ``on_epoch_start`` →
-``_train_step`` per batch → epoch row → validation (``_validate``) → ``on_epoch_end`` → ``_save``
-when due → ``on_train_end``. Subclasses (``stages.py``) say what a batch is and what its loss is
-(``compute_loss``), and how to score the validation set (``validation_dice``).
-
-* Randomness: each epoch draws its permutation, its ε and its augmentation randomness from
-  generators seeded with (seed, stage, epoch, stream), so runs are reproducible and a resume
-  continues exactly, even from a mid-epoch checkpoint (which stores the generators' states).
-* Host-sync free steps: per-step loss sums accumulate in a device tensor; the host reads it
-  once per epoch (and at a checkpoint). Progress messages carry the last epoch's numbers.
-* Checkpoints: every ``cfg.checkpoint_every`` epochs (default 1; 0 = by wall time only) and
-  mid-epoch at a step boundary whenever ``cfg.checkpoint_minutes`` have passed since the last.
-  Ctrl-C or SIGTERM: the step finishes, a checkpoint is written, ``KeyboardInterrupt`` is raised.
-* Validation (optional): every ``cfg.val_every`` epochs; the best weights are kept and restored at
-  the end; ``cfg.patience`` > 0 stops after that many evaluations without improvement.
-* DDP: see ``stages.py``; every rank runs this loop in lock-step; rank 0 logs and saves.
+* Budget (:class:`Schedule`): ``epochs``, ``max_steps`` and ``max_seconds`` (this run's wall time),
+  whichever ends first; running out of time closes the current epoch early (row, validation,
+  checkpoint) and a resume continues.
+* Randomness: each epoch's generators (``generator_streams``) are seeded from (seed, stage, epoch,
+  stream), and a checkpoint stores their states, so a resume continues exactly, even mid-epoch.
+* Host-sync free steps: the host reads ``self.acc`` once per epoch (and at a checkpoint).
+* Checkpoints (``checkpoints/stage{N}.pt`` or ``NAME.pt``): every ``checkpoint_every`` epochs
+  (0 = by wall time only) and mid-epoch whenever ``checkpoint_minutes`` have passed. Ctrl-C or
+  SIGTERM: the step finishes, a checkpoint is written, ``KeyboardInterrupt`` is raised (the CLI
+  exits 130; :meth:`Trainer.restore_best` gives the caller the best weights so far).
+* Validation (optional): every ``val_every`` epochs and after the last; the best weights are kept
+  and restored at the end; ``patience`` > 0 stops after that many evaluations without improvement.
+* Log: one row per epoch in ``training_log.csv`` (:mod:`.log`). DDP: every rank runs this loop in
+  lock-step (``vae.stages``); rank 0 logs and saves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from SkullVAELib.core.config import TrainConfig
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.training import checkpoint as ckpt
@@ -43,7 +50,6 @@ EpochCallback = Callable[[dict], None]
 # (x (B, 1, X, Y, Z) float32 on the training device, generator on that device) -> same-shape tensor,
 # or an (input, target) pair of them (the loss then compares the decoding of input with target).
 BatchTransform = Callable[[torch.Tensor, torch.Generator], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
-_RESUME_KEYS = ("beta", "batch_size", "seed", "dice_weight", "stage2_latent", "recon_scale")
 
 
 def epoch_seed(seed: int, stage: int, epoch: int, stream: int) -> int:
@@ -51,83 +57,138 @@ def epoch_seed(seed: int, stage: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stage, epoch, stream]).generate_state(1, np.uint64)[0] >> 1)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """When a run ends and when it validates and checkpoints (counts in epochs unless named otherwise)."""
+
+    epochs: float  # an int, or math.inf when the steps or the seconds end the run
+    seed: int = 0
+    max_steps: float = math.inf  # optimiser steps in all, resumed ones included
+    max_seconds: float = math.inf  # wall time of this run (a resume starts a new budget)
+    val_every: int = 1
+    patience: int = 0
+    checkpoint_every: int = 1
+    checkpoint_minutes: float = 5.0
+
+    @classmethod
+    def of(cls, cfg: Any) -> Schedule:
+        """The schedule of a ``core.config.TrainConfig``."""
+        return cls(
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            val_every=cfg.val_every,
+            patience=cfg.patience,
+            checkpoint_every=cfg.checkpoint_every,
+            checkpoint_minutes=cfg.checkpoint_minutes,
+        )
+
+
 class Trainer:
-    """One training stage: optimiser, resume, steps, checkpoints, validation, epoch hooks.
+    """One training run: optimiser, resume, steps, checkpoints, validation, hooks, log.
 
     Args:
         model: what is optimised and checkpointed (already on ``ctx.device``).
-        forward: the module called in the step (``model`` wrapped by DDP / torch.compile, or itself).
-        cfg: the stage's ``TrainConfig``.
+        forward: the module called in a step (``model`` wrapped by DDP / torch.compile, or itself).
+        cfg: the run's settings (a dataclass with ``to_dict()``), stored in every checkpoint; a
+            resume refuses other values of ``resume_keys``.
         ctx: rank, world size and device.
-        out_dir: receives ``checkpoints/stage{N}.pt`` and ``training_log.csv``.
-        n: number of training volumes; latent_size: d; beta: β of the log rows.
-        fingerprints: tensors a resume must match (``data``, and stage 2's ``latents``).
-        progress: ``(stage, fraction, message)`` after every step (rank 0).
+        out_dir: receives the checkpoint and ``training_log.csv``.
+        schedule: the budget and cadences.
+        optimizer: over ``model``'s parameters.
+        fingerprints: tensors a resume must match (e.g. the training data).
+        progress: ``(label, fraction, message)`` after every step (rank 0).
         on_epoch: called with each epoch's log row (rank 0).
-        micro_batches: gradient-accumulation chunks per (per-rank) batch.
-        batch_transform: optional augmentation of each training batch on the device (see ``BatchTransform``).
         has_validation: whether ``validation_dice`` can be called.
+        bf16: run ``self.autocast()`` regions in bfloat16.
     """
 
-    stage = 0
+    stage = 0  # the log's ``stage`` column
+    checkpoint_name: str | None = None  # None: ``stage{N}.pt``
+    resume_keys: tuple[str, ...] = ()
+    acc_size = 1  # length of ``self.acc``, the device sums of an epoch
 
     def __init__(
         self,
         model: nn.Module,
         forward: nn.Module,
-        cfg: TrainConfig,
+        cfg: Any,
         ctx: DistContext,
         out_dir: Path,
         *,
-        n: int,
-        latent_size: int,
-        beta: float,
+        schedule: Schedule,
+        optimizer: torch.optim.Optimizer,
         fingerprints: dict[str, torch.Tensor],
         progress: ProgressCallback | None = None,
         on_epoch: EpochCallback | None = None,
-        micro_batches: int = 1,
-        batch_transform: BatchTransform | None = None,
         has_validation: bool = False,
+        bf16: bool = False,
     ) -> None:
-        if micro_batches < 1:
-            raise SkullVAEError(f"micro_batches must be >= 1, got {micro_batches}")
         self.model, self.forward, self.cfg, self.ctx, self.out_dir = model, forward, cfg, ctx, Path(out_dir)
-        self.n, self.latent_size, self.beta, self.fingerprints = n, latent_size, beta, fingerprints
-        self.progress, self.on_epoch, self.micro_batches = progress, on_epoch, micro_batches
-        self.batch_transform, self.has_validation = batch_transform, has_validation
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True if cfg.fused_adam else None)
-        self.path = ckpt.checkpoint_path(self.out_dir, self.stage)
-        use_bf16 = (cfg.amp and ctx.device.type == "cuda") or (cfg.cpu_bf16 and ctx.device.type == "cpu")
+        self.schedule, self.optimizer, self.fingerprints = schedule, optimizer, fingerprints
+        self.progress, self.on_epoch, self.has_validation = progress, on_epoch, has_validation
+        self.path = ckpt.checkpoint_path(self.out_dir, self.checkpoint_name or self.stage)
         self.autocast = (
-            (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+            (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         )
-        # Position: ``epoch`` epochs done, ``step`` batches of the current one done.
-        self.epoch, self.step, self.history = 0, 0, []
-        self.acc = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # Σ dice_b, Σ kld_b, samples (this rank)
-        self.seconds0, self.t0, self.last_save = 0.0, time.perf_counter(), time.monotonic()
-        self.noise: torch.Generator | None = None
-        self.augment: torch.Generator | None = None
+        # Position: ``epoch`` epochs done, ``step`` batches of the current one done, ``steps_done`` in all.
+        self.epoch, self.step, self.steps_done, self.history = 0, 0, 0, []
+        self.acc = torch.zeros(self.acc_size, dtype=torch.float64, device=ctx.device)
+        self.seconds0, self.t0, self.last_save, self.started = 0.0, time.perf_counter(), time.monotonic(), 0.0
+        self.generators: dict[str, torch.Generator] = {}
         self._saved_generators: dict[str, torch.Tensor] = {}
-        self.best: dict | None = None  # {"score", "epoch", "bad", "model"} once validation ran
-        self.stopped = False
+        self.best: dict | None = None  # {"score", "epoch", "step", "bad", "model"} once validation ran
+        self.stopped = False  # early stop (kept by a resume)
+        self.out_of_time = False  # the time budget ended this run (a resume continues)
         self.in_step = False
         self._saved_at: tuple[int, int] | None = None
 
-    # ---- what a stage defines -------------------------------------------------------------
-    def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:
-        """Loss terms of the samples ``idx`` (CPU indices) with noise ``eps`` (on the device)."""
+    # ---- what a subclass defines ------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> Sequence:
+        """The batches of ``epoch`` (0-based), each passed to :meth:`train_step`; the same on a resume."""
+        raise NotImplementedError
+
+    def train_step(self, batch) -> None:
+        """One optimiser step on ``batch``; adds the epoch's sums to ``self.acc`` (no host sync)."""
+        raise NotImplementedError
+
+    def epoch_row(self, sums: list[float]) -> dict:
+        """The log row's numbers from the epoch's sums (summed over ranks)."""
         raise NotImplementedError
 
     def validation_dice(self) -> float:
-        """Mean reconstruction soft Dice of the validation volumes (eval mode, z = μ)."""
+        """The validation score (higher is better), in eval mode."""
         raise NotImplementedError
 
-    # ---- epoch hooks (override freely; called on every rank) --------------------------------
+    def generator_streams(self) -> dict[str, tuple[int, torch.device | str]]:
+        """{name: (stream, device)} of the generators seeded afresh every epoch (``self.generators``)."""
+        return {}
+
+    def config_dict(self) -> dict:
+        """The settings stored in the checkpoint and checked on a resume."""
+        return self.cfg.to_dict()
+
+    def describe(self, row: dict) -> str:
+        """A few numbers of an epoch's row for the progress message."""
+        return f"loss {row['loss']:.3f}" if "loss" in row else ""
+
+    def position(self) -> str:
+        """Where the run is, for the progress message."""
+        return f"epoch {self.epoch + 1}/{self.schedule.epochs}"
+
+    @property
+    def label(self) -> str:
+        """The progress callback's first argument."""
+        return f"train stage {self.stage}"
+
+    # ---- hooks (override freely; called on every rank) ---------------------------------------
     def on_train_start(self) -> None:
         """Before the first epoch of this run (after a resume)."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Before the first step of ``epoch`` (0-based)."""
+
+    def on_validation(self, row: dict) -> None:
+        """After a validation scored (``row["val_dice"]``) and the best weights were kept."""
 
     def on_epoch_end(self, row: dict) -> None:
         """After an epoch's row is logged (and validated), before its checkpoint."""
@@ -136,20 +197,30 @@ class Trainer:
 
     def on_train_end(self) -> None:
         """After the last epoch: restore the best validated weights, if validation ran."""
+        self.restore_best()
+
+    def restore_best(self) -> None:
+        """Load the best validated weights into ``model`` (nothing without validation)."""
         if self.best is not None:
             self.model.load_state_dict(self.best["model"])
 
     # ---- the loop ---------------------------------------------------------------------------
+    def finished(self) -> bool:
+        s = self.schedule
+        return self.stopped or self.out_of_time or self.epoch >= s.epochs or self.steps_done >= s.max_steps
+
     def run(self, resume: bool = False) -> list[dict]:
-        """Train to ``cfg.epochs`` (or an early stop); returns this stage's log rows, resumed ones included."""
+        """Train to the end of the schedule (or an early stop); returns the rows of this run's stage,
+        resumed ones included. Ctrl-C / SIGTERM: checkpoint, then ``KeyboardInterrupt``."""
         if self.ctx.is_main:
             ckpt.remove_stale_temporaries(self.out_dir)
         if resume:
             self._resume_state()
+        self.started = time.monotonic()
         self.on_train_start()
         with ckpt.DeferredInterrupt() as interrupt:
             try:
-                while self.epoch < self.cfg.epochs and not self.stopped:
+                while not self.finished():
                     self._run_epoch(interrupt)
             except KeyboardInterrupt:
                 if self.in_step:  # a hard (second) interrupt inside a step: the state is torn, keep the last checkpoint
@@ -163,41 +234,41 @@ class Trainer:
         self.on_train_end()
         return self.history
 
-    def _run_epoch(self, interrupt: ckpt.DeferredInterrupt) -> None:
-        cfg, ctx, e = self.cfg, self.ctx, self.epoch
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, self.stage, e, 0)))
-        need = ctx.world_size * self.micro_batches
-        batches = [b for b in perm.split(cfg.batch_size) if len(b) >= need]
-        if not batches:
-            raise SkullVAEError(f"{self.n} volumes cannot fill one batch over {need} ranks x micro-batches")
-        self.noise = torch.Generator(ctx.device).manual_seed(epoch_seed(cfg.seed, self.stage, e, 1))
-        self.augment = None
-        if self.batch_transform is not None:
-            self.augment = torch.Generator(ctx.device).manual_seed(epoch_seed(cfg.seed, self.stage, e, 2 + ctx.rank))
+    def _start_epoch(self, epoch: int) -> None:
+        self.generators = {
+            name: torch.Generator(device).manual_seed(epoch_seed(self.schedule.seed, self.stage, epoch, stream))
+            for name, (stream, device) in self.generator_streams().items()
+        }
         if self.step == 0:
             self.acc.zero_()
             self.t0 = time.perf_counter()
         else:  # resumed mid-epoch
-            self.noise.set_state(self._saved_generators["noise"])
-            if self.augment is not None and "augment" in self._saved_generators:
-                self.augment.set_state(self._saved_generators["augment"])
+            for name, state in self._saved_generators.items():
+                if name in self.generators:
+                    self.generators[name].set_state(state)
             self.t0 = time.perf_counter() - self.seconds0
+
+    def _run_epoch(self, interrupt: ckpt.DeferredInterrupt) -> None:
+        e = self.epoch
+        batches = self.epoch_batches(e)
+        self._start_epoch(e)
         self.on_epoch_start(e)
         for b in range(self.step, len(batches)):
-            idx = batches[b]
-            eps = torch.randn((len(idx), self.latent_size), generator=self.noise, device=ctx.device)
             self.in_step = True
-            self._train_step(idx, eps)
-            self.step, self.in_step = b + 1, False
-            if self.progress is not None and ctx.is_main:
-                self.progress(f"train stage {self.stage}", (e + self.step / len(batches)) / cfg.epochs, self._message())
+            self.train_step(batches[b])
+            self.step, self.steps_done, self.in_step = b + 1, self.steps_done + 1, False
+            if self.progress is not None and self.ctx.is_main:
+                self.progress(self.label, self._fraction(len(batches)), self._message())
             if interrupt.requested:
                 raise KeyboardInterrupt
-            if self.step < len(batches) and not ctx.distributed and self._time_due():
+            if time.monotonic() - self.started >= self.schedule.max_seconds:
+                self.out_of_time = True
+                break
+            if self.step < len(batches) and not self.ctx.distributed and self._time_due():
                 self._save()
         self.in_step = True  # the epoch's bookkeeping is one unit for a hard interrupt
-        row = self._row()  # reads the device sums: the epoch's work is finished when the clock stops
-        row["seconds"] = time.perf_counter() - self.t0
+        row = {"stage": self.stage, "epoch": e + 1, **self.epoch_row(self._global_acc())}
+        row.update(seconds=time.perf_counter() - self.t0, step=self.steps_done)  # the epoch's work is finished
         self.epoch, self.step = e + 1, 0
         self.acc.zero_()
         self._validate(row)
@@ -205,75 +276,53 @@ class Trainer:
         self.in_step = False
         self._write_logs()
         self.on_epoch_end(row)
-        every = cfg.checkpoint_every
-        due = (every > 0 and self.epoch % every == 0) or self.epoch == cfg.epochs or self.stopped
-        if due or self._time_due():
+        every = self.schedule.checkpoint_every
+        if (every > 0 and self.epoch % every == 0) or self.finished() or self._time_due():
             self._save()
         if interrupt.requested:
             raise KeyboardInterrupt
 
-    def _train_step(self, idx: torch.Tensor, eps: torch.Tensor) -> None:
-        """One optimiser step on the global batch ``idx`` (this rank's share, in micro-batches); no host sync."""
-        ctx = self.ctx
-        positions = ctx.shard(torch.arange(len(idx)))
-        chunks = torch.tensor_split(positions, self.micro_batches)
-        self.optimizer.zero_grad(set_to_none=True)
-        for k, pos in enumerate(chunks):
-            sync = k == len(chunks) - 1 or not ctx.distributed
-            with contextlib.nullcontext() if sync else self.forward.no_sync():
-                terms = self.compute_loss(idx[pos], eps[pos.to(ctx.device)], self.augment)
-                (terms["loss"] * ctx.world_size).backward()
-            self.acc[0] += terms["dice_per_sample"].detach().sum()
-            self.acc[1] += terms["kld_per_sample"].detach().sum()
-            self.acc[2] += len(pos)
-        self.optimizer.step()
-
     # ---- numbers ----------------------------------------------------------------------------
     def _global_acc(self) -> list[float]:
-        """Σ dice_b, Σ kld_b, samples over all ranks (one host read)."""
+        """``self.acc`` summed over all ranks (one host read)."""
         acc = self.acc.clone()
         if self.ctx.distributed:
             dist.all_reduce(acc, op=dist.ReduceOp.SUM)
         return acc.tolist()
 
-    def _row(self) -> dict:
-        """Epoch summary on the authors' per-batch scale (see ``training_log``)."""
-        dice_sum, kld_sum, n = self._global_acc()
-        cfg, beta = self.cfg, self.beta
-        dice_b, kld_b = dice_sum / max(n, 1), kld_sum / max(n, 1)
-        dice, kld = cfg.dice_weight * cfg.batch_size * dice_b, cfg.batch_size * kld_b
-        scale = cfg.recon_scale if self.stage == 1 else 1.0
-        row = {"stage": self.stage, "epoch": self.epoch + 1, "beta": float(beta), "dice": dice, "kld": kld}
-        row.update(beta_kld=beta * kld, loss=scale * dice + beta * kld, dice_score=1.0 - dice_b)
-        row.update(kld_per_dim=kld_b / self.latent_size, seconds=0.0, samples=int(n))
-        return row
+    def _fraction(self, n_batches: int) -> float:
+        s = self.schedule
+        parts = [self.steps_done / s.max_steps, (time.monotonic() - self.started) / s.max_seconds]
+        if math.isfinite(s.epochs):
+            parts.append((self.epoch + self.step / max(n_batches, 1)) / max(s.epochs, 1))
+        return min(1.0, max(parts))
 
     def _message(self) -> str:
-        last = self.history[-1] if self.history else None
-        done = f"dice {last['dice']:.2f} kld {last['kld']:.2f}" if last else "first epoch"
-        return f"epoch {self.epoch + 1}/{self.cfg.epochs} ({done})"
+        done = self.describe(self.history[-1]) if self.history else "first epoch"
+        return f"{self.position()} ({done})"
 
     def _validate(self, row: dict) -> None:
         """Score the validation set when due; keep the best weights; decide early stopping."""
-        cfg = self.cfg
-        if not self.has_validation or (self.epoch % cfg.val_every and self.epoch != cfg.epochs):
+        s = self.schedule
+        if not self.has_validation or (self.epoch % s.val_every and not self.finished()):
             return
         score = float(self.validation_dice())
         row["val_dice"] = score
         if self.best is None or score > self.best["score"]:
             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.best = {"score": score, "epoch": self.epoch, "bad": 0, "model": state}
+            self.best = {"score": score, "epoch": self.epoch, "step": self.steps_done, "bad": 0, "model": state}
         else:
             self.best["bad"] += 1
-            if cfg.patience and self.best["bad"] >= cfg.patience:
+            if s.patience and self.best["bad"] >= s.patience:
                 self.stopped = True
                 row["early_stop"] = 1
         row["best_epoch"] = self.best["epoch"]
+        self.on_validation(row)
 
     # ---- persistence ------------------------------------------------------------------------
     def _time_due(self) -> bool:
-        """``cfg.checkpoint_minutes`` passed since the last checkpoint (agreed by all ranks under DDP)."""
-        due = time.monotonic() - self.last_save >= 60.0 * self.cfg.checkpoint_minutes
+        """``checkpoint_minutes`` passed since the last checkpoint (agreed by all ranks under DDP)."""
+        due = time.monotonic() - self.last_save >= 60.0 * self.schedule.checkpoint_minutes
         if self.ctx.distributed:  # a save has barriers: every rank must take the same decision
             flag = torch.tensor([float(due)], device=self.ctx.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -289,54 +338,54 @@ class Trainer:
                 "stage": self.stage,
                 "epoch": self.epoch,
                 "step": self.step,
+                "steps_done": self.steps_done,
                 "accumulators": [float(a) for a in acc],
                 "epoch_seconds": float(time.perf_counter() - self.t0) if self.step else 0.0,
                 "history": self.history,
-                "config": self.cfg.to_dict(),
+                "config": self.config_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "rng": ckpt.capture_rng_state(),
                 "fingerprints": {k: ckpt.data_fingerprint(v) for k, v in self.fingerprints.items()},
                 "stopped": self.stopped,
             }
-            if self.step > 0 and self.noise is not None:
-                state["noise_state"] = self.noise.get_state()
-                if self.augment is not None:
-                    state["augment_state"] = self.augment.get_state()
+            if self.step > 0:
+                state.update({f"{name}_state": g.get_state() for name, g in self.generators.items()})
             if self.best is not None:
                 state["best"] = dict(self.best)
             ckpt.save_checkpoint(self.path, state)
         self.last_save, self._saved_at = time.monotonic(), (self.epoch, self.step)
         self.ctx.barrier()
 
-    def _resume_state(self) -> None:
-        """Load ``checkpoints/stage{N}.pt`` after checking it belongs to this stage, config and data."""
-        rec = ckpt.load_checkpoint(self.path)
+    def _check_resume(self, rec: dict) -> None:
+        """Refuse a checkpoint of another stage, other settings (``resume_keys``) or other data."""
         if rec["stage"] != self.stage:
             raise SkullVAEError(f"this checkpoint is for stage {rec['stage']}, not stage {self.stage}", self.path)
-        defaults = TrainConfig().to_dict()
-        for key in _RESUME_KEYS:
-            if key == "beta" and self.stage == 2:
-                continue
-            saved, now = rec["config"].get(key, defaults[key]), self.cfg.to_dict()[key]
-            if saved != now:
+        defaults, now = type(self.cfg)().to_dict(), self.config_dict()
+        for key in self.resume_keys:
+            saved = rec["config"].get(key, defaults.get(key))
+            if json.dumps(saved) != json.dumps(now[key]):  # tuples as lists
                 raise SkullVAEError(
-                    f"the checkpoint was trained with {key}={saved}, not {now}; resume with the same settings",
+                    f"the checkpoint was trained with {key}={saved}, not {now[key]}; resume with the same settings",
                     self.path,
                 )
         for name, tensor in self.fingerprints.items():
             rtol = 1e-4 if name != "data" else 1e-6
             ckpt.check_fingerprint(rec["fingerprints"][name], tensor, self.path, rtol=rtol, what=name)
+
+    def _resume_state(self) -> None:
+        """Load the checkpoint after checking it belongs to this stage, settings and data."""
+        rec = ckpt.load_checkpoint(self.path)
+        self._check_resume(rec)
         self.model.load_state_dict(rec["model"])
         self.optimizer.load_state_dict(rec["optimizer"])
         ckpt.restore_rng_state(rec["rng"])
         self.epoch, self.step, self.history = rec["epoch"], rec["step"], list(rec["history"])
+        self.steps_done = int(rec.get("steps_done", self.history[-1].get("step", 0) if self.history else 0))
         if self.ctx.is_main:  # the saved sums are global: rank 0 carries them, the others start at 0
             self.acc = torch.tensor(rec["accumulators"], dtype=torch.float64, device=self.ctx.device)
         self.seconds0 = rec["epoch_seconds"]
-        for name in ("noise", "augment"):
-            if f"{name}_state" in rec:
-                self._saved_generators[name] = rec[f"{name}_state"]
+        self._saved_generators = {k[: -len("_state")]: v for k, v in rec.items() if k.endswith("_state")}
         if "best" in rec:
             best = rec["best"]
             self.best = {**best, "model": {k: v.to(self.ctx.device) for k, v in best["model"].items()}}

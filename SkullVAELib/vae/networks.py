@@ -199,3 +199,26 @@ def count_parameters(module: nn.Module) -> int:
 def _flat_size(cfg: NetworkConfig) -> int:
     c, x, y, z = cfg.bottleneck_shape
     return c * x * y * z
+
+
+@torch.no_grad()
+def encode_dataset(
+    encoder: Encoder, data: torch.Tensor, batch_size: int = 4, device: str | torch.device = "cpu", amp: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ, log σ² ``(N, d)`` float32 of every volume with the encoder in eval mode (BN running stats).
+
+    On CUDA with ``amp`` the conv blocks run in bf16; the μ/log σ² heads are float32 regardless.
+    """
+    device = torch.device(device)
+    encoder.to(device).eval()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
+    )
+    mus, logvars = [], []
+    for start in range(0, data.shape[0], batch_size):
+        x = data[start : start + batch_size].to(device, torch.float32)
+        with autocast:
+            mu, logvar = encoder(x)
+        mus.append(mu.float())
+        logvars.append(logvar.float())
+    return torch.cat(mus), torch.cat(logvars)

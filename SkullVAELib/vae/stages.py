@@ -6,21 +6,15 @@
 * Stage 2: the stage-1 encoder frozen (eval mode, no grads); μ and log σ² of every volume are
   computed ONCE (float32 heads), then a new decoder learns the Dice loss alone on z ~ q(z|x) drawn
   afresh each step (the paper) or on the fixed z = μ + σ (``stage2_latent="mu_plus_sigma"``, the
-  authors' code). z and the decoder's first layer stay float32 under any autocast
-  (``networks.full_precision``). With a ``batch_transform`` the frozen encoder encodes each
-  augmented batch instead.
+  authors' code); z stays float32 under any autocast. With a ``batch_transform`` the frozen encoder
+  encodes each augmented batch instead.
 * Adam; the whole data set ``(N, 1, X, Y, Z)`` is held in memory (on the GPU when it fits).
-* Multi-process (torchrun / DDP): ``cfg.batch_size`` is the GLOBAL batch; each rank takes its
-  contiguous share of every global batch of the same permutation (``distributed.DistContext.shard``)
-  and ε is drawn for the global batch, so the samples and noise match a 1-process run. Each
-  rank's loss is multiplied by the world size before backward, so DDP's gradient average equals
-  the 1-process gradient of the batch sum. BatchNorm: on CUDA with world > 1 the model is converted
-  to SyncBatchNorm (same statistics as 1 process); SyncBatchNorm is GPU-only in torch, so on CPU
-  (gloo) each rank normalises over its own share - exactly what a 1-process run with
-  ``micro_batches=world`` (gradient accumulation, BN per micro-batch) does; the DDP test checks that.
-  A last global batch smaller than world × micro_batches is dropped (BN needs samples on every rank).
-  Augmentation randomness is seeded per rank, so augmented DDP runs are reproducible but differ
-  from 1-process runs.
+* DDP (torchrun): ``cfg.batch_size`` is the GLOBAL batch; each rank takes its contiguous share of
+  every global batch of the same permutation and ε is drawn for the global batch, so samples and
+  noise match a 1-process run; each rank's loss is multiplied by the world size before backward.
+  BatchNorm: SyncBatchNorm on CUDA; on CPU (gloo) each rank normalises its own share, as a
+  1-process run with ``micro_batches=world`` does (the DDP test checks that). A last global batch
+  smaller than world × micro_batches is dropped. Augmentation is seeded per rank.
 """
 
 from __future__ import annotations
@@ -37,9 +31,9 @@ from SkullVAELib.core.config import TrainConfig
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.training.distributed import DistContext, current_context
-from SkullVAELib.training.loop import BatchTransform, EpochCallback, Trainer
+from SkullVAELib.training.loop import BatchTransform, EpochCallback, Schedule, Trainer, epoch_seed
 from SkullVAELib.vae.losses import kld_standard_normal, soft_dice_loss, vae_loss
-from SkullVAELib.vae.networks import VAE, Decoder, Encoder
+from SkullVAELib.vae.networks import VAE, Decoder, Encoder, encode_dataset
 
 
 class _Stage1Forward(nn.Module):
@@ -95,22 +89,100 @@ def _prepare(model: nn.Module, ctx: DistContext, cfg: TrainConfig) -> nn.Module:
 
 
 class _StageTrainer(Trainer):
-    """Batch loading shared by both stages: float32 on the device, channels-last, augmentation."""
+    """What both VAE stages share on the loop: epochs of shuffled batches of the in-memory data set,
+    ε per sample, micro-batches under DDP, the Dice/KLD sums and the log row, batch loading."""
 
-    def __init__(self, data: torch.Tensor, validation: torch.Tensor | None, **kw) -> None:
-        super().__init__(has_validation=validation is not None, **kw)
-        self.data = data
-        self.validation = validation
+    acc_size = 3  # Σ dice_b, Σ kld_b, samples (this rank)
+    resume_keys = ("beta", "batch_size", "seed", "dice_weight", "stage2_latent", "recon_scale")
 
-    def load(self, idx: torch.Tensor, generator: torch.Generator | None = None, source: torch.Tensor | None = None):
-        """Volumes ``idx`` of ``source`` (default: the training data) as float32 on the device, augmented."""
-        return self.load_pair(idx, generator, source)[0]
+    def __init__(
+        self,
+        data: torch.Tensor,
+        validation: torch.Tensor | None,
+        *,
+        model: nn.Module,
+        cfg: TrainConfig,
+        ctx: DistContext,
+        latent_size: int,
+        beta: float,
+        micro_batches: int = 1,
+        batch_transform: BatchTransform | None = None,
+        **kw,
+    ) -> None:
+        if micro_batches < 1:
+            raise SkullVAEError(f"micro_batches must be >= 1, got {micro_batches}")
+        bf16 = (cfg.amp and ctx.device.type == "cuda") or (cfg.cpu_bf16 and ctx.device.type == "cpu")
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True if cfg.fused_adam else None)
+        super().__init__(
+            model=model,
+            cfg=cfg,
+            ctx=ctx,
+            schedule=Schedule.of(cfg),
+            optimizer=optimizer,
+            has_validation=validation is not None,
+            bf16=bf16,
+            **kw,
+        )
+        self.data, self.validation, self.n = data, validation, data.shape[0]
+        self.latent_size, self.beta, self.micro_batches = latent_size, beta, micro_batches
+        self.batch_transform = batch_transform
+
+    def generator_streams(self) -> dict:
+        streams = {"noise": (1, self.ctx.device)}
+        if self.batch_transform is not None:
+            streams["augment"] = (2 + self.ctx.rank, self.ctx.device)
+        return streams
+
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """The global batches of a seeded permutation (a last batch too small for every rank is dropped)."""
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.stage, epoch, 0))
+        need = self.ctx.world_size * self.micro_batches
+        batches = [b for b in torch.randperm(self.n, generator=gen).split(self.cfg.batch_size) if len(b) >= need]
+        if not batches:
+            raise SkullVAEError(f"{self.n} volumes cannot fill one batch over {need} ranks x micro-batches")
+        return batches
+
+    def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:
+        """Loss terms of the samples ``idx`` (CPU indices) with noise ``eps`` (on the device)."""
+        raise NotImplementedError
+
+    def train_step(self, idx: torch.Tensor) -> None:
+        """One optimiser step on the global batch ``idx`` (this rank's share, in micro-batches); no host sync."""
+        ctx = self.ctx
+        eps = torch.randn((len(idx), self.latent_size), generator=self.generators["noise"], device=ctx.device)
+        positions = ctx.shard(torch.arange(len(idx)))
+        chunks = torch.tensor_split(positions, self.micro_batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        for k, pos in enumerate(chunks):
+            sync = k == len(chunks) - 1 or not ctx.distributed
+            with contextlib.nullcontext() if sync else self.forward.no_sync():
+                terms = self.compute_loss(idx[pos], eps[pos.to(ctx.device)], self.generators.get("augment"))
+                (terms["loss"] * ctx.world_size).backward()
+            self.acc[0] += terms["dice_per_sample"].detach().sum()
+            self.acc[1] += terms["kld_per_sample"].detach().sum()
+            self.acc[2] += len(pos)
+        self.optimizer.step()
+
+    def epoch_row(self, sums: list[float]) -> dict:
+        """Epoch summary on the authors' per-batch scale (see ``training.log``)."""
+        dice_sum, kld_sum, n = sums
+        cfg, beta = self.cfg, self.beta
+        dice_b, kld_b = dice_sum / max(n, 1), kld_sum / max(n, 1)
+        dice, kld = cfg.dice_weight * cfg.batch_size * dice_b, cfg.batch_size * kld_b
+        scale = cfg.recon_scale if self.stage == 1 else 1.0
+        row = {"beta": float(beta), "dice": dice, "kld": kld, "beta_kld": beta * kld}
+        row.update(loss=scale * dice + beta * kld, dice_score=1.0 - dice_b, kld_per_dim=kld_b / self.latent_size)
+        return {**row, "samples": int(n)}
+
+    def describe(self, row: dict) -> str:
+        return f"dice {row['dice']:.2f} kld {row['kld']:.2f}"
 
     def load_pair(
         self, idx: torch.Tensor, generator: torch.Generator | None = None, source: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input, target) of :meth:`load`: the target differs only when ``batch_transform`` returns a pair
-        (e.g. ``augment``: a freshly cut defective input, the skull before the cut as the target)."""
+        """(input, target): volumes ``idx`` of ``source`` (default: the training data) as float32 on the
+        device, augmented; the target differs only when ``batch_transform`` returns a pair (``augment``:
+        a freshly cut defective input, the skull before the cut as the target)."""
         source = self.data if source is None else source
         x = source[idx.to(source.device)].to(self.ctx.device, torch.float32, non_blocking=True)
         target = x
@@ -125,7 +197,7 @@ class _StageTrainer(Trainer):
     def _val_batches(self):
         for start in range(0, self.validation.shape[0], self.cfg.batch_size):
             idx = torch.arange(start, min(start + self.cfg.batch_size, self.validation.shape[0]))
-            yield idx, self.load(idx, source=self.validation)
+            yield idx, self.load_pair(idx, source=self.validation)[0]
 
 
 class Stage1Trainer(_StageTrainer):
@@ -156,6 +228,7 @@ class Stage2Trainer(_StageTrainer):
     """Decoupled decoder on the frozen encoder's latents (fixed, or re-encoded per augmented batch)."""
 
     stage = 2
+    resume_keys = tuple(k for k in _StageTrainer.resume_keys if k != "beta")  # stage 2 has no β
 
     def __init__(self, encoder: Encoder, **kw) -> None:
         super().__init__(**kw)
@@ -223,16 +296,13 @@ def train_stage1(
         progress: ``(stage, fraction, message)`` after every step (rank 0).
         on_epoch: called with each epoch's log row (rank 0).
         micro_batches: split each (per-rank) batch into this many gradient-accumulation chunks.
-        batch_transform: ``f(x, generator) -> x'`` applied to every training batch ``(B, 1, X, Y, Z)``
-            float32 on the training device (augmentation), before the forward pass; input and target
-            are both the transformed batch, unless it returns an ``(input, target)`` pair.
-            ``generator`` is seeded per (seed, stage, epoch, rank).
-        validation: optional ``(M, 1, X, Y, Z)`` volumes: reconstruction Dice (z = μ) every
-            ``cfg.val_every`` epochs, best weights kept, early stop after ``cfg.patience`` evaluations
-            without improvement (logged as ``val_dice``, ``best_epoch``, ``early_stop``).
+        batch_transform: ``f(x, generator) -> x'`` or ``(input, target)``: the augmentation of every training
+            batch ``(B, 1, X, Y, Z)`` float32 on the device; ``generator`` seeded per (seed, stage, epoch, rank).
+        validation: optional ``(M, 1, X, Y, Z)`` volumes: reconstruction Dice (z = μ) every ``cfg.val_every``
+            epochs, best weights kept, early stop after ``cfg.patience`` evaluations without improvement.
 
     Returns:
-        the per-epoch rows of this stage (see ``training_log`` for the keys), resumed epochs included.
+        the per-epoch rows of this stage (``training.log``'s columns), resumed epochs included.
     """
     ctx = current_context(cfg.device)
     model = _prepare(vae, ctx, cfg)
@@ -245,7 +315,6 @@ def train_stage1(
         cfg=cfg,
         ctx=ctx,
         out_dir=Path(out_dir),
-        n=data.shape[0],
         latent_size=vae.cfg.latent_size,
         beta=cfg.beta,
         fingerprints={"data": data},
@@ -259,29 +328,6 @@ def train_stage1(
         vae.load_state_dict(model.state_dict())
     vae.to(ctx.device).eval()
     return history
-
-
-@torch.no_grad()
-def encode_dataset(
-    encoder: Encoder, data: torch.Tensor, batch_size: int = 4, device: str | torch.device = "cpu", amp: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """μ, log σ² ``(N, d)`` float32 of every volume with the encoder in eval mode (BN running stats).
-
-    On CUDA with ``amp`` the conv blocks run in bf16; the μ/log σ² heads are float32 regardless.
-    """
-    device = torch.device(device)
-    encoder.to(device).eval()
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
-    )
-    mus, logvars = [], []
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start : start + batch_size].to(device, torch.float32)
-        with autocast:
-            mu, logvar = encoder(x)
-        mus.append(mu.float())
-        logvars.append(logvar.float())
-    return torch.cat(mus), torch.cat(logvars)
 
 
 def train_stage2(
@@ -321,7 +367,6 @@ def train_stage2(
         cfg=cfg,
         ctx=ctx,
         out_dir=Path(out_dir),
-        n=data.shape[0],
         latent_size=encoder.cfg.latent_size,
         beta=0.0,
         fingerprints={"data": data},

@@ -1,9 +1,16 @@
-"""Train the learned facial refiner from a data set (or from grids packed for a GPU machine)."""
+"""Train the learned facial refiner from a data set (or from grids packed for a GPU machine).
+
+The refiner trains on the one training loop (``training.loop.Trainer``), as the VAE does: the same
+``training_log.csv``, checkpoints (``OUT/checkpoints/refiner.pt``), exact ``resume`` and signals.
+Ctrl-C or SIGTERM writes the best weights so far to ``OUT/refiner.safetensors``, marked
+``"interrupted": true`` in its info, and re-raises ``KeyboardInterrupt`` (the CLI exits 130);
+``resume`` continues the run and replaces them.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
@@ -14,6 +21,7 @@ from SkullVAELib.implant.learned.train import RefinerTrainConfig
 __all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "pack_refiner_grids", "train_refiner"]
 
 REFINER_FILE = "refiner.safetensors"  # MODEL/refiner.safetensors: used by `skullvae complete` when present
+CURVES_FILE = "refiner_curves.png"  # the training loss and validation Dice, drawn from training_log.csv
 
 
 def pack_refiner_grids(
@@ -50,16 +58,23 @@ def train_refiner(
     train_cfg: RefinerTrainConfig | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    *,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Train on ``train_ids`` of the packed ``grids`` file, select on ``val_ids``; returns the
-    weights file (``out/refiner.safetensors``; ``out/history.csv`` and ``out/history.png`` beside it)."""
+    """Train on ``train_ids`` of the packed ``grids`` file, select on ``val_ids``; returns the weights
+    file ``out/refiner.safetensors`` (``training_log.csv``, ``refiner_curves.png`` and
+    ``checkpoints/refiner.pt`` beside it). ``log`` receives one line per validation round."""
     from SkullVAELib.implant.learned.data import load_lps_grids
     from SkullVAELib.implant.learned.train import RefinerTrainer, to_device
+    from SkullVAELib.training.checkpoint import checkpoint_path
 
-    cfg = cfg or RefinerConfig()
-    out = Path(out)
-    if (out / REFINER_FILE).exists() and not overwrite:
-        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it", out)
+    cfg, train_cfg, out = cfg or RefinerConfig(), train_cfg or RefinerTrainConfig(), Path(out)
+    if (out / REFINER_FILE).exists() and not (overwrite or resume):
+        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", out)
+    if resume and not checkpoint_path(out, "refiner").is_file():
+        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, "refiner"))
     overlap = sorted(set(train_ids) & set(val_ids))
     if overlap:
         raise SkullVAEError(f"case id(s) {', '.join(overlap[:5])} are in both the training and validation ids")
@@ -67,20 +82,40 @@ def train_refiner(
     if abs(spacing - cfg.spacing_mm) > 1e-6:
         raise SkullVAEError(f"the grids are at {spacing:g} mm, the refiner wants {cfg.spacing_mm:g} mm", grids)
     on_device = to_device(skulls, spacing, device)
-    trainer = RefinerTrainer(
-        cfg,
-        train_cfg or RefinerTrainConfig(),
-        {i: on_device[i] for i in train_ids},
-        {i: on_device[i] for i in val_ids},
-        device,
-    )
-    trainer.fit()
-    path = trainer.save(out, list(train_ids), list(val_ids))
-    _plot_history(trainer.history, out / "history.png")
+    train = {i: on_device[i] for i in train_ids}
+    val = {i: on_device[i] for i in val_ids}
+    on_epoch = None if log is None else (lambda row: log(_round_line(row, train_cfg.steps)))
+    trainer = RefinerTrainer(cfg, train_cfg, train, val, out, device, progress=progress, on_epoch=on_epoch)
+    ids = {"train_ids": list(train_ids), "val_ids": list(val_ids)}
+    try:
+        trainer.run(resume)
+    except KeyboardInterrupt:
+        trainer.restore_best()
+        path = _save(trainer, out, {**ids, "interrupted": True})
+        if log is not None:
+            log(
+                f"interrupted after {trainer.steps_done} steps: the best weights so far are in {path}, marked "
+                "interrupted; train again with --resume to continue"
+            )
+        raise
+    path = _save(trainer, out, ids)
+    _plot_rows(trainer.history, out / CURVES_FILE)
     return path
 
 
-def _plot_history(history: list[dict], path: Path) -> None:
+def _save(trainer, out: Path, info: dict) -> Path:
+    from SkullVAELib.implant.learned.config import save_refiner
+
+    save_refiner(out / REFINER_FILE, trainer.model, trainer.refiner_cfg, {**info, **trainer.summary()})
+    return out / REFINER_FILE
+
+
+def _round_line(row: dict, steps: int) -> str:
+    val = f"  val dice {row['val_dice']:.4f}  best round {row['best_epoch']}" if "val_dice" in row else ""
+    return f"step {row['step']:6d}/{steps}  loss {row['loss']:.4f}{val}  {row['seconds']:.0f} s"
+
+
+def _plot_rows(rows: list[dict], path: Path) -> None:
     """Training loss and validation Dice against steps, as a PNG."""
     import matplotlib
 
@@ -89,10 +124,11 @@ def _plot_history(history: list[dict], path: Path) -> None:
 
     from SkullVAELib.core.atomic import atomic_path
 
-    steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [h["loss"] for h in history], label="training loss (Dice + CE)")
-    ax.plot(steps, [h["val_dice"] for h in history], label="validation Dice (1 mm crop)")
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss (Dice + CE)")
+    validated = [r for r in rows if "val_dice" in r]
+    if validated:
+        ax.plot([r["step"] for r in validated], [r["val_dice"] for r in validated], label="validation Dice")
     ax.set_xlabel("step")
     ax.legend()
     fig.tight_layout()

@@ -44,6 +44,12 @@ class RefinerConfig:
         if not self.spacing_mm > 0 or not 0 < self.threshold < 1:
             raise SkullVAEError("the refiner needs spacing_mm > 0 and a threshold in (0, 1)")
 
+    def network(self) -> torch.nn.Module:
+        """A new (untrained) refiner network of these settings (imports MONAI)."""
+        from SkullVAELib.implant.learned.network import refiner_network
+
+        return refiner_network(self.channels, self.res_units, self.output_head)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -75,8 +81,6 @@ def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn
     """
     from safetensors import safe_open
 
-    from SkullVAELib.implant.learned.network import refiner_network
-
     path = Path(path)
     if not path.is_file():
         raise SkullVAEError("no such refiner file", path)
@@ -93,7 +97,7 @@ def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn
         info = json.loads(metadata.get("info", "{}"))
     except (KeyError, ValueError, TypeError) as exc:
         raise SkullVAEError(f"the refiner's stored settings are missing or damaged ({exc})", path) from None
-    network = refiner_network(cfg)
+    network = cfg.network()
     try:
         network.load_state_dict({k: v.float() for k, v in tensors.items()})
     except RuntimeError as exc:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.recipes import bone_bounds
 from SkullVAELib.implant.learned.config import RefinerConfig
-from SkullVAELib.implant.learned.draw import bone_bounds
 
 
 def face_anchor(bone: torch.Tensor, origin: torch.Tensor, spacing: float) -> torch.Tensor:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_memory
+from SkullVAELib.data.recipes import bone_bounds
 from SkullVAELib.io.image import SkullImage
 
 
@@ -34,21 +36,6 @@ class LpsGrid:
         return image
 
 
-def bone_bounds_mm(skull: SkullImage) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi): (3,) LPS bounds in mm of the bone voxel centres of ``skull``."""
-    index = np.argwhere(skull.mask)
-    if index.size == 0:
-        raise SkullVAEError(
-            "the skull mask is empty: no bone to place the refiner's grid on", skull.metadata.get("source")
-        )
-    affine = skull.index_to_physical()
-    # the bounds of a box of voxels are reached at its corners: 8 corners instead of every voxel
-    lo_i, hi_i = index.min(axis=0), index.max(axis=0)
-    corners = np.array([[a, b, c] for a in (lo_i[0], hi_i[0]) for b in (lo_i[1], hi_i[1]) for c in (lo_i[2], hi_i[2])])
-    points = corners @ affine[:3, :3].T + affine[:3, 3]
-    return points.min(axis=0), points.max(axis=0)
-
-
 def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8.0) -> tuple[np.ndarray, LpsGrid]:
     """Resample ``skull`` onto an LPS-aligned isotropic grid covering its bone plus ``margin_mm``.
 
@@ -57,7 +44,13 @@ def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8
     """
     if not spacing_mm > 0:
         raise SkullVAEError(f"the refiner's grid spacing must be positive millimetres, got {spacing_mm}")
-    lo, hi = bone_bounds_mm(skull)
+    if not skull.mask.any():
+        raise SkullVAEError(
+            "the skull mask is empty: no bone to place the refiner's grid on", skull.metadata.get("source")
+        )
+    lo, hi = (
+        b.numpy() for b in bone_bounds(torch.from_numpy(skull.mask), skull.origin, skull.spacing, skull.direction)
+    )
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
     check_memory(float(np.prod(shape)) * 8.0, f"a {shape} refiner grid", skull.metadata.get("source"))

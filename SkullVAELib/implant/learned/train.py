@@ -1,52 +1,71 @@
-"""Training the facial refiner: defects drawn afresh every step, validation-based selection.
+"""Training the facial refiner on the one training loop (:class:`SkullVAELib.training.loop.Trainer`).
 
-Every sample: a training skull (on its 1 mm LPS grid, resident on the device), a facial slab
-drawn on it (:mod:`.draw`), the crop placed from the *defective* skull's anchors (:mod:`.crop`),
-then rotated (±``rotate_deg``), scaled, shifted and mirrored left-right in one ``grid_sample``.
-Loss: Dice + binary cross-entropy (MONAI ``DiceCELoss``) on the implant. Every ``val_every``
-steps the Dice on fixed validation defects is measured; the best weights are kept. The run
-ends after ``steps`` steps or ``seconds`` of wall time, whichever comes first, or on Ctrl-C /
-SIGTERM; the best weights are saved every time.
+Every sample: a training skull (on its LPS grid, resident on the device), a facial slab drawn on
+it (:data:`SkullVAELib.data.recipes.FACIAL_WIDE`), the crop placed from the *defective* skull's
+anchors (:mod:`.crop`), then rotated (±``rotate_deg``), scaled, shifted and mirrored left-right in
+one ``grid_sample``. Loss: Dice + binary cross-entropy (MONAI ``DiceCELoss``) on the implant.
+
+On the loop, an "epoch" is the ``val_every`` steps between two validations (the Dice on fixed
+validation defects drawn with :data:`~SkullVAELib.data.recipes.FACIAL`, the evaluation's recipe);
+the best weights are kept. The run ends after ``steps`` steps or ``seconds`` of wall time, whichever
+comes first; the loop writes ``training_log.csv`` (stage 3 rows) and ``checkpoints/refiner.pt``, and
+a resume continues exactly. Ctrl-C / SIGTERM: a checkpoint, then ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
+import dataclasses
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from SkullVAELib.core.atomic import atomic_write_text
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.implant.learned.config import RefinerConfig, save_refiner
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe, bone_bounds, facial_region
+from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, face_anchor, sample_crop
-from SkullVAELib.implant.learned.draw import EVALUATION_RANGES, FacialDrawRanges, bone_bounds, facial_region
-from SkullVAELib.implant.learned.network import refiner_network
+from SkullVAELib.training.distributed import DistContext
+from SkullVAELib.training.loop import EpochCallback, Schedule, Trainer
+
+REFINER_STAGE = 3  # the refiner's rows in training_log.csv (the VAE's stages are 1 and 2)
 
 
 @dataclass
 class RefinerTrainConfig:
-    """Optimisation and augmentation of the refiner (angles in degrees, shifts in mm)."""
+    """Optimisation and augmentation of the refiner (angles in degrees, shifts in mm).
+
+    ``steps`` and ``seconds`` bound the run (a resume may raise them); the other fields must stay
+    the same for a resume.
+    """
 
     steps: int = 100_000
     seconds: float = math.inf
     batch: int = 2
     lr: float = 3e-4
     weight_decay: float = 1e-5
-    val_every: int = 200
+    val_every: int = 200  # steps
     rotate_deg: float = 10.0
     scale: float = 0.08
     shift_mm: float = 6.0
     mirror: bool = True
-    ranges: FacialDrawRanges = field(default_factory=FacialDrawRanges)
+    ranges: FacialRecipe = field(default_factory=lambda: FACIAL_WIDE)
     seed: int = 0
+    checkpoint_minutes: float = 5.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ranges, dict):  # as stored in a checkpoint or a refiner's info
+            self.ranges = FacialRecipe(**{k: tuple(v) for k, v in self.ranges.items()})
+        if min(self.steps, self.batch, self.val_every) < 1 or not (self.seconds > 0 and self.lr > 0):
+            raise SkullVAEError("the refiner's steps, batch, val_every, seconds and lr must be positive")
+        if not self.checkpoint_minutes > 0:
+            raise SkullVAEError("the refiner's checkpoint_minutes must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -60,6 +79,7 @@ class Skull:
 
 
 def to_device(grids: dict[str, tuple[np.ndarray, np.ndarray]], spacing: float, device: str) -> dict[str, Skull]:
+    """The packed LPS grids (``data.load_lps_grids``) as :class:`Skull` on ``device``."""
     out = {}
     for case_id, (bone, origin) in grids.items():
         b = torch.from_numpy(bone).to(device)
@@ -69,7 +89,7 @@ def to_device(grids: dict[str, tuple[np.ndarray, np.ndarray]], spacing: float, d
 
 
 def defect_sample(
-    skull: Skull, cfg: RefinerConfig, generator: torch.Generator, ranges: FacialDrawRanges, matrix=None
+    skull: Skull, cfg: RefinerConfig, generator: torch.Generator, ranges: FacialRecipe, matrix=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target): float (1, *crop_shape) defective bone and implant for one drawn defect."""
     region = facial_region(tuple(skull.bone.shape), skull.origin, cfg.spacing_mm, skull.lo, skull.hi, generator, ranges)
@@ -97,11 +117,19 @@ def random_matrix(train: RefinerTrainConfig, spacing: float, generator: torch.Ge
     return torch.cat([linear, uniform(train.shift_mm / spacing, 3)[:, None]], dim=1)
 
 
-class RefinerTrainer:
-    """Trains ``refiner_network(cfg)`` on ``train`` skulls, selecting on ``val`` skulls.
+def _fingerprint(skulls: list[Skull]) -> torch.Tensor:
+    """(n, 4): bone voxels and shape of each skull, for a resume's check that the data are the same."""
+    return torch.tensor([[float(s.bone.sum()), *map(float, s.bone.shape)] for s in skulls], dtype=torch.float64)
 
-    Hooks for subclasses: :meth:`on_validation` (each validation) and :meth:`on_train_end`.
-    """
+
+class RefinerTrainer(Trainer):
+    """Trains ``cfg.network()`` on ``train`` skulls, selecting on ``val`` skulls, into ``out_dir``."""
+
+    stage = REFINER_STAGE
+    checkpoint_name = "refiner"
+    acc_size = 2  # Σ loss, steps
+    resume_keys = ("batch", "lr", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm", "mirror")
+    resume_keys += ("ranges", "seed", "network")
 
     def __init__(
         self,
@@ -109,122 +137,108 @@ class RefinerTrainer:
         train_cfg: RefinerTrainConfig,
         train: dict[str, Skull],
         val: dict[str, Skull],
+        out_dir: str | Path,
         device: str = "cpu",
+        progress: ProgressCallback | None = None,
+        on_epoch: EpochCallback | None = None,
     ) -> None:
         if not train:
             raise SkullVAEError("the refiner needs at least one training skull")
-        self.cfg, self.train_cfg, self.device = cfg, train_cfg, device
-        self.train_skulls, self.val_skulls = list(train.values()), val
         torch.manual_seed(train_cfg.seed)
-        self.network = refiner_network(cfg).to(device)
-        self.optimiser = torch.optim.AdamW(
-            self.network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+        network = cfg.network().to(device)
+        schedule = Schedule(
+            epochs=math.inf,
+            seed=train_cfg.seed,
+            max_steps=train_cfg.steps,
+            max_seconds=train_cfg.seconds,
+            checkpoint_minutes=train_cfg.checkpoint_minutes,
         )
+        super().__init__(
+            network,
+            network,
+            train_cfg,
+            DistContext(0, 1, torch.device(device)),
+            Path(out_dir),
+            schedule=schedule,
+            optimizer=torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
+            fingerprints={"skulls": _fingerprint([*train.values(), *val.values()])},
+            progress=progress,
+            on_epoch=on_epoch,
+            has_validation=bool(val),
+            bf16=device.startswith("cuda"),
+        )
+        self.refiner_cfg, self.train_cfg = cfg, train_cfg
+        self.train_skulls = list(train.values())
         self.loss = DiceCELoss(sigmoid=True)
-        self.generator = torch.Generator().manual_seed(train_cfg.seed)
-        self.val_inputs = self._validation_inputs()
-        self.history: list[dict] = []
-        self.best_dice, self.best_step, self.best_state = -1.0, 0, None
+        self.val_inputs = [  # fixed validation defects, one per validation skull
+            defect_sample(skull, cfg, torch.Generator().manual_seed(10_000 + n), FACIAL)
+            for n, skull in enumerate(val.values())
+        ]
 
-    def _validation_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed validation defects (the evaluation generator's ranges), one per validation skull."""
-        out = []
-        for n, skull in enumerate(self.val_skulls.values()):
-            generator = torch.Generator().manual_seed(10_000 + n)
-            out.append(defect_sample(skull, self.cfg, generator, EVALUATION_RANGES))
-        return out
+    def config_dict(self) -> dict:
+        return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.refiner_cfg)}
 
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda"))
+    def generator_streams(self) -> dict:
+        return {"draw": (2, "cpu")}  # skulls, slabs and crop transforms: drawn on the CPU
 
-    def train_step(self) -> float:
-        """One optimiser step on a fresh batch; returns the loss."""
-        self.network.train()
+    def epoch_batches(self, epoch: int) -> range:
+        """The steps up to the next validation (fewer at the end of the budget)."""
+        return range(int(min(self.train_cfg.val_every, self.schedule.max_steps - (self.steps_done - self.step))))
+
+    def train_step(self, batch: int) -> None:
+        """One optimiser step on ``train_cfg.batch`` fresh crops."""
+        generator, cfg = self.generators["draw"], self.refiner_cfg
+        self.model.train()
         inputs, targets = [], []
         for _ in range(self.train_cfg.batch):
-            skull = self.train_skulls[int(torch.randint(len(self.train_skulls), (), generator=self.generator))]
-            matrix = random_matrix(self.train_cfg, self.cfg.spacing_mm, self.generator).to(self.device)
-            x, y = defect_sample(skull, self.cfg, self.generator, self.train_cfg.ranges, matrix)
+            skull = self.train_skulls[int(torch.randint(len(self.train_skulls), (), generator=generator))]
+            matrix = random_matrix(self.train_cfg, cfg.spacing_mm, generator).to(self.ctx.device)
+            x, y = defect_sample(skull, cfg, generator, self.train_cfg.ranges, matrix)
             inputs.append(x)
             targets.append(y)
-        x, y = torch.stack(inputs), torch.stack(targets)
-        with self._autocast():
-            logits = self.network(x)
-        loss = self.loss(logits.float(), y)
-        self.optimiser.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.forward(torch.stack(inputs))
+        loss = self.loss(logits.float(), torch.stack(targets))
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimiser.step()
-        return float(loss.detach())
+        self.optimizer.step()
+        self.acc[0] += loss.detach().double()
+        self.acc[1] += 1
+
+    def epoch_row(self, sums: list[float]) -> dict:
+        return {"loss": sums[0] / max(sums[1], 1.0)}
+
+    def describe(self, row: dict) -> str:
+        val = f", val dice {row['val_dice']:.3f}" if "val_dice" in row else ""
+        return f"loss {row['loss']:.3f}{val}"
+
+    def position(self) -> str:
+        return f"step {self.steps_done}/{self.train_cfg.steps}"
+
+    @property
+    def label(self) -> str:
+        return "train refiner"
 
     @torch.no_grad()
-    def validate(self) -> float:
+    def validation_dice(self) -> float:
         """Mean Dice (threshold 0.5, outside the patient's bone) over the validation defects."""
-        if not self.val_inputs:
-            return math.nan
-        self.network.eval()
+        self.model.eval()
         scores = []
         for x, y in self.val_inputs:
-            with self._autocast():
-                logits = self.network(x[None])[0].float()
-            pred = (logits > 0) & (x < 0.5)
-            truth = y > 0.5
+            with self.autocast():
+                logits = self.model(x[None])[0].float()
+            pred, truth = (logits > 0) & (x < 0.5), y > 0.5
             total = pred.sum() + truth.sum()
             scores.append(1.0 if total == 0 else float(2 * (pred & truth).sum() / total))
+        self.model.train()
         return float(np.mean(scores))
 
-    def on_validation(self, step: int, loss: float, dice: float, seconds: float) -> None:
-        """Called after each validation (override to log elsewhere)."""
-        print(f"step {step:6d}  loss {loss:.4f}  val dice {dice:.4f}  {seconds:.0f} s", flush=True)
-
-    def on_train_end(self) -> None:
-        """Called once when training stops (override for extra outputs)."""
-
-    def fit(self) -> None:
-        """Train until ``steps`` or ``seconds``; Ctrl-C / SIGTERM stops early (the best is kept)."""
-        t0, losses, step = time.perf_counter(), [], 0
-        try:
-            while step < self.train_cfg.steps and time.perf_counter() - t0 < self.train_cfg.seconds:
-                losses.append(self.train_step())
-                step += 1
-                if step % self.train_cfg.val_every == 0:
-                    self._record(step, losses, time.perf_counter() - t0)
-                    losses = []
-        except KeyboardInterrupt:
-            pass
-        if losses or not self.history:
-            self._record(step, losses, time.perf_counter() - t0)
-        self.on_train_end()
-
-    def _record(self, step: int, losses: list[float], seconds: float) -> None:
-        dice = self.validate()
-        loss = float(np.mean(losses)) if losses else math.nan
-        self.history.append({"step": step, "loss": loss, "val_dice": dice, "seconds": round(seconds, 1)})
-        # without validation skulls (dice NaN) the latest weights are the ones kept
-        if self.best_state is None or not math.isfinite(dice) or dice > self.best_dice:
-            self.best_dice, self.best_step = dice, step
-            self.best_state = copy.deepcopy(self.network.state_dict())
-        self.on_validation(step, loss, dice, seconds)
-
-    def save(self, out: str | Path, train_ids: list[str], val_ids: list[str]) -> Path:
-        """Write ``refiner.safetensors`` (best validation weights) and ``history.csv`` to ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        network = refiner_network(self.cfg)
-        network.load_state_dict(self.best_state or self.network.state_dict())
-        info = {
-            "train_ids": train_ids,
-            "val_ids": val_ids,
-            "best_step": self.best_step,
-            "best_val_dice_1mm": self.best_dice,
-            "steps": self.history[-1]["step"] if self.history else 0,
-            "train": {
-                k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in asdict(self.train_cfg).items()
-            },
+    def summary(self) -> dict:
+        """What the weights file records about this run (steps, the best validation)."""
+        best = self.best or {}
+        return {
+            "steps": self.steps_done,
+            "best_step": best.get("step", self.steps_done),
+            "best_val_dice": best.get("score", math.nan),
+            "train": self.train_cfg.to_dict(),
         }
-        save_refiner(out / "refiner.safetensors", network, self.cfg, info)
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=["step", "loss", "val_dice", "seconds"])
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write_text(out / "history.csv", text.getvalue())
-        return out / "refiner.safetensors"

@@ -16,7 +16,6 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import facial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.implant.learned.config import RefinerConfig, save_refiner
-from SkullVAELib.implant.learned.network import refiner_network
 from SkullVAELib.io.image import write_mask
 
 SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
@@ -25,7 +24,7 @@ TINY = RefinerConfig(spacing_mm=4.0, crop_shape=(32, 32, 32), channels=(4, 8, 16
 
 def confident_refiner(path, info: dict) -> None:
     """A refiner that calls every voxel of its face crop implant (its last bias is +20)."""
-    network = refiner_network(TINY)
+    network = TINY.network()
     last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
     with torch.no_grad():
         last.weight.zero_()

@@ -14,10 +14,9 @@ from SkullVAELib.data.augment import (
     Augmenter,
     affine_theta,
     augment_batch,
-    cranial_region,
     elastic_control_points,
     elastic_field,
-    facial_region,
+    fresh_defect,
     mirror,
     step_generator,
     warp,
@@ -123,7 +122,7 @@ def test_fresh_cranial_defect_only_on_the_vault(batch):
     z_bone = bone.nonzero()[:, 2].float()
     mid = float((z_bone.min() + z_bone.max()) / 2)
     for seed in range(6):
-        region = cranial_region(bone, SPACING, step_generator(seed, 0, 0))
+        region = fresh_defect(bone, "cranial", SPACING, _cfg(), step_generator(seed, 0, 0))
         removed = region & bone
         assert int(removed.sum()) > 0.005 * int(bone.sum())
         assert float(removed.nonzero()[:, 2].float().min()) >= mid - 2  # upper half (vault)
@@ -133,7 +132,7 @@ def test_fresh_facial_defect_only_in_front(batch):
     bone = batch[0, 0] > 0.5
     idx = bone.nonzero().float()
     y_front, z_low = float(idx[:, 1].min()), float(idx[:, 2].min())
-    region = facial_region(bone, SPACING, step_generator(0, 0, 0))
+    region = fresh_defect(bone, "facial", SPACING, _cfg(), step_generator(0, 0, 0))
     removed = (region & bone).nonzero().float()
     assert len(removed) > 0
     assert float(removed[:, 1].max()) <= y_front + 44.0 / SPACING[1] + 1  # within 44 mm of the front
@@ -154,6 +153,8 @@ def test_bad_settings_and_batches_are_one_line_errors():
         AugmentConfig(p_mirror=2)
     with pytest.raises(SkullVAEError, match="defect_target"):
         AugmentConfig(defect_target="other")
+    with pytest.raises(SkullVAEError, match="depths > 0"):
+        AugmentConfig(facial_depth_mm=0.0)
     with pytest.raises(SkullVAEError, match=r"\(B, 1, X, Y, Z\)"):
         Augmenter()(torch.zeros(2, 32, 32, 16))
 

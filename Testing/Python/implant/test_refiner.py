@@ -10,13 +10,12 @@ import torch
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import case_seed, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.data.recipes import FACIAL, bone_bounds, facial_region
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant.learned.config import REFINER_FORMAT, RefinerConfig, load_refiner, save_refiner
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste, sample_crop
-from SkullVAELib.implant.learned.draw import EVALUATION_RANGES, bone_bounds, facial_region
 from SkullVAELib.implant.learned.infer import learned_implant
-from SkullVAELib.implant.learned.lps_grid import bone_bounds_mm, from_lps_grid, to_lps_grid
-from SkullVAELib.implant.learned.network import refiner_network
+from SkullVAELib.implant.learned.lps_grid import from_lps_grid, to_lps_grid
 from SkullVAELib.implant.learned.train import RefinerTrainConfig, defect_sample, random_matrix, to_device
 from SkullVAELib.io.image import SkullImage
 
@@ -29,6 +28,12 @@ def oblique(image: SkullImage, degrees: float = 20.0) -> SkullImage:
     a = np.deg2rad(degrees)
     rotation = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
     return SkullImage(image.mask, image.origin + [10.0, -20.0, 5.0], image.spacing, rotation @ image.direction)
+
+
+def bounds_mm(image: SkullImage) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) mm of ``image``'s bone voxel centres, by :func:`recipes.bone_bounds`."""
+    lo, hi = bone_bounds(torch.from_numpy(image.mask), image.origin, image.spacing, image.direction)
+    return lo.numpy(), hi.numpy()
 
 
 def lps_bone(image: SkullImage, spacing: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +59,7 @@ def test_an_oblique_skull_goes_to_the_lps_grid_and_back_onto_its_exact_grid():
     fraction, grid = to_lps_grid(skull, spacing_mm=2.0, margin_mm=8.0)
     assert fraction.shape == grid.shape and fraction.dtype == np.float32
     assert 0.0 <= fraction.min() and fraction.max() <= 1.0
-    lo, hi = bone_bounds_mm(skull)
+    lo, hi = bounds_mm(skull)
     np.testing.assert_allclose(grid.origin, lo - 8.0, atol=1e-9)  # the bone's lower bound minus the margin
     assert np.all(np.asarray(grid.origin) + 2.0 * (np.asarray(grid.shape) - 1) >= hi + 8.0 - 1e-9)
     back = from_lps_grid(fraction, grid, skull)
@@ -117,13 +122,13 @@ def test_the_face_anchor_survives_a_facial_defect():
     assert difference[0] <= 4.0 and difference[2] <= 4.0  # left-right centre, lowest point
     assert difference[1] <= 20.0  # the most anterior point moves back a little at most
     bone, origin = lps_bone(complete, 2.0)
-    lo, _ = bone_bounds_mm(complete)
+    lo, _ = bounds_mm(complete)
     assert abs(float(anchors[0][1]) - lo[1]) <= 2.0 and abs(float(anchors[0][2]) - lo[2]) <= 2.0
     with pytest.raises(SkullVAEError, match="no bone"):
         face_anchor(torch.zeros_like(bone), origin, 2.0)
 
 
-# --- draw -------------------------------------------------------------------------------------
+# --- the facial recipe on the refiner's grid ------------------------------------------------------
 def test_evaluation_slabs_remove_only_the_lower_front_and_repeat_with_the_seed():
     bone, origin = lps_bone(make_phantom(6, SHAPE, SPACING), 2.0)
     lo, hi = bone_bounds(bone, origin, 2.0)
@@ -131,7 +136,7 @@ def test_evaluation_slabs_remove_only_the_lower_front_and_repeat_with_the_seed()
     x, y, z = (origin[a] + 2.0 * torch.arange(bone.shape[a]) for a in range(3))
     for seed in range(5):
         region = facial_region(
-            tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), EVALUATION_RANGES
+            tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), FACIAL
         )
         assert region.shape == bone.shape and (region & bone).any()
         index = torch.nonzero(region)
@@ -141,7 +146,7 @@ def test_evaluation_slabs_remove_only_the_lower_front_and_repeat_with_the_seed()
         width = x[index[:, 0]].max() - x[index[:, 0]].min()
         assert width >= 0.6 * extent[0] - 2.0 - 1e-4  # 60-100 % of the width (to a voxel)
         again = facial_region(
-            tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), EVALUATION_RANGES
+            tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), FACIAL
         )
         assert torch.equal(region, again)
 
@@ -151,7 +156,7 @@ def test_a_drawn_defect_sample_splits_the_bone_into_input_and_target():
     bone, origin = lps_bone(make_phantom(6, SHAPE, SPACING), 2.0)
     skull = to_device({"006": (bone.numpy(), origin.double().numpy())}, 2.0, "cpu")["006"]
     for seed in range(3):
-        x, y = defect_sample(skull, cfg, torch.Generator().manual_seed(seed), EVALUATION_RANGES)
+        x, y = defect_sample(skull, cfg, torch.Generator().manual_seed(seed), FACIAL)
         assert x.shape == y.shape == (1, 64, 64, 64)
         assert set(torch.unique(torch.cat([x, y])).tolist()) <= {0.0, 1.0}
         assert x.any() and y.any() and not (x * y).any()  # input and target never overlap
@@ -163,7 +168,7 @@ def test_a_drawn_defect_sample_splits_the_bone_into_input_and_target():
             skull.lo,
             skull.hi,
             torch.Generator().manual_seed(seed),
-            EVALUATION_RANGES,
+            FACIAL,
         )
         defective = bone & ~region
         start = crop_start(face_anchor(defective, skull.origin, 2.0), skull.origin, cfg)
@@ -172,14 +177,14 @@ def test_a_drawn_defect_sample_splits_the_bone_into_input_and_target():
     generator = torch.Generator().manual_seed(1)
     matrix = random_matrix(RefinerTrainConfig(), 2.0, generator)
     assert matrix.shape == (3, 4)
-    x, y = defect_sample(skull, cfg, generator, EVALUATION_RANGES, matrix)
+    x, y = defect_sample(skull, cfg, generator, FACIAL, matrix)
     assert x.any() and y.any() and not (x * y).any()  # nor after the augmentation
 
 
 # --- config and stored weights ----------------------------------------------------------------
 def test_a_saved_refiner_loads_with_its_config_and_the_same_outputs(tmp_path):
     torch.manual_seed(0)
-    network = refiner_network(TINY).eval()
+    network = TINY.network().eval()
     path = tmp_path / "refiner.safetensors"
     save_refiner(path, network, TINY, {"train_ids": ["001"]})
     loaded, cfg, info = load_refiner(path)
@@ -199,7 +204,7 @@ def test_the_output_head_is_part_of_the_stored_network(tmp_path):
     from dataclasses import asdict, replace
 
     headed = replace(TINY, output_head=True)
-    network = refiner_network(headed)
+    network = headed.network()
     assert isinstance(network[-1], torch.nn.Conv3d) and network[-1].in_channels == TINY.channels[0]
     assert network(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
     save_refiner(tmp_path / "headed.safetensors", network, headed)

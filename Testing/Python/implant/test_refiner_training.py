@@ -3,8 +3,6 @@ phantom grids: best-validated weights, refusals, the CLI's one-line errors, no S
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
@@ -17,6 +15,7 @@ from SkullVAELib.implant.learned.config import RefinerConfig, load_refiner
 from SkullVAELib.implant.learned.infer import FacialRefiner
 from SkullVAELib.implant.learned.train import RefinerTrainConfig
 from SkullVAELib.io.image import SkullImage, write_mask
+from SkullVAELib.training.log import read_log
 from SkullVAELib.workflows.refiner import pack_refiner_grids, train_refiner
 
 SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
@@ -54,20 +53,21 @@ def trained(grids):
 
 
 # --- training ---------------------------------------------------------------------------------
-def test_training_writes_the_best_validated_refiner_and_its_history(trained):
+def test_training_writes_the_best_validated_refiner_and_its_log(trained):
     out = trained.parent
     assert trained.name == "refiner.safetensors"
-    assert (out / "history.csv").is_file() and (out / "history.png").stat().st_size > 0
+    assert (out / "refiner_curves.png").stat().st_size > 0 and (out / "checkpoints" / "refiner.pt").is_file()
     _, cfg, info = load_refiner(trained)
     assert cfg == TINY
     assert info["train_ids"] == TRAIN_IDS and info["val_ids"] == VAL_IDS and info["steps"] == 60
-    with open(out / "history.csv", newline="") as f:
-        history = list(csv.DictReader(f))
-    assert [int(h["step"]) for h in history] == [20, 40, 60]
-    dice_values = [float(h["val_dice"]) for h in history]
-    assert info["best_val_dice_1mm"] == pytest.approx(max(dice_values))
-    assert int(history[dice_values.index(max(dice_values))]["step"]) == info["best_step"]
-    losses = [float(h["loss"]) for h in history]
+    assert "interrupted" not in info
+    rows = read_log(out / "training_log.csv")  # the VAE's log: one row per validation round
+    assert [(r["stage"], r["epoch"], r["step"]) for r in rows] == [(3, 1, 20), (3, 2, 40), (3, 3, 60)]
+    dice_values = [r["val_dice"] for r in rows]
+    assert info["best_val_dice"] == pytest.approx(max(dice_values))
+    best = rows[dice_values.index(max(dice_values))]
+    assert best["step"] == info["best_step"] and rows[-1]["best_epoch"] == best["epoch"]
+    losses = [r["loss"] for r in rows]
     assert losses[-1] < losses[0]  # the network learns (the validation Dice is too noisy to test here)
 
 

@@ -11,9 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from SkullVAELib.core.config import TrainConfig, network_preset
 from SkullVAELib.evaluation.gaussianity import latent_gaussianity
-from SkullVAELib.training.loop import Trainer
-from SkullVAELib.vae.networks import VAE, Decoder
-from SkullVAELib.vae.stages import encode_dataset, train_stage1, train_stage2
+from SkullVAELib.vae.networks import VAE, Decoder, encode_dataset
+from SkullVAELib.vae.stages import _StageTrainer, train_stage1, train_stage2
 
 NET = network_preset("test")  # 32³, d = 8
 
@@ -101,17 +100,17 @@ class SyncCounter(TorchDispatchMode):
 @pytest.mark.parametrize("fused", [False, True])
 def test_training_step_reads_nothing_back_to_the_host(data, tmp_path, monkeypatch, fused):
     counts: list[list[str]] = []
-    original = Trainer._train_step
+    original = _StageTrainer.train_step
 
-    def counted(self, idx, eps):
+    def counted(self, idx):
         ignore = {s["step"].data_ptr() for s in self.optimizer.state.values() if "step" in s}
         if not ignore:  # the first step creates the optimiser state: run it uncounted
-            return original(self, idx, eps)
+            return original(self, idx)
         with SyncCounter(ignore) as counter:
-            original(self, idx, eps)
+            original(self, idx)
         counts.append(counter.calls)
 
-    monkeypatch.setattr(Trainer, "_train_step", counted)
+    monkeypatch.setattr(_StageTrainer, "train_step", counted)
     cfg = TrainConfig(beta=1.0, epochs=2, batch_size=2, device="cpu", fused_adam=fused)
     torch.manual_seed(0)
     vae = VAE(NET)

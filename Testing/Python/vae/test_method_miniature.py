@@ -21,8 +21,8 @@ from SkullVAELib.data.defects import cranial_defect, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.vae.grid import to_model_grid
 from SkullVAELib.vae.losses import soft_dice_loss
-from SkullVAELib.vae.networks import VAE, Decoder
-from SkullVAELib.vae.stages import encode_dataset, train_stage1, train_stage2
+from SkullVAELib.vae.networks import VAE, Decoder, encode_dataset
+from SkullVAELib.vae.stages import train_stage1, train_stage2
 
 pytestmark = pytest.mark.slow
 NET = network_preset("test")

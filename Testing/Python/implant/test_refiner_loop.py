@@ -1,0 +1,141 @@
+"""The learned refiner trains on the VAE's training loop (issue 22 item 5, issue 25 §7): the same
+hooks, log, checkpoints, exact resume, time budget and signal behaviour (SIGTERM: the best weights
+so far, marked interrupted, and exit 130), on tiny phantom grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.implant.learned.config import RefinerConfig, load_refiner
+from SkullVAELib.implant.learned.data import load_lps_grids
+from SkullVAELib.implant.learned.train import RefinerTrainConfig, RefinerTrainer, to_device
+from SkullVAELib.io.image import write_mask
+from SkullVAELib.training import checkpoint as ckpt
+from SkullVAELib.training.log import read_log
+from SkullVAELib.training.loop import Trainer
+from SkullVAELib.workflows.refiner import pack_refiner_grids, train_refiner
+
+SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
+TINY = RefinerConfig(spacing_mm=4.0, crop_shape=(32, 32, 32), channels=(4, 8, 16), crop_offset_mm=(-64, -32, -8))
+TINY_FLAGS = ["--spacing", "4", "--crop", "32,32,32", "--channels", "4,8,16"]
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory):
+    """Phantoms 001-003 packed on 4 mm refiner grids."""
+    root = tmp_path_factory.mktemp("refiner_loop")
+    for seed in (1, 2, 3):
+        write_mask(make_phantom(seed, SHAPE, SPACING), root / "data" / "complete_skull" / f"{seed:03d}.nrrd")
+    return pack_refiner_grids(root / "data", root / "grids.npz", spacing_mm=4.0)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_refiner(path)[0].state_dict()
+
+
+def test_the_refiner_runs_the_loops_hooks_in_order(grids, tmp_path):
+    events = []
+
+    class Spy(RefinerTrainer):
+        def on_train_start(self):
+            events.append("start")
+
+        def on_epoch_start(self, epoch):
+            events.append(f"epoch {epoch}")
+
+        def on_validation(self, row):
+            events.append(f"validation {row['step']}")
+
+        def on_epoch_end(self, row):
+            events.append(f"end {row['epoch']}")
+
+        def on_train_end(self):
+            events.append("finish")
+            super().on_train_end()
+
+    skulls = to_device(load_lps_grids(grids)[0], 4.0, "cpu")
+    trainer = Spy(
+        TINY, RefinerTrainConfig(steps=3, val_every=2), {"001": skulls["001"]}, {"002": skulls["002"]}, tmp_path
+    )
+    assert isinstance(trainer, Trainer)
+    rows = trainer.run()
+    assert events == ["start", "epoch 0", "validation 2", "end 1", "epoch 1", "validation 3", "end 2", "finish"]
+    assert [r["step"] for r in rows] == [2, 3] and all(0 <= r["val_dice"] <= 1 for r in rows)
+    assert (tmp_path / "checkpoints" / "refiner.pt").is_file()
+
+
+def test_ctrl_c_keeps_the_best_weights_marked_interrupted_and_resume_continues_exactly(grids, tmp_path):
+    settings = RefinerTrainConfig(steps=6, val_every=2)
+    full = train_refiner(grids, tmp_path / "full", ["001", "002"], ["003"], TINY, settings)
+    steps = []
+
+    def interrupt_at_step_3(label, fraction, message):
+        steps.append(message)
+        if len(steps) == 3:  # mid-round: round 2, step 1
+            raise KeyboardInterrupt
+
+    out = tmp_path / "int"
+    with pytest.raises(KeyboardInterrupt):
+        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=interrupt_at_step_3)
+    info = load_refiner(out / "refiner.safetensors")[2]
+    assert info["interrupted"] is True and info["steps"] == 3 and info["best_step"] == 2
+    saved = ckpt.load_checkpoint(out / "checkpoints" / "refiner.pt")
+    assert (saved["epoch"], saved["step"], saved["steps_done"]) == (1, 1, 3)
+    with pytest.raises(SkullVAEError, match="--overwrite"):  # neither finished nor resumed: refused
+        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings)
+    with pytest.raises(SkullVAEError, match="batch=2, not 3"):
+        train_refiner(
+            grids, out, ["001", "002"], ["003"], TINY, RefinerTrainConfig(steps=6, val_every=2, batch=3), resume=True
+        )
+    resumed = train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True)
+    assert "interrupted" not in load_refiner(resumed)[2]
+    rows, rows_full = read_log(out / "training_log.csv"), read_log(full.parent / "training_log.csv")
+    assert [(r["step"], r["loss"], r["val_dice"]) for r in rows] == [
+        (r["step"], r["loss"], r["val_dice"]) for r in rows_full
+    ]
+    for key, value in weights(full).items():
+        assert torch.equal(weights(resumed)[key], value), key
+
+
+def test_the_time_budget_closes_the_round_early(grids, tmp_path):
+    path = train_refiner(
+        grids, tmp_path / "t", ["001"], ["002"], TINY, RefinerTrainConfig(steps=100, val_every=50, seconds=1e-9)
+    )
+    rows = read_log(tmp_path / "t" / "training_log.csv")
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 1)] and "val_dice" in rows[0]
+    assert load_refiner(path)[2]["steps"] == 1
+
+
+def test_sigterm_saves_the_best_weights_marked_interrupted_and_exits_130(grids, tmp_path):
+    """Issue 25 §7: train-refiner used to exit 0 and write half-trained weights as if finished."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "SkullVAELib", "train-refiner", "--grids", str(grids), "--out", str(out)]
+    argv += ["--train-ids", "001-002", "--val-ids", "003", *TINY_FLAGS, "--val-every", "2", "--progress", "json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*argv, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    for line in proc.stdout:  # under --progress json, stdout holds only JSON objects
+        if json.loads(line)["message"].startswith("step 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    info = load_refiner(out / "refiner.safetensors")[2]
+    assert info["interrupted"] is True and info["steps"] >= 3 and info["best_step"] >= 2
+    done = ckpt.load_checkpoint(out / "checkpoints" / "refiner.pt")["steps_done"]
+    assert done == info["steps"]
+    resumed = subprocess.run([*argv, "--steps", str(done + 1), "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    info = load_refiner(out / "refiner.safetensors")[2]
+    assert "interrupted" not in info and info["steps"] == done + 1

@@ -238,7 +238,11 @@ def fill_hole(
 def rasterise(
     skull: SkullImage, centre: np.ndarray, step_deg: float, region: np.ndarray, r_in: np.ndarray, r_out: np.ndarray
 ) -> np.ndarray:
-    """bool (I, J, K): voxels whose direction lies in ``region`` with r_in ≤ r ≤ r_out, minus bone."""
+    """bool (I, J, K): voxels whose direction lies in ``region`` with r_in ≤ r ≤ r_out, minus bone.
+
+    Only the box's voxels off the bone whose radius lies in the radii's range (± 1 mm) are turned
+    into angles: the filled radii are bilinear reads of r_in/r_out, never outside that range.
+    """
     out = np.zeros(skull.shape, dtype=bool)
     if not region.any():
         return out
@@ -253,21 +257,27 @@ def rasterise(
     if np.any(hi <= lo):
         return out
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    ii, jj, kk = np.meshgrid(*(np.arange(s.start, s.stop, dtype=np.float32) for s in box), indexing="ij")
+    ii, jj, kk = (np.arange(s.start, s.stop, dtype=np.float32) for s in box)
+    ii, jj, kk = ii[:, None, None], jj[None, :, None], kk[None, None, :]
     lin, off = affine[:3, :3].astype(np.float32), (affine[:3, 3] - centre).astype(np.float32)
-    vec = np.stack([lin[a, 0] * ii + lin[a, 1] * jj + lin[a, 2] * kk + off[a] for a in range(3)], axis=-1)
-    del ii, jj, kk
-    r, a, b = raycast.to_angles(vec)
-    del vec
+    x, y, z = (lin[a, 0] * ii + lin[a, 1] * jj + lin[a, 2] * kk + off[a] for a in range(3))
+    r = np.sqrt(x * x + y * y + z * z)
+    finite = np.isfinite(r_out)  # every radius a bilinear read below returns lies in this range
+    shell = (r >= np.nanmin(r_in[finite]) - 1.0) & (r <= np.nanmax(r_out[finite]) + 1.0) & ~skull.mask[box]
+    shell = np.flatnonzero(shell)
+    r_shell, a, b = raycast.to_angles(np.stack([np.take(v, shell) for v in (x, y, z)], axis=-1))
+    del x, y, z
     row, col = raycast.grid_coordinates(a, b, step_deg)
     coords = np.stack([row, col])
     inside = ndimage.map_coordinates(region.astype(np.uint8), coords, order=0, mode="nearest").astype(bool)
     # radii outside the region are never used; fill them so bilinear reads stay finite at its edge
-    near = ndimage.distance_transform_edt(~np.isfinite(r_out), return_distances=False, return_indices=True)
+    near = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
     fin_out, fin_in = r_out[tuple(near)], r_in[tuple(near)]
     lo_val = ndimage.map_coordinates(fin_in, coords, order=1, mode="nearest")
     hi_val = ndimage.map_coordinates(fin_out, coords, order=1, mode="nearest")
-    out[box] = inside & (r >= lo_val) & (r <= hi_val) & ~skull.mask[box]
+    box_out = np.zeros(r.shape, dtype=bool)
+    box_out.ravel()[shell[inside & (r_shell >= lo_val) & (r_shell <= hi_val)]] = True
+    out[box] = box_out
     return out
 
 
@@ -293,12 +303,10 @@ def rim_fit(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    volume = np.ascontiguousarray(skull.mask, dtype=np.uint8)
-    raymap = raycast.cast(skull, centre, cfg.step_deg, volume=volume)
+    raymap = raycast.cast(skull, centre, cfg.step_deg)  # reads skull.mask in place, coarse to fine
     mirror = None
-    if mirror_transform is not None:
-        mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, volume=volume)
-    del volume
+    if mirror_transform is not None:  # cast exactly wherever the patient's map is (hole, rim)
+        mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact)
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     holes = find_holes(raymap, cfg.min_hole_sr)

@@ -52,6 +52,11 @@ class ModelFolder:
         self.atlas_path = Path(atlas) if atlas is not None else self._part(ATLAS_FOLDER, marker=ATLAS_MANIFEST)
         self.vae_path = self.path if self._part(VAE_CONFIG, file=True) is not None else None
         self._loaded: dict[str, object] = {}
+        if self.path is not None and not self.parts():
+            raise SkullVAEError(
+                f"not a SkullVAE model folder (none of {VAE_CONFIG}, {REFINER_FILE}, {ATLAS_FOLDER}/{ATLAS_MANIFEST})",
+                self.path,
+            )
 
     def _part(self, name: str, file: bool = False, marker: str | None = None) -> Path | None:
         if self.path is None:
@@ -60,6 +65,18 @@ class ModelFolder:
         if file:
             return candidate if candidate.is_file() else None
         return candidate if (candidate / (marker or "")).is_file() else None
+
+    @classmethod
+    def from_parts(cls, vae=None, refiner=None, atlas=None) -> ModelFolder:
+        """A folder whose parts are already in memory (a batch or an evaluation that loaded them,
+        or a test's stand-ins): ``vae`` a ModelBundle, ``refiner`` a callable skull -> LearnedImplant,
+        ``atlas`` an AtlasSet."""
+        folder = cls(None)
+        for name, part in (("vae", vae), ("refiner", refiner), ("atlas", atlas)):
+            if part is not None:
+                folder._loaded[name] = part
+                setattr(folder, f"{name}_path", Path(f"<{name} in memory>"))
+        return folder
 
     @property
     def has_vae(self) -> bool:
@@ -86,7 +103,7 @@ class ModelFolder:
 
     def refiner(self, device: str = "cpu"):
         """The :class:`~SkullVAELib.implant.learned.infer.FacialRefiner` (loaded once; imports MONAI)."""
-        key = f"refiner:{device}"
+        key = "refiner" if "refiner" in self._loaded else f"refiner:{device}"
         if key not in self._loaded:
             if self.refiner_path is None:
                 raise SkullVAEError(f"no learned refiner ({REFINER_FILE})", self.path)

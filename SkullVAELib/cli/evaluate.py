@@ -60,25 +60,32 @@ def register(subparsers) -> None:
     implants = parser.add_argument_group("implant ablation (issue 9: per defect type, at original resolution)")
     implants.add_argument(
         "--implants",
-        help="comma-separated implant methods to compare: vae, refine, refine+symmetry, vae+refine, "
-        "vae+refine+symmetry, atlas, refine+symmetry+atlas, learned, refine+symmetry+learned (refine = "
-        "geometric rim fit, atlas = registered training skulls, learned = the facial refiner); writes "
-        "OUT/implants.md, .csv, .json",
+        help="comma-separated implant methods to compare; a method is a chain of implant sources joined by "
+        "+ (rimfit, learned, atlas, model), e.g. rimfit,model,rimfit+learned; writes OUT/implants.md, .csv, .json",
     )
     implants.add_argument(
-        "--atlas", type=Path, default=None, help="atlas set folder (skullvae build-atlas) for the *atlas methods"
+        "--atlas",
+        type=Path,
+        default=None,
+        help="atlas set folder (skullvae build-atlas) for the atlas source (default MODEL/atlas)",
     )
     implants.add_argument(
         "--refiner",
         type=Path,
         default=None,
-        help="facial refiner (refiner.safetensors from skullvae train-refiner) for the *learned methods",
+        help="facial refiner (skullvae train-refiner) for the learned source (default MODEL/refiner.safetensors)",
     )
     implants.add_argument(
         "--defects",
         default="cranial,vault,facial",
         help="defect types: cranial (the data set's own), vault (random vault places, SkullBreak-style "
         "generator), facial (generated)",
+    )
+    implants.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the rim fit use the skull's mirror image where it covers the hole",
     )
     implants.add_argument("--defect-seeds", default="0", help="seeds of the generated defects, e.g. 0,1,2")
     implants.add_argument("--implants-only", action="store_true", help="skip the paper's evaluation")
@@ -110,6 +117,7 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
         progress=progress,
         atlas=args.atlas,
         refiner=args.refiner,
+        mirror=args.mirror,
     )
     for (method, defect), entry in summary.items():
         print(

@@ -6,13 +6,11 @@ Defect types of one skull (case id):
   ``defects.cranial_defect(style="skullbreak")`` with ``defects.case_seed(seed, ID)``;
 - ``facial``: ``defects.facial_defect`` with ``case_seed(seed, ID)``.
 
-Methods (the ablation; each stage switchable): ``vae`` (the model's implant), ``refine``
-(geometric rim fit only, no model), ``refine+symmetry``, ``vae+refine``,
-``vae+refine+symmetry`` (rim fit where it applies, the model's implant elsewhere), ``atlas``
-(the multi-atlas implant only, :mod:`atlas`), ``refine+symmetry+atlas`` (rim fit where it
-applies, the atlas implant elsewhere), ``learned`` (the learned facial refiner only,
-:mod:`refiner`) and ``refine+symmetry+learned`` (rim fit where it applies, the learned refiner
-for facial defects: ``skullvae complete``'s default with a refiner).
+Methods: an ordered chain of implant sources joined by "+", run through the product's own
+:class:`~SkullVAELib.pipeline.completer.Completer` (the same code as ``skullvae complete``):
+``rimfit`` (the geometric rim fit, no model; ``--no-mirror`` switches its mirror cue off),
+``learned`` (the facial U-Net), ``atlas`` (registered training skulls), ``model`` (the paper's
+latent arithmetic), and chains such as ``rimfit+learned`` (``skullvae complete``'s default order).
 
 Per case: implant DSC, bDSC (10 mm), HD95 (pooled, mm), completed-skull DSC (patient bone ∪
 implant vs complete skull), implant volume, seconds. Summaries: mean, median and a bootstrap
@@ -36,17 +34,7 @@ from SkullVAELib.evaluation.metrics import dice, implant_metrics
 from SkullVAELib.io.image import SkullImage, read_skull
 
 DEFECT_TYPES = ("cranial", "vault", "facial")
-METHODS = (
-    "vae",
-    "refine",
-    "refine+symmetry",
-    "vae+refine",
-    "vae+refine+symmetry",
-    "atlas",
-    "refine+symmetry+atlas",
-    "learned",
-    "refine+symmetry+learned",
-)
+METHODS = ("rimfit", "learned", "atlas", "model", "rimfit+learned", "rimfit+atlas", "rimfit+model")  # examples
 METRICS = ("dsc", "bdsc", "hd95", "skull_dsc")
 
 
@@ -112,63 +100,42 @@ def defect_cases(
                 yield DefectCase(cid, defect, int(seed), defective, implant.mask, complete.mask)
 
 
-def predict(
-    method: str,
-    case: DefectCase,
-    bundle=None,
-    device: str = "cpu",
-    rimfit_cfg=None,
-    atlas=None,
-    atlas_cfg=None,
-    refiner=None,
-) -> tuple[np.ndarray, dict, list[str]]:
-    """(implant bool (I, J, K), timings, messages) of ``method`` on ``case``.
+def method_sources(method: str) -> tuple[str, ...]:
+    """ "rimfit+learned" -> ("rimfit", "learned"): a method is an ordered chain of implant sources."""
+    from SkullVAELib.implant.sources import source_class
 
-    ``rimfit_cfg``: a RimFitConfig; ``atlas``: an AtlasSet (needed by the ``*atlas`` methods),
-    ``atlas_cfg``: an AtlasConfig; ``refiner``: a FacialRefiner (needed by the ``*learned`` ones).
-    """
-    from SkullVAELib.implant.refine import refine_implant
+    names = tuple(method.split("+"))
+    for name in names:
+        source_class(name)  # one-line error listing the known sources
+    return names
 
-    if method not in METHODS:
-        raise SkullVAEError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method.endswith("atlas") and atlas is None:
-        raise SkullVAEError(f"method {method!r} needs an atlas set (--atlas)")
-    if method.endswith("learned") and refiner is None:
-        raise SkullVAEError(f"method {method!r} needs a facial refiner (--refiner)")
-    if method == "learned":
-        learned = refiner(case.defective)
-        return learned.implant, learned.timings, learned.messages
-    if method == "atlas":
-        from SkullVAELib.implant.atlas import atlas_implant
 
-        fill = atlas_implant(case.defective, atlas, atlas_cfg)
-        return fill.implant, fill.timings, fill.messages
-    timings: dict[str, float] = {}
-    model_implant = None
-    kind = "facial" if case.defect == "facial" else "cranial"
-    if method.startswith("vae"):
-        if bundle is None:
-            raise SkullVAEError(f"method {method!r} needs a model (--model)")
-        from SkullVAELib.core.config import CompletionConfig
-        from SkullVAELib.vae.completion import complete
+def method_completers(methods: Sequence[str], settings, folder=None) -> dict:
+    """{(method, defect kind): Completer}: one per method and kind ("cranial", "facial"), sharing one
+    model folder (its parts load once)."""
+    import dataclasses
 
-        t0 = time.perf_counter()
-        result = complete(case.defective, bundle, CompletionConfig(gamma=1.0, defect=kind), device)
-        model_implant = np.asarray(result.implant.mask, dtype=bool)
-        timings["vae"] = time.perf_counter() - t0
-    refined = refine_implant(
-        case.defective,
-        model_implant,
-        kind,
-        refine="refine" in method,
-        symmetry="symmetry" in method,
-        cfg=rimfit_cfg,
-        atlas=atlas if method.endswith("atlas") else None,
-        atlas_cfg=atlas_cfg,
-        refiner=refiner if method.endswith("learned") else None,
-    )
-    timings.update(refined.timings)
-    return refined.implant, timings, refined.messages
+    from SkullVAELib.bundle.folder import ModelFolder
+    from SkullVAELib.pipeline.completer import Completer
+
+    folder = folder or ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
+    out = {}
+    for method in methods:
+        for kind in ("cranial", "facial"):
+            chosen = dataclasses.replace(settings, sources=method_sources(method), defect=kind)
+            out[(method, kind)] = Completer(chosen, folder)
+    return out
+
+
+def predict(completer, case: DefectCase) -> tuple[np.ndarray, dict, list[str], str]:
+    """(implant bool (I, J, K), timings, messages, source) of ``completer`` on ``case``; a method
+    with no source for the case (e.g. ``rimfit`` on a facial defect) is an honest empty row."""
+    try:
+        result = completer.complete(case.defective)
+    except SkullVAEError as exc:
+        return np.zeros(case.defective.shape, dtype=bool), {}, [exc.message], "none"
+    messages = list(result.warnings) + [f"{k}: {v}" for k, v in result.skipped.items()]
+    return result.implant.mask, result.timings, messages, result.source
 
 
 def score(pred: np.ndarray, case: DefectCase) -> dict[str, float]:
@@ -189,29 +156,34 @@ def score(pred: np.ndarray, case: DefectCase) -> dict[str, float]:
 def run_protocol(
     root: str | Path | Sequence[str | Path],
     case_ids: Sequence[str],
-    methods: Sequence[str] = ("refine",),
+    methods: Sequence[str] = ("rimfit",),
     defect_types: Sequence[str] = ("cranial", "vault"),
     seeds: Sequence[int] = (0,),
-    bundle=None,
-    device: str = "cpu",
+    settings=None,
     progress=None,
-    rimfit_cfg=None,
-    atlas=None,
-    atlas_cfg=None,
-    refiner=None,
+    folder=None,
 ) -> list[dict]:
-    """One row per (case, defect, seed, method): the :func:`score` metrics plus seconds and messages."""
+    """One row per (case, defect, seed, method): the :func:`score` metrics plus seconds, source and messages.
+
+    ``settings``: the :class:`~SkullVAELib.pipeline.settings.CompletionSettings` every method starts from
+    (default: no model); each method replaces its sources and the defect kind of the case.
+    """
+    from SkullVAELib.pipeline.settings import CompletionSettings
+
+    completers = method_completers(methods, settings or CompletionSettings(), folder)
     rows = []
     for n, case in enumerate(defect_cases(root, case_ids, defect_types, seeds)):
+        kind = "facial" if case.defect == "facial" else "cranial"
         for method in methods:
             if progress is not None:
                 progress("evaluate implants", n / max(len(case_ids), 1), f"{case.defect} {case.case_id} {method}")
             t0 = time.perf_counter()
-            pred, timings, messages = predict(method, case, bundle, device, rimfit_cfg, atlas, atlas_cfg, refiner)
+            pred, timings, messages, source = predict(completers[(method, kind)], case)
             seconds = time.perf_counter() - t0
             row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "method": method}
             row.update(score(pred, case))
             row["seconds"] = seconds  # the method's time, without scoring
+            row["source"] = source
             row["timings"] = {k: round(v, 3) for k, v in timings.items()}
             row["messages"] = messages
             rows.append(row)

@@ -28,6 +28,7 @@ from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
+MIN_EXTENT_VOXELS = 8  # a skull needs some depth along every axis (a 2D slice is refused)
 FACIAL_SOURCES_HINT = (
     "a facial defect needs the learned refiner, an atlas set or a trained model: "
     "`skullvae models download NAME` (or give --model DIR, --refiner FILE, --atlas DIR)"
@@ -59,6 +60,8 @@ class Completer:
     ) -> list[Completion]:
         """One :class:`Completion` per γ; work that does not depend on γ (defect, rim fit, learned
         and atlas implants) is done once."""
+        if skull.mask.ndim != 3 or min(skull.shape) < MIN_EXTENT_VOXELS:
+            raise SkullVAEError(f"not a 3D volume (shape {skull.shape})", skull.metadata.get("source"))
         if np.count_nonzero(skull.mask) < MIN_BONE_VOXELS:
             raise SkullVAEError("empty mask: no bone voxels to complete", skull.metadata.get("source"))
         cache: dict = {}
@@ -73,16 +76,18 @@ class Completer:
         chosen, skipped, tried = self._choose(context)
         if chosen is None:
             implant, name, variant = np.zeros(skull.shape, dtype=bool), "none", ""
-            if decision.defect == "facial" and not tried:
-                raise SkullVAEError(FACIAL_SOURCES_HINT, skull.metadata.get("source"))
-            warnings = [f"no implant: {name_}: {why}" for name_, why in skipped.items()]
+            if not tried:  # no source could serve: a missing part, not an empty result
+                reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
+                hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
+                raise SkullVAEError(f"{hint} ({reasons})", skull.metadata.get("source"))
+            tried_reasons = {n: skipped[n] for n in tried}
+            warnings = [f"no implant: {n}: {why}" for n, why in (tried_reasons or skipped).items()]
         else:
             source, proposal, implant = chosen
             name, variant = source.name, proposal.variant
             warnings = list(proposal.messages)
-            warnings += check_implant(
-                implant, skull.voxel_volume_mm3, proposal.holes, expected_mm3=proposal.expected_mm3
-            )
+            what = f"{decision.defect} implant"
+            warnings += check_implant(implant, skull.voxel_volume_mm3, proposal.holes, what, proposal.expected_mm3)
         completed = self._completed_skull(context, implant)
         uncertainty = None
         if self.settings.vae.uncertainty_samples > 0:
@@ -123,6 +128,8 @@ class Completer:
                     implant = np.asarray(proposal.implant, dtype=bool) & ~context.skull.mask
                     if not proposal.postprocessed:
                         implant = postprocess_implant(implant, context.skull, self.settings.postprocess)
+                for step, seconds in proposal.timings.items():
+                    context.timings[f"{source.name}_{step}"] = seconds
                 context.cache[key] = (proposal, implant)
             proposal, implant = context.cache[key]
             if not implant.any():

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from SkullVAELib.pipeline.context import CompletionContext
+
+# The vault, seen from the cranial centre (LPS unit directions): above LOWEST_VAULT_Z, except the
+# face's sector in front (anterior, -P) below FACE_TOP_Z. Holes elsewhere (orbits, nose, jaw,
+# skull base) are no cranial defect.
+LOWEST_VAULT_Z = -0.17  # sin(-10°)
+FACE_ANTERIOR_Y, FACE_TOP_Z = -0.7, 0.34  # the face: more than 45° forward and below 20° elevation
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,7 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
     given = context.settings.defect
     if given != "auto":
         decision = DefectDecision(given, f"{given} (given)", 1.0)
-    elif context.rim_fit().holes:
+    elif vault_holes(context.rim_fit().holes):
         decision = DefectDecision("cranial", "cranial: an enclosed hole in the vault", None)
     elif context.folder.has_vae and context.folder.vae().centroids:
         result = context.model_completion()
@@ -36,3 +45,13 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
         decision = DefectDecision("facial", "facial: no enclosed hole in the vault, an open cut", None)
     context.cache["defect"] = decision
     return decision
+
+
+def vault_holes(holes: Sequence) -> list:
+    """The rim fit's holes (``rimfit.Hole``, LPS ``direction``) that lie on the vault."""
+
+    def on_vault(direction: np.ndarray) -> bool:
+        _, y, z = np.asarray(direction, dtype=float)
+        return z > LOWEST_VAULT_Z and not (y < FACE_ANTERIOR_Y and z < FACE_TOP_Z)
+
+    return [h for h in holes if on_vault(h.direction)]

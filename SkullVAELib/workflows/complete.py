@@ -215,6 +215,7 @@ def complete_files(
         "results": summaries,
         "montage": None if montage is None else str(montage),
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "warnings": warnings,
         "settings": settings.summary(),
     }
     source = main["implant_source"] + (f" + {main['implant_variant']}" if main["implant_variant"] else "")

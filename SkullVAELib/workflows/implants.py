@@ -20,8 +20,44 @@ from SkullVAELib.core.progress import ProgressCallback
 
 CSV_COLUMNS = (
     "case_id", "defect", "seed", "method", "dsc", "bdsc", "hd95", "skull_dsc",
-    "volume_ml", "true_volume_ml", "empty", "seconds", "messages",
+    "volume_ml", "true_volume_ml", "empty", "seconds", "source", "messages",
 )  # fmt: skip
+
+
+def _refuse_seen_ids(folder, used: set[str], test_ids: set[str]) -> None:
+    """Refuse a method whose part is missing, and test ids that a used part (model, atlas set,
+    refiner) trained on or holds."""
+    needs = {
+        "model": ("has_vae", "--model"),
+        "atlas": ("has_atlas", "--atlas"),
+        "learned": ("has_refiner", "--refiner"),
+    }
+    for source, (present, option) in needs.items():
+        if source in used and not getattr(folder, present):
+            raise SkullVAEError(f"the {source} implant source needs {option} (or a model folder that holds it)")
+    if "model" in used:
+        from SkullVAELib.workflows.evaluate import recorded_train_ids
+
+        bundle = folder.vae()
+        bundle.require_completion(folder.vae_path)
+        seen = sorted(set(recorded_train_ids(bundle) or []) & test_ids)
+        if seen:
+            raise SkullVAEError(
+                f"refusing to evaluate implants on case ids the model trained on: {', '.join(seen[:5])}"
+            )
+    if "atlas" in used:
+        seen = sorted(set(folder.atlas().ids) & test_ids)
+        if seen:
+            raise SkullVAEError(
+                f"refusing to evaluate on case ids the atlas set holds: {', '.join(seen[:5])}", folder.atlas_path
+            )
+    if "learned" in used:
+        # its validation ids chose the weights, so scoring them is a validation run, not a test
+        seen = sorted(set(folder.refiner("cpu").info.get("train_ids", [])) & test_ids)
+        if seen:
+            raise SkullVAEError(
+                f"refusing to evaluate on case ids the refiner trained on: {', '.join(seen[:5])}", folder.refiner_path
+            )
 
 
 def _json_safe(value):
@@ -47,72 +83,32 @@ def evaluate_implants(
     progress: ProgressCallback | None = None,
     atlas: str | os.PathLike | None = None,
     refiner: str | os.PathLike | None = None,
+    mirror: bool = True,
 ) -> tuple[dict, Path]:
     """Run the protocol (:func:`implant_eval.run_protocol`) and write its files; (summary, table path).
 
-    A model is needed only for the ``vae*`` methods, an atlas set (folder) only for the
-    ``*atlas`` ones, a facial refiner (``refiner.safetensors``) only for the ``*learned`` ones;
-    none of them may have seen any of ``test_ids``.
+    Every method runs through the product's :class:`~SkullVAELib.pipeline.completer.Completer`.
+    The parts the methods use (model, atlas set, refiner) must not have seen any of ``test_ids``.
     """
+    from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.evaluation import implants as implant_eval
+    from SkullVAELib.pipeline.settings import AtlasSettings, CompletionSettings, LearnedSettings, RimFitSettings
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SkullVAEError("exists and is not a folder", out)
-    bad = [m for m in methods if m not in implant_eval.METHODS]
-    if bad:
-        raise SkullVAEError(
-            f"unknown implant method(s) {', '.join(bad)}; choose from {', '.join(implant_eval.METHODS)}"
-        )
-    bundle = None
-    if any(m.startswith("vae") for m in methods):
-        if model is None:
-            raise SkullVAEError("the vae* implant methods need --model")
-        from SkullVAELib.bundle.model_bundle import ModelBundle
-        from SkullVAELib.workflows.evaluate import recorded_train_ids
-
-        bundle = ModelBundle.load(model)
-        bundle.require_completion(model)
-        seen = sorted(set(recorded_train_ids(bundle) or []) & set(test_ids))
-        if seen:
-            raise SkullVAEError(
-                f"refusing to evaluate implants on case ids the model trained on: {', '.join(seen[:5])}"
-            )
-    atlas_set = None
-    if any(m.endswith("atlas") for m in methods):
-        if atlas is None:
-            raise SkullVAEError("the *atlas implant methods need --atlas (a folder from `skullvae build-atlas`)")
-        from SkullVAELib.implant.atlas import AtlasSet
-
-        atlas_set = AtlasSet.load(atlas)
-        seen = sorted(set(atlas_set.ids) & set(test_ids))
-        if seen:
-            raise SkullVAEError(f"refusing to evaluate on case ids the atlas set holds: {', '.join(seen[:5])}", atlas)
-    facial_refiner = None
-    if any(m.endswith("learned") for m in methods):
-        if refiner is None:
-            raise SkullVAEError("the *learned implant methods need --refiner (from `skullvae train-refiner`)")
-        from SkullVAELib.core.devices import resolve_device
-        from SkullVAELib.implant.learned.infer import FacialRefiner
-
-        facial_refiner = FacialRefiner.load(refiner, str(resolve_device(device)))
-        # its validation ids chose the weights, so scoring them is a validation run, not a test
-        seen = sorted(set(facial_refiner.info.get("train_ids", [])) & set(test_ids))
-        if seen:
-            raise SkullVAEError(
-                f"refusing to evaluate on case ids the refiner trained on: {', '.join(seen[:5])}", refiner
-            )
+    used = {name for m in methods for name in implant_eval.method_sources(m)}
+    settings = CompletionSettings(
+        model=None if model is None else Path(model),
+        rimfit=RimFitSettings(mirror=mirror),
+        learned=LearnedSettings(None if refiner is None else Path(refiner)),
+        atlas=AtlasSettings(None if atlas is None else Path(atlas)),
+        device=device,
+    )
+    folder = ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
+    _refuse_seen_ids(folder, used, set(test_ids))
     rows = implant_eval.run_protocol(
-        list(data),
-        list(test_ids),
-        list(methods),
-        list(defects),
-        list(seeds),
-        bundle,
-        device,
-        progress,
-        atlas=atlas_set,
-        refiner=facial_refiner,
+        list(data), list(test_ids), list(methods), list(defects), list(seeds), settings, progress, folder
     )
     summary = implant_eval.summarise(rows)
     table = implant_eval.markdown_table(summary, label)

@@ -48,7 +48,7 @@ def _preview(defective_path: Path, seg_path: Path, png_path: Path) -> None:
 
     defective = read_skull(defective_path)
     _, segments = read_segmentation(seg_path)
-    completed = defective.with_mask(segments["Completed skull"])
+    completed = defective.with_mask(segments["Patient bone"] | segments["Implant"])
     save_mip_png(
         [("defective input", defective, None), ("completed, implant in yellow", completed, segments["Implant"])],
         png_path,
@@ -72,7 +72,9 @@ def demo(
     ``threads`` torch threads (0 = all cores).
     """
     from SkullVAELib.data.dataset import LABEL_FOLDERS, parse_id_spec
-    from SkullVAELib.workflows.complete import complete_files
+    from SkullVAELib.pipeline.completer import Completer
+    from SkullVAELib.pipeline.settings import CompletionSettings
+    from SkullVAELib.workflows.complete import OutputOptions, complete_files
     from SkullVAELib.workflows.data import make_phantom_set, phantom_file_name
     from SkullVAELib.workflows.fit import fit_completion_data
     from SkullVAELib.workflows.train import train_model
@@ -122,14 +124,17 @@ def demo(
     log(", ".join(f"|DEV_{d}| = {v:.4f}" for d, v in fitted.dev_norms.items()))
 
     step(f"4/5 complete the held-back defective phantom {Path(held_back).stem}")
+    settings = CompletionSettings(model=model)
+    completer = Completer(settings)  # one for both defects: the model loads once
     for kind in DEFECTS:
         source = data / LABEL_FOLDERS[kind] / held_back
         done = complete_files(
-            model,
+            settings,
             source,
             result / f"{kind}.seg.nrrd",
-            implant_stl=result / f"{kind}_implant.stl",
+            options=OutputOptions(implant_stl=result / f"{kind}_implant.stl"),
             progress=progress,
+            completer=completer,
         )
         for warning in done.warnings:
             log(f"warning: {warning}")

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
 
-if TYPE_CHECKING:
-    from SkullVAELib.pipeline.context import CompletionContext
-    from SkullVAELib.pipeline.settings import CompletionSettings
+# The context (``SkullVAELib.pipeline.context.CompletionContext``: skull, defect, settings, the
+# model folder's parts, shared work) and the settings are the pipeline's; the sources only use them,
+# so they are typed loosely here and the implant package never imports the pipeline.
+CompletionContext = Any
+CompletionSettings = Any
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`skullvae build-atlas`, `complete` with MODEL/atlas (on by default, --no-atlas) and `evaluate --atlas`."""
+"""`skullvae build-atlas`, `complete` with MODEL/atlas (the atlas source, on by default) and `evaluate --atlas`."""
 
 from __future__ import annotations
 
@@ -51,11 +51,11 @@ def test_complete_uses_the_bundle_atlas_for_a_facial_defect(setup, capsys, run_c
         capsys.readouterr()
     done, segments, _ = run_complete(root, "atlas", "facial")
     assert done["implant_source"] == "atlas"
-    assert any(k.startswith("refine_atlas") for k in done["timings"])
+    assert any(k.startswith("atlas_") for k in done["timings"])
     implant = segments["Implant"]
     assert not (implant & defective.mask).any() and dice(implant, truth.mask) >= 0.5
-    plain, _, _ = run_complete(root, "plain", "facial", "--no-atlas")
-    assert plain["implant_source"] == "model"
+    plain, _, _ = run_complete(root, "plain", "facial", "--sources", "rimfit,learned,model")
+    assert plain["implant_source"] != "atlas"  # the untrained model may propose nothing: "none"
 
 
 def test_evaluate_refuses_an_atlas_that_holds_test_cases(setup, tmp_path):
@@ -72,7 +72,7 @@ def test_evaluate_refuses_an_atlas_that_holds_test_cases(setup, tmp_path):
 
 def test_a_model_without_a_facial_centroid_still_gets_the_atlas_implant(setup, capsys, tmp_path):
     """The atlas implant needs no facial shift: a model trained on cranial defects only serves
-    (with a warning that γ has no effect); without an atlas it is a one-line error, as before."""
+    (γ is not used); without an atlas it is a one-line error that names what to install."""
     import json
 
     from SkullVAELib.io.segfile import read_segmentation
@@ -90,13 +90,12 @@ def test_a_model_without_a_facial_centroid_still_gets_the_atlas_implant(setup, c
     assert main([*argv, "--output", str(tmp_path / "a.seg.nrrd"), "--atlas", str(atlas)]) == 0
     out, err = capsys.readouterr()
     done = json.loads(out.splitlines()[-1])["result"]
-    assert done["implant_source"] == "atlas" and done["gamma"] == 1.0
-    assert "no facial centroid" in err
+    assert done["implant_source"] == "atlas" and done["gamma"] == 1.0 and not done["gamma_used"]
     stages = [json.loads(line)["stage"] for line in out.splitlines()]
     assert "atlas" in stages  # the atlas registrations report progress (minutes on a CPU)
     implant = read_segmentation(tmp_path / "a.seg.nrrd")[1]["Implant"]
     assert dice(implant, truth.mask) >= 0.5
-    assert main([*argv, "--output", str(tmp_path / "b.seg.nrrd"), "--no-atlas"]) == 2
+    assert main([*argv, "--output", str(tmp_path / "b.seg.nrrd"), "--sources", "rimfit,learned,model"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "no centroid for defect class 'facial'" in err and len(err.splitlines()) == 1
+    assert "a facial defect needs" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b.seg.nrrd").exists()

@@ -65,13 +65,13 @@ def test_complete_writes_a_segmentation_on_the_input_geometry(setup, capsys):
     assert done["stage"] == "done" and done["fraction"] == 1.0
     assert done["result"]["output"] == str(out)
     assert done["result"]["defect"] in ("cranial", "facial")
-    assert {"encode", "decode", "read", "total"} <= set(done["result"]["timings"])
+    assert {"model_encode", "model_decode", "read", "total"} <= set(done["result"]["timings"])
     geometry, segments = read_segmentation(out)
-    assert set(segments) == {"Completed skull", "Implant"}
+    assert set(segments) == {"Patient bone", "Implant"}
     assert geometry.same_geometry(defective)
-    completed, implant = segments["Completed skull"], segments["Implant"]
-    assert np.array_equal(completed & defective.mask, defective.mask)  # patient bone kept
-    assert not (implant & defective.mask).any()
+    patient, implant = segments["Patient bone"], segments["Implant"]
+    assert np.array_equal(patient, defective.mask)  # patient bone kept, as it was
+    assert not (implant & defective.mask).any()  # the segments do not overlap
     unc = sitk.ReadImage(str(root / "r1" / "unc.nrrd"))
     assert unc.GetSize() == SHAPE and np.allclose(unc.GetSpacing(), SPACING)
 
@@ -120,7 +120,7 @@ def _mask_file(root, name, fill):
 @pytest.mark.parametrize(
     "case, needle",
     [
-        ("no_centroids", "fit-completion"),
+        ("no_centroids", "fit-completion"),  # the model source without completion data
         ("gamma_text", "--gamma"),
         ("slice_2d", "slice.nrrd"),
         ("empty", "empty.nrrd"),
@@ -145,8 +145,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(setup, capsys, case, n
         model = root / "r_not_bundle"
         model.mkdir(exist_ok=True)
     out_dir = root / f"bad_{case}"
+    extra = ["--sources", "model"] if case == "no_centroids" else []
     code, _, err = _run(
         capsys,
+        *extra,
         "--model",
         model,
         "--input",

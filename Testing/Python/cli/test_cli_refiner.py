@@ -1,5 +1,5 @@
 """The learned facial refiner in `skullvae complete` (MODEL/refiner.safetensors, --refiner,
---no-refiner), in `evaluate --implants learned` and in the Slicer command line."""
+--sources without learned), in `evaluate --implants learned` and in the Slicer command line."""
 
 from __future__ import annotations
 
@@ -52,13 +52,13 @@ def test_complete_uses_the_bundle_refiner_for_a_facial_defect(setup, run_complet
     root, defective, truth = setup
     done, segments, _ = run_complete(root, "learned", "facial")
     assert done["implant_source"] == "learned"
-    assert "refine_refiner_network" in done["timings"]
+    assert "learned_refiner_network" in done["timings"]
     implant = segments["Implant"]
     assert implant.shape == defective.shape and implant.any()
     assert not (implant & defective.mask).any()  # the patient's bone is never part of the implant
     assert (implant & truth.mask).sum() >= 0.9 * truth.mask.sum()  # the crop covers the whole face
-    plain, _, _ = run_complete(root, "plain", "facial", "--no-refiner")
-    assert plain["implant_source"] == "model"
+    plain, _, _ = run_complete(root, "plain", "facial", "--sources", "rimfit,atlas,model")
+    assert plain["implant_source"] != "learned"  # the untrained model may propose nothing: "none"
     cranial, _, _ = run_complete(root, "cranial", "cranial")
     assert cranial["implant_source"] != "learned"  # the refiner is for faces only
 
@@ -83,10 +83,10 @@ def test_evaluate_learned_scores_the_refiner_and_refuses_its_training_cases(setu
     with pytest.raises(SkullVAEError, match="--refiner"):
         evaluate_implants([root / "data"], tmp_path / "b", ["002"], ["learned"], ["facial"])
     summary, table = evaluate_implants(
-        [root / "data"], tmp_path / "c", ["002"], ["learned", "refine+symmetry+learned"], ["facial"], refiner=refiner
+        [root / "data"], tmp_path / "c", ["002"], ["learned", "rimfit+learned"], ["facial"], refiner=refiner
     )
     rows = json.loads((tmp_path / "c" / "implants.json").read_text())["rows"]
-    assert {r["method"] for r in rows} == {"learned", "refine+symmetry+learned"}
+    assert {r["method"] for r in rows} == {"learned", "rimfit+learned"}
     assert all(r["empty"] == 0.0 and r["dsc"] > 0 for r in rows)
     assert summary[("learned", "facial")]["n"] == 1 and table.is_file()
 
@@ -101,7 +101,8 @@ def test_slicer_command_line_switches_the_refiner_off():
 
     from SkullVAELib.cli import build_parser
 
-    assert "--no-refiner" not in buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
+    on = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
+    assert "learned" in on[on.index("--sources") + 1]
     off = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", learnedRefiner=False)
     args = build_parser(off[off.index("complete") :]).parse_args(off[off.index("complete") :])
-    assert args.refiner is False
+    assert "learned" not in args.sources

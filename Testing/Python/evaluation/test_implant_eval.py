@@ -23,7 +23,7 @@ def phantom_root(tmp_path_factory):
 
 
 def test_protocol_scores_random_vault_defects_with_the_rim_fit(phantom_root):
-    rows = implant_eval.run_protocol(phantom_root, ["900"], ["refine"], ["cranial", "vault"], seeds=[0, 1])
+    rows = implant_eval.run_protocol(phantom_root, ["900"], ["rimfit"], ["cranial", "vault"], seeds=[0, 1])
     # no defective_skull/900: no SkullFix cranial row; two vault seeds
     assert [(r["defect"], r["seed"]) for r in rows] == [("vault", 0), ("vault", 1)]
     for row in rows:
@@ -31,20 +31,22 @@ def test_protocol_scores_random_vault_defects_with_the_rim_fit(phantom_root):
         assert row["dsc"] > 0.6 and row["skull_dsc"] > 0.95
         assert 0 < row["volume_ml"] < 3 * row["true_volume_ml"]
     # the same seed gives the same defect and the same numbers
-    again = implant_eval.run_protocol(phantom_root, ["900"], ["refine"], ["vault"], seeds=[1])
+    again = implant_eval.run_protocol(phantom_root, ["900"], ["rimfit"], ["vault"], seeds=[1])
     assert again[0]["dsc"] == rows[1]["dsc"]
 
 
 def test_a_geometric_method_on_a_facial_defect_is_an_honest_empty_row(phantom_root):
-    (row,) = implant_eval.run_protocol(phantom_root, ["900"], ["refine"], ["facial"], seeds=[0])
+    (row,) = implant_eval.run_protocol(phantom_root, ["900"], ["rimfit"], ["facial"], seeds=[0])
     assert row["empty"] == 1.0 and row["dsc"] == 0.0 and math.isinf(row["hd95"])
-    assert any("facial" in m for m in row["messages"])
+    assert row["source"] == "none" and any("facial" in m for m in row["messages"])
 
 
-def test_vae_methods_need_a_model_and_bad_names_are_refused(phantom_root):
-    with pytest.raises(SkullVAEError, match="needs a model"):
-        implant_eval.run_protocol(phantom_root, ["900"], ["vae+refine"], ["vault"])
-    with pytest.raises(SkullVAEError, match="unknown method"):
+def test_model_methods_need_a_model_and_bad_names_are_refused(phantom_root, tmp_path):
+    from SkullVAELib.workflows.implants import evaluate_implants
+
+    with pytest.raises(SkullVAEError, match="--model"):
+        evaluate_implants([phantom_root], tmp_path / "r", ["900"], ["rimfit+model"], ["vault"])
+    with pytest.raises(SkullVAEError, match="unknown implant source"):
         implant_eval.run_protocol(phantom_root, ["900"], ["magic"], ["vault"])
     with pytest.raises(SkullVAEError, match="unknown defect"):
         list(implant_eval.defect_cases(phantom_root, ["900"], ["nasal"]))
@@ -55,12 +57,12 @@ def test_vae_methods_need_a_model_and_bad_names_are_refused(phantom_root):
 def test_summary_has_mean_median_bootstrap_interval_and_counts():
     rng = np.random.default_rng(0)
     rows = [
-        {"method": "refine", "defect": "cranial", "dsc": d, "bdsc": d, "hd95": h, "skull_dsc": 0.98, "empty": 0.0}
+        {"method": "rimfit", "defect": "cranial", "dsc": d, "bdsc": d, "hd95": h, "skull_dsc": 0.98, "empty": 0.0}
         for d, h in zip(rng.uniform(0.8, 0.95, 12), rng.uniform(1, 3, 12), strict=True)
     ]
     rows.append(
         {
-            "method": "refine",
+            "method": "rimfit",
             "defect": "cranial",
             "dsc": 0.0,
             "bdsc": 0.0,
@@ -70,14 +72,14 @@ def test_summary_has_mean_median_bootstrap_interval_and_counts():
         }
     )
     summary = implant_eval.summarise(rows)
-    entry = summary[("refine", "cranial")]
+    entry = summary[("rimfit", "cranial")]
     assert entry["n"] == 13 and entry["n_empty"] == 1
     dsc = entry["dsc"]
     assert dsc["ci_low"] < dsc["mean"] < dsc["ci_high"]
     assert dsc["median"] == pytest.approx(np.median([r["dsc"] for r in rows]))
     assert entry["hd95"]["n_infinite"] == 1 and math.isfinite(entry["hd95"]["mean"])
     table = implant_eval.markdown_table(summary, "val")
-    assert "| val | refine | cranial | 13 |" in table and "1 inf" in table
+    assert "| val | rimfit | cranial | 13 |" in table and "1 inf" in table
 
 
 def test_cli_evaluate_implants_only_writes_the_ablation_files(phantom_root, tmp_path, capsys):
@@ -85,27 +87,30 @@ def test_cli_evaluate_implants_only_writes_the_ablation_files(phantom_root, tmp_
 
     out = tmp_path / "report"
     argv = ["evaluate", "--data", str(phantom_root), "--out", str(out), "--test-ids", "900"]
-    code = main([*argv, "--implants", "refine", "--defects", "vault", "--defect-seeds", "0", "--implants-only"])
+    code = main([*argv, "--implants", "rimfit", "--defects", "vault", "--defect-seeds", "0", "--implants-only"])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
-    assert "refine" in stdout and "vault" in stdout and "0/1 empty" in stdout
+    assert "rimfit" in stdout and "vault" in stdout and "0/1 empty" in stdout
     assert (out / "implants.md").is_file() and (out / "implants.csv").is_file() and (out / "implants.json").is_file()
-    assert "| refine | vault | 1 |" in (out / "implants.md").read_text()
+    assert "| rimfit | vault | 1 |" in (out / "implants.md").read_text()
     # a vae method without a model, and a missing --test-ids, are one-line errors with exit code 2
-    assert main([*argv, "--implants", "vae", "--implants-only"]) == 2
-    assert "need --model" in capsys.readouterr().err
-    assert main(["evaluate", "--data", str(phantom_root), "--out", str(out), "--implants", "refine"]) == 2
+    assert main([*argv, "--implants", "model", "--implants-only"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(phantom_root), "--out", str(out), "--implants", "rimfit"]) == 2
     assert "--test-ids" in capsys.readouterr().err
 
 
-def test_vae_methods_run_with_a_model_and_refine_takes_over_cranial_holes(phantom_root):
+def test_model_methods_run_with_a_model_and_the_rim_fit_takes_over_cranial_holes(phantom_root):
+    from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.bundle.model_bundle import new_bundle
     from SkullVAELib.core.config import PRESETS
 
     bundle = new_bundle(PRESETS["test"], aggregated=True, seed=0)  # untrained
     rng = np.random.default_rng(0)
     bundle.set_centroids({"complete": np.zeros(8), "cranial": rng.normal(size=8), "facial": rng.normal(size=8)})
-    rows = implant_eval.run_protocol(phantom_root, ["900"], ["vae", "vae+refine"], ["vault"], [0], bundle=bundle)
+    folder = ModelFolder.from_parts(vae=bundle)
+    rows = implant_eval.run_protocol(phantom_root, ["900"], ["model", "rimfit+model"], ["vault"], [0], folder=folder)
     by_method = {r["method"]: r for r in rows}
-    assert set(by_method) == {"vae", "vae+refine"}
-    assert by_method["vae+refine"]["dsc"] > 0.6 > by_method["vae"]["dsc"]
+    assert set(by_method) == {"model", "rimfit+model"}
+    assert by_method["rimfit+model"]["dsc"] > 0.6 > by_method["model"]["dsc"]
+    assert by_method["rimfit+model"]["source"] == "rimfit"

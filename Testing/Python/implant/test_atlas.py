@@ -136,10 +136,12 @@ def test_the_deformable_metric_sees_the_patients_bone_by_the_cut_only_when_asked
 
 
 def test_an_atlas_implant_of_implausible_volume_is_flagged(monkeypatch, facial_case):
-    """refine_implant checks the atlas implant's volume against what its atlases add on average."""
+    """The Completer checks the atlas implant's volume against what its atlases add on average."""
     import SkullVAELib.implant.atlas as atlas_package
+    from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.implant.atlas.fill import AtlasFill
-    from SkullVAELib.implant.refine import refine_implant
+    from SkullVAELib.pipeline.completer import Completer
+    from SkullVAELib.pipeline.settings import CompletionSettings
 
     defective, truth = facial_case
     volume = np.count_nonzero(truth.mask) * defective.voxel_volume_mm3
@@ -147,9 +149,10 @@ def test_an_atlas_implant_of_implausible_volume_is_flagged(monkeypatch, facial_c
     for expected, flagged in ((volume, False), (5.0 * volume, True)):
         fill = AtlasFill(truth.mask.copy(), expected_volume_mm3=expected)
         monkeypatch.setattr(atlas_package, "atlas_implant", lambda *args, fill=fill, **kwargs: fill)
-        refined = refine_implant(defective, defect="facial", atlas=object())
+        completer = Completer(CompletionSettings(defect="facial"), ModelFolder.from_parts(atlas=object()))
+        refined = completer.complete(defective)
         assert refined.source == "atlas"
-        assert any("implausible" in m for m in refined.messages) is flagged
+        assert any("implausible" in m for m in refined.warnings) is flagged
 
 
 def test_an_intact_skull_gets_almost_no_atlas_bone(atlas_dir):

@@ -1,4 +1,4 @@
-"""`skullvae complete` with the rim-fit stage (issue 9): on by default for cranial defects, switchable."""
+"""`skullvae complete` with the rimfit source: first by default for cranial defects, switchable by --sources."""
 
 from __future__ import annotations
 
@@ -28,23 +28,23 @@ def setup(tmp_path_factory):
 def test_refine_is_on_by_default_and_fills_the_hole(setup, run_complete):
     root, defective, truth = setup
     done, segments, _ = run_complete(root, "default", "cranial")
-    assert done["implant_source"].startswith("rim fit")
-    assert "refine_symmetry_plane" in done["timings"]  # the mirror cue is on by default
-    assert any(k.startswith("refine_rimfit") for k in done["timings"])
+    assert done["implant_source"] == "rimfit" and not done["gamma_used"]
+    assert "mirror_plane" in done["timings"]  # the mirror cue is on by default
+    assert any(k.startswith("rimfit_") for k in done["timings"])
     implant = segments["Implant"]
     assert not (implant & defective.mask).any()
     assert dice(implant, truth.mask) >= 0.8
-    assert np.array_equal(segments["Completed skull"], defective.mask | implant)
+    assert np.array_equal(segments["Patient bone"], defective.mask)  # two segments that do not overlap
 
 
 def test_no_refine_keeps_the_model_implant_and_symmetry_is_switchable(setup, run_complete):
     root, defective, truth = setup
-    plain, segments, _ = run_complete(root, "plain", "cranial", "--no-refine")
-    assert plain["implant_source"] == "model"
+    plain, segments, _ = run_complete(root, "plain", "cranial", "--sources", "model")
+    assert plain["implant_source"] in ("model", "none")  # the untrained model may add no bone
     assert dice(segments["Implant"], truth.mask) < 0.8  # the untrained model does not fill it
-    spline, _, _ = run_complete(root, "spline", "cranial", "--no-symmetry")
-    assert spline["implant_source"] == "rim fit"
-    assert "refine_symmetry_plane" not in spline["timings"]
+    spline, _, _ = run_complete(root, "spline", "cranial", "--no-mirror")
+    assert spline["implant_source"] == "rimfit"
+    assert "mirror_plane" not in spline["timings"]
 
 
 def test_slicer_logic_passes_the_refine_choice_to_the_child():
@@ -56,10 +56,10 @@ def test_slicer_logic_passes_the_refine_choice_to_the_child():
     from SkullVAESlicerLib.process import buildCompleteCommand
 
     default = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
-    assert "--refine" in default and "--symmetry" in default and "--no-atlas" not in default
+    assert default[default.index("--sources") + 1] == "rimfit,learned,atlas,model" and "--mirror" in default
     plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", refine=False, symmetry=False, atlas=False)
-    assert "--no-refine" in plain and "--no-symmetry" in plain and "--no-atlas" in plain
+    assert plain[plain.index("--sources") + 1] == "learned,model" and "--no-mirror" in plain
     from SkullVAELib.cli import build_parser
 
     args = build_parser(plain[plain.index("complete") :]).parse_args(plain[plain.index("complete") :])
-    assert args.atlas is False and args.refine is False  # the child's own parser understands the command
+    assert args.sources == ("learned", "model") and args.mirror is False  # the child's parser understands it

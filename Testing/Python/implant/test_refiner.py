@@ -135,9 +135,7 @@ def test_evaluation_slabs_remove_only_the_lower_front_and_repeat_with_the_seed()
     extent = hi - lo
     x, y, z = (origin[a] + 2.0 * torch.arange(bone.shape[a]) for a in range(3))
     for seed in range(5):
-        region = facial_region(
-            tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), FACIAL
-        )
+        region = facial_region(tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), FACIAL)
         assert region.shape == bone.shape and (region & bone).any()
         index = torch.nonzero(region)
         assert y[index[:, 1]].max() <= lo[1] + 44.0 + 1e-4  # the front: 44 mm from the most anterior bone
@@ -145,9 +143,7 @@ def test_evaluation_slabs_remove_only_the_lower_front_and_repeat_with_the_seed()
         assert z[index[:, 2]].max() >= lo[2] + 0.45 * extent[2] - 2.0 - 1e-4
         width = x[index[:, 0]].max() - x[index[:, 0]].min()
         assert width >= 0.6 * extent[0] - 2.0 - 1e-4  # 60-100 % of the width (to a voxel)
-        again = facial_region(
-            tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), FACIAL
-        )
+        again = facial_region(tuple(bone.shape), origin, 2.0, lo, hi, torch.Generator().manual_seed(seed), FACIAL)
         assert torch.equal(region, again)
 
 
@@ -290,10 +286,15 @@ def test_a_refiner_that_sees_no_implant_says_so(oblique_facial_case):
 
 
 def test_the_learned_implant_is_volume_checked_against_its_soft_volume(oblique_facial_case):
-    """refine_implant takes the refiner as a collaborator: a cleaned implant far smaller than the
+    """The Completer takes the refiner as a part: a cleaned implant far smaller than the
     network's soft volume is flagged; a matching one is not; an empty one is explained once."""
+    from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.implant.learned.infer import LearnedImplant
-    from SkullVAELib.implant.refine import refine_implant
+    from SkullVAELib.pipeline.completer import Completer
+    from SkullVAELib.pipeline.settings import CompletionSettings
+
+    def refine_implant(skull, refiner):
+        return Completer(CompletionSettings(defect="facial"), ModelFolder.from_parts(refiner=refiner)).complete(skull)
 
     skull = oblique_facial_case
     implant = np.zeros(skull.shape, dtype=bool)
@@ -303,12 +304,12 @@ def test_the_learned_implant_is_volume_checked_against_its_soft_volume(oblique_f
     def refiner_with(expected, implant=implant):
         return lambda _: LearnedImplant(implant, implant.astype(np.float32), {"refiner_network": 0.1}, [], expected)
 
-    plausible = refine_implant(skull, defect="facial", refiner=refiner_with(1.2 * volume))
-    assert plausible.source == "learned" and plausible.messages == [] and plausible.timings["refiner_network"] == 0.1
-    flagged = refine_implant(skull, defect="facial", refiner=refiner_with(10 * volume))
-    assert len(flagged.messages) == 1 and "implausible facial implant volume" in flagged.messages[0]
+    plausible = refine_implant(skull, refiner_with(1.2 * volume))
+    assert plausible.source == "learned" and plausible.warnings == []
+    flagged = refine_implant(skull, refiner_with(10 * volume))
+    assert len(flagged.warnings) == 1 and "implausible facial implant volume" in flagged.warnings[0]
     empty = learned_implant(skull, ConstantLogit(-20.0), RefinerConfig(spacing_mm=2.0, crop_shape=(64, 64, 64)))
-    said = refine_implant(skull, defect="facial", refiner=lambda _: empty).messages
+    said = refine_implant(skull, lambda _: empty).warnings
     assert len(said) == 1 and "no facial implant" in said[0]
 
 

@@ -13,9 +13,10 @@ from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice, implant_metrics
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import check_implant
-from SkullVAELib.implant.refine import refine_implant
 from SkullVAELib.implant.rimfit import Hole, rim_fit
 from SkullVAELib.io.image import SkullImage, read_skull
+from SkullVAELib.pipeline.completer import Completer
+from SkullVAELib.pipeline.settings import CompletionSettings, RimFitSettings
 
 SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
 
@@ -84,20 +85,10 @@ def test_rim_fit_fills_a_known_vault_hole_and_never_touches_the_bone(vault_case)
 
 
 def test_a_complete_skull_gets_an_empty_implant_with_a_clear_message(phantom):
-    refined = refine_implant(phantom)
-    assert not refined.implant.any()
+    refined = Completer(CompletionSettings(defect="cranial", rimfit=RimFitSettings(mirror=False))).complete(phantom)
+    assert not refined.implant.mask.any()
     assert refined.source == "none"
-    assert any("no enclosed hole" in m for m in refined.messages)
-    assert any("empty" in m for m in refined.messages)
-
-
-def test_facial_defects_keep_the_model_implant(phantom):
-    model = np.zeros(phantom.shape, dtype=bool)
-    model[40:50, 5:12, 10:20] = True
-    refined = refine_implant(phantom, model, defect="facial")
-    assert refined.source == "model"
-    assert np.array_equal(refined.implant, model & ~phantom.mask)
-    assert any("facial" in m for m in refined.messages)
+    assert any("no enclosed hole" in m for m in refined.warnings)
 
 
 def test_implausible_volume_is_flagged():
@@ -141,8 +132,8 @@ def test_rim_fit_on_a_real_skullfix_case(skullfix_dir):
     """Validation case 056 (never used for anything but validation): anchor-level implant."""
     defective = read_skull(skullfix_dir / "defective_skull" / "056.nrrd", kind="binary")
     truth = read_skull(skullfix_dir / "implant" / "056.nrrd", kind="binary")
-    refined = refine_implant(defective)
-    assert refined.source == "rim fit"
-    m = implant_metrics(refined.implant, truth.mask, defective.mask, defective.spacing)
+    refined = Completer(CompletionSettings(rimfit=RimFitSettings(mirror=False))).complete(defective)
+    assert refined.source == "rimfit"
+    m = implant_metrics(refined.implant.mask, truth.mask, defective.mask, defective.spacing)
     assert m["dsc"] >= 0.85 and m["bdsc"] >= 0.90 and m["hd95"] <= 3.0, m
-    assert refined.messages == []
+    assert refined.warnings == []

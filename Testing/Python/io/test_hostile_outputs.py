@@ -182,7 +182,7 @@ def test_disk_full_while_writing_leaves_nothing(setup, tmp_path):
         "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    args = _complete(setup, "--output", out / "r.seg.nrrd", "--implant-stl", out / "i.stl", "--no-refine")
+    args = _complete(setup, "--output", out / "r.seg.nrrd", "--implant-stl", out / "i.stl", "--sources", "model")
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0], done.stderr[-3000:]

@@ -167,10 +167,12 @@ def test_cli_complete_fit_steps(tmp_path, capsys):
     defective, _ = cranial_defect(make_phantom(5, shape=(64, 64, 48), spacing=(3.2, 3.2, 3.2)), seed=2)
     write_mask(defective, tmp_path / "in.nrrd")
     argv = ["complete", "--model", tmp_path / "model", "--input", tmp_path / "in.nrrd", "--defect", "cranial"]
-    argv += ["--no-refine", "--device", "cpu", "--progress", "json", "--fit-steps", "3"]
+    argv += ["--sources", "model", "--device", "cpu", "--progress", "json", "--fit-steps", "3"]
     assert main([*map(str, argv), "--output", str(tmp_path / "r.seg.nrrd")]) == 0
     assert "fitting z to the patient's bone (3 steps)" in capsys.readouterr().out
     assert (tmp_path / "r.seg.nrrd").is_file()
     assert np.array_equal(read_skull(tmp_path / "in.nrrd").mask, defective.mask)  # input untouched
-    assert main([*map(str, argv[:-1]), "-1", "--output", str(tmp_path / "bad.seg.nrrd")]) == 2
-    assert "fit_steps" in capsys.readouterr().err and not (tmp_path / "bad.seg.nrrd").exists()
+    with pytest.raises(SystemExit) as exited:  # argparse: one line, exit 2
+        main([*map(str, argv[:-1]), "-1", "--output", str(tmp_path / "bad.seg.nrrd")])
+    assert exited.value.code == 2
+    assert "--fit-steps" in capsys.readouterr().err and not (tmp_path / "bad.seg.nrrd").exists()

@@ -1,5 +1,5 @@
 """The workflow layer and the one-owner rules of issue 13: resample mode recorded and reused,
-one γ rule, one device rule, one CUDA-OOM fallback, deprecated aliases that still work."""
+one γ rule, one device rule, one CUDA-OOM fallback."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from SkullVAELib.core.config import GAMMA_RANGE, PRESETS, CompletionConfig, Trai
 from SkullVAELib.core.devices import resolve_device
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.image import read_skull
+from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.vae import completion as completion_module
 from SkullVAELib.workflows import complete_files, make_phantom_set, train_model
 
@@ -80,7 +81,7 @@ def test_one_gamma_rule_everywhere(data, nearest_model, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "--gamma" in err[0] and "0..2" in err[0]
     assert not any(tmp_path.iterdir())
     with pytest.raises(SkullVAEError, match="gamma"):
-        complete_files(out, source, tmp_path / "r.seg.nrrd", [3.0])
+        complete_files(CompletionSettings(model=out), source, tmp_path / "r.seg.nrrd", [3.0])
 
 
 def test_one_device_rule():
@@ -110,23 +111,21 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_once(data, nearest_model, monk
     assert any("out of memory" in m for m in messages)
 
 
-def test_cache_takes_train_grid_options_and_the_deprecated_mode(data, tmp_path, capsys):
+def test_cache_takes_train_grid_options_and_the_resampling(data, tmp_path, capsys):
     assert main(["cache", "--data", str(data), "--preset", "test", "--cache-dir", str(tmp_path / "c"),
                  "--progress", "none"]) == 0  # fmt: skip
     assert "at 32x32x32 (area)" in capsys.readouterr().out
-    assert main(["cache", "--data", str(data), "--grid", "16,16,8", "--mode", "nearest",
+    assert main(["cache", "--data", str(data), "--grid", "16,16,8", "--resample", "nearest",
                  "--cache-dir", str(tmp_path / "c"), "--progress", "none"]) == 0  # fmt: skip
-    out, err = capsys.readouterr()
-    assert "at 16x16x8 (nearest)" in out and "--mode is deprecated" in err
+    assert "at 16x16x8 (nearest)" in capsys.readouterr().out
 
 
-def test_fit_completion_grid_from_model_is_a_deprecated_no_op(data, nearest_model, capsys):
+def test_fit_completion_keeps_the_models_resampling(data, nearest_model, capsys):
     out, _ = nearest_model
-    code = main(["fit-completion", "--model", str(out), "--data", str(data), "--grid-from-model",
+    code = main(["fit-completion", "--model", str(out), "--data", str(data),
                  "--cache-dir", str(out.parent / "cache"), "--progress", "none"])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 0 and "--grid-from-model is deprecated" in captured.err
-    assert "|DEV_cranial|" in captured.out and (out / "completion.json").is_file()
+    assert code == 0 and "|DEV_cranial|" in captured.out and (out / "completion.json").is_file()
     assert ModelBundle.load(out).resample == "nearest"
 
 

@@ -1,0 +1,37 @@
+"""`skullvae complete` with several inputs: one Completer, the same files as separate runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from SkullVAELib.cli import main
+from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.io.image import write_mask
+from SkullVAELib.io.segfile import read_segmentation
+
+
+def test_a_batch_writes_the_same_segmentations_as_separate_runs(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for seed in (1, 2):
+        defective, _ = cranial_defect(make_phantom(seed, (80, 80, 60), (2.6, 2.6, 2.6)), seed, style="skullbreak")
+        write_mask(defective, inputs / f"case{seed}.nrrd")
+    assert main(["complete", "--input", str(inputs), "--output", str(tmp_path / "batch"), "--progress", "none"]) == 0
+    assert "2 skulls completed" in capsys.readouterr().out
+    for seed in (1, 2):
+        single = tmp_path / f"single{seed}.seg.nrrd"
+        argv = ["complete", "--input", str(inputs / f"case{seed}.nrrd"), "--output", str(single), "--progress", "none"]
+        assert main(argv) == 0
+        _, one = read_segmentation(single)
+        _, many = read_segmentation(tmp_path / "batch" / f"case{seed}.seg.nrrd")
+        assert set(one) == set(many) == {"Patient bone", "Implant"}
+        assert all(np.array_equal(one[k], many[k]) for k in one)
+
+
+def test_a_batch_into_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "a.nrrd").write_bytes(b"")
+    (tmp_path / "out.seg.nrrd").write_bytes(b"x")
+    argv = ["complete", "--input", str(tmp_path / "a.nrrd"), str(tmp_path / "a.nrrd"), "--output", str(tmp_path / "x")]
+    assert main([*argv, "--progress", "none"]) == 2
+    assert "same file name" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""The Completer: one owner of the pipeline, implant sources as plugins, the model optional."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.defects import cranial_defect, facial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.evaluation.metrics import dice
+from SkullVAELib.implant.sources import Proposal, register_source, source_names
+from SkullVAELib.io.image import write_mask
+from SkullVAELib.pipeline.completer import Completer
+from SkullVAELib.pipeline.settings import CompletionSettings, RimFitSettings
+
+SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
+NO_MIRROR = RimFitSettings(mirror=False)  # faster; the mirror cue has its own tests
+
+
+@pytest.fixture(scope="module")
+def cranial_case():
+    return cranial_defect(make_phantom(1, SHAPE, SPACING), 1, style="skullbreak")
+
+
+@pytest.fixture(scope="module")
+def facial_case():
+    return facial_defect(make_phantom(2, (64, 64, 48), (3.2, 3.2, 3.2)), seed=0)
+
+
+def test_a_cranial_defect_completes_without_any_model(cranial_case):
+    defective, truth = cranial_case
+    before = defective.mask.copy()
+    result = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+    assert result.source == "rimfit" and result.defect == "cranial" and not result.gamma_used
+    assert "enclosed hole" in result.defect_reason
+    assert np.array_equal(defective.mask, before)  # the input is never modified
+    assert not (result.implant.mask & defective.mask).any()
+    assert dice(result.implant.mask, truth.mask) >= 0.8
+    assert np.array_equal(result.completed.mask, defective.mask | result.implant.mask)
+    assert result.implant.same_geometry(defective)
+    record = result.record()
+    assert record["implant_source"] == "rimfit" and record["implant_volume_mm3"] > 0
+
+
+def test_a_facial_defect_without_a_facial_source_names_what_to_install(facial_case):
+    defective, _ = facial_case
+    with pytest.raises(SkullVAEError, match="facial defect needs the learned refiner, an atlas set or a trained model"):
+        Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+
+
+def test_auto_reads_the_defect_from_the_geometry(facial_case, cranial_case):
+    from SkullVAELib.bundle.folder import ModelFolder
+    from SkullVAELib.pipeline.context import CompletionContext
+    from SkullVAELib.pipeline.defect import decide_defect
+
+    settings = CompletionSettings(rimfit=NO_MIRROR)
+    for (skull, _), expected in ((cranial_case, "cranial"), (facial_case, "facial")):
+        decision = decide_defect(CompletionContext(skull, settings, ModelFolder(None)))
+        assert decision.defect == expected, decision
+
+
+class _Stamp:
+    """A source of this test: one file's worth of code, one registration line."""
+
+    name: ClassVar[str] = "stamp"
+    uses_gamma: ClassVar[bool] = False
+    implant: ClassVar[np.ndarray | None] = None  # what it stamps (the test sets the true implant)
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def applies(self, context):
+        return None if context.defect == "facial" else "stamps only faces"
+
+    def propose(self, context):
+        return Proposal(self.implant, messages=[], timings={"stamp": 0.0})
+
+
+def test_a_new_source_is_one_class_and_one_registration_line(facial_case, cranial_case):
+    register_source(_Stamp)
+    assert "stamp" in source_names()
+    defective, truth = facial_case
+    _Stamp.implant = truth.mask | defective.mask  # the Completer removes the patient's bone
+    settings = CompletionSettings(sources=("rimfit", "stamp"), rimfit=NO_MIRROR)
+    result = Completer(settings).complete(defective)
+    assert result.source == "stamp"
+    assert result.skipped == {"rimfit": "the rim fit is for cranial defects (this is a facial defect)"}
+    assert not (result.implant.mask & defective.mask).any()  # post-processed, bone-free
+    assert dice(result.implant.mask, truth.mask) > 0.8  # the shared post-processing trims thin shells
+    cranial = Completer(settings).complete(cranial_case[0])
+    assert cranial.source == "rimfit" and "stamp" not in cranial.skipped  # the first that applies wins
+
+
+def test_unknown_or_repeated_sources_are_refused():
+    with pytest.raises(SkullVAEError, match="unknown implant source 'magic'"):
+        CompletionSettings(sources=("rimfit", "magic"))
+    with pytest.raises(SkullVAEError, match="named twice"):
+        CompletionSettings(sources=("rimfit", "rimfit"))
+    with pytest.raises(SkullVAEError, match="no implant source"):
+        CompletionSettings(sources=())
+
+
+def test_a_gamma_sweep_fits_the_rim_once(monkeypatch, cranial_case):
+    import SkullVAELib.implant.rimfit as rimfit
+
+    calls = []
+    real = rimfit.rim_fit
+    monkeypatch.setattr(rimfit, "rim_fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = Completer(CompletionSettings(rimfit=NO_MIRROR)).sweep(cranial_case[0], [0.5, 1.0, 1.5])
+    assert len(calls) == 1
+    assert [r.gamma for r in results] == [0.5, 1.0, 1.5]
+    assert all(np.array_equal(r.implant.mask, results[0].implant.mask) for r in results)  # γ does not change it
+
+
+def test_the_raw_skull_and_the_uncertainty_need_a_model(cranial_case):
+    import dataclasses
+
+    settings = CompletionSettings(rimfit=NO_MIRROR)
+    raw = dataclasses.replace(settings, vae=dataclasses.replace(settings.vae, keep_patient_bone=False))
+    with pytest.raises(SkullVAEError, match="needs a trained model"):
+        Completer(raw).complete(cranial_case[0])
+    with pytest.raises(SkullVAEError, match="no such model folder"):
+        Completer(CompletionSettings(model="/nonexistent/model"))
+
+
+def test_complete_without_a_model_imports_neither_monai_nor_the_vae(tmp_path, cranial_case):
+    """The rim-fit path of `skullvae complete` (a fresh process) never imports MONAI or the networks."""
+    write_mask(cranial_case[0], tmp_path / "d.nrrd")
+    code = (
+        "import sys; from SkullVAELib.cli import main; "
+        f"rc = main(['complete', '--input', {str(tmp_path / 'd.nrrd')!r}, '--output', {str(tmp_path / 'o.seg.nrrd')!r}, "
+        "'--no-mirror', '--progress', 'none']); "
+        "print(rc, 'monai' in sys.modules, 'SkullVAELib.vae.networks' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-3:] == ["0", "False", "False"], out
+    assert (tmp_path / "o.seg.nrrd").is_file()

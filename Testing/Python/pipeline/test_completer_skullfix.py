@@ -1,0 +1,35 @@
+"""The model-free product path on a real SkullFix validation case (skipped without the data)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from SkullVAELib.cli import main
+from SkullVAELib.evaluation.metrics import dice, implant_metrics
+from SkullVAELib.implant.rimfit import rim_fit
+from SkullVAELib.implant.symmetry import find_mirror_plane
+from SkullVAELib.io.image import read_skull
+from SkullVAELib.io.segfile import read_segmentation
+
+
+@pytest.mark.skullfix
+def test_complete_without_a_model_gives_the_rim_fit_implant_on_case_056(skullfix_dir, tmp_path, capsys):
+    """`skullvae complete --input 056 --output o.seg.nrrd` (no model): the rim fit's implant on the
+    input's exact geometry, non-overlapping segments, anchor-level quality (validation case)."""
+    source = skullfix_dir / "defective_skull" / "056.nrrd"
+    out = tmp_path / "o.seg.nrrd"
+    assert main(["complete", "--input", str(source), "--output", str(out), "--progress", "json"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]
+    assert done["implant_source"] == "rimfit" and done["defect"] == "cranial" and done["warnings"] == []
+    geometry, segments = read_segmentation(out)
+    skull = read_skull(source)
+    assert geometry.same_geometry(skull)
+    assert np.array_equal(segments["Patient bone"], skull.mask) and not (segments["Implant"] & skull.mask).any()
+    direct = rim_fit(skull, mirror_transform=find_mirror_plane(skull).transform()).implant
+    assert dice(segments["Implant"], direct) >= 0.999
+    truth = read_skull(skullfix_dir / "implant" / "056.nrrd").mask
+    m = implant_metrics(segments["Implant"], truth, skull.mask, skull.spacing)
+    assert m["dsc"] >= 0.85 and m["hd95"] <= 3.0, m

@@ -12,7 +12,7 @@ original resolution (nearest voxel, read in place in the mask's own memory order
 and oblique directions are honoured. Per ray, reading from the outside in: ``r_out`` = first
 bone hit (mm from the centre), ``r_in`` = where that bone layer ends (the outermost layer's
 inner surface). The sampling is vectorised: numpy on the CPU threads, skipping empty space
-with a block occupancy (:class:`_Sampler`); or torch on a given device (CUDA), every sample.
+with a block occupancy (:mod:`raymarch`); or torch on a given device (CUDA), every sample.
 
 Coarse to fine (``coarse_factor``): every ``coarse_factor``-th ray in α and β is cast first;
 rays are then cast at the full step only where it matters: around every lattice cell with a
@@ -25,16 +25,13 @@ value, so what the rim fit reads there (rim ring, hole growth) is unchanged.
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.implant.raymarch import RayMarcher
 from SkullVAELib.io.image import SkullImage
 
 DEFAULT_STEP_DEG = 1.0
@@ -45,8 +42,6 @@ REFINE_MARGIN = 16  # cells cast at the full step around a miss (the rim fit's r
 SHARP_MARGIN = 2  # ... and around a sharp radius change (a ledge, the skull base seen through a hole)
 SHARP_MM = 2.0  # radius change between neighbouring rays (or lattice curvature) that is sharp (or 2 voxels)
 MAX_REFINE_PASSES = 10
-CHUNK_SAMPLES = 1 << 20  # samples per vectorised batch on the CPU (memory ~ 20 bytes each)
-CHUNK_SAMPLES_CUDA = 1 << 24
 
 
 @dataclass
@@ -178,273 +173,27 @@ def max_radius(skull: SkullImage, centre: np.ndarray) -> float:
     return float(np.linalg.norm(pts - centre, axis=1).max() + 2.0 * np.linalg.norm(skull.spacing))
 
 
-BLOCK = 4  # voxels per side of the occupancy blocks that let a ray skip empty space
-WINDOW = 64  # samples (16 mm) read below a ray's outermost occupied block (then 32 at a time)
-_ONE_BASED = np.arange(1, WINDOW + 1, dtype=np.int16)
-_block_cache: dict = {}  # the last volume's block occupancy (both casts of a rim fit share it)
+def _marcher(skull: SkullImage, centre, transform, volume, device) -> tuple[RayMarcher, np.ndarray]:
+    """(marcher, M) for rays from ``centre``: a direction u (LPS) has index-space step M @ u."""
+    radii = np.arange(MIN_RADIUS_MM, max_radius(skull, centre) + RADIUS_STEP_MM, RADIUS_STEP_MM)
+    inv, origin = _physical_to_index(skull)
+    lin, off = (np.eye(3), np.zeros(3)) if transform is None else (transform[:3, :3], transform[:3, 3])
+    # index = inv @ (T(centre + r·u) - origin): linear in r, so one start and one step per ray
+    start = inv @ (lin @ centre + off - origin)
+    array = skull.mask if volume is None else volume
+    return RayMarcher(array, start, radii, MIN_RADIUS_MM, RADIUS_STEP_MM, device), inv @ lin
 
 
-def _block_any(mem: np.ndarray) -> np.ndarray:
-    """bool: any bone in each BLOCK³ block of a C-contiguous bool (n0, n1, n2) array (last blocks partial)."""
-    n0, n1, n2 = mem.shape
-    if n2 % BLOCK:
-        mem = np.concatenate([mem, np.zeros((n0, n1, BLOCK - n2 % BLOCK), dtype=bool)], axis=2)
-    blocks = np.ascontiguousarray(mem).view(np.uint32) != 0  # 4 bools of the fast axis at once
-    for axis in (1, 0):
-        n = blocks.shape[axis]
-        if n % BLOCK:
-            pad = list(blocks.shape)
-            pad[axis] = BLOCK - n % BLOCK
-            blocks = np.concatenate([blocks, np.zeros(pad, dtype=bool)], axis=axis)
-        shape = list(blocks.shape)
-        shape[axis : axis + 1] = [shape[axis] // BLOCK, BLOCK]
-        blocks = blocks.reshape(shape).any(axis=axis + 1)
-    return blocks
-
-
-def _occupancy(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
-    """(flat bool, element strides, dims) of the block occupancy of the bool mask ``arr`` (I, J, K),
-    dilated by one block and padded by one block of False on every side; cached for the last array."""
-    key = (arr.shape, arr.strides, int(np.count_nonzero(arr)))
-    ref = _block_cache.get("array")
-    if ref is not None and ref() is arr and _block_cache.get("key") == key:
-        return _block_cache["value"]
-    order = tuple(int(a) for a in np.argsort(arr.strides)[::-1])  # memory order, slowest axis first
-    grown = np.pad(_block_any(arr.transpose(order)), 1)
-    for axis in range(3):  # separable 3×3×3 dilation
-        ahead, behind = [slice(None)] * 3, [slice(None)] * 3
-        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
-        source = grown.copy()
-        grown[tuple(ahead)] |= source[tuple(behind)]
-        grown[tuple(behind)] |= source[tuple(ahead)]
-    logical = grown.transpose(np.argsort(order))  # back to (i, j, k) block axes
-    value = (grown.ravel(), tuple(int(s) for s in logical.strides), tuple(int(n) for n in logical.shape))
-    _block_cache.clear()
-    _block_cache.update(array=weakref.ref(arr, lambda _: _block_cache.clear()), key=key, value=value)
-    return value
-
-
-def cpu_threads() -> int:
-    """CPU threads of the ray casting: torch's when torch is loaded, else ``$SKULLVAE_THREADS``, else
-    the CPU count."""
-    if "torch" in sys.modules:
-        return max(int(sys.modules["torch"].get_num_threads()), 1)
-    try:
-        return max(int(os.environ.get("SKULLVAE_THREADS", "")), 1)
-    except ValueError:
-        return os.cpu_count() or 1
-
-
-class _Sampler:
-    """Marches rays from one centre through one mask (read in place, any memory order).
-
-    A ray with index-space start s and step u (per mm) reads voxel floor(s + u·r + 0.5) per axis
-    at every radius r (float32 arithmetic, as ``scipy.ndimage.map_coordinates(order=0,
-    mode="constant")`` does: no bone outside [0, n - 1]). On the CPU (numpy) a ray first reads a
-    block occupancy (BLOCK³ voxels, dilated by one block) every few samples, and then the full
-    samples only in a window below its outermost occupied block: every sample beyond that block
-    is empty, so the result is the same as reading every sample; rays whose window holds no bone,
-    or whose layer reaches the window's end, read every sample.
-    """
-
-    def __init__(self, skull, centre, transform, volume, device) -> None:
-        arr = skull.mask if volume is None else np.asarray(volume)
-        if arr.dtype != bool:
-            arr = arr != 0
-        if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
-            arr = np.ascontiguousarray(arr)
-        self.array = arr
-        self.volume = arr.ravel(order="K")  # no copy
-        self.strides = tuple(int(s) // arr.itemsize for s in arr.strides)
-        self.dims = tuple(int(n) for n in arr.shape)
-        radii = np.arange(MIN_RADIUS_MM, max_radius(skull, centre) + RADIUS_STEP_MM, RADIUS_STEP_MM)
-        self.radii = radii.astype(np.float32)
-        inv, origin = _physical_to_index(skull)
-        lin, off = (np.eye(3), np.zeros(3)) if transform is None else (transform[:3, :3], transform[:3, 3])
-        # index = inv @ (T(centre + r·u) - origin): linear in r, so one start and one step per ray
-        self.start = (inv @ (lin @ centre + off - origin)).astype(np.float32)
-        self.dir_to_index = inv @ lin
-        self.device = device
-        self._torch_volume = None
-        self._blocks = None
-
-    @property
-    def blocks(self) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
-        """The mask's block occupancy (:func:`_occupancy`), built on first use."""
-        if self._blocks is None:
-            self._blocks = _occupancy(self.array)
-        return self._blocks
-
-    def cast(self, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(hit bool (n,), r_out float32 (n,), r_in float32 (n,)) of unit LPS directions (n, 3)."""
-        m = self.dir_to_index
-        step = np.stack([dirs[:, 0] * m[a, 0] + dirs[:, 1] * m[a, 1] + dirs[:, 2] * m[a, 2] for a in range(3)], 1)
-        step = step.astype(np.float32)
-        last, first = self._march_torch(step) if self.device is not None else self._march_threads(step)
-        hit = last >= 0
-        rr = self.radii
-        r_out = np.where(hit, rr[np.maximum(last, 0)] + 0.5 * RADIUS_STEP_MM, np.nan).astype(np.float32)
-        r_in = np.where(hit, rr[first] - 0.5 * RADIUS_STEP_MM, np.nan).astype(np.float32)
-        return hit, r_out, r_in
-
-    def _flat_index(self, step, radii, dims, strides, block: int = 1):
-        """(flat index, valid) of the voxels (or blocks of ``block`` voxels, padded by one) read at
-        ``radii`` ((L,) or (n, L)) along the rays of index-space ``step`` (n, 3)."""
-        index_type = np.int32 if self.volume.size < 2**31 else np.int64
-        x = np.empty((len(step), radii.shape[-1]), dtype=np.float32)
-        flat = np.zeros(x.shape, dtype=index_type)
-        valid = np.ones(x.shape, dtype=bool)
-        for a in range(3):
-            np.multiply(step[:, a : a + 1], radii, out=x)
-            x += self.start[a]
-            if block == 1:
-                valid &= x >= 0
-                valid &= x <= dims[a] - 1
-            x += 0.5
-            np.floor(x, out=x)
-            xi = x.astype(index_type)
-            if block > 1:  # the voxel's block, + 1 for the padding
-                xi //= block
-                xi += 1
-                valid &= (xi >= 0) & (xi < dims[a])
-            xi *= strides[a]
-            flat += xi
-        flat *= valid
-        return flat, valid
-
-    def _march_threads(self, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_march_blocks` on ``cpu_threads()`` threads (numpy releases the GIL in its loops)."""
-        threads = min(cpu_threads(), max(len(step) // 2048, 1))
-        if threads <= 1:
-            return self._march_blocks(step)
-        _ = self.blocks  # built once, before the threads share it
-        parts = np.array_split(np.arange(len(step)), threads)
-        with ThreadPoolExecutor(threads) as pool:
-            done = list(pool.map(lambda rays: self._march_blocks(step[rays]), parts))
-        return np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done])
-
-    def _march_blocks(self, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(last, first) per ray: index of the outermost bone sample (-1: none) and of the first
-        sample of its layer (0 when the layer reaches the first sample); see the class docstring."""
-        n, n_r = len(step), len(self.radii)
-        occupied, b_strides, b_dims = self.blocks
-        # a sample lies within BLOCK voxels (per axis) of the voxel of the nearest coarse sample, so
-        # in its block or a neighbour: the dilated occupancy never misses bone
-        reach = float(np.abs(self.dir_to_index).sum(axis=1).max()) * RADIUS_STEP_MM  # voxels per sample
-        half = int(max(1, min(8, int((BLOCK - 0.1) / reach))))  # coarse step 2·half samples
-        coarse_radii = MIN_RADIUS_MM + RADIUS_STEP_MM * 2 * half * np.arange((n_r - 1 + half) // (2 * half) + 1)
-        coarse_radii = coarse_radii.astype(np.float32)
-        occupied_groups = np.empty((n, len(coarse_radii)), dtype=bool)  # group g: samples g·2h ± h
-        chunk = max(CHUNK_SAMPLES // len(coarse_radii), 1)
-        for lo in range(0, n, chunk):
-            flat, valid = self._flat_index(step[lo : lo + chunk], coarse_radii, b_dims, b_strides, block=BLOCK)
-            occupied_groups[lo : lo + chunk] = occupied[flat] & valid
-        groups = np.arange(1, len(coarse_radii) + 1)
-        last = np.full(n, -1, dtype=np.int64)
-        first = np.zeros(n, dtype=np.int64)
-        top = np.full(n, n_r - 1, dtype=np.int64)  # no bone above this sample
-        todo = np.arange(n)
-        while todo.size:  # the outermost occupied group at or below top, then a window of samples under it
-            below = groups[None, :] <= ((top[todo] + half) // (2 * half) + 1)[:, None]
-            g = (occupied_groups[todo] & below) * groups
-            g = g.max(axis=1) - 1
-            todo, g = todo[g >= 0], g[g >= 0]
-            offset = np.minimum(g * 2 * half + half, top[todo]) - (WINDOW - 1)
-            samples = self._window(step[todo], offset, WINDOW)
-            outer = (samples * _ONE_BASED).max(axis=1)  # 1-based; 0: no bone in the window
-            gap = ((~samples & (_ONE_BASED < outer[:, None])) * _ONE_BASED).max(axis=1)
-            found = outer > 0
-            last[todo[found]] = offset[found] + outer[found].astype(np.int64) - 1
-            first[todo[found]] = offset[found] + gap[found]
-            deeper = found & (gap == 0) & (offset > 0)  # the layer may go on below the window
-            if deeper.any():
-                self._layer_bottoms(step, todo[deeper], offset[deeper], first)
-            top[todo] = offset - 1
-            todo = todo[~found & (offset > 0)]
-        return last, first
-
-    def _layer_bottoms(self, step, rays, bottom, first) -> None:
-        """Set ``first`` (in place) of ``rays`` whose outermost layer is bone down to ``bottom``."""
-        length = WINDOW // 2
-        while rays.size:
-            start = bottom - length
-            samples = self._window(step[rays], start, length)
-            gap = (~samples * _ONE_BASED[:length]).max(axis=1)  # 1-based highest gap; 0: none
-            first[rays] = np.where(gap > 0, start + gap, 0)
-            more = (gap == 0) & (start > 0)
-            rays, bottom = rays[more], start[more]
-
-    def _window(self, step, offset, length) -> np.ndarray:
-        """bool (n, length): bone at radius index ``offset`` (n,) + t along each ray (False outside
-        0..n_r-1)."""
-        n_r = len(self.radii)
-        out = np.empty((len(step), length), dtype=bool)
-        chunk = max(CHUNK_SAMPLES // length, 1)
-        for lo in range(0, len(step), chunk):
-            index = offset[lo : lo + chunk, None] + np.arange(length)
-            inside = (index >= 0) & (index < n_r)
-            flat, valid = self._flat_index(step[lo : lo + chunk], self.radii[np.clip(index, 0, n_r - 1)], self.dims,
-                                           self.strides)  # fmt: skip
-            samples = self.volume[flat]
-            samples &= valid & inside
-            out[lo : lo + chunk] = samples
-        return out
-
-    def _march(self, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(last, first) as :meth:`_march_blocks`, reading every sample (numpy; the reference)."""
-        n, n_r = len(step), len(self.radii)
-        chunk = max(CHUNK_SAMPLES // n_r, 1)
-        one_based = np.arange(1, n_r + 1, dtype=np.int32 if n_r >= 2**15 else np.int16)
-        last = np.empty(n, dtype=np.int64)
-        first = np.empty(n, dtype=np.int64)
-        for lo in range(0, n, chunk):
-            flat, valid = self._flat_index(step[lo : lo + chunk], self.radii, self.dims, self.strides)
-            samples = self.volume[flat]
-            samples &= valid
-            outer = (samples * one_based).max(axis=1)  # 1-based index of the outermost bone; 0: none
-            gap = ~samples & (one_based < outer[:, None])
-            last[lo : lo + chunk] = outer - 1
-            first[lo : lo + chunk] = (gap * one_based).max(axis=1)  # 1 past the innermost gap
-        return last, first
-
-    def _march_torch(self, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every sample of every ray in torch (its CPU threads, or a GPU): (last, first) as
-        :meth:`_march_blocks`."""
-        import torch
-
-        device = torch.device(self.device)
-        if self._torch_volume is None:
-            with warnings.catch_warnings():  # a read-only mask: torch only reads it
-                warnings.simplefilter("ignore", UserWarning)
-                self._torch_volume = torch.from_numpy(self.volume).to(device)
-        volume = self._torch_volume
-        n, n_r = len(step), len(self.radii)
-        chunk = max((CHUNK_SAMPLES_CUDA if device.type == "cuda" else CHUNK_SAMPLES) // n_r, 1)
-        index_type = torch.int32 if volume.numel() < 2**31 else torch.int64
-        radii = torch.from_numpy(self.radii).to(device)
-        one_based = torch.arange(1, n_r + 1, dtype=torch.int32, device=device)
-        steps = torch.from_numpy(step).to(device)
-        last = torch.empty(n, dtype=torch.int32, device=device)
-        first = torch.empty(n, dtype=torch.int32, device=device)
-        for lo in range(0, n, chunk):
-            s = steps[lo : lo + chunk]
-            flat = torch.zeros((len(s), n_r), dtype=index_type, device=device)
-            valid = torch.ones((len(s), n_r), dtype=torch.bool, device=device)
-            for a in range(3):
-                x = s[:, a : a + 1] * radii
-                x += float(self.start[a])
-                valid &= x >= 0
-                valid &= x <= self.dims[a] - 1
-                x += 0.5
-                flat += x.floor_().to(index_type) * self.strides[a]
-            flat *= valid
-            samples = volume[flat]
-            samples &= valid
-            outer = (samples * one_based).amax(dim=1)
-            gap = ~samples & (one_based < outer[:, None])
-            last[lo : lo + len(s)] = outer - 1
-            first[lo : lo + len(s)] = (gap * one_based).amax(dim=1)
-        return last.cpu().numpy(), first.cpu().numpy()
+def _cast_rays(marcher: RayMarcher, to_index: np.ndarray, dirs: np.ndarray):
+    """(hit bool (n,), r_out float32 (n,), r_in float32 (n,)) of unit LPS directions (n, 3)."""
+    m = to_index
+    step = np.stack([dirs[:, 0] * m[a, 0] + dirs[:, 1] * m[a, 1] + dirs[:, 2] * m[a, 2] for a in range(3)], 1)
+    last, first = marcher.march(step.astype(np.float32))
+    hit = last >= 0
+    rr = marcher.radii
+    r_out = np.where(hit, rr[np.maximum(last, 0)] + 0.5 * RADIUS_STEP_MM, np.nan).astype(np.float32)
+    r_in = np.where(hit, rr[first] - 0.5 * RADIUS_STEP_MM, np.nan).astype(np.float32)
+    return hit, r_out, r_in
 
 
 def cast(
@@ -472,18 +221,19 @@ def cast(
             every sample read by torch on it. All give the same map.
     """
     centre = cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    sampler = _Sampler(skull, centre, transform, volume, device)
+    marcher, to_index = _marcher(skull, centre, transform, volume, device)
     alpha, beta = angle_grid(step_deg)
     shape = (len(alpha), len(beta))
     if coarse_factor <= 1:
-        hit, r_out, r_in = sampler.cast(directions(alpha[:, None], beta[None, :]).reshape(-1, 3))
+        hit, r_out, r_in = _cast_rays(marcher, to_index, directions(alpha[:, None], beta[None, :]).reshape(-1, 3))
         return RayMap(centre, float(step_deg), hit.reshape(shape), r_out.reshape(shape), r_in.reshape(shape))
     sharp_mm = max(SHARP_MM, 2.0 * float(np.max(skull.spacing)))  # above the voxel quantisation
-    maps = _coarse_to_fine(sampler, alpha, beta, int(coarse_factor), exact, sharp_mm)
+    maps = _coarse_to_fine(lambda dirs: _cast_rays(marcher, to_index, dirs), alpha, beta, int(coarse_factor), exact,
+                           sharp_mm)  # fmt: skip
     return RayMap(centre, float(step_deg), *maps)
 
 
-def _coarse_to_fine(sampler: _Sampler, alpha, beta, factor: int, must: np.ndarray | None, sharp_mm: float):
+def _coarse_to_fine(cast_rays, alpha, beta, factor: int, must: np.ndarray | None, sharp_mm: float):
     """(hit, r_out, r_in, exact) on the full grid: see the module docstring."""
     shape = (len(alpha), len(beta))
     hit = np.zeros(shape, dtype=bool)
@@ -494,7 +244,7 @@ def _coarse_to_fine(sampler: _Sampler, alpha, beta, factor: int, must: np.ndarra
     def cast_cells(cells: np.ndarray) -> None:
         rows, cols = np.nonzero(cells & ~done)
         if rows.size:
-            hit[rows, cols], r_out[rows, cols], r_in[rows, cols] = sampler.cast(directions(alpha[rows], beta[cols]))
+            hit[rows, cols], r_out[rows, cols], r_in[rows, cols] = cast_rays(directions(alpha[rows], beta[cols]))
             done[rows, cols] = True
 
     node_rows = np.unique(np.r_[np.arange(0, shape[0], factor), shape[0] - 1])

@@ -15,7 +15,7 @@ from scipy import ndimage
 from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
-from SkullVAELib.implant import raycast, rimfit
+from SkullVAELib.implant import raycast, raymarch, rimfit
 from SkullVAELib.implant.symmetry import find_mirror_plane
 from SkullVAELib.io.image import SkullImage, read_skull
 
@@ -54,7 +54,7 @@ _FAST_CAST = raycast.cast
 def _every_sample_cast(skull: SkullImage, centre=None, step_deg=1.0, transform=None, **_) -> raycast.RayMap:
     """Every sample of every ray (no coarse pass, no block skipping)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(raycast._Sampler, "_march_threads", raycast._Sampler._march)
+        patch.setattr(raymarch.RayMarcher, "march", raymarch.RayMarcher.march_every)
         return _FAST_CAST(skull, centre, step_deg, transform, coarse_factor=1)
 
 
@@ -143,9 +143,9 @@ def test_torch_gives_the_numpy_map(defect_cases):
 def test_threads_give_the_same_map(defect_cases, monkeypatch):
     defective, _ = defect_cases[1]
     centre = raycast.cranial_centre(defective)
-    monkeypatch.setattr(raycast, "cpu_threads", lambda: 1)
+    monkeypatch.setattr(raymarch, "cpu_threads", lambda: 1)
     one = raycast.cast(defective, centre, 1.0, coarse_factor=1)
-    monkeypatch.setattr(raycast, "cpu_threads", lambda: 3)
+    monkeypatch.setattr(raymarch, "cpu_threads", lambda: 3)
     _same_map(one, raycast.cast(defective, centre, 1.0, coarse_factor=1))
 
 

@@ -102,12 +102,9 @@ def defect_cases(
 
 def method_sources(method: str) -> tuple[str, ...]:
     """ "rimfit+learned" -> ("rimfit", "learned"): a method is an ordered chain of implant sources."""
-    from SkullVAELib.implant.sources import source_class
+    from SkullVAELib.pipeline.settings import check_sources
 
-    names = tuple(method.split("+"))
-    for name in names:
-        source_class(name)  # one-line error listing the known sources
-    return names
+    return check_sources(method.split("+"))
 
 
 def method_completers(methods: Sequence[str], settings, folder=None) -> dict:

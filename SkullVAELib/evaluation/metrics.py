@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.implant.cleanup import bounding_box
+
 Spacing = Sequence[float] | np.ndarray
 
 
@@ -36,23 +38,6 @@ def _as_spacing(spacing: Spacing | None, ndim: int) -> np.ndarray:
     if s.size != ndim or np.any(s <= 0) or not np.all(np.isfinite(s)):
         raise ValueError(f"spacing must be {ndim} positive numbers, got {spacing}")
     return s
-
-
-def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every True voxel, grown by ``margin`` voxels
-    (clipped to the array); ``None`` when the mask is empty."""
-    mask = np.asarray(mask, dtype=bool)
-    margins = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(i for i in range(mask.ndim) if i != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        lo = max(int(hits[0]) - int(margins[axis]), 0)
-        hi = min(int(hits[-1]) + 1 + int(margins[axis]), mask.shape[axis])
-        box.append(slice(lo, hi))
-    return tuple(box)
 
 
 def dice(a: np.ndarray, b: np.ndarray, threshold: float | None = None) -> float:

@@ -36,13 +36,29 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from SkullVAELib.evaluation.metrics import bounding_box
 from SkullVAELib.io.image import SkullImage
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
 INPUT_BONE_FRACTION = 0.5  # a model voxel is input bone when half of it is bone
 SHELL_MIN_NEIGHBOURS = 10  # of 26: one-voxel shells have <= 8, two-voxel plates >= 11
 SHIFT_OVERLAP = 0.25  # least fraction of a kept component that the latent shift added
+
+
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True voxel, grown by ``margin`` voxels
+    (clipped to the array); ``None`` when the mask is empty."""
+    mask = np.asarray(mask, dtype=bool)
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(i for i in range(mask.ndim) if i != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            return None
+        lo = max(int(hits[0]) - int(margins[axis]), 0)
+        hi = min(int(hits[-1]) + 1 + int(margins[axis]), mask.shape[axis])
+        box.append(slice(lo, hi))
+    return tuple(box)
 
 
 def remove_thin_shells(mask: np.ndarray, min_neighbours: int = SHELL_MIN_NEIGHBOURS) -> np.ndarray:

@@ -71,16 +71,7 @@ class CompletionSettings:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        from SkullVAELib.implant.sources import source_class
-
-        sources = tuple(self.sources)
-        object.__setattr__(self, "sources", sources)
-        if not sources:
-            raise SkullVAEError("no implant source given; choose from " + ", ".join(IMPLANT_SOURCES))
-        for name in sources:
-            source_class(name)  # one-line error listing the known sources
-        if len(set(sources)) != len(sources):
-            raise SkullVAEError(f"an implant source is named twice: {','.join(sources)}")
+        object.__setattr__(self, "sources", check_sources(self.sources))
         if self.defect not in DEFECT_CHOICES:
             raise SkullVAEError(f"defect must be one of {', '.join(DEFECT_CHOICES)}, got {self.defect!r}")
         if self.precision not in PRECISIONS:
@@ -106,3 +97,17 @@ class CompletionSettings:
             "mirror": self.rimfit.mirror,
             "device": self.device,
         }
+
+
+def check_sources(names) -> tuple[str, ...]:
+    """The implant-source names as a tuple: registered, none twice, at least one (one-line errors)."""
+    from SkullVAELib.implant.sources import source_class
+
+    sources = tuple(names)
+    if not sources:
+        raise SkullVAEError("no implant source given; choose from " + ", ".join(IMPLANT_SOURCES))
+    for name in sources:
+        source_class(name)  # one-line error listing the known sources
+    if len(set(sources)) != len(sources):
+        raise SkullVAEError(f"an implant source is named twice: {','.join(sources)}")
+    return sources

@@ -18,7 +18,7 @@ import numpy as np
 
 from SkullVAELib.core.config import NetworkConfig
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.core.limits import check_network
+from SkullVAELib.core.limits import check_network, nonblocking_opener
 
 MAX_JSON_BYTES = 64 * 2**20  # config.json / completion.json are kilobytes; bigger is not ours
 MAX_HEAD_CHANNELS = 2  # decoder heads: 1 (sigmoid) or 2 (the reference's softmax, folded)
@@ -27,7 +27,7 @@ MAX_HEAD_CHANNELS = 2  # decoder heads: 1 (sigmoid) or 2 (the reference's softma
 def read_json(path: Path) -> dict:
     """A JSON object from a regular file of at most MAX_JSON_BYTES (one-line errors)."""
     try:
-        with open(path, "rb") as stream:
+        with open(path, "rb", opener=nonblocking_opener) as stream:  # a FIFO: refused below, not waited on
             mode = os.fstat(stream.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise SkullVAEError("not a regular file (a device, FIFO or folder); refusing to read it", path)

@@ -10,6 +10,10 @@ Defaults (documented in the README, "Reliability"):
 - ``max_memory_gb`` = 4 GB of estimated memory per volume read and completed, per model
   (parameters + one forward pass) and per training cache.
 
+Small files (JSON of models, registries, caches) are read through :func:`read_regular_bytes`:
+regular files only, opened without blocking (a FIFO named ``completion.json`` would otherwise
+hang the reader forever), and at most a stated number of bytes.
+
 Override with the environment (``SKULLVAE_MAX_VOXELS``, ``SKULLVAE_MAX_MEMORY_GB``; the Slicer
 child process inherits them) or the CLI flags ``--max-voxels`` / ``--max-memory-gb``
 (:func:`set_limits`).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass
 from os import PathLike
 
@@ -177,3 +182,33 @@ def check_network(
         f"a model with grid {'x'.join(map(str, grid))}, channels {list(channels)} and latent size {latent_size}",
         path,
     )
+
+
+def nonblocking_opener(path: str, flags: int) -> int:
+    """``open(path, mode, opener=nonblocking_opener)``: open without waiting for a FIFO's writer (the
+    caller then refuses what is not a regular file); no effect on regular files."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def read_regular_bytes(path: str | PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of ``path`` (symlinks followed): a regular file of at most ``max_bytes``.
+
+    A FIFO, device, socket or folder is refused without blocking; one-line SkullVAEError naming
+    the file for those, a missing or unreadable file, or one over ``max_bytes``.
+    """
+    try:
+        stream = open(path, "rb", opener=nonblocking_opener)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise SkullVAEError(f"{what} not found", path) from None
+    except OSError as exc:
+        raise SkullVAEError(f"cannot read {what}: {exc.strerror or exc}", path) from None
+    with stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            raise SkullVAEError(f"{what} is not a regular file (a FIFO, device or folder); refusing to read it", path)
+        try:
+            data = stream.read(max_bytes + 1)
+        except OSError as exc:
+            raise SkullVAEError(f"cannot read {what}: {exc.strerror or exc}", path) from None
+    if len(data) > max_bytes:
+        raise SkullVAEError(f"{what} is larger than {max_bytes:,} bytes; refusing to read it", path)
+    return data

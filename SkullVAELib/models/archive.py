@@ -2,15 +2,21 @@
 
 A release asset is one archive holding one bundle folder (``NAME/config.json``, ...).
 Unpacking refuses absolute paths, ``..`` members, links and device files: an archive
-from the internet never writes outside the folder it is unpacked into.
+from the internet never writes outside the folder it is unpacked into. Before anything is
+written it also refuses an archive of more than :data:`MAX_MEMBERS` members or whose members
+declare more than its unpacked-size limit (:func:`unpacked_limit`: the registry's declared
+``unpacked_size``, else :data:`MAX_RATIO` times the archive plus :data:`RATIO_SLACK_BYTES`, never
+over :data:`MAX_UNPACKED_BYTES`), an encrypted, empty or oddly compressed zip, each in one line.
 """
 
 from __future__ import annotations
 
+import lzma
 import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from SkullVAELib.core.atomic import atomic_path
@@ -19,6 +25,21 @@ from SkullVAELib.core.errors import SkullVAEError
 # Files of a bundle folder that are not shipped: resumable training state and temp files.
 EXCLUDED_PARTS = ("checkpoints",)
 ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same bundle packs to the same bytes
+MAX_MEMBERS = 1000  # a bundle is a dozen files; an atlas set adds one per training skull
+MAX_UNPACKED_BYTES = 4 * 2**30  # 4 GiB: ten times the largest bundle we build (weights + atlas + refiner)
+MAX_RATIO = 20  # weights and gzipped masks barely compress: 20x is generous, a zip bomb is 1000x
+RATIO_SLACK_BYTES = 64 * 2**20  # small archives of small, compressible files (JSON, Markdown)
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, ValueError,
+           RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError)  # fmt: skip
+
+
+def unpacked_limit(archive_bytes: int, declared: int | None = None) -> int:
+    """Most bytes an archive of ``archive_bytes`` may unpack to: ``declared`` (a registry entry's
+    ``unpacked_size``) when given, else ``MAX_RATIO`` × the archive + ``RATIO_SLACK_BYTES``; at most
+    :data:`MAX_UNPACKED_BYTES` either way."""
+    limit = int(declared) if declared else MAX_RATIO * int(archive_bytes) + RATIO_SLACK_BYTES
+    return min(limit, MAX_UNPACKED_BYTES)
 
 
 def is_archive(path: str | os.PathLike) -> bool:
@@ -55,22 +76,40 @@ def pack_bundle(folder: str | os.PathLike, archive: str | os.PathLike, top: str 
     return Path(archive)
 
 
-def unpack_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Unpack a .zip or .tar[.gz|.bz2|.xz] into the existing folder ``dest``; returns ``dest``.
+def unpack_archive(archive: str | os.PathLike, dest: str | os.PathLike, max_bytes: int | None = None) -> Path:
+    """Unpack a .zip or .tar[.gz|.bz2|.xz] into the folder ``dest`` (made); returns ``dest``.
 
-    Raises SkullVAEError naming the archive for a corrupt archive or an unsafe member.
+    ``max_bytes``: the most the members may unpack to (default :func:`unpacked_limit` of the
+    archive's size). Raises SkullVAEError naming the archive, before writing anything, for a
+    corrupt, encrypted, empty or oversized archive or an unsafe member.
     """
     archive, dest = Path(archive), Path(dest)
+    if max_bytes is None:
+        max_bytes = unpacked_limit(os.stat(archive).st_size)
     try:
         if zipfile.is_zipfile(archive):
-            _unpack_zip(archive, dest)
+            _unpack_zip(archive, dest, max_bytes)
         elif tarfile.is_tarfile(archive):
-            _unpack_tar(archive, dest)
+            _unpack_tar(archive, dest, max_bytes)
         else:
             raise SkullVAEError("not a .zip or .tar archive (corrupt or partial download?)", archive)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise SkullVAEError(f"corrupt archive ({type(exc).__name__}: {exc})", archive) from None
+    except _ERRORS as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SkullVAEError(
+            f"corrupt archive ({type(exc).__name__}{': ' + reason if reason else ''})", archive
+        ) from None
     return dest
+
+
+def _check_totals(count: int, total: int, max_bytes: int, archive: Path) -> None:
+    if count > MAX_MEMBERS:
+        raise SkullVAEError(f"the archive holds over {MAX_MEMBERS} members; not a model bundle (refused)", archive)
+    if total > max_bytes:
+        raise SkullVAEError(
+            f"the archive unpacks to over {max_bytes / 2**20:,.0f} MiB (its members declare {total / 2**20:,.0f} MiB "
+            "or more); refused before writing (an archive bomb, or not a model bundle)",
+            archive,
+        )
 
 
 def _safe_name(name: str, archive: Path) -> PurePosixPath:
@@ -80,27 +119,46 @@ def _safe_name(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
-def _unpack_zip(archive: Path, dest: Path) -> None:
+def _unpack_zip(archive: Path, dest: Path, max_bytes: int) -> None:
     with zipfile.ZipFile(archive) as zf:
         members = zf.infolist()
+        if not members:
+            raise SkullVAEError("empty archive: it holds no files", archive)
+        _check_totals(len(members), sum(info.file_size for info in members), max_bytes, archive)
         for info in members:
             _safe_name(info.filename, archive)
             mode = info.external_attr >> 16
             if mode and stat.S_ISLNK(mode):
                 raise SkullVAEError(f"link in archive: {info.filename!r} (refused)", archive)
+            if info.flag_bits & 0x1:
+                raise SkullVAEError(
+                    f"encrypted (password-protected) member {info.filename!r}; pack the bundle without a password",
+                    archive,
+                )
+            if info.compress_type not in _ZIP_METHODS:
+                raise SkullVAEError(
+                    f"member {info.filename!r} uses zip compression method {info.compress_type}, which Python "
+                    "cannot read; pack it with deflate (skullvae models pack does)",
+                    archive,
+                )
         bad = zf.testzip()  # CRC of every member: a damaged archive fails here, not half-unpacked
         if bad is not None:
             raise SkullVAEError(f"corrupt archive member {bad!r} (CRC mismatch)", archive)
         zf.extractall(dest)
 
 
-def _unpack_tar(archive: Path, dest: Path) -> None:
+def _unpack_tar(archive: Path, dest: Path, max_bytes: int) -> None:
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for member in members:
+        members, total = [], 0
+        while (member := tf.next()) is not None:  # headers one by one: stop at the first over a limit
+            members.append(member)
+            total += member.size
+            _check_totals(len(members), total, max_bytes, archive)
             _safe_name(member.name, archive)
             if not (member.isfile() or member.isdir()):
                 raise SkullVAEError(f"link or special file in archive: {member.name!r} (refused)", archive)
+        if not members:
+            raise SkullVAEError("empty archive: it holds no files", archive)
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: a second line of defence
             tf.extractall(dest, members=members, filter="data")
         else:
@@ -110,6 +168,8 @@ def _unpack_tar(archive: Path, dest: Path) -> None:
 def bundle_root(folder: str | os.PathLike) -> Path:
     """The bundle inside an unpacked archive: ``folder`` itself or its single sub-folder with config.json."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise SkullVAEError("the archive holds no model bundle (expected one folder with config.json)")
     if (folder / "config.json").is_file():
         return folder
     subs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from SkullVAELib.core.atomic import atomic_write_text
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.limits import read_regular_bytes
 
 CARD_JSON = "model_card.json"
+MAX_CARD_BYTES = 16 << 20
 CARD_TEXT = "model_card.md"
 DISCLAIMER = (
     "Not a medical device. Research use only: every completed skull and every implant it proposes "
@@ -101,7 +103,7 @@ def write_training_card(folder: str | os.PathLike, data_roots: list[str] | None 
 def read_model_card(folder: str | os.PathLike) -> dict:
     """The bundle's card; built from config.json when the bundle has none (older bundles)."""
     folder = Path(folder)
-    if (folder / CARD_JSON).is_file():
+    if os.path.lexists(folder / CARD_JSON):  # a FIFO or device there is refused by _read, not skipped
         return _read(folder / CARD_JSON)
     if not (folder / "config.json").is_file():
         raise SkullVAEError("not a SkullVAE model bundle (no config.json)", folder)
@@ -197,8 +199,8 @@ def _round(value):
 
 def _read(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(read_regular_bytes(path, MAX_CARD_BYTES, "JSON file").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SkullVAEError(f"cannot read JSON ({exc})", path) from None
     if not isinstance(doc, dict):
         raise SkullVAEError("expected a JSON object", path)

@@ -39,7 +39,9 @@ class RegistryEntry:
         version: the entry's version; a new release of the same name gets a new version.
         url: the bundle archive (.zip or .tar[.gz]) on the project's release page.
         sha256: hex digest of the archive (None until released).
-        size: archive size in bytes (None until released).
+        size: archive size in bytes (None until released); a download stops there.
+        unpacked_size: bytes the archive unpacks to (optional); installing refuses more
+            (``archive.unpacked_limit``; without it, 20x the archive).
         released: False while no release asset exists at ``url``.
         kind: "regular" or "aggregated"; grid: model grid (X, Y, Z) in voxels.
         stages: per stage, e.g. {"1": {"beta": 100, "epochs": 120}, "2": {"epochs": 300}}.
@@ -52,6 +54,7 @@ class RegistryEntry:
     url: str
     sha256: str | None = None
     size: int | None = None
+    unpacked_size: int | None = None
     released: bool = False
     kind: str = ""
     grid: tuple[int, int, int] | None = None
@@ -154,7 +157,10 @@ def _entry(item: dict) -> RegistryEntry:
         version=str(item["version"]),
         url=str(item["url"]),
         sha256=None if sha is None else str(sha).lower(),
-        size=None if item.get("size") is None else int(item["size"]),
+        size=None if item.get("size") is None else _non_negative(item["size"], "size"),
+        unpacked_size=None
+        if item.get("unpacked_size") is None
+        else _non_negative(item["unpacked_size"], "unpacked_size"),
         released=bool(item.get("released", False)),
         kind=str(item.get("kind", "")),
         grid=None if grid is None else tuple(int(g) for g in grid),
@@ -168,6 +174,12 @@ def _entry(item: dict) -> RegistryEntry:
     )
 
 
+def _non_negative(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number of bytes, got {value!r}")
+    return value
+
+
 def entry_to_dict(entry: RegistryEntry) -> dict:
     """The JSON form of an entry (as stored in models.json)."""
     return {
@@ -177,6 +189,7 @@ def entry_to_dict(entry: RegistryEntry) -> dict:
         "url": entry.url,
         "sha256": entry.sha256,
         "size": entry.size,
+        "unpacked_size": entry.unpacked_size,
         "kind": entry.kind,
         "grid": None if entry.grid is None else list(entry.grid),
         "stages": entry.stages,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,13 +26,16 @@ from pathlib import Path
 
 from SkullVAELib.core.atomic import atomic_write_text, replace_folder
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.limits import read_regular_bytes
 from SkullVAELib.core.progress import ProgressCallback
-from SkullVAELib.models.archive import bundle_root, is_archive, unpack_archive
+from SkullVAELib.models.archive import bundle_root, is_archive, unpack_archive, unpacked_limit
 from SkullVAELib.models.download import download_file, sha256_file
 from SkullVAELib.models.registry import Registry, RegistryEntry, check_name, load_registry
 
 HOME_ENV = "SKULLVAE_HOME"
 INSTALLED_FILE = "installed.json"
+MAX_INSTALLED_BYTES = 1 << 20
+_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 
 def models_home() -> Path:
@@ -43,6 +47,30 @@ def models_home() -> Path:
     except ImportError:  # Slicer before its requirements are installed: the same folders by hand
         return _fallback_cache_dir()
     return Path(user_cache_dir("skullvae", appauthor=False))
+
+
+def writable_home(home: Path | None = None) -> Path:
+    """The model cache (``home`` or :func:`models_home`) with its ``models/`` and ``downloads/`` folders
+    made; one-line SkullVAEError when it is a file or device (``SKULLVAE_HOME=/dev/null``), or read-only."""
+    home = home or models_home()
+    source = f"${HOME_ENV}" if os.environ.get(HOME_ENV) else "the model cache"
+    for folder in (home, home / "models", home / "downloads"):
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise SkullVAEError(f"{source} must be a folder, but this is a file or device", folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SkullVAEError(f"{source} cannot be written: {exc.strerror or exc}", folder) from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise SkullVAEError(f"{source} is not writable", folder)
+    return home
+
+
+def _download_name(url: str) -> str:
+    """A safe file name for the archive at ``url`` in ``downloads/``: its last path part when that is
+    a plain name ("..", "." and names with odd characters become "model-archive")."""
+    last = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return last if _SAFE_FILE_NAME.match(last) and last.strip(".") else "model-archive"
 
 
 def _fallback_cache_dir() -> Path:
@@ -136,7 +164,7 @@ def download_model(
         )
     if not entry.sha256:
         raise SkullVAEError(f"registry entry {name!r} has no sha256; refusing an unverifiable download", registry.path)
-    home = home or models_home()
+    home = writable_home(home)
     current = _read_installed(home / "models" / name)
     installed = (home / "models" / name / "config.json").is_file()
     if installed and not overwrite:
@@ -171,14 +199,13 @@ def install_model(
     the bundle folder's name. An existing model of that name is replaced only with ``overwrite``.
     """
     registry = registry or load_registry()
-    home = home or models_home()
+    home = writable_home(home)
     text = str(source)
     if text.startswith(("http://", "https://", "file://")):
         entry = next((e for e in registry.entries if e.url == text), None)
-        file_name = text.rstrip("/").rsplit("/", 1)[-1] or "model.zip"
         archive = download_file(
-            text, home / "downloads" / file_name, entry.sha256 if entry else None, entry.size if entry else None,
-            progress=progress,
+            text, home / "downloads" / _download_name(text), entry.sha256 if entry else None,
+            entry.size if entry else None, progress=progress,
         )  # fmt: skip
         try:
             return _install_file(
@@ -230,7 +257,8 @@ def install_archive(
     try:
         if progress is not None:
             progress("install", 0.0, f"unpacking {archive.name}")
-        unpack_archive(archive, staging / "unpacked")
+        limit = unpacked_limit(archive.stat().st_size, meta.get("unpacked_size"))
+        unpack_archive(archive, staging / "unpacked", max_bytes=limit)
         try:
             root = bundle_root(staging / "unpacked")
         except SkullVAEError as exc:
@@ -273,13 +301,19 @@ def _staging(home: Path, name: str) -> Path:
 
 
 def _meta(entry: RegistryEntry, source: str) -> dict:
-    return {"version": entry.version, "sha256": entry.sha256, "source": source, "registry_name": entry.name}
+    meta = {"version": entry.version, "sha256": entry.sha256, "source": source, "registry_name": entry.name}
+    return {**meta, "unpacked_size": entry.unpacked_size} if entry.unpacked_size else meta
 
 
 def _read_installed(folder: Path) -> dict:
+    """``installed.json`` of an installed model ({} when absent or not JSON); a FIFO or device there
+    is refused in one line instead of hanging the reader."""
+    path = folder / INSTALLED_FILE
+    if not os.path.lexists(path):
+        return {}
     try:
-        doc = json.loads((folder / INSTALLED_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = json.loads(read_regular_bytes(path, MAX_INSTALLED_BYTES, "installed.json").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
 

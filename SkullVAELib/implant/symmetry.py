@@ -5,11 +5,16 @@ transform, mean squares on a Gaussian-smoothed mask resampled to ``spacing_mm``)
 about the plane x = c (LPS) and T is the registration, S = F0 ∘ T maps the skull onto itself
 mirrored. S is then made an exact reflection p ↦ M (p - q) + q with M = I - 2 n nᵀ, the plane
 normal n being the eigenvector of S's linear part nearest eigenvalue -1.
+
+The smoothed mask is a block mean computed straight from the mask (no full-resolution float
+copy), and the plane is cached for the last skull asked about (:func:`find_mirror_plane`), so
+the rim fit, the defect detection and a second Apply on the same skull share one registration.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,16 +46,65 @@ def _reflection(point: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return MirrorPlane(point, normal).transform()
 
 
+def block_mean(mask: np.ndarray, factors) -> np.ndarray:
+    """float32 (K', J', I'): the mean of bool ``mask`` (I, J, K) over blocks of ``factors``
+    (fi, fj, fk) voxels, in ITK's (K, J, I) array order; partial blocks at the end are dropped.
+    The same numbers as ``sitk.BinShrink`` of the mask as float, without a float copy of it."""
+    mem = mask.T  # (K, J, I): contiguous for a Fortran-ordered (SimpleITK) mask
+    fi, fj, fk = (int(f) for f in factors)
+    n_i, n_j, n_k = (int(n) // f for n, f in zip(mask.shape, (fi, fj, fk), strict=True))
+    count = np.uint16 if fi * fj * fk < 2**16 else np.uint32
+    slabs = np.zeros((n_k, mem.shape[1], mem.shape[2]), dtype=count)
+    for d in range(fk):  # whole slabs first: long contiguous additions
+        slabs += mem[d : n_k * fk : fk]
+    rows = np.zeros((n_k, n_j, mem.shape[2]), dtype=count)
+    for d in range(fj):
+        rows += slabs[:, d : n_j * fj : fj]
+    sums = rows[:, :, : n_i * fi].reshape(n_k, n_j, n_i, fi).sum(axis=-1, dtype=count)
+    return (sums / np.float32(fi * fj * fk)).astype(np.float32)
+
+
 def _smoothed(skull: SkullImage, spacing_mm: float) -> sitk.Image:
-    """The mask as float, averaged down (BinShrink) to about ``spacing_mm`` voxels and smoothed."""
-    img = sitk.Cast(skull.to_sitk(), sitk.sitkFloat32)
-    factors = [max(int(round(spacing_mm / s)), 1) for s in img.GetSpacing()]
-    img = sitk.BinShrink(img, factors)
+    """The mask as float, averaged down (as BinShrink) to about ``spacing_mm`` voxels and smoothed."""
+    factors = np.array([max(int(round(spacing_mm / s)), 1) for s in skull.spacing])
+    img = sitk.GetImageFromArray(block_mean(skull.mask, factors))
+    spacing = np.asarray(skull.spacing, dtype=np.float64)
+    img.SetSpacing(tuple(float(v) for v in spacing * factors))
+    # BinShrink's origin: the centre of the first block
+    img.SetOrigin(tuple(float(v) for v in np.asarray(skull.origin) + skull.direction @ (spacing * (factors - 1) / 2)))
+    img.SetDirection(tuple(float(v) for v in skull.direction.ravel()))
     return sitk.SmoothingRecursiveGaussian(img, spacing_mm / 2.0)
 
 
+_plane_cache: dict = {}  # the last skull's plane: {"mask": weak reference, "key": ..., "plane": MirrorPlane}
+
+
 def find_mirror_plane(skull: SkullImage, spacing_mm: float = DEFAULT_SPACING_MM) -> MirrorPlane:
-    """The mid-sagittal plane of ``skull`` (any geometry) by flip-and-register."""
+    """The mid-sagittal plane of ``skull`` (any geometry) by flip-and-register.
+
+    Computed once per skull: asked again about the same skull object (same mask array,
+    geometry and bone count) and ``spacing_mm``, it returns a copy of the cached plane.
+    """
+    key = (
+        skull.mask.shape,
+        tuple(np.asarray(skull.origin, dtype=float)),
+        tuple(np.asarray(skull.spacing, dtype=float)),
+        tuple(np.asarray(skull.direction, dtype=float).ravel()),
+        int(np.count_nonzero(skull.mask)),
+        float(spacing_mm),
+    )
+    ref = _plane_cache.get("mask")
+    if ref is not None and ref() is skull.mask and _plane_cache.get("key") == key:
+        plane = _plane_cache["plane"]
+        return replace(plane, point=plane.point.copy(), normal=plane.normal.copy())
+    plane = _register_mirror_plane(skull, spacing_mm)
+    _plane_cache.clear()
+    _plane_cache.update(mask=weakref.ref(skull.mask, lambda _: _plane_cache.clear()), key=key, plane=plane)
+    return replace(plane, point=plane.point.copy(), normal=plane.normal.copy())
+
+
+def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
+    """:func:`find_mirror_plane` without the cache."""
     from SkullVAELib.implant.raycast import bone_points
 
     pts = bone_points(skull, every=max(int(skull.mask.sum()) // 100_000, 1))

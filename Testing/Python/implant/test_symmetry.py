@@ -1,0 +1,80 @@
+"""The mirror plane (issue 26): block means without a float copy of the mask, one registration per skull."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.implant import symmetry
+from SkullVAELib.io.image import SkullImage
+
+
+def _reference_smoothed(skull: SkullImage, spacing_mm: float) -> sitk.Image:
+    """The smoothing before issue 26: the whole mask cast to float, then BinShrink."""
+    img = sitk.Cast(skull.to_sitk(), sitk.sitkFloat32)
+    factors = [max(int(round(spacing_mm / s)), 1) for s in img.GetSpacing()]
+    return sitk.SmoothingRecursiveGaussian(sitk.BinShrink(img, factors), spacing_mm / 2.0)
+
+
+@pytest.fixture(scope="module")
+def defective() -> SkullImage:
+    phantom = make_phantom(1, (96, 96, 72), (2.2, 2.2, 2.2))
+    return cranial_defect(phantom, 1, style="skullbreak")[0]
+
+
+def _oblique(order: str) -> SkullImage:
+    """A random mask whose shape no block factor divides, on an oblique grid."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((53, 47, 31)) < 0.3
+    t = np.deg2rad(11.0)
+    direction = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+    mask = np.asfortranarray(mask) if order == "F" else np.ascontiguousarray(mask)
+    return SkullImage(mask, (-20.5, 3.25, 7.0), (0.43, 0.43, 0.7), direction)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_block_mean_and_geometry_are_binshrinks(order):
+    skull = _oblique(order)
+    ours, ref = symmetry._smoothed(skull, 4.0), _reference_smoothed(skull, 4.0)
+    assert ours.GetSize() == ref.GetSize()
+    np.testing.assert_array_equal(ours.GetOrigin(), ref.GetOrigin())
+    np.testing.assert_array_equal(ours.GetSpacing(), ref.GetSpacing())
+    np.testing.assert_array_equal(ours.GetDirection(), ref.GetDirection())
+    np.testing.assert_allclose(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref), atol=1e-6)
+    factors = [9, 9, 6]
+    shrunk = sitk.BinShrink(sitk.Cast(skull.to_sitk(), sitk.sitkFloat32), factors)
+    np.testing.assert_array_equal(symmetry.block_mean(skull.mask, factors), sitk.GetArrayFromImage(shrunk))
+
+
+def test_the_plane_is_the_reference_plane(defective, monkeypatch):
+    symmetry._plane_cache.clear()
+    ours = symmetry.find_mirror_plane(defective)
+    monkeypatch.setattr(symmetry, "_smoothed", _reference_smoothed)
+    symmetry._plane_cache.clear()
+    ref = symmetry.find_mirror_plane(defective)
+    np.testing.assert_allclose(ours.normal, ref.normal, atol=1e-6)
+    np.testing.assert_allclose(ours.point, ref.point, atol=1e-4)
+
+
+def test_the_plane_is_registered_once_per_skull(defective, monkeypatch):
+    symmetry._plane_cache.clear()
+    calls = []
+    register = symmetry._register_mirror_plane
+
+    def counted(skull, spacing_mm):
+        calls.append(spacing_mm)
+        return register(skull, spacing_mm)
+
+    monkeypatch.setattr(symmetry, "_register_mirror_plane", counted)
+    first = symmetry.find_mirror_plane(defective)
+    first.normal[:] = 0.0  # the caller's copy: the cache keeps its own
+    again = symmetry.find_mirror_plane(defective)
+    assert len(calls) == 1
+    assert abs(np.linalg.norm(again.normal) - 1.0) < 1e-9
+    symmetry.find_mirror_plane(defective, spacing_mm=6.0)  # other settings: registered again
+    other = SkullImage(defective.mask.copy(), defective.origin, defective.spacing, defective.direction)
+    np.testing.assert_array_equal(symmetry.find_mirror_plane(other).normal, again.normal)  # same bone
+    assert len(calls) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -97,9 +98,39 @@ def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn
         info = json.loads(metadata.get("info", "{}"))
     except (KeyError, ValueError, TypeError) as exc:
         raise SkullVAEError(f"the refiner's stored settings are missing or damaged ({exc})", path) from None
+    check_refiner_file(cfg, tensors, path)  # sizes before the network is allocated; NaN weights refused
     network = cfg.network()
     try:
         network.load_state_dict({k: v.float() for k, v in tensors.items()})
     except RuntimeError as exc:
         raise SkullVAEError(f"the weights do not fit the stored network ({str(exc).splitlines()[0]})", path) from None
     return network.to(device).eval(), cfg, info
+
+
+def refiner_memory_bytes(cfg: RefinerConfig) -> float:
+    """Estimated bytes of a refiner of ``cfg`` on one crop: float32 parameters of the U-Net (3x3x3
+    convolutions down and up, ``res_units`` + 2 per level) plus its feature maps (6 per level)."""
+    voxels = float(math.prod(cfg.crop_shape))
+    previous, parameters, features = 1, 0.0, 2 * voxels
+    for level, c in enumerate(cfg.channels):
+        parameters += 2 * 27 * (previous + c) * c * (cfg.res_units + 2)
+        features += 6 * c * voxels / 8**level
+        previous = c
+    return 4.0 * (parameters + features)
+
+
+def check_refiner_file(cfg: RefinerConfig, tensors: dict, path: str | os.PathLike) -> None:
+    """Refuse (one line naming ``path``) settings too large for the limits (``core.limits``), before
+    anything is allocated, and weights that are not finite (NaN or ±inf)."""
+    from SkullVAELib.core.limits import check_memory, check_volume
+
+    if not (1 <= len(cfg.channels) <= 8 and all(1 <= c <= 4096 for c in cfg.channels) and 0 <= cfg.res_units <= 8):
+        raise SkullVAEError(
+            f"implausible refiner network (channels {list(cfg.channels)}, res_units {cfg.res_units})", path
+        )
+    check_volume(cfg.crop_shape, 4, path, what="refiner crop")
+    check_memory(refiner_memory_bytes(cfg), f"a refiner with channels {list(cfg.channels)} on a crop of "
+                 f"{'x'.join(map(str, cfg.crop_shape))} voxels", path)  # fmt: skip
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SkullVAEError(f"the refiner's weights hold NaN or infinite values ({name})", path)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
 
+MAX_IDS = 100_000  # case ids in one list: data sets hold hundreds
+
 
 def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
     """Case ids from "064-079", "000,003,010-012", a file with one id (or range) per line,
@@ -31,6 +33,8 @@ def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
             if sep and lo.isdigit() and hi.isdigit():
                 if int(hi) < int(lo):
                     raise SkullVAEError(f"id range {item!r} runs backwards")
+                if int(hi) - int(lo) + 1 + len(ids) > MAX_IDS:  # counted before anything is expanded
+                    raise SkullVAEError(f"id range {item!r} holds over {MAX_IDS:,} case ids; not a data set's")
                 width = len(lo)
                 ids += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
             else:

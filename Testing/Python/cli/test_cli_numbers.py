@@ -96,3 +96,22 @@ def test_threads_are_capped_at_the_cpu_count():
     cpus = os.cpu_count() or 1
     assert threads_arg("100000") == cpus
     assert threads_arg("1") == 1
+
+
+def test_a_huge_id_range_is_refused_before_it_is_expanded(capsys, tmp_path, monkeypatch):
+    """``0-99999999`` took over 2.3 GB before failing; it is now refused from its two bounds."""
+    import tracemalloc
+
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.data.case_ids import parse_id_spec
+
+    tracemalloc.start()
+    with pytest.raises(SkullVAEError, match="holds over 100,000 case ids"):
+        parse_id_spec("000-063,0-99999999")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20
+    monkeypatch.chdir(tmp_path)
+    line = _refused(TRAIN + ["--train-ids", "0-99999999"], capsys)
+    assert "0-99999999" in line
+    assert parse_id_spec("000-002") == ["000", "001", "002"]

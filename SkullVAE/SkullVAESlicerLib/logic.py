@@ -328,6 +328,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
 
     def _loadResult(self, run: _Run, outcome: RunOutcome):
         scene = run.inputNode.GetScene()
+        nodes.onlyLabelmapOnLoad(run.tempDir / "result.seg.nrrd")  # our temporary: surfaces built by us, lazily
         segmentation = nodes.loadSegmentationFile(scene, run.tempDir / "result.seg.nrrd")
         output, created = run.outputNode, run.outputNode is None
         if created:

@@ -8,6 +8,7 @@ where Slicer does it, never by hand. Every helper takes the scene from the nodes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -136,6 +137,37 @@ def removeNodes(nodes) -> None:
         if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
             scene.RemoveNode(node.GetStorageNode())
         scene.RemoveNode(node)
+
+
+def onlyLabelmapOnLoad(path: str | os.PathLike) -> bool:
+    """Rewrite a .seg.nrrd's header (in place, through a rename) so that Slicer's reader builds no
+    closed surfaces when it loads the file: ``Segmentation_ContainedRepresentationNames`` becomes
+    "Binary labelmap" only. The library writes "Closed surface" there (so a file opened by hand
+    shows in 3D at once), which made loading a SkullFix result build the whole skull's surface
+    (seconds); the module builds the implant's at once and the skull's only when shown.
+    Only for files of the module's own run folder. Returns True when the header was changed.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    end = head.find(b"\n\n")
+    if end < 0:
+        return False
+    header = head[:end]
+    changed = re.sub(rb"(?m)^(Segmentation_ContainedRepresentationNames:=)[^\n]*$", rb"\1Binary labelmap|", header)
+    if changed == header:
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            src.seek(end)
+            out.write(changed)
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
 
 
 def loadSegmentationFile(scene, path: str | os.PathLike):

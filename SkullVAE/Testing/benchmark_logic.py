@@ -1,15 +1,21 @@
-"""Time from SkullVAELogic.process() to the result on one volume, under the slicer-core wheel.
+"""Time from SkullVAELogic.process() to the result in the scene, under the slicer-core wheel.
 
-    OMP_NUM_THREADS=2 python SkullVAE/Testing/benchmark_logic.py CASE.nrrd [--preset paper]
+    OMP_NUM_THREADS=2 python SkullVAE/Testing/benchmark_logic.py CASE.nrrd                 # no model (rim fit)
+    OMP_NUM_THREADS=2 python SkullVAE/Testing/benchmark_logic.py CASE.nrrd --preset paper  # an untrained bundle
 
-Uses an untrained bundle of the given preset (random weights, centroids set): the time is
-that of the real pipeline (write input, child process start, read, encode, decode, write
-.seg.nrrd, load, closed surfaces), not of a trained model's quality.
+Without ``--preset``/``--model`` it is the first Apply a new user makes: no model, a cranial
+defect, the rim fit. ``--preset`` times the real pipeline with an untrained bundle of that
+preset (its quality is not measured). The time is what the panel waits for: writing the input,
+the child process, reading the result into the scene with the implant's surface (the patient
+bone's surface is built afterwards, timed separately as "skull surface"). The last line says
+whether the same completion, run in one process, imported MONAI.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,33 +26,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from SkullVAESlicerLib import nodes  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
 
+MONAI_CHECK = (
+    "import sys; from SkullVAELib.cli import main; "
+    "code = main(['complete', '--input', sys.argv[1], '--output', sys.argv[2], '--defect', 'cranial', "
+    "'--progress', 'none']); print('monai imported:', any(m == 'monai' or m.startswith('monai.') for m in sys.modules))"
+)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("input")
-    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--preset", default=None, help="time an untrained bundle of this preset")
     parser.add_argument("--defect", default="cranial")
-    parser.add_argument("--model", help="a trained bundle to time instead of an untrained preset")
+    parser.add_argument("--model", help="a trained bundle to time instead")
     args = parser.parse_args()
 
-    import numpy as np
-
-    from SkullVAELib.bundle.model_bundle import new_bundle
-    from SkullVAELib.core.config import network_preset
-
     with tempfile.TemporaryDirectory() as folder:
-        model = args.model or str(Path(folder) / "model")
-        if not args.model:
+        model = args.model
+        if args.preset and not model:
+            import numpy as np
+
+            from SkullVAELib.bundle.model_bundle import new_bundle
+            from SkullVAELib.core.config import network_preset
+
             bundle = new_bundle(network_preset(args.preset), aggregated=True, seed=0)
             d = bundle.network.latent_size
             bundle.set_centroids({"complete": np.zeros(d), "cranial": np.full(d, 0.1), "facial": np.full(d, -0.1)})
+            model = str(Path(folder) / "model")
             bundle.save(model)
         scene, _logics = nodes.createCoreScene()
         volume = nodes.readVolume(scene, args.input)
         stages = {}
-        start = time.perf_counter()
         logic = SkullVAELogic()
         logic.logCallback = lambda text: None
+        start = time.perf_counter()
         seg = logic.process(
             volume,
             model,
@@ -54,12 +67,22 @@ def main() -> int:
             onProgress=lambda stage, fraction, message: stages.setdefault(stage, time.perf_counter() - start),
         )
         total = time.perf_counter() - start
+        t = time.perf_counter()
+        SkullVAELogic.showIn3D(seg)
+        skull_surface = time.perf_counter() - t
+        check = subprocess.run(
+            [sys.executable, "-c", MONAI_CHECK, args.input, str(Path(folder) / "check.seg.nrrd")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
     dims = volume.GetImageData().GetDimensions()
-    print(
-        f"input {args.input} {dims}, model {args.model or 'untrained ' + args.preset}: process() -> result {total:.1f} s"
-    )
+    label = args.model or (f"untrained {args.preset}" if args.preset else "none (rim fit)")
+    print(f"input {args.input} {dims}, model {label}: process() -> result in the scene {total:.1f} s")
+    print(f"skull surface (built after the result is shown) {skull_surface:.1f} s")
     print("first progress event per stage (s after process()):", {k: round(v, 1) for k, v in stages.items()})
-    print("segments:", [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)])
+    print(f"implant {logic.lastResult['implantVolumeMm3'] / 1000:.1f} cm³ from {logic.lastResult['implantSource']}")
+    print((check.stdout.strip().splitlines() or ["monai check failed: " + check.stderr.strip()[-300:]])[-1])
     return 0
 
 

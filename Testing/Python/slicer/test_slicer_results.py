@@ -41,8 +41,14 @@ def case(tmp_path_factory):
     complete = make_phantom(3, shape=(48, 48, 40), spacing=(SPACING,) * 3)
     defective, implant = cranial_defect(complete, seed=1)
     write_mask(defective, folder / "defective.nrrd")
-    segments = [Segment("Completed skull", defective.mask | implant.mask), Segment("Implant", implant.mask)]
-    write_segmentation(folder / "result.seg.nrrd", defective, segments)
+    # as `skullvae complete` writes it now, and as an older library wrote it (overlapping segments)
+    write_segmentation(
+        folder / "result.seg.nrrd",
+        defective,
+        [Segment("Patient bone", defective.mask), Segment("Implant", implant.mask)],
+    )
+    old = [Segment("Completed skull", defective.mask | implant.mask), Segment("Implant", implant.mask)]
+    write_segmentation(folder / "old.seg.nrrd", defective, old)
     return {"folder": folder, "defective": defective.mask, "implant": implant.mask}
 
 
@@ -59,16 +65,24 @@ def _tag(segment) -> str:
     return str(value)
 
 
-def _filled(scene, case):
+def _filled(scene, case, name="result.seg.nrrd", tmp=None):
+    """Load a result file the way the logic does (header made labelmap-only, then split and styled)."""
+    import shutil
+    import tempfile
+
+    copy = Path(tmp or tempfile.mkdtemp()) / name
+    shutil.copyfile(case["folder"] / name, copy)
+    nodes.onlyLabelmapOnLoad(copy)
     volume = nodes.readVolume(scene, case["folder"] / "defective.nrrd", "defective")
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
-    segmentation = nodes.loadSegmentationFile(scene, case["folder"] / "result.seg.nrrd")
+    segmentation = nodes.loadSegmentationFile(scene, copy)
     results.fillResultSegmentation(output, segmentation, volume)
     return volume, output
 
 
-def test_segments_do_not_overlap_and_keep_every_voxel(scene, case):
-    _, output = _filled(scene, case)
+@pytest.mark.parametrize("name", ["result.seg.nrrd", "old.seg.nrrd"])
+def test_segments_do_not_overlap_and_keep_every_voxel(scene, case, name):
+    _, output = _filled(scene, case, name)
     segmentation = output.GetSegmentation()
     names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
     assert names == {"Patient bone", "Implant"}
@@ -106,6 +120,20 @@ def test_terminology_survives_a_save_and_load(scene, case, tmp_path):
     by_name = {s["name"]: s for s in saved["segments"]}
     assert by_name["Implant"]["terminology"]["type"][1] == "40388003"
     assert by_name["Patient bone"]["terminology"]["type"][1] == "89546000"
+
+
+def test_labelmap_only_header_keeps_every_voxel(case, tmp_path):
+    import shutil
+
+    copy = tmp_path / "r.seg.nrrd"
+    shutil.copyfile(case["folder"] / "result.seg.nrrd", copy)
+    before = slicerio.read_segmentation(str(copy))
+    assert "Closed surface" in before["containedRepresentationNames"]  # what the library writes
+    assert nodes.onlyLabelmapOnLoad(copy) and not nodes.onlyLabelmapOnLoad(copy)  # once; then nothing to do
+    after = slicerio.read_segmentation(str(copy))
+    assert after["containedRepresentationNames"] == ["Binary labelmap"]
+    assert np.array_equal(before["voxels"], after["voxels"]) and before["segments"] == after["segments"]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.seg.nrrd"]
 
 
 def test_implant_surface_at_once_the_skull_only_on_demand(scene, case):

@@ -4,30 +4,58 @@ The module, its typed parameter node, a thin widget and the self-test live here;
 logic (no Qt, testable under the slicer-core wheel) is ``SkullVAESlicerLib.logic`` and is
 re-exported as ``SkullVAELogic``. Inference runs in a separate process
 (``PythonSlicer -m SkullVAELib complete``), so Slicer never freezes.
+
+The first supported Slicer is 5.10 (Python 3.12; Python 3.10 is the language floor, checked
+by ``vermin`` in the tests). Slicer 5.8 and older ship Python 3.9: there the module stops at
+load with one message (:func:`unsupportedMessage`) instead of failing later in a completion.
+This check runs before anything of SkullVAE is imported, and this file up to it parses on 3.9.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-from typing import Annotated
+import logging
+import sys
 
-import slicer
-import vtk
-from SkullVAESlicerLib import resourcePath
-from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: F401  (re-exported API)
-from SkullVAESlicerLib.widget import modelPathText
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
+#: The first 3D Slicer release SkullVAE runs on, and the Python it needs (the README states both).
+MINIMUM_SLICER = "5.10"
+MINIMUM_PYTHON = (3, 10)
+
+
+def unsupportedMessage(versionInfo=None):
+    """None when this Python runs SkullVAE; else the one message shown at module load."""
+    version = tuple(versionInfo or sys.version_info)[:2]
+    if version >= MINIMUM_PYTHON:
+        return None
+    return (
+        f"SkullVAE needs 3D Slicer {MINIMUM_SLICER} or newer (Python {MINIMUM_PYTHON[0]}.{MINIMUM_PYTHON[1]}+); "
+        f"this Slicer runs Python {version[0]}.{version[1]}. Please install a current Slicer from download.slicer.org."
+    )
+
+
+UNSUPPORTED = unsupportedMessage()
+if UNSUPPORTED:  # Slicer <= 5.8: this one message (Slicer's module loader shows it), nothing else loaded
+    raise ImportError(UNSUPPORTED)
+
+import os  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from SkullVAESlicerLib import resourcePath  # noqa: E402
+from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: E402, F401  (re-exported API)
+from SkullVAESlicerLib.widget import modelPathText  # noqa: E402
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode  # noqa: E402
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
+from slicer.util import VTKObservationMixin  # noqa: E402
 
-from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE
+from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402
 
 
 def resourceFile(relative: str) -> str:
@@ -45,21 +73,34 @@ class SkullVAE(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SkullVAE contributors"]
         self.parent.helpText = """
-Completes a defective skull and designs the implant that fills the defect, with an aggregated
-β-VAE (latent arithmetic: the defective skull's latent code is moved along the class direction
-from "defective" to "complete" by γ and decoded).<br>
+Completes a defective skull and designs the implant that fills the defect. Cranial defects need
+no model: the implant is fitted to the defect's rim. With a model (an aggregated β-VAE), facial
+defects and the paper's latent arithmetic (γ) are available too.<br>
 Input: a CT volume (bone found with a HU threshold), a binary skull mask or labelmap, or a skull
-segmentation. Choose a model folder, the defect type (auto, cranial or facial) and γ (1 = paper),
-then Apply. The output segmentation holds "Completed skull" and "Implant".<br>
+segmentation; try <i>Sample Data → SkullVAE</i>. Optionally choose a model, the defect type
+(auto, cranial or facial) and γ, then Apply. The output segmentation holds "Patient bone" and
+"Implant" (they do not overlap); the panel says which source made the implant and its volume.<br>
 <b>For research use only. Not a certified medical device; do not use for diagnosis or treatment.</b>
 Implants must be checked and adapted by a qualified person before any use.
 """
         self.parent.acknowledgementText = """
-Implements the method of "Training β-VAE by Aggregating a Learned Gaussian Posterior with a
-Decoupled Decoder" (skull reconstruction and shape completion). Uses MONAI, PyTorch and 3D Slicer.
-The SkullFix data set is from the AutoImplant challenge.
+Implements Li, Fragemann, Ahmadi, Kleesiek, Egger: "Training β-VAE by Aggregating a Learned Gaussian
+Posterior with a Decoupled Decoder" (skull reconstruction and shape completion). Uses MONAI, PyTorch
+and 3D Slicer. SkullFix data: Kodym et al., Data in Brief 35 (2021) 106902, from the AutoImplant 2020
+challenge (Li et al., IEEE TMI 2021). Licence: Apache-2.0.
 """
         self.parent.icon = _icon()
+        if hasattr(slicer.app, "connect"):  # register the sample data once Slicer has started
+            slicer.app.connect("startupCompleted()", _registerSampleData)
+
+
+def _registerSampleData() -> None:
+    try:
+        from SkullVAESlicerLib.sampledata import registerSampleData
+
+        registerSampleData()
+    except Exception as exc:  # noqa: BLE001 - no Sample Data module (e.g. a custom app): the module still works
+        logging.getLogger("SkullVAE").warning(f"SkullVAE sample data not registered: {exc}")
 
 
 def _icon():
@@ -167,16 +208,39 @@ class SkullVAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class SkullVAETest(ScriptedLoadableModuleTest):
-    """End to end inside Slicer: a phantom skull, a tiny untrained model, one completion."""
+    """Inside Slicer: the phantom sample completes without a model; with a tiny untrained model too.
+
+    Registered as a Slicer Python unit test (SkullVAE/CMakeLists.txt: slicer_add_python_unittest).
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_PhantomEndToEnd()
+        self.test_PhantomWithoutModel()
+        self.setUp()
+        self.test_PhantomWithTinyModel()
 
-    def test_PhantomEndToEnd(self):
+    def test_PhantomWithoutModel(self):
+        from SkullVAESlicerLib import results, sampledata
+
+        self.delayDisplay("Completing the phantom sample without a model (rim fit)")
+        volume = slicer.util.loadVolume(str(sampledata.phantomPath()))
+        logic = SkullVAELogic()
+        seg = logic.process(volume, None, defect="cranial", forceCPU=True, timeout=600)
+        segmentation = seg.GetSegmentation()
+        self.assertTrue(segmentation.GetSegmentIdBySegmentName("Patient bone"))
+        self.assertTrue(segmentation.GetSegmentIdBySegmentName("Implant"))
+        self.assertEqual(segmentation.GetNumberOfLayers(), 1)  # the two do not overlap
+        self.assertEqual(logic.lastResult["implantSource"], "rimfit")
+        self.assertGreater(logic.lastResult["implantVolumeMm3"], 0)
+        self.assertTrue(results.hasSurface(seg, "Implant"))
+        folder = Path(tempfile.mkdtemp(prefix="SkullVAETest-"))
+        self.assertTrue(os.path.isfile(logic.exportImplantStl(seg, str(folder / "implant.stl"))))
+        self.delayDisplay("Test passed")
+
+    def test_PhantomWithTinyModel(self):
         import numpy as np
 
         from SkullVAELib.bundle.model_bundle import new_bundle
@@ -194,15 +258,11 @@ class SkullVAETest(ScriptedLoadableModuleTest):
         bundle.save(folder / "model")
         volume = slicer.util.loadVolume(str(phantomPath))
 
-        self.delayDisplay("Completing")
+        self.delayDisplay("Completing with the model")
         logic = SkullVAELogic()
-        seg = logic.process(volume, str(folder / "model"), defect="cranial", forceCPU=True)
-        segmentation = seg.GetSegmentation()
-        self.assertTrue(segmentation.GetSegmentIdBySegmentName("Completed skull"))
-        self.assertTrue(segmentation.GetSegmentIdBySegmentName("Implant"))
-        self.assertTrue(segmentation.ContainsRepresentation("Closed surface"))
-        stl = logic.exportImplantStl(seg, str(folder / "implant.stl"))
-        self.assertTrue(os.path.isfile(stl))
+        seg = logic.process(volume, str(folder / "model"), defect="cranial", refine=False, forceCPU=True, timeout=600)
+        self.assertTrue(seg.GetSegmentation().GetSegmentIdBySegmentName("Implant"))
+        self.assertTrue(logic.lastResult["gammaUsed"])
         with self.assertRaises(ValueError):
-            logic.process(volume, "")
+            logic.process(volume, str(folder / "no such model"))
         self.delayDisplay("Test passed")

@@ -2,8 +2,13 @@
 
 The logic runs the child process; this class drains its output with a ``qt.QTimer`` on
 the main thread (so the GUI never freezes), turns Apply into Cancel while it runs, and
-shows the result. The model selector lists installed models and the registry's; Download
-runs ``skullvae models download`` the same way (progress bar, Cancel).
+shows the result: which source made the implant, its volume, Slicer's Show 3D toggle (the
+implant's surface exists at once; the bone's is built right after the panel is updated).
+The model selector lists installed models and the registry's; Download (after the licence
+is accepted, once per model, remembered in the user's settings) and Install from file run
+``skullvae models download|install`` the same way (progress bar, Cancel); Remove deletes.
+A model is optional: Apply needs only an input. γ is enabled only where it can change the
+implant (``logic.gammaApplies``).
 """
 
 from __future__ import annotations
@@ -16,10 +21,22 @@ from pathlib import Path
 import qt
 import slicer
 
-from .logic import SkullVAECancelled
+from .logic import SkullVAECancelled, gammaApplies, sourceText
 
 MODEL_PATH_SETTING = "SkullVAE/ModelPath"
 POLL_INTERVAL_MS = 100
+MODEL_ARCHIVES = "Model archives (*.zip *.tar *.tar.gz *.tgz);;All files (*)"
+
+
+class SettingsStore:
+    """``qt.QSettings`` as the mapping ``ModelsLogic.settings`` expects (get / item assignment)."""
+
+    def get(self, key, default=None):
+        value = qt.QSettings().value(key)
+        return default if value is None else str(value)
+
+    def __setitem__(self, key, value) -> None:
+        qt.QSettings().setValue(key, value)
 
 
 class SkullVAEPanel:
@@ -37,11 +54,11 @@ class SkullVAEPanel:
         self.parameterNode = parameterNode
         self.modelChoices: list = []  # ModelChoice of each selector line after the placeholder
         self.logic.logCallback = self.appendLog
+        self.logic.settings = SettingsStore()  # accepted licences, per model, for this user
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onTimer)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyOrCancel)
-        self.ui.show3DButton.connect("clicked(bool)", self.onShow3D)
         self.ui.exportStlButton.connect("clicked(bool)", self.onExportStl)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
@@ -52,6 +69,10 @@ class SkullVAEPanel:
         self.downloadTimer.connect("timeout()", self.onDownloadTimer)
         self.ui.modelSelectorComboBox.connect("activated(int)", self.onModelSelected)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadOrCancel)
+        self.ui.removeModelButton.connect("clicked(bool)", self.onRemoveModel)
+        self.ui.installModelFileButton.connect("clicked(bool)", self.onInstallModelFile)
+        self.ui.completedSkullButton.connect("clicked(bool)", self.onAddCompletedSkull)
+        self.ui.show3DButton.setMRMLScene(slicer.mrmlScene)
         self.refreshModels()
 
     # --- settings ------------------------------------------------------------------
@@ -113,7 +134,7 @@ class SkullVAEPanel:
             self.logic.cancelDownload()
             return
         choice = self.selectedChoice()
-        if choice is None or not choice.downloadable:
+        if choice is None or not choice.downloadable or not self.licenceAccepted(choice.name):
             return
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.text = f"Downloading {choice.name}..."
@@ -128,6 +149,53 @@ class SkullVAEPanel:
         self.downloadTimer.start()
         self.updateButtons()
 
+    def licenceAccepted(self, name: str) -> bool:
+        """Ask once per model (remembered in the user's settings) before downloading licensed weights."""
+        licence = self.logic.licenceToAccept(name)
+        if licence is None:
+            return True
+        text = (
+            f"The weights of {name} are under this licence:\n\n{licence}\n\n"
+            "Do you accept it? (You are asked once per model.)"
+        )
+        if not slicer.util.confirmYesNoDisplay(text, windowTitle="SkullVAE: model licence"):
+            self.ui.statusLabel.text = f"{name}: licence not accepted; nothing was downloaded."
+            return False
+        self.logic.acceptLicence(name)
+        return True
+
+    def onRemoveModel(self) -> None:
+        choice = self.selectedChoice()
+        if choice is None or not choice.installed:
+            return
+        if not slicer.util.confirmOkCancelDisplay(f"Delete the installed model {choice.name} ({choice.path})?"):
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to remove the model.", waitCursor=True):
+            self.logic.removeModel(choice.name)
+            params = self.parameterNode()
+            if params is not None and _samePath(modelPathText(params), choice.path):
+                params.modelPath = Path(".")
+        self.refreshModels()
+
+    def onInstallModelFile(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            None, "Install a SkullVAE model archive", qt.QDir.homePath(), MODEL_ARCHIVES
+        )
+        if not path:
+            return
+        self.ui.progressBar.setValue(0)
+        self.ui.statusLabel.text = f"Installing {os.path.basename(path)}..."
+        try:
+            self.logic.installModel(
+                path, waitForCompletion=False, onProgress=self.onProgress, onFinished=self.onDownloadFinished
+            )
+        except Exception as exc:
+            slicer.util.errorDisplay(f"SkullVAE could not install {path}: {exc}")
+            self.updateButtons()
+            return
+        self.downloadTimer.start()
+        self.updateButtons()
+
     def onDownloadTimer(self) -> None:
         if self.logic.pollDownload():
             self.downloadTimer.stop()
@@ -135,10 +203,10 @@ class SkullVAEPanel:
     def onDownloadFinished(self, path, error) -> None:
         self.downloadTimer.stop()
         if isinstance(error, SkullVAECancelled):
-            self.ui.statusLabel.text = "Download cancelled (it resumes next time)."
+            self.ui.statusLabel.text = "Cancelled (a download resumes next time)."
             self.ui.progressBar.setValue(0)
         elif error is not None:
-            self.ui.statusLabel.text = "Download failed."
+            self.ui.statusLabel.text = "Failed."
             slicer.util.errorDisplay(str(error), windowTitle="SkullVAE")
         else:
             self.ui.statusLabel.text = f"Model installed: {path}"
@@ -151,28 +219,38 @@ class SkullVAEPanel:
     # --- state ---------------------------------------------------------------------
     def updateButtons(self) -> None:
         params = self.parameterNode()
-        running = self.logic.isRunning
+        running, downloading = self.logic.isRunning, self.logic.isDownloading
         hasInput = params is not None and (params.inputVolume is not None or params.inputSegmentation is not None)
-        hasModel = params is not None and bool(modelPathText(params))
-        downloading = self.logic.isDownloading
         choice = self.selectedChoice()
-        self.ui.downloadModelButton.text = "Cancel download" if downloading else "Download"
+        self.ui.downloadModelButton.text = "Cancel" if downloading else "Download"
         self.ui.downloadModelButton.enabled = downloading or (
             choice is not None and choice.downloadable and not running
         )
+        self.ui.removeModelButton.enabled = choice is not None and choice.installed and not (running or downloading)
+        self.ui.installModelFileButton.enabled = not (running or downloading)
         self.ui.modelSelectorComboBox.enabled = not (running or downloading)
         self.ui.applyButton.text = "Cancel" if running else "Apply"
-        self.ui.applyButton.enabled = running or (hasInput and hasModel and not downloading)
+        self.ui.applyButton.enabled = running or (hasInput and not downloading)
         self.ui.applyButton.toolTip = (
             "Stop the running completion"
             if running
-            else "Complete the skull"
-            if hasInput and hasModel
-            else "Select an input and a model folder"
+            else "Complete the skull (without a model: the rim fit, for cranial defects)"
+            if hasInput
+            else "Select an input"
         )
-        hasOutput = params is not None and params.outputSegmentation is not None
-        self.ui.show3DButton.enabled = hasOutput and not running
-        self.ui.exportStlButton.enabled = hasOutput and not running
+        useGamma = params is not None and gammaApplies(modelPathText(params), params.defectType, params.refineImplant)
+        self.ui.gammaSlider.enabled = useGamma and not running
+        self.ui.gammaSlider.toolTip = (
+            "γ: how strongly the model completes (1 = the paper)"
+            if useGamma
+            else "γ has no effect here: the implant comes from the rim fit (no model, or a cranial defect with "
+            "Refine implant on)"
+        )
+        output = params.outputSegmentation if params is not None else None
+        self.ui.show3DButton.setSegmentationNode(output)
+        self.ui.show3DButton.enabled = output is not None and not running
+        self.ui.exportStlButton.enabled = output is not None and not running
+        self.ui.completedSkullButton.enabled = output is not None and not running
         self.ui.boneThresholdSpinBox.enabled = (
             params is not None and params.inputSegmentation is None and not _isLabelmap(params.inputVolume)
         )
@@ -195,6 +273,7 @@ class SkullVAEPanel:
         inputNode = params.inputSegmentation or params.inputVolume
         self.ui.logTextEdit.clear()
         self.ui.progressBar.setValue(0)
+        self.ui.implantSourceLabel.text = self.ui.implantVolumeLabel.text = ""
         try:
             self.logic.setupPythonRequirements(askConfirmation=True)
             self.logic.process(
@@ -240,20 +319,26 @@ class SkullVAEPanel:
         else:
             self.ui.statusLabel.text = "Done."
             self.ui.progressBar.setValue(100)
+            self.showSummary(self.logic.lastResult or {})
             params = self.parameterNode()
             if params is not None:
                 params.outputSegmentation = node
+            # the implant is in 3D already; the patient bone's surface (a whole skull) after the panel updated
+            qt.QTimer.singleShot(0, lambda: self.logic.showIn3D(node) if node.GetScene() is not None else None)
         self.updateButtons()
 
-    def onShow3D(self) -> None:
+    def showSummary(self, result: dict) -> None:
+        """Which source made the implant, whether γ did, and the implant's volume."""
+        gamma = "γ was used" if result.get("gammaUsed") else "γ had no effect"
+        self.ui.implantSourceLabel.text = f"Implant made by {sourceText(result.get('implantSource'))}; {gamma}."
+        volume = result.get("implantVolumeMm3")
+        self.ui.implantVolumeLabel.text = "" if volume is None else f"Implant volume: {volume / 1000:.1f} cm³"
+
+    def onAddCompletedSkull(self) -> None:
         node = self.parameterNode().outputSegmentation
-        node.CreateClosedSurfaceRepresentation()
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetVisibility3D(True)
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is not None and layoutManager.threeDViewCount == 0:
-            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
-        slicer.util.resetThreeDViews()
+        with slicer.util.tryWithErrorDisplay("Failed to add the completed skull.", waitCursor=True):
+            self.logic.addCompletedSkull(node)
+            self.appendLog("Added the 'Completed skull' segment (patient bone and implant together).")
 
     def onExportStl(self) -> None:
         node = self.parameterNode().outputSegmentation

@@ -98,3 +98,31 @@ def test_model_selector_and_download_button():
     assert widgets["modelSelectorComboBox"].get("class") == "QComboBox"
     assert widgets["downloadModelButton"].get("class") == "QPushButton"
     assert {"modelSelectorComboBox", "downloadModelButton"} <= used_ui_names(WIDGET)
+
+
+def test_results_the_slicer_way_in_the_panel():
+    widgets = ui_widgets()
+    assert widgets["show3DButton"].get("class") == "qMRMLSegmentationShow3DButton"  # Slicer's own Show 3D toggle
+    root = ET.parse(UI_FILE).getroot()
+    assert "qMRMLSegmentationShow3DButton" in {c.findtext("class") for c in root.iter("customwidget")}
+    used = used_ui_names(WIDGET)
+    # which source made the implant, its volume, the completed skull on demand
+    assert {"implantSourceLabel", "implantVolumeLabel", "completedSkullButton"} <= used
+    text = WIDGET.read_text()
+    assert "gammaApplies(" in text and "self.ui.gammaSlider.enabled" in text
+
+
+def test_models_can_be_removed_and_installed_from_a_file():
+    widgets = ui_widgets()
+    for name in ("removeModelButton", "installModelFileButton"):
+        assert widgets[name].get("class") == "QPushButton"
+        assert name in used_ui_names(WIDGET)
+    text = WIDGET.read_text()
+    assert "self.logic.removeModel(" in text and "self.logic.installModel(" in text
+    assert "licenceToAccept(" in text and "acceptLicence(" in text and "qt.QSettings()" in text
+
+
+def test_apply_needs_no_model():
+    text = WIDGET.read_text()
+    block = text.split("def updateButtons", 1)[1].split("\n    def ", 1)[0]
+    assert "self.ui.applyButton.enabled = running or (hasInput and not downloading)" in block

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from SkullVAELib.core.atomic import atomic_path
+from SkullVAELib.core.config import IMPLANT_COLOR
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
 from SkullVAELib.io.image import SkullImage, exact_axis_vectors, geometry_from_axis_vectors
 from SkullVAELib.io.inputs import require_regular_file
 
-# Colours (RGB in [0, 1]) of the segments SkullVAE writes; bone-like and the paper's yellow implant.
+# Colours (RGB in [0, 1]) of the segments SkullVAE writes; bone-like and the one implant colour.
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
     "Completed skull": (0.89, 0.85, 0.79),
-    "Implant": (0.95, 0.80, 0.20),
+    "Implant": IMPLANT_COLOR,
     "Defective skull": (0.70, 0.74, 0.80),
     "Uncertain": (0.85, 0.25, 0.25),
 }

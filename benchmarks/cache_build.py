@@ -18,6 +18,7 @@ import torch
 
 from SkullVAELib.cli.common import grid_arg
 from SkullVAELib.core.atomic import atomic_write_text
+from SkullVAELib.core.config import RESAMPLE_MODES
 from SkullVAELib.data.dataset import build_cache, discover_cases
 
 
@@ -27,7 +28,7 @@ def main() -> None:
         "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "skullfix"
     )
     parser.add_argument("--grid", type=grid_arg, default=(256, 256, 128))
-    parser.add_argument("--mode", default="area", choices=("area", "nearest"))
+    parser.add_argument("--mode", default="area", choices=RESAMPLE_MODES)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, help="keep the cache here (default: a temporary folder)")

@@ -28,6 +28,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,9 @@ def _cases(args):
 def gap(args) -> list[dict]:
     from SkullVAELib.bundle.model_bundle import ModelBundle
     from SkullVAELib.data.dataset import build_cache
-    from SkullVAELib.vae.grid import dice
+    from SkullVAELib.evaluation.metrics import dice as metrics_dice
 
+    dice = partial(metrics_dice, threshold=0.5)  # probabilities and soft occupancy: above ½
     bundle = ModelBundle.load(args.model)
     data = build_cache(_cases(args), bundle.network.grid, cache_dir=args.cache_dir)
     rows = []
@@ -109,11 +111,12 @@ def fit(args) -> list[dict]:
 def fitgrid(args) -> list[dict]:
     from SkullVAELib.bundle.model_bundle import ModelBundle
     from SkullVAELib.data.dataset import build_cache
+    from SkullVAELib.evaluation.metrics import dice as metrics_dice
     from SkullVAELib.implant.cleanup import clean_model_grid_implant, model_spacing
     from SkullVAELib.io.image import read_skull
-    from SkullVAELib.vae.grid import dice
     from SkullVAELib.vae.testtime_fit import FitConfig, fit_to_patient
 
+    dice = partial(metrics_dice, threshold=0.5)  # probabilities and soft occupancy: above ½
     bundle = ModelBundle.load(args.model)
     grid = bundle.network.grid
     data = build_cache(_cases(args), grid, cache_dir=args.cache_dir)

@@ -312,10 +312,6 @@ def _weights_bytes(module: nn.Module, part: str, save_id: str) -> bytes:
     return safetensors_bytes(tensors, metadata={"format": FORMAT, "part": part, "save_id": save_id})
 
 
-def _save_weights(module: nn.Module, path: Path, part: str, save_id: str = "") -> None:
-    atomic_write_bytes(path, _weights_bytes(module, part, save_id))
-
-
 def _load_weights(module: nn.Module, path: Path, network: NetworkConfig, save_id: str | None = None) -> None:
     """Fill ``module`` from a safetensors file, with one-line errors naming the file.
 

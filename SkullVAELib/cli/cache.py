@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from SkullVAELib.cli.common import (
     add_network_args,
@@ -13,7 +12,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     positive_int,
 )
-from SkullVAELib.core.config import DEFAULT_RESAMPLE, RESAMPLE_MODES, network_preset
+from SkullVAELib.core.config import DEFAULT_RESAMPLE, network_preset
 
 
 def register(subparsers) -> None:
@@ -28,7 +27,6 @@ def register(subparsers) -> None:
     add_network_args(p, architecture=False)  # the same grid choice as `train` (default: the paper's 256,256,128)
     p.add_argument("--cache-dir", default=None, help="cache folder (default $SKULLVAE_CACHE or ~/.cache/skullvae)")
     add_resample_arg(p, default=DEFAULT_RESAMPLE)
-    p.add_argument("--mode", choices=RESAMPLE_MODES, default=None, help="deprecated name of --resample")
     p.add_argument("--workers", type=positive_int, default=1, help="processes computing missing volumes (default 1)")
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -38,9 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows import cache_data_set
 
     resample = args.resample
-    if args.mode is not None:
-        print("skullvae cache: warning: --mode is deprecated; use --resample", file=sys.stderr)
-        resample = args.mode
     grid = args.grid or network_preset(args.preset).grid
     progress = make_progress(args.progress)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, make_progress, positive_int
 from SkullVAELib.core.config import DEVICE_HELP
@@ -24,11 +23,6 @@ def register(subparsers) -> None:
         default=None,
         help="use only these case ids: comma list, ranges like 000-063, or a file with one id per line",
     )
-    p.add_argument(
-        "--grid-from-model",
-        action="store_true",
-        help="deprecated, does nothing: the data are always resampled to the model's grid",
-    )
     add_resample_arg(p)
     p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
     p.add_argument("--batch-size", type=positive_int, default=4)
@@ -40,8 +34,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows import fit_completion_data
 
-    if args.grid_from_model:
-        print("skullvae fit-completion: warning: --grid-from-model is deprecated and does nothing", file=sys.stderr)
     progress = make_progress(args.progress)
     try:
         fitted = fit_completion_data(

@@ -12,7 +12,7 @@ Applied to every training batch ``(B, 1, X, Y, Z)`` (soft occupancy in [0, 1]), 
    values stay in [0, 1] and the volume is resampled once.
 3. **fresh defects**: with probability ``p_cranial`` / ``p_facial`` a defect is cut from the
    (transformed) skull, drawn afresh on the model grid with the recipes of ``make-defects``
-   (:mod:`.recipes`): cranial (SkullFix or SkullBreak style, at even odds) or facial.
+   (:mod:`.recipes`, drawn by :mod:`.regions`): cranial (SkullFix or SkullBreak style, at even odds) or facial.
 
 Targets: ``Augmenter`` returns ``(inputs, targets)``. ``targets`` is the transformed volume
 BEFORE the fresh defect was cut, so a freshly cut skull is trained to be completed
@@ -40,14 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.data.recipes import (
-    CRANIAL_MODEL_GRID,
-    FACIAL,
-    FacialRecipe,
-    bone_bounds,
-    cranial_region,
-    facial_region,
-)
+from SkullVAELib.data.recipes import CRANIAL_MODEL_GRID, FACIAL, FacialRecipe
+from SkullVAELib.data.regions import bone_bounds, cranial_region, facial_region
 
 #: Default model-grid voxel size (mm): SkullFix's ≈ 230 × 230 × 190 mm field of view on 64×64×32.
 SKULLFIX_FOV_MM = (230.0, 230.0, 190.0)

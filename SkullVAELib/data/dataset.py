@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from SkullVAELib.core.atomic import atomic_path
+from SkullVAELib.core.config import check_resample
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
 from SkullVAELib.core.progress import ProgressCallback, no_progress
@@ -280,8 +281,7 @@ def build_cache(
     grid = tuple(int(g) for g in grid)
     if len(grid) != 3 or min(grid) <= 0:
         raise SkullVAEError(f"grid must be three positive integers, got {grid}")
-    if mode not in ("area", "nearest"):
-        raise SkullVAEError(f"mode must be area or nearest, got {mode!r}")
+    check_resample(mode)
     if not cases:
         raise SkullVAEError("no cases to cache")
     progress = progress or no_progress

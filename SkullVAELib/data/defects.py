@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.data.recipes import CRANIAL, CRANIAL_STYLES, FACIAL, CranialRecipe
+from SkullVAELib.data.recipes import CRANIAL, CRANIAL_STYLES, FACIAL, CranialRecipe, FacialRecipe
 from SkullVAELib.io.image import SkullImage
 
 MIN_EXTENT_MM = 60.0  # a skull smaller than this along any physical axis is rejected
@@ -177,29 +177,28 @@ def cranial_defect(image: SkullImage, seed: int, style: str = "skullfix") -> tup
     return _retry(image, bone, seed, draw, "cranial", defect_style=style)
 
 
-def facial_defect(image: SkullImage, seed: int, depth_mm: float = FACIAL.depth_mm[0]) -> tuple[SkullImage, SkullImage]:
+def facial_defect(image: SkullImage, seed: int, recipe: FacialRecipe = FACIAL) -> tuple[SkullImage, SkullImage]:
     """Cut the face off a complete skull: a slab from the front of its bounding box.
 
-    The slab (:data:`.recipes.FACIAL`) spans ``depth_mm`` from the most anterior bone (minimum
+    The slab (``recipe``, :mod:`.recipes`) spans a depth from the most anterior bone (minimum
     LPS y) backwards, a random lower part of the skull's height (LPS z) and a random part of its
     width (LPS x), placed at random within the width.
 
     Returns:
         (defective, implant) on ``image``'s geometry; ``defective | implant == image.mask``.
     """
-    if not np.isfinite(depth_mm) or depth_mm <= 0:
-        raise SkullVAEError(f"the facial slab depth must be positive millimetres, got {depth_mm}")
     bone = _Bone(image)
     extent = bone.hi - bone.lo
     x, y, z = bone.points.T
 
     def draw(rng):
-        height = rng.uniform(*FACIAL.height) * extent[2]
-        width = rng.uniform(*FACIAL.width) * extent[0]
+        height = rng.uniform(*recipe.height) * extent[2]
+        width = rng.uniform(*recipe.width) * extent[0]
         centre_x = bone.centre[0] + rng.uniform(-0.5, 0.5) * (extent[0] - width)
-        return (y <= bone.lo[1] + depth_mm) & (z <= bone.lo[2] + height) & (np.abs(x - centre_x) <= 0.5 * width)
+        depth = rng.uniform(*recipe.depth_mm)  # drawn last: a fixed depth leaves the earlier draws as they were
+        return (y <= bone.lo[1] + depth) & (z <= bone.lo[2] + height) & (np.abs(x - centre_x) <= 0.5 * width)
 
-    return _retry(image, bone, seed, draw, "facial", depth_mm=float(depth_mm))
+    return _retry(image, bone, seed, draw, "facial")
 
 
 def case_seed(seed: int, case_id: str) -> int:

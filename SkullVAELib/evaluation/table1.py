@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,6 +162,16 @@ def summarise(rows: list[dict]) -> tuple[dict, dict, dict]:
 
 
 # --- the driver ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Run:
+    """What every case of one evaluation shares: the model, its grid and resampling mode, the device."""
+
+    bundle: Any
+    grid: tuple[int, int, int]
+    grid_mode: str
+    device: str
+
+
 def _partners(test_cases) -> dict[str, object]:
     return {c.case_id: c for c in test_cases if c.label == "complete"}
 
@@ -181,11 +192,128 @@ def _ground_truth_implant(case, defective, complete_mask):
     return complete_mask & ~defective.mask
 
 
+def _complete_partner(case, skull, partners: dict, complete_cache: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The complete skull mask (X, Y, Z) of a defective case's id (read once into ``complete_cache``), or None."""
+    from SkullVAELib.io.image import read_skull
+
+    partner = complete_cache.get(case.case_id)
+    if partner is None and case.case_id in partners:
+        partner = read_skull(partners[case.case_id].path, kind="binary").mask
+        complete_cache[case.case_id] = partner
+    if partner is not None and partner.shape != skull.shape:
+        raise SkullVAEError(f"complete skull grid {partner.shape} differs from {skull.shape}", case.path)
+    return partner
+
+
+def _reconstruct(run: _Run, skull) -> tuple[dict, np.ndarray, np.ndarray]:
+    """REC of one skull: ({"rec_dsc_model", "rec_dsc_original"}, μ (d,), log σ² (d,))."""
+    from SkullVAELib.vae.grid import from_model_grid, to_model_grid
+
+    target = to_model_grid(skull, run.grid, run.grid_mode)
+    mu, logvar = encode(run.bundle, target, run.device)
+    prob = decode(run.bundle, run.bundle.latent_code(mu, logvar), run.device)
+    rec = {
+        "rec_dsc_model": dice(prob > 0.5, target > 0.5),
+        "rec_dsc_original": dice(from_model_grid(prob, skull, run.grid_mode) > 0.5, skull.mask),
+    }
+    return rec, mu, logvar
+
+
+def _complete_as_labelled(run: _Run, skull, label: str):
+    """(completion with γ = 1 and the true defect ``label``, the defect ``defect="auto"`` chose, its confidence).
+
+    The auto run gives the classification; when it chose ``label``, it is the completion too.
+    """
+    from SkullVAELib.core.config import CompletionConfig
+    from SkullVAELib.vae.completion import complete
+
+    result = complete(skull, run.bundle, CompletionConfig(gamma=1.0, defect="auto", resample=run.grid_mode), run.device)
+    chosen, confidence = result.defect, float(result.confidence)
+    if chosen != label:
+        result = complete(
+            skull, run.bundle, CompletionConfig(gamma=1.0, defect=label, resample=run.grid_mode), run.device
+        )
+    return result, chosen, confidence
+
+
+def _evaluate_defective(run: _Run, case, skull, partner, keep_example: bool) -> tuple[dict, dict | None]:
+    """CMP, implant metrics and the auto defect of one defective case: (row columns, figure example or None).
+
+    ``partner``: the complete skull mask of the case id, or None (then skull ∪ the true implant when known).
+    """
+    gt_implant = _ground_truth_implant(case, skull, partner)
+    if partner is None and gt_implant is not None:
+        partner = skull.mask | gt_implant
+    result, chosen, confidence = _complete_as_labelled(run, skull, case.label)
+    columns: dict = {"auto_defect": chosen, "auto_confidence": confidence}
+    if partner is not None:
+        from SkullVAELib.vae.grid import to_model_grid
+
+        partner_grid = to_model_grid(skull.with_mask(partner), run.grid, run.grid_mode)
+        columns["cmp_dsc_model"] = dice(np.asarray(result.probabilities_model_grid) > 0.5, partner_grid > 0.5)
+        columns["cmp_dsc_original"] = dice(_mask(result.raw), partner)
+        columns["cmp_dsc_kept"] = dice(_mask(result.completed), partner)
+    if gt_implant is None:
+        return columns, None
+    pred = _mask(result.implant)
+    m = implant_metrics(pred, gt_implant, skull.mask, skull.spacing, 10.0)
+    columns.update(implant_dsc=m["dsc"], implant_bdsc=m["bdsc"], implant_hd95_mm=m["hd95"])
+    if not keep_example:
+        return columns, None
+    views = orthogonal_views(skull.mask, pred, gt_implant, skull.spacing)
+    return columns, {"case_id": case.case_id, "label": case.label, "views": views}
+
+
+def _evaluate_cases(run: _Run, test_cases: list, n_examples: int, progress: ProgressCallback):
+    """Every test case in order: (rows, figure examples, test μ (N, d), test log σ² (N, d)).
+
+    ``test_cases`` sorted with the complete skull first within an id: its mask is the CMP
+    ground truth of the defective ones (at most one id's complete skull is kept in memory).
+    """
+    from SkullVAELib.io.image import read_skull
+
+    partners = _partners(test_cases)
+    rows, examples, mus, logvars = [], [], [], []
+    complete_cache: dict[str, np.ndarray] = {}
+    for n, case in enumerate(test_cases):
+        progress("evaluate", n / len(test_cases), f"{case.label} {case.case_id}")
+        t0 = time.perf_counter()
+        skull = read_skull(case.path, kind="binary")
+        rec, mu, logvar = _reconstruct(run, skull)
+        mus.append(mu)
+        logvars.append(logvar)
+        row = {"case_id": case.case_id, "label": case.label, **{k: math.nan for k in METRIC_COLUMNS}, **rec}
+        row.update(auto_defect="", auto_confidence=math.nan)
+        if case.label == "complete":
+            complete_cache[case.case_id] = skull.mask
+        else:
+            partner = _complete_partner(case, skull, partners, complete_cache)
+            keep_example = sum(e["label"] == case.label for e in examples) < n_examples
+            columns, example = _evaluate_defective(run, case, skull, partner, keep_example)
+            row.update(columns)
+            if example is not None:
+                examples.append(example)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        for key in [k for k in complete_cache if k != case.case_id]:
+            del complete_cache[key]
+    progress("evaluate", 1.0, f"{len(test_cases)} cases")
+    return rows, examples, np.stack(mus), np.stack(logvars)
+
+
+def _training_latents(run: _Run, cases: Sequence, cache_dir, n_permutations: int, progress) -> tuple[dict, dict | None]:
+    """(μ / log σ² of the training cases (see _encode_cases), their Gaussianity or None under two cases)."""
+    progress("encode training cases", 0.0, f"{len(cases)} cases")
+    latents = _encode_cases(run.bundle, cases, run.grid, run.grid_mode, run.device, cache_dir, progress)
+    if len(cases) < 2:
+        return latents, None
+    return latents, latent_gaussianity(latents["mu"], latents["logvar"], n_permutations)
+
+
 def evaluate(
     bundle,
     test_cases: Sequence,
     train_cases_for_latents: Sequence | None = None,
-    grid_mode: str | None = None,
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     cache_dir: str | None = None,
@@ -202,108 +330,40 @@ def evaluate(
         train_cases_for_latents: training cases whose μ / log σ² give the training-set
             Gaussianity and the PCA figure (optional).
         resample: "area" | "nearest", the resampling of the model input and output; None = the
-            mode the model was trained with (``bundle.resample``). ``grid_mode`` is its deprecated name.
+            mode the model was trained with (``bundle.resample``).
         device: torch device for the networks.
         n_examples: defective cases per class kept as figure views (Figs. 7–8).
     """
-    from SkullVAELib.core.config import CompletionConfig
-    from SkullVAELib.io.image import read_skull
-    from SkullVAELib.vae.completion import complete, resolve_device
-    from SkullVAELib.vae.grid import from_model_grid, to_model_grid
+    from SkullVAELib.vae.completion import resolve_device
 
     progress = progress or no_progress
     bundle.require_completion()
-    grid_mode = resample or grid_mode or bundle.resample
+    grid_mode = resample or bundle.resample
     # complete first within an id: its mask is the CMP ground truth of the defective ones
     order = ("complete", *DEFECTS)
     test_cases = sorted(test_cases, key=lambda c: (c.case_id, order.index(c.label)))
     if not test_cases:
         raise SkullVAEError("no test cases to evaluate")
-    grid = tuple(bundle.network.grid)
-    device = str(resolve_device(device))
-    bundle.to(device).eval()
-    partners = _partners(test_cases)
+    run = _Run(bundle, tuple(bundle.network.grid), grid_mode, str(resolve_device(device)))
+    bundle.to(run.device).eval()
     start = time.perf_counter()
-    rows, examples, mus, logvars = [], [], [], []
-    complete_cache: dict[str, np.ndarray] = {}
-    for n, case in enumerate(test_cases):
-        progress("evaluate", n / len(test_cases), f"{case.label} {case.case_id}")
-        t0 = time.perf_counter()
-        skull = read_skull(case.path, kind="binary")
-        target = to_model_grid(skull, grid, grid_mode)
-        mu, logvar = encode(bundle, target, device)
-        mus.append(mu)
-        logvars.append(logvar)
-        prob = decode(bundle, bundle.latent_code(mu, logvar), device)
-        row = {"case_id": case.case_id, "label": case.label, **{k: math.nan for k in METRIC_COLUMNS}}
-        row["rec_dsc_model"] = dice(prob > 0.5, target > 0.5)
-        row["rec_dsc_original"] = dice(from_model_grid(prob, skull, grid_mode) > 0.5, skull.mask)
-        del prob
-        row.update(auto_defect="", auto_confidence=math.nan)
-        if case.label == "complete":
-            complete_cache[case.case_id] = skull.mask
-        else:
-            partner = complete_cache.get(case.case_id)
-            if partner is None and case.case_id in partners:
-                partner = read_skull(partners[case.case_id].path, kind="binary").mask
-                complete_cache[case.case_id] = partner
-            if partner is not None and partner.shape != skull.shape:
-                raise SkullVAEError(f"complete skull grid {partner.shape} differs from {skull.shape}", case.path)
-            gt_implant = _ground_truth_implant(case, skull, partner)
-            if partner is None and gt_implant is not None:
-                partner = skull.mask | gt_implant
-            # defect="auto" gives the classification; when it is right, it is the CMP run too.
-            result = complete(skull, bundle, CompletionConfig(gamma=1.0, defect="auto", resample=grid_mode), device)
-            row.update(auto_defect=result.defect, auto_confidence=float(result.confidence))
-            if result.defect != case.label:
-                result = complete(
-                    skull, bundle, CompletionConfig(gamma=1.0, defect=case.label, resample=grid_mode), device
-                )
-            if partner is not None:
-                partner_grid = to_model_grid(skull.with_mask(partner), grid, grid_mode)
-                row["cmp_dsc_model"] = dice(np.asarray(result.probabilities_model_grid) > 0.5, partner_grid > 0.5)
-                row["cmp_dsc_original"] = dice(_mask(result.raw), partner)
-                row["cmp_dsc_kept"] = dice(_mask(result.completed), partner)
-            if gt_implant is not None:
-                pred = _mask(result.implant)
-                m = implant_metrics(pred, gt_implant, skull.mask, skull.spacing, 10.0)
-                row.update(implant_dsc=m["dsc"], implant_bdsc=m["bdsc"], implant_hd95_mm=m["hd95"])
-                if sum(e["label"] == case.label for e in examples) < n_examples:
-                    examples.append(
-                        {
-                            "case_id": case.case_id,
-                            "label": case.label,
-                            "views": orthogonal_views(skull.mask, pred, gt_implant, skull.spacing),
-                        }
-                    )
-            del result
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        # keep at most the current case id's complete skull in memory
-        for key in [k for k in complete_cache if k != case.case_id]:
-            del complete_cache[key]
-    progress("evaluate", 1.0, f"{len(test_cases)} cases")
-
-    latents = {
-        "test": {
-            "mu": np.stack(mus),
-            "logvar": np.stack(logvars),
-            "labels": [c.label for c in test_cases],
-            "case_ids": [c.case_id for c in test_cases],
-        }
+    rows, examples, mu, logvar = _evaluate_cases(run, test_cases, n_examples, progress)
+    test_latents = {
+        "mu": mu,
+        "logvar": logvar,
+        "labels": [c.label for c in test_cases],
+        "case_ids": [c.case_id for c in test_cases],
     }
+    latents = {"test": test_latents}
     gaussianity = {"test": None, "train": None}
     if len(test_cases) >= 2:
-        gaussianity["test"] = latent_gaussianity(latents["test"]["mu"], latents["test"]["logvar"], n_permutations)
+        gaussianity["test"] = latent_gaussianity(mu, logvar, n_permutations)
     train_ids: list[str] = []
     if train_cases_for_latents:
-        progress("encode training cases", 0.0, f"{len(train_cases_for_latents)} cases")
-        latents["train"] = _encode_cases(bundle, train_cases_for_latents, grid, grid_mode, device, cache_dir, progress)
+        latents["train"], gaussianity["train"] = _training_latents(
+            run, train_cases_for_latents, cache_dir, n_permutations, progress
+        )
         train_ids = sorted({c.case_id for c in train_cases_for_latents})
-        if len(train_cases_for_latents) >= 2:
-            gaussianity["train"] = latent_gaussianity(
-                latents["train"]["mu"], latents["train"]["logvar"], n_permutations
-            )
     table1, implant, classification = summarise(rows)
     return EvaluationResult(
         rows=rows,
@@ -317,7 +377,7 @@ def evaluate(
         train_ids=train_ids,
         test_cases=list(test_cases),
         grid_mode=grid_mode,
-        grid=grid,  # type: ignore[arg-type]
+        grid=run.grid,
         seconds=time.perf_counter() - start,
     )
 

@@ -105,14 +105,6 @@ class SkullImage:
             np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3),
         )
 
-    @classmethod
-    def from_sitk_mask(cls, img: sitk.Image, mask: np.ndarray | None = None, **metadata) -> SkullImage:
-        """Wrap an ITK image (nonzero = bone unless ``mask`` is given, in (I, J, K) order)."""
-        origin, spacing, direction = cls.geometry_from_sitk(img)
-        if mask is None:
-            mask = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0) != 0
-        return cls(mask, origin, spacing, direction, dict(metadata))
-
 
 # --- reading and writing files ------------------------------------------------------
 # Bone threshold for CT input: 300 HU separates cortical/cancellous bone (≈ 400–2000 HU)

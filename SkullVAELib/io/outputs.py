@@ -48,7 +48,6 @@ SEGMENTATION_EXTENSIONS = (".seg.nrrd",)
 STL_EXTENSIONS = (".stl",)
 # single-file volume formats (.mhd writes a second data file whose name the header records)
 VOLUME_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
-IMAGE_EXTENSIONS = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 PNG_EXTENSIONS = (".png",)
 
 

@@ -178,25 +178,3 @@ def _non_negative(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a whole number of bytes, got {value!r}")
     return value
-
-
-def entry_to_dict(entry: RegistryEntry) -> dict:
-    """The JSON form of an entry (as stored in models.json)."""
-    return {
-        "name": entry.name,
-        "version": entry.version,
-        "released": entry.released,
-        "url": entry.url,
-        "sha256": entry.sha256,
-        "size": entry.size,
-        "unpacked_size": entry.unpacked_size,
-        "kind": entry.kind,
-        "grid": None if entry.grid is None else list(entry.grid),
-        "stages": entry.stages,
-        "training_data": entry.training_data,
-        "split": entry.split,
-        "licence": entry.licence,
-        "metrics": entry.metrics,
-        "description": entry.description,
-        "recipe": entry.recipe,
-    }

@@ -47,14 +47,6 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
-    def all_sum(self, values: list[float]) -> list[float]:
-        """Sum a few Python floats over all ranks (float64)."""
-        if not self.distributed:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
-
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of one global batch of indices."""
         if not self.distributed:

@@ -34,8 +34,8 @@ from SkullVAELib.vae.testtime_fit import FitConfig, apply_fit
 
 NO_DEFECT = "none"  # γ = 0 without centroids: plain reconstruction
 PRECISIONS = ("float32", "bfloat16")
-# Channels-last-3d (NDHWC) convolutions: same float32 result, 1.3-1.7x faster encode/decode on
-# a 2-core AVX-512 CPU (docs/BENCHMARKS.md); oneDNN picks its fastest kernels for this layout.
+# Channels-last-3d (NDHWC) convolutions: the same float32 result, a faster encode/decode on CPUs
+# (docs/BENCHMARKS.md); oneDNN picks its fastest kernels for this layout.
 CHANNELS_LAST = True
 
 
@@ -211,9 +211,9 @@ def complete(
         cfg: completion settings (γ, defect, threshold, implant cleaning, uncertainty).
         device: "auto" (CUDA if available), "cpu", "cuda"; CUDA out of memory falls back to CPU.
         progress: ``progress(stage="complete", fraction, message)``.
-        precision: "float32" (default, exact) or "bfloat16" (autocast for the networks: about
-            2x faster again on CPUs with AVX-512-BF16/AMX and on GPUs; probabilities differ by
-            ~1e-3, so a few voxels at the threshold may flip).
+        precision: "float32" (default, exact) or "bfloat16" (autocast for the networks: faster
+            on CPUs with AVX-512-BF16/AMX and on GPUs, docs/BENCHMARKS.md; probabilities differ
+            slightly, so a few voxels at the threshold may flip).
         fit: a ``testtime_fit.FitConfig`` for the test-time fit of z to the patient's bone
             (default: ``FitConfig(steps=cfg.fit_steps)``; no fit when 0 steps).
 

@@ -7,7 +7,7 @@ Two modes:
   / MONAI ``Resize(mode="area")``); back on the original grid, probabilities are
   interpolated trilinearly (``align_corners=False``, the same voxel-as-box convention).
 * ``"nearest"`` (the paper's MONAI ``Resized(mode="nearest")``): binary picks of single
-  voxels both ways; loses thin bone (round trip DSC ≈ 0.90 at 256×256×128 on SkullFix).
+  voxels both ways; loses thin bone (its round-trip Dice: ``benchmarks/grid_roundtrip.py``).
 
 Arrays are in ITK index order: original (I, J, K), model grid (X, Y, Z).
 """
@@ -20,16 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SkullVAELib.evaluation.metrics import dice as metrics_dice
+from SkullVAELib.core.config import RESAMPLE_MODES
 from SkullVAELib.io.image import SkullImage
 
-MODES = ("area", "nearest")
 _SLICES_PER_CHUNK = 32  # bounds the float32 working copy to 32 slices at a time
 
 
 def _check(grid: Sequence[int], mode: str) -> tuple[int, int, int]:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"mode must be one of {RESAMPLE_MODES}, got {mode!r}")
     grid = tuple(int(g) for g in grid)
     if len(grid) != 3 or min(grid) <= 0:
         raise ValueError(f"grid must be three positive integers, got {grid}")
@@ -139,8 +138,3 @@ def from_model_grid(prob: np.ndarray | torch.Tensor, like: SkullImage, mode: str
     with torch.no_grad():
         up = F.interpolate(tensor[None, None], size=shape, mode="trilinear", align_corners=False)
     return up[0, 0].numpy()
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Deprecated alias (one release): :func:`SkullVAELib.evaluation.metrics.dice` with ``threshold=0.5``."""
-    return metrics_dice(a, b, threshold=0.5)

@@ -37,8 +37,8 @@ class ConvBlock(nn.Sequential):
 
     Children ``conv`` and ``adn`` (``adn.N`` BatchNorm3d, ``adn.A`` PReLU) carry MONAI's
     parameter names, so state dicts are interchangeable with MONAI's AutoEncoder blocks
-    (tested in test_networks.py). Hand-built rather than imported: importing MONAI costs
-    ~3 s per process, a large share of the single-case completion latency budget.
+    (tested in test_networks.py). Hand-built rather than imported: importing MONAI is a large
+    share of the single-case completion latency budget (docs/BENCHMARKS.md).
     """
 
     def __init__(self, in_channels: int, out_channels: int, transposed: bool, conv_only: bool = False) -> None:
@@ -135,7 +135,7 @@ class Decoder(nn.Module):
             raise SkullVAEError(
                 f"the decoder expects latent codes of shape (B, {self.cfg.latent_size}), got {tuple(z.shape)}"
             )
-        with full_precision(z):  # z and the first layer in float32 (issue 11: z = μ + σ ≈ 0.9995)
+        with full_precision(z):  # z and the first layer in float32 (issue 11: z = μ + σ sits just below 1)
             x = F.relu(self.linear(z.float()))
         x = x.view(z.shape[0], *self.cfg.bottleneck_shape)
         for block in self.blocks:
@@ -156,9 +156,9 @@ class Decoder(nn.Module):
 def full_precision(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast off on ``t``'s device: the latent code z and the layers touching it stay float32.
 
-    Under bf16 autocast a code near 1.0 is rounded in steps of 0.004-0.008; the authors'
-    stage-2 input z = μ + σ ≈ 0.9995 differs across skulls by ~0.002 per dimension, so bf16
-    would erase it. The encoder's μ/log σ² heads and the decoder's first Linear are tiny;
+    Under bf16 autocast a code near 1.0 is rounded in steps of 2⁻⁸-2⁻⁷; the authors' stage-2
+    input z = μ + σ sits just below 1 and differs across skulls by less than one such step
+    (docs/RESULTS.md, issue 11), so bf16 would erase it. The encoder's μ/log σ² heads and the decoder's first Linear are tiny;
     running them in float32 costs nothing measurable.
     """
     return torch.autocast(t.device.type, enabled=False)

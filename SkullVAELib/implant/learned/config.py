@@ -30,8 +30,8 @@ class RefinerConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     res_units: int = 1
     # a 1×1×1 convolution from channels[0] features to the logits; without it MONAI's top layer
-    # ends in a one-channel instance norm + PReLU (the GPU recipe's network); with it the CPU
-    # recipe trains stably (without it, its validation Dice fell to 0 after 1000 steps)
+    # ends in a one-channel instance norm + PReLU (the GPU recipe's network); the CPU recipe
+    # needs it to train stably (docs/RESULTS.md, the learned refiner)
     output_head: bool = False
     threshold: float = 0.5  # on the implant probability, on the patient's grid
 

@@ -1,8 +1,8 @@
 """The face crop: anchors a facial defect leaves in place, and the crop they place (torch).
 
 A facial defect removes the front of the lower skull; the bone's left-right centre, its lowest
-point (the skull base) and, within ~15 mm, its most anterior point (the forehead) stay (measured
-on SkullFix 000–079). The crop is placed from those, so training (on skulls with drawn defects)
+point (the skull base) and, nearly, its most anterior point (the forehead) stay (docs/RESULTS.md,
+the learned refiner). The crop is placed from those, so training (on skulls with drawn defects)
 and inference (on the patient's defective skull) see the face at the same place.
 """
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.data.recipes import bone_bounds
+from SkullVAELib.data.regions import bone_bounds
 from SkullVAELib.implant.learned.config import RefinerConfig
 
 

@@ -2,7 +2,7 @@
 
 ``pack_lps_grids`` (needs SimpleITK) writes one ``.npz``: per case id the complete skull on a
 1 mm LPS grid as packed bits, its shape and origin. ``load_lps_grids`` reads it with numpy
-alone (no pickle). 64 SkullFix skulls take ≈ 10 MB.
+alone (no pickle).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_memory
-from SkullVAELib.data.recipes import bone_bounds
+from SkullVAELib.data.regions import bone_bounds
 from SkullVAELib.io.image import SkullImage
 
 

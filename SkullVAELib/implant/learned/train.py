@@ -25,7 +25,8 @@ from monai.losses import DiceCELoss
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
-from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe, bone_bounds, facial_region
+from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
+from SkullVAELib.data.regions import bone_bounds, facial_region
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, face_anchor, sample_crop
 from SkullVAELib.training.distributed import DistContext

@@ -144,16 +144,12 @@ def test_cli_writes_a_loadable_bundle(reference_files, tmp_path, capsys):
     assert ModelBundle.load(out).kind == "regular"
 
 
-def test_cli_force_is_a_hidden_deprecated_alias_of_overwrite(reference_files, tmp_path, capsys):
+def test_cli_force_is_no_option(reference_files, tmp_path, capsys):
     _, _, vae_path, _ = reference_files
-    out = tmp_path / "model"
-    assert main(["import-reference", "--vae", str(vae_path), "--out", str(out)]) == 0
-    assert main(["import-reference", "--vae", str(vae_path), "--out", str(out), "--force"]) == 0
-    assert "--force is deprecated; use --overwrite" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["import-reference", "--help"])
-    usage = capsys.readouterr().out
-    assert "--overwrite" in usage and "--force" not in usage
+    with pytest.raises(SystemExit) as usage_error:  # the old name of --overwrite is gone
+        main(["import-reference", "--vae", str(vae_path), "--out", str(tmp_path / "model"), "--force"])
+    assert usage_error.value.code == 2 and "--force" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
 
 
 def test_cli_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):

@@ -9,6 +9,7 @@ from SkullVAELib.cli import main
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import case_seed, cranial_defect, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.data.recipes import FacialRecipe
 from SkullVAELib.io.image import SkullImage, read_skull, write_mask
 
 CUTS = {
@@ -75,7 +76,7 @@ def test_facial_slab_is_anterior_and_low_in_physical_space(skulls, which):
     complete = skulls[which]
     bone = _physical(complete, complete.mask)
     for seed in range(3):
-        _, implant = facial_defect(complete, seed, depth_mm=44.0)
+        _, implant = facial_defect(complete, seed)  # FACIAL: a 44 mm slab
         cut = _physical(complete, implant.mask)
         assert cut[:, 1].max() <= bone[:, 1].min() + 44.0 + 1e-3  # within 44 mm of the front (LPS -y)
         assert cut[:, 2].max() <= bone[:, 2].min() + 0.6 * np.ptp(bone[:, 2]) + 1e-3
@@ -121,8 +122,8 @@ def test_bad_skulls_rejected(kind):
 def test_bad_arguments_rejected(skulls):
     with pytest.raises(SkullVAEError, match="style"):
         cranial_defect(skulls["phantom"], 0, style="round")
-    with pytest.raises(SkullVAEError, match="depth"):
-        facial_defect(skulls["phantom"], 0, depth_mm=0.0)
+    with pytest.raises(SkullVAEError, match="depths > 0"):
+        facial_defect(skulls["phantom"], 0, FacialRecipe(depth_mm=(0.0, 44.0)))
     with pytest.raises(SkullVAEError, match="seed"):
         facial_defect(skulls["phantom"], -1)
 

@@ -37,6 +37,9 @@ def test_dice_simple_cases():
     b[0, 0, 2:4] = True  # |A|=2, |B|=4, |A∩B|=2 → 4/6
     assert dice(a, b) == pytest.approx(2 * 2 / 6)
     assert dice(a, ~a) == 0.0
+    soft = a.astype(np.float32) * 0.9  # probabilities: voxels above the threshold count
+    assert dice(soft, b, threshold=0.5) == pytest.approx(dice(a, b))
+    assert dice(soft, b, threshold=0.95) == 0.0
 
 
 def test_dice_shape_mismatch_is_an_error():

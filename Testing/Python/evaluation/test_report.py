@@ -68,7 +68,7 @@ def evaluated(tmp_path_factory):
     rng = np.random.default_rng(0)
     d = bundle.network.latent_size
     bundle.set_centroids({"complete": rng.normal(size=d), "cranial": rng.normal(size=d), "facial": rng.normal(size=d)})
-    result = evaluate(bundle, test_cases, train_cases, grid_mode="area", device="cpu", n_permutations=20)
+    result = evaluate(bundle, test_cases, train_cases, resample="area", device="cpu", n_permutations=20)
     return bundle, result, root
 
 

@@ -10,7 +10,8 @@ import torch
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import case_seed, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.data.recipes import FACIAL, bone_bounds, facial_region
+from SkullVAELib.data.recipes import FACIAL
+from SkullVAELib.data.regions import bone_bounds, facial_region
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant.learned.config import REFINER_FORMAT, RefinerConfig, load_refiner, save_refiner
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste, sample_crop
@@ -31,7 +32,7 @@ def oblique(image: SkullImage, degrees: float = 20.0) -> SkullImage:
 
 
 def bounds_mm(image: SkullImage) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) mm of ``image``'s bone voxel centres, by :func:`recipes.bone_bounds`."""
+    """(lo, hi) mm of ``image``'s bone voxel centres, by :func:`regions.bone_bounds`."""
     lo, hi = bone_bounds(torch.from_numpy(image.mask), image.origin, image.spacing, image.direction)
     return lo.numpy(), hi.numpy()
 

@@ -324,26 +324,17 @@ def test_cli_install_replaces_an_installed_name_only_with_overwrite(env, capsys,
     assert [m.name for m in installed_models()] == ["mine"]
 
 
-def test_cli_force_is_a_hidden_deprecated_alias_of_overwrite(env, server, capsys, bundle_dir):
-    assert main(["models", "install", str(bundle_dir), "--name", "mine", "--progress", "none"]) == 0
-    capsys.readouterr()
-    assert main(["models", "install", str(bundle_dir), "--name", "mine", "--force", "--progress", "none"]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["skullvae models install: warning: --force is deprecated; use --overwrite"]
+def test_cli_download_again_only_with_overwrite_and_force_is_no_option(env, server, capsys, bundle_dir):
     assert main(["models", "download", "tiny", "--progress", "none"]) == 0
     assert main(["models", "download", "tiny", "--progress", "none"]) == 0  # installed with this sha256: kept
     assert len(server.requests) == 1
-    capsys.readouterr()
-    assert main(["models", "download", "tiny", "--force", "--progress", "none"]) == 0
-    assert "skullvae models download: warning: --force is deprecated; use --overwrite" in capsys.readouterr().err
     assert main(["models", "download", "tiny", "--overwrite", "--progress", "none"]) == 0
-    assert "--force" not in capsys.readouterr().err
-    assert len(server.requests) == 3  # --force and --overwrite download again
-    for action in ("install", "download"):
-        with pytest.raises(SystemExit):
-            main(["models", action, "--help"])
-        usage = capsys.readouterr().out
-        assert "--overwrite" in usage and "--force" not in usage
+    assert len(server.requests) == 2  # --overwrite downloads again
+    for argv in (["download", "tiny"], ["install", str(bundle_dir), "--name", "mine"]):
+        with pytest.raises(SystemExit) as usage_error:  # the old name of --overwrite is gone
+            main(["models", *argv, "--force", "--progress", "none"])
+        assert usage_error.value.code == 2 and "--force" in capsys.readouterr().err
+    assert len(server.requests) == 2
 
 
 def test_resolver_prefers_folders_and_explains_unknown_names(env, bundle_dir):

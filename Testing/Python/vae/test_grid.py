@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.io.image import SkullImage, read_skull
-from SkullVAELib.vae.grid import dice, downsample_mask, from_model_grid, to_model_grid
+from SkullVAELib.vae.grid import downsample_mask, from_model_grid, to_model_grid
 
 
 def _shell(shape=(60, 52, 40), thickness=0.12) -> SkullImage:
@@ -70,19 +71,6 @@ def test_round_trip_area_beats_nearest_on_thin_shell():
         scores[mode] = dice(back > 0.5, skull.mask)
     assert scores["area"] > 0.9
     assert scores["area"] > scores["nearest"]
-
-
-def test_dice():
-    a = np.zeros((4, 4, 4), bool)
-    b = a.copy()
-    assert dice(a, b) == 1.0
-    a[0] = True
-    assert dice(a, b) == 0.0
-    b[0, :2] = True
-    assert dice(a, b) == pytest.approx(2 * 8 / (16 + 8))
-    assert dice(a.astype(np.float32) * 0.9, b) == pytest.approx(dice(a, b))
-    with pytest.raises(ValueError):
-        dice(a, b[:2])
 
 
 @pytest.mark.skullfix

@@ -4,7 +4,7 @@ metrics.csv (one row per test case) and summary.json (machine readable, for docs
 Figures (see :mod:`SkullVAELib.evaluation.figures`): fig3_training_curves.png, fig4_latent_pca.png,
 fig5_gamma_sweep.png, fig6_dsc_boxplots.png (+ _model_grid), fig7_completions_cranial.png,
 fig8_completions_facial.png. A figure without data (e.g. no training log) is skipped and
-the report says so.
+the report says so. The text of report.md: :mod:`SkullVAELib.evaluation.report_markdown`.
 """
 
 from __future__ import annotations
@@ -23,48 +23,15 @@ from SkullVAELib.core.atomic import atomic_write_text
 from SkullVAELib.core.config import DEFECTS, GAMMAS
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.evaluation import figures
-from SkullVAELib.evaluation.table1 import LABELS, METRIC_COLUMNS, EvaluationResult
+from SkullVAELib.evaluation.report_markdown import id_ranges as id_ranges  # public here too
+from SkullVAELib.evaluation.report_markdown import markdown_report
+from SkullVAELib.evaluation.table1 import METRIC_COLUMNS, EvaluationResult
 from SkullVAELib.training.log import read_log
 
 SWEEP_VIEW = {"cranial": 0, "facial": 2}  # axial from above shows the vault, sagittal the face
 
 
-# --- small formatting helpers -------------------------------------------------------------
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        if math.isinf(value):
-            return "∞"
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def id_ranges(ids: Sequence[str]) -> str:
-    """Compact "064-079" / "000, 003-005" text of zero-padded numeric ids (others listed)."""
-    numeric = sorted(i for i in ids if i.isdigit())
-    other = sorted(i for i in ids if not i.isdigit())
-    parts, start, prev = [], None, None
-    for i in numeric:
-        if start is not None and int(i) == int(prev) + 1:
-            prev = i
-            continue
-        if start is not None:
-            parts.append(start if start == prev else f"{start}-{prev}")
-        start = prev = i
-    if start is not None:
-        parts.append(start if start == prev else f"{start}-{prev}")
-    return ", ".join(parts + other) or "none"
-
-
+# --- JSON ----------------------------------------------------------------------------------
 def _jsonable(value):
     """JSON values: arrays → lists, NaN/inf → null (strict JSON)."""
     if isinstance(value, dict):
@@ -160,183 +127,6 @@ def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _gaussianity_section(g: dict) -> list[str]:
-    rows = []
-    for split in ("train", "test"):
-        s = g.get(split)
-        if not s:
-            continue
-        rows.append(
-            [
-                split,
-                str(s["n"]),
-                _fmt(s["aggregate"]["kl_total"], 3),
-                _fmt(s["mu_only"]["kl_total"], 3),
-                f"{s['mmd']['mmd2']:.4f}",
-                f"{s['mmd']['p_value']:.3f}",
-                f"{s['active_units']} / {s['d']}",
-                s["verdict"],
-            ]
-        )
-    if not rows:
-        return ["Not computed (fewer than two cases)."]
-    out = [
-        _table(
-            [
-                "latents",
-                "N",
-                "KL aggregate q(z) ‖ N(0,I)",
-                "KL N(mean μ, Cov μ) ‖ N(0,I)",
-                "MMD²",
-                "p (MMD)",
-                "active units",
-                "verdict",
-            ],
-            rows,
-        ),
-        "",
-        "KL: moment-matched Gaussian of the aggregate posterior (Var = Var(μ) + E[σ²]) and of μ alone, in nats. "
-        "MMD²: RBF kernel (median heuristic) between one z ~ q(z|x) per case and as many N(0, I) samples, "
-        "permutation p-value. Active units: Var_x(μ_i) > 0.01. A latent with no active unit is reported as "
-        "*collapsed*, never as Gaussian: a posterior that ignores its input is N(0, I) too.",
-    ]
-    s = g.get("train") or g.get("test")
-    d = s["d"]
-    per_dim = [
-        [
-            str(i),
-            _fmt(s["mu_only"]["mean"][i], 3),
-            _fmt(s["mu_variance"][i], 3),
-            _fmt(s["aggregate"]["var"][i], 3),
-            _fmt(s["aggregate"]["kl_per_dim"][i], 3),
-            "yes" if s["active_mask"][i] else "no",
-        ]
-        for i in range(d)
-    ]
-    which = "training" if g.get("train") else "test"
-    out += [
-        "",
-        f"Per dimension ({which} latents):",
-        "",
-        _table(["dim", "mean μ", "Var μ", "Var q(z)", "KL q(z_i) ‖ N(0,1)", "active"], per_dim),
-    ]
-    return out
-
-
-def _markdown(result: EvaluationResult, facts: dict, figs: dict[str, Path | None]) -> str:
-    t1 = result.table1
-    epochs = facts["epochs"]
-    epochs_text = ", ".join(f"{k}: {v}" for k, v in epochs.items()) if isinstance(epochs, dict) else _fmt(epochs)
-    counts = {lab: sum(r["label"] == lab for r in result.rows) for lab in LABELS}
-    lines = [
-        "# SkullVAE evaluation report",
-        "",
-        f"**Completion is evaluated only on cases the model did not train on.** Held-out (test) case ids: "
-        f"{id_ranges(result.test_ids)} ({len(result.test_ids)} ids; "
-        + ", ".join(f"{counts[lab]} {lab}" for lab in LABELS)
-        + " volumes).",
-        "",
-        f"Test ids, listed: {', '.join(result.test_ids)}.",
-        "",
-        _table(
-            ["model", "value"],
-            [
-                [
-                    "kind",
-                    facts["kind"]
-                    + (
-                        " (β-VAE + decoupled decoder)" if facts["kind"] == "aggregated" else " (β-VAE, its own decoder)"
-                    ),
-                ],
-                ["β", f"{facts['beta']:g}" if isinstance(facts["beta"], int | float) else _fmt(facts["beta"])],
-                ["model grid", "×".join(map(str, facts["grid"]))],
-                ["latent size d", str(facts["latent_size"])],
-                ["epochs", epochs_text],
-                [
-                    "training case ids",
-                    id_ranges(facts["train_case_ids"]) if facts["train_case_ids"] else "not recorded",
-                ],
-                [
-                    "centroid (DEV) case ids",
-                    id_ranges(facts["centroid_case_ids"]) if facts["centroid_case_ids"] else "not recorded",
-                ],
-                ["resampling", result.grid_mode],
-                ["evaluation wall time", f"{result.seconds:.0f} s"],
-            ],
-        ),
-        "",
-        "## Table 1: reconstruction (REC) and completion (CMP) DSC on the test cases",
-        "",
-        "REC: encode μ, decode μ, DSC against the input. CMP: decode(μ + 1·DEV of the true defect class), "
-        "DSC against the complete skull. *Model grid*: decoded > 0.5 vs the resampled target > 0.5 (as the paper). "
-        "*Original*: probabilities mapped back to the original grid (512×512×Z for SkullFix). *Delivered*: the tool's output "
-        "(defective input ∪ implant).",
-        "",
-        _table(
-            ["resolution", "REC cranial", "REC facial", "REC complete", "CMP cranial", "CMP facial"],
-            [
-                [name, *[t1[key]["rec"][lab] for lab in LABELS], *[t1[key]["cmp"][lab] for lab in DEFECTS]]
-                for name, key in (("model grid", "model_grid"), ("original", "original"))
-            ]
-            + [["original, delivered", "", "", "", *[t1["original_kept"]["cmp"][lab] for lab in DEFECTS]]],
-        ),
-        "",
-        "## Implants at original resolution",
-        "",
-        "Against the ground-truth implant. DSC; bDSC: DSC within 10 mm of the defective skull; HD95: 95th "
-        "percentile of the pooled bidirectional surface distances in mm (AutoImplant definition). Mean ± std "
-        "(median); cases with an empty prediction have HD95 = ∞ and are counted apart.",
-        "",
-        _table(
-            ["defect", "n", "DSC", "bDSC (10 mm)", "HD95 (mm)", "HD95 = ∞"],
-            [
-                [
-                    lab,
-                    str(result.implant[lab]["dsc"]["n"]),
-                    *[
-                        f"{_fmt(s['mean'], 3)} ± {_fmt(s['std'], 3)} ({_fmt(s['median'], 3)})"
-                        for s in (result.implant[lab][m] for m in ("dsc", "bdsc", "hd95_mm"))
-                    ],
-                    str(result.implant[lab]["hd95_mm"]["n_infinite"]),
-                ]
-                for lab in DEFECTS
-            ],
-        ),
-        "",
-        '## Defect type classification (`defect="auto"`)',
-        "",
-        f"Accuracy {_fmt(result.classification['accuracy'], 3)} on {result.classification['n']} defective test "
-        "skulls. Confusion (rows: true, columns: chosen):",
-        "",
-        _table(
-            ["true \\ chosen", *DEFECTS],
-            [[t, *[str(result.classification["confusion"][t].get(c, 0)) for c in DEFECTS]] for t in DEFECTS],
-        ),
-        "",
-        "## Latent Gaussianity of the aggregate posterior",
-        "",
-        *_gaussianity_section(result.gaussianity),
-        "",
-        "## Figures",
-        "",
-    ]
-    captions = {
-        "fig3": "Figure 3: training curves (Dice loss left, KLD right).",
-        "fig4": "Figure 4: PCA of μ by class, class centroids (★), arrows from the latent origin to the centroids "
-        "and DEV vectors (red) from the defect centroids to the complete centroid.",
-        "fig5": "Figure 5: γ sweep on one cranial and one facial test case (decoded skull grey, implant yellow).",
-        "fig6": "Figure 6: REC and CMP DSC per class on the test cases (original resolution).",
-        "fig6_model": "Figure 6 (model grid).",
-        "fig7": "Figure 7: cranial completions: defective bone grey, predicted implant yellow, true implant cyan.",
-        "fig8": "Figure 8: facial completions: defective bone grey, predicted implant yellow, true implant cyan.",
-    }
-    for key, caption in captions.items():
-        path = figs.get(key)
-        lines += [f"![{caption}]({path.name})", "", caption, ""] if path else [f"{caption} *(no data)*", ""]
-    lines += ["## Per-case metrics", "", "See `metrics.csv` (one row per test volume) and `summary.json`.", ""]
-    return "\n".join(lines)
-
-
 def write_report(
     result: EvaluationResult,
     bundle,
@@ -391,5 +181,5 @@ def write_report(
     }
     atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=1, allow_nan=False) + "\n")
     path = out / "report.md"
-    atomic_write_text(path, _markdown(result, facts, figs))
+    atomic_write_text(path, markdown_report(result, facts, figs))
     return path

@@ -55,54 +55,29 @@ def _preview(defective_path: Path, seg_path: Path, png_path: Path) -> None:
     )
 
 
-def demo(
-    out: str | os.PathLike = "skullvae-demo",
-    n: int = 12,
-    epochs: int = 250,
-    epochs2: int = 300,
-    beta: float = DEMO_BETA,
-    seed: int = 0,
-    threads: int = 0,
-    progress: ProgressCallback | None = None,
-    log: Callable[[str], None] = print,
-) -> DemoOutputs:
-    """Run the demo into ``out`` (data/, model/, result/, cache/); ``log`` receives one line per step.
+def _announce(log: Callable[[str], None], t0: float, title: str) -> None:
+    """One demo step's heading, with the minutes since ``t0`` (perf_counter s) once there are any."""
+    elapsed = (time.perf_counter() - t0) / 60
+    log(f"\n== {title}" + (f"  [{elapsed:.1f} min so far]" if elapsed >= 0.05 else ""))
 
-    ``n`` phantoms (the last is held back), ``epochs``/``epochs2`` per stage, stage-1 ``beta``;
-    ``threads`` torch threads (0 = all cores).
-    """
-    from SkullVAELib.data.dataset import LABEL_FOLDERS, parse_id_spec
-    from SkullVAELib.pipeline.completer import Completer
-    from SkullVAELib.pipeline.settings import CompletionSettings
-    from SkullVAELib.workflows.complete import OutputOptions, complete_files
-    from SkullVAELib.workflows.data import make_phantom_set, phantom_file_name
-    from SkullVAELib.workflows.fit import fit_completion_data
+
+def _train(
+    data: Path,
+    model: Path,
+    cache: Path,
+    train_ids: list[str],
+    *,
+    epochs: int,
+    epochs2: int,
+    beta: float,
+    seed: int,
+    progress: ProgressCallback | None,
+    log: Callable[[str], None],
+) -> None:
+    """Step 2: train stage 1 (β-VAE, ``beta``, ``epochs``) and stage 2 (``epochs2``) on ``train_ids``
+    into ``model``, afresh."""
     from SkullVAELib.workflows.train import train_model
 
-    if n < 3:
-        raise SkullVAEError(f"--n must be at least 3 (got {n})")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    out = Path(out).resolve()
-    data, model, result, cache = out / "data", out / "model", out / "result", out / "cache"
-    held_back = phantom_file_name(n - 1)
-    train_ids = parse_id_spec([Path(phantom_file_name(i)).stem for i in range(n - 1)])
-    t0 = time.perf_counter()
-
-    def step(title: str) -> None:
-        elapsed = (time.perf_counter() - t0) / 60
-        log(f"\n== {title}" + (f"  [{elapsed:.1f} min so far]" if elapsed >= 0.05 else ""))
-
-    log(f"skullvae demo: measured {DEMO_MEASURED}; the training plan below estimates this machine's time.")
-    step(f"1/5 phantoms: {n} subjects with cranial and facial defects -> {data}")
-    made = make_phantom_set(
-        n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=True
-    )  # the demo's own folder: a rerun writes a fresh cohort
-    log(f"{made.n} phantoms (bone {min(made.bone_cm3):.0f}-{max(made.bone_cm3):.0f} cm³) -> {data}")
-
-    step(f"2/5 train stage 1 (β = {beta:g}) and stage 2 (decoupled decoder) -> {model}")
     stages = {
         s: TrainConfig(stage=s, beta=beta, epochs=epochs if s == 1 else epochs2, lr=DEMO_LR, seed=seed) for s in (1, 2)
     }
@@ -119,11 +94,24 @@ def demo(
     )
     log(f"wrote {bundle.kind} model bundle {model}")
 
-    step("3/5 fit completion centroids (DEV vectors) on the training phantoms")
-    fitted = fit_completion_data(model, [data], train_ids=train_ids, cache_dir=cache, progress=progress)
-    log(", ".join(f"|DEV_{d}| = {v:.4f}" for d, v in fitted.dev_norms.items()))
 
-    step(f"4/5 complete the held-back defective phantom {Path(held_back).stem}")
+def _complete_held_back(
+    data: Path,
+    model: Path,
+    result: Path,
+    held_back: str,
+    progress: ProgressCallback | None,
+    log: Callable[[str], None],
+) -> None:
+    """Step 4: complete the held-back phantom's defective skull of each class into ``result``.
+
+    Per defect class: KIND.seg.nrrd, KIND_implant.stl (when there is an implant) and KIND.png.
+    """
+    from SkullVAELib.data.dataset import LABEL_FOLDERS
+    from SkullVAELib.pipeline.completer import Completer
+    from SkullVAELib.pipeline.settings import CompletionSettings
+    from SkullVAELib.workflows.complete import OutputOptions, complete_files
+
     settings = CompletionSettings(model=model)
     completer = Completer(settings)  # one for both defects: the model loads once
     for kind in DEFECTS:
@@ -141,7 +129,59 @@ def demo(
         log(f"{kind}: {done.message}")
         _preview(source, result / f"{kind}.seg.nrrd", result / f"{kind}.png")
 
+
+def demo(
+    out: str | os.PathLike = "skullvae-demo",
+    n: int = 12,
+    epochs: int = 250,
+    epochs2: int = 300,
+    beta: float = DEMO_BETA,
+    seed: int = 0,
+    threads: int = 0,
+    progress: ProgressCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> DemoOutputs:
+    """Run the demo into ``out`` (data/, model/, result/, cache/); ``log`` receives one line per step.
+
+    ``n`` phantoms (the last is held back), ``epochs``/``epochs2`` per stage, stage-1 ``beta``;
+    ``threads`` torch threads (0 = all cores).
+    """
+    from SkullVAELib.data.dataset import parse_id_spec
+    from SkullVAELib.workflows.data import make_phantom_set, phantom_file_name
+    from SkullVAELib.workflows.fit import fit_completion_data
+
+    if n < 3:
+        raise SkullVAEError(f"--n must be at least 3 (got {n})")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = Path(out).resolve()
+    data, model, result, cache = out / "data", out / "model", out / "result", out / "cache"
+    held_back = phantom_file_name(n - 1)
+    train_ids = parse_id_spec([Path(phantom_file_name(i)).stem for i in range(n - 1)])
+    t0 = time.perf_counter()
+
+    log(f"skullvae demo: measured {DEMO_MEASURED}; the training plan below estimates this machine's time.")
+    _announce(log, t0, f"1/5 phantoms: {n} subjects with cranial and facial defects -> {data}")
+    made = make_phantom_set(
+        n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=True
+    )  # the demo's own folder: a rerun writes a fresh cohort
+    log(f"{made.n} phantoms (bone {min(made.bone_cm3):.0f}-{max(made.bone_cm3):.0f} cm³) -> {data}")
+
+    _announce(log, t0, f"2/5 train stage 1 (β = {beta:g}) and stage 2 (decoupled decoder) -> {model}")
+    _train(
+        data, model, cache, train_ids, epochs=epochs, epochs2=epochs2, beta=beta, seed=seed, progress=progress, log=log
+    )
+
+    _announce(log, t0, "3/5 fit completion centroids (DEV vectors) on the training phantoms")
+    fitted = fit_completion_data(model, [data], train_ids=train_ids, cache_dir=cache, progress=progress)
+    log(", ".join(f"|DEV_{d}| = {v:.4f}" for d, v in fitted.dev_norms.items()))
+
+    _announce(log, t0, f"4/5 complete the held-back defective phantom {Path(held_back).stem}")
+    _complete_held_back(data, model, result, held_back, progress, log)
+
     outputs = DemoOutputs(out, model, minutes=(time.perf_counter() - t0) / 60)
     outputs.files = sorted(p for p in out.rglob("*") if p.suffix in {".png", ".stl"} or p.name.endswith(".seg.nrrd"))
-    step(f"5/5 done in {outputs.minutes:.1f} min. Outputs:")
+    _announce(log, t0, f"5/5 done in {outputs.minutes:.1f} min. Outputs:")
     return outputs

@@ -7,7 +7,8 @@
 # and .device/ also holds the MONAI wheel (`pip download --no-deps monai==1.6.1 -d .device`).
 # On the device, from the checkout's root (send .device/ along: `carry [".device"]`):
 #     MIN=6.6 bash benchmarks/gpu_refiner.sh
-# $OUT/ref gets refiner.safetensors (best validation Dice, fp16, 4.9 MB), history.csv, history.png.
+# $OUT/ref gets refiner.safetensors (best validation Dice, fp16), training_log.csv, refiner_curves.png and
+# checkpoints/refiner.pt (a run stopped by its time budget or a signal continues with --resume).
 # Dry run on a CPU: OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.2 EXTRA="--crop 32,32,32 --channels 4,8,16" \
 #     bash benchmarks/gpu_refiner.sh
 set -u

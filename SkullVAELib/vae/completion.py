@@ -240,37 +240,13 @@ def complete(
     occupancy = np.ascontiguousarray(to_model_grid(skull, grid, mode=resample), dtype=np.float32)
     timings["to_grid"] = time.perf_counter() - t
     report(0.15, "encoding")
-    dev = resolve_device(device)
-    try:
-        out = _encode_decode(bundle, occupancy, cfg, dev, timings, report, precision)
-    except torch.cuda.OutOfMemoryError:
-        report(0.15, "CUDA out of memory; falling back to the CPU")
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        out = _encode_decode(bundle, occupancy, cfg, torch.device("cpu"), timings, report, precision)
+    out = _encode_decode_anywhere(bundle, occupancy, cfg, device, timings, report, precision)
     mu, defect, confidence, probs, prob, samples, added = out
     voxel_mm = implant_ops.model_spacing(skull, grid)
     fit = fit if fit is not None else FitConfig(steps=cfg.fit_steps)
     if fit.steps > 0:  # z fitted to the patient's bone, then shifted (testtime_fit)
-        report(0.5, f"fitting z to the patient's bone ({fit.steps} steps)")
-        t = time.perf_counter()
-        shift = _latent_shift(bundle, defect, cfg.gamma)
-        prob, added, fit_info = apply_fit(
-            bundle.completion_decoder, occupancy, mu, shift, prob, added, voxel_mm, fit, cfg.threshold
-        )
-        timings["fit"] = time.perf_counter() - t
-        before, after = fit_info["masked_dice"]
-        report(0.69, f"fit: Dice loss on the patient's bone {before:.3f} -> {after:.3f}")
-
-    report(0.7, "extracting the implant")
-    t = time.perf_counter()
-    region = implant_ops.clean_model_grid_implant(
-        prob > cfg.threshold, occupancy, voxel_mm, cfg.min_island_mm3, cfg.max_distance_mm, added
-    )
-    timings["implant_model_grid"] = time.perf_counter() - t
-    t = time.perf_counter()
-    implant_mask = implant_ops.implant_at_original(prob, skull, region, cfg.threshold, cfg.min_island_mm3)
-    timings["implant_original"] = time.perf_counter() - t
+        prob, added = _fit(bundle, occupancy, mu, defect, prob, added, voxel_mm, cfg, fit, timings, report)
+    implant_mask = _implant(prob, occupancy, skull, voxel_mm, added, cfg, timings, report)
 
     result = CompletionResult(
         completed=skull,  # replaced below
@@ -287,6 +263,53 @@ def complete(
         _resample=resample,
         _threshold=cfg.threshold,
     )
+    _compose(result, skull, implant_mask, samples, cfg, timings, report)
+    report(1.0, f"implant {result.implant_volume_mm3 / 1000:.1f} cm³")
+    return result
+
+
+def _encode_decode_anywhere(bundle, occupancy, cfg, device, timings, report, precision):
+    """:func:`_encode_decode` on ``device``; on CUDA out of memory, again on the CPU."""
+    dev = resolve_device(device)
+    try:
+        return _encode_decode(bundle, occupancy, cfg, dev, timings, report, precision)
+    except torch.cuda.OutOfMemoryError:
+        report(0.15, "CUDA out of memory; falling back to the CPU")
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return _encode_decode(bundle, occupancy, cfg, torch.device("cpu"), timings, report, precision)
+
+
+def _fit(bundle, occupancy, mu, defect, prob, added, voxel_mm, cfg, fit, timings, report):
+    """(prob, added) after the test-time fit of z to the patient's bone (``testtime_fit``)."""
+    report(0.5, f"fitting z to the patient's bone ({fit.steps} steps)")
+    t = time.perf_counter()
+    shift = _latent_shift(bundle, defect, cfg.gamma)
+    prob, added, fit_info = apply_fit(
+        bundle.completion_decoder, occupancy, mu, shift, prob, added, voxel_mm, fit, cfg.threshold
+    )
+    timings["fit"] = time.perf_counter() - t
+    before, after = fit_info["masked_dice"]
+    report(0.69, f"fit: Dice loss on the patient's bone {before:.3f} -> {after:.3f}")
+    return prob, added
+
+
+def _implant(prob, occupancy, skull: SkullImage, voxel_mm, added, cfg, timings, report) -> np.ndarray:
+    """bool (I, J, K): the implant, cleaned on the model grid, then on the patient's grid."""
+    report(0.7, "extracting the implant")
+    t = time.perf_counter()
+    region = implant_ops.clean_model_grid_implant(
+        prob > cfg.threshold, occupancy, voxel_mm, cfg.min_island_mm3, cfg.max_distance_mm, added
+    )
+    timings["implant_model_grid"] = time.perf_counter() - t
+    t = time.perf_counter()
+    implant_mask = implant_ops.implant_at_original(prob, skull, region, cfg.threshold, cfg.min_island_mm3)
+    timings["implant_original"] = time.perf_counter() - t
+    return implant_mask
+
+
+def _compose(result, skull: SkullImage, implant_mask, samples, cfg, timings, report) -> None:
+    """Fill ``result.completed`` (and ``result.uncertainty``) on the patient's grid."""
     report(0.85, "composing the completed skull")
     t = time.perf_counter()
     if cfg.keep_patient_bone:
@@ -296,7 +319,5 @@ def complete(
     timings["back_to_grid"] = time.perf_counter() - t
     if samples is not None:
         t = time.perf_counter()
-        result.uncertainty = from_model_grid(samples, skull, mode=resample)
+        result.uncertainty = from_model_grid(samples, skull, mode=result._resample)
         timings["uncertainty_back_to_grid"] = time.perf_counter() - t
-    report(1.0, f"implant {result.implant_volume_mm3 / 1000:.1f} cm³")
-    return result

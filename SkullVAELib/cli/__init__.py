@@ -8,6 +8,7 @@ sub-parser whose ``func(args) -> int`` does the work. Errors a user can fix
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -98,6 +99,37 @@ def _add_limit_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_OUT_OF_MEMORY_HINT = (
+    "out of memory; lower --max-memory-gb so that oversized inputs are refused before they are read, "
+    "raise the memory limit (ulimit -v), or use a machine with more memory"
+)
+# What C++ libraries (ITK, torch, VTK) and the dynamic loader say when memory runs out or a write fails.
+_MEMORY_WORDS = ("failed to map segment", "cannot allocate memory", "can't allocate memory", "failed to allocate",
+                 "bad_alloc", "out of memory")  # fmt: skip
+_WRITE_WORDS = ("error writing", "couldn't write", "file write failed", "failed to write", "no space left",
+                "file too large", "unexpected pos", "disk quota")  # fmt: skip
+_RESOURCE_ERRNOS = {errno.ENOMEM: "memory", errno.ENOSPC: "write", errno.EFBIG: "write", errno.EDQUOT: "write"}
+
+
+def native_failure(exc: BaseException) -> str | None:
+    """One line for an ImportError, RuntimeError or OSError that means "out of memory" (a tight
+    ``ulimit -v``: a library cannot even be mapped) or "the write failed" (disk full, ``ulimit -f``)
+    as C++ libraries report them; None for anything else (a bug: its traceback is kept)."""
+    text = str(exc).lower()
+    kind = _RESOURCE_ERRNOS.get(getattr(exc, "errno", None) or 0) if isinstance(exc, OSError) else None
+    if kind is None and any(word in text for word in _MEMORY_WORDS):
+        kind = "memory"
+    if kind is None and isinstance(exc, RuntimeError) and any(word in text for word in _WRITE_WORDS):
+        kind = "write"
+    if kind == "memory":
+        return _OUT_OF_MEMORY_HINT
+    if kind == "write":
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = (lines[-1] if lines else type(exc).__name__)[:160]
+        return f"cannot write: the disk is full or a file-size limit (ulimit -f) was reached ({detail})"
+    return None
+
+
 def _sigterm_as_ctrl_c(signum, frame) -> None:
     """SIGTERM (``kill``, SLURM, ``docker stop``) ends a verb as Ctrl-C does: temporaries removed,
     exit 130. Training installs its own handler (checkpoint first, SkullVAELib.training.checkpoint)."""
@@ -129,11 +161,14 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except MemoryError:
         close_all_bars()
-        print(
-            f"skullvae {args.verb}: error: out of memory; lower --max-memory-gb so that oversized inputs "
-            "are refused before they are read, or use a machine with more memory",
-            file=sys.stderr,
-        )
+        print(f"skullvae {args.verb}: error: {_OUT_OF_MEMORY_HINT}", file=sys.stderr)
+        return 2
+    except (ImportError, RuntimeError, OSError) as exc:
+        message = native_failure(exc)
+        if message is None:
+            raise
+        close_all_bars()
+        print(f"skullvae {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         close_all_bars()

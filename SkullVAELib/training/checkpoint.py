@@ -36,7 +36,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` (plain tensors/containers only) atomically to ``path``."""
     record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+        try:
+            torch.save(record, tmp)
+        except RuntimeError as exc:  # torch's C++ writer: a full disk or a file-size limit (ulimit -f)
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise SkullVAEError(
+                f"cannot write the checkpoint: the disk is full or a file-size limit was reached ({lines[-1][:120] if lines else 'write failed'})",
+                path,
+            ) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

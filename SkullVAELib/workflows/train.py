@@ -121,6 +121,8 @@ def train_model(
     check_network(network.grid, network.channels, network.latent_size)  # memory limit, before allocating
     if resume and not checkpoint_path(out, order[0]).is_file():
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, order[0]))
+    if not resume:  # a fresh start: an older training's checkpoints must never be resumed later
+        _remove_checkpoints(out, order)
 
     created = init_distributed(first.device)
     try:
@@ -152,7 +154,7 @@ def train_model(
         options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
         if ctx.is_main and log is not None:  # stages, epochs, steps and an estimated time, before the work
             log_training_plan(log, stages, network, len(cached.volumes), ctx.device)
-        stage1_trained = False
+        stage1_trained = stage2_trained = False
         if 1 in stages:
             cfg = stages[1]
             done_before = load_checkpoint(checkpoint_path(out, 1))["epoch"] if resume else 0
@@ -182,10 +184,15 @@ def train_model(
             cfg = stages[2]
             torch.manual_seed(cfg.seed + 1)
             decoder = Decoder(network)
-            # A stage-2 checkpoint is stale once stage 1 trained further: stage 2 then starts afresh.
+            # A stage-2 checkpoint is stale once stage 1 trained further: stage 2 then starts afresh,
+            # and the stale checkpoint goes first (a kill during stage 2's first save must not leave it).
             resume2 = resume and checkpoint_path(out, 2).is_file() and not stage1_trained
+            if not resume2 and ctx.is_main:
+                _remove_checkpoints(out, (2,))
+            done_before2 = load_checkpoint(checkpoint_path(out, 2))["epoch"] if resume2 else 0
             t0 = time.perf_counter()
             hist = train_stage2(bundle.encoder, decoder, cached.volumes, cfg, out, resume=resume2, **options)
+            stage2_trained = len(hist) > done_before2
             bundle.decoupled_decoder = decoder.cpu()
             bundle.encoder.cpu()
             for p in bundle.encoder.parameters():
@@ -198,7 +205,14 @@ def train_model(
                 seconds_per_epoch_stage2=_mean_seconds(hist),
                 stage2_final=_final(hist),
             )
-        if ctx.is_main:
+        kept = None
+        if ctx.is_main and resume and not (stage1_trained or stage2_trained):
+            kept = _unchanged_bundle(out, bundle)  # a finished training resumed: keep its fitted model
+        if kept is not None:
+            bundle = kept
+            if log is not None:
+                log(f"skullvae train: nothing left to train; {out} is kept as it is (with its completion data)")
+        elif ctx.is_main:
             bundle.save(out)
             draw_curves(out)
             write_training_card(out, [str(d) for d in data])  # model_card.json/.md (models/card.py)
@@ -206,6 +220,44 @@ def train_model(
     finally:
         shutdown_distributed(created)
     return bundle
+
+
+def _remove_checkpoints(out: Path, stages: Sequence[int]) -> None:
+    """Delete the checkpoints of ``stages`` (and of stage 2 when stage 1 starts afresh): they belong to
+    an older training, and resuming one later would continue it, or fail on its latents."""
+    from SkullVAELib.training.checkpoint import checkpoint_path
+
+    for stage in sorted({*stages, *((2,) if 1 in stages else ())}):
+        try:
+            checkpoint_path(out, stage).unlink(missing_ok=True)
+        except OSError as exc:
+            raise SkullVAEError(f"cannot remove an older training's checkpoint: {exc.strerror}", out) from None
+
+
+def _unchanged_bundle(out: Path, bundle: ModelBundle) -> ModelBundle | None:
+    """The bundle saved in ``out`` when its weights are exactly ``bundle``'s (a finished training resumed:
+    nothing was trained), so that its completion data (completion.json) are kept; None otherwise."""
+    import torch
+
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+
+    try:
+        saved = ModelBundle.load(out)
+    except SkullVAEError:
+        return None
+    for mine, theirs in (
+        (bundle.encoder, saved.encoder),
+        (bundle.decoder, saved.decoder),
+        (bundle.decoupled_decoder, saved.decoupled_decoder),
+    ):
+        if (mine is None) != (theirs is None):
+            return None
+        if mine is None:
+            continue
+        a, b = mine.state_dict(), theirs.state_dict()
+        if a.keys() != b.keys() or not all(torch.equal(a[k].detach().cpu(), b[k].detach().cpu()) for k in a):
+            return None
+    return saved
 
 
 def _mean_seconds(history: list[dict]) -> float | None:

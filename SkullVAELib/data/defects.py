@@ -51,6 +51,7 @@ class _Bone:
         self.points = (self.index.astype(np.float32) @ affine[:3, :3].T.astype(np.float32)) + affine[:3, 3].astype(
             np.float32
         )
+        # the extremes of the very points the recipes cut (float32), as regions.bone_bounds gives them
         self.lo, self.hi = self.points.min(axis=0), self.points.max(axis=0)
         extent = self.hi - self.lo
         if extent.min() < MIN_EXTENT_MM:

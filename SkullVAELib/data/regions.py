@@ -80,9 +80,10 @@ def facial_region(
     return ((x - centre_x).abs() <= 0.5 * width) & (y <= float(lo[1]) + depth) & (z <= float(lo[2]) + height)
 
 
-def _vault_site(points: torch.Tensor, generator: torch.Generator, recipe: CranialRecipe):
-    """(surface point, outward normal) on the upper vault of the bone ``points`` (N, 3) mm; None: no bone there."""
-    lo, hi = points.min(0).values, points.max(0).values
+def _vault_site(points: torch.Tensor, bounds, generator: torch.Generator, recipe: CranialRecipe):
+    """(surface point, outward normal) on the upper vault of the bone ``points`` (N, 3) mm whose
+    :func:`bone_bounds` are ``bounds``; None: the drawn ray meets no bone."""
+    lo, hi = (b.to(points) for b in bounds)
     centre, half = (lo + hi) / 2, (hi - lo) / 2
     side = 1.0 if float(torch.rand((), generator=generator)) < 0.5 else -1.0
     az = math.radians(_uniform((-recipe.azimuth_deg, recipe.azimuth_deg), generator))
@@ -116,7 +117,7 @@ def cranial_region(
         return torch.zeros_like(bone)
     sp = torch.as_tensor(spacing, dtype=torch.float32).expand(3).to(bone.device)
     points = torch.as_tensor(origin, dtype=torch.float32).to(bone.device) + bone.nonzero().float() * sp
-    site = _vault_site(points, generator, recipe)
+    site = _vault_site(points, bone_bounds(bone, origin, spacing), generator, recipe)
     if site is None:
         return torch.zeros_like(bone)
     surface, normal = site

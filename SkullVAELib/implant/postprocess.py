@@ -45,7 +45,7 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
     cfg = cfg or PostprocessConfig()
     box = bounding_box(implant, margin=int(np.ceil(cfg.closing_mm / skull.spacing.min())) + 2)
     if box is None:
-        return np.zeros(skull.shape, dtype=bool)
+        return np.zeros_like(skull.mask)  # the mask's memory order: mixed-order ops cost 1 s each
     crop, bone = implant[box], skull.mask[box]
     crop = ndimage.binary_closing(crop, structure=ball(cfg.closing_mm, skull.spacing)) & ~bone
     crop = remove_thin_shells(crop)
@@ -56,6 +56,6 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
         crop = np.isin(labels, touching[touching > 0])
     if cfg.min_piece_fraction > 0:
         crop = keep_major_components(crop, cfg.min_piece_fraction)
-    out = np.zeros(skull.shape, dtype=bool)
+    out = np.zeros_like(skull.mask)
     out[box] = crop
     return out

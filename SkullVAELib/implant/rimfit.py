@@ -243,7 +243,7 @@ def rasterise(
     Only the box's voxels off the bone whose radius lies in the radii's range (± 1 mm) are turned
     into angles: the filled radii are bilinear reads of r_in/r_out, never outside that range.
     """
-    out = np.zeros(skull.shape, dtype=bool)
+    out = np.zeros_like(skull.mask)  # the mask's memory order (Fortran from SimpleITK): cheap to combine
     if not region.any():
         return out
     alpha, beta = raycast.angle_grid(step_deg)
@@ -310,7 +310,7 @@ def rim_fit(
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     holes = find_holes(raymap, cfg.min_hole_sr)
-    implant = np.zeros(skull.shape, dtype=bool)
+    implant = np.zeros_like(skull.mask)  # the mask's memory order (see rasterise)
     for hole in holes:
         if cfg.grow_mm > 0:
             grow_hole(raymap, hole, cfg)

@@ -102,3 +102,26 @@ def test_no_import_time_dependency_installs():
         if path.name != "install.py":
             assert "pip_install(" not in text and "pip_ensure(" not in text, path
         assert "import torch" not in text.split("def ", 1)[0], f"{path}: torch imported at module level"
+
+
+def test_helper_package_has_no_import_cycle():
+    """SkullVAESlicerLib's modules import each other without a cycle (logic.py <-> models.py was one)."""
+    import ast
+
+    package = REPO / "SkullVAE" / "SkullVAESlicerLib"
+    graph = {}
+    for path in package.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    imported.add(node.module.split(".")[0])
+                else:
+                    imported.update(alias.name for alias in node.names)
+        graph[path.stem] = imported & {p.stem for p in package.glob("*.py")}
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph[start])
+
+    cycles = sorted(m for m in graph if reaches(m, m))
+    assert not cycles, f"import cycle through {cycles}: {graph}"

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from SkullVAELib.core.config import DEFECTS
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
 from SkullVAELib.evaluation.metrics import dice, implant_metrics
@@ -118,7 +119,7 @@ def method_completers(methods: Sequence[str], settings, folder=None) -> dict:
     folder = folder or ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
     out = {}
     for method in methods:
-        for kind in ("cranial", "facial"):
+        for kind in DEFECTS:
             chosen = dataclasses.replace(settings, sources=method_sources(method), defect=kind)
             out[(method, kind)] = Completer(chosen, folder)
     return out

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         train_refiner,
     )
 
+    log = make_log(args.progress)  # stdout, or stderr under --progress json (stdout: JSON objects only)
     train_ids = parse_id_spec(args.train_ids) or []
     val_ids = parse_id_spec(args.val_ids) or []
     numbers = (args.steps, args.batch, args.val_every, args.minutes, args.lr, args.checkpoint_minutes)
@@ -80,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
             )
         finally:
             close_progress(progress)
-        print(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
+        log(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
         return 0
     overrides: dict = {"spacing_mm": args.spacing, "output_head": args.output_head}
     if args.crop:
-        overrides["crop_shape"] = tuple(int(v) for v in args.crop.split(","))
+        overrides["crop_shape"] = _integers(args.crop, "--crop")
     if args.channels:
-        overrides["channels"] = tuple(int(v) for v in args.channels.split(","))
+        overrides["channels"] = _integers(args.channels, "--channels")
     cfg = RefinerConfig(**overrides)
     train_cfg = RefinerTrainConfig(
         steps=args.steps,
@@ -116,9 +117,18 @@ def run(args: argparse.Namespace) -> int:
             args.overwrite,
             resume=args.resume,
             progress=progress,
-            log=make_log(args.progress),
+            log=log,
         )
     finally:
         close_progress(progress)
-    print(f"wrote the facial refiner to {path}")
+    log(f"wrote the facial refiner to {path}")
     return 0
+
+
+def _integers(text: str, option: str) -> tuple[int, ...]:
+    from SkullVAELib.core.errors import SkullVAEError
+
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SkullVAEError(f"{option} must be comma-separated integers, got {text!r}") from None

@@ -132,9 +132,11 @@ def test_train_refiner_names_a_missing_grid_file(tmp_path, capsys):
 
 def test_train_refiner_refuses_bad_numbers_and_an_existing_pack(data_dir, tmp_path, capsys):
     argv = ["train-refiner", "--grids", str(tmp_path / "g.npz"), "--out", str(tmp_path / "X"), "--train-ids", "001"]
-    for bad in (["--steps", "0"], ["--val-every", "0"], ["--lr", "-1"]):
+    for bad in (["--steps", "0"], ["--val-every", "0"], ["--lr", "-1"], ["--lr", "nan"], ["--checkpoint-minutes", "0"]):
         assert main([*argv, *bad]) == 2
         assert "must be positive" in one_line_error(capsys)
+    assert main([*argv, "--crop", "32,x,32"]) == 2
+    assert "--crop must be comma-separated integers" in one_line_error(capsys)
     packed = tmp_path / "packed.npz"
     pack = ["train-refiner", "--data", str(data_dir), "--out", str(packed), "--pack-only", "--progress", "none"]
     assert main([*pack, "--train-ids", "001-002", "--val-ids", "003"]) == 0

@@ -1,25 +1,31 @@
-"""Completion latency and peak RSS of `skullvae complete` on a full-resolution SkullFix case.
+"""Latency of `skullvae complete` by stage on full-resolution SkullFix cases (issue 26).
 
-Each measured run is a fresh process running the real CLI (``SkullVAELib.cli.main``), so the
-wall time includes Python start-up and imports, exactly as a user (or Slicer) pays it; peak
-RSS is that process's ``ru_maxrss``. The model is an untrained paper-preset bundle at
-256×256×128 with centroids (``bundle.new_bundle`` + ``set_centroids``). ORACLE (labelled):
-an untrained decoder decodes an arbitrary blob, so the real decoder runs (its time counts)
-but its output is replaced by the case's complete skull on the model grid (prepared in a
-separate process), so the implant, STL and write stages see a realistic implant.
+Three parts, each a section of docs/BENCHMARKS.md:
 
-Variants run interleaved: "as found" (channels-first float32), channels-last (now the
-default; the integer-factor grid fast path is in the library since), + bfloat16
-(``--precision bfloat16``), and 1 thread. Also: import times and the output gzip level.
+* **Stage profile** (``complete_latency``): each run is a fresh process that runs the real CLI
+  (``SkullVAELib.cli.main``, default settings: ``--defect cranial``, no model, so the rim fit with
+  the mirror cue) twice on the same case: the first call is *cold* (lazy imports, first touch),
+  the second *warm* (same process). Wall and CPU seconds (``time.process_time``: every thread of
+  the process) per stage come from wrappers around the stage functions; "start-up + imports" is
+  the process wall before the first call. Peak RSS is the process's ``ru_maxrss``. 1 and 2
+  threads (``--threads``) interleaved; the load average is recorded around every run.
+* **Rim fit A/B** (``rimfit_ab``, ``--ab``): the rim fit with the ray casting and rasterisation of
+  ``--baseline`` (a commit before issue 26, read with ``git show``) against today's, same
+  process, same mirror plane, interleaved: implant DSC and identity, wall and CPU per case.
+* **Segmentation compression** (``seg_compression``, ``--compression``): the writer's gzip levels
+  and raw encoding on one case (patient bone + implant, as the CLI writes them).
 
-    .venv/bin/python benchmarks/complete_latency.py --case 000 --threads 2 --reps 2
+    .venv/bin/python benchmarks/complete_latency.py --cases 056 058 --reps 2
+    .venv/bin/python benchmarks/complete_latency.py --ab 056 057 058 059 060 061 062 063
+    .venv/bin/python benchmarks/complete_latency.py --compression 056
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
+import re
 import resource
 import statistics
 import subprocess
@@ -31,218 +37,305 @@ from pathlib import Path
 from _report import PYTHON, ROOT, SKULLFIX, Section, table
 
 HERE = Path(__file__).resolve()
-STAGES = ("read", "to_grid", "encode", "decode", "implant_model_grid", "implant_original", "back_to_grid",
-          "write_segmentation", "write_stl")  # fmt: skip
-VARIANTS = {
-    "as found (channels-first fp32)": dict(channels_last=False),
-    "channels-last fp32 (applied, default)": dict(),
-    "+ bfloat16 (--precision bfloat16, opt-in)": dict(precision="bfloat16"),
-}
+BASELINE = "07aef1a"  # the last commit before issue 26's ray casting
+# (label, module, function): wrapped in the child; inclusive seconds per call, summed
+STAGES = [
+    ("read", "SkullVAELib.io.image", "read_skull"),
+    ("mirror plane", "SkullVAELib.implant.symmetry", "find_mirror_plane"),
+    ("rim fit", "SkullVAELib.implant.rimfit", "rim_fit"),
+    ("ray centre", "SkullVAELib.implant.raycast", "cranial_centre"),
+    ("ray casting", "SkullVAELib.implant.raycast", "cast"),
+    ("rasterise", "SkullVAELib.implant.rimfit", "rasterise"),
+    ("post-processing", "SkullVAELib.implant.postprocess", "postprocess_implant"),
+    ("write segmentation", "SkullVAELib.io.segfile", "write_segmentation"),
+]
+ROWS = ["start-up + imports", "read", "mirror plane", "ray centre + casting", "fill (holes, splines)", "rasterise",
+        "post-processing", "write segmentation", "other (Completer, checks, lazy imports)", "CLI call", "process"]  # fmt: skip
 
 
-def make_model(folder: Path) -> None:
-    import numpy as np
+def _instrument(record: dict) -> None:
+    """Wrap every STAGES function, wherever it was imported by name, to add to ``record``."""
+    import importlib
 
-    from SkullVAELib.bundle.model_bundle import new_bundle
-    from SkullVAELib.core.config import PRESETS
+    for label, module, name in STAGES:
+        original = getattr(importlib.import_module(module), name)
 
-    bundle = new_bundle(PRESETS["paper"], aggregated=True, seed=0)
-    rng = np.random.default_rng(0)
-    d = bundle.network.latent_size
-    bundle.set_centroids(
-        {"complete": np.zeros(d), "cranial": 0.1 * rng.normal(size=d), "facial": 0.1 * rng.normal(size=d)}
-    )
-    bundle.save(folder)
+        def wrapped(*args, _f=original, _label=label, **kwargs):
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                totals = record.setdefault(_label, [0.0, 0.0])
+                totals[0] += time.perf_counter() - w
+                totals[1] += time.process_time() - c
+
+        for mod in list(sys.modules.values()):
+            if getattr(mod, "__name__", "").startswith("SkullVAELib") and getattr(mod, name, None) is original:
+                setattr(mod, name, wrapped)
 
 
-def prepare_oracle(complete: Path, npy: Path) -> None:
-    import numpy as np
+def _rows(record: dict, call: tuple[float, float]) -> dict:
+    """Exclusive (wall, CPU) per ROWS entry from the inclusive stage totals of one CLI call."""
 
-    from SkullVAELib.io.image import read_skull
-    from SkullVAELib.vae.grid import to_model_grid
+    def get(label):
+        return record.get(label, [0.0, 0.0])
 
-    np.save(npy, to_model_grid(read_skull(complete), (256, 256, 128)))
+    def minus(a, *bs):
+        return [a[i] - sum(b[i] for b in bs) for i in range(2)]
+
+    cast = [get("ray centre")[i] + get("ray casting")[i] for i in range(2)]
+    fill = minus(get("rim fit"), cast, get("rasterise"), get("post-processing"))
+    main = [get(k) for k in ("read", "mirror plane", "rim fit", "write segmentation")]
+    return {
+        "read": get("read"),
+        "mirror plane": get("mirror plane"),
+        "ray centre + casting": cast,
+        "fill (holes, splines)": fill,
+        "rasterise": get("rasterise"),
+        "post-processing": get("post-processing"),
+        "write segmentation": get("write segmentation"),
+        "other (Completer, checks, lazy imports)": minus(list(call), *main),
+        "CLI call": list(call),
+    }
 
 
 def child(args) -> None:
-    """One CLI run in this process; prints one JSON line."""
-    start = time.perf_counter()
-    opts = json.loads(args.child)
-    import numpy as np
-    import torch
+    """Two CLI calls on one case in this process; prints one JSON line."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    import io
 
-    from SkullVAELib.bundle.model_bundle import ModelBundle
     from SkullVAELib.cli import main as cli_main
-    from SkullVAELib.vae import completion
 
-    completion.CHANNELS_LAST = opts.get("channels_last", True)
-    if args.oracle:
-        target = torch.from_numpy(np.load(args.oracle))[None, None]
-        load = ModelBundle.load
-
-        def load_with_oracle(folder, device="cpu"):
-            bundle = load(folder, device=device)
-            decoder = bundle.completion_decoder
-            real = decoder.logits
-            decoder.logits = lambda z: (real(z), ((target - 0.5) * 20.0))[1]  # real decoder runs, oracle returned
-            return bundle
-
-        ModelBundle.load = load_with_oracle
-    imported = time.perf_counter() - start
-    out = Path(args.out)
-    argv = ["complete", "--model", args.model, "--input", args.input, "--output", str(out / "r.seg.nrrd"),
-            "--implant-stl", str(out / "i.stl"), "--defect", "cranial", "--threads", str(opts.get("threads", args.threads)),
-            "--precision", opts.get("precision", "float32"), "--progress", "json"]  # fmt: skip
-    real_stdout, capture = sys.stdout, io.StringIO()  # the CLI's JSON progress lines
-    try:
-        sys.stdout = capture
-        code = cli_main(argv)
-    finally:
-        sys.stdout = real_stdout
-    record = json.loads(capture.getvalue().strip().splitlines()[-1])["result"]
-    print(json.dumps({
-        "code": code, "imports_s": imported, "timings": record["timings"],
-        "implant_cm3": record["implant_volume_mm3"] / 1000,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }))  # fmt: skip
+    record: dict = {}
+    _instrument(record)
+    imports = [time.perf_counter() - start_wall, time.process_time() - start_cpu]
+    calls = []
+    for label in ("cold", "warm"):
+        record.clear()
+        out = Path(args.out) / f"{label}.seg.nrrd"
+        argv = ["complete", "--input", args.input, "--output", str(out), "--defect", "cranial", "--threads",
+                str(args.threads), "--progress", "none"] + (["--model", args.model] if args.model else [])  # fmt: skip
+        w, c = time.perf_counter(), time.process_time()
+        real_stdout, sys.stdout = sys.stdout, io.StringIO()
+        try:
+            code = cli_main(argv)
+        finally:
+            sys.stdout = real_stdout
+        calls.append(
+            {"label": label, "code": code, **_rows(record, (time.perf_counter() - w, time.process_time() - c))}
+        )
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"imports": imports, "calls": calls, "peak_rss_gb": usage.ru_maxrss / 2**20,
+                      "in_process": [time.perf_counter() - start_wall, time.process_time() - start_cpu]}))  # fmt: skip
 
 
-def run_child(args, opts: dict, model: Path, oracle: Path | None, out: Path) -> dict:
-    cmd = [PYTHON, str(HERE), "--child", json.dumps(opts), "--model", str(model), "--input", str(args.input_path),
-           "--out", str(out), "--threads", str(args.threads)] + (["--oracle", str(oracle)] if oracle else [])  # fmt: skip
-    t = time.perf_counter()
+def run_child(args, case: str, threads: int, out: Path) -> dict:
+    cmd = [PYTHON, str(HERE), "--child", "--input", str(args.data / "defective_skull" / f"{case}.nrrd"), "--out",
+           str(out), "--threads", str(threads)] + (["--model", args.model] if args.model else [])  # fmt: skip
+    load = os.getloadavg()[0]
+    w, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-    wall = time.perf_counter() - t
+    wall, after = time.perf_counter() - w, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"child failed: {proc.stderr[-2000:]}")
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
-    rec["wall_s"] = wall
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    # start-up = the process's wall before the first call (interpreter start included)
+    rec["startup"] = [wall - rec["in_process"][0] + rec["imports"][0], cpu - rec["in_process"][1] + rec["imports"][1]]
+    rec["process"] = [wall, cpu]
+    rec["load"] = [load, os.getloadavg()[0]]
     return rec
 
 
-def import_times() -> list[list]:
+def profile(args) -> None:
+    section = Section("complete_latency", "2. Completion latency by stage (`skullvae complete`, rim fit)")
+    runs: dict[tuple[int, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="skullvae-bench-") as tmp:
+        for rep in range(args.reps):
+            for case in args.cases:
+                for threads in args.threads:
+                    rec = run_child(args, case, threads, Path(tmp))
+                    runs.setdefault((threads, case), []).append(rec)
+                    print(rep, case, threads, json.dumps(rec), flush=True)
+    header = ["stage"]
+    for threads, case in runs:
+        header += [f"{case} {threads} thr cold wall / CPU", "warm wall / CPU"]
     rows = []
-    for label, code in [
-        ("python start-up", "pass"),
-        ("import torch", "import torch"),
-        ("import torch + monai.networks.blocks", "import torch, monai.networks.blocks"),
-        (
-            "import SkullVAELib.bundle.model_bundle (torch, safetensors; no MONAI since)",
-            "import SkullVAELib.bundle.model_bundle",
-        ),
-        ("`skullvae complete --help` (dispatcher imports every verb)", None),
-    ]:
-        cmd = [PYTHON, "-m", "SkullVAELib", "complete", "--help"] if code is None else [PYTHON, "-c", code]
-        t = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, cwd=ROOT, check=True)
-        rows.append([label, f"{time.perf_counter() - t:.2f}"])
-    return rows
+    for name in ROWS:
+        row = [name]
+        for recs in runs.values():
+            for index in (0, 1):
+
+                def med(i, recs=recs, index=index, name=name):
+                    if name == "start-up + imports":
+                        return statistics.median(r["startup"][i] for r in recs) if index == 0 else None
+                    if name == "process":
+                        return statistics.median(r["process"][i] for r in recs) if index == 0 else None
+                    return statistics.median(r["calls"][index][name][i] for r in recs)
+
+                w, c = med(0), med(1)
+                row.append("–" if w is None else f"{w:.2f} / {c:.2f}")
+        rows.append(row)
+    rss = [f"{max(r['peak_rss_gb'] for r in recs):.2f}" for recs in runs.values()]
+    loads = [f"{min(r['load'][0] for r in recs):.1f}–{max(r['load'][1] for r in recs):.1f}" for recs in runs.values()]
+    rows.append(["peak RSS GB", *[x for v in rss for x in (v, "")]])
+    rows.append(["load average (1 min) around the runs", *[x for v in loads for x in (v, "")]])
+    section.add(
+        f"SkullFix defective_skull/{{{','.join(args.cases)}}}.nrrd, default settings (`--defect cranial`, no model: the "
+        f"rim fit with the mirror cue), {args.reps} fresh process(es) per column, medians; each process completes the "
+        "case twice: **cold** = its first call, **warm** = the second. Wall / CPU seconds (CPU = all threads of the "
+        "process). fill = rim fit − centre − ray casting − rasterise − post-processing; other = the CLI call − the "
+        "stages above it (the Completer, the implant check, the completed skull, lazy imports on a cold call)."
+    )
+    section.add(table(header, rows))
+    if not args.no_write:
+        section.write()
 
 
-def compression_levels(args) -> str:
-    cmd = [PYTHON, str(HERE), "--compression", "--input", str(args.input_path), "--threads", str(args.threads)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+# --- rim fit A/B against the baseline commit ---------------------------------------------------
 
 
-def compression_child(args) -> None:
-    """Write the defective skull ∪ its implant as a 2-segment .seg.nrrd at several gzip levels."""
+def _baseline_functions(commit: str):
+    """(cast, rasterise) of ``commit``, loaded from ``git show`` into private modules."""
+    import types
+
+    import numpy as np
+    from scipy import ndimage
+
+    from SkullVAELib.implant import raycast
+
+    code = subprocess.run(["git", "show", f"{commit}:SkullVAELib/implant/raycast.py"], capture_output=True,
+                          text=True, cwd=ROOT, check=True).stdout  # fmt: skip
+    old = types.ModuleType("baseline_raycast")
+    sys.modules[old.__name__] = old
+    exec(compile(code, "baseline_raycast.py", "exec"), old.__dict__)
+    rim = subprocess.run(["git", "show", f"{commit}:SkullVAELib/implant/rimfit.py"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout  # fmt: skip
+    body = re.search(r"\ndef rasterise\(.*?\n    return out\n", rim, re.S).group(0)
+    space = {"np": np, "ndimage": ndimage, "raycast": old, "SkullImage": object}
+    exec(body, space)
+
+    def cast(skull, centre=None, step_deg=1.0, transform=None, volume=None, exact=None, **_):
+        m = old.cast(skull, centre, step_deg, transform=transform)
+        return raycast.RayMap(m.centre, m.step_deg, m.hit, m.r_out, m.r_in)
+
+    return cast, space["rasterise"]
+
+
+def ab(args) -> None:
+    import numpy as np
+
+    from SkullVAELib.evaluation.metrics import dice
+    from SkullVAELib.implant import raycast, rimfit
+    from SkullVAELib.implant.symmetry import find_mirror_plane
     from SkullVAELib.io.image import read_skull
-    from SkullVAELib.io.segfile import Segment, write_segmentation
 
-    defective = read_skull(args.input)
-    implant = read_skull(Path(args.input).parents[1] / "implant" / Path(args.input).name)
-    segments = [Segment("Completed skull", defective.mask | implant.mask), Segment("Implant", implant.mask)]
+    section = Section("rimfit_ab", f"2b. Rim fit: issue 26's ray casting against {args.baseline} (same implant?)")
+    versions = {"new": (raycast.cast, rimfit.rasterise), "old": _baseline_functions(args.baseline)}
     rows = []
+    for case in args.ab:
+        skull = read_skull(args.data / "defective_skull" / f"{case}.nrrd")
+        transform = find_mirror_plane(skull).transform()
+        got = {}
+        for name in ("new", "old"):
+            raycast.cast, rimfit.rasterise = versions[name]
+            load = os.getloadavg()[0]
+            w, c = time.perf_counter(), time.process_time()
+            result = rimfit.rim_fit(skull, mirror_transform=transform)
+            got[name] = (result, time.perf_counter() - w, time.process_time() - c, load)
+        raycast.cast, rimfit.rasterise = versions["new"]
+        (new, wn, cn, ln), (old, wo, co, lo) = got["new"], got["old"]
+        same_cells = all(np.array_equal(a.cells, b.cells) for a, b in zip(new.holes, old.holes, strict=True))
+        rows.append([case, f"{dice(new.implant, old.implant):.4f}", "yes" if np.array_equal(new.implant, old.implant)
+                     else "no", "yes" if same_cells else "no", ", ".join(h.source for h in new.holes) or "–",
+                     f"{new.raymap.exact.mean():.2f}", f"{wo:.1f} / {co:.1f}", f"{wn:.1f} / {cn:.1f}", f"{co / cn:.1f}×",
+                     f"{old.timings['raycast']:.1f} → {new.timings['raycast']:.2f}", f"{lo:.1f} / {ln:.1f}"])  # fmt: skip
+        print(rows[-1], flush=True)
+    section.add(
+        "Validation cases, the rim fit (`rimfit.rim_fit`, default config) with the mirror plane of "
+        "`find_mirror_plane` (the same for both), in one process: **old** = ray casting and rasterisation read with "
+        f"`git show {args.baseline}:…` (scipy `map_coordinates` over every sample of every ray), **new** = today's "
+        "(numpy, block-skipping, coarse to fine). Wall / CPU seconds of the whole rim fit; one thread of numpy each."
+    )
+    header = ["case", "implant DSC new vs old", "same voxels", "same hole cells", "hole source",
+              "rays cast at 1° (share)", "old s (wall / CPU)", "new s (wall / CPU)", "CPU old/new",
+              "ray casting wall old → new", "load old / new"]  # fmt: skip
+    section.add(table(header, rows))
+    if not args.no_write:
+        section.write()
+
+
+# --- segmentation compression -------------------------------------------------------------------
+
+
+def compression(args) -> None:
+    import numpy as np
+    import slicerio
+
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.segfile import Segment, read_segmentation, write_segmentation
+
+    case = args.compression
+    section = Section("seg_compression", "2c. Writing the segmentation: compression against time and size")
+    skull = read_skull(args.data / "defective_skull" / f"{case}.nrrd")
+    implant = read_skull(args.data / "implant" / f"{case}.nrrd").mask & ~skull.mask
+    segments = [Segment("Patient bone", skull.mask), Segment("Implant", implant)]
+    write = slicerio.write_segmentation
+    results: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for level in (1, 3, 6, 9):
-            path = Path(tmp) / f"l{level}.seg.nrrd"
-            t = time.perf_counter()
-            write_segmentation(path, defective, segments, compression_level=level)
-            rows.append([str(level), f"{time.perf_counter() - t:.2f}", f"{path.stat().st_size / 1e6:.2f}"])
-    print(table(["gzip level", "write_segmentation s", "file MB"], rows))
+        for _ in range(args.reps + 1):  # the first round warms the page cache and is dropped
+            for level in ("raw", 0, 1, 3, 6, 9):
+                path = Path(tmp) / f"{level}.seg.nrrd"
+                if level == "raw":  # the NRRD 'encoding' field passes through slicerio to pynrrd
+                    slicerio.write_segmentation = lambda f, s, **kw: write(f, {**s, "encoding": "raw"}, **kw)
+                w, c = time.perf_counter(), time.process_time()
+                write_segmentation(path, skull, segments, compression_level=1 if level == "raw" else level)
+                wall, cpu = time.perf_counter() - w, time.process_time() - c
+                slicerio.write_segmentation = write
+                r = time.perf_counter()
+                _, masks = read_segmentation(path)
+                back = time.perf_counter() - r
+                assert np.array_equal(masks["Implant"], implant)
+                results.setdefault(str(level), []).append((wall, cpu, path.stat().st_size / 1e6, back))
+    rows = []
+    for level, recs in results.items():
+        recs = recs[1:]
+        med = [statistics.median(r[i] for r in recs) for i in range(4)]
+        rows.append([level, f"{med[0]:.2f}", f"{med[1]:.2f}", f"{med[2]:.2f}", f"{med[3]:.2f}"])
+    section.add(
+        f"SkullFix defective_skull/{case}.nrrd ({'×'.join(map(str, skull.shape))}): the patient's bone and its "
+        "true implant as two non-overlapping segments (one 3D uint8 layer, as `skullvae complete` writes them), "
+        f"`write_segmentation(..., compression_level=N)`; median of {args.reps} after one warm-up round; read back "
+        "with `read_segmentation` (pynrrd). gzip level 0 = stored, no compression; raw = NRRD raw encoding."
+    )
+    section.add(table(["gzip level", "write wall s", "write CPU s", "file MB", "read back s"], rows))
+    if not args.no_write:
+        section.write()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=SKULLFIX)
-    p.add_argument("--case", default="000", help="SkullFix case id (defective_skull/ID.nrrd)")
-    p.add_argument("--model", help="model bundle (default: an untrained paper bundle made in a temp folder)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cases", nargs="+", default=["056"], help="SkullFix case ids (defective_skull/ID.nrrd)")
+    p.add_argument("--model", help="pass --model to the CLI (default: none, the rim fit)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--no-oracle", action="store_true", help="keep the untrained decoder's output")
-    p.add_argument("--no-write", action="store_true")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--compression", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ab", nargs="+", metavar="CASE", help="run the rim-fit A/B on these cases instead")
+    p.add_argument("--baseline", default=BASELINE, help="commit of the old ray casting (for --ab)")
+    p.add_argument("--compression", metavar="CASE", help="time the segmentation writer's compression instead")
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
-    p.add_argument("--oracle", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        args.threads = args.threads[0]
         return child(args)
+    if args.ab:
+        return ab(args)
     if args.compression:
-        return compression_child(args)
-    args.input_path = args.data / "defective_skull" / f"{args.case}.nrrd"
-    with tempfile.TemporaryDirectory(prefix="skullvae-bench-complete-") as tmp:
-        tmp = Path(tmp)
-        model = Path(args.model) if args.model else tmp / "model"
-        if not args.model:
-            subprocess.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); "
-                            f"import complete_latency as c; c.make_model({str(model)!r})"], cwd=ROOT, check=True)  # fmt: skip
-        oracle = None
-        if not args.no_oracle:
-            oracle = tmp / "oracle.npy"
-            subprocess.run([PYTHON, "-c", f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); import complete_latency as c; "
-                            f"c.prepare_oracle({str(args.data / 'complete_skull' / f'{args.case}.nrrd')!r}, {str(oracle)!r})"],
-                           cwd=ROOT, check=True)  # fmt: skip
-        section = Section(
-            "complete_latency", "2. Completion latency (`skullvae complete`, full resolution)", args.threads
-        )
-        section.add(
-            f"SkullFix defective_skull/{args.case}.nrrd (512×512×Z), untrained paper-preset bundle at 256×256×128 "
-            f"with centroids, `--defect cranial --implant-stl`, {args.threads} threads"
-            + (", **ORACLE decoder output** (the decoder runs; its output is replaced by the complete skull so "
-               "the implant stages are realistic)" if oracle else "")
-            + f". Each run is a fresh process; median of {args.reps} interleaved runs. Seconds."
-        )  # fmt: skip
-        runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-        runs["channels-last fp32, 1 thread"] = []
-        for rep in range(args.reps):
-            for name, opts in VARIANTS.items():
-                runs[name].append(run_child(args, opts, model, oracle, tmp))
-                print(rep, name, json.dumps(runs[name][-1]), flush=True)
-            if rep == 0:
-                runs["channels-last fp32, 1 thread"].append(run_child(args, {"threads": 1}, model, oracle, tmp))
-        header = [
-            "variant",
-            "process wall",
-            "start-up + imports",
-            "load model",
-            *STAGES,
-            "library total",
-            "peak RSS GB",
-        ]
-        rows = []
-        for name, recs in runs.items():
-
-            def med(key, recs=recs):
-                return statistics.median(r["timings"].get(key, 0.0) for r in recs)
-
-            total = med("total")
-            wall = statistics.median(r["wall_s"] for r in recs)
-            load = total - sum(med(s) for s in STAGES)
-            rows.append([name, f"**{wall:.2f}**", f"{wall - total:.2f}", f"{load:.2f}", *(f"{med(s):.2f}" for s in STAGES),
-                         f"{total:.2f}", f"**{max(r['peak_rss_gb'] for r in recs):.2f}**"])  # fmt: skip
-        section.add(table(header, rows))
-        section.add(
-            "process wall = what `skullvae complete` costs from the shell; start-up + imports = wall − the CLI's "
-            "own total (Python, torch, MONAI, SciPy, SimpleITK, VTK, slicerio); load model = CLI total − the "
-            f"stages. Implant volume: {runs['channels-last fp32 (applied, default)'][0]['implant_cm3']:.1f} cm³. "
-            "Targets: ≤ 5 s wall, ≤ 3 GB peak RSS."
-        )
-        section.add("Import times (fresh process each, seconds):\n\n" + table(["what", "s"], import_times()))
-        section.add("Output compression (the CLI writes gzip level 3):\n\n" + compression_levels(args))
-    if not args.no_write:
-        section.write()
+        return compression(args)
+    return profile(args)
 
 
 if __name__ == "__main__":

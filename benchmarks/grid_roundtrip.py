@@ -18,9 +18,9 @@ import torch
 
 from SkullVAELib.core.atomic import atomic_write_text
 from SkullVAELib.core.config import RESAMPLE_MODES as MODES
+from SkullVAELib.data.grid import from_model_grid, to_model_grid
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.io.image import read_skull
-from SkullVAELib.vae.grid import from_model_grid, to_model_grid
 
 GRIDS = ((256, 256, 128), (128, 128, 64))
 

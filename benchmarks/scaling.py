@@ -104,10 +104,10 @@ def completion_child(data: Path, case: str, threads: int) -> None:
 
     from SkullVAELib.bundle.model_bundle import new_bundle
     from SkullVAELib.core.config import PRESETS, CompletionConfig
+    from SkullVAELib.data.grid import to_model_grid
     from SkullVAELib.io.image import read_skull
     from SkullVAELib.io.segfile import Segment, write_segmentation
     from SkullVAELib.vae.completion import complete
-    from SkullVAELib.vae.grid import to_model_grid
 
     torch.set_num_threads(threads)
     bundle = new_bundle(PRESETS["paper"], aggregated=True, seed=0)

@@ -44,6 +44,7 @@ SOURCE_TEXT = {
     "learned": "the learned facial refiner",
     "atlas": "the atlas skulls",
     "model": "the model's latent arithmetic (γ)",
+    "none": "no source (nothing was found to fill)",
 }
 
 

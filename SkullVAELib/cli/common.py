@@ -162,7 +162,7 @@ def network_from_args(args: argparse.Namespace) -> NetworkConfig:
     except SkullVAEError as exc:
         if "cannot be divided" not in exc.message:
             raise
-        from SkullVAELib.training.plan import grid_advice
+        from SkullVAELib.vae.plan import grid_advice
 
         raise SkullVAEError(f"{exc.message.split('; ')[0]}: {grid_advice(grid, channels)}") from None
 

@@ -235,8 +235,8 @@ def _cache_file(cache_dir: Path, content_hash: str, grid: tuple[int, int, int], 
 
 def _compute_entry(path: Path, target: Path, grid: tuple[int, int, int], mode: str) -> None:
     """Read one skull, map it to the grid and store uint8 occupancy ×255 at ``target`` (atomic)."""
+    from SkullVAELib.data.grid import to_model_grid
     from SkullVAELib.io.image import read_skull
-    from SkullVAELib.vae.grid import to_model_grid
 
     occupancy = to_model_grid(read_skull(path), grid, mode)
     quantized = np.rint(occupancy * 255.0).astype(np.uint8)

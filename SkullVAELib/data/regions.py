@@ -27,10 +27,9 @@ def bone_bounds(bone: torch.Tensor, origin, spacing, direction=None) -> tuple[to
     dtype = torch.float64 if device.type == "cpu" else torch.float32
     origin = torch.as_tensor(origin, device=device).to(dtype)
     spacing = torch.as_tensor(spacing, device=device).to(dtype).expand(3)
-    matrix = torch.eye(3, dtype=dtype, device=device)
-    if direction is not None:
-        matrix = torch.as_tensor(direction, device=device).to(dtype)
-    if bool(((matrix != 0).sum(dim=1) <= 1).all()):  # axis-aligned: the index box's corners are exact
+    direction = torch.eye(3, dtype=torch.float64) if direction is None else torch.as_tensor(direction).double().cpu()
+    matrix = direction.to(device, dtype)
+    if bool(((direction != 0).sum(dim=1) <= 1).all()):  # axis-aligned: the index box's corners are exact
         ends = []
         for axis in range(3):
             hit = torch.nonzero(bone.any(dim=tuple(a for a in range(3) if a != axis))).flatten()

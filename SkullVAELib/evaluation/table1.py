@@ -96,8 +96,8 @@ def decode(bundle, z: np.ndarray, device: str = "cpu") -> np.ndarray:
 def _encode_cases(bundle, cases, grid, mode, device, cache_dir, progress) -> dict:
     """μ, log σ² (N, d) of every case; with ``cache_dir``, through ``dataset.build_cache``
     (the trainer's cached model-grid volumes are reused), else read one by one."""
+    from SkullVAELib.data.grid import to_model_grid
     from SkullVAELib.io.image import read_skull
-    from SkullVAELib.vae.grid import to_model_grid
 
     cases = list(cases)
     mus, logvars = [], []
@@ -207,7 +207,7 @@ def _complete_partner(case, skull, partners: dict, complete_cache: dict[str, np.
 
 def _reconstruct(run: _Run, skull) -> tuple[dict, np.ndarray, np.ndarray]:
     """REC of one skull: ({"rec_dsc_model", "rec_dsc_original"}, μ (d,), log σ² (d,))."""
-    from SkullVAELib.vae.grid import from_model_grid, to_model_grid
+    from SkullVAELib.data.grid import from_model_grid, to_model_grid
 
     target = to_model_grid(skull, run.grid, run.grid_mode)
     mu, logvar = encode(run.bundle, target, run.device)
@@ -247,7 +247,7 @@ def _evaluate_defective(run: _Run, case, skull, partner, keep_example: bool) -> 
     result, chosen, confidence = _complete_as_labelled(run, skull, case.label)
     columns: dict = {"auto_defect": chosen, "auto_confidence": confidence}
     if partner is not None:
-        from SkullVAELib.vae.grid import to_model_grid
+        from SkullVAELib.data.grid import to_model_grid
 
         partner_grid = to_model_grid(skull.with_mask(partner), run.grid, run.grid_mode)
         columns["cmp_dsc_model"] = dice(np.asarray(result.probabilities_model_grid) > 0.5, partner_grid > 0.5)

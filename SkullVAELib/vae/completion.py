@@ -25,10 +25,10 @@ from SkullVAELib.core.config import DEFECTS, CompletionConfig, check_gamma
 from SkullVAELib.core.devices import resolve_device
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.data.grid import from_model_grid, to_model_grid
 from SkullVAELib.implant import cleanup as implant_ops
 from SkullVAELib.io.image import ALL_BONE_FRACTION, SkullImage
 from SkullVAELib.vae.centroids import classifier_of, nearest_centroid_defect
-from SkullVAELib.vae.grid import from_model_grid, to_model_grid
 from SkullVAELib.vae.networks import reparameterize
 from SkullVAELib.vae.testtime_fit import FitConfig, apply_fit
 

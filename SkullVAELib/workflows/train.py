@@ -92,8 +92,8 @@ def train_model(
     from SkullVAELib.models.card import write_training_card
     from SkullVAELib.training.checkpoint import checkpoint_path, load_checkpoint
     from SkullVAELib.training.distributed import current_context, init_distributed, shutdown_distributed
-    from SkullVAELib.training.plan import log_training_plan
     from SkullVAELib.vae.networks import VAE, Decoder
+    from SkullVAELib.vae.plan import log_training_plan
     from SkullVAELib.vae.stages import train_stage1, train_stage2
 
     out = Path(out)

@@ -128,8 +128,8 @@ def run_complete(capsys):
 
 def phantom_data(n: int = 8, grid=(32, 32, 32)) -> torch.Tensor:
     """``(n, 1, X, Y, Z)`` float16 soft occupancy of phantoms, as the cache holds them."""
+    from SkullVAELib.data.grid import to_model_grid as _to_model_grid
     from SkullVAELib.data.phantoms import make_phantom as _make_phantom
-    from SkullVAELib.vae.grid import to_model_grid as _to_model_grid
 
     vols = [_to_model_grid(_make_phantom(seed, shape=(64, 64, 48), spacing=None), grid) for seed in range(n)]
     return torch.from_numpy(np.stack(vols))[:, None].to(torch.float16)

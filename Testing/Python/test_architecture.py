@@ -34,7 +34,7 @@ CLI_MAY_IMPORT = (
     "SkullVAELib.evaluation.table1",
     "SkullVAELib.evaluation.report",
     "SkullVAELib.data.defects",  # CRANIAL_STYLES for --style choices
-    "SkullVAELib.training.plan",  # grid advice in a --grid error message
+    "SkullVAELib.vae.plan",  # grid advice in a --grid error message
     "SkullVAELib.models",  # `skullvae models`: the registry and the user's model store
     "SkullVAELib.pipeline.settings",  # complete/evaluate build one CompletionSettings from their flags
 )
@@ -47,7 +47,7 @@ ENGINES = (
     "vae.completion",
     "evaluation.table1",
     "vae.networks",
-    "vae.grid",
+    "data.grid",
     "io.image",
 )  # named in the rule
 # Rule 3

@@ -21,8 +21,8 @@ from SkullVAELib.data.augment import (
     step_generator,
     warp,
 )
+from SkullVAELib.data.grid import to_model_grid
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.vae.grid import to_model_grid
 
 GRID = (32, 32, 24)
 SPACING = (6.4, 6.4, 6.4)  # phantom field of view 204.8 x 204.8 x 153.6 mm on GRID

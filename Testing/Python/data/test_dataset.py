@@ -12,8 +12,8 @@ from SkullVAELib.cli import main
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data import dataset as dataset_module
 from SkullVAELib.data.dataset import CachedDataset, build_cache, discover_cases, file_content_hash, split_by_case_id
+from SkullVAELib.data.grid import to_model_grid
 from SkullVAELib.io.image import SkullImage, read_skull, write_mask
-from SkullVAELib.vae.grid import to_model_grid
 
 GRID = (8, 8, 6)
 

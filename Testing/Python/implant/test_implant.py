@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from SkullVAELib.data.grid import from_model_grid
 from SkullVAELib.implant import cleanup as ops
 from SkullVAELib.io.image import SkullImage
-from SkullVAELib.vae.grid import from_model_grid
 
 
 def _like(shape, spacing=(1.0, 1.0, 1.0)) -> SkullImage:

@@ -121,3 +121,23 @@ def test_registration_with_slicers_sample_data_module():
     for call, source in zip(calls, sampledata.sampleSources(), strict=True):
         assert call["category"] == "SkullVAE" and call["checksums"] == source.checksum and call["uris"] == source.uri
         assert call["loadFileType"] == "VolumeFile" and Path(call["thumbnailFileName"]).is_file()
+
+
+def test_phantom_sample_completes_without_a_model(scene, private_tmp):
+    """The first click works: the phantom sample, no model, the Slicer logic; the implant is close to
+    the bone the defect removed (what SkullVAETest checks inside Slicer, here under slicer-core)."""
+    from SkullVAESlicerLib import results
+    from SkullVAESlicerLib.logic import SkullVAELogic
+
+    from SkullVAELib.data.defects import cranial_defect
+    from SkullVAELib.data.phantoms import make_phantom
+
+    complete = make_phantom(sampledata.PHANTOM_SEED, shape=sampledata.PHANTOM_SHAPE, spacing=(1.6,) * 3)
+    removed = cranial_defect(complete, seed=sampledata.PHANTOM_SEED)[1].mask.sum() * 1.6**3
+    volume = nodes.readVolume(scene, sampledata.phantomPath(), "phantom")
+    logic = SkullVAELogic()
+    seg = logic.process(volume, None, defect="cranial", timeout=600)
+    assert logic.lastResult["implantSource"] == "rimfit" and not logic.lastResult["gammaUsed"]
+    assert 0.8 * removed < logic.lastResult["implantVolumeMm3"] < 1.25 * removed
+    assert seg.GetSegmentation().GetNumberOfLayers() == 1 and results.hasSurface(seg, "Implant")
+    assert list(private_tmp.iterdir()) == []

@@ -11,9 +11,9 @@ from SkullVAELib.bundle.model_bundle import new_bundle
 from SkullVAELib.core.config import CompletionConfig, NetworkConfig
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.grid import from_model_grid, to_model_grid
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.vae.completion import complete
-from SkullVAELib.vae.grid import from_model_grid, to_model_grid
 
 CFG = NetworkConfig(grid=(64, 64, 48), channels=(4, 8), latent_size=4)
 

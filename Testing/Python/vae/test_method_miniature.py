@@ -18,8 +18,8 @@ import torch
 
 from SkullVAELib.core.config import TrainConfig, network_preset
 from SkullVAELib.data.defects import cranial_defect, facial_defect
+from SkullVAELib.data.grid import to_model_grid
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.vae.grid import to_model_grid
 from SkullVAELib.vae.losses import soft_dice_loss
 from SkullVAELib.vae.networks import VAE, Decoder, encode_dataset
 from SkullVAELib.vae.stages import train_stage1, train_stage2

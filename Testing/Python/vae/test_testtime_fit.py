@@ -9,8 +9,8 @@ from torch import nn
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.grid import to_model_grid
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.vae.grid import to_model_grid
 from SkullVAELib.vae.testtime_fit import FitConfig, dilate_mm, fit_latent, fit_to_patient, masked_soft_dice
 
 GRID = (32, 32, 24)

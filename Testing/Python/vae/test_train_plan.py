@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from SkullVAELib.core.config import network_preset
-from SkullVAELib.training.plan import TrainingPlan, estimate_step_seconds
+from SkullVAELib.vae.plan import TrainingPlan, estimate_step_seconds
 
 
 def test_plan_names_stages_epochs_and_the_epochs2_default():
@@ -26,7 +26,7 @@ def test_step_timing_is_measured_for_both_stages():
 
 
 def test_grid_advice_names_the_flags():
-    from SkullVAELib.training.plan import grid_advice
+    from SkullVAELib.vae.plan import grid_advice
 
     text = grid_advice((32, 32, 32), (32, 64, 64, 128, 128, 256))
     assert "--preset test" in text and "--channels 32,64,64,128,128" in text
@@ -34,7 +34,7 @@ def test_grid_advice_names_the_flags():
 
 def test_log_training_plan_logs_the_plan():
     from SkullVAELib.core.config import TrainConfig
-    from SkullVAELib.training.plan import log_training_plan
+    from SkullVAELib.vae.plan import log_training_plan
 
     lines = []
     stages = {1: TrainConfig(stage=1, epochs=2), 2: TrainConfig(stage=2, epochs=3)}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from SkullVAELib.data.grid import downsample_mask, from_model_grid, to_model_grid
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.io.image import SkullImage, read_skull
-from SkullVAELib.vae.grid import downsample_mask, from_model_grid, to_model_grid
 
 
 def _shell(shape=(60, 52, 40), thickness=0.12) -> SkullImage:
@@ -89,7 +89,7 @@ def test_area_down_sampling_equals_adaptive_average_pooling(shape):
     import torch
     import torch.nn.functional as F
 
-    from SkullVAELib.vae.grid import downsample_mask
+    from SkullVAELib.data.grid import downsample_mask
 
     rng = np.random.default_rng(1)
     mask = rng.random(shape) > 0.6

@@ -238,3 +238,43 @@ def test_atomic_writer_refuses_to_replace_a_device_or_fifo(tmp_path):
     plan = OutputPlan()
     with pytest.raises(SkullVAEError, match="device, FIFO or socket"):
         plan.add(node, "--output")
+
+
+# --- end to end: skullvae complete killed between its final renames -----------------------------------
+def test_complete_killed_between_its_renames_never_pairs_two_runs(tmp_path):
+    """Run A, then run B (another input) killed at each rename of its commit: the segmentation and the
+    STL left behind are both A's, both B's, or one is missing; never B's segmentation beside A's STL."""
+    import hashlib
+
+    from SkullVAELib.data.defects import cranial_defect
+
+    inputs = {}
+    for label, seed in (("A", 5), ("B", 7)):
+        defective, _ = cranial_defect(make_phantom(seed, shape=(96, 96, 72), spacing=None), seed=2)
+        inputs[label] = tmp_path / f"{label}.nrrd"
+        write_mask(defective, inputs[label])
+
+    def complete(label: str, folder: Path, kill_at: int = 0) -> int:
+        argv = ["complete", "--input", str(inputs[label]), "--output", str(folder / "r.seg.nrrd")]
+        argv += ["--implant-stl", str(folder / "i.stl"), "--progress", "none"]
+        command = [sys.executable, "-c", KILLED_CLI, str(folder), str(kill_at), *argv]
+        return subprocess.run(command, capture_output=True, timeout=600).returncode
+
+    def digest(path: Path) -> bytes:  # a segmentation's header differs run to run: its voxels do not
+        data = _voxels(path).tobytes() if path.name.endswith(".nrrd") else path.read_bytes()
+        return hashlib.sha256(data).digest()
+
+    digests = {}
+    for label in ("A", "B"):
+        assert complete(label, tmp_path / f"ref{label}") == 0
+        digests[label] = {n: digest(tmp_path / f"ref{label}" / n) for n in ("r.seg.nrrd", "i.stl")}
+    assert digests["A"] != digests["B"]
+    for kill_at in (1, 2, 3, 4):
+        out = tmp_path / f"out{kill_at}"
+        shutil.copytree(tmp_path / "refA", out)
+        assert complete("B", out, kill_at) == -9
+        labels = set()
+        for name in ("r.seg.nrrd", "i.stl"):
+            if (out / name).exists():
+                labels.add(next(label for label in ("A", "B") if digests[label][name] == digest(out / name)))
+        assert len(labels) <= 1, f"killed at rename {kill_at}: the files of runs {sorted(labels)} side by side"

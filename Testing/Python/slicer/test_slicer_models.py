@@ -1,6 +1,7 @@
 """The module's model selector logic and `SkullVAELogic().downloadModel` under slicer-core,
 against the local HTTP server of test_models (a real child process does the download)."""
 
+# ruff: noqa: F811  (pytest fixtures imported from test_models are used as parameters)
 from __future__ import annotations
 
 import sys
@@ -86,7 +87,9 @@ def _licensed_registry(tmp_path, server, archive_bytes, licence: str) -> Path:  
     return path
 
 
-def test_licensed_weights_are_downloaded_only_after_acceptance_per_model(env, server, archive_bytes, tmp_path, monkeypatch):  # noqa: F811, E501
+def test_licensed_weights_are_downloaded_only_after_acceptance_per_model(
+    env, server, archive_bytes, tmp_path, monkeypatch
+):
     from SkullVAESlicerLib.models import LicenceNotAccepted
 
     licence = "CC BY-NC-SA 4.0 (derived from SkullFix): non-commercial research only"

@@ -59,6 +59,21 @@ class OutputOptions:
     completed_segment: bool = False
 
 
+_WARM: dict[str, object] = {}  # settings -> Completer: the last one stays loaded (skullvae worker, batches)
+
+
+def warm_completer(settings: CompletionSettings):
+    """The :class:`~SkullVAELib.pipeline.completer.Completer` of ``settings``, kept from the previous
+    call with the same settings (its model parts stay loaded), else a new one (the old is dropped)."""
+    from SkullVAELib.pipeline.completer import Completer
+
+    key = repr(settings)
+    if key not in _WARM:
+        _WARM.clear()
+        _WARM[key] = Completer(settings)
+    return _WARM[key]
+
+
 def sweep_path(output: Path, gamma: float, suffix: str | None = None) -> Path:
     """result.seg.nrrd -> result_g0.50.seg.nrrd (``suffix`` replaces the extension)."""
     name = output.name
@@ -172,7 +187,6 @@ def complete_files(
     """
     from SkullVAELib.io.image import read_skull
     from SkullVAELib.io.inputs import read_information
-    from SkullVAELib.pipeline.completer import Completer
 
     start = time.perf_counter()
     options = options or OutputOptions()
@@ -188,7 +202,7 @@ def complete_files(
     progress = progress or no_progress
     if completer is None:
         progress("load", 0.0, "preparing the implant sources")
-        completer = Completer(settings)
+        completer = warm_completer(settings)
     progress("read", 0.0, f"reading {input}")
     t = time.perf_counter()
     skull = read_skull(input, kind=input_kind, hu_threshold=hu_threshold)

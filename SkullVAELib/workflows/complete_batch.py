@@ -13,7 +13,7 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.data.dataset import split_case_name
 from SkullVAELib.pipeline.settings import CompletionSettings
-from SkullVAELib.workflows.complete import CompletedFiles, OutputOptions, complete_files, set_threads
+from SkullVAELib.workflows.complete import CompletedFiles, OutputOptions, complete_files, set_threads, warm_completer
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
@@ -65,14 +65,12 @@ def complete_batch(
             threads=threads,
             progress=progress,
         )
-    from SkullVAELib.pipeline.completer import Completer
-
     if output.exists() and not output.is_dir():
         raise SkullVAEError("a batch (several inputs) writes into a folder; --output is a file", output)
     start = time.perf_counter()
     progress = progress or no_progress
     set_threads(threads)
-    completer = Completer(settings)
+    completer = warm_completer(settings)
     records, warnings = [], []
     for n, path in enumerate(inputs):
 

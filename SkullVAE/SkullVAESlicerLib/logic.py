@@ -31,6 +31,7 @@ from .process import (  # noqa: F401  (SkullVAECancelled, SkullVAETimeout: re-ex
     makeRunFolder,
     removeStaleTempFolders,
 )
+from .results import SOURCE_TEXT, sourceText  # noqa: F401  (the panel's words; re-exported)
 
 try:  # inside Slicer
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -38,19 +39,6 @@ except ImportError:  # slicer-core wheel (no Qt): same API, no base behaviour ne
     ScriptedLoadableModuleLogic = object
 
 DEFECT_TYPES = DEFECT_CHOICES  # the library's vocabulary (config.py owns it)
-#: What the panel says about each implant source of the result JSON's "implant_source".
-SOURCE_TEXT = {
-    "rimfit": "the rim fit (geometry of the defect's edge; no model)",
-    "learned": "the learned facial refiner",
-    "atlas": "the atlas skulls",
-    "model": "the model's latent arithmetic (γ)",
-    "none": "no source (nothing was found to fill)",
-}
-
-
-def sourceText(source: str | None) -> str:
-    """Words for an ``implant_source`` value (unknown values are shown as they are)."""
-    return SOURCE_TEXT.get(source or "", source or "unknown")
 
 
 def gammaApplies(modelPath, defect: str = "auto", refine: bool = True) -> bool:

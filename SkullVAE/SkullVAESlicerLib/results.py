@@ -47,6 +47,21 @@ LABELMAP = "Binary labelmap"
 CLOSED_SURFACE = "Closed surface"
 
 
+#: What the panel says about each implant source of the result JSON's "implant_source".
+SOURCE_TEXT = {
+    "rimfit": "the rim fit (geometry of the defect's edge; no model)",
+    "learned": "the learned facial refiner",
+    "atlas": "the atlas skulls",
+    "model": "the model's latent arithmetic (γ)",
+    "none": "no source (nothing was found to fill)",
+}
+
+
+def sourceText(source: str | None) -> str:
+    """Words for an ``implant_source`` value (unknown values are shown as they are)."""
+    return SOURCE_TEXT.get(source or "", source or "unknown")
+
+
 def _mask(segmentation, name: str, like=None) -> tuple[np.ndarray, object]:
     """``(bool array in the layer image's memory order (K, J, I), that image)`` of segment ``name``;
     resampled onto ``like`` (a vtkOrientedImageData) when given and its geometry differs."""

@@ -48,6 +48,31 @@ def _reference_cast(skull: SkullImage, centre, step_deg, transform=None, **_) ->
     return raycast.RayMap(np.asarray(centre), float(step_deg), any_hit.reshape(shape), r_out, r_in)
 
 
+def _reference_rasterise(skull, centre, step_deg, region, r_in, r_out) -> np.ndarray:
+    """rimfit.rasterise before issue 26: the whole box turned into angles at once."""
+    out = np.zeros(skull.shape, dtype=bool)
+    alpha, beta = raycast.angle_grid(step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])[region]
+    lo_r, hi_r = float(np.nanmin(r_in[region])) - 1.0, float(np.nanmax(r_out[region])) + 1.0
+    corners = np.concatenate([centre + lo_r * dirs, centre + hi_r * dirs])
+    affine = skull.index_to_physical()
+    index = (corners - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    lo = np.clip(np.floor(index.min(axis=0)).astype(int) - 2, 0, None)
+    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 3, skull.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    ii, jj, kk = np.meshgrid(*(np.arange(s.start, s.stop, dtype=np.float32) for s in box), indexing="ij")
+    lin, off = affine[:3, :3].astype(np.float32), (affine[:3, 3] - centre).astype(np.float32)
+    vec = np.stack([lin[a, 0] * ii + lin[a, 1] * jj + lin[a, 2] * kk + off[a] for a in range(3)], axis=-1)
+    r, a, b = raycast.to_angles(vec)
+    coords = np.stack(raycast.grid_coordinates(a, b, step_deg))
+    inside = ndimage.map_coordinates(region.astype(np.uint8), coords, order=0, mode="nearest").astype(bool)
+    near = ndimage.distance_transform_edt(~np.isfinite(r_out), return_distances=False, return_indices=True)
+    lo_val = ndimage.map_coordinates(r_in[tuple(near)], coords, order=1, mode="nearest")
+    hi_val = ndimage.map_coordinates(r_out[tuple(near)], coords, order=1, mode="nearest")
+    out[box] = inside & (r >= lo_val) & (r <= hi_val) & ~skull.mask[box]
+    return out
+
+
 _FAST_CAST = raycast.cast
 
 
@@ -176,6 +201,28 @@ def test_rim_fit_gives_the_reference_implant_on_phantoms(defect_cases, monkeypat
         assert all(np.array_equal(a.cells, b.cells) for a, b in zip(fast.holes, ref.holes, strict=True))
         assert dice(fast.implant, ref.implant) >= 0.995
     assert "mirror+spline" in sources, "no case used the mirror map"
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_rasterise_gives_the_reference_voxels(defect_cases, monkeypatch, order):
+    """The slab-wise rasterisation of the rim fit's fills: the reference's voxels, in the mask's memory order."""
+    defective, transform = defect_cases[0]
+    skull = _fortran(defective) if order == "F" else defective
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return rasterise(*args)
+
+    rasterise = rimfit.rasterise
+    monkeypatch.setattr(rimfit, "rasterise", spy)
+    monkeypatch.setattr(rimfit, "_SLAB_VOXELS", 20_000)  # several slabs even on a phantom
+    rimfit.rim_fit(skull, mirror_transform=transform)
+    assert calls
+    for args in calls:
+        fast = rasterise(*args)
+        assert fast.any() and fast.flags.f_contiguous == (order == "F")
+        assert np.array_equal(fast, _reference_rasterise(*args))
 
 
 @pytest.mark.skullfix

@@ -74,12 +74,16 @@ def write_segmentation(path: str | Path, like: SkullImage, segments: list[Segmen
         path: output file, normally ending in ``.seg.nrrd``.
         like: the geometry (origin, spacing, direction) and shape (I, J, K).
         segments: names must be unique; masks may overlap (written as layers).
-        compression_level: gzip level (1 = fast, 9 = smallest); 3 was the fastest write
-            for SkullFix-size segmentations (docs/BENCHMARKS.md).
+        compression_level: gzip level 0-9 (0 = stored). On SkullFix-size segmentations levels
+            1-3 cost the same ~0.25 s CPU within noise and 3 writes the smallest file of them
+            (~1 MB); 6 costs 1.8x, 9 about 11x; raw (60 MB) saves < 0.05 s
+            (docs/BENCHMARKS.md, section 2c).
     """
     import slicerio
 
     path = Path(path)
+    if not isinstance(compression_level, (int, np.integer)) or not 0 <= compression_level <= 9:
+        raise SkullVAEError(f"compression level must be an integer 0-9, got {compression_level!r}", path)
     names = [s.name for s in segments]
     if not segments:
         raise SkullVAEError("no segments to write", path)

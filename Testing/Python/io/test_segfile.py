@@ -159,3 +159,29 @@ def test_bad_input(tmp_path, skull_and_implant):
     with pytest.raises(SkullVAEError, match="unique"):
         write_segmentation(tmp_path / "x.seg.nrrd", like, [Segment("Implant", implant), Segment("Implant", complete)])
     assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+@pytest.mark.parametrize("level", [0, 1, 3, 9])
+def test_every_compression_level_reads_back_the_same_masks(tmp_path, skull_and_implant, level):
+    """The writer's gzip level changes only the file's size (docs/BENCHMARKS.md §2c picked the default)."""
+    import nrrd
+
+    like, complete, implant = skull_and_implant
+    path = tmp_path / f"l{level}.seg.nrrd"
+    write_segmentation(path, like, _segments(complete, implant), compression_level=level)
+    assert nrrd.read_header(str(path))["encoding"] == "gzip"
+    geometry, masks = read_segmentation(path)
+    assert geometry.same_geometry(like)
+    assert np.array_equal(masks["Implant"], implant) and np.array_equal(masks["Completed skull"], complete)
+    if level == 9:
+        write_segmentation(tmp_path / "l0.seg.nrrd", like, _segments(complete, implant), compression_level=0)
+        assert path.stat().st_size < (tmp_path / "l0.seg.nrrd").stat().st_size / 5
+
+
+@pytest.mark.parametrize("level", [-1, 10, 3.0, "3"])
+def test_a_bad_compression_level_writes_nothing(tmp_path, skull_and_implant, level):
+    like, complete, implant = skull_and_implant
+    with pytest.raises(SkullVAEError, match="compression level") as err:
+        write_segmentation(tmp_path / "x.seg.nrrd", like, _segments(complete, implant), compression_level=level)
+    assert "x.seg.nrrd" in str(err.value)
+    assert list(tmp_path.iterdir()) == []

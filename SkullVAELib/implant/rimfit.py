@@ -7,7 +7,12 @@ original resolution.
    radius and thickness of the outermost bone layer.
 2. Holes: connected groups of rays that miss bone, enclosed by bone (not touching the grid's
    poles or its downward seam, i.e. not the foramen magnum / the cut-off skull base), and
-   larger than ``min_hole_sr`` steradians.
+   larger than ``min_hole_sr`` steradians. The scan's edge (:func:`scan_edge`) is not an
+   opening: a ray that leaves the scanned grid before the skull's expected radius is
+   *unknown*, not open, so a hole bounded by bone and by the scan's edge (a gantry-tilted scan
+   whose top edge cuts the defect) is still a hole; its rays that leave the scan far before the
+   skull are not filled (all they would fill lies outside the scan), and rays whose bone is cut
+   by the scan's edge are no rim data (their outer radius is the edge's, not the skull's).
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
    hole) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 from scipy.interpolate import RBFInterpolator
+from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
@@ -37,6 +43,7 @@ from SkullVAELib.io.image import SkullImage
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
 _SQUARE = np.ones((3, 3), dtype=bool)
+EXPECTED_NEIGHBOURS = 16  # hit rays whose largest outer radius is a miss ray's expected skull radius
 
 
 @dataclass
@@ -57,6 +64,9 @@ class RimFitConfig:
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
+    edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
+    beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
+    max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled
 
     def postprocess(self) -> PostprocessConfig:
         """The shared post-processing's settings of this rim fit."""
@@ -84,16 +94,42 @@ class Hole:
     area_mm2: float = float("nan")
     expected_volume_mm3: float = float("nan")
     source: str = "spline"
+    outside_fraction: float = 0.0  # share of its solid angle that lies outside the scan (not filled)
+    seen_sr: float = float(
+        "nan"
+    )  # at the scan's edge: solid angle of rays that pass the filled surface inside the scan
+    unusable: np.ndarray | None = None  # bool (Nα, Nβ) hit rays that are no rim data (bone cut by the scan's edge)
 
 
 @dataclass
 class RimFitResult:
-    """implant: bool (I, J, K) on the input grid; holes; ray map; timings (s) per step."""
+    """implant: bool (I, J, K) on the input grid; holes; ray map; timings (s) per step; messages: why an
+    implant is empty or what is special about it (the scan's edge), one line each, for the user."""
 
     implant: np.ndarray
     holes: list[Hole]
     raymap: raycast.RayMap
     timings: dict = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    edge: ScanEdge | None = None
+
+
+@dataclass
+class ScanEdge:
+    """Where the rays leave the scanned grid.
+
+    Attributes:
+        exit_mm: float (Nα, Nβ) distance from the centre at which each ray leaves the grid.
+        truncated: bool (Nα, Nβ) hit rays whose outermost bone reaches the scan's edge.
+        unknown: bool (Nα, Nβ) miss rays that leave the scan before the skull's expected radius
+            (+ ``edge_margin_mm``): bone may lie there, outside the scan.
+        beyond: bool (Nα, Nβ) miss rays that leave it ``beyond_mm`` before: they fill nothing in the scan.
+    """
+
+    exit_mm: np.ndarray
+    truncated: np.ndarray
+    unknown: np.ndarray
+    beyond: np.ndarray
 
 
 def _cell_solid_angle(step_deg: float) -> np.ndarray:
@@ -103,16 +139,74 @@ def _cell_solid_angle(step_deg: float) -> np.ndarray:
     return (np.sin(alpha) * step * step)[:, None]
 
 
-def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02) -> list[Hole]:
-    """Enclosed groups of missing rays (8-connected on the grid), largest first."""
+def exit_radius(skull: SkullImage, centre: np.ndarray, step_deg: float) -> np.ndarray:
+    """float32 (Nα, Nβ): distance (mm) from ``centre`` at which each ray leaves the grid's box
+    (from the first to the last voxel centre: where :func:`raycast.cast`'s samples stop reading
+    the mask); 0 where the centre lies outside it."""
+    alpha, beta = raycast.angle_grid(step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
+    affine = skull.index_to_physical()
+    inv = np.linalg.inv(affine[:3, :3])
+    start = inv @ (np.asarray(centre, dtype=np.float64) - affine[:3, 3])
+    step = dirs @ inv.T  # index units per mm along each ray
+    lo, hi = np.zeros(3), np.asarray(skull.shape, dtype=np.float64) - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = np.where(step > 0, (hi - start) / step, np.where(step < 0, (lo - start) / step, np.inf))
+    inside = np.all((start >= lo) & (start <= hi))
+    return np.where(inside, bound.min(axis=1), 0.0).reshape(len(alpha), len(beta)).astype(np.float32)
+
+
+def scan_edge(skull: SkullImage, raymap: raycast.RayMap, cfg: RimFitConfig) -> ScanEdge:
+    """Classify the rays by the scan's edge (:class:`ScanEdge`).
+
+    A hit ray is *truncated* when its outermost bone lies within 1 mm of where it leaves the grid
+    (the bone goes on beyond the scan). A miss ray's expected skull radius is the largest outer
+    radius of the ``EXPECTED_NEIGHBOURS`` hit rays nearest to it in angle (on the sphere, so across
+    the grid's poles) that are not truncated. Rays pointing down into the skull base (more than
+    30° below the horizontal) are never unknown: the base's openings stay open.
+    """
+    exit_mm = exit_radius(skull, raymap.centre, raymap.step_deg)
+    tol = 1.0  # mm: the last sample inside lies within one radial step of the exit (interpolated rays: more)
+    truncated = raymap.hit & (exit_mm - np.nan_to_num(raymap.r_out) <= tol)
+    usable = raymap.hit & ~truncated
+    miss = ~raymap.hit
+    if not usable.any() or not miss.any():
+        none = np.zeros_like(miss)
+        return ScanEdge(exit_mm, truncated, none, none.copy())
+    alpha, beta = raycast.angle_grid(raymap.step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    k = min(EXPECTED_NEIGHBOURS, int(usable.sum()))
+    _, near = cKDTree(dirs[usable]).query(dirs[miss], k=k)
+    expected = np.full(miss.shape, np.nan, dtype=np.float32)
+    expected[miss] = raymap.r_out[usable][near.reshape(len(near), k)].max(axis=1)
+    unknown = miss & (dirs[..., 2] > -0.5) & (exit_mm < expected + cfg.edge_margin_mm)
+    beyond = unknown & (exit_mm < expected - cfg.beyond_mm)
+    return ScanEdge(exit_mm, truncated, unknown, beyond)
+
+
+def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
+    """(3,) unit solid-angle-weighted mean direction of grid cells."""
+    alpha, beta = raycast.angle_grid(step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    omega = np.broadcast_to(_cell_solid_angle(step_deg), cells.shape)
+    mean = (dirs[cells] * omega[cells][:, None]).sum(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.ndarray | None = None) -> list[Hole]:
+    """Enclosed groups of missing rays (8-connected on the grid), largest first.
+
+    Args:
+        unknown: bool (Nα, Nβ) miss rays that left the scan before the skull (:func:`scan_edge`);
+            a group that reaches the grid's poles or seam only through such rays is still enclosed.
+    """
     miss = ~raymap.hit
     labels, n = ndimage.label(miss, structure=_SQUARE)
     if n == 0:
         return []
-    border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    reach = labels if unknown is None else np.where(unknown, 0, labels)
+    border = np.unique(np.r_[reach[0], reach[-1], reach[:, 0], reach[:, -1]])
     omega = _cell_solid_angle(raymap.step_deg)
-    alpha, beta = raycast.angle_grid(raymap.step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
     holes = []
     for lab in range(1, n + 1):
         if lab in border:
@@ -121,8 +215,7 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02) -> list[Hole]:
         sr = float((omega * cells).sum())
         if sr < min_hole_sr:
             continue
-        mean = (dirs[cells] * np.broadcast_to(omega, cells.shape)[cells][:, None]).sum(axis=0)
-        holes.append(Hole(cells, sr, mean / np.linalg.norm(mean)))
+        holes.append(Hole(cells, sr, _mean_direction(cells, raymap.step_deg)))
     return sorted(holes, key=lambda h: -h.solid_angle_sr)
 
 
@@ -141,9 +234,14 @@ def _ring(cells: np.ndarray, inner: int, outer: int) -> np.ndarray:
     return near & ~ndimage.binary_dilation(cells, _SQUARE, iterations=inner)
 
 
-def _rim_rays(raymap: raycast.RayMap, cells: np.ndarray, cfg: RimFitConfig) -> np.ndarray:
-    """Ring cells used as rim data: hit rays ``cfg.ring`` cells out, outer-radius outliers removed."""
+def _rim_rays(
+    raymap: raycast.RayMap, cells: np.ndarray, cfg: RimFitConfig, unusable: np.ndarray | None = None
+) -> np.ndarray:
+    """Ring cells used as rim data: hit rays ``cfg.ring`` cells out (not ``unusable``: bone cut by
+    the scan's edge), outer-radius outliers removed."""
     ring = _ring(cells, cfg.ring[0], cfg.ring[1]) & raymap.hit
+    if unusable is not None:
+        ring &= ~unusable
     if ring.any():  # rim rays whose outer radius strays far from the rim's median met other bone
         ring &= np.abs(raymap.r_out - np.nanmedian(raymap.r_out[ring])) <= 20.0
     return ring
@@ -156,7 +254,7 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
     flat_dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
     cells = hole.cells
     for _ in range(cfg.grow_iterations):
-        ring = _rim_rays(raymap, cells, cfg)
+        ring = _rim_rays(raymap, cells, cfg, hole.unusable)
         if ring.sum() < 10:
             break
         rim_idx = np.flatnonzero(ring)
@@ -191,7 +289,8 @@ def fill_hole(
     alpha, beta = raycast.angle_grid(raymap.step_deg)
     dirs = raycast.directions(alpha[:, None], beta[None, :])
     region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
-    ring = _rim_rays(raymap, hole.cells, cfg)
+    region &= dirs @ hole.direction >= np.cos(np.deg2rad(cfg.max_angle_deg))  # the projection's limit
+    ring = _rim_rays(raymap, hole.cells, cfg, hole.unusable)
     r_out = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     r_in = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     if ring.sum() < 10:
@@ -323,15 +422,81 @@ def rim_fit(
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact)
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    holes = find_holes(raymap, cfg.min_hole_sr)
+    edge = scan_edge(skull, raymap, cfg)
+    holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown)
+    messages = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
     implant = np.zeros_like(skull.mask)  # the mask's memory order (see rasterise)
+    filled = 0
     for hole in holes:
+        _clip_to_scan(hole, edge, raymap.step_deg)
+        if not hole.cells.any():
+            messages.append(_edge_message(hole, "lies outside the scan: nothing of it can be filled"))
+            continue
         if cfg.grow_mm > 0:
             grow_hole(raymap, hole, cfg)
         region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror)
+        if _only_the_scan_edge(hole, edge, r_out, cfg):
+            messages.append(_edge_message(hole, "is only the scan's edge cutting the skull (no ray sees a gap in it)"))
+            continue
+        if hole.outside_fraction > 0.0:
+            messages.append(_edge_message(hole, "reaches the scan's edge; the implant is filled up to the edge"))
         implant |= rasterise(skull, centre, cfg.step_deg, region, r_in, r_out)
+        filled += 1
     timings["fill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     implant = postprocess(implant, skull, cfg)
     timings["postprocess"] = time.perf_counter() - t0
-    return RimFitResult(implant, holes, raymap, timings)
+    if filled and not implant.any():
+        messages.append(f"the rim fit filled {filled} hole(s) but no implant survived inside the scan")
+    return RimFitResult(implant, holes, raymap, timings, messages, edge)
+
+
+def _clip_to_scan(hole: Hole, edge: ScanEdge, step_deg: float) -> None:
+    """Drop the hole's rays that leave the scan far before the skull; their bone is no rim data."""
+    hole.unusable = edge.truncated
+    outside = hole.cells & edge.beyond
+    if outside.any():
+        omega = np.broadcast_to(_cell_solid_angle(step_deg), outside.shape)
+        hole.outside_fraction = float(omega[outside].sum()) / hole.solid_angle_sr
+        hole.cells = hole.cells & ~edge.beyond
+        if hole.cells.any():
+            hole.direction = _mean_direction(hole.cells, step_deg)
+
+
+def _only_the_scan_edge(hole: Hole, edge: ScanEdge, r_out: np.ndarray, cfg: RimFitConfig) -> bool:
+    """True for a hole at the scan's edge in which no ray passes the filled outer surface inside the
+    scan: the skull is cut by the scan's edge there, nothing is seen missing. (A defect whose rest lies
+    outside the scan leaves at least a sliver of such rays; on SkullFix skulls tilted 21-30° and cut
+    through the defect, 0.001-0.4 sr. A complete skull cut by the scan: 0 in 15 of 17, up to 0.03 sr.)"""
+    if not (hole.cells & edge.unknown).any():
+        return False
+    with np.errstate(invalid="ignore"):
+        seen = hole.cells & (edge.exit_mm >= r_out)
+    hole.seen_sr = float(np.broadcast_to(_cell_solid_angle(cfg.step_deg), seen.shape)[seen].sum())
+    return not seen.any()
+
+
+def _edge_message(hole: Hole, what: str) -> str:
+    share = f", {100 * hole.outside_fraction:.0f} % of it outside the scan," if hole.outside_fraction else ""
+    return f"the hole of {hole.solid_angle_sr:.2f} sr{share} {what}"
+
+
+def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: float) -> str:
+    """One line: why :func:`find_holes` found no hole (the largest group of missing rays and where it opens)."""
+    labels, n = ndimage.label(~raymap.hit, structure=_SQUARE)
+    omega = np.broadcast_to(_cell_solid_angle(raymap.step_deg), labels.shape)
+    sizes = ndimage.sum(omega, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
+    if n == 0 or sizes.max() < min_hole_sr:
+        return "the rim fit found no enclosed hole in the vault: every ray from the cranium meets bone"
+    cells = labels == 1 + int(np.argmax(sizes))
+    if edge is not None:
+        cells = cells & ~edge.unknown
+    where = []
+    if cells[:, 0].any() or cells[:, -1].any():
+        where.append("the skull base (rays downwards)")
+    if cells[0].any() or cells[-1].any():
+        where.append("the back or the front of the head")
+    return (
+        f"the rim fit found no enclosed hole in the vault: the largest opening ({sizes.max():.2f} sr) is open "
+        f"to {' and '.join(where) or 'the outside'}; is the defect open to the skull base?"
+    )

@@ -1,0 +1,117 @@
+"""The rim fit at the scan's edge (issue 24): a gantry-tilted scan whose top edge cuts the defect.
+
+Rays that leave the scanned grid before reaching the skull are *unknown*, not open: a hole
+bounded by bone and by the scan's edge is still a hole, while a skull merely cut by the scan's
+edge gets no implant. Phantoms at 96×96×72 voxels of 2.2 mm, resampled onto a grid tilted 30°
+about the left-right axis (an oblique direction, like a gantry tilt) and cropped at the top.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.evaluation.metrics import implant_metrics
+from SkullVAELib.implant import raycast
+from SkullVAELib.implant.rimfit import exit_radius, find_holes, rim_fit
+from SkullVAELib.io.image import SkullImage
+
+SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
+
+
+def _tilted(images: list[SkullImage], implant: np.ndarray, tilt_deg: float, keep: float) -> list[SkullImage]:
+    """``images`` resampled (nearest) onto a grid tilted ``tilt_deg`` about LPS x whose top slice cuts
+    ``implant`` at ``keep`` of its height along the tilted axis; the grid covers the rest of the skull."""
+    like = images[0]
+    t = np.deg2rad(tilt_deg)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(t), -np.sin(t)], [0.0, np.sin(t), np.cos(t)]])
+    direction = rot @ like.direction
+    to_index = np.linalg.inv(direction @ np.diag(like.spacing))
+    affine = like.index_to_physical()
+
+    def index_of(mask):
+        return (np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]) @ to_index.T
+
+    everything, cut = index_of(images[0].mask | implant), index_of(implant)
+    lo, hi = np.floor(everything.min(axis=0)) - 2, np.ceil(everything.max(axis=0)) + 2
+    hi[2] = np.floor(cut[:, 2].min() + keep * np.ptp(cut[:, 2]))
+    ref = sitk.Image([int(v) for v in hi - lo + 1], sitk.sitkUInt8)
+    ref.SetOrigin(tuple(float(v) for v in np.linalg.inv(to_index) @ lo))
+    ref.SetSpacing(tuple(float(v) for v in like.spacing))
+    ref.SetDirection(tuple(float(v) for v in direction.ravel()))
+    out = []
+    for image in images:
+        res = sitk.Resample(image.to_sitk(), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        out.append(SkullImage(sitk.GetArrayFromImage(res).transpose(2, 1, 0) != 0, *SkullImage.geometry_from_sitk(res)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tilted_case():
+    """(complete, defective, true implant) of a phantom with a SkullFix-style defect, tilted 30°, cut at
+    half the defect's height."""
+    phantom = make_phantom(2, SHAPE, SPACING)
+    defective, implant = cranial_defect(phantom, 2, style="skullfix")
+    return _tilted([phantom, defective, implant], implant.mask, -30.0, 0.5)
+
+
+def test_exit_radius_is_where_each_ray_leaves_the_grid():
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+    skull = SkullImage(
+        np.zeros((30, 40, 20), dtype=bool), np.array([5.0, -3.0, 2.0]), np.array([1.0, 2.0, 1.5]), direction
+    )
+    centre = skull.index_to_physical() @ np.array([12.0, 25.0, 9.0, 1.0])
+    exit_mm = exit_radius(skull, centre[:3], 10.0)
+    alpha, beta = raycast.angle_grid(10.0)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    inv = np.linalg.inv(skull.index_to_physical())
+    hi = np.array(skull.shape) - 1.0
+    for delta, inside in ((-0.01, True), (0.01, False)):
+        points = centre[:3] + (exit_mm[..., None] + delta) * dirs
+        index = points @ inv[:3, :3].T + inv[:3, 3]
+        within = np.all((index >= -1e-6) & (index <= hi + 1e-6), axis=-1)
+        assert within.all() if inside else not within.any()
+
+
+def test_a_hole_cut_by_the_scans_top_edge_still_gets_an_implant(tilted_case):
+    _, defective, truth = tilted_case
+    assert not np.allclose(defective.direction, np.eye(3)), "the grid must stay oblique"
+    assert (truth.mask[:, :, -1]).any(), "the defect must reach the top edge of the scan"
+    result = rim_fit(defective)
+    # without the scan's edge, the gap is open to the grid's poles: no hole, an empty implant
+    assert find_holes(result.raymap, 0.02) == []
+    assert result.holes and result.implant.any(), result.messages
+    assert not (result.implant & defective.mask).any()
+    m = implant_metrics(result.implant, truth.mask, defective.mask, defective.spacing)
+    assert m["dsc"] >= 0.75 and m["hd95"] <= 3 * max(SPACING), m
+    assert any("scan's edge" in message for message in result.messages)
+
+
+def test_a_complete_skull_cut_by_the_scans_edge_gets_no_implant(tilted_case):
+    complete, _, _ = tilted_case
+    result = rim_fit(complete)
+    assert np.count_nonzero(result.implant) * complete.voxel_volume_mm3 < 100.0
+    assert any("scan's edge" in message for message in result.messages), result.messages
+
+
+def test_no_hole_is_explained_not_silent():
+    phantom = make_phantom(1, SHAPE, SPACING)
+    result = rim_fit(phantom)
+    assert not result.implant.any()
+    (message,) = result.messages
+    assert "no enclosed hole" in message
+
+
+def test_the_skull_base_cut_by_the_scan_stays_open():
+    """Rays into the skull base that leave the scan through its bottom are never unknown: cutting the
+    bottom off a complete skull makes no hole."""
+    phantom = make_phantom(1, SHAPE, SPACING)
+    bone = np.argwhere(phantom.mask)
+    cut = int(bone[:, 2].min() + 0.35 * np.ptp(bone[:, 2]))
+    affine = phantom.index_to_physical()
+    cropped = SkullImage(phantom.mask[:, :, cut:], affine[:3, :3] @ [0, 0, cut] + affine[:3, 3], phantom.spacing)
+    result = rim_fit(cropped)
+    assert not result.implant.any(), [h.solid_angle_sr for h in result.holes]

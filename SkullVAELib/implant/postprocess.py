@@ -1,9 +1,17 @@
 """The one post-processing every implant source shares.
 
 Closing (a ball of ``closing_mm``), thin-shell removal, keep the pieces that touch the patient's
-bone, drop islands smaller than ``min_island_mm3`` and pieces below ``min_piece_fraction`` × the
-largest. Works on the implant's bounding box only, so its cost follows the implant, not the scan.
-The patient's bone is never added to: the result is disjoint from ``skull.mask``.
+bone, drop islands smaller than ``min_island_mm3``, drop every piece farther than ``max_gap_mm``
+from the main (largest) piece unless it is at least ``second_defect_fraction`` × the main piece
+(a second defect), and pieces below ``min_piece_fraction`` × the largest. Works on the implant's
+bounding box only, so its cost follows the implant, not the scan. The patient's bone is never
+added to: the result is disjoint from ``skull.mask``.
+
+Why the gap bound: an implant fills one hole, so every part of it lies within the hole; a piece
+tens of millimetres away (a plugged foramen of the skull base, a misplaced blob) is not implant,
+and even a small one dominates the surface distance (HD95). The pieces of a true implant lie
+within a few millimetres of each other (SkullFix facial implants: ≤ 5 mm), so 20 mm is a wide
+margin.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from SkullVAELib.implant.cleanup import bounding_box, keep_major_components, remove_small_components, remove_thin_shells
 from SkullVAELib.io.image import SkullImage
@@ -26,6 +35,8 @@ class PostprocessConfig:
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (0: keep all)
+    max_gap_mm: float = 20.0  # pieces farther than this from the main piece are dropped (inf: keep all) ...
+    second_defect_fraction: float = 0.5  # ... unless at least this × the main piece (a second defect)
 
 
 def ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
@@ -54,8 +65,53 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
     if n:
         touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
         crop = np.isin(labels, touching[touching > 0])
+    if np.isfinite(cfg.max_gap_mm):
+        crop = drop_far_pieces(crop, skull.spacing, cfg.max_gap_mm, cfg.second_defect_fraction)
     if cfg.min_piece_fraction > 0:
         crop = keep_major_components(crop, cfg.min_piece_fraction)
     out = np.zeros_like(skull.mask)
     out[box] = crop
     return out
+
+
+def _surface_points(piece: np.ndarray, offset: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """(N, 3) mm positions (in the grid's own axes) of a piece's surface voxels; ``offset`` its box start."""
+    surface = piece & ~ndimage.binary_erosion(piece)
+    return (np.argwhere(surface) + offset) * spacing
+
+
+def piece_gaps(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, voxels per piece, gap mm per piece) of the 26-connected pieces of ``mask`` (bool (I, J, K)).
+
+    The gap of a piece is the distance between its nearest voxel and the main (largest) piece
+    (0 for the main piece itself); index 0 (the background) has size 0 and gap 0. The grid's
+    direction is a rotation, so distances on index × spacing are physical distances.
+    """
+    labels, n = ndimage.label(mask, structure=_CUBE)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    gaps = np.zeros(n + 1)
+    if n < 2:
+        return labels, sizes, gaps
+    spacing = np.asarray(spacing, dtype=np.float64)
+    main = int(np.argmax(sizes))
+    objects = ndimage.find_objects(labels)
+    box = objects[main - 1]
+    tree = cKDTree(_surface_points(labels[box] == main, np.array([s.start for s in box]), spacing))
+    for lab in range(1, n + 1):
+        if lab != main:
+            box = objects[lab - 1]
+            points = _surface_points(labels[box] == lab, np.array([s.start for s in box]), spacing)
+            gaps[lab] = float(tree.query(points)[0].min()) if len(points) else 0.0
+    return labels, sizes, gaps
+
+
+def drop_far_pieces(
+    mask: np.ndarray, spacing: np.ndarray, max_gap_mm: float, second_defect_fraction: float = 0.5
+) -> np.ndarray:
+    """``mask`` (bool (I, J, K)) without the pieces farther than ``max_gap_mm`` from the main piece,
+    except pieces of at least ``second_defect_fraction`` × the main piece's voxels (a new array)."""
+    labels, sizes, gaps = piece_gaps(mask, spacing)
+    keep = (gaps <= max_gap_mm) | (sizes >= second_defect_fraction * sizes.max())
+    keep[0] = False
+    return keep[labels]

@@ -1,0 +1,90 @@
+"""The shared post-processing of every implant source (issue 24): pieces far from the defect never survive.
+
+Phantoms at 96×96×72 voxels of 2.2 mm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.evaluation.metrics import dice
+from SkullVAELib.implant import raycast
+from SkullVAELib.implant.postprocess import PostprocessConfig, drop_far_pieces, piece_gaps, postprocess_implant
+from SkullVAELib.implant.rimfit import rim_fit
+
+SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
+
+
+@pytest.fixture(scope="module")
+def vault_case():
+    phantom = make_phantom(1, SHAPE, SPACING)
+    return cranial_defect(phantom, 1, style="skullbreak")
+
+
+def _lowest_bone_blob(defective, half: int = 3) -> np.ndarray:
+    """A block of empty voxels around the lowest bone voxel (touches the bone, far below a vault defect)."""
+    bone = np.argwhere(defective.mask)
+    low = bone[np.argmin(bone[:, 2])]
+    blob = np.zeros(defective.shape, dtype=bool)
+    blob[tuple(slice(max(c - half, 0), c + half) for c in low)] = True
+    return blob & ~defective.mask
+
+
+def test_piece_gaps_are_physical_distances():
+    mask = np.zeros((40, 10, 10), dtype=bool)
+    mask[0:10, 2:8, 2:8] = True  # main piece
+    mask[20:22, 4:6, 4:6] = True  # 11 voxel centres further along i
+    labels, sizes, gaps = piece_gaps(mask, np.array([1.5, 1.0, 1.0]))
+    small = labels[20, 4, 4]
+    assert gaps[labels[0, 2, 2]] == 0.0
+    assert gaps[small] == pytest.approx(11 * 1.5)
+    assert sizes[small] == 8
+
+
+def test_a_planted_stray_piece_is_dropped_and_the_implant_kept(vault_case):
+    defective, truth = vault_case
+    blob = _lowest_bone_blob(defective)
+    planted = truth.mask | blob
+    keep_all = postprocess_implant(planted, defective, PostprocessConfig(max_gap_mm=float("inf")))
+    assert (keep_all & blob).any(), "the stray touches the bone: the old rules keep it"
+    cleaned = postprocess_implant(planted, defective)
+    assert not (cleaned & blob).any()
+    assert dice(cleaned, postprocess_implant(truth.mask, defective)) == pytest.approx(1.0)
+    assert not (cleaned & defective.mask).any()
+
+
+def test_a_second_defect_of_comparable_size_is_kept():
+    mask = np.zeros((80, 20, 20), dtype=bool)
+    mask[0:20, 5:15, 5:15] = True
+    mask[60:75, 5:15, 5:15] = True  # 40 voxels away, 3/4 of the main piece
+    mask[40:42, 5:7, 5:7] = True  # a small piece 20 voxels away
+    kept = drop_far_pieces(mask, np.ones(3), max_gap_mm=10.0)
+    assert kept[0:20].all() == mask[0:20].all() and kept[60:75].sum() == mask[60:75].sum()
+    assert not kept[40:42].any()
+
+
+def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
+    """A small second hole far from the defect (like a foramen) is a hole to the rays too; its plug is a
+    piece far from the main implant and less than half its size: dropped; the defect's implant is kept."""
+    defective, _ = cranial_defect(make_phantom(1, SHAPE, SPACING), 1, style="skullfix")
+    centre = raycast.cranial_centre(defective)
+    first = rim_fit(defective)
+    away = -first.holes[0].direction  # the other side of the head
+    away = away - np.array([0.0, 0.0, away[2]]) * 0.5
+    away /= np.linalg.norm(away)
+    points = raycast.bone_points(defective)
+    rel = points - centre
+    in_cone = rel @ away >= np.cos(np.deg2rad(6.5)) * np.linalg.norm(rel, axis=1)
+    punched = defective.mask.copy()
+    index = np.argwhere(defective.mask)[in_cone]
+    punched[tuple(index.T)] = False
+    plug = defective.mask & ~punched
+    result = rim_fit(defective.with_mask(punched))
+    assert len(result.holes) == 2, "the second hole must be a hole to the rays"
+    near_plug = ndimage.binary_dilation(plug, iterations=3)
+    assert not (result.implant & near_plug).any()
+    assert dice(result.implant, first.implant) >= 0.98

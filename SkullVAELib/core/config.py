@@ -166,7 +166,7 @@ class TrainConfig:
     stage2_latent: str = "sample"  # "sample" (paper: z ~ q(z|x) each epoch) | "mu_plus_sigma" (authors' code)
     amp: bool = True  # bf16 autocast on CUDA only
     cpu_bf16: bool = False  # opt-in bf16 autocast on CPUs with AVX-512-BF16/AMX (docs/BENCHMARKS.md)
-    channels_last: bool = True  # channels-last-3d: 1.9x faster epochs on CPU (docs/BENCHMARKS.md)
+    channels_last: bool = True  # channels-last-3d: faster epochs on CPU (docs/BENCHMARKS.md)
     compile: bool = False
     fused_adam: bool = False  # torch's fused Adam kernel (one launch per step; CUDA and CPU)
     recon_scale: float = 1.0  # multiplies the Dice term of stage 1 (1 = the paper; see above)

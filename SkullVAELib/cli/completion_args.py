@@ -71,6 +71,20 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         help="the defect: auto = an enclosed vault hole is cranial, otherwise the model's classifier "
         "(or, without a model, facial)",
     )
+    f = p.add_argument_group("finishing for manufacture (every source; 0 = off)")
+    f.add_argument(
+        "--smooth-mm", type=float, default=0.0, metavar="MM", help="smooth the implant's surface (Gaussian σ in mm)"
+    )
+    f.add_argument(
+        "--margin-mm",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="leave this gap between the implant and the patient's bone",
+    )
+    f.add_argument(
+        "--min-thickness-mm", type=float, default=0.0, metavar="MM", help="remove implant parts thinner than this"
+    )
     m = p.add_argument_group("the model source (--model)")
     m.add_argument(
         "--threshold", type=finite_float, default=0.5, help="bone probability threshold of the decoded skull"
@@ -108,7 +122,13 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
     import dataclasses
 
     from SkullVAELib.models.store import resolve_model
-    from SkullVAELib.pipeline.settings import AtlasSettings, CompletionSettings, LearnedSettings, RimFitSettings
+    from SkullVAELib.pipeline.settings import (
+        AtlasSettings,
+        CompletionSettings,
+        FinishSettings,
+        LearnedSettings,
+        RimFitSettings,
+    )
 
     model = resolve_model(args.model) if args.model else None
     vae = CompletionConfig(
@@ -132,6 +152,7 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         rimfit=dataclasses.replace(RimFitSettings(), mirror=args.mirror),
         learned=LearnedSettings(args.refiner),
         atlas=AtlasSettings(args.atlas),
+        finish=FinishSettings(args.smooth_mm, args.margin_mm, args.min_thickness_mm),
         device=args.device,
         precision=args.precision,
     )

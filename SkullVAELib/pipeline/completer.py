@@ -88,6 +88,7 @@ class Completer:
             warnings = list(proposal.messages)
             what = f"{decision.defect} implant"
             warnings += check_implant(implant, skull.voxel_volume_mm3, proposal.holes, what, proposal.expected_mm3)
+            implant = self._finished(context, implant, warnings)
         completed = self._completed_skull(context, implant)
         uncertainty = None
         if self.settings.vae.uncertainty_samples > 0:
@@ -137,6 +138,18 @@ class Completer:
                 continue
             return (source, proposal, implant), skipped, tried
         return None, skipped, tried
+
+    def _finished(self, context: CompletionContext, implant: np.ndarray, warnings: list[str]) -> np.ndarray:
+        """The implant after the finishing steps of the settings (smoothing, gap, thickness), if any."""
+        if not self.settings.finish.active:
+            return implant
+        from SkullVAELib.implant.finish import finish_implant
+
+        with context.timed("finish"):
+            finished = finish_implant(implant, context.skull, self.settings.finish)
+        if not finished.any():
+            warnings.append("the finishing (smoothing, gap, minimum thickness) removed the whole implant")
+        return finished
 
     def _completed_skull(self, context: CompletionContext, implant: np.ndarray) -> SkullImage:
         skull = context.skull

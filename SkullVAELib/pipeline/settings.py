@@ -13,10 +13,19 @@ from pathlib import Path
 
 from SkullVAELib.core.config import DEFECT_CHOICES, IMPLANT_SOURCES, CompletionConfig
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.implant.finish import FinishSettings
 from SkullVAELib.implant.postprocess import PostprocessConfig
 from SkullVAELib.implant.rimfit import RimFitConfig
 
 PRECISIONS = ("float32", "bfloat16")
+__all__ = [
+    "AtlasSettings",
+    "CompletionSettings",
+    "FinishSettings",
+    "LearnedSettings",
+    "RimFitSettings",
+    "check_sources",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class CompletionSettings:
             its ``defect`` is ignored (``defect`` above decides).
         rimfit, learned, atlas: each source's own settings.
         postprocess: the shared post-processing applied to every proposal.
+        finish: smoothing, a gap to the bone and a minimum thickness for manufacture (all off by default).
         device: "auto", "cpu", "cuda" or "cuda:N" (the VAE and the learned source).
         precision: "float32" or "bfloat16" for the VAE.
     """
@@ -67,6 +77,7 @@ class CompletionSettings:
     learned: LearnedSettings = field(default_factory=LearnedSettings)
     atlas: AtlasSettings = field(default_factory=AtlasSettings)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    finish: FinishSettings = field(default_factory=FinishSettings)
     device: str = "auto"
     precision: str = "float32"
 

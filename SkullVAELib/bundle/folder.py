@@ -52,6 +52,10 @@ class ModelFolder:
         self.atlas_path = Path(atlas) if atlas is not None else self._part(ATLAS_FOLDER, marker=ATLAS_MANIFEST)
         self.vae_path = self.path if self._part(VAE_CONFIG, file=True) is not None else None
         self._loaded: dict[str, object] = {}
+        if self.vae_path is not None:  # a broken config.json is refused now, not when a source needs it
+            from SkullVAELib.bundle.checks import network_of, read_json
+
+            network_of(read_json(self.vae_path / VAE_CONFIG), self.vae_path / VAE_CONFIG)
         if self.path is not None and not self.parts():
             raise SkullVAEError(
                 f"not a SkullVAE model folder (none of {VAE_CONFIG}, {REFINER_FILE}, {ATLAS_FOLDER}/{ATLAS_MANIFEST})",

@@ -140,3 +140,13 @@ def test_complete_without_a_model_imports_neither_monai_nor_the_vae(tmp_path, cr
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[-3:] == ["0", "False", "False"], out
     assert (tmp_path / "o.seg.nrrd").is_file()
+
+
+def test_a_model_folder_with_a_broken_config_is_refused_before_any_work(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(SkullVAEError, match="config.json"):
+        Completer(CompletionSettings(model=tmp_path / "m"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SkullVAEError, match="not a SkullVAE model folder"):
+        Completer(CompletionSettings(model=tmp_path / "empty"))

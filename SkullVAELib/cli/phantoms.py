@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from SkullVAELib.cli.common import add_progress_arg, close_progress, grid_arg, make_progress, positive_int, seed_arg
+from SkullVAELib.cli.common import add_progress_arg, close_progress, grid_arg, make_progress
 from SkullVAELib.data.defects import CRANIAL_STYLES
 
 
@@ -29,9 +29,9 @@ def spacing_arg(text: str) -> tuple[float, float, float]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("phantoms", help="write a cohort of procedural skull phantoms (a data set)")
-    p.add_argument("--n", type=positive_int, required=True, help="number of phantoms")
+    p.add_argument("--n", type=int, required=True, help="number of phantoms")
     p.add_argument("--out", required=True, help="data set folder (complete_skull/ is written inside)")
-    p.add_argument("--seed", type=seed_arg, default=0, help="cohort seed (the same seed gives the same cohort)")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed (the same seed gives the same cohort)")
     p.add_argument("--shape", type=grid_arg, default=(128, 128, 96), help="grid I,J,K in voxels (default 128,128,96)")
     p.add_argument(
         "--spacing",

@@ -1,0 +1,225 @@
+"""How well an implant continues the patient's skull across the rim: a score in [0, 1], 1 = seamless.
+
+Works for any source's implant (rim fit, atlas, learned, model): it looks only at the defective
+skull and the implant, never at how the implant was made. Rays from the cranial centre
+(:mod:`raycast`, ``step_deg``) through the defective skull (bone) and through the completed
+skull (bone ∪ implant) give, per direction, the outer radius and the thickness of the outermost
+bone layer. The implant's *footprint* is the set of rays whose outermost layer the implant
+changed (it fills a missing ray or lies on top of the bone).
+
+Components, each in [0, 1]:
+
+- ``surface``: the bone's outer radius on a ring just outside the footprint (``ring`` cells),
+  continued by a thin-plate spline into a band just inside it (``band`` cells), against the
+  completed skull's outer radius there: 1 / (1 + (median |difference| / ``surface_mm``)²), the
+  scale at least ``voxel_scale`` voxels (a coarse scan measures steps of a voxel where there are none).
+  A step at the rim (an implant too high or too deep, shifted, tilted) lowers it.
+- ``thickness``: the same for the layer's thickness (``thickness_mm``): an implant thinner or
+  thicker than the bone around it, or one that does not meet the bone, lowers it.
+- ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimfit.find_holes`,
+  scan edge aware) whose rays meet bone once the implant is in; absent when the skull has no such
+  hole (a facial defect).
+- ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in pieces farther than
+  ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), at least 0.
+
+score = the product of the components (an empty implant scores 0): one failure is enough to make
+an implant bad. The explanation names the measures and the weakest component.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.interpolate import RBFInterpolator
+
+from SkullVAELib.implant import raycast
+from SkullVAELib.implant.check import MIN_IMPLANT_MM3
+from SkullVAELib.implant.postprocess import piece_gaps
+from SkullVAELib.implant.rimfit import RimFitConfig, find_holes, scan_edge
+from SkullVAELib.io.image import SkullImage
+
+_SQUARE = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Settings of :func:`implant_quality` (angles in degrees, lengths in mm)."""
+
+    step_deg: float = 2.0
+    band: tuple[int, int] = (1, 3)  # footprint cells this many cells inside its border are compared
+    ring: tuple[int, int] = (2, 6)  # bone cells this many cells outside it carry the fit
+    surface_mm: float = 2.0  # a median step of this many mm halves the surface component
+    thickness_mm: float = 2.0  # ... and of the thickness
+    voxel_scale: float = 1.0  # ... at least this many of the scan's largest voxel sides (a voxel of noise)
+    on_top_mm: float = 1.0  # a ray's outer radius raised by more than this: the implant lies on top
+    max_gap_mm: float = 20.0  # pieces farther than this from the main piece are stray
+    stray_weight: float = 10.0  # 10 % of the volume stray: pieces component 0
+    max_fit_points: int = 400
+    junction_mm: tuple[float, float] = (1.0, 6.0)  # no vault hole: plate thickness this far either side of the junction
+
+
+@dataclass
+class ImplantQuality:
+    """score in [0, 1] (1 = seamless); components (each in [0, 1]); measures (mm, fractions); explanation (one line)."""
+
+    score: float
+    components: dict[str, float] = field(default_factory=dict)
+    measures: dict[str, float] = field(default_factory=dict)
+    explanation: str = ""
+
+
+def _gnomonic(dirs: np.ndarray, centre_dir: np.ndarray) -> np.ndarray:
+    helper = np.array([1.0, 0.0, 0.0]) if abs(centre_dir[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
+    t1 = np.cross(centre_dir, helper)
+    t1 /= np.linalg.norm(t1)
+    t2 = np.cross(centre_dir, t1)
+    depth = np.maximum(dirs @ centre_dir, 1e-3)
+    return np.c_[dirs @ t1 / depth, dirs @ t2 / depth]
+
+
+def _main_footprint(footprint: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, unit mean direction) of the footprint's largest 8-connected group of rays."""
+    labels, n = ndimage.label(footprint, structure=_SQUARE)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    cells = labels == int(np.argmax(sizes))
+    mean = dirs[cells].sum(axis=0)
+    return cells, mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, int]:
+    """(median |outer-radius step|, median |thickness step|, band rays) across the footprint's rim (mm)."""
+    alpha, beta = raycast.angle_grid(cfg.step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    cells, direction = _main_footprint(footprint, dirs)
+    inside = ndimage.distance_transform_cdt(cells, metric="chessboard")
+    outside = ndimage.distance_transform_cdt(~cells, metric="chessboard")
+    within = dirs @ direction >= np.cos(np.deg2rad(80.0))  # the projection's limit
+    band = cells & (inside > cfg.band[0]) & (inside <= cfg.band[1]) & completed.hit & within
+    ring = ~footprint & (outside > cfg.ring[0]) & (outside <= cfg.ring[1]) & usable & within
+    if band.sum() < 5 or ring.sum() < 10:
+        return float("nan"), float("nan"), int(band.sum())
+    ring_idx = np.flatnonzero(ring)
+    if len(ring_idx) > cfg.max_fit_points:
+        ring_idx = ring_idx[np.linspace(0, len(ring_idx) - 1, cfg.max_fit_points).astype(int)]
+    flat = dirs.reshape(-1, 3)
+    xy_ring, xy_band = _gnomonic(flat[ring_idx], direction), _gnomonic(flat[band.ravel()], direction)
+    kw = {"kernel": "thin_plate_spline", "smoothing": 0.01, "degree": 2}
+    steps = []
+    for bone_map, done_map in ((bone.r_out, completed.r_out), (bone.thickness, completed.thickness)):
+        fit = RBFInterpolator(xy_ring, bone_map.ravel()[ring_idx].astype(np.float64), **kw)(xy_band)
+        steps.append(float(np.median(np.abs(done_map[band] - fit))))
+    return steps[0], steps[1], int(band.sum())
+
+
+def _stray_fraction(implant: np.ndarray, spacing: np.ndarray, max_gap_mm: float) -> tuple[float, float]:
+    """(share of the implant's voxels in pieces farther than ``max_gap_mm`` from the main piece, largest gap mm)."""
+    from SkullVAELib.implant.cleanup import bounding_box
+
+    box = bounding_box(implant)
+    _, sizes, gaps = piece_gaps(implant[box], spacing)
+    far = gaps > max_gap_mm
+    return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps.max())
+
+
+def _coverage(bone: raycast.RayMap, completed: raycast.RayMap, edge) -> float:
+    """Share (solid angle) of the skull's enclosed holes whose rays meet bone with the implant in; NaN: no hole."""
+    holes = find_holes(bone, RimFitConfig().min_hole_sr, edge.unknown)
+    if not holes:
+        return float("nan")
+    cells = np.logical_or.reduce([h.cells for h in holes]) & ~edge.beyond
+    alpha, _ = raycast.angle_grid(bone.step_deg)
+    omega = np.broadcast_to(np.sin(alpha)[:, None], cells.shape)
+    total = float(omega[cells].sum())
+    return float(omega[cells & completed.hit].sum()) / total if total > 0 else float("nan")
+
+
+def _ray_components(skull, bone, completed, edge, raised, cfg, measures) -> dict[str, float]:
+    """surface and thickness components of the rim continuity on the ray maps (0 when the implant
+    raises no ray's outer surface: it lies inside the skull)."""
+    if not raised.any():
+        return {"surface": 0.0, "thickness": 0.0}
+    surface, thick, n_band = _continuity(bone, completed, bone.hit & ~edge.truncated, raised, cfg)
+    measures.update(surface_step_mm=surface, thickness_step_mm=thick, band_rays=float(n_band))
+    if not np.isfinite(surface):
+        return {}
+    floor = cfg.voxel_scale * float(np.max(skull.spacing))
+    return {
+        "surface": 1.0 / (1.0 + (surface / max(cfg.surface_mm, floor)) ** 2),
+        "thickness": 1.0 / (1.0 + (thick / max(cfg.thickness_mm, floor)) ** 2),
+    }
+
+
+def _plate_thickness_ratio(skull: SkullImage, implant: np.ndarray, cfg: QualityConfig) -> float:
+    """Implant / bone plate thickness next to their junction: twice the 90th percentile of the depth
+    inside bone ∪ implant, on the implant voxels and on the bone voxels ``junction_mm`` from the other."""
+    from SkullVAELib.evaluation.metrics import bounding_box
+
+    lo, hi = cfg.junction_mm
+    box = bounding_box(implant, margin=[int(np.ceil(2 * hi / v)) + 1 for v in skull.spacing])
+    imp, bone = implant[box], skull.mask[box]
+    depth = ndimage.distance_transform_edt(imp | bone, sampling=skull.spacing)
+    from_bone = ndimage.distance_transform_edt(~bone, sampling=skull.spacing)
+    from_imp = ndimage.distance_transform_edt(~imp, sampling=skull.spacing)
+    imp_band = imp & (from_bone > lo) & (from_bone <= hi)
+    bone_band = bone & (from_imp > lo) & (from_imp <= hi)
+    if imp_band.sum() < 10 or bone_band.sum() < 10:
+        return float("nan")
+    return float(np.percentile(depth[imp_band], 90) / max(np.percentile(depth[bone_band], 90), 1e-6))
+
+
+def _explain(score: float, components: dict, measures: dict) -> str:
+    parts = []
+    if "surface_step_mm" in measures and np.isfinite(measures["surface_step_mm"]):
+        parts.append(f"outer surface step at the rim {measures['surface_step_mm']:.1f} mm")
+        parts.append(f"thickness step {measures['thickness_step_mm']:.1f} mm")
+    if np.isfinite(measures.get("plate_thickness_ratio", np.nan)):
+        parts.append(f"plate {measures['plate_thickness_ratio']:.2f}x as thick as the bone at the junction")
+    if np.isfinite(measures.get("coverage", np.nan)):
+        parts.append(f"covers {100 * measures['coverage']:.0f} % of the hole")
+    if measures.get("stray_fraction", 0.0) > 0:
+        parts.append(
+            f"{100 * measures['stray_fraction']:.1f} % of it in pieces up to {measures['max_gap_mm']:.0f} mm away"
+        )
+    weakest = min(components, key=components.get) if components else "none"
+    return f"implant quality {score:.2f} (weakest: {weakest}): " + ", ".join(parts)
+
+
+def implant_quality(
+    skull: SkullImage, implant: np.ndarray, cfg: QualityConfig | None = None, centre: np.ndarray | None = None
+) -> ImplantQuality:
+    """The rim agreement of ``implant`` (bool (I, J, K) on ``skull``'s grid) with ``skull``'s bone.
+
+    Args:
+        skull: the defective skull (never modified).
+        implant: any source's implant; voxels on the patient's bone are ignored.
+        centre: ray centre (LPS mm); default :func:`raycast.cranial_centre`.
+    """
+    cfg = cfg or QualityConfig()
+    implant = np.asarray(implant, dtype=bool) & ~skull.mask
+    volume = float(np.count_nonzero(implant)) * skull.voxel_volume_mm3
+    if volume < MIN_IMPLANT_MM3:
+        return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": volume}, f"empty implant ({volume:.0f} mm³)")
+    centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
+    bone = raycast.cast(skull, centre, cfg.step_deg)
+    completed = raycast.cast(skull.with_mask(skull.mask | implant), centre, cfg.step_deg)
+    raised = completed.hit & (~bone.hit | (np.nan_to_num(completed.r_out) > np.nan_to_num(bone.r_out) + cfg.on_top_mm))
+    edge = scan_edge(skull, bone, RimFitConfig(step_deg=cfg.step_deg))
+    components: dict[str, float] = {}
+    measures: dict[str, float] = {"volume_mm3": volume}
+    coverage = _coverage(bone, completed, edge)
+    measures["coverage"] = coverage
+    if np.isfinite(coverage):  # an enclosed vault hole: the cranium's ray model applies
+        components.update(_ray_components(skull, bone, completed, edge, raised, cfg, measures))
+        components["coverage"] = coverage
+    else:  # no enclosed vault hole (a facial defect): the plate's thickness across the junction, voxel-wise
+        ratio = _plate_thickness_ratio(skull, implant, cfg)
+        measures["plate_thickness_ratio"] = ratio
+        components["thickness"] = 1.0 / (1.0 + (np.log(ratio) / np.log(1.5)) ** 2) if np.isfinite(ratio) else 0.0
+    stray, max_gap = _stray_fraction(implant, skull.spacing, cfg.max_gap_mm)
+    measures.update(stray_fraction=stray, max_gap_mm=max_gap)
+    components["pieces"] = max(0.0, 1.0 - cfg.stray_weight * stray)
+    score = float(np.prod(list(components.values())))
+    return ImplantQuality(score, components, measures, _explain(score, components, measures))

@@ -1,0 +1,79 @@
+"""The implant-quality score (issue 24 §3): rim agreement of any source's implant, in [0, 1].
+
+Phantoms at 96×96×72 voxels of 2.2 mm with a SkullBreak-style vault defect; the true implant is
+the good one, and each bad variant must score below it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from SkullVAELib.data.defects import cranial_defect, facial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.implant.quality import implant_quality
+from SkullVAELib.implant.rimfit import rim_fit
+
+SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
+
+
+@pytest.fixture(scope="module", params=[(1, "skullbreak"), (2, "skullfix")])
+def case(request):
+    seed, style = request.param
+    defective, implant = cranial_defect(make_phantom(seed, SHAPE, SPACING), seed, style=style)
+    return defective, implant.mask
+
+
+def _stray(defective, implant: np.ndarray) -> np.ndarray:
+    """The implant plus a block touching the lowest bone voxel (far below a vault defect)."""
+    bone = np.argwhere(defective.mask)
+    low = bone[np.argmin(bone[:, 2])]
+    blob = np.zeros_like(implant)
+    blob[tuple(slice(max(c - 3, 0), c + 3) for c in low)] = True
+    return implant | (blob & ~defective.mask)
+
+
+def test_bad_implants_rank_below_the_good_one(case):
+    defective, truth = case
+    good = implant_quality(defective, truth)
+    bad = {
+        "shifted": np.roll(truth, 3, axis=0) & ~defective.mask,
+        "raised": np.roll(truth, 2, axis=2) & ~defective.mask,
+        "too thin": ndimage.binary_erosion(truth),
+        "stray piece": _stray(defective, truth),
+        "empty": np.zeros_like(truth),
+    }
+    assert 0.0 <= good.score <= 1.0 and good.score >= 0.5, good
+    for name, implant in bad.items():
+        q = implant_quality(defective, implant)
+        assert 0.0 <= q.score <= 1.0
+        assert q.score < good.score - 0.2, (name, q, good)
+    assert implant_quality(defective, bad["empty"]).score == 0.0
+    assert "empty" in implant_quality(defective, bad["empty"]).explanation
+    assert "pieces" in implant_quality(defective, bad["stray piece"]).explanation
+
+
+def test_the_rim_fit_scores_like_the_true_implant(case):
+    """Any source's implant is scored the same way: the rim fit's (no ground truth involved)."""
+    defective, truth = case
+    q = implant_quality(defective, rim_fit(defective).implant)
+    assert q.score >= 0.5, q
+    assert set(q.components) == {"surface", "thickness", "coverage", "pieces"}
+    assert "\n" not in q.explanation and q.explanation.startswith("implant quality")
+
+
+def test_an_implant_on_the_patients_bone_only_scores_zero(case):
+    defective, _ = case
+    q = implant_quality(defective, defective.mask)  # bone voxels are not implant
+    assert q.score == 0.0
+
+
+def test_a_facial_implant_without_a_vault_hole_gets_a_score():
+    """A facial defect is no enclosed vault hole: coverage is left out, the rim still scores."""
+    phantom = make_phantom(1, SHAPE, SPACING)
+    defective, implant = facial_defect(phantom, 3)
+    q = implant_quality(defective, implant.mask)
+    assert 0.0 <= q.score <= 1.0
+    assert "coverage" not in q.components or np.isfinite(q.components["coverage"])
+    assert q.explanation

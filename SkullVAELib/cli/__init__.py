@@ -22,7 +22,7 @@ from SkullVAELib.core.progress import close_all_bars
 # Verb name -> (module in SkullVAELib/cli/, one-line help). Only the module of the verb being
 # run is imported, so `skullvae complete` does not pay for the imports of every other verb.
 VERBS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "run the whole pipeline on phantoms (CPU, a few minutes)"),
+    "demo": ("demo", "run the whole pipeline on phantoms (CPU; it prints its time estimate first)"),
     "phantoms": ("phantoms", "write a cohort of procedural skull phantoms (a data set)"),
     "make-defects": ("make_defects", "cut cranial or facial defects out of complete skulls"),
     "cache": ("cache", "precompute the model-grid volumes of a data set (cached on disk)"),

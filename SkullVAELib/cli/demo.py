@@ -20,20 +20,20 @@ from SkullVAELib.cli.common import (
     seed_arg,
     threads_arg,
 )
-from SkullVAELib.workflows.phantom_demo import DEMO_BETA, DEMO_MEASURED
+from SkullVAELib.workflows.phantom_demo import DEMO_BETA
 
 DESCRIPTION = (
     "Run the whole pipeline on procedural phantoms, on the CPU: write 12 phantom skulls with cranial and "
     "facial defects, train stage 1 (β-VAE) and stage 2 (decoupled decoder) on 11 of them, fit the "
     "completion centroids, and complete the held-back phantom's two defects into ./skullvae-demo/ "
-    f"(.seg.nrrd, implant STL, PNG previews). Measured: {DEMO_MEASURED}; it prints its training plan with an "
+    "(.seg.nrrd, implant STL, PNG previews). It prints its training plan with an "
     "estimated time, and the progress bars show the time left."
 )
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="run the whole pipeline on phantoms (CPU, a few minutes)", description=DESCRIPTION
+        "demo", help="run the whole pipeline on phantoms (CPU; it prints its time estimate first)", description=DESCRIPTION
     )
     p.add_argument("--out", default="skullvae-demo", help="output folder (default: ./skullvae-demo)")
     p.add_argument("--n", type=positive_int, default=12, help="number of phantom subjects (one is held back)")

@@ -27,7 +27,6 @@ DEMO_PRESET = "demo"
 DEMO_BETA = 0.01
 DEMO_LR = 1e-3  # the paper's 1e-4 needs far more steps than a demo has
 # Measured wall time of the default demo (README quick start): stated when the demo starts.
-DEMO_MEASURED = "2.3 min on 2 idle CPU cores, 15-35 min on a busy 2-core machine"
 
 
 @dataclass
@@ -162,7 +161,7 @@ def demo(
     train_ids = parse_id_spec([Path(phantom_file_name(i)).stem for i in range(n - 1)])
     t0 = time.perf_counter()
 
-    log(f"skullvae demo: measured {DEMO_MEASURED}; the training plan below estimates this machine's time.")
+    log("skullvae demo: the training plan below estimates this machine's time (README.md gives measured runs).")
     _announce(log, t0, f"1/5 phantoms: {n} subjects with cranial and facial defects -> {data}")
     made = make_phantom_set(
         n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=True

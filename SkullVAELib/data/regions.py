@@ -14,30 +14,33 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.recipes import CRANIAL, CRANIAL_STYLES, FACIAL, CranialRecipe, FacialRecipe
 
 
-def bone_bounds(bone: torch.Tensor, origin, spacing, direction=None) -> tuple[torch.Tensor, torch.Tensor]:
+def bone_bounds(
+    bone: torch.Tensor, origin, spacing, direction=None, exact: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi): (3,) mm, the LPS bounds of the centres of the bone voxels of ``bone`` (bool (X, Y, Z)).
 
     Voxel (i, j, k) sits at ``origin + direction @ (spacing * (i, j, k))``: origin (3,) mm, spacing
-    one or three numbers (mm), direction (3, 3) or None (identity). Exact on oblique grids too.
-    float64 on the CPU, float32 on another device.
+    one or three numbers (mm), direction (3, 3) or None (identity). ``exact``: the extremes of the
+    bone voxels themselves; otherwise those of the 8 corners of the bone's index box (the same on
+    an axis-aligned grid, a little wider on an oblique one, and cheaper). float64 on the CPU,
+    float32 on another device.
     """
     if not bool(bone.any()):
         raise SkullVAEError("the skull has no bone to measure")
     device = bone.device
     dtype = torch.float64 if device.type == "cpu" else torch.float32
-    origin = torch.as_tensor(origin, device=device).to(dtype)
-    spacing = torch.as_tensor(spacing, device=device).to(dtype).expand(3)
     direction = torch.eye(3, dtype=torch.float64) if direction is None else torch.as_tensor(direction).double().cpu()
-    matrix = direction.to(device, dtype)
-    if bool(((direction != 0).sum(dim=1) <= 1).all()):  # axis-aligned: the index box's corners are exact
+    spacing = torch.as_tensor(spacing, dtype=torch.float64).cpu().expand(3)
+    matrix = (direction * spacing).to(device, dtype)  # direction @ diag(spacing)
+    if exact and not bool(((direction != 0).sum(dim=1) <= 1).all()):  # oblique: every bone voxel
+        index = torch.nonzero(bone).to(dtype)
+    else:  # the index box's corners (exact on an axis-aligned grid)
         ends = []
         for axis in range(3):
             hit = torch.nonzero(bone.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
-            ends.append(hit[[0, -1]])
-        index = torch.stack(ends, dim=1).to(dtype)  # (2, 3): lowest and highest index per axis
-    else:
-        index = torch.nonzero(bone).to(dtype)
-    points = origin + (index * spacing) @ matrix.T
+            ends.append(hit[[0, -1]].to(dtype))
+        index = torch.cartesian_prod(*ends)  # (8, 3)
+    points = index @ matrix.T + torch.as_tensor(origin, device=device).to(dtype)
     return points.min(dim=0).values, points.max(dim=0).values
 
 

@@ -48,9 +48,9 @@ def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8
         raise SkullVAEError(
             "the skull mask is empty: no bone to place the refiner's grid on", skull.metadata.get("source")
         )
-    lo, hi = (
-        b.numpy() for b in bone_bounds(torch.from_numpy(skull.mask), skull.origin, skull.spacing, skull.direction)
-    )
+    # the corners of the bone's index box (exact=False): where the refiner's grids were placed when it was trained
+    mask = torch.from_numpy(skull.mask)
+    lo, hi = (b.numpy() for b in bone_bounds(mask, skull.origin, skull.spacing, skull.direction, exact=False))
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
     check_memory(float(np.prod(shape)) * 8.0, f"a {shape} refiner grid", skull.metadata.get("source"))

@@ -39,6 +39,9 @@ def test_bone_bounds_are_the_extremes_of_the_bone_voxel_centres(direction):
     lo, hi = bone_bounds(torch.from_numpy(image.mask), image.origin, image.spacing, image.direction)
     np.testing.assert_allclose(lo.numpy(), points.min(axis=0), atol=1e-9)
     np.testing.assert_allclose(hi.numpy(), points.max(axis=0), atol=1e-9)
+    box_lo, box_hi = bone_bounds(torch.from_numpy(image.mask), image.origin, image.spacing, image.direction, False)
+    assert (box_lo <= lo + 1e-9).all() and (box_hi >= hi - 1e-9).all()  # the index box's corners: around the bone
+    assert torch.equal(box_lo, lo) == (direction != _rotation(20)).any()  # ... and the same unless oblique
     with pytest.raises(SkullVAEError, match="no bone"):
         bone_bounds(torch.zeros(4, 4, 4, dtype=torch.bool), image.origin, 1.0)
 

@@ -37,7 +37,8 @@ from scipy.interpolate import RBFInterpolator
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.postprocess import piece_gaps
-from SkullVAELib.implant.rimfit import RimFitConfig, find_holes, scan_edge
+from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
+from SkullVAELib.implant.scanedge import scan_edge
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -206,7 +207,7 @@ def implant_quality(
     bone = raycast.cast(skull, centre, cfg.step_deg)
     completed = raycast.cast(skull.with_mask(skull.mask | implant), centre, cfg.step_deg)
     raised = completed.hit & (~bone.hit | (np.nan_to_num(completed.r_out) > np.nan_to_num(bone.r_out) + cfg.on_top_mm))
-    edge = scan_edge(skull, bone, RimFitConfig(step_deg=cfg.step_deg))
+    edge = scan_edge(skull, bone)
     components: dict[str, float] = {}
     measures: dict[str, float] = {"volume_mm3": volume}
     coverage = _coverage(bone, completed, edge)

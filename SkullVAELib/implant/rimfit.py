@@ -35,15 +35,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 from scipy.interpolate import RBFInterpolator
-from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
+from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, scan_edge, why_no_hole
 from SkullVAELib.io.image import SkullImage
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
 _SQUARE = np.ones((3, 3), dtype=bool)
-EXPECTED_NEIGHBOURS = 16  # hit rays whose largest outer radius is a miss ray's expected skull radius
 
 
 @dataclass
@@ -114,81 +113,11 @@ class RimFitResult:
     edge: ScanEdge | None = None
 
 
-@dataclass
-class ScanEdge:
-    """Where the rays leave the scanned grid.
-
-    Attributes:
-        exit_mm: float (Nα, Nβ) distance from the centre at which each ray leaves the grid.
-        truncated: bool (Nα, Nβ) hit rays whose outermost bone reaches the scan's edge.
-        unknown: bool (Nα, Nβ) miss rays that leave the scan before the skull's expected radius
-            (+ ``edge_margin_mm``): bone may lie there, outside the scan.
-        beyond: bool (Nα, Nβ) miss rays that leave it ``beyond_mm`` before: they fill nothing in the scan.
-    """
-
-    exit_mm: np.ndarray
-    truncated: np.ndarray
-    unknown: np.ndarray
-    beyond: np.ndarray
-
-
-def _cell_solid_angle(step_deg: float) -> np.ndarray:
-    """Solid angle (sr) of each grid row's cells, (Nα, 1)."""
-    alpha, _ = raycast.angle_grid(step_deg)
-    step = np.deg2rad(step_deg)
-    return (np.sin(alpha) * step * step)[:, None]
-
-
-def exit_radius(skull: SkullImage, centre: np.ndarray, step_deg: float) -> np.ndarray:
-    """float32 (Nα, Nβ): distance (mm) from ``centre`` at which each ray leaves the grid's box
-    (from the first to the last voxel centre: where :func:`raycast.cast`'s samples stop reading
-    the mask); 0 where the centre lies outside it."""
-    alpha, beta = raycast.angle_grid(step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
-    affine = skull.index_to_physical()
-    inv = np.linalg.inv(affine[:3, :3])
-    start = inv @ (np.asarray(centre, dtype=np.float64) - affine[:3, 3])
-    step = dirs @ inv.T  # index units per mm along each ray
-    lo, hi = np.zeros(3), np.asarray(skull.shape, dtype=np.float64) - 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = np.where(step > 0, (hi - start) / step, np.where(step < 0, (lo - start) / step, np.inf))
-    inside = np.all((start >= lo) & (start <= hi))
-    return np.where(inside, bound.min(axis=1), 0.0).reshape(len(alpha), len(beta)).astype(np.float32)
-
-
-def scan_edge(skull: SkullImage, raymap: raycast.RayMap, cfg: RimFitConfig) -> ScanEdge:
-    """Classify the rays by the scan's edge (:class:`ScanEdge`).
-
-    A hit ray is *truncated* when its outermost bone lies within 1 mm of where it leaves the grid
-    (the bone goes on beyond the scan). A miss ray's expected skull radius is the largest outer
-    radius of the ``EXPECTED_NEIGHBOURS`` hit rays nearest to it in angle (on the sphere, so across
-    the grid's poles) that are not truncated. Rays pointing down into the skull base (more than
-    30° below the horizontal) are never unknown: the base's openings stay open.
-    """
-    exit_mm = exit_radius(skull, raymap.centre, raymap.step_deg)
-    tol = 1.0  # mm: the last sample inside lies within one radial step of the exit (interpolated rays: more)
-    truncated = raymap.hit & (exit_mm - np.nan_to_num(raymap.r_out) <= tol)
-    usable = raymap.hit & ~truncated
-    miss = ~raymap.hit
-    if not usable.any() or not miss.any():
-        none = np.zeros_like(miss)
-        return ScanEdge(exit_mm, truncated, none, none.copy())
-    alpha, beta = raycast.angle_grid(raymap.step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
-    k = min(EXPECTED_NEIGHBOURS, int(usable.sum()))
-    _, near = cKDTree(dirs[usable]).query(dirs[miss], k=k)
-    expected = np.full(miss.shape, np.nan, dtype=np.float32)
-    expected[miss] = raymap.r_out[usable][near.reshape(len(near), k)].max(axis=1)
-    unknown = miss & (dirs[..., 2] > -0.5) & (exit_mm < expected + cfg.edge_margin_mm)
-    beyond = unknown & (exit_mm < expected - cfg.beyond_mm)
-    return ScanEdge(exit_mm, truncated, unknown, beyond)
-
-
 def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
     """(3,) unit solid-angle-weighted mean direction of grid cells."""
     alpha, beta = raycast.angle_grid(step_deg)
     dirs = raycast.directions(alpha[:, None], beta[None, :])
-    omega = np.broadcast_to(_cell_solid_angle(step_deg), cells.shape)
+    omega = np.broadcast_to(cell_solid_angle(step_deg), cells.shape)
     mean = (dirs[cells] * omega[cells][:, None]).sum(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
@@ -206,7 +135,7 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
         return []
     reach = labels if unknown is None else np.where(unknown, 0, labels)
     border = np.unique(np.r_[reach[0], reach[-1], reach[:, 0], reach[:, -1]])
-    omega = _cell_solid_angle(raymap.step_deg)
+    omega = cell_solid_angle(raymap.step_deg)
     holes = []
     for lab in range(1, n + 1):
         if lab in border:
@@ -326,7 +255,7 @@ def fill_hole(
     r_out.ravel()[fill_idx] = fit_out
     r_in.ravel()[fill_idx] = fit_out - fit_thick
     hole.rim_thickness_mm = float(np.median(raymap.thickness.ravel()[np.flatnonzero(ring)]))
-    omega = np.broadcast_to(_cell_solid_angle(raymap.step_deg), region.shape).ravel()
+    omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), region.shape).ravel()
     in_hole = hole.cells.ravel()[fill_idx]
     outer_hole = np.nan_to_num(fit_out[in_hole])
     hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
@@ -422,7 +351,7 @@ def rim_fit(
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact)
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    edge = scan_edge(skull, raymap, cfg)
+    edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
     holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown)
     messages = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
     implant = np.zeros_like(skull.mask)  # the mask's memory order (see rasterise)
@@ -456,7 +385,7 @@ def _clip_to_scan(hole: Hole, edge: ScanEdge, step_deg: float) -> None:
     hole.unusable = edge.truncated
     outside = hole.cells & edge.beyond
     if outside.any():
-        omega = np.broadcast_to(_cell_solid_angle(step_deg), outside.shape)
+        omega = np.broadcast_to(cell_solid_angle(step_deg), outside.shape)
         hole.outside_fraction = float(omega[outside].sum()) / hole.solid_angle_sr
         hole.cells = hole.cells & ~edge.beyond
         if hole.cells.any():
@@ -472,31 +401,10 @@ def _only_the_scan_edge(hole: Hole, edge: ScanEdge, r_out: np.ndarray, cfg: RimF
         return False
     with np.errstate(invalid="ignore"):
         seen = hole.cells & (edge.exit_mm >= r_out)
-    hole.seen_sr = float(np.broadcast_to(_cell_solid_angle(cfg.step_deg), seen.shape)[seen].sum())
+    hole.seen_sr = float(np.broadcast_to(cell_solid_angle(cfg.step_deg), seen.shape)[seen].sum())
     return not seen.any()
 
 
 def _edge_message(hole: Hole, what: str) -> str:
     share = f", {100 * hole.outside_fraction:.0f} % of it outside the scan," if hole.outside_fraction else ""
     return f"the hole of {hole.solid_angle_sr:.2f} sr{share} {what}"
-
-
-def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: float) -> str:
-    """One line: why :func:`find_holes` found no hole (the largest group of missing rays and where it opens)."""
-    labels, n = ndimage.label(~raymap.hit, structure=_SQUARE)
-    omega = np.broadcast_to(_cell_solid_angle(raymap.step_deg), labels.shape)
-    sizes = ndimage.sum(omega, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
-    if n == 0 or sizes.max() < min_hole_sr:
-        return "the rim fit found no enclosed hole in the vault: every ray from the cranium meets bone"
-    cells = labels == 1 + int(np.argmax(sizes))
-    if edge is not None:
-        cells = cells & ~edge.unknown
-    where = []
-    if cells[:, 0].any() or cells[:, -1].any():
-        where.append("the skull base (rays downwards)")
-    if cells[0].any() or cells[-1].any():
-        where.append("the back or the front of the head")
-    return (
-        f"the rim fit found no enclosed hole in the vault: the largest opening ({sizes.max():.2f} sr) is open "
-        f"to {' and '.join(where) or 'the outside'}; is the defect open to the skull base?"
-    )

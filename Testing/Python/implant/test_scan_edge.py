@@ -16,7 +16,8 @@ from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import implant_metrics
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.rimfit import exit_radius, find_holes, rim_fit
+from SkullVAELib.implant.rimfit import find_holes, rim_fit
+from SkullVAELib.implant.scanedge import exit_radius
 from SkullVAELib.io.image import SkullImage
 
 SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)

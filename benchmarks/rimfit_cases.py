@@ -1,0 +1,137 @@
+"""Per-case rim-fit implants on SkullFix: DSC, bDSC, HD95 and the implant-quality score (issue 24).
+
+Not a timing: one row per (case, defect, seed) of the rim fit with the mirror cue (the
+``rimfit`` source's default), scored with :mod:`SkullVAELib.evaluation.implants` and
+:func:`SkullVAELib.implant.quality.implant_quality`; rows are appended to ``--out`` (JSON lines)
+as each case finishes, so a partial run keeps its cases. ``--save`` keeps each implant (its
+bounding box, packed bits) to score again later (``--rescore``)::
+
+    nice -n 10 .venv/bin/python benchmarks/rimfit_cases.py --ids 056-063 --seeds 0,1 \
+        --out /tmp/val.jsonl --save /tmp/val-implants
+    .venv/bin/python benchmarks/rimfit_cases.py --summary /tmp/val.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from SkullVAELib.data.case_ids import parse_id_spec
+from SkullVAELib.evaluation.implants import defect_cases, score
+from SkullVAELib.evaluation.metrics import bounding_box
+from SkullVAELib.implant.rimfit import rim_fit
+from SkullVAELib.implant.symmetry import find_mirror_plane
+
+
+def _save(path: Path, implant: np.ndarray) -> None:
+    box = bounding_box(implant)
+    lo = [s.start for s in box] if box else [0, 0, 0]
+    crop = implant[box] if box else np.zeros((0, 0, 0), dtype=bool)
+    np.savez_compressed(path, lo=lo, shape=implant.shape, crop_shape=crop.shape, bits=np.packbits(crop))
+
+
+def _load(path: Path) -> np.ndarray:
+    z = np.load(path)
+    out = np.zeros(tuple(z["shape"]), dtype=bool)
+    crop_shape = tuple(int(v) for v in z["crop_shape"])
+    crop = np.unpackbits(z["bits"])[: int(np.prod(crop_shape))].reshape(crop_shape).astype(bool)
+    box = tuple(slice(int(a), int(a) + n) for a, n in zip(z["lo"], crop_shape, strict=True))
+    out[box] = crop
+    return out
+
+
+def _quality(case, implant: np.ndarray) -> dict:
+    try:
+        from SkullVAELib.implant.quality import implant_quality
+    except ImportError:  # before issue 24's quality score existed
+        return {}
+    q = implant_quality(case.defective, implant)
+    return {"quality": q.score, "quality_components": q.components, "quality_why": q.explanation}
+
+
+def run(args) -> None:
+    ids = parse_id_spec(args.ids)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    save = Path(args.save) if args.save else None
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+    for case in defect_cases(args.data, ids, args.defects.split(","), seeds):
+        name = f"{case.case_id}_{case.defect}_{case.seed}"
+        t0 = time.perf_counter()
+        messages: list[str] = []
+        if args.rescore:
+            implant, timings, holes = _load(Path(args.rescore) / f"{name}.npz"), {}, []
+        else:
+            transform = None if args.no_mirror else find_mirror_plane(case.defective).transform()
+            result = rim_fit(case.defective, mirror_transform=transform)
+            implant, timings, holes = result.implant, result.timings, result.holes
+            messages = list(getattr(result, "messages", []))
+        seconds = time.perf_counter() - t0
+        row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "label": args.label}
+        row.update(score(implant, case))
+        row.update(_quality(case, implant))
+        if args.truth_quality:
+            row["quality_truth"] = _quality(case, case.implant).get("quality")
+        row.update(seconds=round(seconds, 2), holes=len(holes), timings={k: round(v, 2) for k, v in timings.items()})
+        row["messages"] = messages
+        if save:
+            _save(save / f"{name}.npz", implant)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(name, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
+
+
+def summary(path: str) -> None:
+    from scipy import stats
+
+    rows = [json.loads(line) for line in open(path)]
+    print("| case | defect | seed | DSC | bDSC | HD95 mm | quality | volume ml (true) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['case_id']} | {r['defect']} | {r['seed'] if r['seed'] is not None else '–'} | {r['dsc']:.3f} "
+            f"| {r['bdsc']:.3f} | {r['hd95']:.2f} | {r.get('quality', float('nan')):.2f} "
+            f"| {r['volume_ml']:.1f} ({r['true_volume_ml']:.1f}) |"
+        )
+    for defect in sorted({r["defect"] for r in rows}):
+        g = [r for r in rows if r["defect"] == defect]
+        dsc = np.array([r["dsc"] for r in g])
+        hd = np.array([r["hd95"] for r in g])
+        finite = hd[np.isfinite(hd)]
+        print(
+            f"{defect}: n={len(g)} DSC mean {dsc.mean():.3f} median {np.median(dsc):.3f} min {dsc.min():.3f}; "
+            f"HD95 mean {finite.mean() if finite.size else float('nan'):.2f} max {hd.max():.2f}; "
+            f"empty {sum(r['empty'] for r in g):.0f}"
+        )
+    q = np.array([r.get("quality", np.nan) for r in rows])
+    if np.isfinite(q).all() and len(rows) > 2:
+        rho = stats.spearmanr(q, [r["dsc"] for r in rows])
+        print(f"Spearman(quality, DSC) = {rho.statistic:.2f} (p = {rho.pvalue:.3g}, n = {len(rows)})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/skullfix")
+    p.add_argument("--ids", default="056-063")
+    p.add_argument("--seeds", default="0,1", help="vault defect seeds")
+    p.add_argument("--defects", default="cranial,vault")
+    p.add_argument("--out", help="JSON lines file (appended)")
+    p.add_argument("--label", default="")
+    p.add_argument("--save", help="folder for the implants (npz)")
+    p.add_argument("--rescore", help="folder of saved implants: score them instead of running the rim fit")
+    p.add_argument("--no-mirror", action="store_true")
+    p.add_argument("--truth-quality", action="store_true", help="score the true implant's quality too")
+    p.add_argument("--summary", help="print the table of a JSON lines file and stop")
+    args = p.parse_args()
+    if args.summary:
+        summary(args.summary)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ before ITK repairs them) and:
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
@@ -132,7 +133,6 @@ def _nifti_fields(head: bytes, path: Path) -> tuple[list[float], int, int, list[
 
 
 def _nifti_warnings(path: Path) -> list[str]:
-    from SkullVAELib.io.inputs import open_maybe_gzip
 
     try:
         with open_maybe_gzip(path) as stream:
@@ -246,3 +246,8 @@ def _check_metaimage_size(path: Path, fields: dict[str, str], offset: int) -> No
             "a wrong ElementType or a truncated file",
             path,
         )
+
+
+def open_maybe_gzip(path: Path):
+    """A binary stream of ``path``, decompressed when its name ends in ``.gz``."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
-from SkullVAELib.io.headers import check_geometry, header_warnings, nifti_vox_offset
+from SkullVAELib.io.headers import check_geometry, header_warnings, nifti_vox_offset, open_maybe_gzip
 
 IMAGE_HINT = "(.nrrd, .nii, .nii.gz, .mha, .mhd)"
 _CHUNK = 1 << 20
@@ -148,11 +148,6 @@ def read_information(path: str | os.PathLike, warnings: list[str] | None = None)
             verify_nifti_complete(path, math.prod(size) * pixel_bytes)
             _VERIFIED.add(key)
     return reader
-
-
-def open_maybe_gzip(path: Path):
-    """A binary stream of ``path``, decompressed when its name ends in ``.gz``."""
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 def verify_nifti_complete(path: str | os.PathLike, voxel_bytes: int) -> None:

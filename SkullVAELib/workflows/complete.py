@@ -141,6 +141,7 @@ def _write_one(skull, result, output: Path, options: OutputOptions, stl, unc, ti
     if options.completed_segment:
         segments.append(Segment(COMPLETED_SEGMENT, result.completed.mask))
     write_segmentation(tx.path(output), result.completed, segments)
+    tx.record_run(output)  # <output>.run.json: this run's id and every file's hash, renamed in last
     timed("write_segmentation", t)
     written = {"output": str(output), "implant_stl": None, "uncertainty": None}
     if stl is not None:
@@ -216,8 +217,9 @@ def complete_files(
             if key != "total":
                 timings[key] = timings.get(key, 0.0) + value
     progress("write", 0.0, f"writing {output}")
-    warnings = list(dict.fromkeys(w for r in results for w in r.warnings))
-    written, montage = _write_all(skull, results, output, options, gammas, timings, warnings, plan, input)
+    header_notes = skull.metadata.get("warnings", [])  # e.g. a missing spacing read as 1 mm
+    warnings = list(dict.fromkeys([*header_notes, *(w for r in results for w in r.warnings)]))
+    written, montage, run_id = _write_all(skull, results, output, options, gammas, timings, warnings, plan, input)
     timings["total"] = time.perf_counter() - start
     summaries = [{**w, **r.record()} for w, r in zip(written, results, strict=True)]
     for s in summaries:
@@ -230,6 +232,7 @@ def complete_files(
         "montage": None if montage is None else str(montage),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "warnings": warnings,
+        "run_id": run_id,
         "settings": settings.summary(),
     }
     source = main["implant_source"] + (f" + {main['implant_variant']}" if main["implant_variant"] else "")
@@ -241,7 +244,8 @@ def complete_files(
 
 
 def _write_all(skull, results, output: Path, options: OutputOptions, gammas, timings, warnings, plan, input):
-    """Every file of the call, through one transaction (they appear together at the end, or none)."""
+    """Every file of the call, through one transaction (they appear together at the end, or none);
+    (written paths per γ, the montage or None, the run id)."""
     sweep = len(gammas) > 1
     written, montage = [], None
     with plan.transaction() as tx:
@@ -259,4 +263,4 @@ def _write_all(skull, results, output: Path, options: OutputOptions, gammas, tim
             montage = _montage_path(output)
             rows = sweep_rows(gammas, [r.completed for r in results], [r.implant for r in results])
             plot_gamma_sweep(rows, tx.path(montage), title=Path(input).name, dpi=80)
-    return written, montage
+    return written, montage, tx.run_id

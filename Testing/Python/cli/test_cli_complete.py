@@ -98,8 +98,11 @@ def test_gamma_sweep_writes_one_result_per_value_and_a_montage(setup, capsys):
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == [
         "result_g0.00.seg.nrrd",
+        "result_g0.00.seg.nrrd.run.json",  # each result names its run (io.runs)
         "result_g0.50.seg.nrrd",
+        "result_g0.50.seg.nrrd.run.json",
         "result_g1.00.seg.nrrd",
+        "result_g1.00.seg.nrrd.run.json",
         "result_gamma_sweep.png",
     ]
 

@@ -239,8 +239,13 @@ def test_relative_outputs_keep_their_folder_and_its_other_files(setup, capsys, t
         args = _complete(setup, "--output", f"{folder}/r.seg.nrrd", "--implant-stl", f"{folder}/i.stl")
         code, err = _cli(capsys, *args)
         assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["i.stl", "keep.txt", "r.seg.nrrd"]
-    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["i.stl", "r.seg.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [
+        "i.stl",
+        "keep.txt",
+        "r.seg.nrrd",
+        "r.seg.nrrd.run.json",
+    ]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["i.stl", "r.seg.nrrd", "r.seg.nrrd.run.json"]
 
 
 # --- item 2: existing data sets and models are not replaced without --overwrite ---------------

@@ -35,3 +35,22 @@ def test_a_batch_into_a_file_is_refused(tmp_path, capsys):
     argv = ["complete", "--input", str(tmp_path / "a.nrrd"), str(tmp_path / "a.nrrd"), "--output", str(tmp_path / "x")]
     assert main([*argv, "--progress", "none"]) == 2
     assert "same file name" in capsys.readouterr().err
+
+
+def test_a_completion_names_its_run_and_a_mixed_pair_is_refused(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.io.runs import check_run_identity
+
+    for seed, name in ((1, "a"), (2, "b")):  # two different skulls: two different implants
+        defective, _ = cranial_defect(make_phantom(seed, (80, 80, 60), (2.6, 2.6, 2.6)), seed, style="skullbreak")
+        write_mask(defective, tmp_path / f"{name}.nrrd")
+        argv = ["complete", "--input", str(tmp_path / f"{name}.nrrd"), "--output", str(tmp_path / name / "r.seg.nrrd")]
+        assert main([*argv, "--implant-stl", str(tmp_path / name / "i.stl"), "--progress", "json"]) == 0
+        run_id = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]["run_id"]
+        assert check_run_identity(tmp_path / name / "r.seg.nrrd", tmp_path / name / "i.stl") == run_id
+    with pytest.raises(SkullVAEError):
+        check_run_identity(tmp_path / "a" / "r.seg.nrrd", tmp_path / "b" / "i.stl")

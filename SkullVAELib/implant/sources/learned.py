@@ -26,10 +26,13 @@ class LearnedSource:
         refiner = context.folder.refiner(self.device)
         context.progress("learned", 0.0, "predicting the facial implant (learned refiner)")
         learned = refiner(context.skull)
+        notes = list(learned.messages)
+        if getattr(refiner, "info", {}).get("interrupted"):
+            notes.append("the learned refiner's training was interrupted: its weights are the best before the stop")
         return Proposal(
             learned.implant,
             expected_mm3=learned.expected_volume_mm3,
-            messages=list(learned.messages),
+            messages=notes,
             timings=dict(learned.timings),
             postprocessed=True,
         )

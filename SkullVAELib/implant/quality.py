@@ -17,13 +17,17 @@ Components, each in [0, 1]:
 - ``thickness``: the same for the layer's thickness (``thickness_mm``): an implant thinner or
   thicker than the bone around it, or one that does not meet the bone, lowers it.
 - ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimfit.find_holes`,
-  scan edge aware) whose rays meet bone once the implant is in; absent when the skull has no such
-  hole (a facial defect).
+  scan edge aware; only the rays the scan sees through) whose rays meet bone once the implant is
+  in; absent when the skull has no such hole (a facial defect).
+
+Rays whose bone or implant is cut by the scan's edge (:mod:`scanedge`) are left out of the rim
+comparison: their radii are the edge's, not the skull's.
 - ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in pieces farther than
   ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), at least 0.
 
 score = the product of the components (an empty implant scores 0): one failure is enough to make
-an implant bad. The explanation names the measures and the weakest component.
+an implant bad. When no rim component can be measured (the rim lies beyond the scan's edge, or the
+implant is a sliver), a neutral ``rim`` component of 0.5 stands in for them. The explanation names the measures and the weakest component.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from SkullVAELib.implant.scanedge import scan_edge
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
+UNMEASURED = 0.5  # the rim component when nothing of the rim can be measured: neither good nor bad
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,16 @@ def _main_footprint(footprint: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray
 
 
 def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, int]:
-    """(median |outer-radius step|, median |thickness step|, band rays) across the footprint's rim (mm)."""
+    """(median |outer-radius step|, median |thickness step|, band rays) across the footprint's rim (mm).
+
+    ``usable``: rays whose radii are the skull's (not cut by the scan's edge), on both sides."""
     alpha, beta = raycast.angle_grid(cfg.step_deg)
     dirs = raycast.directions(alpha[:, None], beta[None, :])
     cells, direction = _main_footprint(footprint, dirs)
     inside = ndimage.distance_transform_cdt(cells, metric="chessboard")
     outside = ndimage.distance_transform_cdt(~cells, metric="chessboard")
     within = dirs @ direction >= np.cos(np.deg2rad(80.0))  # the projection's limit
-    band = cells & (inside > cfg.band[0]) & (inside <= cfg.band[1]) & completed.hit & within
+    band = cells & (inside > cfg.band[0]) & (inside <= cfg.band[1]) & completed.hit & usable & within
     ring = ~footprint & (outside > cfg.ring[0]) & (outside <= cfg.ring[1]) & usable & within
     if band.sum() < 5 or ring.sum() < 10:
         return float("nan"), float("nan"), int(band.sum())
@@ -125,16 +132,17 @@ def _stray_fraction(implant: np.ndarray, spacing: np.ndarray, max_gap_mm: float)
     return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps.max())
 
 
-def _coverage(bone: raycast.RayMap, completed: raycast.RayMap, edge) -> float:
-    """Share (solid angle) of the skull's enclosed holes whose rays meet bone with the implant in; NaN: no hole."""
+def _coverage(bone: raycast.RayMap, completed: raycast.RayMap, edge) -> tuple[bool, float]:
+    """(the skull has an enclosed hole, the share (solid angle) of its rays that the scan sees through
+    which meet bone with the implant in; NaN when there are none)."""
     holes = find_holes(bone, RimFitConfig().min_hole_sr, edge.unknown)
     if not holes:
-        return float("nan")
-    cells = np.logical_or.reduce([h.cells for h in holes]) & ~edge.beyond
+        return False, float("nan")
+    cells = np.logical_or.reduce([h.cells for h in holes]) & ~edge.unknown  # rays the scan sees through
     alpha, _ = raycast.angle_grid(bone.step_deg)
     omega = np.broadcast_to(np.sin(alpha)[:, None], cells.shape)
     total = float(omega[cells].sum())
-    return float(omega[cells & completed.hit].sum()) / total if total > 0 else float("nan")
+    return True, float(omega[cells & completed.hit].sum()) / total if total > 0 else float("nan")
 
 
 def _ray_components(skull, bone, completed, edge, raised, cfg, measures) -> dict[str, float]:
@@ -142,7 +150,9 @@ def _ray_components(skull, bone, completed, edge, raised, cfg, measures) -> dict
     raises no ray's outer surface: it lies inside the skull)."""
     if not raised.any():
         return {"surface": 0.0, "thickness": 0.0}
-    surface, thick, n_band = _continuity(bone, completed, bone.hit & ~edge.truncated, raised, cfg)
+    cut = completed.hit & (edge.exit_mm - np.nan_to_num(completed.r_out) <= 1.0)  # bone or implant cut by the scan
+    usable = (bone.hit & ~edge.truncated) | (completed.hit & ~cut & ~bone.hit) | (raised & ~cut)
+    surface, thick, n_band = _continuity(bone, completed, usable, raised, cfg)
     measures.update(surface_step_mm=surface, thickness_step_mm=thick, band_rays=float(n_band))
     if not np.isfinite(surface):
         return {}
@@ -184,6 +194,8 @@ def _explain(score: float, components: dict, measures: dict) -> str:
         parts.append(
             f"{100 * measures['stray_fraction']:.1f} % of it in pieces up to {measures['max_gap_mm']:.0f} mm away"
         )
+    if "rim" in components:
+        parts.append("the rim could not be measured (cut by the scan's edge or too small)")
     weakest = min(components, key=components.get) if components else "none"
     return f"implant quality {score:.2f} (weakest: {weakest}): " + ", ".join(parts)
 
@@ -210,15 +222,18 @@ def implant_quality(
     edge = scan_edge(skull, bone)
     components: dict[str, float] = {}
     measures: dict[str, float] = {"volume_mm3": volume}
-    coverage = _coverage(bone, completed, edge)
+    vault_hole, coverage = _coverage(bone, completed, edge)
     measures["coverage"] = coverage
-    if np.isfinite(coverage):  # an enclosed vault hole: the cranium's ray model applies
+    if vault_hole:  # an enclosed vault hole: the cranium's ray model applies
         components.update(_ray_components(skull, bone, completed, edge, raised, cfg, measures))
-        components["coverage"] = coverage
+        if np.isfinite(coverage):
+            components["coverage"] = coverage
     else:  # no enclosed vault hole (a facial defect): the plate's thickness across the junction, voxel-wise
         ratio = _plate_thickness_ratio(skull, implant, cfg)
         measures["plate_thickness_ratio"] = ratio
         components["thickness"] = 1.0 / (1.0 + (np.log(ratio) / np.log(1.5)) ** 2) if np.isfinite(ratio) else 0.0
+    if not components:  # nothing of the rim could be measured (e.g. all of it cut by the scan's edge)
+        components["rim"] = UNMEASURED
     stray, max_gap = _stray_fraction(implant, skull.spacing, cfg.max_gap_mm)
     measures.update(stray_fraction=stray, max_gap_mm=max_gap)
     components["pieces"] = max(0.0, 1.0 - cfg.stray_weight * stray)

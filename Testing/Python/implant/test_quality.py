@@ -77,3 +77,18 @@ def test_a_facial_implant_without_a_vault_hole_gets_a_score():
     assert 0.0 <= q.score <= 1.0
     assert "coverage" not in q.components or np.isfinite(q.components["coverage"])
     assert q.explanation
+
+
+def test_the_scans_edge_does_not_count_against_an_implant():
+    """On a tilted scan whose top edge cuts the defect, the true implant still scores well (the rays the
+    edge cuts are left out) and a shifted one below it."""
+    from test_scan_edge import _tilted
+
+    phantom = make_phantom(2, SHAPE, SPACING)
+    defective, implant = cranial_defect(phantom, 2, style="skullfix")
+    tilted, truth = _tilted([defective, implant], implant.mask, -30.0, 0.5)
+    good = implant_quality(tilted, truth.mask)
+    assert good.score >= 0.5, good
+    assert good.components["coverage"] == pytest.approx(1.0)
+    shifted = implant_quality(tilted, np.roll(truth.mask, 3, axis=0) & ~tilted.mask)
+    assert shifted.score < good.score - 0.2

@@ -50,7 +50,7 @@ STAGES = [
     ("write segmentation", "SkullVAELib.io.segfile", "write_segmentation"),
 ]
 ROWS = ["start-up + imports", "read", "mirror plane", "ray centre + casting", "fill (holes, splines)", "rasterise",
-        "post-processing", "write segmentation", "other (Completer, checks, lazy imports)", "CLI call", "process"]  # fmt: skip
+        "post-processing", "write segmentation", "other (Completer, checks, lazy imports)", "CLI call", "process (start-up + cold + warm call)"]  # fmt: skip
 
 
 def _instrument(record: dict) -> None:
@@ -169,7 +169,7 @@ def profile(args) -> None:
                 def med(i, recs=recs, index=index, name=name):
                     if name == "start-up + imports":
                         return statistics.median(r["startup"][i] for r in recs) if index == 0 else None
-                    if name == "process":
+                    if name.startswith("process"):
                         return statistics.median(r["process"][i] for r in recs) if index == 0 else None
                     return statistics.median(r["calls"][index][name][i] for r in recs)
 

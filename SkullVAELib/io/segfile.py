@@ -75,8 +75,8 @@ def write_segmentation(path: str | Path, like: SkullImage, segments: list[Segmen
         like: the geometry (origin, spacing, direction) and shape (I, J, K).
         segments: names must be unique; masks may overlap (written as layers).
         compression_level: gzip level 0-9 (0 = stored). On SkullFix-size segmentations levels
-            1-3 cost the same ~0.25 s CPU within noise and 3 writes the smallest file of them
-            (~1 MB); 6 costs 1.8x, 9 about 11x; raw (60 MB) saves < 0.05 s
+            1-3 cost the same ~0.25-0.3 s CPU within noise and 3 writes the smallest file of them
+            (~1 MB); 6 costs 1.8x, 9 about 11x; raw encoding would save ~0.1 s for a 60 MB file
             (docs/BENCHMARKS.md, section 2c).
     """
     import slicerio

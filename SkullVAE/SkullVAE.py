@@ -57,6 +57,11 @@ from slicer.util import VTKObservationMixin  # noqa: E402
 
 from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402
 
+#: The panel's upper bound of smoothing, gap and minimum thickness (mm): the library's
+#: ``SkullVAELib.implant.finish.MAX_FINISH_MM`` (not imported here: that module needs SciPy; a test
+#: checks that both agree).
+MAX_FINISH_MM = 20.0
+
 
 def resourceFile(relative: str) -> str:
     """Resources/<relative> next to this file (installed) or in the repository root (source tree)."""
@@ -121,8 +126,13 @@ class SkullVAEParameterNode:
     gamma: γ in ``SkullVAELib.core.config.GAMMA_RANGE`` (0..2; 1 = paper).
     forceCPU: run on CPU even with a GPU.
     uncertainty: also produce an uncertainty map.
-    refineImplant: cranial defects: fit the implant to the defect's rim (``skullvae complete --refine``).
-    outputSegmentation: receives "Completed skull" and "Implant".
+    rimfit, learned, atlas, model: which implant sources to try, in the library's order and words
+        (``skullvae complete --sources``; ``SkullVAELib.core.config.IMPLANT_SOURCES``): one field per
+        source, named by it (the panel passes ``sourcesOf(params)`` to ``process(sources=...)``).
+    mirror: let rimfit use the skull's mirror image (``--mirror``).
+    smoothMm, marginMm, minThicknessMm: finishing for manufacture in mm, 0 = off (``--smooth-mm``,
+        ``--margin-mm``: the gap between implant and patient bone, ``--min-thickness-mm``).
+    outputSegmentation: receives "Patient bone" and "Implant".
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -133,7 +143,14 @@ class SkullVAEParameterNode:
     gamma: Annotated[float, WithinRange(*GAMMA_RANGE)] = 1.0
     forceCPU: bool = False
     uncertainty: bool = False
-    refineImplant: bool = True
+    rimfit: bool = True
+    learned: bool = True
+    atlas: bool = True
+    model: bool = True
+    mirror: bool = True
+    smoothMm: Annotated[float, WithinRange(0, MAX_FINISH_MM)] = 0.0
+    marginMm: Annotated[float, WithinRange(0, MAX_FINISH_MM)] = 0.0
+    minThicknessMm: Annotated[float, WithinRange(0, MAX_FINISH_MM)] = 0.0
     outputSegmentation: vtkMRMLSegmentationNode
 
 
@@ -147,6 +164,7 @@ class SkullVAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._quitConnected = False
 
     def setup(self) -> None:
         from SkullVAESlicerLib.widget import SkullVAEPanel
@@ -158,14 +176,30 @@ class SkullVAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SkullVAELogic()
         self.panel = SkullVAEPanel(self.ui, self.logic, lambda: self._parameterNode)
+        self._connectQuit(True)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Module cleanup (Slicer closing, the module reloaded): stop runs, kill the warm worker."""
+        self._connectQuit(False)
         if self.panel is not None:
             self.panel.cancel()
+        if self.logic is not None:
+            self.logic.cleanup()
         self.removeObservers()
+
+    def _connectQuit(self, connect: bool) -> None:
+        """Kill the warm worker when Slicer quits (``slicer.app.aboutToQuit``), where there is one."""
+        signal = getattr(getattr(slicer, "app", None), "aboutToQuit", None)
+        if signal is None or connect == self._quitConnected:
+            return
+        try:
+            (signal.connect if connect else signal.disconnect)(self.logic.cleanup)
+            self._quitConnected = connect
+        except (RuntimeError, TypeError, ValueError) as exc:  # no such signal here: cleanup() still runs
+            logging.getLogger("SkullVAE").debug(f"aboutToQuit not (dis)connected: {exc}")
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -229,6 +263,11 @@ class SkullVAETest(ScriptedLoadableModuleTest):
         volume = slicer.util.loadVolume(str(sampledata.phantomPath()))
         logic = SkullVAELogic()
         seg = logic.process(volume, None, defect="cranial", forceCPU=True, timeout=600)
+        worker = logic.workerPid
+        again = logic.process(volume, None, defect="cranial", forceCPU=True, marginMm=3.0, timeout=600)
+        self.assertEqual(logic.workerPid, worker)  # the second Apply reused the warm worker
+        self.assertLess(logic.lastResult["implantVolumeMm3"], results.segmentVolumeMm3(seg, "Implant"))  # the gap
+        slicer.mrmlScene.RemoveNode(again)
         segmentation = seg.GetSegmentation()
         self.assertTrue(segmentation.GetSegmentIdBySegmentName("Patient bone"))
         self.assertTrue(segmentation.GetSegmentIdBySegmentName("Implant"))
@@ -238,6 +277,8 @@ class SkullVAETest(ScriptedLoadableModuleTest):
         self.assertTrue(results.hasSurface(seg, "Implant"))
         folder = Path(tempfile.mkdtemp(prefix="SkullVAETest-"))
         self.assertTrue(os.path.isfile(logic.exportImplantStl(seg, str(folder / "implant.stl"))))
+        logic.cleanup()
+        self.assertIsNone(logic.workerPid)
         self.delayDisplay("Test passed")
 
     def test_PhantomWithTinyModel(self):
@@ -260,11 +301,14 @@ class SkullVAETest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Completing with the model")
         logic = SkullVAELogic()
-        seg = logic.process(volume, str(folder / "model"), defect="cranial", refine=False, forceCPU=True, timeout=600)
+        seg = logic.process(
+            volume, str(folder / "model"), defect="cranial", sources=["model"], forceCPU=True, timeout=600
+        )
         self.assertTrue(seg.GetSegmentation().GetSegmentIdBySegmentName("Implant"))
         # an untrained model may find nothing to fill ("none"); when it makes the implant, γ did
         self.assertIn(logic.lastResult["implantSource"], ("model", "none"))
         self.assertEqual(logic.lastResult["gammaUsed"], logic.lastResult["implantSource"] == "model")
         with self.assertRaises(ValueError):
             logic.process(volume, str(folder / "no such model"))
+        logic.cleanup()
         self.delayDisplay("Test passed")

@@ -3,10 +3,12 @@
     Slicer --no-main-window --python-script SkullVAE/Scripts/batch.py \\
         --input defective.nrrd --output completed.seg.nrrd [--model MODEL_DIR] \\
         [--implant-stl implant.stl] [--gamma 1.0] [--defect auto|cranial|facial] \\
-        [--hu-threshold 300] [--cpu] [--timeout SECONDS]
+        [--hu-threshold 300] [--cpu] [--timeout SECONDS] [--sources rimfit,learned,atlas,model] \\
+        [--no-mirror] [--smooth-mm MM] [--margin-mm MM] [--min-thickness-mm MM]
 
-Loads the input (volume, or a .seg.nrrd segmentation), runs ``SkullVAELogic().process``
-(blocking; without ``--model`` a cranial defect gets the model-free rim fit), saves the
+Loads the input (volume, or a .seg.nrrd segmentation), runs ``SkullVAELogic(warmWorker=False).process``
+(blocking, one ``skullvae complete`` child; without ``--model`` a cranial defect gets the model-free
+rim fit; the implant options are ``skullvae complete``'s, in its words), saves the
 segmentation through the library's atomic writer (an unpredictable, exclusively created
 temporary name, then a rename) and the implant STL. An output that is the input (also through
 a link) is refused. Exit code: 0 done, 2 bad input, 1 any other failure (124 after
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from SkullVAESlicerLib import nodes  # noqa: E402  (importing it makes SkullVAELib importable too)
 from SkullVAESlicerLib.logic import SkullVAELogic, SkullVAETimeout  # noqa: E402
 
-from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE  # noqa: E402  (the library's vocabulary)
+from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE, IMPLANT_SOURCES  # noqa: E402  (the vocabulary)
 from SkullVAELib.core.errors import SkullVAEError  # noqa: E402
 
 
@@ -43,6 +45,13 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--hu-threshold", type=float, default=300.0, help="bone threshold for CT input (HU)")
     parser.add_argument("--cpu", action="store_true", help="force CPU")
     parser.add_argument("--timeout", type=float, default=None, help="stop the completion after this many seconds")
+    parser.add_argument(
+        "--sources", default=",".join(IMPLANT_SOURCES), help="implant sources in the order to try (skullvae complete)"
+    )
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True, help="rimfit's mirror cue")
+    parser.add_argument("--smooth-mm", type=float, default=0.0, help="smooth the implant (Gaussian σ, mm; 0 = off)")
+    parser.add_argument("--margin-mm", type=float, default=0.0, help="gap between implant and bone (mm; 0 = off)")
+    parser.add_argument("--min-thickness-mm", type=float, default=0.0, help="remove thinner implant parts (mm)")
     return parser
 
 
@@ -115,7 +124,7 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
             scene, logics = nodes.createCoreScene()
     try:
         inputNode = loadInput(scene, Path(args.input))
-        logic = SkullVAELogic()
+        logic = SkullVAELogic(warmWorker=False)  # one completion: one child, nothing left running
         logic.logCallback = log
         seg = logic.process(
             inputNode,
@@ -124,6 +133,11 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
             defect=args.defect,
             boneThresholdHU=args.hu_threshold,
             forceCPU=args.cpu,
+            sources=args.sources,
+            mirror=args.mirror,
+            smoothMm=args.smooth_mm,
+            marginMm=args.margin_mm,
+            minThicknessMm=args.min_thickness_mm,
             waitForCompletion=True,
             timeout=args.timeout,
         )

@@ -1,8 +1,12 @@
 """Helpers of the SkullVAE Slicer module, kept in a package so Slicer does not load them as modules.
 
 - ``nodes``: MRML/vtk node work (no Qt), runs under the slicer-core wheel.
-- ``process``: the child-process runner (command, progress lines, cancel), no Qt.
-- ``logic``: ``SkullVAELogic`` (console, batch and panel), no Qt.
+- ``process``: the child-process runner (command, progress lines, cancel), no Qt;
+  ``runfolders``: its private temporary folders.
+- ``worker``: the warm ``skullvae worker`` child kept alive between runs, no Qt.
+- ``options``: a run's options checked (sources, finishing, model, γ), no Qt.
+- ``logic``: ``SkullVAELogic`` (console, batch and panel), no Qt; ``models``: its model half;
+  ``results``: the result the Slicer way.
 - ``install``: dependency setup inside Slicer (asks first).
 - ``widget``: the Qt panel parts.
 

@@ -1,13 +1,16 @@
 """SkullVAELogic: everything the module does without a GUI (console, batch, widget).
 
-``process()`` writes the input with a storage node to a private temporary folder, runs
-``python -m SkullVAELib complete ... --progress json`` in a child process, and loads the
-resulting ``.seg.nrrd`` into a segmentation node the Slicer way (``results.py``: "Patient
-bone" and "Implant", not overlapping, with terminology; the implant's surface at once) on
-the input's geometry, under the input in the subject hierarchy. A model is optional: without
-one, cranial defects get the model-free rim fit. Imports no Qt: under the slicer-core wheel
-the base class is a plain object. The model half (list, download, install, remove) is
-``models.ModelsLogic``.
+``process()`` writes the input with a storage node to a private temporary folder, sends one
+``skullvae complete ... --progress json`` request to a warm ``skullvae worker`` child (``worker.py``:
+kept alive between calls, so imports and models load once; killed by Cancel and :meth:`cleanup`),
+and loads the resulting ``.seg.nrrd`` into a segmentation node the Slicer way (``results.py``:
+"Patient bone" and "Implant", not overlapping, with terminology; the implant's surface at once) on
+the input's geometry, under the input in the subject hierarchy. ``SkullVAELogic(warmWorker=False)``
+starts one child per call instead (``batch.py``). A model is optional: without one, cranial defects
+get the model-free rim fit. The implant sources and the finishing are the library's words
+(``sources``, ``mirror``, ``smoothMm``, ``marginMm``, ``minThicknessMm``). Imports no Qt: under the
+slicer-core wheel the base class is a plain object. The model half (list, download, install,
+remove) is ``models.ModelsLogic``.
 """
 
 from __future__ import annotations
@@ -16,40 +19,30 @@ import logging
 import shutil
 import time
 
-from SkullVAELib.core.config import DEFECT_CHOICES, check_gamma  # the vocabulary and γ rule (torch-free)
-from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.config import IMPLANT_SOURCES  # the implant sources' words (torch-free)
 
 from . import nodes, results
-from .models import ModelsLogic, resolveModelPath
+from .models import ModelsLogic
+from .options import DEFECT_TYPES, FINISHING, checkedChoices, checkedOptions, gammaApplies  # noqa: F401  (re-exported)
 from .process import (  # noqa: F401  (SkullVAECancelled, SkullVAETimeout: re-exported API)
     ChildProcess,
     RunOutcome,
     SkullVAECancelled,
     SkullVAETimeout,
+    buildCompleteArguments,
     buildCompleteCommand,
+    buildWorkerCommand,
     childEnvironment,
     makeRunFolder,
     removeStaleTempFolders,
 )
 from .results import SOURCE_TEXT, sourceText  # noqa: F401  (the panel's words; re-exported)
+from .worker import WorkerHolder
 
 try:  # inside Slicer
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 except ImportError:  # slicer-core wheel (no Qt): same API, no base behaviour needed
     ScriptedLoadableModuleLogic = object
-
-DEFECT_TYPES = DEFECT_CHOICES  # the library's vocabulary (config.py owns it)
-
-
-def gammaApplies(modelPath, defect: str = "auto", refine: bool = True) -> bool:
-    """Whether γ can change the implant of a run with these settings (the panel enables γ by it).
-
-    γ weights the model's latent arithmetic: without a model it does nothing, and a cranial
-    defect with the rim fit on takes the rim fit's implant. Other settings may use the model.
-    """
-    if modelPath is None or not str(modelPath).strip() or str(modelPath).strip() == ".":
-        return False
-    return not (defect == "cranial" and refine)
 
 
 class _Run:
@@ -76,22 +69,60 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         seg = logic.process(getNode("defective"), "/path/to/model", gamma=1.0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warmWorker: bool = True) -> None:
+        """``warmWorker``: keep one ``skullvae worker`` child alive between calls (the panel, the
+        console); False: one ``skullvae complete`` child per call (``batch.py``)."""
         if ScriptedLoadableModuleLogic is not object:
             ScriptedLoadableModuleLogic.__init__(self)
         self.logCallback = None  # (str) -> None; default: logging.info
         self.lastResult: dict | None = None
+        self.lastArguments: list[str] = []  # the `skullvae complete` arguments of the last run
         self.uncertaintyVolume = None
         self.settings = None  # accepted licences (ModelsLogic); the panel sets qt.QSettings
+        self.warmWorker = bool(warmWorker)
+        self.worker = WorkerHolder(log=self.log)
         self._run: _Run | None = None
         self._job = None  # a running models.ModelJob (download or install)
 
     # --- dependencies ------------------------------------------------------------
     def setupPythonRequirements(self, askConfirmation: bool = True) -> bool:
-        """Install torch (PyTorch extension) and the other requirements, after asking."""
+        """Install torch (PyTorch extension) and the other requirements, after asking. After an
+        install the warm worker is replaced at the next run (it has the old packages imported)."""
         from .install import setupPythonRequirements
 
-        return setupPythonRequirements(askConfirmation=askConfirmation, log=self.log)
+        installed = []
+
+        def log(text: str) -> None:
+            installed.append(text)  # the installer logs only what it installs
+            self.log(text)
+
+        try:
+            return setupPythonRequirements(askConfirmation=askConfirmation, log=log)
+        finally:
+            if installed:
+                self.worker.markStale()
+
+    def _modelsChanged(self) -> None:
+        """A model was installed or removed: the worker's loaded one may be gone or replaced."""
+        self.worker.markStale()
+
+    # --- the warm worker -----------------------------------------------------------
+    @property
+    def workerPid(self) -> int | None:
+        """The process id of the live warm worker, else None (none started, or it ended)."""
+        return self.worker.pid
+
+    def stopWorker(self) -> None:
+        """Kill the warm worker now (the next run starts a new one); a running completion is cancelled."""
+        if self._run is not None:
+            self._abort(self._run, SkullVAECancelled("Cancelled: the SkullVAE worker was stopped"))
+        self.worker.stop()
+
+    def cleanup(self) -> None:
+        """Module cleanup or Slicer quitting: stop a running completion or model job, kill the worker."""
+        if self.isDownloading:
+            self.cancelDownload()
+        self.stopWorker()
 
     # --- the run -----------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -111,10 +142,11 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         boneThresholdHU: float = 300.0,
         forceCPU: bool = False,
         uncertainty: bool = False,
-        refine: bool = True,
-        symmetry: bool = True,
-        atlas: bool = True,
-        learnedRefiner: bool = True,
+        sources=IMPLANT_SOURCES,
+        mirror: bool = True,
+        smoothMm: float = 0.0,
+        marginMm: float = 0.0,
+        minThicknessMm: float = 0.0,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
@@ -133,14 +165,16 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             boneThresholdHU: bone threshold for CT input.
             forceCPU: run on CPU even when CUDA is present.
             uncertainty: also load an uncertainty map as a volume.
-            refine: cranial defects: fit the implant to the defect's rim at full resolution
-                (``skullvae complete --refine``); False keeps the model's implant (the paper's).
-            symmetry: let that fit use the skull's mirror image (``--symmetry``).
-            atlas: facial defects (no rim to fit): the atlas implant of the bundle's ``atlas/``
-                set when it has one (``skullvae build-atlas``); False: ``--no-atlas``.
-            learnedRefiner: facial defects: the bundle's learned facial refiner
-                (``refiner.safetensors``, ``skullvae train-refiner``) when it has one, before the
-                atlas; False: ``--no-refiner``.
+            sources: the implant sources to try, in order (the first that applies and proposes
+                bone makes the implant), in the library's words (``skullvae complete --sources``):
+                "rimfit" (fitted to a cranial defect's rim, no model), "learned" (the bundle's
+                facial U-Net), "atlas" (the bundle's atlas skulls), "model" (the latent
+                arithmetic, γ). A sequence or one text "rimfit,model".
+            mirror: let ``rimfit`` use the skull's mirror image (``--mirror``/``--no-mirror``).
+            smoothMm: smooth the implant's surface (Gaussian σ, mm; ``--smooth-mm``).
+            marginMm: the gap left between implant and patient bone (mm; ``--margin-mm``).
+            minThicknessMm: remove implant parts thinner than this (mm; ``--min-thickness-mm``).
+                Finishing: 0 = off; the library refuses values above its maximum (a ValueError).
             waitForCompletion: block until done (console, batch); else return at once
                 and call :meth:`poll` from a timer.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
@@ -159,9 +193,9 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         """
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
-        options = self._checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
-        switches = dict(refine=refine, symmetry=symmetry, atlas=atlas, learnedRefiner=learnedRefiner)
-        options["switches"] = {name: bool(on) for name, on in switches.items()}  # buildCompleteCommand's
+        options = checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
+        options["choices"] = checkedChoices(sources, mirror, smoothMm=smoothMm, marginMm=marginMm,
+                                            minThicknessMm=minThicknessMm)  # fmt: skip
         run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
         self._run = run
         try:
@@ -210,8 +244,8 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         """End ``run`` after an unexpected exception: kill its child, remove its files, once."""
         if self._run is not run:
             return  # already finished
-        if run.child is not None and run.child.proc.poll() is None:
-            run.child.kill()
+        if run.child is not None:
+            run.child.kill()  # a warm worker is killed too: the next run starts a new one
         self._finish(run, None, error)
 
     def cancel(self) -> None:
@@ -222,34 +256,6 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             run.child.kill()
 
     # --- steps -------------------------------------------------------------------
-    @staticmethod
-    def _checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty) -> dict:
-        if inputNode is None:
-            raise ValueError("No input selected: choose a CT volume, a labelmap or a skull segmentation")
-        if not (nodes.isScalarVolumeNode(inputNode) or nodes.isSegmentationNode(inputNode)):
-            raise ValueError(f"'{inputNode.GetName()}' is neither a volume nor a segmentation")
-        model = None
-        if modelPath is not None and str(modelPath).strip() not in ("", "."):
-            model = resolveModelPath(modelPath)  # a folder, or the name of an installed model
-            if not model.is_dir():
-                raise ValueError(f"{model}: model folder not found")
-            if not (model / "config.json").is_file():
-                raise ValueError(f"{model}: not a SkullVAE model bundle (no config.json in this folder)")
-        try:
-            check_gamma(gamma)  # the library's rule (config.GAMMA_RANGE)
-        except SkullVAEError as exc:
-            raise ValueError(str(exc)) from None
-        if defect not in DEFECT_TYPES:
-            raise ValueError(f"defect type must be one of {', '.join(DEFECT_TYPES)}, got {defect!r}")
-        return {
-            "model": str(model) if model is not None else None,
-            "gamma": float(gamma),
-            "defect": defect,
-            "boneThresholdHU": float(boneThresholdHU),
-            "forceCPU": bool(forceCPU),
-            "uncertainty": bool(uncertainty),
-        }
-
     def _writeInput(self, run: _Run) -> None:
         node = run.inputNode
         inputPath = run.tempDir / "input.nrrd"
@@ -263,22 +269,29 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
 
     def _start(self, run: _Run) -> None:
         opts = run.options
-        device = "cpu" if opts["forceCPU"] else "auto"
-        args = buildCompleteCommand(
-            opts["inputPath"],
-            opts["model"],
-            str(run.tempDir / "result.seg.nrrd"),
+        options = dict(
             gamma=opts["gamma"],
             defect=opts["defect"],
             inputKind=opts["inputKind"],
             boneThresholdHU=opts["boneThresholdHU"],
-            device=device,
+            device="cpu" if opts["forceCPU"] else "auto",
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
-            **opts.get("switches", {}),
+            **opts["choices"],
         )
-        where = "CPU (forced)" if opts["forceCPU"] else "GPU if available, else CPU"
-        self.log(f"Running on {where}{'' if opts['model'] else ', no model (rim fit)'}: {' '.join(args)}")
-        run.child = ChildProcess(args, childEnvironment(forceCPU=opts["forceCPU"]), cwd=str(run.tempDir))
+        paths = (opts["inputPath"], opts["model"], str(run.tempDir / "result.seg.nrrd"))
+        env = childEnvironment(forceCPU=opts["forceCPU"])
+        where = ("CPU (forced)" if opts["forceCPU"] else "GPU if available, else CPU") + (
+            "" if opts["model"] else ", no model"
+        )
+        if not self.warmWorker:
+            args = buildCompleteCommand(*paths, **options)
+            self.lastArguments = args[args.index("complete") + 1 :] if "complete" in args else list(args)
+            self.log(f"Running on {where}: {' '.join(args)}")
+            run.child = ChildProcess(args, env, cwd=str(run.tempDir))
+            return
+        self.lastArguments = buildCompleteArguments(*paths, **options)
+        self.log(f"Running on {where}: skullvae complete {' '.join(self.lastArguments)}")
+        run.child = self.worker.submit(buildWorkerCommand(), env, self.lastArguments)
 
     def _onEvent(self, run: _Run, event) -> None:
         if event.fraction is None and event.result is None:
@@ -334,40 +347,16 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             if created:
                 nodes.removeNodes([output])
             raise
-        self.lastResult = self._summary(outcome.result or {}, output, run)
-        timings = self.lastResult.get("timings") or {}
-        if timings:
-            self.log(
-                "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, (int, float)))
-            )
-        if not self.lastResult["implantVoxels"]:
-            self.log("Note: the implant is empty (no defect was found to fill).")
-        self.log(
-            f"Completion done: {self.lastResult.get('defect', run.options['defect'])} defect; implant "
-            f"{self.lastResult['implantVolumeMm3'] / 1000:.1f} cm³ from {sourceText(self.lastResult['implantSource'])}"
-        )
+        self.lastResult = results.resultSummary(outcome.result or {}, output, bool(run.options.get("model")))
+        for line in results.summaryLines(self.lastResult, run.options["defect"]):
+            self.log(line)
         return output
 
-    @staticmethod
-    def _summary(result: dict, output, run: _Run) -> dict:
-        """The child's result JSON plus what the panel shows, measured on the loaded segments.
-
-        ``implantSource``: the result's "implant_source" (rimfit, learned, atlas, model); a result
-        without it (an older library) came from the model when there was one. ``gammaUsed``: the
-        result's "gamma_used", else whether the model's arithmetic made the implant.
-        """
-        source = result.get("implant_source") or ("model" if run.options.get("model") else "rimfit")
-        summary = dict(result)
-        summary["implantSource"] = source
-        summary["gammaUsed"] = bool(result.get("gamma_used", source == "model"))
-        summary["implantVoxels"] = results.segmentVoxelCount(output, results.IMPLANT)
-        summary["implantVolumeMm3"] = results.segmentVolumeMm3(output, results.IMPLANT)
-        return summary
-
     def _finish(self, run: _Run, node, error) -> None:
-        """Remove temporary nodes and files, forget the run, tell the caller."""
+        """Remove temporary nodes and files, forget the run (and a worker that ended), tell the caller."""
         shutil.rmtree(run.tempDir, ignore_errors=True)
         self._run = None
+        self.worker.forgetIfDead()
         if error is not None and not isinstance(error, SkullVAECancelled):
             self.log(f"Error: {error}")
         if run.onFinished is not None:

@@ -280,13 +280,24 @@ class ModelsLogic:
         except SkullVAEError as exc:
             raise ValueError(str(exc)) from None
         self.log(f"Removed model {name} ({removed})")
+        self._modelsChanged()
         return str(removed)
+
+    def _modelsChanged(self) -> None:
+        """Hook: a model was installed or removed (``SkullVAELogic`` replaces its warm worker)."""
 
     def _startJob(self, args, label, waitForCompletion, onProgress, onFinished, timeout):
         if self.isDownloading:
             raise RuntimeError("a model download or install is already running; cancel it first")
         self.log(f"{label}...")
-        self._job = ModelJob(args, label, onProgress=onProgress, onFinished=onFinished)
+
+        def finished(path, error) -> None:
+            if error is None:
+                self._modelsChanged()
+            if onFinished is not None:
+                onFinished(path, error)
+
+        self._job = ModelJob(args, label, onProgress=onProgress, onFinished=finished)
         if not waitForCompletion:
             return None
         path = self._job.wait(timeout)

@@ -1,9 +1,10 @@
-"""Run `python -m SkullVAELib complete ...` as a child process and follow its progress.
+"""Run ``skullvae complete ...`` (or ``models ...``) as a child process and follow its progress.
 
 No Qt here: a reader thread turns the child's output lines into events on a queue;
 whoever owns the event loop drains it (the widget with a ``qt.QTimer``, console and
-batch use by blocking in :meth:`ChildProcess.wait`). Cancel kills the whole process
-tree (children first) with psutil.
+batch use by blocking in :meth:`EventFollower.wait`). Cancel kills the whole process
+tree (children first) with psutil. The warm ``skullvae worker`` that the GUI and the
+console use is ``worker.py``; one-shot children (``batch.py``, model jobs) are :class:`ChildProcess`.
 
 The child is isolated from the folder it is started in: it runs from a private temporary
 folder (``cwd``) through a bootstrap (``-c``) that removes the current folder from
@@ -22,20 +23,25 @@ import json
 import os
 import queue
 import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from SkullVAELib.core.config import IMPLANT_SOURCES  # the implant sources' words (torch-free)
+
+from .runfolders import (  # noqa: F401  (re-exported: the run folders are part of this API)
+    RUN_MARKER,
+    STALE_TEMP_AGE_S,
+    TEMP_PREFIX,
+    isOwnRunFolder,
+    makeRunFolder,
+    removeStaleTempFolders,
+)
+
 ERROR_PREFIX = "error:"
-TEMP_PREFIX = "SkullVAE-"  # temporary folders of runs: input copy, results
-#: A file inside every run folder this module makes: only folders holding it are ever removed as stale.
-RUN_MARKER = ".skullvae-slicer-run"
-STALE_TEMP_AGE_S = 24 * 3600  # a run's folder older than this belongs to a killed Slicer
 
 
 class SkullVAECancelled(RuntimeError):
@@ -83,7 +89,7 @@ def libraryRoot() -> str:
     return str(Path(SkullVAELib.__file__).resolve().parent.parent)
 
 
-def buildCompleteCommand(
+def buildCompleteArguments(
     inputPath: str,
     modelPath: str | None,
     outputPath: str,
@@ -94,19 +100,22 @@ def buildCompleteCommand(
     device: str = "auto",
     implantStlPath: str | None = None,
     uncertaintyPath: str | None = None,
-    python: str | None = None,
-    refine: bool = True,
-    symmetry: bool = True,
-    atlas: bool = True,
-    learnedRefiner: bool = True,
+    sources=IMPLANT_SOURCES,
+    mirror: bool = True,
+    smoothMm: float = 0.0,
+    marginMm: float = 0.0,
+    minThicknessMm: float = 0.0,
 ) -> list[str]:
-    """The argument list of one ``skullvae complete`` run with JSON progress.
+    """The arguments of one ``skullvae complete`` run with JSON progress, without the verb: one
+    request line of ``skullvae worker``; :func:`buildCompleteCommand` puts them after the verb.
 
     ``modelPath`` None or "": no ``--model`` (the model-free rim fit of cranial defects).
-    ``refine`` / ``learnedRefiner`` / ``atlas``: keep the ``rimfit`` / ``learned`` / ``atlas`` implant
-    source in ``--sources`` (the ``model`` source is always last); ``symmetry``: ``--mirror``.
+    ``sources``: the implant sources in the order to try, in the library's words
+    (``--sources``; :func:`sourceList`); ``mirror``: ``--mirror``/``--no-mirror`` of ``rimfit``.
+    ``smoothMm``, ``marginMm``, ``minThicknessMm``: ``--smooth-mm``, ``--margin-mm`` (the gap
+    between implant and patient bone), ``--min-thickness-mm``; 0 = off, all in mm.
     """
-    args = skullvaeCommand(["complete"], python)
+    args = []
     if modelPath is not None and str(modelPath).strip():
         args += ["--model", str(modelPath)]
     args += ["--input", str(inputPath), "--output", str(outputPath)]
@@ -116,75 +125,41 @@ def buildCompleteCommand(
         args += ["--implant-stl", str(implantStlPath)]
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
-    args += ["--sources", ",".join(implantSources(refine, learnedRefiner, atlas))]
-    args.append("--mirror" if symmetry else "--no-mirror")
+    args += ["--sources", ",".join(sourceList(sources)), "--mirror" if mirror else "--no-mirror"]
+    for flag, value in (("--smooth-mm", smoothMm), ("--margin-mm", marginMm), ("--min-thickness-mm", minThicknessMm)):
+        args += [flag, repr(float(value))]
     return args
 
 
-def implantSources(rimfit: bool = True, learned: bool = True, atlas: bool = True, model: bool = True) -> list[str]:
-    """The implant sources of ``skullvae complete --sources``, in the library's order
-    (``SkullVAELib.core.config.IMPLANT_SOURCES``), with the switched-off ones left out."""
-    from SkullVAELib.core.config import IMPLANT_SOURCES
+def buildCompleteCommand(inputPath: str, modelPath: str | None, outputPath: str, python: str | None = None,
+                         **options) -> list[str]:  # fmt: skip
+    """The whole command of one one-shot ``skullvae complete`` child (``batch.py``); ``options``:
+    those of :func:`buildCompleteArguments`."""
+    return skullvaeCommand(["complete", *buildCompleteArguments(inputPath, modelPath, outputPath, **options)], python)
 
-    wanted = {"rimfit": rimfit, "learned": learned, "atlas": atlas, "model": model}
-    return [name for name in IMPLANT_SOURCES if wanted[name]]
+
+def buildWorkerCommand(python: str | None = None) -> list[str]:
+    """The command of a ``skullvae worker`` child (complete requests on stdin, models kept loaded)."""
+    return skullvaeCommand(["worker"], python)
+
+
+def sourceList(sources) -> tuple[str, ...]:
+    """The implant sources as the library's words, in the given order: a sequence of words or one
+    comma-separated text ("rimfit,atlas"). Raises ValueError for an unknown or repeated word or
+    an empty list, naming the known words (``SkullVAELib.core.config.IMPLANT_SOURCES``)."""
+    words = [w.strip() for w in sources.split(",")] if isinstance(sources, str) else [str(w).strip() for w in sources]
+    words = [w for w in words if w]
+    bad = [w for w in words if w not in IMPLANT_SOURCES]
+    if bad or not words or len(set(words)) != len(words):
+        problem = f"unknown {', '.join(map(repr, bad))}" if bad else "none given" if not words else "a word repeated"
+        raise ValueError(f"implant sources: {problem}; choose from {','.join(IMPLANT_SOURCES)} (in the order to try)")
+    return tuple(words)
 
 
 def skullvaeCommand(verbArgs: list[str], python: str | None = None) -> list[str]:
     """``[python, -c, BOOTSTRAP, LIBRARY_ROOT, *verbArgs]``: ``skullvae VERB ...`` isolated from the
     current folder (see the module docstring); use with a private ``cwd``."""
     return [python or pythonExecutable(), "-c", BOOTSTRAP, libraryRoot(), *map(str, verbArgs)]
-
-
-def makeRunFolder(root: str | None = None) -> Path:
-    """A new private ``SkullVAE-XXXXXXXX`` folder (``tempfile.mkdtemp``: mode 0700, unpredictable
-    name) holding :data:`RUN_MARKER`, which marks it as this module's own for
-    :func:`removeStaleTempFolders`."""
-    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
-    try:
-        fd = os.open(folder / RUN_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as marker:
-            marker.write(f"SkullVAE Slicer run folder of process {os.getpid()}\n")
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder
-
-
-def isOwnRunFolder(entry: os.DirEntry) -> bool:
-    """True for a real folder (no link) of this user that holds our :data:`RUN_MARKER` as a regular file."""
-    try:
-        if not entry.name.startswith(TEMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
-            return False
-        if hasattr(os, "getuid") and entry.stat(follow_symlinks=False).st_uid != os.getuid():
-            return False
-        marker = os.lstat(os.path.join(entry.path, RUN_MARKER))
-    except OSError:
-        return False
-    return stat.S_ISREG(marker.st_mode)
-
-
-def removeStaleTempFolders(root: str | None = None, maxAge: float = STALE_TEMP_AGE_S) -> list[str]:
-    """Remove our run folders older than ``maxAge`` seconds (left by a killed Slicer: they hold a
-    copy of a patient volume). Only folders this module made (:func:`makeRunFolder`: they hold
-    :data:`RUN_MARKER`) and that belong to this user are touched; any other ``SkullVAE-*``
-    folder stays, whatever its age."""
-    root = root or tempfile.gettempdir()
-    removed = []
-    now = time.time()
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return removed
-    for entry in entries:
-        try:
-            if not isOwnRunFolder(entry) or now - entry.stat(follow_symlinks=False).st_mtime < maxAge:
-                continue
-        except OSError:
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(entry.path)
-    return removed
 
 
 def requirePsutil():
@@ -213,12 +188,14 @@ def childEnvironment(forceCPU: bool = False) -> dict[str, str]:
 
 @dataclass
 class ProgressEvent:
-    """One line from the child: progress (``fraction`` not None), a log line, or the final result."""
+    """One line from the child: progress (``fraction`` not None), a log line, the final result, or
+    (a worker) the end of a request (``stage`` "exit", ``code`` its exit code)."""
 
     stage: str = ""
     fraction: float | None = None
     message: str = ""
     result: dict | None = None
+    code: int | None = None  # ``skullvae worker``'s end of one request: {"stage": "exit", "code": N}
 
 
 def parseLine(line: str) -> ProgressEvent:
@@ -236,8 +213,14 @@ def parseLine(line: str) -> ProgressEvent:
                 fraction=None if fraction is None else float(fraction),
                 message=str(record.get("message", "")),
                 result=record.get("result") if record.get("stage") == "done" else None,
+                code=_exitCode(record),
             )
     return ProgressEvent(message=text)
+
+
+def _exitCode(record: dict) -> int | None:
+    code = record.get("code")
+    return code if record.get("stage") == "exit" and isinstance(code, int) else None
 
 
 @dataclass
@@ -256,6 +239,22 @@ class RunOutcome:
             if ERROR_PREFIX in line or "Error" in line:
                 return line.strip()
         return self.logLines[-1].strip() if self.logLines else f"exit code {self.returnCode}"
+
+
+def readLines(stream, events: queue.Queue) -> None:
+    """Reader thread: every output line of ``stream`` becomes a :class:`ProgressEvent` on ``events``;
+    None once the output has ended (the child ended or closed it)."""
+    try:
+        for line in iter(stream.readline, ""):
+            events.put(parseLine(line))
+    except (OSError, ValueError):  # the pipe was closed under us (a killed worker)
+        pass
+    finally:
+        try:
+            stream.close()
+        except OSError:
+            pass
+        events.put(None)  # end of output
 
 
 def _launch(args: list[str], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
@@ -277,7 +276,65 @@ def _launch(args: list[str], env: dict[str, str], cwd: str | None = None) -> sub
     return subprocess.Popen(args, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-class ChildProcess:
+class EventFollower:
+    """Drain or wait on a queue of :class:`ProgressEvent` (None = the output ended) until the run ends.
+
+    Subclasses set ``events``, ``logLines``, ``result``, ``cancelled`` and say in :meth:`_ended` which
+    event ends the run (:class:`ChildProcess`: the end of the output; a worker request: its "exit" line).
+    """
+
+    events: queue.Queue
+    logLines: list[str]
+    result: dict | None = None
+    cancelled: bool = False
+
+    def _ended(self, event: ProgressEvent | None) -> RunOutcome | None:
+        raise NotImplementedError
+
+    def drain(self, onEvent=None) -> RunOutcome | None:
+        """Handle every queued event without blocking; the outcome once the run has ended."""
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return None
+            outcome = self._handle(event, onEvent)
+            if outcome is not None:
+                return outcome
+
+    def wait(self, onEvent=None, timeout: float | None = None) -> RunOutcome:
+        """Block until the run has ended, handling its events in this thread.
+
+        ``timeout``: seconds for the whole wait (None: no limit); past it ``TimeoutError`` is
+        raised and the child keeps running (the caller decides: :meth:`kill`, or wait again).
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"the child process {self.pid} did not end within {timeout:g} s")
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue  # the deadline check above raises
+            outcome = self._handle(event, onEvent)
+            if outcome is not None:
+                return outcome
+
+    def _handle(self, event: ProgressEvent | None, onEvent) -> RunOutcome | None:
+        outcome = self._ended(event)
+        if outcome is not None or event is None:
+            return outcome
+        if event.result is not None:
+            self.result = event.result
+        if event.fraction is None and event.message:
+            self.logLines.append(event.message)
+        if onEvent is not None:
+            onEvent(event)
+        return None
+
+
+class ChildProcess(EventFollower):
     """A running child: output lines become :class:`ProgressEvent` on ``events`` (a queue).
 
     Usage: ``child = ChildProcess(args, env); child.drain(callback)`` from a timer, or
@@ -290,81 +347,45 @@ class ChildProcess:
         self.logLines: list[str] = []
         self.result: dict | None = None
         self.cancelled = False
-        self._finished = False
         self._psutil = requirePsutil()  # before the child exists: Cancel must be able to work
         self.proc = _launch(self.args, env or {}, cwd)
-        self._reader = threading.Thread(target=self._read, name="SkullVAE-child-reader", daemon=True)
+        self._reader = threading.Thread(
+            target=readLines, args=(self.proc.stdout, self.events), name="SkullVAE-child-reader", daemon=True
+        )
         self._reader.start()
-
-    def _read(self) -> None:
-        stream = self.proc.stdout
-        try:
-            for line in iter(stream.readline, ""):
-                self.events.put(parseLine(line))
-        finally:
-            stream.close()
-            self.events.put(None)  # end of output
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def drain(self, onEvent=None) -> RunOutcome | None:
-        """Handle every queued event without blocking; the outcome once the child has ended."""
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return None
-            outcome = self._handle(event, onEvent)
-            if outcome is not None:
-                return outcome
-
-    def wait(self, onEvent=None, timeout: float | None = None) -> RunOutcome:
-        """Block until the child has ended, handling its events in this thread.
-
-        ``timeout``: seconds for the whole wait (None: no limit); past it ``TimeoutError`` is
-        raised and the child keeps running (the caller decides: :meth:`kill`, or wait again).
-        """
-        deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"the child process {self.proc.pid} did not end within {timeout:g} s")
-            try:
-                event = self.events.get(timeout=remaining)
-            except queue.Empty:
-                continue  # the deadline check above raises
-            outcome = self._handle(event, onEvent)
-            if outcome is not None:
-                return outcome
-
-    def _handle(self, event: ProgressEvent | None, onEvent) -> RunOutcome | None:
-        if event is None:
-            self._finished = True
-            returnCode = self.proc.wait()
-            return RunOutcome(returnCode, self.result, self.logLines, self.cancelled)
-        if event.result is not None:
-            self.result = event.result
-        if event.fraction is None and event.message:
-            self.logLines.append(event.message)
-        if onEvent is not None:
-            onEvent(event)
-        return None
+    def _ended(self, event: ProgressEvent | None) -> RunOutcome | None:
+        if event is not None:
+            return None
+        return RunOutcome(self.proc.wait(), self.result, self.logLines, self.cancelled)
 
     def kill(self) -> None:
         """Cancel: kill the child's descendants first, then the child (no orphan workers)."""
-        psutil = self._psutil
         self.cancelled = True
+        killProcessTree(self._psutil, self.proc)
+
+
+def killProcessTree(psutil, proc: subprocess.Popen) -> None:
+    """Kill ``proc``'s descendants first, then ``proc``, and reap it through Popen (which keeps the real
+    exit status). Nothing is killed once ``proc`` was reaped: its pid may belong to another process."""
+    if proc.poll() is not None:
+        return
+    try:
+        parent = psutil.Process(proc.pid)
+        children = parent.children(recursive=True)
+    except psutil.NoSuchProcess:
+        children, parent = [], None
+    for member in children + ([parent] if parent is not None else []):
         try:
-            parent = psutil.Process(self.proc.pid)
-            children = parent.children(recursive=True)
+            member.kill()
         except psutil.NoSuchProcess:
-            return
-        for proc in children + [parent]:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(children, timeout=10)
-        self.proc.wait(timeout=10)  # reap through Popen so that it keeps the real exit status
+            pass
+    psutil.wait_procs(children, timeout=10)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass

@@ -62,6 +62,36 @@ def sourceText(source: str | None) -> str:
     return SOURCE_TEXT.get(source or "", source or "unknown")
 
 
+def resultSummary(result: dict, output, hadModel: bool) -> dict:
+    """The child's result JSON plus what the panel shows, measured on the loaded segments of ``output``.
+
+    ``implantSource``: the result's "implant_source" (rimfit, learned, atlas, model); a result
+    without it (an older library) came from the model when there was one. ``gammaUsed``: the
+    result's "gamma_used", else whether the model's arithmetic made the implant.
+    """
+    source = result.get("implant_source") or ("model" if hadModel else "rimfit")
+    summary = dict(result)
+    summary["implantSource"] = source
+    summary["gammaUsed"] = bool(result.get("gamma_used", source == "model"))
+    summary["implantVoxels"] = segmentVoxelCount(output, IMPLANT)
+    summary["implantVolumeMm3"] = segmentVolumeMm3(output, IMPLANT)
+    return summary
+
+
+def summaryLines(summary: dict, defect: str) -> list[str]:
+    """The log lines of a finished completion: its timings, an empty implant, what made the implant."""
+    timings = summary.get("timings") or {}
+    numbers = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, (int, float)))
+    lines = [f"Timings (s): {numbers}"] if numbers else []
+    if not summary["implantVoxels"]:
+        lines.append("Note: the implant is empty (no defect was found to fill).")
+    lines.append(
+        f"Completion done: {summary.get('defect', defect)} defect; implant "
+        f"{summary['implantVolumeMm3'] / 1000:.1f} cm³ from {sourceText(summary['implantSource'])}"
+    )
+    return lines
+
+
 def _mask(segmentation, name: str, like=None) -> tuple[np.ndarray, object]:
     """``(bool array in the layer image's memory order (K, J, I), that image)`` of segment ``name``;
     resampled onto ``like`` (a vtkOrientedImageData) when given and its geometry differs."""

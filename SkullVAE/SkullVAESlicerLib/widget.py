@@ -8,7 +8,9 @@ The model selector lists installed models and the registry's; Download (after th
 is accepted, once per model, remembered in the user's settings) and Install from file run
 ``skullvae models download|install`` the same way (progress bar, Cancel); Remove deletes.
 A model is optional: Apply needs only an input. γ is enabled only where it can change the
-implant (``logic.gammaApplies``).
+implant (``logic.gammaApplies``). The implant sources are one checkbox per source, named by the
+library's word (rimfit, learned, atlas, model; :func:`sourcesOf`), and the finishing (smoothing,
+gap to the bone, minimum thickness) is passed as ``process(smoothMm=, marginMm=, minThicknessMm=)``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path
 import qt
 import slicer
 
+from SkullVAELib.core.config import IMPLANT_SOURCES
+
+from . import nodes
 from .logic import SkullVAECancelled, gammaApplies, sourceText
 
 MODEL_PATH_SETTING = "SkullVAE/ModelPath"
@@ -238,21 +243,26 @@ class SkullVAEPanel:
             if hasInput
             else "Select an input"
         )
-        useGamma = params is not None and gammaApplies(modelPathText(params), params.defectType, params.refineImplant)
+        sources = sourcesOf(params)
+        if not sources and not running:
+            self.ui.applyButton.enabled = False
+            self.ui.applyButton.toolTip = "Choose at least one implant source"
+        useGamma = params is not None and gammaApplies(modelPathText(params), params.defectType, sources)
         self.ui.gammaSlider.enabled = useGamma and not running
         self.ui.gammaSlider.toolTip = (
             "γ: how strongly the model completes (1 = the paper)"
             if useGamma
-            else "γ has no effect here: the implant comes from the rim fit (no model, or a cranial defect with "
-            "Refine implant on)"
+            else "γ has no effect here: it weights the model source only (no model, the model source off, or a "
+            "cranial defect that rimfit fills first)"
         )
+        self.ui.mirrorCheckBox.enabled = "rimfit" in sources and not running
         output = params.outputSegmentation if params is not None else None
         self.ui.show3DButton.setSegmentationNode(output)
         self.ui.show3DButton.enabled = output is not None and not running
         self.ui.exportStlButton.enabled = output is not None and not running
         self.ui.completedSkullButton.enabled = output is not None and not running
         self.ui.boneThresholdSpinBox.enabled = (
-            params is not None and params.inputSegmentation is None and not _isLabelmap(params.inputVolume)
+            params is not None and params.inputSegmentation is None and not nodes.isLabelmapNode(params.inputVolume)
         )
 
     def appendLog(self, text: str) -> None:
@@ -285,7 +295,11 @@ class SkullVAEPanel:
                 boneThresholdHU=params.boneThresholdHU,
                 forceCPU=params.forceCPU,
                 uncertainty=params.uncertainty,
-                refine=params.refineImplant,
+                sources=sourcesOf(params),
+                mirror=params.mirror,
+                smoothMm=params.smoothMm,
+                marginMm=params.marginMm,
+                minThicknessMm=params.minThicknessMm,
                 waitForCompletion=False,
                 onProgress=self.onProgress,
                 onFinished=self.onFinished,
@@ -366,6 +380,12 @@ class SkullVAEPanel:
         self.timer.stop()
 
 
+def sourcesOf(params) -> tuple[str, ...]:
+    """The implant sources switched on in the panel, in the library's order (``IMPLANT_SOURCES``):
+    the parameter node has one bool field per source, named by its word."""
+    return tuple(word for word in IMPLANT_SOURCES if params is not None and bool(getattr(params, word, False)))
+
+
 def modelPathText(params) -> str:
     """The chosen model folder as text; "" when none (an unset pathlib.Path reads as ".")."""
     text = str(params.modelPath or "") if params is not None else ""
@@ -377,7 +397,3 @@ def _samePath(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return False
-
-
-def _isLabelmap(node) -> bool:
-    return node is not None and node.IsA("vtkMRMLLabelMapVolumeNode")

@@ -103,6 +103,6 @@ def test_slicer_command_line_switches_the_refiner_off():
 
     on = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
     assert "learned" in on[on.index("--sources") + 1]
-    off = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", learnedRefiner=False)
+    off = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", sources=("rimfit", "atlas", "model"))
     args = build_parser(off[off.index("complete") :]).parse_args(off[off.index("complete") :])
     assert "learned" not in args.sources

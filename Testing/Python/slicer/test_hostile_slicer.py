@@ -16,11 +16,12 @@ psutil = pytest.importorskip("psutil")
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "SkullVAE"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # slicer_workers (also when `import slicer` loads us)
 
-from SkullVAESlicerLib import logic as logic_module  # noqa: E402
 from SkullVAESlicerLib import nodes  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
 from SkullVAESlicerLib.process import makeRunFolder, removeStaleTempFolders  # noqa: E402
+from slicer_workers import install_fake_worker  # noqa: E402
 
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
 
@@ -43,8 +44,13 @@ def test_modules_planted_in_the_working_folder_are_not_imported(
     (planted / "random.py").write_text(code)
     monkeypatch.chdir(planted)
     volume = nodes.readVolume(scene, phantom_file, "phantom")
-    seg = SkullVAELogic().process(volume, tiny_model, gamma=1.0)
-    assert seg.GetSegmentation().GetNumberOfSegments() == 2
+    logic = SkullVAELogic()  # the warm worker starts in Slicer's working folder, isolated from it
+    try:
+        seg = logic.process(volume, tiny_model, gamma=1.0)
+        again = logic.process(volume, tiny_model, gamma=0.5)  # a second request to the same worker
+    finally:
+        logic.cleanup()
+    assert seg.GetSegmentation().GetNumberOfSegments() == 2 and again.GetSegmentation().GetNumberOfSegments() == 2
     assert not marker.exists(), marker.read_text()
     assert list(private_tmp.iterdir()) == []
 
@@ -92,7 +98,7 @@ def test_stale_run_folders_are_removed_at_start(scene, phantom_file, private_tmp
     two_days_ago = time.time() - 2 * 86400
     for folder in (old, other):
         os.utime(folder, (two_days_ago, two_days_ago))
-    monkeypatch.setattr(logic_module, "buildCompleteCommand", lambda *a, **k: [sys.executable, "-c", "exit(3)"])
+    install_fake_worker(monkeypatch, "sys.exit(3)")
     volume = nodes.readVolume(scene, phantom_file, "phantom")
     with pytest.raises(RuntimeError, match="exit code 3"):
         SkullVAELogic().process(volume, tiny_model)

@@ -1,10 +1,10 @@
 """The Slicer module's logic against real Slicer core (slicer-core wheel: MRML scene, storage
-nodes, segmentations logic), through the same child-process path the panel uses."""
+nodes, segmentations logic), through the same warm-worker path the panel uses (the one-shot child
+of batch.py as well)."""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,13 @@ vtk = pytest.importorskip("vtk")
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "SkullVAE"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # slicer_workers (also when `import slicer` loads us)
 
 from SkullVAESlicerLib import logic as logic_module  # noqa: E402
 from SkullVAESlicerLib import nodes, results  # noqa: E402
-from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: E402
+from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
 from SkullVAESlicerLib.process import ChildProcess, buildCompleteCommand, parseLine  # noqa: E402
+from slicer_workers import worker_leftovers  # noqa: E402
 
 needs_cli = pytest.mark.skipif(
     not (REPO / "SkullVAELib" / "cli" / "complete.py").is_file(), reason="skullvae complete not written yet"
@@ -47,6 +49,14 @@ needs_model_free_cli = pytest.mark.skipif(
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
 
 
+@pytest.fixture
+def logic():
+    """The logic the panel and the console use (a warm worker), its worker killed afterwards."""
+    instance = SkullVAELogic()
+    yield instance
+    instance.cleanup()
+
+
 def node_ids(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
@@ -66,11 +76,10 @@ def as_numpy(matrix) -> np.ndarray:
 
 # --- end to end ----------------------------------------------------------------------
 @needs_cli
-def test_phantom_volume_completes_into_segmentation(scene, tiny_model, phantom_file, private_tmp, tmp_path):
+def test_phantom_volume_completes_into_segmentation(scene, tiny_model, phantom_file, private_tmp, tmp_path, logic):
     volume = nodes.readVolume(scene, phantom_file, "phantom")
     before = node_ids(scene)
     stages = []
-    logic = SkullVAELogic()
     seg = logic.process(volume, tiny_model, gamma=1.0, onProgress=lambda s, f, m: stages.append(s))
 
     assert seg.IsA("vtkMRMLSegmentationNode") and seg.GetScene() is scene
@@ -95,7 +104,7 @@ def test_phantom_volume_completes_into_segmentation(scene, tiny_model, phantom_f
         scene.GetNodeByID(i).IsA("vtkMRMLSegmentationNode") or "Display" in scene.GetNodeByID(i).GetClassName()
         for i in added
     )
-    assert list(private_tmp.iterdir()) == []
+    assert worker_leftovers(private_tmp, logic) == []  # the run's files are gone; the worker waits
     # STL of the implant
     stl = logic.exportImplantStl(seg, tmp_path / "out" / "implant.stl")
     reader = vtk.vtkSTLReader()
@@ -111,7 +120,7 @@ def test_phantom_volume_completes_into_segmentation(scene, tiny_model, phantom_f
 
 
 @needs_cli
-def test_segmentation_input_and_existing_output(scene, tiny_model, phantom_file, private_tmp):
+def test_segmentation_input_and_existing_output(scene, tiny_model, phantom_file, private_tmp, logic):
     labelmap = nodes.readVolume(scene, phantom_file, "phantom label", labelmap=True)
     seg_in = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "skull segmentation")
     seg_in.CreateDefaultDisplayNodes()
@@ -119,32 +128,31 @@ def test_segmentation_input_and_existing_output(scene, tiny_model, phantom_file,
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg_in)
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my output")
     before = node_ids(scene)
-    result = SkullVAELogic().process(seg_in, str(tiny_model), outputSegmentation=output, defect="cranial")
+    result = logic.process(seg_in, str(tiny_model), outputSegmentation=output, defect="cranial")
     assert result is output
     assert output.GetSegmentation().GetSegmentIdBySegmentName("Implant")
     np.testing.assert_allclose(
         as_numpy(labelmap_matrix(output, "Patient bone")), as_numpy(nodes.ijkToRas(labelmap)), atol=1e-9
     )
     assert node_ids(scene) - before <= {d.GetID() for d in [output.GetDisplayNode()] if d}
-    assert list(private_tmp.iterdir()) == []
+    assert worker_leftovers(private_tmp, logic) == []
 
 
 @pytest.mark.skullfix
 @needs_cli
-def test_skullfix_case_completes_on_its_geometry(scene, tiny_model, skullfix_dir, private_tmp):
+def test_skullfix_case_completes_on_its_geometry(scene, tiny_model, skullfix_dir, private_tmp, logic):
     volume = nodes.readVolume(scene, skullfix_dir / "defective_skull" / "070.nrrd", "070")
-    seg = SkullVAELogic().process(volume, tiny_model, defect="cranial")
+    seg = logic.process(volume, tiny_model, defect="cranial")
     np.testing.assert_allclose(as_numpy(labelmap_matrix(seg, "Implant")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9)
-    assert list(private_tmp.iterdir()) == []
+    assert worker_leftovers(private_tmp, logic) == []
 
 
 @pytest.mark.skullfix
 @needs_model_free_cli
-def test_skullfix_validation_case_completes_without_a_model(scene, skullfix_dir, private_tmp):
+def test_skullfix_validation_case_completes_without_a_model(scene, skullfix_dir, private_tmp, logic):
     """Issue 23's 'done when': a real cranial case (validation 056), no model, segments that do not
     overlap, with terminology, the implant's source and volume reported."""
     volume = nodes.readVolume(scene, skullfix_dir / "defective_skull" / "056.nrrd", "056")
-    logic = SkullVAELogic()
     seg = logic.process(volume, None, defect="cranial")
     segmentation = seg.GetSegmentation()
     assert segmentation.GetNumberOfLayers() == 1  # patient bone and implant do not overlap
@@ -154,13 +162,13 @@ def test_skullfix_validation_case_completes_without_a_model(scene, skullfix_dir,
     assert logic.lastResult["implantSource"] == "rimfit" and not logic.lastResult["gammaUsed"]
     assert logic.lastResult["implantVolumeMm3"] > 1000  # a SkullFix cranial implant is tens of cm³
     np.testing.assert_allclose(as_numpy(labelmap_matrix(seg, "Implant")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9)
-    assert list(private_tmp.iterdir()) == []
+    assert worker_leftovers(private_tmp, logic) == []
 
 
 # --- bad input: a clear exception, the scene as it was, no temp files -----------------
-def _assert_untouched(scene, before, private_tmp):
+def _assert_untouched(scene, before, private_tmp, logic=None):
     assert node_ids(scene) == before
-    assert list(private_tmp.iterdir()) == []
+    assert (worker_leftovers(private_tmp, logic) if logic else sorted(private_tmp.iterdir())) == []
 
 
 @pytest.mark.parametrize("model", [None, "", "   "])
@@ -202,7 +210,7 @@ def test_empty_segmentation(scene, tiny_model, phantom_file, private_tmp):
 
 
 @needs_cli
-def test_input_neither_binary_nor_ct(scene, tiny_model, private_tmp):
+def test_input_neither_binary_nor_ct(scene, tiny_model, private_tmp, logic):
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mr-like")
     image = vtk.vtkImageData()
     image.SetDimensions(24, 24, 16)
@@ -213,12 +221,13 @@ def test_input_neither_binary_nor_ct(scene, tiny_model, private_tmp):
     volume.SetAndObserveImageData(image)
     before = node_ids(scene)
     with pytest.raises(ValueError, match=r"'mr-like': neither a binary mask .* nor a CT"):
-        SkullVAELogic().process(volume, tiny_model)
-    _assert_untouched(scene, before, private_tmp)
+        logic.process(volume, tiny_model)  # the worker's one-line error (exit code 2); it stays warm
+    _assert_untouched(scene, before, private_tmp, logic)
+    assert logic.workerPid is not None
 
 
 @needs_cli
-def test_failing_subprocess(scene, phantom_file, private_tmp, tmp_path):
+def test_failing_subprocess(scene, phantom_file, private_tmp, tmp_path, logic):
     broken = tmp_path / "broken_model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -226,12 +235,12 @@ def test_failing_subprocess(scene, phantom_file, private_tmp, tmp_path):
     before = node_ids(scene)
     errors = []
     with pytest.raises((ValueError, RuntimeError)) as info:
-        SkullVAELogic().process(  # facial: the model is needed (a cranial defect takes the model-free rim fit)
+        logic.process(  # facial: the model is needed (a cranial defect takes the model-free rim fit)
             volume, broken, defect="facial", onFinished=lambda node, error: errors.append((node, error))
         )
     assert str(broken) in str(info.value) or "config" in str(info.value)
     assert errors and errors[0][0] is None and errors[0][1] is info.value
-    _assert_untouched(scene, before, private_tmp)
+    _assert_untouched(scene, before, private_tmp, logic)
 
 
 # --- cancel: the process tree dies; the run ends as cancelled --------------------------
@@ -251,30 +260,6 @@ def test_cancel_kills_the_process_tree():
     outcome = child.wait(timeout=60)
     assert outcome.cancelled and outcome.returnCode != 0
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
-
-
-def test_cancel_through_logic_leaves_nothing(scene, tiny_model, phantom_file, private_tmp, monkeypatch):
-    monkeypatch.setattr(logic_module, "buildCompleteCommand", lambda *a, **k: [sys.executable, "-c", SLEEPER])
-    volume = nodes.readVolume(scene, phantom_file)
-    before = node_ids(scene)
-    finished = []
-    logic = SkullVAELogic()
-    assert (
-        logic.process(volume, tiny_model, waitForCompletion=False, onFinished=lambda n, e: finished.append(e)) is None
-    )
-    assert logic.isRunning and len(list(private_tmp.iterdir())) == 1
-    deadline = time.monotonic() + 60
-    while not logic._run.child.logLines and time.monotonic() < deadline:
-        logic.poll()
-        time.sleep(0.05)
-    grandchild = int(logic._run.child.logLines[0])
-    logic.cancel()
-    while not logic.poll() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(finished) == 1 and isinstance(finished[0], SkullVAECancelled)
-    assert not logic.isRunning
-    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
-    _assert_untouched(scene, before, private_tmp)
 
 
 def test_progress_lines_are_parsed():
@@ -352,9 +337,8 @@ def test_stl_export_of_a_known_implant(scene, phantom_file, tmp_path):
         nodes.exportSegmentStl(seg, "Completed skull", tmp_path / "x.stl")
 
 
-def test_a_failing_child_is_not_rerun(scene, tiny_model, phantom_file, private_tmp, monkeypatch):
-    """CUDA out of memory is handled once, inside the child (completion falls back to the CPU);
-    a child that still fails is reported as a failure, not started again."""
+def test_the_one_shot_child_of_batch_is_not_rerun(scene, phantom_file, private_tmp, monkeypatch):
+    """``warmWorker=False`` (batch.py): one ``skullvae complete`` child per run, none left running."""
     starts = []
 
     def fake_command(*args, device="auto", **kwargs):
@@ -365,8 +349,8 @@ def test_a_failing_child_is_not_rerun(scene, tiny_model, phantom_file, private_t
     monkeypatch.setattr(logic_module, "buildCompleteCommand", fake_command)
     volume = nodes.readVolume(scene, phantom_file)
     before = node_ids(scene)
-    logic = SkullVAELogic()
+    logic = SkullVAELogic(warmWorker=False)
     with pytest.raises(RuntimeError, match="exit code 1"):
-        logic.process(volume, tiny_model)
-    assert starts == ["auto"]
+        logic.process(volume)
+    assert starts == ["auto"] and logic.workerPid is None
     _assert_untouched(scene, before, private_tmp)

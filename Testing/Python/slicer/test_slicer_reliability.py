@@ -1,6 +1,7 @@
 """Issue 25 §2-§4, the Slicer-only items, against the real slicer-core wheel; each test builds its own
 bad input: batch.py's output onto its input, a link planted at batch.py's old temporary name,
-other people's ``$TMPDIR/SkullVAE-*`` folders, a child that never ends, a missing psutil."""
+other people's ``$TMPDIR/SkullVAE-*`` folders, a child (batch.py's one-shot child, or the panel's
+warm worker) that never ends, a missing psutil."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ psutil = pytest.importorskip("psutil")
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "SkullVAE"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # slicer_workers (also when `import slicer` loads us)
 
 from SkullVAESlicerLib import logic as logic_module  # noqa: E402
 from SkullVAESlicerLib import models as models_module  # noqa: E402
 from SkullVAESlicerLib import nodes, process  # noqa: E402
+from SkullVAESlicerLib import worker as worker_module  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAELogic, SkullVAETimeout  # noqa: E402
 from SkullVAESlicerLib.process import (  # noqa: E402
     RUN_MARKER,
@@ -27,6 +30,7 @@ from SkullVAESlicerLib.process import (  # noqa: E402
     makeRunFolder,
     removeStaleTempFolders,
 )
+from slicer_workers import dead, install_fake_worker  # noqa: E402
 
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
 
@@ -144,20 +148,24 @@ def test_a_completion_start_keeps_other_skullvae_folders(scene, phantom_file, pr
     old = private_tmp / "SkullVAE-old-but-not-ours"
     old.mkdir()
     os.utime(old, (time.time() - 5 * 86400,) * 2)
-    monkeypatch.setattr(logic_module, "buildCompleteCommand", lambda *a, **k: [sys.executable, "-c", "exit(3)"])
+    install_fake_worker(monkeypatch, "sys.exit(3)")  # the worker dies during the request
     volume = nodes.readVolume(scene, phantom_file, "phantom")
     with pytest.raises(RuntimeError, match="exit code 3"):
         SkullVAELogic().process(volume)
-    assert [p.name for p in private_tmp.iterdir()] == ["SkullVAE-old-but-not-ours"]
+    assert [p.name for p in private_tmp.iterdir()] == ["SkullVAE-old-but-not-ours"]  # the dead worker's went
 
 
 # --- §4: the blocking call has a timeout -------------------------------------------------------
-def test_blocking_completion_times_out_and_stops_its_child(scene, phantom_file, private_tmp, monkeypatch):
-    monkeypatch.setattr(logic_module, "buildCompleteCommand", lambda *a, **k: [sys.executable, "-c", SLEEPER])
+@pytest.mark.parametrize("warm", [True, False])
+def test_blocking_completion_times_out_and_stops_its_child(scene, phantom_file, private_tmp, monkeypatch, warm):
+    if warm:  # the panel's and the console's warm worker: it is killed (the next run starts a new one)
+        install_fake_worker(monkeypatch, SLEEPER.replace("import subprocess, sys, time", "import subprocess, time"))
+    else:  # batch.py's one-shot child
+        monkeypatch.setattr(logic_module, "buildCompleteCommand", lambda *a, **k: [sys.executable, "-c", SLEEPER])
     volume = nodes.readVolume(scene, phantom_file, "phantom")
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     pids, errors = [], []
-    logic = SkullVAELogic()
+    logic = SkullVAELogic(warmWorker=warm)
     with pytest.raises(SkullVAETimeout, match="did not finish within 3 s"):
         logic.process(
             volume,
@@ -165,7 +173,7 @@ def test_blocking_completion_times_out_and_stops_its_child(scene, phantom_file, 
             onFinished=lambda node, error: errors.append(error),
             timeout=3,
         )
-    assert pids and (not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE)
+    assert pids and dead(pids[0]) and logic.workerPid is None
     assert not logic.isRunning and len(errors) == 1 and isinstance(errors[0], SkullVAETimeout)
     assert {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} == before
     assert list(private_tmp.iterdir()) == []
@@ -188,11 +196,13 @@ def test_batch_timeout_exit_code(phantom_file, tmp_path, private_tmp, monkeypatc
 
 
 # --- psutil is needed to cancel: it is imported before any child starts --------------------------
-def test_missing_psutil_is_found_before_the_child_starts(scene, phantom_file, private_tmp, monkeypatch):
+@pytest.mark.parametrize("warm", [True, False])
+def test_missing_psutil_is_found_before_the_child_starts(scene, phantom_file, private_tmp, monkeypatch, warm):
     launched = []
     monkeypatch.setattr(process, "_launch", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(worker_module, "_launchWorker", lambda *a, **k: launched.append(a))
     monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil now raises ImportError
     volume = nodes.readVolume(scene, phantom_file, "phantom")
     with pytest.raises(RuntimeError, match="psutil is missing"):
-        SkullVAELogic().process(volume)
+        SkullVAELogic(warmWorker=warm).process(volume)
     assert launched == [] and list(private_tmp.iterdir()) == []

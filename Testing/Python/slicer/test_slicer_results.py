@@ -17,11 +17,13 @@ slicerio = pytest.importorskip("slicerio")
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "SkullVAE"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # slicer_workers (also when `import slicer` loads us)
 
 from SkullVAESlicerLib import logic as logic_module  # noqa: E402
 from SkullVAESlicerLib import nodes, results  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAELogic, gammaApplies, sourceText  # noqa: E402
-from SkullVAESlicerLib.process import buildCompleteCommand  # noqa: E402
+from SkullVAESlicerLib.process import buildCompleteArguments  # noqa: E402
+from slicer_workers import install_fake_worker, worker_leftovers  # noqa: E402
 from slicerio.segmentation import terminology_entry_from_string  # noqa: E402
 
 from SkullVAELib.core.config import IMPLANT_COLOR  # noqa: E402
@@ -176,28 +178,35 @@ def test_a_result_without_an_implant_segment_is_refused(scene, case, tmp_path):
 
 
 # --- the logic without a model ---------------------------------------------------------------
-FAKE_CLI = """
-import json, shutil, sys
-args = sys.argv[1:]
+FAKE_COMPLETE = """
+import shutil
 shutil.copyfile({result!r}, args[args.index("--output") + 1])
 print(json.dumps({{"stage": "rimfit", "fraction": 0.5, "message": "fitting"}}), flush=True)
 print(json.dumps({{"stage": "done", "fraction": 1.0, "message": "", "result": {record}}}), flush=True)
 """
 
 
-def test_no_model_runs_without_a_model_argument(scene, case, private_tmp, monkeypatch):
+@pytest.fixture
+def logic():
+    instance = SkullVAELogic()
+    yield instance
+    instance.cleanup()
+
+
+def test_no_model_runs_without_a_model_argument(scene, case, private_tmp, monkeypatch, logic):
+    """A stand-in worker writes the result as `skullvae complete` does; the requests carry no --model."""
     seen = []
     record = {"defect": "cranial", "implant_source": "rimfit", "gamma_used": False, "implant_volume_mm3": 1.0}
-    code = FAKE_CLI.format(result=str(case["folder"] / "result.seg.nrrd"), record=repr(record))
+    install_fake_worker(
+        monkeypatch, FAKE_COMPLETE.format(result=str(case["folder"] / "result.seg.nrrd"), record=repr(record))
+    )
 
-    def command(*args, **kwargs):
-        real = buildCompleteCommand(*args, **kwargs)
-        seen.append(real)
-        return [sys.executable, "-c", code, *real[real.index("complete") :]]
+    def arguments(*args, **kwargs):
+        seen.append(buildCompleteArguments(*args, **kwargs))
+        return seen[-1]
 
-    monkeypatch.setattr(logic_module, "buildCompleteCommand", command)
+    monkeypatch.setattr(logic_module, "buildCompleteArguments", arguments)
     volume = nodes.readVolume(scene, case["folder"] / "defective.nrrd", "defective")
-    logic = SkullVAELogic()
     for model in (None, "", "   "):
         seg = logic.process(volume, model, defect="cranial")
         assert "--model" not in seen[-1]
@@ -205,13 +214,18 @@ def test_no_model_runs_without_a_model_argument(scene, case, private_tmp, monkey
         # the panel's volume is measured on the loaded segment, not copied from the child
         assert logic.lastResult["implantVolumeMm3"] == pytest.approx(case["implant"].sum() * SPACING**3)
         assert seg.GetSegmentation().GetSegmentIdBySegmentName("Patient bone")
-    assert list(private_tmp.iterdir()) == []
+    assert worker_leftovers(private_tmp, logic) == []
 
 
 def test_gamma_is_enabled_only_where_the_model_makes_the_implant():
     assert not gammaApplies(None) and not gammaApplies("") and not gammaApplies(".")
-    assert not gammaApplies("/models/m", "cranial", refine=True)  # the rim fit makes it
-    assert gammaApplies("/models/m", "cranial", refine=False)
-    assert gammaApplies("/models/m", "facial", refine=True)
+    assert not gammaApplies("/models/m", "cranial")  # rimfit comes first and makes it
+    assert not gammaApplies("/models/m", "cranial", ("rimfit", "model"))
+    assert gammaApplies("/models/m", "cranial", ("model", "rimfit"))  # the model comes first
+    assert gammaApplies("/models/m", "cranial", "learned,atlas,model")  # no rimfit
+    assert gammaApplies("/models/m", "facial")
+    assert gammaApplies("/models/m", "auto")
+    assert not gammaApplies("/models/m", "facial", ("rimfit", "learned", "atlas"))  # no model source
+    assert not gammaApplies("/models/m", "facial", "model,nonsense")  # a bad list: nothing runs
     assert "no model" in sourceText("rimfit") and "γ" in sourceText("model")
     assert sourceText("something-new") == "something-new"

@@ -136,7 +136,10 @@ def test_phantom_sample_completes_without_a_model(scene, private_tmp):
     removed = cranial_defect(complete, seed=sampledata.PHANTOM_SEED)[1].mask.sum() * 1.6**3
     volume = nodes.readVolume(scene, sampledata.phantomPath(), "phantom")
     logic = SkullVAELogic()
-    seg = logic.process(volume, None, defect="cranial", timeout=600)
+    try:
+        seg = logic.process(volume, None, defect="cranial", timeout=600)
+    finally:
+        logic.cleanup()  # the warm worker and its folder go
     assert logic.lastResult["implantSource"] == "rimfit" and not logic.lastResult["gammaUsed"]
     assert 0.8 * removed < logic.lastResult["implantVolumeMm3"] < 1.25 * removed
     assert seg.GetSegmentation().GetNumberOfLayers() == 1 and results.hasSurface(seg, "Implant")

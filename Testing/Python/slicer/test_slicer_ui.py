@@ -126,3 +126,52 @@ def test_apply_needs_no_model():
     text = WIDGET.read_text()
     block = text.split("def updateButtons", 1)[1].split("\n    def ", 1)[0]
     assert "self.ui.applyButton.enabled = running or (hasInput and not downloading)" in block
+
+
+def test_implant_sources_mirror_and_finishing_in_the_panel():
+    """The panel speaks the library's words: one bool field and checkbox per implant source, named by
+    it; the mirror; smoothing, gap and minimum thickness in mm up to the library's bound."""
+    from SkullVAELib.core.config import IMPLANT_SOURCES
+    from SkullVAELib.implant.finish import MAX_FINISH_MM
+
+    fields = parameter_fields()
+    assert all(fields[word] == "bool" for word in IMPLANT_SOURCES) and fields["mirror"] == "bool"
+    for name in ("smoothMm", "marginMm", "minThicknessMm"):
+        assert fields[name] == "Annotated[float, WithinRange(0, MAX_FINISH_MM)]"
+    module_bound = next(
+        n.value.value
+        for n in ast.parse(MODULE.read_text()).body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MAX_FINISH_MM"
+    )
+    assert module_bound == MAX_FINISH_MM  # the panel's bound is the library's
+    widgets = ui_widgets()
+    for name in ("smoothSpinBox", "marginSpinBox", "minThicknessSpinBox"):
+        widget = widgets[name]
+        assert widget.get("class") == "QDoubleSpinBox"
+        maximum = next(p for p in widget.findall("property") if p.get("name") == "maximum")
+        assert float(maximum.findtext("double")) == MAX_FINISH_MM
+    texts = {widgets[f"{w}CheckBox" if w != "model" else "modelSourceCheckBox"].find("property/string").text
+             for w in IMPLANT_SOURCES}  # fmt: skip
+    assert texts == set(IMPLANT_SOURCES)  # each checkbox shows the word itself
+    assert "refineImplant" not in UI_FILE.read_text() and "refineImplant" not in MODULE.read_text()
+
+
+def test_the_panel_passes_sources_mirror_and_finishing_to_process():
+    tree = ast.parse(WIDGET.read_text())
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "process"
+    ]
+    keywords = {k.arg: ast.unparse(k.value) for call in calls for k in call.keywords}
+    assert keywords["sources"] == "sourcesOf(params)" and keywords["mirror"] == "params.mirror"
+    for name in ("smoothMm", "marginMm", "minThicknessMm"):
+        assert keywords[name] == f"params.{name}"
+    assert not {"refine", "symmetry", "atlas", "learnedRefiner"} & set(keywords)
+
+
+def test_the_widget_kills_the_warm_worker_on_cleanup_and_quit():
+    text = MODULE.read_text()
+    cleanup = text.split("    def cleanup(self)", 1)[1].split("\n    def ", 1)[0]
+    assert "self.logic.cleanup()" in cleanup
+    assert '"aboutToQuit"' in text and "self.logic.cleanup" in text.split("def _connectQuit", 1)[1]

@@ -248,14 +248,15 @@ def ab(args) -> None:
         same_cells = all(np.array_equal(a.cells, b.cells) for a, b in zip(new.holes, old.holes, strict=True))
         rows.append([case, f"{dice(new.implant, old.implant):.4f}", "yes" if np.array_equal(new.implant, old.implant)
                      else "no", "yes" if same_cells else "no", ", ".join(h.source for h in new.holes) or "–",
-                     f"{new.raymap.exact.mean():.2f}", f"{wo:.1f} / {co:.1f}", f"{wn:.1f} / {cn:.1f}", f"{co / cn:.1f}×",
+                     f"{1.0 if new.raymap.exact is None else new.raymap.exact.mean():.2f}", f"{wo:.1f} / {co:.1f}", f"{wn:.1f} / {cn:.1f}", f"{co / cn:.1f}×",
                      f"{old.timings['raycast']:.1f} → {new.timings['raycast']:.2f}", f"{lo:.1f} / {ln:.1f}"])  # fmt: skip
         print(rows[-1], flush=True)
     section.add(
         "Validation cases, the rim fit (`rimfit.rim_fit`, default config) with the mirror plane of "
         "`find_mirror_plane` (the same for both), in one process: **old** = ray casting and rasterisation read with "
         f"`git show {args.baseline}:…` (scipy `map_coordinates` over every sample of every ray), **new** = today's "
-        "(numpy, block-skipping, coarse to fine). Wall / CPU seconds of the whole rim fit; one thread of numpy each."
+        "`raycast.cast` as `rim_fit` calls it (numpy, empty space skipped; coarse to fine when the share of rays "
+        "cast is below 1). Wall / CPU seconds of the whole rim fit; one numpy thread each."
     )
     header = ["case", "implant DSC new vs old", "same voxels", "same hole cells", "hole source",
               "rays cast at 1° (share)", "old s (wall / CPU)", "new s (wall / CPU)", "CPU old/new",

@@ -76,6 +76,11 @@ def _reference_rasterise(skull, centre, step_deg, region, r_in, r_out) -> np.nda
 _FAST_CAST = raycast.cast
 
 
+def _coarse_to_fine_cast(*args, **kwargs) -> raycast.RayMap:
+    """The fast cast, coarse to fine (as the rim fit may call it)."""
+    return _FAST_CAST(*args, **{**kwargs, "coarse_factor": raycast.COARSE_FACTOR})
+
+
 def _every_sample_cast(skull: SkullImage, centre=None, step_deg=1.0, transform=None, **_) -> raycast.RayMap:
     """Every sample of every ray (no coarse pass, no block skipping)."""
     with pytest.MonkeyPatch.context() as patch:
@@ -132,12 +137,18 @@ def test_thick_layers_and_rays_leaving_the_grid_match_the_reference():
     _same_map(raycast.cast(skull, centre, 3.0, coarse_factor=1), _reference_cast(skull, centre, 3.0))
 
 
+def test_the_default_casts_every_ray(defect_cases):
+    defective, _ = defect_cases[1]
+    assert raycast.cast(defective, step_deg=6.0).exact is None
+
+
 def test_coarse_to_fine_is_exact_around_every_miss(defect_cases):
-    """The default coarse-to-fine map: the reference's hits everywhere and its radii on every cast
+    """The coarse-to-fine map (opt-in): the reference's hits everywhere and its radii on every cast
     ray, which include every ray within REFINE_MARGIN cells of a miss; smooth elsewhere."""
     defective, _ = defect_cases[0]
     centre = raycast.cranial_centre(defective)
-    fast, ref = raycast.cast(defective, centre, 1.0), _every_sample_cast(defective, centre, 1.0)
+    fast = raycast.cast(defective, centre, 1.0, coarse_factor=raycast.COARSE_FACTOR)
+    ref = _every_sample_cast(defective, centre, 1.0)
     assert np.array_equal(fast.hit, ref.hit)
     _same_map(fast, ref, fast.exact)
     near_miss = raycast._dilate(~ref.hit, raycast.REFINE_MARGIN)
@@ -152,7 +163,7 @@ def test_a_given_set_of_rays_is_cast_exactly(defect_cases):
     centre = raycast.cranial_centre(defective)
     must = np.zeros((180, 360), dtype=bool)
     must[40:60, 100:200] = True
-    mirror = raycast.cast(defective, centre, 1.0, transform, exact=must)
+    mirror = raycast.cast(defective, centre, 1.0, transform, exact=must, coarse_factor=raycast.COARSE_FACTOR)
     assert mirror.exact[must].all()
     _same_map(mirror, _every_sample_cast(defective, centre, 1.0, transform), mirror.exact)
 
@@ -189,11 +200,12 @@ def _rim_fit_with(monkeypatch, cast, skull, transform):
 
 
 def test_rim_fit_gives_the_reference_implant_on_phantoms(defect_cases, monkeypatch):
-    """DSC >= 0.995 (in practice the same voxels), with the mirror cue and without."""
+    """Coarse to fine + block skipping against every sample of every ray: DSC >= 0.995 (in practice
+    the same voxels), with the mirror cue and without."""
     sources = []
     for (defective, transform), tx in ((defect_cases[0], True), (defect_cases[1], True), (defect_cases[1], False)):
         tx = transform if tx else None
-        fast = _rim_fit_with(monkeypatch, _FAST_CAST, defective, tx)
+        fast = _rim_fit_with(monkeypatch, _coarse_to_fine_cast, defective, tx)
         ref = _rim_fit_with(monkeypatch, _every_sample_cast, defective, tx)
         assert fast.implant.any()
         sources += [h.source for h in fast.holes]
@@ -227,10 +239,11 @@ def test_rasterise_gives_the_reference_voxels(defect_cases, monkeypatch, order):
 
 @pytest.mark.skullfix
 def test_rim_fit_gives_the_reference_implant_on_a_real_case(skullfix_dir, monkeypatch):
-    """Validation case 058 (512×512×232, Fortran-ordered as read): the fast rim fit's implant."""
+    """Validation case 058 (512×512×232, Fortran-ordered as read): the fast rim fit's implant, coarse to
+    fine (the default casts every ray, block skipping included, and is tested ray by ray above)."""
     defective = read_skull(skullfix_dir / "defective_skull" / "058.nrrd", kind="binary")
     transform = find_mirror_plane(defective).transform()
-    fast = _rim_fit_with(monkeypatch, raycast.cast, defective, transform)
+    fast = _rim_fit_with(monkeypatch, _coarse_to_fine_cast, defective, transform)
     ref = _rim_fit_with(monkeypatch, _every_sample_cast, defective, transform)
     assert fast.implant.sum() > 100_000
     assert all(np.array_equal(a.cells, b.cells) for a, b in zip(fast.holes, ref.holes, strict=True))

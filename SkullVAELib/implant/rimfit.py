@@ -345,9 +345,9 @@ def rim_fit(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    raymap = raycast.cast(skull, centre, cfg.step_deg)  # reads skull.mask in place, coarse to fine
+    raymap = raycast.cast(skull, centre, cfg.step_deg)  # every ray; reads skull.mask in place
     mirror = None
-    if mirror_transform is not None:  # cast exactly wherever the patient's map is (hole, rim)
+    if mirror_transform is not None:  # exact wherever the patient's map is (if it went coarse to fine)
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact)
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -331,12 +331,12 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
     def _loadResult(self, run: _Run, outcome: RunOutcome):
         scene = run.inputNode.GetScene()
         nodes.onlyLabelmapOnLoad(run.tempDir / "result.seg.nrrd")  # our temporary: surfaces built by us, lazily
-        segmentation = nodes.loadSegmentationFile(scene, run.tempDir / "result.seg.nrrd")
         output, created = run.outputNode, run.outputNode is None
         if created:
             output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{run.inputNode.GetName()} completion")
-        try:
-            results.fillResultSegmentation(output, segmentation, run.inputNode)
+        try:  # read into the output itself (an existing output's segments are replaced; no 60 MB copies)
+            nodes.readSegmentationInto(output, run.tempDir / "result.seg.nrrd")
+            results.showResult(output, run.inputNode)
             nodes.placeUnder(output, run.inputNode)
             if run.options["uncertainty"]:
                 self.uncertaintyVolume = nodes.readVolume(

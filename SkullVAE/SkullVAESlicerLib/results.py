@@ -73,8 +73,7 @@ def resultSummary(result: dict, output, hadModel: bool) -> dict:
     summary = dict(result)
     summary["implantSource"] = source
     summary["gammaUsed"] = bool(result.get("gamma_used", source == "model"))
-    summary["implantVoxels"] = segmentVoxelCount(output, IMPLANT)
-    summary["implantVolumeMm3"] = segmentVolumeMm3(output, IMPLANT)
+    summary["implantVoxels"], summary["implantVolumeMm3"] = segmentSize(output, IMPLANT)
     return summary
 
 
@@ -151,17 +150,18 @@ def styleSegments(segmentation) -> None:
         segment.SetTag(segment.GetTerminologyEntryTagName(), TERMINOLOGY[name])
 
 
-def fillResultSegmentation(outputNode, segmentation, referenceNode) -> None:
-    """Replace the segments of ``outputNode`` by the split, styled ``segmentation``.
+def showResult(outputNode, referenceNode) -> None:
+    """Make the result file just read into ``outputNode`` (:func:`nodes.readSegmentationInto`) the
+    module's result, in place (no copy of the labelmap): split and styled segments, the input's
+    geometry, shown in 3D with the implant's surface built at once.
 
     Args:
-        outputNode: vtkMRMLSegmentationNode to fill.
-        segmentation: vtkSegmentation read from the result file (modified).
+        outputNode: vtkMRMLSegmentationNode holding the segments of a result file.
         referenceNode: the input node, whose geometry the output takes.
     """
+    segmentation = outputNode.GetSegmentation()
     splitResult(segmentation)
     styleSegments(segmentation)
-    outputNode.GetSegmentation().DeepCopy(segmentation)
     nodes.setReferenceGeometry(outputNode, referenceNode)
     outputNode.CreateDefaultDisplayNodes()
     display = outputNode.GetDisplayNode()
@@ -170,15 +170,54 @@ def fillResultSegmentation(outputNode, segmentation, referenceNode) -> None:
     createSegmentSurfaces(outputNode, [IMPLANT])
 
 
+def fillResultSegmentation(outputNode, segmentation, referenceNode) -> None:
+    """Replace the segments of ``outputNode`` by a copy of ``segmentation`` (a vtkSegmentation read
+    from a result file) and :func:`showResult` them."""
+    outputNode.GetSegmentation().DeepCopy(segmentation)
+    showResult(outputNode, referenceNode)
+
+
 def createSegmentSurfaces(segmentationNode, names) -> None:
     """Build the closed surface of the named segments only (the others stay as they are).
 
     Uses the segmentation's own conversion parameters (smoothing, decimation), so a later
-    ``CreateClosedSurfaceRepresentation`` of the whole segmentation gives the same surface.
+    ``CreateClosedSurfaceRepresentation`` of the whole segmentation gives the same surface. Each
+    segment is converted from its own voxels cropped to their box plus a voxel of background
+    (:func:`croppedLabelmap`): the same surface as from the whole shared labelmap, without passes
+    over the whole image (a SkullFix-size result is 512×512×224 voxels for a few cm³ of implant).
     """
     import slicer
 
     segmentation = segmentationNode.GetSegmentation()
+    rule = _surfaceRule(segmentation)
+    joint = rule.GetConversionParameter(rule.GetJointSmoothingParameterName()) not in ("", "0")
+    for name in names:
+        segmentId = segmentation.GetSegmentIdBySegmentName(name)
+        if not segmentId:
+            continue
+        segment = segmentation.GetSegment(segmentId)
+        cropped = None if joint else croppedLabelmap(segment)
+        if cropped is None:  # empty, or smoothed jointly with its neighbours: the whole labelmap
+            rule.PreConvert(segmentation)
+            rule.Convert(segment)
+            rule.PostConvert(segmentation)
+            continue
+        holder = slicer.vtkSegmentation()
+        holder.SetSourceRepresentationName(LABELMAP)
+        part = slicer.vtkSegment()
+        part.SetLabelValue(segment.GetLabelValue())
+        part.AddRepresentation(LABELMAP, cropped)
+        holder.AddSegment(part, segmentId)
+        rule.PreConvert(holder)
+        rule.Convert(part)
+        rule.PostConvert(holder)
+        segment.AddRepresentation(CLOSED_SURFACE, part.GetRepresentation(CLOSED_SURFACE))
+
+
+def _surfaceRule(segmentation):
+    """A labelmap-to-surface conversion rule with ``segmentation``'s conversion parameters."""
+    import slicer
+
     rule = slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule()
     for getter in (
         "GetSmoothingFactorParameterName",
@@ -193,12 +232,37 @@ def createSegmentSurfaces(segmentationNode, names) -> None:
             value = segmentation.GetConversionParameter(parameter)
             if value:
                 rule.SetConversionParameter(parameter, value)
-    rule.PreConvert(segmentation)
-    for name in names:
-        segmentId = segmentation.GetSegmentIdBySegmentName(name)
-        if segmentId:
-            rule.Convert(segmentation.GetSegment(segmentId))
-    rule.PostConvert(segmentation)
+    return rule
+
+
+def croppedLabelmap(segment):
+    """A copy of ``segment``'s voxels (its label value; other labels of a shared layer cleared) on
+    the same grid, cropped to their box plus one voxel of background on each side (inside the
+    image); None when the segment is empty."""
+    import slicer
+
+    image = segment.GetRepresentation(LABELMAP)
+    if image is None or image.GetNumberOfPoints() == 0:
+        return None
+    dims, extent = image.GetDimensions(), image.GetExtent()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    mask = scalars.reshape(dims[2], dims[1], dims[0]) == segment.GetLabelValue()
+    box = []
+    for axis in (2, 1, 0):  # i, j, k: the array is (K, J, I)
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append((hits[0], hits[-1]))
+    crop = []
+    for (low, high), start, size in zip(box, extent[::2], dims, strict=True):
+        crop += [start + max(0, int(low) - 1), start + min(size - 1, int(high) + 1)]
+    cropped = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.CopyImage(image, cropped, crop):
+        return None
+    values = numpy_support.vtk_to_numpy(cropped.GetPointData().GetScalars())
+    values[values != segment.GetLabelValue()] = 0
+    cropped.Modified()
+    return cropped
 
 
 def hasSurface(segmentationNode, name: str) -> bool:
@@ -209,25 +273,28 @@ def hasSurface(segmentationNode, name: str) -> bool:
     return surface is not None and surface.GetNumberOfPoints() > 0
 
 
-def segmentVoxelCount(segmentationNode, name: str) -> int:
-    """Voxels of segment ``name`` (0 when it is missing or empty)."""
+def segmentSize(segmentationNode, name: str) -> tuple[int, float]:
+    """``(voxels, volume in mm³)`` of segment ``name`` (voxel count × voxel volume of its labelmap);
+    ``(0, 0.0)`` when it is missing or empty."""
     segmentation = segmentationNode.GetSegmentation()
     if not segmentation.GetSegmentIdBySegmentName(name):
-        return 0
-    mask, _ = _mask(segmentation, name)
-    return int(mask.sum())
-
-
-def segmentVolumeMm3(segmentationNode, name: str) -> float:
-    """Volume of segment ``name`` in mm³ (voxel count × voxel volume of its labelmap)."""
-    segmentation = segmentationNode.GetSegmentation()
-    if not segmentation.GetSegmentIdBySegmentName(name):
-        return 0.0
+        return 0, 0.0
     mask, image = _mask(segmentation, name)
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
     voxel = abs(np.linalg.det(np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])))
-    return float(mask.sum()) * float(voxel)
+    count = int(np.count_nonzero(mask))
+    return count, float(count) * float(voxel)
+
+
+def segmentVoxelCount(segmentationNode, name: str) -> int:
+    """Voxels of segment ``name`` (0 when it is missing or empty)."""
+    return segmentSize(segmentationNode, name)[0]
+
+
+def segmentVolumeMm3(segmentationNode, name: str) -> float:
+    """Volume of segment ``name`` in mm³ (voxel count × voxel volume of its labelmap)."""
+    return segmentSize(segmentationNode, name)[1]
 
 
 def addCompletedSkull(segmentationNode) -> str:

@@ -68,7 +68,8 @@ def _tag(segment) -> str:
 
 
 def _filled(scene, case, name="result.seg.nrrd", tmp=None):
-    """Load a result file the way the logic does (header made labelmap-only, then split and styled)."""
+    """Load a result file the way the logic does (header made labelmap-only, read into the output, then
+    split and styled in place)."""
     import shutil
     import tempfile
 
@@ -77,8 +78,8 @@ def _filled(scene, case, name="result.seg.nrrd", tmp=None):
     nodes.onlyLabelmapOnLoad(copy)
     volume = nodes.readVolume(scene, case["folder"] / "defective.nrrd", "defective")
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
-    segmentation = nodes.loadSegmentationFile(scene, copy)
-    results.fillResultSegmentation(output, segmentation, volume)
+    nodes.readSegmentationInto(output, copy)
+    results.showResult(output, volume)
     return volume, output
 
 
@@ -146,6 +147,50 @@ def test_implant_surface_at_once_the_skull_only_on_demand(scene, case):
     SkullVAELogic.showIn3D(output)
     assert results.hasSurface(output, "Patient bone")
     assert output.GetSegmentation().ContainsRepresentation("Closed surface")
+
+
+def test_the_implant_surface_from_its_box_is_the_whole_labelmaps(scene, case):
+    """The implant is converted from its voxels cropped to their box: the very surface the conversion
+    of the whole shared labelmap gives (same points, same triangles)."""
+    from vtk.util import numpy_support
+
+    surfaces = []
+    for cropped in (True, False):
+        _, output = _filled(scene, case)
+        segmentation = output.GetSegmentation()
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("Implant"))
+        if not cropped:
+            segment.RemoveRepresentation("Closed surface")
+            rule = results._surfaceRule(segmentation)
+            rule.PreConvert(segmentation)
+            rule.Convert(segment)
+            rule.PostConvert(segmentation)
+        surface = segment.GetRepresentation("Closed surface")
+        points = numpy_support.vtk_to_numpy(surface.GetPoints().GetData())
+        surfaces.append((surface.GetNumberOfCells(), points[np.lexsort(points.T)]))
+    (cells, points), (wholeCells, wholePoints) = surfaces
+    assert cells == wholeCells > 0 and points.shape == wholePoints.shape
+    np.testing.assert_allclose(points, wholePoints, atol=1e-6)
+    bone = _segment(output, "Patient bone")
+    copy = numpy_support.vtk_to_numpy(results.croppedLabelmap(bone).GetPointData().GetScalars())
+    assert set(np.unique(copy)) == {0, bone.GetLabelValue()}  # the implant's label is cleared in the copy
+    assert results.croppedLabelmap(_segment(output, "Implant")).GetNumberOfPoints() < _array(output, "Implant").size
+
+
+def _segment(output, name):
+    segmentation = output.GetSegmentation()
+    return segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+
+
+def test_reading_into_an_existing_output_replaces_its_segments(scene, case, tmp_path):
+    _, output = _filled(scene, case)
+    output.GetSegmentation().AddEmptySegment("an old one")
+    nodes.readSegmentationInto(output, case["folder"] / "result.seg.nrrd")
+    names = {output.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)}
+    assert output.GetSegmentation().GetNumberOfSegments() == 2 and names == {"Patient bone", "Implant"}
+    assert _array(output, "Implant").sum() == case["implant"].sum()
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        nodes.readSegmentationInto(output, tmp_path / "missing.seg.nrrd")
 
 
 def test_implant_volume_in_mm3(scene, case):

@@ -133,8 +133,13 @@ def test_second_apply_reuses_the_worker_and_the_gap_separates_implant_and_bone(s
     volume = nodes.readVolume(scene, defect_case, "defective")
     first = logic.process(volume, defect="cranial")
     worker = logic.workerPid
-    assert worker is not None and _gap_mm(first) < GAP_MM  # without a gap the implant touches the bone
-    second = logic.process(volume, defect="cranial", marginMm=GAP_MM, smoothMm=0.5, minThicknessMm=1.0)
+    touching, volume0 = _gap_mm(first), results.segmentVolumeMm3(first, "Implant")
+    assert worker is not None and touching < GAP_MM  # without a gap the implant touches the bone
+    # into the same output node, as the panel does after its first Apply
+    second = logic.process(
+        volume, outputSegmentation=first, defect="cranial", marginMm=GAP_MM, smoothMm=0.5, minThicknessMm=1.0
+    )
+    assert second is first and second.GetSegmentation().GetNumberOfSegments() == 2
     assert logic.workerPid == worker and logic.worker.worker.requests == 2  # the same, warm process
     request = logic.lastArguments
     assert request[request.index("--margin-mm") + 1] == repr(GAP_MM)
@@ -143,7 +148,8 @@ def test_second_apply_reuses_the_worker_and_the_gap_separates_implant_and_bone(s
     )
     assert logic.lastResult["implantSource"] == "rimfit"
     assert _gap_mm(second) > GAP_MM
-    assert results.segmentVolumeMm3(second, "Implant") < results.segmentVolumeMm3(first, "Implant")
+    assert results.segmentVolumeMm3(second, "Implant") < volume0
+    assert results.hasSurface(second, "Implant") and not results.hasSurface(second, "Patient bone")
     assert worker_leftovers(private_tmp, logic) == []
     logic.cleanup()
     assert dead(worker) and logic.workerPid is None and list(private_tmp.iterdir()) == []

@@ -165,6 +165,7 @@ class SkullVAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._quitConnected = False
+        self._onQuit = None
 
     def setup(self) -> None:
         from SkullVAESlicerLib.widget import SkullVAEPanel
@@ -193,10 +194,12 @@ class SkullVAEWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _connectQuit(self, connect: bool) -> None:
         """Kill the warm worker when Slicer quits (``slicer.app.aboutToQuit``), where there is one."""
         signal = getattr(getattr(slicer, "app", None), "aboutToQuit", None)
-        if signal is None or connect == self._quitConnected:
+        if signal is None or self.logic is None or connect == self._quitConnected:
             return
+        if connect:
+            self._onQuit = self.logic.cleanup  # the same callable for connect and disconnect
         try:
-            (signal.connect if connect else signal.disconnect)(self.logic.cleanup)
+            (signal.connect if connect else signal.disconnect)(self._onQuit)
             self._quitConnected = connect
         except (RuntimeError, TypeError, ValueError) as exc:  # no such signal here: cleanup() still runs
             logging.getLogger("SkullVAE").debug(f"aboutToQuit not (dis)connected: {exc}")

@@ -65,6 +65,12 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         help="let the rim fit use the skull's mirror image where it covers the hole",
     )
     g.add_argument(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score each implant's agreement with the defect's rim (in the result) and pass over failed ones",
+    )
+    g.add_argument(
         "--defect",
         choices=DEFECT_CHOICES,
         default="auto",
@@ -153,6 +159,7 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         learned=LearnedSettings(args.refiner),
         atlas=AtlasSettings(args.atlas),
         finish=FinishSettings(args.smooth_mm, args.margin_mm, args.min_thickness_mm),
+        quality=args.quality,
         device=args.device,
         precision=args.precision,
     )

@@ -24,6 +24,8 @@ DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
 # Implant sources (SkullVAELib/implant/sources), one word each: the geometric rim fit, the learned
 # facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.
 IMPLANT_SOURCES: tuple[str, ...] = ("rimfit", "learned", "atlas", "model")
+# Finishing an implant (smoothing, gap to the bone, minimum thickness): larger values would redesign it.
+MAX_FINISH_MM = 20.0
 #: Valid γ of z + γ·DEV (inclusive): 0 reconstructs, 1 completes (the paper), up to 2 thickens.
 GAMMA_RANGE: tuple[float, float] = (0.0, 2.0)
 #: The γ values of a sweep figure (the paper's Figure 5).

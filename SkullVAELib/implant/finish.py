@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.core.config import MAX_FINISH_MM
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.implant.postprocess import ball
 from SkullVAELib.io.image import SkullImage
-
-MAX_FINISH_MM = 20.0  # larger smoothing, gap or thickness would redesign, not finish, an implant
 
 
 @dataclass(frozen=True)

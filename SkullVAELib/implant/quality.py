@@ -166,7 +166,7 @@ def _ray_components(skull, bone, completed, edge, raised, cfg, measures) -> dict
 def _plate_thickness_ratio(skull: SkullImage, implant: np.ndarray, cfg: QualityConfig) -> float:
     """Implant / bone plate thickness next to their junction: twice the 90th percentile of the depth
     inside bone ∪ implant, on the implant voxels and on the bone voxels ``junction_mm`` from the other."""
-    from SkullVAELib.evaluation.metrics import bounding_box
+    from SkullVAELib.implant.cleanup import bounding_box
 
     lo, hi = cfg.junction_mm
     box = bounding_box(implant, margin=[int(np.ceil(2 * hi / v)) + 1 for v in skull.spacing])

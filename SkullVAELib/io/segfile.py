@@ -23,6 +23,7 @@ from SkullVAELib.io.inputs import require_regular_file
 # Colours (RGB in [0, 1]) of the segments SkullVAE writes; bone-like and the one implant colour.
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
     "Completed skull": (0.89, 0.85, 0.79),
+    "Patient bone": (0.89, 0.85, 0.79),
     "Implant": IMPLANT_COLOR,
     "Defective skull": (0.70, 0.74, 0.80),
     "Uncertain": (0.85, 0.25, 0.25),

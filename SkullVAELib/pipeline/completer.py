@@ -28,6 +28,7 @@ from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
+QUALITY_FLOOR = 0.3  # below: a failed implant (empty, stepped at the rim, too thin, stray); docs/RESULTS.md
 MIN_EXTENT_VOXELS = 8  # a skull needs some depth along every axis (a 2D slice is refused)
 FACIAL_SOURCES_HINT = (
     "a facial defect needs the learned refiner, an atlas set or a trained model: "
@@ -75,7 +76,7 @@ class Completer:
         context.defect = decision.defect
         chosen, skipped, tried = self._choose(context)
         if chosen is None:
-            implant, name, variant = np.zeros(skull.shape, dtype=bool), "none", ""
+            implant, name, variant, quality = np.zeros(skull.shape, dtype=bool), "none", "", None
             if not tried:  # no source could serve: a missing part, not an empty result
                 reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
                 hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
@@ -83,7 +84,7 @@ class Completer:
             tried_reasons = {n: skipped[n] for n in tried}
             warnings = [f"no implant: {n}: {why}" for n, why in (tried_reasons or skipped).items()]
         else:
-            source, proposal, implant = chosen
+            source, proposal, implant, quality = chosen
             name, variant = source.name, proposal.variant
             warnings = list(proposal.messages)
             what = f"{decision.defect} implant"
@@ -109,35 +110,64 @@ class Completer:
             warnings=list(dict.fromkeys(warnings)),
             timings=dict(context.timings),
             uncertainty=uncertainty,
+            quality=None if quality is None else float(quality.score),
+            quality_note="" if quality is None else quality.explanation,
         )
 
     def _choose(self, context: CompletionContext):
-        """((source, proposal, implant) of the first source with a non-empty implant, or None;
-        {source: why it was passed over}; the names of the sources that applied)."""
+        """((source, proposal, implant, quality) chosen, or None; {source: why it was passed over};
+        the names of the sources that applied).
+
+        The first source whose implant is not empty and whose quality score (rim agreement,
+        :mod:`SkullVAELib.implant.quality`) reaches ``QUALITY_FLOOR`` wins; when every implant scores
+        below it, the best-scoring one is kept and said to be doubtful.
+        """
         skipped: dict[str, str] = {}
         tried: list[str] = []
+        doubtful: list[tuple] = []
         for source in self.sources:
             reason = source.applies(context)
             if reason is not None:
                 skipped[source.name] = reason
                 continue
             tried.append(source.name)
-            key = ("proposal", source.name, context.settings.vae.gamma if source.uses_gamma else None)
-            if key not in context.cache:
-                with context.timed(source.name):
-                    proposal = source.propose(context)
-                    implant = np.asarray(proposal.implant, dtype=bool) & ~context.skull.mask
-                    if not proposal.postprocessed:
-                        implant = postprocess_implant(implant, context.skull, self.settings.postprocess)
-                for step, seconds in proposal.timings.items():
-                    context.timings[f"{source.name}_{step}"] = seconds
-                context.cache[key] = (proposal, implant)
-            proposal, implant = context.cache[key]
+            proposal, implant, quality = self._proposal(context, source)
             if not implant.any():
                 skipped[source.name] = "; ".join(proposal.messages) or "it proposed no implant"
                 continue
-            return (source, proposal, implant), skipped, tried
-        return None, skipped, tried
+            if quality is None or quality.score >= QUALITY_FLOOR:
+                return (source, proposal, implant, quality), skipped, tried
+            skipped[source.name] = f"quality {quality.score:.2f} below {QUALITY_FLOOR:g}: {quality.explanation}"
+            doubtful.append((source, proposal, implant, quality))
+        if not doubtful:
+            return None, skipped, tried
+        best = max(doubtful, key=lambda c: c[3].score)
+        del skipped[best[0].name]
+        best[1].messages.append(
+            f"doubtful implant: {best[3].explanation}; no source made one of quality {QUALITY_FLOOR:g} or more"
+        )
+        return best, skipped, tried
+
+    def _proposal(self, context: CompletionContext, source):
+        """(proposal, implant bool (I, J, K) post-processed and bone-free, quality or None) of one
+        source, computed once per skull (per γ for a source that uses γ)."""
+        key = ("proposal", source.name, context.settings.vae.gamma if source.uses_gamma else None)
+        if key not in context.cache:
+            with context.timed(source.name):
+                proposal = source.propose(context)
+                implant = np.asarray(proposal.implant, dtype=bool) & ~context.skull.mask
+                if not proposal.postprocessed:
+                    implant = postprocess_implant(implant, context.skull, self.settings.postprocess)
+            for step, seconds in proposal.timings.items():
+                context.timings[f"{source.name}_{step}"] = seconds
+            quality = None
+            if self.settings.quality and implant.any():
+                from SkullVAELib.implant.quality import implant_quality
+
+                with context.timed("quality"):
+                    quality = implant_quality(context.skull, implant)
+            context.cache[key] = (proposal, implant, quality)
+        return context.cache[key]
 
     def _finished(self, context: CompletionContext, implant: np.ndarray, warnings: list[str]) -> np.ndarray:
         """The implant after the finishing steps of the settings (smoothing, gap, thickness), if any."""

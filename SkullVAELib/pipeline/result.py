@@ -26,6 +26,8 @@ class Completion:
         warnings: notes for the user (implant checks, sources' messages).
         timings: seconds per stage.
         uncertainty: float32 (I, J, K) bone frequency over the model's samples, or None.
+        quality: the implant's agreement with the rim in [0, 1] (1 = seamless;
+            :mod:`SkullVAELib.implant.quality`), None when not computed; quality_note: its explanation.
     """
 
     completed: SkullImage
@@ -41,6 +43,8 @@ class Completion:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     uncertainty: np.ndarray | None = None
+    quality: float | None = None
+    quality_note: str = ""
 
     @property
     def implant_volume_mm3(self) -> float:
@@ -57,6 +61,8 @@ class Completion:
             "implant_source": self.source,
             "implant_variant": self.variant,
             "implant_volume_mm3": round(self.implant_volume_mm3, 1),
+            "implant_quality": None if self.quality is None else round(self.quality, 3),
+            "implant_quality_note": self.quality_note,
             "skipped_sources": dict(self.skipped),
             "warnings": list(self.warnings),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},

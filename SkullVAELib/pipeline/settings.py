@@ -65,6 +65,7 @@ class CompletionSettings:
         rimfit, learned, atlas: each source's own settings.
         postprocess: the shared post-processing applied to every proposal.
         finish: smoothing, a gap to the bone and a minimum thickness for manufacture (all off by default).
+        quality: score every proposal's agreement with the rim and pass over failed ones.
         device: "auto", "cpu", "cuda" or "cuda:N" (the VAE and the learned source).
         precision: "float32" or "bfloat16" for the VAE.
     """
@@ -78,6 +79,7 @@ class CompletionSettings:
     atlas: AtlasSettings = field(default_factory=AtlasSettings)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     finish: FinishSettings = field(default_factory=FinishSettings)
+    quality: bool = True
     device: str = "auto"
     precision: str = "float32"
 

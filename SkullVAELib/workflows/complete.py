@@ -131,7 +131,6 @@ def _write_one(skull, result, output: Path, options: OutputOptions, stl, unc, ti
     """Write one result's files through the output transaction ``tx`` (renamed together at its end)."""
     from SkullVAELib.io.image import write_scalar
     from SkullVAELib.io.segfile import Segment, write_segmentation
-    from SkullVAELib.io.surface import write_implant_stl
 
     def timed(key: str, start: float) -> None:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
@@ -146,6 +145,8 @@ def _write_one(skull, result, output: Path, options: OutputOptions, stl, unc, ti
     written = {"output": str(output), "implant_stl": None, "uncertainty": None}
     if stl is not None:
         if result.implant.mask.any():
+            from SkullVAELib.io.surface import write_implant_stl  # VTK: only when an STL is asked for
+
             t = time.perf_counter()
             write_implant_stl(result.implant, tx.path(stl), coordinate_system=options.stl_frame)
             timed("write_stl", t)
@@ -236,8 +237,9 @@ def complete_files(
         "settings": settings.summary(),
     }
     source = main["implant_source"] + (f" + {main['implant_variant']}" if main["implant_variant"] else "")
+    score = "" if main["implant_quality"] is None else f", quality {main['implant_quality']:.2f}"
     message = (
-        f"{main['defect']} defect, implant {main['implant_volume_mm3'] / 1000:.1f} cm³ ({source}), "
+        f"{main['defect']} defect, implant {main['implant_volume_mm3'] / 1000:.1f} cm³ ({source}{score}), "
         f"{timings['total']:.1f} s"
     )
     return CompletedFiles(record, message, warnings)

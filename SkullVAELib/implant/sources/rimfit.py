@@ -23,7 +23,9 @@ class RimFitSource:
     def propose(self, context) -> Proposal:
         result = context.rim_fit()
         mirrored = any(h.source != "spline" for h in result.holes)
-        messages = [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
+        messages = list(result.messages) or (
+            [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
+        )
         return Proposal(
             result.implant,
             variant="mirror" if mirrored else "",

@@ -150,3 +150,34 @@ def test_a_model_folder_with_a_broken_config_is_refused_before_any_work(tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(SkullVAEError, match="not a SkullVAE model folder"):
         Completer(CompletionSettings(model=tmp_path / "empty"))
+
+
+def test_a_failed_implant_is_passed_over_and_every_result_carries_its_quality(monkeypatch, cranial_case):
+    """The quality score gates the sources: below the floor, the next source is tried; when all fail,
+    the best is kept and called doubtful."""
+    import SkullVAELib.implant.quality as quality
+    from SkullVAELib.pipeline.completer import QUALITY_FLOOR
+
+    defective, truth = cranial_case
+    real = quality.implant_quality
+    result = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+    assert result.quality is not None and result.quality >= QUALITY_FLOOR and result.record()["implant_quality"]
+
+    def failing(skull, implant, *a, **k):  # the rim fit "fails"; anything else scores as it is
+        score = real(skull, implant, *a, **k)
+        return score if implant.sum() != result.implant.mask.sum() else quality.ImplantQuality(0.1, {}, {}, "stepped")
+
+    monkeypatch.setattr(quality, "implant_quality", failing)
+    _Stamp.implant = truth.mask | defective.mask
+    settings = CompletionSettings(sources=("rimfit", "stamp"), rimfit=NO_MIRROR)
+    register_source(_Stamp)
+    _Stamp.applies = lambda self, context: None
+    try:
+        passed = Completer(settings).complete(defective)
+    finally:
+        _Stamp.applies = lambda self, context: None if context.defect == "facial" else "stamps only faces"
+    assert passed.source == "stamp" and "quality 0.10" in passed.skipped["rimfit"]
+    alone = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+    assert alone.source == "rimfit" and any("doubtful implant" in w for w in alone.warnings)
+    unscored = Completer(CompletionSettings(rimfit=NO_MIRROR, quality=False)).complete(defective)
+    assert unscored.quality is None and unscored.source == "rimfit"

@@ -33,7 +33,9 @@ DESCRIPTION = (
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="run the whole pipeline on phantoms (CPU; it prints its time estimate first)", description=DESCRIPTION
+        "demo",
+        help="run the whole pipeline on phantoms (CPU; it prints its time estimate first)",
+        description=DESCRIPTION,
     )
     p.add_argument("--out", default="skullvae-demo", help="output folder (default: ./skullvae-demo)")
     p.add_argument("--n", type=positive_int, default=12, help="number of phantom subjects (one is held back)")

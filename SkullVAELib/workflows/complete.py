@@ -67,11 +67,20 @@ def warm_completer(settings: CompletionSettings):
     call with the same settings (its model parts stay loaded), else a new one (the old is dropped)."""
     from SkullVAELib.pipeline.completer import Completer
 
-    key = repr(settings)
+    key = repr(settings) + _parts_stamp(settings)  # a model replaced in place is loaded afresh
     if key not in _WARM:
         _WARM.clear()
         _WARM[key] = Completer(settings)
     return _WARM[key]
+
+
+def _parts_stamp(settings: CompletionSettings) -> str:
+    """The modification times of the model parts the settings name (empty without any)."""
+    paths = [settings.model, settings.learned.path, settings.atlas.path]
+    files = []
+    for path in (Path(p) for p in paths if p is not None):
+        files += [path] if path.is_file() else sorted(f for f in path.glob("*") if f.is_file()) if path.is_dir() else []
+    return "".join(f"|{f}:{f.stat().st_mtime_ns}" for f in files)
 
 
 def sweep_path(output: Path, gamma: float, suffix: str | None = None) -> Path:

@@ -28,20 +28,44 @@ from SkullVAELib.cli.common import (
 
 
 def register(subparsers) -> None:
+    """Add the ``train`` subcommand and its options to ``subparsers``."""
     p = subparsers.add_parser("train", help="train the β-VAE (stage 1) and the decoupled decoder (stage 2)")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="data folder(s), merged by case id")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model bundle folder (written/updated)")
+    _add_stage_args(p)
+    add_network_args(p)
+    _add_optimizer_args(p)
+    _add_checkpoint_args(p)
+    _add_loss_args(p)
+    p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
+    add_resample_arg(p, default_help="area (--stage 2 alone: the stage-1 bundle's)")  # recorded in the bundle
+    _add_validation_args(p)
+    _add_speed_args(p)
+    add_augment_args(p)
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def _add_stage_args(p: argparse.ArgumentParser) -> None:
+    """``--stage`` and the per-stage settings: ``--beta``, ``--epochs``, ``--epochs2``."""
     p.add_argument("--stage", choices=("1", "2", "all"), default="all", help="1, 2 (needs a stage-1 bundle), or all")
     p.add_argument(
         "--beta", type=non_negative_float, default=100.0, help="KLD weight β of stage 1 (1e-4 = regular VAE)"
     )
     p.add_argument("--epochs", type=non_negative_int, default=200, help="stage-1 epochs (paper: 200)")
     p.add_argument("--epochs2", type=non_negative_int, default=1200, help="stage-2 epochs (paper: 1200)")
-    add_network_args(p)
+
+
+def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
+    """The optimiser and run settings: ``--batch``, ``--lr``, ``--seed``, ``--device``."""
     p.add_argument("--batch", type=positive_int, default=4, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """Resuming and checkpointing: ``--resume``, ``--overwrite``, ``--checkpoint-every``, ``--checkpoint-minutes``."""
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoints exactly")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in MODEL_DIR (refused without it)")
     p.add_argument(
@@ -58,6 +82,10 @@ def register(subparsers) -> None:
         metavar="M",
         help="also checkpoint mid-epoch once M minutes passed since the last one (default 5): whichever is sooner",
     )
+
+
+def _add_loss_args(p: argparse.ArgumentParser) -> None:
+    """Loss and optimiser variants: ``--recon-scale``, ``--fused-adam``, ``--stage2-latent``."""
     p.add_argument(
         "--recon-scale",
         type=positive_float,
@@ -74,8 +102,10 @@ def register(subparsers) -> None:
         default="sample",
         help="stage-2 input: z ~ q(z|x) afresh (paper) or the fixed z = μ + σ (authors' code)",
     )
-    p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
-    add_resample_arg(p, default_help="area (--stage 2 alone: the stage-1 bundle's)")  # recorded in the bundle
+
+
+def _add_validation_args(p: argparse.ArgumentParser) -> None:
+    """Case selection and validation: ``--train-ids``, ``--val-ids``, ``--val-every``, ``--patience``."""
     p.add_argument(
         "--train-ids",
         default=None,
@@ -97,6 +127,10 @@ def register(subparsers) -> None:
         metavar="P",
         help="stop a stage after P validations without improvement (default 0 = never stop early)",
     )
+
+
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Speed settings: ``--no-amp``, ``--cpu-bf16``, ``--channels-first``, ``--compile``."""
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (fast on AMX/AVX-512-BF16 CPUs)")
     p.add_argument(
@@ -105,9 +139,6 @@ def register(subparsers) -> None:
         help="train in the default (channels-first) memory layout instead of channels-last-3d (faster on CPU)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    add_augment_args(p)
-    add_progress_arg(p)
-    p.set_defaults(func=run)
 
 
 def train_configs(args: argparse.Namespace) -> dict:

@@ -83,20 +83,72 @@ def train_model(
     Returns:
         The trained ModelBundle (on the CPU), saved in ``out`` by rank 0 with ``curves.png``.
     """
-    import torch
+    from SkullVAELib.training.distributed import current_context, init_distributed, shutdown_distributed
+    from SkullVAELib.vae.plan import log_training_plan
 
-    from SkullVAELib import __version__
+    out = Path(out)
+    order, network, resample, bundle, batch_transform = _check_and_prepare(
+        out,
+        network,
+        stages,
+        resample=resample,
+        resume=resume,
+        overwrite=overwrite,
+        batch_transform=batch_transform,
+        augment=augment,
+    )
+    first = stages[order[0]]
+    created = init_distributed(first.device)
+    try:
+        ctx = current_context(first.device)
+        cached = _load_data(data, train_ids, network.grid, cache_dir, resample, ctx, progress)
+        validation = _load_validation(data, validation_ids, network.grid, cache_dir, resample, ctx, cached)
+        info = _run_info(cached, first, ctx, resample, validation_ids, batch_transform)
+        options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
+        if ctx.is_main and log is not None:  # stages, epochs, steps and an estimated time, before the work
+            log_training_plan(log, stages, network, len(cached.volumes), ctx.device)
+        stage1_trained = stage2_trained = False
+        if 1 in stages:
+            bundle, stage1_trained = _train_stage1(network, cached, stages[1], out, info, options, resume=resume)
+        else:
+            _adopt_stage1_bundle(bundle, cached, info, resample, out, ctx, log)
+        if 2 in stages:
+            resume2 = resume and not stage1_trained  # a stage-2 checkpoint is stale once stage 1 trained further
+            stage2_trained = _train_stage2(bundle, network, cached, stages[2], out, ctx, options, resume=resume2)
+        bundle = _save_or_keep(bundle, out, data, ctx, log, resume=resume, trained=stage1_trained or stage2_trained)
+        ctx.barrier()
+    finally:
+        shutdown_distributed(created)
+    return bundle
+
+
+def _check_and_prepare(
+    out: Path,
+    network: NetworkConfig | None,
+    stages: dict[int, TrainConfig],
+    *,
+    resample: str | None,
+    resume: bool,
+    overwrite: bool,
+    batch_transform,
+    augment: dict | None,
+) -> tuple[tuple[int, ...], NetworkConfig, str, ModelBundle | None, object]:
+    """Check everything that needs no data, before any data is read or anything is trained.
+
+    Builds the ``--augment`` batch transform, checks the stage order and the destination, takes the
+    network and resampling mode of the stage-1 bundle for stage 2 alone, checks the network against
+    the memory limit, and checks (``resume``) or removes (fresh start) the checkpoints.
+
+    Returns:
+        ``(order, network, resample, bundle, batch_transform)``: the sorted stages, the network,
+        the checked resampling mode, the stage-1 bundle (stage 2 alone; None otherwise) and the
+        batch transform.
+    """
     from SkullVAELib.bundle.model_bundle import ModelBundle
     from SkullVAELib.core.limits import check_network
     from SkullVAELib.io.outputs import check_model_destination
-    from SkullVAELib.models.card import write_training_card
-    from SkullVAELib.training.checkpoint import checkpoint_path, load_checkpoint
-    from SkullVAELib.training.distributed import current_context, init_distributed, shutdown_distributed
-    from SkullVAELib.vae.networks import VAE, Decoder
-    from SkullVAELib.vae.plan import log_training_plan
-    from SkullVAELib.vae.stages import train_stage1, train_stage2
+    from SkullVAELib.training.checkpoint import checkpoint_path
 
-    out = Path(out)
     if augment is not None:  # checked before any data is read or anything written
         from SkullVAELib.data.augment import AugmentConfig, Augmenter
 
@@ -104,7 +156,6 @@ def train_model(
     order = tuple(sorted(stages))
     if not order or not set(order) <= {1, 2}:
         raise SkullVAEError(f"stages must be 1, 2 or both, got {order}")
-    first = stages[order[0]]
     check_model_destination(out, order, resume=resume, overwrite=overwrite)  # before any data is read
     bundle = None
     if order == (2,):
@@ -123,102 +174,150 @@ def train_model(
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, order[0]))
     if not resume:  # a fresh start: an older training's checkpoints must never be resumed later
         _remove_checkpoints(out, order)
+    return order, network, resample, bundle, batch_transform
 
-    created = init_distributed(first.device)
-    try:
-        ctx = current_context(first.device)
-        cached = _load_data(data, train_ids, network.grid, cache_dir, resample, ctx, progress)
-        validation = None
-        if validation_ids:
-            val = _load_data(data, validation_ids, network.grid, cache_dir, resample, ctx, None, "--val-ids")
-            overlap = sorted(set(val.case_ids) & set(cached.case_ids))
-            if overlap:
-                raise SkullVAEError(f"validation and training share case ids: {', '.join(overlap[:5])}")
-            validation = val.volumes
-        info = {
-            "library_version": __version__,
-            "data_manifest_hash": cached.manifest_hash,
-            "train_cases": len(cached.case_ids),
-            "train_case_ids": sorted(set(cached.case_ids)),
-            "seed": first.seed,
-            "batch_size": first.batch_size,
-            "lr": first.lr,
-            "world_size": ctx.world_size,
-            "device": str(ctx.device),
-            "resample": resample,
-        }
-        if validation_ids:
-            info["validation_case_ids"] = sorted(set(validation_ids))
-        if hasattr(batch_transform, "cfg") and hasattr(batch_transform.cfg, "to_dict"):
-            info["augment"] = batch_transform.cfg.to_dict()  # augment.AugmentConfig of --augment
-        options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
-        if ctx.is_main and log is not None:  # stages, epochs, steps and an estimated time, before the work
-            log_training_plan(log, stages, network, len(cached.volumes), ctx.device)
-        stage1_trained = stage2_trained = False
-        if 1 in stages:
-            cfg = stages[1]
-            done_before = load_checkpoint(checkpoint_path(out, 1))["epoch"] if resume else 0
-            torch.manual_seed(cfg.seed)
-            vae = VAE(network)
-            t0 = time.perf_counter()
-            hist = train_stage1(vae, cached.volumes, cfg, out, resume=resume, **options)
-            info.update(
-                beta=cfg.beta,
-                epochs_stage1=cfg.epochs,
-                stage1_seconds=round(time.perf_counter() - t0, 2),
-                seconds_per_epoch_stage1=_mean_seconds(hist),
-                stage1_final=_final(hist),
-            )
-            bundle = ModelBundle.from_vae(vae.cpu(), info=info)
-            stage1_trained = len(hist) > done_before
-        else:
-            if bundle.info.get("data_manifest_hash") not in (None, cached.manifest_hash) and ctx.is_main and log:
-                log("skullvae train: note: the stage-2 data differ from the stage-1 bundle's data manifest")
-            if bundle.info.get("resample", DEFAULT_RESAMPLE) != resample:
-                raise SkullVAEError(
-                    f"--resample {resample} differs from the stage-1 bundle's {bundle.resample}; stage 2 must match",
-                    out,
-                )
-            bundle.info.update({k: v for k, v in info.items() if k != "seed"})
-        if 2 in stages:
-            cfg = stages[2]
-            torch.manual_seed(cfg.seed + 1)
-            decoder = Decoder(network)
-            # A stage-2 checkpoint is stale once stage 1 trained further: stage 2 then starts afresh,
-            # and the stale checkpoint goes first (a kill during stage 2's first save must not leave it).
-            resume2 = resume and checkpoint_path(out, 2).is_file() and not stage1_trained
-            if not resume2 and ctx.is_main:
-                _remove_checkpoints(out, (2,))
-            done_before2 = load_checkpoint(checkpoint_path(out, 2))["epoch"] if resume2 else 0
-            t0 = time.perf_counter()
-            hist = train_stage2(bundle.encoder, decoder, cached.volumes, cfg, out, resume=resume2, **options)
-            stage2_trained = len(hist) > done_before2
-            bundle.decoupled_decoder = decoder.cpu()
-            bundle.encoder.cpu()
-            for p in bundle.encoder.parameters():
-                p.requires_grad_(True)
-            bundle.info.update(
-                epochs_stage2=cfg.epochs,
-                stage2_latent=cfg.stage2_latent,
-                stage2_seed=cfg.seed + 1,
-                stage2_seconds=round(time.perf_counter() - t0, 2),
-                seconds_per_epoch_stage2=_mean_seconds(hist),
-                stage2_final=_final(hist),
-            )
-        kept = None
-        if ctx.is_main and resume and not (stage1_trained or stage2_trained):
-            kept = _unchanged_bundle(out, bundle)  # a finished training resumed: keep its fitted model
-        if kept is not None:
-            bundle = kept
-            if log is not None:
-                log(f"skullvae train: nothing left to train; {out} is kept as it is (with its completion data)")
-        elif ctx.is_main:
-            bundle.save(out)
-            draw_curves(out)
-            write_training_card(out, [str(d) for d in data])  # model_card.json/.md (models/card.py)
-        ctx.barrier()
-    finally:
-        shutdown_distributed(created)
+
+def _load_validation(data, validation_ids, grid, cache_dir, resample, ctx, cached):
+    """The validation volumes of ``validation_ids`` (None without ids); refused if they share a case id
+    with the training cases ``cached``."""
+    if not validation_ids:
+        return None
+    val = _load_data(data, validation_ids, grid, cache_dir, resample, ctx, None, "--val-ids")
+    overlap = sorted(set(val.case_ids) & set(cached.case_ids))
+    if overlap:
+        raise SkullVAEError(f"validation and training share case ids: {', '.join(overlap[:5])}")
+    return val.volumes
+
+
+def _run_info(cached, first: TrainConfig, ctx, resample: str, validation_ids, batch_transform) -> dict:
+    """The bundle's training record: version, data manifest and cases, the first stage's seed, batch
+    size, lr and device, the world size, the resampling mode, validation ids and augmentation."""
+    from SkullVAELib import __version__
+
+    info = {
+        "library_version": __version__,
+        "data_manifest_hash": cached.manifest_hash,
+        "train_cases": len(cached.case_ids),
+        "train_case_ids": sorted(set(cached.case_ids)),
+        "seed": first.seed,
+        "batch_size": first.batch_size,
+        "lr": first.lr,
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+        "resample": resample,
+    }
+    if validation_ids:
+        info["validation_case_ids"] = sorted(set(validation_ids))
+    if hasattr(batch_transform, "cfg") and hasattr(batch_transform.cfg, "to_dict"):
+        info["augment"] = batch_transform.cfg.to_dict()  # augment.AugmentConfig of --augment
+    return info
+
+
+def _train_stage1(
+    network: NetworkConfig, cached, cfg: TrainConfig, out: Path, info: dict, options: dict, *, resume: bool
+) -> tuple[ModelBundle, bool]:
+    """Train the β-VAE (stage 1) on ``cached.volumes``; returns its bundle (on the CPU, with ``info``
+    and the stage-1 timings) and whether any epoch was trained in this run."""
+    import torch
+
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.training.checkpoint import checkpoint_path, load_checkpoint
+    from SkullVAELib.vae.networks import VAE
+    from SkullVAELib.vae.stages import train_stage1
+
+    done_before = load_checkpoint(checkpoint_path(out, 1))["epoch"] if resume else 0
+    torch.manual_seed(cfg.seed)
+    vae = VAE(network)
+    t0 = time.perf_counter()
+    hist = train_stage1(vae, cached.volumes, cfg, out, resume=resume, **options)
+    info.update(
+        beta=cfg.beta,
+        epochs_stage1=cfg.epochs,
+        stage1_seconds=round(time.perf_counter() - t0, 2),
+        seconds_per_epoch_stage1=_mean_seconds(hist),
+        stage1_final=_final(hist),
+    )
+    bundle = ModelBundle.from_vae(vae.cpu(), info=info)
+    return bundle, len(hist) > done_before
+
+
+def _adopt_stage1_bundle(bundle: ModelBundle, cached, info: dict, resample: str, out: Path, ctx, log) -> None:
+    """Stage 2 alone: note data that differ from the stage-1 bundle's, refuse another resampling mode,
+    and record this run's ``info`` (but the stage-1 seed) in the bundle."""
+    if bundle.info.get("data_manifest_hash") not in (None, cached.manifest_hash) and ctx.is_main and log:
+        log("skullvae train: note: the stage-2 data differ from the stage-1 bundle's data manifest")
+    if bundle.info.get("resample", DEFAULT_RESAMPLE) != resample:
+        raise SkullVAEError(
+            f"--resample {resample} differs from the stage-1 bundle's {bundle.resample}; stage 2 must match",
+            out,
+        )
+    bundle.info.update({k: v for k, v in info.items() if k != "seed"})
+
+
+def _train_stage2(
+    bundle: ModelBundle,
+    network: NetworkConfig,
+    cached,
+    cfg: TrainConfig,
+    out: Path,
+    ctx,
+    options: dict,
+    *,
+    resume: bool,
+) -> bool:
+    """Train the decoupled decoder (stage 2) on the frozen encoder of ``bundle`` and put it (on the CPU)
+    and the stage-2 timings into ``bundle``; returns whether any epoch was trained in this run.
+
+    ``resume`` is False when stage 1 trained further in this run: its stage-2 checkpoint is then stale.
+    """
+    import torch
+
+    from SkullVAELib.training.checkpoint import checkpoint_path, load_checkpoint
+    from SkullVAELib.vae.networks import Decoder
+    from SkullVAELib.vae.stages import train_stage2
+
+    torch.manual_seed(cfg.seed + 1)
+    decoder = Decoder(network)
+    # A stage-2 checkpoint is stale once stage 1 trained further: stage 2 then starts afresh,
+    # and the stale checkpoint goes first (a kill during stage 2's first save must not leave it).
+    resume2 = resume and checkpoint_path(out, 2).is_file()
+    if not resume2 and ctx.is_main:
+        _remove_checkpoints(out, (2,))
+    done_before2 = load_checkpoint(checkpoint_path(out, 2))["epoch"] if resume2 else 0
+    t0 = time.perf_counter()
+    hist = train_stage2(bundle.encoder, decoder, cached.volumes, cfg, out, resume=resume2, **options)
+    bundle.decoupled_decoder = decoder.cpu()
+    bundle.encoder.cpu()
+    for p in bundle.encoder.parameters():
+        p.requires_grad_(True)
+    bundle.info.update(
+        epochs_stage2=cfg.epochs,
+        stage2_latent=cfg.stage2_latent,
+        stage2_seed=cfg.seed + 1,
+        stage2_seconds=round(time.perf_counter() - t0, 2),
+        seconds_per_epoch_stage2=_mean_seconds(hist),
+        stage2_final=_final(hist),
+    )
+    return len(hist) > done_before2
+
+
+def _save_or_keep(bundle: ModelBundle, out: Path, data, ctx, log, *, resume: bool, trained: bool) -> ModelBundle:
+    """Rank 0 saves ``bundle`` in ``out`` with ``curves.png`` and the model card, unless a finished
+    training was resumed and nothing was trained: the saved bundle (with its completion data) is then
+    kept and returned."""
+    from SkullVAELib.models.card import write_training_card
+
+    kept = None
+    if ctx.is_main and resume and not trained:
+        kept = _unchanged_bundle(out, bundle)  # a finished training resumed: keep its fitted model
+    if kept is not None:
+        if log is not None:
+            log(f"skullvae train: nothing left to train; {out} is kept as it is (with its completion data)")
+        return kept
+    if ctx.is_main:
+        bundle.save(out)
+        draw_curves(out)
+        write_training_card(out, [str(d) for d in data])  # model_card.json/.md (models/card.py)
     return bundle
 
 

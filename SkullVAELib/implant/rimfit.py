@@ -38,10 +38,10 @@ from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
+from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, scan_edge, why_no_hole
 from SkullVAELib.io.image import SkullImage
 
-_CUBE = ndimage.generate_binary_structure(3, 3)
 _SQUARE = np.ones((3, 3), dtype=bool)
 
 
@@ -261,66 +261,6 @@ def fill_hole(
     hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
     hole.expected_volume_mm3 = hole.area_mm2 * hole.rim_thickness_mm
     return region & np.isfinite(r_out), r_in, r_out
-
-
-def rasterise(
-    skull: SkullImage, centre: np.ndarray, step_deg: float, region: np.ndarray, r_in: np.ndarray, r_out: np.ndarray
-) -> np.ndarray:
-    """bool (I, J, K): voxels whose direction lies in ``region`` with r_in ≤ r ≤ r_out, minus bone.
-
-    The region's box is swept in slabs of about ``_SLAB_VOXELS``; only the voxels off the bone whose
-    radius lies in the radii's range (± 1 mm) are turned into angles (the filled radii are bilinear
-    reads of r_in/r_out, never outside that range), and only those inside the region are read.
-    """
-    out = np.zeros_like(skull.mask)  # the mask's memory order (Fortran from SimpleITK): cheap to combine
-    if not region.any():
-        return out
-    alpha, beta = raycast.angle_grid(step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])[region]
-    lo_r, hi_r = float(np.nanmin(r_in[region])) - 1.0, float(np.nanmax(r_out[region])) + 1.0
-    corners = np.concatenate([centre + lo_r * dirs, centre + hi_r * dirs])
-    affine = skull.index_to_physical()
-    index = (corners - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    lo = np.clip(np.floor(index.min(axis=0)).astype(int) - 2, 0, None)
-    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 3, skull.shape)
-    if np.any(hi <= lo):
-        return out
-    finite = np.isfinite(r_out)  # every radius a bilinear read below returns lies in this range
-    # radii outside the region are never used; fill them so bilinear reads stay finite at its edge
-    near = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
-    radii = (r_in[tuple(near)], r_out[tuple(near)], np.nanmin(r_in[finite]) - 1.0, np.nanmax(r_out[finite]) + 1.0)
-    lin, off = affine[:3, :3].astype(np.float32), (affine[:3, 3] - centre).astype(np.float32)
-    step_k = max(1, _SLAB_VOXELS // int((hi[0] - lo[0]) * (hi[1] - lo[1])))
-    for k0 in range(int(lo[2]), int(hi[2]), step_k):
-        slab = (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(k0, min(k0 + step_k, int(hi[2]))))
-        out[slab] = _rasterise_slab(skull, slab, lin, off, step_deg, region.astype(np.uint8), radii)
-    return out
-
-
-_SLAB_VOXELS = 1 << 21  # voxels of the box handled at once by rasterise (~40 MB of float32 temporaries)
-
-
-def _rasterise_slab(skull, slab, lin, off, step_deg, region, radii) -> np.ndarray:
-    """bool: :func:`rasterise` on one slab (a tuple of slices) of the grid."""
-    fin_in, fin_out, r_lo, r_hi = radii
-    ii, jj, kk = (np.arange(s.start, s.stop, dtype=np.float32) for s in slab)
-    ii, jj, kk = ii[:, None, None], jj[None, :, None], kk[None, None, :]
-    x, y, z = (lin[a, 0] * ii + lin[a, 1] * jj + lin[a, 2] * kk + off[a] for a in range(3))
-    r = np.sqrt(x * x + y * y + z * z)
-    block = np.zeros(r.shape, dtype=bool)
-    shell = np.flatnonzero((r >= r_lo) & (r <= r_hi) & ~skull.mask[slab])
-    if shell.size == 0:
-        return block
-    r_shell, a, b = raycast.to_angles(np.stack([np.take(v, shell) for v in (x, y, z)], axis=-1))
-    coords = np.stack(raycast.grid_coordinates(a, b, step_deg))
-    # the nearest cell, clamped to the grid (map_coordinates' order 0, mode "nearest")
-    cell = [np.clip(np.floor(c + 0.5), 0, n - 1).astype(np.intp) for c, n in zip(coords, region.shape, strict=True)]
-    inside = region[cell[0], cell[1]].astype(bool)
-    shell, r_shell, coords = shell[inside], r_shell[inside], coords[:, inside]
-    lo_val = ndimage.map_coordinates(fin_in, coords, order=1, mode="nearest")
-    hi_val = ndimage.map_coordinates(fin_out, coords, order=1, mode="nearest")
-    block.ravel()[shell[(r_shell >= lo_val) & (r_shell <= hi_val)]] = True
-    return block
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:

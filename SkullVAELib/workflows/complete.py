@@ -231,6 +231,11 @@ def complete_files(
     warnings = list(dict.fromkeys([*header_notes, *(w for r in results for w in r.warnings)]))
     written, montage, run_id = _write_all(skull, results, output, options, gammas, timings, warnings, plan, input)
     timings["total"] = time.perf_counter() - start
+    return _completed_files(results, written, gammas, montage, timings, warnings, run_id, settings)
+
+
+def _completed_files(results, written, gammas, montage, timings, warnings, run_id, settings) -> CompletedFiles:
+    """The call's JSON record (the main result: γ = 1 if swept, else the last) and its summary line."""
     summaries = [{**w, **r.record()} for w, r in zip(written, results, strict=True)]
     for s in summaries:
         s.pop("timings", None)

@@ -295,7 +295,9 @@ def test_the_learned_implant_is_volume_checked_against_its_soft_volume(oblique_f
     from SkullVAELib.pipeline.settings import CompletionSettings
 
     def refine_implant(skull, refiner):
-        return Completer(CompletionSettings(defect="facial"), ModelFolder.from_parts(refiner=refiner)).complete(skull)
+        return Completer(
+            CompletionSettings(defect="facial", quality=False), ModelFolder.from_parts(refiner=refiner)
+        ).complete(skull)
 
     skull = oblique_facial_case
     implant = np.zeros(skull.shape, dtype=bool)

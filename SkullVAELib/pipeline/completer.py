@@ -80,6 +80,8 @@ class Completer:
             if not tried:  # no source could serve: a missing part, not an empty result
                 reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
                 hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
+                if decision.reason.startswith("taken as"):  # auto could not read it: say why, offer the way out
+                    hint += f" (the defect was {decision.reason}; give --defect cranial if it is cranial)"
                 raise SkullVAEError(f"{hint} ({reasons})", skull.metadata.get("source"))
             tried_reasons = {n: skipped[n] for n in tried}
             warnings = [f"no implant: {n}: {why}" for n, why in (tried_reasons or skipped).items()]

@@ -42,7 +42,8 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
         result = context.model_completion()
         decision = DefectDecision(result.defect, f"{result.defect}: the model's classifier", result.confidence)
     else:
-        decision = DefectDecision("facial", "facial: no enclosed hole in the vault, an open cut", None)
+        why = "; ".join(context.rim_fit().messages) or "no enclosed hole in the vault"
+        decision = DefectDecision("facial", f"taken as facial: {why}", None)
     context.cache["defect"] = decision
     return decision
 

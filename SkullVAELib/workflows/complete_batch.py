@@ -74,7 +74,7 @@ def complete_batch(
     progress = progress or no_progress
     set_threads(threads)
     completer = warm_completer(settings)
-    records, warnings = [], []
+    records, warnings, failed = [], [], []
     for n, path in enumerate(inputs):
 
         def case_progress(stage, fraction, message="", n=n, path=path):
@@ -86,21 +86,28 @@ def complete_batch(
             implant_stl=options.implant_stl / f"{stem}.stl" if options.implant_stl else None,
             uncertainty=options.uncertainty / f"{stem}.nrrd" if options.uncertainty else None,
         )
-        done = complete_files(
-            settings,
-            path,
-            output / f"{stem}{SEGMENTATION_SUFFIX}",
-            gammas,
-            options=case_options,
-            input_kind=input_kind,
-            hu_threshold=hu_threshold,
-            progress=case_progress,
-            completer=completer,
-        )
+        try:
+            done = complete_files(
+                settings,
+                path,
+                output / f"{stem}{SEGMENTATION_SUFFIX}",
+                gammas,
+                options=case_options,
+                input_kind=input_kind,
+                hu_threshold=hu_threshold,
+                progress=case_progress,
+                completer=completer,
+            )
+        except SkullVAEError as exc:  # one bad skull never stops the others; it is reported at the end
+            failed.append(f"{path.name}: {exc.message}")
+            continue
         records.append({"input": str(path), **done.record})
         warnings += [f"{path.name}: {w}" for w in done.warnings]
     seconds = time.perf_counter() - start
     results = [r for record in records for r in record["results"]]
     record = {"results": results, "cases": records, "timings": {"total": round(seconds, 3)}}
+    if failed:
+        summary = f"{len(failed)} of {len(inputs)} inputs failed, {len(inputs) - len(failed)} completed into {output}"
+        raise SkullVAEError(f"{summary}: " + " | ".join(failed))
     message = f"{len(inputs)} skulls completed into {output} in {seconds:.1f} s ({seconds / len(inputs):.1f} s each)"
     return CompletedFiles(record, message, warnings)

@@ -54,3 +54,15 @@ def test_a_completion_names_its_run_and_a_mixed_pair_is_refused(tmp_path, capsys
         assert check_run_identity(tmp_path / name / "r.seg.nrrd", tmp_path / name / "i.stl") == run_id
     with pytest.raises(SkullVAEError):
         check_run_identity(tmp_path / "a" / "r.seg.nrrd", tmp_path / "b" / "i.stl")
+
+
+def test_one_bad_input_never_stops_the_batch(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    defective, _ = cranial_defect(make_phantom(1, (80, 80, 60), (2.6, 2.6, 2.6)), 1, style="skullbreak")
+    write_mask(defective, inputs / "b_good.nrrd")
+    (inputs / "a_broken.nrrd").write_bytes(b"NRRD0004\nnot really\n")
+    assert main(["complete", "--input", str(inputs), "--output", str(tmp_path / "out"), "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of 2 inputs failed" in err[0] and "a_broken.nrrd" in err[0]
+    assert (tmp_path / "out" / "b_good.seg.nrrd").is_file()  # the good one after the bad one was done

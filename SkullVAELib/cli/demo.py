@@ -47,7 +47,7 @@ def register(subparsers) -> None:
         default=DEMO_BETA,
         help=f"stage-1 β (default {DEMO_BETA:g}; β = 100 collapses the posterior on a dozen phantoms, see docs/RESULTS.md)",
     )
-    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the phantoms and of the training")
     p.add_argument(
         "--threads", type=threads_arg, default=0, help="torch threads (0 = all cores; at most the CPU count)"
     )

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     )
     add_resample_arg(p)
     p.add_argument("--cache-dir", default=None, help="folder for the model-grid cache (reused across runs)")
-    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4, help="volumes encoded at once")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_progress_arg(p)
     p.set_defaults(func=run)

@@ -60,7 +60,7 @@ def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
     """The optimiser and run settings: ``--batch``, ``--lr``, ``--seed``, ``--device``."""
     p.add_argument("--batch", type=positive_int, default=4, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate")
-    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the weights, the batches and the augmentation")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 

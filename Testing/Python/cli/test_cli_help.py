@@ -36,3 +36,13 @@ def test_grid_error_names_the_flags(capsys, tmp_path):
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--grid", "32,32,32"]) == 2
     err = capsys.readouterr().err
     assert "--preset test" in err and "--channels" in err and err.count("\n") == 1
+
+
+def test_every_option_of_every_verb_has_help():
+    from SkullVAELib.cli import VERBS
+
+    missing = []
+    for verb in VERBS:
+        sub = next(a for a in build_parser([verb])._actions if a.dest == "verb").choices[verb]
+        missing += [f"{verb} {a.option_strings[0]}" for a in sub._actions if a.option_strings and not a.help]
+    assert not missing, missing

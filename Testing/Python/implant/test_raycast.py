@@ -15,6 +15,7 @@ from scipy import ndimage
 from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
+from SkullVAELib.implant import rasterise as rasterise_module
 from SkullVAELib.implant import raycast, raymarch, rimfit
 from SkullVAELib.implant.symmetry import find_mirror_plane
 from SkullVAELib.io.image import SkullImage, read_skull
@@ -228,7 +229,7 @@ def test_rasterise_gives_the_reference_voxels(defect_cases, monkeypatch, order):
 
     rasterise = rimfit.rasterise
     monkeypatch.setattr(rimfit, "rasterise", spy)
-    monkeypatch.setattr(rimfit, "_SLAB_VOXELS", 20_000)  # several slabs even on a phantom
+    monkeypatch.setattr(rasterise_module, "_SLAB_VOXELS", 20_000)  # several slabs even on a phantom
     rimfit.rim_fit(skull, mirror_transform=transform)
     assert calls
     for args in calls:

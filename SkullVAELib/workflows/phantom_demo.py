@@ -72,6 +72,7 @@ def _train(
     seed: int,
     progress: ProgressCallback | None,
     log: Callable[[str], None],
+    on_plan: Callable | None = None,
 ) -> None:
     """Step 2: train stage 1 (β-VAE, ``beta``, ``epochs``) and stage 2 (``epochs2``) on ``train_ids``
     into ``model``, afresh."""
@@ -90,8 +91,20 @@ def _train(
         overwrite=True,  # the demo's own folder: a rerun trains afresh
         progress=progress,
         log=log,  # the plan: stages, epochs, estimated time
+        on_plan=on_plan,
     )
     log(f"wrote {bundle.kind} model bundle {model}")
+
+
+def _whole_run_estimate(plan, elapsed_s: float) -> float | None:
+    """Seconds the whole demo should take: the steps done so far, the plan's timed training estimate,
+    and the fit and the completions after it (an encoding pass over the data and two completions of
+    small phantoms: bounded by two stage-1 epochs). None when the plan could not time its steps."""
+    training = [plan.stage_seconds(s) for s in plan.epochs]
+    if any(v is None for v in training) or 1 not in plan.step_seconds:
+        return None
+    rest = 2 * plan.step_seconds[1] * plan.steps_per_epoch
+    return elapsed_s + sum(training) + rest
 
 
 def _complete_held_back(
@@ -161,7 +174,15 @@ def demo(
     train_ids = parse_id_spec([Path(phantom_file_name(i)).stem for i in range(n - 1)])
     t0 = time.perf_counter()
 
-    log("skullvae demo: the training plan below estimates this machine's time (README.md gives measured runs).")
+    log("skullvae demo: once the training is timed, it estimates the whole run on this machine.")
+    estimate: list[float] = []
+
+    def on_plan(plan) -> None:
+        whole = _whole_run_estimate(plan, time.perf_counter() - t0)
+        if whole is not None:
+            estimate.append(whole)
+            log(f"estimated whole run ≈ {whole / 60:.1f} min on this machine now (more load, more time)")
+
     _announce(log, t0, f"1/5 phantoms: {n} subjects with cranial and facial defects -> {data}")
     made = make_phantom_set(
         n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=True
@@ -170,7 +191,17 @@ def demo(
 
     _announce(log, t0, f"2/5 train stage 1 (β = {beta:g}) and stage 2 (decoupled decoder) -> {model}")
     _train(
-        data, model, cache, train_ids, epochs=epochs, epochs2=epochs2, beta=beta, seed=seed, progress=progress, log=log
+        data,
+        model,
+        cache,
+        train_ids,
+        epochs=epochs,
+        epochs2=epochs2,
+        beta=beta,
+        seed=seed,
+        progress=progress,
+        log=log,
+        on_plan=on_plan,
     )
 
     _announce(log, t0, "3/5 fit completion centroids (DEV vectors) on the training phantoms")
@@ -182,5 +213,6 @@ def demo(
 
     outputs = DemoOutputs(out, model, minutes=(time.perf_counter() - t0) / 60)
     outputs.files = sorted(p for p in out.rglob("*") if p.suffix in {".png", ".stl"} or p.name.endswith(".seg.nrrd"))
-    _announce(log, t0, f"5/5 done in {outputs.minutes:.1f} min. Outputs:")
+    against = f" (estimated {estimate[0] / 60:.1f} min)" if estimate else ""
+    _announce(log, t0, f"5/5 done in {outputs.minutes:.1f} min{against}. Outputs:")
     return outputs

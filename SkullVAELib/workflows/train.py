@@ -57,6 +57,7 @@ def train_model(
     augment: dict | None = None,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
+    on_plan: Callable | None = None,
 ) -> ModelBundle:
     """Train stage 1 (β-VAE) and/or stage 2 (decoupled decoder) into the bundle folder ``out``.
 
@@ -71,14 +72,14 @@ def train_model(
             no validation.
         cache_dir: model-grid cache folder (default ``$SKULLVAE_CACHE`` or ``~/.cache/skullvae``).
         resample: grid resampling mode (``config.RESAMPLE_MODES``; None = "area", or the stage-1
-            bundle's mode for stage 2 alone); recorded in the bundle and
-            used again by fit-completion and completion.
+            bundle's mode for stage 2 alone); recorded, and used again by fit-completion and completion.
         resume: continue from ``out/checkpoints`` exactly.
         overwrite: replace a model already in ``out`` (refused otherwise, unless ``resume``).
         batch_transform: ``f(x, generator) -> x'`` applied to every training batch (augmentation).
         augment: ``augment.AugmentConfig`` fields: the batch transform is then ``augment.Augmenter``.
         progress: ``(stage, fraction, message)``.
         log: receives notes for the user (rank 0), e.g. ``print``.
+        on_plan: receives the printed ``vae.plan.TrainingPlan`` (its timed estimate) before training.
 
     Returns:
         The trained ModelBundle (on the CPU), saved in ``out`` by rank 0 with ``curves.png``.
@@ -106,7 +107,7 @@ def train_model(
         info = _run_info(cached, first, ctx, resample, validation_ids, batch_transform)
         options = {"progress": progress, "batch_transform": batch_transform, "validation": validation}
         if ctx.is_main and log is not None:  # stages, epochs, steps and an estimated time, before the work
-            log_training_plan(log, stages, network, len(cached.volumes), ctx.device)
+            (on_plan or (lambda plan: None))(log_training_plan(log, stages, network, len(cached.volumes), ctx.device))
         stage1_trained = stage2_trained = False
         if 1 in stages:
             bundle, stage1_trained = _train_stage1(network, cached, stages[1], out, info, options, resume=resume)

@@ -21,6 +21,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
             assert str(path) in printed
     assert (out / "model" / "decoupled_decoder.safetensors").is_file()
     assert (out / "model" / "completion.json").is_file()
+    # the whole run is estimated once the training is timed, and the end holds it against the measured time
+    assert "estimated whole run ≈" in printed and "min (estimated" in printed
 
 
 def test_demo_rejects_too_few_subjects(tmp_path, capsys):

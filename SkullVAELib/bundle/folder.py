@@ -107,14 +107,18 @@ class ModelFolder:
 
     def refiner(self, device: str = "cpu"):
         """The :class:`~SkullVAELib.implant.learned.infer.FacialRefiner` (loaded once; imports MONAI)."""
-        key = "refiner" if "refiner" in self._loaded else f"refiner:{device}"
+        if "refiner" in self._loaded:  # given in memory (from_parts)
+            return self._loaded["refiner"]
+        from SkullVAELib.core.devices import resolve_device
+
+        device = str(resolve_device(device))  # "auto" and "cpu" on a CPU machine share one load
+        key = f"refiner:{device}"
         if key not in self._loaded:
             if self.refiner_path is None:
                 raise SkullVAEError(f"no learned refiner ({REFINER_FILE})", self.path)
-            from SkullVAELib.core.devices import resolve_device
             from SkullVAELib.implant.learned.infer import FacialRefiner
 
-            self._loaded[key] = FacialRefiner.load(self.refiner_path, str(resolve_device(device)))
+            self._loaded[key] = FacialRefiner.load(self.refiner_path, device)
         return self._loaded[key]
 
     def atlas(self):

@@ -12,14 +12,13 @@ from SkullVAELib.core.errors import SkullVAEError
 
 
 def source_list(text: str) -> tuple[str, ...]:
-    """ "rimfit,learned" -> ("rimfit", "learned"); unknown words are refused with the known ones."""
-    names = tuple(w.strip() for w in text.split(",") if w.strip())
-    bad = [n for n in names if n not in IMPLANT_SOURCES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown implant source(s) {bad or text!r}; choose from {','.join(IMPLANT_SOURCES)}"
-        )
-    return names
+    """ "rimfit,learned" -> ("rimfit", "learned"), checked by the pipeline's own rule (known, none twice)."""
+    from SkullVAELib.pipeline.settings import check_sources
+
+    try:
+        return check_sources(w.strip() for w in text.split(",") if w.strip())
+    except SkullVAEError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

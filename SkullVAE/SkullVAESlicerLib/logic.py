@@ -167,7 +167,8 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             uncertainty: also load an uncertainty map as a volume.
             sources: the implant sources to try, in order (the first that applies and proposes
                 bone makes the implant), in the library's words (``skullvae complete --sources``):
-                "rimfit" (fitted to a cranial defect's rim, no model), "learned" (the bundle's
+                "residual" (the rim fit corrected by the bundle's cranial U-Net), "rimfit" (fitted
+                to a cranial defect's rim, no model), "learned" (the bundle's
                 facial U-Net), "atlas" (the bundle's atlas skulls), "model" (the latent
                 arithmetic, γ). A sequence or one text "rimfit,model".
             mirror: let ``rimfit`` use the skull's mirror image (``--mirror``/``--no-mirror``).

@@ -49,6 +49,7 @@ CLOSED_SURFACE = "Closed surface"
 
 #: What the panel says about each implant source of the result JSON's "implant_source".
 SOURCE_TEXT = {
+    "residual": "the rim fit corrected by the learned cranial residual",
     "rimfit": "the rim fit (geometry of the defect's edge; no model)",
     "learned": "the learned facial refiner",
     "atlas": "the atlas skulls",

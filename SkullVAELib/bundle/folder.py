@@ -4,6 +4,7 @@
 MODEL/
   config.json, encoder/decoder*.safetensors, completion.json   the β-VAE (ModelBundle)
   refiner.safetensors                                           the learned facial implant source
+  residual.safetensors                                          the learned cranial residual source
   atlas/atlas.json (+ skulls)                                   the atlas implant source
   model_card.json                                               what it is, how it was trained
 ```
@@ -21,6 +22,7 @@ from pathlib import Path
 from SkullVAELib.core.errors import SkullVAEError
 
 REFINER_FILE = "refiner.safetensors"
+RESIDUAL_FILE = "residual.safetensors"
 ATLAS_FOLDER = "atlas"
 ATLAS_MANIFEST = "atlas.json"
 VAE_CONFIG = "config.json"
@@ -50,6 +52,7 @@ class ModelFolder:
             raise SkullVAEError(f"not an atlas set (no {ATLAS_MANIFEST}; build one with `skullvae build-atlas`)", atlas)
         self.refiner_path = Path(refiner) if refiner is not None else self._part(REFINER_FILE, file=True)
         self.atlas_path = Path(atlas) if atlas is not None else self._part(ATLAS_FOLDER, marker=ATLAS_MANIFEST)
+        self.residual_path = self._part(RESIDUAL_FILE, file=True)
         self.vae_path = self.path if self._part(VAE_CONFIG, file=True) is not None else None
         self._loaded: dict[str, object] = {}
         if self.vae_path is not None:  # a broken config.json is refused now, not when a source needs it
@@ -58,7 +61,8 @@ class ModelFolder:
             network_of(read_json(self.vae_path / VAE_CONFIG), self.vae_path / VAE_CONFIG)
         if self.path is not None and not self.parts():
             raise SkullVAEError(
-                f"not a SkullVAE model folder (none of {VAE_CONFIG}, {REFINER_FILE}, {ATLAS_FOLDER}/{ATLAS_MANIFEST})",
+                f"not a SkullVAE model folder (none of {VAE_CONFIG}, {REFINER_FILE}, {RESIDUAL_FILE}, "
+                f"{ATLAS_FOLDER}/{ATLAS_MANIFEST})",
                 self.path,
             )
 
@@ -71,12 +75,13 @@ class ModelFolder:
         return candidate if (candidate / (marker or "")).is_file() else None
 
     @classmethod
-    def from_parts(cls, vae=None, refiner=None, atlas=None) -> ModelFolder:
+    def from_parts(cls, vae=None, refiner=None, atlas=None, residual=None) -> ModelFolder:
         """A folder whose parts are already in memory (a batch or an evaluation that loaded them,
         or a test's stand-ins): ``vae`` a ModelBundle, ``refiner`` a callable skull -> LearnedImplant,
-        ``atlas`` an AtlasSet."""
+        ``atlas`` an AtlasSet, ``residual`` a CranialResidual."""
         folder = cls(None)
-        for name, part in (("vae", vae), ("refiner", refiner), ("atlas", atlas)):
+        folder.residual_path = None
+        for name, part in (("vae", vae), ("refiner", refiner), ("atlas", atlas), ("residual", residual)):
             if part is not None:
                 folder._loaded[name] = part
                 setattr(folder, f"{name}_path", Path(f"<{name} in memory>"))
@@ -93,6 +98,10 @@ class ModelFolder:
     @property
     def has_atlas(self) -> bool:
         return self.atlas_path is not None
+
+    @property
+    def has_residual(self) -> bool:
+        return self.residual_path is not None
 
     def vae(self):
         """The :class:`~SkullVAELib.bundle.model_bundle.ModelBundle` (on the CPU; loaded once)."""
@@ -121,6 +130,22 @@ class ModelFolder:
             self._loaded[key] = FacialRefiner.load(self.refiner_path, device)
         return self._loaded[key]
 
+    def residual(self, device: str = "cpu"):
+        """The :class:`~SkullVAELib.implant.residual.infer.CranialResidual` (loaded once per device; imports MONAI)."""
+        if "residual" in self._loaded:  # given in memory (from_parts)
+            return self._loaded["residual"]
+        from SkullVAELib.core.devices import resolve_device
+
+        device = str(resolve_device(device))
+        key = f"residual:{device}"
+        if key not in self._loaded:
+            if self.residual_path is None:
+                raise SkullVAEError(f"no cranial residual ({RESIDUAL_FILE})", self.path)
+            from SkullVAELib.implant.residual.infer import CranialResidual
+
+            self._loaded[key] = CranialResidual.load(self.residual_path, device)
+        return self._loaded[key]
+
     def atlas(self):
         """The :class:`~SkullVAELib.implant.atlas.store.AtlasSet` (loaded once)."""
         if "atlas" not in self._loaded:
@@ -132,5 +157,6 @@ class ModelFolder:
         return self._loaded["atlas"]
 
     def parts(self) -> list[str]:
-        """The parts present: "vae", "refiner", "atlas" (in that order)."""
-        return [n for n, p in (("vae", self.vae_path), ("refiner", self.refiner_path), ("atlas", self.atlas_path)) if p]
+        """The parts present: "vae", "refiner", "residual", "atlas" (in that order)."""
+        named = (("vae", self.vae_path), ("refiner", self.refiner_path), ("residual", self.residual_path))
+        return [n for n, p in (*named, ("atlas", self.atlas_path)) if p]

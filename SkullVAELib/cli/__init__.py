@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "fit-completion": ("fit_completion", "fit class centroids and DEV vectors into a model bundle"),
     "build-atlas": ("build_atlas", "write complete training skulls as an atlas set (facial implants)"),
     "train-refiner": ("train_refiner", "train the learned facial refiner (a 3D U-Net on a 1 mm face crop)"),
+    "train-residual": ("train_residual", "train the learned cranial residual (a 3D U-Net correcting the rim fit)"),
     "complete": ("complete", "complete defective skulls: the patient's bone + the implant"),
     "worker": ("worker", "complete skull after skull from JSON requests on stdin (for hosts like Slicer)"),
     "evaluate": ("evaluate", "evaluate a model on held-out cases (Table 1, implant metrics, figures)"),

@@ -200,3 +200,13 @@ def close_progress(progress) -> None:
 def add_overwrite_arg(parser: argparse.ArgumentParser, help: str) -> None:
     """``--overwrite``: replace what is already at the destination."""
     parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def parse_integers(text: str, option: str) -> tuple[int, ...]:
+    """ "16,32,64" -> (16, 32, 64); a one-line error naming ``option`` otherwise."""
+    from SkullVAELib.core.errors import SkullVAEError
+
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SkullVAEError(f"{option} must be comma-separated integers, got {text!r}") from None

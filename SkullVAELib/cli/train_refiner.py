@@ -6,7 +6,14 @@ import argparse
 import math
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_overwrite_arg, add_progress_arg, close_progress, make_log, make_progress
+from SkullVAELib.cli.common import (
+    add_overwrite_arg,
+    add_progress_arg,
+    close_progress,
+    make_log,
+    make_progress,
+    parse_integers,
+)
 
 
 def register(subparsers) -> None:
@@ -85,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     overrides: dict = {"spacing_mm": args.spacing, "output_head": args.output_head}
     if args.crop:
-        overrides["crop_shape"] = _integers(args.crop, "--crop")
+        overrides["crop_shape"] = parse_integers(args.crop, "--crop")
     if args.channels:
-        overrides["channels"] = _integers(args.channels, "--channels")
+        overrides["channels"] = parse_integers(args.channels, "--channels")
     cfg = RefinerConfig(**overrides)
     train_cfg = RefinerTrainConfig(
         steps=args.steps,
@@ -123,12 +130,3 @@ def run(args: argparse.Namespace) -> int:
         close_progress(progress)
     log(f"wrote the facial refiner to {path}")
     return 0
-
-
-def _integers(text: str, option: str) -> tuple[int, ...]:
-    from SkullVAELib.core.errors import SkullVAEError
-
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise SkullVAEError(f"{option} must be comma-separated integers, got {text!r}") from None

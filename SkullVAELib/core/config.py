@@ -21,9 +21,10 @@ COMPLETE = "complete"
 CLASSES: tuple[str, ...] = (COMPLETE, *DEFECTS)
 #: What a user may ask for: the classifier's choice, or one defect class.
 DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
-# Implant sources (SkullVAELib/implant/sources), one word each: the geometric rim fit, the learned
+# Implant sources (SkullVAELib/implant/sources), one word each: the learned cranial residual on the
+# rim fit (only with a trained residual), the geometric rim fit, the learned
 # facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.
-IMPLANT_SOURCES: tuple[str, ...] = ("rimfit", "learned", "atlas", "model")
+IMPLANT_SOURCES: tuple[str, ...] = ("residual", "rimfit", "learned", "atlas", "model")
 # Finishing an implant (smoothing, gap to the bone, minimum thickness): larger values would redesign it.
 MAX_FINISH_MM = 20.0
 #: Valid γ of z + γ·DEV (inclusive): 0 reconstructs, 1 completes (the paper), up to 2 thickens.

@@ -31,6 +31,7 @@ def _refuse_seen_ids(folder, used: set[str], test_ids: set[str]) -> None:
         "model": ("has_vae", "--model"),
         "atlas": ("has_atlas", "--atlas"),
         "learned": ("has_refiner", "--refiner"),
+        "residual": ("has_residual", "--model"),
     }
     for source, (present, option) in needs.items():
         if source in used and not getattr(folder, present):
@@ -51,13 +52,15 @@ def _refuse_seen_ids(folder, used: set[str], test_ids: set[str]) -> None:
             raise SkullVAEError(
                 f"refusing to evaluate on case ids the atlas set holds: {', '.join(seen[:5])}", folder.atlas_path
             )
-    if "learned" in used:
-        # its validation ids chose the weights, so scoring them is a validation run, not a test
-        seen = sorted(set(folder.refiner("cpu").info.get("train_ids", [])) & test_ids)
-        if seen:
-            raise SkullVAEError(
-                f"refusing to evaluate on case ids the refiner trained on: {', '.join(seen[:5])}", folder.refiner_path
-            )
+    learned = (("learned", "refiner", folder.refiner_path), ("residual", "residual", folder.residual_path))
+    for source, part, path in learned:
+        if source in used:
+            # its validation ids chose the weights, so scoring them is a validation run, not a test
+            seen = sorted(set(getattr(folder, part)("cpu").info.get("train_ids", [])) & test_ids)
+            if seen:
+                raise SkullVAEError(
+                    f"refusing to evaluate on case ids the {part} trained on: {', '.join(seen[:5])}", path
+                )
 
 
 def _json_safe(value):

@@ -6,7 +6,6 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 
@@ -65,14 +64,9 @@ def save_refiner(
     path: str | os.PathLike, network: torch.nn.Module, cfg: RefinerConfig, info: dict | None = None
 ) -> None:
     """Write the weights (float16) and ``cfg`` to a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from SkullVAELib.implant.weights import save_weights
 
-    from SkullVAELib.core.atomic import atomic_path
-
-    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in network.state_dict().items()}
-    metadata = {"format": REFINER_FORMAT, "config": cfg.to_json(), "info": json.dumps(info or {})}
-    with atomic_path(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    save_weights(path, network, REFINER_FORMAT, cfg.to_json(), info or {})
 
 
 def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, RefinerConfig, dict]:
@@ -80,31 +74,15 @@ def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn
 
     Never unpickles: safetensors holds tensors and strings only.
     """
-    from safetensors import safe_open
+    from SkullVAELib.implant.weights import load_state, read_weights
 
-    path = Path(path)
-    if not path.is_file():
-        raise SkullVAEError("no such refiner file", path)
+    tensors, config_json, info = read_weights(path, REFINER_FORMAT, "refiner")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own types for a truncated or foreign file
-        raise SkullVAEError(f"not a safetensors refiner file ({exc})", path) from None
-    if metadata.get("format") != REFINER_FORMAT:
-        raise SkullVAEError(f"not a facial refiner (format {metadata.get('format')!r})", path)
-    try:
-        cfg = RefinerConfig.from_json(metadata["config"])
-        info = json.loads(metadata.get("info", "{}"))
-    except (KeyError, ValueError, TypeError) as exc:
+        cfg = RefinerConfig.from_json(config_json)
+    except (ValueError, TypeError) as exc:
         raise SkullVAEError(f"the refiner's stored settings are missing or damaged ({exc})", path) from None
     check_refiner_file(cfg, tensors, path)  # sizes before the network is allocated; NaN weights refused
-    network = cfg.network()
-    try:
-        network.load_state_dict({k: v.float() for k, v in tensors.items()})
-    except RuntimeError as exc:
-        raise SkullVAEError(f"the weights do not fit the stored network ({str(exc).splitlines()[0]})", path) from None
-    return network.to(device).eval(), cfg, info
+    return load_state(cfg.network(), tensors, path).to(device).eval(), cfg, info
 
 
 def refiner_memory_bytes(cfg: RefinerConfig) -> float:

@@ -9,8 +9,10 @@ from SkullVAELib.implant.sources.atlas import AtlasSource
 from SkullVAELib.implant.sources.base import ImplantSource, Proposal, register_source, source_class, source_names
 from SkullVAELib.implant.sources.learned import LearnedSource
 from SkullVAELib.implant.sources.model import ModelSource
+from SkullVAELib.implant.sources.residual import ResidualSource
 from SkullVAELib.implant.sources.rimfit import RimFitSource
 
+register_source(ResidualSource)
 register_source(RimFitSource)
 register_source(LearnedSource)
 register_source(AtlasSource)

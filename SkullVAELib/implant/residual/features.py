@@ -1,0 +1,154 @@
+"""What the cranial residual sees, and the way its shift goes back to the patient's grid.
+
+Per implant piece, an LPS-aligned crop (:class:`~SkullVAELib.implant.learned.lps_grid.LpsGrid`)
+centred on the piece's centroid, with three channels (float32 (3, X, Y, Z)):
+
+0. the defective bone (fraction, linear resampling of the mask);
+1. the rim fit's signed distance in mm (positive inside the implant), clipped to ±``sdf_clip_mm``
+   and divided by it;
+2. the mirror cue: the defective bone reflected about the mid-sagittal plane (zero without one).
+
+SimpleITK resamples every channel from a sub-box of the patient's grid (never the whole scan), so
+oblique scans are read in physical space and the shift lands back on the exact grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from SkullVAELib.core.limits import check_memory
+from SkullVAELib.implant.cleanup import bounding_box
+from SkullVAELib.implant.learned.lps_grid import LpsGrid
+from SkullVAELib.implant.residual.config import ResidualConfig
+from SkullVAELib.io.image import SkullImage
+
+
+def piece_centres(skull: SkullImage, implant: np.ndarray, min_mm3: float = 1000.0) -> list[np.ndarray]:
+    """LPS centroids (mm, (3,) each) of the implant's pieces of at least ``min_mm3``, largest first."""
+    box = bounding_box(implant)
+    if box is None:
+        return []
+    labels, n = ndimage.label(implant[box])
+    if n == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = [k + 1 for k in np.argsort(sizes)[::-1] if sizes[k] * skull.voxel_volume_mm3 >= min_mm3]
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    centres = ndimage.center_of_mass(np.ones_like(labels, dtype=np.uint8), labels, keep)
+    affine = skull.index_to_physical()
+    return [affine[:3, :3] @ (np.asarray(c) + offset) + affine[:3, 3] for c in centres]
+
+
+def crop_grid(centre: np.ndarray, cfg: ResidualConfig, pad: int = 0) -> LpsGrid:
+    """The crop centred on ``centre`` (LPS mm), ``pad`` voxels wider on every side (for shifts in training)."""
+    shape = tuple(int(n) + 2 * pad for n in cfg.crop_shape)
+    origin = np.asarray(centre, dtype=np.float64) - (np.asarray(shape) - 1) / 2 * cfg.spacing_mm
+    return LpsGrid(tuple(float(v) for v in origin), float(cfg.spacing_mm), shape)
+
+
+def _grid_corners(grid: LpsGrid) -> np.ndarray:
+    """(8, 3) LPS mm: the corner voxels' centres of ``grid``."""
+    extent = (np.asarray(grid.shape) - 1) * grid.spacing
+    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * 3, indexing="ij")).reshape(3, -1).T
+    return np.asarray(grid.origin) + corners * extent
+
+
+def sub_box(skull: SkullImage, points_mm: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
+    """The index box of ``skull`` that holds ``points_mm`` (N, 3) plus ``margin`` voxels (None: outside)."""
+    inverse = np.linalg.inv(skull.index_to_physical())
+    index = (np.c_[points_mm, np.ones(len(points_mm))] @ inverse.T)[:, :3]
+    lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + margin + 1, np.asarray(skull.shape))
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def box_image(skull: SkullImage, box: tuple[slice, ...], array: np.ndarray, pixel=np.float32) -> sitk.Image:
+    """``array`` (the box's shape) as an ITK image on the box of ``skull``'s grid (its exact geometry)."""
+    start = np.array([s.start for s in box], dtype=np.float64)
+    origin = (skull.index_to_physical() @ np.r_[start, 1.0])[:3]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=pixel).transpose(2, 1, 0)))
+    image.SetOrigin(origin.tolist())
+    image.SetSpacing(skull.spacing.tolist())
+    image.SetDirection(skull.direction.ravel().tolist())
+    return image
+
+
+def _affine(transform: np.ndarray) -> sitk.Transform:
+    """A (4, 4) LPS matrix as an ITK transform (maps an output point to the point it is read from)."""
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(np.asarray(transform)[:3, :3].ravel().tolist())
+    affine.SetTranslation(np.asarray(transform)[:3, 3].tolist())
+    return affine
+
+
+def mask_on_grid(skull: SkullImage, mask: np.ndarray, grid: LpsGrid, transform: np.ndarray | None = None):
+    """float32 (X, Y, Z) in [0, 1]: ``mask`` (on ``skull``'s grid) sampled linearly at ``grid``'s
+    points (moved by the (4, 4) LPS ``transform`` first, when given); 0 outside the scan."""
+    points = _grid_corners(grid)
+    if transform is not None:
+        points = points @ np.asarray(transform)[:3, :3].T + np.asarray(transform)[:3, 3]
+    box = sub_box(skull, points)
+    if box is None:
+        return np.zeros(grid.shape, np.float32)
+    image = box_image(skull, box, mask[box], np.uint8)
+    tx = sitk.Transform() if transform is None else _affine(transform)
+    out = sitk.Resample(image, grid.reference(), tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
+
+
+def signed_distance(skull: SkullImage, implant: np.ndarray, clip_mm: float) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """(sdf float32 on the box, box): the implant's signed distance in mm (positive inside, at least
+    one voxel; negative outside), clipped to ±``clip_mm``, on the implant's box plus ``clip_mm``.
+
+    ``sdf > 0`` is the implant exactly. Hand-written from scipy's Euclidean distance transform (with
+    the anisotropic spacing): SimpleITK's signed Maurer distance measures to the boundary's
+    midpoint, which would not reproduce the mask at 0.
+    """
+    margin = np.ceil(clip_mm / skull.spacing).astype(int) + 1
+    box = bounding_box(implant, margin=margin)
+    if box is None:
+        raise ValueError("signed_distance needs a non-empty implant")
+    inside = implant[box]
+    check_memory(
+        inside.size * 24.0, f"the residual's distance map on a {inside.shape} box", skull.metadata.get("source")
+    )
+    outside_distance = ndimage.distance_transform_edt(~inside, sampling=skull.spacing)
+    inside_distance = ndimage.distance_transform_edt(inside, sampling=skull.spacing)
+    sdf = np.where(inside, inside_distance, -outside_distance).astype(np.float32)
+    return np.clip(sdf, -clip_mm, clip_mm), box
+
+
+def residual_inputs(
+    skull: SkullImage,
+    sdf: np.ndarray,
+    box: tuple[slice, ...],
+    grid: LpsGrid,
+    cfg: ResidualConfig,
+    mirror_transform: np.ndarray | None = None,
+) -> np.ndarray:
+    """float32 (3, X, Y, Z): the three channels (module docstring) on ``grid``."""
+    bone = mask_on_grid(skull, skull.mask, grid)
+    sdf_image = box_image(skull, box, sdf)
+    resampled = sitk.Resample(sdf_image, grid.reference(), sitk.Transform(), sitk.sitkLinear, -cfg.sdf_clip_mm,
+                              sitk.sitkFloat32)  # fmt: skip
+    distance = np.transpose(sitk.GetArrayFromImage(resampled), (2, 1, 0)) / cfg.sdf_clip_mm
+    if mirror_transform is None:
+        mirrored = np.zeros_like(bone)
+    else:
+        mirrored = mask_on_grid(skull, skull.mask, grid, mirror_transform)
+    return np.stack([bone, distance, mirrored]).astype(np.float32)
+
+
+def shift_on_box(shift: np.ndarray, grid: LpsGrid, skull: SkullImage, box: tuple[slice, ...]) -> np.ndarray:
+    """float32 (box shape): the shift (X, Y, Z) mm on ``grid`` resampled (linear) onto ``skull``'s
+    grid in ``box``; 0 where the crop does not reach."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(shift.astype(np.float32).transpose(2, 1, 0)))
+    image.CopyInformation(grid.reference())
+    shape = tuple(s.stop - s.start for s in box)
+    reference = box_image(skull, box, np.zeros(shape, np.uint8), np.uint8)
+    back = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return np.transpose(sitk.GetArrayFromImage(back), (2, 1, 0))

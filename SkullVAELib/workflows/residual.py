@@ -1,0 +1,142 @@
+"""Build the cranial residual's training samples from a data set, and train it.
+
+``build_residual_pool`` runs the rim fit on real and drawn defects of the given skulls (about 8 s
+per sample on one CPU core) and writes one pool file; ``train_residual`` trains on one or more
+pools (:mod:`SkullVAELib.implant.residual.train`) on the one training loop: the same
+``training_log.csv``, checkpoints, exact resume and signals as the VAE and the facial refiner.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.implant.residual.config import ResidualConfig
+from SkullVAELib.implant.residual.train import ResidualTrainConfig
+
+__all__ = ["RESIDUAL_FILE", "ResidualConfig", "ResidualTrainConfig", "build_residual_pool", "train_residual"]
+
+RESIDUAL_FILE = "residual.safetensors"  # MODEL/residual.safetensors: the `residual` source uses it when present
+SEED_BASE = 1000  # training draws use case_seed(SEED_BASE + n, id): never the evaluation's seeds 0, 1, ...
+
+
+def _files(root: Path, folder: str) -> dict[str, Path]:
+    from SkullVAELib.data.dataset import _files_by_id
+
+    return _files_by_id(root / folder) if (root / folder).is_dir() else {}
+
+
+def pool_rows(
+    data: str | os.PathLike, ids: Sequence[str], kinds: Sequence[str], cfg: ResidualConfig, draws: int = 1,
+    progress: ProgressCallback | None = None, id_prefix: str = "",
+):  # fmt: skip
+    """(id, kind, sample) for every skull of ``data`` in ``ids``: ``real`` needs defective_skull/ and
+    implant/, the drawn kinds complete_skull/, ``extra`` defective_skull/ alone (no ground truth).
+    Stored ids are ``id_prefix + id`` (another data set's skulls must not share SkullFix's ids)."""
+    from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
+    from SkullVAELib.data.defects import case_seed
+    from SkullVAELib.implant.residual.pool import drawn_samples, extra_sample, make_sample
+    from SkullVAELib.io.image import read_skull
+
+    root = Path(data)
+    folders = (LABEL_FOLDERS["complete"], LABEL_FOLDERS["cranial"], IMPLANT_FOLDERS["cranial"])
+    complete, defective, implants = (_files(root, f) for f in folders)
+    for n, cid in enumerate(ids):
+        if progress is not None:
+            progress("pool", n / max(len(ids), 1), f"case {cid}")
+        if "real" in kinds and cid in defective and cid in implants:
+            sample = make_sample(
+                read_skull(defective[cid], kind="binary"), read_skull(implants[cid], kind="binary").mask, cfg
+            )
+            if sample is not None:
+                yield id_prefix + cid, "real", sample
+        drawn = [k for k in kinds if k in ("skullfix", "skullbreak")]
+        if drawn and cid in complete:
+            skull = read_skull(complete[cid], kind="binary")
+            for d in range(draws):
+                # one style per draw, alternating by case and draw: both styles, half the rim fits
+                style = drawn[(n + d) % len(drawn)]
+                for kind, sample in drawn_samples(skull, case_seed(SEED_BASE + d, cid), cfg, (style,)):
+                    yield id_prefix + cid, kind, sample
+        if "extra" in kinds and cid in defective and cid not in complete:
+            for d in range(draws):
+                sample = extra_sample(read_skull(defective[cid], kind="binary"), case_seed(SEED_BASE + d, cid), cfg)
+                if sample is not None:
+                    yield id_prefix + cid, "extra", sample
+
+
+def build_residual_pool(
+    data: str | os.PathLike,
+    ids: Sequence[str],
+    out: str | os.PathLike,
+    kinds: Sequence[str] = ("real", "skullfix", "skullbreak"),
+    cfg: ResidualConfig | None = None,
+    draws: int = 1,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    id_prefix: str = "",
+) -> Path:
+    """Write the samples of ``ids`` of ``data`` to the pool file ``out``; returns ``out``."""
+    from SkullVAELib.implant.residual.pool import SAMPLE_KINDS, save_pool
+
+    out, cfg = Path(out), cfg or ResidualConfig()
+    bad = [k for k in kinds if k not in SAMPLE_KINDS]
+    if bad:
+        raise SkullVAEError(f"unknown sample kind(s) {', '.join(bad)}; choose from {', '.join(SAMPLE_KINDS)}")
+    if out.exists() and not overwrite:
+        raise SkullVAEError("exists; pass --overwrite to replace it", out)
+    if not Path(data).is_dir():
+        raise SkullVAEError("no such data folder", data)
+    rows = list(pool_rows(data, ids, kinds, cfg, draws, progress, id_prefix))
+    save_pool(out, rows, cfg)
+    return out
+
+
+def train_residual(
+    pools: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    val_pools: Sequence[str | os.PathLike] = (),
+    cfg: ResidualConfig | None = None,
+    train_cfg=None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    *,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train on the samples of ``pools``, select on ``val_pools``; returns ``out/residual.safetensors``
+    (``training_log.csv`` and ``checkpoints/residual.pt`` beside it)."""
+    from SkullVAELib.implant.residual.config import save_residual
+    from SkullVAELib.implant.residual.pool import load_pools
+    from SkullVAELib.implant.residual.train import ResidualTrainer
+    from SkullVAELib.training.checkpoint import checkpoint_path
+
+    cfg, train_cfg, out = cfg or ResidualConfig(), train_cfg or ResidualTrainConfig(), Path(out)
+    if (out / RESIDUAL_FILE).exists() and not (overwrite or resume):
+        raise SkullVAEError(f"{RESIDUAL_FILE} exists; pass --overwrite to replace it (or --resume)", out)
+    if resume and not checkpoint_path(out, "residual").is_file():
+        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, "residual"))
+    train = load_pools(pools, cfg)
+    val = load_pools(val_pools, cfg) if val_pools else None
+    if val is not None and set(train["ids"]) & set(val["ids"]):
+        raise SkullVAEError("a case id is in both the training and the validation pools")
+    on_epoch = None if log is None else (lambda row: log(_round_line(row)))
+    trainer = ResidualTrainer(cfg, train_cfg, train, val, out, device, progress=progress, on_epoch=on_epoch)
+    info = {"train_ids": sorted(set(train["ids"].tolist())), "kinds": sorted(set(train["kinds"].tolist()))}
+    try:
+        trainer.run(resume)
+    except KeyboardInterrupt:
+        trainer.restore_best()
+        save_residual(out / RESIDUAL_FILE, trainer.model, cfg, {**info, **trainer.summary(), "interrupted": True})
+        raise
+    save_residual(out / RESIDUAL_FILE, trainer.model, cfg, {**info, **trainer.summary()})
+    return out / RESIDUAL_FILE
+
+
+def _round_line(row: dict) -> str:
+    val = f"  val dice {row['val_dice']:.4f} (rim fit {row['val_rimfit']:.4f})" if "val_dice" in row else ""
+    return f"step {row['step']:6d}  loss {row['loss']:.4f}{val}  {row['seconds']:.0f} s"

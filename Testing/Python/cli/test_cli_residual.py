@@ -1,0 +1,74 @@
+"""The learned cranial residual on the command line: `train-residual` (pools, training, refusals)
+and `complete` with MODEL/residual.safetensors (tried first, falls back to the rim fit with --sources)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from SkullVAELib.cli import main
+from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.implant.residual.config import ResidualConfig, load_residual, save_residual
+from SkullVAELib.io.image import write_mask
+
+SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
+TINY = ["--spacing", "6", "--crop", "24,24,24", "--channels", "4,8"]
+TINY_CFG = ResidualConfig(spacing_mm=6.0, crop_shape=(24, 24, 24), channels=(4, 8))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A data set of two phantoms (complete skull, a real defect and its implant) and a model
+    folder with a residual that grows every implant (its output head's bias is large)."""
+    root = tmp_path_factory.mktemp("cli_residual")
+    for seed in (1, 2):
+        complete = make_phantom(seed, SHAPE, SPACING)
+        defective, implant = cranial_defect(complete, seed, style="skullbreak")
+        for folder, image in (("complete_skull", complete), ("defective_skull", defective), ("implant", implant)):
+            (root / "data" / folder).mkdir(parents=True, exist_ok=True)
+            write_mask(image, root / "data" / folder / f"{seed:03d}.nrrd")
+    network = TINY_CFG.network()
+    with torch.no_grad():
+        network[-1].bias.fill_(50.0)
+    (root / "model").mkdir()
+    save_residual(root / "model" / "residual.safetensors", network, TINY_CFG, {"train_ids": ["001"]})
+    defective, truth = cranial_defect(make_phantom(7, SHAPE, SPACING), 3, style="skullbreak")
+    write_mask(defective, root / "defective.nrrd")
+    return root, defective
+
+
+def test_train_residual_makes_pools_trains_and_refuses_to_overwrite(data, tmp_path, capsys):
+    root, _ = data
+    out = tmp_path / "res"
+    argv = ["train-residual", "--data", str(root / "data"), "--train-ids", "001", "--val-ids", "002"]
+    argv += ["--out", str(out), "--steps", "2", "--val-every", "1", "--progress", "none", *TINY]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "pool-train.npz").is_file() and (out / "pool-val.npz").is_file()
+    _, cfg, info = load_residual(out / "residual.safetensors")
+    assert cfg.crop_shape == (24, 24, 24) and info["train_ids"] == ["001"] and info["steps"] == 2
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists" in err and len(err.splitlines()) == 1
+    again = ["train-residual", "--out", str(tmp_path / "again"), "--pools", str(out / "pool-train.npz")]
+    assert main([*again, "--steps", "1", "--progress", "none", *TINY]) == 0
+    assert main([*again, "--steps", "1", "--progress", "none", "--overwrite"]) == 2  # 6 mm pools, 2 mm default
+    assert "made for 6 mm crops" in capsys.readouterr().err
+
+
+def test_complete_tries_the_residual_first_and_the_quality_gate_guards_it(data, run_complete):
+    root, defective = data
+    done, segments, _ = run_complete(root, "residual", "cranial", "--no-quality")
+    assert done["implant_source"] == "residual"
+    plain, plain_segments, _ = run_complete(root, "plain", "cranial", "--sources", "rimfit")
+    assert plain["implant_source"] == "rimfit"
+    implant = segments["Implant"]
+    assert implant.shape == defective.shape and not (implant & defective.mask).any()
+    assert np.count_nonzero(implant) > np.count_nonzero(plain_segments["Implant"])
+    assert np.array_equal(segments["Patient bone"], defective.mask)  # the patient's bone is unchanged
+    # this residual thickens the whole implant by 6 mm: the quality score rejects it for the rim fit
+    guarded, guarded_segments, _ = run_complete(root, "guarded", "cranial")
+    assert guarded["implant_source"] == "rimfit" and "quality" in guarded["skipped_sources"]["residual"]
+    assert np.array_equal(guarded_segments["Implant"], plain_segments["Implant"])

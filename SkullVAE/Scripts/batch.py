@@ -3,7 +3,7 @@
     Slicer --no-main-window --python-script SkullVAE/Scripts/batch.py \\
         --input defective.nrrd --output completed.seg.nrrd [--model MODEL_DIR] \\
         [--implant-stl implant.stl] [--gamma 1.0] [--defect auto|cranial|facial] \\
-        [--hu-threshold 300] [--cpu] [--timeout SECONDS] [--sources rimfit,learned,atlas,model] \\
+        [--hu-threshold 300] [--cpu] [--timeout SECONDS] [--sources residual,rimfit,learned,atlas,model] \\
         [--no-mirror] [--smooth-mm MM] [--margin-mm MM] [--min-thickness-mm MM]
 
 Loads the input (volume, or a .seg.nrrd segmentation), runs ``SkullVAELogic(warmWorker=False).process``

@@ -18,7 +18,7 @@ import torch
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
-from SkullVAELib.implant.learned.lps_grid import from_lps_grid, to_lps_grid
+from SkullVAELib.implant.learned.lps_grid import from_lps_grid, grid_corners, patient_box, to_lps_grid
 from SkullVAELib.io.image import SkullImage
 
 
@@ -59,7 +59,7 @@ class FacialRefiner:
 
 @torch.no_grad()
 def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Module, cfg: RefinerConfig, device: str):
-    """float32 (X, Y, Z): the implant probability on the LPS grid (zero outside the face crop).
+    """(probability float32 (X, Y, Z) on the LPS grid, zero outside the face crop; the crop's start).
 
     bone: bool (X, Y, Z) defective skull on the refiner's grid with voxel (0, 0, 0) at ``origin``.
     """
@@ -68,7 +68,19 @@ def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Mod
     start = crop_start(face_anchor(volume, o, cfg.spacing_mm), o, cfg)
     x = cut(volume.float()[None, None], start, cfg.crop_shape).to(device)
     probability = torch.sigmoid(network(x).float())[0, 0].cpu()
-    return paste(probability, start, tuple(bone.shape)).numpy()
+    return paste(probability, start, tuple(bone.shape)).numpy(), start
+
+
+def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage) -> np.ndarray:
+    """float32 (I, J, K): the probability resampled onto the patient's grid, computed on the box that
+    holds the crop only (plus one refiner voxel, the reach of linear interpolation); 0 elsewhere.
+    Equal to resampling the whole grid up to float rounding (on SkullFix 056: 3.2 s -> 0.6 s)."""
+    probability = np.zeros(skull.shape, np.float32)
+    margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
+    box = patient_box(skull, grid_corners(grid, start, cfg.crop_shape), margin)
+    if box is not None:
+        probability[box] = from_lps_grid(on_grid, grid, skull, box)
+    return probability
 
 
 def learned_implant(
@@ -82,10 +94,10 @@ def learned_implant(
     fraction, grid = to_lps_grid(skull, cfg.spacing_mm)
     timings["refiner_grid"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    on_grid = crop_probability(fraction >= 0.5, np.asarray(grid.origin), network, cfg, device)
+    on_grid, start = crop_probability(fraction >= 0.5, np.asarray(grid.origin), network, cfg, device)
     timings["refiner_network"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probability = from_lps_grid(on_grid, grid, skull)
+    probability = _probability_on_patient(on_grid, grid, start, cfg, skull)
     implant = (probability >= cfg.threshold) & ~skull.mask
     implant = postprocess_implant(implant, skull)
     timings["refiner_back"] = time.perf_counter() - t0

@@ -55,18 +55,55 @@ def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
     check_memory(float(np.prod(shape)) * 8.0, f"a {shape} refiner grid", skull.metadata.get("source"))
     grid = LpsGrid(tuple(float(v) for v in lo), float(spacing_mm), shape)
-    moving = sitk.Cast(skull.to_sitk(), sitk.sitkFloat32)
-    warped = sitk.Resample(moving, grid.reference(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    # linear interpolation of the uint8 mask straight into float32 (no float copy of the whole scan)
+    warped = sitk.Resample(skull.to_sitk(), grid.reference(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(warped), (2, 1, 0))), grid
 
 
-def from_lps_grid(values: np.ndarray, grid: LpsGrid, like: SkullImage) -> np.ndarray:
-    """float32 (I, J, K): ``values`` (X, Y, Z) on ``grid`` resampled (linear) onto ``like``'s exact grid."""
+def grid_corners(grid: LpsGrid, start=(0, 0, 0), shape=None) -> np.ndarray:
+    """(8, 3) LPS mm: the corner voxels' centres of ``grid`` (or of its block at ``start`` of ``shape``)."""
+    shape = grid.shape if shape is None else shape
+    lo = np.asarray(grid.origin) + np.asarray(start, dtype=np.float64) * grid.spacing
+    extent = (np.asarray(shape, dtype=np.float64) - 1) * grid.spacing
+    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * 3, indexing="ij")).reshape(3, -1).T
+    return lo + corners * extent
+
+
+def patient_box(skull: SkullImage, points_mm: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
+    """The index box of ``skull``'s grid that holds ``points_mm`` (N, 3) plus ``margin`` voxels
+    (clipped to the grid; None when it misses the grid)."""
+    inverse = np.linalg.inv(skull.index_to_physical())
+    index = (np.c_[points_mm, np.ones(len(points_mm))] @ inverse.T)[:, :3]
+    lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + margin + 1, np.asarray(skull.shape))
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def box_image(skull: SkullImage, box: tuple[slice, ...], array: np.ndarray, pixel=np.float32) -> sitk.Image:
+    """``array`` (the box's shape) as an ITK image on ``box`` of ``skull``'s grid (its exact geometry)."""
+    start = np.array([s.start for s in box], dtype=np.float64)
+    origin = (skull.index_to_physical() @ np.r_[start, 1.0])[:3]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=pixel).transpose(2, 1, 0)))
+    image.SetOrigin(origin.tolist())
+    image.SetSpacing(skull.spacing.tolist())
+    image.SetDirection(skull.direction.ravel().tolist())
+    return image
+
+
+def from_lps_grid(values: np.ndarray, grid: LpsGrid, like: SkullImage, box: tuple[slice, ...] | None = None):
+    """float32: ``values`` (X, Y, Z) on ``grid`` resampled (linear) onto ``like``'s exact grid, (I, J, K),
+    or onto its ``box`` only (the box's shape): the same numbers there at a fraction of the cost."""
     if tuple(values.shape) != tuple(grid.shape):
         raise SkullVAEError(f"values of shape {values.shape} do not match the refiner grid {grid.shape}")
-    check_memory(like.mask.size * 8.0, "the refiner's output on the patient's grid", like.metadata.get("source"))
+    voxels = like.mask.size if box is None else int(np.prod([s.stop - s.start for s in box]))
+    check_memory(voxels * 8.0, "the refiner's output on the patient's grid", like.metadata.get("source"))
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(values.astype(np.float32), (2, 1, 0))))
     image.CopyInformation(grid.reference())
-    reference = like.to_sitk()
+    if box is None:
+        reference = like.to_sitk()
+    else:
+        reference = box_image(like, box, np.zeros([s.stop - s.start for s in box], np.uint8), np.uint8)
     back = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return np.transpose(sitk.GetArrayViewFromImage(back), (2, 1, 0)).copy()

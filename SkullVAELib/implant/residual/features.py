@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from SkullVAELib.core.limits import check_memory
 from SkullVAELib.implant.cleanup import bounding_box
-from SkullVAELib.implant.learned.lps_grid import LpsGrid
+from SkullVAELib.implant.learned.lps_grid import LpsGrid, box_image, grid_corners, patient_box
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.io.image import SkullImage
 
@@ -48,35 +48,6 @@ def crop_grid(centre: np.ndarray, cfg: ResidualConfig, pad: int = 0) -> LpsGrid:
     return LpsGrid(tuple(float(v) for v in origin), float(cfg.spacing_mm), shape)
 
 
-def _grid_corners(grid: LpsGrid) -> np.ndarray:
-    """(8, 3) LPS mm: the corner voxels' centres of ``grid``."""
-    extent = (np.asarray(grid.shape) - 1) * grid.spacing
-    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * 3, indexing="ij")).reshape(3, -1).T
-    return np.asarray(grid.origin) + corners * extent
-
-
-def sub_box(skull: SkullImage, points_mm: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
-    """The index box of ``skull`` that holds ``points_mm`` (N, 3) plus ``margin`` voxels (None: outside)."""
-    inverse = np.linalg.inv(skull.index_to_physical())
-    index = (np.c_[points_mm, np.ones(len(points_mm))] @ inverse.T)[:, :3]
-    lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - margin, 0)
-    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + margin + 1, np.asarray(skull.shape))
-    if np.any(hi <= lo):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-
-
-def box_image(skull: SkullImage, box: tuple[slice, ...], array: np.ndarray, pixel=np.float32) -> sitk.Image:
-    """``array`` (the box's shape) as an ITK image on the box of ``skull``'s grid (its exact geometry)."""
-    start = np.array([s.start for s in box], dtype=np.float64)
-    origin = (skull.index_to_physical() @ np.r_[start, 1.0])[:3]
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=pixel).transpose(2, 1, 0)))
-    image.SetOrigin(origin.tolist())
-    image.SetSpacing(skull.spacing.tolist())
-    image.SetDirection(skull.direction.ravel().tolist())
-    return image
-
-
 def _affine(transform: np.ndarray) -> sitk.Transform:
     """A (4, 4) LPS matrix as an ITK transform (maps an output point to the point it is read from)."""
     affine = sitk.AffineTransform(3)
@@ -88,10 +59,10 @@ def _affine(transform: np.ndarray) -> sitk.Transform:
 def mask_on_grid(skull: SkullImage, mask: np.ndarray, grid: LpsGrid, transform: np.ndarray | None = None):
     """float32 (X, Y, Z) in [0, 1]: ``mask`` (on ``skull``'s grid) sampled linearly at ``grid``'s
     points (moved by the (4, 4) LPS ``transform`` first, when given); 0 outside the scan."""
-    points = _grid_corners(grid)
+    points = grid_corners(grid)
     if transform is not None:
         points = points @ np.asarray(transform)[:3, :3].T + np.asarray(transform)[:3, 3]
-    box = sub_box(skull, points)
+    box = patient_box(skull, points)
     if box is None:
         return np.zeros(grid.shape, np.float32)
     image = box_image(skull, box, mask[box], np.uint8)

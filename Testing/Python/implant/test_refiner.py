@@ -332,3 +332,24 @@ def test_the_face_crop_holds_the_whole_facial_implant_of_real_skulls(skullfix_di
         truth, _ = to_lps_grid(implant, cfg.spacing_mm)
         inside = cut(torch.from_numpy(truth)[None], start, cfg.crop_shape).sum()
         assert float(inside) >= 0.999 * float(truth.sum()), case_id
+
+
+def test_the_probability_is_resampled_on_the_crops_box_only_with_the_same_numbers():
+    """Issue 26: the facial refiner's output goes back onto the patient's grid only where the crop
+    is (the rest of a 512x512x350 scan is zero anyway): what the whole grid gives, on an oblique
+    grid too (ITK computes each point from the box's origin: the last float bit may differ)."""
+    from SkullVAELib.implant.learned.infer import _probability_on_patient
+
+    phantom = make_phantom(3, (64, 64, 48), (3.2, 3.2, 3.2))
+    a = np.deg2rad(17.0)
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    skull = SkullImage(phantom.mask, phantom.origin, phantom.spacing, tilt)
+    cfg = RefinerConfig(spacing_mm=4.0, crop_shape=(16, 16, 16), channels=(4, 8))
+    fraction, grid = to_lps_grid(skull, cfg.spacing_mm)
+    start = [3, 2, 1]
+    on_grid = np.zeros(grid.shape, np.float32)
+    block = tuple(slice(s, s + n) for s, n in zip(start, cfg.crop_shape, strict=True))
+    on_grid[block] = np.random.default_rng(0).random(cfg.crop_shape, dtype=np.float32)
+    boxed = _probability_on_patient(on_grid, grid, start, cfg, skull)
+    whole = from_lps_grid(on_grid, grid, skull)
+    assert boxed.any() and np.array_equal(boxed > 0, whole > 0) and np.allclose(boxed, whole, rtol=0, atol=1e-6)

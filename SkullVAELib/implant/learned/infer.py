@@ -74,7 +74,7 @@ def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Mod
 def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage) -> np.ndarray:
     """float32 (I, J, K): the probability resampled onto the patient's grid, computed on the box that
     holds the crop only (plus one refiner voxel, the reach of linear interpolation); 0 elsewhere.
-    Equal to resampling the whole grid up to float rounding (on SkullFix 056: 3.2 s -> 0.6 s)."""
+    Equal to resampling the whole grid, up to float rounding (docs/BENCHMARKS.md has the time saved)."""
     probability = np.zeros(skull.shape, np.float32)
     margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
     box = patient_box(skull, grid_corners(grid, start, cfg.crop_shape), margin)

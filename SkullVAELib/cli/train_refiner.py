@@ -34,6 +34,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--train-ids", required=True, help="training case ids, e.g. 000-055")
     p.add_argument("--val-ids", default=None, help="validation case ids for model selection, e.g. 056-063")
+    p.add_argument(
+        "--extra",
+        default=None,
+        help="a folder of skulls with a cranial defect and an intact face (skullfix_test): more training faces",
+    )
     p.add_argument("--pack-only", action="store_true", help="only write the packed grids of --data to --out (.npz)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     p.add_argument("--steps", type=int, default=100_000, help="optimiser steps at most (default 100000)")
@@ -63,12 +68,15 @@ def run(args: argparse.Namespace) -> int:
         REFINER_FILE,
         RefinerConfig,
         RefinerTrainConfig,
+        extra_faces,
         pack_refiner_grids,
         train_refiner,
     )
 
     log = make_log(args.progress)  # stdout, or stderr under --progress json (stdout: JSON objects only)
     train_ids = parse_id_spec(args.train_ids) or []
+    if args.extra is not None:
+        train_ids += sorted(extra_faces(args.extra))  # always training skulls, never validation
     val_ids = parse_id_spec(args.val_ids) or []
     numbers = (args.steps, args.batch, args.val_every, args.minutes, args.lr, args.checkpoint_minutes)
     if not all(v > 0 for v in numbers):  # NaN too
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 args.spacing,
                 overwrite=args.overwrite,
                 progress=progress,
+                extra=args.extra,
             )
         finally:
             close_progress(progress)
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         if grids is None:
             grids = args.out / "grids.npz"
             if not (args.resume and grids.is_file()):
-                pack_refiner_grids(args.data, grids, train_ids + val_ids, cfg.spacing_mm, True, progress)
+                pack_refiner_grids(args.data, grids, train_ids + val_ids, cfg.spacing_mm, True, progress, args.extra)
         path = train_refiner(
             grids,
             args.out,

@@ -18,10 +18,30 @@ from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.train import RefinerTrainConfig
 
-__all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "pack_refiner_grids", "train_refiner"]
+__all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "extra_faces", "pack_refiner_grids", "train_refiner"]
 
 REFINER_FILE = "refiner.safetensors"  # MODEL/refiner.safetensors: used by `skullvae complete` when present
 CURVES_FILE = "refiner_curves.png"  # the training loss and validation Dice, drawn from training_log.csv
+
+
+EXTRA_PREFIX = "extra-"  # ids of --extra skulls in the packed grids and the training ids
+
+
+def extra_faces(folder: str | os.PathLike) -> dict[str, Path]:
+    """{``extra-ID``: file} for the defective skulls of ``folder`` (its defective_skull/, or itself):
+    skulls with a cranial defect whose face is intact serve the facial refiner as complete skulls."""
+    from SkullVAELib.data.dataset import LABEL_FOLDERS, split_case_name
+
+    folder = Path(folder)
+    if (folder / LABEL_FOLDERS["cranial"]).is_dir():
+        folder = folder / LABEL_FOLDERS["cranial"]
+    if not folder.is_dir():
+        raise SkullVAEError("not a folder of skulls", folder)
+    files = {EXTRA_PREFIX + split_case_name(p.name)[0]: p for p in sorted(folder.iterdir())
+             if p.is_file() and split_case_name(p.name) is not None}  # fmt: skip
+    if not files:
+        raise SkullVAEError("no skull images in this folder", folder)
+    return files
 
 
 def pack_refiner_grids(
@@ -31,8 +51,10 @@ def pack_refiner_grids(
     spacing_mm: float = 1.0,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    extra: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the complete skulls of ``data`` (ids ``ids``, None: all) on the refiner's grid to ``out``."""
+    """Write the complete skulls of ``data`` (ids ``ids``, None: all), and with ``extra`` the skulls
+    of :func:`extra_faces`, on the refiner's grid to ``out``."""
     from SkullVAELib.data.dataset import split_case_name
     from SkullVAELib.implant.learned.data import pack_lps_grids
     from SkullVAELib.workflows.data import list_complete_skulls
@@ -41,11 +63,14 @@ def pack_refiner_grids(
     if out.exists() and not overwrite:
         raise SkullVAEError("exists; pass --overwrite to replace it", out)
     files = {split_case_name(p.name)[0]: p for p in list_complete_skulls(data)}
-    wanted = sorted(files) if ids is None else list(ids)
+    wanted = sorted(files) if ids is None else [i for i in ids if not i.startswith(EXTRA_PREFIX)]
     missing = [i for i in wanted if i not in files]
     if missing:
         raise SkullVAEError(f"no complete skull for case id(s) {', '.join(missing[:5])}", data)
-    pack_lps_grids({i: files[i] for i in wanted}, out, spacing_mm, progress)
+    chosen = {i: files[i] for i in wanted}
+    if extra is not None:
+        chosen.update(extra_faces(extra))
+    pack_lps_grids(chosen, out, spacing_mm, progress)
     return out
 
 

@@ -184,3 +184,25 @@ def test_the_trainer_runs_on_a_machine_without_simpleitk(grids, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "refiner.safetensors").is_file()
+
+
+def test_extra_skulls_with_a_cranial_defect_join_the_training_faces(data_dir, tmp_path, capsys):
+    """Issue 24 §3: skulls that have only a defective version (an intact face) are packed with
+    ``extra-`` ids and always trained on, never validated on."""
+    from SkullVAELib.data.defects import cranial_defect
+
+    extra = tmp_path / "extra" / "defective_skull"
+    extra.mkdir(parents=True)
+    defective, _ = cranial_defect(make_phantom(9, SHAPE, SPACING), 0, style="skullbreak")
+    write_mask(defective, extra / "000.nrrd")
+    out = tmp_path / "out"
+    argv = ["train-refiner", "--data", str(data_dir), "--extra", str(extra.parent), "--out", str(out)]
+    argv += ["--train-ids", "001", "--val-ids", "002", "--steps", "2", "--val-every", "1", "--progress", "none"]
+    argv += ["--spacing", "4", "--crop", "32,32,32", "--channels", "4,8,16"]
+    assert main(argv) == 0, capsys.readouterr().err
+    _, _, info = load_refiner(out / "refiner.safetensors")
+    assert info["train_ids"] == ["001", "extra-000"] and info["val_ids"] == ["002"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*argv[:4], str(empty), *argv[5:], "--overwrite"]) == 2
+    assert "no skull images" in one_line_error(capsys)

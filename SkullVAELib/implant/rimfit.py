@@ -6,7 +6,8 @@ original resolution.
 1. :func:`raycast.cast` gives, per direction from a centre inside the cranium, the outer
    radius and thickness of the outermost bone layer.
 2. Holes: connected groups of rays that miss bone, enclosed by bone (not touching the grid's
-   poles or its downward seam, i.e. not the foramen magnum / the cut-off skull base), and
+   anterior pole (the face) or its downward seam (the foramen magnum, the cut-off skull base);
+   the posterior pole is the back of the vault, where a defect may lie), and
    larger than ``min_hole_sr`` steradians. The scan's edge (:func:`scan_edge`) is not an
    opening: a ray that leaves the scanned grid before the skull's expected radius is
    *unknown*, not open, so a hole bounded by bone and by the scan's edge (a gantry-tilted scan
@@ -39,7 +40,7 @@ from scipy.interpolate import RBFInterpolator
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
-from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, scan_edge, why_no_hole
+from SkullVAELib.implant.scanedge import SKULL_BASE_DEG, ScanEdge, cell_solid_angle, scan_edge, why_no_hole
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -127,14 +128,22 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
 
     Args:
         unknown: bool (Nα, Nβ) miss rays that left the scan before the skull (:func:`scan_edge`);
-            a group that reaches the grid's poles or seam only through such rays is still enclosed.
+            a group that reaches the anterior pole or the seam only through such rays is still enclosed.
+
+    Row 0 of the grid is the posterior pole (horizontal, backwards: the occipital vault, no opening of
+    a normal skull), row -1 the anterior pole (the face's openings), columns 0 and -1 the downward
+    sagittal seam (the skull base) where it points more than ``SKULL_BASE_DEG`` below the horizontal.
+    A group that touches the posterior pole is a hole like any other (a vault defect of a scan tilted
+    backwards reaches it: SkullFix training case 009).
     """
     miss = ~raymap.hit
     labels, n = ndimage.label(miss, structure=_SQUARE)
     if n == 0:
         return []
     reach = labels if unknown is None else np.where(unknown, 0, labels)
-    border = np.unique(np.r_[reach[0], reach[-1], reach[:, 0], reach[:, -1]])
+    alpha, _ = raycast.angle_grid(raymap.step_deg)
+    base = alpha >= np.deg2rad(SKULL_BASE_DEG)  # the seam's cells at α point α below the horizontal, backwards
+    border = np.unique(np.r_[reach[-1], reach[base, 0], reach[base, -1]])
     omega = cell_solid_angle(raymap.step_deg)
     holes = []
     for lab in range(1, n + 1):

@@ -40,6 +40,11 @@ class ScanEdge:
     beyond: np.ndarray
 
 
+#: rays more than this far below the horizontal point into the skull base, whose openings (the
+#: foramen magnum, a scan cut off below the skull) stay open
+SKULL_BASE_DEG = 30.0
+
+
 def cell_solid_angle(step_deg: float) -> np.ndarray:
     """Solid angle (sr) of each grid row's cells, (Nα, 1)."""
     alpha, _ = raycast.angle_grid(step_deg)
@@ -89,7 +94,7 @@ def scan_edge(
     _, near = cKDTree(dirs[usable]).query(dirs[miss], k=k)
     expected = np.full(miss.shape, np.nan, dtype=np.float32)
     expected[miss] = raymap.r_out[usable][near.reshape(len(near), k)].max(axis=1)
-    unknown = miss & (dirs[..., 2] > -0.5) & (exit_mm < expected + edge_margin_mm)
+    unknown = miss & (dirs[..., 2] > -np.sin(np.deg2rad(SKULL_BASE_DEG))) & (exit_mm < expected + edge_margin_mm)
     beyond = unknown & (exit_mm < expected - beyond_mm)
     return ScanEdge(exit_mm, truncated, unknown, beyond)
 
@@ -105,10 +110,12 @@ def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: floa
     if edge is not None:
         cells = cells & ~edge.unknown
     where = []
-    if cells[:, 0].any() or cells[:, -1].any():
+    alpha, _ = raycast.angle_grid(raymap.step_deg)
+    base = alpha >= np.deg2rad(SKULL_BASE_DEG)
+    if cells[base, 0].any() or cells[base, -1].any():
         where.append("the skull base (rays downwards)")
-    if cells[0].any() or cells[-1].any():
-        where.append("the back or the front of the head")
+    if cells[-1].any():
+        where.append("the front of the head (the face)")
     return (
         f"the rim fit found no enclosed hole in the vault: the largest opening ({sizes.max():.2f} sr) is open "
         f"to {' and '.join(where) or 'the outside'}; is the defect open to the skull base?"

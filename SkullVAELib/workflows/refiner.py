@@ -124,7 +124,9 @@ def train_refiner(
             )
         raise
     path = _save(trainer, out, ids)
-    _plot_rows(trainer.history, out / CURVES_FILE)
+    from SkullVAELib.training.log import plot_training_rounds
+
+    plot_training_rounds(trainer.history, out / CURVES_FILE, "training loss (Dice + CE)")
     return path
 
 
@@ -138,25 +140,3 @@ def _save(trainer, out: Path, info: dict) -> Path:
 def _round_line(row: dict, steps: int) -> str:
     val = f"  val dice {row['val_dice']:.4f}  best round {row['best_epoch']}" if "val_dice" in row else ""
     return f"step {row['step']:6d}/{steps}  loss {row['loss']:.4f}{val}  {row['seconds']:.0f} s"
-
-
-def _plot_rows(rows: list[dict], path: Path) -> None:
-    """Training loss and validation Dice against steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from SkullVAELib.core.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss (Dice + CE)")
-    validated = [r for r in rows if "val_dice" in r]
-    if validated:
-        ax.plot([r["step"] for r in validated], [r["val_dice"] for r in validated], label="validation Dice")
-    ax.set_xlabel("step")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

@@ -20,6 +20,7 @@ from SkullVAELib.implant.residual.train import ResidualTrainConfig
 __all__ = ["RESIDUAL_FILE", "ResidualConfig", "ResidualTrainConfig", "build_residual_pool", "train_residual"]
 
 RESIDUAL_FILE = "residual.safetensors"  # MODEL/residual.safetensors: the `residual` source uses it when present
+CURVES_FILE = "residual_curves.png"  # the training loss and the validation Dice (and the rim fit's), from the log
 SEED_BASE = 1000  # training draws use case_seed(SEED_BASE + n, id): never the evaluation's seeds 0, 1, ...
 
 
@@ -109,7 +110,7 @@ def train_residual(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train on the samples of ``pools``, select on ``val_pools``; returns ``out/residual.safetensors``
-    (``training_log.csv`` and ``checkpoints/residual.pt`` beside it)."""
+    (``training_log.csv``, ``residual_curves.png`` and ``checkpoints/residual.pt`` beside it)."""
     from SkullVAELib.implant.residual.config import save_residual
     from SkullVAELib.implant.residual.pool import load_pools
     from SkullVAELib.implant.residual.train import ResidualTrainer
@@ -134,6 +135,10 @@ def train_residual(
         save_residual(out / RESIDUAL_FILE, trainer.model, cfg, {**info, **trainer.summary(), "interrupted": True})
         raise
     save_residual(out / RESIDUAL_FILE, trainer.model, cfg, {**info, **trainer.summary()})
+    from SkullVAELib.training.log import plot_training_rounds
+
+    baselines = {} if val is None else {"validation Dice of the rim fit": trainer.val_rimfit}
+    plot_training_rounds(trainer.history, out / CURVES_FILE, "training loss (soft Dice + BCE)", baselines)
     return out / RESIDUAL_FILE
 
 

@@ -111,6 +111,7 @@ def test_a_few_training_steps_write_weights_that_load(case, tmp_path):
     assert cfg == SMALL and info["steps"] == 4 and info["train_ids"] == ["000"]
     assert 0.0 <= info["best_val_dice"] <= 1.0 and "rim fit" in lines[-1]
     assert (tmp_path / "out" / "training_log.csv").is_file()
+    assert (tmp_path / "out" / "residual_curves.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SkullVAEError, match="exists"):
         train_residual([tmp_path / "train.npz"], tmp_path / "out", (), SMALL, ResidualTrainConfig(steps=1))
     with pytest.raises(SkullVAEError, match="both the training and the validation"):

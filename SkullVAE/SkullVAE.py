@@ -126,7 +126,7 @@ class SkullVAEParameterNode:
     gamma: γ in ``SkullVAELib.core.config.GAMMA_RANGE`` (0..2; 1 = paper).
     forceCPU: run on CPU even with a GPU.
     uncertainty: also produce an uncertainty map.
-    rimfit, learned, atlas, model: which implant sources to try, in the library's order and words
+    residual, rimfit, learned, atlas, model: which implant sources to try, in the library's order and words
         (``skullvae complete --sources``; ``SkullVAELib.core.config.IMPLANT_SOURCES``): one field per
         source, named by it (the panel passes ``sourcesOf(params)`` to ``process(sources=...)``).
     mirror: let rimfit use the skull's mirror image (``--mirror``).
@@ -143,6 +143,7 @@ class SkullVAEParameterNode:
     gamma: Annotated[float, WithinRange(*GAMMA_RANGE)] = 1.0
     forceCPU: bool = False
     uncertainty: bool = False
+    residual: bool = True
     rimfit: bool = True
     learned: bool = True
     atlas: bool = True

@@ -9,7 +9,7 @@ is accepted, once per model, remembered in the user's settings) and Install from
 ``skullvae models download|install`` the same way (progress bar, Cancel); Remove deletes.
 A model is optional: Apply needs only an input. γ is enabled only where it can change the
 implant (``logic.gammaApplies``). The implant sources are one checkbox per source, named by the
-library's word (rimfit, learned, atlas, model; :func:`sourcesOf`), and the finishing (smoothing,
+library's word (residual, rimfit, learned, atlas, model; :func:`sourcesOf`), and the finishing (smoothing,
 gap to the bone, minimum thickness) is passed as ``process(smoothMm=, marginMm=, minThicknessMm=)``.
 """
 

@@ -56,7 +56,7 @@ def test_slicer_logic_passes_the_refine_choice_to_the_child():
     from SkullVAESlicerLib.process import buildCompleteCommand
 
     default = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd")
-    assert default[default.index("--sources") + 1] == "rimfit,learned,atlas,model" and "--mirror" in default
+    assert default[default.index("--sources") + 1] == "residual,rimfit,learned,atlas,model" and "--mirror" in default
     plain = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", sources=("learned", "model"), mirror=False)
     assert plain[plain.index("--sources") + 1] == "learned,model" and "--no-mirror" in plain
     from SkullVAELib.cli import build_parser

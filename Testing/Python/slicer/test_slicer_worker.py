@@ -92,7 +92,7 @@ def test_sources_mirror_and_finishing_are_the_child_arguments():
         "in.nrrd", None, "out.seg.nrrd", sources="model"
     )
     default = buildCompleteArguments("in.nrrd", None, "out.seg.nrrd")
-    assert default[default.index("--sources") + 1] == "rimfit,learned,atlas,model" and "--mirror" in default
+    assert default[default.index("--sources") + 1] == "residual,rimfit,learned,atlas,model" and "--mirror" in default
     assert default[default.index("--margin-mm") + 1] == "0.0"  # off, said explicitly
     assert buildWorkerCommand("py")[0] == "py" and buildWorkerCommand("py")[-1] == "worker"
 

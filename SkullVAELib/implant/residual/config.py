@@ -37,6 +37,8 @@ class ResidualConfig:
     sdf_clip_mm: float = 12.0
     max_shift_mm: float = 6.0
     sharpness_per_mm: float = 2.0
+    # at inference, average the shift of the crop and of its left-right mirror (mirrored back)
+    test_time_mirror: bool = False
 
     def __post_init__(self) -> None:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]

@@ -64,7 +64,10 @@ class CranialResidual:
 def predict_shift(network: torch.nn.Module, inputs: np.ndarray, cfg: ResidualConfig, device: str = "cpu") -> np.ndarray:
     """float32 (X, Y, Z): the shift in mm for one crop's inputs (3, X, Y, Z)."""
     x = torch.from_numpy(inputs)[None].to(device)
-    return cfg.shift_mm(network(x).float())[0, 0].cpu().numpy()
+    shift = cfg.shift_mm(network(x).float())
+    if cfg.test_time_mirror:  # the crop's x axis is the patient's left-right axis (LPS-aligned)
+        shift = 0.5 * (shift + cfg.shift_mm(network(x.flip(2)).float()).flip(2))
+    return shift[0, 0].cpu().numpy()
 
 
 def corrected_implant(

@@ -48,6 +48,11 @@ def register(subparsers) -> None:
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128)")
     p.add_argument("--spacing", type=float, default=2.0, help="crop voxel size in mm (default 2: the CPU recipe)")
     p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 64,64,64)")
+    p.add_argument(
+        "--test-time-mirror",
+        action="store_true",
+        help="store in the weights that inference averages each crop with its left-right mirror",
+    )
     add_overwrite_arg(p, "replace existing pools or residual weights at --out")
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise SkullVAEError("--steps, --batch, --val-every, --minutes, --lr and --draws must be positive")
     if (args.out / RESIDUAL_FILE).exists() and not (args.overwrite or args.resume or args.pool_only):
         raise SkullVAEError(f"{RESIDUAL_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)
-    overrides: dict = {"spacing_mm": args.spacing}
+    overrides: dict = {"spacing_mm": args.spacing, "test_time_mirror": args.test_time_mirror}
     if args.channels:
         overrides["channels"] = parse_integers(args.channels, "--channels")
     if args.crop:

@@ -53,7 +53,8 @@ def test_train_residual_makes_pools_trains_and_refuses_to_overwrite(data, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "exists" in err and len(err.splitlines()) == 1
     again = ["train-residual", "--out", str(tmp_path / "again"), "--pools", str(out / "pool-train.npz")]
-    assert main([*again, "--steps", "1", "--progress", "none", *TINY]) == 0
+    assert main([*again, "--steps", "1", "--progress", "none", "--test-time-mirror", *TINY]) == 0
+    assert load_residual(tmp_path / "again" / "residual.safetensors")[1].test_time_mirror
     assert main([*again, "--steps", "1", "--progress", "none", "--overwrite"]) == 2  # 6 mm pools, 2 mm default
     assert "made for 6 mm crops" in capsys.readouterr().err
 

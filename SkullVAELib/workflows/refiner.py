@@ -124,7 +124,7 @@ def train_refiner(
             )
         raise
     path = _save(trainer, out, ids)
-    from SkullVAELib.training.log import plot_training_rounds
+    from SkullVAELib.workflows.curves import plot_training_rounds
 
     plot_training_rounds(trainer.history, out / CURVES_FILE, "training loss (Dice + CE)")
     return path

@@ -135,7 +135,7 @@ def train_residual(
         save_residual(out / RESIDUAL_FILE, trainer.model, cfg, {**info, **trainer.summary(), "interrupted": True})
         raise
     save_residual(out / RESIDUAL_FILE, trainer.model, cfg, {**info, **trainer.summary()})
-    from SkullVAELib.training.log import plot_training_rounds
+    from SkullVAELib.workflows.curves import plot_training_rounds
 
     baselines = {} if val is None else {"validation Dice of the rim fit": trainer.val_rimfit}
     plot_training_rounds(trainer.history, out / CURVES_FILE, "training loss (soft Dice + BCE)", baselines)

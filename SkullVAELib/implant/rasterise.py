@@ -27,12 +27,11 @@ def rasterise(
     dirs = raycast.directions(alpha[:, None], beta[None, :])[region]
     lo_r, hi_r = float(np.nanmin(r_in[region])) - 1.0, float(np.nanmax(r_out[region])) + 1.0
     corners = np.concatenate([centre + lo_r * dirs, centre + hi_r * dirs])
-    affine = skull.index_to_physical()
-    index = (corners - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
-    lo = np.clip(np.floor(index.min(axis=0)).astype(int) - 2, 0, None)
-    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 3, skull.shape)
-    if np.any(hi <= lo):
+    box = skull.index_box(corners, margin=2)
+    if box is None:
         return out
+    affine = skull.index_to_physical()
+    lo, hi = np.array([s.start for s in box]), np.array([s.stop for s in box])
     finite = np.isfinite(r_out)  # every radius a bilinear read below returns lies in this range
     # radii outside the region are never used; fill them so bilinear reads stay finite at its edge
     near = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)

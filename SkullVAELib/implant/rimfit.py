@@ -40,7 +40,7 @@ from scipy.interpolate import RBFInterpolator
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
-from SkullVAELib.implant.scanedge import SKULL_BASE_DEG, ScanEdge, cell_solid_angle, scan_edge, why_no_hole
+from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -113,6 +113,11 @@ class RimFitResult:
     messages: list[str] = field(default_factory=list)
     edge: ScanEdge | None = None
 
+    @property
+    def mirrored(self) -> bool:
+        """True when the mirror cue filled at least one hole (not the plain spline)."""
+        return any(h.source != "spline" for h in self.holes)
+
 
 def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
     """(3,) unit solid-angle-weighted mean direction of grid cells."""
@@ -132,7 +137,8 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
 
     Row 0 of the grid is the posterior pole (horizontal, backwards: the occipital vault, no opening of
     a normal skull), row -1 the anterior pole (the face's openings), columns 0 and -1 the downward
-    sagittal seam (the skull base) where it points more than ``SKULL_BASE_DEG`` below the horizontal.
+    sagittal seam (the skull base) where it points more than 30° below the horizontal
+    (:func:`~SkullVAELib.implant.scanedge.openings`).
     A group that touches the posterior pole is a hole like any other (a vault defect of a scan tilted
     backwards reaches it: SkullFix training case 009).
     """
@@ -141,9 +147,8 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
     if n == 0:
         return []
     reach = labels if unknown is None else np.where(unknown, 0, labels)
-    alpha, _ = raycast.angle_grid(raymap.step_deg)
-    base = alpha >= np.deg2rad(SKULL_BASE_DEG)  # the seam's cells at α point α below the horizontal, backwards
-    border = np.unique(np.r_[reach[-1], reach[base, 0], reach[base, -1]])
+    outside = np.logical_or.reduce(list(openings(raymap.step_deg).values()))
+    border = np.unique(reach[outside])
     omega = cell_solid_angle(raymap.step_deg)
     holes = []
     for lab in range(1, n + 1):

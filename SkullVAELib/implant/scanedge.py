@@ -99,6 +99,20 @@ def scan_edge(
     return ScanEdge(exit_mm, truncated, unknown, beyond)
 
 
+def openings(step_deg: float) -> dict[str, np.ndarray]:
+    """The ray-grid cells (bool (Nα, Nβ) each) through which a gap of missing rays is open to the
+    outside, by name: the downward sagittal seam (columns 0 and -1) where it points more than
+    ``SKULL_BASE_DEG`` below the horizontal (a seam cell at α points α below it, backwards), and the
+    anterior pole (row -1: the face's openings). The posterior pole (row 0) is the back of the vault."""
+    alpha, beta = raycast.angle_grid(step_deg)
+    base = np.zeros((len(alpha), len(beta)), dtype=bool)
+    base[alpha >= np.deg2rad(SKULL_BASE_DEG), 0] = True
+    base[:, -1] = base[:, 0]
+    face = np.zeros_like(base)
+    face[-1] = True
+    return {"the skull base (rays downwards)": base, "the front of the head (the face)": face}
+
+
 def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: float) -> str:
     """One line: why :func:`find_holes` found no hole (the largest group of missing rays and where it opens)."""
     labels, n = ndimage.label(~raymap.hit, structure=_SQUARE)
@@ -109,13 +123,7 @@ def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: floa
     cells = labels == 1 + int(np.argmax(sizes))
     if edge is not None:
         cells = cells & ~edge.unknown
-    where = []
-    alpha, _ = raycast.angle_grid(raymap.step_deg)
-    base = alpha >= np.deg2rad(SKULL_BASE_DEG)
-    if cells[base, 0].any() or cells[base, -1].any():
-        where.append("the skull base (rays downwards)")
-    if cells[-1].any():
-        where.append("the front of the head (the face)")
+    where = [name for name, opening in openings(raymap.step_deg).items() if (cells & opening).any()]
     return (
         f"the rim fit found no enclosed hole in the vault: the largest opening ({sizes.max():.2f} sr) is open "
         f"to {' and '.join(where) or 'the outside'}; is the defect open to the skull base?"

@@ -84,14 +84,28 @@ class SkullImage:
         affine[:3, 3] = self.origin
         return affine
 
+    def index_box(self, points_mm: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
+        """The index box (3 slices) of this grid that holds the LPS ``points_mm`` (N, 3) plus ``margin``
+        voxels on every side, clipped to the grid; None when it misses the grid."""
+        affine = self.index_to_physical()
+        index = (np.asarray(points_mm, dtype=np.float64) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+        lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - margin, 0)
+        hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + margin + 1, np.asarray(self.shape))
+        if np.any(hi <= lo):
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
     # --- SimpleITK bridges (array order: sitk arrays are (K, J, I)) ---------------
-    def to_sitk(self, array: np.ndarray | None = None, pixel_type=np.uint8) -> sitk.Image:
-        """An ITK image of ``array`` (default: the mask) on this geometry."""
-        data = self.mask if array is None else np.asarray(array)
-        if data.shape != self.mask.shape:
-            raise ValueError(f"array shape {data.shape} != image shape {self.mask.shape}")
+    def to_sitk(self, array: np.ndarray | None = None, pixel_type=np.uint8, box: tuple[slice, ...] | None = None):
+        """An ITK image of ``array`` (default: the mask) on this geometry, or, with ``box`` (from
+        :meth:`index_box`), of an array of the box's shape on that part of the grid."""
+        data = (self.mask if box is None else self.mask[box]) if array is None else np.asarray(array)
+        shape = self.mask.shape if box is None else tuple(s.stop - s.start for s in box)
+        if data.shape != shape:
+            raise ValueError(f"array shape {data.shape} != image shape {shape}")
+        origin = self.origin if box is None else self.index_to_physical()[:3] @ np.r_[[s.start for s in box], 1.0]
         img = sitk.GetImageFromArray(np.ascontiguousarray(data.astype(pixel_type, copy=False).transpose(2, 1, 0)))
-        img.SetOrigin(tuple(float(v) for v in self.origin))
+        img.SetOrigin(tuple(float(v) for v in origin))
         img.SetSpacing(tuple(float(v) for v in self.spacing))
         img.SetDirection(tuple(float(v) for v in self.direction.ravel()))
         return img

@@ -32,6 +32,17 @@ def checkpoint_path(out_dir: str | os.PathLike, stage: int | str) -> Path:
     return Path(out_dir) / "checkpoints" / (f"stage{stage}.pt" if isinstance(stage, int) else f"{stage}.pt")
 
 
+def check_run_folder(out_dir: str | os.PathLike, weights_file: str, name: str, overwrite: bool, resume: bool) -> None:
+    """Refuse (one line) to replace ``out_dir/weights_file`` without ``overwrite`` or ``resume``, and
+    a ``resume`` without the checkpoint of the trainer ``name``."""
+    from SkullVAELib.core.errors import SkullVAEError
+
+    if (Path(out_dir) / weights_file).exists() and not (overwrite or resume):
+        raise SkullVAEError(f"{weights_file} exists; pass --overwrite to replace it (or --resume)", out_dir)
+    if resume and not checkpoint_path(out_dir, name).is_file():
+        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out_dir, name))
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` (plain tensors/containers only) atomically to ``path``."""
     record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}

@@ -93,13 +93,10 @@ def train_refiner(
     ``checkpoints/refiner.pt`` beside it). ``log`` receives one line per validation round."""
     from SkullVAELib.implant.learned.data import load_lps_grids
     from SkullVAELib.implant.learned.train import RefinerTrainer, to_device
-    from SkullVAELib.training.checkpoint import checkpoint_path
+    from SkullVAELib.training.checkpoint import check_run_folder
 
     cfg, train_cfg, out = cfg or RefinerConfig(), train_cfg or RefinerTrainConfig(), Path(out)
-    if (out / REFINER_FILE).exists() and not (overwrite or resume):
-        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", out)
-    if resume and not checkpoint_path(out, "refiner").is_file():
-        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, "refiner"))
+    check_run_folder(out, REFINER_FILE, "refiner", overwrite, resume)
     overlap = sorted(set(train_ids) & set(val_ids))
     if overlap:
         raise SkullVAEError(f"case id(s) {', '.join(overlap[:5])} are in both the training and validation ids")

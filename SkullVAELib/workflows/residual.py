@@ -114,13 +114,10 @@ def train_residual(
     from SkullVAELib.implant.residual.config import save_residual
     from SkullVAELib.implant.residual.pool import load_pools
     from SkullVAELib.implant.residual.train import ResidualTrainer
-    from SkullVAELib.training.checkpoint import checkpoint_path
+    from SkullVAELib.training.checkpoint import check_run_folder
 
     cfg, train_cfg, out = cfg or ResidualConfig(), train_cfg or ResidualTrainConfig(), Path(out)
-    if (out / RESIDUAL_FILE).exists() and not (overwrite or resume):
-        raise SkullVAEError(f"{RESIDUAL_FILE} exists; pass --overwrite to replace it (or --resume)", out)
-    if resume and not checkpoint_path(out, "residual").is_file():
-        raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out, "residual"))
+    check_run_folder(out, RESIDUAL_FILE, "residual", overwrite, resume)
     train = load_pools(pools, cfg)
     val = load_pools(val_pools, cfg) if val_pools else None
     if val is not None and set(train["ids"]) & set(val["ids"]):

@@ -18,7 +18,7 @@ import torch
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
-from SkullVAELib.implant.learned.lps_grid import from_lps_grid, grid_corners, patient_box, to_lps_grid
+from SkullVAELib.implant.learned.lps_grid import from_lps_grid, grid_corners, to_lps_grid
 from SkullVAELib.io.image import SkullImage
 
 
@@ -77,7 +77,7 @@ def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig
     Equal to resampling the whole grid, up to float rounding (docs/BENCHMARKS.md has the time saved)."""
     probability = np.zeros(skull.shape, np.float32)
     margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
-    box = patient_box(skull, grid_corners(grid, start, cfg.crop_shape), margin)
+    box = skull.index_box(grid_corners(grid, start, cfg.crop_shape), margin)
     if box is not None:
         probability[box] = from_lps_grid(on_grid, grid, skull, box)
     return probability

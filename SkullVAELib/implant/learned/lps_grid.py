@@ -69,29 +69,6 @@ def grid_corners(grid: LpsGrid, start=(0, 0, 0), shape=None) -> np.ndarray:
     return lo + corners * extent
 
 
-def patient_box(skull: SkullImage, points_mm: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
-    """The index box of ``skull``'s grid that holds ``points_mm`` (N, 3) plus ``margin`` voxels
-    (clipped to the grid; None when it misses the grid)."""
-    inverse = np.linalg.inv(skull.index_to_physical())
-    index = (np.c_[points_mm, np.ones(len(points_mm))] @ inverse.T)[:, :3]
-    lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - margin, 0)
-    hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + margin + 1, np.asarray(skull.shape))
-    if np.any(hi <= lo):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-
-
-def box_image(skull: SkullImage, box: tuple[slice, ...], array: np.ndarray, pixel=np.float32) -> sitk.Image:
-    """``array`` (the box's shape) as an ITK image on ``box`` of ``skull``'s grid (its exact geometry)."""
-    start = np.array([s.start for s in box], dtype=np.float64)
-    origin = (skull.index_to_physical() @ np.r_[start, 1.0])[:3]
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=pixel).transpose(2, 1, 0)))
-    image.SetOrigin(origin.tolist())
-    image.SetSpacing(skull.spacing.tolist())
-    image.SetDirection(skull.direction.ravel().tolist())
-    return image
-
-
 def from_lps_grid(values: np.ndarray, grid: LpsGrid, like: SkullImage, box: tuple[slice, ...] | None = None):
     """float32: ``values`` (X, Y, Z) on ``grid`` resampled (linear) onto ``like``'s exact grid, (I, J, K),
     or onto its ``box`` only (the box's shape): the same numbers there at a fraction of the cost."""
@@ -104,6 +81,6 @@ def from_lps_grid(values: np.ndarray, grid: LpsGrid, like: SkullImage, box: tupl
     if box is None:
         reference = like.to_sitk()
     else:
-        reference = box_image(like, box, np.zeros([s.stop - s.start for s in box], np.uint8), np.uint8)
+        reference = like.to_sitk(np.zeros([s.stop - s.start for s in box], np.uint8), box=box)
     back = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return np.transpose(sitk.GetArrayViewFromImage(back), (2, 1, 0)).copy()

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from SkullVAELib.core.limits import check_memory
 from SkullVAELib.implant.cleanup import bounding_box
-from SkullVAELib.implant.learned.lps_grid import LpsGrid, box_image, grid_corners, patient_box
+from SkullVAELib.implant.learned.lps_grid import LpsGrid, grid_corners
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.io.image import SkullImage
 
@@ -62,10 +62,10 @@ def mask_on_grid(skull: SkullImage, mask: np.ndarray, grid: LpsGrid, transform: 
     points = grid_corners(grid)
     if transform is not None:
         points = points @ np.asarray(transform)[:3, :3].T + np.asarray(transform)[:3, 3]
-    box = patient_box(skull, points)
+    box = skull.index_box(points)
     if box is None:
         return np.zeros(grid.shape, np.float32)
-    image = box_image(skull, box, mask[box], np.uint8)
+    image = skull.to_sitk(mask[box], box=box)
     tx = sitk.Transform() if transform is None else _affine(transform)
     out = sitk.Resample(image, grid.reference(), tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
@@ -103,7 +103,7 @@ def residual_inputs(
 ) -> np.ndarray:
     """float32 (3, X, Y, Z): the three channels (module docstring) on ``grid``."""
     bone = mask_on_grid(skull, skull.mask, grid)
-    sdf_image = box_image(skull, box, sdf)
+    sdf_image = skull.to_sitk(sdf, np.float32, box=box)
     resampled = sitk.Resample(sdf_image, grid.reference(), sitk.Transform(), sitk.sitkLinear, -cfg.sdf_clip_mm,
                               sitk.sitkFloat32)  # fmt: skip
     distance = np.transpose(sitk.GetArrayFromImage(resampled), (2, 1, 0)) / cfg.sdf_clip_mm
@@ -120,6 +120,6 @@ def shift_on_box(shift: np.ndarray, grid: LpsGrid, skull: SkullImage, box: tuple
     image = sitk.GetImageFromArray(np.ascontiguousarray(shift.astype(np.float32).transpose(2, 1, 0)))
     image.CopyInformation(grid.reference())
     shape = tuple(s.stop - s.start for s in box)
-    reference = box_image(skull, box, np.zeros(shape, np.uint8), np.uint8)
+    reference = skull.to_sitk(np.zeros(shape, np.uint8), box=box)
     back = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return np.transpose(sitk.GetArrayFromImage(back), (2, 1, 0))

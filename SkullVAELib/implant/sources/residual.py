@@ -37,7 +37,7 @@ class ResidualSource:
             notes.append("the residual's training was interrupted: its weights are the best before the stop")
         return Proposal(
             result.implant,
-            variant="mirror" if any(h.source != "spline" for h in rim.holes) else "",
+            variant="mirror" if rim.mirrored else "",
             holes=list(rim.holes),
             messages=notes,
             timings=dict(result.timings),

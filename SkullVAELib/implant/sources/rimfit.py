@@ -22,13 +22,12 @@ class RimFitSource:
 
     def propose(self, context) -> Proposal:
         result = context.rim_fit()
-        mirrored = any(h.source != "spline" for h in result.holes)
         messages = list(result.messages) or (
             [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
         )
         return Proposal(
             result.implant,
-            variant="mirror" if mirrored else "",
+            variant="mirror" if result.mirrored else "",
             holes=list(result.holes),
             messages=messages,
             postprocessed=True,

@@ -167,13 +167,14 @@ def _plate_thickness_ratio(skull: SkullImage, implant: np.ndarray, cfg: QualityC
     """Implant / bone plate thickness next to their junction: twice the 90th percentile of the depth
     inside bone ∪ implant, on the implant voxels and on the bone voxels ``junction_mm`` from the other."""
     from SkullVAELib.implant.cleanup import bounding_box
+    from SkullVAELib.implant.distance import depth_mm
 
     lo, hi = cfg.junction_mm
     box = bounding_box(implant, margin=[int(np.ceil(2 * hi / v)) + 1 for v in skull.spacing])
     imp, bone = implant[box], skull.mask[box]
-    depth = ndimage.distance_transform_edt(imp | bone, sampling=skull.spacing)
-    from_bone = ndimage.distance_transform_edt(~bone, sampling=skull.spacing)
-    from_imp = ndimage.distance_transform_edt(~imp, sampling=skull.spacing)
+    depth = depth_mm(imp | bone, skull.spacing)
+    from_bone = depth_mm(~bone, skull.spacing)
+    from_imp = depth_mm(~imp, skull.spacing)
     imp_band = imp & (from_bone > lo) & (from_bone <= hi)
     bone_band = bone & (from_imp > lo) & (from_imp <= hi)
     if imp_band.sum() < 10 or bone_band.sum() < 10:
@@ -217,7 +218,8 @@ def implant_quality(
         return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": volume}, f"empty implant ({volume:.0f} mm³)")
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     bone = raycast.cast(skull, centre, cfg.step_deg)
-    completed = raycast.cast(skull.with_mask(skull.mask | implant), centre, cfg.step_deg)
+    reach = max(raycast.max_radius(skull, centre), raycast.mask_radius(skull, implant, centre))
+    completed = raycast.cast(skull.with_mask(skull.mask | implant), centre, cfg.step_deg, radius_mm=reach)
     raised = completed.hit & (~bone.hit | (np.nan_to_num(completed.r_out) > np.nan_to_num(bone.r_out) + cfg.on_top_mm))
     edge = scan_edge(skull, bone)
     components: dict[str, float] = {}

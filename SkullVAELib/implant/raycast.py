@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.implant.raymarch import RayMarcher
 from SkullVAELib.io.image import SkullImage
 
@@ -177,9 +178,23 @@ def max_radius(skull: SkullImage, centre: np.ndarray) -> float:
     return float(np.linalg.norm(pts - centre, axis=1).max() + 2.0 * np.linalg.norm(skull.spacing))
 
 
-def _marcher(skull: SkullImage, centre, transform, volume, device) -> tuple[RayMarcher, np.ndarray]:
+def mask_radius(skull: SkullImage, mask: np.ndarray, centre: np.ndarray) -> float:
+    """Distance (mm) from ``centre`` to the farthest voxel of ``mask`` (bool (I, J, K) on ``skull``'s
+    grid, e.g. an implant: every voxel of its box is read), plus two voxel diagonals as in
+    :func:`max_radius`; 0 for an empty mask."""
+    box = bounding_box(mask)
+    if box is None:
+        return 0.0
+    index = np.argwhere(mask[box]) + [b.start for b in box]
+    affine = skull.index_to_physical()
+    points = index @ affine[:3, :3].T + affine[:3, 3]
+    return float(np.linalg.norm(points - centre, axis=1).max() + 2.0 * np.linalg.norm(skull.spacing))
+
+
+def _marcher(skull: SkullImage, centre, transform, volume, device, radius_mm=None) -> tuple[RayMarcher, np.ndarray]:
     """(marcher, M) for rays from ``centre``: a direction u (LPS) has index-space step M @ u."""
-    radii = np.arange(MIN_RADIUS_MM, max_radius(skull, centre) + RADIUS_STEP_MM, RADIUS_STEP_MM)
+    reach = max_radius(skull, centre) if radius_mm is None else float(radius_mm)
+    radii = np.arange(MIN_RADIUS_MM, reach + RADIUS_STEP_MM, RADIUS_STEP_MM)
     inv, origin = _physical_to_index(skull)
     lin, off = (np.eye(3), np.zeros(3)) if transform is None else (transform[:3, :3], transform[:3, 3])
     # index = inv @ (T(centre + r·u) - origin): linear in r, so one start and one step per ray
@@ -209,6 +224,7 @@ def cast(
     coarse_factor: int = 1,
     exact: np.ndarray | None = None,
     device=None,
+    radius_mm: float | None = None,
 ) -> RayMap:
     """Cast rays from ``centre`` (default: :func:`cranial_centre`) through ``skull``'s bone.
 
@@ -224,9 +240,11 @@ def cast(
         device: None: numpy, skipping empty space, on :func:`cpu_threads` threads (torch's
             ``get_num_threads()`` when torch is loaded); or a torch device ("cuda", "cpu"):
             every sample read by torch on it. All give the same map.
+        radius_mm: how far the rays go (mm); default :func:`max_radius` of ``skull``'s bone (listing
+            a new mask's bone costs ≈ 0.3 s on a SkullFix scan: pass a known bound instead).
     """
     centre = cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    marcher, to_index = _marcher(skull, centre, transform, volume, device)
+    marcher, to_index = _marcher(skull, centre, transform, volume, device, radius_mm)
     alpha, beta = angle_grid(step_deg)
     shape = (len(alpha), len(beta))
     if coarse_factor <= 1:

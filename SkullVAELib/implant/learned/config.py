@@ -45,7 +45,7 @@ class RefinerConfig:
             raise SkullVAEError("the refiner needs spacing_mm > 0 and a threshold in (0, 1)")
 
     def network(self) -> torch.nn.Module:
-        """A new (untrained) refiner network of these settings (imports MONAI)."""
+        """A new (untrained) refiner network of these settings (plain torch, no MONAI import)."""
         from SkullVAELib.implant.learned.network import refiner_network
 
         return refiner_network(self.channels, self.res_units, self.output_head)

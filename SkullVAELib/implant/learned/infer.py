@@ -71,16 +71,29 @@ def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Mod
     return paste(probability, start, tuple(bone.shape)).numpy(), start
 
 
-def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage) -> np.ndarray:
-    """float32 (I, J, K): the probability resampled onto the patient's grid, computed on the box that
-    holds the crop only (plus one refiner voxel, the reach of linear interpolation); 0 elsewhere.
-    Equal to resampling the whole grid, up to float rounding (docs/BENCHMARKS.md has the time saved)."""
-    probability = np.zeros(skull.shape, np.float32)
+def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage):
+    """(float32 (I, J, K): the probability resampled onto the patient's grid, 0 outside the box that
+    holds the crop (plus one refiner voxel, the reach of linear interpolation); that box as slices,
+    None when the crop misses the scan). Equal to resampling the whole grid, up to float rounding
+    (docs/BENCHMARKS.md has the time saved)."""
+    probability = np.zeros_like(skull.mask, dtype=np.float32)  # the mask's memory order: mixed orders cost seconds
     margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
     box = skull.index_box(grid_corners(grid, start, cfg.crop_shape), margin)
     if box is not None:
         probability[box] = from_lps_grid(on_grid, grid, skull, box)
-    return probability
+    return probability, box
+
+
+def _implant_on_box(probability: np.ndarray, box, skull: SkullImage, threshold: float) -> tuple[np.ndarray, float]:
+    """(bool (I, J, K) implant: probability ≥ ``threshold`` off the patient's bone; the soft volume
+    mm³, the probability summed off the bone). Only ``box`` is read: the probability is 0 elsewhere,
+    and whole-scan masks of a 512×512×350 scan cost seconds."""
+    implant = np.zeros_like(skull.mask)
+    if box is None:
+        return implant, 0.0
+    inside, off_bone = probability[box], ~skull.mask[box]
+    implant[box] = (inside >= threshold) & off_bone
+    return implant, float(np.sum(inside, where=off_bone, dtype=np.float64)) * skull.voxel_volume_mm3
 
 
 def learned_implant(
@@ -97,11 +110,10 @@ def learned_implant(
     on_grid, start = crop_probability(fraction >= 0.5, np.asarray(grid.origin), network, cfg, device)
     timings["refiner_network"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probability = _probability_on_patient(on_grid, grid, start, cfg, skull)
-    implant = (probability >= cfg.threshold) & ~skull.mask
+    probability, box = _probability_on_patient(on_grid, grid, start, cfg, skull)
+    implant, expected = _implant_on_box(probability, box, skull, cfg.threshold)
     implant = postprocess_implant(implant, skull)
     timings["refiner_back"] = time.perf_counter() - t0
-    expected = float(probability[~skull.mask].sum(dtype=np.float64)) * skull.voxel_volume_mm3
     volume = float(np.count_nonzero(implant)) * skull.voxel_volume_mm3
     messages = []
     if volume < MIN_IMPLANT_MM3:

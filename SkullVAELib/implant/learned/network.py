@@ -1,4 +1,4 @@
-"""The learned sources' network: MONAI's residual 3D U-Net, ``in_channels`` inputs (the facial
+"""The learned sources' network: a residual 3D U-Net laid out as MONAI's (:mod:`.unet`), ``in_channels`` inputs (the facial
 refiner: the defective skull's bone; the cranial residual: bone, rim fit, mirror cue) and one output
 channel (logits, or the residual's surface shift), shapes (B, C, X, Y, Z) -> (B, 1, X, Y, Z).
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import UNet
+
+from SkullVAELib.implant.learned.unet import UNet
 
 
 def refiner_network(
@@ -28,15 +29,7 @@ def refiner_network(
     that an untrained network outputs 0 everywhere (the cranial residual starts at "no change").
     """
     channels = tuple(int(c) for c in channels)
-    unet = UNet(
-        spatial_dims=3,
-        in_channels=int(in_channels),
-        out_channels=channels[0] if output_head else 1,
-        channels=channels,
-        strides=(2,) * (len(channels) - 1),
-        num_res_units=res_units,
-        norm="instance",
-    )
+    unet = UNet(int(in_channels), channels[0] if output_head else 1, channels, res_units)
     if not output_head:
         return unet
     head = torch.nn.Conv3d(channels[0], 1, kernel_size=1)

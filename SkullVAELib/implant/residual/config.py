@@ -59,7 +59,7 @@ class ResidualConfig:
         return tuple(n * self.spacing_mm for n in self.crop_shape)
 
     def network(self) -> torch.nn.Module:
-        """A new network of these settings whose output is 0 everywhere (imports MONAI)."""
+        """A new network of these settings whose output is 0 everywhere (plain torch, no MONAI import)."""
         from SkullVAELib.implant.learned.network import refiner_network
 
         return refiner_network(self.channels, self.res_units, True, IN_CHANNELS, zero_head=True)

@@ -186,6 +186,22 @@ def test_threads_give_the_same_map(defect_cases, monkeypatch):
     _same_map(one, raycast.cast(defective, centre, 1.0, coarse_factor=1))
 
 
+def test_a_known_ray_length_gives_the_same_map(defect_cases):
+    """The quality score casts the completed skull with the length its implant and bone need
+    (mask_radius), instead of listing the completed mask's bone again: the same map."""
+    defective, _ = defect_cases[0]
+    phantom = make_phantom(1, SHAPE, SPACING)
+    implant = phantom.mask & ~defective.mask
+    centre = raycast.cranial_centre(defective)
+    points = np.argwhere(implant) @ defective.index_to_physical()[:3, :3].T + defective.origin
+    reach = raycast.mask_radius(defective, implant, centre)
+    assert reach >= np.linalg.norm(points - centre, axis=1).max()
+    assert raycast.mask_radius(defective, np.zeros_like(implant), centre) == 0.0
+    completed = defective.with_mask(defective.mask | implant)
+    bound = max(raycast.max_radius(defective, centre), reach)
+    _same_map(raycast.cast(completed, centre, 3.0, radius_mm=bound), raycast.cast(completed, centre, 3.0))
+
+
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_bone_points_list_bone_in_c_order_of_the_indices(defect_cases, order):
     defective, _ = defect_cases[0]

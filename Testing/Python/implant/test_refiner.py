@@ -350,6 +350,16 @@ def test_the_probability_is_resampled_on_the_crops_box_only_with_the_same_number
     on_grid = np.zeros(grid.shape, np.float32)
     block = tuple(slice(s, s + n) for s, n in zip(start, cfg.crop_shape, strict=True))
     on_grid[block] = np.random.default_rng(0).random(cfg.crop_shape, dtype=np.float32)
-    boxed = _probability_on_patient(on_grid, grid, start, cfg, skull)
+    boxed, box = _probability_on_patient(on_grid, grid, start, cfg, skull)
     whole = from_lps_grid(on_grid, grid, skull)
     assert boxed.any() and np.array_equal(boxed > 0, whole > 0) and np.allclose(boxed, whole, rtol=0, atol=1e-6)
+    # the threshold and the soft volume read the box only, as the whole-scan formulas would
+    from SkullVAELib.implant.learned.infer import _implant_on_box
+
+    implant, expected = _implant_on_box(boxed, box, skull, 0.5)
+    assert (
+        np.array_equal(implant, (boxed >= 0.5) & ~skull.mask)
+        and implant.flags.f_contiguous == skull.mask.flags.f_contiguous
+    )
+    assert np.isclose(expected, boxed[~skull.mask].sum(dtype=np.float64) * skull.voxel_volume_mm3)
+    assert _implant_on_box(boxed, None, skull, 0.5)[1] == 0.0

@@ -70,6 +70,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threads", type=threads_arg, default=None, help="CPU threads for torch and ITK (at most the CPU count)"
     )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help="batch: cases completed at once, one worker process each (default: as many as the CPU cores "
+        "and --max-memory-gb allow; 1: one after the other in one process)",
+    )
     add_completion_args(p)
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             input_kind=args.input_kind,
             hu_threshold=args.hu_threshold,
             threads=args.threads,
+            jobs=args.jobs,
             progress=progress,
         )
     finally:

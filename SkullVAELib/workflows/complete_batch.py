@@ -12,6 +12,14 @@ from pathlib import Path
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.pipeline.settings import CompletionSettings
+from SkullVAELib.workflows.batch_pool import (
+    CaseArguments,
+    CaseOutcome,
+    CaseTask,
+    batch_jobs,
+    complete_case,
+    complete_in_workers,
+)
 from SkullVAELib.workflows.complete import CompletedFiles, OutputOptions, complete_files, set_threads, warm_completer
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
@@ -51,10 +59,16 @@ def complete_batch(
     input_kind: str = "auto",
     hu_threshold: float = 300.0,
     threads: int | None = None,
+    jobs: int | None = 1,
     progress: ProgressCallback | None = None,
 ) -> CompletedFiles:
     """One input: :func:`complete_files`. Several: ``output`` is a folder that gets
-    ``<case>.seg.nrrd`` per input (``options.implant_stl`` / ``uncertainty``: folders too)."""
+    ``<case>.seg.nrrd`` per input (``options.implant_stl`` / ``uncertainty``: folders too).
+
+    ``jobs``: cases completed at once, each in a worker process (:mod:`.batch_pool`); None: as many
+    as the CPU cores and the memory limit allow; 1 (the library's default): one after the other in
+    this process (the safe choice inside an application such as Slicer).
+    """
     options = options or OutputOptions()
     if len(inputs) == 1 and not output.is_dir():
         return complete_files(
@@ -72,42 +86,49 @@ def complete_batch(
         raise SkullVAEError("a batch (several inputs) writes into a folder; --output is a file", output)
     start = time.perf_counter()
     progress = progress or no_progress
-    set_threads(threads)
-    completer = warm_completer(settings)
-    records, warnings, failed = [], [], []
-    for n, path in enumerate(inputs):
-
-        def case_progress(stage, fraction, message="", n=n, path=path):
-            progress(stage, (n + fraction) / len(inputs), f"{path.name}: {message}")
-
-        stem = case_stem(path)
-        case_options = replace(
-            options,
-            implant_stl=options.implant_stl / f"{stem}.stl" if options.implant_stl else None,
-            uncertainty=options.uncertainty / f"{stem}.nrrd" if options.uncertainty else None,
-        )
-        try:
-            done = complete_files(
-                settings,
-                path,
-                output / f"{stem}{SEGMENTATION_SUFFIX}",
-                gammas,
-                options=case_options,
-                input_kind=input_kind,
-                hu_threshold=hu_threshold,
-                progress=case_progress,
-                completer=completer,
-            )
-        except SkullVAEError as exc:  # one bad skull never stops the others; it is reported at the end
-            failed.append(f"{path.name}: {exc.message}")
-            continue
-        records.append({"input": str(path), **done.record})
-        warnings += [f"{path.name}: {w}" for w in done.warnings]
+    tasks = [_case_task(n, path, output, options) for n, path in enumerate(inputs)]
+    arguments = CaseArguments(settings, tuple(gammas), input_kind, hu_threshold)
+    jobs = batch_jobs(jobs, inputs)
+    if jobs > 1:
+        outcomes = complete_in_workers(arguments, tasks, jobs, threads, progress)
+    else:
+        outcomes = _complete_in_turn(arguments, tasks, threads, progress)
     seconds = time.perf_counter() - start
+    failed = [f"{tasks[o.index].input.name}: {o.error}" for o in outcomes if o.error is not None]
+    done = [o for o in outcomes if o.error is None]
+    warnings = [f"{tasks[o.index].input.name}: {w}" for o in done for w in o.warnings]
+    records = [o.record for o in done]
     results = [r for record in records for r in record["results"]]
-    record = {"results": results, "cases": records, "timings": {"total": round(seconds, 3)}}
+    record = {"results": results, "cases": records, "timings": {"total": round(seconds, 3)}, "jobs": jobs}
     if failed:
         summary = f"{len(failed)} of {len(inputs)} inputs failed, {len(inputs) - len(failed)} completed into {output}"
         raise SkullVAEError(f"{summary}: " + " | ".join(failed))
     message = f"{len(inputs)} skulls completed into {output} in {seconds:.1f} s ({seconds / len(inputs):.1f} s each)"
     return CompletedFiles(record, message, warnings)
+
+
+def _case_task(index: int, path: Path, output: Path, options: OutputOptions) -> CaseTask:
+    """The batch's files for one input: ``output/<case>.seg.nrrd`` and the other outputs' folders."""
+    stem = case_stem(path)
+    case_options = replace(
+        options,
+        implant_stl=options.implant_stl / f"{stem}.stl" if options.implant_stl else None,
+        uncertainty=options.uncertainty / f"{stem}.nrrd" if options.uncertainty else None,
+    )
+    return CaseTask(index, path, output / f"{stem}{SEGMENTATION_SUFFIX}", case_options)
+
+
+def _complete_in_turn(
+    arguments: CaseArguments, tasks: Sequence[CaseTask], threads: int | None, progress: ProgressCallback
+) -> list[CaseOutcome]:
+    """The cases one after the other in this process, with one warm Completer."""
+    set_threads(threads)
+    completer = warm_completer(arguments.settings)
+    outcomes = []
+    for task in tasks:
+
+        def case_progress(stage, fraction, message="", task=task):
+            progress(stage, (task.index + fraction) / len(tasks), f"{task.input.name}: {message}")
+
+        outcomes.append(complete_case(task, arguments, completer, case_progress))
+    return outcomes

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from SkullVAELib.cli import main
 from SkullVAELib.data.defects import cranial_defect
@@ -11,14 +16,23 @@ from SkullVAELib.io.image import write_mask
 from SkullVAELib.io.segfile import read_segmentation
 
 
-def test_a_batch_writes_the_same_segmentations_as_separate_runs(tmp_path, capsys):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for seed in (1, 2):
+def _phantom_inputs(folder, seeds=(1, 2)):
+    folder.mkdir()
+    for seed in seeds:
         defective, _ = cranial_defect(make_phantom(seed, (80, 80, 60), (2.6, 2.6, 2.6)), seed, style="skullbreak")
-        write_mask(defective, inputs / f"case{seed}.nrrd")
-    assert main(["complete", "--input", str(inputs), "--output", str(tmp_path / "batch"), "--progress", "none"]) == 0
-    assert "2 skulls completed" in capsys.readouterr().out
+        write_mask(defective, folder / f"case{seed}.nrrd")
+    return folder
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_batch_writes_the_same_segmentations_as_separate_runs(tmp_path, capsys, jobs):
+    """In turn in one process (--jobs 1) or side by side in worker processes (--jobs 2)."""
+    inputs = _phantom_inputs(tmp_path / "in")
+    argv = ["complete", "--input", str(inputs), "--output", str(tmp_path / "batch"), "--jobs", jobs]
+    assert main([*argv, "--progress", "json"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "2 skulls completed" in done["message"] and done["result"]["jobs"] == int(jobs)
+    assert [Path(c["input"]).name for c in done["result"]["cases"]] == ["case1.nrrd", "case2.nrrd"]
     for seed in (1, 2):
         single = tmp_path / f"single{seed}.seg.nrrd"
         argv = ["complete", "--input", str(inputs / f"case{seed}.nrrd"), "--output", str(single), "--progress", "none"]
@@ -38,10 +52,6 @@ def test_a_batch_into_a_file_is_refused(tmp_path, capsys):
 
 
 def test_a_completion_names_its_run_and_a_mixed_pair_is_refused(tmp_path, capsys):
-    import json
-
-    import pytest
-
     from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.io.runs import check_run_identity
 
@@ -66,3 +76,37 @@ def test_one_bad_input_never_stops_the_batch(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of 2 inputs failed" in err[0] and "a_broken.nrrd" in err[0]
     assert (tmp_path / "out" / "b_good.seg.nrrd").is_file()  # the good one after the bad one was done
+
+
+def test_workers_are_bounded_by_the_memory_limit(tmp_path, default_limits):
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.core.limits import set_limits
+    from SkullVAELib.workflows.batch_pool import batch_jobs, case_memory_bytes
+
+    inputs = sorted(_phantom_inputs(tmp_path / "in", (1, 2, 3)).iterdir())
+    per_case = case_memory_bytes(inputs[0])
+    assert per_case == 80 * 80 * 60 * (1 + 16)  # uint8 voxels + the work bytes per voxel
+    set_limits(max_memory_gb=2.5 * per_case / 1e9)
+    assert batch_jobs(None, inputs) == min(2, multiprocessing.cpu_count(), 3)
+    assert batch_jobs(2, inputs) == 2 and batch_jobs(1, inputs) == 1 and batch_jobs(5, inputs[:1]) == 1
+    with pytest.raises(SkullVAEError, match="--jobs 3 would hold 3 ×.*use --jobs 2"):
+        batch_jobs(3, inputs)
+
+
+def test_a_stopped_batch_leaves_no_worker_running(tmp_path):
+    """Ctrl-C or SIGTERM (KeyboardInterrupt) in the parent terminates every worker."""
+    from SkullVAELib.pipeline.settings import CompletionSettings
+    from SkullVAELib.workflows.complete_batch import complete_batch
+
+    inputs = sorted(_phantom_inputs(tmp_path / "in", (1, 2, 3)).iterdir())
+
+    def stop(stage, fraction, message=""):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        complete_batch(CompletionSettings(), inputs, tmp_path / "out", jobs=2, progress=stop)
+    assert multiprocessing.active_children() == []
+    finals = sorted((tmp_path / "out").glob("case*.seg.nrrd")) if (tmp_path / "out").exists() else []
+    assert len(finals) < 3  # stopped after the first case came back
+    for path in finals:  # whatever was renamed into place is whole
+        assert set(read_segmentation(path)[1]) == {"Patient bone", "Implant"}

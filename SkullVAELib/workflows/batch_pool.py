@@ -1,0 +1,169 @@
+"""The cases of a batch completed side by side, one worker process each (``skullvae complete --jobs``).
+
+Most of one case's work (SciPy's morphology and labelling, the ray marcher's numpy, the writer's
+gzip) runs on one core, so a batch in one process leaves the other cores idle. Workers are
+processes, not threads: those stages hold Python's GIL, and the ray casting's bone list is cached
+per process. Each worker builds its own :class:`~SkullVAELib.pipeline.completer.Completer` once
+(on Linux the workers are forked after the imports, so they start in milliseconds) and completes
+case after case with it; the parent hands out the cases and gathers what each wrote.
+
+How many workers: at most the CPU cores and the inputs, and no more than the memory limit holds
+(``--max-memory-gb``: every worker may hold one case's estimated peak, from the largest input's
+header), so the memory is bounded before anything is allocated. Ctrl-C or SIGTERM in the parent
+stops every worker (the pool is terminated); files are written under a temporary name and renamed,
+so a stopped batch leaves whole results only.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.limits import WORK_BYTES_PER_VOXEL, current_limits
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.pipeline.settings import CompletionSettings
+from SkullVAELib.workflows.complete import OutputOptions, complete_files, set_threads, warm_completer
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """One input of a batch: its position, its file, its segmentation and its other outputs."""
+
+    index: int
+    input: Path
+    output: Path
+    options: OutputOptions
+
+
+@dataclass
+class CaseOutcome:
+    """What one case gave: its ``complete_files`` record and warnings, or the one-line error."""
+
+    index: int
+    record: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseArguments:
+    """Everything a worker needs besides the task (sent once, at the worker's start)."""
+
+    settings: CompletionSettings
+    gammas: tuple[float, ...]
+    input_kind: str
+    hu_threshold: float
+
+
+def case_memory_bytes(path: str | os.PathLike) -> float:
+    """Estimated peak bytes of completing ``path`` (its header's voxels × (pixel + work bytes))."""
+    from SkullVAELib.io.inputs import read_information
+
+    reader = read_information(path)
+    pixel_bytes = _pixel_bytes(reader)
+    return math.prod(reader.GetSize()) * (pixel_bytes + WORK_BYTES_PER_VOXEL)
+
+
+def _memory_or_zero(path: Path) -> float:
+    """:func:`case_memory_bytes`, 0 for an unreadable input (its case reports it; the others go on)."""
+    try:
+        return case_memory_bytes(path)
+    except SkullVAEError:
+        return 0.0
+
+
+def _pixel_bytes(reader) -> int:
+    import SimpleITK as sitk
+
+    return sitk.Image([1, 1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+
+
+def batch_jobs(requested: int | None, inputs: Sequence[Path]) -> int:
+    """How many cases to complete at once: ``requested`` (None: as many as the CPU cores allow),
+    at most one per input and at most what the memory limit holds for the largest input.
+
+    Raises SkullVAEError (naming that input) when ``requested`` workers exceed the memory limit.
+    """
+    cores = os.cpu_count() or 1
+    wanted = min(cores if requested is None else int(requested), len(inputs))
+    if wanted <= 1:
+        return 1
+    sizes = {path: _memory_or_zero(path) for path in inputs}
+    largest = max(sizes, key=sizes.get)
+    if sizes[largest] <= 0:
+        return wanted  # no input readable: each fails in its own case, with its own message
+    limit = current_limits().max_memory_bytes
+    fits = max(1, int(limit // sizes[largest]))
+    if requested is not None and wanted > fits:
+        raise SkullVAEError(
+            f"--jobs {wanted} would hold {wanted} × {sizes[largest] / 1e9:.1f} GB at once, over the memory limit "
+            f"of {limit / 1e9:.1f} GB; use --jobs {fits} or raise --max-memory-gb",
+            largest,
+        )
+    return min(wanted, fits)
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(arguments: CaseArguments, threads: int) -> None:
+    """Worker start: the parent alone answers Ctrl-C (it terminates the pool); one Completer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    set_threads(threads)
+    _WORKER["arguments"] = arguments
+    _WORKER["completer"] = warm_completer(arguments.settings)
+
+
+def complete_case(task: CaseTask, arguments: CaseArguments, completer=None, progress=None) -> CaseOutcome:
+    """One case of a batch; a bad input becomes the outcome's error (it never stops the others)."""
+    try:
+        done = complete_files(
+            arguments.settings,
+            task.input,
+            task.output,
+            arguments.gammas,
+            options=task.options,
+            input_kind=arguments.input_kind,
+            hu_threshold=arguments.hu_threshold,
+            progress=progress,
+            completer=completer,
+        )
+    except SkullVAEError as exc:
+        return CaseOutcome(task.index, error=exc.message)
+    return CaseOutcome(task.index, {"input": str(task.input), **done.record}, list(done.warnings))
+
+
+def _worker_case(task: CaseTask) -> CaseOutcome:
+    return complete_case(task, _WORKER["arguments"], _WORKER["completer"])
+
+
+def _context():
+    """fork on Linux (the imports are inherited), spawn elsewhere (fork is unsafe on macOS)."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def complete_in_workers(
+    arguments: CaseArguments,
+    tasks: Sequence[CaseTask],
+    jobs: int,
+    threads: int | None,
+    progress: ProgressCallback,
+) -> list[CaseOutcome]:
+    """The outcomes of ``tasks`` (in their order), completed by ``jobs`` worker processes with
+    ``threads`` CPU threads each (None: the cores shared out)."""
+    per_worker = threads or max(1, (os.cpu_count() or 1) // jobs)
+    outcomes: list[CaseOutcome | None] = [None] * len(tasks)
+    with _context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker)) as pool:
+        for n, outcome in enumerate(pool.imap_unordered(_worker_case, tasks), 1):
+            outcomes[outcome.index] = outcome
+            progress("complete", n / len(tasks), f"{tasks[outcome.index].input.name}: done")
+    # leaving the block terminates the pool: on Ctrl-C / SIGTERM (KeyboardInterrupt) too
+    return [o for o in outcomes if o is not None]

@@ -56,6 +56,11 @@ def register(subparsers) -> None:
         help="end the U-Net in a 1x1x1 convolution (the CPU recipe; default: MONAI's top layer, the GPU recipe)",
     )
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128,256)")
+    p.add_argument(
+        "--test-time-mirror",
+        action="store_true",
+        help="store in the weights that inference averages the face crop with its left-right mirror",
+    )
     add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -66,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows.refiner import (
         REFINER_FILE,
-        RefinerConfig,
         RefinerTrainConfig,
         extra_faces,
         pack_refiner_grids,
@@ -99,12 +103,7 @@ def run(args: argparse.Namespace) -> int:
             close_progress(progress)
         log(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
         return 0
-    overrides: dict = {"spacing_mm": args.spacing, "output_head": args.output_head}
-    if args.crop:
-        overrides["crop_shape"] = parse_integers(args.crop, "--crop")
-    if args.channels:
-        overrides["channels"] = parse_integers(args.channels, "--channels")
-    cfg = RefinerConfig(**overrides)
+    cfg = _refiner_settings(args)
     train_cfg = RefinerTrainConfig(
         steps=args.steps,
         seconds=args.minutes * 60,
@@ -139,3 +138,20 @@ def run(args: argparse.Namespace) -> int:
         close_progress(progress)
     log(f"wrote the facial refiner to {path}")
     return 0
+
+
+def _refiner_settings(args: argparse.Namespace):
+    """The network and grid settings the flags ask for."""
+    from SkullVAELib.workflows.refiner import RefinerConfig
+
+    overrides: dict = {
+        "spacing_mm": args.spacing,
+        "output_head": args.output_head,
+        "test_time_mirror": args.test_time_mirror,
+    }
+    if args.crop:
+        overrides["crop_shape"] = parse_integers(args.crop, "--crop")
+    if args.channels:
+        overrides["channels"] = parse_integers(args.channels, "--channels")
+    cfg = RefinerConfig(**overrides)
+    return cfg

@@ -33,6 +33,9 @@ class RefinerConfig:
     # needs it to train stably (docs/RESULTS.md, the learned refiner)
     output_head: bool = False
     threshold: float = 0.5  # on the implant probability, on the patient's grid
+    # at inference, average the probability of the crop and of its left-right mirror (mirrored
+    # back): the crop is centred on the bone's left-right centre, so the mirror is the other face side
+    test_time_mirror: bool = False
 
     def __post_init__(self) -> None:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]

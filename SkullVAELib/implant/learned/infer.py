@@ -67,7 +67,10 @@ def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Mod
     o = torch.as_tensor(origin, dtype=torch.float32)
     start = crop_start(face_anchor(volume, o, cfg.spacing_mm), o, cfg)
     x = cut(volume.float()[None, None], start, cfg.crop_shape).to(device)
-    probability = torch.sigmoid(network(x).float())[0, 0].cpu()
+    probability = torch.sigmoid(network(x).float())
+    if cfg.test_time_mirror:  # x is the patient's left-right axis (LPS-aligned grid)
+        probability = 0.5 * (probability + torch.sigmoid(network(x.flip(2)).float()).flip(2))
+    probability = probability[0, 0].cpu()
     return paste(probability, start, tuple(bone.shape)).numpy(), start
 
 

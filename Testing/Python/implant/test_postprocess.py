@@ -88,3 +88,20 @@ def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
     near_plug = ndimage.binary_dilation(plug, iterations=3)
     assert not (result.implant & near_plug).any()
     assert dice(result.implant, first.implant) >= 0.98
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pieces_touching_the_bone_are_those_a_dilated_bone_meets(seed):
+    """One labelling of implant ∪ bone keeps the same pieces as dilating the bone (26-connected)."""
+    from SkullVAELib.implant.postprocess import _CUBE, _touching_bone
+
+    rng = np.random.default_rng(seed)
+    bone = ndimage.binary_opening(rng.random((40, 36, 30)) > 0.7)
+    crop = (rng.random(bone.shape) > 0.8) & ~bone
+    labels, n = ndimage.label(crop, structure=_CUBE)
+    assert n > 20  # many pieces, some touching the bone, some not
+    touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
+    expected = np.isin(labels, touching[touching > 0])
+    assert 0 < expected.sum() < crop.sum()
+    np.testing.assert_array_equal(_touching_bone(crop, bone), expected)
+    assert not _touching_bone(crop, np.zeros_like(bone)).any()  # no bone: nothing is kept

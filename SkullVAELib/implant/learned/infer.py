@@ -25,15 +25,24 @@ from SkullVAELib.io.image import SkullImage
 @dataclass
 class LearnedImplant:
     """implant: bool (I, J, K) on the patient's grid, disjoint from its bone; probability: float32
-    (I, J, K) of the network (before post-processing); seconds per step; messages for the user;
-    expected_volume_mm3: the probability summed outside the patient's bone (the soft volume the
-    thresholded, cleaned implant should roughly match: for the volume check)."""
+    of the network (before post-processing) on ``box``, the slices of the patient's grid that hold
+    the crop (None when the crop misses the scan; the probability is 0 outside the box); seconds
+    per step; messages for the user; expected_volume_mm3: the probability summed outside the
+    patient's bone (the soft volume the thresholded, cleaned implant should roughly match)."""
 
     implant: np.ndarray
     probability: np.ndarray
+    box: tuple[slice, ...] | None
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     expected_volume_mm3: float = float("nan")
+
+    def probability_on_grid(self) -> np.ndarray:
+        """float32 (I, J, K): the probability on the whole patient grid (0 outside the box)."""
+        full = np.zeros_like(self.implant, dtype=np.float32)
+        if self.box is not None:
+            full[self.box] = self.probability
+        return full
 
 
 @dataclass
@@ -75,28 +84,26 @@ def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Mod
 
 
 def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage):
-    """(float32 (I, J, K): the probability resampled onto the patient's grid, 0 outside the box that
-    holds the crop (plus one refiner voxel, the reach of linear interpolation); that box as slices,
-    None when the crop misses the scan). Equal to resampling the whole grid, up to float rounding
-    (docs/BENCHMARKS.md has the time saved)."""
-    probability = np.zeros_like(skull.mask, dtype=np.float32)  # the mask's memory order: mixed orders cost seconds
+    """(float32: the probability resampled onto the patient's grid on the box that holds the crop
+    (plus one refiner voxel, the reach of linear interpolation; 0 outside it); that box as slices,
+    None when the crop misses the scan). Equal to resampling the whole grid, up to float rounding,
+    without a whole-scan float array (docs/BENCHMARKS.md has the time saved)."""
     margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
     box = skull.index_box(grid_corners(grid, start, cfg.crop_shape), margin)
-    if box is not None:
-        probability[box] = from_lps_grid(on_grid, grid, skull, box)
-    return probability, box
+    if box is None:
+        return np.zeros((0, 0, 0), np.float32), None
+    return from_lps_grid(on_grid, grid, skull, box), box
 
 
 def _implant_on_box(probability: np.ndarray, box, skull: SkullImage, threshold: float) -> tuple[np.ndarray, float]:
-    """(bool (I, J, K) implant: probability ≥ ``threshold`` off the patient's bone; the soft volume
-    mm³, the probability summed off the bone). Only ``box`` is read: the probability is 0 elsewhere,
-    and whole-scan masks of a 512×512×350 scan cost seconds."""
-    implant = np.zeros_like(skull.mask)
+    """(bool (I, J, K) implant: ``probability`` (on ``box``) ≥ ``threshold`` off the patient's bone;
+    the soft volume mm³, the probability summed off the bone)."""
+    implant = np.zeros_like(skull.mask)  # the mask's memory order: mixed orders cost seconds
     if box is None:
         return implant, 0.0
-    inside, off_bone = probability[box], ~skull.mask[box]
-    implant[box] = (inside >= threshold) & off_bone
-    return implant, float(np.sum(inside, where=off_bone, dtype=np.float64)) * skull.voxel_volume_mm3
+    off_bone = ~skull.mask[box]
+    implant[box] = (probability >= threshold) & off_bone
+    return implant, float(np.sum(probability, where=off_bone, dtype=np.float64)) * skull.voxel_volume_mm3
 
 
 def learned_implant(
@@ -124,4 +131,4 @@ def learned_implant(
             f"the learned refiner predicts no facial implant ({volume:.0f} mm³): is the face missing, "
             "and is the input a whole skull (not a crop)?"
         )
-    return LearnedImplant(implant, probability, timings, messages, expected)
+    return LearnedImplant(implant, probability, box, timings, messages, expected)

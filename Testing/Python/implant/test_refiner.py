@@ -262,10 +262,10 @@ def test_a_confident_refiner_fills_only_the_face_crop_and_never_the_bone(oblique
     result = learned_implant(skull, ConstantLogit(20.0), cfg)
     assert np.array_equal(skull.mask, before)
     assert result.implant.shape == skull.shape and result.implant.dtype == bool
-    assert result.probability.shape == skull.shape
+    assert result.probability_on_grid().shape == skull.shape and result.probability.shape != skull.shape
     assert result.implant.any() and not (result.implant & skull.mask).any()
     assert result.messages == [] and set(result.timings) == {"refiner_grid", "refiner_network", "refiner_back"}
-    soft = float(result.probability[~skull.mask].sum()) * skull.voxel_volume_mm3
+    soft = float(result.probability_on_grid()[~skull.mask].sum()) * skull.voxel_volume_mm3
     assert result.expected_volume_mm3 == pytest.approx(soft, rel=1e-4)
     # every implant voxel lies in the crop (to half a grid voxel: the probability is resampled linearly)
     bone, origin = lps_bone(skull, cfg.spacing_mm)
@@ -332,7 +332,10 @@ def test_the_learned_implant_is_volume_checked_against_its_soft_volume(oblique_f
     volume = float(implant.sum()) * skull.voxel_volume_mm3
 
     def refiner_with(expected, implant=implant):
-        return lambda _: LearnedImplant(implant, implant.astype(np.float32), {"refiner_network": 0.1}, [], expected)
+        whole = (slice(None),) * 3
+        return lambda _: LearnedImplant(
+            implant, implant.astype(np.float32), whole, {"refiner_network": 0.1}, [], expected
+        )
 
     plausible = refine_implant(skull, refiner_with(1.2 * volume))
     assert plausible.source == "learned" and plausible.warnings == []
@@ -377,13 +380,15 @@ def test_the_probability_is_resampled_on_the_crops_box_only_with_the_same_number
     on_grid = np.zeros(grid.shape, np.float32)
     block = tuple(slice(s, s + n) for s, n in zip(start, cfg.crop_shape, strict=True))
     on_grid[block] = np.random.default_rng(0).random(cfg.crop_shape, dtype=np.float32)
-    boxed, box = _probability_on_patient(on_grid, grid, start, cfg, skull)
+    on_box, box = _probability_on_patient(on_grid, grid, start, cfg, skull)
+    boxed = np.zeros(skull.shape, np.float32)
+    boxed[box] = on_box
     whole = from_lps_grid(on_grid, grid, skull)
     assert boxed.any() and np.array_equal(boxed > 0, whole > 0) and np.allclose(boxed, whole, rtol=0, atol=1e-6)
     # the threshold and the soft volume read the box only, as the whole-scan formulas would
     from SkullVAELib.implant.learned.infer import _implant_on_box
 
-    implant, expected = _implant_on_box(boxed, box, skull, 0.5)
+    implant, expected = _implant_on_box(on_box, box, skull, 0.5)
     assert (
         np.array_equal(implant, (boxed >= 0.5) & ~skull.mask)
         and implant.flags.f_contiguous == skull.mask.flags.f_contiguous

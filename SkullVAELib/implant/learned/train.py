@@ -29,8 +29,8 @@ from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
 from SkullVAELib.data.regions import bone_bounds, facial_region
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, face_anchor, sample_crop
-from SkullVAELib.training.distributed import DistContext
-from SkullVAELib.training.loop import EpochCallback, Schedule, Trainer
+from SkullVAELib.training.loop import EpochCallback
+from SkullVAELib.training.steps import StepTrainer
 
 REFINER_STAGE = 3  # the refiner's rows in training_log.csv (the VAE's stages are 1 and 2)
 
@@ -123,12 +123,11 @@ def _fingerprint(skulls: list[Skull]) -> torch.Tensor:
     return torch.tensor([[float(s.bone.sum()), *map(float, s.bone.shape)] for s in skulls], dtype=torch.float64)
 
 
-class RefinerTrainer(Trainer):
+class RefinerTrainer(StepTrainer):
     """Trains ``cfg.network()`` on ``train`` skulls, selecting on ``val`` skulls, into ``out_dir``."""
 
     stage = REFINER_STAGE
     checkpoint_name = "refiner"
-    acc_size = 2  # Σ loss, steps
     resume_keys = ("batch", "lr", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm", "mirror")
     resume_keys += ("ranges", "seed", "network")
 
@@ -145,30 +144,18 @@ class RefinerTrainer(Trainer):
     ) -> None:
         if not train:
             raise SkullVAEError("the refiner needs at least one training skull")
-        torch.manual_seed(train_cfg.seed)
-        network = cfg.network().to(device)
-        schedule = Schedule(
-            epochs=math.inf,
-            seed=train_cfg.seed,
-            max_steps=train_cfg.steps,
-            max_seconds=train_cfg.seconds,
-            checkpoint_minutes=train_cfg.checkpoint_minutes,
-        )
         super().__init__(
-            network,
-            network,
+            cfg.network,
+            cfg,
             train_cfg,
-            DistContext(0, 1, torch.device(device)),
-            Path(out_dir),
-            schedule=schedule,
-            optimizer=torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
+            out_dir,
+            device,
             fingerprints={"skulls": _fingerprint([*train.values(), *val.values()])},
+            has_validation=bool(val),
             progress=progress,
             on_epoch=on_epoch,
-            has_validation=bool(val),
-            bf16=device.startswith("cuda"),
         )
-        self.refiner_cfg, self.train_cfg = cfg, train_cfg
+        self.refiner_cfg = cfg
         self.train_skulls = list(train.values())
         self.loss = DiceCELoss(sigmoid=True)
         self.val_inputs = [  # fixed validation defects, one per validation skull
@@ -176,15 +163,8 @@ class RefinerTrainer(Trainer):
             for n, skull in enumerate(val.values())
         ]
 
-    def config_dict(self) -> dict:
-        return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.refiner_cfg)}
-
     def generator_streams(self) -> dict:
         return {"draw": (2, "cpu")}  # skulls, slabs and crop transforms: drawn on the CPU
-
-    def epoch_batches(self, epoch: int) -> range:
-        """The steps up to the next validation (fewer at the end of the budget)."""
-        return range(int(min(self.train_cfg.val_every, self.schedule.max_steps - (self.steps_done - self.step))))
 
     def train_step(self, batch: int) -> None:
         """One optimiser step on ``train_cfg.batch`` fresh crops."""
@@ -199,22 +179,11 @@ class RefinerTrainer(Trainer):
             targets.append(y)
         with self.autocast():
             logits = self.forward(torch.stack(inputs))
-        loss = self.loss(logits.float(), torch.stack(targets))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.acc[0] += loss.detach().double()
-        self.acc[1] += 1
-
-    def epoch_row(self, sums: list[float]) -> dict:
-        return {"loss": sums[0] / max(sums[1], 1.0)}
+        self.optimise(self.loss(logits.float(), torch.stack(targets)))
 
     def describe(self, row: dict) -> str:
         val = f", val dice {row['val_dice']:.3f}" if "val_dice" in row else ""
         return f"loss {row['loss']:.3f}{val}"
-
-    def position(self) -> str:
-        return f"step {self.steps_done}/{self.train_cfg.steps}"
 
     @property
     def label(self) -> str:
@@ -233,13 +202,3 @@ class RefinerTrainer(Trainer):
             scores.append(1.0 if total == 0 else float(2 * (pred & truth).sum() / total))
         self.model.train()
         return float(np.mean(scores))
-
-    def summary(self) -> dict:
-        """What the weights file records about this run (steps, the best validation)."""
-        best = self.best or {}
-        return {
-            "steps": self.steps_done,
-            "best_step": best.get("step", self.steps_done),
-            "best_val_dice": best.get("score", math.nan),
-            "train": self.train_cfg.to_dict(),
-        }

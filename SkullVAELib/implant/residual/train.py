@@ -26,8 +26,8 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.pool import PAD
-from SkullVAELib.training.distributed import DistContext
-from SkullVAELib.training.loop import EpochCallback, Schedule, Trainer
+from SkullVAELib.training.loop import EpochCallback
+from SkullVAELib.training.steps import StepTrainer
 
 RESIDUAL_STAGE = 4  # the residual's rows in training_log.csv (VAE 1, 2; facial refiner 3)
 
@@ -88,12 +88,11 @@ def crop_dice(shift: torch.Tensor | None, inputs, target, weight, cfg: ResidualC
     return float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
 
 
-class ResidualTrainer(Trainer):
+class ResidualTrainer(StepTrainer):
     """Trains ``cfg.network()`` on the ``train`` pool, selecting on the ``val`` pool, into ``out_dir``."""
 
     stage = RESIDUAL_STAGE
     checkpoint_name = "residual"
-    acc_size = 2  # Σ loss, steps
     resume_keys = ("batch", "lr", "weight_decay", "val_every", "mirror", "seed", "network")
 
     def __init__(
@@ -109,30 +108,16 @@ class ResidualTrainer(Trainer):
     ) -> None:
         if len(train["inputs"]) == 0:
             raise SkullVAEError("the residual needs at least one training sample")
-        torch.manual_seed(train_cfg.seed)
-        network = cfg.network().to(device)
-        schedule = Schedule(
-            epochs=math.inf, seed=train_cfg.seed, max_steps=train_cfg.steps, max_seconds=train_cfg.seconds,
-            checkpoint_minutes=train_cfg.checkpoint_minutes,
-        )  # fmt: skip
         fingerprint = torch.tensor([[len(p["inputs"]), float(p["target"].sum())] for p in (train, val) if p])
         super().__init__(
-            network, network, train_cfg, DistContext(0, 1, torch.device(device)), out_dir, schedule=schedule,
-            optimizer=torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
-            fingerprints={"pools": fingerprint.double()}, progress=progress, on_epoch=on_epoch,
-            has_validation=val is not None and len(val["inputs"]) > 0, bf16=device.startswith("cuda"),
+            cfg.network, cfg, train_cfg, out_dir, device, fingerprints={"pools": fingerprint.double()},
+            has_validation=val is not None and len(val["inputs"]) > 0, progress=progress, on_epoch=on_epoch,
         )  # fmt: skip
-        self.residual_cfg, self.train_cfg, self.pool, self.val_pool = cfg, train_cfg, train, val
+        self.residual_cfg, self.pool, self.val_pool = cfg, train, val
         self.val_rimfit = self._val_score(None) if self.has_validation else math.nan
-
-    def config_dict(self) -> dict:
-        return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.residual_cfg)}
 
     def generator_streams(self) -> dict:
         return {"draw": (3, "cpu")}
-
-    def epoch_batches(self, epoch: int) -> range:
-        return range(int(min(self.train_cfg.val_every, self.schedule.max_steps - (self.steps_done - self.step))))
 
     def train_step(self, batch: int) -> None:
         """One optimiser step on ``train_cfg.batch`` shifted, maybe mirrored crops."""
@@ -144,15 +129,7 @@ class ResidualTrainer(Trainer):
         self.model.train()
         with self.autocast():
             output = self.forward(x)
-        loss = residual_loss(output.float(), x, y, w, self.residual_cfg)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.acc[0] += loss.detach().double()
-        self.acc[1] += 1
-
-    def epoch_row(self, sums: list[float]) -> dict:
-        return {"loss": sums[0] / max(sums[1], 1.0)}
+        self.optimise(residual_loss(output.float(), x, y, w, self.residual_cfg))
 
     def on_validation(self, row: dict) -> None:
         row["val_rimfit"] = self.val_rimfit
@@ -160,9 +137,6 @@ class ResidualTrainer(Trainer):
     def describe(self, row: dict) -> str:
         val = f", val dice {row['val_dice']:.4f} (rim fit {self.val_rimfit:.4f})" if "val_dice" in row else ""
         return f"loss {row['loss']:.3f}{val}"
-
-    def position(self) -> str:
-        return f"step {self.steps_done}/{self.train_cfg.steps}"
 
     @property
     def label(self) -> str:
@@ -190,9 +164,4 @@ class ResidualTrainer(Trainer):
             self.model.train()
 
     def summary(self) -> dict:
-        best = self.best or {}
-        return {
-            "steps": self.steps_done, "best_step": best.get("step", self.steps_done),
-            "best_val_dice": best.get("score", math.nan), "val_rimfit_dice": self.val_rimfit,
-            "train": self.train_cfg.to_dict(),
-        }  # fmt: skip
+        return {**super().summary(), "val_rimfit_dice": self.val_rimfit}

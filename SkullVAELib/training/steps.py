@@ -1,0 +1,99 @@
+"""A :class:`~SkullVAELib.training.loop.Trainer` counted in optimiser steps, for the learned implant
+sources (the facial refiner, the cranial residual): every step draws a fresh batch, there is no
+epoch over a data set, a validation every ``val_every`` steps closes a "round", and the run stops
+after ``steps`` steps or ``seconds`` of wall time. AdamW; the loss is averaged over each round.
+
+A subclass builds its batches and loss in ``train_step`` (ending in :meth:`StepTrainer.optimise`),
+scores ``validation_dice`` and names its ``stage``, ``checkpoint_name``, ``label`` and ``describe``.
+Its training settings need ``seed``, ``steps``, ``seconds``, ``checkpoint_minutes``, ``lr``,
+``weight_decay``, ``val_every`` and ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.training.distributed import DistContext
+from SkullVAELib.training.loop import EpochCallback, Schedule, Trainer
+
+
+class StepTrainer(Trainer):
+    """Trains ``make_network()`` (built after seeding torch with ``train_cfg.seed``) on one device."""
+
+    acc_size = 2  # Σ loss, steps of the round
+
+    def __init__(
+        self,
+        make_network: Callable[[], torch.nn.Module],
+        network_cfg: Any,
+        train_cfg: Any,
+        out_dir: str | Path,
+        device: str,
+        *,
+        fingerprints: dict[str, torch.Tensor],
+        has_validation: bool,
+        progress: ProgressCallback | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        torch.manual_seed(train_cfg.seed)
+        network = make_network().to(device)
+        schedule = Schedule(
+            epochs=math.inf,
+            seed=train_cfg.seed,
+            max_steps=train_cfg.steps,
+            max_seconds=train_cfg.seconds,
+            checkpoint_minutes=train_cfg.checkpoint_minutes,
+        )
+        super().__init__(
+            network,
+            network,
+            train_cfg,
+            DistContext(0, 1, torch.device(device)),
+            Path(out_dir),
+            schedule=schedule,
+            optimizer=torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay),
+            fingerprints=fingerprints,
+            progress=progress,
+            on_epoch=on_epoch,
+            has_validation=has_validation,
+            bf16=device.startswith("cuda"),
+        )
+        self.network_cfg, self.train_cfg = network_cfg, train_cfg
+
+    def config_dict(self) -> dict:
+        return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.network_cfg)}
+
+    def epoch_batches(self, epoch: int) -> range:
+        """The steps up to the next validation (fewer at the end of the budget)."""
+        return range(int(min(self.train_cfg.val_every, self.schedule.max_steps - (self.steps_done - self.step))))
+
+    def optimise(self, loss: torch.Tensor) -> None:
+        """One AdamW step on ``loss``; the loss joins the round's mean."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.acc[0] += loss.detach().double()
+        self.acc[1] += 1
+
+    def epoch_row(self, sums: list[float]) -> dict:
+        return {"loss": sums[0] / max(sums[1], 1.0)}
+
+    def position(self) -> str:
+        return f"step {self.steps_done}/{self.train_cfg.steps}"
+
+    def summary(self) -> dict:
+        """What the weights file records about this run (steps, the best validation)."""
+        best = self.best or {}
+        return {
+            "steps": self.steps_done,
+            "best_step": best.get("step", self.steps_done),
+            "best_val_dice": best.get("score", math.nan),
+            "train": self.train_cfg.to_dict(),
+        }

@@ -11,19 +11,8 @@
 # checkpoints/refiner.pt (a run stopped by its time budget or a signal continues with --resume).
 # Dry run on a CPU: OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.2 EXTRA="--crop 32,32,32 --channels 4,8,16" \
 #     bash benchmarks/gpu_refiner.sh
-set -u
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-T0=$(date +%s)
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-if [ -z "${SKIPPIP:-}" ]; then
-  mkdir -p /tmp/site
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-fi
-python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)"
-echo "setup $(($(date +%s) - T0)) s"
+# shellcheck source=benchmarks/gpu_setup.sh
+. "$(dirname "$0")/gpu_setup.sh"
 # shellcheck disable=SC2086  # EXTRA holds several flags
 python3 -m SkullVAELib train-refiner --grids "${GRIDS:-.device/grids.npz}" --out "$OUT/ref" \
   --train-ids 000-055 --val-ids 056-063 --device "${DEV:-cuda}" --minutes "${MIN:-6.6}" \

@@ -12,19 +12,8 @@
 # Dry run on a CPU (pools made with the same --spacing/--crop as EXTRA):
 #     OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.2 POOLS="p.npz" VALPOOLS="v.npz" \
 #         EXTRA="--spacing 6 --crop 24,24,24 --channels 4,8" bash benchmarks/gpu_residual.sh
-set -u
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-T0=$(date +%s)
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-if [ -z "${SKIPPIP:-}" ]; then
-  mkdir -p /tmp/site
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-fi
-python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)"
-echo "setup $(($(date +%s) - T0)) s"
+# shellcheck source=benchmarks/gpu_setup.sh
+. "$(dirname "$0")/gpu_setup.sh"
 # shellcheck disable=SC2086  # POOLS, VALPOOLS and EXTRA hold several words
 python3 -m SkullVAELib train-residual --out "$OUT/res" \
   --pools ${POOLS:-.device/res/pool-train.npz .device/res/pool-extra.npz} \

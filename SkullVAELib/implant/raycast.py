@@ -179,15 +179,17 @@ def max_radius(skull: SkullImage, centre: np.ndarray) -> float:
 
 
 def mask_radius(skull: SkullImage, mask: np.ndarray, centre: np.ndarray) -> float:
-    """Distance (mm) from ``centre`` to the farthest voxel of ``mask`` (bool (I, J, K) on ``skull``'s
-    grid, e.g. an implant: every voxel of its box is read), plus two voxel diagonals as in
-    :func:`max_radius`; 0 for an empty mask."""
+    """A bound (mm) on the distance from ``centre`` to the farthest voxel of ``mask`` (bool (I, J, K)
+    on ``skull``'s grid, e.g. an implant): the farthest corner of its index box, plus two voxel
+    diagonals as in :func:`max_radius`; 0 for an empty mask. A longer ray only meets more empty
+    space, so the bound gives the same ray map as the exact distance."""
     box = bounding_box(mask)
     if box is None:
         return 0.0
-    index = np.argwhere(mask[box]) + [b.start for b in box]
+    ends = [(b.start, b.stop - 1) for b in box]
+    corners = np.array([[ends[a][bit] for a, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
     affine = skull.index_to_physical()
-    points = index @ affine[:3, :3].T + affine[:3, 3]
+    points = corners @ affine[:3, :3].T + affine[:3, 3]
     return float(np.linalg.norm(points - centre, axis=1).max() + 2.0 * np.linalg.norm(skull.spacing))
 
 

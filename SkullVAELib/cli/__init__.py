@@ -139,8 +139,10 @@ def _sigterm_as_ctrl_c(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    owns_process = argv is None  # the console script or ``python -m``, not a caller's own process
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    args.owns_process = owns_process
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c) if on_main_thread else None
     try:

@@ -5,8 +5,7 @@ Order of events (split the way nnU-Net's trainer is): ``run`` → ``_resume_stat
 validation (``validation_dice``, ``on_validation``) → ``on_epoch_end`` → checkpoint when due →
 ``on_train_end``. A subclass says what an epoch's batches are (``epoch_batches``), what a step does
 (``train_step``, sums into ``self.acc``), what a row holds (``epoch_row``) and how validation scores
-(``validation_dice``): ``vae.stages`` (the VAE), ``implant.learned.train`` (the refiner, whose
-"epoch" is the steps between two validations).
+(``validation_dice``): ``vae.stages`` (the VAE) and :mod:`.steps` (the learned implant sources).
 
 * Budget (:class:`Schedule`): ``epochs``, ``max_steps`` and ``max_seconds`` (this run's wall time),
   whichever ends first; running out of time closes the current epoch early (row, validation,
@@ -357,18 +356,21 @@ class Trainer:
         self.last_save, self._saved_at = time.monotonic(), (self.epoch, self.step)
         self.ctx.barrier()
 
+    def resume_defaults(self) -> dict:
+        return type(self.cfg)().to_dict()  # what a checkpoint from before a setting existed was trained with
+
     def _check_resume(self, rec: dict) -> None:
         """Refuse a checkpoint of another stage, other settings (``resume_keys``) or other data."""
         if rec["stage"] != self.stage:
             raise SkullVAEError(f"this checkpoint is for stage {rec['stage']}, not stage {self.stage}", self.path)
-        defaults, now = type(self.cfg)().to_dict(), self.config_dict()
+        defaults, now = self.resume_defaults(), self.config_dict()
         for key in self.resume_keys:
             saved = rec["config"].get(key, defaults.get(key))
+            if isinstance(saved, dict) and isinstance(defaults.get(key), dict):
+                saved = {**defaults[key], **saved}  # settings added since the checkpoint: at their defaults
             if json.dumps(saved) != json.dumps(now[key]):  # tuples as lists
-                raise SkullVAEError(
-                    f"the checkpoint was trained with {key}={saved}, not {now[key]}; resume with the same settings",
-                    self.path,
-                )
+                message = f"the checkpoint was trained with {key}={saved}, not {now[key]}; use the same settings"
+                raise SkullVAEError(message, self.path)
         for name, tensor in self.fingerprints.items():
             rtol = 1e-4 if name != "data" else 1e-6
             ckpt.check_fingerprint(rec["fingerprints"][name], tensor, self.path, rtol=rtol, what=name)

@@ -70,6 +70,9 @@ class StepTrainer(Trainer):
     def config_dict(self) -> dict:
         return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.network_cfg)}
 
+    def resume_defaults(self) -> dict:
+        return {**super().resume_defaults(), "network": dataclasses.asdict(type(self.network_cfg)())}
+
     def epoch_batches(self, epoch: int) -> range:
         """The steps up to the next validation (fewer at the end of the budget)."""
         return range(int(min(self.train_cfg.val_every, self.schedule.max_steps - (self.steps_done - self.step))))

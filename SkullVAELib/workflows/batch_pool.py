@@ -27,6 +27,7 @@ from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import WORK_BYTES_PER_VOXEL, current_limits
+from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.complete import OutputOptions, complete_files, set_threads, warm_completer
@@ -117,6 +118,7 @@ def _start_worker(arguments: CaseArguments, threads: int) -> None:
     """Worker start: the parent alone answers Ctrl-C (it terminates the pool); one Completer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    keep_freed_memory()  # a worker ends with its batch (spawned workers do not inherit the parent's setting)
     set_threads(threads)
     _WORKER["arguments"] = arguments
     _WORKER["completer"] = warm_completer(arguments.settings)

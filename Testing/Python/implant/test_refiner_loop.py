@@ -139,3 +139,30 @@ def test_sigterm_saves_the_best_weights_marked_interrupted_and_exits_130(grids, 
     assert resumed.returncode == 0, resumed.stderr
     info = load_refiner(out / "refiner.safetensors")[2]
     assert "interrupted" not in info and info["steps"] == done + 1
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_and_a_changed_one_is_refused(grids, tmp_path):
+    """A network setting added since the checkpoint (here test_time_mirror) counts at its default."""
+    import dataclasses
+
+    settings = RefinerTrainConfig(steps=4, val_every=2)
+
+    def stop_at_step_2(label, fraction, message, seen=[]):  # noqa: B006 - one list per test run
+        seen.append(message)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=stop_at_step_2)
+    path = out / "checkpoints" / "refiner.pt"
+    saved = ckpt.load_checkpoint(path)
+    del saved["config"]["network"]["test_time_mirror"]  # as an older version wrote it
+    ckpt.save_checkpoint(path, saved)
+    with pytest.raises(SkullVAEError, match="network="):
+        train_refiner(
+            grids, out, ["001", "002"], ["003"], dataclasses.replace(TINY, channels=(4, 16)), settings, resume=True
+        )
+    assert (
+        load_refiner(train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True))[2]["steps"] == 4
+    )

@@ -22,7 +22,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from SkullVAELib.implant.cleanup import bounding_box, keep_major_components, remove_small_components, remove_thin_shells
+from SkullVAELib.implant.cleanup import (
+    binary_closing,
+    bounding_box,
+    keep_major_components,
+    remove_small_components,
+    remove_thin_shells,
+)
 from SkullVAELib.io.image import SkullImage
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
@@ -58,7 +64,7 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
     if box is None:
         return np.zeros_like(skull.mask)  # the mask's memory order: mixed-order ops cost 1 s each
     crop, bone = implant[box], skull.mask[box]
-    crop = ndimage.binary_closing(crop, structure=ball(cfg.closing_mm, skull.spacing)) & ~bone
+    crop = binary_closing(crop, ball(cfg.closing_mm, skull.spacing)) & ~bone
     crop = remove_thin_shells(crop)
     crop = remove_small_components(crop, cfg.min_island_mm3 / skull.voxel_volume_mm3)
     crop = _touching_bone(crop, bone)

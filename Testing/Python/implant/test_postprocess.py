@@ -121,3 +121,15 @@ def test_the_closing_is_scipys(spacing, order):
     expected = ndimage.binary_closing(mask, structure=structure)
     assert (expected & ~mask).any()  # the closing does fill something here (and erodes at the edge)
     np.testing.assert_array_equal(binary_closing(mask, structure), expected)
+
+
+def test_thin_shells_count_the_26_neighbours_as_a_full_box_sum():
+    """The separable neighbour count keeps exactly what the 3×3×3 correlation kept."""
+    from SkullVAELib.implant.cleanup import SHELL_MIN_NEIGHBOURS, remove_thin_shells
+
+    rng = np.random.default_rng(1)
+    mask = ndimage.gaussian_filter(rng.random((40, 36, 30)), 1.5) > 0.5
+    counts = ndimage.correlate(mask.view(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant")
+    expected = mask & (counts > SHELL_MIN_NEIGHBOURS)
+    assert 0 < expected.sum() < mask.sum()
+    np.testing.assert_array_equal(remove_thin_shells(mask), expected)

@@ -69,6 +69,8 @@ def binary_closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     SkullFix implant's box with a 1 mm ball (39 offsets) 0.20 s against 0.05 s here, the same
     voxels (tested against SciPy).
     """
+    fortran = mask.flags.f_contiguous or (not mask.flags.c_contiguous and mask.strides[0] < mask.strides[-1])
+    mask = np.ascontiguousarray(mask, dtype=bool)  # shifted slices of a C array: 4× faster than of a Fortran one
     offsets = np.argwhere(structure) - np.array(structure.shape) // 2
     grown = np.zeros_like(mask)
     for d in offsets:
@@ -81,7 +83,7 @@ def binary_closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
                 edge = [slice(None)] * 3
                 edge[axis] = slice(0, step) if step > 0 else slice(mask.shape[axis] + step, None)
                 closed[tuple(edge)] = False
-    return closed
+    return np.asfortranarray(closed) if fortran else closed  # the input's memory order
 
 
 def _window(shift: np.ndarray, shape) -> tuple[slice, ...]:

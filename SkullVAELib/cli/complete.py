@@ -86,10 +86,6 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows.complete import DEFAULT_SAMPLES, OutputOptions
     from SkullVAELib.workflows.complete_batch import batch_inputs, complete_batch
 
-    if getattr(args, "owns_process", False):  # this process ends with the work: keep freed memory for reuse
-        from SkullVAELib.core.memory import keep_freed_memory
-
-        keep_freed_memory()
     gammas = gamma_list(args.gamma)
     samples = args.samples if args.samples is not None else (DEFAULT_SAMPLES if args.uncertainty else 0)
     settings = completion_settings(args, gamma=gammas[0], samples=samples, raw=args.raw)
@@ -112,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             hu_threshold=args.hu_threshold,
             threads=args.threads,
             jobs=args.jobs,
+            owns_process=getattr(args, "owns_process", False),
             progress=progress,
         )
     finally:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.batch_pool import (
@@ -60,6 +61,7 @@ def complete_batch(
     hu_threshold: float = 300.0,
     threads: int | None = None,
     jobs: int | None = 1,
+    owns_process: bool = False,
     progress: ProgressCallback | None = None,
 ) -> CompletedFiles:
     """One input: :func:`complete_files`. Several: ``output`` is a folder that gets
@@ -67,8 +69,11 @@ def complete_batch(
 
     ``jobs``: cases completed at once, each in a worker process (:mod:`.batch_pool`); None: as many
     as the CPU cores and the memory limit allow; 1 (the library's default): one after the other in
-    this process (the safe choice inside an application such as Slicer).
+    this process (the safe choice inside an application such as Slicer). ``owns_process``: this
+    process ends with the work (the CLI), so freed memory is kept for reuse (:mod:`core.memory`).
     """
+    if owns_process:
+        keep_freed_memory()
     options = options or OutputOptions()
     if len(inputs) == 1 and not output.is_dir():
         return complete_files(

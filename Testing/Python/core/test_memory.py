@@ -31,11 +31,11 @@ def test_applied_on_linux_and_switched_off_by_the_environment():
 
 def test_only_a_process_of_its_own_asks_for_it(tmp_path, monkeypatch):
     """The CLI applies it when it is the process's entry (main() without argv), not when called in-process."""
-    import SkullVAELib.core.memory as memory
+    import SkullVAELib.workflows.complete_batch as complete_batch
     from SkullVAELib.cli import main
 
     calls = []
-    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(complete_batch, "keep_freed_memory", lambda: calls.append(1) or True)
     assert main(["complete", "--input", str(tmp_path / "missing.nrrd"), "--output", str(tmp_path / "o.seg.nrrd")]) == 2
     assert calls == []
     monkeypatch.setattr(sys, "argv", ["skullvae", "complete", "--input", str(tmp_path / "missing.nrrd"), "--output",

@@ -69,7 +69,7 @@ def binary_closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     SkullFix implant's box with a 1 mm ball (39 offsets) 0.20 s against 0.05 s here, the same
     voxels (tested against SciPy).
     """
-    fortran = mask.flags.f_contiguous or (not mask.flags.c_contiguous and mask.strides[0] < mask.strides[-1])
+    fortran = mask.strides[0] < mask.strides[-1]  # a Fortran array or a box of one
     mask = np.ascontiguousarray(mask, dtype=bool)  # shifted slices of a C array: 4× faster than of a Fortran one
     offsets = np.argwhere(structure) - np.array(structure.shape) // 2
     grown = np.zeros_like(mask)

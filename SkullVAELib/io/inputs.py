@@ -102,13 +102,21 @@ def data_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_information(path: str | os.PathLike, warnings: list[str] | None = None) -> sitk.ImageFileReader:
+def pixel_bytes(reader: sitk.ImageFileReader) -> int:
+    """Bytes of one voxel of the image whose header ``reader`` has read."""
+    return sitk.Image([1] * reader.GetDimension(), reader.GetPixelID()).GetSizeOfPixelComponent()
+
+
+def read_information(
+    path: str | os.PathLike, warnings: list[str] | None = None, verify_voxels: bool = True
+) -> sitk.ImageFileReader:
     """A reader that has read ``path``'s header only, after the regular-file, geometry and size checks.
 
     Raises SkullVAEError naming the file: not found, not a regular file, unreadable header,
     geometry not finite or implausible (:mod:`SkullVAELib.io.headers`), not a 3D scalar volume,
-    over the size limits, or a truncated NIfTI. Defaults assumed for missing header fields (a
-    spacing of 1 mm, ...) are appended to ``warnings`` when a list is given.
+    over the size limits, or (with ``verify_voxels``) a truncated NIfTI, which takes decompressing
+    it once per process. Defaults assumed for missing header fields (a spacing of 1 mm, ...) are
+    appended to ``warnings`` when a list is given.
     """
     path = Path(path)
     data_files(path)
@@ -138,14 +146,14 @@ def read_information(path: str | os.PathLike, warnings: list[str] | None = None)
     check_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
     if warnings is not None:
         warnings.extend(w for w in assumed if w not in warnings)
-    pixel_bytes = sitk.Image([1] * dim, reader.GetPixelID()).GetSizeOfPixelComponent()
-    check_volume(size, pixel_bytes, path, what="image")
+    voxel_bytes = pixel_bytes(reader)
+    check_volume(size, voxel_bytes, path, what="image")
     name = path.name.lower()
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
+    if verify_voxels and (name.endswith(".nii") or name.endswith(".nii.gz")):
         st = os.stat(path)
-        key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, math.prod(size) * pixel_bytes)
+        key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, math.prod(size) * voxel_bytes)
         if key not in _VERIFIED:  # a workflow checks its input once early, then reads it: decompress once
-            verify_nifti_complete(path, math.prod(size) * pixel_bytes)
+            verify_nifti_complete(path, math.prod(size) * voxel_bytes)
             _VERIFIED.add(key)
     return reader
 

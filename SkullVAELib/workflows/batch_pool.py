@@ -64,12 +64,12 @@ class CaseArguments:
 
 
 def case_memory_bytes(path: str | os.PathLike) -> float:
-    """Estimated peak bytes of completing ``path`` (its header's voxels × (pixel + work bytes))."""
-    from SkullVAELib.io.inputs import read_information
+    """Estimated peak bytes of completing ``path`` (its header's voxels × (pixel + work bytes)); the
+    header only (a NIfTI's voxels are verified by the worker that reads them, not here in turn)."""
+    from SkullVAELib.io.inputs import pixel_bytes, read_information
 
-    reader = read_information(path)
-    pixel_bytes = _pixel_bytes(reader)
-    return math.prod(reader.GetSize()) * (pixel_bytes + WORK_BYTES_PER_VOXEL)
+    reader = read_information(path, verify_voxels=False)
+    return math.prod(reader.GetSize()) * (pixel_bytes(reader) + WORK_BYTES_PER_VOXEL)
 
 
 def _memory_or_zero(path: Path) -> float:
@@ -78,12 +78,6 @@ def _memory_or_zero(path: Path) -> float:
         return case_memory_bytes(path)
     except SkullVAEError:
         return 0.0
-
-
-def _pixel_bytes(reader) -> int:
-    import SimpleITK as sitk
-
-    return sitk.Image([1, 1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
 
 
 def batch_jobs(requested: int | None, inputs: Sequence[Path]) -> int:

@@ -143,3 +143,19 @@ def cmake_set(path: Path, variable: str) -> list[str]:
     assert match, f"{path.name}: set({variable} ...) not found"
     entries = match.group(1).split()
     return [re.sub(r"\$\{(\w+)\}", lambda m: names.get(m.group(1), m.group(0)), e) for e in entries]
+
+
+class RampNetwork(torch.nn.Module):
+    """A stand-in network for the learned sources: its one output channel grows from -30 to 30 left to
+    right across its input (x, the crop's left-right axis), odd about the centre, so it and its
+    mirror cancel."""
+
+    def forward(self, x):
+        n = x.shape[2]
+        ramp = torch.linspace(-30.0, 30.0, n).view(1, 1, n, 1, 1)
+        return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+@pytest.fixture
+def ramp_network() -> torch.nn.Module:
+    return RampNetwork()

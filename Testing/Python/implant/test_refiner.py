@@ -278,16 +278,7 @@ def test_a_confident_refiner_fills_only_the_face_crop_and_never_the_bone(oblique
     assert np.count_nonzero(result.implant) < np.count_nonzero(~skull.mask)  # the crop is not everything
 
 
-class RampLogit(torch.nn.Module):
-    """A stand-in network whose logit grows from left to right across the crop (odd about its centre)."""
-
-    def forward(self, x):
-        n = x.shape[2]
-        ramp = torch.linspace(-30.0, 30.0, n).view(1, 1, n, 1, 1)
-        return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
-
-
-def test_test_time_mirroring_averages_the_crop_with_its_mirror(oblique_facial_case):
+def test_test_time_mirroring_averages_the_crop_with_its_mirror(oblique_facial_case, ramp_network):
     """The crop's x axis is the patient's left-right: a ramp fills one side, its mirror average
     is 0.5 everywhere in the crop (kept at the default threshold only where it is >= 0.5)."""
     import dataclasses
@@ -296,11 +287,11 @@ def test_test_time_mirroring_averages_the_crop_with_its_mirror(oblique_facial_ca
 
     cfg = RefinerConfig(spacing_mm=2.0, crop_shape=(64, 64, 64), channels=(4, 8, 16))
     bone, origin = lps_bone(oblique_facial_case, cfg.spacing_mm)
-    plain, _ = crop_probability(bone.numpy(), origin.numpy(), RampLogit(), cfg, "cpu")
+    plain, _ = crop_probability(bone.numpy(), origin.numpy(), ramp_network, cfg, "cpu")
     crop = plain > 0  # the crop's part of the grid (a sigmoid is never 0)
     assert plain[crop].min() < 0.01 and plain[crop].max() > 0.99
     mirror_cfg = dataclasses.replace(cfg, test_time_mirror=True)
-    mirrored, _ = crop_probability(bone.numpy(), origin.numpy(), RampLogit(), mirror_cfg, "cpu")
+    mirrored, _ = crop_probability(bone.numpy(), origin.numpy(), ramp_network, mirror_cfg, "cpu")
     np.testing.assert_allclose(mirrored[crop], 0.5, atol=1e-6)
     assert not mirrored[~crop].any()
 

@@ -155,20 +155,11 @@ def test_the_completer_tries_the_residual_first_and_reports_it(case):
     assert any("learned residual changed" in w for w in learned.warnings)
 
 
-class RampShift(torch.nn.Module):
-    """A stand-in network whose output grows from left to right across the crop (odd about its centre)."""
-
-    def forward(self, x):
-        n = x.shape[2]
-        ramp = torch.linspace(-30.0, 30.0, n).view(1, 1, n, 1, 1)
-        return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
-
-
-def test_test_time_mirroring_averages_a_crop_with_its_mirror(case):
+def test_test_time_mirroring_averages_a_crop_with_its_mirror(case, ramp_network):
     import dataclasses
 
     defective, _, rimfit = case
-    plain = corrected_implant(defective, rimfit, RampShift(), SMALL)
+    plain = corrected_implant(defective, rimfit, ramp_network, SMALL)
     assert plain.changed_mm3 > 0  # one side grows, the other shrinks
-    mirrored = corrected_implant(defective, rimfit, RampShift(), dataclasses.replace(SMALL, test_time_mirror=True))
+    mirrored = corrected_implant(defective, rimfit, ramp_network, dataclasses.replace(SMALL, test_time_mirror=True))
     assert np.array_equal(mirrored.implant, rimfit)  # an odd shift and its mirror cancel

@@ -173,6 +173,11 @@ def test_truncated_nifti_is_refused(tmp_path, name):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
     assert "truncated" in _one_line_error(read_skull, path)
+    # a batch's memory estimate reads the header only; the case that reads the voxels refuses it
+    from SkullVAELib.io.inputs import read_information
+
+    assert read_information(path, verify_voxels=False).GetSize() == _small_skull().shape
+    assert "truncated" in _one_line_error(read_information, path)
 
 
 # --- items 3, 11, 15: model bundles ---------------------------------------------------------

@@ -44,6 +44,11 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/residual.pt exactly")
     p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="warp every training crop afresh: a random affine (rotation, scale, shear) and an elastic field",
+    )
     p.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128)")
     p.add_argument("--spacing", type=float, default=2.0, help="crop voxel size in mm (default 2: the CPU recipe)")
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")
     cfg = ResidualConfig(**overrides)
     train_cfg = ResidualTrainConfig(steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr,
-                                    val_every=args.val_every)  # fmt: skip
+                                    val_every=args.val_every, augment=args.augment)  # fmt: skip
     progress = make_progress(args.progress)
     try:
         if args.pools:

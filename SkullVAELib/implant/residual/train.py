@@ -1,7 +1,8 @@
 """Training the cranial residual on the one training loop (:class:`SkullVAELib.training.loop.Trainer`).
 
 Every step: ``batch`` samples of the pool (:mod:`.pool`), each cut at a random offset within its
-``PAD`` margin (a shift of up to ±``PAD`` voxels) and mirrored left-right with probability 0.5.
+``PAD`` margin (a shift of up to ±``PAD`` voxels), mirrored left-right with probability 0.5 and,
+with ``augment``, warped by a random affine and elastic field (:mod:`.augment`).
 The prediction is ``sigmoid(sharpness · (sdf + shift))``; the loss is soft Dice + binary
 cross-entropy against the true implant's fraction, over the voxels that are neither bone nor
 ignored (an existing hole of an ``extra`` skull). The network starts at shift 0 (the rim fit).
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.implant.residual.augment import crop_augment_config, warp_crops
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.pool import PAD
 from SkullVAELib.training.loop import EpochCallback
@@ -43,6 +45,7 @@ class ResidualTrainConfig:
     weight_decay: float = 1e-5
     val_every: int = 100  # steps
     mirror: bool = True
+    augment: bool = False  # a random affine (rotation, scale, shear) and elastic warp of every crop
     seed: int = 0
     checkpoint_minutes: float = 5.0
 
@@ -93,7 +96,7 @@ class ResidualTrainer(StepTrainer):
 
     stage = RESIDUAL_STAGE
     checkpoint_name = "residual"
-    resume_keys = ("batch", "lr", "weight_decay", "val_every", "mirror", "seed", "network")
+    resume_keys = ("batch", "lr", "weight_decay", "val_every", "mirror", "augment", "seed", "network")
 
     def __init__(
         self,
@@ -126,6 +129,8 @@ class ResidualTrainer(StepTrainer):
         offsets = [tuple(torch.randint(2 * PAD + 1, (3,), generator=g).tolist()) for _ in range(n)]
         flips = [self.train_cfg.mirror and bool(torch.rand((), generator=g) < 0.5) for _ in range(n)]
         x, y, w = (t.to(self.ctx.device) for t in crop_batch(self.pool, rows, offsets, flips, self.residual_cfg))
+        if self.train_cfg.augment:
+            x, y, w = warp_crops(x, y, w, crop_augment_config(self.residual_cfg.spacing_mm), g)
         self.model.train()
         with self.autocast():
             output = self.forward(x)

@@ -163,3 +163,18 @@ def test_test_time_mirroring_averages_a_crop_with_its_mirror(case, ramp_network)
     assert plain.changed_mm3 > 0  # one side grows, the other shrinks
     mirrored = corrected_implant(defective, rimfit, ramp_network, dataclasses.replace(SMALL, test_time_mirror=True))
     assert np.array_equal(mirrored.implant, rimfit)  # an odd shift and its mirror cancel
+
+
+def test_training_with_warped_crops_runs_and_resumes_only_with_them(case, tmp_path):
+    from SkullVAELib.implant.residual.train import ResidualTrainConfig
+    from SkullVAELib.workflows.residual import train_residual
+
+    defective, truth, _ = case
+    save_pool(tmp_path / "train.npz", [("000", "skullfix", make_sample(defective, truth, SMALL))], SMALL)
+    warped = ResidualTrainConfig(steps=2, val_every=1, batch=1, augment=True)
+    path = train_residual([tmp_path / "train.npz"], tmp_path / "out", (), SMALL, warped)
+    _, _, info = load_residual(path)
+    assert info["steps"] == 2 and info["train"]["augment"] is True
+    plain = ResidualTrainConfig(steps=3, val_every=1, batch=1)
+    with pytest.raises(SkullVAEError, match="augment=True"):
+        train_residual([tmp_path / "train.npz"], tmp_path / "out", (), SMALL, plain, resume=True)

@@ -91,15 +91,19 @@ def sweep_path(output: Path, gamma: float, suffix: str | None = None) -> Path:
 
 
 def set_threads(n: int | None) -> None:
-    """CPU threads of torch and ITK (None: leave the defaults); at most the CPU count."""
+    """CPU threads of torch, ITK and the BLAS/OpenMP pools under NumPy and SciPy (None: leave the
+    defaults); at most the CPU count. Batch workers call it with their share of the cores: a BLAS
+    pool of every core in each worker would oversubscribe them (the rim fit's spline solves)."""
     if n is None:
         return
     if n < 1:
         raise SkullVAEError(f"--threads must be >= 1, got {n}")
     n = min(n, os.cpu_count() or 1)
     import SimpleITK as sitk
+    from threadpoolctl import threadpool_limits
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    threadpool_limits(limits=n)  # process-wide (the returned object would only undo it)
     os.environ["SKULLVAE_THREADS"] = str(n)
     try:
         import torch

@@ -135,3 +135,19 @@ def test_the_demo_workflow_rejects_too_few_subjects(tmp_path):
     with pytest.raises(SkullVAEError, match="at least 3"):
         demo(tmp_path / "d", n=2)
     assert not (tmp_path / "d").exists()
+
+
+def test_set_threads_bounds_torch_itk_and_the_blas_pools():
+    """A batch worker's share of the cores holds for every pool it computes with."""
+    import subprocess
+    import sys
+
+    script = (
+        "import SimpleITK as sitk, torch, threadpoolctl, numpy\n"
+        "from SkullVAELib.workflows.complete import set_threads\n"
+        "set_threads(1)\n"
+        "pools = [p['num_threads'] for p in threadpoolctl.threadpool_info()]\n"
+        "print(torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), max(pools))\n"
+    )  # a child process: the limits are process-wide
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1", "1"]

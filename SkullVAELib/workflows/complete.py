@@ -9,6 +9,7 @@ nothing. A γ sweep writes one result per γ (``result_g0.50.seg.nrrd``) and a m
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,12 +105,11 @@ def set_threads(n: int | None) -> None:
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     threadpool_limits(limits=n)  # process-wide (the returned object would only undo it)
-    os.environ["SKULLVAE_THREADS"] = str(n)
-    try:
-        import torch
-    except ImportError:  # the rim fit runs without torch
-        return
-    torch.set_num_threads(n)
+    os.environ["SKULLVAE_THREADS"] = str(n)  # the ray casting's threads (implant.raymarch.cpu_threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:  # torch is imported only by the sources that need it (3 s); it reads this when it is
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def _plan_outputs(input, model, output: Path, gammas, options: OutputOptions):

@@ -153,6 +153,14 @@ def _read_itk(path: str | Path, warnings: list[str] | None = None) -> sitk.Image
 
 def _detect_kind(values: np.ndarray, path: Path) -> str:
     """ "binary" for small non-negative integer labels, "ct" for HU-like ranges."""
+    if values.dtype in (np.uint8, np.bool_):
+        return "binary"
+    if values.dtype.kind in "iu" and values.dtype.itemsize >= 2 and values.size:
+        # one pass, not two (min and max: 0.1-0.2 s on a 512² × 300 int32 scan): a value in 0..255
+        # is exactly one whose unsigned view is <= 255 (a negative one wraps to >= 2**15; not so
+        # for int8, whose -1 is 255 unsigned: it takes the two passes below)
+        if int(values.view(values.dtype.str.replace("i", "u")).max()) <= 255:
+            return "binary"
     lo, hi = float(values.min()), float(values.max())
     integral = values.dtype.kind in "iub" or bool(np.array_equal(values, np.round(values)))
     if lo >= 0 and hi <= 255 and integral:

@@ -223,3 +223,18 @@ def test_failed_write_leaves_nothing(tmp_path):
         write_mask(_oblique_shell(), tmp_path / "skull.unknownformat")
     assert "skull.unknownformat" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint16, np.uint32, np.float32])
+def test_auto_kind_reads_labels_of_every_integer_type_and_refuses_negatives(tmp_path, dtype):
+    """The one-pass label check (an unsigned view) agrees with min/max on every type; int8's -1 is not 255."""
+    labels = np.zeros((12, 10, 8), dtype=dtype)
+    labels[3:9, 3:7, 2:6] = 1
+    labels[4, 4, 4] = 2 if np.dtype(dtype).itemsize == 1 else 255
+    path = tmp_path / "labels.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
+    assert read_skull(path).metadata["kind"] == "binary"
+    labels[0, 0, 0] = -1 if np.dtype(dtype).kind in "if" else 256
+    sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
+    with pytest.raises(SkullVAEError, match="neither a binary mask"):
+        read_skull(path)

@@ -35,6 +35,13 @@ def register(subparsers) -> None:
     p.add_argument("--extra", default=None, help="a folder of defective skulls without ground truth (skullfix_test)")
     p.add_argument("--extra-ids", default=None, help="case ids of --extra (default: all)")
     p.add_argument("--draws", type=int, default=1, help="drawn defects per skull (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="skulls made into samples side by side, one worker process and core each, about 1.5 GB "
+        "of memory each at SkullFix's resolution (default 1)",
+    )
     p.add_argument("--pools", nargs="+", type=Path, default=None, help="train on these pool files (no --data)")
     p.add_argument("--val-pools", nargs="+", type=Path, default=(), help="validation pool files (with --pools)")
     p.add_argument("--pool-only", action="store_true", help="only write the pools of --data to --out")
@@ -82,7 +89,7 @@ def _pools(args, cfg, progress, log) -> tuple[list[Path], list[Path]]:
         path = args.out / name
         if not (args.resume and path.is_file()):
             build_residual_pool(data, ids, path, kinds, cfg, draws=args.draws, overwrite=args.overwrite,
-                                progress=progress, id_prefix=prefix)  # fmt: skip
+                                progress=progress, id_prefix=prefix, jobs=args.jobs)  # fmt: skip
             log(f"wrote {path}")
         (val if name == "pool-val.npz" else train).append(path)
     return train, val
@@ -99,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows.residual import RESIDUAL_FILE, ResidualConfig, ResidualTrainConfig, train_residual
 
     log = make_log(args.progress)
-    numbers = (args.steps, args.batch, args.val_every, args.minutes, args.lr, args.draws)
+    numbers = (args.steps, args.batch, args.val_every, args.minutes, args.lr, args.draws, args.jobs)
     if not all(v > 0 for v in numbers):  # NaN too
-        raise SkullVAEError("--steps, --batch, --val-every, --minutes, --lr and --draws must be positive")
+        raise SkullVAEError("--steps, --batch, --val-every, --minutes, --lr, --draws and --jobs must be positive")
     if (args.out / RESIDUAL_FILE).exists() and not (args.overwrite or args.resume or args.pool_only):
         raise SkullVAEError(f"{RESIDUAL_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)
     overrides: dict = {"spacing_mm": args.spacing, "test_time_mirror": args.test_time_mirror}

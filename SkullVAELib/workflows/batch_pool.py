@@ -17,20 +17,17 @@ so a stopped batch leaves whole results only.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import WORK_BYTES_PER_VOXEL, current_limits
-from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.pipeline.settings import CompletionSettings
-from SkullVAELib.workflows.complete import OutputOptions, complete_files, set_threads, warm_completer
+from SkullVAELib.workflows.complete import OutputOptions, complete_files, warm_completer
+from SkullVAELib.workflows.processes import process_context, start_worker, threads_per_worker
 
 
 @dataclass(frozen=True)
@@ -109,11 +106,8 @@ _WORKER: dict = {}
 
 
 def _start_worker(arguments: CaseArguments, threads: int) -> None:
-    """Worker start: the parent alone answers Ctrl-C (it terminates the pool); one Completer."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    keep_freed_memory()  # a worker ends with its batch (spawned workers do not inherit the parent's setting)
-    set_threads(threads)
+    """Worker start (:func:`.processes.start_worker`), then one Completer."""
+    start_worker(threads)
     _WORKER["arguments"] = arguments
     _WORKER["completer"] = warm_completer(arguments.settings)
 
@@ -141,11 +135,6 @@ def _worker_case(task: CaseTask) -> CaseOutcome:
     return complete_case(task, _WORKER["arguments"], _WORKER["completer"])
 
 
-def _context():
-    """fork on Linux (the imports are inherited), spawn elsewhere (fork is unsafe on macOS)."""
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
 def complete_in_workers(
     arguments: CaseArguments,
     tasks: Sequence[CaseTask],
@@ -155,9 +144,9 @@ def complete_in_workers(
 ) -> list[CaseOutcome]:
     """The outcomes of ``tasks`` (in their order), completed by ``jobs`` worker processes with
     ``threads`` CPU threads each (None: the cores shared out)."""
-    per_worker = threads or max(1, (os.cpu_count() or 1) // jobs)
+    per_worker = threads_per_worker(jobs, threads)
     outcomes: list[CaseOutcome | None] = [None] * len(tasks)
-    with _context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker)) as pool:
+    with process_context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker)) as pool:
         for n, outcome in enumerate(pool.imap_unordered(_worker_case, tasks), 1):
             outcomes[outcome.index] = outcome
             progress("complete", n / len(tasks), f"{tasks[outcome.index].input.name}: done")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
@@ -30,43 +31,82 @@ def _files(root: Path, folder: str) -> dict[str, Path]:
     return _files_by_id(root / folder) if (root / folder).is_dir() else {}
 
 
-def pool_rows(
-    data: str | os.PathLike, ids: Sequence[str], kinds: Sequence[str], cfg: ResidualConfig, draws: int = 1,
-    progress: ProgressCallback | None = None, id_prefix: str = "",
-):  # fmt: skip
-    """(id, kind, sample) for every skull of ``data`` in ``ids``: ``real`` needs defective_skull/ and
-    implant/, the drawn kinds complete_skull/, ``extra`` defective_skull/ alone (no ground truth).
-    Stored ids are ``id_prefix + id`` (another data set's skulls must not share SkullFix's ids)."""
-    from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
+@dataclass(frozen=True)
+class _PoolCase:
+    """One skull's share of a pool: its position (the drawn styles alternate by it) and files."""
+
+    n: int
+    cid: str
+    complete: Path | None
+    defective: Path | None
+    implant: Path | None
+    kinds: tuple[str, ...]
+    cfg: ResidualConfig
+    draws: int
+    id_prefix: str
+
+
+def _case_rows(case: _PoolCase) -> list[tuple[str, str, dict]]:
+    """(id, kind, sample) of one skull (a worker's task: about 8 s per sample on one core)."""
     from SkullVAELib.data.defects import case_seed
     from SkullVAELib.implant.residual.pool import drawn_samples, extra_sample, make_sample
     from SkullVAELib.io.image import read_skull
 
+    rows, kinds, cfg, name = [], case.kinds, case.cfg, case.id_prefix + case.cid
+    if "real" in kinds and case.defective is not None and case.implant is not None:
+        defective = read_skull(case.defective, kind="binary")
+        sample = make_sample(defective, read_skull(case.implant, kind="binary").mask, cfg)
+        if sample is not None:
+            rows.append((name, "real", sample))
+    drawn = [k for k in kinds if k in ("skullfix", "skullbreak")]
+    if drawn and case.complete is not None:
+        skull = read_skull(case.complete, kind="binary")
+        for d in range(case.draws):
+            # one style per draw, alternating by case and draw: both styles, half the rim fits
+            style = drawn[(case.n + d) % len(drawn)]
+            rows += [
+                (name, kind, s) for kind, s in drawn_samples(skull, case_seed(SEED_BASE + d, case.cid), cfg, (style,))
+            ]
+    if "extra" in kinds and case.defective is not None and case.complete is None:
+        for d in range(case.draws):
+            sample = extra_sample(read_skull(case.defective, kind="binary"), case_seed(SEED_BASE + d, case.cid), cfg)
+            if sample is not None:
+                rows.append((name, "extra", sample))
+    return rows
+
+
+def pool_rows(
+    data: str | os.PathLike, ids: Sequence[str], kinds: Sequence[str], cfg: ResidualConfig, draws: int = 1,
+    progress: ProgressCallback | None = None, id_prefix: str = "", jobs: int = 1,
+):  # fmt: skip
+    """(id, kind, sample) for every skull of ``data`` in ``ids``, in the order of ``ids`` whatever
+    ``jobs``: ``real`` needs defective_skull/ and implant/, the drawn kinds complete_skull/,
+    ``extra`` defective_skull/ alone (no ground truth). Stored ids are ``id_prefix + id`` (another
+    data set's skulls must not share SkullFix's ids). ``jobs`` > 1: skulls side by side in worker
+    processes (:mod:`.processes`; one core each)."""
+    from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
+
     root = Path(data)
     folders = (LABEL_FOLDERS["complete"], LABEL_FOLDERS["cranial"], IMPLANT_FOLDERS["cranial"])
     complete, defective, implants = (_files(root, f) for f in folders)
-    for n, cid in enumerate(ids):
-        if progress is not None:
-            progress("pool", n / max(len(ids), 1), f"case {cid}")
-        if "real" in kinds and cid in defective and cid in implants:
-            sample = make_sample(
-                read_skull(defective[cid], kind="binary"), read_skull(implants[cid], kind="binary").mask, cfg
-            )
-            if sample is not None:
-                yield id_prefix + cid, "real", sample
-        drawn = [k for k in kinds if k in ("skullfix", "skullbreak")]
-        if drawn and cid in complete:
-            skull = read_skull(complete[cid], kind="binary")
-            for d in range(draws):
-                # one style per draw, alternating by case and draw: both styles, half the rim fits
-                style = drawn[(n + d) % len(drawn)]
-                for kind, sample in drawn_samples(skull, case_seed(SEED_BASE + d, cid), cfg, (style,)):
-                    yield id_prefix + cid, kind, sample
-        if "extra" in kinds and cid in defective and cid not in complete:
-            for d in range(draws):
-                sample = extra_sample(read_skull(defective[cid], kind="binary"), case_seed(SEED_BASE + d, cid), cfg)
-                if sample is not None:
-                    yield id_prefix + cid, "extra", sample
+    cases = [
+        _PoolCase(n, cid, complete.get(cid), defective.get(cid), implants.get(cid), tuple(kinds), cfg, draws, id_prefix)
+        for n, cid in enumerate(ids)
+    ]
+    jobs = max(1, min(int(jobs), len(cases)))
+    if jobs == 1:
+        for n, case in enumerate(cases):
+            if progress is not None:
+                progress("pool", n / max(len(cases), 1), f"case {case.cid}")
+            yield from _case_rows(case)
+        return
+    from SkullVAELib.workflows.processes import process_context, start_worker
+
+    with process_context().Pool(jobs, initializer=start_worker, initargs=(1,)) as workers:
+        for n, rows in enumerate(workers.imap(_case_rows, cases), 1):  # in order; the pool ends with the block
+            if progress is not None:
+                progress("pool", n / len(cases), f"case {cases[n - 1].cid}")
+            yield from rows
 
 
 def build_residual_pool(
@@ -79,8 +119,10 @@ def build_residual_pool(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     id_prefix: str = "",
+    jobs: int = 1,
 ) -> Path:
-    """Write the samples of ``ids`` of ``data`` to the pool file ``out``; returns ``out``."""
+    """Write the samples of ``ids`` of ``data`` to the pool file ``out`` (``jobs`` skulls at a time,
+    :func:`pool_rows`); returns ``out``."""
     from SkullVAELib.implant.residual.pool import SAMPLE_KINDS, save_pool
 
     out, cfg = Path(out), cfg or ResidualConfig()
@@ -91,7 +133,7 @@ def build_residual_pool(
         raise SkullVAEError("exists; pass --overwrite to replace it", out)
     if not Path(data).is_dir():
         raise SkullVAEError("no such data folder", data)
-    rows = list(pool_rows(data, ids, kinds, cfg, draws, progress, id_prefix))
+    rows = list(pool_rows(data, ids, kinds, cfg, draws, progress, id_prefix, jobs))
     save_pool(out, rows, cfg)
     return out
 

@@ -73,3 +73,28 @@ def test_complete_tries_the_residual_first_and_the_quality_gate_guards_it(data, 
     guarded, guarded_segments, _ = run_complete(root, "guarded", "cranial")
     assert guarded["implant_source"] == "rimfit" and "quality" in guarded["skipped_sources"]["residual"]
     assert np.array_equal(guarded_segments["Implant"], plain_segments["Implant"])
+
+
+def test_pools_made_by_two_workers_equal_those_made_in_turn(data, tmp_path):
+    """--jobs changes who makes the samples, never which samples or their order."""
+    from SkullVAELib.implant.residual.pool import load_pools
+    from SkullVAELib.workflows.residual import build_residual_pool
+
+    root, _ = data
+    pools = {}
+    for jobs in (1, 2):
+        path = tmp_path / f"pool{jobs}.npz"
+        build_residual_pool(root / "data", ["001", "002"], path, cfg=TINY_CFG, draws=2, jobs=jobs)
+        pools[jobs] = load_pools([path], TINY_CFG)
+    assert len(pools[1]["ids"]) >= 4 and list(pools[1]["ids"]) == list(pools[2]["ids"])
+    assert list(pools[1]["kinds"]) == list(pools[2]["kinds"])
+    for key in ("inputs", "target", "ignore"):
+        assert np.array_equal(pools[1][key], pools[2][key])
+
+
+def test_train_residual_refuses_zero_jobs(data, tmp_path, capsys):
+    root, _ = data
+    argv = ["train-residual", "--data", str(root / "data"), "--train-ids", "001", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--jobs", "0", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--jobs" in err and "must be positive" in err and len(err.splitlines()) == 1

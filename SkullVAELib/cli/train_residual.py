@@ -53,8 +53,10 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument(
         "--augment",
-        action="store_true",
-        help="warp every training crop afresh: a random affine (rotation, scale, shear) and an elastic field",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="warp every training crop afresh: a random affine (rotation, scale, shear) and an elastic field "
+        "(default on: validation chose it, docs/RESULTS.md; --no-augment resumes a run made without it)",
     )
     p.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128)")

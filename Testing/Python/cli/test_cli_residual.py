@@ -48,13 +48,15 @@ def test_train_residual_makes_pools_trains_and_refuses_to_overwrite(data, tmp_pa
     assert (out / "pool-train.npz").is_file() and (out / "pool-val.npz").is_file()
     _, cfg, info = load_residual(out / "residual.safetensors")
     assert cfg.crop_shape == (24, 24, 24) and info["train_ids"] == ["001"] and info["steps"] == 2
+    assert info["train"]["augment"] is True  # validation chose the warped crops: on by default
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "exists" in err and len(err.splitlines()) == 1
     again = ["train-residual", "--out", str(tmp_path / "again"), "--pools", str(out / "pool-train.npz")]
-    assert main([*again, "--steps", "1", "--progress", "none", "--test-time-mirror", *TINY]) == 0
-    assert load_residual(tmp_path / "again" / "residual.safetensors")[1].test_time_mirror
+    assert main([*again, "--steps", "1", "--progress", "none", "--test-time-mirror", "--no-augment", *TINY]) == 0
+    _, cfg, info = load_residual(tmp_path / "again" / "residual.safetensors")
+    assert cfg.test_time_mirror and info["train"]["augment"] is False
     assert main([*again, "--steps", "1", "--progress", "none", "--overwrite"]) == 2  # 6 mm pools, 2 mm default
     assert "made for 6 mm crops" in capsys.readouterr().err
 

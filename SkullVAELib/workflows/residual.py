@@ -93,8 +93,11 @@ def pool_rows(
         _PoolCase(n, cid, complete.get(cid), defective.get(cid), implants.get(cid), tuple(kinds), cfg, draws, id_prefix)
         for n, cid in enumerate(ids)
     ]
-    jobs = max(1, min(int(jobs), len(cases)))
-    if jobs == 1:
+    if jobs > 1:  # bounded by the cases, the cores and the memory limit (one skull per worker), before any work
+        from SkullVAELib.workflows.batch_pool import batch_jobs
+
+        jobs = batch_jobs(jobs, [c.complete or c.defective for c in cases if (c.complete or c.defective)])
+    if jobs <= 1:
         for n, case in enumerate(cases):
             if progress is not None:
                 progress("pool", n / max(len(cases), 1), f"case {case.cid}")

@@ -100,3 +100,16 @@ def test_train_residual_refuses_zero_jobs(data, tmp_path, capsys):
     assert main([*argv, "--jobs", "0", "--progress", "none"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--jobs" in err and "must be positive" in err and len(err.splitlines()) == 1
+
+
+def test_pool_workers_are_bounded_by_the_memory_limit_before_any_work(data, tmp_path, default_limits):
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.core.limits import set_limits
+    from SkullVAELib.workflows.batch_pool import case_memory_bytes
+    from SkullVAELib.workflows.residual import build_residual_pool
+
+    root, _ = data
+    set_limits(max_memory_gb=1.5 * case_memory_bytes(root / "data" / "complete_skull" / "001.nrrd") / 1e9)  # one skull
+    with pytest.raises(SkullVAEError, match="--jobs 2 would hold 2 ×"):
+        build_residual_pool(root / "data", ["001", "002"], tmp_path / "p.npz", cfg=TINY_CFG, jobs=2)
+    assert not (tmp_path / "p.npz").exists()

@@ -15,8 +15,9 @@
 # checkpoints/residual.pt (a run stopped by its time budget or a signal continues with --resume);
 # score it on the CPU machine at the original resolution (`skullvae evaluate --implants residual+rimfit`).
 # Validation here is drawn defects on the validation skulls (the kit has no implants).
-# Dry run on a CPU (a SkullFix-layout folder DATA; POOLS="a.npz" VALPOOLS="v.npz" skip the pools):
-#     OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.2 DATA=/tmp/phantoms TRAIN=001 VAL=002 JOBS=2 DRAWS=1 \
+# Dry run on a CPU, from the kit in .device/ (checked: unpack, pools of 2 + 1 skulls, training: 25 s on
+# 2 cores; DATA=<a SkullFix-layout folder> skips the kit; POOLS="a.npz" VALPOOLS="v.npz" skip the pools):
+#     OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.1 TRAIN=000-001 VAL=056 JOBS=2 DRAWS=1 \
 #         EXTRA="--spacing 6 --crop 24,24,24 --channels 4,8" bash benchmarks/gpu_residual.sh
 # shellcheck source=benchmarks/gpu_setup.sh
 . "$(dirname "$0")/gpu_setup.sh"

@@ -135,6 +135,13 @@ def _worker_case(task: CaseTask) -> CaseOutcome:
     return complete_case(task, _WORKER["arguments"], _WORKER["completer"])
 
 
+def largest_first(tasks: Sequence[CaseTask]) -> list[CaseTask]:
+    """``tasks`` by decreasing input size (header voxels × pixel bytes; ties keep their order): the
+    longest cases start first, so that the batch does not end with one worker on a large case
+    while the others wait (longest-first scheduling). Unreadable inputs go last (they fail at once)."""
+    return sorted(tasks, key=lambda task: -_memory_or_zero(task.input))
+
+
 def complete_in_workers(
     arguments: CaseArguments,
     tasks: Sequence[CaseTask],
@@ -145,10 +152,11 @@ def complete_in_workers(
     """The outcomes of ``tasks`` (in their order), completed by ``jobs`` worker processes with
     ``threads`` CPU threads each (None: the cores shared out)."""
     per_worker = threads_per_worker(jobs, threads)
-    outcomes: list[CaseOutcome | None] = [None] * len(tasks)
+    by_index = {task.index: task for task in tasks}
+    outcomes: dict[int, CaseOutcome] = {}
     with process_context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker)) as pool:
-        for n, outcome in enumerate(pool.imap_unordered(_worker_case, tasks), 1):
+        for n, outcome in enumerate(pool.imap_unordered(_worker_case, largest_first(tasks)), 1):
             outcomes[outcome.index] = outcome
-            progress("complete", n / len(tasks), f"{tasks[outcome.index].input.name}: done")
+            progress("complete", n / len(tasks), f"{by_index[outcome.index].input.name}: done")
     # leaving the block terminates the pool: on Ctrl-C / SIGTERM (KeyboardInterrupt) too
-    return [o for o in outcomes if o is not None]
+    return [outcomes[task.index] for task in tasks if task.index in outcomes]

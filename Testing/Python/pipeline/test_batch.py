@@ -110,3 +110,21 @@ def test_a_stopped_batch_leaves_no_worker_running(tmp_path):
     assert len(finals) < 3  # stopped after the first case came back
     for path in finals:  # whatever was renamed into place is whole
         assert set(read_segmentation(path)[1]) == {"Patient bone", "Implant"}
+
+
+def test_workers_take_the_largest_cases_first(tmp_path):
+    """Longest-first: the batch should not end on one large case; unreadable inputs go last."""
+    from SkullVAELib.workflows.batch_pool import CaseTask, largest_first
+    from SkullVAELib.workflows.complete import OutputOptions
+
+    tmp_path.joinpath("in").mkdir()
+    sizes = {"small": (20, 20, 10), "large": (40, 40, 30), "middle": (30, 30, 20)}
+    for name, shape in sizes.items():
+        write_mask(make_phantom(1, shape, (2.0, 2.0, 2.0)), tmp_path / "in" / f"{name}.nrrd")
+    (tmp_path / "in" / "broken.nrrd").write_text("not an image")
+    names = ["small", "broken", "large", "middle"]
+    tasks = [
+        CaseTask(n, tmp_path / "in" / f"{name}.nrrd", tmp_path / f"{name}.seg.nrrd", OutputOptions())
+        for n, name in enumerate(names)
+    ]
+    assert [task.input.stem for task in largest_first(tasks)] == ["large", "middle", "small", "broken"]

@@ -8,6 +8,7 @@ pools (:mod:`SkullVAELib.implant.residual.train`) on the one training loop: the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class _PoolCase:
 def _case_rows(case: _PoolCase) -> list[tuple[str, str, dict]]:
     """(id, kind, sample) of one skull (a worker's task: about 8 s per sample on one core)."""
     from SkullVAELib.data.defects import case_seed
-    from SkullVAELib.implant.residual.pool import drawn_samples, extra_sample, make_sample
+    from SkullVAELib.implant.residual.pool import drawn_samples, extra_samples, make_sample
     from SkullVAELib.io.image import read_skull
 
     rows, kinds, cfg, name = [], case.kinds, case.cfg, case.id_prefix + case.cid
@@ -68,10 +69,9 @@ def _case_rows(case: _PoolCase) -> list[tuple[str, str, dict]]:
                 (name, kind, s) for kind, s in drawn_samples(skull, case_seed(SEED_BASE + d, case.cid), cfg, (style,))
             ]
     if "extra" in kinds and case.defective is not None and case.complete is None:
-        for d in range(case.draws):
-            sample = extra_sample(read_skull(case.defective, kind="binary"), case_seed(SEED_BASE + d, case.cid), cfg)
-            if sample is not None:
-                rows.append((name, "extra", sample))
+        seeds = [case_seed(SEED_BASE + d, case.cid) for d in range(case.draws)]
+        samples = extra_samples(read_skull(case.defective, kind="binary"), seeds, cfg)
+        rows += [(name, "extra", sample) for sample in samples if sample is not None]
     return rows
 
 
@@ -97,16 +97,14 @@ def pool_rows(
         from SkullVAELib.workflows.batch_pool import batch_jobs
 
         jobs = batch_jobs(jobs, [c.complete or c.defective for c in cases if (c.complete or c.defective)])
-    if jobs <= 1:
-        for n, case in enumerate(cases):
-            if progress is not None:
-                progress("pool", n / max(len(cases), 1), f"case {case.cid}")
-            yield from _case_rows(case)
-        return
     from SkullVAELib.workflows.processes import process_context, start_worker
 
-    with process_context().Pool(jobs, initializer=start_worker, initargs=(1,)) as workers:
-        for n, rows in enumerate(workers.imap(_case_rows, cases), 1):  # in order; the pool ends with the block
+    with contextlib.ExitStack() as stack:  # a pool of workers ends with the block (Ctrl-C too)
+        results = map(_case_rows, cases)
+        if jobs > 1:
+            workers = stack.enter_context(process_context().Pool(jobs, initializer=start_worker, initargs=(1,)))
+            results = workers.imap(_case_rows, cases)  # in order, as map
+        for n, rows in enumerate(results, 1):
             if progress is not None:
                 progress("pool", n / len(cases), f"case {cases[n - 1].cid}")
             yield from rows

@@ -92,18 +92,21 @@ def drawn_samples(complete: SkullImage, seed: int, cfg: ResidualConfig, kinds=("
             yield kind, sample
 
 
-def extra_sample(defective: SkullImage, seed: int, cfg: ResidualConfig, tries: int = 4) -> dict | None:
-    """A sample of a new defect cut on a skull that has one already (its hole kept out of the loss)."""
+def extra_samples(defective: SkullImage, seeds, cfg: ResidualConfig, tries: int = 4):
+    """A sample per seed of ``seeds`` (None where no draw worked): a new defect cut on a skull that
+    has one already, its hole (the rim fit's implant there, fitted once) kept out of the loss."""
     from SkullVAELib.data.defects import cranial_defect
 
     existing, _ = _rim_fit(defective)
-    for attempt in range(tries):
-        style = ("skullbreak", "skullfix")[attempt % 2]
-        twice, implant = cranial_defect(defective, seed + 7919 * attempt, style=style)
-        sample = make_sample(twice, implant.mask, cfg, exclude=existing)
-        if sample is not None:
-            return sample
-    return None
+    for seed in seeds:
+        sample = None
+        for attempt in range(tries):
+            style = ("skullbreak", "skullfix")[attempt % 2]
+            twice, implant = cranial_defect(defective, seed + 7919 * attempt, style=style)
+            sample = make_sample(twice, implant.mask, cfg, exclude=existing)
+            if sample is not None:
+                break
+        yield sample
 
 
 def save_pool(path, rows: list[tuple[str, str, dict]], cfg: ResidualConfig) -> None:

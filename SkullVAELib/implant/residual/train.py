@@ -117,6 +117,7 @@ class ResidualTrainer(StepTrainer):
             has_validation=val is not None and len(val["inputs"]) > 0, progress=progress, on_epoch=on_epoch,
         )  # fmt: skip
         self.residual_cfg, self.pool, self.val_pool = cfg, train, val
+        self.warp_cfg = crop_augment_config(cfg.spacing_mm)  # the warps' ranges (train_cfg.augment)
         self.val_rimfit = self._val_score(None) if self.has_validation else math.nan
 
     def generator_streams(self) -> dict:
@@ -130,7 +131,7 @@ class ResidualTrainer(StepTrainer):
         flips = [self.train_cfg.mirror and bool(torch.rand((), generator=g) < 0.5) for _ in range(n)]
         x, y, w = (t.to(self.ctx.device) for t in crop_batch(self.pool, rows, offsets, flips, self.residual_cfg))
         if self.train_cfg.augment:
-            x, y, w = warp_crops(x, y, w, crop_augment_config(self.residual_cfg.spacing_mm), g)
+            x, y, w = warp_crops(x, y, w, self.warp_cfg, g)
         self.model.train()
         with self.autocast():
             output = self.forward(x)

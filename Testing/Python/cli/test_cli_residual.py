@@ -113,3 +113,22 @@ def test_pool_workers_are_bounded_by_the_memory_limit_before_any_work(data, tmp_
     with pytest.raises(SkullVAEError, match="--jobs 2 would hold 2 ×"):
         build_residual_pool(root / "data", ["001", "002"], tmp_path / "p.npz", cfg=TINY_CFG, jobs=2)
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_extra_skulls_give_new_defects_with_their_own_hole_kept_out_of_the_loss(data, tmp_path):
+    """A skull with a hole and no ground truth: new defects are cut away from the hole (fitted once)."""
+    import shutil
+
+    from SkullVAELib.implant.residual.pool import load_pools
+    from SkullVAELib.workflows.residual import build_residual_pool
+
+    root, _ = data
+    (tmp_path / "extra" / "defective_skull").mkdir(parents=True)
+    shutil.copy(root / "data" / "defective_skull" / "001.nrrd", tmp_path / "extra" / "defective_skull")
+    path = build_residual_pool(tmp_path / "extra", ["001"], tmp_path / "x.npz", ("extra",), TINY_CFG, draws=2,
+                               id_prefix="extra-")  # fmt: skip
+    pool = load_pools([path], TINY_CFG)
+    assert 1 <= len(pool["ids"]) <= 2 and set(pool["ids"]) == {"extra-001"} and set(pool["kinds"]) == {"extra"}
+    for target, ignore in zip(pool["target"], pool["ignore"], strict=True):
+        assert ignore.any() and (target > 127).any()  # the old hole is ignored, the new defect is the target
+        assert np.count_nonzero(ignore & (target > 127)) <= 0.02 * np.count_nonzero(target > 127)

@@ -122,12 +122,25 @@ def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, 
     return steps[0], steps[1], int(band.sum())
 
 
-def _stray_fraction(implant: np.ndarray, spacing: np.ndarray, max_gap_mm: float) -> tuple[float, float]:
-    """(share of the implant's voxels in pieces farther than ``max_gap_mm`` from the main piece, largest gap mm)."""
+def _bone_free_box(skull: SkullImage, implant: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """(index box, bool crop): the smallest box of ``implant`` without the skull's bone, and that part
+    of it; an empty crop (and the first voxel's box) when nothing is left."""
     from SkullVAELib.implant.cleanup import bounding_box
 
-    box = bounding_box(implant)
-    _, sizes, gaps = piece_gaps(implant[box], spacing)
+    implant = np.asarray(implant, dtype=bool)
+    outer = bounding_box(implant) or (slice(0, 1),) * 3
+    crop = implant[outer] & ~skull.mask[outer]
+    inner = bounding_box(crop)
+    if inner is None:
+        return outer, crop
+    box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner, strict=True))
+    return box, crop[inner]
+
+
+def _stray_fraction(crop: np.ndarray, spacing: np.ndarray, max_gap_mm: float) -> tuple[float, float]:
+    """(share of the implant's voxels in pieces farther than ``max_gap_mm`` from the main piece, largest
+    gap mm) of the implant ``crop`` (bool, its bounding box)."""
+    _, sizes, gaps = piece_gaps(crop, spacing)
     far = gaps > max_gap_mm
     return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps.max())
 
@@ -212,14 +225,16 @@ def implant_quality(
         centre: ray centre (LPS mm); default :func:`raycast.cranial_centre`.
     """
     cfg = cfg or QualityConfig()
-    implant = np.asarray(implant, dtype=bool) & ~skull.mask
-    volume = float(np.count_nonzero(implant)) * skull.voxel_volume_mm3
+    box, crop = _bone_free_box(skull, implant)  # the implant's box only: no whole-scan copies
+    volume = float(np.count_nonzero(crop)) * skull.voxel_volume_mm3
     if volume < MIN_IMPLANT_MM3:
         return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": volume}, f"empty implant ({volume:.0f} mm³)")
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     bone = raycast.cast(skull, centre, cfg.step_deg)
-    reach = max(raycast.max_radius(skull, centre), raycast.mask_radius(skull, implant, centre))
-    completed = raycast.cast(skull.with_mask(skull.mask | implant), centre, cfg.step_deg, radius_mm=reach)
+    reach = max(raycast.max_radius(skull, centre), raycast.box_radius(skull, box, centre))
+    with_implant = skull.mask.copy(order="K")  # the mask's memory order (the ray casting reads it in place)
+    with_implant[box] |= crop
+    completed = raycast.cast(skull.with_mask(with_implant), centre, cfg.step_deg, radius_mm=reach)
     raised = completed.hit & (~bone.hit | (np.nan_to_num(completed.r_out) > np.nan_to_num(bone.r_out) + cfg.on_top_mm))
     edge = scan_edge(skull, bone)
     components: dict[str, float] = {}
@@ -231,12 +246,12 @@ def implant_quality(
         if np.isfinite(coverage):
             components["coverage"] = coverage
     else:  # no enclosed vault hole (a facial defect): the plate's thickness across the junction, voxel-wise
-        ratio = _plate_thickness_ratio(skull, implant, cfg)
+        ratio = _plate_thickness_ratio(skull, with_implant & ~skull.mask, cfg)
         measures["plate_thickness_ratio"] = ratio
         components["thickness"] = 1.0 / (1.0 + (np.log(ratio) / np.log(1.5)) ** 2) if np.isfinite(ratio) else 0.0
     if not components:  # nothing of the rim could be measured (e.g. all of it cut by the scan's edge)
         components["rim"] = UNMEASURED
-    stray, max_gap = _stray_fraction(implant, skull.spacing, cfg.max_gap_mm)
+    stray, max_gap = _stray_fraction(crop, skull.spacing, cfg.max_gap_mm)
     measures.update(stray_fraction=stray, max_gap_mm=max_gap)
     components["pieces"] = max(0.0, 1.0 - cfg.stray_weight * stray)
     score = float(np.prod(list(components.values())))

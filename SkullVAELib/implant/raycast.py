@@ -144,12 +144,30 @@ def bone_points(skull: SkullImage, every: int = 1) -> np.ndarray:
     return np.stack([i * affine[a, 0] + j * affine[a, 1] + k * affine[a, 2] for a in range(3)], axis=1) + affine[:3, 3]
 
 
+def _bone_derived(skull: SkullImage, name: str, compute):
+    """``compute()``, a value of ``skull``'s bone listing and geometry, kept beside the listing's
+    cache entry: the rim fit and the quality score ask for the same centre and radius."""
+    flat = _bone_flat(skull.mask)
+    if _bone_cache.get("flat") is not flat:  # an uncached (strided) mask
+        return compute()
+    memo = _bone_cache.setdefault("derived", {})
+    key = (name, skull.index_to_physical().tobytes())
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 def cranial_centre(skull: SkullImage) -> np.ndarray:
     """A point inside the cranium (LPS mm): least-squares sphere through the upper half's bone.
 
     The upper half (above mid-height in LPS z) is the vault, roughly a sphere; an algebraic
-    sphere fit (|p|² = 2c·p + k) is robust to a missing piece of it (a defect).
+    sphere fit (|p|² = 2c·p + k) is robust to a missing piece of it (a defect). Computed once
+    per mask and geometry (a copy is returned).
     """
+    return _bone_derived(skull, "centre", lambda: _fit_cranial_centre(skull)).copy()
+
+
+def _fit_cranial_centre(skull: SkullImage) -> np.ndarray:
     pts = bone_points(skull, every=max(int(np.count_nonzero(skull.mask)) // 200_000, 1))
     z_lo, z_hi = pts[:, 2].min(), pts[:, 2].max()
     upper = pts[pts[:, 2] >= 0.5 * (z_lo + z_hi)]
@@ -171,7 +189,13 @@ def _physical_to_index(skull: SkullImage) -> tuple[np.ndarray, np.ndarray]:
 
 
 def max_radius(skull: SkullImage, centre: np.ndarray) -> float:
-    """Distance (mm) from ``centre`` to the farthest bone voxel, plus one voxel diagonal."""
+    """Distance (mm) from ``centre`` to the farthest bone voxel, plus one voxel diagonal (once per
+    mask, geometry and centre)."""
+    centre = np.asarray(centre, dtype=np.float64)
+    return _bone_derived(skull, ("radius", centre.tobytes()), lambda: _farthest_bone(skull, centre))
+
+
+def _farthest_bone(skull: SkullImage, centre: np.ndarray) -> float:
     pts = bone_points(skull, every=max(int(np.count_nonzero(skull.mask)) // 200_000, 1))
     if len(pts) == 0:
         return MIN_RADIUS_MM
@@ -180,12 +204,15 @@ def max_radius(skull: SkullImage, centre: np.ndarray) -> float:
 
 def mask_radius(skull: SkullImage, mask: np.ndarray, centre: np.ndarray) -> float:
     """A bound (mm) on the distance from ``centre`` to the farthest voxel of ``mask`` (bool (I, J, K)
-    on ``skull``'s grid, e.g. an implant): the farthest corner of its index box, plus two voxel
-    diagonals as in :func:`max_radius`; 0 for an empty mask. A longer ray only meets more empty
-    space, so the bound gives the same ray map as the exact distance."""
+    on ``skull``'s grid, e.g. an implant): :func:`box_radius` of its index box; 0 for an empty mask.
+    A longer ray only meets more empty space, so the bound gives the same ray map as the exact distance."""
     box = bounding_box(mask)
-    if box is None:
-        return 0.0
+    return 0.0 if box is None else box_radius(skull, box, centre)
+
+
+def box_radius(skull: SkullImage, box: tuple[slice, ...], centre: np.ndarray) -> float:
+    """The distance (mm) from ``centre`` to the farthest corner of the index ``box`` (three slices of
+    ``skull``'s grid), plus two voxel diagonals as in :func:`max_radius`."""
     ends = [(b.start, b.stop - 1) for b in box]
     corners = np.array([[ends[a][bit] for a, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
     affine = skull.index_to_physical()

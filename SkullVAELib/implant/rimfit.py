@@ -257,10 +257,7 @@ def fill_hole(
             use_mirror = ok_fill
             rim_idx, xy_rim, outer, thick = rim_idx[ok_rim], xy_rim[ok_rim], outer[ok_rim], thick[ok_rim]
             base_out, base_thick = m_out[rim_idx], m_thick[rim_idx]
-    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
-    fit_out = RBFInterpolator(xy_rim, outer - base_out, **kw)(xy_fill)
-    kw_thick = {"kernel": "thin_plate_spline", "smoothing": cfg.thickness_smoothing, "degree": cfg.thickness_degree}
-    fit_thick = RBFInterpolator(xy_rim, thick - base_thick, **kw_thick)(xy_fill)
+    fit_out, fit_thick = _fit_rim_splines(xy_rim, outer - base_out, thick - base_thick, xy_fill, cfg)
     if use_mirror is not None:
         fit_out = fit_out + np.where(use_mirror, m_out[fill_idx], np.nan)
         fit_thick = fit_thick + np.where(use_mirror, m_thick[fill_idx], np.nan)
@@ -275,6 +272,18 @@ def fill_hole(
     hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
     hole.expected_volume_mm3 = hole.area_mm2 * hole.rim_thickness_mm
     return region & np.isfinite(r_out), r_in, r_out
+
+
+def _fit_rim_splines(xy_rim, outer, thick, xy_fill, cfg: RimFitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(outer radius, thickness) at ``xy_fill`` (M, 2) from thin-plate splines through their rim values
+    at ``xy_rim`` (N, 2). One interpolator with two value columns when both splines share their
+    settings (the default): the kernel between the fill and rim points, most of the time, is built once."""
+    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
+    if (cfg.thickness_smoothing, cfg.thickness_degree) == (cfg.smoothing, cfg.degree):
+        both = RBFInterpolator(xy_rim, np.stack([outer, thick], axis=1), **kw)(xy_fill)
+        return both[:, 0], both[:, 1]
+    kw_thick = {**kw, "smoothing": cfg.thickness_smoothing, "degree": cfg.thickness_degree}
+    return RBFInterpolator(xy_rim, outer, **kw)(xy_fill), RBFInterpolator(xy_rim, thick, **kw_thick)(xy_fill)
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:

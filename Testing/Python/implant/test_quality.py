@@ -92,3 +92,29 @@ def test_the_scans_edge_does_not_count_against_an_implant():
     assert good.components["coverage"] == pytest.approx(1.0)
     shifted = implant_quality(tilted, np.roll(truth.mask, 3, axis=0) & ~tilted.mask)
     assert shifted.score < good.score - 0.2
+
+
+def test_bone_under_the_implant_and_its_memory_order_change_nothing(case):
+    """The score reads only the implant's box, without the patient's bone: an implant given with
+    bone voxels, or in the other memory order, scores exactly the same."""
+    defective, truth = case
+    plain = implant_quality(defective, truth)
+    with_bone = implant_quality(defective, np.asfortranarray(truth | defective.mask))
+    assert with_bone.score == plain.score
+    assert with_bone.measures == plain.measures
+
+
+def test_the_bone_free_box_is_the_implants_tight_box():
+    from SkullVAELib.implant.quality import _bone_free_box
+    from SkullVAELib.io.image import SkullImage
+
+    mask = np.zeros((20, 20, 20), dtype=bool)
+    mask[2:5] = True  # bone
+    skull = SkullImage(mask, np.zeros(3), np.ones(3))
+    implant = np.zeros_like(mask)
+    implant[3:9, 4:6, 7:8] = True  # its first rows lie on the bone
+    box, crop = _bone_free_box(skull, implant)
+    assert box == (slice(5, 9), slice(4, 6), slice(7, 8))
+    assert crop.all() and crop.shape == (4, 2, 1)
+    _, empty = _bone_free_box(skull, mask)
+    assert not empty.any()

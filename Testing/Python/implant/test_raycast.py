@@ -265,3 +265,24 @@ def test_rim_fit_gives_the_reference_implant_on_a_real_case(skullfix_dir, monkey
     assert fast.implant.sum() > 100_000
     assert all(np.array_equal(a.cells, b.cells) for a, b in zip(fast.holes, ref.holes, strict=True))
     assert dice(fast.implant, ref.implant) >= 0.995
+
+
+def test_the_centre_and_radius_are_computed_once_per_mask(defect_cases, monkeypatch):
+    """The rim fit and the quality score ask for the same cranial centre and bone radius: the second
+    call reuses the first's value (a copy), a new mask or a new centre computes again."""
+    defective, _ = defect_cases[0]
+    raycast._bone_cache.clear()
+    calls = []
+    fit = raycast._fit_cranial_centre
+    monkeypatch.setattr(raycast, "_fit_cranial_centre", lambda skull: calls.append(1) or fit(skull))
+    first = raycast.cranial_centre(defective)
+    first += 100.0  # the caller's copy: the memo is untouched
+    again = raycast.cranial_centre(defective)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again, fit(defective))
+    other = defective.with_mask(defective.mask.copy())
+    raycast.cranial_centre(other)
+    assert len(calls) == 2
+    near, far = raycast.max_radius(other, again), raycast.max_radius(other, again + 30.0)
+    assert far > near
+    assert raycast.max_radius(other, again) == near == raycast._farthest_bone(other, again)

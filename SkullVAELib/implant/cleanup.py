@@ -153,7 +153,7 @@ def _original_box(model_box: Sequence[slice], grid: Sequence[int], shape: Sequen
     return tuple(out)
 
 
-def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, voxels per label) of the 26-connected components; the background's size is 0."""
     labels, n = ndimage.label(mask, structure=_CUBE)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -168,7 +168,7 @@ def _kept(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     """Drop 26-connected components with fewer than ``min_voxels`` voxels (returns a new bool array)."""
-    labels, sizes = _component_sizes(mask)
+    labels, sizes = component_sizes(mask)
     return _kept(labels, sizes >= min_voxels)
 
 
@@ -178,7 +178,7 @@ def keep_major_components(mask: np.ndarray, fraction: float) -> np.ndarray:
     An implant is one piece per hole; small pieces far from it are misplaced bone whose
     distance dominates HD95 (a new bool array).
     """
-    labels, sizes = _component_sizes(mask)
+    labels, sizes = component_sizes(mask)
     return _kept(labels, sizes >= fraction * sizes.max())
 
 

@@ -62,7 +62,7 @@ def test_small_pieces_far_from_the_defect_are_dropped(facial_case, monkeypatch):
     kept = localise(defective, probability, AtlasConfig())
     assert dice(kept, truth.mask) >= 0.8 and not (kept & stray).any()
     # without the rule (and the shared post-processing's far-piece rule) the stray piece would be kept
-    monkeypatch.setattr("SkullVAELib.implant.postprocess.drop_far_pieces", lambda mask, *args, **kwargs: mask)
+    monkeypatch.setattr("SkullVAELib.implant.postprocess._near_pieces", lambda labels, sizes, *args: sizes)
     everything = localise(defective, probability, AtlasConfig(min_piece_fraction=0.0))
     assert (everything & stray).any()
 

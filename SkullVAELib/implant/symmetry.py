@@ -107,7 +107,7 @@ def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
     """:func:`find_mirror_plane` without the cache."""
     from SkullVAELib.implant.raycast import bone_points
 
-    pts = bone_points(skull, every=max(int(skull.mask.sum()) // 100_000, 1))
+    pts = bone_points(skull, every=max(int(np.count_nonzero(skull.mask)) // 100_000, 1))
     centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
     centre[0] = float(np.median(pts[:, 0]))
     flip0 = _reflection(centre, np.array([1.0, 0.0, 0.0]))

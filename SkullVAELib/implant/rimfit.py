@@ -192,7 +192,9 @@ def _rim_rays(
 
 def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
     """Add the rays next to the hole whose outermost bone lies ``grow_mm`` inside the surface fitted
-    from the rim: the ray passed through the hole and met deeper bone (skull base, orbit roof)."""
+    from the rim: the ray passed through the hole and met deeper bone (skull base, orbit roof).
+    Such rays join when they connect to the hole (8-neighbours) through other such rays, within
+    ``cfg.ring[1]`` cells of it."""
     alpha, beta = raycast.angle_grid(raymap.step_deg)
     flat_dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
     cells = hole.cells
@@ -204,22 +206,44 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
         if len(rim_idx) > cfg.max_rim_points:
             rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
         near = ndimage.binary_dilation(cells, _SQUARE, iterations=cfg.ring[1]) & raymap.hit & ~cells
-        near_idx = np.flatnonzero(near)
-        if near_idx.size == 0:
+        if not near.any():
             break
         kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
         spline = RBFInterpolator(_gnomonic(flat_dirs[rim_idx], hole.direction), raymap.r_out.ravel()[rim_idx], **kw)
-        deep = raymap.r_out.ravel()[near_idx] < spline(_gnomonic(flat_dirs[near_idx], hole.direction)) - cfg.grow_mm
-        grown = cells.copy()
-        grown.ravel()[near_idx[deep]] = True
-        labels, _ = ndimage.label(grown, structure=_SQUARE)
-        keep = np.unique(labels[cells])
-        grown = np.isin(labels, keep[keep > 0])
+
+        def deep(idx: np.ndarray, spline=spline) -> np.ndarray:
+            return raymap.r_out.ravel()[idx] < spline(_gnomonic(flat_dirs[idx], hole.direction)) - cfg.grow_mm
+
+        grown = _grow_connected(cells, near, deep)
         if grown.sum() == cells.sum():
             break
         cells = grown
     hole.cells = cells
     return hole
+
+
+def _grow_connected(cells: np.ndarray, allowed: np.ndarray, accept) -> np.ndarray:
+    """``cells`` (bool (Nα, Nβ)) plus the ``allowed`` cells that ``accept(flat indices)`` takes and
+    that connect to ``cells`` (8-neighbours, no wrap) through other taken cells.
+
+    The same cells as taking every allowed cell ``accept`` takes and keeping the components that
+    meet ``cells``, but ``accept`` (a spline evaluation) only sees the cells next to the growing
+    set: the hole's border and the taken cells' neighbours, not the whole band around it.
+    """
+    grown = cells.copy()
+    seen = np.zeros_like(cells)
+    frontier = ndimage.binary_dilation(cells, _SQUARE) & allowed
+    while frontier.any():
+        idx = np.flatnonzero(frontier)
+        seen.ravel()[idx] = True
+        taken = idx[accept(idx)]
+        if taken.size == 0:
+            break
+        new = np.zeros_like(cells)
+        new.ravel()[taken] = True
+        grown |= new
+        frontier = ndimage.binary_dilation(new, _SQUARE) & allowed & ~seen
+    return grown
 
 
 def fill_hole(

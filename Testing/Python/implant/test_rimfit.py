@@ -177,3 +177,31 @@ def test_the_two_rim_splines_in_one_interpolator_fit_like_two():
         )
         np.testing.assert_allclose(got_outer, want_outer, rtol=0, atol=1e-8)
         np.testing.assert_allclose(got_thick, want_thick, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_growing_from_the_hole_takes_the_cells_a_labelling_keeps(seed):
+    """The hole grows through accepted cells next to it; the same cells as accepting the whole band
+    and keeping its components that meet the hole (8-connected, no wrap), with fewer evaluations."""
+    from scipy import ndimage
+
+    from SkullVAELib.implant.rimfit import _grow_connected
+
+    rng = np.random.default_rng(seed)
+    cells = np.zeros((60, 90), dtype=bool)
+    cells[25:35, 40:52] = True
+    allowed = ndimage.binary_dilation(cells, np.ones((3, 3), bool), iterations=12) & ~cells
+    allowed &= rng.random(cells.shape) > 0.1
+    good = rng.random(cells.size) > 0.45
+    asked = []
+
+    def accept(idx):
+        asked.append(len(idx))
+        return good[idx]
+
+    got = _grow_connected(cells, allowed, accept)
+    labels, _ = ndimage.label(cells | (allowed & good.reshape(cells.shape)), structure=np.ones((3, 3), bool))
+    keep = np.unique(labels[cells])
+    np.testing.assert_array_equal(got, np.isin(labels, keep[keep > 0]))
+    assert got.sum() > cells.sum()
+    assert sum(asked) < allowed.sum()  # only the cells next to the growing set were evaluated

@@ -54,16 +54,23 @@ def _color(segment: Segment, index: int) -> tuple[float, float, float]:
 
 def _assign_layers(masks: list[np.ndarray]) -> list[int]:
     """Greedy layer per segment: the first layer none of whose segments it overlaps."""
-    layers: list[np.ndarray] = []  # union of the masks in each layer
+    layers: list[
+        np.ndarray
+    ] = []  # union of the masks in each layer (a layer's first mask itself, until a second joins)
+    owned: list[bool] = []  # whether that union is our own copy
     chosen = []
-    for mask in masks:
+    for n, mask in enumerate(masks):
+        last = n == len(masks) - 1  # nothing follows: no union to update (two segments: no whole-scan copy)
         for index, union in enumerate(layers):
             if not np.logical_and(union, mask).any():
-                union |= mask
+                if not last:
+                    layers[index] = union | mask if not owned[index] else np.logical_or(union, mask, out=union)
+                    owned[index] = True
                 chosen.append(index)
                 break
         else:
-            layers.append(mask.copy())
+            layers.append(mask)
+            owned.append(False)
             chosen.append(len(layers) - 1)
     return chosen
 

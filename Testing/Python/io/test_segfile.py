@@ -185,3 +185,17 @@ def test_a_bad_compression_level_writes_nothing(tmp_path, skull_and_implant, lev
         write_segmentation(tmp_path / "x.seg.nrrd", like, _segments(complete, implant), compression_level=level)
     assert "x.seg.nrrd" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_layers_go_to_the_first_layer_they_do_not_overlap_and_leave_the_masks_alone():
+    from SkullVAELib.io.segfile import _assign_layers
+
+    a = np.zeros((6, 6, 6), dtype=bool)
+    b, c, d = a.copy(), a.copy(), a.copy()
+    a[:2], b[4:], c[1:3], d[3] = True, True, True, True  # c overlaps a; d overlaps neither a, b nor c
+    before = [m.copy() for m in (a, b, c, d)]
+    assert _assign_layers([a, b, c, d]) == [0, 0, 1, 0]
+    assert _assign_layers([a, b]) == [0, 0]
+    assert _assign_layers([a, c, b]) == [0, 1, 0]
+    for mask, copy in zip((a, b, c, d), before, strict=True):
+        np.testing.assert_array_equal(mask, copy)

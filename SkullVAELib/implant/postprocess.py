@@ -74,12 +74,6 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
     return out
 
 
-def _touching_bone(crop: np.ndarray, bone: np.ndarray) -> np.ndarray:
-    """The 26-connected pieces of ``crop`` that touch ``bone`` (disjoint bool arrays of one shape)."""
-    labels, _ = component_sizes(crop)
-    return _pieces_touching_bone(labels, crop, bone)[labels] & crop
-
-
 def _pieces_touching_bone(labels: np.ndarray, crop: np.ndarray, bone: np.ndarray) -> np.ndarray:
     """bool (n + 1,): which pieces of ``crop`` (``labels``: its 26-connected labelling) touch ``bone``.
 

@@ -54,23 +54,19 @@ def _color(segment: Segment, index: int) -> tuple[float, float, float]:
 
 def _assign_layers(masks: list[np.ndarray]) -> list[int]:
     """Greedy layer per segment: the first layer none of whose segments it overlaps."""
-    layers: list[
-        np.ndarray
-    ] = []  # union of the masks in each layer (a layer's first mask itself, until a second joins)
-    owned: list[bool] = []  # whether that union is our own copy
+    # the union of each layer's masks: the caller's first mask itself until another joins (a new
+    # array then); the last mask joins no union, so two segments cost no whole-scan copy
+    layers: list[np.ndarray] = []
     chosen = []
     for n, mask in enumerate(masks):
-        last = n == len(masks) - 1  # nothing follows: no union to update (two segments: no whole-scan copy)
         for index, union in enumerate(layers):
             if not np.logical_and(union, mask).any():
-                if not last:
-                    layers[index] = union | mask if not owned[index] else np.logical_or(union, mask, out=union)
-                    owned[index] = True
+                if n < len(masks) - 1:
+                    layers[index] = union | mask
                 chosen.append(index)
                 break
         else:
             layers.append(mask)
-            owned.append(False)
             chosen.append(len(layers) - 1)
     return chosen
 

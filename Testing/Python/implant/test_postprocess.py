@@ -93,7 +93,7 @@ def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pieces_touching_the_bone_are_those_a_dilated_bone_meets(seed):
     """One labelling of implant ∪ bone keeps the same pieces as dilating the bone (26-connected)."""
-    from SkullVAELib.implant.postprocess import _CUBE, _touching_bone
+    from SkullVAELib.implant.postprocess import _CUBE, _pieces_touching_bone
 
     rng = np.random.default_rng(seed)
     bone = ndimage.binary_opening(rng.random((40, 36, 30)) > 0.7)
@@ -103,8 +103,8 @@ def test_pieces_touching_the_bone_are_those_a_dilated_bone_meets(seed):
     touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
     expected = np.isin(labels, touching[touching > 0])
     assert 0 < expected.sum() < crop.sum()
-    np.testing.assert_array_equal(_touching_bone(crop, bone), expected)
-    assert not _touching_bone(crop, np.zeros_like(bone)).any()  # no bone: nothing is kept
+    np.testing.assert_array_equal(_pieces_touching_bone(labels, crop, bone)[labels], expected)
+    assert not _pieces_touching_bone(labels, crop, np.zeros_like(bone)).any()  # no bone: nothing is kept
 
 
 @pytest.mark.parametrize("spacing", [(0.41, 0.41, 0.625), (1.0, 1.0, 1.0), (0.5, 0.8, 2.5)])

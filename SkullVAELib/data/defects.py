@@ -8,7 +8,8 @@ on the input's exact geometry.
 
 - `cranial_defect`: on the upper vault (above the skull's mid-height, random side), either
   SkullFix style (a box plus a few cylinders, cut through the bone along the surface
-  normal) or SkullBreak style (a smooth union of balls).
+  normal), SkullBreak style (a smooth union of balls) or an irregular outline (a star-shaped
+  curve, :mod:`.outline`, cut along the normal like the box).
 - `facial_defect`: a slab from the front of the skull's bounding box, ``depth_mm`` deep,
   over the lower part of the skull (the face) and a random width.
 
@@ -25,6 +26,7 @@ import zlib
 import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.outline import draw_outline, irregular_inside
 from SkullVAELib.data.recipes import CRANIAL, CRANIAL_STYLES, FACIAL, CranialRecipe, FacialRecipe
 from SkullVAELib.io.image import SkullImage
 
@@ -145,13 +147,23 @@ def _skullbreak_region(rng, local, recipe: CranialRecipe = CRANIAL) -> np.ndarra
     return soft_min <= 0.0
 
 
+def _irregular_region(rng, local, recipe: CranialRecipe = CRANIAL) -> np.ndarray:
+    """An irregular star-shaped outline (:mod:`.outline`), cut along the normal like the SkullFix box."""
+    outline = draw_outline(lambda low, high: float(rng.uniform(low, high)), recipe)
+    return irregular_inside(*local, outline, recipe, np)
+
+
+_REGIONS = {"skullfix": _skullfix_region, "skullbreak": _skullbreak_region, "irregular": _irregular_region}
+
+
 def cranial_defect(image: SkullImage, seed: int, style: str = "skullfix") -> tuple[SkullImage, SkullImage]:
     """Cut a cranial defect from the upper vault of a complete skull.
 
     Args:
         image: complete skull (any spacing/direction).
         seed: non-negative integer; the same seed gives the same defect.
-        style: "skullfix" (box plus cylinders) or "skullbreak" (smooth union of balls).
+        style: "skullfix" (box plus cylinders), "skullbreak" (smooth union of balls) or
+            "irregular" (a star-shaped outline cut along the normal).
 
     Returns:
         (defective, implant) on ``image``'s geometry; ``defective | implant == image.mask``.
@@ -159,7 +171,7 @@ def cranial_defect(image: SkullImage, seed: int, style: str = "skullfix") -> tup
     if style not in CRANIAL_STYLES:
         raise SkullVAEError(f"cranial defect style must be one of {', '.join(CRANIAL_STYLES)}, got {style!r}")
     bone = _Bone(image)
-    region = _skullfix_region if style == "skullfix" else _skullbreak_region
+    region = _REGIONS[style]
     reach_mm = CRANIAL.reach_mm
 
     def draw(rng):

@@ -9,7 +9,9 @@ numpy. Lengths in mm, in LPS (+x left, +y posterior, +z superior); ranges are un
 * Cranial: a site on the outer upper vault (a random side, ``azimuth_deg`` from the lateral axis,
   ``elevation_deg`` above the horizontal through mid-height), the outward normal there, and in the
   tangent frame either a SkullFix box with edge cylinders, cut from ``cut_mm[0]`` inside to
-  ``cut_mm[1]`` outside along the normal, or a SkullBreak smooth union of balls.
+  ``cut_mm[1]`` outside along the normal, a SkullBreak smooth union of balls, or an irregular
+  outline (a star-shaped curve of random low Fourier orders, possibly elongated: :mod:`.outline`)
+  cut along the normal like the box.
 * Facial: a slab ``depth_mm`` back from the most anterior bone (min y), over the lower ``height``
   of the skull's height (z) and a ``width`` of its width (x) placed at random within it.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from SkullVAELib.core.errors import SkullVAEError
 
-CRANIAL_STYLES = ("skullfix", "skullbreak")
+CRANIAL_STYLES = ("skullfix", "skullbreak", "irregular")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class CranialRecipe:
     ball_depth_mm: tuple[float, float] = (-6.0, -2.0)  # SkullBreak: its centre along the normal
     ball_radius_mm: tuple[float, float] = (14.0, 26.0)
     smooth_mm: float = 4.0  # SkullBreak: the soft minimum's width (log-sum-exp)
+    outline_radius_mm: tuple[float, float] = (22.0, 42.0)  # irregular: the mean radius R (the box half-sides)
+    outline_elongation: tuple[float, float] = (1.0, 1.6)  # irregular: long / short axis (area kept)
+    outline_orders: tuple[int, int] = (3, 5)  # irregular: Fourier orders 2 … K, K drawn (inclusive)
+    outline_amplitude: tuple[float, float] = (0.15, 0.35)  # irregular: order k's, divided by √(k / 2)
+    outline_clip: tuple[float, float] = (0.3, 1.5)  # irregular: the radius stays within these fractions of R
     reach_mm: float = 110.0  # no shape reaches further from the site (lets the numpy drawing skip bone)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.outline import draw_outline, irregular_inside
 from SkullVAELib.data.recipes import CRANIAL, CRANIAL_STYLES, FACIAL, CranialRecipe, FacialRecipe
 
 
@@ -112,7 +113,7 @@ def cranial_region(
 ) -> torch.Tensor:
     """bool (X, Y, Z): one cranial defect drawn on the upper vault of ``bone`` (bool (X, Y, Z), voxel
     (i, j, k) at ``origin + spacing * (i, j, k)`` mm); ``style`` None draws SkullFix or SkullBreak
-    at even odds. Empty if ``bone`` is empty or the drawn ray meets no bone."""
+    at even odds (the augmentation's draw; "irregular" only when asked for). Empty if ``bone`` is empty or the drawn ray meets no bone."""
     if style is not None and style not in CRANIAL_STYLES:
         raise SkullVAEError(f"cranial defect style must be one of {', '.join(CRANIAL_STYLES)}, got {style!r}")
     if not bool(bone.any()):
@@ -133,6 +134,9 @@ def cranial_region(
         style = "skullfix" if float(torch.rand((), generator=generator)) < 0.5 else "skullbreak"
     if style == "skullfix":
         return _skullfix(a, b, d, generator, recipe)
+    if style == "irregular":
+        outline = draw_outline(lambda low, high: _uniform((low, high), generator), recipe)
+        return irregular_inside(a, b, d, outline, recipe, torch)
     return _skullbreak(a, b, d, generator, recipe)
 
 

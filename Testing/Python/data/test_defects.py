@@ -15,6 +15,7 @@ from SkullVAELib.io.image import SkullImage, read_skull, write_mask
 CUTS = {
     "skullfix": lambda image, seed: cranial_defect(image, seed, style="skullfix"),
     "skullbreak": lambda image, seed: cranial_defect(image, seed, style="skullbreak"),
+    "irregular": lambda image, seed: cranial_defect(image, seed, style="irregular"),
     "facial": lambda image, seed: facial_defect(image, seed),
 }
 
@@ -61,7 +62,7 @@ def test_identities(skulls, kind, which):
 
 
 @pytest.mark.parametrize("which", ["phantom", "oblique", "permuted"])
-@pytest.mark.parametrize("style", ["skullfix", "skullbreak"])
+@pytest.mark.parametrize("style", ["skullfix", "skullbreak", "irregular"])
 def test_cranial_defect_on_upper_vault(skulls, which, style):
     complete = skulls[which]
     bone = _physical(complete, complete.mask)

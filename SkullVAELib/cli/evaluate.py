@@ -79,7 +79,7 @@ def register(subparsers) -> None:
         "--defects",
         default="cranial,vault,facial",
         help="defect types: cranial (the data set's own), vault (random vault places, SkullBreak-style "
-        "generator), facial (generated)",
+        "generator), irregular (the same places, irregular outlines), facial (generated)",
     )
     implants.add_argument(
         "--mirror",

@@ -4,6 +4,8 @@ Defect types of one skull (case id):
 - ``cranial``: SkullFix's own defect (``defective_skull/ID`` + ``implant/ID``);
 - ``vault``: a cranial defect at a random place on the vault, cut from the complete skull by
   ``defects.cranial_defect(style="skullbreak")`` with ``defects.case_seed(seed, ID)``;
+- ``irregular``: the same with ``style="irregular"`` (an irregular outline cut along the normal);
+  a seed draws the same vault site as for ``vault`` (unless a draw is retried): they differ in shape;
 - ``facial``: ``defects.facial_defect`` with ``case_seed(seed, ID)``.
 
 Methods: an ordered chain of implant sources joined by "+", run through the product's own
@@ -34,7 +36,8 @@ from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
 from SkullVAELib.evaluation.metrics import dice, implant_metrics
 from SkullVAELib.io.image import SkullImage, read_skull
 
-DEFECT_TYPES = ("cranial", "vault", "facial")
+DEFECT_TYPES = ("cranial", "vault", "irregular", "facial")
+VAULT_STYLES = {"vault": "skullbreak", "irregular": "irregular"}  # drawn cranial defects: their style
 METHODS = ("rimfit", "learned", "atlas", "model", "rimfit+learned", "rimfit+atlas", "rimfit+model")  # examples
 METRICS = ("dsc", "bdsc", "hd95", "skull_dsc")
 
@@ -44,7 +47,7 @@ class DefectCase:
     """One evaluation case: the defective skull, its true implant and the complete skull mask."""
 
     case_id: str
-    defect: str  # "cranial" (SkullFix), "vault" (random, skullbreak style) or "facial"
+    defect: str  # "cranial" (SkullFix), "vault" (random, skullbreak style), "irregular" or "facial"
     seed: int | None
     defective: SkullImage
     implant: np.ndarray
@@ -94,8 +97,8 @@ def defect_cases(
                 continue
             for seed in seeds:
                 s = case_seed(int(seed), cid)
-                if defect == "vault":
-                    defective, implant = cranial_defect(complete, s, style="skullbreak")
+                if defect in VAULT_STYLES:
+                    defective, implant = cranial_defect(complete, s, style=VAULT_STYLES[defect])
                 else:
                     defective, implant = facial_defect(complete, s)
                 yield DefectCase(cid, defect, int(seed), defective, implant.mask, complete.mask)

@@ -35,6 +35,21 @@ def test_protocol_scores_random_vault_defects_with_the_rim_fit(phantom_root):
     assert again[0]["dsc"] == rows[1]["dsc"]
 
 
+def test_irregular_defects_are_drawn_like_vault_ones_with_another_outline(phantom_root):
+    """``irregular``: cranial_defect(style="irregular") with case_seed(seed, ID), as ``vault`` is skullbreak's."""
+    from SkullVAELib.data.defects import case_seed, cranial_defect
+    from SkullVAELib.io.image import read_skull
+
+    cases = list(implant_eval.defect_cases(phantom_root, ["900"], ["vault", "irregular"], seeds=[0, 1]))
+    assert [(c.defect, c.seed) for c in cases] == [("vault", 0), ("vault", 1), ("irregular", 0), ("irregular", 1)]
+    complete = read_skull(phantom_root / "complete_skull" / "900.nrrd", kind="binary")
+    for case in cases[2:]:
+        _, implant = cranial_defect(complete, case_seed(case.seed, "900"), style="irregular")
+        assert np.array_equal(case.implant, implant.mask) and case.implant.any()
+        assert np.array_equal(case.defective.mask | case.implant, case.complete)
+    assert not np.array_equal(cases[0].implant, cases[2].implant)  # the same site, another shape
+
+
 def test_a_geometric_method_on_a_facial_defect_is_an_honest_empty_row(phantom_root):
     (row,) = implant_eval.run_protocol(phantom_root, ["900"], ["rimfit"], ["facial"], seeds=[0])
     assert row["empty"] == 1.0 and row["dsc"] == 0.0 and math.isinf(row["hd95"])

@@ -22,7 +22,7 @@ def source_list(text: str) -> tuple[str, ...]:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model, --refiner, --atlas: where the trained parts come from (all optional)."""
+    """--model, --refiner, --residual, --atlas: where the trained parts come from (all optional)."""
     p.add_argument(
         "--model",
         default=None,
@@ -31,10 +31,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--refiner",
         type=Path,
+        action="append",
         default=None,
         metavar="FILE",
-        help="learned facial refiner file "
-        "(skullvae train-refiner; default MODEL/refiner.safetensors when there is one)",
+        help="learned facial refiner file (skullvae train-refiner; default MODEL/refiner*.safetensors when there "
+        "is one); give it several times for an ensemble (the members' probabilities averaged)",
+    )
+    p.add_argument(
+        "--residual",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="learned cranial residual file (skullvae train-residual; default MODEL/residual*.safetensors when "
+        "there is one); give it several times for an ensemble (the members' shifts averaged)",
     )
     p.add_argument(
         "--atlas",
@@ -132,6 +142,7 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         CompletionSettings,
         FinishSettings,
         LearnedSettings,
+        ResidualSettings,
         RimFitSettings,
     )
 
@@ -156,6 +167,7 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         vae=vae,
         rimfit=dataclasses.replace(RimFitSettings(), mirror=args.mirror),
         learned=LearnedSettings(args.refiner),
+        residual=ResidualSettings(args.residual),
         atlas=AtlasSettings(args.atlas),
         finish=FinishSettings(args.smooth_mm, args.margin_mm, args.min_thickness_mm),
         quality=args.quality,

@@ -72,8 +72,20 @@ def register(subparsers) -> None:
     implants.add_argument(
         "--refiner",
         type=Path,
+        action="append",
         default=None,
-        help="facial refiner (skullvae train-refiner) for the learned source (default MODEL/refiner.safetensors)",
+        metavar="FILE",
+        help="facial refiner (skullvae train-refiner) for the learned source (default MODEL/refiner*.safetensors); "
+        "several times: an ensemble (the members' probabilities averaged)",
+    )
+    implants.add_argument(
+        "--residual",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="cranial residual (skullvae train-residual) for the residual source (default "
+        "MODEL/residual*.safetensors); several times: an ensemble (the members' shifts averaged)",
     )
     implants.add_argument(
         "--defects",
@@ -118,6 +130,7 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
         atlas=args.atlas,
         refiner=args.refiner,
         mirror=args.mirror,
+        residual=args.residual,
     )
     for (method, defect), entry in summary.items():
         print(

@@ -116,10 +116,9 @@ def method_completers(methods: Sequence[str], settings, folder=None) -> dict:
     model folder (its parts load once)."""
     import dataclasses
 
-    from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.pipeline.completer import Completer
 
-    folder = folder or ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
+    folder = folder or settings.model_folder()
     out = {}
     for method in methods:
         for kind in DEFECTS:

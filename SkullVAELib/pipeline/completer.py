@@ -47,7 +47,7 @@ class Completer:
 
     def __init__(self, settings: CompletionSettings, folder: ModelFolder | None = None) -> None:
         self.settings = settings
-        self.folder = folder or ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
+        self.folder = folder or settings.model_folder()
         self.sources = [source_class(name)(settings) for name in settings.sources]
 
     def complete(

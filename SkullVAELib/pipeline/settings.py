@@ -23,6 +23,7 @@ __all__ = [
     "CompletionSettings",
     "FinishSettings",
     "LearnedSettings",
+    "ResidualSettings",
     "RimFitSettings",
     "check_sources",
 ]
@@ -36,11 +37,35 @@ class RimFitSettings:
     config: RimFitConfig = field(default_factory=RimFitConfig)
 
 
+def _paths(value) -> tuple[Path, ...]:
+    """None, one path or several as a tuple of paths."""
+    if value is None:
+        return ()
+    if isinstance(value, str | Path):
+        return (Path(value),)
+    return tuple(Path(v) for v in value)
+
+
 @dataclass(frozen=True)
 class LearnedSettings:
-    """The learned source: ``path`` of a refiner file; None = the model folder's ``refiner.safetensors``."""
+    """The learned facial source: ``paths`` of refiner files (several: one ensemble, their
+    probabilities averaged); empty = the model folder's ``refiner*.safetensors``."""
 
-    path: Path | None = None
+    paths: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", _paths(self.paths))
+
+
+@dataclass(frozen=True)
+class ResidualSettings:
+    """The learned cranial residual: ``paths`` of residual files (several: one ensemble, their
+    shifts averaged); empty = the model folder's ``residual*.safetensors``."""
+
+    paths: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", _paths(self.paths))
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,7 @@ class CompletionSettings:
             "cranial" or "facial".
         vae: the model's part (γ, threshold, cleanup, uncertainty samples, resampling, test-time fit);
             its ``defect`` is ignored (``defect`` above decides).
-        rimfit, learned, atlas: each source's own settings.
+        rimfit, learned, atlas, residual: each source's own settings.
         postprocess: the shared post-processing applied to every proposal.
         finish: smoothing, a gap to the bone and a minimum thickness for manufacture (all off by default).
         quality: score every proposal's agreement with the rim and pass over failed ones.
@@ -76,6 +101,7 @@ class CompletionSettings:
     vae: CompletionConfig = field(default_factory=CompletionConfig)
     rimfit: RimFitSettings = field(default_factory=RimFitSettings)
     learned: LearnedSettings = field(default_factory=LearnedSettings)
+    residual: ResidualSettings = field(default_factory=ResidualSettings)
     atlas: AtlasSettings = field(default_factory=AtlasSettings)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     finish: FinishSettings = field(default_factory=FinishSettings)
@@ -95,6 +121,12 @@ class CompletionSettings:
                 object.__setattr__(self, name, Path(value))
         if not math.isfinite(self.vae.gamma):
             raise SkullVAEError(f"γ must be finite, got {self.vae.gamma}")
+
+    def model_folder(self):
+        """The :class:`~SkullVAELib.bundle.folder.ModelFolder` these settings name (its parts load on use)."""
+        from SkullVAELib.bundle.folder import ModelFolder
+
+        return ModelFolder(self.model, self.learned.paths or None, self.atlas.path, self.residual.paths or None)
 
     def with_gamma(self, gamma: float) -> CompletionSettings:
         """The same settings with another γ (a γ sweep reuses one Completer; see ``Completer.complete``)."""

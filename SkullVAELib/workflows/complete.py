@@ -77,7 +77,7 @@ def warm_completer(settings: CompletionSettings):
 
 def _parts_stamp(settings: CompletionSettings) -> str:
     """The modification times of the model parts the settings name (empty without any)."""
-    paths = [settings.model, settings.learned.path, settings.atlas.path]
+    paths = [settings.model, *settings.learned.paths, *settings.residual.paths, settings.atlas.path]
     files = []
     for path in (Path(p) for p in paths if p is not None):
         files += [path] if path.is_file() else sorted(f for f in path.glob("*") if f.is_file()) if path.is_dir() else []

@@ -31,7 +31,7 @@ def _refuse_seen_ids(folder, used: set[str], test_ids: set[str]) -> None:
         "model": ("has_vae", "--model"),
         "atlas": ("has_atlas", "--atlas"),
         "learned": ("has_refiner", "--refiner"),
-        "residual": ("has_residual", "--model"),
+        "residual": ("has_residual", "--residual"),
     }
     for source, (present, option) in needs.items():
         if source in used and not getattr(folder, present):
@@ -85,17 +85,25 @@ def evaluate_implants(
     label: str = "",
     progress: ProgressCallback | None = None,
     atlas: str | os.PathLike | None = None,
-    refiner: str | os.PathLike | None = None,
+    refiner: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     mirror: bool = True,
+    residual: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> tuple[dict, Path]:
     """Run the protocol (:func:`implant_eval.run_protocol`) and write its files; (summary, table path).
 
     Every method runs through the product's :class:`~SkullVAELib.pipeline.completer.Completer`.
-    The parts the methods use (model, atlas set, refiner) must not have seen any of ``test_ids``.
+    The parts the methods use (model, atlas set, refiner, residual) must not have seen any of
+    ``test_ids``. Several ``refiner`` (or ``residual``) files are one ensemble (their members'
+    probabilities, or shifts, averaged).
     """
-    from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.evaluation import implants as implant_eval
-    from SkullVAELib.pipeline.settings import AtlasSettings, CompletionSettings, LearnedSettings, RimFitSettings
+    from SkullVAELib.pipeline.settings import (
+        AtlasSettings,
+        CompletionSettings,
+        LearnedSettings,
+        ResidualSettings,
+        RimFitSettings,
+    )
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -104,11 +112,12 @@ def evaluate_implants(
     settings = CompletionSettings(
         model=None if model is None else Path(model),
         rimfit=RimFitSettings(mirror=mirror),
-        learned=LearnedSettings(None if refiner is None else Path(refiner)),
+        learned=LearnedSettings(refiner),
+        residual=ResidualSettings(residual),
         atlas=AtlasSettings(None if atlas is None else Path(atlas)),
         device=device,
     )
-    folder = ModelFolder(settings.model, settings.learned.path, settings.atlas.path)
+    folder = settings.model_folder()
     _refuse_seen_ids(folder, used, set(test_ids))
     rows = implant_eval.run_protocol(
         list(data), list(test_ids), list(methods), list(defects), list(seeds), settings, progress, folder

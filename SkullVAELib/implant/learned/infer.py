@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -16,10 +17,14 @@ import numpy as np
 import torch
 
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
+from SkullVAELib.implant.ensemble import MemberMean, join_members
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
 from SkullVAELib.implant.learned.lps_grid import from_lps_grid, grid_corners, to_lps_grid
 from SkullVAELib.io.image import SkullImage
+
+# the settings that place the crop and threshold its probability: an ensemble's members share them
+ENSEMBLE_KEYS = ("spacing_mm", "crop_shape", "crop_offset_mm", "threshold")
 
 
 @dataclass
@@ -56,10 +61,13 @@ class FacialRefiner:
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> FacialRefiner:
-        """From a ``refiner.safetensors`` file (never unpickled)."""
+        """From a ``refiner.safetensors`` file, or several (an ensemble: their probabilities averaged
+        before the threshold; they must share the grid settings ``ENSEMBLE_KEYS``); never unpickled."""
         from SkullVAELib.implant.learned.config import load_refiner
 
-        network, cfg, info = load_refiner(path, device)
+        paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+        loaded = [load_refiner(p, device) for p in paths]
+        network, cfg, info = join_members(loaded, paths, ENSEMBLE_KEYS, "refiner", member_probability)
         return cls(network, cfg, device, info)
 
     def __call__(self, skull: SkullImage) -> LearnedImplant:
@@ -76,11 +84,20 @@ def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Mod
     o = torch.as_tensor(origin, dtype=torch.float32)
     start = crop_start(face_anchor(volume, o, cfg.spacing_mm), o, cfg)
     x = cut(volume.float()[None, None], start, cfg.crop_shape).to(device)
+    probability = member_probability(network, x, cfg)[0, 0].cpu()
+    return paste(probability, start, tuple(bone.shape)).numpy(), start
+
+
+def member_probability(network: torch.nn.Module, x: torch.Tensor, cfg: RefinerConfig) -> torch.Tensor:
+    """float32 (B, 1, X, Y, Z): the implant probability of ``network`` on crops ``x`` (B, 1, X, Y, Z);
+    with ``cfg.test_time_mirror``, averaged with that of the left-right mirror. An ensemble
+    (:class:`~SkullVAELib.implant.ensemble.MemberMean`) already outputs its members' mean probability."""
+    if isinstance(network, MemberMean):
+        return network(x).float()
     probability = torch.sigmoid(network(x).float())
     if cfg.test_time_mirror:  # x is the patient's left-right axis (LPS-aligned grid)
         probability = 0.5 * (probability + torch.sigmoid(network(x.flip(2)).float()).flip(2))
-    probability = probability[0, 0].cpu()
-    return paste(probability, start, tuple(bone.shape)).numpy(), start
+    return probability
 
 
 def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage):

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from SkullVAELib.implant.ensemble import MemberMean, join_members
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.features import (
     crop_grid,
@@ -24,6 +26,9 @@ from SkullVAELib.implant.residual.features import (
     signed_distance,
 )
 from SkullVAELib.io.image import SkullImage
+
+# the settings that place the crop and make its inputs: an ensemble's members share them
+ENSEMBLE_KEYS = ("spacing_mm", "crop_shape", "sdf_clip_mm")
 
 
 @dataclass
@@ -48,10 +53,13 @@ class CranialResidual:
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> CranialResidual:
-        """From a ``residual.safetensors`` file (never unpickled)."""
+        """From a ``residual.safetensors`` file, or several (an ensemble: their shifts in mm averaged
+        before ``sdf + shift > 0``; they must share the grid settings ``ENSEMBLE_KEYS``); never unpickled."""
         from SkullVAELib.implant.residual.config import load_residual
 
-        network, cfg, info = load_residual(path, device)
+        paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+        loaded = [load_residual(p, device) for p in paths]
+        network, cfg, info = join_members(loaded, paths, ENSEMBLE_KEYS, "residual", member_shift)
         return cls(network, cfg, device, info)
 
     def __call__(
@@ -64,10 +72,19 @@ class CranialResidual:
 def predict_shift(network: torch.nn.Module, inputs: np.ndarray, cfg: ResidualConfig, device: str = "cpu") -> np.ndarray:
     """float32 (X, Y, Z): the shift in mm for one crop's inputs (3, X, Y, Z)."""
     x = torch.from_numpy(inputs)[None].to(device)
+    return member_shift(network, x, cfg)[0, 0].cpu().numpy()
+
+
+def member_shift(network: torch.nn.Module, x: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
+    """float32 (B, 1, X, Y, Z): the shift in mm of ``network`` on crops ``x`` (B, 3, X, Y, Z); with
+    ``cfg.test_time_mirror``, averaged with that of the left-right mirror. An ensemble
+    (:class:`~SkullVAELib.implant.ensemble.MemberMean`) already outputs its members' mean shift."""
+    if isinstance(network, MemberMean):
+        return network(x).float()
     shift = cfg.shift_mm(network(x).float())
     if cfg.test_time_mirror:  # the crop's x axis is the patient's left-right axis (LPS-aligned)
         shift = 0.5 * (shift + cfg.shift_mm(network(x.flip(2)).float()).flip(2))
-    return shift[0, 0].cpu().numpy()
+    return shift
 
 
 def corrected_implant(

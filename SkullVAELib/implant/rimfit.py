@@ -61,6 +61,7 @@ class RimFitConfig:
     max_rim_points: int = 600
     grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
     grow_iterations: int = 3
+    grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
@@ -194,10 +195,12 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
     """Add the rays next to the hole whose outermost bone lies ``grow_mm`` inside the surface fitted
     from the rim: the ray passed through the hole and met deeper bone (skull base, orbit roof).
     Such rays join when they connect to the hole (8-neighbours) through other such rays, within
-    ``cfg.ring[1]`` cells of it."""
+    ``cfg.grow_reach`` cells of the hole as found: true ones lie 1-4 cells out, and without the
+    limit the spline, refitted on a ring that moves out with the hole, can walk down a thin wall."""
     alpha, beta = raycast.angle_grid(raymap.step_deg)
     flat_dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
     cells = hole.cells
+    near_hole = ndimage.binary_dilation(cells, _SQUARE, iterations=cfg.grow_reach) & raymap.hit
     for _ in range(cfg.grow_iterations):
         ring = _rim_rays(raymap, cells, cfg, hole.unusable)
         if ring.sum() < 10:
@@ -205,7 +208,7 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
         rim_idx = np.flatnonzero(ring)
         if len(rim_idx) > cfg.max_rim_points:
             rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
-        near = ndimage.binary_dilation(cells, _SQUARE, iterations=cfg.ring[1]) & raymap.hit & ~cells
+        near = near_hole & ~cells
         if not near.any():
             break
         kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}

@@ -205,3 +205,43 @@ def test_growing_from_the_hole_takes_the_cells_a_labelling_keeps(seed):
     np.testing.assert_array_equal(got, np.isin(labels, keep[keep > 0]))
     assert got.sum() > cells.sum()
     assert sum(asked) < allowed.sum()  # only the cells next to the growing set were evaluated
+
+
+def _sunken_sector_map(step_deg: float = 2.0):
+    """A ray map of a 70 mm shell (6 mm thick) with a hole of 12° about a lateral-up direction and,
+    next to it on its upper side, a sector 24° long whose outer bone lies 10 mm deep: (map, hole
+    cells, sector cells)."""
+    alpha, beta = raycast.angle_grid(step_deg)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    towards = np.array([0.8, 0.0, 0.6])  # LPS: left and up, away from the grid's poles and seam
+    angle = np.degrees(np.arccos(np.clip(dirs @ towards, -1.0, 1.0)))
+    hole = angle < 12.0
+    side = dirs @ np.array([-0.6, 0.0, 0.8])  # up the vault, across the hole's direction
+    across = np.abs(dirs @ np.array([0.0, 1.0, 0.0]))
+    sector = ~hole & (angle < 36.0) & (side > 0.0) & (across < 0.12)
+    r_out = np.where(sector, 60.0, 70.0).astype(np.float32)
+    r_out[hole] = np.nan
+    return raycast.RayMap(np.zeros(3), step_deg, ~hole, r_out, r_out - 6.0), hole, sector
+
+
+@pytest.mark.parametrize("reach", [3, 20])
+def test_a_hole_grows_no_further_than_its_reach(reach):
+    """Rays next to the hole whose bone lies deep join it, through each other, but no further than
+    ``grow_reach`` cells from the hole as found (a spline refitted on a moving ring can walk down a
+    thin wall); the rim (14-20 cells out) sees only the shell, so every sector cell is deep."""
+    from scipy import ndimage
+
+    from SkullVAELib.implant.rimfit import RimFitConfig, find_holes, grow_hole
+
+    raymap, hole_cells, sector = _sunken_sector_map()
+    (hole,) = find_holes(raymap)
+    np.testing.assert_array_equal(hole.cells, hole_cells)
+    cfg = RimFitConfig(step_deg=2.0, ring=(14, 20), grow_reach=reach)
+    grown = grow_hole(raymap, hole, cfg).cells & ~hole_cells
+    within = ndimage.binary_dilation(hole_cells, np.ones((3, 3), bool), iterations=reach)
+    assert grown.any() and not (grown & ~sector).any()  # only the deep rays join
+    assert not (grown & ~within).any()
+    if reach >= 20:
+        np.testing.assert_array_equal(grown, sector & within)  # the whole sector, connected to the hole
+    else:
+        assert grown.sum() < sector.sum()

@@ -1,0 +1,92 @@
+"""The rim fit under other settings, case by case against the truth (issue 24: choosing a setting on validation).
+
+Usage::
+
+    .venv/bin/python benchmarks/rimfit_variants.py --ids 056-063 --defects cranial,vault,irregular \\
+        --seeds 0,1 --variant base= --variant nogrow=grow_mm:0 --variant r6=grow_reach:6
+
+A variant is ``NAME=FIELD:VALUE;FIELD:VALUE`` of :class:`~SkullVAELib.implant.rimfit.RimFitConfig`
+(``NAME=`` alone: the defaults). Each case (the evaluation's ``defect_cases``: SkullFix's own
+defect for ``cranial``, ``cranial_defect`` of the style with ``case_seed(seed, ID)`` for ``vault`` and
+``irregular``) registers its mirror plane once and fits every variant with the mirror cue, as the
+``rimfit`` source does. Prints one JSON line per case (implant DSC and HD95 mm per variant), then per
+defect and variant: mean and minimum DSC, mean and largest HD95, and how many cases moved by more
+than 0.005 DSC against the first variant. Needs SkullFix (``complete_skull``, ``defective_skull``,
+``implant``); about 4 s per case and variant on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import SKULLFIX  # noqa: E402
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """("name", RimFitConfig keyword arguments) of ``NAME=FIELD:VALUE;...`` (values cast to the field's type)."""
+    from SkullVAELib.implant.rimfit import RimFitConfig
+
+    name, _, settings = spec.partition("=")
+    defaults = RimFitConfig()
+    known = {f.name for f in fields(RimFitConfig)}
+    kwargs = {}
+    for item in filter(None, settings.split(";")):
+        key, _, value = item.partition(":")
+        if key not in known:
+            raise SystemExit(f"rimfit_variants.py: error: {key!r} is not a RimFitConfig field")
+        kwargs[key] = type(getattr(defaults, key))(value)
+    return name or "base", kwargs
+
+
+def summary(rows: list[dict], names: list[str]) -> None:
+    """Per defect and variant: mean / min DSC, mean / max HD95, cases better / worse than the first variant."""
+    for defect in sorted({r["defect"] for r in rows}):
+        mine = [r for r in rows if r["defect"] == defect]
+        for name in names:
+            dsc = np.array([r[name][0] for r in mine])
+            hd = np.array([r[name][1] for r in mine])
+            moved = dsc - np.array([r[names[0]][0] for r in mine])
+            print(
+                f"{defect:10s} {name:10s} n {len(mine):3d}  DSC {dsc.mean():.4f} (min {dsc.min():.4f})  "
+                f"HD95 {hd.mean():.2f} (max {hd.max():.2f})  better/worse {int((moved > 0.005).sum())}/"
+                f"{int((moved < -0.005).sum())}"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=SKULLFIX)
+    p.add_argument("--ids", default="056-063", help="case ids (validation by default)")
+    p.add_argument("--defects", default="cranial,vault", help="cranial, vault, irregular (comma-separated)")
+    p.add_argument("--seeds", default="0,1", help="defect seeds of vault and irregular")
+    p.add_argument("--variant", action="append", required=True, help="NAME=FIELD:VALUE;... (repeat)")
+    args = p.parse_args()
+    from SkullVAELib.data.case_ids import parse_id_spec
+    from SkullVAELib.evaluation.implants import defect_cases, score
+    from SkullVAELib.implant.rimfit import RimFitConfig, rim_fit
+    from SkullVAELib.implant.symmetry import find_mirror_plane
+
+    variants = dict(parse_variant(v) for v in args.variant)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
+        mirror = find_mirror_plane(case.defective).transform()
+        row = {"id": case.case_id, "defect": case.defect, "seed": case.seed}
+        for name, kwargs in variants.items():
+            implant = rim_fit(case.defective, RimFitConfig(**kwargs), mirror_transform=mirror).implant
+            measured = score(implant, case)
+            row[name] = (round(measured["dsc"], 4), round(measured["hd95"], 2))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    summary(rows, list(variants))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_residual import ConstantShift  # a stand-in network: one number everywhere
 
 from SkullVAELib.bundle.folder import ModelFolder
 from SkullVAELib.core.errors import SkullVAEError
@@ -138,17 +139,6 @@ def test_the_cli_refuses_mismatched_members_with_exit_code_2(tmp_path, facial_ca
 
 
 # --- the cranial residual ----------------------------------------------------------------------
-class ConstantShift(torch.nn.Module):
-    """A stand-in network whose raw output is one number everywhere."""
-
-    def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = value
-
-    def forward(self, x):
-        return torch.full_like(x[:, :1], self.value)
-
-
 def test_an_ensemble_of_one_residual_is_that_residual(cranial_case):
     defective, rimfit = cranial_case
     member = ConstantShift(3.0)

@@ -41,7 +41,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         key, _, value = item.partition(":")
         if key not in known:
             raise SystemExit(f"rimfit_variants.py: error: {key!r} is not a RimFitConfig field")
-        kwargs[key] = type(getattr(defaults, key))(value)
+        default = getattr(defaults, key)
+        kwargs[key] = float(value) if default is None else type(default)(value)  # None: an optional number
     return name or "base", kwargs
 
 

@@ -42,6 +42,7 @@ from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.postprocess import piece_gaps
 from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
+from SkullVAELib.implant.rimspline import gnomonic
 from SkullVAELib.implant.scanedge import scan_edge
 from SkullVAELib.io.image import SkullImage
 
@@ -76,15 +77,6 @@ class ImplantQuality:
     explanation: str = ""
 
 
-def _gnomonic(dirs: np.ndarray, centre_dir: np.ndarray) -> np.ndarray:
-    helper = np.array([1.0, 0.0, 0.0]) if abs(centre_dir[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
-    t1 = np.cross(centre_dir, helper)
-    t1 /= np.linalg.norm(t1)
-    t2 = np.cross(centre_dir, t1)
-    depth = np.maximum(dirs @ centre_dir, 1e-3)
-    return np.c_[dirs @ t1 / depth, dirs @ t2 / depth]
-
-
 def _main_footprint(footprint: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cells, unit mean direction) of the footprint's largest 8-connected group of rays."""
     labels, n = ndimage.label(footprint, structure=_SQUARE)
@@ -113,7 +105,7 @@ def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, 
     if len(ring_idx) > cfg.max_fit_points:
         ring_idx = ring_idx[np.linspace(0, len(ring_idx) - 1, cfg.max_fit_points).astype(int)]
     flat = dirs.reshape(-1, 3)
-    xy_ring, xy_band = _gnomonic(flat[ring_idx], direction), _gnomonic(flat[band.ravel()], direction)
+    xy_ring, xy_band = gnomonic(flat[ring_idx], direction), gnomonic(flat[band.ravel()], direction)
     kw = {"kernel": "thin_plate_spline", "smoothing": 0.01, "degree": 2}
     steps = []
     for bone_map, done_map in ((bone.r_out, completed.r_out), (bone.thickness, completed.thickness)):

@@ -17,8 +17,10 @@ original resolution.
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
    hole) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
-   direction; with a mirror cue (``symmetry``), the mirrored skull's radii inside the hole
-   plus a spline of the rim residual replace the plain spline where the mirror has bone.
+   direction (:mod:`rimspline`); with a mirror cue (``symmetry``), the mirrored skull's outer
+   radius inside the hole plus a spline of the rim residual replace the plain spline where the
+   mirror has bone, and its thickness enters by the share the rim confirms
+   (:func:`rimspline.mirror_thickness_weight`).
 4. Rasterise at the original resolution: every voxel whose direction falls in the hole (or a
    ``band`` of cells around it) and whose radius lies between the filled inner and outer
    radius, minus the patient's bone.
@@ -40,6 +42,7 @@ from scipy.interpolate import RBFInterpolator
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
+from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.io.image import SkullImage
 
@@ -61,6 +64,7 @@ class RimFitConfig:
     max_rim_points: int = 600
     grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
     grow_iterations: int = 3
+    mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
@@ -163,16 +167,6 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
     return sorted(holes, key=lambda h: -h.solid_angle_sr)
 
 
-def _gnomonic(dirs: np.ndarray, centre_dir: np.ndarray) -> np.ndarray:
-    """Tangent-plane coordinates (N, 2) of unit vectors about ``centre_dir`` (all within 90°)."""
-    helper = np.array([1.0, 0.0, 0.0]) if abs(centre_dir[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
-    t1 = np.cross(centre_dir, helper)
-    t1 /= np.linalg.norm(t1)
-    t2 = np.cross(centre_dir, t1)
-    depth = np.maximum(dirs @ centre_dir, 1e-3)
-    return np.c_[dirs @ t1 / depth, dirs @ t2 / depth]
-
-
 def _ring(cells: np.ndarray, inner: int, outer: int) -> np.ndarray:
     near = ndimage.binary_dilation(cells, _SQUARE, iterations=outer)
     return near & ~ndimage.binary_dilation(cells, _SQUARE, iterations=inner)
@@ -212,10 +206,10 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
         if not near.any():
             break
         kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
-        spline = RBFInterpolator(_gnomonic(flat_dirs[rim_idx], hole.direction), raymap.r_out.ravel()[rim_idx], **kw)
+        spline = RBFInterpolator(gnomonic(flat_dirs[rim_idx], hole.direction), raymap.r_out.ravel()[rim_idx], **kw)
 
         def deep(idx: np.ndarray, spline=spline) -> np.ndarray:
-            return raymap.r_out.ravel()[idx] < spline(_gnomonic(flat_dirs[idx], hole.direction)) - cfg.grow_mm
+            return raymap.r_out.ravel()[idx] < spline(gnomonic(flat_dirs[idx], hole.direction)) - cfg.grow_mm
 
         grown = _grow_connected(cells, near, deep)
         if grown.sum() == cells.sum():
@@ -269,9 +263,9 @@ def fill_hole(
     if len(rim_idx) > cfg.max_rim_points:  # even subsample keeps the solve small (O(N³))
         rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
     flat_dirs = dirs.reshape(-1, 3)
-    xy_rim = _gnomonic(flat_dirs[rim_idx], hole.direction)
+    xy_rim = gnomonic(flat_dirs[rim_idx], hole.direction)
     fill_idx = np.flatnonzero(region)
-    xy_fill = _gnomonic(flat_dirs[fill_idx], hole.direction)
+    xy_fill = gnomonic(flat_dirs[fill_idx], hole.direction)
     outer = raymap.r_out.ravel()[rim_idx].astype(np.float64)
     thick = raymap.thickness.ravel()[rim_idx].astype(np.float64)
     base_out = base_thick = 0.0
@@ -283,11 +277,13 @@ def fill_hole(
         if ok_rim.mean() > 0.9 and ok_fill[hole.cells.ravel()[fill_idx]].mean() > 0.95:
             use_mirror = ok_fill
             rim_idx, xy_rim, outer, thick = rim_idx[ok_rim], xy_rim[ok_rim], outer[ok_rim], thick[ok_rim]
-            base_out, base_thick = m_out[rim_idx], m_thick[rim_idx]
-    fit_out, fit_thick = _fit_rim_splines(xy_rim, outer - base_out, thick - base_thick, xy_fill, cfg)
+            weight = mirror_thickness_weight(thick, m_thick[rim_idx], cfg.mirror_thickness)
+            base_out, base_thick = m_out[rim_idx], weight * m_thick[rim_idx]
+    smoothing, degree = (cfg.smoothing, cfg.thickness_smoothing), (cfg.degree, cfg.thickness_degree)
+    fit_out, fit_thick = fit_rim_splines(xy_rim, outer - base_out, thick - base_thick, xy_fill, smoothing, degree)
     if use_mirror is not None:
         fit_out = fit_out + np.where(use_mirror, m_out[fill_idx], np.nan)
-        fit_thick = fit_thick + np.where(use_mirror, m_thick[fill_idx], np.nan)
+        fit_thick = fit_thick + np.where(use_mirror, weight * m_thick[fill_idx], np.nan)
         hole.source = "mirror+spline"
     fit_thick = np.clip(fit_thick, 1.0, None)
     r_out.ravel()[fill_idx] = fit_out
@@ -299,18 +295,6 @@ def fill_hole(
     hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
     hole.expected_volume_mm3 = hole.area_mm2 * hole.rim_thickness_mm
     return region & np.isfinite(r_out), r_in, r_out
-
-
-def _fit_rim_splines(xy_rim, outer, thick, xy_fill, cfg: RimFitConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(outer radius, thickness) at ``xy_fill`` (M, 2) from thin-plate splines through their rim values
-    at ``xy_rim`` (N, 2). One interpolator with two value columns when both splines share their
-    settings (the default): the kernel between the fill and rim points, most of the time, is built once."""
-    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
-    if (cfg.thickness_smoothing, cfg.thickness_degree) == (cfg.smoothing, cfg.degree):
-        both = RBFInterpolator(xy_rim, np.stack([outer, thick], axis=1), **kw)(xy_fill)
-        return both[:, 0], both[:, 1]
-    kw_thick = {**kw, "smoothing": cfg.thickness_smoothing, "degree": cfg.thickness_degree}
-    return RBFInterpolator(xy_rim, outer, **kw)(xy_fill), RBFInterpolator(xy_rim, thick, **kw_thick)(xy_fill)
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:

@@ -158,27 +158,6 @@ def test_a_hole_at_the_back_of_the_vault_is_a_hole(phantom):
     assert not (result.implant & defective.mask).any()
 
 
-def test_the_two_rim_splines_in_one_interpolator_fit_like_two():
-    """Outer radius and thickness share one thin-plate interpolator when their settings agree (the
-    default), and get one each when they differ: the same values either way."""
-    from scipy.interpolate import RBFInterpolator
-
-    from SkullVAELib.implant.rimfit import RimFitConfig, _fit_rim_splines
-
-    rng = np.random.default_rng(0)
-    rim, fill = rng.normal(size=(200, 2)), rng.normal(size=(500, 2))
-    outer, thick = rng.normal(80.0, 2.0, 200), rng.normal(6.0, 1.0, 200)
-    for cfg in (RimFitConfig(), RimFitConfig(thickness_smoothing=0.5, thickness_degree=1)):
-        got_outer, got_thick = _fit_rim_splines(rim, outer, thick, fill, cfg)
-        kw = {"kernel": "thin_plate_spline"}
-        want_outer = RBFInterpolator(rim, outer, smoothing=cfg.smoothing, degree=cfg.degree, **kw)(fill)
-        want_thick = RBFInterpolator(rim, thick, smoothing=cfg.thickness_smoothing, degree=cfg.thickness_degree, **kw)(
-            fill
-        )
-        np.testing.assert_allclose(got_outer, want_outer, rtol=0, atol=1e-8)
-        np.testing.assert_allclose(got_thick, want_thick, rtol=0, atol=1e-8)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_growing_from_the_hole_takes_the_cells_a_labelling_keeps(seed):
     """The hole grows through accepted cells next to it; the same cells as accepting the whole band

@@ -14,6 +14,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
 )
+from SkullVAELib.data.recipes import CRANIAL_STYLES
 
 
 def register(subparsers) -> None:
@@ -35,6 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--extra", default=None, help="a folder of defective skulls without ground truth (skullfix_test)")
     p.add_argument("--extra-ids", default=None, help="case ids of --extra (default: all)")
     p.add_argument("--draws", type=int, default=1, help="drawn defects per skull (default 1)")
+    p.add_argument(
+        "--styles",
+        default=",".join(CRANIAL_STYLES),
+        help="the drawn defects' shapes, taking turns by skull and draw (default and choices: "
+        f"{','.join(CRANIAL_STYLES)})",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -80,9 +87,10 @@ def _pools(args, cfg, progress, log) -> tuple[list[Path], list[Path]]:
 
     if args.data is None or not args.train_ids:
         raise SkullVAEError("give --data with --train-ids (or --pools)")
-    jobs = [("pool-train.npz", args.data, parse_id_spec(args.train_ids), ("real", "skullfix", "skullbreak"), "")]
+    styles = _styles(args.styles)
+    jobs = [("pool-train.npz", args.data, parse_id_spec(args.train_ids), ("real", *styles), "")]
     if args.val_ids:
-        jobs.append(("pool-val.npz", args.data, parse_id_spec(args.val_ids), ("real", "skullfix", "skullbreak"), ""))
+        jobs.append(("pool-val.npz", args.data, parse_id_spec(args.val_ids), ("real", *styles), ""))
     if args.extra:
         ids = parse_id_spec(args.extra_ids) if args.extra_ids else _all_ids(args.extra)
         jobs.append(("pool-extra.npz", args.extra, ids, ("extra",), "extra-"))
@@ -91,10 +99,20 @@ def _pools(args, cfg, progress, log) -> tuple[list[Path], list[Path]]:
         path = args.out / name
         if not (args.resume and path.is_file()):
             build_residual_pool(data, ids, path, kinds, cfg, draws=args.draws, overwrite=args.overwrite,
-                                progress=progress, id_prefix=prefix, jobs=args.jobs)  # fmt: skip
+                                progress=progress, id_prefix=prefix, jobs=args.jobs, extra_styles=styles)  # fmt: skip
             log(f"wrote {path}")
         (val if name == "pool-val.npz" else train).append(path)
     return train, val
+
+
+def _styles(text: str) -> tuple[str, ...]:
+    """The --styles list, each one of CRANIAL_STYLES (one-line error otherwise)."""
+    from SkullVAELib.core.errors import SkullVAEError
+
+    styles = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not styles or set(styles) - set(CRANIAL_STYLES):
+        raise SkullVAEError(f"--styles takes some of {','.join(CRANIAL_STYLES)}, got {text!r}")
+    return styles
 
 
 def _all_ids(folder) -> list[str]:

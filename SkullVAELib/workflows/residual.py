@@ -16,6 +16,7 @@ from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.data.recipes import CRANIAL_STYLES
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.train import ResidualTrainConfig
 
@@ -42,6 +43,7 @@ class _PoolCase:
     defective: Path | None
     implant: Path | None
     kinds: tuple[str, ...]
+    extra_styles: tuple[str, ...]
     cfg: ResidualConfig
     draws: int
     id_prefix: str
@@ -59,18 +61,18 @@ def _case_rows(case: _PoolCase) -> list[tuple[str, str, dict]]:
         sample = make_sample(defective, read_skull(case.implant, kind="binary").mask, cfg)
         if sample is not None:
             rows.append((name, "real", sample))
-    drawn = [k for k in kinds if k in ("skullfix", "skullbreak")]
+    drawn = [k for k in kinds if k in CRANIAL_STYLES]
     if drawn and case.complete is not None:
         skull = read_skull(case.complete, kind="binary")
         for d in range(case.draws):
-            # one style per draw, alternating by case and draw: both styles, half the rim fits
+            # one style per draw, taking turns by case and draw: every style, one rim fit per draw
             style = drawn[(case.n + d) % len(drawn)]
             rows += [
                 (name, kind, s) for kind, s in drawn_samples(skull, case_seed(SEED_BASE + d, case.cid), cfg, (style,))
             ]
     if "extra" in kinds and case.defective is not None and case.complete is None:
         seeds = [case_seed(SEED_BASE + d, case.cid) for d in range(case.draws)]
-        samples = extra_samples(read_skull(case.defective, kind="binary"), seeds, cfg)
+        samples = extra_samples(read_skull(case.defective, kind="binary"), seeds, cfg, styles=case.extra_styles)
         rows += [(name, "extra", sample) for sample in samples if sample is not None]
     return rows
 
@@ -78,19 +80,31 @@ def _case_rows(case: _PoolCase) -> list[tuple[str, str, dict]]:
 def pool_rows(
     data: str | os.PathLike, ids: Sequence[str], kinds: Sequence[str], cfg: ResidualConfig, draws: int = 1,
     progress: ProgressCallback | None = None, id_prefix: str = "", jobs: int = 1,
+    extra_styles: Sequence[str] = CRANIAL_STYLES,
 ):  # fmt: skip
     """(id, kind, sample) for every skull of ``data`` in ``ids``, in the order of ``ids`` whatever
     ``jobs``: ``real`` needs defective_skull/ and implant/, the drawn kinds complete_skull/,
-    ``extra`` defective_skull/ alone (no ground truth). Stored ids are ``id_prefix + id`` (another
-    data set's skulls must not share SkullFix's ids). ``jobs`` > 1: skulls side by side in worker
-    processes (:mod:`.processes`; one core each)."""
+    ``extra`` defective_skull/ alone (no ground truth; its new defects take ``extra_styles`` in
+    turn). Stored ids are ``id_prefix + id`` (another data set's skulls must not share SkullFix's
+    ids). ``jobs`` > 1: skulls side by side in worker processes (:mod:`.processes`; one core each)."""
     from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
 
     root = Path(data)
     folders = (LABEL_FOLDERS["complete"], LABEL_FOLDERS["cranial"], IMPLANT_FOLDERS["cranial"])
     complete, defective, implants = (_files(root, f) for f in folders)
     cases = [
-        _PoolCase(n, cid, complete.get(cid), defective.get(cid), implants.get(cid), tuple(kinds), cfg, draws, id_prefix)
+        _PoolCase(
+            n,
+            cid,
+            complete.get(cid),
+            defective.get(cid),
+            implants.get(cid),
+            tuple(kinds),
+            tuple(extra_styles),
+            cfg,
+            draws,
+            id_prefix,
+        )
         for n, cid in enumerate(ids)
     ]
     if jobs > 1:  # bounded by the cases, the cores and the memory limit (one skull per worker), before any work
@@ -114,13 +128,14 @@ def build_residual_pool(
     data: str | os.PathLike,
     ids: Sequence[str],
     out: str | os.PathLike,
-    kinds: Sequence[str] = ("real", "skullfix", "skullbreak"),
+    kinds: Sequence[str] = ("real", *CRANIAL_STYLES),
     cfg: ResidualConfig | None = None,
     draws: int = 1,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     id_prefix: str = "",
     jobs: int = 1,
+    extra_styles: Sequence[str] = CRANIAL_STYLES,
 ) -> Path:
     """Write the samples of ``ids`` of ``data`` to the pool file ``out`` (``jobs`` skulls at a time,
     :func:`pool_rows`); returns ``out``."""
@@ -130,11 +145,13 @@ def build_residual_pool(
     bad = [k for k in kinds if k not in SAMPLE_KINDS]
     if bad:
         raise SkullVAEError(f"unknown sample kind(s) {', '.join(bad)}; choose from {', '.join(SAMPLE_KINDS)}")
+    if not extra_styles or set(extra_styles) - set(CRANIAL_STYLES):
+        raise SkullVAEError(f"defect styles must be some of {', '.join(CRANIAL_STYLES)}, got {', '.join(extra_styles)}")
     if out.exists() and not overwrite:
         raise SkullVAEError("exists; pass --overwrite to replace it", out)
     if not Path(data).is_dir():
         raise SkullVAEError("no such data folder", data)
-    rows = list(pool_rows(data, ids, kinds, cfg, draws, progress, id_prefix, jobs))
+    rows = list(pool_rows(data, ids, kinds, cfg, draws, progress, id_prefix, jobs, extra_styles))
     save_pool(out, rows, cfg)
     return out
 

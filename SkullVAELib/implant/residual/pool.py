@@ -6,12 +6,13 @@ the rim fit's piece that meets the true implant holds the inputs (:mod:`.feature
 implant's fraction and an ``ignore`` mask (voxels kept out of the loss). Crops are stored
 ``pad`` voxels wider on every side, so that training can shift them.
 
-Three kinds per skull: ``real`` (the data set's own defective skull and implant), ``skullfix``
-and ``skullbreak`` (:func:`SkullVAELib.data.defects.cranial_defect` drawn on the complete skull).
+Kinds per skull: ``real`` (the data set's own defective skull and implant) and one per defect
+style of :data:`~SkullVAELib.data.recipes.CRANIAL_STYLES` (``skullfix``, ``skullbreak``,
+``irregular``: :func:`SkullVAELib.data.defects.cranial_defect` drawn on the complete skull).
 Skulls with a defect but no ground truth (``skullfix_test``) give ``extra`` samples: a new defect
-is cut on the defective skull; its existing hole (the rim fit's implant there, grown by
-``exclude_mm``) is kept out of the loss, and a draw that comes within ``exclude_mm`` of it is
-drawn again.
+of one of the styles is cut on the defective skull; its existing hole (the rim fit's implant there,
+grown by ``exclude_mm``) is kept out of the loss, and a draw that comes within ``exclude_mm`` of it
+is drawn again.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.data.recipes import CRANIAL_STYLES
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.features import crop_grid, mask_on_grid, residual_inputs, signed_distance
 from SkullVAELib.io.image import SkullImage
 
-SAMPLE_KINDS = ("real", "skullfix", "skullbreak", "extra")
+SAMPLE_KINDS = ("real", *CRANIAL_STYLES, "extra")
 PAD = 4  # voxels stored beyond the crop on every side
 
 
@@ -92,16 +94,17 @@ def drawn_samples(complete: SkullImage, seed: int, cfg: ResidualConfig, kinds=("
             yield kind, sample
 
 
-def extra_samples(defective: SkullImage, seeds, cfg: ResidualConfig, tries: int = 4):
+def extra_samples(defective: SkullImage, seeds, cfg: ResidualConfig, tries: int = 4, styles=CRANIAL_STYLES):
     """A sample per seed of ``seeds`` (None where no draw worked): a new defect cut on a skull that
-    has one already, its hole (the rim fit's implant there, fitted once) kept out of the loss."""
+    has one already, its hole (the rim fit's implant there, fitted once) kept out of the loss. The
+    ``styles`` take turns by seed and attempt, so every style is drawn whatever the first try gives."""
     from SkullVAELib.data.defects import cranial_defect
 
     existing, _ = _rim_fit(defective)
-    for seed in seeds:
+    for n, seed in enumerate(seeds):
         sample = None
         for attempt in range(tries):
-            style = ("skullbreak", "skullfix")[attempt % 2]
+            style = styles[(n + attempt) % len(styles)]
             twice, implant = cranial_defect(defective, seed + 7919 * attempt, style=style)
             sample = make_sample(twice, implant.mask, cfg, exclude=existing)
             if sample is not None:

@@ -132,3 +132,43 @@ def test_extra_skulls_give_new_defects_with_their_own_hole_kept_out_of_the_loss(
     for target, ignore in zip(pool["target"], pool["ignore"], strict=True):
         assert ignore.any() and (target > 127).any()  # the old hole is ignored, the new defect is the target
         assert np.count_nonzero(ignore & (target > 127)) <= 0.02 * np.count_nonzero(target > 127)
+
+
+def test_the_drawn_defects_take_every_style_in_turn(data, tmp_path):
+    """By default a skull's draws take the three cranial styles in turn (irregular outlines too)."""
+    from SkullVAELib.implant.residual.pool import load_pools
+    from SkullVAELib.workflows.residual import build_residual_pool
+
+    root, _ = data
+    path = build_residual_pool(root / "data", ["001"], tmp_path / "p.npz", cfg=TINY_CFG, draws=3)
+    assert set(load_pools([path], TINY_CFG)["kinds"]) == {"real", "skullfix", "skullbreak", "irregular"}
+    only = build_residual_pool(root / "data", ["001"], tmp_path / "i.npz", ("irregular",), TINY_CFG, draws=2)
+    assert set(load_pools([only], TINY_CFG)["kinds"]) == {"irregular"}
+
+
+def test_new_defects_on_extra_skulls_take_the_styles_in_turn(data, monkeypatch):
+    import SkullVAELib.data.defects as defects
+    from SkullVAELib.implant.residual.pool import extra_samples
+    from SkullVAELib.io.image import read_skull
+
+    root, _ = data
+    asked = []
+
+    def recording(skull, seed, style="skullfix", **kw):
+        asked.append(style)
+        return cranial_defect(skull, seed, style=style, **kw)
+
+    monkeypatch.setattr(defects, "cranial_defect", recording)
+    skull = read_skull(root / "data" / "defective_skull" / "001.nrrd", kind="binary")
+    list(extra_samples(skull, [11, 12, 13], TINY_CFG, tries=1, styles=("irregular", "skullbreak")))
+    assert asked == ["irregular", "skullbreak", "irregular"]
+
+
+@pytest.mark.parametrize("styles", ["box", "skullfix,round", ""])
+def test_train_residual_refuses_unknown_styles(data, tmp_path, capsys, styles):
+    root, _ = data
+    argv = ["train-residual", "--data", str(root / "data"), "--train-ids", "001", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--styles", styles, "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--styles" in err and "irregular" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o" / "pool-train.npz").exists()

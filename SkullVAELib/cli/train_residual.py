@@ -14,7 +14,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
 )
-from SkullVAELib.data.recipes import CRANIAL_STYLES
+from SkullVAELib.workflows.residual import CRANIAL_STYLES
 
 
 def register(subparsers) -> None:

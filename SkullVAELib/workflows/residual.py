@@ -20,7 +20,14 @@ from SkullVAELib.data.recipes import CRANIAL_STYLES
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.train import ResidualTrainConfig
 
-__all__ = ["RESIDUAL_FILE", "ResidualConfig", "ResidualTrainConfig", "build_residual_pool", "train_residual"]
+__all__ = [
+    "CRANIAL_STYLES",
+    "RESIDUAL_FILE",
+    "ResidualConfig",
+    "ResidualTrainConfig",
+    "build_residual_pool",
+    "train_residual",
+]
 
 RESIDUAL_FILE = "residual.safetensors"  # MODEL/residual.safetensors: the `residual` source uses it when present
 CURVES_FILE = "residual_curves.png"  # the training loss and the validation Dice (and the rim fit's), from the log

@@ -42,7 +42,10 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         if key not in known:
             raise SystemExit(f"rimfit_variants.py: error: {key!r} is not a RimFitConfig field")
         default = getattr(defaults, key)
-        kwargs[key] = float(value) if default is None else type(default)(value)  # None: an optional number
+        if isinstance(default, tuple):  # e.g. ring:5,20
+            kwargs[key] = tuple(type(default[0])(v) for v in value.split(","))
+        else:
+            kwargs[key] = float(value) if default is None else type(default)(value)  # None: an optional number
     return name or "base", kwargs
 
 

@@ -7,6 +7,7 @@ MODEL/
   refiner.NAME.safetensors                                      more refiners: all of them form an ensemble
   residual.safetensors, residual.NAME.safetensors               the learned cranial residual (one, or an ensemble)
   atlas/atlas.json (+ skulls)                                   the atlas implant source
+  shapes.safetensors                                            complete skulls' ray maps: the rim fit's shape cue
   model_card.json                                               what it is, how it was trained
 ```
 
@@ -26,6 +27,7 @@ from SkullVAELib.core.errors import SkullVAEError
 
 REFINER_FILE = "refiner.safetensors"
 RESIDUAL_FILE = "residual.safetensors"
+SHAPES_FILE = "shapes.safetensors"  # the same name as implant.shapebank.SHAPES_FILE (tested)
 ATLAS_FOLDER = "atlas"
 ATLAS_MANIFEST = "atlas.json"
 VAE_CONFIG = "config.json"
@@ -59,6 +61,7 @@ class ModelFolder:
         self.atlas_path = Path(atlas) if atlas is not None else self._part(ATLAS_FOLDER, marker=ATLAS_MANIFEST)
         self.residual_paths = _given(residual, "residual") or self._members(RESIDUAL_FILE)
         self.vae_path = self.path if self._part(VAE_CONFIG, file=True) is not None else None
+        self.shapes_path = self._part(SHAPES_FILE, file=True)
         self._loaded: dict[str, object] = {}
         if self.vae_path is not None:  # a broken config.json is refused now, not when a source needs it
             from SkullVAELib.bundle.checks import network_of, read_json
@@ -67,7 +70,7 @@ class ModelFolder:
         if self.path is not None and not self.parts():
             raise SkullVAEError(
                 f"not a SkullVAE model folder (none of {VAE_CONFIG}, {REFINER_FILE}, {RESIDUAL_FILE}, "
-                f"{ATLAS_FOLDER}/{ATLAS_MANIFEST})",
+                f"{SHAPES_FILE}, {ATLAS_FOLDER}/{ATLAS_MANIFEST})",
                 self.path,
             )
 
@@ -99,12 +102,13 @@ class ModelFolder:
         return self.residual_paths[0] if self.residual_paths else None
 
     @classmethod
-    def from_parts(cls, vae=None, refiner=None, atlas=None, residual=None) -> ModelFolder:
+    def from_parts(cls, vae=None, refiner=None, atlas=None, residual=None, shapes=None) -> ModelFolder:
         """A folder whose parts are already in memory (a batch or an evaluation that loaded them,
         or a test's stand-ins): ``vae`` a ModelBundle, ``refiner`` a callable skull -> LearnedImplant,
-        ``atlas`` an AtlasSet, ``residual`` a CranialResidual."""
+        ``atlas`` an AtlasSet, ``residual`` a CranialResidual, ``shapes`` a ShapeBank."""
         folder = cls(None)
-        for name, part in (("vae", vae), ("refiner", refiner), ("atlas", atlas), ("residual", residual)):
+        parts = (("vae", vae), ("refiner", refiner), ("atlas", atlas), ("residual", residual), ("shapes", shapes))
+        for name, part in parts:
             if part is not None:
                 folder._loaded[name] = part
                 where = Path(f"<{name} in memory>")
@@ -129,6 +133,10 @@ class ModelFolder:
     @property
     def has_residual(self) -> bool:
         return self.residual_path is not None
+
+    @property
+    def has_shapes(self) -> bool:
+        return self.shapes_path is not None
 
     def vae(self):
         """The :class:`~SkullVAELib.bundle.model_bundle.ModelBundle` (on the CPU; loaded once)."""
@@ -185,10 +193,20 @@ class ModelFolder:
             self._loaded["atlas"] = AtlasSet.load(self.atlas_path)
         return self._loaded["atlas"]
 
+    def shapes(self):
+        """The :class:`~SkullVAELib.implant.shapebank.ShapeBank` (loaded once)."""
+        if "shapes" not in self._loaded:
+            if self.shapes_path is None:
+                raise SkullVAEError(f"no shape bank ({SHAPES_FILE})", self.path)
+            from SkullVAELib.implant.shapebank import load_shape_bank
+
+            self._loaded["shapes"] = load_shape_bank(self.shapes_path)
+        return self._loaded["shapes"]
+
     def parts(self) -> list[str]:
-        """The parts present: "vae", "refiner", "residual", "atlas" (in that order)."""
+        """The parts present: "vae", "refiner", "residual", "shapes", "atlas" (in that order)."""
         named = (("vae", self.vae_path), ("refiner", self.refiner_path), ("residual", self.residual_path))
-        return [n for n, p in (*named, ("atlas", self.atlas_path)) if p]
+        return [n for n, p in (*named, ("shapes", self.shapes_path), ("atlas", self.atlas_path)) if p]
 
 
 def _given(paths: PathLike | Sequence[PathLike] | None, what: str) -> tuple[Path, ...]:

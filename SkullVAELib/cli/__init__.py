@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train the β-VAE (stage 1) and the decoupled decoder (stage 2)"),
     "fit-completion": ("fit_completion", "fit class centroids and DEV vectors into a model bundle"),
     "build-atlas": ("build_atlas", "write complete training skulls as an atlas set (facial implants)"),
+    "build-shapes": ("build_shapes", "write complete training skulls' ray maps as the rim fit's shape cue"),
     "train-refiner": ("train_refiner", "train the learned facial refiner (a 3D U-Net on a 1 mm face crop)"),
     "train-residual": ("train_residual", "train the learned cranial residual (a 3D U-Net correcting the rim fit)"),
     "complete": ("complete", "complete defective skulls: the patient's bone + the implant"),

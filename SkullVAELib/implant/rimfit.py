@@ -20,7 +20,9 @@ original resolution.
    direction (:mod:`rimspline`); with a mirror cue (``symmetry``), the mirrored skull's outer
    radius inside the hole plus a spline of the rim residual replace the plain spline where the
    mirror has bone, and its thickness enters by the share the rim confirms
-   (:func:`rimspline.mirror_thickness_weight`).
+   (:func:`rimspline.mirror_thickness_weight`); where the mirror has none (a defect across the
+   mid-plane), the nearest complete skulls of a shape bank take its place (:mod:`rimcue`,
+   :mod:`shapebank`) when one is given.
 4. Rasterise at the original resolution: every voxel whose direction falls in the hole (or a
    ``band`` of cells around it) and whose radius lies between the filled inner and outer
    radius, minus the patient's bone.
@@ -42,8 +44,10 @@ from scipy.interpolate import RBFInterpolator
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
+from SkullVAELib.implant.rimcue import choose_cue
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
+from SkullVAELib.implant.shapebank import ShapeBank
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -66,6 +70,7 @@ class RimFitConfig:
     grow_iterations: int = 3
     mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
+    shape_neighbours: int = 10  # members of a shape bank averaged as the cue where the mirror gives none
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
@@ -120,8 +125,13 @@ class RimFitResult:
 
     @property
     def mirrored(self) -> bool:
-        """True when the mirror cue filled at least one hole (not the plain spline)."""
-        return any(h.source != "spline" for h in self.holes)
+        """True when the mirror cue filled at least one hole."""
+        return any(h.source == "mirror+spline" for h in self.holes)
+
+    @property
+    def cue(self) -> str:
+        """The cues the fill used, "mirror", "shapes" or "mirror, shapes", or "" (the plain spline)."""
+        return ", ".join(c for c in ("mirror", "shapes") if any(h.source == f"{c}+spline" for h in self.holes))
 
 
 def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
@@ -248,8 +258,12 @@ def fill_hole(
     hole: Hole,
     cfg: RimFitConfig,
     mirror: raycast.RayMap | None = None,
+    shapes: ShapeBank | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(region, r_in, r_out): bool (Nα, Nβ) cells to rasterise and their filled radii (NaN outside)."""
+    """(region, r_in, r_out): bool (Nα, Nβ) cells to rasterise and their filled radii (NaN outside).
+
+    The cue the rim's splines correct: the mirrored skull (``mirror``) where it has bone over the
+    hole and its rim, else the nearest skulls of ``shapes`` (:func:`shapebank.shape_cue`), else none."""
     alpha, beta = raycast.angle_grid(raymap.step_deg)
     dirs = raycast.directions(alpha[:, None], beta[None, :])
     region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
@@ -269,22 +283,21 @@ def fill_hole(
     outer = raymap.r_out.ravel()[rim_idx].astype(np.float64)
     thick = raymap.thickness.ravel()[rim_idx].astype(np.float64)
     base_out = base_thick = 0.0
-    use_mirror = None
-    if mirror is not None:
-        m_out, m_thick = mirror.r_out.ravel(), mirror.thickness.ravel()
+    k = cfg.shape_neighbours if shapes is not None else 0
+    cue, source = choose_cue(raymap, hole.cells, hole.direction, ring, rim_idx, fill_idx, mirror, shapes, k)
+    if cue is not None:
+        m_out, m_thick = cue.r_out.ravel(), cue.thickness.ravel()
+        use_cue = np.isfinite(m_out[fill_idx])
         ok_rim = np.isfinite(m_out[rim_idx])
-        ok_fill = np.isfinite(m_out[fill_idx])
-        if ok_rim.mean() > 0.9 and ok_fill[hole.cells.ravel()[fill_idx]].mean() > 0.95:
-            use_mirror = ok_fill
-            rim_idx, xy_rim, outer, thick = rim_idx[ok_rim], xy_rim[ok_rim], outer[ok_rim], thick[ok_rim]
-            weight = mirror_thickness_weight(thick, m_thick[rim_idx], cfg.mirror_thickness)
-            base_out, base_thick = m_out[rim_idx], weight * m_thick[rim_idx]
+        rim_idx, xy_rim, outer, thick = rim_idx[ok_rim], xy_rim[ok_rim], outer[ok_rim], thick[ok_rim]
+        weight = mirror_thickness_weight(thick, m_thick[rim_idx], cfg.mirror_thickness)
+        base_out, base_thick = m_out[rim_idx], weight * m_thick[rim_idx]
     smoothing, degree = (cfg.smoothing, cfg.thickness_smoothing), (cfg.degree, cfg.thickness_degree)
     fit_out, fit_thick = fit_rim_splines(xy_rim, outer - base_out, thick - base_thick, xy_fill, smoothing, degree)
-    if use_mirror is not None:
-        fit_out = fit_out + np.where(use_mirror, m_out[fill_idx], np.nan)
-        fit_thick = fit_thick + np.where(use_mirror, weight * m_thick[fill_idx], np.nan)
-        hole.source = "mirror+spline"
+    if cue is not None:
+        fit_out = fit_out + np.where(use_cue, m_out[fill_idx], np.nan)
+        fit_thick = fit_thick + np.where(use_cue, weight * m_thick[fill_idx], np.nan)
+        hole.source = source
     fit_thick = np.clip(fit_thick, 1.0, None)
     r_out.ravel()[fill_idx] = fit_out
     r_in.ravel()[fill_idx] = fit_out - fit_thick
@@ -307,6 +320,7 @@ def rim_fit(
     cfg: RimFitConfig | None = None,
     mirror_transform: np.ndarray | None = None,
     centre: np.ndarray | None = None,
+    shapes: ShapeBank | None = None,
 ) -> RimFitResult:
     """Implant(s) for every enclosed vault hole of ``skull`` (bool (I, J, K), disjoint from its bone).
 
@@ -314,6 +328,7 @@ def rim_fit(
         mirror_transform: (4, 4) LPS reflection about the skull's mid-sagittal plane
             (``symmetry.mirror_transform``); enables the mirror cue.
         centre: ray centre (LPS mm); default :func:`raycast.cranial_centre`.
+        shapes: complete skulls' ray maps (:mod:`shapebank`): the cue of holes the mirror does not cover.
     """
     cfg = cfg or RimFitConfig()
     timings: dict[str, float] = {}
@@ -337,7 +352,7 @@ def rim_fit(
             continue
         if cfg.grow_mm > 0:
             grow_hole(raymap, hole, cfg)
-        region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror)
+        region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror, shapes)
         if _only_the_scan_edge(hole, edge, r_out, cfg):
             messages.append(_edge_message(hole, "is only the scan's edge cutting the skull (no ray sees a gap in it)"))
             continue

@@ -64,7 +64,8 @@ class CompletionContext:
 
             transform = self.mirror_transform() if self.settings.rimfit.mirror else None
             self.progress("rimfit", 0.3, "fitting the implant to the defect's rim")
-            result = rim_fit(self.skull, self.settings.rimfit.config, mirror_transform=transform)
+            shapes = self.folder.shapes() if self.folder.has_shapes else None  # the cue where the mirror has none
+            result = rim_fit(self.skull, self.settings.rimfit.config, mirror_transform=transform, shapes=shapes)
             for name, seconds in result.timings.items():
                 self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
             self.cache[key] = result

@@ -18,7 +18,7 @@ class Completion:
             model's raw decoded skull when the settings ask for it).
         implant: bool (I, J, K), disjoint from the patient's bone.
         source: the implant source that made it ("rimfit", "learned", "atlas", "model"), or "none".
-        variant: a detail of the source ("mirror" when the rim fit used the mirror cue), or "".
+        variant: a detail of the source ("mirror" or "shapes": the rim fit's cue, :attr:`RimFitResult.cue`), or "".
         defect: "cranial" or "facial"; defect_reason: how it was decided; confidence: the
             classifier's probability when the model decided, else None.
         gamma: the γ of this call; gamma_used: True when γ made the implant (the model source).

@@ -11,6 +11,7 @@ Each ``cli/<verb>.py`` parses its arguments, makes one call here and prints the 
 - ``evaluate_model`` (``workflows.evaluate``): held-out cases → report folder.
 - ``import_reference_model`` (``workflows.reference``): the authors' weights → bundle.
 - ``build_atlas`` (``workflows.atlas``): training skulls → atlas set for the atlas implant.
+- ``build_shapes`` (``workflows.shapes``): training skulls → shape bank, the rim fit's cue across the mid-plane.
 - ``pack_refiner_grids``, ``train_refiner`` (``workflows.refiner``): the learned facial refiner.
 - ``demo`` (``workflows.phantom_demo``): all of the above on phantoms.
 
@@ -33,6 +34,7 @@ _HOME = {
     "demo": "phantom_demo",
     "import_reference_model": "reference",
     "build_atlas": "atlas",
+    "build_shapes": "shapes",
     "pack_refiner_grids": "refiner",
     "train_refiner": "refiner",
 }

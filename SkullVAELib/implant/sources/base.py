@@ -31,7 +31,7 @@ class Proposal:
     Attributes:
         implant: bool (I, J, K) on the skull's grid (the Completer removes the patient's bone and
             post-processes it unless ``postprocessed``).
-        variant: a detail of how it was made ("mirror" when the rim fit used the mirror cue), or "".
+        variant: a detail of how it was made ("mirror" or "shapes": the rim fit's cue, :attr:`RimFitResult.cue`), or "".
         expected_mm3: the volume the defect needs by the source's own estimate (for the check), or None.
         holes: the rim fit's holes (``rimfit.Hole``), for the volume check; [] otherwise.
         messages: notes for the user.

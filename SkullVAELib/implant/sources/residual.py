@@ -37,7 +37,7 @@ class ResidualSource:
             notes.append("the residual's training was interrupted: its weights are the best before the stop")
         return Proposal(
             result.implant,
-            variant="mirror" if rim.mirrored else "",
+            variant=rim.cue,
             holes=list(rim.holes),
             messages=notes,
             timings=dict(result.timings),

@@ -27,7 +27,7 @@ class RimFitSource:
         )
         return Proposal(
             result.implant,
-            variant="mirror" if result.mirrored else "",
+            variant=result.cue,
             holes=list(result.holes),
             messages=messages,
             postprocessed=True,

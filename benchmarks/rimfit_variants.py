@@ -9,7 +9,8 @@ A variant is ``NAME=FIELD:VALUE;FIELD:VALUE`` of :class:`~SkullVAELib.implant.ri
 (``NAME=`` alone: the defaults). Each case (the evaluation's ``defect_cases``: SkullFix's own
 defect for ``cranial``, ``cranial_defect`` of the style with ``case_seed(seed, ID)`` for ``vault`` and
 ``irregular``) registers its mirror plane once and fits every variant with the mirror cue, as the
-``rimfit`` source does. Prints one JSON line per case (implant DSC and HD95 mm per variant), then per
+``rimfit`` source does (with ``--shapes BANK`` also the shape bank's cue; ``shape_neighbours:0`` turns
+it off). Prints one JSON line per case (implant DSC and HD95 mm per variant), then per
 defect and variant: mean and minimum DSC, mean and largest HD95, and how many cases moved by more
 than 0.005 DSC against the first variant. Needs SkullFix (``complete_skull``, ``defective_skull``,
 ``implant``); about 4 s per case and variant on one core.
@@ -71,6 +72,7 @@ def main() -> None:
     p.add_argument("--defects", default="cranial,vault", help="cranial, vault, irregular (comma-separated)")
     p.add_argument("--seeds", default="0,1", help="defect seeds of vault and irregular")
     p.add_argument("--variant", action="append", required=True, help="NAME=FIELD:VALUE;... (repeat)")
+    p.add_argument("--shapes", type=Path, default=None, help="a shape bank (skullvae build-shapes) every variant gets")
     args = p.parse_args()
     from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.evaluation.implants import defect_cases, score
@@ -78,13 +80,18 @@ def main() -> None:
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
     variants = dict(parse_variant(v) for v in args.variant)
+    shapes = None
+    if args.shapes is not None:
+        from SkullVAELib.implant.shapebank import load_shape_bank
+
+        shapes = load_shape_bank(args.shapes)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
         mirror = find_mirror_plane(case.defective).transform()
         row = {"id": case.case_id, "defect": case.defect, "seed": case.seed}
         for name, kwargs in variants.items():
-            implant = rim_fit(case.defective, RimFitConfig(**kwargs), mirror_transform=mirror).implant
+            implant = rim_fit(case.defective, RimFitConfig(**kwargs), mirror_transform=mirror, shapes=shapes).implant
             measured = score(implant, case)
             row[name] = (round(measured["dsc"], 4), round(measured["hd95"], 2))
         rows.append(row)

@@ -58,9 +58,19 @@ SOURCE_TEXT = {
 }
 
 
-def sourceText(source: str | None) -> str:
-    """Words for an ``implant_source`` value (unknown values are shown as they are)."""
-    return SOURCE_TEXT.get(source or "", source or "unknown")
+#: What the panel says about the rim fit's cue (the result JSON's "implant_variant").
+CUE_TEXT = {
+    "mirror": "the patient's mirrored side",
+    "shapes": "the training skulls nearest on the rim (the model's shape bank)",
+}
+
+
+def sourceText(source: str | None, variant: str | None = None) -> str:
+    """Words for an ``implant_source`` value and its ``implant_variant`` ("mirror", "shapes",
+    "mirror, shapes" or ""); unknown values are shown as they are."""
+    text = SOURCE_TEXT.get(source or "", source or "unknown")
+    cues = [CUE_TEXT.get(c.strip(), c.strip()) for c in (variant or "").split(",") if c.strip()]
+    return text + (f", following {' and '.join(cues)}" if cues else "")
 
 
 def resultSummary(result: dict, output, hadModel: bool) -> dict:
@@ -87,7 +97,8 @@ def summaryLines(summary: dict, defect: str) -> list[str]:
         lines.append("Note: the implant is empty (no defect was found to fill).")
     lines.append(
         f"Completion done: {summary.get('defect', defect)} defect; implant "
-        f"{summary['implantVolumeMm3'] / 1000:.1f} cm³ from {sourceText(summary['implantSource'])}"
+        f"{summary['implantVolumeMm3'] / 1000:.1f} cm³ from "
+        f"{sourceText(summary['implantSource'], summary.get('implant_variant'))}"
     )
     return lines
 

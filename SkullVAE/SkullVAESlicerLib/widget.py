@@ -344,7 +344,8 @@ class SkullVAEPanel:
     def showSummary(self, result: dict) -> None:
         """Which source made the implant, whether γ did, and the implant's volume."""
         gamma = "γ was used" if result.get("gammaUsed") else "γ had no effect"
-        self.ui.implantSourceLabel.text = f"Implant made by {sourceText(result.get('implantSource'))}; {gamma}."
+        made = sourceText(result.get("implantSource"), result.get("implant_variant"))
+        self.ui.implantSourceLabel.text = f"Implant made by {made}; {gamma}."
         volume = result.get("implantVolumeMm3")
         self.ui.implantVolumeLabel.text = "" if volume is None else f"Implant volume: {volume / 1000:.1f} cm³"
 

@@ -274,3 +274,6 @@ def test_gamma_is_enabled_only_where_the_model_makes_the_implant():
     assert not gammaApplies("/models/m", "facial", "model,nonsense")  # a bad list: nothing runs
     assert "no model" in sourceText("rimfit") and "γ" in sourceText("model")
     assert sourceText("something-new") == "something-new"
+    assert "mirrored side" in sourceText("rimfit", "mirror") and "shape bank" in sourceText("rimfit", "shapes")
+    both = sourceText("rimfit", "mirror, shapes")
+    assert "mirrored side and the training skulls" in both and sourceText("rimfit", "") == sourceText("rimfit")

@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--defects", default="cranial,vault", help="cranial, vault, irregular (comma-separated)")
     p.add_argument("--seeds", default="0,1", help="defect seeds of vault and irregular")
     p.add_argument("--variant", action="append", required=True, help="NAME=FIELD:VALUE;... (repeat)")
-    p.add_argument("--shapes", type=Path, default=None, help="a shape bank (skullvae build-shapes) every variant gets")
+    p.add_argument("--shapes", type=Path, default=None, help="a shape bank or shape model every variant gets")
     args = p.parse_args()
     from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.evaluation.implants import defect_cases, score
@@ -81,10 +81,15 @@ def main() -> None:
 
     variants = dict(parse_variant(v) for v in args.variant)
     shapes = None
-    if args.shapes is not None:
+    if args.shapes is not None:  # a bank (build-shapes) or a shape model (tools/make_shape_model.py)
+        from SkullVAELib.core.errors import SkullVAEError
         from SkullVAELib.implant.shapebank import load_shape_bank
+        from SkullVAELib.implant.shapemodel import load_shape_model
 
-        shapes = load_shape_bank(args.shapes)
+        try:
+            shapes = load_shape_bank(args.shapes)
+        except SkullVAEError:
+            shapes = load_shape_model(args.shapes)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):

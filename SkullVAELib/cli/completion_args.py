@@ -74,6 +74,13 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         help="let the rim fit use the skull's mirror image where it covers the hole",
     )
     g.add_argument(
+        "--shapes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="where the mirror does not cover a hole, let the rim fit follow the model folder's shape bank "
+        "(shapes.safetensors) or else the shipped shape model",
+    )
+    g.add_argument(
         "--quality",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -165,7 +172,7 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         sources=args.sources,
         defect=args.defect,
         vae=vae,
-        rimfit=dataclasses.replace(RimFitSettings(), mirror=args.mirror),
+        rimfit=dataclasses.replace(RimFitSettings(), mirror=args.mirror, shapes=args.shapes),
         learned=LearnedSettings(args.refiner),
         residual=ResidualSettings(args.residual),
         atlas=AtlasSettings(args.atlas),

@@ -99,6 +99,12 @@ def register(subparsers) -> None:
         default=True,
         help="let the rim fit use the skull's mirror image where it covers the hole",
     )
+    implants.add_argument(
+        "--shapes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="where the mirror does not cover a hole, let the rim fit follow a shape bank or the shipped shape model",
+    )
     implants.add_argument("--defect-seeds", default="0", help="seeds of the generated defects, e.g. 0,1,2")
     implants.add_argument("--implants-only", action="store_true", help="skip the paper's evaluation")
     add_progress_arg(parser)
@@ -130,6 +136,7 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
         atlas=args.atlas,
         refiner=args.refiner,
         mirror=args.mirror,
+        shapes=args.shapes,
         residual=args.residual,
     )
     for (method, defect), entry in summary.items():

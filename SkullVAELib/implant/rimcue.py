@@ -3,7 +3,8 @@
 The rim fit continues the rim across a hole by thin-plate splines (:mod:`rimspline`). Given a cue, a
 ray map that has bone where the hole is, the splines carry only the rim's residual against it, and the
 cue brings the shape the rim cannot tell: the mirrored skull where it covers the hole (the patient's
-own other side), else the mean of a shape bank's nearest complete skulls (:mod:`shapebank`).
+own other side), else the mean of a shape bank's nearest complete skulls (:mod:`shapebank`) or the
+shipped shape model fitted to the rim (:mod:`shapemodel`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.shapebank import ShapeBank, shape_cue
+from SkullVAELib.implant.shapemodel import ShapeModel, model_cue
 
 MIN_RIM_COVER = 0.9  # a cue must have bone on more than this share of the rim rays used ...
 MIN_HOLE_COVER = 0.95  # ... and of the hole's rays
@@ -25,16 +27,17 @@ def choose_cue(
     rim_idx: np.ndarray,
     fill_idx: np.ndarray,
     mirror: raycast.RayMap | None,
-    shapes: ShapeBank | None,
+    shapes: ShapeBank | ShapeModel | None,
     k: int,
 ) -> tuple[raycast.RayMap | None, str]:
-    """(cue, the hole's source name): the mirror if it covers the hole, else the ``k`` nearest skulls
-    of ``shapes`` if they do, else ``(None, "spline")``.
+    """(cue, the hole's source name): the mirror if it covers the hole, else ``shapes``' cue if it does
+    (a bank's ``k`` nearest skulls, or a shape model fitted to the rim), else ``(None, "spline")``.
 
     Args:
         raymap: the patient's ray map; ``hole``, ``ring``: bool (Nα, Nβ) hole and rim rays;
             ``direction``: the hole's mean direction (3,).
         rim_idx, fill_idx: flat indices of the rim rays the splines use and of the rays they fill.
+        k: a bank's members to average; 0 turns the shape cue off (a bank's or a model's).
     """
     in_hole = hole.ravel()[fill_idx]
 
@@ -47,7 +50,11 @@ def choose_cue(
 
     if covers(mirror):
         return mirror, "mirror+spline"
-    if shapes is not None and k > 0:
+    if isinstance(shapes, ShapeModel) and k > 0:
+        cue = model_cue(shapes, raymap, ring, hole)
+        if covers(cue):
+            return cue, "model+spline"
+    elif shapes is not None and k > 0:
         cue = shape_cue(shapes, raymap, ring, hole, direction, k)
         if covers(cue):
             return cue, "shapes+spline"

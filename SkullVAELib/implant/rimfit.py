@@ -48,6 +48,7 @@ from SkullVAELib.implant.rimcue import choose_cue
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
+from SkullVAELib.implant.shapemodel import ShapeModel
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -70,7 +71,7 @@ class RimFitConfig:
     grow_iterations: int = 3
     mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
-    shape_neighbours: int = 10  # members of a shape bank averaged as the cue where the mirror gives none
+    shape_neighbours: int = 10  # a shape bank's members averaged where the mirror gives no cue (0: no shape cue)
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
@@ -130,8 +131,10 @@ class RimFitResult:
 
     @property
     def cue(self) -> str:
-        """The cues the fill used, "mirror", "shapes" or "mirror, shapes", or "" (the plain spline)."""
-        return ", ".join(c for c in ("mirror", "shapes") if any(h.source == f"{c}+spline" for h in self.holes))
+        """The cues the fill used ("mirror", "shapes" (a bank), "model" (a shape model), joined by ", "),
+        or "" (the plain spline)."""
+        cues = ("mirror", "shapes", "model")
+        return ", ".join(c for c in cues if any(h.source == f"{c}+spline" for h in self.holes))
 
 
 def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
@@ -258,7 +261,7 @@ def fill_hole(
     hole: Hole,
     cfg: RimFitConfig,
     mirror: raycast.RayMap | None = None,
-    shapes: ShapeBank | None = None,
+    shapes: ShapeBank | ShapeModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(region, r_in, r_out): bool (Nα, Nβ) cells to rasterise and their filled radii (NaN outside).
 
@@ -320,7 +323,7 @@ def rim_fit(
     cfg: RimFitConfig | None = None,
     mirror_transform: np.ndarray | None = None,
     centre: np.ndarray | None = None,
-    shapes: ShapeBank | None = None,
+    shapes: ShapeBank | ShapeModel | None = None,
 ) -> RimFitResult:
     """Implant(s) for every enclosed vault hole of ``skull`` (bool (I, J, K), disjoint from its bone).
 
@@ -328,7 +331,8 @@ def rim_fit(
         mirror_transform: (4, 4) LPS reflection about the skull's mid-sagittal plane
             (``symmetry.mirror_transform``); enables the mirror cue.
         centre: ray centre (LPS mm); default :func:`raycast.cranial_centre`.
-        shapes: complete skulls' ray maps (:mod:`shapebank`): the cue of holes the mirror does not cover.
+        shapes: complete skulls' ray maps (:mod:`shapebank`) or a shape model (:mod:`shapemodel`): the
+            cue of holes the mirror does not cover.
     """
     cfg = cfg or RimFitConfig()
     timings: dict[str, float] = {}

@@ -161,12 +161,12 @@ def shape_cue(
     best = rank_members(bank, raymap.r_out, rim, hole, direction)[:k]
     if not best:
         return None
-    outer = _mean_where_seen([scale * bank.r_out[m] for _, m, scale in best])
-    thickness = _mean_where_seen([bank.thickness[m] for _, m, _ in best])
+    outer = mean_where_seen([scale * bank.r_out[m] for _, m, scale in best])
+    thickness = mean_where_seen([bank.thickness[m] for _, m, _ in best])
     return raycast.RayMap(raymap.centre, raymap.step_deg, np.isfinite(outer), outer, outer - thickness)
 
 
-def _mean_where_seen(maps: list[np.ndarray]) -> np.ndarray:
+def mean_where_seen(maps: list[np.ndarray]) -> np.ndarray:
     """float32 per-ray mean over the maps that have bone there (NaN where none has)."""
     stack = np.stack(maps)
     seen = np.isfinite(stack)

@@ -58,18 +58,27 @@ class CompletionContext:
 
     def rim_fit(self):
         """The rim fit's :class:`~SkullVAELib.implant.rimfit.RimFitResult` (once per skull; it does not depend on γ)."""
-        key = ("rimfit", self.settings.rimfit.mirror)
+        key = ("rimfit", self.settings.rimfit.mirror, self.settings.rimfit.shapes)
         if key not in self.cache:
             from SkullVAELib.implant.rimfit import rim_fit
 
             transform = self.mirror_transform() if self.settings.rimfit.mirror else None
             self.progress("rimfit", 0.3, "fitting the implant to the defect's rim")
-            shapes = self.folder.shapes() if self.folder.has_shapes else None  # the cue where the mirror has none
+            shapes = self.shape_cue() if self.settings.rimfit.shapes else None
             result = rim_fit(self.skull, self.settings.rimfit.config, mirror_transform=transform, shapes=shapes)
             for name, seconds in result.timings.items():
                 self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
             self.cache[key] = result
         return self.cache[key]
+
+    def shape_cue(self):
+        """The rim fit's cue where the mirror has none: the model folder's shape bank, else the shipped
+        shape model (None when neither is there)."""
+        if self.folder.has_shapes:
+            return self.folder.shapes()
+        from SkullVAELib.implant.shapemodel import shipped_shape_model
+
+        return shipped_shape_model()
 
     def model_completion(self):
         """The model's :class:`~SkullVAELib.vae.completion.CompletionResult` at this call's γ (once per γ)."""

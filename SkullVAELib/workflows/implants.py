@@ -87,6 +87,7 @@ def evaluate_implants(
     atlas: str | os.PathLike | None = None,
     refiner: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     mirror: bool = True,
+    shapes: bool = True,
     residual: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> tuple[dict, Path]:
     """Run the protocol (:func:`implant_eval.run_protocol`) and write its files; (summary, table path).
@@ -111,7 +112,7 @@ def evaluate_implants(
     used = {name for m in methods for name in implant_eval.method_sources(m)}
     settings = CompletionSettings(
         model=None if model is None else Path(model),
-        rimfit=RimFitSettings(mirror=mirror),
+        rimfit=RimFitSettings(mirror=mirror, shapes=shapes),
         learned=LearnedSettings(refiner),
         residual=ResidualSettings(residual),
         atlas=AtlasSettings(None if atlas is None else Path(atlas)),

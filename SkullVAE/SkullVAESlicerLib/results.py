@@ -62,12 +62,13 @@ SOURCE_TEXT = {
 CUE_TEXT = {
     "mirror": "the patient's mirrored side",
     "shapes": "the training skulls nearest on the rim (the model's shape bank)",
+    "model": "the shape model of the training skulls' vaults",
 }
 
 
 def sourceText(source: str | None, variant: str | None = None) -> str:
-    """Words for an ``implant_source`` value and its ``implant_variant`` ("mirror", "shapes",
-    "mirror, shapes" or ""); unknown values are shown as they are."""
+    """Words for an ``implant_source`` value and its ``implant_variant`` ("mirror", "shapes", "model",
+    several joined by ", ", or ""); unknown values are shown as they are."""
     text = SOURCE_TEXT.get(source or "", source or "unknown")
     cues = [CUE_TEXT.get(c.strip(), c.strip()) for c in (variant or "").split(",") if c.strip()]
     return text + (f", following {' and '.join(cues)}" if cues else "")

@@ -275,5 +275,6 @@ def test_gamma_is_enabled_only_where_the_model_makes_the_implant():
     assert "no model" in sourceText("rimfit") and "γ" in sourceText("model")
     assert sourceText("something-new") == "something-new"
     assert "mirrored side" in sourceText("rimfit", "mirror") and "shape bank" in sourceText("rimfit", "shapes")
+    assert "shape model" in sourceText("rimfit", "model")
     both = sourceText("rimfit", "mirror, shapes")
     assert "mirrored side and the training skulls" in both and sourceText("rimfit", "") == sourceText("rimfit")

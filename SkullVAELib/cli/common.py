@@ -197,6 +197,23 @@ def close_progress(progress) -> None:
         progress.close()
 
 
+def add_rim_fit_cue_args(group) -> None:
+    """``--mirror/--no-mirror`` and ``--shapes/--no-shapes``: the rim fit's cues (complete, evaluate)."""
+    group.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the rim fit use the skull's mirror image where it covers the hole",
+    )
+    group.add_argument(
+        "--shapes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="where the mirror does not cover a hole, let the rim fit follow the model folder's shape bank "
+        "(shapes.safetensors) or else the shipped shape model",
+    )
+
+
 def add_overwrite_arg(parser: argparse.ArgumentParser, help: str) -> None:
     """``--overwrite``: replace what is already at the destination."""
     parser.add_argument("--overwrite", action="store_true", help=help)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_resample_arg, finite_float, non_negative_float, non_negative_int, seed_arg
+from SkullVAELib.cli.common import (
+    add_resample_arg,
+    add_rim_fit_cue_args,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    seed_arg,
+)
 from SkullVAELib.core.config import DEFECT_CHOICES, DEVICE_HELP, IMPLANT_SOURCES, CompletionConfig
 from SkullVAELib.core.errors import SkullVAEError
 
@@ -67,19 +74,7 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         "the defect's rim (cranial, no model), learned = the facial U-Net (--refiner), atlas = registered "
         "training skulls (--atlas), model = the β-VAE's latent arithmetic z + γ·DEV (--model)",
     )
-    g.add_argument(
-        "--mirror",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="let the rim fit use the skull's mirror image where it covers the hole",
-    )
-    g.add_argument(
-        "--shapes",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="where the mirror does not cover a hole, let the rim fit follow the model folder's shape bank "
-        "(shapes.safetensors) or else the shipped shape model",
-    )
+    add_rim_fit_cue_args(g)
     g.add_argument(
         "--quality",
         action=argparse.BooleanOptionalAction,

@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SkullVAELib.cli.common import add_progress_arg, add_resample_arg, close_progress, gammas_arg, make_progress
+from SkullVAELib.cli.common import (
+    add_progress_arg,
+    add_resample_arg,
+    add_rim_fit_cue_args,
+    close_progress,
+    gammas_arg,
+    make_progress,
+)
 from SkullVAELib.core.config import DEVICE_HELP, GAMMAS
 
 __all__ = ["register", "run"]  # recorded_train_ids and select_cases: the workflow's, see __getattr__
@@ -93,18 +100,7 @@ def register(subparsers) -> None:
         help="defect types: cranial (the data set's own), vault (random vault places, SkullBreak-style "
         "generator), irregular (the same places, irregular outlines), facial (generated)",
     )
-    implants.add_argument(
-        "--mirror",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="let the rim fit use the skull's mirror image where it covers the hole",
-    )
-    implants.add_argument(
-        "--shapes",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="where the mirror does not cover a hole, let the rim fit follow a shape bank or the shipped shape model",
-    )
+    add_rim_fit_cue_args(implants)
     implants.add_argument("--defect-seeds", default="0", help="seeds of the generated defects, e.g. 0,1,2")
     implants.add_argument("--implants-only", action="store_true", help="skip the paper's evaluation")
     add_progress_arg(parser)

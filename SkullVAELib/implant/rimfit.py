@@ -125,16 +125,9 @@ class RimFitResult:
     edge: ScanEdge | None = None
 
     @property
-    def mirrored(self) -> bool:
-        """True when the mirror cue filled at least one hole."""
-        return any(h.source == "mirror+spline" for h in self.holes)
-
-    @property
     def cue(self) -> str:
-        """The cues the fill used ("mirror", "shapes" (a bank), "model" (a shape model), joined by ", "),
-        or "" (the plain spline)."""
-        cues = ("mirror", "shapes", "model")
-        return ", ".join(c for c in cues if any(h.source == f"{c}+spline" for h in self.holes))
+        """The fill's cues ("mirror", "shapes" (a bank), "model" (a shape model), joined by ", ") or ""."""
+        return ", ".join(c for c in ("mirror", "shapes", "model") if any(h.source == f"{c}+spline" for h in self.holes))
 
 
 def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Fit the shipped shape model (SkullVAELib/implant/shape_model.safetensors) from a shape bank.
+"""Fit the shape model the rim fit looks for (SkullVAELib/implant/shape_model.safetensors) from a shape bank.
 
 Usage::
 
@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python tools/make_shape_model.py BANK/shapes.safetensors SkullVAELib/implant/shape_model.safetensors
 
 The bank (every training skull's ray map) stays private; the model keeps the mean shape, the first
-10 principal modes and the mean thickness (docs/RESULTS.md, "A shape model as the shipped default").
+10 principal modes and the mean thickness (docs/RESULTS.md, "A shape model as the default cue").
 """
 
 from __future__ import annotations

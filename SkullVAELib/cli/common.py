@@ -210,7 +210,7 @@ def add_rim_fit_cue_args(group) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="where the mirror does not cover a hole, let the rim fit follow the model folder's shape bank "
-        "(shapes.safetensors) or else the shipped shape model",
+        "(shapes.safetensors) or else the installed shape model (tools/make_shape_model.py)",
     )
 
 

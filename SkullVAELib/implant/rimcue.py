@@ -4,7 +4,7 @@ The rim fit continues the rim across a hole by thin-plate splines (:mod:`rimspli
 ray map that has bone where the hole is, the splines carry only the rim's residual against it, and the
 cue brings the shape the rim cannot tell: the mirrored skull where it covers the hole (the patient's
 own other side), else the mean of a shape bank's nearest complete skulls (:mod:`shapebank`) or the
-shipped shape model fitted to the rim (:mod:`shapemodel`).
+installed shape model fitted to the rim (:mod:`shapemodel`).
 """
 
 from __future__ import annotations

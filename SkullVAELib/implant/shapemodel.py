@@ -1,4 +1,4 @@
-"""A statistical shape model of the vault: the shipped shape cue where the patient's mirror gives none.
+"""A statistical shape model of the vault: the shape cue where the patient's mirror gives none.
 
 The shape bank (:mod:`shapebank`) holds every training skull's ray map and reproduces their vaults,
 so it stays as private as the data. This model keeps only what the skulls share: the mean outer
@@ -8,8 +8,10 @@ from it. For a hole, the mean and the modes are fitted to the patient's rim rays
 (the mean's weight, the size, is free; the modes are held near zero by ``ridge``), and the fitted
 surface is the cue the rim's splines correct, as the mirror's would be (:mod:`rimcue`).
 
-Shipped as ``SkullVAELib/implant/shape_model.safetensors`` (``tools/make_shape_model.py``, from the
-bank of SkullFix 000–055: docs/RESULTS.md, "A shape model as the shipped default").
+Installed as ``SkullVAELib/implant/shape_model.safetensors`` (``tools/make_shape_model.py``, from the
+bank of SkullFix 000–055: docs/RESULTS.md, "A shape model as the default cue"). It is trained on
+SkullFix, so it is not kept in git; without it the rim fit has no shape cue unless a model folder
+holds a bank.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from SkullVAELib.implant import raycast
 from SkullVAELib.implant.shapebank import ShapeBank, mean_where_seen
 
 MODEL_FORMAT = "skullvae-shape-model"
-SHIPPED_MODEL = Path(__file__).with_name("shape_model.safetensors")
+INSTALLED_MODEL = Path(__file__).with_name("shape_model.safetensors")
 MIN_RIM_RAYS = 20  # fewer rim rays inside the model's domain: no cue
 MIN_HOLE_INSIDE = 0.95  # share of the hole's rays the model must cover
 
@@ -139,6 +141,6 @@ def load_shape_model(path: str | os.PathLike) -> ShapeModel:
 
 
 @lru_cache(maxsize=1)
-def shipped_shape_model() -> ShapeModel | None:
-    """The model shipped with the library (loaded once per process), or None if it is not installed."""
-    return load_shape_model(SHIPPED_MODEL) if SHIPPED_MODEL.is_file() else None
+def installed_shape_model() -> ShapeModel | None:
+    """The model installed beside this module (loaded once per process), or None when there is none."""
+    return load_shape_model(INSTALLED_MODEL) if INSTALLED_MODEL.is_file() else None

@@ -72,13 +72,13 @@ class CompletionContext:
         return self.cache[key]
 
     def shape_cue(self):
-        """The rim fit's cue where the mirror has none: the model folder's shape bank, else the shipped
+        """The rim fit's cue where the mirror has none: the model folder's shape bank, else the installed
         shape model (None when neither is there)."""
         if self.folder.has_shapes:
             return self.folder.shapes()
-        from SkullVAELib.implant.shapemodel import shipped_shape_model
+        from SkullVAELib.implant.shapemodel import installed_shape_model
 
-        return shipped_shape_model()
+        return installed_shape_model()
 
     def model_completion(self):
         """The model's :class:`~SkullVAELib.vae.completion.CompletionResult` at this call's γ (once per γ)."""

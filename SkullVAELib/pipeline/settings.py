@@ -32,7 +32,7 @@ __all__ = [
 @dataclass(frozen=True)
 class RimFitSettings:
     """The rim-fit source: ``mirror`` lets it use the skull's mirror image where that covers the hole;
-    ``shapes``, where it does not, the model folder's shape bank or else the shipped shape model."""
+    ``shapes``, where it does not, the model folder's shape bank or else the installed shape model."""
 
     mirror: bool = True
     shapes: bool = True

@@ -1,4 +1,4 @@
-"""The shipped shape model: mean and principal modes of complete skulls' outer radius, fitted to a rim (issue 24)."""
+"""The shape model: mean and principal modes of complete skulls' outer radius, fitted to a rim (issue 24)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.shapebank import ShapeBank
 from SkullVAELib.implant.shapemodel import (
-    SHIPPED_MODEL,
+    INSTALLED_MODEL,
     fit_shape_model,
+    installed_shape_model,
     load_shape_model,
     model_cue,
     save_shape_model,
-    shipped_shape_model,
 )
 
 STEP = 4.0
@@ -83,9 +83,11 @@ def test_a_model_round_trips_and_bad_files_are_one_line_errors(tmp_path):
         load_shape_model(tmp_path / "missing.safetensors")
 
 
-def test_the_shipped_model_is_installed_and_holds_no_skull():
-    model = shipped_shape_model()
-    assert model is not None and SHIPPED_MODEL.is_file()
+def test_an_installed_model_holds_no_skull():
+    if not INSTALLED_MODEL.is_file():
+        pytest.skip(f"no shape model installed at {INSTALLED_MODEL} (tools/make_shape_model.py; trained, not in git)")
+    model = installed_shape_model()
+    assert model is not None
     assert model.n_skulls == 56 and model.modes.shape[0] == 10 and model.step_deg == 1.0
     assert model.rays.shape == tuple(len(g) for g in raycast.angle_grid(1.0))
     # only the mean and 10 modes: no array per skull

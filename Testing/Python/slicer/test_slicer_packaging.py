@@ -55,7 +55,6 @@ def test_resources_packaged_and_valid():
         "Resources/UI/SkullVAE.ui",
         "Resources/requirements.txt",
         "SkullVAELib/models/models.json",  # the model registry: package data, beside registry.py
-        "SkullVAELib/implant/shape_model.safetensors",  # the shipped shape model, beside shapemodel.py
     } <= set(listed)
     import matplotlib.image
 

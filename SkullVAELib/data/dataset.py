@@ -1,13 +1,7 @@
 """Data set discovery and the on-disk cache of model-grid volumes.
 
 A data set is one folder or several merged by case id (e.g. the read-only SkullFix folder
-plus a folder of generated facial defects)::
-
-    DATA/complete_skull/ID.nrrd            class "complete"
-    DATA/defective_skull/ID.nrrd           class "cranial"  (the SkullFix name)
-    DATA/implant/ID.nrrd                   cranial implant of ID (evaluation only)
-    DATA/facial_defective_skull/ID.nrrd    class "facial"
-    DATA/facial_implant/ID.nrrd            facial implant of ID (evaluation only)
+plus a folder of generated facial defects), in the layout of :mod:`SkullVAELib.data.layout`.
 
 Any ITK format (.nrrd, .nii, .nii.gz, .mha, .mhd). Every defective case needs its complete
 partner (same ID) in one of the roots.
@@ -36,12 +30,9 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.data.case_ids import parse_id_spec  # noqa: F401  (re-exported: dataset.parse_id_spec)
+from SkullVAELib.data.layout import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, LABELS, split_case_name  # noqa: F401
 from SkullVAELib.io.inputs import data_files
 
-LABEL_FOLDERS = {"complete": "complete_skull", "cranial": "defective_skull", "facial": "facial_defective_skull"}
-IMPLANT_FOLDERS = {"cranial": "implant", "facial": "facial_implant"}
-LABELS = tuple(LABEL_FOLDERS)
-EXTENSIONS = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 CACHE_FORMAT_VERSION = 1
 
 
@@ -60,16 +51,6 @@ class Case:
     label: str
     path: Path
     implant_path: Path | None = None
-
-
-def split_case_name(name: str) -> tuple[str, str] | None:
-    """(case id, extension) of an image file name of the layout, or None (hidden, or not EXTENSIONS)."""
-    if name.startswith("."):
-        return None
-    for ext in EXTENSIONS:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], name[len(name) - len(ext) :]
-    return None
 
 
 def _case_id(file: Path) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from SkullVAELib.core.config import ATLAS_SPACING_MM
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
-from SkullVAELib.data.dataset import split_case_name
+from SkullVAELib.data.layout import split_case_name
 from SkullVAELib.implant.atlas import AtlasSet, build_atlas_set
 
 BUNDLE_ATLAS = "atlas"  # MODEL/atlas/: the atlas set `skullvae complete` uses by default

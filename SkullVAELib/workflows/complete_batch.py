@@ -12,6 +12,7 @@ from pathlib import Path
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.data.layout import split_case_name
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.batch_pool import (
     CaseArguments,
@@ -30,8 +31,6 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """The input files: the given files, or the image files of one given folder (sorted)."""
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
-        from SkullVAELib.data.dataset import split_case_name  # the layout's extensions (imports torch)
-
         found = sorted(p for p in paths[0].iterdir() if p.is_file() and split_case_name(p.name) is not None)
         if not found:
             raise SkullVAEError("no image files (.nrrd, .nii.gz, .nii, .mha, .mhd) in this folder", paths[0])
@@ -44,8 +43,6 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def case_stem(path: Path) -> str:
     """``case_001.nii.gz`` -> ``case_001``."""
-    from SkullVAELib.data.dataset import split_case_name
-
     split = split_case_name(path.name)
     return split[0] if split else path.name.split(".")[0]
 

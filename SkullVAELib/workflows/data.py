@@ -1,6 +1,6 @@
 """Data-set workflows: phantom cohorts, defect sets and the model-grid cache.
 
-Every function writes the data-set layout owned by :mod:`SkullVAELib.data.dataset`
+Every function writes the data-set layout of :mod:`SkullVAELib.data.layout`
 (``LABEL_FOLDERS``, ``IMPLANT_FOLDERS``, ``EXTENSIONS``) and returns what it did.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from SkullVAELib.core.config import DEFAULT_RESAMPLE, DEFECTS
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
-from SkullVAELib.data.dataset import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, split_case_name
+from SkullVAELib.data.layout import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, split_case_name
 from SkullVAELib.io.image import SkullImage
 
 

@@ -30,7 +30,7 @@ EXTRA_PREFIX = "extra-"  # ids of --extra skulls in the packed grids and the tra
 def extra_faces(folder: str | os.PathLike) -> dict[str, Path]:
     """{``extra-ID``: file} for the defective skulls of ``folder`` (its defective_skull/, or itself):
     skulls with a cranial defect whose face is intact serve the facial refiner as complete skulls."""
-    from SkullVAELib.data.dataset import LABEL_FOLDERS, split_case_name
+    from SkullVAELib.data.layout import LABEL_FOLDERS, split_case_name
 
     folder = Path(folder)
     if (folder / LABEL_FOLDERS["cranial"]).is_dir():
@@ -55,7 +55,7 @@ def pack_refiner_grids(
 ) -> Path:
     """Write the complete skulls of ``data`` (ids ``ids``, None: all), and with ``extra`` the skulls
     of :func:`extra_faces`, on the refiner's grid to ``out``."""
-    from SkullVAELib.data.dataset import split_case_name
+    from SkullVAELib.data.layout import split_case_name
     from SkullVAELib.implant.learned.data import pack_lps_grids
     from SkullVAELib.workflows.data import list_complete_skulls
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
-from SkullVAELib.data.dataset import split_case_name
+from SkullVAELib.data.layout import split_case_name
 from SkullVAELib.implant.shapebank import SHAPES_FILE, ShapeBank, build_shape_bank, save_shape_bank
 
 __all__ = ["SHAPES_FILE", "build_shapes"]

@@ -166,10 +166,10 @@ def _python_files():
 
 
 def test_rule4_one_owner_per_vocabulary():
-    """Tuples of defect classes only in config.py; folder names only in dataset.py (docstrings aside)."""
+    """Tuples of defect classes only in config.py; folder names only in data/layout.py (docstrings aside)."""
     owners = {
         "tuple": REPO / "SkullVAELib" / "core" / "config.py",
-        "folder": REPO / "SkullVAELib" / "data" / "dataset.py",
+        "folder": REPO / "SkullVAELib" / "data" / "layout.py",
     }
     bad = []
     for path in _python_files():
@@ -180,5 +180,7 @@ def test_rule4_one_owner_per_vocabulary():
                     if path != owners["tuple"]:
                         bad.append(f"{path.relative_to(REPO)}:{node.lineno} spells {sorted(words)} (use config)")
             elif isinstance(node, ast.Constant) and node.value in FOLDER_NAMES and path != owners["folder"]:
-                bad.append(f"{path.relative_to(REPO)}:{node.lineno} spells {node.value!r} (use dataset.LABEL_FOLDERS)")
+                bad.append(
+                    f"{path.relative_to(REPO)}:{node.lineno} spells {node.value!r} (use data.layout.LABEL_FOLDERS)"
+                )
     assert not bad, "\n".join(bad)

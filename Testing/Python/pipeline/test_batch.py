@@ -128,3 +128,22 @@ def test_workers_take_the_largest_cases_first(tmp_path):
         for n, name in enumerate(names)
     ]
     assert [task.input.stem for task in largest_first(tasks)] == ["large", "middle", "small", "broken"]
+
+
+def test_a_rim_fit_batch_never_imports_torch(tmp_path):
+    """The batch's start-up (listing a folder, naming each case's output) stays off the training stack:
+    torch's import alone cost about 1 s of every batch before the layout moved to `data.layout`."""
+    import subprocess
+    import sys
+
+    inputs = _phantom_inputs(tmp_path / "in")
+    script = (
+        "import sys\n"
+        "from SkullVAELib.cli import main\n"
+        f"code = main(['complete', '--input', {str(inputs)!r}, '--output', {str(tmp_path / 'out')!r},"
+        " '--jobs', '1', '--progress', 'none'])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-2:] == ["0", "False"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.seg.nrrd")) == ["case1.seg.nrrd", "case2.seg.nrrd"]

@@ -72,6 +72,7 @@ class RimFitConfig:
     mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
     shape_neighbours: int = 10  # a shape bank's members averaged where the mirror gives no cue (0: no shape cue)
+    mirror_share: float = 1.0  # the mirror fill's share, the rest the plain spline's (1: mirror only; RESULTS.md)
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
@@ -95,7 +96,7 @@ class Hole:
         rim_thickness_mm: median thickness on the rim.
         area_mm2: hole area on the fitted outer surface.
         expected_volume_mm3: area × rim thickness.
-        source: "spline" or "mirror+spline".
+        source: "spline" or "<cue>+spline" (:mod:`rimcue`).
     """
 
     cells: np.ndarray
@@ -106,9 +107,7 @@ class Hole:
     expected_volume_mm3: float = float("nan")
     source: str = "spline"
     outside_fraction: float = 0.0  # share of its solid angle that lies outside the scan (not filled)
-    seen_sr: float = float(
-        "nan"
-    )  # at the scan's edge: solid angle of rays that pass the filled surface inside the scan
+    seen_sr: float = float("nan")  # at the scan's edge: sr of rays passing the filled surface inside the scan
     unusable: np.ndarray | None = None  # bool (Nα, Nβ) hit rays that are no rim data (bone cut by the scan's edge)
 
 
@@ -279,6 +278,7 @@ def fill_hole(
     outer = raymap.r_out.ravel()[rim_idx].astype(np.float64)
     thick = raymap.thickness.ravel()[rim_idx].astype(np.float64)
     base_out = base_thick = 0.0
+    xy_rim_all, outer_all, thick_all = xy_rim, outer, thick
     k = cfg.shape_neighbours if shapes is not None else 0
     cue, source = choose_cue(raymap, hole.cells, hole.direction, ring, rim_idx, fill_idx, mirror, shapes, k)
     if cue is not None:
@@ -294,6 +294,10 @@ def fill_hole(
         fit_out = fit_out + np.where(use_cue, m_out[fill_idx], np.nan)
         fit_thick = fit_thick + np.where(use_cue, weight * m_thick[fill_idx], np.nan)
         hole.source = source
+        if source == "mirror+spline" and cfg.mirror_share < 1.0:  # the mirror's detail, shrunk
+            plain = fit_rim_splines(xy_rim_all, outer_all, thick_all, xy_fill, smoothing, degree)
+            w = cfg.mirror_share
+            fit_out, fit_thick = w * fit_out + (1.0 - w) * plain[0], w * fit_thick + (1.0 - w) * plain[1]
     fit_thick = np.clip(fit_thick, 1.0, None)
     r_out.ravel()[fill_idx] = fit_out
     r_in.ravel()[fill_idx] = fit_out - fit_thick

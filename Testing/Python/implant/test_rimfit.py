@@ -224,3 +224,36 @@ def test_a_hole_grows_no_further_than_its_reach(reach):
         np.testing.assert_array_equal(grown, sector & within)  # the whole sector, connected to the hole
     else:
         assert grown.sum() < sector.sum()
+
+
+def test_the_mirror_share_shrinks_the_mirror_fill_towards_the_plain_spline(vault_case):
+    """share 1: the mirror-cued fill; 0: the plain spline of the same rim; between: their weighted mean,
+    the outer radius and the thickness alike (the bone's inner surface follows)."""
+    from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole, find_holes, grow_hole
+    from SkullVAELib.implant.symmetry import find_mirror_plane
+
+    defective, _ = vault_case
+    transform = find_mirror_plane(defective).transform()
+    centre = raycast.cranial_centre(defective)
+    raymap = raycast.cast(defective, centre, 1.0)
+    mirror = raycast.cast(defective, centre, 1.0, transform=transform)
+    hole = find_holes(raymap)[0]
+    grow_hole(raymap, hole, RimFitConfig())
+
+    def fill(share: float, with_mirror: bool = True):
+        cells = Hole(hole.cells.copy(), hole.solid_angle_sr, hole.direction)
+        cfg = RimFitConfig(mirror_share=share)
+        region, r_in, r_out = fill_hole(raymap, cells, cfg, mirror if with_mirror else None)
+        return cells.source, region, r_in, r_out
+
+    source, region, in_1, out_1 = fill(1.0)
+    assert source == "mirror+spline", "the phantom's hole must take the mirror cue"
+    *_, in_0, out_0 = fill(0.0)
+    _, plain_region, plain_in, plain_out = fill(1.0, with_mirror=False)
+    _, _, in_h, out_h = fill(0.3)
+    assert region.any() and not np.allclose(out_1[region], out_0[region])  # the mirror changes the surface
+    np.testing.assert_allclose(out_0[region], plain_out[region], atol=1e-4)  # share 0: the plain spline
+    np.testing.assert_allclose(in_0[region], plain_in[region], atol=1e-4)
+    np.testing.assert_allclose(out_h[region], 0.3 * out_1[region] + 0.7 * out_0[region], atol=1e-4)
+    thick_1, thick_0, thick_h = out_1 - in_1, out_0 - in_0, out_h - in_h
+    np.testing.assert_allclose(thick_h[region], 0.3 * thick_1[region] + 0.7 * thick_0[region], atol=1e-3)

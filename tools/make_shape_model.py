@@ -12,8 +12,10 @@ The bank (every training skull's ray map) stays private; the model keeps the mea
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant.shapebank import load_shape_bank
 from SkullVAELib.implant.shapemodel import fit_shape_model, save_shape_model
 
@@ -24,8 +26,15 @@ def main() -> None:
     p.add_argument("out", type=Path, help="the shape model to write")
     p.add_argument("--modes", type=int, default=10, help="principal modes kept (default 10)")
     p.add_argument("--ridge", type=float, default=1e-3, help="the modes' ridge penalty (default 1e-3)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model at OUT")
     args = p.parse_args()
-    model = fit_shape_model(load_shape_bank(args.bank), args.modes, args.ridge)
+    try:
+        if args.out.exists() and not args.overwrite:
+            raise SkullVAEError("a shape model is there already (--overwrite replaces it)", args.out)
+        model = fit_shape_model(load_shape_bank(args.bank), args.modes, args.ridge)
+    except SkullVAEError as exc:
+        print(f"make_shape_model.py: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     save_shape_model(model, args.out)
     print(f"wrote a shape model of {model.n_skulls} skulls, {len(model.modes)} modes, {int(model.rays.sum())} rays")
 

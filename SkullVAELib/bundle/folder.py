@@ -27,7 +27,7 @@ from SkullVAELib.core.errors import SkullVAEError
 
 REFINER_FILE = "refiner.safetensors"
 RESIDUAL_FILE = "residual.safetensors"
-SHAPES_FILE = "shapes.safetensors"  # the same name as implant.shapebank.SHAPES_FILE (tested)
+SHAPES_FILE = "shapes.safetensors"  # the shape bank (implant.shapebank): the rim fit's cue across the mid-plane
 ATLAS_FOLDER = "atlas"
 ATLAS_MANIFEST = "atlas.json"
 VAE_CONFIG = "config.json"

@@ -31,7 +31,6 @@ from SkullVAELib.implant import raycast
 from SkullVAELib.implant.rimspline import gnomonic
 from SkullVAELib.io.image import SkullImage
 
-SHAPES_FILE = "shapes.safetensors"  # MODEL/shapes.safetensors: the rim fit's shape cue when present
 SHAPES_FORMAT = "skullvae-shape-bank"
 MIN_RIM_SEEN = 0.95  # a member must have bone on this share of the rim rays ...
 MIN_HOLE_SEEN = 0.98  # ... and of the hole's rays to be compared at all

@@ -6,10 +6,11 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from SkullVAELib.bundle.folder import SHAPES_FILE
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.layout import split_case_name
-from SkullVAELib.implant.shapebank import SHAPES_FILE, ShapeBank, build_shape_bank, save_shape_bank
+from SkullVAELib.implant.shapebank import ShapeBank, build_shape_bank, save_shape_bank
 
 __all__ = ["SHAPES_FILE", "build_shapes"]
 

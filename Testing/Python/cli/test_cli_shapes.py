@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from SkullVAELib.bundle.folder import SHAPES_FILE
 from SkullVAELib.cli import main
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.implant.shapebank import SHAPES_FILE, load_shape_bank
+from SkullVAELib.implant.shapebank import load_shape_bank
 from SkullVAELib.io.image import write_mask
 
 SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SkullVAELib.bundle.folder import SHAPES_FILE as FOLDER_SHAPES_FILE
-from SkullVAELib.bundle.folder import ModelFolder
+from SkullVAELib.bundle.folder import SHAPES_FILE, ModelFolder
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.rimfit import rim_fit
 from SkullVAELib.implant.shapebank import (
-    SHAPES_FILE,
     ShapeBank,
     build_shape_bank,
     load_shape_bank,
@@ -83,7 +81,6 @@ def test_members_are_ranked_by_their_shape_on_the_rim_not_their_size():
 
 
 def test_a_bank_round_trips_and_bad_files_are_one_line_errors(bumped_bank, tmp_path):
-    assert SHAPES_FILE == FOLDER_SHAPES_FILE
     path = tmp_path / SHAPES_FILE
     save_shape_bank(bumped_bank, path)
     back = load_shape_bank(path)

@@ -92,3 +92,34 @@ def test_an_installed_model_holds_no_skull():
     assert model.rays.shape == tuple(len(g) for g in raycast.angle_grid(1.0))
     # only the mean and 10 modes: no array per skull
     assert model.modes.shape[0] < model.n_skulls
+
+
+def test_the_model_tool_writes_a_model_and_never_replaces_one_unasked(tmp_path):
+    """tools/make_shape_model.py: bank → model; an existing model or a bad bank is a one-line error, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from SkullVAELib.implant.shapebank import save_shape_bank
+    from SkullVAELib.implant.shapemodel import load_shape_model
+
+    tool = Path(__file__).resolve().parents[3] / "tools" / "make_shape_model.py"
+    bank, out = tmp_path / "bank.safetensors", tmp_path / "model.safetensors"
+    save_shape_bank(_bank(), bank)
+
+    def run(*argv):
+        return subprocess.run([sys.executable, str(tool), *map(str, argv)], capture_output=True, text=True)
+
+    assert run(bank, out, "--modes", "3").returncode == 0
+    assert len(load_shape_model(out).modes) == 3
+    before = out.read_bytes()
+    refused = run(bank, out)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert out.read_bytes() == before
+    assert run(bank, out, "--modes", "2", "--overwrite").returncode == 0 and len(load_shape_model(out).modes) == 2
+    missing = run(tmp_path / "none.safetensors", tmp_path / "other.safetensors")
+    assert (
+        missing.returncode == 2
+        and "none.safetensors" in missing.stderr
+        and not (tmp_path / "other.safetensors").exists()
+    )

@@ -205,8 +205,10 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         except BaseException as exc:
             self._finish(run, None, exc)
             raise
-        if not waitForCompletion:
-            return None
+        return self._waitFor(run, timeout) if waitForCompletion else None
+
+    def _waitFor(self, run, timeout: float | None):
+        """Block until ``run`` ends (``timeout`` seconds at most): its segmentation node, or raise its error."""
         deadline = None if timeout is None else time.monotonic() + float(timeout)
         try:
             done = False

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.data.dataset import parse_id_spec
+    from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows import build_atlas
 
     progress = make_progress(args.progress)

@@ -13,6 +13,9 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from SkullVAELib.bundle.folder import (
+    REFINER_FILE,  # MODEL/refiner.safetensors: `skullvae complete` uses it when present
+)
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.learned.config import RefinerConfig
@@ -20,7 +23,6 @@ from SkullVAELib.implant.learned.train import RefinerTrainConfig
 
 __all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "extra_faces", "pack_refiner_grids", "train_refiner"]
 
-REFINER_FILE = "refiner.safetensors"  # MODEL/refiner.safetensors: used by `skullvae complete` when present
 CURVES_FILE = "refiner_curves.png"  # the training loss and validation Dice, drawn from training_log.csv
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from SkullVAELib.bundle.folder import RESIDUAL_FILE  # MODEL/residual.safetensors: the `residual` source uses it
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.recipes import CRANIAL_STYLES
@@ -29,7 +30,6 @@ __all__ = [
     "train_residual",
 ]
 
-RESIDUAL_FILE = "residual.safetensors"  # MODEL/residual.safetensors: the `residual` source uses it when present
 CURVES_FILE = "residual_curves.png"  # the training loss and the validation Dice (and the rim fit's), from the log
 SEED_BASE = 1000  # training draws use case_seed(SEED_BASE + n, id): never the evaluation's seeds 0, 1, ...
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -32,8 +34,16 @@ def setup(tmp_path_factory):
     return root, defective, truth
 
 
+def _with_atlas(root, capsys) -> None:
+    """Build MODEL/atlas unless an earlier test of this module did (tests may run alone or on other workers)."""
+    if not (root / "model" / "atlas" / "atlas.json").exists():
+        assert main(["build-atlas", "--data", str(root / "data"), "--out", str(root / "model" / "atlas")]) == 0
+        capsys.readouterr()
+
+
 def test_build_atlas_into_the_bundle_then_refuse_to_overwrite(setup, capsys):
     root, _, _ = setup
+    shutil.rmtree(root / "model" / "atlas", ignore_errors=True)  # a test before this one may have built it
     argv = ["build-atlas", "--data", str(root / "data"), "--out", str(root / "model" / "atlas"), "--progress", "none"]
     assert main([*argv, "--train-ids", "001-003"]) == 0
     assert "3 skulls" in capsys.readouterr().out
@@ -46,9 +56,7 @@ def test_build_atlas_into_the_bundle_then_refuse_to_overwrite(setup, capsys):
 
 def test_complete_uses_the_bundle_atlas_for_a_facial_defect(setup, capsys, run_complete):
     root, defective, truth = setup
-    if not (root / "model" / "atlas" / "atlas.json").exists():
-        assert main(["build-atlas", "--data", str(root / "data"), "--out", str(root / "model" / "atlas")]) == 0
-        capsys.readouterr()
+    _with_atlas(root, capsys)
     done, segments, _ = run_complete(root, "atlas", "facial")
     assert done["implant_source"] == "atlas"
     assert any(k.startswith("atlas_") for k in done["timings"])
@@ -58,10 +66,11 @@ def test_complete_uses_the_bundle_atlas_for_a_facial_defect(setup, capsys, run_c
     assert plain["implant_source"] != "atlas"  # the untrained model may propose nothing: "none"
 
 
-def test_evaluate_refuses_an_atlas_that_holds_test_cases(setup, tmp_path):
+def test_evaluate_refuses_an_atlas_that_holds_test_cases(setup, tmp_path, capsys):
     from SkullVAELib.workflows.implants import evaluate_implants
 
     root, _, _ = setup
+    _with_atlas(root, capsys)
     with pytest.raises(SkullVAEError, match="atlas set holds"):
         evaluate_implants(
             [root / "data"], tmp_path / "rep", ["002"], ["atlas"], ["facial"], atlas=root / "model" / "atlas"

@@ -13,7 +13,7 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.defects import cranial_defect, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
-from SkullVAELib.implant.sources import Proposal, register_source, source_names
+from SkullVAELib.implant.sources import Proposal, base, register_source, source_names
 from SkullVAELib.io.image import write_mask
 from SkullVAELib.pipeline.completer import Completer
 from SkullVAELib.pipeline.settings import CompletionSettings, RimFitSettings
@@ -81,7 +81,13 @@ class _Stamp:
         return Proposal(self.implant, messages=[], timings={"stamp": 0.0})
 
 
-def test_a_new_source_is_one_class_and_one_registration_line(facial_case, cranial_case):
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The sources' registry as a copy this test may add to (restored after it, whatever ran before)."""
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+
+def test_a_new_source_is_one_class_and_one_registration_line(own_registry, facial_case, cranial_case):
     register_source(_Stamp)
     assert "stamp" in source_names()
     defective, truth = facial_case
@@ -152,7 +158,7 @@ def test_a_model_folder_with_a_broken_config_is_refused_before_any_work(tmp_path
         Completer(CompletionSettings(model=tmp_path / "empty"))
 
 
-def test_a_failed_implant_is_passed_over_and_every_result_carries_its_quality(monkeypatch, cranial_case):
+def test_a_failed_implant_is_passed_over_and_every_result_carries_its_quality(own_registry, monkeypatch, cranial_case):
     """The quality score gates the sources: below the floor, the next source is tried; when all fail,
     the best is kept and called doubtful."""
     import SkullVAELib.implant.quality as quality
@@ -169,8 +175,8 @@ def test_a_failed_implant_is_passed_over_and_every_result_carries_its_quality(mo
 
     monkeypatch.setattr(quality, "implant_quality", failing)
     _Stamp.implant = truth.mask | defective.mask
-    settings = CompletionSettings(sources=("rimfit", "stamp"), rimfit=NO_MIRROR)
     register_source(_Stamp)
+    settings = CompletionSettings(sources=("rimfit", "stamp"), rimfit=NO_MIRROR)
     _Stamp.applies = lambda self, context: None
     try:
         passed = Completer(settings).complete(defective)

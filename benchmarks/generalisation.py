@@ -36,7 +36,8 @@ import torch
 
 
 def _cases(args):
-    from SkullVAELib.data.dataset import discover_cases, parse_id_spec, select_cases
+    from SkullVAELib.data.case_ids import parse_id_spec
+    from SkullVAELib.data.dataset import discover_cases, select_cases
 
     return select_cases(discover_cases([Path(d) for d in args.data]), parse_id_spec(args.ids))
 

@@ -109,7 +109,7 @@ def register(subparsers) -> None:
 
 def _run_implants(args: argparse.Namespace, progress) -> None:
     from SkullVAELib.core.errors import SkullVAEError
-    from SkullVAELib.data.dataset import parse_id_spec
+    from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows.implants import evaluate_implants
 
     test_ids = parse_id_spec(args.test_ids)

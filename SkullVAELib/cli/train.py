@@ -172,7 +172,7 @@ def train_configs(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.data.dataset import parse_id_spec
+    from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows import train_model
 
     network = network_from_args(args)  # validates grid / depth / channels first: one-line errors

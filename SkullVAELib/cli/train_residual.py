@@ -83,7 +83,7 @@ def _pools(args, cfg, progress, log) -> tuple[list[Path], list[Path]]:
     """Build (or, on --resume, reuse) the training and validation pools of --data / --extra in --out."""
     from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.data.case_ids import parse_id_spec
-    from SkullVAELib.workflows.residual import build_residual_pool
+    from SkullVAELib.workflows.residual import build_residual_pool, defective_ids
 
     if args.data is None or not args.train_ids:
         raise SkullVAEError("give --data with --train-ids (or --pools)")
@@ -92,7 +92,7 @@ def _pools(args, cfg, progress, log) -> tuple[list[Path], list[Path]]:
     if args.val_ids:
         jobs.append(("pool-val.npz", args.data, parse_id_spec(args.val_ids), ("real", *styles), ""))
     if args.extra:
-        ids = parse_id_spec(args.extra_ids) if args.extra_ids else _all_ids(args.extra)
+        ids = parse_id_spec(args.extra_ids) if args.extra_ids else defective_ids(args.extra)
         jobs.append(("pool-extra.npz", args.extra, ids, ("extra",), "extra-"))
     train, val = [], []
     for name, data, ids, kinds, prefix in jobs:
@@ -113,12 +113,6 @@ def _styles(text: str) -> tuple[str, ...]:
     if not styles or set(styles) - set(CRANIAL_STYLES):
         raise SkullVAEError(f"--styles takes some of {','.join(CRANIAL_STYLES)}, got {text!r}")
     return styles
-
-
-def _all_ids(folder) -> list[str]:
-    from SkullVAELib.data.dataset import LABEL_FOLDERS, _files_by_id
-
-    return sorted(_files_by_id(Path(folder) / LABEL_FOLDERS["cranial"]))
 
 
 def run(args: argparse.Namespace) -> int:

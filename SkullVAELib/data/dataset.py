@@ -29,8 +29,8 @@ from SkullVAELib.core.config import check_resample
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
 from SkullVAELib.core.progress import ProgressCallback, no_progress
-from SkullVAELib.data.case_ids import parse_id_spec  # noqa: F401  (re-exported: dataset.parse_id_spec)
-from SkullVAELib.data.layout import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, LABELS, split_case_name  # noqa: F401
+from SkullVAELib.data.case_ids import parse_id_spec
+from SkullVAELib.data.layout import EXTENSIONS, IMPLANT_FOLDERS, LABEL_FOLDERS, LABELS, split_case_name
 from SkullVAELib.io.inputs import data_files
 
 CACHE_FORMAT_VERSION = 1

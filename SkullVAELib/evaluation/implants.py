@@ -32,7 +32,7 @@ from scipy import stats
 
 from SkullVAELib.core.config import DEFECTS
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
+from SkullVAELib.data.layout import IMPLANT_FOLDERS, LABEL_FOLDERS
 from SkullVAELib.evaluation.metrics import dice, implant_metrics
 from SkullVAELib.io.image import SkullImage, read_skull
 

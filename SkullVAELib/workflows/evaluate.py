@@ -9,7 +9,7 @@ from pathlib import Path
 from SkullVAELib.core.config import GAMMAS
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
-from SkullVAELib.data.dataset import parse_id_spec
+from SkullVAELib.data.case_ids import parse_id_spec
 
 
 def recorded_train_ids(bundle) -> list[str] | None:

@@ -35,7 +35,7 @@ def fit_completion_data(
     """Fit the completion data of the bundle ``model`` (updated in place: completion.json).
 
     ``resample`` None uses the mode the model was trained with; ``train_ids`` selects cases
-    (``dataset.parse_id_spec``); None uses every case of ``data``.
+    (``case_ids.parse_id_spec``); None uses every case of ``data``.
     """
     import numpy as np
 

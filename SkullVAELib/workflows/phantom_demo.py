@@ -119,7 +119,7 @@ def _complete_held_back(
 
     Per defect class: KIND.seg.nrrd, KIND_implant.stl (when there is an implant) and KIND.png.
     """
-    from SkullVAELib.data.dataset import LABEL_FOLDERS
+    from SkullVAELib.data.layout import LABEL_FOLDERS
     from SkullVAELib.pipeline.completer import Completer
     from SkullVAELib.pipeline.settings import CompletionSettings
     from SkullVAELib.workflows.complete import OutputOptions, complete_files
@@ -158,7 +158,7 @@ def demo(
     ``n`` phantoms (the last is held back), ``epochs``/``epochs2`` per stage, stage-1 ``beta``;
     ``threads`` torch threads (0 = all cores).
     """
-    from SkullVAELib.data.dataset import parse_id_spec
+    from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows.data import make_phantom_set, phantom_file_name
     from SkullVAELib.workflows.fit import fit_completion_data
 

@@ -13,9 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from SkullVAELib.bundle.folder import (
-    REFINER_FILE,  # MODEL/refiner.safetensors: `skullvae complete` uses it when present
-)
+from SkullVAELib.bundle.folder import REFINER_FILE  # MODEL/refiner.safetensors: `complete` uses it
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.learned.config import RefinerConfig

@@ -27,6 +27,7 @@ __all__ = [
     "ResidualConfig",
     "ResidualTrainConfig",
     "build_residual_pool",
+    "defective_ids",
     "train_residual",
 ]
 
@@ -38,6 +39,14 @@ def _files(root: Path, folder: str) -> dict[str, Path]:
     from SkullVAELib.data.dataset import _files_by_id
 
     return _files_by_id(root / folder) if (root / folder).is_dir() else {}
+
+
+def defective_ids(data: str | os.PathLike) -> list[str]:
+    """The case ids of ``data``'s defective_skull/, sorted: every skull of an extra set given without ids."""
+    from SkullVAELib.data.dataset import _files_by_id
+    from SkullVAELib.data.layout import LABEL_FOLDERS
+
+    return sorted(_files_by_id(Path(data) / LABEL_FOLDERS["cranial"]))
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ def pool_rows(
     ``extra`` defective_skull/ alone (no ground truth; its new defects take ``extra_styles`` in
     turn). Stored ids are ``id_prefix + id`` (another data set's skulls must not share SkullFix's
     ids). ``jobs`` > 1: skulls side by side in worker processes (:mod:`.processes`; one core each)."""
-    from SkullVAELib.data.dataset import IMPLANT_FOLDERS, LABEL_FOLDERS
+    from SkullVAELib.data.layout import IMPLANT_FOLDERS, LABEL_FOLDERS
 
     root = Path(data)
     folders = (LABEL_FOLDERS["complete"], LABEL_FOLDERS["cranial"], IMPLANT_FOLDERS["cranial"])

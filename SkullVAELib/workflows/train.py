@@ -68,7 +68,7 @@ def train_model(
             given network must have the bundle's grid.
         stages: ``{1: TrainConfig, 2: TrainConfig}`` (either or both); ``seed``, ``batch_size``,
             ``lr`` and ``device`` of the first stage are recorded in the bundle.
-        train_ids / validation_ids: case ids (``dataset.parse_id_spec`` lists); None = every case /
+        train_ids / validation_ids: case ids (``case_ids.parse_id_spec`` lists); None = every case /
             no validation.
         cache_dir: model-grid cache folder (default ``$SKULLVAE_CACHE`` or ``~/.cache/skullvae``).
         resample: grid resampling mode (``config.RESAMPLE_MODES``; None = "area", or the stage-1

@@ -28,7 +28,6 @@ CLI_MAY_IMPORT = (
     "SkullVAELib.core.config",  # vocabulary, presets, defaults
     "SkullVAELib.core.errors",
     "SkullVAELib.core.progress",  # tqdm bars / JSON lines
-    "SkullVAELib.data.dataset",  # case-id specs (parse_id_spec) checked before any work
     "SkullVAELib.data.case_ids",  # parse_id_spec's own light module (no SimpleITK: train-refiner on a GPU machine)
     "SkullVAELib.bundle.model_bundle",
     "SkullVAELib.evaluation.table1",

@@ -120,11 +120,13 @@ def test_extra_skulls_give_new_defects_with_their_own_hole_kept_out_of_the_loss(
     import shutil
 
     from SkullVAELib.implant.residual.pool import load_pools
-    from SkullVAELib.workflows.residual import build_residual_pool
+    from SkullVAELib.workflows.residual import build_residual_pool, defective_ids
 
     root, _ = data
     (tmp_path / "extra" / "defective_skull").mkdir(parents=True)
     shutil.copy(root / "data" / "defective_skull" / "001.nrrd", tmp_path / "extra" / "defective_skull")
+    (tmp_path / "extra" / "defective_skull" / ".hidden.nrrd").write_bytes(b"")  # not a case of the layout
+    assert defective_ids(tmp_path / "extra") == ["001"]  # --extra without --extra-ids takes them all
     path = build_residual_pool(tmp_path / "extra", ["001"], tmp_path / "x.npz", ("extra",), TINY_CFG, draws=2,
                                id_prefix="extra-")  # fmt: skip
     pool = load_pools([path], TINY_CFG)

@@ -14,7 +14,7 @@ import pytest
 from SkullVAELib.bundle.model_bundle import new_bundle
 from SkullVAELib.core.config import PRESETS
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.data.dataset import parse_id_spec
+from SkullVAELib.data.case_ids import parse_id_spec
 from SkullVAELib.data.defects import cranial_defect, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.report import id_ranges, write_report

@@ -211,7 +211,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_train_ids_parsing(tmp_path):
-    from SkullVAELib.data.dataset import parse_id_spec
+    from SkullVAELib.data.case_ids import parse_id_spec
 
     def parse_ids(spec):
         ids = parse_id_spec(spec)

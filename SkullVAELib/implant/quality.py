@@ -91,8 +91,7 @@ def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, 
     """(median |outer-radius step|, median |thickness step|, band rays) across the footprint's rim (mm).
 
     ``usable``: rays whose radii are the skull's (not cut by the scan's edge), on both sides."""
-    alpha, beta = raycast.angle_grid(cfg.step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    dirs = raycast.grid_directions(cfg.step_deg)
     cells, direction = _main_footprint(footprint, dirs)
     inside = ndimage.distance_transform_cdt(cells, metric="chessboard")
     outside = ndimage.distance_transform_cdt(~cells, metric="chessboard")

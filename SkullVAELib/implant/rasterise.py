@@ -23,8 +23,7 @@ def rasterise(
     out = np.zeros_like(skull.mask)  # the mask's memory order (Fortran from SimpleITK): cheap to combine
     if not region.any():
         return out
-    alpha, beta = raycast.angle_grid(step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])[region]
+    dirs = raycast.grid_directions(step_deg)[region]
     lo_r, hi_r = float(np.nanmin(r_in[region])) - 1.0, float(np.nanmax(r_out[region])) + 1.0
     corners = np.concatenate([centre + lo_r * dirs, centre + hi_r * dirs])
     box = skull.index_box(corners, margin=2)

@@ -29,12 +29,14 @@ interpolated radii.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.core.unchanged import fingerprint
 from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.implant.raymarch import RayMarcher
 from SkullVAELib.io.image import SkullImage
@@ -89,6 +91,16 @@ def directions(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return np.stack([s * np.sin(beta), np.cos(alpha), s * np.cos(beta)], axis=-1)
 
 
+@functools.lru_cache(maxsize=8)
+def grid_directions(step_deg: float) -> np.ndarray:
+    """Read-only unit vectors (Nα, Nβ, 3) in LPS of the cell centres of :func:`angle_grid` (made once
+    per step: every stage of a case asks for them)."""
+    alpha, beta = angle_grid(step_deg)
+    dirs = directions(alpha[:, None], beta[None, :])
+    dirs.flags.writeable = False
+    return dirs
+
+
 def to_angles(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(r, α, β) of LPS vectors (..., 3) relative to a centre."""
     x, y, z = vectors[..., 0], vectors[..., 1], vectors[..., 2]
@@ -106,13 +118,14 @@ def grid_coordinates(alpha: np.ndarray, beta: np.ndarray, step_deg: float) -> tu
 # The bone voxels of the last mask asked about, in C order of (i, j, k): cranial_centre, max_radius
 # and the mirror plane all subsample them, and listing them costs ~1.4 s on a Fortran-ordered
 # SkullFix mask (np.argwhere walks it against its memory order). Keyed on the array object (weak
-# reference), its shape, strides and bone count.
+# reference) and its fingerprint (core.unchanged: shape, strides, and the bone count or the hold
+# under which the Completer keeps it read-only).
 _bone_cache: dict = {}
 
 
 def _bone_flat(mask: np.ndarray) -> np.ndarray:
     """Memory-order flat indices (int64) of ``mask``'s bone voxels, sorted in C order of (i, j, k)."""
-    key = (mask.shape, mask.strides, int(np.count_nonzero(mask)))
+    key = fingerprint(mask)
     ref = _bone_cache.get("mask")
     if ref is not None and ref() is mask and _bone_cache.get("key") == key:
         return _bone_cache["flat"]
@@ -132,6 +145,11 @@ def _bone_flat(mask: np.ndarray) -> np.ndarray:
     _bone_cache.clear()
     _bone_cache.update(mask=weakref.ref(mask, lambda _: _bone_cache.clear()), key=key, flat=flat)
     return flat
+
+
+def bone_count(mask: np.ndarray) -> int:
+    """The number of ``mask``'s bone voxels (from the cached listing: no pass when it is cached)."""
+    return len(_bone_flat(mask))
 
 
 def bone_points(skull: SkullImage, every: int = 1) -> np.ndarray:
@@ -168,7 +186,7 @@ def cranial_centre(skull: SkullImage) -> np.ndarray:
 
 
 def _fit_cranial_centre(skull: SkullImage) -> np.ndarray:
-    pts = bone_points(skull, every=max(int(np.count_nonzero(skull.mask)) // 200_000, 1))
+    pts = bone_points(skull, every=max(bone_count(skull.mask) // 200_000, 1))
     z_lo, z_hi = pts[:, 2].min(), pts[:, 2].max()
     upper = pts[pts[:, 2] >= 0.5 * (z_lo + z_hi)]
     if len(upper) < 10:
@@ -196,7 +214,7 @@ def max_radius(skull: SkullImage, centre: np.ndarray) -> float:
 
 
 def _farthest_bone(skull: SkullImage, centre: np.ndarray) -> float:
-    pts = bone_points(skull, every=max(int(np.count_nonzero(skull.mask)) // 200_000, 1))
+    pts = bone_points(skull, every=max(bone_count(skull.mask) // 200_000, 1))
     if len(pts) == 0:
         return MIN_RADIUS_MM
     return float(np.linalg.norm(pts - centre, axis=1).max() + 2.0 * np.linalg.norm(skull.spacing))
@@ -277,7 +295,7 @@ def cast(
     alpha, beta = angle_grid(step_deg)
     shape = (len(alpha), len(beta))
     if coarse_factor <= 1:
-        hit, r_out, r_in = _cast_rays(marcher, to_index, directions(alpha[:, None], beta[None, :]).reshape(-1, 3))
+        hit, r_out, r_in = _cast_rays(marcher, to_index, grid_directions(float(step_deg)).reshape(-1, 3))
         return RayMap(centre, float(step_deg), hit.reshape(shape), r_out.reshape(shape), r_in.reshape(shape))
     sharp_mm = max(SHARP_MM, 2.0 * float(np.max(skull.spacing)))  # above the voxel quantisation
     maps = _coarse_to_fine(lambda dirs: _cast_rays(marcher, to_index, dirs), alpha, beta, int(coarse_factor), exact,

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from SkullVAELib.core.unchanged import fingerprint
+
 CHUNK_SAMPLES = 1 << 20  # samples per vectorised batch on the CPU (memory ~ 20 bytes each)
 CHUNK_SAMPLES_CUDA = 1 << 24
 BLOCK = 4  # voxels per side of the occupancy blocks that let a ray skip empty space
@@ -45,7 +47,7 @@ def _block_any(mem: np.ndarray) -> np.ndarray:
 def _occupancy(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     """(flat bool, element strides, dims) of the block occupancy of the bool mask ``arr`` (I, J, K),
     dilated by one block and padded by one block of False on every side; cached for the last array."""
-    key = (arr.shape, arr.strides, int(np.count_nonzero(arr)))
+    key = fingerprint(arr)
     ref = _block_cache.get("array")
     if ref is not None and ref() is arr and _block_cache.get("key") == key:
         return _block_cache["value"]

@@ -131,8 +131,7 @@ class RimFitResult:
 
 def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
     """(3,) unit solid-angle-weighted mean direction of grid cells."""
-    alpha, beta = raycast.angle_grid(step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    dirs = raycast.grid_directions(step_deg)
     omega = np.broadcast_to(cell_solid_angle(step_deg), cells.shape)
     mean = (dirs[cells] * omega[cells][:, None]).sum(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
@@ -196,8 +195,7 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
     Such rays join when they connect to the hole (8-neighbours) through other such rays, within
     ``cfg.grow_reach`` cells of the hole as found: true ones lie 1-4 cells out, and without the
     limit the spline, refitted on a ring that moves out with the hole, can walk down a thin wall."""
-    alpha, beta = raycast.angle_grid(raymap.step_deg)
-    flat_dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
+    flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
     cells = hole.cells
     near_hole = ndimage.binary_dilation(cells, _SQUARE, iterations=cfg.grow_reach) & raymap.hit
     for _ in range(cfg.grow_iterations):
@@ -259,8 +257,7 @@ def fill_hole(
 
     The cue the rim's splines correct: the mirrored skull (``mirror``) where it has bone over the
     hole and its rim, else the nearest skulls of ``shapes`` (:func:`shapebank.shape_cue`), else none."""
-    alpha, beta = raycast.angle_grid(raymap.step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    dirs = raycast.grid_directions(raymap.step_deg)
     region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
     region &= dirs @ hole.direction >= np.cos(np.deg2rad(cfg.max_angle_deg))  # the projection's limit
     ring = _rim_rays(raymap, hole.cells, cfg, hole.unusable)
@@ -344,7 +341,7 @@ def rim_fit(
     edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
     holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown)
     messages = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
-    implant = np.zeros_like(skull.mask)  # the mask's memory order (see rasterise)
+    implant = None  # the first hole's rasterised implant, or the union of several
     filled = 0
     for hole in holes:
         _clip_to_scan(hole, edge, raymap.step_deg)
@@ -359,11 +356,13 @@ def rim_fit(
             continue
         if hole.outside_fraction > 0.0:
             messages.append(_edge_message(hole, "reaches the scan's edge; the implant is filled up to the edge"))
-        implant |= rasterise(skull, centre, cfg.step_deg, region, r_in, r_out)
+        piece = rasterise(skull, centre, cfg.step_deg, region, r_in, r_out)
+        implant = piece if implant is None else np.logical_or(implant, piece, out=implant)
         filled += 1
     timings["fill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    implant = postprocess(implant, skull, cfg)
+    # no hole filled: an empty implant in the mask's memory order (see rasterise)
+    implant = np.zeros_like(skull.mask) if implant is None else postprocess(implant, skull, cfg)
     timings["postprocess"] = time.perf_counter() - t0
     if filled and not implant.any():
         messages.append(f"the rim fit filled {filled} hole(s) but no implant survived inside the scan")

@@ -56,8 +56,8 @@ def exit_radius(skull: SkullImage, centre: np.ndarray, step_deg: float) -> np.nd
     """float32 (Nα, Nβ): distance (mm) from ``centre`` at which each ray leaves the grid's box
     (from the first to the last voxel centre: where :func:`raycast.cast`'s samples stop reading
     the mask); 0 where the centre lies outside it."""
-    alpha, beta = raycast.angle_grid(step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :]).reshape(-1, 3)
+    grid = raycast.grid_directions(step_deg)
+    dirs = grid.reshape(-1, 3)
     affine = skull.index_to_physical()
     inv = np.linalg.inv(affine[:3, :3])
     start = inv @ (np.asarray(centre, dtype=np.float64) - affine[:3, 3])
@@ -66,7 +66,7 @@ def exit_radius(skull: SkullImage, centre: np.ndarray, step_deg: float) -> np.nd
     with np.errstate(divide="ignore", invalid="ignore"):
         bound = np.where(step > 0, (hi - start) / step, np.where(step < 0, (lo - start) / step, np.inf))
     inside = np.all((start >= lo) & (start <= hi))
-    return np.where(inside, bound.min(axis=1), 0.0).reshape(len(alpha), len(beta)).astype(np.float32)
+    return np.where(inside, bound.min(axis=1), 0.0).reshape(grid.shape[:2]).astype(np.float32)
 
 
 def scan_edge(
@@ -88,8 +88,7 @@ def scan_edge(
     if not usable.any() or not miss.any():
         none = np.zeros_like(miss)
         return ScanEdge(exit_mm, truncated, none, none.copy())
-    alpha, beta = raycast.angle_grid(raymap.step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    dirs = raycast.grid_directions(raymap.step_deg)
     k = min(EXPECTED_NEIGHBOURS, int(usable.sum()))
     _, near = cKDTree(dirs[usable]).query(dirs[miss], k=k)
     expected = np.full(miss.shape, np.nan, dtype=np.float32)

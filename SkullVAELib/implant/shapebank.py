@@ -133,8 +133,7 @@ def rank_members(bank: ShapeBank, outer: np.ndarray, rim: np.ndarray, hole: np.n
     rays; ``direction``: the hole's mean direction (3,). A member is scaled to the patient's rim
     (median ratio) and scored by the rim residual's RMS after a least-squares quadratic in the hole's
     gnomonic plane (what the rim's spline would absorb anyway)."""
-    alpha, beta = raycast.angle_grid(bank.step_deg)
-    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    dirs = raycast.grid_directions(bank.step_deg)
     design = _quadratic(gnomonic(dirs[rim], direction))
     patient = outer[rim].astype(np.float64)
     ranked = []

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import SimpleITK as sitk
 
+from SkullVAELib.core.unchanged import fingerprint
 from SkullVAELib.io.image import SkullImage
 
 DEFAULT_SPACING_MM = 4.0
@@ -92,7 +93,7 @@ def find_mirror_plane(skull: SkullImage, spacing_mm: float = DEFAULT_SPACING_MM)
         tuple(np.asarray(skull.origin, dtype=float)),
         tuple(np.asarray(skull.spacing, dtype=float)),
         tuple(np.asarray(skull.direction, dtype=float).ravel()),
-        int(np.count_nonzero(skull.mask)),
+        fingerprint(skull.mask),
         float(spacing_mm),
     )
     ref = _plane_cache.get("mask")
@@ -107,9 +108,9 @@ def find_mirror_plane(skull: SkullImage, spacing_mm: float = DEFAULT_SPACING_MM)
 
 def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
     """:func:`find_mirror_plane` without the cache."""
-    from SkullVAELib.implant.raycast import bone_points
+    from SkullVAELib.implant.raycast import bone_count, bone_points
 
-    pts = bone_points(skull, every=max(int(np.count_nonzero(skull.mask)) // 100_000, 1))
+    pts = bone_points(skull, every=max(bone_count(skull.mask) // 100_000, 1))
     centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
     centre[0] = float(np.median(pts[:, 0]))
     flip0 = _reflection(centre, np.array([1.0, 0.0, 0.0]))

@@ -18,6 +18,7 @@ import numpy as np
 from SkullVAELib.bundle.folder import ModelFolder
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.core.unchanged import hold_unchanged
 from SkullVAELib.implant.check import check_implant
 from SkullVAELib.implant.postprocess import postprocess_implant
 from SkullVAELib.implant.sources import source_class
@@ -66,7 +67,10 @@ class Completer:
         if np.count_nonzero(skull.mask) < MIN_BONE_VOXELS:
             raise SkullVAEError("empty mask: no bone voxels to complete", skull.metadata.get("source"))
         cache: dict = {}
-        return [self._complete_one(skull, float(g), cache, progress or no_progress) for g in gammas]
+        # read-only while it is completed: the caches of its bone listing, block occupancy and mirror
+        # plane then know it unchanged without a pass over it (core.unchanged)
+        with hold_unchanged(skull.mask):
+            return [self._complete_one(skull, float(g), cache, progress or no_progress) for g in gammas]
 
     def _complete_one(self, skull: SkullImage, gamma: float, cache: dict, progress: ProgressCallback) -> Completion:
         start = time.perf_counter()

@@ -286,3 +286,10 @@ def test_the_centre_and_radius_are_computed_once_per_mask(defect_cases, monkeypa
     near, far = raycast.max_radius(other, again), raycast.max_radius(other, again + 30.0)
     assert far > near
     assert raycast.max_radius(other, again) == near == raycast._farthest_bone(other, again)
+
+
+def test_the_grid_directions_are_made_once_read_only_and_equal_the_angles():
+    alpha, beta = raycast.angle_grid(2.0)
+    dirs = raycast.grid_directions(2.0)
+    assert dirs is raycast.grid_directions(2.0) and not dirs.flags.writeable
+    np.testing.assert_array_equal(dirs, raycast.directions(alpha[:, None], beta[None, :]))

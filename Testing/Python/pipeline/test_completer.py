@@ -39,6 +39,7 @@ def test_a_cranial_defect_completes_without_any_model(cranial_case):
     assert result.source == "rimfit" and result.defect == "cranial" and not result.gamma_used
     assert "enclosed hole" in result.defect_reason
     assert np.array_equal(defective.mask, before)  # the input is never modified
+    assert defective.mask.flags.writeable  # held read-only while completed (core.unchanged), then handed back
     assert not (result.implant.mask & defective.mask).any()
     assert dice(result.implant.mask, truth.mask) >= 0.8
     assert np.array_equal(result.completed.mask, defective.mask | result.implant.mask)

@@ -187,3 +187,18 @@ def test_border_dice_no_bone_and_metrics_dict():
     assert border_dice(gt, gt, empty, (1, 1, 1)) == 1.0  # nothing in the border: both zeroed
     out = implant_metrics(gt, gt, defective, (1, 1, 1))
     assert out == {"dsc": 1.0, "bdsc": 1.0, "hd95": 0.0}
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_bounding_box_is_the_same_in_either_memory_order_and_on_views(order):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = np.zeros((9, 7, 5), dtype=bool, order=order)
+        m[tuple(rng.integers(0, n, size=3) for n in m.shape)] = True
+        expected = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(m))
+        assert bounding_box(m) == expected
+        assert bounding_box(m.transpose(2, 0, 1)) == tuple(expected[a] for a in (2, 0, 1))
+        view = m[::2, :, 1:]  # a strided view
+        if view.any():
+            assert bounding_box(view) == tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(view))
+    assert bounding_box(np.array([False, True, True, False])) == (slice(1, 3),)

@@ -47,23 +47,28 @@ _SLAB_VOXELS = 1 << 21  # voxels of the box handled at once by rasterise (~40 MB
 
 
 def _rasterise_slab(skull, slab, lin, off, step_deg, region, radii) -> np.ndarray:
-    """bool: :func:`rasterise` on one slab (a tuple of slices) of the grid."""
+    """bool: :func:`rasterise` on one slab (a tuple of slices) of the grid, in the mask's memory
+    order (a Fortran mask's slab is worked on as its (K, J, I) transpose: no mixed-order passes)."""
     fin_in, fin_out, r_lo, r_hi = radii
+    bone = skull.mask[slab]
+    fortran = not bone.flags.c_contiguous and bone.strides[0] < bone.strides[-1]
     ii, jj, kk = (np.arange(s.start, s.stop, dtype=np.float32) for s in slab)
-    ii, jj, kk = ii[:, None, None], jj[None, :, None], kk[None, None, :]
+    if fortran:  # axes (k, j, i): C order over them is the mask's memory order
+        ii, jj, kk, bone = ii[None, None, :], jj[None, :, None], kk[:, None, None], bone.T
+    else:
+        ii, jj, kk = ii[:, None, None], jj[None, :, None], kk[None, None, :]
     x, y, z = (lin[a, 0] * ii + lin[a, 1] * jj + lin[a, 2] * kk + off[a] for a in range(3))
     r = np.sqrt(x * x + y * y + z * z)
     block = np.zeros(r.shape, dtype=bool)
-    shell = np.flatnonzero((r >= r_lo) & (r <= r_hi) & ~skull.mask[slab])
-    if shell.size == 0:
-        return block
-    r_shell, a, b = raycast.to_angles(np.stack([np.take(v, shell) for v in (x, y, z)], axis=-1))
-    coords = np.stack(raycast.grid_coordinates(a, b, step_deg))
-    # the nearest cell, clamped to the grid (map_coordinates' order 0, mode "nearest")
-    cell = [np.clip(np.floor(c + 0.5), 0, n - 1).astype(np.intp) for c, n in zip(coords, region.shape, strict=True)]
-    inside = region[cell[0], cell[1]].astype(bool)
-    shell, r_shell, coords = shell[inside], r_shell[inside], coords[:, inside]
-    lo_val = ndimage.map_coordinates(fin_in, coords, order=1, mode="nearest")
-    hi_val = ndimage.map_coordinates(fin_out, coords, order=1, mode="nearest")
-    block.ravel()[shell[(r_shell >= lo_val) & (r_shell <= hi_val)]] = True
-    return block
+    shell = np.flatnonzero((r >= r_lo) & (r <= r_hi) & ~bone)
+    if shell.size:
+        r_shell, a, b = raycast.to_angles(np.stack([np.take(v, shell) for v in (x, y, z)], axis=-1))
+        coords = np.stack(raycast.grid_coordinates(a, b, step_deg))
+        # the nearest cell, clamped to the grid (map_coordinates' order 0, mode "nearest")
+        cell = [np.clip(np.floor(c + 0.5), 0, n - 1).astype(np.intp) for c, n in zip(coords, region.shape, strict=True)]
+        inside = region[cell[0], cell[1]].astype(bool)
+        shell, r_shell, coords = shell[inside], r_shell[inside], coords[:, inside]
+        lo_val = ndimage.map_coordinates(fin_in, coords, order=1, mode="nearest")
+        hi_val = ndimage.map_coordinates(fin_out, coords, order=1, mode="nearest")
+        block.ravel()[shell[(r_shell >= lo_val) & (r_shell <= hi_val)]] = True
+    return block.T if fortran else block

@@ -82,7 +82,10 @@ def binary_closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     SkullFix implant's box with a 1 mm ball (39 offsets) 0.20 s against 0.05 s here, the same
     voxels (tested against SciPy).
     """
-    fortran = mask.strides[0] < mask.strides[-1]  # a Fortran array or a box of one
+    if mask.ndim > 1 and mask.strides[0] < mask.strides[-1]:  # a Fortran array or a box of one:
+        # the closing of its transpose (a C-ordered view) by the transposed structure, transposed
+        # back: the input's memory order, with no transposing copy either way
+        return binary_closing(mask.T, np.asarray(structure).T).T
     mask = np.ascontiguousarray(mask, dtype=bool)  # shifted slices of a C array: 4× faster than of a Fortran one
     offsets = np.argwhere(structure) - np.array(structure.shape) // 2
     grown = np.zeros_like(mask)
@@ -96,7 +99,7 @@ def binary_closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
                 edge = [slice(None)] * 3
                 edge[axis] = slice(0, step) if step > 0 else slice(mask.shape[axis] + step, None)
                 closed[tuple(edge)] = False
-    return np.asfortranarray(closed) if fortran else closed  # the input's memory order
+    return closed
 
 
 def _window(shift: np.ndarray, shape) -> tuple[slice, ...]:

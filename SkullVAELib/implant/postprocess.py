@@ -84,8 +84,9 @@ def _pieces_touching_bone(labels: np.ndarray, crop: np.ndarray, bone: np.ndarray
     touching = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
     union, n = ndimage.label(crop | bone, structure=_CUBE)
     if n:
-        with_bone = np.unique(union[bone])
-        touching[labels[crop & np.isin(union, with_bone[with_bone > 0])]] = True
+        with_bone = np.zeros(n + 1, dtype=bool)  # union components that hold bone (scattered: no sort)
+        with_bone[union[bone]] = True
+        touching[labels[crop]] = with_bone[union[crop]]  # a piece lies in one union component
     touching[0] = False
     return touching
 

@@ -15,8 +15,8 @@ from scipy import ndimage
 from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
+from SkullVAELib.implant import coarse_to_fine, raycast, raymarch, rimfit
 from SkullVAELib.implant import rasterise as rasterise_module
-from SkullVAELib.implant import raycast, raymarch, rimfit
 from SkullVAELib.implant.symmetry import find_mirror_plane
 from SkullVAELib.io.image import SkullImage, read_skull
 
@@ -79,7 +79,7 @@ _FAST_CAST = raycast.cast
 
 def _coarse_to_fine_cast(*args, **kwargs) -> raycast.RayMap:
     """The fast cast, coarse to fine (as the rim fit may call it)."""
-    return _FAST_CAST(*args, **{**kwargs, "coarse_factor": raycast.COARSE_FACTOR})
+    return _FAST_CAST(*args, **{**kwargs, "coarse_factor": coarse_to_fine.COARSE_FACTOR})
 
 
 def _every_sample_cast(skull: SkullImage, centre=None, step_deg=1.0, transform=None, **_) -> raycast.RayMap:
@@ -148,11 +148,11 @@ def test_coarse_to_fine_is_exact_around_every_miss(defect_cases):
     ray, which include every ray within REFINE_MARGIN cells of a miss; smooth elsewhere."""
     defective, _ = defect_cases[0]
     centre = raycast.cranial_centre(defective)
-    fast = raycast.cast(defective, centre, 1.0, coarse_factor=raycast.COARSE_FACTOR)
+    fast = raycast.cast(defective, centre, 1.0, coarse_factor=coarse_to_fine.COARSE_FACTOR)
     ref = _every_sample_cast(defective, centre, 1.0)
     assert np.array_equal(fast.hit, ref.hit)
     _same_map(fast, ref, fast.exact)
-    near_miss = raycast._dilate(~ref.hit, raycast.REFINE_MARGIN)
+    near_miss = coarse_to_fine._dilate(~ref.hit, coarse_to_fine.REFINE_MARGIN)
     assert fast.exact[near_miss].all()
     assert not fast.exact.all(), "nothing was left to interpolate: the coarse pass saved nothing"
     interpolated = ~fast.exact
@@ -164,7 +164,7 @@ def test_a_given_set_of_rays_is_cast_exactly(defect_cases):
     centre = raycast.cranial_centre(defective)
     must = np.zeros((180, 360), dtype=bool)
     must[40:60, 100:200] = True
-    mirror = raycast.cast(defective, centre, 1.0, transform, exact=must, coarse_factor=raycast.COARSE_FACTOR)
+    mirror = raycast.cast(defective, centre, 1.0, transform, exact=must, coarse_factor=coarse_to_fine.COARSE_FACTOR)
     assert mirror.exact[must].all()
     _same_map(mirror, _every_sample_cast(defective, centre, 1.0, transform), mirror.exact)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from SkullVAELib.bundle.folder import RESIDUAL_FILE  # MODEL/residual.safetensors: the `residual` source uses it
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.data.layout import IMPLANT_FOLDERS, LABEL_FOLDERS
 from SkullVAELib.data.recipes import CRANIAL_STYLES
 from SkullVAELib.implant.residual.config import ResidualConfig
 from SkullVAELib.implant.residual.train import ResidualTrainConfig
@@ -36,17 +37,15 @@ SEED_BASE = 1000  # training draws use case_seed(SEED_BASE + n, id): never the e
 
 
 def _files(root: Path, folder: str) -> dict[str, Path]:
+    """{case id: file} of ``root/folder`` ({} when there is no such folder)."""
     from SkullVAELib.data.dataset import _files_by_id
 
-    return _files_by_id(root / folder) if (root / folder).is_dir() else {}
+    return _files_by_id(root / folder)
 
 
 def defective_ids(data: str | os.PathLike) -> list[str]:
     """The case ids of ``data``'s defective_skull/, sorted: every skull of an extra set given without ids."""
-    from SkullVAELib.data.dataset import _files_by_id
-    from SkullVAELib.data.layout import LABEL_FOLDERS
-
-    return sorted(_files_by_id(Path(data) / LABEL_FOLDERS["cranial"]))
+    return sorted(_files(Path(data), LABEL_FOLDERS["cranial"]))
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,6 @@ def pool_rows(
     ``extra`` defective_skull/ alone (no ground truth; its new defects take ``extra_styles`` in
     turn). Stored ids are ``id_prefix + id`` (another data set's skulls must not share SkullFix's
     ids). ``jobs`` > 1: skulls side by side in worker processes (:mod:`.processes`; one core each)."""
-    from SkullVAELib.data.layout import IMPLANT_FOLDERS, LABEL_FOLDERS
-
     root = Path(data)
     folders = (LABEL_FOLDERS["complete"], LABEL_FOLDERS["cranial"], IMPLANT_FOLDERS["cranial"])
     complete, defective, implants = (_files(root, f) for f in folders)

@@ -56,7 +56,7 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[sli
     margins = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
     if mask.ndim == 0:
         return () if mask else None
-    slow = int(np.argmax(np.abs(mask.strides))) if mask.ndim > 1 else 0
+    slow = int(np.argmax(np.abs(mask.strides)))  # the axis slowest in memory
     rest = tuple(a for a in range(mask.ndim) if a != slow)
     profiles = {slow: mask.any(axis=rest)}
     if rest:

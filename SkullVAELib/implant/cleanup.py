@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from SkullVAELib.implant.components import label_pieces
 from SkullVAELib.io.image import SkullImage
 
 _CUBE = ndimage.generate_binary_structure(3, 3)
@@ -171,8 +172,8 @@ def _original_box(model_box: Sequence[slice], grid: Sequence[int], shape: Sequen
 
 def component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, voxels per label) of the 26-connected components; the background's size is 0."""
-    labels, n = ndimage.label(mask, structure=_CUBE)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    labels, n = label_pieces(mask)
+    sizes = np.bincount(labels.ravel(order="K"), minlength=n + 1)
     sizes[0] = 0
     return labels, sizes
 
@@ -224,7 +225,7 @@ def clean_model_grid_implant(
         slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(box, pad, completed.shape, strict=True)
     )
     cand = candidate[box]
-    labels, n = ndimage.label(cand, structure=_CUBE)
+    labels, n = label_pieces(cand)
     if n == 0:
         return np.zeros(completed.shape, dtype=bool)
     sizes = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(voxel_mm))

@@ -23,9 +23,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from SkullVAELib.implant.cleanup import binary_closing, bounding_box, component_sizes, remove_thin_shells
+from SkullVAELib.implant.components import label_pieces
 from SkullVAELib.io.image import SkullImage
-
-_CUBE = ndimage.generate_binary_structure(3, 3)
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def _pieces_touching_bone(labels: np.ndarray, crop: np.ndarray, bone: np.ndarray
     quarter of the time on a SkullFix defect's box.
     """
     touching = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-    union, n = ndimage.label(crop | bone, structure=_CUBE)
+    union, n = label_pieces(crop | bone)
     if n:
         with_bone = np.zeros(n + 1, dtype=bool)  # union components that hold bone (scattered: no sort)
         with_bone[union[bone]] = True

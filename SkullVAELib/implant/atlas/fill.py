@@ -48,9 +48,9 @@ from SkullVAELib.implant.atlas.register import (
 )
 from SkullVAELib.implant.atlas.store import AtlasSet, registration_image
 from SkullVAELib.implant.cleanup import bounding_box
+from SkullVAELib.implant.components import label_pieces
 from SkullVAELib.io.image import SkullImage
 
-_CUBE = np.ones((3, 3, 3), dtype=bool)
 SOFT_SHARE = 0.1  # the expected volume counts atlas bone down to this share (below: interpolation fringe)
 
 
@@ -229,7 +229,7 @@ def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> 
         return np.zeros(skull.shape, dtype=bool)
     crop = missing[box]
     depth = ndimage.distance_transform_edt(~skull.mask[box], sampling=skull.spacing)
-    labels, _ = ndimage.label(crop, structure=_CUBE)
+    labels, _ = label_pieces(crop)
     seeds = np.unique(labels[crop & (depth >= cfg.seed_depth_mm)])
     implant = np.zeros(skull.shape, dtype=bool)
     implant[box] = np.isin(labels, seeds[seeds > 0])

@@ -93,14 +93,15 @@ def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pieces_touching_the_bone_are_those_a_dilated_bone_meets(seed):
     """One labelling of implant ∪ bone keeps the same pieces as dilating the bone (26-connected)."""
-    from SkullVAELib.implant.postprocess import _CUBE, _pieces_touching_bone
+    from SkullVAELib.implant.postprocess import _pieces_touching_bone
 
+    cube = ndimage.generate_binary_structure(3, 3)
     rng = np.random.default_rng(seed)
     bone = ndimage.binary_opening(rng.random((40, 36, 30)) > 0.7)
     crop = (rng.random(bone.shape) > 0.8) & ~bone
-    labels, n = ndimage.label(crop, structure=_CUBE)
+    labels, n = ndimage.label(crop, structure=cube)
     assert n > 20  # many pieces, some touching the bone, some not
-    touching = np.unique(labels[ndimage.binary_dilation(bone, structure=_CUBE) & crop])
+    touching = np.unique(labels[ndimage.binary_dilation(bone, structure=cube) & crop])
     expected = np.isin(labels, touching[touching > 0])
     assert 0 < expected.sum() < crop.sum()
     np.testing.assert_array_equal(_pieces_touching_bone(labels, crop, bone)[labels], expected)

@@ -83,6 +83,30 @@ def test_disjoint_segments_use_one_3d_layer(tmp_path, skull_and_implant):
     assert {s["layer"] for s in seg["segments"]} == {0}
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["3D, by ITK", "layered 4D, by pynrrd"])
+def test_slicer_fields_are_the_ones_slicerio_writes(tmp_path, skull_and_implant, overlap):
+    """Both writers give the header fields slicerio (Slicer's own format) gives the same segments,
+    the same geometry and kinds, so a file reads the same whichever way it was written."""
+    import nrrd
+
+    like, complete, implant = skull_and_implant
+    first = complete if overlap else complete & ~implant
+    segments = [Segment("Completed skull" if overlap else "Defective skull", first), Segment("Implant", implant)]
+    ours = tmp_path / "ours.seg.nrrd"
+    write_segmentation(ours, like, segments)
+    theirs = tmp_path / "theirs.seg.nrrd"
+    seg = slicerio.read_segmentation(str(ours))
+    slicerio.write_segmentation(str(theirs), seg)
+    a, b = nrrd.read_header(str(ours)), nrrd.read_header(str(theirs))
+    custom = [k for k in b if k.startswith("Segment")]
+    assert len(custom) >= 3 + 9 * len(segments)
+    assert {k: a.get(k) for k in custom} == {k: b[k] for k in custom}
+    assert a["kinds"] == b["kinds"] == (["list", "domain", "domain", "domain"] if overlap else ["domain"] * 3)
+    assert a["space"] == "left-posterior-superior" and a["encoding"] == "gzip"
+    np.testing.assert_array_equal(a["space origin"], b["space origin"])
+    np.testing.assert_array_equal(a["space directions"], b["space directions"])  # nan row of a layered file too
+
+
 def _matrix(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 

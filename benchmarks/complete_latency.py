@@ -13,7 +13,7 @@ Three parts, each a section of docs/BENCHMARKS.md:
   ``--baseline`` (a commit before issue 26, read with ``git show``) against today's, same
   process, same mirror plane, interleaved: implant DSC and identity, wall and CPU per case.
 * **Segmentation compression** (``seg_compression``, ``--compression``): the writer's gzip levels
-  and raw encoding on one case (patient bone + implant, as the CLI writes them).
+  against the previous writer (slicerio/pynrrd) on one case (patient bone + implant, as the CLI writes them).
 
     .venv/bin/python benchmarks/complete_latency.py --cases 056 058 --reps 2
     .venv/bin/python benchmarks/complete_latency.py --ab 056 057 058 059 060 061 062 063
@@ -269,47 +269,67 @@ def ab(args) -> None:
 # --- segmentation compression -------------------------------------------------------------------
 
 
-def compression(args) -> None:
+def _slicerio_writer(skull, implant):
+    """The writer before 2026-12-05 (slicerio → pynrrd's zlib), for comparison: ``write(path, level)``."""
     import numpy as np
     import slicerio
 
+    voxels = skull.mask.astype(np.uint8) + 2 * implant.astype(np.uint8)  # (I, J, K), disjoint segments
+    segmentation = {
+        "voxels": voxels,
+        "ijkToLPS": skull.index_to_physical(),
+        "segments": [
+            {"id": "Segment_1", "name": "Patient bone", "labelValue": 1, "layer": 0},
+            {"id": "Segment_2", "name": "Implant", "labelValue": 2, "layer": 0},
+        ],
+        "referenceImageExtentOffset": [0, 0, 0],
+    }
+    return lambda path, level: slicerio.write_segmentation(str(path), segmentation, compression_level=level)
+
+
+def compression(args) -> None:
+    import numpy as np
+
+    from SkullVAELib.core.memory import keep_freed_memory
     from SkullVAELib.io.image import read_skull
     from SkullVAELib.io.segfile import Segment, read_segmentation, write_segmentation
 
     case = args.compression
+    keep_freed_memory()  # as `skullvae complete` runs: freed arrays reused, not faulted in afresh
     section = Section("seg_compression", "2c. Writing the segmentation: compression against time and size")
     skull = read_skull(args.data / "defective_skull" / f"{case}.nrrd")
     implant = read_skull(args.data / "implant" / f"{case}.nrrd").mask & ~skull.mask
     segments = [Segment("Patient bone", skull.mask), Segment("Implant", implant)]
-    write = slicerio.write_segmentation
+    old = _slicerio_writer(skull, implant)
+    writers = {f"ITK, level {n}": (lambda path, n=n: write_segmentation(path, skull, segments, compression_level=n))
+               for n in (1, 2, 3, 6, 9)}  # fmt: skip
+    writers |= {f"pynrrd (slicerio), level {n}": (lambda path, n=n: old(path, n)) for n in (1, 3)}
     results: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.reps + 1):  # the first round warms the page cache and is dropped
-            for level in ("raw", 0, 1, 3, 6, 9):
-                path = Path(tmp) / f"{level}.seg.nrrd"
-                if level == "raw":  # the NRRD 'encoding' field passes through slicerio to pynrrd
-                    slicerio.write_segmentation = lambda f, s, **kw: write(f, {**s, "encoding": "raw"}, **kw)
+            for index, (name, write) in enumerate(writers.items()):
+                path = Path(tmp) / f"{index}.seg.nrrd"
                 w, c = time.perf_counter(), time.process_time()
-                write_segmentation(path, skull, segments, compression_level=1 if level == "raw" else level)
+                write(path)
                 wall, cpu = time.perf_counter() - w, time.process_time() - c
-                slicerio.write_segmentation = write
                 r = time.perf_counter()
                 _, masks = read_segmentation(path)
                 back = time.perf_counter() - r
                 assert np.array_equal(masks["Implant"], implant)
-                results.setdefault(str(level), []).append((wall, cpu, path.stat().st_size / 1e6, back))
+                results.setdefault(name, []).append((wall, cpu, path.stat().st_size / 1e6, back))
     rows = []
-    for level, recs in results.items():
+    for name, recs in results.items():
         recs = recs[1:]
         med = [statistics.median(r[i] for r in recs) for i in range(4)]
-        rows.append([level, f"{med[0]:.2f}", f"{med[1]:.2f}", f"{med[2]:.2f}", f"{med[3]:.2f}"])
+        rows.append([name, f"{med[0]:.3f}", f"{med[1]:.3f}", f"{med[2]:.2f}", f"{med[3]:.2f}"])
     section.add(
         f"SkullFix defective_skull/{case}.nrrd ({'×'.join(map(str, skull.shape))}): the patient's bone and its "
-        "true implant as two non-overlapping segments (one 3D uint8 layer, as `skullvae complete` writes them), "
-        f"`write_segmentation(..., compression_level=N)`; median of {args.reps} after one warm-up round; read back "
-        "with `read_segmentation` (pynrrd). gzip level 0 = stored, no compression; raw = NRRD raw encoding."
+        "true implant as two non-overlapping segments (one 3D uint8 layer, as `skullvae complete` writes them). "
+        "`write_segmentation(..., compression_level=N)` (ITK's NRRD writer, default level 2) against the "
+        f"writer before 2026-12-05 (slicerio → pynrrd's zlib, default level 3); median of {args.reps} after one "
+        "warm-up round, freed memory kept for reuse as in `skullvae complete`; read back with `read_segmentation` (slicerio). The old writer's row times only slicerio's call (its label volume is made beforehand)."
     )
-    section.add(table(["gzip level", "write wall s", "write CPU s", "file MB", "read back s"], rows))
+    section.add(table(["writer", "write wall s", "write CPU s", "file MB", "read back s"], rows))
     if not args.no_write:
         section.write()
 

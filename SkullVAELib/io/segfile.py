@@ -79,13 +79,13 @@ def write_segmentation(path: str | Path, like: SkullImage, segments: list[Segmen
         path: output file, normally ending in ``.seg.nrrd``.
         like: the geometry (origin, spacing, direction) and shape (I, J, K).
         segments: names must be unique; masks may overlap (written as layers).
-        compression_level: gzip level 0-9 (0 = stored). A SkullFix segmentation (59 MB of labels)
-            takes 43 ms at level 2 (0.95 MB), 38 ms at 1 (1.6 MB), 66 ms at 3 (0.92 MB)
-            (docs/BENCHMARKS.md, section 2c).
+        compression_level: gzip level 1-9. ITK deflates a SkullFix segmentation (59 MB of
+            labels) in 43 ms at level 2 (0.94 MB), 38 ms at 1 (1.6 MB), 66 ms at 3 (0.90 MB);
+            pynrrd's zlib took 116 ms at 3 (docs/BENCHMARKS.md, section 2c).
     """
     path = Path(path)
-    if not isinstance(compression_level, (int, np.integer)) or not 0 <= compression_level <= 9:
-        raise SkullVAEError(f"compression level must be an integer 0-9, got {compression_level!r}", path)
+    if not isinstance(compression_level, (int, np.integer)) or not 1 <= compression_level <= 9:
+        raise SkullVAEError(f"compression level must be an integer 1-9, got {compression_level!r}", path)
     names = [s.name for s in segments]
     if not segments:
         raise SkullVAEError("no segments to write", path)

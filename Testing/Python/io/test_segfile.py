@@ -185,7 +185,7 @@ def test_bad_input(tmp_path, skull_and_implant):
     assert not (tmp_path / "x.seg.nrrd").exists()
 
 
-@pytest.mark.parametrize("level", [0, 1, 3, 9])
+@pytest.mark.parametrize("level", [1, 2, 3, 9])
 def test_every_compression_level_reads_back_the_same_masks(tmp_path, skull_and_implant, level):
     """The writer's gzip level changes only the file's size (docs/BENCHMARKS.md §2c picked the default)."""
     import nrrd
@@ -198,11 +198,11 @@ def test_every_compression_level_reads_back_the_same_masks(tmp_path, skull_and_i
     assert geometry.same_geometry(like)
     assert np.array_equal(masks["Implant"], implant) and np.array_equal(masks["Completed skull"], complete)
     if level == 9:
-        write_segmentation(tmp_path / "l0.seg.nrrd", like, _segments(complete, implant), compression_level=0)
-        assert path.stat().st_size < (tmp_path / "l0.seg.nrrd").stat().st_size / 5
+        write_segmentation(tmp_path / "l1.seg.nrrd", like, _segments(complete, implant), compression_level=1)
+        assert path.stat().st_size < (tmp_path / "l1.seg.nrrd").stat().st_size
 
 
-@pytest.mark.parametrize("level", [-1, 10, 3.0, "3"])
+@pytest.mark.parametrize("level", [-1, 0, 10, 3.0, "3"])
 def test_a_bad_compression_level_writes_nothing(tmp_path, skull_and_implant, level):
     like, complete, implant = skull_and_implant
     with pytest.raises(SkullVAEError, match="compression level") as err:

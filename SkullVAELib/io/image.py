@@ -298,9 +298,10 @@ def write_itk_nrrd(img: sitk.Image, path: str | Path, compression_level: int = -
     """Write ``img`` as a gzip NRRD at ``path`` itself (the caller makes it atomic) with axis vectors
     that read back as exactly the image's spacing and direction.
 
-    ``compression_level``: zlib level 1-9 (ITK raises 0 to 1), -1 for ITK's default. ITK's NRRD writer (teem, as in
-    Slicer) deflates with zlib-ng: 43 ms at level 2 for a SkullFix segmentation's 59 MB of labels,
-    where pynrrd's zlib takes 116 ms at level 3 for a 1 % smaller file (docs/BENCHMARKS.md, section 2c).
+    ``compression_level``: zlib level 1-9 (ITK raises 0 to 1), -1 for ITK's default. ITK's NRRD
+    writer (teem, as in Slicer) deflates with zlib-ng: 43 ms at level 2 for a SkullFix
+    segmentation's 59 MB of labels, where pynrrd's zlib takes 116 ms at level 3 for a 1 % smaller
+    file (docs/BENCHMARKS.md, section 2c).
     """
     sitk.WriteImage(img, str(path), True, int(compression_level))
     _patch_nrrd_space_directions(Path(path), img)

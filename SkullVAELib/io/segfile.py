@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from SkullVAELib.core.atomic import atomic_path
 from SkullVAELib.core.config import IMPLANT_COLOR
@@ -150,10 +149,7 @@ def _slicer_fields(segments: list[Segment], labels: list[int], layers: list[int]
 
 def _write_labelmap(path: Path, like: SkullImage, voxels_kji: np.ndarray, fields: dict[str, str], level: int) -> None:
     """One layer: a 3D uint8 NRRD written by ITK (zlib-ng: about 3× faster than pynrrd's zlib)."""
-    image = sitk.GetImageFromArray(voxels_kji)
-    image.SetOrigin(tuple(float(v) for v in like.origin))
-    image.SetSpacing(tuple(float(v) for v in like.spacing))
-    image.SetDirection(tuple(float(v) for v in like.direction.ravel()))
+    image = like.to_sitk(voxels_kji.T)  # (I, J, K) view of the C-ordered labels: no copy before ITK's
     for key, value in fields.items():
         image.SetMetaData(key, value)
     write_itk_nrrd(image, path, level)

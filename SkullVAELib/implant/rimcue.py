@@ -10,6 +10,7 @@ installed shape model fitted to the rim (:mod:`shapemodel`).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.shapebank import ShapeBank, shape_cue
@@ -17,6 +18,25 @@ from SkullVAELib.implant.shapemodel import ShapeModel, model_cue
 
 MIN_RIM_COVER = 0.9  # a cue must have bone on more than this share of the rim rays used ...
 MIN_HOLE_COVER = 0.95  # ... and of the hole's rays
+
+
+def cue_rays(holes: list[np.ndarray], reach: int) -> np.ndarray:
+    """bool (Nα, Nβ): the rays a cue is read on, every ray within ``reach`` cells (8-neighbours, no
+    wrap) of a hole as found: the rim fit grows a hole by at most ``grow_reach`` cells, then reads the
+    cue on its rim ring (``ring[1]`` cells out) and its band (``band`` cells), so ``reach`` = their sum
+    of the larger."""
+    union = np.logical_or.reduce(holes)
+    return ndimage.binary_dilation(union, np.ones((3, 3), dtype=bool), iterations=int(reach))
+
+
+def usable_shapes(shapes: ShapeBank | ShapeModel | None, step_deg: float) -> tuple[ShapeBank | ShapeModel | None, str]:
+    """(``shapes``, "") when they were made on the rim fit's angular grid, else (None, why not)."""
+    if shapes is None or abs(shapes.step_deg - step_deg) <= 1e-9:
+        return shapes, ""
+    return None, (
+        f"the shape cue was made on a {shapes.step_deg:g}° ray grid and the rim fit casts on {step_deg:g}°: "
+        "it is not used (rebuild it with `skullvae build-shapes --overwrite`)"
+    )
 
 
 def choose_cue(

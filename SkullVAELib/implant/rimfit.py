@@ -44,7 +44,7 @@ from scipy.interpolate import RBFInterpolator
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
-from SkullVAELib.implant.rimcue import choose_cue
+from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
@@ -58,7 +58,7 @@ _SQUARE = np.ones((3, 3), dtype=bool)
 class RimFitConfig:
     """Settings of the rim fit (angles in degrees, lengths in mm)."""
 
-    step_deg: float = 1.0
+    step_deg: float = raycast.RIM_STEP_DEG
     min_hole_sr: float = 0.02  # smaller ray holes (foramina, noise) are not defects
     ring: tuple[int, int] = (5, 12)  # rim rays: between these many cells outside the hole
     band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
@@ -333,14 +333,17 @@ def rim_fit(
     t0 = time.perf_counter()
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     raymap = raycast.cast(skull, centre, cfg.step_deg)  # every ray; reads skull.mask in place
-    mirror = None
-    if mirror_transform is not None:  # exact wherever the patient's map is (if it went coarse to fine)
-        mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact)
-    timings["raycast"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
     holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown)
+    mirror = None
+    if mirror_transform is not None and holes:  # only the rays the holes' fill and rims read
+        near = cue_rays([h.cells for h in holes], cfg.grow_reach + max(cfg.ring[1], cfg.band))
+        mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact, rays=near)
+    timings["raycast"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     messages = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
+    shapes, why_not = usable_shapes(shapes, cfg.step_deg)
+    messages += [why_not] if why_not and holes else []
     implant = None  # the first hole's rasterised implant, or the union of several
     filled = 0
     for hole in holes:

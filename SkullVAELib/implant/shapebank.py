@@ -56,14 +56,14 @@ class ShapeBank:
         return len(self.ids)
 
 
-def skull_ray_map(skull: SkullImage, step_deg: float = 1.0) -> raycast.RayMap:
+def skull_ray_map(skull: SkullImage, step_deg: float = raycast.RIM_STEP_DEG) -> raycast.RayMap:
     """The ray map of a complete skull from its own cranial centre (every ray cast)."""
     return raycast.cast(skull, raycast.cranial_centre(skull), step_deg)
 
 
 def build_shape_bank(
     skulls: Iterable[tuple[str, SkullImage]],
-    step_deg: float = 1.0,
+    step_deg: float = raycast.RIM_STEP_DEG,
     progress: ProgressCallback | None = None,
     total: int | None = None,
 ) -> ShapeBank:

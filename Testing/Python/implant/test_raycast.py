@@ -169,6 +169,44 @@ def test_a_given_set_of_rays_is_cast_exactly(defect_cases):
     _same_map(mirror, _every_sample_cast(defective, centre, 1.0, transform), mirror.exact)
 
 
+@pytest.mark.parametrize("coarse", [1, coarse_to_fine.COARSE_FACTOR])
+def test_only_the_rays_asked_for_are_cast_and_they_are_the_full_maps(defect_cases, coarse):
+    """``rays``: the full cast's radii on those rays (a mirror transform too), misses elsewhere."""
+    defective, transform = defect_cases[0]
+    centre = raycast.cranial_centre(defective)
+    some = np.zeros((60, 120), dtype=bool)
+    some[10:25, 30:70] = some[40:45, :] = True
+    part = raycast.cast(defective, centre, 3.0, transform, coarse_factor=coarse, rays=some)
+    full = raycast.cast(defective, centre, 3.0, transform, coarse_factor=coarse)
+    _same_map(part, full, some)
+    assert part.hit[some].any() and not part.hit[~some].any()
+    assert np.isnan(part.r_out[~some]).all() and np.isnan(part.r_in[~some]).all()
+    with pytest.raises(ValueError, match="rays must be"):
+        raycast.cast(defective, centre, 2.0, rays=some)
+
+
+def test_the_mirror_is_cast_only_near_the_holes_and_fills_the_same(defect_cases, monkeypatch):
+    """The rim fit reads the mirror on the holes' rims and bands only: casting it there gives the
+    implant of a mirror cast on every ray, with the mirror's cue, and nothing when there is no hole."""
+    defective, transform = defect_cases[0]
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("rays"))
+        return _FAST_CAST(*args, **kwargs)
+
+    monkeypatch.setattr(raycast, "cast", spy)
+    near = rimfit.rim_fit(defective, mirror_transform=transform)
+    assert asked[0] is None and asked[1] is not None and 0 < asked[1].mean() < 0.5
+    monkeypatch.setattr(rimfit, "cue_rays", lambda holes, reach: np.ones_like(holes[0]))
+    everywhere = rimfit.rim_fit(defective, mirror_transform=transform)
+    assert [h.source for h in near.holes] == [h.source for h in everywhere.holes] == ["mirror+spline"]
+    np.testing.assert_array_equal(near.implant, everywhere.implant)
+    asked.clear()
+    rimfit.rim_fit(make_phantom(1, SHAPE, SPACING), mirror_transform=transform)  # no hole: no mirror cast
+    assert asked == [None]
+
+
 def test_torch_gives_the_numpy_map(defect_cases):
     pytest.importorskip("torch")
     defective, transform = defect_cases[1]

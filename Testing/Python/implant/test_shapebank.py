@@ -62,6 +62,22 @@ def test_the_nearest_skulls_bring_the_shape_the_rim_cannot_tell(bumped_bank):
     assert after >= 0.8 and after > before + 0.05, (before, after)
 
 
+def test_a_bank_on_another_ray_grid_is_not_used_and_the_result_says_so(bumped_bank):
+    """A bank cast on 2° given to a rim fit that casts on 3°: the plain spline's implant, and a message
+    that names both grids and the command that rebuilds the bank."""
+    from SkullVAELib.implant.rimfit import RimFitConfig
+
+    defective, _ = _shell(1.03, 4.0, hole=True)
+    cfg = RimFitConfig(step_deg=3.0, shape_neighbours=2)
+    plain = rim_fit(defective, cfg)
+    other = rim_fit(defective, cfg, shapes=bumped_bank)
+    assert [h.source for h in other.holes] == ["spline"] and other.cue == ""
+    np.testing.assert_array_equal(other.implant, plain.implant)
+    [message] = [m for m in other.messages if "shape cue" in m]
+    assert "2° ray grid" in message and "3°" in message and "build-shapes --overwrite" in message
+    assert not any("shape cue" in m for m in plain.messages)
+
+
 def test_members_are_ranked_by_their_shape_on_the_rim_not_their_size():
     rng = np.random.default_rng(0)
     alpha, beta = raycast.angle_grid(4.0)

@@ -29,14 +29,14 @@ def cue_rays(holes: list[np.ndarray], reach: int) -> np.ndarray:
     return ndimage.binary_dilation(union, np.ones((3, 3), dtype=bool), iterations=int(reach))
 
 
-def usable_shapes(shapes: ShapeBank | ShapeModel | None, step_deg: float) -> tuple[ShapeBank | ShapeModel | None, str]:
-    """(``shapes``, "") when they were made on the rim fit's angular grid, else (None, why not)."""
+def usable_shapes(shapes: ShapeBank | ShapeModel | None, step_deg: float) -> tuple[ShapeBank | ShapeModel | None, list]:
+    """(``shapes``, []) when they were made on the rim fit's angular grid, else (None, [why not])."""
     if shapes is None or abs(shapes.step_deg - step_deg) <= 1e-9:
-        return shapes, ""
-    return None, (
+        return shapes, []
+    return None, [
         f"the shape cue was made on a {shapes.step_deg:g}° ray grid and the rim fit casts on {step_deg:g}°: "
         "it is not used (rebuild it with `skullvae build-shapes --overwrite`)"
-    )
+    ]
 
 
 def choose_cue(

@@ -341,11 +341,9 @@ def rim_fit(
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact, rays=near)
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    messages = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
-    shapes, why_not = usable_shapes(shapes, cfg.step_deg)
-    messages += [why_not] if why_not and holes else []
-    implant = None  # the first hole's rasterised implant, or the union of several
-    filled = 0
+    shapes, notes = usable_shapes(shapes, cfg.step_deg)
+    messages = notes if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
+    implant, filled = None, 0  # the first hole's rasterised implant (or the union of several), holes filled
     for hole in holes:
         _clip_to_scan(hole, edge, raymap.step_deg)
         if not hole.cells.any():

@@ -22,9 +22,9 @@ MIN_HOLE_COVER = 0.95  # ... and of the hole's rays
 
 def cue_rays(holes: list[np.ndarray], reach: int) -> np.ndarray:
     """bool (Nα, Nβ): the rays a cue is read on, every ray within ``reach`` cells (8-neighbours, no
-    wrap) of a hole as found: the rim fit grows a hole by at most ``grow_reach`` cells, then reads the
-    cue on its rim ring (``ring[1]`` cells out) and its band (``band`` cells), so ``reach`` = their sum
-    of the larger."""
+    wrap) of a hole as found (bool (Nα, Nβ) each). The rim fit grows a hole by at most ``grow_reach``
+    cells, then reads the cue on its rim ring (``ring[1]`` cells out) and its band (``band`` cells):
+    ``reach`` = ``grow_reach`` + max(``ring[1]``, ``band``)."""
     union = np.logical_or.reduce(holes)
     return ndimage.binary_dilation(union, np.ones((3, 3), dtype=bool), iterations=int(reach))
 

@@ -288,13 +288,11 @@ def cast(
     shape = (len(alpha), len(beta))
     if rays is not None and np.shape(rays) != shape:
         raise ValueError(f"rays must be a bool {shape} grid of step {step_deg:g}°, got shape {np.shape(rays)}")
-    if rays is not None and coarse_factor <= 1:
-        hit, r_out, r_in = np.zeros(shape, bool), np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
-        hit[rays], r_out[rays], r_in[rays] = _cast_rays(marcher, to_index, grid_directions(float(step_deg))[rays])
-        return RayMap(centre, float(step_deg), hit, r_out, r_in)
     if coarse_factor <= 1:
-        hit, r_out, r_in = _cast_rays(marcher, to_index, grid_directions(float(step_deg)).reshape(-1, 3))
-        return RayMap(centre, float(step_deg), hit.reshape(shape), r_out.reshape(shape), r_in.reshape(shape))
+        todo = np.ones(shape, dtype=bool) if rays is None else np.asarray(rays, dtype=bool)
+        hit, r_out, r_in = np.zeros(shape, bool), np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+        hit[todo], r_out[todo], r_in[todo] = _cast_rays(marcher, to_index, grid_directions(float(step_deg))[todo])
+        return RayMap(centre, float(step_deg), hit, r_out, r_in)
     sharp_mm = max(SHARP_MM, 2.0 * float(np.max(skull.spacing)))  # above the voxel quantisation
     hit, r_out, r_in, cast_exactly = coarse_to_fine(lambda a, b: _cast_rays(marcher, to_index, directions(a, b)),
                                                     alpha, beta, int(coarse_factor), exact, sharp_mm)  # fmt: skip

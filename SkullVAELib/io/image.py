@@ -294,16 +294,16 @@ def _patch_nrrd_space_directions(path: Path, img: sitk.Image) -> None:
     path.write_bytes("\n".join(header).encode("ascii") + data[end:])
 
 
-def write_itk_nrrd(img: sitk.Image, path: str | Path, compression_level: int = -1) -> None:
-    """Write ``img`` as a gzip NRRD at ``path`` itself (the caller makes it atomic) with axis vectors
-    that read back as exactly the image's spacing and direction.
+def write_itk_nrrd(img: sitk.Image, path: str | Path, compression_level: int = -1, compress: bool = True) -> None:
+    """Write ``img`` as a NRRD (gzip unless ``compress`` is False) at ``path`` itself (the caller
+    makes it atomic) with axis vectors that read back as exactly the image's spacing and direction.
 
     ``compression_level``: zlib level 1-9 (ITK raises 0 to 1), -1 for ITK's default. ITK's NRRD
     writer (teem, as in Slicer) deflates with zlib-ng: 43 ms at level 2 for a SkullFix
     segmentation's 59 MB of labels, where pynrrd's zlib takes 116 ms at level 3 for a 1 % smaller
     file (docs/BENCHMARKS.md, section 2c).
     """
-    sitk.WriteImage(img, str(path), True, int(compression_level))
+    sitk.WriteImage(img, str(path), bool(compress), int(compression_level))
     _patch_nrrd_space_directions(Path(path), img)
 
 
@@ -327,9 +327,10 @@ def _write_itk(img: sitk.Image, path: str | Path, compress: bool) -> None:
                 os.close(fd)
         else:
             with atomic_path(path) as tmp:
-                sitk.WriteImage(img, str(tmp), compress)
                 if path.name.lower().endswith(".nrrd"):
-                    _patch_nrrd_space_directions(tmp, img)
+                    write_itk_nrrd(img, tmp, compress=compress)
+                else:
+                    sitk.WriteImage(img, str(tmp), compress)
     except RuntimeError as exc:
         raise SkullVAEError(f"cannot write image: {str(exc).strip().splitlines()[-1]}", path) from None
 

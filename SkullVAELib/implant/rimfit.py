@@ -14,6 +14,9 @@ original resolution.
    whose top edge cuts the defect) is still a hole; its rays that leave the scan far before the
    skull are not filled (all they would fill lies outside the scan), and rays whose bone is cut
    by the scan's edge are no rim data (their outer radius is the edge's, not the skull's).
+   A hole then grows by the rays next to it that still belong to the defect (:mod:`rimgrow`):
+   rays that passed it and met deeper bone, and (``grow_thick_mm``) rays that met its cut wall
+   obliquely and hold only a wedge of the bone.
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
    hole) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
@@ -39,12 +42,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.postprocess import PostprocessConfig, postprocess_implant
+from SkullVAELib.implant.postprocess import postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
+from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
+from SkullVAELib.implant.rimgrow import grow_hole, rim_rays
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
@@ -52,63 +56,6 @@ from SkullVAELib.implant.shapemodel import ShapeModel
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
-
-
-@dataclass
-class RimFitConfig:
-    """Settings of the rim fit (angles in degrees, lengths in mm)."""
-
-    step_deg: float = raycast.RIM_STEP_DEG
-    min_hole_sr: float = 0.02  # smaller ray holes (foramina, noise) are not defects
-    ring: tuple[int, int] = (5, 12)  # rim rays: between these many cells outside the hole
-    band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
-    smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation
-    degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
-    thickness_degree: int = 2  # the same for the bone thickness
-    thickness_smoothing: float = 0.01
-    max_rim_points: int = 600
-    grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
-    grow_iterations: int = 3
-    mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
-    grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
-    shape_neighbours: int = 10  # a shape bank's members averaged where the mirror gives no cue (0: no shape cue)
-    mirror_share: float = 1.0  # the mirror fill's share, the rest the plain spline's (1: mirror only; RESULTS.md)
-    closing_mm: float = 1.0
-    min_island_mm3: float = 50.0
-    min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
-    edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
-    beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
-    max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled
-
-    def postprocess(self) -> PostprocessConfig:
-        """The shared post-processing's settings of this rim fit."""
-        return PostprocessConfig(self.closing_mm, self.min_island_mm3, self.min_piece_fraction)
-
-
-@dataclass
-class Hole:
-    """One defect hole in the ray map.
-
-    Attributes:
-        cells: bool (Nα, Nβ) rays of the hole.
-        solid_angle_sr: its solid angle.
-        direction: (3,) unit LPS mean direction.
-        rim_thickness_mm: median thickness on the rim.
-        area_mm2: hole area on the fitted outer surface.
-        expected_volume_mm3: area × rim thickness.
-        source: "spline" or "<cue>+spline" (:mod:`rimcue`).
-    """
-
-    cells: np.ndarray
-    solid_angle_sr: float
-    direction: np.ndarray
-    rim_thickness_mm: float = float("nan")
-    area_mm2: float = float("nan")
-    expected_volume_mm3: float = float("nan")
-    source: str = "spline"
-    outside_fraction: float = 0.0  # share of its solid angle that lies outside the scan (not filled)
-    seen_sr: float = float("nan")  # at the scan's edge: sr of rays passing the filled surface inside the scan
-    unusable: np.ndarray | None = None  # bool (Nα, Nβ) hit rays that are no rim data (bone cut by the scan's edge)
 
 
 @dataclass
@@ -171,81 +118,6 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
     return sorted(holes, key=lambda h: -h.solid_angle_sr)
 
 
-def _ring(cells: np.ndarray, inner: int, outer: int) -> np.ndarray:
-    near = ndimage.binary_dilation(cells, _SQUARE, iterations=outer)
-    return near & ~ndimage.binary_dilation(cells, _SQUARE, iterations=inner)
-
-
-def _rim_rays(
-    raymap: raycast.RayMap, cells: np.ndarray, cfg: RimFitConfig, unusable: np.ndarray | None = None
-) -> np.ndarray:
-    """Ring cells used as rim data: hit rays ``cfg.ring`` cells out (not ``unusable``: bone cut by
-    the scan's edge), outer-radius outliers removed."""
-    ring = _ring(cells, cfg.ring[0], cfg.ring[1]) & raymap.hit
-    if unusable is not None:
-        ring &= ~unusable
-    if ring.any():  # rim rays whose outer radius strays far from the rim's median met other bone
-        ring &= np.abs(raymap.r_out - np.nanmedian(raymap.r_out[ring])) <= 20.0
-    return ring
-
-
-def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
-    """Add the rays next to the hole whose outermost bone lies ``grow_mm`` inside the surface fitted
-    from the rim: the ray passed through the hole and met deeper bone (skull base, orbit roof).
-    Such rays join when they connect to the hole (8-neighbours) through other such rays, within
-    ``cfg.grow_reach`` cells of the hole as found: true ones lie 1-4 cells out, and without the
-    limit the spline, refitted on a ring that moves out with the hole, can walk down a thin wall."""
-    flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
-    cells = hole.cells
-    near_hole = ndimage.binary_dilation(cells, _SQUARE, iterations=cfg.grow_reach) & raymap.hit
-    for _ in range(cfg.grow_iterations):
-        ring = _rim_rays(raymap, cells, cfg, hole.unusable)
-        if ring.sum() < 10:
-            break
-        rim_idx = np.flatnonzero(ring)
-        if len(rim_idx) > cfg.max_rim_points:
-            rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
-        near = near_hole & ~cells
-        if not near.any():
-            break
-        kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
-        spline = RBFInterpolator(gnomonic(flat_dirs[rim_idx], hole.direction), raymap.r_out.ravel()[rim_idx], **kw)
-
-        def deep(idx: np.ndarray, spline=spline) -> np.ndarray:
-            return raymap.r_out.ravel()[idx] < spline(gnomonic(flat_dirs[idx], hole.direction)) - cfg.grow_mm
-
-        grown = _grow_connected(cells, near, deep)
-        if grown.sum() == cells.sum():
-            break
-        cells = grown
-    hole.cells = cells
-    return hole
-
-
-def _grow_connected(cells: np.ndarray, allowed: np.ndarray, accept) -> np.ndarray:
-    """``cells`` (bool (Nα, Nβ)) plus the ``allowed`` cells that ``accept(flat indices)`` takes and
-    that connect to ``cells`` (8-neighbours, no wrap) through other taken cells.
-
-    The same cells as taking every allowed cell ``accept`` takes and keeping the components that
-    meet ``cells``, but ``accept`` (a spline evaluation) only sees the cells next to the growing
-    set: the hole's border and the taken cells' neighbours, not the whole band around it.
-    """
-    grown = cells.copy()
-    seen = np.zeros_like(cells)
-    frontier = ndimage.binary_dilation(cells, _SQUARE) & allowed
-    while frontier.any():
-        idx = np.flatnonzero(frontier)
-        seen.ravel()[idx] = True
-        taken = idx[accept(idx)]
-        if taken.size == 0:
-            break
-        new = np.zeros_like(cells)
-        new.ravel()[taken] = True
-        grown |= new
-        frontier = ndimage.binary_dilation(new, _SQUARE) & allowed & ~seen
-    return grown
-
-
 def fill_hole(
     raymap: raycast.RayMap,
     hole: Hole,
@@ -260,7 +132,7 @@ def fill_hole(
     dirs = raycast.grid_directions(raymap.step_deg)
     region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
     region &= dirs @ hole.direction >= np.cos(np.deg2rad(cfg.max_angle_deg))  # the projection's limit
-    ring = _rim_rays(raymap, hole.cells, cfg, hole.unusable)
+    ring = rim_rays(raymap, hole.cells, cfg, hole.unusable)
     r_out = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     r_in = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     if ring.sum() < 10:

@@ -1,0 +1,70 @@
+"""The rim fit's settings (:class:`RimFitConfig`) and the holes it finds and fills (:class:`Hole`),
+shared by :mod:`rimfit` (the pipeline), :mod:`rimgrow` (growing a hole, its rim rays) and
+:mod:`quality`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from SkullVAELib.implant import raycast
+from SkullVAELib.implant.postprocess import PostprocessConfig
+
+
+@dataclass
+class RimFitConfig:
+    """Settings of the rim fit (angles in degrees, lengths in mm)."""
+
+    step_deg: float = raycast.RIM_STEP_DEG
+    min_hole_sr: float = 0.02  # smaller ray holes (foramina, noise) are not defects
+    ring: tuple[int, int] = (5, 12)  # rim rays: between these many cells outside the hole
+    band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
+    smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation
+    degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
+    thickness_degree: int = 2  # the same for the bone thickness
+    thickness_smoothing: float = 0.01
+    max_rim_points: int = 600
+    grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
+    grow_iterations: int = 3
+    grow_thick_mm: float = 0.0  # rays this much thinner than the rim's thickness spline join the hole too (0: off)
+    mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
+    grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
+    shape_neighbours: int = 10  # a shape bank's members averaged where the mirror gives no cue (0: no shape cue)
+    mirror_share: float = 1.0  # the mirror fill's share, the rest the plain spline's (1: mirror only; RESULTS.md)
+    closing_mm: float = 1.0
+    min_island_mm3: float = 50.0
+    min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
+    edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
+    beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
+    max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled
+
+    def postprocess(self) -> PostprocessConfig:
+        """The shared post-processing's settings of this rim fit."""
+        return PostprocessConfig(self.closing_mm, self.min_island_mm3, self.min_piece_fraction)
+
+
+@dataclass
+class Hole:
+    """One defect hole in the ray map.
+
+    Attributes:
+        cells: bool (Nα, Nβ) rays of the hole.
+        solid_angle_sr: its solid angle.
+        direction: (3,) unit LPS mean direction.
+        rim_thickness_mm: median thickness on the rim.
+        area_mm2: hole area on the fitted outer surface.
+        expected_volume_mm3: area × rim thickness.
+        source: "spline" or "<cue>+spline" (:mod:`rimcue`).
+    """
+
+    cells: np.ndarray
+    solid_angle_sr: float
+    direction: np.ndarray
+    rim_thickness_mm: float = float("nan")
+    area_mm2: float = float("nan")
+    expected_volume_mm3: float = float("nan")
+    source: str = "spline"
+    outside_fraction: float = 0.0  # share of its solid angle that lies outside the scan (not filled)
+    seen_sr: float = float("nan")  # at the scan's edge: sr of rays passing the filled surface inside the scan
+    unusable: np.ndarray | None = None  # bool (Nα, Nβ) hit rays that are no rim data (bone cut by the scan's edge)

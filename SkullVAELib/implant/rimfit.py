@@ -48,7 +48,7 @@ from SkullVAELib.implant.postprocess import postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
-from SkullVAELib.implant.rimgrow import grow_hole, rim_rays, thickness_rim_rays
+from SkullVAELib.implant.rimgrow import grow_hole, rim_rays
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
@@ -137,31 +137,34 @@ def fill_hole(
     r_in = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     if ring.sum() < 10:
         return np.zeros_like(region), r_in, r_out
-    thick_ring = thickness_rim_rays(raymap, hole.cells, ring, cfg, hole.unusable)
-    rim_idx, thick_idx = _subsample(ring, cfg.max_rim_points), _subsample(thick_ring, cfg.max_rim_points)
+    rim_idx = np.flatnonzero(ring)
+    if len(rim_idx) > cfg.max_rim_points:  # even subsample keeps the solve small (O(N³))
+        rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
     flat_dirs = dirs.reshape(-1, 3)
+    xy_rim = gnomonic(flat_dirs[rim_idx], hole.direction)
     fill_idx = np.flatnonzero(region)
     xy_fill = gnomonic(flat_dirs[fill_idx], hole.direction)
+    outer = raymap.r_out.ravel()[rim_idx].astype(np.float64)
+    thick = raymap.thickness.ravel()[rim_idx].astype(np.float64)
     base_out = base_thick = 0.0
-    rim_all, thick_all = rim_idx, thick_idx
+    xy_rim_all, outer_all, thick_all = xy_rim, outer, thick
     k = cfg.shape_neighbours if shapes is not None else 0
     cue, source = choose_cue(raymap, hole.cells, hole.direction, ring, rim_idx, fill_idx, mirror, shapes, k)
     if cue is not None:
         m_out, m_thick = cue.r_out.ravel(), cue.thickness.ravel()
         use_cue = np.isfinite(m_out[fill_idx])
-        rim_idx, thick_idx = rim_idx[np.isfinite(m_out[rim_idx])], thick_idx[np.isfinite(m_out[thick_idx])]
-        weight = mirror_thickness_weight(
-            raymap.thickness.ravel()[thick_idx].astype(np.float64), m_thick[thick_idx], cfg.mirror_thickness
-        )
-        base_out, base_thick = m_out[rim_idx], weight * m_thick[thick_idx]
+        ok_rim = np.isfinite(m_out[rim_idx])
+        rim_idx, xy_rim, outer, thick = rim_idx[ok_rim], xy_rim[ok_rim], outer[ok_rim], thick[ok_rim]
+        weight = mirror_thickness_weight(thick, m_thick[rim_idx], cfg.mirror_thickness)
+        base_out, base_thick = m_out[rim_idx], weight * m_thick[rim_idx]
     smoothing, degree = (cfg.smoothing, cfg.thickness_smoothing), (cfg.degree, cfg.thickness_degree)
-    fit_out, fit_thick = _fit(raymap, hole, rim_idx, thick_idx, base_out, base_thick, xy_fill, smoothing, degree)
+    fit_out, fit_thick = fit_rim_splines(xy_rim, outer - base_out, thick - base_thick, xy_fill, smoothing, degree)
     if cue is not None:
         fit_out = fit_out + np.where(use_cue, m_out[fill_idx], np.nan)
         fit_thick = fit_thick + np.where(use_cue, weight * m_thick[fill_idx], np.nan)
         hole.source = source
         if source == "mirror+spline" and cfg.mirror_share < 1.0:  # the mirror's detail, shrunk
-            plain = _fit(raymap, hole, rim_all, thick_all, 0.0, 0.0, xy_fill, smoothing, degree)
+            plain = fit_rim_splines(xy_rim_all, outer_all, thick_all, xy_fill, smoothing, degree)
             w = cfg.mirror_share
             fit_out, fit_thick = w * fit_out + (1.0 - w) * plain[0], w * fit_thick + (1.0 - w) * plain[1]
     fit_thick = np.clip(fit_thick, 1.0, None)
@@ -174,23 +177,6 @@ def fill_hole(
     hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
     hole.expected_volume_mm3 = hole.area_mm2 * hole.rim_thickness_mm
     return region & np.isfinite(r_out), r_in, r_out
-
-
-def _subsample(rays: np.ndarray, most: int) -> np.ndarray:
-    """Flat indices of the ``rays`` (bool (Nα, Nβ)), evenly thinned to ``most`` (the spline's solve is O(N³))."""
-    idx = np.flatnonzero(rays)
-    return idx[np.linspace(0, len(idx) - 1, most).astype(int)] if len(idx) > most else idx
-
-
-def _fit(raymap, hole, out_idx, thick_idx, base_out, base_thick, xy_fill, smoothing, degree):
-    """(outer radius, thickness) (M,) at ``xy_fill``: the rim splines through the rays ``out_idx`` and
-    ``thick_idx`` (flat indices) less their cue (``base_*``: 0 or the cue's values on those rays)."""
-    flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
-    outer = raymap.r_out.ravel()[out_idx].astype(np.float64) - base_out
-    thick = raymap.thickness.ravel()[thick_idx].astype(np.float64) - base_thick
-    xy_out = gnomonic(flat_dirs[out_idx], hole.direction)
-    xy_thick = None if np.array_equal(out_idx, thick_idx) else gnomonic(flat_dirs[thick_idx], hole.direction)
-    return fit_rim_splines(xy_out, outer, thick, xy_fill, smoothing, degree, xy_thick=xy_thick)
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:

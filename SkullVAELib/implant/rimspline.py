@@ -31,20 +31,17 @@ def fit_rim_splines(
     xy_fill: np.ndarray,
     smoothing: tuple[float, float],
     degree: tuple[int, int],
-    xy_thick: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(outer radius, thickness) (M,) at ``xy_fill`` (M, 2) from thin-plate splines through their rim
-    values (N,) at ``xy_rim`` (N, 2), or the thickness's (N',) at ``xy_thick`` (N', 2) when it has rim
-    rays of its own; ``smoothing`` and ``degree`` (the polynomial part) of the outer radius's spline and
-    the thickness's. One interpolator with two value columns when both splines share their rays and
-    settings: the kernel between the fill and rim points is built once."""
+    values (N,) at ``xy_rim`` (N, 2); ``smoothing`` and ``degree`` (the polynomial part) of the outer
+    radius's spline and the thickness's. One interpolator with two value columns when both splines share
+    their settings (the default): the kernel between the fill and rim points, most of the time, is built once."""
     kw = {"kernel": "thin_plate_spline", "smoothing": smoothing[0], "degree": degree[0]}
-    if xy_thick is None and (smoothing[1], degree[1]) == (smoothing[0], degree[0]):
+    if (smoothing[1], degree[1]) == (smoothing[0], degree[0]):
         both = RBFInterpolator(xy_rim, np.stack([outer, thick], axis=1), **kw)(xy_fill)
         return both[:, 0], both[:, 1]
     kw_thick = {**kw, "smoothing": smoothing[1], "degree": degree[1]}
-    xy_thick = xy_rim if xy_thick is None else xy_thick
-    return RBFInterpolator(xy_rim, outer, **kw)(xy_fill), RBFInterpolator(xy_thick, thick, **kw_thick)(xy_fill)
+    return RBFInterpolator(xy_rim, outer, **kw)(xy_fill), RBFInterpolator(xy_rim, thick, **kw_thick)(xy_fill)
 
 
 def mirror_thickness_weight(thick: np.ndarray, mirrored: np.ndarray, fixed: float | None = None) -> float:

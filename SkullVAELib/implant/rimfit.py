@@ -60,7 +60,9 @@ _SQUARE = np.ones((3, 3), dtype=bool)
 
 @dataclass
 class RimFitResult:
-    """implant: bool (I, J, K) on the input grid; holes; ray map; timings (s) per step; messages: why an
+    """implant: bool (I, J, K) on the input grid; holes; ray map; timings (s) per step ("raycast": the
+    skull's rays, "holes": the scan's edge and the hole search, "mirror_raycast", "fill",
+    "postprocess"); messages: why an
     implant is empty or what is special about it (the scan's edge), one line each, for the user."""
 
     implant: np.ndarray
@@ -205,13 +207,17 @@ def rim_fit(
     t0 = time.perf_counter()
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     raymap = raycast.cast(skull, centre, cfg.step_deg)  # every ray; reads skull.mask in place
+    timings["raycast"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
     holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown)
+    timings["holes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     mirror = None
     if mirror_transform is not None and holes:  # only the rays the holes' fill and rims read
         near = cue_rays([h.cells for h in holes], cfg.grow_reach + max(cfg.ring[1], cfg.band))
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact, rays=near)
-    timings["raycast"] = time.perf_counter() - t0
+    timings["mirror_raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shapes, notes = usable_shapes(shapes, cfg.step_deg)
     messages = notes if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]

@@ -82,6 +82,8 @@ def test_rim_fit_fills_a_known_vault_hole_and_never_touches_the_bone(vault_case)
     # the completed skull is close to the complete phantom
     assert dice(defective.mask | result.implant, defective.mask | truth.mask) >= 0.97
     assert check_implant(result.implant, defective.voxel_volume_mm3, result.holes) == []
+    assert list(result.timings) == ["raycast", "holes", "mirror_raycast", "fill", "postprocess"]
+    assert all(seconds >= 0.0 for seconds in result.timings.values())
 
 
 def test_a_complete_skull_gets_an_empty_implant_with_a_clear_message(phantom):

@@ -77,15 +77,17 @@ def test_a_hole_grows_no_further_than_its_reach(reach):
 def _cut_wall_map(step_deg: float = 1.0, wedge_cells: int = 3):
     """A 70 mm shell whose thickness varies smoothly (5-7 mm) with a 12° hole; the rays up to
     ``wedge_cells`` cells outside the hole met a cut wall obliquely: 1 mm less outer radius and
-    only 1.5-3 mm of bone. (map, hole cells, wedge cells)."""
+    only a share of the bone, thinner nearer the hole. (map, hole cells, wedge cells)."""
     alpha, beta = raycast.angle_grid(step_deg)
     dirs = raycast.directions(alpha[:, None], beta[None, :])
     towards = np.array([0.8, 0.0, 0.6])
     hole = np.degrees(np.arccos(np.clip(dirs @ towards, -1.0, 1.0))) < 12.0
-    wedge = ndimage.binary_dilation(hole, np.ones((3, 3), bool), iterations=wedge_cells) & ~hole
+    wedge = np.zeros_like(hole)
+    if wedge_cells:  # (iterations=0 dilates until nothing changes)
+        wedge = ndimage.binary_dilation(hole, np.ones((3, 3), bool), iterations=wedge_cells) & ~hole
     thickness = (6.0 + dirs @ np.array([0.0, 1.0, 0.0])).astype(np.float32)  # 5-7 mm across the skull
     distance = ndimage.distance_transform_cdt(~hole, metric="chessboard")
-    thickness[wedge] = 1.5 * distance[wedge]  # 1.5, 3, 4.5 mm: the wall's wedge
+    thickness[wedge] *= distance[wedge] / (wedge_cells + 1)  # the wall's wedge: thinner nearer the hole
     r_out = np.full(hole.shape, 70.0, dtype=np.float32)
     r_out[wedge] -= 1.0
     r_out[hole] = np.nan
@@ -106,3 +108,19 @@ def test_rays_thinned_by_the_cut_wall_join_the_hole(grow_thick_mm):
         assert not (grown & ~wedge).any()  # whole bone stays rim
         thin = wedge & (raymap.thickness < 6.0 - 1.0 - grow_thick_mm)  # thinner than any whole bone by more
         assert (grown >= thin).all() and thin.any()
+
+
+@pytest.mark.parametrize("wedge_cells", [0, 3, 8])
+def test_the_rim_drops_the_rays_a_cut_wall_thinned(wedge_cells):
+    """With ``trim_mm`` the rim rays in the cut wall's wedge (thinner and shallower than the whole bone
+    beyond the ring) are no rim data; whole bone of any thickness stays; 0 keeps the ring as it is."""
+    from SkullVAELib.implant.rimgrow import rim_rays, whole_bone_rim
+
+    raymap, hole_cells, wedge = _cut_wall_map(wedge_cells=wedge_cells)
+    (hole,) = find_holes(raymap)
+    cfg = RimFitConfig(step_deg=1.0, ring=(2, 12), trim_mm=0.5)
+    ring = rim_rays(raymap, hole_cells, cfg)
+    kept = whole_bone_rim(raymap, hole, ring, cfg)
+    np.testing.assert_array_equal(kept, ring & ~wedge)  # every wedge ray in the ring goes, nothing else
+    off = RimFitConfig(step_deg=1.0, ring=(2, 12))
+    np.testing.assert_array_equal(whole_bone_rim(raymap, hole, ring, off), ring)

@@ -27,7 +27,6 @@ class RimFitConfig:
     max_rim_points: int = 600
     grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
     grow_iterations: int = 3
-    trim_mm: float = 0.0  # rim rays this much thinner or shallower than the far rim predicts are no rim data (0: off)
     grow_thick_mm: float = 0.0  # rays this much thinner than the rim's thickness spline join the hole too (0: off)
     mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)

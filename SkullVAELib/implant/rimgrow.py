@@ -99,33 +99,3 @@ def grow_connected(cells: np.ndarray, allowed: np.ndarray, accept) -> np.ndarray
         grown |= new
         frontier = ndimage.binary_dilation(new, _SQUARE) & allowed & ~seen
     return grown
-
-
-def whole_bone_rim(raymap: raycast.RayMap, hole: Hole, ring: np.ndarray, cfg: RimFitConfig) -> np.ndarray:
-    """``ring`` (bool (Nα, Nβ), :func:`rim_rays`) less the rays that are thinner or shallower by more than
-    ``cfg.trim_mm`` than splines through the ring as wide just outside it (whole bone) predict: rays in
-    the wedge of a cut wall that is not radial from the ray centre. The far rim's splines have a
-    linear polynomial part (they interpolate into the ring, no curvature to guess). Off when
-    ``trim_mm`` is 0; the ring unchanged when fewer than 10 rays would be left."""
-    if cfg.trim_mm <= 0:
-        return ring
-    width = cfg.ring[1] - cfg.ring[0]
-    far_cfg = RimFitConfig(**{**cfg.__dict__, "ring": (cfg.ring[1], cfg.ring[1] + width)})
-    far = rim_rays(raymap, hole.cells, far_cfg, hole.unusable)
-    if far.sum() < 10:
-        return ring
-    idx = np.flatnonzero(far)
-    if len(idx) > cfg.max_rim_points:
-        idx = idx[np.linspace(0, len(idx) - 1, cfg.max_rim_points).astype(int)]
-    flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
-    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": 1}
-    values = np.stack([raymap.r_out.ravel()[idx], raymap.thickness.ravel()[idx]], axis=1)
-    spline = RBFInterpolator(gnomonic(flat_dirs[idx], hole.direction), values, **kw)
-    near = np.flatnonzero(ring)
-    fitted = spline(gnomonic(flat_dirs[near], hole.direction))
-    bad = (raymap.r_out.ravel()[near] < fitted[:, 0] - cfg.trim_mm) | (
-        raymap.thickness.ravel()[near] < fitted[:, 1] - cfg.trim_mm
-    )
-    out = ring.copy()
-    out.ravel()[near[bad]] = False
-    return out if out.sum() >= 10 else ring

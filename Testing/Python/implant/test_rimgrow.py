@@ -109,18 +109,3 @@ def test_rays_thinned_by_the_cut_wall_join_the_hole(grow_thick_mm):
         thin = wedge & (raymap.thickness < 6.0 - 1.0 - grow_thick_mm)  # thinner than any whole bone by more
         assert (grown >= thin).all() and thin.any()
 
-
-@pytest.mark.parametrize("wedge_cells", [0, 3, 8])
-def test_the_rim_drops_the_rays_a_cut_wall_thinned(wedge_cells):
-    """With ``trim_mm`` the rim rays in the cut wall's wedge (thinner and shallower than the whole bone
-    beyond the ring) are no rim data; whole bone of any thickness stays; 0 keeps the ring as it is."""
-    from SkullVAELib.implant.rimgrow import rim_rays, whole_bone_rim
-
-    raymap, hole_cells, wedge = _cut_wall_map(wedge_cells=wedge_cells)
-    (hole,) = find_holes(raymap)
-    cfg = RimFitConfig(step_deg=1.0, ring=(2, 12), trim_mm=0.5)
-    ring = rim_rays(raymap, hole_cells, cfg)
-    kept = whole_bone_rim(raymap, hole, ring, cfg)
-    np.testing.assert_array_equal(kept, ring & ~wedge)  # every wedge ray in the ring goes, nothing else
-    off = RimFitConfig(step_deg=1.0, ring=(2, 12))
-    np.testing.assert_array_equal(whole_bone_rim(raymap, hole, ring, off), ring)

@@ -18,7 +18,7 @@ class RimFitConfig:
 
     step_deg: float = raycast.RIM_STEP_DEG
     min_hole_sr: float = 0.02  # smaller ray holes (foramina, noise) are not defects
-    ring: tuple[int, int] = (5, 12)  # rim rays: between these many cells outside the hole
+    ring: tuple[int, int] = (3, 12)  # rim rays: between these many cells outside the hole (with trim_mm; 5-12 before)
     band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
     smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation
     degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
@@ -27,6 +27,7 @@ class RimFitConfig:
     max_rim_points: int = 600
     grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
     grow_iterations: int = 3
+    trim_mm: float = 0.5  # rim rays this much thinner than the far rim predicts are no rim data (0: off; rimgrow)
     grow_thick_mm: float = 0.0  # rays this much thinner than the rim's thickness spline join the hole too (0: off)
     mirror_thickness: float | None = None  # share of the mirror's thickness followed; None: fitted on the rim
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)

@@ -48,7 +48,7 @@ from SkullVAELib.implant.postprocess import postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
-from SkullVAELib.implant.rimgrow import grow_hole, rim_rays
+from SkullVAELib.implant.rimgrow import grow_hole, rim_rays, whole_bone_rim
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
@@ -134,7 +134,7 @@ def fill_hole(
     dirs = raycast.grid_directions(raymap.step_deg)
     region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
     region &= dirs @ hole.direction >= np.cos(np.deg2rad(cfg.max_angle_deg))  # the projection's limit
-    ring = rim_rays(raymap, hole.cells, cfg, hole.unusable)
+    ring = whole_bone_rim(raymap, hole, rim_rays(raymap, hole.cells, cfg, hole.unusable), cfg)
     r_out = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     r_in = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     if ring.sum() < 10:

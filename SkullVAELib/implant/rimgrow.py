@@ -1,14 +1,18 @@
 """A hole's rim and how far a hole reaches (the rim fit's step 2b, :mod:`rimfit`).
 
 The rim rays are a ring of hit rays some cells outside the hole: the data the fill's splines are
-fitted to. A ray just outside the missing ones may still belong to the defect: it passed through
-the hole and met deeper bone (the skull base, an orbit roof), or it met the defect's cut wall
-obliquely and holds only a wedge of the bone's thickness (a cut wall that is not radial from the
-ray centre: SkullFix's own defects, up to about 5° from the hole). Such rays join the hole, so the
-rim moves out to whole bone and the fill covers them.
+fitted to. A ray just outside the missing ones may still belong to the defect:
+- it passed through the hole and met deeper bone (the skull base, an orbit roof): such rays join
+  the hole (:func:`grow_hole`), so the rim moves out and the fill covers them;
+- it met the defect's cut wall obliquely and holds only a wedge of the bone's thickness (a wall
+  that is not radial from the ray centre; up to 5–7° from the hole): such rays stay in the fill's
+  band but are no data for the thickness (:func:`whole_bone_rim`); ``RimFitConfig.grow_thick_mm``
+  lets them join the hole instead (measured, not the default: docs/RESULTS.md).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
@@ -99,3 +103,34 @@ def grow_connected(cells: np.ndarray, allowed: np.ndarray, accept) -> np.ndarray
         grown |= new
         frontier = ndimage.binary_dilation(new, _SQUARE) & allowed & ~seen
     return grown
+
+
+def whole_bone_rim(raymap: raycast.RayMap, hole: Hole, ring: np.ndarray, cfg: RimFitConfig) -> np.ndarray:
+    """``ring`` (bool (Nα, Nβ), :func:`rim_rays`) less the rays thinner by more than ``cfg.trim_mm`` (mm)
+    than a spline of the bone's thickness on the ring as wide just outside it predicts (whole bone).
+
+    A cut wall that is not radial from the ray centre thins the rays near it: they leave the bone
+    through the wall before its inner surface (up to about 7° out on training 023's irregular defect).
+    Their thickness would pull the fill's inner surface out by millimetres. The outer radius is no test:
+    the vault's curvature between the far rim and the ring is larger than such a wall's step (a
+    criterion on it dropped a whole side of training 010's rim). The far rim's spline has a linear
+    polynomial part (it interpolates into the ring). Off when ``trim_mm`` is 0; the ring unchanged when
+    fewer than 10 rays would be left, or when the far rim has fewer than 10."""
+    if cfg.trim_mm <= 0:
+        return ring
+    width = cfg.ring[1] - cfg.ring[0]
+    far = rim_rays(raymap, hole.cells, replace(cfg, ring=(cfg.ring[1], cfg.ring[1] + width)), hole.unusable)
+    if far.sum() < 10:
+        return ring
+    idx = np.flatnonzero(far)
+    if len(idx) > cfg.max_rim_points:  # even subsample keeps the solve small (O(N³))
+        idx = idx[np.linspace(0, len(idx) - 1, cfg.max_rim_points).astype(int)]
+    flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
+    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": 1}
+    thickness = raymap.thickness.ravel()
+    spline = RBFInterpolator(gnomonic(flat_dirs[idx], hole.direction), thickness[idx].astype(np.float64), **kw)
+    near = np.flatnonzero(ring)
+    thin = thickness[near] < spline(gnomonic(flat_dirs[near], hole.direction)) - cfg.trim_mm
+    out = ring.copy()
+    out.ravel()[near[thin]] = False
+    return out if out.sum() >= 10 else ring

@@ -109,3 +109,40 @@ def test_rays_thinned_by_the_cut_wall_join_the_hole(grow_thick_mm):
         thin = wedge & (raymap.thickness < 6.0 - 1.0 - grow_thick_mm)  # thinner than any whole bone by more
         assert (grown >= thin).all() and thin.any()
 
+
+
+@pytest.mark.parametrize("wedge_cells", [0, 3, 8])
+def test_the_rim_drops_the_rays_a_cut_wall_thinned(wedge_cells):
+    """With ``trim_mm`` the rim rays in the cut wall's wedge (thinner than the whole bone beyond the
+    ring) are no rim data, whatever the wedge's width; whole bone of any thickness stays; 0 keeps the
+    ring as it is."""
+    from SkullVAELib.implant.rimgrow import rim_rays, whole_bone_rim
+
+    raymap, hole_cells, wedge = _cut_wall_map(wedge_cells=wedge_cells)
+    (hole,) = find_holes(raymap)
+    cfg = RimFitConfig(step_deg=1.0, ring=(2, 12), trim_mm=0.5)
+    ring = rim_rays(raymap, hole_cells, cfg)
+    kept = whole_bone_rim(raymap, hole, ring, cfg)
+    np.testing.assert_array_equal(kept, ring & ~wedge)  # every wedge ray in the ring goes, nothing else
+    off = RimFitConfig(step_deg=1.0, ring=(2, 12), trim_mm=0.0)
+    np.testing.assert_array_equal(whole_bone_rim(raymap, hole, ring, off), ring)
+
+
+def test_a_curved_vault_beyond_the_ring_drops_no_rim_ray():
+    """The far rim's outer radius curves away (a dome: 70 mm at the hole, 8 mm lower 40° out) and the
+    bone thickens outwards (5 → 7 mm): neither is a wedge, so every ring ray stays rim data."""
+    from SkullVAELib.implant.rimgrow import rim_rays, whole_bone_rim
+
+    alpha, beta = raycast.angle_grid(1.0)
+    dirs = raycast.directions(alpha[:, None], beta[None, :])
+    towards = np.array([0.8, 0.0, 0.6])
+    angle = np.degrees(np.arccos(np.clip(dirs @ towards, -1.0, 1.0)))
+    hole = angle < 12.0
+    r_out = (70.0 - 8.0 * (angle / 40.0) ** 2).astype(np.float32)
+    thickness = (5.0 + 2.0 * np.clip(angle / 40.0, 0.0, 1.0)).astype(np.float32)
+    r_out[hole] = np.nan
+    raymap = raycast.RayMap(np.zeros(3), 1.0, ~hole, r_out, r_out - thickness)
+    (found,) = find_holes(raymap)
+    cfg = RimFitConfig(step_deg=1.0, ring=(3, 12), trim_mm=0.5)
+    ring = rim_rays(raymap, found.cells, cfg)
+    np.testing.assert_array_equal(whole_bone_rim(raymap, found, ring, cfg), ring)

@@ -15,7 +15,10 @@ inner surface). The sampling is vectorised: numpy on the CPU threads, skipping e
 with a block occupancy (:mod:`raymarch`); or torch on a given device (CUDA), every sample.
 
 Coarse to fine (opt-in, ``coarse_factor`` > 1, :mod:`coarse_to_fine`): a lattice of rays first, the full
-step only around misses and sharp changes; off by default.
+step only around misses and sharp changes; off by default. Its interpolated rays' thicknesses are a
+fraction of a voxel off the cast ones, which the rim fit's 0.5 mm thinning test on its rim
+(``RimFitConfig.trim_mm``) can read: with it, implants of 0.97-0.99 DSC to every ray's (SkullFix 056,
+060, 061); the same voxels without it (tested).
 """
 
 from __future__ import annotations

@@ -110,7 +110,6 @@ def test_rays_thinned_by_the_cut_wall_join_the_hole(grow_thick_mm):
         assert (grown >= thin).all() and thin.any()
 
 
-
 @pytest.mark.parametrize("wedge_cells", [0, 3, 8])
 def test_the_rim_drops_the_rays_a_cut_wall_thinned(wedge_cells):
     """With ``trim_mm`` the rim rays in the cut wall's wedge (thinner than the whole bone beyond the

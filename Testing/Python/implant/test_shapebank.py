@@ -40,6 +40,11 @@ def _shell(scale: float, bump_mm: float, hole: bool) -> tuple[SkullImage, np.nda
     return SkullImage(bone & ~cut, origin, np.full(3, SPACING)), cut
 
 
+# The rim these phantoms are built for: 5-12 cells (10-24°) out, where the bump has flattened, and no
+# 0.5 mm thinning test (``trim_mm``), which on 1.5 mm voxels reads the thickness's voxel steps.
+_FLAT_RIM = {"ring": (5, 12), "trim_mm": 0.0}
+
+
 @pytest.fixture(scope="module")
 def bumped_bank() -> ShapeBank:
     skulls = [(f"{n:03d}", _shell(scale, 4.0, hole=False)[0]) for n, scale in enumerate((0.94, 1.0, 1.06))]
@@ -52,7 +57,7 @@ def test_the_nearest_skulls_bring_the_shape_the_rim_cannot_tell(bumped_bank):
     from SkullVAELib.implant.rimfit import RimFitConfig
 
     defective, truth = _shell(1.03, 4.0, hole=True)
-    cfg = RimFitConfig(step_deg=2.0, shape_neighbours=2)
+    cfg = RimFitConfig(step_deg=2.0, shape_neighbours=2, **_FLAT_RIM)
     plain = rim_fit(defective, cfg)
     cued = rim_fit(defective, cfg, shapes=bumped_bank)
     assert [h.source for h in plain.holes] == ["spline"] and [h.source for h in cued.holes] == ["shapes+spline"]
@@ -127,7 +132,7 @@ def test_a_model_folder_with_a_bank_gives_the_rim_fit_its_cue(bumped_bank, tmp_p
     assert folder.parts() == ["shapes"] and folder.has_shapes
     from SkullVAELib.implant.rimfit import RimFitConfig
 
-    rimfit = RimFitSettings(mirror=False, config=RimFitConfig(step_deg=2.0, shape_neighbours=2))
+    rimfit = RimFitSettings(mirror=False, config=RimFitConfig(step_deg=2.0, shape_neighbours=2, **_FLAT_RIM))
     settings = CompletionSettings(defect="cranial", rimfit=rimfit)
     defective, truth = _shell(1.03, 4.0, hole=True)
     done = Completer(settings, folder).complete(defective)

@@ -18,7 +18,7 @@ original resolution.
    rays that passed it and met deeper bone, and (``grow_thick_mm``) rays that met its cut wall
    obliquely and hold only a wedge of the bone.
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
-   hole) are continued across the hole with a thin-plate spline
+   hole, less the rays its cut wall thinned: :func:`rimgrow.whole_bone_rim`) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
    direction (:mod:`rimspline`); with a mirror cue (``symmetry``), the mirrored skull's outer
    radius inside the hole plus a spline of the rim residual replace the plain spline where the

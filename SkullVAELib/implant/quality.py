@@ -42,7 +42,7 @@ from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.postprocess import piece_gaps
 from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
-from SkullVAELib.implant.rimspline import gnomonic
+from SkullVAELib.implant.rimspline import gnomonic, spline_points
 from SkullVAELib.implant.scanedge import scan_edge
 from SkullVAELib.io.image import SkullImage
 
@@ -100,9 +100,7 @@ def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, 
     ring = ~footprint & (outside > cfg.ring[0]) & (outside <= cfg.ring[1]) & usable & within
     if band.sum() < 5 or ring.sum() < 10:
         return float("nan"), float("nan"), int(band.sum())
-    ring_idx = np.flatnonzero(ring)
-    if len(ring_idx) > cfg.max_fit_points:
-        ring_idx = ring_idx[np.linspace(0, len(ring_idx) - 1, cfg.max_fit_points).astype(int)]
+    ring_idx = spline_points(ring, cfg.max_fit_points)
     flat = dirs.reshape(-1, 3)
     xy_ring, xy_band = gnomonic(flat[ring_idx], direction), gnomonic(flat[band.ravel()], direction)
     kw = {"kernel": "thin_plate_spline", "smoothing": 0.01, "degree": 2}

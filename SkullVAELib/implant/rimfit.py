@@ -49,7 +49,7 @@ from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
 from SkullVAELib.implant.rimgrow import grow_hole, rim_rays, whole_bone_rim
-from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight
+from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight, spline_points
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
 from SkullVAELib.implant.shapemodel import ShapeModel
@@ -139,9 +139,7 @@ def fill_hole(
     r_in = np.full(raymap.hit.shape, np.nan, dtype=np.float32)
     if ring.sum() < 10:
         return np.zeros_like(region), r_in, r_out
-    rim_idx = np.flatnonzero(ring)
-    if len(rim_idx) > cfg.max_rim_points:  # even subsample keeps the solve small (O(N³))
-        rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
+    rim_idx = spline_points(ring, cfg.max_rim_points)
     flat_dirs = dirs.reshape(-1, 3)
     xy_rim = gnomonic(flat_dirs[rim_idx], hole.direction)
     fill_idx = np.flatnonzero(region)

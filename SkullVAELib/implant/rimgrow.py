@@ -20,7 +20,7 @@ from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
-from SkullVAELib.implant.rimspline import gnomonic
+from SkullVAELib.implant.rimspline import gnomonic, spline_points
 
 _SQUARE = np.ones((3, 3), dtype=bool)
 
@@ -56,9 +56,7 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
         ring = rim_rays(raymap, cells, cfg, hole.unusable)
         if ring.sum() < 10:
             break
-        rim_idx = np.flatnonzero(ring)
-        if len(rim_idx) > cfg.max_rim_points:
-            rim_idx = rim_idx[np.linspace(0, len(rim_idx) - 1, cfg.max_rim_points).astype(int)]
+        rim_idx = spline_points(ring, cfg.max_rim_points)
         near = near_hole & ~cells
         if not near.any():
             break
@@ -122,9 +120,7 @@ def whole_bone_rim(raymap: raycast.RayMap, hole: Hole, ring: np.ndarray, cfg: Ri
     far = rim_rays(raymap, hole.cells, replace(cfg, ring=(cfg.ring[1], cfg.ring[1] + width)), hole.unusable)
     if far.sum() < 10:
         return ring
-    idx = np.flatnonzero(far)
-    if len(idx) > cfg.max_rim_points:  # even subsample keeps the solve small (O(N³))
-        idx = idx[np.linspace(0, len(idx) - 1, cfg.max_rim_points).astype(int)]
+    idx = spline_points(far, cfg.max_rim_points)
     flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
     kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": 1}
     thickness = raymap.thickness.ravel()

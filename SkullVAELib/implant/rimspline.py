@@ -24,6 +24,13 @@ def gnomonic(dirs: np.ndarray, centre_dir: np.ndarray) -> np.ndarray:
     return np.c_[dirs @ t1 / depth, dirs @ t2 / depth]
 
 
+def spline_points(rays: np.ndarray, most: int) -> np.ndarray:
+    """Flat indices of the ``rays`` (bool (Nα, Nβ)), evenly thinned to at most ``most``: the points a
+    thin-plate spline is fitted through (its solve is O(N³))."""
+    idx = np.flatnonzero(rays)
+    return idx[np.linspace(0, len(idx) - 1, most).astype(int)] if len(idx) > most else idx
+
+
 def fit_rim_splines(
     xy_rim: np.ndarray,
     outer: np.ndarray,

@@ -6,7 +6,9 @@ Usage::
     .venv/bin/python tools/make_shape_model.py BANK/shapes.safetensors SkullVAELib/implant/shape_model.safetensors
 
 The bank (every training skull's ray map) stays private; the model keeps the mean shape, the first
-10 principal modes and the mean thickness (docs/RESULTS.md, "A shape model as the default cue").
+10 principal modes and the mean thickness (docs/RESULTS.md, "A shape model as the default cue"), and a
+card: the skulls it was fitted to (``--source`` and the bank's case ids) and the licence it inherits
+from them (``--licence``; SkullFix's by default). The shipped model was made with the defaults.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant.shapebank import load_shape_bank
 from SkullVAELib.implant.shapemodel import fit_shape_model, save_shape_model
 
+SKULLFIX = "SkullFix (Kodym et al., Data in Brief 35, 106902, 2021; skulls from CQ500 head CTs)"
+SKULLFIX_LICENCE = "CC BY-NC-SA 4.0, as SkullFix: non-commercial research only"
+
+
+def id_ranges(ids: tuple[str, ...]) -> str:
+    """"000-055" for consecutive numeric ids, else the ids joined by commas."""
+    if ids and all(i.isdigit() for i in ids):
+        numbers = sorted(int(i) for i in ids)
+        if numbers == list(range(numbers[0], numbers[-1] + 1)):
+            return f"{ids[0]}-{max(ids, key=int)}" if len(ids) > 1 else ids[0]
+    return ",".join(ids)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,15 +40,23 @@ def main() -> None:
     p.add_argument("out", type=Path, help="the shape model to write")
     p.add_argument("--modes", type=int, default=10, help="principal modes kept (default 10)")
     p.add_argument("--ridge", type=float, default=1e-3, help="the modes' ridge penalty (default 1e-3)")
+    p.add_argument("--source", default=SKULLFIX, help="the data set the bank's skulls come from (the card)")
+    p.add_argument("--licence", default=SKULLFIX_LICENCE, help="the licence the model inherits (the card)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model at OUT")
     args = p.parse_args()
     try:
         if args.out.exists() and not args.overwrite:
             raise SkullVAEError("a shape model is there already (--overwrite replaces it)", args.out)
-        model = fit_shape_model(load_shape_bank(args.bank), args.modes, args.ridge)
+        bank = load_shape_bank(args.bank)
+        model = fit_shape_model(bank, args.modes, args.ridge)
     except SkullVAEError as exc:
         print(f"make_shape_model.py: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    model.card = {
+        "trained_on": f"{len(bank)} complete skulls, case ids {id_ranges(bank.ids)}, of {args.source}",
+        "licence": args.licence,
+        "use": "research; not a medical device: every implant needs expert review",
+    }
     save_shape_model(model, args.out)
     print(f"wrote a shape model of {model.n_skulls} skulls, {len(model.modes)} modes, {int(model.rays.sum())} rays")
 

@@ -9,16 +9,18 @@ from it. For a hole, the mean and the modes are fitted to the patient's rim rays
 surface is the cue the rim's splines correct, as the mirror's would be (:mod:`rimcue`).
 
 Installed as ``SkullVAELib/implant/shape_model.safetensors`` (``tools/make_shape_model.py``, from the
-bank of SkullFix 000–055: docs/RESULTS.md, "A shape model as the default cue"). It is trained on
-SkullFix, so it is not kept in git; without it the rim fit has no shape cue unless a model folder
-holds a bank.
+bank of SkullFix 000–055: docs/RESULTS.md, "A shape model as the default cue"), with its card in the
+file (:attr:`ShapeModel.card`: what it was fitted to and the licence it inherits, SkullFix's CC BY-NC-SA
+4.0). It is trained on SkullFix and, since the rim's thickness skips the rays a cut wall thinned, no
+longer better on test (docs/RESULTS.md, "The shape model against today's rim"), so it is not kept in
+git; without it the rim fit has no shape cue unless a model folder holds a bank.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +48,7 @@ class ShapeModel:
         thickness: float32 (Nα, Nβ) mean bone thickness (mm); NaN where no skull had bone.
         ridge: the modes' ridge penalty in the rim fit (mm² of squared residual per unit weight²).
         n_skulls: how many skulls it was fitted to.
+        card: what it was fitted to and its licence ({"trained_on": ..., "licence": ...}; {} unknown).
     """
 
     step_deg: float
@@ -55,6 +58,7 @@ class ShapeModel:
     thickness: np.ndarray
     ridge: float
     n_skulls: int
+    card: dict = field(default_factory=dict)
 
 
 def fit_shape_model(bank: ShapeBank, n_modes: int = 10, ridge: float = 1e-3) -> ShapeModel:
@@ -108,7 +112,7 @@ def save_shape_model(model: ShapeModel, path: str | os.PathLike) -> None:
         "modes": np.ascontiguousarray(model.modes),
         "thickness": model.thickness,
     }
-    info = {"step_deg": model.step_deg, "ridge": model.ridge, "n_skulls": model.n_skulls}
+    info = {"step_deg": model.step_deg, "ridge": model.ridge, "n_skulls": model.n_skulls, "card": model.card}
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "info": json.dumps(info)})
 
@@ -131,7 +135,7 @@ def load_shape_model(path: str | os.PathLike) -> ShapeModel:
         rays = tensors["rays"].astype(bool)
         model = ShapeModel(
             float(info["step_deg"]), rays, tensors["mean"], tensors["modes"], tensors["thickness"],
-            float(info["ridge"]), int(info["n_skulls"]),
+            float(info["ridge"]), int(info["n_skulls"]), dict(info.get("card", {})),
         )  # fmt: skip
     except (KeyError, ValueError, TypeError) as exc:
         raise SkullVAEError(f"the shape model's contents are missing or damaged ({exc})", path) from None

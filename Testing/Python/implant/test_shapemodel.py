@@ -70,9 +70,12 @@ def test_no_cue_outside_the_domain_or_on_another_grid():
 
 def test_a_model_round_trips_and_bad_files_are_one_line_errors(tmp_path):
     model = fit_shape_model(_bank(), n_modes=3)
+    assert model.card == {}
+    model.card = {"trained_on": "12 phantoms", "licence": "CC0"}
     save_shape_model(model, tmp_path / "m.safetensors")
     back = load_shape_model(tmp_path / "m.safetensors")
     assert back.n_skulls == 12 and back.ridge == model.ridge and back.step_deg == STEP
+    assert back.card == {"trained_on": "12 phantoms", "licence": "CC0"}
     np.testing.assert_array_equal(back.modes, model.modes)
     np.testing.assert_array_equal(back.rays, model.rays)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
@@ -88,8 +91,9 @@ def test_an_installed_model_holds_no_skull():
         pytest.skip(f"no shape model installed at {INSTALLED_MODEL} (tools/make_shape_model.py; trained, not in git)")
     model = installed_shape_model()
     assert model is not None
-    assert model.n_skulls == 56 and model.modes.shape[0] == 10 and model.step_deg == 1.0
-    assert model.rays.shape == tuple(len(g) for g in raycast.angle_grid(1.0))
+    assert model.n_skulls == 56 and model.modes.shape[0] == 10 and model.step_deg == raycast.RIM_STEP_DEG
+    assert model.rays.shape == tuple(len(g) for g in raycast.angle_grid(raycast.RIM_STEP_DEG))
+    assert "000-055" in model.card.get("trained_on", "") and "CC BY-NC-SA" in model.card.get("licence", "")
     # only the mean and 10 modes: no array per skull
     assert model.modes.shape[0] < model.n_skulls
 
@@ -111,12 +115,17 @@ def test_the_model_tool_writes_a_model_and_never_replaces_one_unasked(tmp_path):
         return subprocess.run([sys.executable, str(tool), *map(str, argv)], capture_output=True, text=True)
 
     assert run(bank, out, "--modes", "3").returncode == 0
-    assert len(load_shape_model(out).modes) == 3
+    made = load_shape_model(out)
+    assert len(made.modes) == 3
+    # the card names the bank's skulls and the licence they pass on (SkullFix's by default)
+    assert "12 complete skulls, case ids 000-011" in made.card["trained_on"] and "CC BY-NC-SA 4.0" in made.card["licence"]
     before = out.read_bytes()
     refused = run(bank, out)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert out.read_bytes() == before
-    assert run(bank, out, "--modes", "2", "--overwrite").returncode == 0 and len(load_shape_model(out).modes) == 2
+    assert run(bank, out, "--modes", "2", "--overwrite", "--source", "phantoms", "--licence", "CC0").returncode == 0
+    made = load_shape_model(out)
+    assert len(made.modes) == 2 and made.card["licence"] == "CC0" and made.card["trained_on"].endswith("of phantoms")
     missing = run(tmp_path / "none.safetensors", tmp_path / "other.safetensors")
     assert (
         missing.returncode == 2

@@ -33,6 +33,7 @@ class RimFitConfig:
     grow_reach: int = 6  # grown rays lie within this many cells of the hole as found (see grow_hole)
     shape_neighbours: int = 10  # a shape bank's members averaged where the mirror gives no cue (0: no shape cue)
     mirror_share: float = 1.0  # the mirror fill's share, the rest the plain spline's (1: mirror only; RESULTS.md)
+    mirror_thickness_cap_mm: float = 0.0  # the mirror fill's thickness within this of the plain spline's (0: off)
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)

@@ -163,10 +163,9 @@ def fill_hole(
         fit_out = fit_out + np.where(use_cue, m_out[fill_idx], np.nan)
         fit_thick = fit_thick + np.where(use_cue, weight * m_thick[fill_idx], np.nan)
         hole.source = source
-        if source == "mirror+spline" and cfg.mirror_share < 1.0:  # the mirror's detail, shrunk
+        if source == "mirror+spline" and (cfg.mirror_share < 1.0 or cfg.mirror_thickness_cap_mm > 0):
             plain = fit_rim_splines(xy_rim_all, outer_all, thick_all, xy_fill, smoothing, degree)
-            w = cfg.mirror_share
-            fit_out, fit_thick = w * fit_out + (1.0 - w) * plain[0], w * fit_thick + (1.0 - w) * plain[1]
+            fit_out, fit_thick = _towards_plain(fit_out, fit_thick, plain, cfg)
     fit_thick = np.clip(fit_thick, 1.0, None)
     r_out.ravel()[fill_idx] = fit_out
     r_in.ravel()[fill_idx] = fit_out - fit_thick
@@ -177,6 +176,22 @@ def fill_hole(
     hole.area_mm2 = float((omega[fill_idx][in_hole] * outer_hole**2).sum())
     hole.expected_volume_mm3 = hole.area_mm2 * hole.rim_thickness_mm
     return region & np.isfinite(r_out), r_in, r_out
+
+
+def _towards_plain(
+    fit_out: np.ndarray, fit_thick: np.ndarray, plain: tuple[np.ndarray, np.ndarray], cfg: RimFitConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mirror fill's (outer radius, thickness) (M,) mm held to the plain rim spline's ``plain``: its
+    thickness within ``cfg.mirror_thickness_cap_mm`` of the spline's (where the mirrored side's bone
+    differs from the rim's by more, e.g. a thicker or thinner region of the other side, the rim is
+    trusted), then both shrunk towards the spline by ``cfg.mirror_share``."""
+    cap = cfg.mirror_thickness_cap_mm
+    if cap > 0:
+        fit_thick = plain[1] + np.clip(fit_thick - plain[1], -cap, cap)
+    w = cfg.mirror_share
+    if w < 1.0:
+        fit_out, fit_thick = w * fit_out + (1.0 - w) * plain[0], w * fit_thick + (1.0 - w) * plain[1]
+    return fit_out, fit_thick
 
 
 def postprocess(implant: np.ndarray, skull: SkullImage, cfg: RimFitConfig) -> np.ndarray:

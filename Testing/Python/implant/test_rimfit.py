@@ -160,9 +160,10 @@ def test_a_hole_at_the_back_of_the_vault_is_a_hole(phantom):
     assert not (result.implant & defective.mask).any()
 
 
-def test_the_mirror_share_shrinks_the_mirror_fill_towards_the_plain_spline(vault_case):
-    """share 1: the mirror-cued fill; 0: the plain spline of the same rim; between: their weighted mean,
-    the outer radius and the thickness alike (the bone's inner surface follows)."""
+@pytest.fixture(scope="module")
+def mirror_fill(vault_case):
+    """fill(with_mirror=True, **RimFitConfig fields) -> (source, region, r_in, r_out) of the phantom's
+    vault hole, grown once, filled afresh each call (with or without its mirror cue)."""
     from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole, find_holes, grow_hole
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
@@ -174,11 +175,20 @@ def test_the_mirror_share_shrinks_the_mirror_fill_towards_the_plain_spline(vault
     hole = find_holes(raymap)[0]
     grow_hole(raymap, hole, RimFitConfig())
 
-    def fill(share: float, with_mirror: bool = True):
+    def fill(with_mirror: bool = True, **settings):
         cells = Hole(hole.cells.copy(), hole.solid_angle_sr, hole.direction)
-        cfg = RimFitConfig(mirror_share=share)
-        region, r_in, r_out = fill_hole(raymap, cells, cfg, mirror if with_mirror else None)
+        region, r_in, r_out = fill_hole(raymap, cells, RimFitConfig(**settings), mirror if with_mirror else None)
         return cells.source, region, r_in, r_out
+
+    return fill
+
+
+def test_the_mirror_share_shrinks_the_mirror_fill_towards_the_plain_spline(mirror_fill):
+    """share 1: the mirror-cued fill; 0: the plain spline of the same rim; between: their weighted mean,
+    the outer radius and the thickness alike (the bone's inner surface follows)."""
+
+    def fill(share: float, with_mirror: bool = True):
+        return mirror_fill(with_mirror, mirror_share=share)
 
     source, region, in_1, out_1 = fill(1.0)
     assert source == "mirror+spline", "the phantom's hole must take the mirror cue"
@@ -191,3 +201,23 @@ def test_the_mirror_share_shrinks_the_mirror_fill_towards_the_plain_spline(vault
     np.testing.assert_allclose(out_h[region], 0.3 * out_1[region] + 0.7 * out_0[region], atol=1e-4)
     thick_1, thick_0, thick_h = out_1 - in_1, out_0 - in_0, out_h - in_h
     np.testing.assert_allclose(thick_h[region], 0.3 * thick_1[region] + 0.7 * thick_0[region], atol=1e-3)
+
+
+def test_the_mirror_fills_thickness_stays_within_the_cap_of_the_plain_spline(mirror_fill):
+    """``mirror_thickness_cap_mm``: where the mirror-cued thickness differs from the plain rim spline's by
+    more than the cap it is held at the cap, elsewhere it is the mirror fill's; the outer radius is
+    the mirror fill's throughout; 0 turns the cap off."""
+    source, region, in_m, out_m = mirror_fill(mirror_thickness_cap_mm=0.0)
+    assert source == "mirror+spline"
+    _, _, in_p, out_p = mirror_fill(with_mirror=False)
+    thick_m, thick_p = (out_m - in_m)[region], (out_p - in_p)[region]
+    cap = float(np.quantile(np.abs(thick_m - thick_p), 0.5))  # binds on half the rays
+    assert cap > 0.05
+    _, region_c, in_c, out_c = mirror_fill(mirror_thickness_cap_mm=cap)
+    assert np.array_equal(region_c, region)
+    np.testing.assert_allclose(out_c[region], out_m[region], atol=1e-5)  # the surface is the mirror's
+    thick_c = (out_c - in_c)[region]
+    assert np.abs(thick_c - thick_p).max() <= cap + 1e-4
+    within = np.abs(thick_m - thick_p) <= cap
+    np.testing.assert_allclose(thick_c[within], thick_m[within], atol=1e-4)
+    assert not np.allclose(thick_c[~within], thick_m[~within], atol=1e-3)

@@ -1,0 +1,127 @@
+"""Where the rim fit's error lies, case by case against the truth (issue 24: what a better fill must fix).
+
+Usage::
+
+    .venv/bin/python benchmarks/rimfit_error_budget.py --ids 056-063 --defects cranial,vault,irregular --seeds 0
+
+Per case (the evaluation's ``defect_cases``) one JSON line:
+
+- ``dsc``: the default rim fit's implant DSC (mirror cue, as the ``rimfit`` source);
+- ``fn_mm`` / ``fp_mm``: its missed and extra voxels by distance to the patient's bone (≤ 1.5, 1.5–5,
+  5–15, > 15 mm), and ``fix_near`` / ``fix_far``: the DSC with every error within / beyond 1.5 mm of
+  the bone corrected (the seam at the rim against the surfaces inside the hole);
+- in the first hole's rays, a DSC of the radial intervals [inner, outer radius] against the complete
+  skull's (each ray weighted by its solid angle and r² dr; ``ray_dsc``), and the same with the true
+  outer surface (``true_outer``, the fill's thickness under it) or the true thickness (``true_thickness``,
+  under the fill's outer surface): how much each surface costs. ``outer_err_mm`` / ``thickness_err_mm``:
+  the fill's mean and RMS error in the hole's rays.
+
+Then the means per defect. Needs SkullFix (``complete_skull``, ``defective_skull``, ``implant``);
+about 10 s per case on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import SKULLFIX  # noqa: E402
+
+BINS_MM = (1.5, 5.0, 15.0)
+
+
+def interval_dsc(p_out, p_in, t_out, t_in, omega) -> float:
+    """DSC of radial intervals (mm) per ray, each weighted by its solid angle ``omega`` and r² dr."""
+
+    def volume(a, b):
+        return np.where(b > a, (b**3 - a**3) / 3.0, 0.0)
+
+    both = volume(np.maximum(t_in, p_in), np.minimum(t_out, p_out))
+    return float(2 * np.nansum(omega * both) / (np.nansum(omega * volume(t_in, t_out)) + np.nansum(omega * volume(p_in, p_out))))
+
+
+def voxel_budget(pred: np.ndarray, true: np.ndarray, bone: np.ndarray, spacing) -> dict:
+    """Missed / extra voxels by distance to the bone, and the DSC with the near or the far ones fixed."""
+    distance = ndimage.distance_transform_edt(~bone, sampling=spacing)
+    edges = (0.0, *BINS_MM, np.inf)
+    out = {}
+    for name, wrong in (("fn_mm", true & ~pred), ("fp_mm", pred & ~true)):
+        d = distance[wrong]
+        out[name] = [int(((d > lo) & (d <= hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+    far = distance > BINS_MM[0]
+    for name, fixed in (("fix_far", np.where(far, true, pred)), ("fix_near", np.where(far, pred, true))):
+        out[name] = round(2 * float((fixed & true).sum()) / (fixed.sum() + true.sum()), 4)
+    return out
+
+
+def ray_budget(case, mirror_transform) -> dict:
+    """The first hole's fill against the complete skull's rays (see the module docstring)."""
+    from SkullVAELib.implant import raycast
+    from SkullVAELib.implant.rimcue import cue_rays
+    from SkullVAELib.implant.rimfit import RimFitConfig, _clip_to_scan, fill_hole, find_holes, grow_hole
+    from SkullVAELib.implant.scanedge import cell_solid_angle, scan_edge
+
+    cfg, skull = RimFitConfig(), case.defective
+    centre = raycast.cranial_centre(skull)
+    rays = raycast.cast(skull, centre, cfg.step_deg)
+    edge = scan_edge(skull, rays, cfg.edge_margin_mm, cfg.beyond_mm)
+    holes = find_holes(rays, cfg.min_hole_sr, edge.unknown)
+    if not holes:
+        return {}
+    hole = holes[0]
+    _clip_to_scan(hole, edge, rays.step_deg)
+    grow_hole(rays, hole, cfg)
+    near = cue_rays([hole.cells], cfg.grow_reach + max(cfg.ring[1], cfg.band))
+    mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, rays=near)
+    _, r_in, r_out = fill_hole(rays, hole, cfg, mirror)
+    truth = raycast.cast(skull.with_mask(case.complete.astype(bool)), centre, cfg.step_deg, rays=near)
+    cells = hole.cells & truth.hit & np.isfinite(r_out)
+    omega = np.broadcast_to(cell_solid_angle(cfg.step_deg), cells.shape)[cells]
+    t_out, t_in, f_out, f_in = truth.r_out[cells], truth.r_in[cells], r_out[cells], r_in[cells]
+    outer_err, thick_err = f_out - t_out, (f_out - f_in) - (t_out - t_in)
+    return {
+        "source": hole.source,
+        "ray_dsc": round(interval_dsc(f_out, f_in, t_out, t_in, omega), 4),
+        "true_outer": round(interval_dsc(t_out, t_out - (f_out - f_in), t_out, t_in, omega), 4),
+        "true_thickness": round(interval_dsc(f_out, f_out - (t_out - t_in), t_out, t_in, omega), 4),
+        "outer_err_mm": [round(float(outer_err.mean()), 2), round(float(np.sqrt((outer_err**2).mean())), 2)],
+        "thickness_err_mm": [round(float(thick_err.mean()), 2), round(float(np.sqrt((thick_err**2).mean())), 2)],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=SKULLFIX)
+    p.add_argument("--ids", default="056-063", help="case ids (validation by default)")
+    p.add_argument("--defects", default="cranial,vault,irregular", help="cranial, vault, irregular (comma-separated)")
+    p.add_argument("--seeds", default="0", help="defect seeds of vault and irregular")
+    args = p.parse_args()
+    from SkullVAELib.data.case_ids import parse_id_spec
+    from SkullVAELib.evaluation.implants import defect_cases, score
+    from SkullVAELib.implant.rimfit import rim_fit
+    from SkullVAELib.implant.symmetry import find_mirror_plane
+
+    rows = []
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
+        mirror = find_mirror_plane(case.defective).transform()
+        implant = rim_fit(case.defective, mirror_transform=mirror).implant
+        row = {"id": case.case_id, "defect": case.defect, "seed": case.seed, "dsc": round(score(implant, case)["dsc"], 4)}
+        row.update(voxel_budget(implant, case.implant.astype(bool), case.defective.mask, case.defective.spacing))
+        row.update(ray_budget(case, mirror))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for defect in sorted({r["defect"] for r in rows}):
+        mine = [r for r in rows if r["defect"] == defect and "ray_dsc" in r]
+        means = {k: round(float(np.mean([r[k] for r in mine])), 4) for k in ("dsc", "fix_far", "fix_near", "ray_dsc", "true_outer", "true_thickness")}
+        print(f"{defect:10s} n {len(mine):3d} " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,9 @@ def interval_dsc(p_out, p_in, t_out, t_in, omega) -> float:
         return np.where(b > a, (b**3 - a**3) / 3.0, 0.0)
 
     both = volume(np.maximum(t_in, p_in), np.minimum(t_out, p_out))
-    return float(2 * np.nansum(omega * both) / (np.nansum(omega * volume(t_in, t_out)) + np.nansum(omega * volume(p_in, p_out))))
+    return float(
+        2 * np.nansum(omega * both) / (np.nansum(omega * volume(t_in, t_out)) + np.nansum(omega * volume(p_in, p_out)))
+    )
 
 
 def voxel_budget(pred: np.ndarray, true: np.ndarray, bone: np.ndarray, spacing) -> dict:
@@ -53,7 +55,7 @@ def voxel_budget(pred: np.ndarray, true: np.ndarray, bone: np.ndarray, spacing) 
     out = {}
     for name, wrong in (("fn_mm", true & ~pred), ("fp_mm", pred & ~true)):
         d = distance[wrong]
-        out[name] = [int(((d > lo) & (d <= hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+        out[name] = [int(((d > lo) & (d <= hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     far = distance > BINS_MM[0]
     for name, fixed in (("fix_far", np.where(far, true, pred)), ("fix_near", np.where(far, pred, true))):
         out[name] = round(2 * float((fixed & true).sum()) / (fixed.sum() + true.sum()), 4)
@@ -112,14 +114,22 @@ def main() -> None:
     for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
         mirror = find_mirror_plane(case.defective).transform()
         implant = rim_fit(case.defective, mirror_transform=mirror).implant
-        row = {"id": case.case_id, "defect": case.defect, "seed": case.seed, "dsc": round(score(implant, case)["dsc"], 4)}
+        row = {
+            "id": case.case_id,
+            "defect": case.defect,
+            "seed": case.seed,
+            "dsc": round(score(implant, case)["dsc"], 4),
+        }
         row.update(voxel_budget(implant, case.implant.astype(bool), case.defective.mask, case.defective.spacing))
         row.update(ray_budget(case, mirror))
         rows.append(row)
         print(json.dumps(row), flush=True)
     for defect in sorted({r["defect"] for r in rows}):
         mine = [r for r in rows if r["defect"] == defect and "ray_dsc" in r]
-        means = {k: round(float(np.mean([r[k] for r in mine])), 4) for k in ("dsc", "fix_far", "fix_near", "ray_dsc", "true_outer", "true_thickness")}
+        means = {
+            k: round(float(np.mean([r[k] for r in mine])), 4)
+            for k in ("dsc", "fix_far", "fix_near", "ray_dsc", "true_outer", "true_thickness")
+        }
         print(f"{defect:10s} n {len(mine):3d} " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 

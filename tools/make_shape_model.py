@@ -26,7 +26,7 @@ SKULLFIX_LICENCE = "CC BY-NC-SA 4.0, as SkullFix: non-commercial research only"
 
 
 def id_ranges(ids: tuple[str, ...]) -> str:
-    """"000-055" for consecutive numeric ids, else the ids joined by commas."""
+    """ "000-055" for consecutive numeric ids, else the ids joined by commas."""
     if ids and all(i.isdigit() for i in ids):
         numbers = sorted(int(i) for i in ids)
         if numbers == list(range(numbers[0], numbers[-1] + 1)):

@@ -118,7 +118,9 @@ def test_the_model_tool_writes_a_model_and_never_replaces_one_unasked(tmp_path):
     made = load_shape_model(out)
     assert len(made.modes) == 3
     # the card names the bank's skulls and the licence they pass on (SkullFix's by default)
-    assert "12 complete skulls, case ids 000-011" in made.card["trained_on"] and "CC BY-NC-SA 4.0" in made.card["licence"]
+    assert (
+        "12 complete skulls, case ids 000-011" in made.card["trained_on"] and "CC BY-NC-SA 4.0" in made.card["licence"]
+    )
     before = out.read_bytes()
     refused = run(bank, out)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr and len(refused.stderr.splitlines()) == 1

@@ -14,6 +14,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
 )
+from SkullVAELib.core.config import PRECISION_HELP, PRECISIONS
 
 
 def register(subparsers) -> None:
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/refiner.pt exactly")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint at least this often (default 5)")
     p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument("--spacing", type=float, default=1.0, help="grid spacing in mm (default 1; the CPU recipe uses 2)")
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         val_every=args.val_every,
         checkpoint_minutes=args.checkpoint_minutes,
+        precision=args.precision,
     )
     if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):
         raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)

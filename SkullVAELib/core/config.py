@@ -41,6 +41,11 @@ DEFAULT_RESAMPLE = "area"
 IMPLANT_COLOR: tuple[float, float, float] = (0.95, 0.80, 0.20)
 #: ``--device`` values (rule: ``devices.resolve_device``).
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
+PRECISIONS = ("auto", "bf16", "fp32")  # a learned source's training arithmetic (core.devices.training_bf16)
+PRECISION_HELP = (
+    "training arithmetic: auto (bfloat16 autocast where the device computes it natively: a CUDA GPU, "
+    "a CPU with AVX512-BF16 or AMX; else fp32), bf16 or fp32"
+)
 
 
 def check_gamma(value: float) -> float:

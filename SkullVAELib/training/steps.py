@@ -6,7 +6,9 @@ after ``steps`` steps or ``seconds`` of wall time. AdamW; the loss is averaged o
 A subclass builds its batches and loss in ``train_step`` (ending in :meth:`StepTrainer.optimise`),
 scores ``validation_dice`` and names its ``stage``, ``checkpoint_name``, ``label`` and ``describe``.
 Its training settings need ``seed``, ``steps``, ``seconds``, ``checkpoint_minutes``, ``lr``,
-``weight_decay``, ``val_every`` and ``to_dict()``.
+``weight_decay``, ``val_every`` and ``to_dict()``; ``precision`` ("auto" unless given:
+:func:`~SkullVAELib.core.devices.training_bf16`) chooses bfloat16 autocast. On a CPU the network is
+kept in the channels-last 3D layout, oneDNN's fast one for 3D convolutions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from SkullVAELib.core.devices import training_bf16
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.training.distributed import DistContext
 from SkullVAELib.training.loop import EpochCallback, Schedule, Trainer
@@ -44,6 +47,8 @@ class StepTrainer(Trainer):
     ) -> None:
         torch.manual_seed(train_cfg.seed)
         network = make_network().to(device)
+        if torch.device(device).type == "cpu":
+            network = network.to(memory_format=torch.channels_last_3d)
         schedule = Schedule(
             epochs=math.inf,
             seed=train_cfg.seed,
@@ -63,7 +68,7 @@ class StepTrainer(Trainer):
             progress=progress,
             on_epoch=on_epoch,
             has_validation=has_validation,
-            bf16=device.startswith("cuda"),
+            bf16=training_bf16(getattr(train_cfg, "precision", "auto"), device),
         )
         self.network_cfg, self.train_cfg = network_cfg, train_cfg
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from SkullVAELib.core.config import PRECISIONS
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
@@ -56,6 +57,9 @@ class RefinerTrainConfig:
     ranges: FacialRecipe = field(default_factory=lambda: FACIAL_WIDE)
     seed: int = 0
     checkpoint_minutes: float = 5.0
+    precision: str = (
+        "auto"  # "auto": bf16 autocast where the device computes it natively (core.devices), "bf16", "fp32"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.ranges, dict):  # as stored in a checkpoint or a refiner's info
@@ -64,6 +68,10 @@ class RefinerTrainConfig:
             raise SkullVAEError("the refiner's steps, batch, val_every, seconds and lr must be positive")
         if not self.checkpoint_minutes > 0:
             raise SkullVAEError("the refiner's checkpoint_minutes must be positive")
+        if self.precision not in PRECISIONS:
+            raise SkullVAEError(
+                f"the refiner's precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

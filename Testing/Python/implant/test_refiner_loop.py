@@ -15,7 +15,7 @@ import torch
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.implant.learned.config import RefinerConfig, load_refiner
+from SkullVAELib.implant.learned.config import RefinerConfig, load_refiner, save_refiner
 from SkullVAELib.implant.learned.data import load_lps_grids
 from SkullVAELib.implant.learned.train import RefinerTrainConfig, RefinerTrainer, to_device
 from SkullVAELib.io.image import write_mask
@@ -166,3 +166,24 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_and_a_changed_one_is_ref
     assert (
         load_refiner(train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True))[2]["steps"] == 4
     )
+
+
+@pytest.mark.parametrize(("precision", "bf16"), [("fp32", False), ("bf16", True)])
+def test_the_precision_setting_chooses_the_loops_autocast(grids, tmp_path, precision, bf16):
+    """``precision`` (auto / bf16 / fp32): bfloat16 autocast on the loop or none, either way a trained
+    refiner; on a CPU the network is held in the channels-last 3D layout; an unknown value is refused."""
+    skulls = to_device(load_lps_grids(grids)[0], 4.0, "cpu")
+    settings = RefinerTrainConfig(steps=2, val_every=2, precision=precision)
+    trainer = RefinerTrainer(TINY, settings, {"001": skulls["001"]}, {"002": skulls["002"]}, tmp_path)
+    with trainer.autocast():
+        assert torch.is_autocast_enabled("cpu") is bf16
+    conv = next(p for p in trainer.model.parameters() if p.dim() == 5 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)
+    rows = trainer.run()
+    assert rows and 0.0 <= rows[-1]["val_dice"] <= 1.0
+    save_refiner(tmp_path / "r.safetensors", trainer.model, TINY)  # channels-last weights saved as plain tensors
+    loaded = load_refiner(tmp_path / "r.safetensors")[0].state_dict()
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(loaded[name].float(), value.float(), atol=1e-2, rtol=1e-2)  # float16 file
+    with pytest.raises(SkullVAEError, match="precision must be one of auto, bf16, fp32"):
+        RefinerTrainConfig(precision="fp16")

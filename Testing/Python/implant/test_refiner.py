@@ -267,13 +267,14 @@ def test_a_confident_refiner_fills_only_the_face_crop_and_never_the_bone(oblique
     assert result.messages == [] and set(result.timings) == {"refiner_grid", "refiner_network", "refiner_back"}
     soft = float(result.probability_on_grid()[~skull.mask].sum()) * skull.voxel_volume_mm3
     assert result.expected_volume_mm3 == pytest.approx(soft, rel=1e-4)
-    # every implant voxel lies in the crop (to half a grid voxel: the probability is resampled linearly)
+    # every implant voxel lies in the crop, to (1 - threshold) of a grid voxel: the probability is
+    # resampled linearly, so it falls from 1 to 0 over the voxel beyond the crop's last one
     bone, origin = lps_bone(skull, cfg.spacing_mm)
     start = np.array(crop_start(face_anchor(bone, origin, cfg.spacing_mm), origin, cfg))
     lo = origin.double().numpy() + cfg.spacing_mm * start
     hi = lo + cfg.spacing_mm * (np.array(cfg.crop_shape) - 1)
     points = np.argwhere(result.implant) @ skull.index_to_physical()[:3, :3].T + skull.origin
-    tolerance = 0.5 * cfg.spacing_mm + 1e-3
+    tolerance = (1.0 - cfg.threshold) * cfg.spacing_mm + 1e-3
     assert np.all(points >= lo - tolerance) and np.all(points <= hi + tolerance)
     assert np.count_nonzero(result.implant) < np.count_nonzero(~skull.mask)  # the crop is not everything
 

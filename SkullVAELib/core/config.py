@@ -48,6 +48,13 @@ PRECISION_HELP = (
 )
 
 
+def check_precision(value: str, what: str = "") -> str:
+    """``value`` when it is one of :data:`PRECISIONS`; SkullVAEError naming ``what`` ("the refiner's ") otherwise."""
+    if value not in PRECISIONS:
+        raise SkullVAEError(f"unknown precision {value!r}: {what}precision must be one of {', '.join(PRECISIONS)}")
+    return value
+
+
 def check_gamma(value: float) -> float:
     """``value`` as a float when it is a valid γ (finite, within GAMMA_RANGE); SkullVAEError otherwise."""
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from SkullVAELib.core.config import DEVICE_HELP, PRECISIONS
+from SkullVAELib.core.config import DEVICE_HELP, check_precision
 from SkullVAELib.core.errors import SkullVAEError
 
 
@@ -49,6 +49,4 @@ def native_bf16(device: str | torch.device) -> bool:
 def training_bf16(precision: str, device: str | torch.device) -> bool:
     """Whether training runs its forward pass in bfloat16 autocast: ``"bf16"`` always, ``"fp32"`` never,
     ``"auto"`` where :func:`native_bf16` holds."""
-    if precision not in PRECISIONS:
-        raise SkullVAEError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+    return check_precision(precision) == "bf16" or (precision == "auto" and native_bf16(device))

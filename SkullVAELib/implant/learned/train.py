@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from SkullVAELib.core.config import PRECISIONS
+from SkullVAELib.core.config import check_precision
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
@@ -57,9 +57,7 @@ class RefinerTrainConfig:
     ranges: FacialRecipe = field(default_factory=lambda: FACIAL_WIDE)
     seed: int = 0
     checkpoint_minutes: float = 5.0
-    precision: str = (
-        "auto"  # "auto": bf16 autocast where the device computes it natively (core.devices), "bf16", "fp32"
-    )
+    precision: str = "auto"  # bf16 autocast where the device computes it natively, or "bf16", "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.ranges, dict):  # as stored in a checkpoint or a refiner's info
@@ -68,10 +66,7 @@ class RefinerTrainConfig:
             raise SkullVAEError("the refiner's steps, batch, val_every, seconds and lr must be positive")
         if not self.checkpoint_minutes > 0:
             raise SkullVAEError("the refiner's checkpoint_minutes must be positive")
-        if self.precision not in PRECISIONS:
-            raise SkullVAEError(
-                f"the refiner's precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
-            )
+        check_precision(self.precision, "the refiner's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SkullVAELib.core.config import PRECISIONS
+from SkullVAELib.core.config import check_precision
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.residual.augment import crop_augment_config, warp_crops
@@ -49,17 +49,12 @@ class ResidualTrainConfig:
     augment: bool = False  # a random affine (rotation, scale, shear) and elastic warp of every crop
     seed: int = 0
     checkpoint_minutes: float = 5.0
-    precision: str = (
-        "auto"  # "auto": bf16 autocast where the device computes it natively (core.devices), "bf16", "fp32"
-    )
+    precision: str = "auto"  # bf16 autocast where the device computes it natively, or "bf16", "fp32"
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch, self.val_every) < 1 or not (self.seconds > 0 and self.lr > 0):
             raise SkullVAEError("the residual's steps, batch, val_every, seconds and lr must be positive")
-        if self.precision not in PRECISIONS:
-            raise SkullVAEError(
-                f"the residual's precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
-            )
+        check_precision(self.precision, "the residual's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

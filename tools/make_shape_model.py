@@ -8,7 +8,8 @@ Usage::
 The bank (every training skull's ray map) stays private; the model keeps the mean shape, the first
 10 principal modes and the mean thickness (docs/RESULTS.md, "A shape model as the default cue"), and a
 card: the skulls it was fitted to (``--source`` and the bank's case ids) and the licence it inherits
-from them (``--licence``; SkullFix's by default). The shipped model was made with the defaults.
+from them (``--licence``; by default the model cards' licence of that data, SkullFix's). The model
+measured in docs/RESULTS.md was made with the defaults.
 """
 
 from __future__ import annotations
@@ -20,18 +21,9 @@ from pathlib import Path
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant.shapebank import load_shape_bank
 from SkullVAELib.implant.shapemodel import fit_shape_model, save_shape_model
+from SkullVAELib.models.card import DISCLAIMER, LICENCES, data_source, id_ranges
 
 SKULLFIX = "SkullFix (Kodym et al., Data in Brief 35, 106902, 2021; skulls from CQ500 head CTs)"
-SKULLFIX_LICENCE = "CC BY-NC-SA 4.0, as SkullFix: non-commercial research only"
-
-
-def id_ranges(ids: tuple[str, ...]) -> str:
-    """ "000-055" for consecutive numeric ids, else the ids joined by commas."""
-    if ids and all(i.isdigit() for i in ids):
-        numbers = sorted(int(i) for i in ids)
-        if numbers == list(range(numbers[0], numbers[-1] + 1)):
-            return f"{ids[0]}-{max(ids, key=int)}" if len(ids) > 1 else ids[0]
-    return ",".join(ids)
 
 
 def main() -> None:
@@ -41,7 +33,7 @@ def main() -> None:
     p.add_argument("--modes", type=int, default=10, help="principal modes kept (default 10)")
     p.add_argument("--ridge", type=float, default=1e-3, help="the modes' ridge penalty (default 1e-3)")
     p.add_argument("--source", default=SKULLFIX, help="the data set the bank's skulls come from (the card)")
-    p.add_argument("--licence", default=SKULLFIX_LICENCE, help="the licence the model inherits (the card)")
+    p.add_argument("--licence", default=None, help="the licence the model inherits (the card; default: the data's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model at OUT")
     args = p.parse_args()
     try:
@@ -52,10 +44,10 @@ def main() -> None:
     except SkullVAEError as exc:
         print(f"make_shape_model.py: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    model.card = {
-        "trained_on": f"{len(bank)} complete skulls, case ids {id_ranges(bank.ids)}, of {args.source}",
-        "licence": args.licence,
-        "use": "research; not a medical device: every implant needs expert review",
+    model.card = {  # the model cards' vocabulary (models.card): licence by data source, disclaimer
+        "trained_on": f"{len(bank)} complete skulls, case ids {id_ranges(list(bank.ids))}, of {args.source}",
+        "licence": args.licence or LICENCES[data_source([args.source], list(bank.ids))],
+        "disclaimer": DISCLAIMER,
     }
     save_shape_model(model, args.out)
     print(f"wrote a shape model of {model.n_skulls} skulls, {len(model.modes)} modes, {int(model.rays.sum())} rays")

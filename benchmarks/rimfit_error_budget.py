@@ -62,27 +62,25 @@ def voxel_budget(pred: np.ndarray, true: np.ndarray, bone: np.ndarray, spacing) 
     return out
 
 
-def ray_budget(case, mirror_transform) -> dict:
-    """The first hole's fill against the complete skull's rays (see the module docstring)."""
+def ray_budget(case, result, mirror_transform) -> dict:
+    """The first hole of ``result`` (the rim fit's ``RimFitResult``: the hole found, clipped to the scan
+    and grown) filled again, against the complete skull's rays (see the module docstring); the skull's
+    rays are the result's, so only the mirror's and the truth's near the hole are cast."""
+    from dataclasses import replace
+
     from SkullVAELib.implant import raycast
     from SkullVAELib.implant.rimcue import cue_rays
-    from SkullVAELib.implant.rimfit import RimFitConfig, _clip_to_scan, fill_hole, find_holes, grow_hole
-    from SkullVAELib.implant.scanedge import cell_solid_angle, scan_edge
+    from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole
+    from SkullVAELib.implant.scanedge import cell_solid_angle
 
-    cfg, skull = RimFitConfig(), case.defective
-    centre = raycast.cranial_centre(skull)
-    rays = raycast.cast(skull, centre, cfg.step_deg)
-    edge = scan_edge(skull, rays, cfg.edge_margin_mm, cfg.beyond_mm)
-    holes = find_holes(rays, cfg.min_hole_sr, edge.unknown)
-    if not holes:
+    if not result.holes:
         return {}
-    hole = holes[0]
-    _clip_to_scan(hole, edge, rays.step_deg)
-    grow_hole(rays, hole, cfg)
+    cfg, skull, rays = RimFitConfig(), case.defective, result.raymap
+    hole = replace(result.holes[0])  # fill_hole notes its source and area on the hole it fills
     near = cue_rays([hole.cells], cfg.grow_reach + max(cfg.ring[1], cfg.band))
-    mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, rays=near)
+    mirror = raycast.cast(skull, rays.centre, cfg.step_deg, transform=mirror_transform, rays=near)
     _, r_in, r_out = fill_hole(rays, hole, cfg, mirror)
-    truth = raycast.cast(skull.with_mask(case.complete.astype(bool)), centre, cfg.step_deg, rays=near)
+    truth = raycast.cast(skull.with_mask(case.complete.astype(bool)), rays.centre, cfg.step_deg, rays=near)
     cells = hole.cells & truth.hit & np.isfinite(r_out)
     omega = np.broadcast_to(cell_solid_angle(cfg.step_deg), cells.shape)[cells]
     t_out, t_in, f_out, f_in = truth.r_out[cells], truth.r_in[cells], r_out[cells], r_in[cells]
@@ -113,7 +111,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
         mirror = find_mirror_plane(case.defective).transform()
-        implant = rim_fit(case.defective, mirror_transform=mirror).implant
+        result = rim_fit(case.defective, mirror_transform=mirror)
+        implant = result.implant
         row = {
             "id": case.case_id,
             "defect": case.defect,
@@ -121,7 +120,7 @@ def main() -> None:
             "dsc": round(score(implant, case)["dsc"], 4),
         }
         row.update(voxel_budget(implant, case.implant.astype(bool), case.defective.mask, case.defective.spacing))
-        row.update(ray_budget(case, mirror))
+        row.update(ray_budget(case, result, mirror))
         rows.append(row)
         print(json.dumps(row), flush=True)
     for defect in sorted({r["defect"] for r in rows}):

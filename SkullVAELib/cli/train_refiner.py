@@ -14,7 +14,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
 )
-from SkullVAELib.core.config import PRECISION_HELP, PRECISIONS
+from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS
 
 
 def register(subparsers) -> None:
@@ -49,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument("--spacing", type=float, default=1.0, help="grid spacing in mm (default 1; the CPU recipe uses 2)")
     p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 144,128,128)")
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         checkpoint_minutes=args.checkpoint_minutes,
         precision=args.precision,
+        lr_schedule=args.lr_schedule,
     )
     if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):
         raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)

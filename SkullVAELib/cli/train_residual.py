@@ -14,7 +14,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
 )
-from SkullVAELib.core.config import PRECISION_HELP, PRECISIONS
+from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS
 from SkullVAELib.workflows.residual import CRANIAL_STYLES
 
 
@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")
     cfg = ResidualConfig(**overrides)
     train_cfg = ResidualTrainConfig(steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr,
-                                    val_every=args.val_every, augment=args.augment, precision=args.precision)  # fmt: skip
+                                    val_every=args.val_every, augment=args.augment, precision=args.precision,
+                                    lr_schedule=args.lr_schedule)  # fmt: skip
     progress = make_progress(args.progress)
     try:
         if args.pools:

@@ -48,11 +48,31 @@ PRECISION_HELP = (
 )
 
 
+#: A learned source's learning rate over its run (training.steps.StepTrainer): held, or a cosine
+#: from ``lr`` to 0 over the run's budget (its steps or its minutes, whichever ends it first).
+LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULE_HELP = (
+    "learning rate over the run: constant, or cosine (from --lr down to 0 over the budget, --steps or "
+    "--minutes, whichever ends the run first)"
+)
+
+
+def check_option(value: str, options: tuple[str, ...], setting: str, what: str = "") -> str:
+    """``value`` when it is one of ``options``; SkullVAEError naming the ``setting`` and ``what``
+    ("the refiner's ") otherwise."""
+    if value not in options:
+        raise SkullVAEError(f"unknown {setting} {value!r}: {what}{setting} must be one of {', '.join(options)}")
+    return value
+
+
 def check_precision(value: str, what: str = "") -> str:
     """``value`` when it is one of :data:`PRECISIONS`; SkullVAEError naming ``what`` ("the refiner's ") otherwise."""
-    if value not in PRECISIONS:
-        raise SkullVAEError(f"unknown precision {value!r}: {what}precision must be one of {', '.join(PRECISIONS)}")
-    return value
+    return check_option(value, PRECISIONS, "precision", what)
+
+
+def check_lr_schedule(value: str, what: str = "") -> str:
+    """``value`` when it is one of :data:`LR_SCHEDULES`; SkullVAEError naming ``what`` otherwise."""
+    return check_option(value, LR_SCHEDULES, "lr_schedule", what)
 
 
 def check_gamma(value: float) -> float:

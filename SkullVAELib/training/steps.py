@@ -9,12 +9,19 @@ Its training settings need ``seed``, ``steps``, ``seconds``, ``checkpoint_minute
 ``weight_decay``, ``val_every`` and ``to_dict()``; ``precision`` ("auto" unless given:
 :func:`~SkullVAELib.core.devices.training_bf16`) chooses bfloat16 autocast. On a CPU the network is
 kept in the channels-last 3D layout, oneDNN's fast one for 3D convolutions.
+
+``lr_schedule`` ("constant" unless given, :data:`~SkullVAELib.core.config.LR_SCHEDULES`): "cosine"
+lowers the learning rate from ``lr`` to 0 over the run's budget, whichever of its steps or its
+seconds ends it first, so a run bounded by wall time anneals by the clock on any machine. The share
+of the budget spent is kept in the optimiser's groups (``budget_fraction``), so a resume continues
+the decay over its own new budget instead of starting it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,21 +78,47 @@ class StepTrainer(Trainer):
             bf16=training_bf16(getattr(train_cfg, "precision", "auto"), device),
         )
         self.network_cfg, self.train_cfg = network_cfg, train_cfg
+        self.lr_schedule = getattr(train_cfg, "lr_schedule", "constant")
+        self.fraction_before = 0.0  # the share of the budget earlier runs spent (a resume)
 
     def config_dict(self) -> dict:
         return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.network_cfg)}
 
     def resume_defaults(self) -> dict:
-        return {**super().resume_defaults(), "network": dataclasses.asdict(type(self.network_cfg)())}
+        # a checkpoint from before ``lr_schedule`` existed held its learning rate
+        defaults = {**super().resume_defaults(), "lr_schedule": "constant"}
+        return {**defaults, "network": dataclasses.asdict(type(self.network_cfg)())}
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.fraction_before = float(self.optimizer.param_groups[0].get("budget_fraction", 0.0))
+
+    def budget_fraction(self) -> float:
+        """The share of the run's budget spent before the next step, in [0, 1]: by steps, or by this
+        run's wall time over the share earlier runs left (``fraction_before``)."""
+        s = self.schedule
+        seconds = (time.monotonic() - self.started) / s.max_seconds
+        by_time = self.fraction_before + (1.0 - self.fraction_before) * seconds
+        return min(1.0, max(self.steps_done / s.max_steps, by_time))
+
+    def set_learning_rate(self) -> None:
+        """The learning rate of the next step (``lr_schedule``); the budget spent joins the groups."""
+        fraction = self.budget_fraction()
+        # the cosine is one line; torch's schedulers count steps or epochs, not a wall-time budget
+        factor = 0.5 * (1.0 + math.cos(math.pi * fraction)) if self.lr_schedule == "cosine" else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.train_cfg.lr * factor
+            group["budget_fraction"] = fraction
 
     def epoch_batches(self, epoch: int) -> range:
         """The steps up to the next validation (fewer at the end of the budget)."""
         return range(int(min(self.train_cfg.val_every, self.schedule.max_steps - (self.steps_done - self.step))))
 
     def optimise(self, loss: torch.Tensor) -> None:
-        """One AdamW step on ``loss``; the loss joins the round's mean."""
+        """One AdamW step on ``loss`` at the scheduled learning rate; the loss joins the round's mean."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.set_learning_rate()
         self.optimizer.step()
         self.acc[0] += loss.detach().double()
         self.acc[1] += 1

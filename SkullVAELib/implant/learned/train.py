@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from SkullVAELib.core.config import check_precision
+from SkullVAELib.core.config import check_lr_schedule, check_precision
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
@@ -58,6 +58,7 @@ class RefinerTrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 5.0
     precision: str = "auto"  # bf16 autocast where the device computes it natively, or "bf16", "fp32"
+    lr_schedule: str = "constant"  # or "cosine": lr down to 0 over the budget (core.config.LR_SCHEDULES)
 
     def __post_init__(self) -> None:
         if isinstance(self.ranges, dict):  # as stored in a checkpoint or a refiner's info
@@ -67,6 +68,7 @@ class RefinerTrainConfig:
         if not self.checkpoint_minutes > 0:
             raise SkullVAEError("the refiner's checkpoint_minutes must be positive")
         check_precision(self.precision, "the refiner's ")
+        check_lr_schedule(self.lr_schedule, "the refiner's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,8 +133,8 @@ class RefinerTrainer(StepTrainer):
 
     stage = REFINER_STAGE
     checkpoint_name = "refiner"
-    resume_keys = ("batch", "lr", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm", "mirror")
-    resume_keys += ("ranges", "seed", "network")
+    resume_keys = ("batch", "lr", "lr_schedule", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm")
+    resume_keys += ("mirror", "ranges", "seed", "network")
 
     def __init__(
         self,

@@ -5,10 +5,12 @@ so far, marked interrupted, and exit 130), on tiny phantom grids."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -187,3 +189,55 @@ def test_the_precision_setting_chooses_the_loops_autocast(grids, tmp_path, preci
         torch.testing.assert_close(loaded[name].float(), value.float(), atol=1e-2, rtol=1e-2)  # float16 file
     with pytest.raises(SkullVAEError, match="precision must be one of auto, bf16, fp32"):
         RefinerTrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_lr_schedule_holds_or_anneals_the_learning_rate_over_the_steps(grids, tmp_path, schedule):
+    rates = []
+
+    class Spy(RefinerTrainer):
+        def optimise(self, loss):
+            super().optimise(loss)
+            rates.append(self.optimizer.param_groups[0]["lr"])
+
+    skulls = to_device(load_lps_grids(grids)[0], 4.0, "cpu")
+    settings = RefinerTrainConfig(steps=4, val_every=2, lr=1e-3, lr_schedule=schedule)
+    Spy(TINY, settings, {"001": skulls["001"]}, {"002": skulls["002"]}, tmp_path).run()
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]  # 1e-3, 8.5e-4, 5e-4, 1.5e-4
+    assert rates == pytest.approx(cosine if schedule == "cosine" else [1e-3] * 4)
+    with pytest.raises(SkullVAEError, match="lr_schedule must be one of constant, cosine"):
+        RefinerTrainConfig(lr_schedule="linear")
+
+
+def test_a_cosine_anneals_by_the_clock_and_a_resume_continues_the_decay(grids, tmp_path):
+    """Under a wall-time budget the share spent is the clock's; a resume starts from the share the
+    interrupted run had spent (kept in the checkpoint), and a checkpoint from before the setting
+    existed held its learning rate."""
+    skulls = to_device(load_lps_grids(grids)[0], 4.0, "cpu")
+    timed = RefinerTrainConfig(steps=1000, seconds=120.0, lr_schedule="cosine")
+    trainer = RefinerTrainer(TINY, timed, {"001": skulls["001"]}, {}, tmp_path / "clock")
+    trainer.started, trainer.fraction_before = time.monotonic() - 30.0, 0.5
+    assert trainer.budget_fraction() == pytest.approx(0.5 + 0.5 * 30.0 / 120.0, abs=0.01)
+
+    settings = RefinerTrainConfig(steps=6, val_every=2, lr_schedule="cosine")
+    full = train_refiner(grids, tmp_path / "full", ["001", "002"], ["003"], TINY, settings)
+
+    def stop_at_step_3(label, fraction, message, seen=[]):  # noqa: B006 - one list per test run
+        seen.append(message)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "int"
+    with pytest.raises(KeyboardInterrupt):
+        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=stop_at_step_3)
+    path = out / "checkpoints" / "refiner.pt"
+    saved = ckpt.load_checkpoint(path)
+    assert saved["optimizer"]["param_groups"][0]["budget_fraction"] == pytest.approx(2 / 6)
+    resumed = train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True)
+    for key, value in weights(full).items():
+        assert torch.equal(weights(resumed)[key], value), key
+
+    del saved["config"]["lr_schedule"]  # as a version before the setting wrote it
+    ckpt.save_checkpoint(path, saved)
+    with pytest.raises(SkullVAEError, match="lr_schedule=constant, not cosine"):
+        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True)

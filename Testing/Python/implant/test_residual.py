@@ -106,9 +106,11 @@ def test_a_few_training_steps_write_weights_that_load(case, tmp_path):
     save_pool(tmp_path / "val.npz", [("001", "skullbreak", sample)], SMALL)
     lines: list[str] = []
     path = train_residual([tmp_path / "train.npz"], tmp_path / "out", [tmp_path / "val.npz"], SMALL,
-                          ResidualTrainConfig(steps=4, val_every=2, batch=1), log=lines.append)  # fmt: skip
+                          ResidualTrainConfig(steps=4, val_every=2, batch=1, lr_schedule="cosine"),
+                          log=lines.append)  # fmt: skip
     network, cfg, info = load_residual(path)
     assert cfg == SMALL and info["steps"] == 4 and info["train_ids"] == ["000"]
+    assert info["train"]["lr_schedule"] == "cosine"
     assert 0.0 <= info["best_val_dice"] <= 1.0 and "rim fit" in lines[-1]
     assert (tmp_path / "out" / "training_log.csv").is_file()
     assert (tmp_path / "out" / "residual_curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -116,6 +118,8 @@ def test_a_few_training_steps_write_weights_that_load(case, tmp_path):
         train_residual([tmp_path / "train.npz"], tmp_path / "out", (), SMALL, ResidualTrainConfig(steps=1))
     with pytest.raises(SkullVAEError, match="both the training and the validation"):
         train_residual([tmp_path / "train.npz"], tmp_path / "o2", [tmp_path / "train.npz"], SMALL)
+    with pytest.raises(SkullVAEError, match="the residual's lr_schedule must be one of constant, cosine"):
+        ResidualTrainConfig(lr_schedule="step")
 
 
 def test_the_weights_file_is_checked(tmp_path):

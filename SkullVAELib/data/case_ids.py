@@ -3,7 +3,7 @@ the refiner's trainer parses ids on a GPU machine that has torch alone."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
@@ -42,3 +42,29 @@ def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
     if not ids:
         raise SkullVAEError(f"no case ids in {spec!r}")
     return list(dict.fromkeys(ids))
+
+
+def format_id_spec(ids: Iterable[str], most: int | None = None) -> str:
+    """The compact text of case ids, the inverse of :func:`parse_id_spec` for display:
+    ["000", "001", "002", "007", "abc"] → "000-002, 007, abc" ("" for none).
+
+    Numeric ids join runs of consecutive numbers (each keeps its own zero padding) in numeric
+    order; other ids follow, sorted. With ``most``, at most that many parts, then "and N more".
+    """
+    unique = set(ids)
+    numeric = sorted((i for i in unique if i.isdigit()), key=lambda i: (int(i), i))
+    parts: list[str] = []
+    start = prev = None
+    for i in numeric:
+        if prev is not None and int(i) == int(prev) + 1:
+            prev = i
+            continue
+        if start is not None:
+            parts.append(start if start == prev else f"{start}-{prev}")
+        start = prev = i
+    if start is not None:
+        parts.append(start if start == prev else f"{start}-{prev}")
+    parts += sorted(i for i in unique if not i.isdigit())
+    if most is not None and len(parts) > most:
+        parts = [*parts[:most], f"and {len(parts) - most} more"]
+    return ", ".join(parts)

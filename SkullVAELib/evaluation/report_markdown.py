@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from SkullVAELib.core.config import DEFECTS
+from SkullVAELib.data.case_ids import format_id_spec
 from SkullVAELib.evaluation.table1 import LABELS, EvaluationResult
 
 FIGURE_CAPTIONS = {
@@ -47,20 +48,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def id_ranges(ids: Sequence[str]) -> str:
-    """Compact "064-079" / "000, 003-005" text of zero-padded numeric ids (others listed)."""
-    numeric = sorted(i for i in ids if i.isdigit())
-    other = sorted(i for i in ids if not i.isdigit())
-    parts, start, prev = [], None, None
-    for i in numeric:
-        if start is not None and int(i) == int(prev) + 1:
-            prev = i
-            continue
-        if start is not None:
-            parts.append(start if start == prev else f"{start}-{prev}")
-        start = prev = i
-    if start is not None:
-        parts.append(start if start == prev else f"{start}-{prev}")
-    return ", ".join(parts + other) or "none"
+    """Compact "064-079" / "000, 003-005" text of case ids (others listed), or "none"."""
+    return format_id_spec(ids) or "none"
 
 
 def _recorded_ids(ids: Sequence[str] | None) -> str:

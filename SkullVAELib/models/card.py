@@ -15,6 +15,7 @@ from pathlib import Path
 from SkullVAELib.core.atomic import atomic_write_text
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import read_regular_bytes
+from SkullVAELib.data.case_ids import format_id_spec
 
 CARD_JSON = "model_card.json"
 MAX_CARD_BYTES = 16 << 20
@@ -175,22 +176,8 @@ def render_model_card(card: dict) -> str:
 
 
 def id_ranges(ids: list[str]) -> str:
-    """["000", "001", "002", "007"] -> "000-002, 007"; other ids listed (shortened)."""
-    if not ids:
-        return ""
-    if not all(i.isdigit() for i in ids):
-        return ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
-    nums = sorted({int(i) for i in ids})
-    width = max(len(i) for i in ids)
-    runs, first, last = [], nums[0], nums[0]
-    for n in nums[1:] + [None]:
-        if n is not None and n == last + 1:
-            last = n
-            continue
-        runs.append(f"{first:0{width}d}" + (f"-{last:0{width}d}" if last != first else ""))
-        if n is not None:
-            first = last = n
-    return ", ".join(runs)
+    """["000", "001", "002", "007"] -> "000-002, 007": a card's case ids (at most 6 parts listed)."""
+    return format_id_spec(ids, most=6)
 
 
 def _round(value):

@@ -1,0 +1,31 @@
+"""Case-id lists (data/case_ids.py): parsing "064-079"-style text and formatting ids back."""
+
+from __future__ import annotations
+
+import pytest
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.case_ids import format_id_spec, parse_id_spec
+
+
+def test_formatting_joins_runs_keeps_padding_and_lists_other_ids_after():
+    assert format_id_spec(["007", "000", "002", "001", "abc", "001"]) == "000-002, 007, abc"
+    assert format_id_spec(["9", "10", "11"]) == "9-11"
+    assert format_id_spec([]) == ""
+
+
+def test_formatting_stops_after_the_most_parts_asked_for():
+    ids = ["000", "002", "004", "006", "x", "y"]
+    assert format_id_spec(ids, most=3) == "000, 002, 004, and 3 more"
+    assert format_id_spec(ids, most=6) == "000, 002, 004, 006, x, y"
+
+
+@pytest.mark.parametrize("spec", ["064-079", "000,003,010-012", "056-063, 070"])
+def test_formatting_is_the_inverse_of_parsing(spec):
+    ids = parse_id_spec(spec)
+    assert parse_id_spec(format_id_spec(ids)) == sorted(ids)
+
+
+def test_a_bad_range_is_refused():
+    with pytest.raises(SkullVAEError):
+        parse_id_spec("079-064")

@@ -1,8 +1,8 @@
 """One training step of the paper network at 256×256×128 (batch 4), fp32 vs bf16 autocast on the CPU.
 
-Same model, channels-last, interleaved runs; prints seconds per step. bf16 is opt-in for
-training (`skullvae train --cpu-bf16`, `TrainConfig(cpu_bf16=True)`); it pays off on CPUs with
-AVX-512-BF16 / AMX.
+Same model, channels-last, interleaved runs; prints seconds per step. Training takes bf16 with
+`skullvae train --precision bf16` (`TrainConfig(precision="bf16")`), and by default (`auto`) on
+CPUs that compute it natively (AVX-512-BF16 / AMX), where it pays off.
 
     .venv/bin/python benchmarks/cpu_bf16_step.py --threads 2 --steps 3
 """

@@ -1,6 +1,6 @@
 """GPU: seconds per epoch of stage 1 and stage 2 at 256×256×128 (bf16) and the paper's protocol.
 
-Runs ``trainer.train_stage1`` / ``train_stage2`` (``amp=True`` = bf16 autocast on CUDA, the
+Runs ``trainer.train_stage1`` / ``train_stage2`` (``precision="bf16"``: bf16 autocast, the
 data set held on the GPU, channels-last) on ``--volumes`` volumes for ``--epochs`` epochs each,
 takes the fastest epoch of each stage (the first pays cuDNN autotuning), and projects the
 paper's protocol: ``--protocol-volumes`` (300) volumes, 200 stage-1 + 1200 stage-2 epochs.
@@ -68,7 +68,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     data, what = volumes(args.data, args.volumes, args.grid, args.cache_dir)
     cfg_net = NetworkConfig(grid=args.grid)
-    common = dict(epochs=args.epochs, batch_size=args.batch, device=args.device, amp=True, channels_last=True,
+    common = dict(epochs=args.epochs, batch_size=args.batch, device=args.device, precision="bf16", channels_last=True,
                   compile=args.compile, fused_adam=args.fused_adam, checkpoint_every=10**6,
                   checkpoint_minutes=10**6)  # fmt: skip
     torch.manual_seed(0)

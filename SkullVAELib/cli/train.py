@@ -25,6 +25,7 @@ from SkullVAELib.cli.common import (
     positive_int,
     seed_arg,
 )
+from SkullVAELib.core.config import PRECISION_HELP, PRECISIONS
 
 
 def register(subparsers) -> None:
@@ -130,9 +131,11 @@ def _add_validation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_speed_args(p: argparse.ArgumentParser) -> None:
-    """Speed settings: ``--no-amp``, ``--cpu-bf16``, ``--channels-first``, ``--compile``."""
-    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (fast on AMX/AVX-512-BF16 CPUs)")
+    """Speed settings: ``--precision``, ``--channels-first``, ``--compile``."""
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    # the flags before --precision, kept working: --no-amp is fp32, --cpu-bf16 is bf16
+    p.add_argument("--no-amp", dest="precision", action="store_const", const="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--cpu-bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument(
         "--channels-first",
         action="store_true",
@@ -162,8 +165,7 @@ def train_configs(args: argparse.Namespace) -> dict:
             val_every=args.val_every,
             patience=args.patience,
             stage2_latent=args.stage2_latent,
-            amp=not args.no_amp,
-            cpu_bf16=args.cpu_bf16,
+            precision=args.precision,
             channels_last=not args.channels_first,
             compile=args.compile,
         )

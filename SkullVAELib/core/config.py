@@ -199,8 +199,9 @@ class TrainConfig:
     checkpoint_every: int = 1
     checkpoint_minutes: float = 5.0
     stage2_latent: str = "sample"  # "sample" (paper: z ~ q(z|x) each epoch) | "mu_plus_sigma" (authors' code)
-    amp: bool = True  # bf16 autocast on CUDA only
-    cpu_bf16: bool = False  # opt-in bf16 autocast on CPUs with AVX-512-BF16/AMX (docs/BENCHMARKS.md)
+    # bf16 autocast: "auto" where the device computes it natively (CUDA, a CPU with AVX512-BF16 or
+    # AMX; core.devices.training_bf16), "bf16" or "fp32" (PRECISIONS, the learned sources' vocabulary)
+    precision: str = "auto"
     channels_last: bool = True  # channels-last-3d: faster epochs on CPU (docs/BENCHMARKS.md)
     compile: bool = False
     fused_adam: bool = False  # torch's fused Adam kernel (one launch per step; CUDA and CPU)
@@ -223,6 +224,7 @@ class TrainConfig:
             raise SkullVAEError(f"beta must be >= 0, got {self.beta}")
         if self.stage2_latent not in ("sample", "mu_plus_sigma"):
             raise SkullVAEError(f"stage2_latent must be 'sample' or 'mu_plus_sigma', got {self.stage2_latent!r}")
+        check_precision(self.precision)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from SkullVAELib.core.config import TrainConfig
+from SkullVAELib.core.devices import training_bf16
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.training.distributed import DistContext, current_context
@@ -111,7 +112,7 @@ class _StageTrainer(Trainer):
     ) -> None:
         if micro_batches < 1:
             raise SkullVAEError(f"micro_batches must be >= 1, got {micro_batches}")
-        bf16 = (cfg.amp and ctx.device.type == "cuda") or (cfg.cpu_bf16 and ctx.device.type == "cpu")
+        bf16 = training_bf16(cfg.precision, ctx.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True if cfg.fused_adam else None)
         super().__init__(
             model=model,
@@ -235,14 +236,14 @@ class Stage2Trainer(_StageTrainer):
         self.encoder = encoder
         self.fixed = self.cfg.stage2_latent == "mu_plus_sigma"
         self.mu_all, self.logvar_all = encode_dataset(
-            encoder, self.data, self.cfg.batch_size, self.ctx.device, self.cfg.amp
+            encoder, self.data, self.cfg.batch_size, self.ctx.device, self.cfg.precision != "fp32"
         )
         self.std_all = torch.exp(0.5 * self.logvar_all)
         self.kld_all = kld_standard_normal(self.mu_all, self.logvar_all)
         self.mu_val = None
         if self.validation is not None:
             self.mu_val, _ = encode_dataset(
-                encoder, self.validation, self.cfg.batch_size, self.ctx.device, self.cfg.amp
+                encoder, self.validation, self.cfg.batch_size, self.ctx.device, self.cfg.precision != "fp32"
             )
 
     def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:

@@ -282,9 +282,10 @@ def test_cli_trains_both_stages_into_a_bundle_and_resumes(tmp_path, capsys):
 
 
 def test_cpu_bf16_training_tracks_float32(data, tmp_path):
-    """Opt-in bf16 autocast on the CPU trains the same model to within bf16 rounding."""
-    exact = train_stage1(fresh_vae(), data, cfg1(epochs=2), tmp_path / "fp32")
-    fast = train_stage1(fresh_vae(), data, cfg1(epochs=2, cpu_bf16=True), tmp_path / "bf16")
+    """bf16 autocast on the CPU (``precision`` "bf16", or "auto" on a CPU with native bf16) trains
+    the same model to within bf16 rounding."""
+    exact = train_stage1(fresh_vae(), data, cfg1(epochs=2, precision="fp32"), tmp_path / "fp32")
+    fast = train_stage1(fresh_vae(), data, cfg1(epochs=2, precision="bf16"), tmp_path / "bf16")
     for (dice_a, kld_a), (dice_b, kld_b) in zip(losses(exact), losses(fast), strict=True):
         assert np.isfinite([dice_b, kld_b]).all()
         assert abs(dice_a - dice_b) <= 0.02 * dice_a

@@ -53,7 +53,7 @@ def test_stage2_mu_plus_sigma_feeds_float32_codes_under_cpu_bf16(data, tmp_path)
     decoder = Decoder(NET)
     seen: list = []
     spy_linear(decoder.linear, seen)
-    cfg = TrainConfig(stage=2, epochs=1, device="cpu", cpu_bf16=True, stage2_latent="mu_plus_sigma")
+    cfg = TrainConfig(stage=2, epochs=1, device="cpu", precision="bf16", stage2_latent="mu_plus_sigma")
     train_stage2(vae.encoder, decoder, data, cfg, tmp_path)
     assert seen and all(i == o == torch.float32 for i, o, _ in seen)
     assert mu.dtype == logvar.dtype == torch.float32

@@ -44,6 +44,21 @@ def weights(path) -> dict[str, torch.Tensor]:
     return load_refiner(path)[0].state_dict()
 
 
+def train_until_interrupted(grids, out, settings: RefinerTrainConfig, steps: int):
+    """Train on phantoms 001-002 (validation 003) until Ctrl-C comes after ``steps`` steps; the
+    path of the checkpoint it left."""
+    seen = []
+
+    def interrupt(label, fraction, message):
+        seen.append(message)
+        if len(seen) == steps:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=interrupt)
+    return out / "checkpoints" / "refiner.pt"
+
+
 def test_the_refiner_runs_the_loops_hooks_in_order(grids, tmp_path):
     events = []
 
@@ -78,16 +93,8 @@ def test_the_refiner_runs_the_loops_hooks_in_order(grids, tmp_path):
 def test_ctrl_c_keeps_the_best_weights_marked_interrupted_and_resume_continues_exactly(grids, tmp_path):
     settings = RefinerTrainConfig(steps=6, val_every=2)
     full = train_refiner(grids, tmp_path / "full", ["001", "002"], ["003"], TINY, settings)
-    steps = []
-
-    def interrupt_at_step_3(label, fraction, message):
-        steps.append(message)
-        if len(steps) == 3:  # mid-round: round 2, step 1
-            raise KeyboardInterrupt
-
     out = tmp_path / "int"
-    with pytest.raises(KeyboardInterrupt):
-        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=interrupt_at_step_3)
+    train_until_interrupted(grids, out, settings, 3)  # mid-round: round 2, step 1
     info = load_refiner(out / "refiner.safetensors")[2]
     assert info["interrupted"] is True and info["steps"] == 3 and info["best_step"] == 2
     saved = ckpt.load_checkpoint(out / "checkpoints" / "refiner.pt")
@@ -149,15 +156,8 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_and_a_changed_one_is_ref
 
     settings = RefinerTrainConfig(steps=4, val_every=2)
 
-    def stop_at_step_2(label, fraction, message, seen=[]):  # noqa: B006 - one list per test run
-        seen.append(message)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-
     out = tmp_path / "old"
-    with pytest.raises(KeyboardInterrupt):
-        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=stop_at_step_2)
-    path = out / "checkpoints" / "refiner.pt"
+    path = train_until_interrupted(grids, out, settings, 2)
     saved = ckpt.load_checkpoint(path)
     del saved["config"]["network"]["test_time_mirror"]  # as an older version wrote it
     ckpt.save_checkpoint(path, saved)
@@ -222,15 +222,8 @@ def test_a_cosine_anneals_by_the_clock_and_a_resume_continues_the_decay(grids, t
     settings = RefinerTrainConfig(steps=6, val_every=2, lr_schedule="cosine")
     full = train_refiner(grids, tmp_path / "full", ["001", "002"], ["003"], TINY, settings)
 
-    def stop_at_step_3(label, fraction, message, seen=[]):  # noqa: B006 - one list per test run
-        seen.append(message)
-        if len(seen) == 3:
-            raise KeyboardInterrupt
-
     out = tmp_path / "int"
-    with pytest.raises(KeyboardInterrupt):
-        train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, progress=stop_at_step_3)
-    path = out / "checkpoints" / "refiner.pt"
+    path = train_until_interrupted(grids, out, settings, 3)
     saved = ckpt.load_checkpoint(path)
     assert saved["optimizer"]["param_groups"][0]["budget_fraction"] == pytest.approx(2 / 6)
     resumed = train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True)

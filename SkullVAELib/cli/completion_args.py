@@ -14,7 +14,13 @@ from SkullVAELib.cli.common import (
     non_negative_int,
     seed_arg,
 )
-from SkullVAELib.core.config import DEFECT_CHOICES, DEVICE_HELP, IMPLANT_SOURCES, CompletionConfig
+from SkullVAELib.core.config import (
+    DEFECT_CHOICES,
+    DEVICE_HELP,
+    IMPLANT_SOURCES,
+    INFERENCE_PRECISIONS,
+    CompletionConfig,
+)
 from SkullVAELib.core.errors import SkullVAEError
 
 
@@ -128,7 +134,7 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--device", default="auto", help=DEVICE_HELP)
     m.add_argument(
         "--precision",
-        choices=("float32", "bfloat16"),
+        choices=INFERENCE_PRECISIONS,
         default="float32",
         help="network arithmetic: float32 (exact) or bfloat16 (faster on CPUs with bf16 units and GPUs)",
     )

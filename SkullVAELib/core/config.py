@@ -48,6 +48,9 @@ PRECISION_HELP = (
 )
 
 
+#: The networks' arithmetic at inference (complete --precision): exact float32, or bfloat16
+#: autocast (faster on CPUs with bf16 units and on GPUs; an opt-in, not chosen by the device).
+INFERENCE_PRECISIONS = ("float32", "bfloat16")
 #: A learned source's learning rate over its run (training.steps.StepTrainer): held, or a cosine
 #: from ``lr`` to 0 over the run's budget (its steps or its minutes, whichever ends it first).
 LR_SCHEDULES = ("constant", "cosine")
@@ -68,6 +71,11 @@ def check_option(value: str, options: tuple[str, ...], setting: str, what: str =
 def check_precision(value: str, what: str = "") -> str:
     """``value`` when it is one of :data:`PRECISIONS`; SkullVAEError naming ``what`` ("the refiner's ") otherwise."""
     return check_option(value, PRECISIONS, "precision", what)
+
+
+def check_inference_precision(value: str) -> str:
+    """``value`` when it is one of :data:`INFERENCE_PRECISIONS`; SkullVAEError otherwise."""
+    return check_option(value, INFERENCE_PRECISIONS, "precision")
 
 
 def check_lr_schedule(value: str, what: str = "") -> str:

@@ -11,13 +11,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from SkullVAELib.core.config import DEFECT_CHOICES, IMPLANT_SOURCES, CompletionConfig
+from SkullVAELib.core.config import DEFECT_CHOICES, IMPLANT_SOURCES, CompletionConfig, check_inference_precision
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant.finish import FinishSettings
 from SkullVAELib.implant.postprocess import PostprocessConfig
 from SkullVAELib.implant.rimfit import RimFitConfig
 
-PRECISIONS = ("float32", "bfloat16")
 __all__ = [
     "AtlasSettings",
     "CompletionSettings",
@@ -115,8 +114,7 @@ class CompletionSettings:
         object.__setattr__(self, "sources", check_sources(self.sources))
         if self.defect not in DEFECT_CHOICES:
             raise SkullVAEError(f"defect must be one of {', '.join(DEFECT_CHOICES)}, got {self.defect!r}")
-        if self.precision not in PRECISIONS:
-            raise SkullVAEError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_inference_precision(self.precision)
         for name in ("model",):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from SkullVAELib.core.config import DEFECTS, CompletionConfig, check_gamma
+from SkullVAELib.core.config import DEFECTS, CompletionConfig, check_gamma, check_inference_precision
 from SkullVAELib.core.devices import resolve_device
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
@@ -33,7 +33,6 @@ from SkullVAELib.vae.networks import reparameterize
 from SkullVAELib.vae.testtime_fit import FitConfig, apply_fit
 
 NO_DEFECT = "none"  # γ = 0 without centroids: plain reconstruction
-PRECISIONS = ("float32", "bfloat16")
 # Channels-last-3d (NDHWC) convolutions: the same float32 result, a faster encode/decode on CPUs
 # (docs/BENCHMARKS.md); oneDNN picks its fastest kernels for this layout.
 CHANNELS_LAST = True
@@ -226,8 +225,7 @@ def complete(
     def report(fraction: float, message: str) -> None:
         report_cb("complete", fraction, message)
 
-    if precision not in PRECISIONS:
-        raise SkullVAEError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_inference_precision(precision)
     check_gamma(cfg.gamma)
     check_input(skull)
     if cfg.gamma != 0:

@@ -188,3 +188,9 @@ def test_a_failed_implant_is_passed_over_and_every_result_carries_its_quality(ow
     assert alone.source == "rimfit" and any("doubtful implant" in w for w in alone.warnings)
     unscored = Completer(CompletionSettings(rimfit=NO_MIRROR, quality=False)).complete(defective)
     assert unscored.quality is None and unscored.source == "rimfit"
+
+
+def test_an_unknown_precision_is_refused_in_one_line():
+    with pytest.raises(SkullVAEError, match="unknown precision 'fp16': precision must be one of float32, bfloat16"):
+        CompletionSettings(precision="fp16")
+    assert CompletionSettings(precision="bfloat16").precision == "bfloat16"

@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.case_ids import format_id_spec
 from SkullVAELib.implant.shapebank import load_shape_bank
 from SkullVAELib.implant.shapemodel import fit_shape_model, save_shape_model
-from SkullVAELib.models.card import DISCLAIMER, LICENCES, data_source, id_ranges
+from SkullVAELib.models.card import DISCLAIMER, LICENCES, data_source
 
 SKULLFIX = "SkullFix (Kodym et al., Data in Brief 35, 106902, 2021; skulls from CQ500 head CTs)"
 
@@ -45,7 +46,7 @@ def main() -> None:
         print(f"make_shape_model.py: error: {exc}", file=sys.stderr)
         sys.exit(2)
     model.card = {  # the model cards' vocabulary (models.card): licence by data source, disclaimer
-        "trained_on": f"{len(bank)} complete skulls, case ids {id_ranges(list(bank.ids))}, of {args.source}",
+        "trained_on": f"{len(bank)} complete skulls, case ids {format_id_spec(bank.ids)}, of {args.source}",
         "licence": args.licence or LICENCES[data_source([args.source], list(bank.ids))],
         "disclaimer": DISCLAIMER,
     }

@@ -49,7 +49,8 @@ def format_id_spec(ids: Iterable[str], most: int | None = None) -> str:
     ["000", "001", "002", "007", "abc"] → "000-002, 007, abc" ("" for none).
 
     Numeric ids join runs of consecutive numbers (each keeps its own zero padding) in numeric
-    order; other ids follow, sorted. With ``most``, at most that many parts, then "and N more".
+    order, every run listed; other ids (file names) follow, sorted, at most ``most`` of them, then
+    "and N more".
     """
     unique = set(ids)
     numeric = sorted((i for i in unique if i.isdigit()), key=lambda i: (int(i), i))
@@ -64,7 +65,7 @@ def format_id_spec(ids: Iterable[str], most: int | None = None) -> str:
         start = prev = i
     if start is not None:
         parts.append(start if start == prev else f"{start}-{prev}")
-    parts += sorted(i for i in unique if not i.isdigit())
-    if most is not None and len(parts) > most:
-        parts = [*parts[:most], f"and {len(parts) - most} more"]
-    return ", ".join(parts)
+    other = sorted(i for i in unique if not i.isdigit())
+    if most is not None and len(other) > most:
+        other = [*other[:most], f"and {len(other) - most} more"]
+    return ", ".join(parts + other)

@@ -66,7 +66,7 @@ def training_card(config: dict, data_roots: list[str] | None = None, name: str =
         "training": {
             "data": [str(r) for r in (data_roots or info.get("data_roots") or [])],
             "source": source,
-            "case_ids": id_ranges(ids),
+            "case_ids": _id_ranges(ids),
             "volumes": info.get("train_cases"),
             "stages": stages,
             "optimiser": f"Adam, lr {info.get('lr', '?')}, batch {info.get('batch_size', '?')}, seed {info.get('seed', '?')}",
@@ -126,7 +126,7 @@ def add_card_metrics(folder: str | os.PathLike, summary: dict | str | os.PathLik
 def metrics_from_summary(summary: dict, split: str = "") -> dict:
     """Held-out numbers a user cares about, from ``skullvae evaluate``'s summary.json."""
     test_ids = [str(i) for i in summary.get("test_ids") or []]
-    metrics: dict = {"split": split or f"test {id_ranges(test_ids)}", "test_cases": len(test_ids)}
+    metrics: dict = {"split": split or f"test {_id_ranges(test_ids)}", "test_cases": len(test_ids)}
     kept = ((summary.get("table1") or {}).get("original_kept") or {}).get("cmp") or {}
     for label, value in kept.items():
         metrics[f"{label} completed skull DSC (mean)"] = _round(value)
@@ -175,8 +175,8 @@ def render_model_card(card: dict) -> str:
     return "\n".join(lines)
 
 
-def id_ranges(ids: list[str]) -> str:
-    """["000", "001", "002", "007"] -> "000-002, 007": a card's case ids (at most 6 parts listed)."""
+def _id_ranges(ids: list[str]) -> str:
+    """["000", "001", "002", "007"] -> "000-002, 007": a card's case ids (at most 6 non-numeric ones)."""
     return format_id_spec(ids, most=6)
 
 

@@ -126,6 +126,7 @@ class Trainer:
         self.schedule, self.optimizer, self.fingerprints = schedule, optimizer, fingerprints
         self.progress, self.on_epoch, self.has_validation = progress, on_epoch, has_validation
         self.path = ckpt.checkpoint_path(self.out_dir, self.checkpoint_name or self.stage)
+        self.bf16 = bf16
         self.autocast = (
             (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         )

@@ -236,15 +236,13 @@ class Stage2Trainer(_StageTrainer):
         self.encoder = encoder
         self.fixed = self.cfg.stage2_latent == "mu_plus_sigma"
         self.mu_all, self.logvar_all = encode_dataset(
-            encoder, self.data, self.cfg.batch_size, self.ctx.device, self.cfg.precision != "fp32"
+            encoder, self.data, self.cfg.batch_size, self.ctx.device, self.bf16
         )
         self.std_all = torch.exp(0.5 * self.logvar_all)
         self.kld_all = kld_standard_normal(self.mu_all, self.logvar_all)
         self.mu_val = None
         if self.validation is not None:
-            self.mu_val, _ = encode_dataset(
-                encoder, self.validation, self.cfg.batch_size, self.ctx.device, self.cfg.precision != "fp32"
-            )
+            self.mu_val, _ = encode_dataset(encoder, self.validation, self.cfg.batch_size, self.ctx.device, self.bf16)
 
     def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:
         i = idx.to(self.ctx.device)

@@ -14,10 +14,10 @@ def test_formatting_joins_runs_keeps_padding_and_lists_other_ids_after():
     assert format_id_spec([]) == ""
 
 
-def test_formatting_stops_after_the_most_parts_asked_for():
-    ids = ["000", "002", "004", "006", "x", "y"]
-    assert format_id_spec(ids, most=3) == "000, 002, 004, and 3 more"
-    assert format_id_spec(ids, most=6) == "000, 002, 004, 006, x, y"
+def test_formatting_lists_every_numeric_run_and_at_most_the_other_ids_asked_for():
+    ids = ["000", "002", "004", "006", "x", "y", "z"]
+    assert format_id_spec(ids, most=1) == "000, 002, 004, 006, x, and 2 more"
+    assert format_id_spec(ids, most=3) == "000, 002, 004, 006, x, y, z"
 
 
 @pytest.mark.parametrize("spec", ["064-079", "000,003,010-012", "056-063, 070"])

@@ -124,9 +124,8 @@ class Trainer:
     ) -> None:
         self.model, self.forward, self.cfg, self.ctx, self.out_dir = model, forward, cfg, ctx, Path(out_dir)
         self.schedule, self.optimizer, self.fingerprints = schedule, optimizer, fingerprints
-        self.progress, self.on_epoch, self.has_validation = progress, on_epoch, has_validation
+        self.progress, self.on_epoch, self.has_validation, self.bf16 = progress, on_epoch, has_validation, bf16
         self.path = ckpt.checkpoint_path(self.out_dir, self.checkpoint_name or self.stage)
-        self.bf16 = bf16
         self.autocast = (
             (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         )

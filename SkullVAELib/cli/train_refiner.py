@@ -14,7 +14,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
 )
-from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS
+from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS, TEST_TIME_SHIFTS
 
 
 def register(subparsers) -> None:
@@ -63,6 +63,14 @@ def register(subparsers) -> None:
         "--test-time-mirror",
         action="store_true",
         help="store in the weights that inference averages the face crop with its left-right mirror",
+    )
+    p.add_argument(
+        "--test-time-shifts",
+        type=int,
+        choices=TEST_TIME_SHIFTS,
+        default=1,
+        help="store in the weights that inference averages N^3 passes on the grid moved by k/N of a voxel "
+        "along each axis (default 1: one grid; the CPU recipe uses 2)",
     )
     add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
     add_progress_arg(p)
@@ -153,6 +161,7 @@ def _refiner_settings(args: argparse.Namespace):
         "spacing_mm": args.spacing,
         "output_head": args.output_head,
         "test_time_mirror": args.test_time_mirror,
+        "test_time_shifts": args.test_time_shifts,
     }
     if args.crop:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")

@@ -58,6 +58,9 @@ LR_SCHEDULE_HELP = (
     "learning rate over the run: constant, or cosine (from --lr down to 0 over the budget, --steps or "
     "--minutes, whichever ends the run first)"
 )
+#: The facial refiner's grid positions per axis at inference: n gives n³ passes on the grid moved by
+#: k/n of a voxel along each axis, their probabilities averaged (implant.learned.infer).
+TEST_TIME_SHIFTS = (1, 2, 3)
 
 
 def check_option(value: str, options: tuple[str, ...], setting: str, what: str = "") -> str:

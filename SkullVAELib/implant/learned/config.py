@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from SkullVAELib.core.config import TEST_TIME_SHIFTS
 from SkullVAELib.core.errors import SkullVAEError
 
 REFINER_FORMAT = "skullvae-facial-refiner"
@@ -36,6 +37,10 @@ class RefinerConfig:
     # at inference, average the probability of the crop and of its left-right mirror (mirrored
     # back): the crop is centred on the bone's left-right centre, so the mirror is the other face side
     test_time_mirror: bool = False
+    # at inference, the refiner's grid at n positions per axis, k/n of a voxel apart (k = 0 … n-1):
+    # n³ passes whose probabilities are averaged on the patient's grid (1: one grid; the CPU
+    # recipe's 2 mm voxels gain from 2, docs/RESULTS.md)
+    test_time_shifts: int = 1
 
     def __post_init__(self) -> None:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]
@@ -44,6 +49,11 @@ class RefinerConfig:
         step = 2 ** (len(self.channels) - 1)
         if len(self.crop_shape) != 3 or any(s < step or s % step for s in self.crop_shape):
             raise SkullVAEError(f"the refiner's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth)")
+        if isinstance(self.test_time_shifts, bool) or self.test_time_shifts not in TEST_TIME_SHIFTS:
+            raise SkullVAEError(
+                f"the refiner's test_time_shifts must be one of {TEST_TIME_SHIFTS}, got {self.test_time_shifts!r}"
+            )
+        self.test_time_shifts = int(self.test_time_shifts)
         if not self.spacing_mm > 0 or not 0 < self.threshold < 1:
             raise SkullVAEError("the refiner needs spacing_mm > 0 and a threshold in (0, 1)")
 

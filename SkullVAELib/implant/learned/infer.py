@@ -2,13 +2,15 @@
 
 1. the defective skull on the refiner's 1 mm LPS grid (:mod:`.lps_grid`), bone where ≥ 50 %;
 2. the face crop placed from its anchors (:mod:`.crop`), the U-Net's implant probability there;
-3. that probability resampled (linear) onto the patient's exact grid, thresholded, minus the
-   patient's bone, then post-processed as the rim fit's implant (closing, keep what touches the
-   bone, drop small islands).
+3. that probability resampled (linear) onto the patient's exact grid (with ``test_time_shifts`` n,
+   steps 1–3 run on the grid moved by k/n of a voxel along each axis, and the n³ probabilities are
+   averaged there), thresholded, minus the patient's bone, then post-processed as the rim fit's
+   implant (closing, keep what touches the bone, drop small islands).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.ensemble import MemberMean, join_members
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
-from SkullVAELib.implant.learned.lps_grid import from_lps_grid, grid_corners, to_lps_grid
+from SkullVAELib.implant.learned.lps_grid import LpsGrid, from_lps_grid, grid_corners, lps_grid_around, resample_onto
 from SkullVAELib.io.image import SkullImage
 
 # the settings that place the crop and threshold its probability: an ensemble's members share them
@@ -100,16 +102,28 @@ def member_probability(network: torch.nn.Module, x: torch.Tensor, cfg: RefinerCo
     return probability
 
 
-def _probability_on_patient(on_grid: np.ndarray, grid, start, cfg: RefinerConfig, skull: SkullImage):
-    """(float32: the probability resampled onto the patient's grid on the box that holds the crop
-    (plus one refiner voxel, the reach of linear interpolation; 0 outside it); that box as slices,
-    None when the crop misses the scan). Equal to resampling the whole grid, up to float rounding,
+def subvoxel_offsets(cfg: RefinerConfig) -> list[tuple[float, float, float]]:
+    """The refiner grid's n³ moves (mm) for ``cfg.test_time_shifts`` n: k/n of a voxel per axis, k < n."""
+    steps = [k * cfg.spacing_mm / cfg.test_time_shifts for k in range(cfg.test_time_shifts)]
+    return list(itertools.product(steps, repeat=3))
+
+
+def _mean_probability_on_patient(passes: list[tuple[np.ndarray, LpsGrid, list[int]]], cfg: RefinerConfig, skull):
+    """(float32: the passes' mean probability on the patient's grid, on the box that holds every
+    pass's crop (plus one refiner voxel, the reach of linear interpolation; 0 outside it); that box
+    as slices, None when every crop misses the scan). ``passes``: (probability on a refiner grid,
+    that grid, the crop's start). Equal to resampling the whole grids, up to float rounding,
     without a whole-scan float array (docs/BENCHMARKS.md has the time saved)."""
     margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
-    box = skull.index_box(grid_corners(grid, start, cfg.crop_shape), margin)
-    if box is None:
+    boxes = [skull.index_box(grid_corners(grid, start, cfg.crop_shape), margin) for _, grid, start in passes]
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
         return np.zeros((0, 0, 0), np.float32), None
-    return from_lps_grid(on_grid, grid, skull, box), box
+    box = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(3))
+    total = np.zeros([s.stop - s.start for s in box], np.float32)
+    for on_grid, grid, _ in passes:
+        total += from_lps_grid(on_grid, grid, skull, box)
+    return total / np.float32(len(passes)), box
 
 
 def _implant_on_box(probability: np.ndarray, box, skull: SkullImage, threshold: float) -> tuple[np.ndarray, float]:
@@ -129,15 +143,19 @@ def learned_implant(
     """The refiner's facial implant for ``skull`` (any geometry; never modified)."""
     from SkullVAELib.implant.postprocess import postprocess_implant
 
-    timings: dict[str, float] = {}
+    timings = {"refiner_grid": 0.0, "refiner_network": 0.0}
+    grid, passes = lps_grid_around(skull, cfg.spacing_mm), []
+    for offset in subvoxel_offsets(cfg):
+        t0 = time.perf_counter()
+        moved = grid.moved(offset)
+        bone = resample_onto(skull, moved) >= 0.5
+        timings["refiner_grid"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        on_grid, start = crop_probability(bone, np.asarray(moved.origin), network, cfg, device)
+        passes.append((on_grid, moved, start))
+        timings["refiner_network"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    fraction, grid = to_lps_grid(skull, cfg.spacing_mm)
-    timings["refiner_grid"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    on_grid, start = crop_probability(fraction >= 0.5, np.asarray(grid.origin), network, cfg, device)
-    timings["refiner_network"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    probability, box = _probability_on_patient(on_grid, grid, start, cfg, skull)
+    probability, box = _mean_probability_on_patient(passes, cfg, skull)
     implant, expected = _implant_on_box(probability, box, skull, cfg.threshold)
     implant = postprocess_implant(implant, skull)
     timings["refiner_back"] = time.perf_counter() - t0

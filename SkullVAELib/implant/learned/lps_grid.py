@@ -35,6 +35,12 @@ class LpsGrid:
         image.SetSpacing([float(self.spacing)] * 3)
         return image
 
+    def moved(self, offset_mm) -> LpsGrid:
+        """The same grid with its origin moved by ``offset_mm`` (3,) mm (e.g. a fraction of a voxel)."""
+        return LpsGrid(
+            tuple(float(o + d) for o, d in zip(self.origin, offset_mm, strict=True)), self.spacing, self.shape
+        )
+
 
 def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8.0) -> tuple[np.ndarray, LpsGrid]:
     """Resample ``skull`` onto an LPS-aligned isotropic grid covering its bone plus ``margin_mm``.
@@ -42,6 +48,12 @@ def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8
     Returns:
         (bone fraction float32 (X, Y, Z) in [0, 1] (linear interpolation of the mask), grid).
     """
+    grid = lps_grid_around(skull, spacing_mm, margin_mm)
+    return resample_onto(skull, grid), grid
+
+
+def lps_grid_around(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8.0) -> LpsGrid:
+    """The LPS-aligned isotropic grid of ``spacing_mm`` covering ``skull``'s bone plus ``margin_mm``."""
     if not spacing_mm > 0:
         raise SkullVAEError(f"the refiner's grid spacing must be positive millimetres, got {spacing_mm}")
     if not skull.mask.any():
@@ -54,10 +66,14 @@ def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing_mm).astype(int) + 1)
     check_memory(float(np.prod(shape)) * 8.0, f"a {shape} refiner grid", skull.metadata.get("source"))
-    grid = LpsGrid(tuple(float(v) for v in lo), float(spacing_mm), shape)
+    return LpsGrid(tuple(float(v) for v in lo), float(spacing_mm), shape)
+
+
+def resample_onto(skull: SkullImage, grid: LpsGrid) -> np.ndarray:
+    """float32 (X, Y, Z) in [0, 1]: ``skull``'s mask resampled (linear) onto ``grid``, its bone fraction."""
     # linear interpolation of the uint8 mask straight into float32 (no float copy of the whole scan)
     warped = sitk.Resample(skull.to_sitk(), grid.reference(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(warped), (2, 1, 0))), grid
+    return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(warped), (2, 1, 0)))
 
 
 def grid_corners(grid: LpsGrid, start=(0, 0, 0), shape=None) -> np.ndarray:

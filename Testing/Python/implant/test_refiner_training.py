@@ -155,15 +155,18 @@ def test_train_refiner_refuses_bad_numbers_and_an_existing_pack(data_dir, tmp_pa
 
 
 def test_train_refiner_trains_from_packed_grids_then_refuses_to_overwrite(data_dir, tmp_path, capsys):
-    """A 1 mm pack (the CLI's spacing) trained for two steps; the tiny crop and channels from the flags."""
+    """A 1 mm pack (the CLI's spacing) trained for two steps; the tiny crop and channels from the
+    flags, and the test-time settings stored in the weights."""
     packed = tmp_path / "g1.npz"
     pack_refiner_grids(data_dir, packed, ids=["001", "002"])
     argv = ["train-refiner", "--grids", str(packed), "--out", str(tmp_path / "out"), "--train-ids", "001"]
     argv += ["--val-ids", "002", "--steps", "2", "--val-every", "1", "--crop", "32,32,32", "--channels", "4,8,16"]
+    argv += ["--test-time-mirror", "--test-time-shifts", "2"]
     assert main(argv) == 0
     assert "refiner.safetensors" in capsys.readouterr().out
     _, cfg, info = load_refiner(tmp_path / "out" / "refiner.safetensors")
     assert cfg.crop_shape == (32, 32, 32) and cfg.channels == (4, 8, 16) and cfg.spacing_mm == 1.0
+    assert cfg.test_time_mirror and cfg.test_time_shifts == 2
     assert info["train_ids"] == ["001"] and info["val_ids"] == ["002"] and info["train"]["steps"] == 2
     assert main(argv) == 2
     assert "--overwrite" in one_line_error(capsys)

@@ -2,7 +2,7 @@
 
 Not a network timing: a crop of random probabilities (the CPU recipe's 72×64×64 at 2 mm) placed
 where the refiner would place it on a SkullFix skull with a facial defect, resampled back with
-``from_lps_grid`` (the whole grid) and with the crop's box only (``_mean_probability_on_patient``)::
+``from_lps_grid`` (the whole grid) and with the crop's box only (``_probability_on_patient``)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/refiner_back.py ../shared/data/skullfix/complete_skull/056.nrrd
 """
@@ -18,7 +18,7 @@ import torch
 from SkullVAELib.data.defects import facial_defect
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, face_anchor, paste
-from SkullVAELib.implant.learned.infer import _mean_probability_on_patient
+from SkullVAELib.implant.learned.infer import _probability_on_patient
 from SkullVAELib.implant.learned.lps_grid import from_lps_grid, to_lps_grid
 from SkullVAELib.io.image import read_skull
 
@@ -37,7 +37,8 @@ def main(path: str, repeats: int = 3) -> None:
         t0 = time.perf_counter()
         whole = from_lps_grid(on_grid, grid, defective)
         t1 = time.perf_counter()
-        on_box, box = _mean_probability_on_patient([(on_grid, grid, start)], cfg, defective)
+        block = (np.subtract(start, 1), np.add(start, cfg.crop_shape) + 1)
+        on_box, box = _probability_on_patient(on_grid, grid, block, defective)
         t2 = time.perf_counter()
         outside = np.ones(whole.shape, bool)
         outside[box] = False

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from SkullVAELib.core.limits import check_memory
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.ensemble import MemberMean, join_members
 from SkullVAELib.implant.learned.config import RefinerConfig
@@ -102,28 +103,74 @@ def member_probability(network: torch.nn.Module, x: torch.Tensor, cfg: RefinerCo
     return probability
 
 
-def subvoxel_offsets(cfg: RefinerConfig) -> list[tuple[float, float, float]]:
-    """The refiner grid's n³ moves (mm) for ``cfg.test_time_shifts`` n: k/n of a voxel per axis, k < n."""
-    steps = [k * cfg.spacing_mm / cfg.test_time_shifts for k in range(cfg.test_time_shifts)]
-    return list(itertools.product(steps, repeat=3))
+def subvoxel_offsets(cfg: RefinerConfig) -> list[tuple[int, int, int]]:
+    """The refiner grid's n³ positions for ``cfg.test_time_shifts`` n, in fine voxels of
+    ``spacing_mm / n``: (kx, ky, kz), each k < n (the grid moved by k/n of a voxel along each axis)."""
+    return list(itertools.product(range(cfg.test_time_shifts), repeat=3))
 
 
-def _mean_probability_on_patient(passes: list[tuple[np.ndarray, LpsGrid, list[int]]], cfg: RefinerConfig, skull):
-    """(float32: the passes' mean probability on the patient's grid, on the box that holds every
-    pass's crop (plus one refiner voxel, the reach of linear interpolation; 0 outside it); that box
-    as slices, None when every crop misses the scan). ``passes``: (probability on a refiner grid,
-    that grid, the crop's start). Equal to resampling the whole grids, up to float rounding,
-    without a whole-scan float array (docs/BENCHMARKS.md has the time saved)."""
-    margin = int(np.ceil(cfg.spacing_mm / float(skull.spacing.min()))) + 1
-    boxes = [skull.index_box(grid_corners(grid, start, cfg.crop_shape), margin) for _, grid, start in passes]
-    boxes = [b for b in boxes if b is not None]
-    if not boxes:
+def _shifted_passes(skull: SkullImage, network: torch.nn.Module, cfg: RefinerConfig, device: str, timings: dict):
+    """(float32 (n·X, n·Y, n·Z): the n³ passes' mean probability on the fine grid of ``spacing_mm /
+    n``; that grid; (start, stop) fine indices of the block that holds every pass's crop plus one
+    refiner voxel, None when no crop reaches the grid).
+
+    Each refiner grid moved by k/n of a voxel is the fine grid's every n-th point from k, so the
+    patient's bone is resampled once (the same points, the same linear interpolation as n
+    resamplings), and each pass's probability, linearly upsampled onto the fine points it spans,
+    gives there exactly the values linear interpolation of its own grid gives anywhere.
+    """
+    n, t0 = cfg.test_time_shifts, time.perf_counter()
+    coarse = lps_grid_around(skull, cfg.spacing_mm)
+    fine = LpsGrid(coarse.origin, cfg.spacing_mm / n, tuple(n * s for s in coarse.shape))
+    check_memory(float(np.prod(fine.shape)) * 13.0, f"a {fine.shape} refiner grid", skull.metadata.get("source"))
+    bone = resample_onto(skull, fine) >= 0.5
+    total, lo, hi = np.zeros(fine.shape, np.float32), np.array(fine.shape), np.zeros(3, int)
+    timings["refiner_grid"] = time.perf_counter() - t0
+    for k in subvoxel_offsets(cfg):
+        t0 = time.perf_counter()
+        part = np.ascontiguousarray(bone[k[0] :: n, k[1] :: n, k[2] :: n])
+        origin = np.asarray(coarse.origin) + np.asarray(k) * fine.spacing
+        on_grid, start = crop_probability(part, origin, network, cfg, device)
+        timings["refiner_network"] = timings.get("refiner_network", 0.0) + time.perf_counter() - t0
+        placed = _add_upsampled(total, on_grid, start, k, n, cfg.crop_shape)
+        if placed is not None:
+            lo, hi = np.minimum(lo, placed[0]), np.maximum(hi, placed[1])
+    if np.any(hi <= lo):
+        return total, fine, None
+    return total / np.float32(n**3), fine, (lo, hi)
+
+
+def _add_upsampled(total: np.ndarray, on_grid: np.ndarray, start, k, n: int, crop_shape) -> tuple | None:
+    """Add to ``total`` (the fine grid) one pass's probability ``on_grid`` (its coarse grid, every
+    n-th fine point from ``k``), linearly upsampled over its crop at ``start`` plus one coarse voxel
+    (where it falls to 0); the fine (start, stop) it covered, None when the crop misses the grid."""
+    coarse_shape = on_grid.shape
+    window = [slice(max(a - 1, 0), min(a + c + 1, m)) for a, c, m in zip(start, crop_shape, coarse_shape, strict=True)]
+    if any(w.stop <= w.start for w in window):
+        return None
+    size = [(w.stop - w.start - 1) * n + 1 for w in window]
+    block = torch.from_numpy(np.ascontiguousarray(on_grid[tuple(window)]))[None, None]
+    # align_corners=True on (w - 1)·n + 1 points: fine point j reads coarse position j / n exactly
+    up = torch.nn.functional.interpolate(block, size=size, mode="trilinear", align_corners=True)[0, 0]
+    first = np.array([w.start * n + o for w, o in zip(window, k, strict=True)])
+    total[tuple(slice(f, f + m) for f, m in zip(first, size, strict=True))] += up.numpy()
+    return first, first + np.array(size)
+
+
+def _probability_on_patient(on_fine: np.ndarray, fine: LpsGrid, block, skull: SkullImage):
+    """(float32: ``on_fine`` resampled (linear) onto the patient's grid on the box that holds
+    ``block`` (fine (start, stop) indices; 0 outside it); that box as slices, None when the block
+    misses the scan). Equal to resampling the whole grid, up to float rounding, without a
+    whole-scan float array (docs/BENCHMARKS.md has the time saved)."""
+    if block is None:
         return np.zeros((0, 0, 0), np.float32), None
-    box = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(3))
-    total = np.zeros([s.stop - s.start for s in box], np.float32)
-    for on_grid, grid, _ in passes:
-        total += from_lps_grid(on_grid, grid, skull, box)
-    return total / np.float32(len(passes)), box
+    (lo, hi), margin = block, int(np.ceil(fine.spacing / float(skull.spacing.min()))) + 1
+    box = skull.index_box(grid_corners(fine, lo, hi - lo), margin)
+    if box is None:
+        return np.zeros((0, 0, 0), np.float32), None
+    part = LpsGrid(tuple(float(v) for v in np.asarray(fine.origin) + lo * fine.spacing), fine.spacing, tuple(hi - lo))
+    values = on_fine[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    return from_lps_grid(values, part, skull, box), box
 
 
 def _implant_on_box(probability: np.ndarray, box, skull: SkullImage, threshold: float) -> tuple[np.ndarray, float]:
@@ -143,19 +190,10 @@ def learned_implant(
     """The refiner's facial implant for ``skull`` (any geometry; never modified)."""
     from SkullVAELib.implant.postprocess import postprocess_implant
 
-    timings = {"refiner_grid": 0.0, "refiner_network": 0.0}
-    grid, passes = lps_grid_around(skull, cfg.spacing_mm), []
-    for offset in subvoxel_offsets(cfg):
-        t0 = time.perf_counter()
-        moved = grid.moved(offset)
-        bone = resample_onto(skull, moved) >= 0.5
-        timings["refiner_grid"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        on_grid, start = crop_probability(bone, np.asarray(moved.origin), network, cfg, device)
-        passes.append((on_grid, moved, start))
-        timings["refiner_network"] += time.perf_counter() - t0
+    timings: dict[str, float] = {}
+    on_fine, fine, block = _shifted_passes(skull, network, cfg, device, timings)
     t0 = time.perf_counter()
-    probability, box = _mean_probability_on_patient(passes, cfg, skull)
+    probability, box = _probability_on_patient(on_fine, fine, block, skull)
     implant, expected = _implant_on_box(probability, box, skull, cfg.threshold)
     implant = postprocess_implant(implant, skull)
     timings["refiner_back"] = time.perf_counter() - t0

@@ -360,7 +360,7 @@ def test_the_probability_is_resampled_on_the_crops_box_only_with_the_same_number
     """Issue 26: the facial refiner's output goes back onto the patient's grid only where the crop
     is (the rest of a 512x512x350 scan is zero anyway): what the whole grid gives, on an oblique
     grid too (ITK computes each point from the box's origin: the last float bit may differ)."""
-    from SkullVAELib.implant.learned.infer import _mean_probability_on_patient
+    from SkullVAELib.implant.learned.infer import _probability_on_patient
 
     phantom = make_phantom(3, (64, 64, 48), (3.2, 3.2, 3.2))
     a = np.deg2rad(17.0)
@@ -372,7 +372,8 @@ def test_the_probability_is_resampled_on_the_crops_box_only_with_the_same_number
     on_grid = np.zeros(grid.shape, np.float32)
     block = tuple(slice(s, s + n) for s, n in zip(start, cfg.crop_shape, strict=True))
     on_grid[block] = np.random.default_rng(0).random(cfg.crop_shape, dtype=np.float32)
-    on_box, box = _mean_probability_on_patient([(on_grid, grid, start)], cfg, skull)
+    block = (np.subtract(start, 1), np.add(start, cfg.crop_shape) + 1)  # the crop and the zeros it falls to
+    on_box, box = _probability_on_patient(on_grid, grid, block, skull)
     boxed = np.zeros(skull.shape, np.float32)
     boxed[box] = on_box
     whole = from_lps_grid(on_grid, grid, skull)

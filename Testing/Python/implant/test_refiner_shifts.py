@@ -13,8 +13,8 @@ from SkullVAELib.data.defects import facial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant.learned.config import RefinerConfig
-from SkullVAELib.implant.learned.infer import learned_implant, subvoxel_offsets
-from SkullVAELib.implant.learned.lps_grid import lps_grid_around
+from SkullVAELib.implant.learned.infer import crop_probability, learned_implant, subvoxel_offsets
+from SkullVAELib.implant.learned.lps_grid import from_lps_grid, lps_grid_around, resample_onto
 from SkullVAELib.io.image import SkullImage
 
 CFG = RefinerConfig(spacing_mm=4.0, crop_shape=(64, 64, 64), channels=(4, 8, 16), crop_offset_mm=(-128, -32, -8))
@@ -42,12 +42,27 @@ def fine_skull() -> SkullImage:
     return SkullImage(defective.mask, defective.origin, defective.spacing, tilt)
 
 
-def test_the_offsets_are_fractions_of_a_voxel_along_every_axis():
-    assert subvoxel_offsets(CFG) == [(0.0, 0.0, 0.0)]
+def test_the_offsets_are_every_fine_position_along_every_axis():
+    assert subvoxel_offsets(CFG) == [(0, 0, 0)]
     two = subvoxel_offsets(dataclasses.replace(CFG, test_time_shifts=2))
-    assert len(two) == 8 and len(set(two)) == 8 and {v for o in two for v in o} == {0.0, 2.0}
+    assert len(two) == 8 and len(set(two)) == 8 and {v for o in two for v in o} == {0, 1}
     three = subvoxel_offsets(dataclasses.replace(CFG, test_time_shifts=3))
-    assert len(three) == 27 and np.allclose(sorted({v for o in three for v in o}), [0.0, 4 / 3, 8 / 3])
+    assert len(three) == 27 and {v for o in three for v in o} == {0, 1, 2}
+
+
+def test_the_fine_grid_gives_what_each_moved_grid_gives_on_its_own(fine_skull):
+    """One resampling onto the fine grid and upsampled passes equal, up to float rounding, the n³
+    passes done the plain way: the skull resampled onto each moved grid, the pass's probability
+    resampled from there onto the patient's grid, then averaged."""
+    cfg = dataclasses.replace(CFG, test_time_shifts=2)
+    shifted = learned_implant(fine_skull, BoneEcho(), cfg).probability_on_grid()
+    grid, plain = lps_grid_around(fine_skull, cfg.spacing_mm), np.zeros(fine_skull.shape, np.float32)
+    for k in subvoxel_offsets(cfg):
+        moved = grid.moved(np.asarray(k) * cfg.spacing_mm / 2)
+        bone = resample_onto(fine_skull, moved) >= 0.5
+        on_grid, _ = crop_probability(bone, np.asarray(moved.origin), BoneEcho(), cfg, "cpu")
+        plain += from_lps_grid(on_grid, moved, fine_skull) / 8
+    assert plain.max() > 0.99 and np.allclose(shifted, plain, rtol=0, atol=1e-5)
 
 
 def test_a_moved_grid_keeps_its_shape_and_spacing(fine_skull):

@@ -61,7 +61,7 @@ def lps_grid_around(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float
             "the skull mask is empty: no bone to place the refiner's grid on", skull.metadata.get("source")
         )
     # the corners of the bone's index box (exact=False): where the refiner's grids were placed when it was trained
-    mask = torch.from_numpy(skull.mask)
+    mask = torch.from_numpy(skull.mask.copy())  # a read-only input (a memory map) is never handed to torch
     lo, hi = (b.numpy() for b in bone_bounds(mask, skull.origin, skull.spacing, skull.direction, exact=False))
     lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(n) for n in np.ceil((hi - lo) / spacing_mm).astype(int) + 1)

@@ -26,8 +26,8 @@ from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
 from SkullVAELib.implant.learned.lps_grid import LpsGrid, from_lps_grid, grid_corners, lps_grid_around, resample_onto
 from SkullVAELib.io.image import SkullImage
 
-# the settings that place the crop and threshold its probability: an ensemble's members share them
-ENSEMBLE_KEYS = ("spacing_mm", "crop_shape", "crop_offset_mm", "threshold")
+# the settings that place the crop (and its grid's shifts) and threshold its probability: an ensemble's members share them
+ENSEMBLE_KEYS = ("spacing_mm", "crop_shape", "crop_offset_mm", "threshold", "test_time_shifts")
 
 
 @dataclass

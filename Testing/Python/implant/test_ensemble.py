@@ -95,7 +95,11 @@ def test_two_refiners_average_their_probabilities_before_the_threshold(tmp_path,
 
 @pytest.mark.parametrize(
     ("change", "word"),
-    [({"spacing_mm": 2.0}, "spacing_mm"), ({"crop_offset_mm": (-60, -32, -8)}, "crop_offset_mm")],
+    [
+        ({"spacing_mm": 2.0}, "spacing_mm"),
+        ({"crop_offset_mm": (-60, -32, -8)}, "crop_offset_mm"),
+        ({"test_time_shifts": 2}, "test_time_shifts"),  # shifts move the one grid all members share
+    ],
 )
 def test_refiners_on_different_grids_are_refused_in_one_line(tmp_path, change, word):
     random_refiner(tmp_path / "a.safetensors", 1)

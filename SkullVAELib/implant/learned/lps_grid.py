@@ -35,12 +35,6 @@ class LpsGrid:
         image.SetSpacing([float(self.spacing)] * 3)
         return image
 
-    def moved(self, offset_mm) -> LpsGrid:
-        """The same grid with its origin moved by ``offset_mm`` (3,) mm (e.g. a fraction of a voxel)."""
-        return LpsGrid(
-            tuple(float(o + d) for o, d in zip(self.origin, offset_mm, strict=True)), self.spacing, self.shape
-        )
-
 
 def to_lps_grid(skull: SkullImage, spacing_mm: float = 1.0, margin_mm: float = 8.0) -> tuple[np.ndarray, LpsGrid]:
     """Resample ``skull`` onto an LPS-aligned isotropic grid covering its bone plus ``margin_mm``.

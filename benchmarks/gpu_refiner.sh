@@ -9,6 +9,12 @@
 #     MIN=6.6 bash benchmarks/gpu_refiner.sh
 # $OUT/ref gets refiner.safetensors (best validation Dice, fp16), training_log.csv, refiner_curves.png and
 # checkpoints/refiner.pt (a run stopped by its time budget or a signal continues with --resume).
+# With the levers the CPU recipe proved (issue 24 §4; docs/RESULTS.md, "The facial CPU recipe: a higher
+# learning rate ..."; not yet measured on a GPU): pack the 60 extra skulls too (add
+# `--extra ../shared/data/skullfix_test` to the --pack-only command above, 124 skulls, ~12 MB), then
+#     GRIDS=.device/grids_x.npz MIN=6.6 EXTRA="--packed-extras --output-head --test-time-mirror \
+#         --test-time-shifts 2 --lr 2e-3 --lr-schedule cosine" bash benchmarks/gpu_refiner.sh
+# (--packed-extras: the device has the packed file, not the skulls' folder).
 # Dry run on a CPU: OUT=/tmp/o SKIPPIP=1 DEV=cpu MIN=0.2 EXTRA="--crop 32,32,32 --channels 4,8,16" \
 #     bash benchmarks/gpu_refiner.sh
 # shellcheck source=benchmarks/gpu_setup.sh

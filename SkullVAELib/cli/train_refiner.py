@@ -40,6 +40,12 @@ def register(subparsers) -> None:
         default=None,
         help="a folder of skulls with a cranial defect and an intact face (skullfix_test): more training faces",
     )
+    p.add_argument(
+        "--packed-extras",
+        action="store_true",
+        help="with --grids: train on every extra skull packed in it too (packed with --extra; "
+        "for a GPU machine that has the packed file but not the skulls)",
+    )
     p.add_argument("--pack-only", action="store_true", help="only write the packed grids of --data to --out (.npz)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     p.add_argument("--steps", type=int, default=100_000, help="optimiser steps at most (default 100000)")
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         RefinerTrainConfig,
         extra_faces,
         pack_refiner_grids,
+        packed_extras,
         train_refiner,
     )
 
@@ -92,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     train_ids = parse_id_spec(args.train_ids) or []
     if args.extra is not None:
         train_ids += sorted(extra_faces(args.extra))  # always training skulls, never validation
+    if args.packed_extras:
+        if args.grids is None:
+            raise SkullVAEError("--packed-extras needs --grids (a file packed with --extra)")
+        train_ids += [i for i in packed_extras(args.grids) if i not in train_ids]
     val_ids = parse_id_spec(args.val_ids) or []
     numbers = (args.steps, args.batch, args.val_every, args.minutes, args.lr, args.checkpoint_minutes)
     if not all(v > 0 for v in numbers):  # NaN too

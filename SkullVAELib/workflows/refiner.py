@@ -19,7 +19,15 @@ from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.train import RefinerTrainConfig
 
-__all__ = ["REFINER_FILE", "RefinerConfig", "RefinerTrainConfig", "extra_faces", "pack_refiner_grids", "train_refiner"]
+__all__ = [
+    "REFINER_FILE",
+    "RefinerConfig",
+    "RefinerTrainConfig",
+    "extra_faces",
+    "pack_refiner_grids",
+    "packed_extras",
+    "train_refiner",
+]
 
 CURVES_FILE = "refiner_curves.png"  # the training loss and validation Dice, drawn from training_log.csv
 
@@ -42,6 +50,16 @@ def extra_faces(folder: str | os.PathLike) -> dict[str, Path]:
     if not files:
         raise SkullVAEError("no skull images in this folder", folder)
     return files
+
+
+def packed_extras(grids: str | os.PathLike) -> list[str]:
+    """The ``extra-`` ids of a packed grid file (packed with ``extra``), sorted; refuses a file that holds none."""
+    from SkullVAELib.implant.learned.data import packed_ids
+
+    ids = [i for i in packed_ids(grids) if i.startswith(EXTRA_PREFIX)]
+    if not ids:
+        raise SkullVAEError("holds no extra skulls (pack it with --extra)", grids)
+    return ids
 
 
 def pack_refiner_grids(

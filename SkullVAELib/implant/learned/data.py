@@ -39,6 +39,16 @@ def pack_lps_grids(
         np.savez_compressed(tmp, **arrays)
 
 
+def packed_ids(path: str | os.PathLike) -> list[str]:
+    """The case ids stored in :func:`pack_lps_grids`' file, sorted (nothing is unpacked)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return sorted(k[: -len("_bits")] for k in f.files if k.endswith("_bits"))
+    except (OSError, ValueError) as exc:
+        raise SkullVAEError(f"not a packed refiner grid file ({exc})", path) from None
+
+
 def load_lps_grids(
     path: str | os.PathLike, ids: Sequence[str] | None = None
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:

@@ -3,6 +3,8 @@ phantom grids: best-validated weights, refusals, the CLI's one-line errors, no S
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,30 @@ def test_extra_skulls_with_a_cranial_defect_join_the_training_faces(data_dir, tm
     empty.mkdir()
     assert main([*argv[:4], str(empty), *argv[5:], "--overwrite"]) == 2
     assert "no skull images" in one_line_error(capsys)
+
+
+def test_packed_extras_train_from_the_packed_file_alone(data_dir, tmp_path, capsys):
+    """A GPU machine has the packed grids but not the extra skulls' folder: ``--packed-extras`` takes
+    the ``extra-`` skulls from the file; a file packed without them, or no ``--grids``, is refused."""
+    from SkullVAELib.data.defects import cranial_defect
+
+    extra = tmp_path / "extra" / "defective_skull"
+    extra.mkdir(parents=True)
+    defective, _ = cranial_defect(make_phantom(9, SHAPE, SPACING), 0, style="skullbreak")
+    write_mask(defective, extra / "000.nrrd")
+    packed, plain = tmp_path / "x.npz", tmp_path / "plain.npz"
+    pack_refiner_grids(data_dir, packed, ids=["001", "002"], spacing_mm=4.0, extra=extra.parent)
+    pack_refiner_grids(data_dir, plain, ids=["001", "002"], spacing_mm=4.0)
+    shutil.rmtree(extra.parent)  # as on the GPU machine
+    out = tmp_path / "out"
+    argv = ["train-refiner", "--grids", str(packed), "--packed-extras", "--out", str(out), "--train-ids", "001"]
+    argv += ["--val-ids", "002", "--steps", "2", "--val-every", "1", "--progress", "none"]
+    argv += ["--spacing", "4", "--crop", "32,32,32", "--channels", "4,8,16"]
+    assert main(argv) == 0, capsys.readouterr().err
+    _, _, info = load_refiner(out / "refiner.safetensors")
+    assert info["train_ids"] == ["001", "extra-000"] and info["val_ids"] == ["002"]
+    assert main([*argv[:2], str(plain), *argv[3:], "--overwrite"]) == 2
+    err = one_line_error(capsys)
+    assert "plain.npz" in err and "no extra skulls" in err
+    assert main(["train-refiner", "--data", str(data_dir), *argv[3:], "--overwrite"]) == 2
+    assert "--packed-extras needs --grids" in one_line_error(capsys)

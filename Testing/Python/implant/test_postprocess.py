@@ -14,7 +14,7 @@ from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import PostprocessConfig, drop_far_pieces, piece_gaps, postprocess_implant
-from SkullVAELib.implant.rimfit import rim_fit
+from SkullVAELib.implant.rimfit import RimFitConfig, rim_fit
 
 SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
 
@@ -138,3 +138,29 @@ def test_thin_shells_count_the_26_neighbours_as_a_full_box_sum():
     expected = mask & (counts > SHELL_MIN_NEIGHBOURS)
     assert 0 < expected.sum() < mask.sum()
     np.testing.assert_array_equal(remove_thin_shells(mask), expected)
+
+
+def test_an_implant_a_voxel_off_the_bone_is_kept_and_a_far_blob_is_not(vault_case):
+    """A learned implant can stop short of the bone all round (SkullFix test 073, facial: a 73 ml implant
+    0.9 mm off the bone went empty). A piece within ``bone_gap_mm`` counts as touching; one farther off
+    does not, and with the tolerance off the old rule holds. (The phantom's voxels are 2.2 mm: one
+    voxel layer off the bone is 4.4 mm.)"""
+    defective, truth = vault_case
+    cube = ndimage.generate_binary_structure(3, 3)
+    lifted = truth.mask & ~ndimage.binary_dilation(defective.mask, cube)  # 2 voxels off the bone
+    assert lifted.sum() > 0.3 * truth.mask.sum()
+    assert not postprocess_implant(lifted, defective, PostprocessConfig(bone_gap_mm=0.0)).any()
+    kept = postprocess_implant(lifted, defective, PostprocessConfig(bone_gap_mm=4.5))
+    assert kept.sum() >= 0.9 * lifted.sum() and not (kept & defective.mask).any()
+    far = truth.mask & ~ndimage.binary_dilation(defective.mask, cube, iterations=2)  # 6.6 mm off
+    assert far.any() and not postprocess_implant(far, defective, PostprocessConfig(bone_gap_mm=4.5)).any()
+
+
+def test_the_rim_fit_implant_is_the_same_with_and_without_the_bone_tolerance(vault_case):
+    """The rim fit's pieces touch the bone by construction: the tolerance changes none of its voxels."""
+    defective, _ = vault_case
+    raw = rim_fit(defective, RimFitConfig(closing_mm=0.0)).implant
+    assert raw.any()
+    np.testing.assert_array_equal(
+        postprocess_implant(raw, defective), postprocess_implant(raw, defective, PostprocessConfig(bone_gap_mm=0.0))
+    )

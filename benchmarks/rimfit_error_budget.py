@@ -14,7 +14,13 @@ Per case (the evaluation's ``defect_cases``) one JSON line:
   skull's (each ray weighted by its solid angle and r² dr; ``ray_dsc``), and the same with the true
   outer surface (``true_outer``, the fill's thickness under it) or the true thickness (``true_thickness``,
   under the fill's outer surface): how much each surface costs. ``outer_err_mm`` / ``thickness_err_mm``:
-  the fill's mean and RMS error in the hole's rays.
+  the fill's mean and RMS error in the hole's rays;
+- what a better fill would need (``oracle``, ray DSCs): the fill's outer surface corrected by the
+  least-squares polynomial of its own error over the hole (in the hole's tangent plane) of degree 0
+  (a per-hole offset), 1, 2 and 4, its thickness kept (``outer_deg0`` … ``outer_deg4``); both surfaces
+  corrected by quadratics (``both_deg2``); and the ceiling of any smooth fill, the true inner and outer
+  surfaces replaced by their own best quartics (``smooth_deg4``). These use the truth, so they are
+  bounds, not methods.
 
 Then the means per defect. Needs SkullFix (``complete_skull``, ``defective_skull``, ``implant``);
 about 10 s per case on one core.
@@ -48,6 +54,32 @@ def interval_dsc(p_out, p_in, t_out, t_in, omega) -> float:
     )
 
 
+def polynomial_fit(xy: np.ndarray, values: np.ndarray, weights: np.ndarray, degree: int) -> np.ndarray:
+    """The weighted least-squares polynomial of ``degree`` in the plane coordinates ``xy`` (N, 2)
+    through ``values`` (N,), evaluated at ``xy`` (N,). numpy's ``polyfit`` is one-dimensional and no
+    library fits a weighted 2-D polynomial of a given total degree, so the design matrix is built here."""
+    x, y = ((xy - xy.mean(axis=0)) / max(float(xy.std()), 1e-9)).T
+    design = np.stack([x ** (p - q) * y**q for p in range(degree + 1) for q in range(p + 1)], axis=1)
+    root = np.sqrt(weights)
+    coef, *_ = np.linalg.lstsq(design * root[:, None], values * root, rcond=None)
+    return design @ coef
+
+
+def oracle_fills(xy, f_out, f_in, t_out, t_in, omega) -> dict:
+    """Ray DSCs of the fill corrected with the truth's help (module docstring, ``oracle``); all (N,)."""
+    weights = omega * t_out**2
+    error, thick_error = f_out - t_out, (f_out - f_in) - (t_out - t_in)
+    out = {}
+    for degree in (0, 1, 2, 4):
+        fix = polynomial_fit(xy, error, weights, degree)
+        out[f"outer_deg{degree}"] = interval_dsc(f_out - fix, f_in - fix, t_out, t_in, omega)
+    fix, fix_thick = polynomial_fit(xy, error, weights, 2), polynomial_fit(xy, thick_error, weights, 2)
+    out["both_deg2"] = interval_dsc(f_out - fix, f_in - fix + fix_thick, t_out, t_in, omega)
+    smooth_out, smooth_in = polynomial_fit(xy, t_out, weights, 4), polynomial_fit(xy, t_in, weights, 4)
+    out["smooth_deg4"] = interval_dsc(smooth_out, smooth_in, t_out, t_in, omega)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 def voxel_budget(pred: np.ndarray, true: np.ndarray, bone: np.ndarray, spacing) -> dict:
     """Missed / extra voxels by distance to the bone, and the DSC with the near or the far ones fixed."""
     distance = ndimage.distance_transform_edt(~bone, sampling=spacing)
@@ -71,6 +103,7 @@ def ray_budget(case, result, mirror_transform) -> dict:
     from SkullVAELib.implant import raycast
     from SkullVAELib.implant.rimcue import cue_rays
     from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole
+    from SkullVAELib.implant.rimspline import gnomonic
     from SkullVAELib.implant.scanedge import cell_solid_angle
 
     if not result.holes:
@@ -85,6 +118,7 @@ def ray_budget(case, result, mirror_transform) -> dict:
     omega = np.broadcast_to(cell_solid_angle(cfg.step_deg), cells.shape)[cells]
     t_out, t_in, f_out, f_in = truth.r_out[cells], truth.r_in[cells], r_out[cells], r_in[cells]
     outer_err, thick_err = f_out - t_out, (f_out - f_in) - (t_out - t_in)
+    xy = gnomonic(raycast.grid_directions(cfg.step_deg)[cells], hole.direction)
     return {
         "source": hole.source,
         "ray_dsc": round(interval_dsc(f_out, f_in, t_out, t_in, omega), 4),
@@ -92,6 +126,7 @@ def ray_budget(case, result, mirror_transform) -> dict:
         "true_thickness": round(interval_dsc(f_out, f_out - (t_out - t_in), t_out, t_in, omega), 4),
         "outer_err_mm": [round(float(outer_err.mean()), 2), round(float(np.sqrt((outer_err**2).mean())), 2)],
         "thickness_err_mm": [round(float(thick_err.mean()), 2), round(float(np.sqrt((thick_err**2).mean())), 2)],
+        "oracle": oracle_fills(xy, f_out, f_in, t_out, t_in, omega),
     }
 
 
@@ -130,6 +165,8 @@ def main() -> None:
             for k in ("dsc", "fix_far", "fix_near", "ray_dsc", "true_outer", "true_thickness")
         }
         print(f"{defect:10s} n {len(mine):3d} " + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        oracle = {k: float(np.mean([r["oracle"][k] for r in mine])) for k in mine[0]["oracle"]} if mine else {}
+        print(f"{'':10s} oracle " + " ".join(f"{k} {v:.4f}" for k, v in oracle.items()))
 
 
 if __name__ == "__main__":

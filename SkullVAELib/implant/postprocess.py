@@ -1,11 +1,12 @@
 """The one post-processing every implant source shares.
 
 Closing (a ball of ``closing_mm``), thin-shell removal, keep the pieces that touch the patient's
-bone or come within ``bone_gap_mm`` of it, drop islands smaller than ``min_island_mm3``, drop every piece farther than ``max_gap_mm``
-from the main (largest) piece unless it is at least ``second_defect_fraction`` × the main piece
-(a second defect), and pieces below ``min_piece_fraction`` × the largest. Works on the implant's
-bounding box only, so its cost follows the implant, not the scan. The patient's bone is never
-added to: the result is disjoint from ``skull.mask``.
+bone or come within ``bone_gap_mm`` of it, drop islands smaller than ``min_island_mm3``, drop every
+piece farther than ``max_gap_mm`` from the main (largest) piece unless it is at least
+``second_defect_fraction`` × the main piece (a second defect), and pieces below
+``min_piece_fraction`` × the largest. Works on the implant's bounding box only, so its cost follows
+the implant, not the scan. The patient's bone is never added to: the result is disjoint from
+``skull.mask``.
 
 Why the gap bound: an implant fills one hole, so every part of it lies within the hole; a piece
 tens of millimetres away (a plugged foramen of the skull base, a misplaced blob) is not implant,
@@ -103,8 +104,9 @@ def _pieces_touching_bone(labels: np.ndarray, crop: np.ndarray, bone: np.ndarray
 
 def _pieces_near_bone(labels, candidates, bone: np.ndarray, spacing, gap_mm: float) -> np.ndarray:
     """bool (n + 1,): which pieces of non-zero ``candidates`` (voxels per label of ``labels``) come within
-    ``gap_mm`` of ``bone`` (all on one box; ``spacing`` mm). A KD-tree of the bone's surface near each
-    piece: only pieces that touch nothing are asked, which the rim fit's never are, so the usual cost is nil."""
+    ``gap_mm`` of ``bone`` (all on one box; ``spacing`` mm): a KD-tree of the bone's surface near each
+    piece. Only pieces that touch nothing are asked, and an implant's pieces touch the bone (the rim
+    fit's by construction), so the usual cost is nil."""
     near = np.zeros(len(candidates), dtype=bool)
     if not np.any(candidates):
         return near

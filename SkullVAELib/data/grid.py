@@ -62,10 +62,10 @@ def _area_pool(volume: np.ndarray, out_shape: tuple[int, int, int]) -> np.ndarra
     if volume.dtype == np.uint8 and n_b % out_shape[1] == 0 and n_c % out_shape[2] == 0:
         planes = _integer_plane_sums(volume, out_shape)
     else:
-        source = torch.from_numpy(volume)
         planes = torch.empty((n_a, out_shape[1], out_shape[2]), dtype=torch.float32)
         for start in range(0, n_a, _SLICES_PER_CHUNK):
-            chunk = source[start : start + _SLICES_PER_CHUNK].to(torch.float32)
+            # a float32 copy per chunk: the volume may be read-only (a memory map), never handed to torch
+            chunk = torch.from_numpy(volume[start : start + _SLICES_PER_CHUNK].astype(np.float32))
             pooled = F.adaptive_avg_pool2d(chunk.unsqueeze(1), out_shape[1:]).squeeze(1)
             planes[start : start + chunk.shape[0]] = pooled
     # pool along A: (A, B', C') -> (B'·C', 1, A) -> (B'·C', 1, A')

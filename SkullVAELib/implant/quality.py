@@ -179,9 +179,14 @@ def _plate_thickness_ratio(skull: SkullImage, implant: np.ndarray, cfg: QualityC
     from_imp = depth_mm(~imp, skull.spacing)
     imp_band = imp & (from_bone > lo) & (from_bone <= hi)
     bone_band = bone & (from_imp > lo) & (from_imp <= hi)
-    if imp_band.sum() < 10 or bone_band.sum() < 10:
-        return float("nan")
-    return float(np.percentile(depth[imp_band], 90) / max(np.percentile(depth[bone_band], 90), 1e-6))
+    imp_depth, bone_depth = depth[imp_band], depth[bone_band]
+    if (
+        len(imp_depth) < 10
+        or len(bone_depth) < 10
+        or not (np.isfinite(imp_depth).all() and np.isfinite(bone_depth).all())
+    ):
+        return float("nan")  # too few voxels at the junction, or bone and implant fill the box (no depth)
+    return float(np.percentile(imp_depth, 90) / max(np.percentile(bone_depth, 90), 1e-6))
 
 
 def _explain(score: float, components: dict, measures: dict) -> str:

@@ -39,12 +39,17 @@ def pack_lps_grids(
         np.savez_compressed(tmp, **arrays)
 
 
+def _stored_ids(packed) -> list[str]:
+    """The case ids in an open :func:`pack_lps_grids` file (``np.load``'s NpzFile), sorted."""
+    return sorted(k[: -len("_bits")] for k in packed.files if k.endswith("_bits"))
+
+
 def packed_ids(path: str | os.PathLike) -> list[str]:
     """The case ids stored in :func:`pack_lps_grids`' file, sorted (nothing is unpacked)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
-            return sorted(k[: -len("_bits")] for k in f.files if k.endswith("_bits"))
+            return _stored_ids(f)
     except (OSError, ValueError) as exc:
         raise SkullVAEError(f"not a packed refiner grid file ({exc})", path) from None
 
@@ -57,7 +62,7 @@ def load_lps_grids(
     try:
         with np.load(path, allow_pickle=False) as f:
             spacing = float(f["spacing"])
-            stored = sorted(k[: -len("_bits")] for k in f.files if k.endswith("_bits"))
+            stored = _stored_ids(f)
             missing = sorted(set(ids or ()) - set(stored))
             if missing:
                 raise SkullVAEError(f"no skull {', '.join(missing)} in the packed grids", path)

@@ -55,14 +55,16 @@ def interval_dsc(p_out, p_in, t_out, t_in, omega) -> float:
 
 
 def polynomial_fit(xy: np.ndarray, values: np.ndarray, weights: np.ndarray, degree: int) -> np.ndarray:
-    """The weighted least-squares polynomial of ``degree`` in the plane coordinates ``xy`` (N, 2)
-    through ``values`` (N,), evaluated at ``xy`` (N,). numpy's ``polyfit`` is one-dimensional and no
-    library fits a weighted 2-D polynomial of a given total degree, so the design matrix is built here."""
-    x, y = ((xy - xy.mean(axis=0)) / max(float(xy.std()), 1e-9)).T
-    design = np.stack([x ** (p - q) * y**q for p in range(degree + 1) for q in range(p + 1)], axis=1)
-    root = np.sqrt(weights)
-    coef, *_ = np.linalg.lstsq(design * root[:, None], values * root, rcond=None)
-    return design @ coef
+    """The weighted least-squares polynomial of total ``degree`` in the plane coordinates ``xy`` (N, 2)
+    through ``values`` (N,), evaluated at ``xy`` (N,) (scikit-learn: standardised coordinates, their
+    monomials, a weighted linear fit)."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+    model = make_pipeline(StandardScaler(), PolynomialFeatures(degree), LinearRegression())
+    model.fit(xy, values, linearregression__sample_weight=weights)
+    return model.predict(xy)
 
 
 def oracle_fills(xy, f_out, f_in, t_out, t_in, omega) -> dict:

@@ -71,12 +71,10 @@ def oracle_fills(xy, f_out, f_in, t_out, t_in, omega) -> dict:
     """Ray DSCs of the fill corrected with the truth's help (module docstring, ``oracle``); all (N,)."""
     weights = omega * t_out**2
     error, thick_error = f_out - t_out, (f_out - f_in) - (t_out - t_in)
-    out = {}
-    for degree in (0, 1, 2, 4):
-        fix = polynomial_fit(xy, error, weights, degree)
-        out[f"outer_deg{degree}"] = interval_dsc(f_out - fix, f_in - fix, t_out, t_in, omega)
-    fix, fix_thick = polynomial_fit(xy, error, weights, 2), polynomial_fit(xy, thick_error, weights, 2)
-    out["both_deg2"] = interval_dsc(f_out - fix, f_in - fix + fix_thick, t_out, t_in, omega)
+    fixes = {degree: polynomial_fit(xy, error, weights, degree) for degree in (0, 1, 2, 4)}
+    out = {f"outer_deg{d}": interval_dsc(f_out - fix, f_in - fix, t_out, t_in, omega) for d, fix in fixes.items()}
+    fix_thick = polynomial_fit(xy, thick_error, weights, 2)
+    out["both_deg2"] = interval_dsc(f_out - fixes[2], f_in - fixes[2] + fix_thick, t_out, t_in, omega)
     smooth_out, smooth_in = polynomial_fit(xy, t_out, weights, 4), polynomial_fit(xy, t_in, weights, 4)
     out["smooth_deg4"] = interval_dsc(smooth_out, smooth_in, t_out, t_in, omega)
     return {k: round(v, 4) for k, v in out.items()}

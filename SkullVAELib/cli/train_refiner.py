@@ -13,6 +13,7 @@ from SkullVAELib.cli.common import (
     make_log,
     make_progress,
     parse_integers,
+    seed_arg,
 )
 from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS, TEST_TIME_SHIFTS
 
@@ -57,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
+    p.add_argument(
+        "--seed", type=seed_arg, default=0, help="seed of the weights, the drawn defects and the augmentation"
+    )
     p.add_argument("--spacing", type=float, default=1.0, help="grid spacing in mm (default 1; the CPU recipe uses 2)")
     p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 144,128,128)")
     p.add_argument(
@@ -135,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         precision=args.precision,
         lr_schedule=args.lr_schedule,
+        seed=args.seed,
     )
     if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):
         raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)

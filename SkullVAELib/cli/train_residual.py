@@ -13,6 +13,7 @@ from SkullVAELib.cli.common import (
     make_log,
     make_progress,
     parse_integers,
+    seed_arg,
 )
 from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS
 from SkullVAELib.workflows.residual import CRANIAL_STYLES
@@ -69,6 +70,7 @@ def register(subparsers) -> None:
         "(default on: validation chose it, docs/RESULTS.md; --no-augment resumes a run made without it)",
     )
     p.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the weights, the batches and the augmentation")
     p.add_argument("--channels", default=None, help="U-Net features per level (default 16,32,64,128)")
     p.add_argument("--spacing", type=float, default=2.0, help="crop voxel size in mm (default 2: the CPU recipe)")
     p.add_argument("--crop", default=None, help="crop X,Y,Z in voxels (default 64,64,64)")
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ResidualConfig(**overrides)
     train_cfg = ResidualTrainConfig(steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr,
                                     val_every=args.val_every, augment=args.augment, precision=args.precision,
-                                    lr_schedule=args.lr_schedule)  # fmt: skip
+                                    lr_schedule=args.lr_schedule, seed=args.seed)  # fmt: skip
     progress = make_progress(args.progress)
     try:
         if args.pools:

@@ -54,10 +54,11 @@ def test_train_residual_makes_pools_trains_and_refuses_to_overwrite(data, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "exists" in err and len(err.splitlines()) == 1
     again = ["train-residual", "--out", str(tmp_path / "again"), "--pools", str(out / "pool-train.npz")]
-    flags = ["--test-time-mirror", "--no-augment", "--lr-schedule", "cosine", *TINY]
+    flags = ["--test-time-mirror", "--no-augment", "--lr-schedule", "cosine", "--seed", "5", *TINY]
     assert main([*again, "--steps", "1", "--progress", "none", *flags]) == 0
     _, cfg, info = load_residual(tmp_path / "again" / "residual.safetensors")
     assert cfg.test_time_mirror and info["train"]["augment"] is False and info["train"]["lr_schedule"] == "cosine"
+    assert info["train"]["seed"] == 5
     assert main([*again, "--steps", "1", "--progress", "none", "--overwrite"]) == 2  # 6 mm pools, 2 mm default
     assert "made for 6 mm crops" in capsys.readouterr().err
 

@@ -174,6 +174,24 @@ def test_train_refiner_trains_from_packed_grids_then_refuses_to_overwrite(data_d
     assert "--overwrite" in one_line_error(capsys)
 
 
+def test_train_refiner_seed_is_stored_and_changes_the_weights(grids, tmp_path, capsys):
+    """``--seed`` reaches the run (recorded in the weights' info) and a second seed trains other weights;
+    a seed that is not a non-negative integer is refused in one line."""
+    argv = ["train-refiner", "--grids", str(grids), "--train-ids", "001-002", "--val-ids", "003", "--spacing", "4"]
+    argv += ["--crop", "32,32,32", "--channels", "4,8,16", "--steps", "2", "--val-every", "1", "--progress", "none"]
+    weights = {}
+    for seed in (0, 7):
+        assert main([*argv, "--out", str(tmp_path / f"s{seed}"), "--seed", str(seed)]) == 0, capsys.readouterr().err
+        network, _, info = load_refiner(tmp_path / f"s{seed}" / "refiner.safetensors")
+        assert info["train"]["seed"] == seed
+        weights[seed] = torch.cat([p.detach().flatten() for p in network.parameters()])
+    assert not torch.equal(weights[0], weights[7])
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it before anything runs
+        main([*argv, "--out", str(tmp_path / "bad"), "--seed", "-1"])
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()
+    assert "--seed" in one_line_error(capsys)
+
+
 def test_the_trainer_runs_on_a_machine_without_simpleitk(grids, tmp_path):
     """A GPU machine may have torch alone: `train-refiner --grids` must not import SimpleITK."""
     import subprocess

@@ -108,7 +108,8 @@ def ray_budget(case, result, mirror_transform) -> dict:
 
     if not result.holes:
         return {}
-    cfg, skull, rays = RimFitConfig(), case.defective, result.raymap
+    skull, rays = case.defective, result.raymap
+    cfg = RimFitConfig().for_voxels(skull.spacing)  # as rim_fit reads it
     hole = replace(result.holes[0])  # fill_hole notes its source and area on the hole it fills
     near = cue_rays([hole.cells], cfg.grow_reach + max(cfg.ring[1], cfg.band))
     mirror = raycast.cast(skull, rays.centre, cfg.step_deg, transform=mirror_transform, rays=near)

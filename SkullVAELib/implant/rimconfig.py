@@ -4,7 +4,7 @@ shared by :mod:`rimfit` (the pipeline), :mod:`rimgrow` (growing a hole, its rim 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class RimFitConfig:
     degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
     thickness_degree: int = 2  # the same for the bone thickness
     thickness_smoothing: float = 0.01
+    smoothing_voxel_mm: float = 1.0  # on coarser voxels both smoothings grow with their square (for_voxels; 0: off)
     max_rim_points: int = 600
     grow_mm: float = 5.0  # rays whose outer bone lies this far inside the fitted surface join the hole
     grow_iterations: int = 3
@@ -40,6 +41,20 @@ class RimFitConfig:
     edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
     beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
     max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled
+
+    def for_voxels(self, spacing) -> RimFitConfig:
+        """These settings for a scan of voxel sides ``spacing`` (3,) mm: the splines' smoothing times
+        (largest side / ``smoothing_voxel_mm``)² where that exceeds 1, else unchanged.
+
+        A ray reads the bone's surfaces to about a voxel along it, so on a scan of 1-3 mm slices the rim's
+        radii and thicknesses are noisier than on SkullFix's 0.4-0.75 mm voxels (for which nothing
+        changes), and a spline through them bends with the noise. Measured on validation cases
+        resampled to clinical slices (docs/RESULTS.md, "The rim fit on coarser scans")."""
+        largest = float(np.max(spacing))
+        if self.smoothing_voxel_mm <= 0 or largest <= self.smoothing_voxel_mm:
+            return self
+        factor = (largest / self.smoothing_voxel_mm) ** 2
+        return replace(self, smoothing=self.smoothing * factor, thickness_smoothing=self.thickness_smoothing * factor)
 
     def postprocess(self) -> PostprocessConfig:
         """The shared post-processing's settings of this rim fit."""

@@ -215,7 +215,7 @@ def rim_fit(
         shapes: complete skulls' ray maps (:mod:`shapebank`) or a shape model (:mod:`shapemodel`): the
             cue of holes the mirror does not cover.
     """
-    cfg = cfg or RimFitConfig()
+    cfg = (cfg or RimFitConfig()).for_voxels(skull.spacing)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)

@@ -120,6 +120,32 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
     return sorted(holes, key=lambda h: -h.solid_angle_sr)
 
 
+def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[Hole], list[str]]:
+    """(``holes`` (largest first) less the small ones far from the largest, one message per hole left out).
+
+    A hole under ``cfg.far_hole_share`` of the largest hole's solid angle whose nearest ray lies more
+    than ``cfg.far_hole_deg`` from the largest hole's rays is a gap where the bone is too thin for the
+    scan (the temporal squama on 3 mm slices), not a second defect: its fill would be a piece far from
+    the defect (docs/RESULTS.md, "The rim fit on coarser scans"). Off when either setting is 0."""
+    if len(holes) < 2 or cfg.far_hole_share <= 0 or cfg.far_hole_deg <= 0:
+        return holes, []
+    main = holes[0]
+    dirs = raycast.grid_directions(cfg.step_deg)
+    main_dirs = dirs[main.cells]
+    kept, notes = [main], []
+    for hole in holes[1:]:
+        if hole.solid_angle_sr < cfg.far_hole_share * main.solid_angle_sr:
+            nearest = float(np.degrees(np.arccos(np.clip((dirs[hole.cells] @ main_dirs.T).max(), -1.0, 1.0))))
+            if nearest > cfg.far_hole_deg:
+                notes.append(
+                    f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled "
+                    "(thin bone or a foramen, not a second defect)"
+                )
+                continue
+        kept.append(hole)
+    return kept, notes
+
+
 def fill_hole(
     raymap: raycast.RayMap,
     hole: Hole,
@@ -223,7 +249,7 @@ def rim_fit(
     timings["raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
-    holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown)
+    holes, far_notes = without_small_far_holes(find_holes(raymap, cfg.min_hole_sr, edge.unknown), cfg)
     timings["holes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mirror = None
@@ -233,7 +259,7 @@ def rim_fit(
     timings["mirror_raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shapes, notes = usable_shapes(shapes, cfg.step_deg)
-    messages = notes if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]
+    messages = (notes if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]) + far_notes
     implant, filled = None, 0  # the first hole's rasterised implant (or the union of several), holes filled
     for hole in holes:
         _clip_to_scan(hole, edge, raymap.step_deg)

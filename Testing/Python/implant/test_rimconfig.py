@@ -42,3 +42,14 @@ def test_a_phantom_scanned_with_thick_slices_keeps_its_implant():
     flat = score(rim_fit(case.defective, RimFitConfig(smoothing_voxel_mm=0.0)).implant, case)["dsc"]
     assert smoothed > 0.9
     assert smoothed > flat + 0.05
+
+
+def test_a_scan_of_thick_slices_gets_a_note_and_a_thin_one_none():
+    from SkullVAELib.implant.rimfit import thick_slice_note
+
+    phantom = make_phantom(1, (48, 48, 36), (2.2, 2.2, 2.2))
+    assert thick_slice_note(phantom) == []
+    coarse = coarser_case(DefectCase("p1", "vault", 1, phantom, phantom.mask & False, phantom.mask), (2.2, 2.2, 5.0))
+    (note,) = thick_slice_note(coarse.defective)
+    assert "5.0 mm" in note and "\n" not in note
+    assert any(m == note for m in rim_fit(coarse.defective).messages)

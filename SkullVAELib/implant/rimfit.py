@@ -16,11 +16,12 @@ original resolution.
    by the scan's edge are no rim data (their outer radius is the edge's, not the skull's).
    A hole then grows by the rays next to it that still belong to the defect (:mod:`rimgrow`):
    rays that passed it and met deeper bone, and (``grow_thick_mm``) rays that met its cut wall
-   obliquely and hold only a wedge of the bone.
+   obliquely and hold only a wedge of the bone. A hole far smaller than the defect and far from it
+   (:func:`without_small_far_holes`: bone too thin for a scan of thick slices, a foramen) is not filled.
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
    hole, less the rays its cut wall thinned: :func:`rimgrow.whole_bone_rim`) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
-   direction (:mod:`rimspline`); with a mirror cue (``symmetry``), the mirrored skull's outer
+   direction (:mod:`rimspline`), smoothed more on voxels over 1 mm (``RimFitConfig.for_voxels``); with a mirror cue (``symmetry``), the mirrored skull's outer
    radius inside the hole plus a spline of the rim residual replace the plain spline where the
    mirror has bone, and its thickness enters by the share the rim confirms
    (:func:`rimspline.mirror_thickness_weight`); where the mirror has none (a defect across the

@@ -53,11 +53,11 @@ def coarser_grid(image: SkullImage, spacing: Sequence[float]) -> sitk.Image:
 
 def resample_mask(image: SkullImage, mask: np.ndarray, reference: sitk.Image) -> SkullImage:
     """``mask`` (bool, on ``image``'s grid) on ``reference``'s grid: linear interpolation of its 0/1
-    values, ≥ 0.5 (outside the box: 0)."""
+    values, ≥ 0.5 (outside the box: 0). The uint8 mask is interpolated straight into float32 on the
+    (coarser) reference grid, as ``lps_grid.resample_onto`` does: no float copy of the whole scan."""
     moved = sitk.Resample(
-        image.to_sitk(np.asarray(mask), pixel_type=np.float32), reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-        sitk.sitkFloat32,
-    )  # fmt: skip
+        image.to_sitk(np.asarray(mask)), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+    )
     origin, spacing, direction = SkullImage.geometry_from_sitk(moved)
     values = sitk.GetArrayViewFromImage(moved).transpose(2, 1, 0)
     return SkullImage(values >= 0.5, origin, spacing, direction, {"resampled_from": [float(v) for v in image.spacing]})

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.postprocess import postprocess_implant
@@ -149,11 +150,12 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
         return holes, []
     main = holes[0]
     dirs = raycast.grid_directions(cfg.step_deg)
-    main_dirs = dirs[main.cells]
+    main_rays = cKDTree(dirs[main.cells])  # unit vectors: the nearest by chord is the nearest by angle
     kept, notes = [main], []
     for hole in holes[1:]:
         if hole.solid_angle_sr < cfg.far_hole_share * main.solid_angle_sr:
-            nearest = float(np.degrees(np.arccos(np.clip((dirs[hole.cells] @ main_dirs.T).max(), -1.0, 1.0))))
+            chord = float(main_rays.query(dirs[hole.cells])[0].min())
+            nearest = float(np.degrees(2.0 * np.arcsin(min(chord / 2.0, 1.0))))
             if nearest > cfg.far_hole_deg:
                 notes.append(
                     f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled "

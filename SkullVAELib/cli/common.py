@@ -7,7 +7,7 @@ import math
 import os
 import sys
 
-from SkullVAELib.core.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_gamma, network_preset
+from SkullVAELib.core.config import PRESETS, RESAMPLE_MODES, NetworkConfig, check_ema_decay, check_gamma, network_preset
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import JsonLinesProgress, TqdmProgress
 
@@ -227,3 +227,23 @@ def parse_integers(text: str, option: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise SkullVAEError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def ema_arg(text: str) -> float:
+    """A weight-average decay in [0, 1) (0: none), for argparse ``type=``."""
+    try:
+        return check_ema_decay(float(text), "--")
+    except (ValueError, SkullVAEError) as error:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), e.g. 0.999, not {text!r}") from error
+
+
+def add_ema_arg(parser: argparse.ArgumentParser) -> None:
+    """``--ema DECAY``: validate and keep a moving average of the weights (the learned sources' trainers)."""
+    parser.add_argument(
+        "--ema",
+        type=ema_arg,
+        default=0.0,
+        metavar="DECAY",
+        help="keep a moving average of the weights with this decay (e.g. 0.999: about the last 1000 steps); "
+        "validation scores it and the kept weights are the average's (default 0: none)",
+    )

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from SkullVAELib.cli.common import (
+    add_ema_arg,
     add_overwrite_arg,
     add_progress_arg,
     close_progress,
@@ -57,6 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
+    add_ema_arg(p)
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument(
         "--seed", type=seed_arg, default=0, help="seed of the weights, the drawn defects and the augmentation"
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         precision=args.precision,
         lr_schedule=args.lr_schedule,
+        ema=args.ema,
         seed=args.seed,
     )
     if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):

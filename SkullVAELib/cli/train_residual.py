@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from SkullVAELib.cli.common import (
+    add_ema_arg,
     add_overwrite_arg,
     add_progress_arg,
     close_progress,
@@ -62,6 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
+    add_ema_arg(p)
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ResidualConfig(**overrides)
     train_cfg = ResidualTrainConfig(steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr,
                                     val_every=args.val_every, augment=args.augment, precision=args.precision,
-                                    lr_schedule=args.lr_schedule, seed=args.seed)  # fmt: skip
+                                    lr_schedule=args.lr_schedule, ema=args.ema, seed=args.seed)  # fmt: skip
     progress = make_progress(args.progress)
     try:
         if args.pools:

@@ -86,6 +86,13 @@ def check_lr_schedule(value: str, what: str = "") -> str:
     return check_option(value, LR_SCHEDULES, "lr_schedule", what)
 
 
+def check_ema_decay(value: float, what: str = "") -> float:
+    """``value`` when it is a decay in [0, 1) (0: no average); SkullVAEError naming ``what`` otherwise."""
+    if not 0.0 <= value < 1.0:
+        raise SkullVAEError(f"{what}ema must be in [0, 1) (0 turns the average off), not {value}")
+    return float(value)
+
+
 def check_gamma(value: float) -> float:
     """``value`` as a float when it is a valid γ (finite, within GAMMA_RANGE); SkullVAEError otherwise."""
     try:

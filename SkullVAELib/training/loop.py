@@ -30,11 +30,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -44,42 +42,12 @@ from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.training import checkpoint as ckpt
 from SkullVAELib.training.distributed import DistContext
 from SkullVAELib.training.log import LOG_NAME, read_log, write_log
+from SkullVAELib.training.schedule import Schedule, epoch_seed
 
 EpochCallback = Callable[[dict], None]
 # (x (B, 1, X, Y, Z) float32 on the training device, generator on that device) -> same-shape tensor,
 # or an (input, target) pair of them (the loss then compares the decoding of input with target).
 BatchTransform = Callable[[torch.Tensor, torch.Generator], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
-
-
-def epoch_seed(seed: int, stage: int, epoch: int, stream: int) -> int:
-    """Independent 63-bit seed per (seed, stage, epoch, stream): 0 shuffle, 1 ε, 2 + rank augmentation."""
-    return int(np.random.SeedSequence([seed, stage, epoch, stream]).generate_state(1, np.uint64)[0] >> 1)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When a run ends and when it validates and checkpoints (counts in epochs unless named otherwise)."""
-
-    epochs: float  # an int, or math.inf when the steps or the seconds end the run
-    seed: int = 0
-    max_steps: float = math.inf  # optimiser steps in all, resumed ones included
-    max_seconds: float = math.inf  # wall time of this run (a resume starts a new budget)
-    val_every: int = 1
-    patience: int = 0
-    checkpoint_every: int = 1
-    checkpoint_minutes: float = 5.0
-
-    @classmethod
-    def of(cls, cfg: Any) -> Schedule:
-        """The schedule of a ``core.config.TrainConfig``."""
-        return cls(
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            val_every=cfg.val_every,
-            patience=cfg.patience,
-            checkpoint_every=cfg.checkpoint_every,
-            checkpoint_minutes=cfg.checkpoint_minutes,
-        )
 
 
 class Trainer:
@@ -198,6 +166,17 @@ class Trainer:
         """After the last epoch: restore the best validated weights, if validation ran."""
         self.restore_best()
 
+    def validation_weights(self) -> contextlib.AbstractContextManager:
+        """The weights validation scores and the best keep (default: the model's own)."""
+        return contextlib.nullcontext()
+
+    def checkpoint_extras(self) -> dict:
+        """More entries for the checkpoint (restored by :meth:`restore_extras`)."""
+        return {}
+
+    def restore_extras(self, rec: dict) -> None:
+        """Take back what :meth:`checkpoint_extras` stored, from a resumed checkpoint ``rec``."""
+
     def restore_best(self) -> None:
         """Load the best validated weights into ``model`` (nothing without validation)."""
         if self.best is not None:
@@ -305,10 +284,11 @@ class Trainer:
         s = self.schedule
         if not self.has_validation or (self.epoch % s.val_every and not self.finished()):
             return
-        score = float(self.validation_dice())
-        row["val_dice"] = score
-        if self.best is None or score > self.best["score"]:
-            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        with self.validation_weights():
+            score = row["val_dice"] = float(self.validation_dice())
+            better = self.best is None or score > self.best["score"]
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if better else None
+        if better:
             self.best = {"score": score, "epoch": self.epoch, "step": self.steps_done, "bad": 0, "model": state}
         else:
             self.best["bad"] += 1
@@ -352,6 +332,7 @@ class Trainer:
                 state.update({f"{name}_state": g.get_state() for name, g in self.generators.items()})
             if self.best is not None:
                 state["best"] = dict(self.best)
+            state.update(self.checkpoint_extras())
             ckpt.save_checkpoint(self.path, state)
         self.last_save, self._saved_at = time.monotonic(), (self.epoch, self.step)
         self.ctx.barrier()
@@ -392,6 +373,7 @@ class Trainer:
             best = rec["best"]
             self.best = {**best, "model": {k: v.to(self.ctx.device) for k, v in best["model"].items()}}
         self.stopped = bool(rec.get("stopped", False))
+        self.restore_extras(rec)
 
     def _write_logs(self) -> None:
         if self.ctx.is_main:

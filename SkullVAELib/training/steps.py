@@ -15,10 +15,15 @@ lowers the learning rate from ``lr`` to 0 over the run's budget, whichever of it
 seconds ends it first, so a run bounded by wall time anneals by the clock on any machine. The share
 of the budget spent is kept in the optimiser's groups (``budget_fraction``), so a resume continues
 the decay over its own new budget instead of starting it again.
+
+``ema`` (0 unless given): a decay in (0, 1) keeps a moving average of the weights
+(:mod:`.averaging`); validation scores it, the best weights are the average's, and a checkpoint
+carries it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -30,8 +35,10 @@ import torch
 
 from SkullVAELib.core.devices import training_bf16
 from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.training.averaging import WeightAverage
 from SkullVAELib.training.distributed import DistContext
-from SkullVAELib.training.loop import EpochCallback, Schedule, Trainer
+from SkullVAELib.training.loop import EpochCallback, Trainer
+from SkullVAELib.training.schedule import Schedule
 
 
 class StepTrainer(Trainer):
@@ -80,13 +87,15 @@ class StepTrainer(Trainer):
         self.network_cfg, self.train_cfg = network_cfg, train_cfg
         self.lr_schedule = getattr(train_cfg, "lr_schedule", "constant")
         self.fraction_before = 0.0  # the share of the budget earlier runs spent (a resume)
+        decay = float(getattr(train_cfg, "ema", 0.0))
+        self.average = WeightAverage(network, decay) if decay > 0 else None
 
     def config_dict(self) -> dict:
         return {**self.train_cfg.to_dict(), "network": dataclasses.asdict(self.network_cfg)}
 
     def resume_defaults(self) -> dict:
         # a checkpoint from before ``lr_schedule`` existed held its learning rate
-        defaults = {**super().resume_defaults(), "lr_schedule": "constant"}
+        defaults = {**super().resume_defaults(), "lr_schedule": "constant", "ema": 0.0}
         return {**defaults, "network": dataclasses.asdict(type(self.network_cfg)())}
 
     def on_train_start(self) -> None:
@@ -120,8 +129,27 @@ class StepTrainer(Trainer):
         loss.backward()
         self.set_learning_rate()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.acc[0] += loss.detach().double()
         self.acc[1] += 1
+
+    def validation_weights(self) -> contextlib.AbstractContextManager:
+        """The moving average of the weights (``ema``), else the model's own."""
+        return contextlib.nullcontext() if self.average is None else self.average.swapped_into(self.model)
+
+    def checkpoint_extras(self) -> dict:
+        return {} if self.average is None else {"ema": self.average.state_dict()}
+
+    def restore_extras(self, rec: dict) -> None:
+        if self.average is not None:
+            self.average.load_state_dict(rec["ema"])
+
+    def on_train_end(self) -> None:
+        """The best validated weights; without validation, the moving average when there is one."""
+        super().on_train_end()
+        if self.best is None and self.average is not None:
+            self.model.load_state_dict(self.average.weights())
 
     def epoch_row(self, sums: list[float]) -> dict:
         return {"loss": sums[0] / max(sums[1], 1.0)}

@@ -32,7 +32,8 @@ from SkullVAELib.core.devices import training_bf16
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.training.distributed import DistContext, current_context
-from SkullVAELib.training.loop import BatchTransform, EpochCallback, Schedule, Trainer, epoch_seed
+from SkullVAELib.training.loop import BatchTransform, EpochCallback, Trainer
+from SkullVAELib.training.schedule import Schedule, epoch_seed
 from SkullVAELib.vae.losses import kld_standard_normal, soft_dice_loss, vae_loss
 from SkullVAELib.vae.networks import VAE, Decoder, Encoder, encode_dataset
 

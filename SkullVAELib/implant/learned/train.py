@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from SkullVAELib.core.config import check_lr_schedule, check_precision
+from SkullVAELib.core.config import check_ema_decay, check_lr_schedule, check_precision
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
@@ -59,6 +59,7 @@ class RefinerTrainConfig:
     checkpoint_minutes: float = 5.0
     precision: str = "auto"  # bf16 autocast where the device computes it natively, or "bf16", "fp32"
     lr_schedule: str = "constant"  # or "cosine": lr down to 0 over the budget (core.config.LR_SCHEDULES)
+    ema: float = 0.0  # decay of a moving average of the weights, validated and kept (training.averaging); 0: none
 
     def __post_init__(self) -> None:
         if isinstance(self.ranges, dict):  # as stored in a checkpoint or a refiner's info
@@ -69,6 +70,7 @@ class RefinerTrainConfig:
             raise SkullVAEError("the refiner's checkpoint_minutes must be positive")
         check_precision(self.precision, "the refiner's ")
         check_lr_schedule(self.lr_schedule, "the refiner's ")
+        check_ema_decay(self.ema, "the refiner's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,7 +135,7 @@ class RefinerTrainer(StepTrainer):
 
     stage = REFINER_STAGE
     checkpoint_name = "refiner"
-    resume_keys = ("batch", "lr", "lr_schedule", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm")
+    resume_keys = ("batch", "lr", "lr_schedule", "ema", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm")
     resume_keys += ("mirror", "ranges", "seed", "network")
 
     def __init__(

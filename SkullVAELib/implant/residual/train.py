@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SkullVAELib.core.config import check_lr_schedule, check_precision
+from SkullVAELib.core.config import check_ema_decay, check_lr_schedule, check_precision
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.residual.augment import crop_augment_config, warp_crops
@@ -51,12 +51,14 @@ class ResidualTrainConfig:
     checkpoint_minutes: float = 5.0
     precision: str = "auto"  # bf16 autocast where the device computes it natively, or "bf16", "fp32"
     lr_schedule: str = "constant"  # or "cosine": lr down to 0 over the budget (core.config.LR_SCHEDULES)
+    ema: float = 0.0  # decay of a moving average of the weights, validated and kept (training.averaging); 0: none
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch, self.val_every) < 1 or not (self.seconds > 0 and self.lr > 0):
             raise SkullVAEError("the residual's steps, batch, val_every, seconds and lr must be positive")
         check_precision(self.precision, "the residual's ")
         check_lr_schedule(self.lr_schedule, "the residual's ")
+        check_ema_decay(self.ema, "the residual's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,7 +103,18 @@ class ResidualTrainer(StepTrainer):
 
     stage = RESIDUAL_STAGE
     checkpoint_name = "residual"
-    resume_keys = ("batch", "lr", "lr_schedule", "weight_decay", "val_every", "mirror", "augment", "seed", "network")
+    resume_keys = (
+        "batch",
+        "lr",
+        "lr_schedule",
+        "ema",
+        "weight_decay",
+        "val_every",
+        "mirror",
+        "augment",
+        "seed",
+        "network",
+    )
 
     def __init__(
         self,

@@ -43,6 +43,8 @@ CASES = [
     (COMPLETE + ["--fit-steps", "-1"], "--fit-steps"),
     (TRAIN + ["--lr", "nan"], "--lr"),
     (TRAIN + ["--lr", "0"], "--lr"),
+    (["train-refiner", "--grids", "g.npz", "--out", "r", "--ema", "1"], "--ema"),
+    (["train-residual", "--data", "d", "--out", "r", "--ema", "nan"], "--ema"),
     (TRAIN + ["--beta", "nan"], "--beta"),
     (TRAIN + ["--beta", "inf"], "--beta"),
     (TRAIN + ["--latent", "0"], "--latent"),

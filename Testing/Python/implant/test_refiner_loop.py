@@ -234,3 +234,50 @@ def test_a_cosine_anneals_by_the_clock_and_a_resume_continues_the_decay(grids, t
     ckpt.save_checkpoint(path, saved)
     with pytest.raises(SkullVAEError, match="lr_schedule=constant, not cosine"):
         train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True)
+
+
+class AverageSpy(RefinerTrainer):
+    """Records, at every validation, the weights it scored, the network's own and the average's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def validation_dice(self) -> float:
+        scored = next(iter(self.model.state_dict().values())).clone()
+        self.seen.append((scored, next(iter(self.average.weights().values())).clone()))
+        return float(len(self.seen))  # every validation is the best so far
+
+
+def test_a_weight_average_is_what_validation_scores_and_the_kept_weights_are(grids, tmp_path):
+    skulls = to_device(load_lps_grids(grids)[0], 4.0, "cpu")
+    settings = RefinerTrainConfig(steps=4, val_every=2, lr=1e-2, ema=0.5)
+    trainer = AverageSpy(TINY, settings, {"001": skulls["001"]}, {"002": skulls["002"]}, tmp_path / "val")
+    trainer.run()
+    own = next(iter(trainer.model.state_dict().values()))
+    assert len(trainer.seen) == 2 and all(torch.equal(scored, avg) for scored, avg in trainer.seen)
+    assert torch.equal(own, trainer.seen[-1][1])  # the best kept is the average of step 4
+    saved = ckpt.load_checkpoint(tmp_path / "val" / "checkpoints" / "refiner.pt")
+    assert not torch.equal(next(iter(saved["model"].values())), own)  # the network trained on its own weights
+    assert int(saved["ema"]["n_averaged"]) == 4
+
+    alone = RefinerTrainer(TINY, settings, {"001": skulls["001"]}, {}, tmp_path / "alone")
+    alone.run()  # no validation: the run ends on the average
+    for name, value in alone.average.weights().items():
+        assert torch.equal(alone.model.state_dict()[name], value), name
+
+
+def test_a_weight_average_resumes_exactly_and_a_changed_decay_is_refused(grids, tmp_path):
+    settings = RefinerTrainConfig(steps=6, val_every=2, ema=0.8)
+    full = train_refiner(grids, tmp_path / "full", ["001", "002"], ["003"], TINY, settings)
+    out = tmp_path / "int"
+    path = train_until_interrupted(grids, out, settings, 3)
+    assert int(ckpt.load_checkpoint(path)["ema"]["n_averaged"]) == 3
+    with pytest.raises(SkullVAEError, match="ema=0.8, not 0.9"):
+        train_refiner(
+            grids, out, ["001", "002"], ["003"], TINY, RefinerTrainConfig(steps=6, val_every=2, ema=0.9), resume=True
+        )
+    resumed = train_refiner(grids, out, ["001", "002"], ["003"], TINY, settings, resume=True)
+    assert load_refiner(resumed)[2]["train"]["ema"] == 0.8
+    for key, value in weights(full).items():
+        assert torch.equal(weights(resumed)[key], value), key

@@ -237,8 +237,15 @@ def ema_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), e.g. 0.999, not {text!r}") from error
 
 
-def add_ema_arg(parser: argparse.ArgumentParser) -> None:
-    """``--ema DECAY``: validate and keep a moving average of the weights (the learned sources' trainers)."""
+def add_step_optimiser_args(parser: argparse.ArgumentParser) -> None:
+    """``--weight-decay`` and ``--ema DECAY`` of the learned sources' trainers (AdamW, a moving
+    average of the weights that validation scores and the kept weights are)."""
+    parser.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=1e-5,
+        help="AdamW's decoupled weight decay (default 1e-5)",
+    )
     parser.add_argument(
         "--ema",
         type=ema_arg,

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 from SkullVAELib.cli.common import (
-    add_ema_arg,
     add_overwrite_arg,
     add_progress_arg,
+    add_step_optimiser_args,
     close_progress,
     make_log,
     make_progress,
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
-    add_ema_arg(p)
+    add_step_optimiser_args(p)
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument(
         "--seed", type=seed_arg, default=0, help="seed of the weights, the drawn defects and the augmentation"
@@ -94,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows.refiner import (
         REFINER_FILE,
-        RefinerTrainConfig,
         extra_faces,
         pack_refiner_grids,
         packed_extras,
@@ -132,18 +131,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote the refiner grids of {len(train_ids) + len(val_ids)} skulls to {path}")
         return 0
     cfg = _refiner_settings(args)
-    train_cfg = RefinerTrainConfig(
-        steps=args.steps,
-        seconds=args.minutes * 60,
-        batch=args.batch,
-        lr=args.lr,
-        val_every=args.val_every,
-        checkpoint_minutes=args.checkpoint_minutes,
-        precision=args.precision,
-        lr_schedule=args.lr_schedule,
-        ema=args.ema,
-        seed=args.seed,
-    )
+    train_cfg = _train_settings(args)
     if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):
         raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)
     grids = args.grids
@@ -170,6 +158,25 @@ def run(args: argparse.Namespace) -> int:
         close_progress(progress)
     log(f"wrote the facial refiner to {path}")
     return 0
+
+
+def _train_settings(args: argparse.Namespace):
+    """The optimisation settings the flags ask for (a ``RefinerTrainConfig``)."""
+    from SkullVAELib.workflows.refiner import RefinerTrainConfig
+
+    return RefinerTrainConfig(
+        steps=args.steps,
+        seconds=args.minutes * 60,
+        batch=args.batch,
+        lr=args.lr,
+        val_every=args.val_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        precision=args.precision,
+        lr_schedule=args.lr_schedule,
+        ema=args.ema,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
 
 
 def _refiner_settings(args: argparse.Namespace):

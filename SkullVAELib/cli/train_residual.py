@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 from SkullVAELib.cli.common import (
-    add_ema_arg,
     add_overwrite_arg,
     add_progress_arg,
+    add_step_optimiser_args,
     close_progress,
     make_log,
     make_progress,
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help=LR_SCHEDULE_HELP)
-    add_ema_arg(p)
+    add_step_optimiser_args(p)
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -138,9 +138,19 @@ def run(args: argparse.Namespace) -> int:
     if args.crop:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")
     cfg = ResidualConfig(**overrides)
-    train_cfg = ResidualTrainConfig(steps=args.steps, seconds=args.minutes * 60, batch=args.batch, lr=args.lr,
-                                    val_every=args.val_every, augment=args.augment, precision=args.precision,
-                                    lr_schedule=args.lr_schedule, ema=args.ema, seed=args.seed)  # fmt: skip
+    train_cfg = ResidualTrainConfig(
+        steps=args.steps,
+        seconds=args.minutes * 60,
+        batch=args.batch,
+        lr=args.lr,
+        val_every=args.val_every,
+        augment=args.augment,
+        precision=args.precision,
+        lr_schedule=args.lr_schedule,
+        ema=args.ema,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
     progress = make_progress(args.progress)
     try:
         if args.pools:

@@ -71,6 +71,8 @@ class RefinerTrainConfig:
         check_precision(self.precision, "the refiner's ")
         check_lr_schedule(self.lr_schedule, "the refiner's ")
         check_ema_decay(self.ema, "the refiner's ")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise SkullVAEError(f"the refiner's weight_decay must be a finite number >= 0, not {self.weight_decay}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -59,6 +59,8 @@ class ResidualTrainConfig:
         check_precision(self.precision, "the residual's ")
         check_lr_schedule(self.lr_schedule, "the residual's ")
         check_ema_decay(self.ema, "the residual's ")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise SkullVAEError(f"the residual's weight_decay must be a finite number >= 0, not {self.weight_decay}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -45,6 +45,8 @@ CASES = [
     (TRAIN + ["--lr", "0"], "--lr"),
     (["train-refiner", "--grids", "g.npz", "--out", "r", "--ema", "1"], "--ema"),
     (["train-residual", "--data", "d", "--out", "r", "--ema", "nan"], "--ema"),
+    (["train-refiner", "--grids", "g.npz", "--out", "r", "--weight-decay", "-1"], "--weight-decay"),
+    (["train-residual", "--data", "d", "--out", "r", "--weight-decay", "nan"], "--weight-decay"),
     (TRAIN + ["--beta", "nan"], "--beta"),
     (TRAIN + ["--beta", "inf"], "--beta"),
     (TRAIN + ["--latent", "0"], "--latent"),

@@ -281,3 +281,13 @@ def test_a_weight_average_resumes_exactly_and_a_changed_decay_is_refused(grids, 
     assert load_refiner(resumed)[2]["train"]["ema"] == 0.8
     for key, value in weights(full).items():
         assert torch.equal(weights(resumed)[key], value), key
+
+
+def test_the_weight_decay_setting_reaches_adamw_and_a_bad_one_is_refused(grids, tmp_path):
+    skulls = to_device(load_lps_grids(grids)[0], 4.0, "cpu")
+    settings = RefinerTrainConfig(steps=1, val_every=1, weight_decay=0.05)
+    trainer = RefinerTrainer(TINY, settings, {"001": skulls["001"]}, {}, tmp_path)
+    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [0.05]
+    for bad in (-1e-3, math.inf, math.nan):
+        with pytest.raises(SkullVAEError, match="weight_decay must be a finite number >= 0"):
+            RefinerTrainConfig(weight_decay=bad)

@@ -254,3 +254,11 @@ def add_step_optimiser_args(parser: argparse.ArgumentParser) -> None:
         help="keep a moving average of the weights with this decay (e.g. 0.999: about the last 1000 steps); "
         "validation scores it and the kept weights are the average's (default 0: none)",
     )
+
+
+def step_training_settings(args: argparse.Namespace) -> dict:
+    """The settings every step trainer's config takes from its flags (``--steps``, ``--minutes``,
+    ``--batch``, ``--lr``, ``--lr-schedule``, ``--val-every``, ``--precision``, ``--weight-decay``,
+    ``--ema``, ``--seed``), as keyword arguments."""
+    names = ("steps", "batch", "lr", "lr_schedule", "val_every", "precision", "weight_decay", "ema", "seed")
+    return {"seconds": args.minutes * 60, **{name: getattr(args, name) for name in names}}

@@ -15,6 +15,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
     seed_arg,
+    step_training_settings,
 )
 from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS, TEST_TIME_SHIFTS
 
@@ -164,19 +165,7 @@ def _train_settings(args: argparse.Namespace):
     """The optimisation settings the flags ask for (a ``RefinerTrainConfig``)."""
     from SkullVAELib.workflows.refiner import RefinerTrainConfig
 
-    return RefinerTrainConfig(
-        steps=args.steps,
-        seconds=args.minutes * 60,
-        batch=args.batch,
-        lr=args.lr,
-        val_every=args.val_every,
-        checkpoint_minutes=args.checkpoint_minutes,
-        precision=args.precision,
-        lr_schedule=args.lr_schedule,
-        ema=args.ema,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
+    return RefinerTrainConfig(**step_training_settings(args), checkpoint_minutes=args.checkpoint_minutes)
 
 
 def _refiner_settings(args: argparse.Namespace):

@@ -15,6 +15,7 @@ from SkullVAELib.cli.common import (
     make_progress,
     parse_integers,
     seed_arg,
+    step_training_settings,
 )
 from SkullVAELib.core.config import LR_SCHEDULE_HELP, LR_SCHEDULES, PRECISION_HELP, PRECISIONS
 from SkullVAELib.workflows.residual import CRANIAL_STYLES
@@ -138,19 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.crop:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")
     cfg = ResidualConfig(**overrides)
-    train_cfg = ResidualTrainConfig(
-        steps=args.steps,
-        seconds=args.minutes * 60,
-        batch=args.batch,
-        lr=args.lr,
-        val_every=args.val_every,
-        augment=args.augment,
-        precision=args.precision,
-        lr_schedule=args.lr_schedule,
-        ema=args.ema,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-    )
+    train_cfg = ResidualTrainConfig(**step_training_settings(args), augment=args.augment)
     progress = make_progress(args.progress)
     try:
         if args.pools:

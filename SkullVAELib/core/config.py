@@ -8,6 +8,7 @@ the model and the trainer).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from SkullVAELib.core.errors import SkullVAEError
@@ -90,6 +91,13 @@ def check_ema_decay(value: float, what: str = "") -> float:
     """``value`` when it is a decay in [0, 1) (0: no average); SkullVAEError naming ``what`` otherwise."""
     if not 0.0 <= value < 1.0:
         raise SkullVAEError(f"{what}ema must be in [0, 1) (0 turns the average off), not {value}")
+    return float(value)
+
+
+def check_weight_decay(value: float, what: str = "") -> float:
+    """``value`` when it is a finite number >= 0; SkullVAEError naming ``what`` otherwise."""
+    if not 0.0 <= value < math.inf:
+        raise SkullVAEError(f"{what}weight_decay must be a finite number >= 0, not {value}")
     return float(value)
 
 

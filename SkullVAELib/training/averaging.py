@@ -27,7 +27,6 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise SkullVAEError(f"a weight average needs a decay in (0, 1), not {decay}")
-        self.decay = decay
         self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     @property

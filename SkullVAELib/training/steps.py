@@ -95,7 +95,7 @@ class StepTrainer(Trainer):
 
     def resume_defaults(self) -> dict:
         # a checkpoint from before ``lr_schedule`` existed held its learning rate
-        defaults = {**super().resume_defaults(), "lr_schedule": "constant", "ema": 0.0}
+        defaults = {**super().resume_defaults(), "lr_schedule": "constant"}
         return {**defaults, "network": dataclasses.asdict(type(self.network_cfg)())}
 
     def on_train_start(self) -> None:

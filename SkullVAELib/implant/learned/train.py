@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from SkullVAELib.core.config import check_ema_decay, check_lr_schedule, check_precision
+from SkullVAELib.core.config import check_ema_decay, check_lr_schedule, check_precision, check_weight_decay
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
@@ -71,8 +71,7 @@ class RefinerTrainConfig:
         check_precision(self.precision, "the refiner's ")
         check_lr_schedule(self.lr_schedule, "the refiner's ")
         check_ema_decay(self.ema, "the refiner's ")
-        if not 0.0 <= self.weight_decay < math.inf:
-            raise SkullVAEError(f"the refiner's weight_decay must be a finite number >= 0, not {self.weight_decay}")
+        check_weight_decay(self.weight_decay, "the refiner's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

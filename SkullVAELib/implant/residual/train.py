@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from SkullVAELib.core.config import check_ema_decay, check_lr_schedule, check_precision
+from SkullVAELib.core.config import check_ema_decay, check_lr_schedule, check_precision, check_weight_decay
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback
 from SkullVAELib.implant.residual.augment import crop_augment_config, warp_crops
@@ -59,8 +59,7 @@ class ResidualTrainConfig:
         check_precision(self.precision, "the residual's ")
         check_lr_schedule(self.lr_schedule, "the residual's ")
         check_ema_decay(self.ema, "the residual's ")
-        if not 0.0 <= self.weight_decay < math.inf:
-            raise SkullVAEError(f"the residual's weight_decay must be a finite number >= 0, not {self.weight_decay}")
+        check_weight_decay(self.weight_decay, "the residual's ")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,18 +104,8 @@ class ResidualTrainer(StepTrainer):
 
     stage = RESIDUAL_STAGE
     checkpoint_name = "residual"
-    resume_keys = (
-        "batch",
-        "lr",
-        "lr_schedule",
-        "ema",
-        "weight_decay",
-        "val_every",
-        "mirror",
-        "augment",
-        "seed",
-        "network",
-    )
+    resume_keys = ("batch", "lr", "lr_schedule", "ema", "weight_decay", "val_every", "mirror", "augment", "seed")
+    resume_keys += ("network",)
 
     def __init__(
         self,

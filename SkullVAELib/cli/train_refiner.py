@@ -85,6 +85,12 @@ def register(subparsers) -> None:
         help="store in the weights that inference averages N^3 passes on the grid moved by k/N of a voxel "
         "along each axis (default 1: one grid; the CPU recipe uses 2)",
     )
+    p.add_argument(
+        "--soft-input",
+        action="store_true",
+        help="the network reads the skull's anti-aliased bone fraction, not its 50%% mask (thin bone stays "
+        "visible on a coarse grid); packs the fractions with the grids (--pack-only too)",
+    )
     add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 progress=progress,
                 extra=args.extra,
+                fractions=args.soft_input,
             )
         finally:
             close_progress(progress)
@@ -141,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         if grids is None:
             grids = args.out / "grids.npz"
             if not (args.resume and grids.is_file()):
-                pack_refiner_grids(args.data, grids, train_ids + val_ids, cfg.spacing_mm, True, progress, args.extra)
+                pack_refiner_grids(
+                    args.data, grids, train_ids + val_ids, cfg.spacing_mm, True, progress, args.extra, cfg.soft_input
+                )
         path = train_refiner(
             grids,
             args.out,
@@ -177,6 +186,7 @@ def _refiner_settings(args: argparse.Namespace):
         "output_head": args.output_head,
         "test_time_mirror": args.test_time_mirror,
         "test_time_shifts": args.test_time_shifts,
+        "soft_input": args.soft_input,
     }
     if args.crop:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")

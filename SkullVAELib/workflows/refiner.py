@@ -70,9 +70,11 @@ def pack_refiner_grids(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     extra: str | os.PathLike | None = None,
+    fractions: bool = False,
 ) -> Path:
     """Write the complete skulls of ``data`` (ids ``ids``, None: all), and with ``extra`` the skulls
-    of :func:`extra_faces`, on the refiner's grid to ``out``."""
+    of :func:`extra_faces`, on the refiner's grid to ``out``; with ``fractions`` their anti-aliased
+    bone fractions too (for a refiner with ``soft_input``)."""
     from SkullVAELib.data.layout import split_case_name
     from SkullVAELib.implant.learned.data import pack_lps_grids
     from SkullVAELib.workflows.data import list_complete_skulls
@@ -88,7 +90,7 @@ def pack_refiner_grids(
     chosen = {i: files[i] for i in wanted}
     if extra is not None:
         chosen.update(extra_faces(extra))
-    pack_lps_grids(chosen, out, spacing_mm, progress)
+    pack_lps_grids(chosen, out, spacing_mm, progress, fractions)
     return out
 
 
@@ -109,7 +111,7 @@ def train_refiner(
     """Train on ``train_ids`` of the packed ``grids`` file, select on ``val_ids``; returns the weights
     file ``out/refiner.safetensors`` (``training_log.csv``, ``refiner_curves.png`` and
     ``checkpoints/refiner.pt`` beside it). ``log`` receives one line per validation round."""
-    from SkullVAELib.implant.learned.data import load_lps_grids
+    from SkullVAELib.implant.learned.data import load_lps_fractions, load_lps_grids
     from SkullVAELib.implant.learned.train import RefinerTrainer, to_device
     from SkullVAELib.training.checkpoint import check_run_folder
 
@@ -121,7 +123,8 @@ def train_refiner(
     skulls, spacing = load_lps_grids(grids, list(train_ids) + list(val_ids))
     if abs(spacing - cfg.spacing_mm) > 1e-6:
         raise SkullVAEError(f"the grids are at {spacing:g} mm, the refiner wants {cfg.spacing_mm:g} mm", grids)
-    on_device = to_device(skulls, spacing, device)
+    fractions = load_lps_fractions(grids, list(skulls)) if cfg.soft_input else None
+    on_device = to_device(skulls, spacing, device, fractions)
     train = {i: on_device[i] for i in train_ids}
     val = {i: on_device[i] for i in val_ids}
     on_epoch = None if log is None else (lambda row: log(_round_line(row, train_cfg.steps)))

@@ -41,6 +41,10 @@ class RefinerConfig:
     # n³ passes whose probabilities are averaged on the patient's grid (1: one grid; the CPU
     # recipe's 2 mm voxels gain from 2, docs/RESULTS.md)
     test_time_shifts: int = 1
+    # the network's input is the defective skull's anti-aliased bone fraction on the grid
+    # (lps_grid.bone_fraction_onto), not its >= 50 % mask: thin facial bone a coarse grid's points
+    # fall between stays visible (docs/RESULTS.md); the crop is still placed from the mask
+    soft_input: bool = False
 
     def __post_init__(self) -> None:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]

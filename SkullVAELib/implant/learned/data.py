@@ -1,8 +1,9 @@
 """Training skulls on the refiner's grid, packed small enough to send to a GPU machine.
 
 ``pack_lps_grids`` (needs SimpleITK) writes one ``.npz``: per case id the complete skull on a
-1 mm LPS grid as packed bits, its shape and origin. ``load_lps_grids`` reads it with numpy
-alone (no pickle).
+1 mm LPS grid as packed bits, its shape and origin, and with ``fractions`` its anti-aliased bone
+fraction too (uint8, 255 = all bone; the input of a refiner with ``soft_input``).
+``load_lps_grids`` and ``load_lps_fractions`` read it with numpy alone (no pickle).
 """
 
 from __future__ import annotations
@@ -15,26 +16,33 @@ import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
 
+FRACTION_SCALE = 255  # a packed bone fraction's uint8 value for "all bone"
+
 
 def pack_lps_grids(
     complete_paths: dict[str, Path],
     out: str | os.PathLike,
     spacing_mm: float = 1.0,
     progress: Callable[[str, float, str], None] | None = None,
+    fractions: bool = False,
 ) -> None:
-    """Write the complete skulls ``{case id: path}`` on ``spacing_mm`` LPS grids to ``out`` (.npz)."""
+    """Write the complete skulls ``{case id: path}`` on ``spacing_mm`` LPS grids to ``out`` (.npz);
+    with ``fractions``, each skull's anti-aliased bone fraction on the same grid as well."""
     from SkullVAELib.core.atomic import atomic_path
-    from SkullVAELib.implant.learned.lps_grid import to_lps_grid
+    from SkullVAELib.implant.learned.lps_grid import bone_fraction_onto, to_lps_grid
     from SkullVAELib.io.image import read_skull
 
     arrays: dict[str, np.ndarray] = {"spacing": np.array(float(spacing_mm))}
     for n, (case_id, path) in enumerate(sorted(complete_paths.items())):
         if progress is not None:
             progress("pack", n / len(complete_paths), f"case {case_id}")
-        fraction, grid = to_lps_grid(read_skull(path, kind="binary"), spacing_mm)
+        skull = read_skull(path, kind="binary")
+        fraction, grid = to_lps_grid(skull, spacing_mm)
         arrays[f"{case_id}_bits"] = np.packbits(fraction >= 0.5)
         arrays[f"{case_id}_shape"] = np.array(grid.shape, dtype=np.int64)
         arrays[f"{case_id}_origin"] = np.array(grid.origin, dtype=np.float64)
+        if fractions:
+            arrays[f"{case_id}_fraction"] = np.round(bone_fraction_onto(skull, grid) * FRACTION_SCALE).astype(np.uint8)
     with atomic_path(Path(out), suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
 
@@ -74,3 +82,19 @@ def load_lps_grids(
     except (OSError, ValueError, KeyError) as exc:
         raise SkullVAEError(f"not a packed refiner grid file ({exc})", path) from None
     return out, spacing
+
+
+def load_lps_fractions(path: str | os.PathLike, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """{case id: uint8 (X, Y, Z) anti-aliased bone fraction (:data:`FRACTION_SCALE` = all bone)} from a
+    file :func:`pack_lps_grids` wrote with ``fractions``; refuses a file packed without them."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [i for i in ids if f"{i}_fraction" not in f.files]
+            if missing:
+                raise SkullVAEError(
+                    f"holds no bone fractions for skull {', '.join(missing[:3])} (pack it with --soft-input)", path
+                )
+            return {i: f[f"{i}_fraction"].reshape(tuple(int(v) for v in f[f"{i}_shape"])) for i in ids}
+    except (OSError, ValueError, KeyError) as exc:
+        raise SkullVAEError(f"not a packed refiner grid file ({exc})", path) from None

@@ -1,6 +1,7 @@
 """The learned facial implant for one patient: crop, predict, resample back, post-process.
 
-1. the defective skull on the refiner's 1 mm LPS grid (:mod:`.lps_grid`), bone where ≥ 50 %;
+1. the defective skull on the refiner's 1 mm LPS grid (:mod:`.lps_grid`), bone where ≥ 50 % (and
+   for a ``soft_input`` refiner its anti-aliased bone fraction, the network's input);
 2. the face crop placed from its anchors (:mod:`.crop`), the U-Net's implant probability there;
 3. that probability resampled (linear) onto the patient's exact grid (with ``test_time_shifts`` n,
    steps 1–3 run on the grid moved by k/n of a voxel along each axis, and the n³ probabilities are
@@ -23,11 +24,18 @@ from SkullVAELib.implant.check import MIN_IMPLANT_MM3
 from SkullVAELib.implant.ensemble import MemberMean, join_members
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, cut, face_anchor, paste
-from SkullVAELib.implant.learned.lps_grid import LpsGrid, from_lps_grid, grid_corners, lps_grid_around, resample_onto
+from SkullVAELib.implant.learned.lps_grid import (
+    LpsGrid,
+    bone_fraction_onto,
+    from_lps_grid,
+    grid_corners,
+    lps_grid_around,
+    resample_onto,
+)
 from SkullVAELib.io.image import SkullImage
 
 # the settings that place the crop (and its grid's shifts) and threshold its probability: an ensemble's members share them
-ENSEMBLE_KEYS = ("spacing_mm", "crop_shape", "crop_offset_mm", "threshold", "test_time_shifts")
+ENSEMBLE_KEYS = ("spacing_mm", "crop_shape", "crop_offset_mm", "threshold", "test_time_shifts", "soft_input")
 
 
 @dataclass
@@ -78,15 +86,25 @@ class FacialRefiner:
 
 
 @torch.no_grad()
-def crop_probability(bone: np.ndarray, origin: np.ndarray, network: torch.nn.Module, cfg: RefinerConfig, device: str):
+def crop_probability(
+    bone: np.ndarray,
+    origin: np.ndarray,
+    network: torch.nn.Module,
+    cfg: RefinerConfig,
+    device: str,
+    fraction: np.ndarray | None = None,
+):
     """(probability float32 (X, Y, Z) on the LPS grid, zero outside the face crop; the crop's start).
 
-    bone: bool (X, Y, Z) defective skull on the refiner's grid with voxel (0, 0, 0) at ``origin``.
+    bone: bool (X, Y, Z) defective skull on the refiner's grid with voxel (0, 0, 0) at ``origin``;
+    it places the crop and, unless ``fraction`` (float32 (X, Y, Z) in [0, 1], the input of a
+    ``soft_input`` refiner) is given, is the network's input.
     """
     volume = torch.from_numpy(bone)
     o = torch.as_tensor(origin, dtype=torch.float32)
     start = crop_start(face_anchor(volume, o, cfg.spacing_mm), o, cfg)
-    x = cut(volume.float()[None, None], start, cfg.crop_shape).to(device)
+    values = volume.float() if fraction is None else torch.from_numpy(fraction).float()
+    x = cut(values[None, None], start, cfg.crop_shape).to(device)
     probability = member_probability(network, x, cfg)[0, 0].cpu()
     return paste(probability, start, tuple(bone.shape)).numpy(), start
 
@@ -123,15 +141,20 @@ def _shifted_passes(skull: SkullImage, network: torch.nn.Module, cfg: RefinerCon
     timings["refiner_network"] = 0.0
     coarse = lps_grid_around(skull, cfg.spacing_mm)
     fine = LpsGrid(coarse.origin, cfg.spacing_mm / n, tuple(n * s for s in coarse.shape))
-    check_memory(float(np.prod(fine.shape)) * 13.0, f"a {fine.shape} refiner grid", skull.metadata.get("source"))
+    per_voxel = 17.0 if cfg.soft_input else 13.0
+    check_memory(float(np.prod(fine.shape)) * per_voxel, f"a {fine.shape} refiner grid", skull.metadata.get("source"))
     bone = resample_onto(skull, fine) >= 0.5
+    # a soft-input refiner reads the bone fraction anti-aliased for its own (coarse) grid
+    soft = bone_fraction_onto(skull, fine, cfg.spacing_mm) if cfg.soft_input else None
     total, lo, hi = np.zeros(fine.shape, np.float32), np.array(fine.shape), np.zeros(3, int)
     timings["refiner_grid"] = time.perf_counter() - t0
     for k in subvoxel_offsets(cfg):
         t0 = time.perf_counter()
-        part = np.ascontiguousarray(bone[k[0] :: n, k[1] :: n, k[2] :: n])
+        every_nth = (slice(k[0], None, n), slice(k[1], None, n), slice(k[2], None, n))
+        part = np.ascontiguousarray(bone[every_nth])
+        soft_part = None if soft is None else np.ascontiguousarray(soft[every_nth])
         origin = np.asarray(coarse.origin) + np.asarray(k) * fine.spacing
-        on_grid, start = crop_probability(part, origin, network, cfg, device)
+        on_grid, start = crop_probability(part, origin, network, cfg, device, soft_part)
         timings["refiner_network"] += time.perf_counter() - t0
         placed = _add_upsampled(total, on_grid, start, k, n, cfg.crop_shape)
         if placed is not None:

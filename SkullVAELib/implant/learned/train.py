@@ -30,6 +30,7 @@ from SkullVAELib.data.recipes import FACIAL, FACIAL_WIDE, FacialRecipe
 from SkullVAELib.data.regions import bone_bounds, facial_region
 from SkullVAELib.implant.learned.config import RefinerConfig
 from SkullVAELib.implant.learned.crop import crop_start, face_anchor, sample_crop
+from SkullVAELib.implant.learned.data import FRACTION_SCALE
 from SkullVAELib.training.loop import EpochCallback
 from SkullVAELib.training.steps import StepTrainer
 
@@ -79,34 +80,53 @@ class RefinerTrainConfig:
 
 @dataclass
 class Skull:
-    """A complete skull resident on the device: bone bool (X, Y, Z), origin (3,) mm, bone bounds (mm)."""
+    """A complete skull resident on the device: bone bool (X, Y, Z), origin (3,) mm, bone bounds (mm),
+    and for a ``soft_input`` refiner its anti-aliased bone fraction, uint8 (X, Y, Z) (255 = all bone)."""
 
     bone: torch.Tensor
     origin: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
+    fraction: torch.Tensor | None = None
 
 
-def to_device(grids: dict[str, tuple[np.ndarray, np.ndarray]], spacing: float, device: str) -> dict[str, Skull]:
-    """The packed LPS grids (``data.load_lps_grids``) as :class:`Skull` on ``device``."""
+def to_device(
+    grids: dict[str, tuple[np.ndarray, np.ndarray]],
+    spacing: float,
+    device: str,
+    fractions: dict[str, np.ndarray] | None = None,
+) -> dict[str, Skull]:
+    """The packed LPS grids (``data.load_lps_grids``, with ``data.load_lps_fractions``) as :class:`Skull` on ``device``."""
     out = {}
     for case_id, (bone, origin) in grids.items():
         b = torch.from_numpy(bone).to(device)
         o = torch.from_numpy(origin).float().to(device)
-        out[case_id] = Skull(b, o, *bone_bounds(b, o, spacing))
+        f = None if fractions is None else torch.from_numpy(fractions[case_id]).to(device)
+        out[case_id] = Skull(b, o, *bone_bounds(b, o, spacing), fraction=f)
     return out
 
 
 def defect_sample(
     skull: Skull, cfg: RefinerConfig, generator: torch.Generator, ranges: FacialRecipe, matrix=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target): float (1, *crop_shape) defective bone and implant for one drawn defect."""
+    """(input, target): float (1, *crop_shape) defective bone and implant for one drawn defect.
+
+    The target is the implant's mask (≥ 50 % after sampling); the input is the defective skull's
+    mask, or with ``cfg.soft_input`` its bone fraction (the fraction with the defect's region zeroed).
+    """
     region = facial_region(tuple(skull.bone.shape), skull.origin, cfg.spacing_mm, skull.lo, skull.hi, generator, ranges)
     defective, implant = skull.bone & ~region, skull.bone & region
     start = crop_start(face_anchor(defective, skull.origin, cfg.spacing_mm), skull.origin, cfg)
-    both = sample_crop(torch.stack([defective, implant]).to(torch.uint8), start, cfg, matrix)
-    both = (both >= 0.5).float()
-    return both[:1], both[1:]
+    if not cfg.soft_input:
+        both = sample_crop(torch.stack([defective, implant]).to(torch.uint8), start, cfg, matrix)
+        both = (both >= 0.5).float()
+        return both[:1], both[1:]
+    if skull.fraction is None:
+        raise SkullVAEError("a refiner with soft_input needs the skulls' bone fractions (pack with --soft-input)")
+    scale = FRACTION_SCALE
+    soft = torch.where(region, 0, skull.fraction)
+    both = sample_crop(torch.stack([soft, implant.to(torch.uint8) * scale]), start, cfg, matrix) / scale
+    return both[:1].clamp(0, 1), (both[1:] >= 0.5).float()
 
 
 def random_matrix(train: RefinerTrainConfig, spacing: float, generator: torch.Generator) -> torch.Tensor:

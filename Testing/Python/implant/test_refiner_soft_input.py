@@ -182,7 +182,7 @@ def test_the_soft_input_setting_round_trips_and_old_weights_read_as_the_mask(tmp
 def test_train_refiner_soft_input_packs_trains_and_refuses_a_pack_without_fractions(phantom_paths, tmp_path, capsys):
     data = tmp_path / "data" / "complete_skull"
     data.mkdir(parents=True)
-    for case_id, path in phantom_paths.items():
+    for path in phantom_paths.values():
         (data / path.name).write_bytes(path.read_bytes())
     common = ["--spacing", "4", "--crop", "32,32,32", "--channels", "4,8,16", "--progress", "none"]
     ids = ["--train-ids", "001", "--val-ids", "002"]

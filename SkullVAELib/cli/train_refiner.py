@@ -91,6 +91,12 @@ def register(subparsers) -> None:
         help="the network reads the skull's anti-aliased bone fraction, not its 50%% mask (thin bone stays "
         "visible on a coarse grid); packs the fractions with the grids (--pack-only too)",
     )
+    p.add_argument(
+        "--soft-target",
+        action="store_true",
+        help="train on the implant's partial volume (its anti-aliased bone fraction) instead of its 50%% mask; "
+        "packs the fractions like --soft-input",
+    )
     add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 progress=progress,
                 extra=args.extra,
-                fractions=args.soft_input,
+                fractions=args.soft_input or args.soft_target,
             )
         finally:
             close_progress(progress)
@@ -149,7 +155,14 @@ def run(args: argparse.Namespace) -> int:
             grids = args.out / "grids.npz"
             if not (args.resume and grids.is_file()):
                 pack_refiner_grids(
-                    args.data, grids, train_ids + val_ids, cfg.spacing_mm, True, progress, args.extra, cfg.soft_input
+                    args.data,
+                    grids,
+                    train_ids + val_ids,
+                    cfg.spacing_mm,
+                    True,
+                    progress,
+                    args.extra,
+                    cfg.soft_input or args.soft_target,
                 )
         path = train_refiner(
             grids,
@@ -174,7 +187,9 @@ def _train_settings(args: argparse.Namespace):
     """The optimisation settings the flags ask for (a ``RefinerTrainConfig``)."""
     from SkullVAELib.workflows.refiner import RefinerTrainConfig
 
-    return RefinerTrainConfig(**step_training_settings(args), checkpoint_minutes=args.checkpoint_minutes)
+    return RefinerTrainConfig(
+        **step_training_settings(args), checkpoint_minutes=args.checkpoint_minutes, soft_target=args.soft_target
+    )
 
 
 def _refiner_settings(args: argparse.Namespace):

@@ -123,7 +123,7 @@ def train_refiner(
     skulls, spacing = load_lps_grids(grids, list(train_ids) + list(val_ids))
     if abs(spacing - cfg.spacing_mm) > 1e-6:
         raise SkullVAEError(f"the grids are at {spacing:g} mm, the refiner wants {cfg.spacing_mm:g} mm", grids)
-    fractions = load_lps_fractions(grids, list(skulls)) if cfg.soft_input else None
+    fractions = load_lps_fractions(grids, list(skulls)) if cfg.soft_input or train_cfg.soft_target else None
     on_device = to_device(skulls, spacing, device, fractions)
     train = {i: on_device[i] for i in train_ids}
     val = {i: on_device[i] for i in val_ids}

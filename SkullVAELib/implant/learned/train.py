@@ -61,6 +61,9 @@ class RefinerTrainConfig:
     precision: str = "auto"  # bf16 autocast where the device computes it natively, or "bf16", "fp32"
     lr_schedule: str = "constant"  # or "cosine": lr down to 0 over the budget (core.config.LR_SCHEDULES)
     ema: float = 0.0  # decay of a moving average of the weights, validated and kept (training.averaging); 0: none
+    # train on the implant's partial volume (its bone fraction, in [0, 1]) instead of its >= 50 % mask;
+    # validation still scores the mask. Needs grids packed with their fractions
+    soft_target: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.ranges, dict):  # as stored in a checkpoint or a refiner's info
@@ -107,26 +110,35 @@ def to_device(
 
 
 def defect_sample(
-    skull: Skull, cfg: RefinerConfig, generator: torch.Generator, ranges: FacialRecipe, matrix=None
+    skull: Skull,
+    cfg: RefinerConfig,
+    generator: torch.Generator,
+    ranges: FacialRecipe,
+    matrix=None,
+    soft_target: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target): float (1, *crop_shape) defective bone and implant for one drawn defect.
 
-    The target is the implant's mask (≥ 50 % after sampling); the input is the defective skull's
-    mask, or with ``cfg.soft_input`` its bone fraction (the fraction with the defect's region zeroed).
+    Both are masks (≥ 50 % after sampling), or in [0, 1] from the skull's bone fraction: the input
+    with ``cfg.soft_input`` (the fraction with the defect's region zeroed), the target with
+    ``soft_target`` (the fraction inside the region: the implant's partial volume).
     """
     region = facial_region(tuple(skull.bone.shape), skull.origin, cfg.spacing_mm, skull.lo, skull.hi, generator, ranges)
     defective, implant = skull.bone & ~region, skull.bone & region
     start = crop_start(face_anchor(defective, skull.origin, cfg.spacing_mm), skull.origin, cfg)
-    if not cfg.soft_input:
+    if not (cfg.soft_input or soft_target):
         both = sample_crop(torch.stack([defective, implant]).to(torch.uint8), start, cfg, matrix)
         both = (both >= 0.5).float()
         return both[:1], both[1:]
     if skull.fraction is None:
-        raise SkullVAEError("a refiner with soft_input needs the skulls' bone fractions (pack with --soft-input)")
+        raise SkullVAEError("a soft input or target needs the skulls' bone fractions (pack with --soft-input)")
     scale = FRACTION_SCALE
-    soft = torch.where(region, 0, skull.fraction)
-    both = sample_crop(torch.stack([soft, implant.to(torch.uint8) * scale]), start, cfg, matrix) / scale
-    return both[:1].clamp(0, 1), (both[1:] >= 0.5).float()
+    x = torch.where(region, 0, skull.fraction) if cfg.soft_input else defective.to(torch.uint8) * scale
+    y = torch.where(region, skull.fraction, 0) if soft_target else implant.to(torch.uint8) * scale
+    both = sample_crop(torch.stack([x, y]), start, cfg, matrix) / scale
+    x = both[:1].clamp(0, 1) if cfg.soft_input else (both[:1] >= 0.5).float()
+    y = both[1:].clamp(0, 1) if soft_target else (both[1:] >= 0.5).float()
+    return x, y
 
 
 def random_matrix(train: RefinerTrainConfig, spacing: float, generator: torch.Generator) -> torch.Tensor:
@@ -157,7 +169,7 @@ class RefinerTrainer(StepTrainer):
     stage = REFINER_STAGE
     checkpoint_name = "refiner"
     resume_keys = ("batch", "lr", "lr_schedule", "ema", "weight_decay", "val_every", "rotate_deg", "scale", "shift_mm")
-    resume_keys += ("mirror", "ranges", "seed", "network")
+    resume_keys += ("mirror", "ranges", "seed", "network", "soft_target")
 
     def __init__(
         self,
@@ -202,7 +214,7 @@ class RefinerTrainer(StepTrainer):
         for _ in range(self.train_cfg.batch):
             skull = self.train_skulls[int(torch.randint(len(self.train_skulls), (), generator=generator))]
             matrix = random_matrix(self.train_cfg, cfg.spacing_mm, generator).to(self.ctx.device)
-            x, y = defect_sample(skull, cfg, generator, self.train_cfg.ranges, matrix)
+            x, y = defect_sample(skull, cfg, generator, self.train_cfg.ranges, matrix, self.train_cfg.soft_target)
             inputs.append(x)
             targets.append(y)
         with self.autocast():

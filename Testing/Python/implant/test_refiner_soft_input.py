@@ -135,6 +135,23 @@ def test_a_soft_sample_reads_the_fraction_off_the_defect_and_keeps_a_binary_targ
         defect_sample(skull, SOFT, torch.Generator().manual_seed(0), FACIAL)
 
 
+def test_a_soft_target_is_the_implants_partial_volume_and_leaves_the_input_alone(phantom_paths, tmp_path):
+    packed = tmp_path / "soft.npz"
+    pack_lps_grids(phantom_paths, packed, 4.0, fractions=True)
+    grids, spacing = load_lps_grids(packed)
+    skull = to_device(grids, spacing, "cpu", load_lps_fractions(packed, list(grids)))["002"]
+    hard_cfg = RefinerConfig(**{**json.loads(SOFT.to_json()), "soft_input": False})
+    for seed in range(3):
+        x, y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL, soft_target=True)
+        hard_x, hard_y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL)
+        assert torch.equal(x, hard_x)  # the input stays the mask
+        assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0 and ((y > 0) & (y < 1)).any()
+        assert float(y[hard_y > 0].mean()) > 0.7 and float(y[x > 0].max()) < 0.5  # the implant, off the skull
+        assert float(y.sum()) == pytest.approx(float(hard_y.sum()), rel=0.3)  # about the same volume
+    soft_x, _ = defect_sample(skull, SOFT, torch.Generator().manual_seed(0), FACIAL, soft_target=True)
+    assert ((soft_x > 0) & (soft_x < 1)).any()  # both soft at once
+
+
 def random_matrix_for(generator: torch.Generator) -> torch.Tensor:
     from SkullVAELib.implant.learned.train import RefinerTrainConfig
 
@@ -197,7 +214,7 @@ def test_train_refiner_soft_input_packs_trains_and_refuses_a_pack_without_fracti
     assert not (tmp_path / "X" / "refiner.safetensors").exists()
     out = tmp_path / "soft"
     argv = ["train-refiner", "--data", str(tmp_path / "data"), "--out", str(out), *ids, *common, "--steps", "2"]
-    assert main([*argv, "--soft-input", "--val-every", "1"]) == 0, capsys.readouterr().err
+    assert main([*argv, "--soft-input", "--soft-target", "--val-every", "1"]) == 0, capsys.readouterr().err
     _, cfg, info = load_refiner(out / "refiner.safetensors")
-    assert cfg.soft_input and info["train"]["steps"] == 2
+    assert cfg.soft_input and info["train"]["steps"] == 2 and info["train"]["soft_target"]
     assert load_lps_fractions(out / "grids.npz", ["001", "002"])["001"].any()

@@ -112,12 +112,19 @@ def test_fractions_are_packed_beside_the_masks_and_refused_where_they_were_not(p
 
 
 # --- training samples ---------------------------------------------------------------------------
-def test_a_soft_sample_reads_the_fraction_off_the_defect_and_keeps_a_binary_target(phantom_paths, tmp_path):
-    packed = tmp_path / "soft.npz"
+def soft_skull(phantom_paths, folder, case_id: str):
+    """Phantom ``case_id`` packed on 4 mm grids with its fraction, as a training ``Skull``."""
+    packed = folder / "soft.npz"
     pack_lps_grids(phantom_paths, packed, 4.0, fractions=True)
     grids, spacing = load_lps_grids(packed)
-    skull = to_device(grids, spacing, "cpu", load_lps_fractions(packed, list(grids)))["001"]
-    hard_cfg = RefinerConfig(**{**json.loads(SOFT.to_json()), "soft_input": False})
+    return to_device(grids, spacing, "cpu", load_lps_fractions(packed, list(grids)))[case_id]
+
+
+HARD_INPUT = RefinerConfig(**{**json.loads(SOFT.to_json()), "soft_input": False})
+
+
+def test_a_soft_sample_reads_the_fraction_off_the_defect_and_keeps_a_binary_target(phantom_paths, tmp_path):
+    skull, hard_cfg = soft_skull(phantom_paths, tmp_path, "001"), HARD_INPUT
     for seed in range(3):
         x, y = defect_sample(skull, SOFT, torch.Generator().manual_seed(seed), FACIAL)
         hard_x, hard_y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL)
@@ -136,11 +143,7 @@ def test_a_soft_sample_reads_the_fraction_off_the_defect_and_keeps_a_binary_targ
 
 
 def test_a_soft_target_is_the_implants_partial_volume_and_leaves_the_input_alone(phantom_paths, tmp_path):
-    packed = tmp_path / "soft.npz"
-    pack_lps_grids(phantom_paths, packed, 4.0, fractions=True)
-    grids, spacing = load_lps_grids(packed)
-    skull = to_device(grids, spacing, "cpu", load_lps_fractions(packed, list(grids)))["002"]
-    hard_cfg = RefinerConfig(**{**json.loads(SOFT.to_json()), "soft_input": False})
+    skull, hard_cfg = soft_skull(phantom_paths, tmp_path, "002"), HARD_INPUT
     for seed in range(3):
         x, y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL, soft_target=True)
         hard_x, hard_y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL)

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 progress=progress,
                 extra=args.extra,
-                fractions=args.soft_input or args.soft_target,
+                fractions=_packs_fractions(args),
             )
         finally:
             close_progress(progress)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     True,
                     progress,
                     args.extra,
-                    cfg.soft_input or args.soft_target,
+                    _packs_fractions(args),
                 )
         path = train_refiner(
             grids,
@@ -181,6 +181,11 @@ def run(args: argparse.Namespace) -> int:
         close_progress(progress)
     log(f"wrote the facial refiner to {path}")
     return 0
+
+
+def _packs_fractions(args: argparse.Namespace) -> bool:
+    """Whether the packed grids need the skulls' bone fractions (a soft input or a soft target)."""
+    return bool(args.soft_input or args.soft_target)
 
 
 def _train_settings(args: argparse.Namespace):

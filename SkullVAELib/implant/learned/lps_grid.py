@@ -82,7 +82,7 @@ def bone_fraction_onto(skull: SkullImage, grid: LpsGrid, spacing_mm: float | Non
 
     A mask read at points ``spacing_mm`` apart (:func:`resample_onto`) misses a plate thinner than
     that between two points; smoothed first by a Gaussian of :func:`antialias_sigmas_mm`, every
-    plate leaves a trace (a 1 mm plate reads ≥ 0.2 on a 2 mm grid, wherever it lies). SimpleITK's
+    plate leaves a trace (a 1 mm plate reads ≥ 0.15 at its nearest point of a 2 mm grid, wherever it lies). SimpleITK's
     ``DiscreteGaussian`` takes the sigmas in mm along the scan's axes (oblique scans included) and,
     unlike its recursive filter, a sigma of 0 on an axis already coarser than the grid.
     """

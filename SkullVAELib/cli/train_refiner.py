@@ -92,6 +92,12 @@ def register(subparsers) -> None:
         "visible on a coarse grid); packs the fractions with the grids (--pack-only too)",
     )
     p.add_argument(
+        "--mirror-input",
+        action="store_true",
+        help="the network also reads the face crop's left-right mirror (a second input channel): the intact "
+        "side of a defect off the midline",
+    )
+    p.add_argument(
         "--soft-target",
         action="store_true",
         help="train on the implant's partial volume (its anti-aliased bone fraction) instead of its 50%% mask; "
@@ -207,6 +213,7 @@ def _refiner_settings(args: argparse.Namespace):
         "test_time_mirror": args.test_time_mirror,
         "test_time_shifts": args.test_time_shifts,
         "soft_input": args.soft_input,
+        "mirror_input": args.mirror_input,
     }
     if args.crop:
         overrides["crop_shape"] = parse_integers(args.crop, "--crop")

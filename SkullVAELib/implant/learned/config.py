@@ -45,6 +45,9 @@ class RefinerConfig:
     # (lps_grid.bone_fraction_onto), not its >= 50 % mask: thin facial bone a coarse grid's points
     # fall between stays visible (docs/RESULTS.md); the crop is still placed from the mask
     soft_input: bool = False
+    # the network reads the crop's left-right mirror as a second channel (network.MirroredInput): the
+    # intact side of an off-midline facial defect, handed to each voxel of the hole
+    mirror_input: bool = False
 
     def __post_init__(self) -> None:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]
@@ -65,7 +68,7 @@ class RefinerConfig:
         """A new (untrained) refiner network of these settings (plain torch, no MONAI import)."""
         from SkullVAELib.implant.learned.network import refiner_network
 
-        return refiner_network(self.channels, self.res_units, self.output_head)
+        return refiner_network(self.channels, self.res_units, self.output_head, mirror_input=self.mirror_input)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -106,7 +109,8 @@ def refiner_memory_bytes(cfg: RefinerConfig) -> float:
     """Estimated bytes of a refiner of ``cfg`` on one crop: float32 parameters of the U-Net (3x3x3
     convolutions down and up, ``res_units`` + 2 per level) plus its feature maps (6 per level)."""
     voxels = float(math.prod(cfg.crop_shape))
-    previous, parameters, features = 1, 0.0, 2 * voxels
+    inputs = 2 if cfg.mirror_input else 1  # the mirror channel (network.MirroredInput)
+    previous, parameters, features = inputs, 0.0, (1 + inputs) * voxels
     for level, c in enumerate(cfg.channels):
         parameters += 2 * 27 * (previous + c) * c * (cfg.res_units + 2)
         features += 6 * c * voxels / 8**level

@@ -22,24 +22,21 @@ MIRROR = RefinerConfig(
 )
 
 
-class ChannelRecorder(torch.nn.Module):
-    """A stand-in network: logit 0 everywhere; remembers the inputs it saw."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.clone())
-        return torch.zeros_like(x[:, :1])
+def recording(net: MirroredInput) -> list[torch.Tensor]:
+    """The inputs ``net``'s inner network will see (a forward pre-hook on it)."""
+    seen: list[torch.Tensor] = []
+    net.net.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
+    return seen
 
 
 def test_the_second_channel_is_the_first_mirrored_left_right():
-    recorder = ChannelRecorder()
-    x = torch.rand(2, 1, 6, 5, 4)
-    out = MirroredInput(recorder)(x)
-    (seen,) = recorder.seen
-    assert out.shape == (2, 1, 6, 5, 4) and seen.shape == (2, 2, 6, 5, 4)
+    net = MIRROR.network()
+    recorded = recording(net)
+    x = torch.rand(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = net(x)
+    (seen,) = recorded
+    assert out.shape == (2, 1, 32, 32, 32) and seen.shape == (2, 2, 32, 32, 32)
     torch.testing.assert_close(seen[:, :1], x)
     torch.testing.assert_close(seen[:, 1:], x.flip(2))  # X: the grid's L-R axis
     assert not torch.equal(seen[:, 1:], x.flip(3))
@@ -79,14 +76,15 @@ def test_the_mirror_setting_round_trips_with_its_weights_and_old_weights_read_wi
 def test_inference_hands_the_network_each_crop_and_its_mirror(test_time_mirror):
     skull = make_phantom(5, SHAPE, SPACING)
     cfg = RefinerConfig(**{**json.loads(MIRROR.to_json()), "test_time_mirror": test_time_mirror})
-    recorder = ChannelRecorder()
-    result = learned_implant(skull, MirroredInput(recorder), cfg, "cpu")
-    assert len(recorder.seen) == (2 if test_time_mirror else 1)
-    for seen in recorder.seen:
+    net = cfg.network().eval()
+    recorded = recording(net)
+    result = learned_implant(skull, net, cfg, "cpu")
+    assert len(recorded) == (2 if test_time_mirror else 1)
+    for seen in recorded:
         assert seen.shape[1] == 2 and seen[:, :1].any()
         torch.testing.assert_close(seen[:, 1:], seen[:, :1].flip(2))
     if test_time_mirror:  # the mirrored pass sees the same two channels, swapped
-        torch.testing.assert_close(recorder.seen[1][:, :1], recorder.seen[0][:, 1:])
+        torch.testing.assert_close(recorded[1][:, :1], recorded[0][:, 1:])
     assert result.implant.shape == skull.mask.shape and not (result.implant & skull.mask.astype(bool)).any()
 
 

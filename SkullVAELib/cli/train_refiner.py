@@ -85,6 +85,14 @@ def register(subparsers) -> None:
         help="store in the weights that inference averages N^3 passes on the grid moved by k/N of a voxel "
         "along each axis (default 1: one grid; the CPU recipe uses 2)",
     )
+    _add_input_args(p)
+    add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
+    add_progress_arg(p)
+    p.set_defaults(func=run)
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    """What the network reads and learns: ``--soft-input``, ``--mirror-input``, ``--soft-target``."""
     p.add_argument(
         "--soft-input",
         action="store_true",
@@ -103,9 +111,6 @@ def register(subparsers) -> None:
         help="train on the implant's partial volume (its anti-aliased bone fraction) instead of its 50%% mask; "
         "packs the fractions like --soft-input",
     )
-    add_overwrite_arg(p, "replace an existing refiner (or packed grids) at --out")
-    add_progress_arg(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

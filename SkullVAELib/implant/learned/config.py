@@ -109,8 +109,7 @@ def refiner_memory_bytes(cfg: RefinerConfig) -> float:
     """Estimated bytes of a refiner of ``cfg`` on one crop: float32 parameters of the U-Net (3x3x3
     convolutions down and up, ``res_units`` + 2 per level) plus its feature maps (6 per level)."""
     voxels = float(math.prod(cfg.crop_shape))
-    inputs = 2 if cfg.mirror_input else 1  # the mirror channel (network.MirroredInput)
-    previous, parameters, features = inputs, 0.0, (1 + inputs) * voxels
+    previous, parameters, features = 1, 0.0, 2 * voxels
     for level, c in enumerate(cfg.channels):
         parameters += 2 * 27 * (previous + c) * c * (cfg.res_units + 2)
         features += 6 * c * voxels / 8**level

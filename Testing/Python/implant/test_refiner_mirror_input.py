@@ -4,6 +4,7 @@ channel, so that the intact side of a defect off the midline reaches the voxels 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_a_mirror_network_reads_two_channels_and_keeps_its_weights_under_net():
     first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
     assert first_conv.in_channels == 2
     assert all(k.startswith("net.") for k in net.state_dict())
-    plain = RefinerConfig(**{**json.loads(MIRROR.to_json()), "mirror_input": False}).network()
+    plain = replace(MIRROR, mirror_input=False).network()
     assert not any(k.startswith("net.") for k in plain.state_dict())  # old weights keep their names
     with torch.no_grad():
         assert net(torch.rand(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
@@ -72,7 +73,7 @@ def test_the_mirror_setting_round_trips_with_its_weights_and_old_weights_read_wi
 @pytest.mark.parametrize("test_time_mirror", [False, True])
 def test_inference_hands_the_network_each_crop_and_its_mirror(test_time_mirror):
     skull = make_phantom(5, SHAPE, SPACING)
-    cfg = RefinerConfig(**{**json.loads(MIRROR.to_json()), "test_time_mirror": test_time_mirror})
+    cfg = replace(MIRROR, test_time_mirror=test_time_mirror)
     net = cfg.network().eval()
     recorded = recording(net)
     result = learned_implant(skull, net, cfg, "cpu")

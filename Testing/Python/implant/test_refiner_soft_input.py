@@ -5,6 +5,7 @@ bone thinner than the grid's spacing stays visible to the network."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ SHAPE, SPACING = (64, 64, 48), (3.2, 3.2, 3.2)
 SOFT = RefinerConfig(
     spacing_mm=4.0, crop_shape=(32, 32, 32), channels=(4, 8, 16), crop_offset_mm=(-64, -32, -8), soft_input=True
 )
+HARD_INPUT = replace(SOFT, soft_input=False)
 
 
 def thin_plate(thickness_mm: float = 1.0, at_mm: float = 11.0) -> SkullImage:
@@ -120,14 +122,11 @@ def soft_skull(phantom_paths, folder, case_id: str):
     return to_device(grids, spacing, "cpu", load_lps_fractions(packed, list(grids)))[case_id]
 
 
-HARD_INPUT = RefinerConfig(**{**json.loads(SOFT.to_json()), "soft_input": False})
-
-
 def test_a_soft_sample_reads_the_fraction_off_the_defect_and_keeps_a_binary_target(phantom_paths, tmp_path):
-    skull, hard_cfg = soft_skull(phantom_paths, tmp_path, "001"), HARD_INPUT
+    skull = soft_skull(phantom_paths, tmp_path, "001")
     for seed in range(3):
         x, y = defect_sample(skull, SOFT, torch.Generator().manual_seed(seed), FACIAL)
-        hard_x, hard_y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL)
+        hard_x, hard_y = defect_sample(skull, HARD_INPUT, torch.Generator().manual_seed(seed), FACIAL)
         assert torch.equal(y, hard_y)  # the same drawn defect and crop; the target is the mask's
         assert set(torch.unique(y).tolist()) <= {0.0, 1.0} and y.any()
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
@@ -143,10 +142,10 @@ def test_a_soft_sample_reads_the_fraction_off_the_defect_and_keeps_a_binary_targ
 
 
 def test_a_soft_target_is_the_implants_partial_volume_and_leaves_the_input_alone(phantom_paths, tmp_path):
-    skull, hard_cfg = soft_skull(phantom_paths, tmp_path, "002"), HARD_INPUT
+    skull = soft_skull(phantom_paths, tmp_path, "002")
     for seed in range(3):
-        x, y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL, soft_target=True)
-        hard_x, hard_y = defect_sample(skull, hard_cfg, torch.Generator().manual_seed(seed), FACIAL)
+        x, y = defect_sample(skull, HARD_INPUT, torch.Generator().manual_seed(seed), FACIAL, soft_target=True)
+        hard_x, hard_y = defect_sample(skull, HARD_INPUT, torch.Generator().manual_seed(seed), FACIAL)
         assert torch.equal(x, hard_x)  # the input stays the mask
         assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0 and ((y > 0) & (y < 1)).any()
         assert float(y[hard_y > 0].mean()) > 0.7 and float(y[x > 0].max()) < 0.5  # the implant, off the skull
@@ -177,10 +176,10 @@ class InputRecorder(torch.nn.Module):
 @pytest.mark.parametrize("shifts", [1, 2])
 def test_a_soft_refiner_sees_fractions_and_its_implant_lands_on_the_oblique_grid(shifts):
     skull = oblique(make_phantom(5, SHAPE, SPACING))
-    cfg = RefinerConfig(**{**json.loads(SOFT.to_json()), "test_time_shifts": shifts})
+    cfg = replace(SOFT, test_time_shifts=shifts)
     soft_net, hard_net = InputRecorder(), InputRecorder()
     result = learned_implant(skull, soft_net, cfg, "cpu")
-    learned_implant(skull, hard_net, RefinerConfig(**{**json.loads(cfg.to_json()), "soft_input": False}), "cpu")
+    learned_implant(skull, hard_net, replace(cfg, soft_input=False), "cpu")
     assert len(soft_net.seen) == shifts**3
     assert result.implant.shape == skull.mask.shape and not (result.implant & skull.mask.astype(bool)).any()
     for soft, hard in zip(soft_net.seen, hard_net.seen, strict=True):

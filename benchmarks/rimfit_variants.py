@@ -15,8 +15,12 @@ defect and variant: mean and minimum DSC, mean and largest HD95, and how many ca
 than 0.005 DSC against the first variant. With ``--spacing IxJxK`` (mm) every case is first put on a
 coarser grid over the same box (``evaluation.resolution.coarser_case``: a clinical slice thickness) and
 scored there, and a column ``full`` gives the defaults run at the case's own resolution, their implant
-resampled onto the coarse grid the same way: what the coarser scan costs the rim fit. Needs SkullFix (``complete_skull``, ``defective_skull``,
-``implant``); about 4 s per case and variant on one core.
+resampled onto the coarse grid the same way: what the coarser scan costs the rim fit. ``--vote
+NAME=A,B,C`` adds a column, the voxel-wise majority of those variants' implants (an ensemble of
+settings); ``--quality`` adds each variant's implant-quality score as a third value, and
+``--fallback-below Q`` a column that keeps the first variant unless its score is under Q, else the
+best-scoring one. Needs SkullFix (``complete_skull``, ``defective_skull``, ``implant``); about 4 s per
+case and variant on one core.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from _report import SKULLFIX  # noqa: E402
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """("name", RimFitConfig keyword arguments) of ``NAME=FIELD:VALUE;...`` (values cast to the field's type)."""
+    """("name", RimFitConfig keyword arguments) of ``NAME=FIELD:VALUE;...`` (values cast to the field's type;
+    ``mirror:0`` is not a field: the variant fits without the mirror cue, as ``--no-mirror`` does)."""
     from SkullVAELib.implant.rimfit import RimFitConfig
 
     name, _, settings = spec.partition("=")
@@ -43,6 +48,9 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     kwargs = {}
     for item in filter(None, settings.split(";")):
         key, _, value = item.partition(":")
+        if key == "mirror":
+            kwargs["mirror"] = value not in ("0", "false", "no")
+            continue
         if key not in known:
             raise SystemExit(f"rimfit_variants.py: error: {key!r} is not a RimFitConfig field")
         default = getattr(defaults, key)
@@ -64,8 +72,22 @@ def _spacing(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def with_fallback(rows: list[dict], names: list[str], below: float) -> str:
+    """Adds to each row the column ``fallback``: the first variant, unless its implant-quality score is
+    under ``below``, then the variant of the highest score (what a Completer choosing by quality would
+    keep). Returns the column's name."""
+    for row in rows:
+        pick = names[0]
+        if row[pick][2] < below:
+            pick = max(names, key=lambda n: row[n][2])
+        row["fallback"] = row[pick]
+        row["fallback_pick"] = pick
+    return "fallback"
+
+
 def summary(rows: list[dict], names: list[str]) -> None:
-    """Per defect and variant: mean / min DSC, mean / max HD95, cases better / worse than the first variant."""
+    """Per defect and variant: mean / min DSC, mean / max HD95, cases better / worse than the first variant,
+    and the cases that pass the per-case bar (DSC ≥ 0.85, HD95 ≤ 3 mm)."""
     for defect in sorted({r["defect"] for r in rows}):
         mine = [r for r in rows if r["defect"] == defect]
         for name in names:
@@ -75,7 +97,7 @@ def summary(rows: list[dict], names: list[str]) -> None:
             print(
                 f"{defect:10s} {name:10s} n {len(mine):3d}  DSC {dsc.mean():.4f} (min {dsc.min():.4f})  "
                 f"HD95 {hd.mean():.2f} (max {hd.max():.2f})  better/worse {int((moved > 0.005).sum())}/"
-                f"{int((moved < -0.005).sum())}"
+                f"{int((moved < -0.005).sum())}  pass {int(((dsc >= 0.85) & (hd <= 3.0)).sum())}"
             )
 
 
@@ -90,6 +112,19 @@ def main() -> None:
     p.add_argument(
         "--spacing", type=_spacing, default=None, help="IxJxK mm: score every case as a scan of this voxel size"
     )
+    p.add_argument("--quality", action="store_true", help="score each variant's implant quality too (third value)")
+    p.add_argument(
+        "--fallback-below",
+        type=float,
+        default=None,
+        help="with --quality: a column keeping the first variant unless its quality is under this, then the best-scoring",
+    )
+    p.add_argument(
+        "--vote",
+        action="append",
+        default=[],
+        help="NAME=VARIANT,VARIANT,...: a column, the voxel-wise majority of those variants' implants (repeat)",
+    )
     args = p.parse_args()
     from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.evaluation.implants import defect_cases, score
@@ -98,6 +133,10 @@ def main() -> None:
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
     variants = dict(parse_variant(v) for v in args.variant)
+    votes = {name: members.split(",") for name, _, members in (v.partition("=") for v in args.vote)}
+    for name, members in votes.items():
+        if not set(members) <= set(variants):
+            raise SystemExit(f"rimfit_variants.py: error: vote {name!r} names an unknown variant")
     spacing = args.spacing
     shapes = None
     if args.shapes is not None:  # a bank (build-shapes) or a shape model (tools/make_shape_model.py)
@@ -121,13 +160,29 @@ def main() -> None:
             measured = score(full, case)
             row["full"] = (round(measured["dsc"], 4), round(measured["hd95"], 2))
         mirror = find_mirror_plane(case.defective).transform()
+        implants = {}
         for name, kwargs in variants.items():
-            implant = rim_fit(case.defective, RimFitConfig(**kwargs), mirror_transform=mirror, shapes=shapes).implant
+            kwargs = dict(kwargs)
+            cue = mirror if kwargs.pop("mirror", True) else None
+            implant = rim_fit(case.defective, RimFitConfig(**kwargs), mirror_transform=cue, shapes=shapes).implant
             measured = score(implant, case)
             row[name] = (round(measured["dsc"], 4), round(measured["hd95"], 2))
+            if votes:
+                implants[name] = implant
+            if args.quality:
+                from SkullVAELib.implant.quality import implant_quality
+
+                row[name] += (round(implant_quality(case.defective, implant).score, 3),)
+        for name, members in votes.items():
+            count = np.sum([implants[m] for m in members], axis=0, dtype=np.uint8)
+            measured = score(count * 2 > len(members), case)
+            row[name] = (round(measured["dsc"], 4), round(measured["hd95"], 2), 0.0)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    summary(rows, list(variants) + (["full"] if spacing is not None else []))
+    names = list(variants) + list(votes) + (["full"] if spacing is not None else [])
+    if args.quality and args.fallback_below is not None:
+        names.append(with_fallback(rows, list(variants), args.fallback_below))
+    summary(rows, names)
 
 
 if __name__ == "__main__":

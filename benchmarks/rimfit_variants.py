@@ -55,7 +55,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
             raise SystemExit(f"rimfit_variants.py: error: {key!r} is not a RimFitConfig field")
         default = getattr(defaults, key)
         if isinstance(default, tuple):  # e.g. ring:5,20
-            kwargs[key] = tuple(type(default[0])(v) for v in value.split(","))
+            kind = type(default[0]) if default else int
+            kwargs[key] = tuple(kind(v) for v in value.split(",") if v)
         else:
             kwargs[key] = float(value) if default is None else type(default)(value)  # None: an optional number
     return name or "base", kwargs

@@ -21,6 +21,8 @@ class RimFitConfig:
     far_hole_share: float = 0.1  # a hole under this share of the largest one's solid angle ...
     far_hole_deg: float = 15.0  # ... and farther than this from it is a gap of thin bone, not filled (0: off)
     ring: tuple[int, int] = (3, 12)  # rim rays: between these many cells outside the hole (with trim_mm; 5-12 before)
+    # the fill: the per-ray median of fills whose ring reaches these many cells out (rimmedian; (): ring alone)
+    fill_rings: tuple[int, ...] = (6, 8, 9, 10, 12)
     band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
     smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation
     degree: int = 2  # quadratic polynomial part: the vault curves (tuned on validation 056-063)
@@ -43,6 +45,11 @@ class RimFitConfig:
     edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
     beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
     max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled
+
+    def __post_init__(self) -> None:
+        self.fill_rings = tuple(int(outer) for outer in self.fill_rings)
+        if any(outer < 1 for outer in self.fill_rings):
+            raise ValueError(f"fill_rings are ring widths in cells (≥ 1): {self.fill_rings}")
 
     def for_voxels(self, spacing) -> RimFitConfig:
         """These settings for a scan of voxel sides ``spacing`` (3,) mm: the splines' smoothing times

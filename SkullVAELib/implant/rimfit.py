@@ -26,7 +26,8 @@ original resolution.
    mirror has bone, and its thickness enters by the share the rim confirms
    (:func:`rimspline.mirror_thickness_weight`); where the mirror has none (a defect across the
    mid-plane), the nearest complete skulls of a shape bank take its place (:mod:`rimcue`,
-   :mod:`shapebank`) when one is given.
+   :mod:`shapebank`) when one is given. The hole is filled once per ring width
+   (``fill_rings``), and each ray keeps the median of those fills (:mod:`rimmedian`).
 4. Rasterise at the original resolution: every voxel whose direction falls in the hole (or a
    ``band`` of cells around it) and whose radius lies between the filled inner and outer
    radius, minus the patient's bone.
@@ -51,6 +52,7 @@ from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
 from SkullVAELib.implant.rimgrow import grow_hole, rim_rays, whole_bone_rim
+from SkullVAELib.implant.rimmedian import median_fill, ring_widths
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight, spline_points
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
@@ -274,7 +276,7 @@ def rim_fit(
     t0 = time.perf_counter()
     mirror = None
     if mirror_transform is not None and holes:  # only the rays the holes' fill and rims read
-        near = cue_rays([h.cells for h in holes], cfg.grow_reach + max(cfg.ring[1], cfg.band))
+        near = cue_rays([h.cells for h in holes], cfg.grow_reach + max(*ring_widths(cfg), cfg.band))
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact, rays=near)
     timings["mirror_raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -288,7 +290,10 @@ def rim_fit(
             continue
         if cfg.grow_mm > 0:
             grow_hole(raymap, hole, cfg)
-        region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror, shapes)
+        if cfg.fill_rings:
+            region, r_in, r_out = median_fill(raymap, hole, cfg, mirror, shapes, fill_hole)
+        else:
+            region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror, shapes)
         if _only_the_scan_edge(hole, edge, r_out, cfg):
             messages.append(_edge_message(hole, "is only the scan's edge cutting the skull (no ray sees a gap in it)"))
             continue

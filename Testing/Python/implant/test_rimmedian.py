@@ -13,8 +13,8 @@ from SkullVAELib.implant.rimfit import rim_fit
 from SkullVAELib.implant.rimmedian import median_fill, ring_widths
 
 
-def test_the_default_fill_is_a_median_over_five_ring_widths():
-    assert ring_widths(RimFitConfig()) == (6, 8, 9, 10, 12)
+def test_the_default_fill_is_a_median_over_three_ring_widths():
+    assert ring_widths(RimFitConfig()) == (6, 9, 12)
 
 
 def test_the_configured_ring_is_filled_last_and_a_ring_inside_its_inner_edge_is_refused():

@@ -21,7 +21,8 @@ class RimFitConfig:
     far_hole_share: float = 0.1  # a hole under this share of the largest one's solid angle ...
     far_hole_deg: float = 15.0  # ... and farther than this from it is a gap of thin bone, not filled (0: off)
     ring: tuple[int, int] = (3, 12)  # rim rays: between these many cells outside the hole (with trim_mm; 5-12 before)
-    # the fill: the per-ray median of fills whose ring reaches these many cells out (rimmedian; (): ring alone)
+    # the fill: the per-ray median of fills whose ring reaches these many cells out, ring's own always among
+    # them (rimmedian; (): that ring alone)
     fill_rings: tuple[int, ...] = (6, 9, 12)
     band: int = 6  # cells around the hole that are rasterised too (partial rays at the cut)
     smoothing: float = 0.01  # thin-plate spline smoothing (RBFInterpolator); tuned on validation

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from SkullVAELib.implant.raycast import RayMap
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 
 __all__ = ["median_fill", "ring_widths"]
@@ -27,18 +28,21 @@ Fill = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def ring_widths(cfg: RimFitConfig) -> tuple[int, ...]:
-    """The rings' outer edges (cells) the fill takes its median over, ``cfg.ring``'s own last (the
-    hole's reported rim thickness, area and source are that ring's)."""
+    """The rings' outer edges (cells) the fill takes its median over: ``cfg.fill_rings``, sorted, and
+    ``cfg.ring``'s own always, last (the hole's reported rim thickness, area and source are that ring's)."""
     if any(outer <= cfg.ring[0] for outer in cfg.fill_rings):
         raise ValueError(f"fill_rings must reach past the ring's inner edge ({cfg.ring[0]} cells): {cfg.fill_rings}")
     others = sorted(set(cfg.fill_rings) - {cfg.ring[1]})
     return (*others, cfg.ring[1])
 
 
-def median_fill(raymap, hole: Hole, cfg: RimFitConfig, mirror, shapes, fill: Fill):
+def median_fill(
+    raymap: RayMap, hole: Hole, cfg: RimFitConfig, mirror: RayMap | None, shapes, fill: Fill
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(region, r_in, r_out) as ``fill`` (:func:`rimfit.fill_hole`) returns them: bool (Nα, Nβ) rays to
     rasterise and their radii (mm, NaN elsewhere), the per-ray median over one fill per ring width of
-    :func:`ring_widths`; a ray is filled where more than half of the fills fill it.
+    :func:`ring_widths`; a ray is filled where more than half of the fills fill it. ``shapes``: the
+    shape bank or model handed on to ``fill`` (or None).
 
     ``fill`` is passed in (not imported) so that this module stays below :mod:`rimfit`."""
     regions, inner, outer = [], [], []

@@ -177,7 +177,7 @@ def main() -> None:
         for name, members in votes.items():
             count = np.sum([implants[m] for m in members], axis=0, dtype=np.uint8)
             measured = score(count * 2 > len(members), case)
-            row[name] = (round(measured["dsc"], 4), round(measured["hd95"], 2), 0.0)
+            row[name] = (round(measured["dsc"], 4), round(measured["hd95"], 2))
         rows.append(row)
         print(json.dumps(row), flush=True)
     names = list(variants) + list(votes) + (["full"] if spacing is not None else [])

@@ -290,10 +290,7 @@ def rim_fit(
             continue
         if cfg.grow_mm > 0:
             grow_hole(raymap, hole, cfg)
-        if cfg.fill_rings:
-            region, r_in, r_out = median_fill(raymap, hole, cfg, mirror, shapes, fill_hole)
-        else:
-            region, r_in, r_out = fill_hole(raymap, hole, cfg, mirror, shapes)
+        region, r_in, r_out = median_fill(raymap, hole, cfg, mirror, shapes, fill_hole)
         if _only_the_scan_edge(hole, edge, r_out, cfg):
             messages.append(_edge_message(hole, "is only the scan's edge cutting the skull (no ray sees a gap in it)"))
             continue

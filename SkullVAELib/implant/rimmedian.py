@@ -44,9 +44,13 @@ def median_fill(
     :func:`ring_widths`; a ray is filled where more than half of the fills fill it. ``shapes``: the
     shape bank or model handed on to ``fill`` (or None).
 
-    ``fill`` is passed in (not imported) so that this module stays below :mod:`rimfit`."""
+    ``fill`` is passed in (not imported) so that this module stays below :mod:`rimfit`. One width
+    (``fill_rings`` empty or the ring's own): that ring's fill, as ``fill`` returns it."""
+    widths = ring_widths(cfg)
+    if len(widths) == 1:
+        return fill(raymap, hole, cfg, mirror, shapes)
     regions, inner, outer = [], [], []
-    for width in ring_widths(cfg):
+    for width in widths:
         member = hole if width == cfg.ring[1] else copy(hole)  # a fill sets the hole's rim measures
         region, r_in, r_out = fill(raymap, member, replace(cfg, ring=(cfg.ring[0], width)), mirror, shapes)
         regions.append(region)

@@ -64,6 +64,11 @@ class RefinerConfig:
         if not self.spacing_mm > 0 or not 0 < self.threshold < 1:
             raise SkullVAEError("the refiner needs spacing_mm > 0 and a threshold in (0, 1)")
 
+    @property
+    def in_channels(self) -> int:
+        """Channels the network reads: the crop, and its left-right mirror with ``mirror_input``."""
+        return 2 if self.mirror_input else 1
+
     def network(self) -> torch.nn.Module:
         """A new (untrained) refiner network of these settings (plain torch, no MONAI import)."""
         from SkullVAELib.implant.learned.network import refiner_network
@@ -107,9 +112,11 @@ def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn
 
 def refiner_memory_bytes(cfg: RefinerConfig) -> float:
     """Estimated bytes of a refiner of ``cfg`` on one crop: float32 parameters of the U-Net (3x3x3
-    convolutions down and up, ``res_units`` + 2 per level) plus its feature maps (6 per level)."""
+    convolutions down and up, ``res_units`` + 2 per level) plus its feature maps (6 per level) and its
+    ``cfg.in_channels`` input channels and one output. ``cfg``: any settings of this U-Net family
+    (the cranial residual's too) with ``crop_shape``, ``channels``, ``res_units`` and ``in_channels``."""
     voxels = float(math.prod(cfg.crop_shape))
-    previous, parameters, features = 1, 0.0, 2 * voxels
+    previous, parameters, features = cfg.in_channels, 0.0, (cfg.in_channels + 1) * voxels
     for level, c in enumerate(cfg.channels):
         parameters += 2 * 27 * (previous + c) * c * (cfg.res_units + 2)
         features += 6 * c * voxels / 8**level

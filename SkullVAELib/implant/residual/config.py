@@ -58,11 +58,16 @@ class ResidualConfig:
         """The crop's size in mm along x, y, z."""
         return tuple(n * self.spacing_mm for n in self.crop_shape)
 
+    @property
+    def in_channels(self) -> int:
+        """Channels the network reads (``IN_CHANNELS``)."""
+        return IN_CHANNELS
+
     def network(self) -> torch.nn.Module:
         """A new network of these settings whose output is 0 everywhere (plain torch, no MONAI import)."""
         from SkullVAELib.implant.learned.network import refiner_network
 
-        return refiner_network(self.channels, self.res_units, True, IN_CHANNELS, zero_head=True)
+        return refiner_network(self.channels, self.res_units, True, self.in_channels, zero_head=True)
 
     def shift_mm(self, output: torch.Tensor) -> torch.Tensor:
         """The network's raw output as a bounded surface shift in mm (positive: the implant grows)."""

@@ -12,7 +12,7 @@ import torch
 
 from SkullVAELib.cli import main
 from SkullVAELib.data.phantoms import make_phantom
-from SkullVAELib.implant.learned.config import RefinerConfig, load_refiner, save_refiner
+from SkullVAELib.implant.learned.config import RefinerConfig, load_refiner, refiner_memory_bytes, save_refiner
 from SkullVAELib.implant.learned.infer import learned_implant
 from SkullVAELib.implant.learned.network import MirroredInput, refiner_network
 from SkullVAELib.io.image import write_mask
@@ -50,6 +50,7 @@ def test_a_mirror_network_reads_two_channels_and_keeps_its_weights_under_net():
     assert first_conv.in_channels == 2
     assert all(k.startswith("net.") for k in net.state_dict())
     plain = replace(MIRROR, mirror_input=False).network()
+    assert refiner_memory_bytes(MIRROR) > refiner_memory_bytes(replace(MIRROR, mirror_input=False))
     assert not any(k.startswith("net.") for k in plain.state_dict())  # old weights keep their names
     with torch.no_grad():
         assert net(torch.rand(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)

@@ -1,6 +1,6 @@
 """Issue 9 levers 2-3: the train/validation reconstruction gap and the test-time fit, measured.
 
-Not a timing benchmark: a measurement script for docs/RESULTS.md (issue-9 section).
+Not a timing benchmark: a measurement script for docs/results/issue-09.md.
 
 ``gap``: model-grid reconstruction DSC (encode μ, decode, > 0.5 against the cached target > 0.5,
 the paper's REC) of a bundle on the cases of ``--ids``, per label (complete / cranial / facial).

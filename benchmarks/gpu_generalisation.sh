@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 9's GPU recipe in one time-boxed run on a lent GPU machine (docs/RESULTS.md, issue-9
+# Issue 9's GPU recipe in one time-boxed run on a lent GPU machine (docs/results/issue-09.md,
 # section "GPU recipe"): the regular VAE (β = 1e-4) of the paper's network at 128×128×64, trained
 # on SkullFix 000-055 (complete + cranial-defective) with and without `--augment`, both at once on
 # one GPU, validation 056-063 every 10 epochs keeping the best weights, stopped at a deadline with

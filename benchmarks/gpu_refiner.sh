@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 9's learned facial refiner, GPU recipe, as one time-boxed run on a lent GPU machine
-# (docs/RESULTS.md, "Facial defects: the learned refiner"). The GPU machine needs neither
+# (docs/results/issue-09.md, "Facial defects: the learned refiner"). The GPU machine needs neither
 # SimpleITK nor the SkullFix files: the complete skulls are packed on the CPU machine first,
 #     skullvae train-refiner --data ../shared/data/skullfix --train-ids 000-055 --val-ids 056-063 \
 #         --pack-only --out .device/grids.npz          # 64 skulls on 1 mm LPS grids, 6.3 MB, ~3 min
@@ -9,7 +9,7 @@
 #     MIN=6.6 bash benchmarks/gpu_refiner.sh
 # $OUT/ref gets refiner.safetensors (best validation Dice, fp16), training_log.csv, refiner_curves.png and
 # checkpoints/refiner.pt (a run stopped by its time budget or a signal continues with --resume).
-# With the levers the CPU recipe proved (issue 24 §4; docs/RESULTS.md, "The facial CPU recipe: a higher
+# With the levers the CPU recipe proved (issue 24 §4; docs/results/issue-24.md, "The facial CPU recipe: a higher
 # learning rate ..."; not yet measured on a GPU): pack the 60 extra skulls too (add
 # `--extra ../shared/data/skullfix_test` to the --pack-only command above, 124 skulls, ~12 MB), then
 #     GRIDS=.device/grids_x.npz MIN=6.6 EXTRA="--packed-extras --output-head --test-time-mirror \

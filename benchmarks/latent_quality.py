@@ -5,7 +5,7 @@ facial), from the model-grid cache: μ, log σ² (encoder in eval mode), REC DSC
 target > 0.5) on the model grid (the paper's Table 1 way, with the bundle's completion decoder),
 and the aggregate posterior's Gaussianity (``gaussianity.latent_gaussianity``: moment-matched KL to
 N(0, I), MMD p-value, active units). Used to choose ``--recon-scale`` on the validation split
-(issue 11, docs/RESULTS.md) without touching the test split. Prints a markdown table; ``--json``
+(issue 11, docs/results/issue-11.md) without touching the test split. Prints a markdown table; ``--json``
 writes every number.
 
     .venv/bin/python benchmarks/latent_quality.py --models runs/m1 runs/m2 --data SF runs/facial \

@@ -94,7 +94,7 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="multiply stage 1's Dice term by S (default 1 = the paper). With the paper's scaling one nat of KL "
         "costs beta = 100 while a sample's whole Dice term is worth at most 80, so beta = 100 collapses the "
-        "posterior; S ~ 1000 lets beta = 100 keep an informative one (docs/RESULTS.md, issue 11)",
+        "posterior; S ~ 1000 lets beta = 100 keep an informative one (docs/results/issue-11.md)",
     )
     p.add_argument("--fused-adam", action="store_true", help="torch's fused Adam (one kernel per step)")
     p.add_argument(

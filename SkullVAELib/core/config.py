@@ -203,7 +203,7 @@ class TrainConfig:
     β = 100 while a sample's whole Dice term is worth at most 80, so β = 100 always collapses
     the posterior. A larger scale (e.g. 1000: one nat then costs as much as 0.125 % of a
     sample's Dice) lets β = 100 keep an informative posterior; choose it on validation
-    (docs/RESULTS.md, issue 11). Stage 2 (Dice only) ignores it.
+    (docs/results/issue-11.md). Stage 2 (Dice only) ignores it.
 
     Checkpoints: at the end of every ``checkpoint_every``-th epoch (default 1; 0 = only by
     wall time) and mid-epoch whenever ``checkpoint_minutes`` (default 5) have passed since

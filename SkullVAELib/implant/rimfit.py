@@ -131,7 +131,7 @@ def thick_slice_note(skull: SkullImage) -> list[str]:
     """[one line for the user] when ``skull``'s largest voxel side exceeds ``THICK_SLICE_MM``, else [].
 
     On 5 mm slices the rim fit's implants scored DSC 0.87 on validation and 0.84 on test, against 0.93 for
-    the same skulls on SkullFix's voxels (docs/RESULTS.md, "The rim fit on coarser scans")."""
+    the same skulls on SkullFix's voxels (docs/results/issue-24.md, "The rim fit on coarser scans")."""
     largest = float(np.max(skull.spacing))
     if largest <= THICK_SLICE_MM:
         return []
@@ -147,7 +147,7 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
     A hole under ``cfg.far_hole_share`` of the largest hole's solid angle whose nearest ray lies more
     than ``cfg.far_hole_deg`` from the largest hole's rays is a gap where the bone is too thin for the
     scan (the temporal squama on 3 mm slices), not a second defect: its fill would be a piece far from
-    the defect (docs/RESULTS.md, "The rim fit on coarser scans"). Off when either setting is 0."""
+    the defect (docs/results/issue-24.md, "The rim fit on coarser scans"). Off when either setting is 0."""
     if len(holes) < 2 or cfg.far_hole_share <= 0 or cfg.far_hole_deg <= 0:
         return holes, []
     main = holes[0]

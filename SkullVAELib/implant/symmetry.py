@@ -128,7 +128,7 @@ def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
     reg.SetInterpolator(sitk.sitkLinear)
     # The metric's gradient is ~1e-5 on a smoothed mask: SimpleITK's default gradient tolerance (1e-4)
     # stopped the optimiser within a few steps of the starting plane (x = const), so a head rolled or
-    # turned in the scan kept a plane 5-12° off (docs/RESULTS.md, "The mirror plane, registered").
+    # turned in the scan kept a plane 5-12° off (docs/results/issue-24.md, "The mirror plane, registered").
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-2, numberOfIterations=100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-10
     )

@@ -29,7 +29,7 @@ from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
-QUALITY_FLOOR = 0.3  # below: a failed implant (empty, stepped at the rim, too thin, stray); docs/RESULTS.md
+QUALITY_FLOOR = 0.3  # below: a failed implant (empty, stepped at the rim, too thin, stray); docs/results/issue-24.md
 MIN_EXTENT_VOXELS = 8  # a skull needs some depth along every axis (a 2D slice is refused)
 FACIAL_SOURCES_HINT = (
     "a facial defect needs the learned refiner, an atlas set or a trained model: "

@@ -158,7 +158,7 @@ def full_precision(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
     Under bf16 autocast a code near 1.0 is rounded in steps of 2⁻⁸-2⁻⁷; the authors' stage-2
     input z = μ + σ sits just below 1 and differs across skulls by less than one such step
-    (docs/RESULTS.md, issue 11), so bf16 would erase it. The encoder's μ/log σ² heads and the decoder's first Linear are tiny;
+    (docs/results/issue-11.md), so bf16 would erase it. The encoder's μ/log σ² heads and the decoder's first Linear are tiny;
     running them in float32 costs nothing measurable.
     """
     return torch.autocast(t.device.type, enabled=False)

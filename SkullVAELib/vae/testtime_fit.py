@@ -16,7 +16,7 @@ Two modes (``FitConfig.mode``):
 * ``"refit"`` (default): O = every voxel, start μ: the fit finds the code that best reproduces the
   patient's defective skull (closing the encoder's amortisation gap), then the paper's arithmetic
   runs on it: decode(z_fit + γ·DEV), implant = what the shift adds to decode(z_fit). Measured on
-  validation (docs/RESULTS.md, issue 9): it raises the reconstruction of unseen skulls and the
+  validation (docs/results/issue-09.md): it raises the reconstruction of unseen skulls and the
   implant DSC a little.
 * ``"outside"`` (the issue's literal recipe): O = NOT dilate(defect region, ``dilation_mm``), start
   μ + γ·DEV (``start="shifted"``) or μ; the defect region is given, or (default) where

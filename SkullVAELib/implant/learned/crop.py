@@ -1,7 +1,7 @@
 """The face crop: anchors a facial defect leaves in place, and the crop they place (torch).
 
 A facial defect removes the front of the lower skull; the bone's left-right centre, its lowest
-point (the skull base) and, nearly, its most anterior point (the forehead) stay (docs/RESULTS.md,
+point (the skull base) and, nearly, its most anterior point (the forehead) stay (docs/results/issue-09.md,
 the learned refiner). The crop is placed from those, so training (on skulls with drawn defects)
 and inference (on the patient's defective skull) see the face at the same place.
 """

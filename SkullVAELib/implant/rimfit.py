@@ -211,9 +211,15 @@ def fill_hole(
         fit_out = fit_out + np.where(use_cue, m_out[fill_idx], np.nan)
         fit_thick = fit_thick + np.where(use_cue, weight * m_thick[fill_idx], np.nan)
         hole.source = source
-        if source == "mirror+spline" and (cfg.mirror_share < 1.0 or cfg.mirror_thickness_cap_mm > 0):
+        towards = source == "mirror+spline" and (cfg.mirror_share < 1.0 or cfg.mirror_thickness_cap_mm > 0)
+        if towards or not use_cue.all():
             plain = fit_rim_splines(xy_rim_all, outer_all, thick_all, xy_fill, smoothing, degree)
-            fit_out, fit_thick = _towards_plain(fit_out, fit_thick, plain, cfg)
+            if towards:
+                fit_out, fit_thick = _towards_plain(fit_out, fit_thick, plain, cfg)
+            # the cue's own gaps (its bone is missing there too: the mirror of a hole that crosses
+            # the midline) take the plain rim spline, not nothing (up to 1 - MIN_HOLE_COVER of the hole)
+            fit_out = np.where(use_cue, fit_out, plain[0])
+            fit_thick = np.where(use_cue, fit_thick, plain[1])
     fit_thick = np.clip(fit_thick, 1.0, None)
     r_out.ravel()[fill_idx] = fit_out
     r_in.ravel()[fill_idx] = fit_out - fit_thick

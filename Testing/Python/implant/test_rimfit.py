@@ -249,3 +249,42 @@ def test_a_small_gap_far_from_the_defect_is_not_filled_and_said_so():
     assert len(notes) == 1 and "not filled" in notes[0] and "\n" not in notes[0]
     everything, none = without_small_far_holes([main, far_gap], RimFitConfig(far_hole_share=0.0))
     assert everything == [main, far_gap] and none == []
+
+
+def test_where_the_mirror_has_a_gap_of_its_own_the_hole_takes_the_plain_spline(vault_case):
+    """A hole across the midline: the mirror of its rays near the midline is the hole again, so the mirror
+    gives no cue there. The mirror is still the cue (it covers > 95 % of the hole), and the rays it leaves
+    take the plain rim spline's radii instead of being left out of the implant; the rest is unchanged."""
+    from dataclasses import replace
+
+    from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole, find_holes, grow_hole
+    from SkullVAELib.implant.symmetry import find_mirror_plane
+
+    defective, _ = vault_case
+    centre = raycast.cranial_centre(defective)
+    raymap = raycast.cast(defective, centre, 1.0)
+    mirror = raycast.cast(defective, centre, 1.0, transform=find_mirror_plane(defective).transform())
+    found = find_holes(raymap)[0]
+    grow_hole(raymap, found, RimFitConfig())
+    rows, cols = np.nonzero(found.cells)
+    edge = np.argsort(cols, kind="stable")[: max(1, len(cols) * 3 // 100)]  # 3 % of the hole, at one side
+    gap = np.zeros_like(found.cells)
+    gap[rows[edge], cols[edge]] = True
+    gappy = replace(mirror, hit=mirror.hit & ~gap, r_out=np.where(gap, np.nan, mirror.r_out))
+    gappy = replace(gappy, r_in=np.where(gap, np.nan, mirror.r_in))
+
+    def fill(cue):
+        hole = Hole(found.cells.copy(), found.solid_angle_sr, found.direction)
+        region, r_in, r_out = fill_hole(raymap, hole, RimFitConfig(), cue)
+        return hole.source, region, r_in, r_out
+
+    source, region, r_in, r_out = fill(gappy)
+    assert source == "mirror+spline", "a mirror covering 97 % of the hole must stay the cue"
+    assert region[found.cells].all(), "every ray of the hole is filled, the mirror's gap too"
+    _, _, plain_in, plain_out = fill(None)
+    np.testing.assert_allclose(r_out[gap], plain_out[gap], atol=1e-4)
+    np.testing.assert_allclose(r_in[gap], plain_in[gap], atol=1e-4)
+    _, full_region, full_in, full_out = fill(mirror)
+    rest = found.cells & ~gap
+    np.testing.assert_allclose(r_out[rest], full_out[rest], atol=1e-4)
+    np.testing.assert_allclose(r_in[rest], full_in[rest], atol=1e-4)

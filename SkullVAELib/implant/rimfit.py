@@ -178,7 +178,8 @@ def fill_hole(
     """(region, r_in, r_out): bool (Nα, Nβ) cells to rasterise and their filled radii (NaN outside).
 
     The cue the rim's splines correct: the mirrored skull (``mirror``) where it has bone over the
-    hole and its rim, else the nearest skulls of ``shapes`` (:func:`shapebank.shape_cue`), else none."""
+    hole and its rim, else the nearest skulls of ``shapes`` (:func:`shapebank.shape_cue`), else none.
+    Rays the chosen cue has no bone on (a few are allowed) take the plain rim spline's radii."""
     dirs = raycast.grid_directions(raymap.step_deg)
     region = ndimage.binary_dilation(hole.cells, _SQUARE, iterations=cfg.band)
     region &= dirs @ hole.direction >= np.cos(np.deg2rad(cfg.max_angle_deg))  # the projection's limit

@@ -18,8 +18,8 @@ MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 CITING = [
     *MARKDOWN,
     *sorted(p for d in ("SkullVAELib", "SkullVAE", "benchmarks", "tools") for p in (ROOT / d).rglob("*.py")),
+    *sorted((ROOT / "benchmarks").glob("*.sh")),
 ]
-CITING += sorted((ROOT / "benchmarks").glob("*.sh"))
 
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 CITATION = re.compile(r"(docs/[\w./-]+\.md|results/[\w.-]+\.md),? \(?\"([^\"]{4,200})\"")

@@ -161,10 +161,9 @@ def test_a_hole_at_the_back_of_the_vault_is_a_hole(phantom):
 
 
 @pytest.fixture(scope="module")
-def mirror_fill(vault_case):
-    """fill(with_mirror=True, **RimFitConfig fields) -> (source, region, r_in, r_out) of the phantom's
-    vault hole, grown once, filled afresh each call (with or without its mirror cue)."""
-    from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole, find_holes, grow_hole
+def grown_hole(vault_case):
+    """(ray map, the mirror's ray map, the phantom's vault hole grown once) on a 1° grid."""
+    from SkullVAELib.implant.rimfit import RimFitConfig, find_holes, grow_hole
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
     defective, _ = vault_case
@@ -174,10 +173,22 @@ def mirror_fill(vault_case):
     mirror = raycast.cast(defective, centre, 1.0, transform=transform)
     hole = find_holes(raymap)[0]
     grow_hole(raymap, hole, RimFitConfig())
+    return raymap, mirror, hole
 
-    def fill(with_mirror: bool = True, **settings):
+
+@pytest.fixture(scope="module")
+def mirror_fill(grown_hole):
+    """fill(with_mirror=True, cue=None, **RimFitConfig fields) -> (source, region, r_in, r_out) of the
+    phantom's grown vault hole, filled afresh each call with its mirror cue (or ``cue`` in its place),
+    or with none."""
+    from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole
+
+    raymap, mirror, hole = grown_hole
+
+    def fill(with_mirror: bool = True, cue=None, **settings):
         cells = Hole(hole.cells.copy(), hole.solid_angle_sr, hole.direction)
-        region, r_in, r_out = fill_hole(raymap, cells, RimFitConfig(**settings), mirror if with_mirror else None)
+        given = (mirror if cue is None else cue) if with_mirror else None
+        region, r_in, r_out = fill_hole(raymap, cells, RimFitConfig(**settings), given)
         return cells.source, region, r_in, r_out
 
     return fill
@@ -251,40 +262,31 @@ def test_a_small_gap_far_from_the_defect_is_not_filled_and_said_so():
     assert everything == [main, far_gap] and none == []
 
 
-def test_where_the_mirror_has_a_gap_of_its_own_the_hole_takes_the_plain_spline(vault_case):
+def test_where_the_mirror_has_a_gap_of_its_own_the_hole_takes_the_plain_spline(grown_hole, mirror_fill):
     """A hole across the midline: the mirror of its rays near the midline is the hole again, so the mirror
     gives no cue there. The mirror is still the cue (it covers > 95 % of the hole), and the rays it leaves
     take the plain rim spline's radii instead of being left out of the implant; the rest is unchanged."""
     from dataclasses import replace
 
-    from SkullVAELib.implant.rimfit import RimFitConfig, fill_hole, find_holes, grow_hole
-    from SkullVAELib.implant.symmetry import find_mirror_plane
-
-    defective, _ = vault_case
-    centre = raycast.cranial_centre(defective)
-    raymap = raycast.cast(defective, centre, 1.0)
-    mirror = raycast.cast(defective, centre, 1.0, transform=find_mirror_plane(defective).transform())
-    found = find_holes(raymap)[0]
-    grow_hole(raymap, found, RimFitConfig())
-    rows, cols = np.nonzero(found.cells)
+    _, mirror, hole = grown_hole
+    rows, cols = np.nonzero(hole.cells)
     edge = np.argsort(cols, kind="stable")[: max(1, len(cols) * 3 // 100)]  # 3 % of the hole, at one side
-    gap = np.zeros_like(found.cells)
+    gap = np.zeros_like(hole.cells)
     gap[rows[edge], cols[edge]] = True
-    gappy = replace(mirror, hit=mirror.hit & ~gap, r_out=np.where(gap, np.nan, mirror.r_out))
-    gappy = replace(gappy, r_in=np.where(gap, np.nan, mirror.r_in))
+    gappy = replace(
+        mirror,
+        hit=mirror.hit & ~gap,
+        r_out=np.where(gap, np.nan, mirror.r_out),
+        r_in=np.where(gap, np.nan, mirror.r_in),
+    )
 
-    def fill(cue):
-        hole = Hole(found.cells.copy(), found.solid_angle_sr, found.direction)
-        region, r_in, r_out = fill_hole(raymap, hole, RimFitConfig(), cue)
-        return hole.source, region, r_in, r_out
-
-    source, region, r_in, r_out = fill(gappy)
+    source, region, r_in, r_out = mirror_fill(cue=gappy)
     assert source == "mirror+spline", "a mirror covering 97 % of the hole must stay the cue"
-    assert region[found.cells].all(), "every ray of the hole is filled, the mirror's gap too"
-    _, _, plain_in, plain_out = fill(None)
+    assert region[hole.cells].all(), "every ray of the hole is filled, the mirror's gap too"
+    _, _, plain_in, plain_out = mirror_fill(with_mirror=False)
     np.testing.assert_allclose(r_out[gap], plain_out[gap], atol=1e-4)
     np.testing.assert_allclose(r_in[gap], plain_in[gap], atol=1e-4)
-    _, full_region, full_in, full_out = fill(mirror)
-    rest = found.cells & ~gap
+    _, _, full_in, full_out = mirror_fill()
+    rest = hole.cells & ~gap
     np.testing.assert_allclose(r_out[rest], full_out[rest], atol=1e-4)
     np.testing.assert_allclose(r_in[rest], full_in[rest], atol=1e-4)

@@ -4,7 +4,9 @@ Not a timing: one row per (case, defect, seed) of the rim fit with the mirror cu
 ``rimfit`` source's default), scored with :mod:`SkullVAELib.evaluation.implants` and
 :func:`SkullVAELib.implant.quality.implant_quality`; rows are appended to ``--out`` (JSON lines)
 as each case finishes, so a partial run keeps its cases. ``--save`` keeps each implant (its
-bounding box, packed bits) to score again later (``--rescore``)::
+bounding box, packed bits) to score again later (``--rescore``). ``--cavities`` adds the scores against
+the truth with its own enclosed voids counted as implant (:mod:`SkullVAELib.evaluation.cavities`: how
+much of the error is the label's diploic texture) and their volume::
 
     nice -n 10 .venv/bin/python benchmarks/rimfit_cases.py --ids 056-063 --seeds 0,1 \
         --out /tmp/val.jsonl --save /tmp/val-implants
@@ -21,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from SkullVAELib.data.case_ids import parse_id_spec
+from SkullVAELib.evaluation.cavities import enclosed_cavities
 from SkullVAELib.evaluation.implants import defect_cases, score
-from SkullVAELib.evaluation.metrics import bounding_box
+from SkullVAELib.evaluation.metrics import bounding_box, implant_metrics
 from SkullVAELib.implant.rimfit import rim_fit
 from SkullVAELib.implant.symmetry import find_mirror_plane
 
@@ -53,6 +56,17 @@ def _quality(case, implant: np.ndarray) -> dict:
     return {"quality": q.score, "quality_components": q.components, "quality_why": q.explanation}
 
 
+def _cavity_scores(case, implant: np.ndarray) -> dict:
+    """The implant scored against the truth with its enclosed cavities filled, and their volume (ml)."""
+    sk = case.defective
+    cavity = enclosed_cavities(case.implant, sk.mask)
+    m = implant_metrics(implant, case.implant | cavity, sk.mask, sk.spacing, 10.0)
+    return {
+        "cavity_ml": float(np.count_nonzero(cavity)) * sk.voxel_volume_mm3 / 1000.0,
+        **{f"{k}_cavities": v for k, v in m.items()},
+    }
+
+
 def run(args) -> None:
     ids = parse_id_spec(args.ids)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -74,6 +88,8 @@ def run(args) -> None:
         row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "label": args.label}
         row.update(score(implant, case))
         row.update(_quality(case, implant))
+        if args.cavities:
+            row.update(_cavity_scores(case, implant))
         if args.truth_quality:
             row["quality_truth"] = _quality(case, case.implant).get("quality")
         row.update(seconds=round(seconds, 2), holes=len(holes), timings={k: round(v, 2) for k, v in timings.items()})
@@ -107,6 +123,14 @@ def summary(path: str) -> None:
             f"HD95 mean {finite.mean() if finite.size else float('nan'):.2f} max {hd.max():.2f}; "
             f"empty {sum(r['empty'] for r in g):.0f}"
         )
+        if all("dsc_cavities" in r for r in g):
+            passing = [r["dsc"] >= 0.85 and r["hd95"] <= 3.0 for r in g]
+            filled = [r["dsc_cavities"] >= 0.85 and r["hd95_cavities"] <= 3.0 for r in g]
+            print(
+                f"  truth's cavities filled: {np.mean([r['cavity_ml'] for r in g]):.3f} ml mean; DSC "
+                f"{np.mean([r['dsc_cavities'] for r in g]):.3f}, HD95 {np.mean([r['hd95_cavities'] for r in g]):.2f} "
+                f"mm (max {max(r['hd95_cavities'] for r in g):.2f}); pass (≥ 0.85, ≤ 3 mm) {sum(passing)} → {sum(filled)}"
+            )
     q = np.array([r.get("quality", np.nan) for r in rows])
     if np.isfinite(q).all() and len(rows) > 2:
         rho = stats.spearmanr(q, [r["dsc"] for r in rows])
@@ -125,6 +149,7 @@ def main() -> None:
     p.add_argument("--rescore", help="folder of saved implants: score them instead of running the rim fit")
     p.add_argument("--no-mirror", action="store_true")
     p.add_argument("--truth-quality", action="store_true", help="score the true implant's quality too")
+    p.add_argument("--cavities", action="store_true", help="also score against the truth with its cavities filled")
     p.add_argument("--summary", help="print the table of a JSON lines file and stop")
     args = p.parse_args()
     if args.summary:

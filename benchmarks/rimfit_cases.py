@@ -53,7 +53,12 @@ def _quality(case, implant: np.ndarray) -> dict:
     except ImportError:  # before issue 24's quality score existed
         return {}
     q = implant_quality(case.defective, implant)
-    return {"quality": q.score, "quality_components": q.components, "quality_why": q.explanation}
+    return {
+        "quality": q.score,
+        "quality_components": q.components,
+        "quality_why": q.explanation,
+        "quality_reach_mm": q.measures.get("reach_mm"),
+    }
 
 
 def _cavity_scores(case, implant: np.ndarray) -> dict:
@@ -131,10 +136,12 @@ def summary(path: str) -> None:
                 f"{np.mean([r['dsc_cavities'] for r in g]):.3f}, HD95 {np.mean([r['hd95_cavities'] for r in g]):.2f} "
                 f"mm (max {max(r['hd95_cavities'] for r in g):.2f}); pass (≥ 0.85, ≤ 3 mm) {sum(passing)} → {sum(filled)}"
             )
-    q = np.array([r.get("quality", np.nan) for r in rows])
-    if np.isfinite(q).all() and len(rows) > 2:
-        rho = stats.spearmanr(q, [r["dsc"] for r in rows])
-        print(f"Spearman(quality, DSC) = {rho.statistic:.2f} (p = {rho.pvalue:.3g}, n = {len(rows)})")
+    dsc = [r["dsc"] for r in rows]
+    for key, name in (("quality", "quality"), ("quality_reach_mm", "the implant's reach from its rim")):
+        values = np.array([r.get(key) if r.get(key) is not None else np.nan for r in rows], dtype=float)
+        if np.isfinite(values).all() and len(rows) > 2:
+            rho = stats.spearmanr(values, dsc)
+            print(f"Spearman({name}, DSC) = {rho.statistic:.2f} (p = {rho.pvalue:.3g}, n = {len(rows)})")
 
 
 def main() -> None:

@@ -22,6 +22,12 @@ Components, each in [0, 1]:
 
 Rays whose bone or implant is cut by the scan's edge (:mod:`scanedge`) are left out of the rim
 comparison: their radii are the edge's, not the skull's.
+
+A measure, not a component: ``reach_mm``, how far the footprint's middle lies from its rim (mm along
+the implant's outer surface). A fill continued from the rim is least sure there: on SkullFix's training
+defects the rim fit's shell lay 0.12 mm (SD over holes) off the truth within about 5 mm of the rim and
+1.2 mm off beyond about 30 mm (docs/results/issue-24.md, "The true implant's own cavities …"). The
+explanation names it so that a reader knows how far the implant reaches beyond the bone that holds it.
 - ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in pieces farther than
   ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), at least 0.
 
@@ -85,6 +91,17 @@ def _main_footprint(footprint: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray
     cells = labels == int(np.argmax(sizes))
     mean = dirs[cells].sum(axis=0)
     return cells, mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def _reach_mm(footprint: np.ndarray, completed: raycast.RayMap, step_deg: float) -> float:
+    """How far (mm, along the outer surface) the main footprint's ray farthest from its border lies
+    from it: cells × ``step_deg`` in radians × the footprint's median outer radius. A ray grid's cells
+    narrow towards its poles, which lie away from the vault (front and back of the head)."""
+    cells, _ = _main_footprint(footprint, raycast.grid_directions(step_deg))
+    if not cells.any():
+        return 0.0
+    radius = float(np.nanmedian(completed.r_out[cells]))
+    return float(ndimage.distance_transform_edt(cells).max()) * np.deg2rad(step_deg) * radius
 
 
 def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, int]:
@@ -156,6 +173,7 @@ def _ray_components(skull, bone, completed, edge, raised, cfg, measures) -> dict
     usable = (bone.hit & ~edge.truncated) | (completed.hit & ~cut & ~bone.hit) | (raised & ~cut)
     surface, thick, n_band = _continuity(bone, completed, usable, raised, cfg)
     measures.update(surface_step_mm=surface, thickness_step_mm=thick, band_rays=float(n_band))
+    measures["reach_mm"] = _reach_mm(raised, completed, cfg.step_deg)
     if not np.isfinite(surface):
         return {}
     floor = cfg.voxel_scale * float(np.max(skull.spacing))
@@ -198,6 +216,8 @@ def _explain(score: float, components: dict, measures: dict) -> str:
         parts.append(f"plate {measures['plate_thickness_ratio']:.2f}x as thick as the bone at the junction")
     if np.isfinite(measures.get("coverage", np.nan)):
         parts.append(f"covers {100 * measures['coverage']:.0f} % of the hole")
+    if measures.get("reach_mm", 0.0) > 0:
+        parts.append(f"its middle lies {measures['reach_mm']:.0f} mm from the rim")
     if measures.get("stray_fraction", 0.0) > 0:
         parts.append(
             f"{100 * measures['stray_fraction']:.1f} % of it in pieces up to {measures['max_gap_mm']:.0f} mm away"

@@ -118,3 +118,19 @@ def test_the_bone_free_box_is_the_implants_tight_box():
     assert crop.all() and crop.shape == (4, 2, 1)
     _, empty = _bone_free_box(skull, mask)
     assert not empty.any()
+
+
+def test_how_far_the_implant_reaches_from_its_rim(case):
+    """``reach_mm``: the footprint's middle from its border along the outer surface; half the implant
+    (cut through its middle) reaches less far, and the explanation names it."""
+    defective, truth = case
+    full = implant_quality(defective, truth)
+    index = np.argwhere(truth)
+    axis = int(np.argmax(np.ptp(index, axis=0)))  # across the implant's longest side
+    half = truth.copy()
+    half[(slice(None),) * axis + (slice(int(np.median(index[:, axis])), None),)] = False
+    cut = implant_quality(defective, half)
+    extent_mm = float(np.ptp(index, axis=0).max()) * SPACING[0]
+    assert 0.0 < full.measures["reach_mm"] < extent_mm / 2 + 2 * SPACING[0]
+    assert cut.measures["reach_mm"] < full.measures["reach_mm"]
+    assert f"its middle lies {full.measures['reach_mm']:.0f} mm from the rim" in full.explanation

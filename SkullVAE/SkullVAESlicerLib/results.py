@@ -89,8 +89,30 @@ def resultSummary(result: dict, output, hadModel: bool) -> dict:
     return summary
 
 
+def qualityText(summary: dict) -> str:
+    """The implant-quality score for the panel's volume line ("quality 0.92 (weakest: thickness)"), or ""
+    when the result has none (quality not computed, an older library)."""
+    score = summary.get("implant_quality")
+    if score is None:
+        return ""
+    note = summary.get("implant_quality_note") or ""
+    weakest = note[note.find("(weakest:") : note.find(")") + 1] if "(weakest:" in note else ""
+    return f"quality {score:.2f}" + (f" {weakest}" if weakest else "")
+
+
+def volumeText(summary: dict) -> str:
+    """The panel's volume line: "Implant volume: 49.6 cm³; quality 0.92 (weakest: thickness)", or ""
+    before a result (no ``implantVolumeMm3``)."""
+    volume = summary.get("implantVolumeMm3")
+    if volume is None:
+        return ""
+    quality = qualityText(summary)
+    return f"Implant volume: {volume / 1000:.1f} cm³" + (f"; {quality}" if quality else "")
+
+
 def summaryLines(summary: dict, defect: str) -> list[str]:
-    """The log lines of a finished completion: its timings, an empty implant, what made the implant."""
+    """The log lines of a finished completion: its timings, an empty implant, what made the implant,
+    and the implant-quality score's one-line explanation (its steps at the rim, how far it reaches)."""
     timings = summary.get("timings") or {}
     numbers = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, (int, float)))
     lines = [f"Timings (s): {numbers}"] if numbers else []
@@ -101,6 +123,9 @@ def summaryLines(summary: dict, defect: str) -> list[str]:
         f"{summary['implantVolumeMm3'] / 1000:.1f} cm³ from "
         f"{sourceText(summary['implantSource'], summary.get('implant_variant'))}"
     )
+    note = summary.get("implant_quality_note") or ""
+    if note and summary["implantVoxels"]:
+        lines.append(note[0].upper() + note[1:])
     return lines
 
 

@@ -27,6 +27,7 @@ from SkullVAELib.core.config import IMPLANT_SOURCES
 
 from . import nodes
 from .logic import SkullVAECancelled, gammaApplies, sourceText
+from .results import volumeText
 
 MODEL_PATH_SETTING = "SkullVAE/ModelPath"
 POLL_INTERVAL_MS = 100
@@ -342,12 +343,11 @@ class SkullVAEPanel:
         self.updateButtons()
 
     def showSummary(self, result: dict) -> None:
-        """Which source made the implant, whether γ did, and the implant's volume."""
+        """Which source made the implant, whether γ did, the implant's volume and its quality score."""
         gamma = "γ was used" if result.get("gammaUsed") else "γ had no effect"
         made = sourceText(result.get("implantSource"), result.get("implant_variant"))
         self.ui.implantSourceLabel.text = f"Implant made by {made}; {gamma}."
-        volume = result.get("implantVolumeMm3")
-        self.ui.implantVolumeLabel.text = "" if volume is None else f"Implant volume: {volume / 1000:.1f} cm³"
+        self.ui.implantVolumeLabel.text = volumeText(result)
 
     def onAddCompletedSkull(self) -> None:
         node = self.parameterNode().outputSegmentation

@@ -161,6 +161,8 @@ def test_skullfix_validation_case_completes_without_a_model(scene, skullfix_dir,
         assert segment.HasTag(segment.GetTerminologyEntryTagName()), name
     assert logic.lastResult["implantSource"] == "rimfit" and not logic.lastResult["gammaUsed"]
     assert logic.lastResult["implantVolumeMm3"] > 1000  # a SkullFix cranial implant is tens of cm³
+    assert logic.lastResult["implant_quality"] > 0.5  # seamless at the rim
+    assert "mm from the rim" in logic.lastResult["implant_quality_note"]
     np.testing.assert_allclose(as_numpy(labelmap_matrix(seg, "Implant")), as_numpy(nodes.ijkToRas(volume)), atol=1e-9)
     assert worker_leftovers(private_tmp, logic) == []
 

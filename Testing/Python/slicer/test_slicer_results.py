@@ -278,3 +278,23 @@ def test_gamma_is_enabled_only_where_the_model_makes_the_implant():
     assert "shape model" in sourceText("rimfit", "model")
     both = sourceText("rimfit", "mirror, shapes")
     assert "mirrored side and the training skulls" in both and sourceText("rimfit", "") == sourceText("rimfit")
+
+
+def test_the_panel_shows_the_implant_quality_and_its_explanation():
+    """Issue 24 §1: the panel shows the quality score (volume line) and its one-line explanation (log)."""
+    note = (
+        "implant quality 0.92 (weakest: thickness): outer surface step at the rim 0.3 mm, thickness step 0.5 mm, "
+        "covers 100 % of the hole, its middle lies 37 mm from the rim"
+    )
+    summary = {"implantSource": "rimfit", "implantVoxels": 1000, "implantVolumeMm3": 49600.0}
+    summary.update(implant_quality=0.915, implant_quality_note=note)
+    assert results.qualityText(summary) == "quality 0.92 (weakest: thickness)"
+    assert results.volumeText(summary) == "Implant volume: 49.6 cm³; quality 0.92 (weakest: thickness)"
+    lines = results.summaryLines(summary, "cranial")
+    assert lines[-1] == "I" + note[1:] and "37 mm from the rim" in lines[-1]
+    without = {"implantSource": "rimfit", "implantVoxels": 1000, "implantVolumeMm3": 49600.0, "implant_quality": None}
+    assert results.qualityText(without) == "" and results.volumeText(without) == "Implant volume: 49.6 cm³"
+    assert results.volumeText({}) == ""
+    assert not any("quality" in line for line in results.summaryLines(without, "cranial"))
+    empty = dict(summary, implantVoxels=0, implantVolumeMm3=0.0)
+    assert not any(line.startswith("Implant quality") for line in results.summaryLines(empty, "cranial"))

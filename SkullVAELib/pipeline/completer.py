@@ -118,6 +118,7 @@ class Completer:
             uncertainty=uncertainty,
             quality=None if quality is None else float(quality.score),
             quality_note="" if quality is None else quality.explanation,
+            quality_parts={} if quality is None else {"components": quality.components, "measures": quality.measures},
         )
 
     def _choose(self, context: CompletionContext):

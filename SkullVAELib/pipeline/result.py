@@ -27,7 +27,9 @@ class Completion:
         timings: seconds per stage.
         uncertainty: float32 (I, J, K) bone frequency over the model's samples, or None.
         quality: the implant's agreement with the rim in [0, 1] (1 = seamless;
-            :mod:`SkullVAELib.implant.quality`), None when not computed; quality_note: its explanation.
+            :mod:`SkullVAELib.implant.quality`), None when not computed; quality_note: its explanation;
+            quality_parts: its components and measures by name (mm, fractions: steps at the rim, coverage,
+            ``reach_mm``), for programs that read the result rather than the note.
     """
 
     completed: SkullImage
@@ -45,6 +47,7 @@ class Completion:
     uncertainty: np.ndarray | None = None
     quality: float | None = None
     quality_note: str = ""
+    quality_parts: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def implant_volume_mm3(self) -> float:
@@ -63,6 +66,10 @@ class Completion:
             "implant_volume_mm3": round(self.implant_volume_mm3, 1),
             "implant_quality": None if self.quality is None else round(self.quality, 3),
             "implant_quality_note": self.quality_note,
+            "implant_quality_parts": {
+                part: {k: round(float(v), 4) if np.isfinite(v) else None for k, v in values.items()}
+                for part, values in self.quality_parts.items()
+            },
             "skipped_sources": dict(self.skipped),
             "warnings": list(self.warnings),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},

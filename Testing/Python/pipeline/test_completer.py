@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import ClassVar
@@ -169,6 +170,11 @@ def test_a_failed_implant_is_passed_over_and_every_result_carries_its_quality(ow
     real = quality.implant_quality
     result = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
     assert result.quality is not None and result.quality >= QUALITY_FLOOR and result.record()["implant_quality"]
+    parts = json.loads(json.dumps(result.record()["implant_quality_parts"], allow_nan=False))  # plain JSON
+    assert set(parts) == {"components", "measures"} and parts["measures"]["reach_mm"] > 0
+    assert parts["components"]["surface"] == pytest.approx(
+        real(defective, result.implant.mask).components["surface"], abs=1e-4
+    )
 
     def failing(skull, implant, *a, **k):  # the rim fit "fails"; anything else scores as it is
         score = real(skull, implant, *a, **k)

@@ -4,8 +4,8 @@ Not a timing. For each ``ID:DEFECT:SEED`` (``cranial`` takes no seed: ``056:cran
 fit with the mirror cue, as ``benchmarks/rimfit_cases.py`` runs it, then:
 
 - top row, in ray space around the hole (:mod:`SkullVAELib.evaluation.rayviews`): which rays hold truth
-  and implant, truth the implant misses inside the hole (the fill's radii are off) or outside it (the
-  hole the rays saw was smaller than the defect), implant without truth; the patient's outer radius on
+  and implant, truth the implant misses (more than a quarter of a ray's) inside the hole (the fill's
+  radii are off) or outside it (the hole the rays saw was smaller than the defect), implant without truth; the patient's outer radius on
   the same rays; the true implant's outer surface minus the implant's, ray by ray (mm);
 - bottom row: three slices through the missed voxel farthest from the implant (``--surplus``: the
   surplus voxel farthest from the truth), cropped to 60 voxels around it;

@@ -49,27 +49,42 @@ def outer_radius_map(mask: np.ndarray, skull: SkullImage, centre: np.ndarray, st
     return out
 
 
+MISSED_SHARE = 0.25  # a ray of the truth counts as missed when the implant misses more of its voxels
+
+
+def _voxels_per_ray(mask: np.ndarray, skull: SkullImage, centre, step_deg: float) -> np.ndarray:
+    """int (Nα, Nβ): how many voxels of ``mask`` lie on each ray (nearest cell)."""
+    cells, _, shape = _cells_and_radii(mask, skull, centre, step_deg)
+    out = np.zeros(shape, dtype=np.int64)
+    np.add.at(out, cells, 1)
+    return out
+
+
 def error_rays(raymap: raycast.RayMap, holes, truth: np.ndarray, implant: np.ndarray, skull: SkullImage) -> dict:
     """bool (Nα, Nβ) per group of :data:`RAY_GROUPS`, plus ``hole`` (the holes' rays as filled).
 
-    ``bone``: the patient's bone met (``raymap.hit``); ``both``: rays of truth and implant;
-    ``truth in the hole``: truth the implant misses on a hole ray (the fill's radii are off there);
-    ``truth outside the hole``: truth the implant misses on a ray that met bone (the hole the rays saw
-    was smaller than the defect: other bone below it, a cut wall across the ray); ``implant only``:
-    implant on rays without truth. Args: ``raymap``, ``holes`` of a :class:`RimFitResult`; ``truth``,
-    ``implant`` bool (I, J, K) on ``skull``'s grid."""
+    A ray of the truth is *missed* when the implant misses more than :data:`MISSED_SHARE` of the
+    truth's voxels on it (the whole ray, or the part of it the fill's radii leave out). ``bone``: the
+    patient's bone met (``raymap.hit``); ``both``: rays of the truth that are not missed;
+    ``truth in the hole``: missed rays of the hole (the fill's radii are off there, or it left the ray
+    out); ``truth outside the hole``: missed rays that met bone (the hole the rays saw was smaller than
+    the defect: other bone below it, a cut wall across the ray); ``implant only``: implant on rays
+    without truth. Every ray of the truth lies in exactly one of the three. Args: ``raymap``, ``holes``
+    of a :class:`RimFitResult`; ``truth``, ``implant`` bool (I, J, K) on ``skull``'s grid."""
     hole = np.zeros(raymap.hit.shape, dtype=bool)
     for h in holes:
         hole |= h.cells
-    on_truth = rays_of_mask(truth, skull, raymap.centre, raymap.step_deg)
-    on_implant = rays_of_mask(implant, skull, raymap.centre, raymap.step_deg)
-    missed = on_truth & ~on_implant
+    centre, step = raymap.centre, raymap.step_deg
+    on_truth = _voxels_per_ray(truth, skull, centre, step)
+    lost = _voxels_per_ray(truth & ~implant, skull, centre, step)
+    on_implant = rays_of_mask(implant, skull, centre, step)
+    missed = (on_truth > 0) & (lost > MISSED_SHARE * on_truth)
     return {
         "bone": raymap.hit.copy(),
-        "both": on_truth & on_implant,
+        "both": (on_truth > 0) & ~missed,
         "truth in the hole": missed & hole,
         "truth outside the hole": missed & ~hole,
-        "implant only": on_implant & ~on_truth,
+        "implant only": on_implant & (on_truth == 0),
         "hole": hole,
     }
 

@@ -45,6 +45,19 @@ def test_every_ray_of_the_truth_falls_in_one_group(fitted):
     assert groups["both"].sum() > 0.8 * on_truth.sum()  # the phantom's fill is good
 
 
+def test_an_implant_too_thin_misses_truth_inside_the_hole(fitted):
+    """Half of every ray's truth left out (the outer half): the hole's rays read as missed, not as both."""
+    defective, truth, result = fitted
+    index = np.argwhere(truth)
+    affine = defective.index_to_physical()
+    radius = np.linalg.norm(index @ affine[:3, :3].T + affine[:3, 3] - result.raymap.centre, axis=1)
+    inner = np.zeros_like(truth)
+    inner[tuple(index[radius < np.median(radius)].T)] = True
+    groups = error_rays(result.raymap, result.holes, truth, inner, defective)
+    assert groups["truth in the hole"].sum() > groups["both"].sum()
+    assert groups["truth in the hole"].sum() > 5 * groups["truth outside the hole"].sum()
+
+
 def test_an_implant_that_misses_its_hole_shows_as_truth_in_the_hole(fitted):
     defective, truth, result = fitted
     nothing = np.zeros_like(truth)

@@ -19,21 +19,21 @@ Components, each in [0, 1]:
 - ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimfit.find_holes`,
   scan edge aware; only the rays the scan sees through) whose rays meet bone once the implant is
   in; absent when the skull has no such hole (a facial defect).
+- ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in pieces farther than
+  ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), at least 0.
 
 Rays whose bone or implant is cut by the scan's edge (:mod:`scanedge`) are left out of the rim
 comparison: their radii are the edge's, not the skull's.
+
+score = the product of the components (an empty implant scores 0): one failure is enough to make
+an implant bad. When no rim component can be measured (the rim lies beyond the scan's edge, or the
+implant is a sliver), a neutral ``rim`` component of 0.5 stands in for them. The explanation names the measures and the weakest component.
 
 A measure, not a component: ``reach_mm``, how far the footprint's middle lies from its rim (mm along
 the implant's outer surface). A fill continued from the rim is least sure there: on SkullFix's training
 defects the rim fit's shell lay 0.12 mm (SD over holes) off the truth within about 5 mm of the rim and
 1.2 mm off beyond about 30 mm (docs/results/issue-24.md, "The true implant's own cavities …"). The
 explanation names it so that a reader knows how far the implant reaches beyond the bone that holds it.
-- ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in pieces farther than
-  ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), at least 0.
-
-score = the product of the components (an empty implant scores 0): one failure is enough to make
-an implant bad. When no rim component can be measured (the rim lies beyond the scan's edge, or the
-implant is a sliver), a neutral ``rim`` component of 0.5 stands in for them. The explanation names the measures and the weakest component.
 """
 
 from __future__ import annotations

@@ -90,14 +90,16 @@ def resultSummary(result: dict, output, hadModel: bool) -> dict:
 
 
 def qualityText(summary: dict) -> str:
-    """The implant-quality score for the panel's volume line ("quality 0.92 (weakest: thickness)"), or ""
-    when the result has none (quality not computed, an older library)."""
+    """The implant-quality score for the panel's volume line ("quality 0.92 (weakest: thickness)": its
+    lowest component in the result's ``implant_quality_parts``), or "" when the result has none (quality
+    not computed, an older library)."""
     score = summary.get("implant_quality")
     if score is None:
         return ""
-    note = summary.get("implant_quality_note") or ""
-    weakest = note[note.find("(weakest:") : note.find(")") + 1] if "(weakest:" in note else ""
-    return f"quality {score:.2f}" + (f" {weakest}" if weakest else "")
+    components = (summary.get("implant_quality_parts") or {}).get("components") or {}
+    components = {name: value for name, value in components.items() if value is not None}
+    weakest = f" (weakest: {min(components, key=components.get)})" if components else ""
+    return f"quality {score:.2f}{weakest}"
 
 
 def volumeText(summary: dict) -> str:

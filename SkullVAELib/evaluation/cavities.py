@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from SkullVAELib.implant.cleanup import bounding_box
+from SkullVAELib.implant.components import label_pieces
 
 _FACES = ndimage.generate_binary_structure(3, 1)
 
@@ -42,7 +43,7 @@ def enclosed_cavities(implant: np.ndarray, bone: np.ndarray, margin: int = 4) ->
     box = bounding_box(implant, margin=max(int(margin), 1))
     if box is None:
         return out
-    labels, n = ndimage.label(~(implant[box] | bone[box]), structure=_FACES)
+    labels, n = label_pieces(~(implant[box] | bone[box]), connectivity=6)
     if n == 0:
         return out
     open_labels = np.zeros(n + 1, dtype=bool)

@@ -22,22 +22,23 @@ RAY_GROUPS = ("bone", "both", "truth in the hole", "truth outside the hole", "im
 
 def _cells_and_radii(mask: np.ndarray, skull: SkullImage, centre, step_deg: float):
     """((rows, columns) of the nearest ray cell, radius mm) of every voxel of ``mask``, and the grid's shape."""
+    row, col, radius = raycast.voxel_cells(skull, np.argwhere(mask), centre, step_deg)
     alpha, beta = raycast.angle_grid(step_deg)
-    index = np.argwhere(mask)
-    affine = skull.index_to_physical()
-    radius, a, b = raycast.to_angles(index @ affine[:3, :3].T + affine[:3, 3] - np.asarray(centre, dtype=np.float64))
-    row, col = raycast.grid_coordinates(a, b, step_deg)
-    row = np.clip(np.rint(row).astype(np.intp), 0, len(alpha) - 1)
-    return (row, np.rint(col).astype(np.intp) % len(beta)), radius, (len(alpha), len(beta))
+    return (row, col), radius, (len(alpha), len(beta))
+
+
+def _voxels_per_ray(mask: np.ndarray, skull: SkullImage, centre, step_deg: float) -> np.ndarray:
+    """int (Nα, Nβ): how many voxels of ``mask`` lie on each ray (nearest cell)."""
+    cells, _, shape = _cells_and_radii(mask, skull, centre, step_deg)
+    out = np.zeros(shape, dtype=np.int64)
+    np.add.at(out, cells, 1)
+    return out
 
 
 def rays_of_mask(mask: np.ndarray, skull: SkullImage, centre: np.ndarray, step_deg: float) -> np.ndarray:
     """bool (Nα, Nβ): the rays of the grid of ``step_deg`` from ``centre`` (LPS mm) that pass through a
     voxel of ``mask`` (bool (I, J, K) on ``skull``'s grid; nearest cell of each voxel's centre)."""
-    cells, _, shape = _cells_and_radii(mask, skull, centre, step_deg)
-    out = np.zeros(shape, dtype=bool)
-    out[cells] = True
-    return out
+    return _voxels_per_ray(mask, skull, centre, step_deg) > 0
 
 
 def outer_radius_map(mask: np.ndarray, skull: SkullImage, centre: np.ndarray, step_deg: float) -> np.ndarray:
@@ -50,14 +51,6 @@ def outer_radius_map(mask: np.ndarray, skull: SkullImage, centre: np.ndarray, st
 
 
 MISSED_SHARE = 0.25  # a ray of the truth counts as missed when the implant misses more of its voxels
-
-
-def _voxels_per_ray(mask: np.ndarray, skull: SkullImage, centre, step_deg: float) -> np.ndarray:
-    """int (Nα, Nβ): how many voxels of ``mask`` lie on each ray (nearest cell)."""
-    cells, _, shape = _cells_and_radii(mask, skull, centre, step_deg)
-    out = np.zeros(shape, dtype=np.int64)
-    np.add.at(out, cells, 1)
-    return out
 
 
 def error_rays(raymap: raycast.RayMap, holes, truth: np.ndarray, implant: np.ndarray, skull: SkullImage) -> dict:

@@ -93,23 +93,23 @@ def _main_footprint(footprint: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray
     return cells, mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
-def _reach_mm(footprint: np.ndarray, completed: raycast.RayMap, step_deg: float) -> float:
-    """How far (mm, along the outer surface) the main footprint's ray farthest from its border lies
-    from it: cells × ``step_deg`` in radians × the footprint's median outer radius. A ray grid's cells
-    narrow towards its poles, which lie away from the vault (front and back of the head)."""
-    cells, _ = _main_footprint(footprint, raycast.grid_directions(step_deg))
+def _reach_mm(cells: np.ndarray, completed: raycast.RayMap, step_deg: float) -> float:
+    """How far (mm, along the outer surface) the main footprint's (``cells``) ray farthest from its border
+    lies from it: cells × ``step_deg`` in radians × the footprint's median outer radius. A ray grid's
+    cells narrow towards its poles, which lie away from the vault (front and back of the head)."""
     if not cells.any():
         return 0.0
     radius = float(np.nanmedian(completed.r_out[cells]))
     return float(ndimage.distance_transform_edt(cells).max()) * np.deg2rad(step_deg) * radius
 
 
-def _continuity(bone, completed, usable, footprint, cfg) -> tuple[float, float, int]:
+def _continuity(bone, completed, usable, footprint, main, cfg) -> tuple[float, float, int]:
     """(median |outer-radius step|, median |thickness step|, band rays) across the footprint's rim (mm).
 
-    ``usable``: rays whose radii are the skull's (not cut by the scan's edge), on both sides."""
+    ``usable``: rays whose radii are the skull's (not cut by the scan's edge), on both sides; ``main``:
+    (cells, direction) of the footprint's largest group (:func:`_main_footprint`)."""
     dirs = raycast.grid_directions(cfg.step_deg)
-    cells, direction = _main_footprint(footprint, dirs)
+    cells, direction = main
     inside = ndimage.distance_transform_cdt(cells, metric="chessboard")
     outside = ndimage.distance_transform_cdt(~cells, metric="chessboard")
     within = dirs @ direction >= np.cos(np.deg2rad(80.0))  # the projection's limit
@@ -171,9 +171,10 @@ def _ray_components(skull, bone, completed, edge, raised, cfg, measures) -> dict
         return {"surface": 0.0, "thickness": 0.0}
     cut = completed.hit & (edge.exit_mm - np.nan_to_num(completed.r_out) <= 1.0)  # bone or implant cut by the scan
     usable = (bone.hit & ~edge.truncated) | (completed.hit & ~cut & ~bone.hit) | (raised & ~cut)
-    surface, thick, n_band = _continuity(bone, completed, usable, raised, cfg)
+    main = _main_footprint(raised, raycast.grid_directions(cfg.step_deg))
+    surface, thick, n_band = _continuity(bone, completed, usable, raised, main, cfg)
     measures.update(surface_step_mm=surface, thickness_step_mm=thick, band_rays=float(n_band))
-    measures["reach_mm"] = _reach_mm(raised, completed, cfg.step_deg)
+    measures["reach_mm"] = _reach_mm(main[0], completed, cfg.step_deg)
     if not np.isfinite(surface):
         return {}
     floor = cfg.voxel_scale * float(np.max(skull.spacing))

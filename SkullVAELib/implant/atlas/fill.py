@@ -150,11 +150,7 @@ def exposed(skull: SkullImage, candidate: np.ndarray, margin_mm: float, step_deg
         return out
     centre = raycast.cranial_centre(skull)
     rays = raycast.cast(skull, centre, step_deg)
-    affine = skull.index_to_physical()
-    radius, alpha, beta = raycast.to_angles(index @ affine[:3, :3].T + affine[:3, 3] - centre)
-    row, col = raycast.grid_coordinates(alpha, beta, step_deg)
-    row = np.clip(np.round(row).astype(int), 0, rays.r_out.shape[0] - 1)
-    col = np.round(col).astype(int) % rays.r_out.shape[1]
+    row, col, radius = raycast.voxel_cells(skull, index, centre, step_deg)
     outer = rays.r_out[row, col]
     keep = ~np.isfinite(outer) | (radius > outer + margin_mm)
     out[tuple(index[keep].T)] = True

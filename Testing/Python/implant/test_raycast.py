@@ -341,3 +341,17 @@ def test_the_grid_directions_are_made_once_read_only_and_equal_the_angles():
     dirs = raycast.grid_directions(2.0)
     assert dirs is raycast.grid_directions(2.0) and not dirs.flags.writeable
     np.testing.assert_array_equal(dirs, raycast.directions(alpha[:, None], beta[None, :]))
+
+
+def test_voxel_cells_find_the_ray_through_each_voxel():
+    """Straight up from the centre is α = 90°, β = 0; straight down wraps onto the seam's first or last
+    column; the radius is the voxel centre's distance (an oblique grid included)."""
+    angle = np.deg2rad(30.0)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    skull = SkullImage(np.zeros((41, 41, 41), dtype=bool), np.zeros(3), np.ones(3), direction)
+    centre = skull.index_to_physical()[:3, :3] @ np.array([20.0, 20.0, 20.0])
+    row, col, radius = raycast.voxel_cells(skull, np.array([[20, 20, 40], [20, 20, 0]]), centre, 1.0)
+    alpha, beta = raycast.angle_grid(1.0)
+    np.testing.assert_allclose(radius, [20.0, 20.0])
+    assert abs(np.rad2deg(alpha[row[0]]) - 90.0) <= 0.5 and abs(np.rad2deg(beta[col[0]])) <= 0.5
+    assert abs(np.rad2deg(alpha[row[1]]) - 90.0) <= 0.5 and abs(abs(np.rad2deg(beta[col[1]])) - 180.0) <= 0.5

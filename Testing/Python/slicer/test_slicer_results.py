@@ -287,7 +287,8 @@ def test_the_panel_shows_the_implant_quality_and_its_explanation():
         "covers 100 % of the hole, its middle lies 37 mm from the rim"
     )
     summary = {"implantSource": "rimfit", "implantVoxels": 1000, "implantVolumeMm3": 49600.0}
-    summary.update(implant_quality=0.915, implant_quality_note=note)
+    parts = {"components": {"surface": 0.978, "thickness": 0.936, "coverage": 1.0}, "measures": {"reach_mm": 37.3}}
+    summary.update(implant_quality=0.915, implant_quality_note=note, implant_quality_parts=parts)
     assert results.qualityText(summary) == "quality 0.92 (weakest: thickness)"
     assert results.volumeText(summary) == "Implant volume: 49.6 cm³; quality 0.92 (weakest: thickness)"
     lines = results.summaryLines(summary, "cranial")

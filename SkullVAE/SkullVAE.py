@@ -130,6 +130,7 @@ class SkullVAEParameterNode:
         (``skullvae complete --sources``; ``SkullVAELib.core.config.IMPLANT_SOURCES``): one field per
         source, named by it (the panel passes ``sourcesOf(params)`` to ``process(sources=...)``).
     mirror: let rimfit use the skull's mirror image (``--mirror``).
+    selfCheck: try rimfit's fill on the hole's outline moved over the intact vault (``--self-check``).
     smoothMm, marginMm, minThicknessMm: finishing for manufacture in mm, 0 = off (``--smooth-mm``,
         ``--margin-mm``: the gap between implant and patient bone, ``--min-thickness-mm``).
     outputSegmentation: receives "Patient bone" and "Implant".
@@ -149,6 +150,7 @@ class SkullVAEParameterNode:
     atlas: bool = True
     model: bool = True
     mirror: bool = True
+    selfCheck: bool = False
     smoothMm: Annotated[float, WithinRange(0, MAX_FINISH_MM)] = 0.0
     marginMm: Annotated[float, WithinRange(0, MAX_FINISH_MM)] = 0.0
     minThicknessMm: Annotated[float, WithinRange(0, MAX_FINISH_MM)] = 0.0

@@ -4,7 +4,10 @@ Not a timing: one row per (case, defect, seed) of the rim fit with the mirror cu
 ``rimfit`` source's default), scored with :mod:`SkullVAELib.evaluation.implants` and
 :func:`SkullVAELib.implant.quality.implant_quality`; rows are appended to ``--out`` (JSON lines)
 as each case finishes, so a partial run keeps its cases. ``--save`` keeps each implant (its
-bounding box, packed bits) to score again later (``--rescore``). ``--cavities`` adds the scores against
+bounding box, packed bits) to score again later (``--rescore``). ``--self-check`` adds the rim fit's check on
+the skull's intact vault (:mod:`SkullVAELib.implant.selfcheck`: its DSC estimate, places, each place's score;
+``--summary`` then gives its Spearman with the true DSC, alone and with the hole's size held out).
+``--cavities`` adds the scores against
 the truth with its own enclosed voids counted as implant (:mod:`SkullVAELib.evaluation.cavities`: how
 much of the error is the label's diploic texture) and their volume::
 
@@ -27,6 +30,7 @@ from SkullVAELib.evaluation.cavities import enclosed_cavities
 from SkullVAELib.evaluation.implants import defect_cases, score
 from SkullVAELib.evaluation.metrics import bounding_box, implant_metrics
 from SkullVAELib.implant.rimfit import rim_fit
+from SkullVAELib.implant.selfcheck import check_rim_fit
 from SkullVAELib.implant.symmetry import find_mirror_plane
 
 
@@ -90,9 +94,17 @@ def run(args) -> None:
             implant, timings, holes = result.implant, result.timings, result.holes
             messages = list(getattr(result, "messages", []))
         seconds = time.perf_counter() - t0
+        check = {}
+        if args.self_check and not args.rescore:
+            t1 = time.perf_counter()
+            found = check_rim_fit(case.defective, result, None, transform)
+            check = {"self_check": found.summary(), "self_check_scores": found.scores}
+            check["self_check_seconds"] = round(time.perf_counter() - t1, 2)
+            check["hole_sr"] = holes[0].solid_angle_sr if holes else 0.0
         row = {"case_id": case.case_id, "defect": case.defect, "seed": case.seed, "label": args.label}
         row.update(score(implant, case))
         row.update(_quality(case, implant))
+        row.update(check)
         if args.cavities:
             row.update(_cavity_scores(case, implant))
         if args.truth_quality:
@@ -136,12 +148,42 @@ def summary(path: str) -> None:
                 f"{np.mean([r['dsc_cavities'] for r in g]):.3f}, HD95 {np.mean([r['hd95_cavities'] for r in g]):.2f} "
                 f"mm (max {max(r['hd95_cavities'] for r in g):.2f}); pass (≥ 0.85, ≤ 3 mm) {sum(passing)} → {sum(filled)}"
             )
+    if all(r.get("self_check") for r in rows):
+        _self_check_summary(rows)
     dsc = [r["dsc"] for r in rows]
     for key, name in (("quality", "quality"), ("quality_reach_mm", "the implant's reach from its rim")):
         values = np.array([r.get(key) if r.get(key) is not None else np.nan for r in rows], dtype=float)
         if np.isfinite(values).all() and len(rows) > 2:
             rho = stats.spearmanr(values, dsc)
             print(f"Spearman({name}, DSC) = {rho.statistic:.2f} (p = {rho.pvalue:.3g}, n = {len(rows)})")
+
+
+def _self_check_summary(rows: list[dict]) -> None:
+    """How well the self-check's DSC estimate ranks the true DSC: Spearman per defect and overall, and
+    overall with the hole's solid angle held out (partial correlation of the ranks)."""
+    from scipy import stats
+
+    def partial(x, y, z) -> float:
+        x, y, z = (stats.rankdata(v) for v in (x, y, z))
+        design = np.c_[np.ones_like(z), z]
+        rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+        ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+        return float(np.corrcoef(rx, ry)[0, 1])
+
+    usable = [r for r in rows if r["self_check"]["dsc"] is not None]
+    print(f"self-check: {len(usable)} of {len(rows)} pairs had an intact place")
+    for defect in [*sorted({r["defect"] for r in usable}), "all"]:
+        g = [r for r in usable if defect in ("all", r["defect"])]
+        est = np.array([r["self_check"]["dsc"] for r in g])
+        dsc = np.array([r["dsc"] for r in g])
+        rho = stats.spearmanr(est, dsc).statistic if len(g) > 2 else float("nan")
+        line = (
+            f"  {defect}: n={len(g)} estimate {est.mean():.3f} against true {dsc.mean():.3f} (mean |error| "
+            f"{np.abs(est - dsc).mean():.3f}); Spearman {rho:+.2f}"
+        )
+        if defect == "all" and len(g) > 3:
+            line += f", with the hole's size held out {partial(est, dsc, [r['hole_sr'] for r in g]):+.2f}"
+        print(line + f"; places median {np.median([r['self_check']['places'] for r in g]):.0f}")
 
 
 def main() -> None:
@@ -157,6 +199,7 @@ def main() -> None:
     p.add_argument("--no-mirror", action="store_true")
     p.add_argument("--truth-quality", action="store_true", help="score the true implant's quality too")
     p.add_argument("--cavities", action="store_true", help="also score against the truth with its cavities filled")
+    p.add_argument("--self-check", action="store_true", help="add the rim fit's check on the intact vault")
     p.add_argument("--summary", help="print the table of a JSON lines file and stop")
     args = p.parse_args()
     if args.summary:

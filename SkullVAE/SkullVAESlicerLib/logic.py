@@ -8,7 +8,7 @@ and loads the resulting ``.seg.nrrd`` into a segmentation node the Slicer way (`
 the input's geometry, under the input in the subject hierarchy. ``SkullVAELogic(warmWorker=False)``
 starts one child per call instead (``batch.py``). A model is optional: without one, cranial defects
 get the model-free rim fit. The implant sources and the finishing are the library's words
-(``sources``, ``mirror``, ``smoothMm``, ``marginMm``, ``minThicknessMm``). Imports no Qt: under the
+(``sources``, ``mirror``, ``selfCheck``, ``smoothMm``, ``marginMm``, ``minThicknessMm``). Imports no Qt: under the
 slicer-core wheel the base class is a plain object. The model half (list, download, install,
 remove) is ``models.ModelsLogic``.
 """
@@ -144,6 +144,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         uncertainty: bool = False,
         sources=IMPLANT_SOURCES,
         mirror: bool = True,
+        selfCheck: bool = False,
         smoothMm: float = 0.0,
         marginMm: float = 0.0,
         minThicknessMm: float = 0.0,
@@ -172,6 +173,9 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
                 facial U-Net), "atlas" (the bundle's atlas skulls), "model" (the latent
                 arithmetic, γ). A sequence or one text "rimfit,model".
             mirror: let ``rimfit`` use the skull's mirror image (``--mirror``/``--no-mirror``).
+            selfCheck: try ``rimfit``'s fill on the hole's outline moved over the skull's intact vault and
+                report the DSC it scored there (``--self-check``; about 2-3 s more; the log and
+                :attr:`lastResult`'s ``implant_self_check`` hold it).
             smoothMm: smooth the implant's surface (Gaussian σ, mm; ``--smooth-mm``).
             marginMm: the gap left between implant and patient bone (mm; ``--margin-mm``).
             minThicknessMm: remove implant parts thinner than this (mm; ``--min-thickness-mm``).
@@ -195,7 +199,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
         options = checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
-        options["choices"] = checkedChoices(sources, mirror, smoothMm=smoothMm, marginMm=marginMm,
+        options["choices"] = checkedChoices(sources, mirror, selfCheck, smoothMm=smoothMm, marginMm=marginMm,
                                             minThicknessMm=minThicknessMm)  # fmt: skip
         run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
         self._run = run

@@ -38,10 +38,10 @@ def gammaApplies(modelPath, defect: str = "auto", sources=IMPLANT_SOURCES) -> bo
     return not (defect == "cranial" and "rimfit" in order[: order.index("model")])
 
 
-def checkedChoices(sources, mirror: bool, **finishing: float) -> dict:
-    """``process()``'s implant sources, mirror and finishing (:data:`FINISHING`), checked: ValueError
+def checkedChoices(sources, mirror: bool, selfCheck: bool = False, **finishing: float) -> dict:
+    """``process()``'s implant sources, mirror, self-check and finishing (:data:`FINISHING`), checked: ValueError
     naming the problem (the upper bounds of the finishing are the library's, checked by the child)."""
-    choices = {"sources": sourceList(sources), "mirror": bool(mirror)}
+    choices = {"sources": sourceList(sources), "mirror": bool(mirror), "selfCheck": bool(selfCheck)}
     for name, value in finishing.items():
         try:
             number = float(value)

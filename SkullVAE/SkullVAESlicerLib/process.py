@@ -102,6 +102,7 @@ def buildCompleteArguments(
     uncertaintyPath: str | None = None,
     sources=IMPLANT_SOURCES,
     mirror: bool = True,
+    selfCheck: bool = False,
     smoothMm: float = 0.0,
     marginMm: float = 0.0,
     minThicknessMm: float = 0.0,
@@ -111,7 +112,8 @@ def buildCompleteArguments(
 
     ``modelPath`` None or "": no ``--model`` (the model-free rim fit of cranial defects).
     ``sources``: the implant sources in the order to try, in the library's words
-    (``--sources``; :func:`sourceList`); ``mirror``: ``--mirror``/``--no-mirror`` of ``rimfit``.
+    (``--sources``; :func:`sourceList`); ``mirror``: ``--mirror``/``--no-mirror`` of ``rimfit``;
+    ``selfCheck``: ``--self-check`` (the rim fit tried on the skull's intact vault).
     ``smoothMm``, ``marginMm``, ``minThicknessMm``: ``--smooth-mm``, ``--margin-mm`` (the gap
     between implant and patient bone), ``--min-thickness-mm``; 0 = off, all in mm.
     """
@@ -126,6 +128,8 @@ def buildCompleteArguments(
     if uncertaintyPath:
         args += ["--uncertainty", str(uncertaintyPath)]
     args += ["--sources", ",".join(sourceList(sources)), "--mirror" if mirror else "--no-mirror"]
+    if selfCheck:
+        args += ["--self-check"]
     for flag, value in (("--smooth-mm", smoothMm), ("--margin-mm", marginMm), ("--min-thickness-mm", minThicknessMm)):
         args += [flag, repr(float(value))]
     return args

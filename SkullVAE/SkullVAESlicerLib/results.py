@@ -114,7 +114,8 @@ def volumeText(summary: dict) -> str:
 
 def summaryLines(summary: dict, defect: str) -> list[str]:
     """The log lines of a finished completion: its timings, an empty implant, what made the implant,
-    and the implant-quality score's one-line explanation (its steps at the rim, how far it reaches)."""
+    the implant-quality score's one-line explanation (its steps at the rim, how far it reaches), and the
+    rim fit's self-check on the skull's intact vault when it was asked for."""
     timings = summary.get("timings") or {}
     numbers = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if isinstance(v, (int, float)))
     lines = [f"Timings (s): {numbers}"] if numbers else []
@@ -125,9 +126,10 @@ def summaryLines(summary: dict, defect: str) -> list[str]:
         f"{summary['implantVolumeMm3'] / 1000:.1f} cm³ from "
         f"{sourceText(summary['implantSource'], summary.get('implant_variant'))}"
     )
-    note = summary.get("implant_quality_note") or ""
-    if note and summary["implantVoxels"]:
-        lines.append(note[0].upper() + note[1:])
+    for key in ("implant_quality_note", "implant_self_check_note"):
+        note = summary.get(key) or ""
+        if note and summary["implantVoxels"]:
+            lines.append(note[0].upper() + note[1:])
     return lines
 
 

@@ -4,13 +4,12 @@ The logic runs the child process; this class drains its output with a ``qt.QTime
 the main thread (so the GUI never freezes), turns Apply into Cancel while it runs, and
 shows the result: which source made the implant, its volume, Slicer's Show 3D toggle (the
 implant's surface exists at once; the bone's is built right after the panel is updated).
-The model selector lists installed models and the registry's; Download (after the licence
-is accepted, once per model, remembered in the user's settings) and Install from file run
-``skullvae models download|install`` the same way (progress bar, Cancel); Remove deletes.
-A model is optional: Apply needs only an input. γ is enabled only where it can change the
-implant (``logic.gammaApplies``). The implant sources are one checkbox per source, named by the
-library's word (residual, rimfit, learned, atlas, model; :func:`sourcesOf`), and the finishing (smoothing,
-gap to the bone, minimum thickness) is passed as ``process(smoothMm=, marginMm=, minThicknessMm=)``.
+The model selector lists installed models and the registry's; Download (after the licence is accepted, once per
+model, remembered in the user's settings) and Install from file run ``skullvae models download|install`` the same
+way (progress bar, Cancel); Remove deletes. A model is optional: Apply needs only an input. γ is enabled only
+where it can change the implant (``logic.gammaApplies``). The implant sources are one checkbox per source, named
+by the library's word (residual, rimfit, learned, atlas, model; :func:`sourcesOf`), rimfit's mirror and self-check
+two more, and the finishing (smoothing, gap, minimum thickness) goes to ``process(smoothMm=, marginMm=, ...)``.
 """
 
 from __future__ import annotations
@@ -256,7 +255,7 @@ class SkullVAEPanel:
             else "γ has no effect here: it weights the model source only (no model, the model source off, or a "
             "cranial defect that rimfit fills first)"
         )
-        self.ui.mirrorCheckBox.enabled = "rimfit" in sources and not running
+        self.ui.mirrorCheckBox.enabled = self.ui.selfCheckCheckBox.enabled = "rimfit" in sources and not running
         output = params.outputSegmentation if params is not None else None
         self.ui.show3DButton.setSegmentationNode(output)
         self.ui.show3DButton.enabled = output is not None and not running
@@ -298,6 +297,7 @@ class SkullVAEPanel:
                 uncertainty=params.uncertainty,
                 sources=sourcesOf(params),
                 mirror=params.mirror,
+                selfCheck=params.selfCheck,
                 smoothMm=params.smoothMm,
                 marginMm=params.marginMm,
                 minThicknessMm=params.minThicknessMm,

@@ -88,6 +88,12 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         help="score each implant's agreement with the defect's rim (in the result) and pass over failed ones",
     )
     g.add_argument(
+        "--self-check",
+        action="store_true",
+        help="try the rim fit on the hole's outline moved over the skull's intact vault and report the DSC it "
+        "scored there (in the result; about 2-3 s more)",
+    )
+    g.add_argument(
         "--defect",
         choices=DEFECT_CHOICES,
         default="auto",
@@ -173,7 +179,9 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         sources=args.sources,
         defect=args.defect,
         vae=vae,
-        rimfit=dataclasses.replace(RimFitSettings(), mirror=args.mirror, shapes=args.shapes),
+        rimfit=dataclasses.replace(
+            RimFitSettings(), mirror=args.mirror, shapes=args.shapes, self_check=args.self_check
+        ),
         learned=LearnedSettings(args.refiner),
         residual=ResidualSettings(args.residual),
         atlas=AtlasSettings(args.atlas),

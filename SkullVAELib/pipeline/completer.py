@@ -80,7 +80,7 @@ class Completer:
         context.defect = decision.defect
         chosen, skipped, tried = self._choose(context)
         if chosen is None:
-            implant, name, variant, quality = np.zeros(skull.shape, dtype=bool), "none", "", None
+            implant, name, variant, quality, check = np.zeros(skull.shape, dtype=bool), "none", "", None, None
             if not tried:  # no source could serve: a missing part, not an empty result
                 reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
                 hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
@@ -91,7 +91,7 @@ class Completer:
             warnings = [f"no implant: {n}: {why}" for n, why in (tried_reasons or skipped).items()]
         else:
             source, proposal, implant, quality = chosen
-            name, variant = source.name, proposal.variant
+            name, variant, check = source.name, proposal.variant, proposal.self_check
             warnings = list(proposal.messages)
             what = f"{decision.defect} implant"
             warnings += check_implant(implant, skull.voxel_volume_mm3, proposal.holes, what, proposal.expected_mm3)
@@ -119,6 +119,8 @@ class Completer:
             quality=None if quality is None else float(quality.score),
             quality_note="" if quality is None else quality.explanation,
             quality_parts={} if quality is None else {"components": quality.components, "measures": quality.measures},
+            self_check={} if check is None else check.summary(),
+            self_check_note="" if check is None else check.note(),
         )
 
     def _choose(self, context: CompletionContext):

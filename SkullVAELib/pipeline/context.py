@@ -71,6 +71,22 @@ class CompletionContext:
             self.cache[key] = result
         return self.cache[key]
 
+    def self_check(self):
+        """The rim fit tried on the skull's intact vault (:class:`~SkullVAELib.implant.selfcheck.SelfCheck`,
+        once per skull), or None when the settings do not ask for it."""
+        if not self.settings.rimfit.self_check:
+            return None
+        key = ("selfcheck", self.settings.rimfit.mirror, self.settings.rimfit.shapes)
+        if key not in self.cache:
+            from SkullVAELib.implant.selfcheck import check_rim_fit
+
+            result = self.rim_fit()
+            transform = self.mirror_transform() if self.settings.rimfit.mirror else None
+            self.progress("rimfit", 0.6, "trying the fill on the skull's intact vault")
+            with self.timed("rimfit_self_check"):
+                self.cache[key] = check_rim_fit(self.skull, result, self.settings.rimfit.config, transform)
+        return self.cache[key]
+
     def shape_cue(self):
         """The rim fit's cue where the mirror has none: the model folder's shape bank, else the installed
         shape model (None when neither is there)."""

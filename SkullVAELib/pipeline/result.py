@@ -30,6 +30,8 @@ class Completion:
             :mod:`SkullVAELib.implant.quality`), None when not computed; quality_note: its explanation;
             quality_parts: its components and measures by name (mm, fractions: steps at the rim, coverage,
             ``reach_mm``), for programs that read the result rather than the note.
+        self_check: the rim fit tried on the skull's intact vault (``SelfCheck.summary()``: median DSC,
+            places, lowest, highest), {} when not asked for; self_check_note: its one line.
     """
 
     completed: SkullImage
@@ -48,6 +50,8 @@ class Completion:
     quality: float | None = None
     quality_note: str = ""
     quality_parts: dict[str, dict[str, float]] = field(default_factory=dict)
+    self_check: dict[str, float | None] = field(default_factory=dict)
+    self_check_note: str = ""
 
     @property
     def implant_volume_mm3(self) -> float:
@@ -67,9 +71,10 @@ class Completion:
             "implant_quality": None if self.quality is None else round(self.quality, 3),
             "implant_quality_note": self.quality_note,
             "implant_quality_parts": {
-                part: {k: round(float(v), 4) if np.isfinite(v) else None for k, v in values.items()}
-                for part, values in self.quality_parts.items()
+                part: {k: _rounded(v) for k, v in values.items()} for part, values in self.quality_parts.items()
             },
+            "implant_self_check": {k: _rounded(v) for k, v in self.self_check.items()} or None,
+            "implant_self_check_note": self.self_check_note,
             "skipped_sources": dict(self.skipped),
             "warnings": list(self.warnings),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -79,3 +84,10 @@ class Completion:
         """One line: "cranial defect, implant 12.3 cm³ (rimfit + mirror)"."""
         how = self.source + (f" + {self.variant}" if self.variant else "")
         return f"{self.defect} defect, implant {self.implant_volume_mm3 / 1000:.1f} cm³ ({how})"
+
+
+def _rounded(value) -> float | int | None:
+    """A number for JSON: 4 decimals, integers kept, NaN and None as None."""
+    if value is None or not np.isfinite(value):
+        return None
+    return value if isinstance(value, int) else round(float(value), 4)

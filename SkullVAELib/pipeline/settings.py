@@ -31,10 +31,13 @@ __all__ = [
 @dataclass(frozen=True)
 class RimFitSettings:
     """The rim-fit source: ``mirror`` lets it use the skull's mirror image where that covers the hole;
-    ``shapes``, where it does not, the model folder's shape bank or else the installed shape model."""
+    ``shapes``, where it does not, the model folder's shape bank or else the installed shape model;
+    ``self_check`` tries the same fill on the hole's outline moved over the skull's intact vault and
+    reports how well it did there (:mod:`SkullVAELib.implant.selfcheck`; ≈ 2-3 s a skull)."""
 
     mirror: bool = True
     shapes: bool = True
+    self_check: bool = False
     config: RimFitConfig = field(default_factory=RimFitConfig)
 
 
@@ -140,6 +143,7 @@ class CompletionSettings:
             "defect": self.defect,
             "gamma": self.vae.gamma,
             "mirror": self.rimfit.mirror,
+            "self_check": self.rimfit.self_check,
             "device": self.device,
         }
 

@@ -256,6 +256,9 @@ def _completed_files(results, written, gammas, montage, timings, warnings, run_i
     }
     source = main["implant_source"] + (f" + {main['implant_variant']}" if main["implant_variant"] else "")
     score = "" if main["implant_quality"] is None else f", quality {main['implant_quality']:.2f}"
+    check = main.get("implant_self_check") or {}
+    if check.get("dsc") is not None:
+        score += f", self-check DSC {check['dsc']:.2f} on {check['places']} place(s)"
     message = (
         f"{main['defect']} defect, implant {main['implant_volume_mm3'] / 1000:.1f} cm³ ({source}{score}), "
         f"{timings['total']:.1f} s"

@@ -37,6 +37,7 @@ class Proposal:
         messages: notes for the user.
         timings: seconds per step.
         postprocessed: True when the source already applied the shared post-processing.
+        self_check: the rim fit tried on the skull's intact vault (``selfcheck.SelfCheck``), or None.
     """
 
     implant: np.ndarray
@@ -46,6 +47,7 @@ class Proposal:
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     postprocessed: bool = False
+    self_check: Any = None
 
 
 class ImplantSource(Protocol):

@@ -31,4 +31,5 @@ class RimFitSource:
             holes=list(result.holes),
             messages=messages,
             postprocessed=True,
+            self_check=context.self_check(),
         )

@@ -49,6 +49,21 @@ def test_a_cranial_defect_completes_without_any_model(cranial_case):
     assert record["implant_source"] == "rimfit" and record["implant_volume_mm3"] > 0
 
 
+def test_the_self_check_is_reported_only_when_asked_for(cranial_case):
+    """``RimFitSettings.self_check``: the rim fit tried on the phantom's intact vault, in the record and a note;
+    the implant itself is the same as without it."""
+    defective, _ = cranial_case
+    plain = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+    assert plain.record()["implant_self_check"] is None and plain.record()["implant_self_check_note"] == ""
+    checked = Completer(CompletionSettings(rimfit=RimFitSettings(mirror=False, self_check=True))).complete(defective)
+    assert np.array_equal(checked.implant.mask, plain.implant.mask)
+    record = json.loads(json.dumps(checked.record(), allow_nan=False))
+    check = record["implant_self_check"]
+    assert check["places"] >= 1 and 0.5 < check["lowest"] <= check["dsc"] <= check["highest"] <= 1.0
+    assert f"tried on {check['places']} intact place" in record["implant_self_check_note"]
+    assert "rimfit_self_check" in checked.timings
+
+
 def test_a_facial_defect_without_a_facial_source_names_what_to_install(facial_case):
     defective, _ = facial_case
     with pytest.raises(SkullVAEError, match="facial defect needs the learned refiner, an atlas set or a trained model"):

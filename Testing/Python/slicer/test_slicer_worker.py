@@ -80,12 +80,12 @@ def test_sources_mirror_and_finishing_are_the_child_arguments():
     from SkullVAELib.cli import build_parser
 
     args = buildCompleteArguments(
-        "in.nrrd", None, "out.seg.nrrd", sources=("atlas", "rimfit"), mirror=False, smoothMm=1.5, marginMm=GAP_MM,
-        minThicknessMm=2,
+        "in.nrrd", None, "out.seg.nrrd", sources=("atlas", "rimfit"), mirror=False, selfCheck=True, smoothMm=1.5,
+        marginMm=GAP_MM, minThicknessMm=2,
     )  # fmt: skip
     assert args[args.index("--sources") + 1] == "atlas,rimfit" and "--no-mirror" in args
     parsed = build_parser(["complete", *args]).parse_args(["complete", *args])  # the child's own parser
-    assert parsed.sources == ("atlas", "rimfit") and parsed.mirror is False
+    assert parsed.sources == ("atlas", "rimfit") and parsed.mirror is False and parsed.self_check is True
     assert (parsed.smooth_mm, parsed.margin_mm, parsed.min_thickness_mm) == (1.5, GAP_MM, 2.0)
     command = buildCompleteCommand("in.nrrd", None, "out.seg.nrrd", sources="model", python="py")
     assert command[0] == "py" and command[command.index("complete") + 1 :] == buildCompleteArguments(
@@ -94,6 +94,7 @@ def test_sources_mirror_and_finishing_are_the_child_arguments():
     default = buildCompleteArguments("in.nrrd", None, "out.seg.nrrd")
     assert default[default.index("--sources") + 1] == "residual,rimfit,learned,atlas,model" and "--mirror" in default
     assert default[default.index("--margin-mm") + 1] == "0.0"  # off, said explicitly
+    assert "--self-check" not in default  # off unless asked: it costs seconds
     assert buildWorkerCommand("py")[0] == "py" and buildWorkerCommand("py")[-1] == "worker"
 
 

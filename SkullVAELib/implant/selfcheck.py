@@ -1,0 +1,197 @@
+"""The rim fit checked on the patient's own intact vault: how well would it fill this hole elsewhere?
+
+The rim fit cannot be scored against a truth the patient does not have. But the same fill can be
+tried where the truth is known: the hole's outline is moved rigidly over the sphere of ray
+directions (rotations of 30-75° about the head's front-back and left-right axes) to places where
+the patient's vault is intact; those rays are hidden, filled from their own rim exactly as the hole
+was (the median over ring widths, the mirror cue where one is given), and the fill is scored
+against the bone that is there. The scores of those places estimate this implant's DSC on this
+skull: the same outline (so the same size and rim length), the same bone thickness and the same
+skull's shape.
+
+Scoring is in ray space (:func:`interval_dsc`): the radial interval [inner, outer radius] per ray,
+each ray weighted by its solid angle and r² dr, which matches a voxel DSC to about ±0.002 on
+SkullFix (docs/results/issue-24.md, "Where the rim fit's remaining error lies").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from SkullVAELib.implant import raycast
+from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
+from SkullVAELib.implant.rimfit import RimFitResult, fill_hole
+from SkullVAELib.implant.rimmedian import median_fill, ring_widths
+from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle
+from SkullVAELib.io.image import SkullImage
+
+_SQUARE = np.ones((3, 3), dtype=bool)
+
+#: a hole's centre is moved along great circles in these many compass directions ...
+HEADINGS = 8
+#: ... by these angles (degrees)
+DISTANCES_DEG: tuple[float, ...] = (40.0, 55.0, 70.0, 85.0)
+#: a moved hole and its inner rim stay above this elevation (the z of a ray's unit direction, LPS: up):
+#: below it the rays meet the skull base, the orbits and the temporal fossa, no smooth vault
+MIN_UP = -0.3
+#: the check stops after this many usable places (the nearest first): ≈ 0.3 s each on a SkullFix skull
+MAX_PLACES = 8
+
+
+@dataclass
+class SelfCheck:
+    """The rim fit on the hole's outline moved over the intact vault.
+
+    Attributes:
+        dsc: float, the median ray-space DSC over the places (NaN when none was usable).
+        places: number of places the hole could be moved to.
+        scores: each place's DSC.
+        outer_rms_mm: each place's RMS error of the filled outer surface (mm).
+    """
+
+    dsc: float = float("nan")
+    places: int = 0
+    scores: list[float] = field(default_factory=list)
+    outer_rms_mm: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | None]:
+        """JSON-able: the median DSC, the number of places, the lowest and highest place (None: no place)."""
+        if not self.scores:
+            return {"dsc": None, "places": 0, "lowest": None, "highest": None}
+        return {"dsc": self.dsc, "places": self.places, "lowest": min(self.scores), "highest": max(self.scores)}
+
+    def note(self) -> str:
+        """One line for the user."""
+        if not self.scores:
+            return "the rim fit could not be tried elsewhere on this skull: no intact place of the vault takes the hole"
+        spread = f" ({min(self.scores):.2f}-{max(self.scores):.2f})" if self.places > 1 else ""
+        where = "place" if self.places == 1 else "places"
+        return (
+            f"the rim fit, tried on {self.places} intact {where} of this skull's vault with the hole's outline, "
+            f"scored DSC {self.dsc:.2f}{spread} there"
+        )
+
+
+def interval_dsc(p_in, p_out, t_in, t_out, omega) -> float:
+    """DSC of radial intervals [inner, outer] (mm) per ray, each weighted by its solid angle ``omega``
+    and r² dr (arrays of one shape; NaN: no interval)."""
+
+    def volume(a, b):
+        with np.errstate(invalid="ignore"):
+            return np.where(b > a, (b**3 - a**3) / 3.0, 0.0)
+
+    both = np.nansum(omega * volume(np.maximum(t_in, p_in), np.minimum(t_out, p_out)))
+    total = np.nansum(omega * volume(t_in, t_out)) + np.nansum(omega * volume(p_in, p_out))
+    return float(2.0 * both / total) if total > 0 else float("nan")
+
+
+def moves(direction: np.ndarray) -> list[Rotation]:
+    """Rotations that carry a hole centred on the unit ``direction`` (3,) along great circles: each of
+    ``DISTANCES_DEG`` (nearest first) in each of ``HEADINGS`` compass directions."""
+    e1 = np.cross(direction, [0.0, 0.0, 1.0] if abs(direction[2]) < 0.9 else [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(direction, e1)
+    headings = np.arange(HEADINGS) * 2.0 * np.pi / HEADINGS
+    axes = [np.cos(h) * e1 + np.sin(h) * e2 for h in headings]
+    return [Rotation.from_rotvec(np.deg2rad(d) * axis) for d in DISTANCES_DEG for axis in axes]
+
+
+def moved_cells(cells: np.ndarray, step_deg: float, rotation: Rotation) -> np.ndarray:
+    """bool (Nα, Nβ): ``cells`` rotated rigidly by ``rotation`` (LPS)."""
+    dirs = raycast.grid_directions(step_deg)
+    back = rotation.apply(np.array(dirs.reshape(-1, 3)), inverse=True)
+    _, alpha, beta = raycast.to_angles(back)
+    row, col = raycast.grid_coordinates(alpha, beta, step_deg)
+    n_a, n_b = cells.shape
+    row = np.clip(np.rint(row).astype(int), 0, n_a - 1)
+    col = np.rint(col).astype(int) % n_b
+    return cells[row, col].reshape(cells.shape)
+
+
+def usable_place(moved: np.ndarray, raymap: raycast.RayMap, keep_out: np.ndarray, cfg: RimFitConfig) -> bool:
+    """True where ``moved`` lies on intact vault: every ray of it hits bone, none is in ``keep_out`` (the
+    defect and its band, the scan's edge), and it and its inner rim point above ``MIN_UP``."""
+    if not moved.any() or (moved & keep_out).any() or not raymap.hit[moved].all():
+        return False
+    near = ndimage.binary_dilation(moved, _SQUARE, iterations=cfg.ring[0])
+    up = raycast.grid_directions(raymap.step_deg)[..., 2]
+    return bool((up[near] >= MIN_UP).all())
+
+
+def _hidden(raymap: raycast.RayMap, cells: np.ndarray) -> raycast.RayMap:
+    """``raymap`` with the rays of ``cells`` made misses."""
+    r_out, r_in = raymap.r_out.copy(), raymap.r_in.copy()
+    r_out[cells] = np.nan
+    r_in[cells] = np.nan
+    return replace(raymap, hit=raymap.hit & ~cells, r_out=r_out, r_in=r_in)
+
+
+def self_check(
+    raymap: raycast.RayMap,
+    hole: Hole,
+    cfg: RimFitConfig,
+    edge: ScanEdge | None = None,
+    mirror_for: Callable[[np.ndarray], raycast.RayMap | None] | None = None,
+) -> SelfCheck:
+    """The rim fit (:func:`rimfit.fill_hole`, the median over ring widths) of ``hole``'s outline at places where
+    the vault is intact (:func:`moves`), scored against the patient's bone there.
+
+    Args:
+        raymap: the patient's rays (the defect's among the misses).
+        hole: the hole as filled (grown).
+        edge: the scan's edge; its truncated and unknown rays are kept out.
+        mirror_for: bool (Nα, Nβ) rays → the mirrored skull's rays there (or None: no mirror cue).
+    """
+    keep_out = ndimage.binary_dilation(~raymap.hit | hole.cells, _SQUARE, iterations=cfg.band)
+    if edge is not None:
+        keep_out |= edge.truncated | edge.unknown
+    omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), raymap.hit.shape)
+    check = SelfCheck()
+    for rotation in moves(hole.direction):
+        cells = moved_cells(hole.cells, raymap.step_deg, rotation)
+        if not usable_place(cells, raymap, keep_out, cfg):
+            continue
+        sr = float(omega[cells].sum())
+        place = Hole(cells, sr, rotation.apply(hole.direction))
+        hidden = _hidden(raymap, cells | hole.cells)  # the defect's grown rays are no rim data either
+        mirror = None
+        if mirror_for is not None:
+            mirror = mirror_for(ndimage.binary_dilation(cells, _SQUARE, iterations=max(ring_widths(cfg)) + cfg.band))
+        _, r_in, r_out = median_fill(hidden, place, cfg, mirror, None, fill_hole)
+        w = np.where(cells, omega, 0.0)
+        score = interval_dsc(r_in, r_out, raymap.r_in, raymap.r_out, w)
+        if not np.isfinite(score):
+            continue
+        check.scores.append(score)
+        err = (r_out - raymap.r_out)[cells]
+        check.outer_rms_mm.append(float(np.sqrt(np.nanmean(err**2))))
+        check.places += 1
+        if check.places >= MAX_PLACES:
+            break
+    if check.scores:
+        check.dsc = float(np.median(check.scores))
+    return check
+
+
+def check_rim_fit(
+    skull: SkullImage, result: RimFitResult, cfg: RimFitConfig | None = None, mirror_transform: np.ndarray | None = None
+) -> SelfCheck:
+    """:func:`self_check` of ``result``'s largest hole on ``skull`` (``result`` from :func:`rimfit.rim_fit`
+    with the same ``cfg`` and ``mirror_transform``); an empty check when it found no hole."""
+    if not result.holes:
+        return SelfCheck()
+    raymap = result.raymap
+    mirror_for = None
+    if mirror_transform is not None:
+
+        def mirror_for(rays: np.ndarray) -> raycast.RayMap:
+            step = raymap.step_deg
+            return raycast.cast(skull, raymap.centre, step, transform=mirror_transform, exact=raymap.exact, rays=rays)
+
+    cfg = (cfg or RimFitConfig()).for_voxels(skull.spacing)
+    return self_check(raymap, result.holes[0], cfg, result.edge, mirror_for)

@@ -39,19 +39,9 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import SKULLFIX  # noqa: E402
 
+from SkullVAELib.implant.selfcheck import interval_dsc  # noqa: E402  (radial intervals, solid angle × r² dr)
+
 BINS_MM = (1.5, 5.0, 15.0)
-
-
-def interval_dsc(p_out, p_in, t_out, t_in, omega) -> float:
-    """DSC of radial intervals (mm) per ray, each weighted by its solid angle ``omega`` and r² dr."""
-
-    def volume(a, b):
-        return np.where(b > a, (b**3 - a**3) / 3.0, 0.0)
-
-    both = volume(np.maximum(t_in, p_in), np.minimum(t_out, p_out))
-    return float(
-        2 * np.nansum(omega * both) / (np.nansum(omega * volume(t_in, t_out)) + np.nansum(omega * volume(p_in, p_out)))
-    )
 
 
 def polynomial_fit(xy: np.ndarray, values: np.ndarray, weights: np.ndarray, degree: int) -> np.ndarray:
@@ -72,11 +62,11 @@ def oracle_fills(xy, f_out, f_in, t_out, t_in, omega) -> dict:
     weights = omega * t_out**2
     error, thick_error = f_out - t_out, (f_out - f_in) - (t_out - t_in)
     fixes = {degree: polynomial_fit(xy, error, weights, degree) for degree in (0, 1, 2, 4)}
-    out = {f"outer_deg{d}": interval_dsc(f_out - fix, f_in - fix, t_out, t_in, omega) for d, fix in fixes.items()}
+    out = {f"outer_deg{d}": interval_dsc(f_in - fix, f_out - fix, t_in, t_out, omega) for d, fix in fixes.items()}
     fix_thick = polynomial_fit(xy, thick_error, weights, 2)
-    out["both_deg2"] = interval_dsc(f_out - fixes[2], f_in - fixes[2] + fix_thick, t_out, t_in, omega)
+    out["both_deg2"] = interval_dsc(f_in - fixes[2] + fix_thick, f_out - fixes[2], t_in, t_out, omega)
     smooth_out, smooth_in = polynomial_fit(xy, t_out, weights, 4), polynomial_fit(xy, t_in, weights, 4)
-    out["smooth_deg4"] = interval_dsc(smooth_out, smooth_in, t_out, t_in, omega)
+    out["smooth_deg4"] = interval_dsc(smooth_in, smooth_out, t_in, t_out, omega)
     return {k: round(v, 4) for k, v in out.items()}
 
 
@@ -122,9 +112,9 @@ def ray_budget(case, result, mirror_transform) -> dict:
     xy = gnomonic(raycast.grid_directions(cfg.step_deg)[cells], hole.direction)
     return {
         "source": hole.source,
-        "ray_dsc": round(interval_dsc(f_out, f_in, t_out, t_in, omega), 4),
-        "true_outer": round(interval_dsc(t_out, t_out - (f_out - f_in), t_out, t_in, omega), 4),
-        "true_thickness": round(interval_dsc(f_out, f_out - (t_out - t_in), t_out, t_in, omega), 4),
+        "ray_dsc": round(interval_dsc(f_in, f_out, t_in, t_out, omega), 4),
+        "true_outer": round(interval_dsc(t_out - (f_out - f_in), t_out, t_in, t_out, omega), 4),
+        "true_thickness": round(interval_dsc(f_out - (t_out - t_in), f_out, t_in, t_out, omega), 4),
         "outer_err_mm": [round(float(outer_err.mean()), 2), round(float(np.sqrt((outer_err**2).mean())), 2)],
         "thickness_err_mm": [round(float(thick_err.mean()), 2), round(float(np.sqrt((thick_err**2).mean())), 2)],
         "oracle": oracle_fills(xy, f_out, f_in, t_out, t_in, omega),

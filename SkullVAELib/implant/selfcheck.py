@@ -17,6 +17,7 @@ SkullFix (docs/results/issue-24.md, "Where the rim fit's remaining error lies").
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +25,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from SkullVAELib.implant import raycast
+from SkullVAELib.implant.raymarch import cpu_threads
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimfit import RimFitResult, fill_hole
 from SkullVAELib.implant.rimmedian import median_fill, ring_widths
@@ -131,48 +133,67 @@ def _hidden(raymap: raycast.RayMap, cells: np.ndarray) -> raycast.RayMap:
     return replace(raymap, hit=raymap.hit & ~cells, r_out=r_out, r_in=r_in)
 
 
+def intact_places(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig, edge: ScanEdge | None = None) -> list[Hole]:
+    """The first ``MAX_PLACES`` of ``hole``'s outline moved (:func:`moves`, the nearest first) that lie on
+    intact vault (:func:`usable_place`; ``edge``: the scan's edge, whose truncated and unknown rays are kept out)."""
+    keep_out = ndimage.binary_dilation(~raymap.hit | hole.cells, _SQUARE, iterations=cfg.band)
+    if edge is not None:
+        keep_out |= edge.truncated | edge.unknown
+    omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), raymap.hit.shape)
+    places = []
+    for rotation in moves(hole.direction):
+        cells = moved_cells(hole.cells, raymap.step_deg, rotation)
+        if usable_place(cells, raymap, keep_out, cfg):
+            places.append(Hole(cells, float(omega[cells].sum()), rotation.apply(hole.direction)))
+            if len(places) >= MAX_PLACES:
+                break
+    return places
+
+
+def _try_place(raymap, hole: Hole, place: Hole, cfg: RimFitConfig, mirror_for) -> tuple[float, float]:
+    """(ray-space DSC, RMS error of the outer surface in mm) of the fill of ``place``'s hidden rays."""
+    hidden = _hidden(raymap, place.cells | hole.cells)  # the defect's grown rays are no rim data either
+    # only the place's own rays are scored: a band of one cell (not the implant's) spares the splines'
+    # evaluation at the rays around it (the fill inside the place is the same)
+    cfg = replace(cfg, band=1)
+    mirror = None
+    if mirror_for is not None:
+        mirror = mirror_for(ndimage.binary_dilation(place.cells, _SQUARE, iterations=max(ring_widths(cfg)) + cfg.band))
+    _, r_in, r_out = median_fill(hidden, place, cfg, mirror, None, fill_hole)
+    omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), raymap.hit.shape)
+    score = interval_dsc(r_in, r_out, raymap.r_in, raymap.r_out, np.where(place.cells, omega, 0.0))
+    err = (r_out - raymap.r_out)[place.cells]
+    return score, float(np.sqrt(np.nanmean(err**2)))
+
+
 def self_check(
     raymap: raycast.RayMap,
     hole: Hole,
     cfg: RimFitConfig,
     edge: ScanEdge | None = None,
     mirror_for: Callable[[np.ndarray], raycast.RayMap | None] | None = None,
+    threads: int | None = None,
 ) -> SelfCheck:
     """The rim fit (:func:`rimfit.fill_hole`, the median over ring widths) of ``hole``'s outline at places where
-    the vault is intact (:func:`moves`), scored against the patient's bone there.
+    the vault is intact (:func:`intact_places`), scored against the patient's bone there.
 
     Args:
         raymap: the patient's rays (the defect's among the misses).
         hole: the hole as filled (grown).
         edge: the scan's edge; its truncated and unknown rays are kept out.
         mirror_for: bool (Nα, Nβ) rays → the mirrored skull's rays there (or None: no mirror cue).
+        threads: places filled at once (default: the ray casting's CPU threads); the result does not depend on it.
     """
-    keep_out = ndimage.binary_dilation(~raymap.hit | hole.cells, _SQUARE, iterations=cfg.band)
-    if edge is not None:
-        keep_out |= edge.truncated | edge.unknown
-    omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), raymap.hit.shape)
+    places = intact_places(raymap, hole, cfg, edge)
+    workers = max(1, min(len(places), threads or cpu_threads()))
+    with ThreadPoolExecutor(workers) as pool:  # the splines' linear algebra releases the GIL
+        tried = list(pool.map(lambda place: _try_place(raymap, hole, place, cfg, mirror_for), places))
     check = SelfCheck()
-    for rotation in moves(hole.direction):
-        cells = moved_cells(hole.cells, raymap.step_deg, rotation)
-        if not usable_place(cells, raymap, keep_out, cfg):
-            continue
-        sr = float(omega[cells].sum())
-        place = Hole(cells, sr, rotation.apply(hole.direction))
-        hidden = _hidden(raymap, cells | hole.cells)  # the defect's grown rays are no rim data either
-        mirror = None
-        if mirror_for is not None:
-            mirror = mirror_for(ndimage.binary_dilation(cells, _SQUARE, iterations=max(ring_widths(cfg)) + cfg.band))
-        _, r_in, r_out = median_fill(hidden, place, cfg, mirror, None, fill_hole)
-        w = np.where(cells, omega, 0.0)
-        score = interval_dsc(r_in, r_out, raymap.r_in, raymap.r_out, w)
-        if not np.isfinite(score):
-            continue
-        check.scores.append(score)
-        err = (r_out - raymap.r_out)[cells]
-        check.outer_rms_mm.append(float(np.sqrt(np.nanmean(err**2))))
-        check.places += 1
-        if check.places >= MAX_PLACES:
-            break
+    for score, rms in tried:
+        if np.isfinite(score):  # a place with no bone on either side scores nothing
+            check.scores.append(score)
+            check.outer_rms_mm.append(rms)
+    check.places = len(check.scores)
     if check.scores:
         check.dsc = float(np.median(check.scores))
     return check

@@ -75,6 +75,8 @@ def test_a_smooth_vault_checks_near_perfect_and_a_bumpy_one_lower():
     assert max(smooth.outer_rms_mm) < 0.3
     assert bumpy.dsc < smooth.dsc - 0.05
     assert np.median(bumpy.outer_rms_mm) > 0.5
+    alone = self_check(_shell(hole, bumps_mm=3.0), hole, RimFitConfig(), threads=1)
+    assert alone.scores == bumpy.scores  # the places filled one at a time or side by side: the same check
 
 
 def test_a_skull_with_no_intact_place_gets_no_estimate():

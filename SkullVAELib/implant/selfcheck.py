@@ -41,8 +41,10 @@ DISTANCES_DEG: tuple[float, ...] = (40.0, 55.0, 70.0, 85.0)
 #: a moved hole and its inner rim stay above this elevation (the z of a ray's unit direction, LPS: up):
 #: below it the rays meet the skull base, the orbits and the temporal fossa, no smooth vault
 MIN_UP = -0.3
-#: the check stops after this many usable places (the nearest first): ≈ 0.3 s each on a SkullFix skull
+#: the check stops after this many usable places (the nearest first): ≈ 0.2 s each on a SkullFix skull
 MAX_PLACES = 8
+#: fewer places than this: the note calls the estimate rough (a hole of 1 sr or more leaves 1-2 places)
+FEW_PLACES = 3
 
 
 @dataclass
@@ -73,9 +75,10 @@ class SelfCheck:
             return "the rim fit could not be tried elsewhere on this skull: no intact place of the vault takes the hole"
         spread = f" ({min(self.scores):.2f}-{max(self.scores):.2f})" if self.places > 1 else ""
         where = "place" if self.places == 1 else "places"
+        rough = "; so few places make it a rough estimate" if self.places < FEW_PLACES else ""
         return (
             f"the rim fit, tried on {self.places} intact {where} of this skull's vault with the hole's outline, "
-            f"scored DSC {self.dsc:.2f}{spread} there"
+            f"scored DSC {self.dsc:.2f}{spread} there{rough}"
         )
 
 
@@ -144,7 +147,8 @@ def intact_places(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig, edge: S
     for rotation in moves(hole.direction):
         cells = moved_cells(hole.cells, raymap.step_deg, rotation)
         if usable_place(cells, raymap, keep_out, cfg):
-            places.append(Hole(cells, float(omega[cells].sum()), rotation.apply(hole.direction)))
+            place = Hole(cells, float(omega[cells].sum()), rotation.apply(hole.direction), unusable=hole.unusable)
+            places.append(place)  # its rim skips the rays whose bone the scan's edge cuts, as the hole's does
             if len(places) >= MAX_PLACES:
                 break
     return places

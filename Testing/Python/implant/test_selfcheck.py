@@ -9,7 +9,16 @@ import pytest
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.scanedge import cell_solid_angle
-from SkullVAELib.implant.selfcheck import DISTANCES_DEG, interval_dsc, moved_cells, moves, self_check, usable_place
+from SkullVAELib.implant.selfcheck import (
+    DISTANCES_DEG,
+    SelfCheck,
+    intact_places,
+    interval_dsc,
+    moved_cells,
+    moves,
+    self_check,
+    usable_place,
+)
 
 STEP = raycast.RIM_STEP_DEG
 HOLE_DIRECTION = np.array([0.0, 0.3, 0.95]) / np.linalg.norm([0.0, 0.3, 0.95])  # the upper vault, to the back
@@ -83,3 +92,20 @@ def test_a_skull_with_no_intact_place_gets_no_estimate():
     hole = _hole(radius_deg=70.0)  # the hole covers most of the upper vault
     check = self_check(_shell(hole), hole, RimFitConfig())
     assert check.places == 0 and np.isnan(check.dsc)
+
+
+def test_a_place_keeps_the_holes_unusable_rays_out_of_its_rim():
+    """Rays whose bone the scan's edge cuts are no rim data for the hole, nor for a place it is moved to."""
+    hole = _hole()
+    hole.unusable = np.zeros_like(hole.cells)
+    hole.unusable[:10] = True  # a strip at the scan's edge
+    places = intact_places(_shell(hole), hole, RimFitConfig())
+    assert places and all(place.unusable is hole.unusable for place in places)
+
+
+def test_the_note_says_how_many_places_and_when_they_are_too_few():
+    assert "rough" in SelfCheck(dsc=0.8, places=1, scores=[0.8], outer_rms_mm=[1.0]).note()
+    many = SelfCheck(dsc=0.93, places=5, scores=[0.9, 0.92, 0.93, 0.94, 0.95], outer_rms_mm=[0.5] * 5)
+    assert "5 intact places" in many.note() and "0.90-0.95" in many.note() and "rough" not in many.note()
+    assert many.summary() == {"dsc": 0.93, "places": 5, "lowest": 0.9, "highest": 0.95}
+    assert SelfCheck().summary()["dsc"] is None and "could not be tried" in SelfCheck().note()

@@ -91,7 +91,7 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         "--self-check",
         action="store_true",
         help="try the rim fit on the hole's outline moved over the skull's intact vault and report the DSC it "
-        "scored there (in the result; about 2-3 s more)",
+        "scored there (in the result; about 1.5 s more)",
     )
     g.add_argument(
         "--defect",

@@ -73,8 +73,8 @@ class CompletionContext:
 
     def self_check(self):
         """The rim fit tried on the skull's intact vault (:class:`~SkullVAELib.implant.selfcheck.SelfCheck`,
-        once per skull), or None when the settings do not ask for it."""
-        if not self.settings.rimfit.self_check:
+        once per skull), or None when the settings do not ask for it or the rim fit found no hole."""
+        if not self.settings.rimfit.self_check or not self.rim_fit().holes:
             return None
         key = ("selfcheck", self.settings.rimfit.mirror, self.settings.rimfit.shapes)
         if key not in self.cache:

@@ -37,3 +37,21 @@ def test_complete_without_a_model_gives_the_rim_fit_implant_on_case_056(skullfix
     truth = read_skull(skullfix_dir / "implant" / "056.nrrd").mask
     m = implant_metrics(segments["Implant"], truth, skull.mask, skull.spacing)
     assert m["dsc"] >= 0.85 and m["hd95"] <= 3.0, m
+
+
+@pytest.mark.skullfix
+def test_the_self_check_estimates_the_implants_dsc_on_case_056(skullfix_dir, tmp_path, capsys):
+    """`--self-check` on a real skull: several intact places, an estimate near the true DSC (validation 056:
+    0.949 against 0.938)."""
+    source = skullfix_dir / "defective_skull" / "056.nrrd"
+    out = tmp_path / "o.seg.nrrd"
+    assert main(["complete", "--input", str(source), "--output", str(out), "--progress", "json", "--self-check"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])["result"]
+    check = done["implant_self_check"]
+    assert check["places"] >= 3 and check["lowest"] <= check["dsc"] <= check["highest"]
+    truth = read_skull(skullfix_dir / "implant" / "056.nrrd").mask
+    _, segments = read_segmentation(out)
+    skull = read_skull(source)
+    true_dsc = implant_metrics(segments["Implant"], truth, skull.mask, skull.spacing)["dsc"]
+    assert abs(check["dsc"] - true_dsc) < 0.05, (check, true_dsc)
+    assert "intact places of this skull's vault" in done["implant_self_check_note"]

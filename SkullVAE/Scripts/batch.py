@@ -4,7 +4,7 @@
         --input defective.nrrd --output completed.seg.nrrd [--model MODEL_DIR] \\
         [--implant-stl implant.stl] [--gamma 1.0] [--defect auto|cranial|facial] \\
         [--hu-threshold 300] [--cpu] [--timeout SECONDS] [--sources residual,rimfit,learned,atlas,model] \\
-        [--no-mirror] [--smooth-mm MM] [--margin-mm MM] [--min-thickness-mm MM]
+        [--no-mirror] [--self-check] [--smooth-mm MM] [--margin-mm MM] [--min-thickness-mm MM]
 
 Loads the input (volume, or a .seg.nrrd segmentation), runs ``SkullVAELogic(warmWorker=False).process``
 (blocking, one ``skullvae complete`` child; without ``--model`` a cranial defect gets the model-free
@@ -49,6 +49,7 @@ def buildParser() -> argparse.ArgumentParser:
         "--sources", default=",".join(IMPLANT_SOURCES), help="implant sources in the order to try (skullvae complete)"
     )
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True, help="rimfit's mirror cue")
+    parser.add_argument("--self-check", action="store_true", help="rimfit tried on the intact vault (the log says how)")
     parser.add_argument("--smooth-mm", type=float, default=0.0, help="smooth the implant (Gaussian σ, mm; 0 = off)")
     parser.add_argument("--margin-mm", type=float, default=0.0, help="gap between implant and bone (mm; 0 = off)")
     parser.add_argument("--min-thickness-mm", type=float, default=0.0, help="remove thinner implant parts (mm)")
@@ -135,6 +136,7 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
             forceCPU=args.cpu,
             sources=args.sources,
             mirror=args.mirror,
+            selfCheck=args.self_check,
             smoothMm=args.smooth_mm,
             marginMm=args.margin_mm,
             minThicknessMm=args.min_thickness_mm,

@@ -174,7 +174,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
                 arithmetic, γ). A sequence or one text "rimfit,model".
             mirror: let ``rimfit`` use the skull's mirror image (``--mirror``/``--no-mirror``).
             selfCheck: try ``rimfit``'s fill on the hole's outline moved over the skull's intact vault and
-                report the DSC it scored there (``--self-check``; about 2-3 s more; the log and
+                report the DSC it scored there (``--self-check``; about 1.5 s more; the log and
                 :attr:`lastResult`'s ``implant_self_check`` hold it).
             smoothMm: smooth the implant's surface (Gaussian σ, mm; ``--smooth-mm``).
             marginMm: the gap left between implant and patient bone (mm; ``--margin-mm``).

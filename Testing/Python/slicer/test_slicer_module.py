@@ -303,6 +303,16 @@ def test_batch_writes_segmentation_and_stl(tiny_model, phantom_file, tmp_path, p
     assert list(private_tmp.iterdir()) == []
 
 
+@needs_cli
+def test_batch_self_check_reaches_the_log(phantom_file, tmp_path):
+    """``batch.py --self-check``: the rim fit's check on the intact vault reaches the log (no model needed)."""
+    batch = _batch_module()
+    lines = []
+    out = tmp_path / "phantom.seg.nrrd"
+    assert batch.runBatch(["--input", str(phantom_file), "--output", str(out), "--self-check"], log=lines.append) == 0
+    assert any(line.startswith("The rim fit") and "this skull" in line for line in lines), lines
+
+
 def test_batch_bad_input_exit_codes(tiny_model, phantom_file, tmp_path):
     batch = _batch_module()
     out = str(tmp_path / "x.seg.nrrd")

@@ -14,6 +14,7 @@ much of the error is the label's diploic texture) and their volume::
     nice -n 10 .venv/bin/python benchmarks/rimfit_cases.py --ids 056-063 --seeds 0,1 \
         --out /tmp/val.jsonl --save /tmp/val-implants
     .venv/bin/python benchmarks/rimfit_cases.py --summary /tmp/val.jsonl
+    .venv/bin/python benchmarks/rimfit_cases.py --summary validation.jsonl test.jsonl --plot selfcheck.png
 """
 
 from __future__ import annotations
@@ -186,6 +187,21 @@ def _self_check_summary(rows: list[dict]) -> None:
         print(line + f"; places median {np.median([r['self_check']['places'] for r in g]):.0f}")
 
 
+def _plot(paths: list[str], png: str) -> None:
+    """The self-check's estimate against the true DSC, one panel per file (titled by its name)."""
+    from SkullVAELib.evaluation.figures import plot_estimate_scatter
+
+    panels = {}
+    for path in paths:
+        rows = [json.loads(line) for line in open(path)]
+        panels[Path(path).stem] = [
+            {"estimate": r["self_check"]["dsc"], "dsc": r["dsc"], "defect": r["defect"]}
+            for r in rows
+            if (r.get("self_check") or {}).get("dsc") is not None
+        ]
+    print(f"wrote {plot_estimate_scatter(panels, png, 'self-check estimate (DSC on the intact vault)')}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/skullfix")
@@ -200,10 +216,16 @@ def main() -> None:
     p.add_argument("--truth-quality", action="store_true", help="score the true implant's quality too")
     p.add_argument("--cavities", action="store_true", help="also score against the truth with its cavities filled")
     p.add_argument("--self-check", action="store_true", help="add the rim fit's check on the intact vault")
-    p.add_argument("--summary", help="print the table of a JSON lines file and stop")
+    p.add_argument("--summary", nargs="+", help="print the table of these JSON lines files and stop")
+    p.add_argument(
+        "--plot", help="with --summary: the self-check's estimate against the true DSC, a panel per file (PNG)"
+    )
     args = p.parse_args()
     if args.summary:
-        summary(args.summary)
+        for path in args.summary:
+            summary(path)
+        if args.plot:
+            _plot(args.summary, args.plot)
     else:
         run(args)
 

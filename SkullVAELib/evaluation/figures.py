@@ -7,6 +7,8 @@
 - Figs. 7–8 :func:`plot_completion_views`: defective bone grey, predicted implant yellow,
   ground-truth implant outlined in cyan, three orthogonal projections.
 - :func:`save_mip_png`: previews, one row per image (demo, quick looks).
+- :func:`plot_estimate_scatter`: an estimate of each implant's DSC against its true DSC, one panel per
+  split (the rim fit's self-check, ``benchmarks/rimfit_cases.py --plot``).
 
 Figures are bare ``matplotlib.figure.Figure`` objects saved through the Agg canvas (``_subplots``,
 the one backend setup): pyplot's global backend is never touched, so a caller's interactive
@@ -36,6 +38,7 @@ __all__ = [
     "plot_completion_views",
     "plot_curves",
     "plot_dsc_boxplots",
+    "plot_estimate_scatter",
     "plot_gamma_sweep",
     "plot_latent_pca",
     "save_mip_png",
@@ -163,6 +166,31 @@ def plot_dsc_boxplots(rows: Sequence[dict], path: str | os.PathLike, where: str 
     ax.set_ylabel("DSC")
     ax.set_title(f"DSC on the test cases ({'original resolution' if where == 'original' else 'model grid'})")
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_estimate_scatter(panels: dict[str, Sequence[dict]], path: str | os.PathLike, what: str = "estimate") -> Path:
+    """One panel per split (``panels``: title → rows with "estimate", "dsc" and "defect"): the estimate
+    against the true DSC, a point per implant coloured by defect style, the line y = x, Spearman's ρ in
+    the title."""
+    from scipy import stats
+
+    fig, axes = _subplots(1, len(panels), (4.2 * len(panels), 4.2))
+    colours = {"cranial": "tab:blue", "vault": "tab:green", "irregular": "tab:orange"}
+    for ax, (title, rows) in zip(axes[0], panels.items(), strict=True):
+        est = np.array([r["estimate"] for r in rows], dtype=float)
+        dsc = np.array([r["dsc"] for r in rows], dtype=float)
+        for defect in sorted({r["defect"] for r in rows}):
+            mine = np.array([r["defect"] == defect for r in rows])
+            ax.scatter(dsc[mine], est[mine], s=12, color=colours.get(defect, "tab:grey"), label=defect)
+        low = float(min(est.min(), dsc.min())) - 0.01
+        ax.plot([low, 1.0], [low, 1.0], color="black", linewidth=0.6)
+        rho = stats.spearmanr(est, dsc).statistic if len(rows) > 2 else float("nan")
+        ax.set_title(f"{title} (n = {len(rows)}, ρ = {rho:+.2f})", fontsize=9)
+        ax.set_xlabel("true implant DSC")
+        ax.set_ylabel(what)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 

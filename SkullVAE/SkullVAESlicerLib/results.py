@@ -103,13 +103,16 @@ def qualityText(summary: dict) -> str:
 
 
 def volumeText(summary: dict) -> str:
-    """The panel's volume line: "Implant volume: 49.6 cm³; quality 0.92 (weakest: thickness)", or ""
-    before a result (no ``implantVolumeMm3``)."""
+    """The panel's volume line: "Implant volume: 49.6 cm³; quality 0.92 (weakest: thickness)", then
+    "; self-check DSC 0.95" when the rim fit's self-check ran, or "" before a result (no ``implantVolumeMm3``)."""
     volume = summary.get("implantVolumeMm3")
     if volume is None:
         return ""
-    quality = qualityText(summary)
-    return f"Implant volume: {volume / 1000:.1f} cm³" + (f"; {quality}" if quality else "")
+    parts = [f"Implant volume: {volume / 1000:.1f} cm³", qualityText(summary)]
+    estimate = (summary.get("implant_self_check") or {}).get("dsc")
+    if estimate is not None:
+        parts.append(f"self-check DSC {estimate:.2f}")
+    return "; ".join(part for part in parts if part)
 
 
 def summaryLines(summary: dict, defect: str) -> list[str]:

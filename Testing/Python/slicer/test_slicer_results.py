@@ -301,13 +301,19 @@ def test_the_panel_shows_the_implant_quality_and_its_explanation():
     assert not any(line.startswith("Implant quality") for line in results.summaryLines(empty, "cranial"))
 
 
-def test_the_log_shows_the_rim_fits_self_check_only_when_it_ran():
-    """The self-check (``--self-check``) reaches the panel's log as its own line, after the quality note."""
+def test_the_panel_shows_the_rim_fits_self_check_only_when_it_ran():
+    """The self-check (``--self-check``): its estimate on the volume line, its note in the log after the quality note."""
     note = "the rim fit, tried on 6 intact places of this skull's vault with the hole's outline, scored DSC 0.93 there"
     summary = {"implantSource": "rimfit", "implantVoxels": 1000, "implantVolumeMm3": 49600.0}
     summary.update(implant_quality_note="implant quality 0.92", implant_self_check_note=note)
     lines = results.summaryLines(summary, "cranial")
     assert lines[-2] == "Implant quality 0.92" and lines[-1] == "T" + note[1:]
+    checked = dict(summary, implant_self_check={"dsc": 0.9312, "places": 6, "lowest": 0.9, "highest": 0.95})
+    assert results.volumeText(checked) == "Implant volume: 49.6 cm³; self-check DSC 0.93"
+    assert results.volumeText(dict(checked, implant_quality=0.915)) == (
+        "Implant volume: 49.6 cm³; quality 0.92; self-check DSC 0.93"
+    )
+    assert results.volumeText(dict(checked, implant_self_check=None)) == "Implant volume: 49.6 cm³"
     assert not any(
         "self" in line or "tried on" in line
         for line in results.summaryLines(dict(summary, implant_self_check_note=""), "cranial")

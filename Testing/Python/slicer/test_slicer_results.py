@@ -302,7 +302,8 @@ def test_the_panel_shows_the_implant_quality_and_its_explanation():
 
 
 def test_the_panel_shows_the_rim_fits_self_check_only_when_it_ran():
-    """The self-check (``--self-check``): its estimate on the volume line, its note in the log after the quality note."""
+    """The self-check (``--self-check``): its estimate on the volume line, its note in the log after the
+    quality note."""
     note = "the rim fit, tried on 6 intact places of this skull's vault with the hole's outline, scored DSC 0.93 there"
     summary = {"implantSource": "rimfit", "implantVoxels": 1000, "implantVolumeMm3": 49600.0}
     summary.update(implant_quality_note="implant quality 0.92", implant_self_check_note=note)

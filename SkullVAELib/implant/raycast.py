@@ -107,19 +107,25 @@ def grid_coordinates(alpha: np.ndarray, beta: np.ndarray, step_deg: float) -> tu
     return alpha / step - 0.5, (beta + np.pi) / step - 0.5
 
 
+def nearest_cells(vectors: np.ndarray, step_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, length) of LPS ``vectors`` (N, 3): the nearest cell of the grid of ``step_deg`` in
+    each vector's direction, and its length. Rows are clamped to the grid, columns wrap around the seam."""
+    alpha, beta = angle_grid(step_deg)
+    radius, a, b = to_angles(np.asarray(vectors, dtype=np.float64))
+    row, col = grid_coordinates(a, b, step_deg)
+    row = np.clip(np.rint(row).astype(np.intp), 0, len(alpha) - 1)
+    return row, np.rint(col).astype(np.intp) % len(beta), radius
+
+
 def voxel_cells(
     skull: SkullImage, index: np.ndarray, centre: np.ndarray, step_deg: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, column, radius mm) of voxels ``index`` (int (N, 3) of ``skull``'s grid): the nearest cell of
-    the grid of ``step_deg`` on the ray from ``centre`` (LPS mm) through each voxel's centre, and its
-    distance from ``centre``. Rows are clamped to the grid, columns wrap around the seam."""
-    alpha, beta = angle_grid(step_deg)
+    the grid of ``step_deg`` on the ray from ``centre`` (LPS mm) through each voxel's centre
+    (:func:`nearest_cells`), and its distance from ``centre``."""
     affine = skull.index_to_physical()
     points = np.asarray(index, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
-    radius, a, b = to_angles(points - np.asarray(centre, dtype=np.float64))
-    row, col = grid_coordinates(a, b, step_deg)
-    row = np.clip(np.rint(row).astype(np.intp), 0, len(alpha) - 1)
-    return row, np.rint(col).astype(np.intp) % len(beta), radius
+    return nearest_cells(points - np.asarray(centre, dtype=np.float64), step_deg)
 
 
 # The bone voxels of the last mask asked about, in C order of (i, j, k): cranial_centre, max_radius

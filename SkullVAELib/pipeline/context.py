@@ -80,11 +80,12 @@ class CompletionContext:
         if key not in self.cache:
             from SkullVAELib.implant.selfcheck import check_rim_fit
 
-            result = self.rim_fit()
             transform = self.mirror_transform() if self.settings.rimfit.mirror else None
+            shapes = self.shape_cue() if self.settings.rimfit.shapes else None
             self.progress("rimfit", 0.6, "trying the fill on the skull's intact vault")
             with self.timed("rimfit_self_check"):
-                self.cache[key] = check_rim_fit(self.skull, result, self.settings.rimfit.config, transform)
+                config = self.settings.rimfit.config
+                self.cache[key] = check_rim_fit(self.skull, self.rim_fit(), config, transform, shapes)
         return self.cache[key]
 
     def shape_cue(self):

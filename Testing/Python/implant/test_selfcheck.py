@@ -104,8 +104,8 @@ def test_a_place_keeps_the_holes_unusable_rays_out_of_its_rim():
 
 
 def test_the_note_says_how_many_places_and_when_they_are_too_few():
-    assert "rough" in SelfCheck(dsc=0.8, places=1, scores=[0.8], outer_rms_mm=[1.0]).note()
-    many = SelfCheck(dsc=0.93, places=5, scores=[0.9, 0.92, 0.93, 0.94, 0.95], outer_rms_mm=[0.5] * 5)
+    assert "rough" in SelfCheck(scores=[0.8], outer_rms_mm=[1.0]).note()
+    many = SelfCheck(scores=[0.9, 0.92, 0.93, 0.94, 0.95], outer_rms_mm=[0.5] * 5)
     assert "5 intact places" in many.note() and "0.90-0.95" in many.note() and "rough" not in many.note()
     assert many.summary() == {"dsc": 0.93, "places": 5, "lowest": 0.9, "highest": 0.95}
     assert SelfCheck().summary()["dsc"] is None and "could not be tried" in SelfCheck().note()

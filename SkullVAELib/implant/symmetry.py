@@ -6,6 +6,8 @@ twice that first, a tenth of the voxels sampled on a regular grid): if F0 flips
 about the plane x = c (LPS) and T is the registration, S = F0 ∘ T maps the skull onto itself
 mirrored. S is then made an exact reflection p ↦ M (p - q) + q with M = I - 2 n nᵀ, the plane
 normal n being the eigenvector of S's linear part nearest eigenvalue -1.
+F0 is the flip about x = c and, for a head turned or rolled beyond the registration's reach (about
+15°), also the best of a coarse set of turned flips (:func:`_starting_normal`); the better match is kept.
 
 The smoothed mask is a block mean computed straight from the mask (no full-resolution float
 copy), and the plane is cached for the last skull asked about (:func:`find_mirror_plane`), so
@@ -25,6 +27,14 @@ from SkullVAELib.io.image import SkullImage
 
 DEFAULT_SPACING_MM = 4.0
 SAMPLED_SHARE = 0.1  # of the smoothed grid's voxels the registration's metric reads (regular grid)
+# Where the registration starts: the plane x = const; and where a plane turned by a pair of these (degrees,
+# about the LPS z axis: a head turned in the scan; about the y axis: a head rolled) matches the skull to its
+# mirror best on a coarse grid and lies beyond START_REACH_DEG of x, from that plane too, the better final
+# match kept. From x = const alone a head rolled or turned by 15-25° kept a plane 13-28° off; a turned
+# start alone moved a plane found from x = const by 19° (an irregular defect's asymmetry fooled the coarse
+# grid) (docs/results/issue-24.md, "A head in any pose").
+START_TURNS_DEG = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
+START_REACH_DEG = 15.0
 
 
 @dataclass
@@ -113,8 +123,20 @@ def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
     pts = bone_points(skull, every=max(bone_count(skull.mask) // 100_000, 1))
     centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
     centre[0] = float(np.median(pts[:, 0]))
-    flip0 = _reflection(centre, np.array([1.0, 0.0, 0.0]))
     fixed = _smoothed(skull, spacing_mm)
+    plane = _registered(fixed, centre, np.array([1.0, 0.0, 0.0]), spacing_mm)
+    start = _starting_normal(fixed, pts.mean(axis=0))
+    if np.degrees(np.arccos(np.clip(start[0], -1.0, 1.0))) > START_REACH_DEG + 1e-6:
+        # beyond the registration's reach of x = const: start there too, keep the better match
+        turned = _registered(fixed, centre, start, spacing_mm)
+        plane = turned if turned.metric < plane.metric else plane
+    return plane
+
+
+def _registered(fixed: sitk.Image, centre: np.ndarray, start: np.ndarray, spacing_mm: float) -> MirrorPlane:
+    """The plane registered on the smoothed mask ``fixed`` from the plane through ``centre`` (LPS mm)
+    with unit normal ``start`` (3,)."""
+    flip0 = _reflection(centre, start)
     to_flip = sitk.AffineTransform(3)
     to_flip.SetMatrix(tuple(flip0[:3, :3].ravel()))
     to_flip.SetTranslation(tuple(flip0[:3, 3]))
@@ -149,6 +171,29 @@ def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
     mirrored = s_lin @ centre + s_off
     point = 0.5 * (centre + mirrored)
     return MirrorPlane(point, normal, float(reg.GetMetricValue()))
+
+
+def _starting_normal(fixed: sitk.Image, centre: np.ndarray) -> np.ndarray:
+    """(3,) unit normal of the plane through ``centre`` (LPS mm; the bone's centroid, which a symmetric
+    skull's mid-plane holds in any pose) whose reflection best matches the
+    smoothed mask ``fixed`` to itself (mean squares on a grid twice as coarse) among x turned by every
+    pair of :data:`START_TURNS_DEG` about z and y: a second start for the registration, which refines a
+    plane by 10-15° but does not find one 20-30° away."""
+    coarse = sitk.BinShrink(fixed, [2, 2, 2])
+    values = sitk.GetArrayViewFromImage(coarse)
+    best, best_cost = np.array([1.0, 0.0, 0.0]), np.inf
+    for yaw in np.deg2rad(START_TURNS_DEG):
+        for roll in np.deg2rad(START_TURNS_DEG):
+            normal = np.array([np.cos(yaw) * np.cos(roll), np.sin(yaw) * np.cos(roll), -np.sin(roll)])
+            reflection = _reflection(centre, normal)
+            flip = sitk.AffineTransform(3)
+            flip.SetMatrix(tuple(reflection[:3, :3].ravel()))
+            flip.SetTranslation(tuple(reflection[:3, 3]))
+            mirrored = sitk.GetArrayFromImage(sitk.Resample(coarse, coarse, flip, sitk.sitkLinear, 0.0))
+            cost = float(np.mean((mirrored - values) ** 2))
+            if cost < best_cost:
+                best, best_cost = normal, cost
+    return best
 
 
 def mirror_mask(skull: SkullImage, plane: MirrorPlane) -> np.ndarray:

@@ -151,8 +151,11 @@ def _registered(fixed: sitk.Image, centre: np.ndarray, start: np.ndarray, spacin
     # The metric's gradient is ~1e-5 on a smoothed mask: SimpleITK's default gradient tolerance (1e-4)
     # stopped the optimiser within a few steps of the starting plane (x = const), so a head rolled or
     # turned in the scan kept a plane 5-12° off (docs/results/issue-24.md, "The mirror plane, registered").
+    # A minimum step of 1e-2 still stopped it 0.5° (up to 2.9°) short: the same skull turned in space got
+    # planes that far apart; at 1e-3 they agree within 0.07° (0.3°), at no measurable cost
+    # (docs/results/issue-24.md, "A head in any pose").
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-2, numberOfIterations=100, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-10
+        learningRate=2.0, minStep=1e-3, numberOfIterations=300, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-10
     )
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([2, 1])  # a coarse pass first: fewer steps at the fine grid

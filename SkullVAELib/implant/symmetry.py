@@ -59,6 +59,14 @@ def _reflection(point: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return MirrorPlane(point, normal).transform()
 
 
+def _sitk_affine(affine: np.ndarray) -> sitk.AffineTransform:
+    """The (4, 4) LPS ``affine`` as a SimpleITK transform (Resample reads the input at ``affine`` @ p)."""
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(affine[:3, :3].ravel()))
+    transform.SetTranslation(tuple(affine[:3, 3]))
+    return transform
+
+
 def block_mean(mask: np.ndarray, factors) -> np.ndarray:
     """float32 (K', J', I'): the mean of bool ``mask`` (I, J, K) over blocks of ``factors``
     (fi, fj, fk) voxels, in ITK's (K, J, I) array order; partial blocks at the end are dropped.
@@ -137,10 +145,7 @@ def _registered(fixed: sitk.Image, centre: np.ndarray, start: np.ndarray, spacin
     """The plane registered on the smoothed mask ``fixed`` from the plane through ``centre`` (LPS mm)
     with unit normal ``start`` (3,)."""
     flip0 = _reflection(centre, start)
-    to_flip = sitk.AffineTransform(3)
-    to_flip.SetMatrix(tuple(flip0[:3, :3].ravel()))
-    to_flip.SetTranslation(tuple(flip0[:3, 3]))
-    moving = sitk.Resample(fixed, fixed, to_flip, sitk.sitkLinear, 0.0)  # moving(p) = fixed(F0 p)
+    moving = sitk.Resample(fixed, fixed, _sitk_affine(flip0), sitk.sitkLinear, 0.0)  # moving(p) = fixed(F0 p)
     euler = sitk.Euler3DTransform()
     euler.SetCenter(tuple(float(v) for v in centre))
     reg = sitk.ImageRegistrationMethod()
@@ -188,10 +193,7 @@ def _starting_normal(fixed: sitk.Image, centre: np.ndarray) -> np.ndarray:
     for yaw in np.deg2rad(START_TURNS_DEG):
         for roll in np.deg2rad(START_TURNS_DEG):
             normal = np.array([np.cos(yaw) * np.cos(roll), np.sin(yaw) * np.cos(roll), -np.sin(roll)])
-            reflection = _reflection(centre, normal)
-            flip = sitk.AffineTransform(3)
-            flip.SetMatrix(tuple(reflection[:3, :3].ravel()))
-            flip.SetTranslation(tuple(reflection[:3, 3]))
+            flip = _sitk_affine(_reflection(centre, normal))
             mirrored = sitk.GetArrayFromImage(sitk.Resample(coarse, coarse, flip, sitk.sitkLinear, 0.0))
             cost = float(np.mean((mirrored - values) ** 2))
             if cost < best_cost:
@@ -201,10 +203,6 @@ def _starting_normal(fixed: sitk.Image, centre: np.ndarray) -> np.ndarray:
 
 def mirror_mask(skull: SkullImage, plane: MirrorPlane) -> np.ndarray:
     """bool (I, J, K): the skull mirrored about ``plane``, on its own grid (nearest neighbour)."""
-    refl = plane.transform()
-    tx = sitk.AffineTransform(3)
-    tx.SetMatrix(tuple(refl[:3, :3].ravel()))
-    tx.SetTranslation(tuple(refl[:3, 3]))
     img = skull.to_sitk()
-    out = sitk.Resample(img, img, tx, sitk.sitkNearestNeighbor, 0)
+    out = sitk.Resample(img, img, _sitk_affine(plane.transform()), sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayViewFromImage(out).transpose(2, 1, 0).astype(bool)

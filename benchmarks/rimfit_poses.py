@@ -41,7 +41,7 @@ def pose_rotation(pose: str) -> np.ndarray:
         return np.eye(3)
     found = re.fullmatch(r"(pitch|roll|yaw)([+-]\d+(?:\.\d+)?)", pose)
     if not found:
-        raise SystemExit(f"--poses: {pose!r} is not none or pitch/roll/yaw with signed degrees (pitch-20)")
+        raise ValueError(f"{pose!r} is not none or pitch/roll/yaw with signed degrees (pitch-20)")
     return Rotation.from_euler(_AXES[found[1]], float(found[2]), degrees=True).as_matrix()
 
 
@@ -52,9 +52,8 @@ def turned(skull: SkullImage, rotation: np.ndarray) -> SkullImage:
     return replace(skull, origin=origin, direction=rotation @ skull.direction, metadata=dict(skull.metadata))
 
 
-def run(args) -> None:
-    poses = args.poses.split(",")
-    rotations = {pose: pose_rotation(pose) for pose in poses}
+def run(args, rotations: dict[str, np.ndarray]) -> None:
+    poses = list(rotations)
     cases = defect_cases(
         args.data, parse_id_spec(args.ids), args.defects.split(","), [int(s) for s in args.seeds.split(",")]
     )
@@ -107,8 +106,14 @@ def main() -> None:
     args = p.parse_args()
     if args.summary:
         summary(args.summary)
-    else:
-        run(args)
+        return
+    if not args.out:
+        p.error("--out (a JSON lines file) is needed to run; --summary reads such files")
+    try:
+        rotations = {pose: pose_rotation(pose) for pose in args.poses.split(",")}
+    except ValueError as error:
+        p.error(f"--poses: {error}")
+    run(args, rotations)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,18 @@ def _turned(skull: SkullImage, degrees: float, axis: str) -> tuple[SkullImage, n
 
 
 @pytest.mark.parametrize(
-    ("degrees", "axis"), [(0.0, "y"), (10.0, "y"), (-14.0, "y"), (20.0, "y"), (-25.0, "y"), (30.0, "y"), (30.0, "z")]
+    ("degrees", "axis"),
+    [
+        (0.0, "y"),
+        (10.0, "y"),
+        (-14.0, "y"),
+        (20.0, "y"),
+        (-25.0, "y"),
+        (30.0, "y"),
+        (40.0, "y"),
+        (30.0, "z"),
+        (-45.0, "z"),
+    ],
 )
 def test_a_head_rolled_or_turned_in_the_scan_gets_its_own_plane(degrees, axis):
     # before, the optimiser stopped at SimpleITK's gradient tolerance within a few steps of x = const;

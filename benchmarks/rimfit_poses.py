@@ -45,9 +45,8 @@ def pose_rotation(pose: str) -> np.ndarray:
     return Rotation.from_euler(_AXES[found[1]], float(found[2]), degrees=True).as_matrix()
 
 
-def turned(skull: SkullImage, rotation: np.ndarray) -> SkullImage:
-    """``skull`` turned by ``rotation`` (3, 3) about its bone's centroid: the same voxels, a new header."""
-    centre = bone_points(skull, every=50).mean(axis=0)
+def turned(skull: SkullImage, rotation: np.ndarray, centre: np.ndarray) -> SkullImage:
+    """``skull`` turned by ``rotation`` (3, 3) about ``centre`` (LPS mm): the same voxels, a new header."""
     origin = rotation @ (skull.origin - centre) + centre
     return replace(skull, origin=origin, direction=rotation @ skull.direction, metadata=dict(skull.metadata))
 
@@ -58,8 +57,9 @@ def run(args, rotations: dict[str, np.ndarray]) -> None:
         args.data, parse_id_spec(args.ids), args.defects.split(","), [int(s) for s in args.seeds.split(",")]
     )
     for case in cases:
+        centre = bone_points(case.defective, every=50).mean(axis=0)  # the bone's centroid: every pose turns about it
         for pose in poses:
-            skull = turned(case.defective, rotations[pose])
+            skull = turned(case.defective, rotations[pose], centre)
             t0 = time.perf_counter()
             plane = find_mirror_plane(skull)
             result = rim_fit(skull, mirror_transform=plane.transform())

@@ -183,10 +183,10 @@ def _registered(fixed: sitk.Image, centre: np.ndarray, start: np.ndarray, spacin
 
 def _starting_normal(fixed: sitk.Image, centre: np.ndarray) -> np.ndarray:
     """(3,) unit normal of the plane through ``centre`` (LPS mm; the bone's centroid, which a symmetric
-    skull's mid-plane holds in any pose) whose reflection best matches the
-    smoothed mask ``fixed`` to itself (mean squares on a grid twice as coarse) among x turned by every
-    pair of :data:`START_TURNS_DEG` about z and y: a second start for the registration, which refines a
-    plane by 10-15° but does not find one 20-30° away."""
+    skull's mid-plane holds in any pose) whose reflection best matches the smoothed mask ``fixed`` to
+    itself (mean squares on a grid twice as coarse), among x turned by every pair of
+    :data:`START_TURNS_DEG` about z and y: a second start for the registration, which refines a plane by
+    10-15° but does not find one 20-30° away."""
     coarse = sitk.BinShrink(fixed, [2, 2, 2])
     values = sitk.GetArrayViewFromImage(coarse)
     best, best_cost = np.array([1.0, 0.0, 0.0]), np.inf

@@ -14,6 +14,9 @@ original resolution.
    whose top edge cuts the defect) is still a hole; its rays that leave the scan far before the
    skull are not filled (all they would fill lies outside the scan), and rays whose bone is cut
    by the scan's edge are no rim data (their outer radius is the edge's, not the skull's).
+   Where the largest hole comes within ``pole_clearance_deg`` of a grid pole (a head pitched chin-up), the
+   rays are cast again in a frame pitched until it is that far (:mod:`gridturn`), and everything below
+   runs in that frame: near a pole the grid's cells are no neighbourhoods on the sphere.
    A hole then grows by the rays next to it that still belong to the defect (:mod:`rimgrow`):
    rays that passed it and met deeper bone, and (``grow_thick_mm``) rays that met its cut wall
    obliquely and hold only a wedge of the bone. A hole far smaller than the defect and far from it
@@ -40,13 +43,14 @@ The patient's bone is never altered: the implant is disjoint from it by construc
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
+from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
 from SkullVAELib.implant.postprocess import postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
@@ -64,10 +68,12 @@ _SQUARE = np.ones((3, 3), dtype=bool)
 
 @dataclass
 class RimFitResult:
-    """implant: bool (I, J, K) on the input grid; holes; ray map; timings (s) per step ("raycast": the
-    skull's rays, "holes": the scan's edge and the hole search, "mirror_raycast", "fill",
-    "postprocess"); messages: why an
-    implant is empty or what is special about it (the scan's edge), one line each, for the user."""
+    """implant: bool (I, J, K) on the input grid; holes, ray map and scan edge, in the ray grid's frame
+    (``turn``: LPS turned about the ray centre where the largest hole came near a grid pole, :mod:`gridturn`;
+    :meth:`holes_in_lps` gives their directions in LPS); timings (s) per step ("raycast": the skull's rays,
+    "holes": the scan's edge and the hole search, each summed over both frames where it was turned,
+    "mirror_raycast", "fill", "postprocess"); messages: why an implant is empty or what is special about it
+    (the scan's edge), one line each, for the user."""
 
     implant: np.ndarray
     holes: list[Hole]
@@ -75,6 +81,13 @@ class RimFitResult:
     timings: dict = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     edge: ScanEdge | None = None
+    turn: GridTurn | None = None  # the grid's frame, where it was turned off a pole (gridturn); None: LPS
+
+    def holes_in_lps(self) -> list[Hole]:
+        """The holes with their directions in LPS (copies where the grid's frame was turned; cells stay the grid's)."""
+        if self.turn is None:
+            return list(self.holes)
+        return [replace(hole, direction=self.turn.to_lps(hole.direction)) for hole in self.holes]
 
     @property
     def cue(self) -> str:
@@ -90,12 +103,19 @@ def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
-def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.ndarray | None = None) -> list[Hole]:
+def find_holes(
+    raymap: raycast.RayMap,
+    min_hole_sr: float = 0.02,
+    unknown: np.ndarray | None = None,
+    opening_cells: dict[str, np.ndarray] | None = None,
+) -> list[Hole]:
     """Enclosed groups of missing rays (8-connected on the grid), largest first.
 
     Args:
         unknown: bool (Nα, Nβ) miss rays that left the scan before the skull (:func:`scan_edge`);
             a group that reaches the anterior pole or the seam only through such rays is still enclosed.
+        opening_cells: the cells through which a group is open (default :func:`scanedge.openings`; a turned
+            frame's are those turned with it, :meth:`gridturn.GridTurn.openings`).
 
     Row 0 of the grid is the posterior pole (horizontal, backwards: the occipital vault, no opening of
     a normal skull), row -1 the anterior pole (the face's openings), columns 0 and -1 the downward
@@ -109,7 +129,7 @@ def find_holes(raymap: raycast.RayMap, min_hole_sr: float = 0.02, unknown: np.nd
     if n == 0:
         return []
     reach = labels if unknown is None else np.where(unknown, 0, labels)
-    outside = np.logical_or.reduce(list(openings(raymap.step_deg).values()))
+    outside = np.logical_or.reduce(list((opening_cells or openings(raymap.step_deg)).values()))
     border = np.unique(reach[outside])
     omega = cell_solid_angle(raymap.step_deg)
     holes = []
@@ -272,14 +292,15 @@ def rim_fit(
     """
     cfg = (cfg or RimFitConfig()).for_voxels(skull.spacing)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    raymap = raycast.cast(skull, centre, cfg.step_deg)  # every ray; reads skull.mask in place
-    timings["raycast"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
-    holes, far_notes = without_small_far_holes(find_holes(raymap, cfg.min_hole_sr, edge.unknown), cfg)
-    timings["holes"] = time.perf_counter() - t0
+    raymap, edge, holes, far_notes = _holes(skull, centre, cfg, None, timings)
+    turn, opening_cells = None, None
+    if holes:
+        turn = turn_off_poles(holes[0].cells, holes[0].direction, centre, cfg.step_deg, cfg.pole_clearance_deg)
+    if turn is not None:  # the same voxels under a turned header: the implant lies on the input's grid as it is
+        skull, mirror_transform = turn.skull(skull), turn.transform(mirror_transform)
+        opening_cells = turn.openings(cfg.step_deg)
+        raymap, edge, holes, far_notes = _holes(skull, centre, cfg, opening_cells, timings)
     t0 = time.perf_counter()
     mirror = None
     if mirror_transform is not None and holes:  # only the rays the holes' fill and rims read
@@ -288,7 +309,8 @@ def rim_fit(
     timings["mirror_raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shapes, notes = usable_shapes(shapes, cfg.step_deg)
-    messages = (notes if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr)]) + far_notes + thick_slice_note(skull)
+    no_hole = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr, opening_cells)]
+    messages = (notes if holes else no_hole) + far_notes + thick_slice_note(skull)
     implant, filled = None, 0  # the first hole's rasterised implant (or the union of several), holes filled
     for hole in holes:
         _clip_to_scan(hole, edge, raymap.step_deg)
@@ -313,7 +335,23 @@ def rim_fit(
     timings["postprocess"] = time.perf_counter() - t0
     if filled and not implant.any():
         messages.append(f"the rim fit filled {filled} hole(s) but no implant survived inside the scan")
-    return RimFitResult(implant, holes, raymap, timings, messages, edge)
+    return RimFitResult(implant, holes, raymap, timings, messages, edge, turn)
+
+
+def _holes(
+    skull: SkullImage, centre: np.ndarray, cfg: RimFitConfig, opening_cells: dict | None, timings: dict
+) -> tuple[raycast.RayMap, ScanEdge, list[Hole], list[str]]:
+    """(ray map, scan edge, holes, notes on holes left out) of ``skull``; ``opening_cells``: a turned frame's
+    openings (:meth:`gridturn.GridTurn.openings`), None for the grid's own; times added to ``timings``."""
+    t0 = time.perf_counter()
+    raymap = raycast.cast(skull, centre, cfg.step_deg)  # every ray; reads skull.mask in place
+    timings["raycast"] = timings.get("raycast", 0.0) + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
+    found = find_holes(raymap, cfg.min_hole_sr, edge.unknown, opening_cells)
+    holes, far_notes = without_small_far_holes(found, cfg)
+    timings["holes"] = timings.get("holes", 0.0) + time.perf_counter() - t0
+    return raymap, edge, holes, far_notes
 
 
 def _clip_to_scan(hole: Hole, edge: ScanEdge, step_deg: float) -> None:

@@ -112,8 +112,14 @@ def openings(step_deg: float) -> dict[str, np.ndarray]:
     return {"the skull base (rays downwards)": base, "the front of the head (the face)": face}
 
 
-def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: float) -> str:
-    """One line: why :func:`find_holes` found no hole (the largest group of missing rays and where it opens)."""
+def why_no_hole(
+    raymap: raycast.RayMap,
+    edge: ScanEdge | None,
+    min_hole_sr: float,
+    opening_cells: dict[str, np.ndarray] | None = None,
+) -> str:
+    """One line: why :func:`find_holes` found no hole (the largest group of missing rays and where it opens;
+    ``opening_cells``: those of a turned frame, default :func:`openings`)."""
     labels, n = ndimage.label(~raymap.hit, structure=_SQUARE)
     omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), labels.shape)
     sizes = ndimage.sum(omega, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
@@ -122,7 +128,7 @@ def why_no_hole(raymap: raycast.RayMap, edge: ScanEdge | None, min_hole_sr: floa
     cells = labels == 1 + int(np.argmax(sizes))
     if edge is not None:
         cells = cells & ~edge.unknown
-    where = [name for name, opening in openings(raymap.step_deg).items() if (cells & opening).any()]
+    where = [name for name, opening in (opening_cells or openings(raymap.step_deg)).items() if (cells & opening).any()]
     return (
         f"the rim fit found no enclosed hole in the vault: the largest opening ({sizes.max():.2f} sr) is open "
         f"to {' and '.join(where) or 'the outside'}; is the defect open to the skull base?"

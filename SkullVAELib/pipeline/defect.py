@@ -36,7 +36,7 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
     given = context.settings.defect
     if given != "auto":
         decision = DefectDecision(given, f"{given} (given)", 1.0)
-    elif vault_holes(context.rim_fit().holes):
+    elif vault_holes(context.rim_fit().holes_in_lps()):
         decision = DefectDecision("cranial", "cranial: an enclosed hole in the vault", None)
     elif context.folder.has_vae and context.folder.vae().centroids:
         result = context.model_completion()

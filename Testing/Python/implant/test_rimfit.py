@@ -13,7 +13,7 @@ from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice, implant_metrics
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import check_implant
-from SkullVAELib.implant.rimfit import Hole, rim_fit
+from SkullVAELib.implant.rimfit import Hole, RimFitConfig, rim_fit
 from SkullVAELib.io.image import SkullImage, read_skull
 from SkullVAELib.pipeline.completer import Completer
 from SkullVAELib.pipeline.settings import CompletionSettings, RimFitSettings
@@ -153,11 +153,14 @@ def test_a_hole_at_the_back_of_the_vault_is_a_hole(phantom):
     region = (np.linalg.norm(points - back, axis=1) <= 28.0).reshape(phantom.shape)
     defective = phantom.with_mask(phantom.mask & ~region)
     truth = phantom.mask & region
-    result = rim_fit(defective)
-    assert len(result.holes) == 1, result.messages
-    assert result.holes[0].cells[0].any()  # the hole holds the posterior pole
-    assert dice(result.implant, truth) >= 0.75
-    assert not (result.implant & defective.mask).any()
+    as_cast = rim_fit(defective, RimFitConfig(pole_clearance_deg=0.0))
+    assert len(as_cast.holes) == 1, as_cast.messages
+    assert as_cast.holes[0].cells[0].any()  # the hole holds the posterior pole
+    turned = rim_fit(defective)  # the default: filled in a frame turned upwards off the pole (gridturn)
+    assert turned.turn is not None and len(turned.holes) == 1, turned.messages
+    for result in (as_cast, turned):
+        assert dice(result.implant, truth) >= 0.75
+        assert not (result.implant & defective.mask).any()
 
 
 @pytest.fixture(scope="module")

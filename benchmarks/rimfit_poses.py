@@ -27,10 +27,10 @@ from scipy.spatial.transform import Rotation
 
 from SkullVAELib.data.case_ids import parse_id_spec
 from SkullVAELib.evaluation.implants import defect_cases, score
+from SkullVAELib.implant.gridturn import GridTurn
 from SkullVAELib.implant.raycast import bone_points
 from SkullVAELib.implant.rimfit import rim_fit
 from SkullVAELib.implant.symmetry import find_mirror_plane
-from SkullVAELib.io.image import SkullImage
 
 _AXES = {"pitch": "x", "roll": "y", "yaw": "z"}
 
@@ -45,12 +45,6 @@ def pose_rotation(pose: str) -> np.ndarray:
     return Rotation.from_euler(_AXES[found[1]], float(found[2]), degrees=True).as_matrix()
 
 
-def turned(skull: SkullImage, rotation: np.ndarray, centre: np.ndarray) -> SkullImage:
-    """``skull`` turned by ``rotation`` (3, 3) about ``centre`` (LPS mm): the same voxels, a new header."""
-    origin = rotation @ (skull.origin - centre) + centre
-    return replace(skull, origin=origin, direction=rotation @ skull.direction, metadata=dict(skull.metadata))
-
-
 def run(args, rotations: dict[str, np.ndarray]) -> None:
     poses = list(rotations)
     cases = defect_cases(
@@ -59,7 +53,7 @@ def run(args, rotations: dict[str, np.ndarray]) -> None:
     for case in cases:
         centre = bone_points(case.defective, every=50).mean(axis=0)  # the bone's centroid: every pose turns about it
         for pose in poses:
-            skull = turned(case.defective, rotations[pose], centre)
+            skull = GridTurn(rotations[pose], centre).skull(case.defective)  # the header only
             t0 = time.perf_counter()
             plane = find_mirror_plane(skull)
             result = rim_fit(skull, mirror_transform=plane.transform())

@@ -39,12 +39,15 @@ class GridTurn:
     Attributes:
         rotation: (3, 3) proper rotation.
         centre: (3,) LPS mm, the ray centre (its own image).
-        degrees: the turn's angle.
     """
 
     rotation: np.ndarray
     centre: np.ndarray
-    degrees: float
+
+    @property
+    def degrees(self) -> float:
+        """The turn's angle (degrees, ≥ 0)."""
+        return float(np.degrees(np.arccos(np.clip((np.trace(self.rotation) - 1.0) / 2.0, -1.0, 1.0))))
 
     def affine(self) -> np.ndarray:
         """(4, 4) the turn as an LPS affine (LPS mm → turned mm)."""
@@ -119,5 +122,5 @@ def turn_off_poles(
     for degrees in np.arange(step_deg, _MAX_TURN_DEG + step_deg / 2, step_deg):
         rotation = Rotation.from_rotvec(np.deg2rad(degrees) * axis).as_matrix()
         if np.abs(rays @ rotation.T @ _POSTERIOR).max() <= cos_limit:
-            return GridTurn(rotation, np.asarray(centre, dtype=np.float64).copy(), float(degrees))
+            return GridTurn(rotation, np.asarray(centre, dtype=np.float64).copy())
     return None

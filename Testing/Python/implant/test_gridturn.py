@@ -92,7 +92,7 @@ def test_the_turned_header_moves_every_voxel_about_the_centre_and_keeps_the_voxe
     skull = SkullImage(
         np.zeros((6, 5, 4), dtype=bool), np.array([-10.0, 4.0, 2.0]), np.array([0.5, 0.7, 1.2]), direction
     )
-    turn = GridTurn(Rotation.from_euler("x", 17.0, degrees=True).as_matrix(), CENTRE, 17.0)
+    turn = GridTurn(Rotation.from_euler("x", 17.0, degrees=True).as_matrix(), CENTRE)
     turned = turn.skull(skull)
     assert turned.mask is skull.mask and np.array_equal(turned.spacing, skull.spacing)
     expected = (_grid_points(skull) - CENTRE) @ turn.rotation.T + CENTRE
@@ -102,7 +102,7 @@ def test_the_turned_header_moves_every_voxel_about_the_centre_and_keeps_the_voxe
 
 def test_the_mirror_in_the_turned_frame_mirrors_the_turned_points():
     mirror = MirrorPlane(np.array([1.5, -3.0, 4.0]), np.array([0.98, 0.1, -0.17])).transform()
-    turn = GridTurn(Rotation.from_euler("x", -24.0, degrees=True).as_matrix(), CENTRE, -24.0)
+    turn = GridTurn(Rotation.from_euler("x", -24.0, degrees=True).as_matrix(), CENTRE)
     points = np.random.default_rng(0).normal(scale=40.0, size=(20, 3))
     homogeneous = np.c_[points, np.ones(len(points))]
     mirrored_then_turned = (turn.affine() @ mirror @ homogeneous.T).T
@@ -178,7 +178,7 @@ def test_a_real_skull_pitched_chin_up_keeps_its_fill(skullfix_dir):
     defective = read_skull(skullfix_dir / "defective_skull" / "057.nrrd", kind="binary")
     truth = read_skull(skullfix_dir / "implant" / "057.nrrd", kind="binary")
     centre = raycast.bone_points(defective, every=50).mean(axis=0)
-    pitch = GridTurn(Rotation.from_euler("x", -20.0, degrees=True).as_matrix(), centre, -20.0)
+    pitch = GridTurn(Rotation.from_euler("x", -20.0, degrees=True).as_matrix(), centre)
     pitched = pitch.skull(defective)
     result = rim_fit(pitched)
     assert result.turn is not None

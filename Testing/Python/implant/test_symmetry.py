@@ -110,6 +110,8 @@ def _turned(skull: SkullImage, degrees: float, axis: str) -> tuple[SkullImage, n
         (40.0, "y"),
         (30.0, "z"),
         (-45.0, "z"),
+        (60.0, "z"),
+        (-75.0, "z"),
     ],
 )
 def test_a_head_rolled_or_turned_in_the_scan_gets_its_own_plane(degrees, axis):

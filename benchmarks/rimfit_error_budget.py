@@ -98,7 +98,7 @@ def ray_budget(case, result, mirror_transform) -> dict:
 
     if not result.holes:
         return {}
-    skull, rays = case.defective, result.raymap
+    (skull, mirror_transform), rays = result.in_frame(case.defective, mirror_transform), result.raymap
     cfg = RimFitConfig().for_voxels(skull.spacing)  # as rim_fit reads it
     hole = replace(result.holes[0])  # fill_hole notes its source and area on the hole it fills
     near = cue_rays([hole.cells], cfg.grow_reach + max(cfg.ring[1], cfg.band))

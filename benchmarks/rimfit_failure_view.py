@@ -110,6 +110,7 @@ def view(pair: tuple[str, str, int], args) -> dict:
     skull, truth = case.defective, case.implant
     result = rim_fit(skull, mirror_transform=find_mirror_plane(skull).transform())
     implant = result.implant
+    skull, _ = result.in_frame(skull)  # the frame its rays were cast in (a hole near a grid pole: pitched)
     groups = error_rays(result.raymap, result.holes, truth, implant, skull)
     error, other = (implant & ~truth, truth) if args.surplus else (truth & ~implant, implant)
     voxel, far_mm = farthest_error(error, other, skull.spacing)

@@ -46,7 +46,7 @@ class RimFitConfig:
     edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
     beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
     max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled
-    # a hole nearer a grid pole than this is filled in a frame turned until it is this far (gridturn; 0: off):
+    # a hole nearer a grid pole than this is filled in a frame pitched until it is this far (gridturn; 0: off):
     # the widest rim ring and the growth reach, (12 + 6) cells of 0.75°, clear of the pole
     pole_clearance_deg: float = 13.5
 

@@ -83,6 +83,13 @@ class RimFitResult:
     edge: ScanEdge | None = None
     turn: GridTurn | None = None  # the grid's frame, where it was turned off a pole (gridturn); None: LPS
 
+    def in_frame(self, skull: SkullImage, transform: np.ndarray | None = None) -> tuple[SkullImage, np.ndarray | None]:
+        """(``skull``, an LPS ``transform`` such as the mirror's) as the rays saw them: turned with the grid's
+        frame where it was (the same voxels), else as they are. Rays cast on them match ``raymap``'s."""
+        if self.turn is None:
+            return skull, transform
+        return self.turn.skull(skull), self.turn.transform(transform)
+
     def holes_in_lps(self) -> list[Hole]:
         """The holes with their directions in LPS (copies where the grid's frame was turned; cells stay the grid's)."""
         if self.turn is None:

@@ -216,8 +216,7 @@ def check_rim_fit(
     with the same ``cfg``, ``mirror_transform`` and ``shapes``); an empty check when it found no hole."""
     if not result.holes:
         return SelfCheck()
-    if result.turn is not None:  # the rays were cast in a turned frame (gridturn): check in the same one
-        skull, mirror_transform = result.turn.skull(skull), result.turn.transform(mirror_transform)
+    skull, mirror_transform = result.in_frame(skull, mirror_transform)  # the frame the rays were cast in
     raymap = result.raymap
     mirror_for = None
     if mirror_transform is not None:

@@ -58,7 +58,7 @@ from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
 from SkullVAELib.implant.rimgrow import grow_hole, rim_rays, whole_bone_rim
 from SkullVAELib.implant.rimmedian import median_fill, ring_widths
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight, spline_points
-from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, openings, scan_edge, why_no_hole
+from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, miss_groups, openings, scan_edge, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
 from SkullVAELib.implant.shapemodel import ShapeModel
 from SkullVAELib.io.image import SkullImage
@@ -116,7 +116,7 @@ def find_holes(
     unknown: np.ndarray | None = None,
     opening_cells: dict[str, np.ndarray] | None = None,
 ) -> list[Hole]:
-    """Enclosed groups of missing rays (8-connected on the grid), largest first.
+    """Enclosed groups of missing rays (8-connected on the grid, joined across its seam), largest first.
 
     Args:
         unknown: bool (Nα, Nβ) miss rays that left the scan before the skull (:func:`scan_edge`);
@@ -131,8 +131,7 @@ def find_holes(
     A group that touches the posterior pole is a hole like any other (a vault defect of a scan tilted
     backwards reaches it: SkullFix training case 009).
     """
-    miss = ~raymap.hit
-    labels, n = ndimage.label(miss, structure=_SQUARE)
+    labels, n = miss_groups(~raymap.hit)
     if n == 0:
         return []
     reach = labels if unknown is None else np.where(unknown, 0, labels)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
@@ -112,6 +114,27 @@ def openings(step_deg: float) -> dict[str, np.ndarray]:
     return {"the skull base (rays downwards)": base, "the front of the head (the face)": face}
 
 
+def miss_groups(miss: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels int (Nα, Nβ), count): 8-connected groups of ``miss`` (bool (Nα, Nβ)) on the grid, joined across
+    its seam (columns -1 and 0 are neighbours on the sphere: a gap that crosses the downward sagittal line
+    behind the head, where the seam is no opening, is one group, not two halves filled apart)."""
+    labels, n = ndimage.label(miss, structure=_SQUARE)
+    if n == 0:
+        return labels, 0
+    left = labels[:, 0]
+    pairs = [
+        (left[r], labels[r + dr, -1]) for r in np.flatnonzero(left) for dr in (-1, 0, 1) if 0 <= r + dr < len(left)
+    ]
+    pairs = np.array([pair for pair in pairs if pair[1]], dtype=np.intp).reshape(-1, 2)
+    if not len(pairs):
+        return labels, n
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n + 1, n + 1))
+    count, joined = connected_components(graph, directed=False)  # node 0 (no miss) stays alone
+    joined = joined - joined[0]  # the background's component is 0 ...
+    joined[joined < 0] += count  # ... the others 1 … count - 1, in any order
+    return joined[labels], count - 1
+
+
 def why_no_hole(
     raymap: raycast.RayMap,
     edge: ScanEdge | None,
@@ -120,7 +143,7 @@ def why_no_hole(
 ) -> str:
     """One line: why :func:`find_holes` found no hole (the largest group of missing rays and where it opens;
     ``opening_cells``: those of a turned frame, default :func:`openings`)."""
-    labels, n = ndimage.label(~raymap.hit, structure=_SQUARE)
+    labels, n = miss_groups(~raymap.hit)
     omega = np.broadcast_to(cell_solid_angle(raymap.step_deg), labels.shape)
     sizes = ndimage.sum(omega, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
     if n == 0 or sizes.max() < min_hole_sr:

@@ -17,7 +17,7 @@ from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import implant_metrics
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.rimfit import RimFitConfig, rim_fit
-from SkullVAELib.implant.scanedge import exit_radius
+from SkullVAELib.implant.scanedge import exit_radius, miss_groups
 from SkullVAELib.io.image import SkullImage
 
 SHAPE, SPACING = (96, 96, 72), (2.2, 2.2, 2.2)
@@ -117,3 +117,36 @@ def test_the_skull_base_cut_by_the_scan_stays_open():
     cropped = SkullImage(phantom.mask[:, :, cut:], affine[:3, :3] @ [0, 0, cut] + affine[:3, 3], phantom.spacing)
     result = rim_fit(cropped)
     assert not result.implant.any(), [h.solid_angle_sr for h in result.holes]
+
+
+def test_a_gap_across_the_grids_seam_is_one_group():
+    """Columns -1 and 0 meet on the sphere: a gap that crosses the seam is one group, two gaps apart stay two."""
+    miss = np.zeros((40, 80), dtype=bool)
+    miss[5:12, 0:3] = True  # one gap, both sides of the seam (rows 5-11 and 4-10: touching diagonally too)
+    miss[4:11, 77:80] = True
+    miss[20:25, 30:35] = True  # a second gap
+    miss[30:33, 0] = True  # a third, on the seam's one side only
+    labels, n = miss_groups(miss)
+    assert n == 3
+    assert labels[5, 0] == labels[4, 79] != 0
+    assert len({labels[5, 0], labels[20, 30], labels[30, 0]}) == 3
+    assert miss_groups(np.zeros((4, 8), dtype=bool))[1] == 0
+
+
+def test_a_hole_across_the_seam_behind_the_head_is_filled_as_one():
+    """A defect straddling the midline 15° below the back of the head: its rays cross the grid's downward seam
+    where it is no opening (less than 30° below the horizontal). Before the seam joined its halves it was two
+    holes of 0.07 sr, each filled from a rim cut through the middle of the defect."""
+    centre, spacing, shape = np.array([3.0, -2.0, 5.0]), np.full(3, 1.5), (86, 86, 86)
+    origin = centre - spacing * (np.array(shape) - 1) / 2.0
+    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - centre
+    radius = np.linalg.norm(offsets, axis=1)
+    shell = ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+    below = np.array([0.0, np.cos(np.deg2rad(15.0)), -np.sin(np.deg2rad(15.0))])
+    cut = (np.linalg.norm(offsets - 56.0 * below, axis=1) <= 13.0).reshape(shape)
+    defective = SkullImage(shell & ~cut, origin, spacing, np.eye(3))
+    for config in (RimFitConfig(pole_clearance_deg=0.0), RimFitConfig()):  # as cast, and pitched off the pole
+        result = rim_fit(defective, config, centre=centre)
+        assert len(result.holes) == 1, [h.solid_angle_sr for h in result.holes]
+        m = implant_metrics(result.implant, shell & cut, defective.mask, spacing)
+        assert m["dsc"] >= 0.95, m

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cases import add_case_arguments, selected_cases
 
-from SkullVAELib.data.case_ids import parse_id_spec
 from SkullVAELib.evaluation.cavities import enclosed_cavities
-from SkullVAELib.evaluation.implants import defect_cases, score
+from SkullVAELib.evaluation.implants import score
 from SkullVAELib.evaluation.metrics import bounding_box, implant_metrics
 from SkullVAELib.implant.rimfit import rim_fit
 from SkullVAELib.implant.selfcheck import check_rim_fit
@@ -78,12 +78,10 @@ def _cavity_scores(case, implant: np.ndarray) -> dict:
 
 
 def run(args) -> None:
-    ids = parse_id_spec(args.ids)
-    seeds = [int(s) for s in args.seeds.split(",")]
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
-    for case in defect_cases(args.data, ids, args.defects.split(","), seeds):
+    for case in selected_cases(args):
         name = f"{case.case_id}_{case.defect}_{case.seed}"
         t0 = time.perf_counter()
         messages: list[str] = []
@@ -204,10 +202,7 @@ def _plot(paths: list[str], png: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/skullfix")
-    p.add_argument("--ids", default="056-063")
-    p.add_argument("--seeds", default="0,1", help="vault defect seeds")
-    p.add_argument("--defects", default="cranial,vault")
+    add_case_arguments(p)
     p.add_argument("--out", help="JSON lines file (appended)")
     p.add_argument("--label", default="")
     p.add_argument("--save", help="folder for the implants (npz)")

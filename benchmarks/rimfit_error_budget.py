@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import SKULLFIX  # noqa: E402
+from _cases import add_case_arguments, selected_cases  # noqa: E402
 
 from SkullVAELib.implant.selfcheck import interval_dsc  # noqa: E402  (radial intervals, solid angle × r² dr)
 
@@ -123,19 +123,14 @@ def ray_budget(case, result, mirror_transform) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=SKULLFIX)
-    p.add_argument("--ids", default="056-063", help="case ids (validation by default)")
-    p.add_argument("--defects", default="cranial,vault,irregular", help="cranial, vault, irregular (comma-separated)")
-    p.add_argument("--seeds", default="0", help="defect seeds of vault and irregular")
+    add_case_arguments(p, defects="cranial,vault,irregular", seeds="0")
     args = p.parse_args()
-    from SkullVAELib.data.case_ids import parse_id_spec
-    from SkullVAELib.evaluation.implants import defect_cases, score
+    from SkullVAELib.evaluation.implants import score
     from SkullVAELib.implant.rimfit import rim_fit
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
     rows = []
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
+    for case in selected_cases(args):
         mirror = find_mirror_plane(case.defective).transform()
         result = rim_fit(case.defective, mirror_transform=mirror)
         implant = result.implant

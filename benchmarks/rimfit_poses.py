@@ -23,10 +23,10 @@ from collections import defaultdict
 from dataclasses import replace
 
 import numpy as np
+from _cases import add_case_arguments, selected_cases
 from scipy.spatial.transform import Rotation
 
-from SkullVAELib.data.case_ids import parse_id_spec
-from SkullVAELib.evaluation.implants import defect_cases, score
+from SkullVAELib.evaluation.implants import score
 from SkullVAELib.implant.gridturn import GridTurn
 from SkullVAELib.implant.raycast import bone_points
 from SkullVAELib.implant.rimfit import rim_fit
@@ -47,10 +47,7 @@ def pose_rotation(pose: str) -> np.ndarray:
 
 def run(args, rotations: dict[str, np.ndarray]) -> None:
     poses = list(rotations)
-    cases = defect_cases(
-        args.data, parse_id_spec(args.ids), args.defects.split(","), [int(s) for s in args.seeds.split(",")]
-    )
-    for case in cases:
+    for case in selected_cases(args):
         centre = bone_points(case.defective, every=50).mean(axis=0)  # the bone's centroid: every pose turns about it
         for pose in poses:
             skull = GridTurn(rotations[pose], centre).skull(case.defective)  # the header only
@@ -90,10 +87,7 @@ def summary(paths: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/skullfix")
-    p.add_argument("--ids", default="056-063")
-    p.add_argument("--seeds", default="0", help="defect seeds (vault, irregular)")
-    p.add_argument("--defects", default="cranial,vault")
+    add_case_arguments(p, seeds="0")
     p.add_argument("--poses", default="none,pitch+20,pitch-20,roll+15,roll-15,yaw+25,yaw-25")
     p.add_argument("--out", help="JSON lines file (appended)")
     p.add_argument("--summary", nargs="+", help="print the table of these JSON lines files and stop")

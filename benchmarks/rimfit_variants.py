@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import SKULLFIX  # noqa: E402
+from _cases import add_case_arguments, selected_cases  # noqa: E402
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -104,10 +104,7 @@ def summary(rows: list[dict], names: list[str]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=SKULLFIX)
-    p.add_argument("--ids", default="056-063", help="case ids (validation by default)")
-    p.add_argument("--defects", default="cranial,vault", help="cranial, vault, irregular (comma-separated)")
-    p.add_argument("--seeds", default="0,1", help="defect seeds of vault and irregular")
+    add_case_arguments(p)
     p.add_argument("--variant", action="append", required=True, help="NAME=FIELD:VALUE;... (repeat)")
     p.add_argument("--shapes", type=Path, default=None, help="a shape bank or shape model every variant gets")
     p.add_argument(
@@ -127,8 +124,7 @@ def main() -> None:
         help="NAME=VARIANT,VARIANT,...: a column, the voxel-wise majority of those variants' implants (repeat)",
     )
     args = p.parse_args()
-    from SkullVAELib.data.case_ids import parse_id_spec
-    from SkullVAELib.evaluation.implants import defect_cases, score
+    from SkullVAELib.evaluation.implants import score
     from SkullVAELib.evaluation.resolution import coarser_case, coarser_grid, resample_mask
     from SkullVAELib.implant.rimfit import RimFitConfig, rim_fit
     from SkullVAELib.implant.symmetry import find_mirror_plane
@@ -149,9 +145,8 @@ def main() -> None:
             shapes = load_shape_bank(args.shapes)
         except SkullVAEError:
             shapes = load_shape_model(args.shapes)
-    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for case in defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds):
+    for case in selected_cases(args):
         row = {"id": case.case_id, "defect": case.defect, "seed": case.seed}
         if spacing is not None:  # the defaults at full resolution, then the case as the coarser scan
             fine = case.defective

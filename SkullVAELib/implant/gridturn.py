@@ -15,6 +15,7 @@ voxels, and so the implant's grid, are the input's own) and to the mirror transf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -95,15 +96,13 @@ def pole_clearance_deg(cells: np.ndarray, step_deg: float) -> float:
     return float(min(rows[0], cells.shape[0] - 1 - rows[-1]) * step_deg)
 
 
-def turn_off_poles(
-    cells: np.ndarray, direction: np.ndarray, centre: np.ndarray, step_deg: float, clearance_deg: float
-) -> GridTurn | None:
-    """The smallest pitch that puts every ray of a hole at least ``clearance_deg`` from both poles, or None
-    when it is that far already (or ``clearance_deg`` ≤ 0).
+def turn_off_poles(holes: Sequence, centre: np.ndarray, step_deg: float, clearance_deg: float) -> GridTurn | None:
+    """The smallest pitch that puts every ray of the largest hole at least ``clearance_deg`` from both poles, or
+    None when it is that far already (or there is no hole, or ``clearance_deg`` ≤ 0).
 
     Args:
-        cells: bool (Nα, Nβ) the hole's rays on the grid of ``step_deg``.
-        direction: (3,) the hole's unit mean direction (LPS).
+        holes: the holes found on the grid of ``step_deg``, largest first (:func:`rimfit.find_holes`); each
+            with ``cells`` bool (Nα, Nβ) and a unit mean ``direction`` (3,) in LPS. The first decides.
         centre: (3,) LPS mm, the ray centre.
 
     The turn is a pitch (about LPS x) that lifts the hole away from the nearer pole, in steps of the grid's
@@ -113,10 +112,10 @@ def turn_off_poles(
     skull base lie; a turn about any other axis moved openings off it, and they became holes. None also
     when no pitch up to 90° clears the hole.
     """
-    if clearance_deg <= 0 or pole_clearance_deg(cells, step_deg) >= clearance_deg:
+    if not holes or clearance_deg <= 0 or pole_clearance_deg(holes[0].cells, step_deg) >= clearance_deg:
         return None
-    rays = raycast.grid_directions(step_deg)[cells]
-    backwards = float(np.asarray(direction, dtype=np.float64) @ _POSTERIOR) >= 0.0
+    rays = raycast.grid_directions(step_deg)[holes[0].cells]
+    backwards = float(np.asarray(holes[0].direction, dtype=np.float64) @ _POSTERIOR) >= 0.0
     axis = _LEFT if backwards else -_LEFT  # a pitch that lifts the hole: +y (or -y) turns towards +z
     cos_limit = np.cos(np.deg2rad(clearance_deg + step_deg / 2))  # cell centres: their edges clear it
     for degrees in np.arange(step_deg, _MAX_TURN_DEG + step_deg / 2, step_deg):

@@ -46,7 +46,7 @@ from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
-from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
+from SkullVAELib.implant.gridturn import turn_off_poles
 from SkullVAELib.implant.postprocess import piece_gaps
 from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
 from SkullVAELib.implant.rimspline import gnomonic, spline_points
@@ -152,22 +152,9 @@ def _stray_fraction(crop: np.ndarray, spacing: np.ndarray, max_gap_mm: float) ->
     return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps.max())
 
 
-def _pole_turn(bone: raycast.RayMap, edge, cfg: QualityConfig) -> GridTurn | None:
-    """The rim fit's pitch of the grid (:func:`gridturn.turn_off_poles`) for ``skull``'s largest hole, or None.
-
-    Near a pole the grid's cells are no neighbourhoods on the sphere, and the rim's continuity read there is
-    off: SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97 before its rays were cast pitched."""
-    rim = RimFitConfig()
-    holes = find_holes(bone, rim.min_hole_sr, edge.unknown)
-    if not holes:
-        return None
-    return turn_off_poles(holes[0].cells, holes[0].direction, bone.centre, cfg.step_deg, rim.pole_clearance_deg)
-
-
-def _coverage(bone: raycast.RayMap, completed: raycast.RayMap, edge, opening_cells=None) -> tuple[bool, float]:
-    """(the skull has an enclosed hole, the share (solid angle) of its rays that the scan sees through
-    which meet bone with the implant in; NaN when there are none). ``opening_cells``: a turned frame's."""
-    holes = find_holes(bone, RimFitConfig().min_hole_sr, edge.unknown, opening_cells)
+def _coverage(holes: list, bone: raycast.RayMap, completed: raycast.RayMap, edge) -> tuple[bool, float]:
+    """(the skull has an enclosed hole (``holes``: :func:`rimfit.find_holes` of ``bone``), the share (solid angle)
+    of their rays that the scan sees through which meet bone with the implant in; NaN when there are none)."""
     if not holes:
         return False, float("nan")
     cells = np.logical_or.reduce([h.cells for h in holes]) & ~edge.unknown  # rays the scan sees through
@@ -260,11 +247,16 @@ def implant_quality(
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     bone = raycast.cast(skull, centre, cfg.step_deg)
     edge = scan_edge(skull, bone)
-    turn = _pole_turn(bone, edge, cfg)
-    if turn is not None:  # as the rim fit does: rays cast again in a frame pitched off the pole (gridturn)
+    rim = RimFitConfig()
+    holes = find_holes(bone, rim.min_hole_sr, edge.unknown)
+    # as the rim fit does: near a pole the grid's cells are no neighbourhoods on the sphere, and the rim read
+    # there is off (SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97), so cast again pitched off it
+    turn = turn_off_poles(holes, centre, cfg.step_deg, rim.pole_clearance_deg)
+    if turn is not None:
         skull = turn.skull(skull)
         bone = raycast.cast(skull, centre, cfg.step_deg)
         edge = scan_edge(skull, bone)
+        holes = find_holes(bone, rim.min_hole_sr, edge.unknown, turn.openings(cfg.step_deg))
     reach = max(raycast.max_radius(skull, centre), raycast.box_radius(skull, box, centre))
     with_implant = skull.mask.copy(order="K")  # the mask's memory order (the ray casting reads it in place)
     with_implant[box] |= crop
@@ -272,7 +264,7 @@ def implant_quality(
     raised = completed.hit & (~bone.hit | (np.nan_to_num(completed.r_out) > np.nan_to_num(bone.r_out) + cfg.on_top_mm))
     components: dict[str, float] = {}
     measures: dict[str, float] = {"volume_mm3": volume}
-    vault_hole, coverage = _coverage(bone, completed, edge, turn.openings(cfg.step_deg) if turn else None)
+    vault_hole, coverage = _coverage(holes, bone, completed, edge)
     measures["coverage"] = coverage
     if vault_hole:  # an enclosed vault hole: the cranium's ray model applies
         components.update(_ray_components(skull, bone, completed, edge, raised, cfg, measures))

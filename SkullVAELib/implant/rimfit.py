@@ -300,9 +300,7 @@ def rim_fit(
     timings: dict[str, float] = {}
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     raymap, edge, holes, far_notes = _holes(skull, centre, cfg, None, timings)
-    turn, opening_cells = None, None
-    if holes:
-        turn = turn_off_poles(holes[0].cells, holes[0].direction, centre, cfg.step_deg, cfg.pole_clearance_deg)
+    turn, opening_cells = turn_off_poles(holes, centre, cfg.step_deg, cfg.pole_clearance_deg), None
     if turn is not None:  # the same voxels under a turned header: the implant lies on the input's grid as it is
         skull, mirror_transform = turn.skull(skull), turn.transform(mirror_transform)
         opening_cells = turn.openings(cfg.step_deg)

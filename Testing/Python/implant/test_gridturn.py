@@ -10,7 +10,7 @@ from SkullVAELib.evaluation.metrics import dice, implant_metrics
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.gridturn import GridTurn, pole_clearance_deg, turn_off_poles
 from SkullVAELib.implant.quality import implant_quality
-from SkullVAELib.implant.rimfit import RimFitConfig, rim_fit
+from SkullVAELib.implant.rimfit import Hole, RimFitConfig, rim_fit
 from SkullVAELib.implant.selfcheck import check_rim_fit
 from SkullVAELib.implant.symmetry import MirrorPlane
 from SkullVAELib.io.image import SkullImage, read_skull
@@ -49,8 +49,9 @@ def test_the_clearance_is_the_angle_from_the_nearer_pole_to_the_holes_edge():
 
 def test_a_hole_clear_of_the_poles_is_not_turned():
     hole = _cap(_from_pole(50.0), 20.0)  # its edge 30° from the pole
-    assert turn_off_poles(hole, _from_pole(50.0), CENTRE, STEP, 13.5) is None
-    assert turn_off_poles(_cap(_from_pole(5.0), 20.0), _from_pole(5.0), CENTRE, STEP, 0.0) is None  # off
+    assert turn_off_poles([Hole(hole, 0.1, _from_pole(50.0))], CENTRE, STEP, 13.5) is None
+    assert turn_off_poles([Hole(_cap(_from_pole(5.0), 20.0), 0.1, _from_pole(5.0))], CENTRE, STEP, 0.0) is None  # off
+    assert turn_off_poles([], CENTRE, STEP, 13.5) is None
 
 
 @pytest.mark.parametrize("from_pole_deg", [0.0, 8.0, 22.0, 30.0])
@@ -58,7 +59,7 @@ def test_the_smallest_turn_takes_every_ray_of_the_hole_clear_of_both_poles(from_
     """A hole of 20° radius centred 0-30° from the posterior pole (holding it, or its edge 10° off)."""
     direction = _from_pole(from_pole_deg)
     hole = _cap(direction, 20.0)
-    turn = turn_off_poles(hole, direction, CENTRE, STEP, 13.5)
+    turn = turn_off_poles([Hole(hole, 0.1, direction)], CENTRE, STEP, 13.5)
     assert turn is not None
     assert _angles_from_poles(hole, turn.rotation).min() >= 13.5
     one_step_less = Rotation.from_rotvec(Rotation.from_matrix(turn.rotation).as_rotvec() * (1 - STEP / turn.degrees))
@@ -77,7 +78,7 @@ def test_a_hole_at_or_below_the_pole_is_never_turned_down_towards_the_skull_base
     keeps the seam in the sagittal plane."""
     direction = np.array([tilt[0], 1.0, tilt[1]]) / np.linalg.norm([tilt[0], 1.0, tilt[1]])
     hole = _cap(direction, 20.0)
-    turn = turn_off_poles(hole, direction, CENTRE, STEP, 13.5)
+    turn = turn_off_poles([Hole(hole, 0.1, direction)], CENTRE, STEP, 13.5)
     turned = turn.rotation @ direction
     assert turned[2] > direction[2] and turned[0] == pytest.approx(direction[0])
     assert _angles_from_poles(hole, turn.rotation).min() >= 13.5

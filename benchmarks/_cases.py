@@ -22,10 +22,12 @@ def add_case_arguments(parser: argparse.ArgumentParser, defects: str = "cranial,
 
 
 def selected_cases(args: argparse.Namespace) -> Iterator:
-    """The ``DefectCase`` pairs (:func:`SkullVAELib.evaluation.implants.defect_cases`) that ``args`` name, one at
-    a time."""
+    """The ``DefectCase`` pairs that ``args`` name, one at a time: of SkullFix's layout
+    (:func:`SkullVAELib.evaluation.implants.defect_cases`), or, for a folder of defective skulls only such as
+    ``skullfix_test``, new vault and irregular defects cut away from each skull's own hole
+    (:func:`SkullVAELib.evaluation.extra_cases.extra_defect_cases`)."""
     from SkullVAELib.data.case_ids import parse_id_spec
-    from SkullVAELib.evaluation.implants import defect_cases
+    from SkullVAELib.evaluation.extra_cases import scored_cases
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    return defect_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds)
+    return scored_cases(args.data, parse_id_spec(args.ids), args.defects.split(","), seeds)

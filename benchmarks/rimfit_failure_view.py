@@ -99,14 +99,15 @@ def draw(path: Path, title: str, groups: dict, raymap, outer_error, bone, truth,
 def view(pair: tuple[str, str, int], args) -> dict:
     """Fits, scores and draws one pair; returns its JSON row."""
     from SkullVAELib.evaluation.cavities import enclosed_cavities
-    from SkullVAELib.evaluation.implants import defect_cases, score
+    from SkullVAELib.evaluation.extra_cases import scored_cases
+    from SkullVAELib.evaluation.implants import score
     from SkullVAELib.evaluation.metrics import hd95
     from SkullVAELib.evaluation.rayviews import error_rays, error_summary, farthest_error, outer_radius_map
     from SkullVAELib.implant.rimfit import rim_fit
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
     case_id, defect, seed = pair
-    case = next(defect_cases(args.data, [case_id], [defect], [seed]))
+    case = next(scored_cases(args.data, [case_id], [defect], [seed]))
     skull, truth = case.defective, case.implant
     result = rim_fit(skull, mirror_transform=find_mirror_plane(skull).transform())
     implant = result.implant

@@ -54,7 +54,8 @@ class DefectCase:
     complete: np.ndarray
 
 
-def _find(folder: Path, case_id: str) -> Path | None:
+def find_case_file(folder: Path, case_id: str) -> Path | None:
+    """The image file of ``case_id`` in ``folder`` (any of the layout's extensions), or None."""
     from SkullVAELib.data.dataset import _files_by_id
 
     return _files_by_id(folder).get(case_id) if folder.is_dir() else None
@@ -77,7 +78,7 @@ def defect_cases(
     if bad:
         raise SkullVAEError(f"unknown defect type(s) {', '.join(bad)}; choose from {', '.join(DEFECT_TYPES)}")
     for cid in case_ids:
-        found = [(r, _find(r / LABEL_FOLDERS["complete"], cid)) for r in roots]
+        found = [(r, find_case_file(r / LABEL_FOLDERS["complete"], cid)) for r in roots]
         found = [(r, p) for r, p in found if p is not None]
         if not found:
             raise SkullVAEError(f"case {cid}: no complete_skull/{cid}.* (needed as ground truth)", roots[0])
@@ -86,7 +87,7 @@ def defect_cases(
         for defect in defect_types:
             if defect == "cranial":
                 folder, implants = root / LABEL_FOLDERS["cranial"], root / IMPLANT_FOLDERS["cranial"]
-                d_path, i_path = _find(folder, cid), _find(implants, cid)
+                d_path, i_path = find_case_file(folder, cid), find_case_file(implants, cid)
                 if d_path is None:
                     continue
                 defective = read_skull(d_path, kind="binary")

@@ -205,6 +205,11 @@ def drop_far_pieces(
     mask: np.ndarray, spacing: np.ndarray, max_gap_mm: float, second_defect_fraction: float = 0.5
 ) -> np.ndarray:
     """``mask`` (bool (I, J, K)) without the pieces farther than ``max_gap_mm`` from the main piece,
-    except pieces of at least ``second_defect_fraction`` × the main piece's voxels (a new array)."""
-    labels, sizes = component_sizes(mask)
-    return _near_pieces(labels, sizes, spacing, max_gap_mm, second_defect_fraction)[labels] > 0
+    except pieces of at least ``second_defect_fraction`` × the main piece's voxels (a new array; the
+    pieces are labelled on ``mask``'s bounding box only)."""
+    out = np.zeros_like(mask)
+    box = bounding_box(mask)
+    if box is not None:
+        labels, sizes = component_sizes(mask[box])
+        out[box] = _near_pieces(labels, sizes, spacing, max_gap_mm, second_defect_fraction)[labels] > 0
+    return out

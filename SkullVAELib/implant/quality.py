@@ -19,8 +19,10 @@ Components, each in [0, 1]:
 - ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimfit.find_holes`,
   scan edge aware; only the rays the scan sees through) whose rays meet bone once the implant is
   in; absent when the skull has no such hole (a facial defect).
-- ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in pieces farther than
-  ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), at least 0.
+- ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in stray pieces, at least 0: pieces
+  farther than ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), unless a piece lies over
+  an enclosed hole of its own and is a second defect's size (a skull with two defects has two implants,
+  and neither is stray; the rim fit's ``second_defect_fraction``).
 
 Rays whose bone or implant is cut by the scan's edge (:mod:`scanedge`) are left out of the rim
 comparison: their radii are the edge's, not the skull's.
@@ -68,7 +70,8 @@ class QualityConfig:
     thickness_mm: float = 2.0  # ... and of the thickness
     voxel_scale: float = 1.0  # ... at least this many of the scan's largest voxel sides (a voxel of noise)
     on_top_mm: float = 1.0  # a ray's outer radius raised by more than this: the implant lies on top
-    max_gap_mm: float = 20.0  # pieces farther than this from the main piece are stray
+    max_gap_mm: float = 20.0  # pieces farther than this from the main piece are stray ...
+    over_hole_share: float = 0.5  # ... unless at least this share of their voxels lies on an enclosed hole's rays
     stray_weight: float = 10.0  # 10 % of the volume stray: pieces component 0
     max_fit_points: int = 400
     junction_mm: tuple[float, float] = (1.0, 6.0)  # no vault hole: plate thickness this far either side of the junction
@@ -144,12 +147,24 @@ def _bone_free_box(skull: SkullImage, implant: np.ndarray) -> tuple[tuple[slice,
     return box, crop[inner]
 
 
-def _stray_fraction(crop: np.ndarray, spacing: np.ndarray, max_gap_mm: float) -> tuple[float, float]:
-    """(share of the implant's voxels in pieces farther than ``max_gap_mm`` from the main piece, largest
-    gap mm) of the implant ``crop`` (bool, its bounding box)."""
-    _, sizes, gaps = piece_gaps(crop, spacing)
-    far = gaps > max_gap_mm
-    return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps.max())
+def _stray_fraction(
+    skull: SkullImage, box: tuple[slice, ...], crop: np.ndarray, holes: list, centre: np.ndarray, cfg: QualityConfig
+) -> tuple[float, float]:
+    """(share of the implant's voxels in stray pieces, largest gap mm of a stray piece) of the implant ``crop``
+    (bool, its bounding box ``box`` on ``skull``'s grid). A piece is stray when it lies farther than
+    ``cfg.max_gap_mm`` from the main piece, unless it is a second defect's implant: at least
+    ``cfg.over_hole_share`` of its voxels on the rays (from ``centre``) of an enclosed hole (``holes``), and at
+    least the rim fit's ``second_defect_fraction`` of the main piece's voxels (a gap of thin bone is smaller)."""
+    labels, sizes, gaps = piece_gaps(crop, skull.spacing)
+    far = gaps > cfg.max_gap_mm
+    if far.any() and holes:
+        hole_cells = np.logical_or.reduce([h.cells for h in holes])
+        offset = np.array([s.start for s in box])
+        big = sizes >= RimFitConfig().second_defect_fraction * sizes.max()
+        for label in np.flatnonzero(far & big):
+            row, col, _ = raycast.voxel_cells(skull, np.argwhere(labels == label) + offset, centre, cfg.step_deg)
+            far[label] = hole_cells[row, col].mean() < cfg.over_hole_share
+    return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps[far].max()) if far.any() else 0.0
 
 
 def _coverage(holes: list, bone: raycast.RayMap, completed: raycast.RayMap, edge) -> tuple[bool, float]:
@@ -276,7 +291,7 @@ def implant_quality(
         components["thickness"] = 1.0 / (1.0 + (np.log(ratio) / np.log(1.5)) ** 2) if np.isfinite(ratio) else 0.0
     if not components:  # nothing of the rim could be measured (e.g. all of it cut by the scan's edge)
         components["rim"] = UNMEASURED
-    stray, max_gap = _stray_fraction(crop, skull.spacing, cfg.max_gap_mm)
+    stray, max_gap = _stray_fraction(skull, box, crop, holes, centre, cfg)
     measures.update(stray_fraction=stray, max_gap_mm=max_gap)
     components["pieces"] = max(0.0, 1.0 - cfg.stray_weight * stray)
     score = float(np.prod(list(components.values())))

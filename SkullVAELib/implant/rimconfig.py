@@ -43,6 +43,10 @@ class RimFitConfig:
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
+    # each hole's fill is post-processed on its own; a hole's implant farther from the largest one than the
+    # post-processing's max_gap_mm is then kept when it holds at least this × its voxels: a second defect
+    # (SkullBreak-style defects beside SkullFix's: 0.28-0.8), not a gap of thin bone (skullfix_test 047: 0.12)
+    second_defect_fraction: float = 0.2
     edge_margin_mm: float = 5.0  # a miss ray leaving the scan before the skull's radius + this is unknown, not open
     beyond_mm: float = 15.0  # ... and one leaving it this far before the skull fills nothing inside the scan
     max_angle_deg: float = 85.0  # region cells farther than this from the hole's direction are not filled

@@ -34,8 +34,10 @@ original resolution.
 4. Rasterise at the original resolution: every voxel whose direction falls in the hole (or a
    ``band`` of cells around it) and whose radius lies between the filled inner and outer
    radius, minus the patient's bone.
-5. Post-process as the anchors do: closing, thin-shell removal, keep components that touch the
-   patient's bone, drop small islands.
+5. Post-process each hole's fill as the anchors do (:mod:`postprocess`): closing, thin-shell removal, keep
+   components that touch the patient's bone, drop small islands and pieces far from the fill's main piece.
+   A skull with two defects keeps both implants: each is the main piece of its own hole's fill, and a
+   far one stays when it holds at least ``second_defect_fraction`` of the largest one's voxels.
 
 The patient's bone is never altered: the implant is disjoint from it by construction.
 """
@@ -51,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
-from SkullVAELib.implant.postprocess import postprocess_implant
+from SkullVAELib.implant.postprocess import drop_far_pieces, postprocess_implant
 from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
@@ -316,6 +318,7 @@ def rim_fit(
     no_hole = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr, opening_cells)]
     messages = (notes if holes else no_hole) + far_notes + thick_slice_note(skull)
     implant, filled = None, 0  # the first hole's rasterised implant (or the union of several), holes filled
+    post_seconds = 0.0
     for hole in holes:
         _clip_to_scan(hole, edge, raymap.step_deg)
         if not hole.cells.any():
@@ -330,13 +333,20 @@ def rim_fit(
         if hole.outside_fraction > 0.0:
             messages.append(_edge_message(hole, "reaches the scan's edge; the implant is filled up to the edge"))
         piece = rasterise(skull, centre, cfg.step_deg, region, r_in, r_out)
+        t1 = time.perf_counter()
+        # each hole's fill post-processed on its own: pieces far from the main piece of *its* fill are dropped
+        # (fragments along a scan's edge); a second defect's implant is the main piece of its own fill
+        piece = postprocess(piece, skull, cfg)
+        post_seconds += time.perf_counter() - t1
         implant = piece if implant is None else np.logical_or(implant, piece, out=implant)
         filled += 1
-    timings["fill"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
+    timings["fill"] = t1 - t0 - post_seconds
+    if filled > 1:  # a far hole's implant stays where it is a second defect's, not a gap of thin bone
+        implant = drop_far_pieces(implant, skull.spacing, cfg.postprocess().max_gap_mm, cfg.second_defect_fraction)
+    timings["postprocess"] = post_seconds + time.perf_counter() - t1
     # no hole filled: an empty implant in the mask's memory order (see rasterise)
-    implant = np.zeros_like(skull.mask) if implant is None else postprocess(implant, skull, cfg)
-    timings["postprocess"] = time.perf_counter() - t0
+    implant = np.zeros_like(skull.mask) if implant is None else implant
     if filled and not implant.any():
         messages.append(f"the rim fit filled {filled} hole(s) but no implant survived inside the scan")
     return RimFitResult(implant, holes, raymap, timings, messages, edge, turn)

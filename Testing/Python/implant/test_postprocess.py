@@ -70,8 +70,9 @@ def test_a_second_defect_of_comparable_size_is_kept():
 
 
 def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
-    """A small second hole far from the defect (like a foramen) is a hole to the rays too; its plug is a
-    piece far from the main implant and less than half its size: dropped; the defect's implant is kept."""
+    """A small second hole far from the defect (like a foramen) is a hole to the rays too: the rim fit does
+    not fill it (under ``far_hole_share`` of the defect's solid angle, over ``far_hole_deg`` away), and says
+    so; were it filled, its implant would be dropped as no second defect's. The defect's implant is kept."""
     defective, _ = cranial_defect(make_phantom(1, SHAPE, SPACING), 1, style="skullfix")
     centre = raycast.cranial_centre(defective)
     first = rim_fit(defective)
@@ -86,17 +87,45 @@ def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
     punched[tuple(index.T)] = False
     plug = defective.mask & ~punched
     near_plug = ndimage.binary_dilation(plug, iterations=3)
-    # the post-processing alone (the rim fit's small-gap rule off): the hole is filled, its piece dropped
+    # the rule off: the hole is filled, and its implant, far and under second_defect_fraction of the defect's,
+    # is dropped (a second defect's size would keep it)
     result = rim_fit(defective.with_mask(punched), RimFitConfig(far_hole_share=0.0))
     assert len(result.holes) == 2, "the second hole must be a hole to the rays"
     assert not (result.implant & near_plug).any()
     assert dice(result.implant, first.implant) >= 0.98
+    every = rim_fit(defective.with_mask(punched), RimFitConfig(far_hole_share=0.0, second_defect_fraction=0.0))
+    assert (every.implant & near_plug).any()
     # the default: the rim fit does not fill it at all, and says so
     default = rim_fit(defective.with_mask(punched))
     assert len(default.holes) == 1
     assert any("not filled" in m for m in default.messages)
     assert not (default.implant & near_plug).any()
     assert dice(default.implant, first.implant) >= 0.98
+
+
+def two_defects(seed: int = 1):
+    """(skull with two defects, first truth, second truth): a SkullFix box on top and a SkullBreak defect at
+    least 30 mm from it, about a third of its size (seed 1)."""
+    from SkullVAELib.evaluation.extra_cases import distance_from, draw_away_from
+
+    phantom = make_phantom(1, SHAPE, SPACING)
+    defective, first = cranial_defect(phantom, 1, style="skullfix")
+    _, second = draw_away_from(phantom, distance_from(first.mask, SPACING, 30.0), seed, "skullbreak", exclude_mm=30.0)
+    return defective.with_mask(defective.mask & ~second.mask), first.mask, second.mask
+
+
+def test_a_skull_with_two_defects_gets_both_implants_from_the_rim_fit():
+    """The rim fit post-processes each hole's fill on its own, so the second defect's implant, 0.36 of the first
+    and over 30 mm away, is the main piece of its own fill and stays (the gap rule on the two together, as
+    other sources' implants pass it, would drop it as a far piece)."""
+    twice, first, second = two_defects()
+    assert 0.2 < second.sum() / first.sum() < 0.5
+    result = rim_fit(twice)
+    assert len(result.holes) == 2
+    assert dice(result.implant & ndimage.binary_dilation(first, iterations=5), first) >= 0.85
+    assert dice(result.implant & ndimage.binary_dilation(second, iterations=5), second) >= 0.85
+    together = postprocess_implant(result.implant, twice, RimFitConfig().postprocess())
+    assert not (together & second).any()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -63,6 +63,19 @@ def test_the_rim_fit_scores_like_the_true_implant(case):
     assert "\n" not in q.explanation and q.explanation.startswith("implant quality")
 
 
+def test_a_second_defects_implant_is_not_a_stray_piece():
+    """Two defects 30 mm or more apart: the piece over the second hole is its implant, not a stray piece
+    (the pieces component stays 1); a block far below both is still stray."""
+    from test_postprocess import two_defects
+
+    twice, first, second = two_defects(seed=0)  # the second 0.8 of the first: the post-processing keeps it too
+    q = implant_quality(twice, first | second)
+    assert q.components["pieces"] == 1.0, q
+    assert q.score >= 0.3, q  # not a doubtful implant
+    stray = implant_quality(twice, _stray(twice, first | second))
+    assert stray.components["pieces"] < 1.0 and "pieces" in stray.explanation
+
+
 def test_an_implant_on_the_patients_bone_only_scores_zero(case):
     defective, _ = case
     q = implant_quality(defective, defective.mask)  # bone voxels are not implant

@@ -21,8 +21,8 @@ Components, each in [0, 1]:
   in; absent when the skull has no such hole (a facial defect).
 - ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in stray pieces, at least 0: pieces
   farther than ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), unless a piece lies over
-  an enclosed hole of its own and is a second defect's size (a skull with two defects has two implants,
-  and neither is stray; the rim fit's ``second_defect_fraction``).
+  another enclosed hole than the main piece and is a second defect's size (a skull with two defects has two
+  implants, and neither is stray; the rim fit's ``second_defect_fraction``).
 
 Rays whose bone or implant is cut by the scan's edge (:mod:`scanedge`) are left out of the rim
 comparison: their radii are the edge's, not the skull's.
@@ -71,7 +71,7 @@ class QualityConfig:
     voxel_scale: float = 1.0  # ... at least this many of the scan's largest voxel sides (a voxel of noise)
     on_top_mm: float = 1.0  # a ray's outer radius raised by more than this: the implant lies on top
     max_gap_mm: float = 20.0  # pieces farther than this from the main piece are stray ...
-    over_hole_share: float = 0.5  # ... unless at least this share of their voxels lies on an enclosed hole's rays
+    over_hole_share: float = 0.5  # ... unless this share of their voxels lies on another enclosed hole's rays
     stray_weight: float = 10.0  # 10 % of the volume stray: pieces component 0
     max_fit_points: int = 400
     junction_mm: tuple[float, float] = (1.0, 6.0)  # no vault hole: plate thickness this far either side of the junction
@@ -147,23 +147,37 @@ def _bone_free_box(skull: SkullImage, implant: np.ndarray) -> tuple[tuple[slice,
     return box, crop[inner]
 
 
+def _hole_under(
+    skull: SkullImage, index: np.ndarray, hole_ids: np.ndarray, centre: np.ndarray, cfg: QualityConfig
+) -> int:
+    """The hole (1 + its index in ``hole_ids``, an int (Nα, Nβ) map; 0: none) on whose rays from ``centre`` at least
+    ``cfg.over_hole_share`` of the voxels ``index`` (int (N, 3) of ``skull``'s grid) lie."""
+    row, col, _ = raycast.voxel_cells(skull, index, centre, cfg.step_deg)
+    counts = np.bincount(hole_ids[row, col], minlength=2)
+    best = int(np.argmax(counts[1:])) + 1
+    return best if counts[best] >= cfg.over_hole_share * len(index) else 0
+
+
 def _stray_fraction(
     skull: SkullImage, box: tuple[slice, ...], crop: np.ndarray, holes: list, centre: np.ndarray, cfg: QualityConfig
 ) -> tuple[float, float]:
     """(share of the implant's voxels in stray pieces, largest gap mm of a stray piece) of the implant ``crop``
     (bool, its bounding box ``box`` on ``skull``'s grid). A piece is stray when it lies farther than
-    ``cfg.max_gap_mm`` from the main piece, unless it is a second defect's implant: at least
-    ``cfg.over_hole_share`` of its voxels on the rays (from ``centre``) of an enclosed hole (``holes``), and at
-    least the rim fit's ``second_defect_fraction`` of the main piece's voxels (a gap of thin bone is smaller)."""
+    ``cfg.max_gap_mm`` from the main piece, unless it is a second defect's implant: it lies over another enclosed
+    hole (``holes``) than the main piece (:func:`_hole_under`) and holds at least the rim fit's
+    ``second_defect_fraction`` of the main piece's voxels (a gap of thin bone is smaller)."""
     labels, sizes, gaps = piece_gaps(crop, skull.spacing)
     far = gaps > cfg.max_gap_mm
-    if far.any() and holes:
-        hole_cells = np.logical_or.reduce([h.cells for h in holes])
+    candidates = np.flatnonzero(far & (sizes >= RimFitConfig().second_defect_fraction * sizes.max()))
+    if candidates.size and len(holes) > 1:
+        hole_ids = np.zeros(holes[0].cells.shape, dtype=np.intp)
+        for number, hole in enumerate(holes, start=1):
+            hole_ids[hole.cells] = number
         offset = np.array([s.start for s in box])
-        big = sizes >= RimFitConfig().second_defect_fraction * sizes.max()
-        for label in np.flatnonzero(far & big):
-            row, col, _ = raycast.voxel_cells(skull, np.argwhere(labels == label) + offset, centre, cfg.step_deg)
-            far[label] = hole_cells[row, col].mean() < cfg.over_hole_share
+        main = _hole_under(skull, np.argwhere(labels == int(np.argmax(sizes))) + offset, hole_ids, centre, cfg)
+        for label in candidates:
+            under = _hole_under(skull, np.argwhere(labels == label) + offset, hole_ids, centre, cfg)
+            far[label] = under in (0, main)
     return float(sizes[far].sum()) / max(float(sizes.sum()), 1.0), float(gaps[far].max()) if far.any() else 0.0
 
 

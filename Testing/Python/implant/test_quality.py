@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from SkullVAELib.data.defects import cranial_defect, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.implant import raycast
 from SkullVAELib.implant.quality import implant_quality
 from SkullVAELib.implant.rimfit import rim_fit
 
@@ -74,6 +75,16 @@ def test_a_second_defects_implant_is_not_a_stray_piece():
     assert q.score >= 0.3, q  # not a doubtful implant
     stray = implant_quality(twice, _stray(twice, first | second))
     assert stray.components["pieces"] < 1.0 and "pieces" in stray.explanation
+    # a block in the skull's hollow, halfway from the ray centre to the first implant: on the main piece's own
+    # hole's rays, 31 mm from it and a third of its size, so stray (were it exempted, pieces would be 1)
+    centre = raycast.cranial_centre(twice)
+    affine = twice.index_to_physical()
+    towards = (np.argwhere(first) @ affine[:3, :3].T + affine[:3, 3]).mean(axis=0) - centre
+    middle = np.linalg.solve(affine[:3, :3], centre + 0.45 * towards - affine[:3, 3]).round().astype(int)
+    block = np.zeros_like(first)
+    block[tuple(slice(i - 5, i + 5) for i in middle)] = True
+    under = implant_quality(twice, first | second | (block & ~twice.mask))
+    assert under.components["pieces"] < 0.5, under
 
 
 def test_an_implant_on_the_patients_bone_only_scores_zero(case):

@@ -250,7 +250,7 @@ def _explain(score: float, components: dict, measures: dict) -> str:
         parts.append(f"its middle lies {measures['reach_mm']:.0f} mm from the rim")
     if measures.get("stray_fraction", 0.0) > 0:
         parts.append(
-            f"{100 * measures['stray_fraction']:.1f} % of it in pieces up to {measures['max_gap_mm']:.0f} mm away"
+            f"{100 * measures['stray_fraction']:.1f} % of it in pieces up to {measures['stray_gap_mm']:.0f} mm away"
         )
     if "rim" in components:
         parts.append("the rim could not be measured (cut by the scan's edge or too small)")
@@ -305,8 +305,8 @@ def implant_quality(
         components["thickness"] = 1.0 / (1.0 + (np.log(ratio) / np.log(1.5)) ** 2) if np.isfinite(ratio) else 0.0
     if not components:  # nothing of the rim could be measured (e.g. all of it cut by the scan's edge)
         components["rim"] = UNMEASURED
-    stray, max_gap = _stray_fraction(skull, box, crop, holes, centre, cfg)
-    measures.update(stray_fraction=stray, max_gap_mm=max_gap)
+    stray, stray_gap = _stray_fraction(skull, box, crop, holes, centre, cfg)
+    measures.update(stray_fraction=stray, stray_gap_mm=stray_gap)
     components["pieces"] = max(0.0, 1.0 - cfg.stray_weight * stray)
     score = float(np.prod(list(components.values())))
     return ImplantQuality(score, components, measures, _explain(score, components, measures))

@@ -37,13 +37,13 @@ def has_ground_truth(root: str | Path) -> bool:
 
 
 def fill_existing_hole(defective: SkullImage) -> np.ndarray:
-    """The rim fit's implant (bool (I, J, K)) of ``defective``'s own hole, with the mirror cue, as
-    ``skullvae complete``'s rim-fit source finds it."""
-    from SkullVAELib.implant.rimfit import rim_fit
-    from SkullVAELib.implant.symmetry import find_mirror_plane
+    """The implant (bool (I, J, K)) of ``defective``'s own hole by ``skullvae complete``'s rim-fit source with its
+    defaults (the mirror cue; the product's :class:`~SkullVAELib.pipeline.completer.Completer`)."""
+    from SkullVAELib.pipeline.completer import Completer
+    from SkullVAELib.pipeline.settings import CompletionSettings
 
-    transform = find_mirror_plane(defective).transform()
-    return rim_fit(defective, mirror_transform=transform).implant
+    settings = CompletionSettings(defect="cranial", sources=("rimfit",), quality=False)
+    return Completer(settings).complete(defective).implant.mask
 
 
 def distance_from(mask: np.ndarray, spacing: Sequence[float], reach_mm: float) -> np.ndarray:

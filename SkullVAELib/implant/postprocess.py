@@ -213,3 +213,19 @@ def drop_far_pieces(
         labels, sizes = component_sizes(mask[box])
         out[box] = _near_pieces(labels, sizes, spacing, max_gap_mm, second_defect_fraction)[labels] > 0
     return out
+
+
+def second_defects(
+    mask: np.ndarray, skull: SkullImage, max_gap_mm: float, fraction: float
+) -> tuple[np.ndarray, str | None]:
+    """(``mask`` without the pieces :func:`drop_far_pieces` drops with ``fraction`` as ``second_defect_fraction``,
+    a one-line note for the user on what was left out, or None): the union of several holes' implants, where a
+    far one is a second defect's only when it holds ``fraction`` of the largest one's voxels."""
+    kept = drop_far_pieces(mask, skull.spacing, max_gap_mm, fraction)
+    left_out = (np.count_nonzero(mask) - np.count_nonzero(kept)) * skull.voxel_volume_mm3 / 1000.0
+    if left_out <= 0:
+        return kept, None
+    return kept, (
+        f"a filled gap of {left_out:.1f} cm³ more than {max_gap_mm:g} mm from the implant was left out "
+        f"(under {fraction:g} of its volume: thin bone or a foramen, not a second defect)"
+    )

@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
-from SkullVAELib.implant.postprocess import drop_far_pieces, postprocess_implant
+from SkullVAELib.implant.postprocess import postprocess_implant, second_defects
 from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
@@ -343,7 +343,8 @@ def rim_fit(
     t1 = time.perf_counter()
     timings["fill"] = t1 - t0 - post_seconds
     if filled > 1:  # a far hole's implant stays where it is a second defect's, not a gap of thin bone
-        implant = drop_far_pieces(implant, skull.spacing, cfg.postprocess().max_gap_mm, cfg.second_defect_fraction)
+        implant, note = second_defects(implant, skull, cfg.postprocess().max_gap_mm, cfg.second_defect_fraction)
+        messages += [note] if note else []
     timings["postprocess"] = post_seconds + time.perf_counter() - t1
     # no hole filled: an empty implant in the mask's memory order (see rasterise)
     implant = np.zeros_like(skull.mask) if implant is None else implant

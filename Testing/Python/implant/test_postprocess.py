@@ -93,6 +93,7 @@ def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
     assert len(result.holes) == 2, "the second hole must be a hole to the rays"
     assert not (result.implant & near_plug).any()
     assert dice(result.implant, first.implant) >= 0.98
+    assert any("left out" in m and "not a second defect" in m for m in result.messages), result.messages
     every = rim_fit(defective.with_mask(punched), RimFitConfig(far_hole_share=0.0, second_defect_fraction=0.0))
     assert (every.implant & near_plug).any()
     # the default: the rim fit does not fill it at all, and says so

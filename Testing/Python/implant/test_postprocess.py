@@ -265,3 +265,28 @@ def test_specks_go_but_a_piece_keeps_its_largest_part():
 def test_a_bad_island_connectivity_is_refused():
     with pytest.raises(SkullVAEError, match="island_connectivity"):
         PostprocessConfig(island_connectivity=5)
+
+
+@pytest.mark.skullfix
+def test_a_real_skull_with_two_defects_gets_both_implants(skullfix_dir):
+    """Validation case 057: its SkullFix defect and a SkullBreak-style defect cut at least 25 mm from it, a third
+    of its volume (the gap rule on both together drops it: an empty implant for the second defect)."""
+    from SkullVAELib.evaluation.extra_cases import distance_from, draw_away_from
+    from SkullVAELib.implant.quality import implant_quality
+    from SkullVAELib.implant.symmetry import find_mirror_plane
+    from SkullVAELib.io.image import read_skull
+
+    complete = read_skull(skullfix_dir / "complete_skull" / "057.nrrd", kind="binary")
+    defective = read_skull(skullfix_dir / "defective_skull" / "057.nrrd", kind="binary")
+    first = read_skull(skullfix_dir / "implant" / "057.nrrd", kind="binary").mask
+    _, second = draw_away_from(complete, distance_from(first, complete.spacing, 25.0), 8, "skullbreak", exclude_mm=25.0)
+    second = second.mask
+    assert 0.2 < second.sum() / first.sum() < 0.5
+    twice = defective.with_mask(defective.mask & ~second)
+    result = rim_fit(twice, mirror_transform=find_mirror_plane(twice).transform())
+    near_second = distance_from(second, twice.spacing, 10.0) < 10.0
+    assert dice(result.implant & ~near_second, first) >= 0.9
+    assert dice(result.implant & near_second, second) >= 0.85
+    assert implant_quality(twice, result.implant).components["pieces"] == 1.0
+    together = postprocess_implant(result.implant, twice, RimFitConfig().postprocess())  # the gap rule on both
+    assert not (together & near_second).any()

@@ -18,11 +18,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.layout import LABEL_FOLDERS
-from SkullVAELib.evaluation.implants import VAULT_STYLES, DefectCase, find_case_file
+from SkullVAELib.evaluation.implants import VAULT_STYLES, DefectCase, defect_cases, find_case_file
+from SkullVAELib.implant.cleanup import bounding_box
+from SkullVAELib.implant.distance import depth_mm
 from SkullVAELib.io.image import SkullImage, read_skull
 
 EXCLUDE_MM = 10.0  # the new defect's removed bone stays this far (mm) from the filled hole
@@ -47,18 +48,12 @@ def fill_existing_hole(defective: SkullImage) -> np.ndarray:
 
 
 def distance_from(mask: np.ndarray, spacing: Sequence[float], reach_mm: float) -> np.ndarray:
-    """Distance (mm, float32 (I, J, K)) of every voxel from ``mask``, exact up to ``reach_mm`` and
-    ``reach_mm`` or more beyond (the transform runs on ``mask``'s bounding box grown by the reach)."""
-    out = np.full(mask.shape, np.float32(np.inf), dtype=np.float32)
-    if not mask.any():
-        return out
-    spacing = np.asarray(spacing, dtype=float)
-    grow = np.ceil(reach_mm / spacing).astype(int) + 1
-    where = np.argwhere(mask)
-    lo = np.maximum(where.min(axis=0) - grow, 0)
-    hi = np.minimum(where.max(axis=0) + grow + 1, mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
+    """Distance (mm, float32 (I, J, K)) of every voxel from ``mask``, exact up to ``reach_mm`` and ``inf``
+    beyond ``mask``'s bounding box grown by the reach (:func:`~SkullVAELib.implant.distance.depth_mm` there)."""
+    out = np.full(mask.shape, np.inf, dtype=np.float32)
+    box = bounding_box(mask, margin=np.ceil(reach_mm / np.asarray(spacing, dtype=float)).astype(int) + 1)
+    if box is not None:
+        out[box] = depth_mm(~mask[box], spacing)  # the depth of the outside: the distance to the mask
     return out
 
 
@@ -126,7 +121,5 @@ def scored_cases(
 ) -> Iterator[DefectCase]:
     """The scored cases of any data folder: :func:`~SkullVAELib.evaluation.implants.defect_cases` where
     ``root`` has complete skulls, :func:`extra_defect_cases` where it has defective skulls only."""
-    from SkullVAELib.evaluation.implants import defect_cases
-
     cases = defect_cases if has_ground_truth(root) else extra_defect_cases
     return cases(root, case_ids, defect_types, seeds)

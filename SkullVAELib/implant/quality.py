@@ -159,16 +159,22 @@ def _hole_under(
 
 
 def _stray_fraction(
-    skull: SkullImage, box: tuple[slice, ...], crop: np.ndarray, holes: list, centre: np.ndarray, cfg: QualityConfig
+    skull: SkullImage,
+    box: tuple[slice, ...],
+    crop: np.ndarray,
+    holes: list,
+    centre: np.ndarray,
+    cfg: QualityConfig,
+    second_defect_fraction: float,
 ) -> tuple[float, float]:
     """(share of the implant's voxels in stray pieces, largest gap mm of a stray piece) of the implant ``crop``
     (bool, its bounding box ``box`` on ``skull``'s grid). A piece is stray when it lies farther than
     ``cfg.max_gap_mm`` from the main piece, unless it is a second defect's implant: it lies over another enclosed
-    hole (``holes``) than the main piece (:func:`_hole_under`) and holds at least the rim fit's
-    ``second_defect_fraction`` of the main piece's voxels (a gap of thin bone is smaller)."""
+    hole (``holes``) than the main piece (:func:`_hole_under`) and holds at least ``second_defect_fraction`` (the rim
+    fit's) of the main piece's voxels (a gap of thin bone is smaller)."""
     labels, sizes, gaps = piece_gaps(crop, skull.spacing)
     far = gaps > cfg.max_gap_mm
-    candidates = np.flatnonzero(far & (sizes >= RimFitConfig().second_defect_fraction * sizes.max()))
+    candidates = np.flatnonzero(far & (sizes >= second_defect_fraction * sizes.max()))
     if candidates.size and len(holes) > 1:
         hole_ids = np.zeros(holes[0].cells.shape, dtype=np.intp)
         for number, hole in enumerate(holes, start=1):
@@ -305,7 +311,7 @@ def implant_quality(
         components["thickness"] = 1.0 / (1.0 + (np.log(ratio) / np.log(1.5)) ** 2) if np.isfinite(ratio) else 0.0
     if not components:  # nothing of the rim could be measured (e.g. all of it cut by the scan's edge)
         components["rim"] = UNMEASURED
-    stray, stray_gap = _stray_fraction(skull, box, crop, holes, centre, cfg)
+    stray, stray_gap = _stray_fraction(skull, box, crop, holes, centre, cfg, rim.second_defect_fraction)
     measures.update(stray_fraction=stray, stray_gap_mm=stray_gap)
     components["pieces"] = max(0.0, 1.0 - cfg.stray_weight * stray)
     score = float(np.prod(list(components.values())))

@@ -20,7 +20,8 @@ from scipy import ndimage
 
 from SkullVAELib.data.defects import case_seed, cranial_defect
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
+from SkullVAELib.implant.rimconfig import RimFitConfig
+from SkullVAELib.implant.rimholes import find_holes
 from SkullVAELib.implant.scanedge import cell_solid_angle, scan_edge
 from SkullVAELib.io.image import SkullImage, read_skull
 

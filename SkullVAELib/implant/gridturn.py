@@ -101,7 +101,7 @@ def turn_off_poles(holes: Sequence, centre: np.ndarray, step_deg: float, clearan
     None when it is that far already (or there is no hole, or ``clearance_deg`` ≤ 0).
 
     Args:
-        holes: the holes found on the grid of ``step_deg``, largest first (:func:`rimfit.find_holes`); each
+        holes: the holes found on the grid of ``step_deg``, largest first (:func:`rimholes.find_holes`); each
             with ``cells`` bool (Nα, Nβ) and a unit mean ``direction`` (3,) in LPS. The first decides.
         centre: (3,) LPS mm, the ray centre.
 

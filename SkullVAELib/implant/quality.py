@@ -16,7 +16,7 @@ Components, each in [0, 1]:
   A step at the rim (an implant too high or too deep, shifted, tilted) lowers it.
 - ``thickness``: the same for the layer's thickness (``thickness_mm``): an implant thinner or
   thicker than the bone around it, or one that does not meet the bone, lowers it.
-- ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimfit.find_holes`,
+- ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimholes.find_holes`,
   scan edge aware; only the rays the scan sees through) whose rays meet bone once the implant is
   in; absent when the skull has no such hole (a facial defect).
 - ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in stray pieces, at least 0: pieces
@@ -48,11 +48,10 @@ from scipy.interpolate import RBFInterpolator
 
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.check import MIN_IMPLANT_MM3
-from SkullVAELib.implant.gridturn import turn_off_poles
 from SkullVAELib.implant.postprocess import piece_gaps
-from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
+from SkullVAELib.implant.rimconfig import RimFitConfig
+from SkullVAELib.implant.rimholes import holes_in_frame
 from SkullVAELib.implant.rimspline import gnomonic, spline_points
-from SkullVAELib.implant.scanedge import scan_edge
 from SkullVAELib.io.image import SkullImage
 
 _SQUARE = np.ones((3, 3), dtype=bool)
@@ -188,7 +187,7 @@ def _stray_fraction(
 
 
 def _coverage(holes: list, bone: raycast.RayMap, completed: raycast.RayMap, edge) -> tuple[bool, float]:
-    """(the skull has an enclosed hole (``holes``: :func:`rimfit.find_holes` of ``bone``), the share (solid angle)
+    """(the skull has an enclosed hole (``holes``: :func:`rimholes.find_holes` of ``bone``), the share (solid angle)
     of their rays that the scan sees through which meet bone with the implant in; NaN when there are none)."""
     if not holes:
         return False, float("nan")
@@ -280,18 +279,11 @@ def implant_quality(
     if volume < MIN_IMPLANT_MM3:
         return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": volume}, f"empty implant ({volume:.0f} mm³)")
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    bone = raycast.cast(skull, centre, cfg.step_deg)
-    edge = scan_edge(skull, bone)
     rim = RimFitConfig()
-    holes = find_holes(bone, rim.min_hole_sr, edge.unknown)
-    # as the rim fit does: near a pole the grid's cells are no neighbourhoods on the sphere, and the rim read
-    # there is off (SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97), so cast again pitched off it
-    turn = turn_off_poles(holes, centre, cfg.step_deg, rim.pole_clearance_deg)
-    if turn is not None:
-        skull = turn.skull(skull)
-        bone = raycast.cast(skull, centre, cfg.step_deg)
-        edge = scan_edge(skull, bone)
-        holes = find_holes(bone, rim.min_hole_sr, edge.unknown, turn.openings(cfg.step_deg))
+    # the rim fit's holes in its frame: near a pole the grid's cells are no neighbourhoods on the sphere, and the
+    # rim read there is off (SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97); every enclosed hole counts
+    found = holes_in_frame(skull, centre, rim, step_deg=cfg.step_deg, leave_out_far_gaps=False)
+    skull, bone, edge, holes = found.skull, found.raymap, found.edge, found.holes
     reach = max(raycast.max_radius(skull, centre), raycast.box_radius(skull, box, centre))
     with_implant = skull.mask.copy(order="K")  # the mask's memory order (the ray casting reads it in place)
     with_implant[box] |= crop

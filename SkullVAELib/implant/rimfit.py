@@ -5,22 +5,18 @@ original resolution.
 
 1. :func:`raycast.cast` gives, per direction from a centre inside the cranium, the outer
    radius and thickness of the outermost bone layer.
-2. Holes: connected groups of rays that miss bone, enclosed by bone (not touching the grid's
-   anterior pole (the face) or its downward seam (the foramen magnum, the cut-off skull base);
-   the posterior pole is the back of the vault, where a defect may lie), and
-   larger than ``min_hole_sr`` steradians. The scan's edge (:func:`scan_edge`) is not an
-   opening: a ray that leaves the scanned grid before the skull's expected radius is
-   *unknown*, not open, so a hole bounded by bone and by the scan's edge (a gantry-tilted scan
-   whose top edge cuts the defect) is still a hole; its rays that leave the scan far before the
-   skull are not filled (all they would fill lies outside the scan), and rays whose bone is cut
-   by the scan's edge are no rim data (their outer radius is the edge's, not the skull's).
-   Where the largest hole comes within ``pole_clearance_deg`` of a grid pole (a head pitched chin-up), the
-   rays are cast again in a frame pitched until it is that far (:mod:`gridturn`), and everything below
-   runs in that frame: near a pole the grid's cells are no neighbourhoods on the sphere.
+2. Holes (:mod:`rimholes`, shared with the quality score): connected groups of rays that miss bone,
+   enclosed by bone (not open to the face or the skull base), larger than ``min_hole_sr`` steradians,
+   searched in a frame pitched off the grid's poles where the largest one comes near one (:mod:`gridturn`);
+   everything below runs in that frame. The scan's edge (:mod:`scanedge`) is not an opening: a ray that
+   leaves the scanned grid before the skull's expected radius is *unknown*, not open, so a hole bounded by
+   bone and by the scan's edge (a gantry-tilted scan whose top edge cuts the defect) is still a hole; its
+   rays that leave the scan far before the skull are not filled (all they would fill lies outside the
+   scan), and rays whose bone is cut by the scan's edge are no rim data (their outer radius is the edge's).
    A hole then grows by the rays next to it that still belong to the defect (:mod:`rimgrow`):
    rays that passed it and met deeper bone, and (``grow_thick_mm``) rays that met its cut wall
    obliquely and hold only a wedge of the bone. A hole far smaller than the defect and far from it
-   (:func:`without_small_far_holes`: bone too thin for a scan of thick slices, a foramen) is not filled.
+   (:func:`rimholes.without_small_far_holes`: bone too thin for a scan of thick slices, a foramen) is not filled.
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
    hole, less the rays its cut wall thinned: :func:`rimgrow.whole_bone_rim`) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean
@@ -49,18 +45,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
+from SkullVAELib.implant.gridturn import GridTurn
 from SkullVAELib.implant.postprocess import postprocess_implant, second_defects
 from SkullVAELib.implant.rasterise import rasterise
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimcue import choose_cue, cue_rays, usable_shapes
 from SkullVAELib.implant.rimgrow import grow_hole, rim_rays, whole_bone_rim
+from SkullVAELib.implant.rimholes import holes_in_frame, mean_direction
 from SkullVAELib.implant.rimmedian import median_fill, ring_widths
 from SkullVAELib.implant.rimspline import fit_rim_splines, gnomonic, mirror_thickness_weight, spline_points
-from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, miss_groups, openings, scan_edge, why_no_hole
+from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, why_no_hole
 from SkullVAELib.implant.shapebank import ShapeBank
 from SkullVAELib.implant.shapemodel import ShapeModel
 from SkullVAELib.io.image import SkullImage
@@ -104,54 +100,6 @@ class RimFitResult:
         return ", ".join(c for c in ("mirror", "shapes", "model") if any(h.source == f"{c}+spline" for h in self.holes))
 
 
-def _mean_direction(cells: np.ndarray, step_deg: float) -> np.ndarray:
-    """(3,) unit solid-angle-weighted mean direction of grid cells."""
-    dirs = raycast.grid_directions(step_deg)
-    omega = np.broadcast_to(cell_solid_angle(step_deg), cells.shape)
-    mean = (dirs[cells] * omega[cells][:, None]).sum(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
-
-
-def find_holes(
-    raymap: raycast.RayMap,
-    min_hole_sr: float = 0.02,
-    unknown: np.ndarray | None = None,
-    opening_cells: dict[str, np.ndarray] | None = None,
-) -> list[Hole]:
-    """Enclosed groups of missing rays (8-connected on the grid, joined across its seam), largest first.
-
-    Args:
-        unknown: bool (Nα, Nβ) miss rays that left the scan before the skull (:func:`scan_edge`);
-            a group that reaches the anterior pole or the seam only through such rays is still enclosed.
-        opening_cells: the cells through which a group is open (default :func:`scanedge.openings`; a turned
-            frame's are those turned with it, :meth:`gridturn.GridTurn.openings`).
-
-    Row 0 of the grid is the posterior pole (horizontal, backwards: the occipital vault, no opening of
-    a normal skull), row -1 the anterior pole (the face's openings), columns 0 and -1 the downward
-    sagittal seam (the skull base) where it points more than 30° below the horizontal
-    (:func:`~SkullVAELib.implant.scanedge.openings`).
-    A group that touches the posterior pole is a hole like any other (a vault defect of a scan tilted
-    backwards reaches it: SkullFix training case 009).
-    """
-    labels, n = miss_groups(~raymap.hit)
-    if n == 0:
-        return []
-    reach = labels if unknown is None else np.where(unknown, 0, labels)
-    outside = np.logical_or.reduce(list((opening_cells or openings(raymap.step_deg)).values()))
-    border = np.unique(reach[outside])
-    omega = cell_solid_angle(raymap.step_deg)
-    holes = []
-    for lab in range(1, n + 1):
-        if lab in border:
-            continue
-        cells = labels == lab
-        sr = float((omega * cells).sum())
-        if sr < min_hole_sr:
-            continue
-        holes.append(Hole(cells, sr, _mean_direction(cells, raymap.step_deg)))
-    return sorted(holes, key=lambda h: -h.solid_angle_sr)
-
-
 THICK_SLICE_MM = 3.0  # voxels larger than this: the user is told the fill is less exact
 
 
@@ -167,33 +115,6 @@ def thick_slice_note(skull: SkullImage) -> list[str]:
         f"the scan's voxels are up to {largest:.1f} mm: on slices thicker than {THICK_SLICE_MM:g} mm the rim fit "
         "reads the bone less exactly and the implant is less exact; a thinner reconstruction gives a better one"
     ]
-
-
-def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[Hole], list[str]]:
-    """(``holes`` (largest first) less the small ones far from the largest, one message per hole left out).
-
-    A hole under ``cfg.far_hole_share`` of the largest hole's solid angle whose nearest ray lies more
-    than ``cfg.far_hole_deg`` from the largest hole's rays is a gap where the bone is too thin for the
-    scan (the temporal squama on 3 mm slices), not a second defect: its fill would be a piece far from
-    the defect (docs/results/issue-24.md, "The rim fit on coarser scans"). Off when either setting is 0."""
-    if len(holes) < 2 or cfg.far_hole_share <= 0 or cfg.far_hole_deg <= 0:
-        return holes, []
-    main = holes[0]
-    dirs = raycast.grid_directions(cfg.step_deg)
-    main_rays = cKDTree(dirs[main.cells])  # unit vectors: the nearest by chord is the nearest by angle
-    kept, notes = [main], []
-    for hole in holes[1:]:
-        if hole.solid_angle_sr < cfg.far_hole_share * main.solid_angle_sr:
-            chord = float(main_rays.query(dirs[hole.cells])[0].min())
-            nearest = float(np.degrees(2.0 * np.arcsin(min(chord / 2.0, 1.0))))
-            if nearest > cfg.far_hole_deg:
-                notes.append(
-                    f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled "
-                    "(thin bone or a foramen, not a second defect)"
-                )
-                continue
-        kept.append(hole)
-    return kept, notes
 
 
 def fill_hole(
@@ -301,12 +222,11 @@ def rim_fit(
     cfg = (cfg or RimFitConfig()).for_voxels(skull.spacing)
     timings: dict[str, float] = {}
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    raymap, edge, holes, far_notes = _holes(skull, centre, cfg, None, timings)
-    turn, opening_cells = turn_off_poles(holes, centre, cfg.step_deg, cfg.pole_clearance_deg), None
-    if turn is not None:  # the same voxels under a turned header: the implant lies on the input's grid as it is
-        skull, mirror_transform = turn.skull(skull), turn.transform(mirror_transform)
-        opening_cells = turn.openings(cfg.step_deg)
-        raymap, edge, holes, far_notes = _holes(skull, centre, cfg, opening_cells, timings)
+    found = holes_in_frame(skull, centre, cfg, timings=timings)
+    # a turned frame: the same voxels under a turned header, so the implant lies on the input's grid as it is
+    skull, raymap, edge, holes, turn = found.skull, found.raymap, found.edge, found.holes, found.turn
+    if turn is not None:
+        mirror_transform = turn.transform(mirror_transform)
     t0 = time.perf_counter()
     mirror = None
     if mirror_transform is not None and holes:  # only the rays the holes' fill and rims read
@@ -315,8 +235,8 @@ def rim_fit(
     timings["mirror_raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shapes, notes = usable_shapes(shapes, cfg.step_deg)
-    no_hole = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr, opening_cells)]
-    messages = (notes if holes else no_hole) + far_notes + thick_slice_note(skull)
+    no_hole = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr, found.opening_cells())]
+    messages = (notes if holes else no_hole) + found.notes + thick_slice_note(skull)
     implant, filled = None, 0  # the first hole's rasterised implant (or the union of several), holes filled
     post_seconds = 0.0
     for hole in holes:
@@ -353,22 +273,6 @@ def rim_fit(
     return RimFitResult(implant, holes, raymap, timings, messages, edge, turn)
 
 
-def _holes(
-    skull: SkullImage, centre: np.ndarray, cfg: RimFitConfig, opening_cells: dict | None, timings: dict
-) -> tuple[raycast.RayMap, ScanEdge, list[Hole], list[str]]:
-    """(ray map, scan edge, holes, notes on holes left out) of ``skull``; ``opening_cells``: a turned frame's
-    openings (:meth:`gridturn.GridTurn.openings`), None for the grid's own; times added to ``timings``."""
-    t0 = time.perf_counter()
-    raymap = raycast.cast(skull, centre, cfg.step_deg)  # every ray; reads skull.mask in place
-    timings["raycast"] = timings.get("raycast", 0.0) + time.perf_counter() - t0
-    t0 = time.perf_counter()
-    edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
-    found = find_holes(raymap, cfg.min_hole_sr, edge.unknown, opening_cells)
-    holes, far_notes = without_small_far_holes(found, cfg)
-    timings["holes"] = timings.get("holes", 0.0) + time.perf_counter() - t0
-    return raymap, edge, holes, far_notes
-
-
 def _clip_to_scan(hole: Hole, edge: ScanEdge, step_deg: float) -> None:
     """Drop the hole's rays that leave the scan far before the skull; their bone is no rim data."""
     hole.unusable = edge.truncated
@@ -378,7 +282,7 @@ def _clip_to_scan(hole: Hole, edge: ScanEdge, step_deg: float) -> None:
         hole.outside_fraction = float(omega[outside].sum()) / hole.solid_angle_sr
         hole.cells = hole.cells & ~edge.beyond
         if hole.cells.any():
-            hole.direction = _mean_direction(hole.cells, step_deg)
+            hole.direction = mean_direction(hole.cells, step_deg)
 
 
 def _only_the_scan_edge(hole: Hole, edge: ScanEdge, r_out: np.ndarray, cfg: RimFitConfig) -> bool:

@@ -3,7 +3,7 @@
 A gantry-tilted scan (an oblique direction) or a tight field of view can cut the skull: rays
 then leave the scanned volume before they reach the bone. Such a ray is *unknown*, not open —
 the skull may well be there, outside the scan — so a hole bounded by bone and by the scan's edge
-is still a hole (:func:`rimfit.find_holes`). A hit ray whose bone reaches the edge is
+is still a hole (:func:`rimholes.find_holes`). A hit ray whose bone reaches the edge is
 *truncated*: its outer radius is the edge's, not the skull's, so it is no rim data.
 """
 

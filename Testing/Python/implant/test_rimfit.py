@@ -166,7 +166,8 @@ def test_a_hole_at_the_back_of_the_vault_is_a_hole(phantom):
 @pytest.fixture(scope="module")
 def grown_hole(vault_case):
     """(ray map, the mirror's ray map, the phantom's vault hole grown once) on a 1° grid."""
-    from SkullVAELib.implant.rimfit import RimFitConfig, find_holes, grow_hole
+    from SkullVAELib.implant.rimfit import RimFitConfig, grow_hole
+    from SkullVAELib.implant.rimholes import find_holes
     from SkullVAELib.implant.symmetry import find_mirror_plane
 
     defective, _ = vault_case
@@ -235,34 +236,6 @@ def test_the_mirror_fills_thickness_stays_within_the_cap_of_the_plain_spline(mir
     within = np.abs(thick_m - thick_p) <= cap
     np.testing.assert_allclose(thick_c[within], thick_m[within], atol=1e-4)
     assert not np.allclose(thick_c[~within], thick_m[~within], atol=1e-3)
-
-
-def _disc_hole(direction, radius_deg: float, step_deg: float = 0.75) -> Hole:
-    """A hole of the rays within ``radius_deg`` of the unit LPS ``direction`` (3,) on the rim fit's grid."""
-    from SkullVAELib.implant.scanedge import cell_solid_angle
-
-    direction = np.asarray(direction, dtype=float) / np.linalg.norm(direction)
-    cells = raycast.grid_directions(step_deg) @ direction >= np.cos(np.deg2rad(radius_deg))
-    sr = float(np.broadcast_to(cell_solid_angle(step_deg), cells.shape)[cells].sum())
-    return Hole(cells, sr, direction)
-
-
-def test_a_small_gap_far_from_the_defect_is_not_filled_and_said_so():
-    """A 5° gap 45° from a 22° defect (the temporal squama lost on 3 mm slices) is left out with a
-    message; one beside the defect (an irregular outline split by a bridge of bone) and a large
-    second defect far away are kept; 0 turns the rule off."""
-    from SkullVAELib.implant.rimfit import RimFitConfig, without_small_far_holes
-
-    main = _disc_hole([0.0, 0.2, 1.0], 22.0)
-    far_gap = _disc_hole([0.9, 0.2, 0.4], 5.0)
-    near_gap = _disc_hole([0.0, 0.2 + np.tan(np.deg2rad(27.0)), 1.0], 4.0)  # its nearest ray ~1° off the rim
-    second_defect = _disc_hole([-0.9, 0.2, 0.4], 12.0)
-    assert far_gap.solid_angle_sr < 0.1 * main.solid_angle_sr <= second_defect.solid_angle_sr
-    kept, notes = without_small_far_holes([main, far_gap, near_gap, second_defect], RimFitConfig())
-    assert kept == [main, near_gap, second_defect]
-    assert len(notes) == 1 and "not filled" in notes[0] and "\n" not in notes[0]
-    everything, none = without_small_far_holes([main, far_gap], RimFitConfig(far_hole_share=0.0))
-    assert everything == [main, far_gap] and none == []
 
 
 def test_where_the_mirror_has_a_gap_of_its_own_the_hole_takes_the_plain_spline(grown_hole, mirror_fill):

@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage
 
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.rimfit import RimFitConfig, find_holes
+from SkullVAELib.implant.rimconfig import RimFitConfig
 from SkullVAELib.implant.rimgrow import grow_connected, grow_hole
+from SkullVAELib.implant.rimholes import find_holes
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

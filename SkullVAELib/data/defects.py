@@ -22,6 +22,7 @@ Draws use ``numpy.random.default_rng(SeedSequence([seed, attempt]))``; a draw th
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +35,9 @@ MIN_EXTENT_MM = 60.0  # a skull smaller than this along any physical axis is rej
 MIN_BONE_VOXELS = 500
 MIN_IMPLANT_FRACTION = 0.005  # a defect must remove at least 0.5 % of the bone
 MAX_ATTEMPTS = 20
+RETRY_STRIDE = (
+    7919  # case-seed step between the redraws of :func:`redraws`: a prime, so nearby seeds' redraws do not meet
+)
 
 
 class _Bone:
@@ -188,6 +192,24 @@ def cranial_defect(image: SkullImage, seed: int, style: str = "skullfix") -> tup
         return inside
 
     return _retry(image, bone, seed, draw, "cranial", defect_style=style)
+
+
+def redraws(
+    image: SkullImage, seed: int, styles: Sequence[str], tries: int, first: int = 0
+) -> Iterator[tuple[str, SkullImage, SkullImage]]:
+    """Cranial defects of ``image`` drawn again and again for one case seed, until the caller has one it accepts.
+
+    Draw ``a`` (``a < tries``) takes the seed ``seed + RETRY_STRIDE · a`` and the style
+    ``styles[(first + a) % len(styles)]``, so styles take turns and a given (seed, draw) is always the same
+    cut. Yields (style, defective, implant); a draw the generator cannot place (:class:`SkullVAEError`) is
+    skipped. Used where a cut must meet a rule of its own (away from a hole the skull already has)."""
+    for attempt in range(tries):
+        style = styles[(first + attempt) % len(styles)]
+        try:
+            defective, implant = cranial_defect(image, seed + RETRY_STRIDE * attempt, style=style)
+        except SkullVAEError:
+            continue
+        yield style, defective, implant
 
 
 def facial_defect(image: SkullImage, seed: int, recipe: FacialRecipe = FACIAL) -> tuple[SkullImage, SkullImage]:

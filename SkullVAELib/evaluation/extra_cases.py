@@ -28,7 +28,6 @@ from SkullVAELib.io.image import SkullImage, read_skull
 
 EXCLUDE_MM = 10.0  # the new defect's removed bone stays this far (mm) from the filled hole
 TRIES = 8  # draws per (skull, style, seed) before the pair is left out
-RETRY_STRIDE = 7919  # seed step between draws: a prime, so retries of nearby seeds do not meet
 
 
 def has_ground_truth(root: str | Path) -> bool:
@@ -62,14 +61,10 @@ def draw_away_from(
 ) -> tuple[SkullImage, SkullImage] | None:
     """(defective, implant) of a ``style`` defect cut on ``complete`` whose removed bone lies at least
     ``exclude_mm`` from the filled hole (``distance_mm``, mm per voxel); None after :data:`TRIES`
-    draws (seeds ``seed + RETRY_STRIDE · attempt``)."""
-    from SkullVAELib.data.defects import cranial_defect
+    draws (:func:`~SkullVAELib.data.defects.redraws`)."""
+    from SkullVAELib.data.defects import redraws
 
-    for attempt in range(TRIES):
-        try:
-            defective, implant = cranial_defect(complete, seed + RETRY_STRIDE * attempt, style=style)
-        except SkullVAEError:
-            continue
+    for _, defective, implant in redraws(complete, seed, (style,), TRIES):
         if distance_mm[implant.mask].min() >= exclude_mm:
             return defective, implant
     return None

@@ -98,14 +98,12 @@ def extra_samples(defective: SkullImage, seeds, cfg: ResidualConfig, tries: int 
     """A sample per seed of ``seeds`` (None where no draw worked): a new defect cut on a skull that
     has one already, its hole (the rim fit's implant there, fitted once) kept out of the loss. The
     ``styles`` take turns by seed and attempt, so every style is drawn whatever the first try gives."""
-    from SkullVAELib.data.defects import cranial_defect
+    from SkullVAELib.data.defects import redraws
 
     existing, _ = _rim_fit(defective)
     for n, seed in enumerate(seeds):
         sample = None
-        for attempt in range(tries):
-            style = styles[(n + attempt) % len(styles)]
-            twice, implant = cranial_defect(defective, seed + 7919 * attempt, style=style)
+        for _, twice, implant in redraws(defective, seed, styles, tries, first=n):
             sample = make_sample(twice, implant.mask, cfg, exclude=existing)
             if sample is not None:
                 break

@@ -7,7 +7,7 @@ import pytest
 
 from SkullVAELib.cli import main
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.data.defects import case_seed, cranial_defect, facial_defect
+from SkullVAELib.data.defects import RETRY_STRIDE, case_seed, cranial_defect, facial_defect, redraws
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.data.recipes import FacialRecipe
 from SkullVAELib.io.image import SkullImage, read_skull, write_mask
@@ -127,6 +127,23 @@ def test_bad_arguments_rejected(skulls):
         facial_defect(skulls["phantom"], 0, FacialRecipe(depth_mm=(0.0, 44.0)))
     with pytest.raises(SkullVAEError, match="seed"):
         facial_defect(skulls["phantom"], -1)
+
+
+def test_redraws_take_the_styles_in_turn_and_skip_a_cut_that_cannot_be_placed(skulls):
+    """Draw a of seed s is ``cranial_defect(s + RETRY_STRIDE · a)`` in style ``styles[(first + a) % n]``; a skull the
+    generator refuses gives no draw rather than an error; the caller stops when it has one it accepts."""
+    complete = skulls["phantom"]
+    drawn = list(redraws(complete, 5, ("skullbreak", "irregular"), tries=3, first=1))
+    assert [style for style, *_ in drawn] == ["irregular", "skullbreak", "irregular"]
+    for attempt, (style, defective, implant) in enumerate(drawn):
+        expected = cranial_defect(complete, 5 + RETRY_STRIDE * attempt, style=style)[1]
+        assert np.array_equal(implant.mask, expected.mask)
+        assert np.array_equal(defective.mask | implant.mask, complete.mask)
+    assert len({implant.mask.tobytes() for *_, implant in drawn}) == 3
+    empty = _geometry(np.zeros((40, 40, 40), dtype=bool))
+    assert list(redraws(empty, 5, ("skullbreak",), tries=2)) == []
+    first = next(redraws(complete, 5, ("skullbreak",), tries=100))  # lazily: one draw, not a hundred
+    assert first[0] == "skullbreak"
 
 
 def test_case_seed_depends_on_seed_and_id():

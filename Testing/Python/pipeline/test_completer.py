@@ -215,3 +215,34 @@ def test_an_unknown_precision_is_refused_in_one_line():
     with pytest.raises(SkullVAEError, match="unknown precision 'fp16': precision must be one of float32, bfloat16"):
         CompletionSettings(precision="fp16")
     assert CompletionSettings(precision="bfloat16").precision == "bfloat16"
+
+
+def test_an_implant_of_middling_quality_is_kept_and_the_user_asked_to_check_it(monkeypatch, cranial_case):
+    """A score in [floor, REVIEW_BELOW): the implant is kept as it is, with one line asking for a check that
+    names the weakest component; at or above the band no such line, below it the implant is called doubtful."""
+    import SkullVAELib.implant.quality as quality
+    from SkullVAELib.pipeline.completer import QUALITY_FLOOR, REVIEW_BELOW, review_note
+
+    defective, _ = cranial_case
+    real = quality.implant_quality
+    assert QUALITY_FLOOR < REVIEW_BELOW
+    scores = {"now": 0.0}
+
+    def scored(skull, implant, *a, **k):
+        found = real(skull, implant, *a, **k)
+        components = dict(found.components, thickness=scores["now"])
+        return quality.ImplantQuality(scores["now"], components, found.measures, found.explanation)
+
+    monkeypatch.setattr(quality, "implant_quality", scored)
+    results = {}
+    for score in (QUALITY_FLOOR, (QUALITY_FLOOR + REVIEW_BELOW) / 2, REVIEW_BELOW, QUALITY_FLOOR / 2):
+        scores["now"] = score
+        results[score] = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+    checks = {s: [w for w in r.warnings if w.startswith("check this implant")] for s, r in results.items()}
+    assert len(checks[QUALITY_FLOOR]) == 1 and "(weakest: thickness)" in checks[QUALITY_FLOOR][0]
+    assert len(checks[(QUALITY_FLOOR + REVIEW_BELOW) / 2]) == 1 and "\n" not in checks[QUALITY_FLOOR][0]
+    assert checks[REVIEW_BELOW] == [] and checks[QUALITY_FLOOR / 2] == []
+    assert any("doubtful implant" in w for w in results[QUALITY_FLOOR / 2].warnings)
+    implants = [r.implant.mask for r in results.values()]
+    assert all(r.source == "rimfit" for r in results.values()) and all((m == implants[0]).all() for m in implants)
+    assert review_note(None) == []

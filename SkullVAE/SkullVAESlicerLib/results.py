@@ -91,15 +91,16 @@ def resultSummary(result: dict, output, hadModel: bool) -> dict:
 
 def qualityText(summary: dict) -> str:
     """The implant-quality score for the panel's volume line ("quality 0.92 (weakest: thickness)": its
-    lowest component in the result's ``implant_quality_parts``), or "" when the result has none (quality
-    not computed, an older library)."""
+    lowest component in the result's ``implant_quality_parts``; ", check before use" where the result asks
+    for a review, ``implant_review``), or "" when the result has none (quality not computed, an older library)."""
     score = summary.get("implant_quality")
     if score is None:
         return ""
     components = (summary.get("implant_quality_parts") or {}).get("components") or {}
     components = {name: value for name, value in components.items() if value is not None}
     weakest = f" (weakest: {min(components, key=components.get)})" if components else ""
-    return f"quality {score:.2f}{weakest}"
+    review = ", check before use" if summary.get("implant_review") else ""
+    return f"quality {score:.2f}{weakest}{review}"
 
 
 def volumeText(summary: dict) -> str:

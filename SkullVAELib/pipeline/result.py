@@ -29,7 +29,8 @@ class Completion:
         quality: the implant's agreement with the rim in [0, 1] (1 = seamless;
             :mod:`SkullVAELib.implant.quality`), None when not computed; quality_note: its explanation;
             quality_parts: its components and measures by name (mm, fractions: steps at the rim, coverage,
-            ``reach_mm``), for programs that read the result rather than the note.
+            ``reach_mm``), for programs that read the result rather than the note; review: True when the
+            quality lies in the band where the user is asked to check the implant (``completer.review_note``).
         self_check: the rim fit tried on the skull's intact vault (``SelfCheck.summary()``: median DSC,
             places, lowest, highest), {} when not asked for; self_check_note: its one line.
     """
@@ -50,6 +51,7 @@ class Completion:
     quality: float | None = None
     quality_note: str = ""
     quality_parts: dict[str, dict[str, float]] = field(default_factory=dict)
+    review: bool = False
     self_check: dict[str, float | None] = field(default_factory=dict)
     self_check_note: str = ""
 
@@ -73,6 +75,7 @@ class Completion:
             "implant_quality_parts": {
                 part: {k: _rounded(v) for k, v in values.items()} for part, values in self.quality_parts.items()
             },
+            "implant_review": self.review,
             "implant_self_check": {k: _rounded(v) for k, v in self.self_check.items()} or None,
             "implant_self_check_note": self.self_check_note,
             "skipped_sources": dict(self.skipped),

@@ -242,6 +242,7 @@ def test_an_implant_of_middling_quality_is_kept_and_the_user_asked_to_check_it(m
     assert len(checks[QUALITY_FLOOR]) == 1 and "(weakest: thickness)" in checks[QUALITY_FLOOR][0]
     assert len(checks[(QUALITY_FLOOR + REVIEW_BELOW) / 2]) == 1 and "\n" not in checks[QUALITY_FLOOR][0]
     assert checks[REVIEW_BELOW] == [] and checks[QUALITY_FLOOR / 2] == []
+    assert [r.record()["implant_review"] for r in results.values()] == [True, True, False, False]
     assert any("doubtful implant" in w for w in results[QUALITY_FLOOR / 2].warnings)
     implants = [r.implant.mask for r in results.values()]
     assert all(r.source == "rimfit" for r in results.values()) and all((m == implants[0]).all() for m in implants)

@@ -296,6 +296,8 @@ def test_the_panel_shows_the_implant_quality_and_its_explanation():
     without = {"implantSource": "rimfit", "implantVoxels": 1000, "implantVolumeMm3": 49600.0, "implant_quality": None}
     assert results.qualityText(without) == "" and results.volumeText(without) == "Implant volume: 49.6 cm³"
     assert results.volumeText({}) == ""
+    flagged = dict(summary, implant_quality=0.41, implant_review=True)
+    assert results.qualityText(flagged) == "quality 0.41 (weakest: thickness), check before use"
     assert not any("quality" in line for line in results.summaryLines(without, "cranial"))
     empty = dict(summary, implantVoxels=0, implantVolumeMm3=0.0)
     assert not any(line.startswith("Implant quality") for line in results.summaryLines(empty, "cranial"))

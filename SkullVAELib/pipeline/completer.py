@@ -95,7 +95,7 @@ class Completer:
         else:
             source, proposal, implant, quality = chosen
             name, variant, check = source.name, proposal.variant, proposal.self_check
-            review = review_note(quality)
+            review = review_note(quality) if decision.defect == "cranial" else []  # the band's evidence is cranial
             warnings = list(proposal.messages) + review
             what = f"{decision.defect} implant"
             warnings += check_implant(implant, skull.voxel_volume_mm3, proposal.holes, what, proposal.expected_mm3)
@@ -209,9 +209,11 @@ def review_note(quality) -> list[str]:
     """[one line asking the user to check the implant] when its quality score (:class:`ImplantQuality` or
     None) lies in [``QUALITY_FLOOR``, ``REVIEW_BELOW``), else [] (below the floor it is called doubtful).
 
-    On held-out skulls such scores mark rims the fill continues less well (the step to the skull base, the
-    frontal sinus and the orbit's roof), where most implants missed the per-case bar (docs/results/issue-24.md,
-    "An implant to check: the quality score's review band")."""
+    Cranial implants only (the caller's choice): the band was chosen on them, and a facial implant's score (the
+    plate's thickness at the junction) was never set against its DSC. On held-out skulls such scores mark rims the
+    fill continues less well (the step to the skull base, the frontal sinus, the orbit's roof), where half or more
+    of the implants missed the per-case bar (docs/results/issue-24.md, "An implant to check: the quality score's
+    review band")."""
     if quality is None or not QUALITY_FLOOR <= quality.score < REVIEW_BELOW:
         return []
     weakest = min(quality.components, key=quality.components.get) if quality.components else "none"

@@ -247,3 +247,18 @@ def test_an_implant_of_middling_quality_is_kept_and_the_user_asked_to_check_it(m
     implants = [r.implant.mask for r in results.values()]
     assert all(r.source == "rimfit" for r in results.values()) and all((m == implants[0]).all() for m in implants)
     assert review_note(None) == []
+
+
+def test_a_facial_implant_in_the_band_is_not_flagged(own_registry, monkeypatch, facial_case):
+    """The band was chosen on cranial implants: a facial implant scoring in it carries no review line."""
+    import SkullVAELib.implant.quality as quality
+    from SkullVAELib.pipeline.completer import QUALITY_FLOOR, REVIEW_BELOW
+
+    defective, truth = facial_case
+    band = quality.ImplantQuality((QUALITY_FLOOR + REVIEW_BELOW) / 2, {"thickness": 0.4}, {}, "plate too thick")
+    monkeypatch.setattr(quality, "implant_quality", lambda *a, **k: band)
+    register_source(_Stamp)
+    _Stamp.implant = truth.mask | defective.mask
+    done = Completer(CompletionSettings(defect="facial", sources=("stamp",))).complete(defective)
+    assert done.source == "stamp" and done.quality == band.score
+    assert not done.record()["implant_review"] and not any(w.startswith("check this") for w in done.warnings)

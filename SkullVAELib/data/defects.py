@@ -35,9 +35,8 @@ MIN_EXTENT_MM = 60.0  # a skull smaller than this along any physical axis is rej
 MIN_BONE_VOXELS = 500
 MIN_IMPLANT_FRACTION = 0.005  # a defect must remove at least 0.5 % of the bone
 MAX_ATTEMPTS = 20
-RETRY_STRIDE = (
-    7919  # case-seed step between the redraws of :func:`redraws`: a prime, so nearby seeds' redraws do not meet
-)
+# the case-seed step between the redraws of :func:`redraws`: a prime, so nearby seeds' redraws do not meet
+RETRY_STRIDE = 7919
 
 
 class _Bone:

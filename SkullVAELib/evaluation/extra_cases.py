@@ -103,9 +103,8 @@ def extra_defect_cases(
         distance_mm = distance_from(filled, defective.spacing, exclude_mm)
         for defect in defect_types:
             for seed in seeds:
-                drawn = draw_away_from(
-                    complete, distance_mm, case_seed(int(seed), f"extra-{cid}"), VAULT_STYLES[defect]
-                )
+                seed_of_case = case_seed(int(seed), f"extra-{cid}")
+                drawn = draw_away_from(complete, distance_mm, seed_of_case, VAULT_STYLES[defect], exclude_mm)
                 if drawn is not None:
                     new_defective, implant = drawn
                     yield DefectCase(cid, defect, int(seed), new_defective, implant.mask, complete.mask)

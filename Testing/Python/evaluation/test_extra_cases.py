@@ -46,6 +46,17 @@ def test_new_defects_are_cut_away_from_the_filled_hole(defective_root):
         assert case.defective.same_geometry(original)
 
 
+def test_a_wider_exclusion_is_the_one_the_draws_keep(defective_root):
+    """``exclude_mm`` sets both the distance's reach and the rule the draws must meet."""
+    original = read_skull(defective_root / "defective_skull" / "901.nrrd", kind="binary")
+    cases = list(
+        extra_cases.extra_defect_cases(defective_root, ["901"], ["vault", "irregular"], [0, 1], exclude_mm=30.0)
+    )
+    assert cases
+    distance = extra_cases.distance_from(cases[0].complete & ~original.mask, original.spacing, 60.0)
+    assert all(distance[case.implant].min() >= 30.0 for case in cases)
+
+
 def test_a_draw_that_cannot_leave_the_filled_hole_is_left_out(defective_root):
     original = read_skull(defective_root / "defective_skull" / "901.nrrd", kind="binary")
     everywhere = np.zeros(original.shape, dtype=np.float32)  # every voxel "on" the filled hole

@@ -83,7 +83,7 @@ class Completer:
         chosen, skipped, tried = self._choose(context)
         if chosen is None:
             implant, name, variant, quality, check = np.zeros(skull.shape, dtype=bool), "none", "", None, None
-            review = []
+            review_lines: list[str] = []
             if not tried:  # no source could serve: a missing part, not an empty result
                 reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
                 hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
@@ -95,8 +95,10 @@ class Completer:
         else:
             source, proposal, implant, quality = chosen
             name, variant, check = source.name, proposal.variant, proposal.self_check
-            review = review_note(quality) if decision.defect == "cranial" else []  # the band's evidence is cranial
-            warnings = list(proposal.messages) + review
+            review_lines = (
+                review_note(quality) if decision.defect == "cranial" else []
+            )  # the band's evidence is cranial
+            warnings = list(proposal.messages) + review_lines
             what = f"{decision.defect} implant"
             warnings += check_implant(implant, skull.voxel_volume_mm3, proposal.holes, what, proposal.expected_mm3)
             implant = self._finished(context, implant, warnings)
@@ -123,7 +125,7 @@ class Completer:
             quality=None if quality is None else float(quality.score),
             quality_note="" if quality is None else quality.explanation,
             quality_parts={} if quality is None else {"components": quality.components, "measures": quality.measures},
-            review=bool(review),
+            review=bool(review_lines),
             self_check={} if check is None else check.summary(),
             self_check_note="" if check is None else check.note(),
         )

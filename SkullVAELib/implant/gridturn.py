@@ -82,6 +82,17 @@ class GridTurn:
         the frame: the same directions of the head stay open, whichever frame the rays are cast in."""
         return {name: self.grid_cells(cells, step_deg) for name, cells in openings(step_deg).items()}
 
+    def lps_cells(self, step_deg: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) int (Nα, Nβ): for every cell of the turned grid, the LPS grid's cell nearest to its direction
+        (a map made on the LPS grid, indexed so, reads in the turned frame)."""
+        dirs = raycast.grid_directions(step_deg)
+        row, col, _ = raycast.nearest_cells(dirs.reshape(-1, 3) @ self.rotation, step_deg)
+        return row.reshape(dirs.shape[:2]), col.reshape(dirs.shape[:2])
+
+    def lps_up(self) -> np.ndarray:
+        """(3,) LPS superior (+z) as a direction of the turned frame: what "up" is for its rays."""
+        return self.rotation @ np.array([0.0, 0.0, 1.0])
+
     def to_lps(self, direction: np.ndarray) -> np.ndarray:
         """(3,) a direction of the turned frame in LPS."""
         return self.rotation.T @ np.asarray(direction, dtype=np.float64)

@@ -18,7 +18,9 @@ Components, each in [0, 1]:
   thicker than the bone around it, or one that does not meet the bone, lowers it.
 - ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimholes.find_holes`,
   scan edge aware; only the rays the scan sees through) whose rays meet bone once the implant is
-  in; absent when the skull has no such hole (a facial defect).
+  in; absent when the skull has no such hole (a facial defect). A small gap far from the defect,
+  which the rim fit leaves open as thin bone (:func:`rimholes.without_small_far_holes`), is no hole
+  to cover here either (``count_far_gaps`` counts it).
 - ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in stray pieces, at least 0: pieces
   farther than ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), unless a piece lies over
   another enclosed hole than the main piece and is a second defect's size (a skull with two defects has two
@@ -74,6 +76,7 @@ class QualityConfig:
     stray_weight: float = 10.0  # 10 % of the volume stray: pieces component 0
     max_fit_points: int = 400
     junction_mm: tuple[float, float] = (1.0, 6.0)  # no vault hole: plate thickness this far either side of the junction
+    count_far_gaps: bool = False  # count the small far gaps the rim fit leaves open (thin bone) as holes to cover
 
 
 @dataclass
@@ -281,8 +284,9 @@ def implant_quality(
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
     rim = RimFitConfig()
     # the rim fit's holes in its frame: near a pole the grid's cells are no neighbourhoods on the sphere, and the
-    # rim read there is off (SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97); every enclosed hole counts
-    found = holes_in_frame(skull, centre, rim, step_deg=cfg.step_deg, leave_out_far_gaps=False)
+    # rim read there is off (SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97); a small gap far from the
+    # defect is thin bone, not a hole to cover, for every source as for the rim fit (``count_far_gaps``)
+    found = holes_in_frame(skull, centre, rim, step_deg=cfg.step_deg, leave_out_far_gaps=not cfg.count_far_gaps)
     skull, bone, edge, holes = found.skull, found.raymap, found.edge, found.holes
     reach = max(raycast.max_radius(skull, centre), raycast.box_radius(skull, box, centre))
     with_implant = skull.mask.copy(order="K")  # the mask's memory order (the ray casting reads it in place)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +54,8 @@ class RayMap:
         r_out, r_in: float32 (Nα, Nβ) mm from the centre (NaN where there is no hit).
         exact: bool (Nα, Nβ) rays cast at the full step (elsewhere: interpolated from the coarse
             lattice, smooth bone only); None when every ray was cast.
+        up: (3,) LPS superior (+z) in the frame the rays were cast in (not +z where the grid was turned off a
+            pole, :mod:`gridturn`): what lies "below the horizontal" for the scan's edge and the self-check.
     """
 
     centre: np.ndarray
@@ -62,6 +64,11 @@ class RayMap:
     r_out: np.ndarray
     r_in: np.ndarray
     exact: np.ndarray | None = None
+    up: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
+
+    def elevation(self) -> np.ndarray:
+        """float (Nα, Nβ): the sine of each ray's elevation above the LPS horizontal (its direction · ``up``)."""
+        return grid_directions(self.step_deg) @ np.asarray(self.up, dtype=np.float64)
 
     @property
     def thickness(self) -> np.ndarray:

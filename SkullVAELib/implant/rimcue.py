@@ -9,10 +9,13 @@ installed shape model fitted to the rim (:mod:`shapemodel`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage
 
 from SkullVAELib.implant import raycast
+from SkullVAELib.implant.gridturn import GridTurn
 from SkullVAELib.implant.shapebank import ShapeBank, shape_cue
 from SkullVAELib.implant.shapemodel import ShapeModel, model_cue
 
@@ -29,14 +32,38 @@ def cue_rays(holes: list[np.ndarray], reach: int) -> np.ndarray:
     return ndimage.binary_dilation(union, np.ones((3, 3), dtype=bool), iterations=int(reach))
 
 
-def usable_shapes(shapes: ShapeBank | ShapeModel | None, step_deg: float) -> tuple[ShapeBank | ShapeModel | None, list]:
-    """(``shapes``, []) when they were made on the rim fit's angular grid, else (None, [why not])."""
-    if shapes is None or abs(shapes.step_deg - step_deg) <= 1e-9:
-        return shapes, []
+def usable_shapes(
+    shapes: ShapeBank | ShapeModel | None, step_deg: float, turn: GridTurn | None = None
+) -> tuple[ShapeBank | ShapeModel | None, list]:
+    """(``shapes``, []) when they were made on the rim fit's angular grid, read in the frame of ``turn`` where the
+    grid was turned off a pole (their maps are cast in LPS), else (None, [why not])."""
+    if shapes is None:
+        return None, []
+    if abs(shapes.step_deg - step_deg) <= 1e-9:
+        return (shapes if turn is None else shapes_in_frame(shapes, turn)), []
     return None, [
         f"the shape cue was made on a {shapes.step_deg:g}° ray grid and the rim fit casts on {step_deg:g}°: "
         "it is not used (rebuild it with `skullvae build-shapes --overwrite`)"
     ]
+
+
+def shapes_in_frame(shapes: ShapeBank | ShapeModel, turn: GridTurn) -> ShapeBank | ShapeModel:
+    """``shapes`` (made on the LPS grid) resampled, nearest cell, onto the grid turned by ``turn``: a copy whose
+    maps a turned frame's cells index (a hole near a pole is filled in that frame; read as cast, the cue came
+    from directions up to the turn's angle away)."""
+    rows, cols = turn.lps_cells(shapes.step_deg)
+    if isinstance(shapes, ShapeBank):
+        return replace(shapes, r_out=shapes.r_out[:, rows, cols], thickness=shapes.thickness[:, rows, cols])
+    position = np.cumsum(shapes.rays.ravel()).reshape(shapes.rays.shape) - 1  # each domain ray's index in mean/modes
+    rays = shapes.rays[rows, cols]
+    source = position[rows, cols][rays]
+    return replace(
+        shapes,
+        rays=rays,
+        mean=shapes.mean[source],
+        modes=shapes.modes[:, source],
+        thickness=shapes.thickness[rows, cols],
+    )
 
 
 def choose_cue(

@@ -66,7 +66,8 @@ _SQUARE = np.ones((3, 3), dtype=bool)
 
 @dataclass
 class RimFitResult:
-    """implant: bool (I, J, K) on the input grid; holes, ray map and scan edge, in the ray grid's frame
+    """implant: bool (I, J, K) on the input grid; holes (those it filled: not one outside the scan or that is only
+    the scan's cut), ray map and scan edge, in the ray grid's frame
     (``turn``: LPS turned about the ray centre where the largest hole came near a grid pole, :mod:`gridturn`;
     :meth:`holes_in_lps` gives their directions in LPS); timings (s) per step ("raycast": the skull's rays,
     "holes": the scan's edge and the hole search, each summed over both frames where it was turned,
@@ -234,10 +235,10 @@ def rim_fit(
         mirror = raycast.cast(skull, centre, cfg.step_deg, transform=mirror_transform, exact=raymap.exact, rays=near)
     timings["mirror_raycast"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    shapes, notes = usable_shapes(shapes, cfg.step_deg)
+    shapes, notes = usable_shapes(shapes, cfg.step_deg, turn)  # read in the rays' frame
     no_hole = [] if holes else [why_no_hole(raymap, edge, cfg.min_hole_sr, found.opening_cells())]
     messages = (notes if holes else no_hole) + found.notes + thick_slice_note(skull)
-    implant, filled = None, 0  # the first hole's rasterised implant (or the union of several), holes filled
+    implant, filled = None, []  # the first hole's rasterised implant (or the union of several), the holes filled
     post_seconds = 0.0
     for hole in holes:
         _clip_to_scan(hole, edge, raymap.step_deg)
@@ -259,18 +260,19 @@ def rim_fit(
         piece = postprocess(piece, skull, cfg)
         post_seconds += time.perf_counter() - t1
         implant = piece if implant is None else np.logical_or(implant, piece, out=implant)
-        filled += 1
+        filled.append(hole)
     t1 = time.perf_counter()
     timings["fill"] = t1 - t0 - post_seconds
-    if filled > 1:  # a far hole's implant stays where it is a second defect's, not a gap of thin bone
+    if len(filled) > 1:  # a far hole's implant stays where it is a second defect's, not a gap of thin bone
         implant, note = second_defects(implant, skull, cfg.postprocess().max_gap_mm, cfg.second_defect_fraction)
         messages += [note] if note else []
     timings["postprocess"] = post_seconds + time.perf_counter() - t1
     # no hole filled: an empty implant in the mask's memory order (see rasterise)
     implant = np.zeros_like(skull.mask) if implant is None else implant
     if filled and not implant.any():
-        messages.append(f"the rim fit filled {filled} hole(s) but no implant survived inside the scan")
-    return RimFitResult(implant, holes, raymap, timings, messages, edge, turn)
+        messages.append(f"the rim fit filled {len(filled)} hole(s) but no implant survived inside the scan")
+    # the holes it filled: one outside the scan or only the scan's cut is no defect to check an implant against
+    return RimFitResult(implant, filled, raymap, timings, messages, edge, turn)
 
 
 def _clip_to_scan(hole: Hole, edge: ScanEdge, step_deg: float) -> None:

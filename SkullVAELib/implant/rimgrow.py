@@ -60,6 +60,7 @@ def grow_hole(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> Hole:
         near = near_hole & ~cells
         if not near.any():
             break
+        # one spline for both columns: its outer radius decides; the thickness test is a setting (grow_thick_mm, off)
         kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": cfg.degree}
         values = np.stack([raymap.r_out.ravel()[rim_idx], raymap.thickness.ravel()[rim_idx]], axis=1)
         spline = RBFInterpolator(gnomonic(flat_dirs[rim_idx], hole.direction), values, **kw)
@@ -122,7 +123,7 @@ def whole_bone_rim(raymap: raycast.RayMap, hole: Hole, ring: np.ndarray, cfg: Ri
         return ring
     idx = spline_points(far, cfg.max_rim_points)
     flat_dirs = raycast.grid_directions(raymap.step_deg).reshape(-1, 3)
-    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.smoothing, "degree": 1}
+    kw = {"kernel": "thin_plate_spline", "smoothing": cfg.thickness_smoothing, "degree": 1}
     thickness = raymap.thickness.ravel()
     spline = RBFInterpolator(gnomonic(flat_dirs[idx], hole.direction), thickness[idx].astype(np.float64), **kw)
     near = np.flatnonzero(ring)

@@ -145,8 +145,8 @@ def holes_in_frame(
 
     Args:
         cfg: the rim fit's settings (``min_hole_sr``, the scan edge's margins, the far-gap rule, the clearance).
-        leave_out_far_gaps: apply :func:`without_small_far_holes` (the rim fit: they are not filled); the
-            quality score counts every enclosed hole.
+        leave_out_far_gaps: apply :func:`without_small_far_holes` (the rim fit does not fill them, and the
+            quality score does not ask an implant to cover them unless its ``count_far_gaps`` is set).
         timings: seconds added to "raycast" and "holes" (summed over both frames where the grid was turned).
     """
     step = cfg.step_deg if step_deg is None else float(step_deg)
@@ -170,13 +170,23 @@ def _search(
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     raymap = raycast.cast(skull, centre, step_deg)  # every ray; reads skull.mask in place
+    if turn is not None:
+        raymap = replace(raymap, up=turn.lps_up())
     timings["raycast"] = timings.get("raycast", 0.0) + time.perf_counter() - t0
     t0 = time.perf_counter()
     edge = scan_edge(skull, raymap, cfg.edge_margin_mm, cfg.beyond_mm)
     opening_cells = None if turn is None else turn.openings(step_deg)
-    holes = find_holes(raymap, cfg.min_hole_sr, edge.unknown, opening_cells)
+    holes = _seen_first(find_holes(raymap, cfg.min_hole_sr, edge.unknown, opening_cells), edge)
     notes: list[str] = []
     if leave_out_far_gaps:
         holes, notes = without_small_far_holes(holes, replace(cfg, step_deg=step_deg))
     timings["holes"] = timings.get("holes", 0.0) + time.perf_counter() - t0
     return HoleSearch(skull, raymap, edge, holes, notes, turn)
+
+
+def _seen_first(holes: list[Hole], edge: ScanEdge) -> list[Hole]:
+    """``holes`` (largest first) with those of which some ray sees the gap inside the scan ahead of those whose
+    every ray is unknown (the scan's edge cutting the skull, e.g. a field of view that stops below the vertex):
+    the defect, not the scan's cut, is the main hole that far gaps are measured from, that the frame turns for
+    and that the self-check tries (docs/results/issue-24.md, "Reviewed: the scan's cut as the main hole …")."""
+    return sorted(holes, key=lambda hole: not bool((hole.cells & ~edge.unknown).any()))  # stable: size order kept

@@ -95,7 +95,8 @@ def scan_edge(
     _, near = cKDTree(dirs[usable]).query(dirs[miss], k=k)
     expected = np.full(miss.shape, np.nan, dtype=np.float32)
     expected[miss] = raymap.r_out[usable][near.reshape(len(near), k)].max(axis=1)
-    unknown = miss & (dirs[..., 2] > -np.sin(np.deg2rad(SKULL_BASE_DEG))) & (exit_mm < expected + edge_margin_mm)
+    above_base = raymap.elevation() > -np.sin(np.deg2rad(SKULL_BASE_DEG))  # LPS's, in a turned grid too
+    unknown = miss & above_base & (exit_mm < expected + edge_margin_mm)
     beyond = unknown & (exit_mm < expected - beyond_mm)
     return ScanEdge(exit_mm, truncated, unknown, beyond)
 

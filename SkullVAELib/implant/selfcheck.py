@@ -131,8 +131,7 @@ def usable_place(moved: np.ndarray, raymap: raycast.RayMap, keep_out: np.ndarray
     if not moved.any() or (moved & keep_out).any() or not raymap.hit[moved].all():
         return False
     near = ndimage.binary_dilation(moved, _SQUARE, iterations=cfg.ring[0])
-    up = raycast.grid_directions(raymap.step_deg)[..., 2]
-    return bool((up[near] >= MIN_UP).all())
+    return bool((raymap.elevation()[near] >= MIN_UP).all())  # LPS's up, in a turned grid too
 
 
 def _hidden(raymap: raycast.RayMap, cells: np.ndarray) -> raycast.RayMap:
@@ -226,5 +225,5 @@ def check_rim_fit(
             return raycast.cast(skull, raymap.centre, step, transform=mirror_transform, exact=raymap.exact, rays=rays)
 
     cfg = (cfg or RimFitConfig()).for_voxels(skull.spacing)
-    shapes, _ = usable_shapes(shapes, cfg.step_deg)  # the rim fit said already when they are not used
+    shapes, _ = usable_shapes(shapes, cfg.step_deg, result.turn)  # the rim fit said already when they are not used
     return self_check(raymap, result.holes[0], cfg, result.edge, mirror_for, shapes)

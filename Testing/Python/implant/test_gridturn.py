@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -161,14 +163,16 @@ def test_a_turned_results_holes_point_where_the_hole_is_in_lps(near_the_pole):
 
 
 def test_the_self_check_of_a_turned_fill_runs_in_the_same_frame(near_the_pole):
-    """The check reads the skull and its mirror in the frame the rays were cast in: the same as the rim fit
-    and its check run on the turned skull directly."""
+    """The check reads the skull and its mirror in the frame the rays were cast in, with LPS's up: the same as
+    the rim fit and its check run on the turned skull directly, told where LPS's up lies in it."""
     defective, _, turned, _ = near_the_pole
     check = check_rim_fit(defective, turned, mirror_transform=MIRROR)
     assert len(check.scores) > 0 and np.median(check.scores) > 0.85
     once = RimFitConfig(pole_clearance_deg=0.0)
     skull, mirror = turned.turn.skull(defective), turned.turn.transform(MIRROR)
-    direct = check_rim_fit(skull, rim_fit(skull, once, mirror, centre=CENTRE), once, mirror)
+    direct_fit = rim_fit(skull, once, mirror, centre=CENTRE)
+    direct_fit.raymap = replace(direct_fit.raymap, up=turned.turn.lps_up())
+    direct = check_rim_fit(skull, direct_fit, once, mirror)
     assert check.scores == pytest.approx(direct.scores)
 
 

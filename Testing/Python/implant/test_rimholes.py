@@ -7,8 +7,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from SkullVAELib.implant import raycast
+from SkullVAELib.implant.check import check_implant
 from SkullVAELib.implant.gridturn import pole_clearance_deg
-from SkullVAELib.implant.quality import implant_quality
+from SkullVAELib.implant.quality import QualityConfig, implant_quality
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimfit import rim_fit
 from SkullVAELib.implant.rimholes import holes_in_frame, without_small_far_holes
@@ -84,9 +85,10 @@ def test_the_holes_are_searched_in_a_frame_off_the_poles_as_the_rim_fit_fills_th
     assert pole_clearance_deg(as_cast.holes[0].cells, STEP) == 0.0
 
 
-def test_the_rim_fit_leaves_a_small_far_gap_out_and_the_quality_score_counts_it(pole_hole_and_gap):
-    """The rim fit's search drops the far gap with a note; the quality score's keeps every enclosed hole, so
-    an implant of the defect alone covers less than all of the skull's holes."""
+def test_a_small_far_gap_is_no_hole_to_cover_for_the_rim_fit_nor_the_quality_score(pole_hole_and_gap):
+    """The rim fit's search drops the far gap with a note, and the quality score asks an implant to cover the
+    holes the rim fit fills: the defect's own implant covers all of them. Counted on request, the gap makes
+    that implant cover less than all."""
     defective, truth = pole_hole_and_gap
     filled = holes_in_frame(defective, CENTRE, RimFitConfig())
     every = holes_in_frame(defective, CENTRE, RimFitConfig(), leave_out_far_gaps=False)
@@ -94,4 +96,73 @@ def test_the_rim_fit_leaves_a_small_far_gap_out_and_the_quality_score_counts_it(
     assert len(every.holes) == 2 and every.notes == []
     assert every.holes[1].solid_angle_sr < 0.1 * every.holes[0].solid_angle_sr
     quality = implant_quality(defective, truth, centre=CENTRE)
-    assert 0.9 < quality.measures["coverage"] < 1.0
+    assert quality.measures["coverage"] == pytest.approx(1.0)
+    counted = implant_quality(defective, truth, QualityConfig(count_far_gaps=True), centre=CENTRE)
+    assert 0.9 < counted.measures["coverage"] < 1.0
+    assert counted.score < quality.score
+
+
+@pytest.fixture(scope="module")
+def top_cut_scan() -> tuple[SkullImage, np.ndarray]:
+    """(defective, the true implant): the shell of ``pole_hole_and_gap`` with a small defect (8° about a left,
+    slightly raised direction: 0.05 sr, under a tenth of the cut's solid angle, 43° from it) in a scan whose
+    field of view stops 44 mm above the centre, inside the vertex's inner table: the cut top is an enclosed group
+    of rays the scan cannot see, larger than the defect."""
+    spacing, shape = np.full(3, 1.5), (86, 86, 73)
+    origin = CENTRE - spacing * 85 / 2.0
+    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - CENTRE
+    radius = np.linalg.norm(offsets, axis=1)
+    unit = offsets / np.maximum(radius, 1e-9)[:, None]
+    shell = ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+    left = np.array([1.0, 0.0, 0.2]) / np.linalg.norm([1.0, 0.0, 0.2])
+    defect = ((unit @ left >= np.cos(np.deg2rad(8.0))) & (radius >= 45.0)).reshape(shape)
+    return SkullImage(shell & ~defect, origin, spacing, np.eye(3)), shell & defect
+
+
+def test_the_scans_cut_is_never_the_main_hole(top_cut_scan):
+    """A hole whose every ray the scan cannot see (its cut through the vertex) is listed after the defect, so the
+    defect is not taken for a small far gap of it: the rim fit fills the defect, lists only the hole it filled (no
+    volume check against the cut), and the quality score asks an implant to cover the defect. Before, the cut
+    was the main hole: the defect was left out as thin bone and the implant was empty."""
+    defective, truth = top_cut_scan
+    found = holes_in_frame(defective, CENTRE, RimFitConfig())
+    assert len(found.holes) == 2 and found.notes == []
+    defect, cut = found.holes
+    assert (defect.cells & ~found.edge.unknown).any() and not (cut.cells & ~found.edge.unknown).any()
+    assert defect.solid_angle_sr < 0.1 * cut.solid_angle_sr
+    filled = rim_fit(defective, centre=CENTRE)
+    dice = 2 * np.count_nonzero(filled.implant & truth) / (filled.implant.sum() + truth.sum())
+    assert dice > 0.9 and not (filled.implant & defective.mask).any()
+    assert [h.solid_angle_sr for h in filled.holes] == [pytest.approx(defect.solid_angle_sr)]
+    assert any("only the scan's edge" in m for m in filled.messages)
+    assert check_implant(filled.implant, defective.voxel_volume_mm3, filled.holes) == []
+    half = truth & (np.indices(truth.shape)[2] * 1.5 + defective.origin[2] > CENTRE[2] + 10.0)
+    assert 0 < half.sum() < truth.sum()
+    assert (
+        implant_quality(defective, half, centre=CENTRE).score
+        < 0.5
+        < implant_quality(defective, truth, centre=CENTRE).score
+    )
+
+
+def test_a_turned_frame_keeps_the_skull_bases_rays_open(pole_hole_and_gap):
+    """A scan whose tilted lower face cuts the occiput below and behind (rays 22-54° under the horizontal leave
+    it before the bone) with the pole hole: turned off the pole, the grid still reads "below the horizontal" in
+    LPS, so the cut skull base stays an opening and no second hole appears (before: a 0.25 sr false hole that the
+    rim fit then called only the scan's edge)."""
+    spacing, depth = 1.5, 48.0
+    direction = Rotation.from_euler("x", 52, degrees=True).as_matrix()
+    shape = (86, 86, int((depth + 62) / spacing))
+    centre_index = np.array([(shape[0] - 1) / 2, (shape[1] - 1) / 2, depth / spacing])
+    origin = CENTRE - direction @ (centre_index * spacing)
+    offsets = (np.indices(shape).reshape(3, -1).T * spacing) @ direction.T + origin - CENTRE
+    radius = np.linalg.norm(offsets, axis=1)
+    shell = ((radius >= 50) & (radius <= 56)).reshape(shape)
+    defect = (np.linalg.norm(offsets - 56 * _from_pole(12.0), axis=1) <= 22).reshape(shape)
+    skull = SkullImage(shell & ~defect, origin, np.full(3, spacing), direction)
+    as_cast = holes_in_frame(skull, CENTRE, RimFitConfig(pole_clearance_deg=0.0))
+    turned = holes_in_frame(skull, CENTRE, RimFitConfig())
+    assert turned.turn is not None and turned.turn.degrees > 10
+    assert len(as_cast.holes) == len(turned.holes) == 1
+    assert turned.holes[0].solid_angle_sr == pytest.approx(as_cast.holes[0].solid_angle_sr, rel=0.05)
+    assert np.allclose(turned.raymap.up, turned.turn.rotation @ [0.0, 0.0, 1.0])

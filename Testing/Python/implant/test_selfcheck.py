@@ -109,3 +109,17 @@ def test_the_note_says_how_many_places_and_when_they_are_too_few():
     assert "5 intact places" in many.note() and "0.90-0.95" in many.note() and "rough" not in many.note()
     assert many.summary() == {"dsc": 0.93, "places": 5, "lowest": 0.9, "highest": 0.95}
     assert SelfCheck().summary()["dsc"] is None and "could not be tried" in SelfCheck().note()
+
+
+def test_below_the_vault_is_read_in_lps_when_the_grid_is_turned():
+    """A ray map cast in a turned frame carries LPS's up: a place pointing along the frame's +y, level in the
+    grid's own axes, lies under the skull base's limit once up is the frame's -y, and is no intact vault."""
+    from dataclasses import replace
+
+    hole = _hole()
+    level = raycast.grid_directions(STEP) @ np.array([0.0, 1.0, 0.0]) >= np.cos(np.deg2rad(10.0))
+    raymap = _shell(hole)
+    keep_out = np.zeros_like(level)
+    assert usable_place(level, raymap, keep_out, RimFitConfig())
+    turned = replace(raymap, up=np.array([0.0, -1.0, 0.0]))
+    assert not usable_place(level, turned, keep_out, RimFitConfig())

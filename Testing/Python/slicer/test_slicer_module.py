@@ -304,12 +304,14 @@ def test_batch_writes_segmentation_and_stl(tiny_model, phantom_file, tmp_path, p
 
 
 @needs_cli
-def test_batch_self_check_reaches_the_log(phantom_file, tmp_path):
-    """``batch.py --self-check``: the rim fit's check on the intact vault reaches the log (no model needed)."""
+def test_batch_self_check_reaches_the_log(tmp_path):
+    """``batch.py --self-check``: the rim fit's check on the intact vault reaches the log (no model needed), on the
+    sample data's phantom with a cranial defect (a complete phantom has no vault hole to check)."""
     batch = _batch_module()
     lines = []
     out = tmp_path / "phantom.seg.nrrd"
-    assert batch.runBatch(["--input", str(phantom_file), "--output", str(out), "--self-check"], log=lines.append) == 0
+    defective = REPO / "Resources" / "SampleData" / "SkullVAE-phantom-cranial-defect.nrrd"
+    assert batch.runBatch(["--input", str(defective), "--output", str(out), "--self-check"], log=lines.append) == 0
     assert any(line.startswith("The rim fit") and "this skull" in line for line in lines), lines
 
 

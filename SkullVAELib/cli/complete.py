@@ -25,6 +25,7 @@ from SkullVAELib.cli.common import (
 )
 from SkullVAELib.cli.completion_args import add_completion_args, add_model_args, completion_settings
 from SkullVAELib.core.config import GAMMA_RANGE
+from SkullVAELib.core.errors import SkullVAEError
 
 
 def register(subparsers) -> None:
@@ -68,7 +69,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--hu-threshold", type=finite_float, default=300.0, help="bone threshold for CT input (HU)")
     p.add_argument(
-        "--threads", type=threads_arg, default=None, help="CPU threads for torch and ITK (at most the CPU count)"
+        "--threads",
+        type=threads_arg,
+        default=None,
+        help="CPU threads for torch, ITK and the BLAS pools (at most the CPU count; 0 = the libraries' defaults)",
     )
     p.add_argument(
         "--jobs",
@@ -87,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from SkullVAELib.workflows.complete_batch import batch_inputs, complete_batch
 
     gammas = gamma_list(args.gamma)
+    if args.samples is not None and not args.uncertainty:  # the samples make only the uncertainty map
+        raise SkullVAEError("--samples is the sample count of --uncertainty; give --uncertainty FILE too")
     samples = args.samples if args.samples is not None else (DEFAULT_SAMPLES if args.uncertainty else 0)
     settings = completion_settings(args, gamma=gammas[0], samples=samples, raw=args.raw)
     inputs = batch_inputs(args.input)

@@ -172,8 +172,9 @@ def completion_settings(args: argparse.Namespace, gamma: float = 1.0, samples: i
         seed=args.seed,
         fit_steps=args.fit_steps,
     )
-    if (raw or samples) and model is None:
-        raise SkullVAEError("--raw and --uncertainty need a trained model (--model)")
+    given = [flag for flag, on in (("--raw", raw), ("--uncertainty", samples > 0)) if on]
+    if given and model is None:  # name only the flags the user gave
+        raise SkullVAEError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} a trained model (--model)")
     return CompletionSettings(
         model=model,
         sources=args.sources,

@@ -32,6 +32,8 @@ MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
 QUALITY_FLOOR = 0.3  # below: a failed implant (empty, stepped at the rim, too thin, stray); docs/results/issue-24.md
 # at or above the floor but below this: the implant is kept, and the user is asked to check it (review_note)
 REVIEW_BELOW = 0.5
+# γ = 0 with the model source: the model's reconstruction of the skull, an empty implant and this note
+RECONSTRUCTION_NOTE = "γ = 0: the model reconstructs the skull and adds no implant (the implant is empty)"
 MIN_EXTENT_VOXELS = 8  # a skull needs some depth along every axis (a 2D slice is refused)
 FACIAL_SOURCES_HINT = (
     "a facial defect needs the learned refiner, an atlas set or a trained model: "
@@ -84,14 +86,14 @@ class Completer:
         if chosen is None:
             implant, name, variant, quality, check = np.zeros(skull.shape, dtype=bool), "none", "", None, None
             review_lines: list[str] = []
-            if not tried:  # no source could serve: a missing part, not an empty result
-                reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
-                hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
-                if decision.reason.startswith("taken as"):  # auto could not read it: say why, offer the way out
-                    hint += f" (the defect was {decision.reason}; give --defect cranial if it is cranial)"
-                raise SkullVAEError(f"{hint} ({reasons})", skull.metadata.get("source"))
-            tried_reasons = {n: skipped[n] for n in tried}
-            warnings = [f"no implant: {n}: {why}" for n, why in (tried_reasons or skipped).items()]
+            if not tried and self._reconstructs(context):  # γ = 0: the model's reconstruction, no implant
+                name, warnings = "model", [RECONSTRUCTION_NOTE]
+                skipped.pop("model", None)
+            elif not tried:  # no source could serve: a missing part, not an empty result
+                raise _no_source_error(decision, skipped, skull)
+            else:
+                tried_reasons = {n: skipped[n] for n in tried}
+                warnings = [f"no implant: {n}: {why}" for n, why in (tried_reasons or skipped).items()]
         else:
             source, proposal, implant, quality = chosen
             name, variant, check = source.name, proposal.variant, proposal.self_check
@@ -107,7 +109,7 @@ class Completer:
         if self.settings.vae.uncertainty_samples > 0:
             uncertainty = context.model_completion().uncertainty
         context.timings["total"] = time.perf_counter() - start
-        used = chosen is not None and chosen[0].uses_gamma
+        used = chosen[0].uses_gamma if chosen is not None else name == "model"
         return Completion(
             completed=completed,
             implant=skull.with_mask(implant, title="implant"),
@@ -129,6 +131,11 @@ class Completer:
             self_check={} if check is None else check.summary(),
             self_check_note="" if check is None else check.note(),
         )
+
+    def _reconstructs(self, context: CompletionContext) -> bool:
+        """True at γ = 0 when the model source is among the sources and there is a model: the call is the
+        model's reconstruction (γ = 0 adds no latent shift), whose implant is empty by definition."""
+        return context.settings.vae.gamma == 0 and "model" in self.settings.sources and self.folder.has_vae
 
     def _choose(self, context: CompletionContext):
         """((source, proposal, implant, quality) chosen, or None; {source: why it was passed over};
@@ -205,6 +212,16 @@ class Completer:
             raise SkullVAEError("the raw decoded skull (--raw) needs a trained model (--model)")
         with context.timed("raw_skull"):
             return skull.with_mask(context.model_completion().raw.mask, title="completed skull (raw decoded)")
+
+
+def _no_source_error(decision, skipped: dict[str, str], skull: SkullImage) -> SkullVAEError:
+    """The one-line error when no implant source applies (``decision``: the defect decision; ``skipped``:
+    why each source was passed over), with the way out for the user."""
+    reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
+    hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
+    if decision.reason.startswith("taken as"):  # auto could not read it: say why, offer the way out
+        hint += f" (the defect was {decision.reason}; give --defect cranial if it is cranial)"
+    return SkullVAEError(f"{hint} ({reasons})", skull.metadata.get("source"))
 
 
 def review_note(quality) -> list[str]:

@@ -23,7 +23,9 @@ class CompletionContext:
         skull: the defective skull (never modified).
         settings: the Completer's settings (γ of this call in ``settings.vae.gamma``).
         folder: the model folder's parts (loaded once per Completer).
-        defect: "cranial" or "facial" (decided before the sources run).
+        defect: "cranial" or "facial", decided before the sources run; "auto" until then, so that the
+            model's completion asked for by the decision (:func:`~SkullVAELib.pipeline.defect.decide_defect`)
+            lets the model's classifier choose the defect.
         progress: ``progress(stage, fraction, message)``.
         timings: seconds per step (sources add theirs).
         cache: results shared between sources and between the γ values of a sweep.
@@ -32,7 +34,7 @@ class CompletionContext:
     skull: SkullImage
     settings: CompletionSettings
     folder: ModelFolder
-    defect: str = "cranial"
+    defect: str = "auto"
     progress: ProgressCallback = no_progress
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict = field(default_factory=dict)

@@ -39,6 +39,7 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
     elif vault_holes(context.rim_fit().holes_in_lps()):
         decision = DefectDecision("cranial", "cranial: an enclosed hole in the vault", None)
     elif context.folder.has_vae and context.folder.vae().centroids:
+        context.defect = "auto"  # undecided: the model's completion at this γ classifies the skull
         result = context.model_completion()
         decision = DefectDecision(result.defect, f"{result.defect}: the model's classifier", result.confidence)
     else:

@@ -87,8 +87,8 @@ class CompletionSettings:
     Attributes:
         model: a model folder (or None: no trained model; the rim fit still serves cranial defects).
         sources: implant sources tried in this order (``core.config.IMPLANT_SOURCES`` words).
-        defect: "auto" (the model's classifier when a model is loaded, else the skull's geometry),
-            "cranial" or "facial".
+        defect: "auto" (the skull's geometry first: an enclosed hole in the vault is cranial; otherwise
+            the model's classifier when a model with centroids is loaded, else facial), "cranial" or "facial".
         vae: the model's part (γ, threshold, cleanup, uncertainty samples, resampling, test-time fit);
             its ``defect`` is ignored (``defect`` above decides).
         rimfit, learned, atlas, residual: each source's own settings.

@@ -75,27 +75,55 @@ def warm_completer(settings: CompletionSettings):
     return _WARM[key]
 
 
-def _parts_stamp(settings: CompletionSettings) -> str:
-    """The modification times of the model parts the settings name (empty without any)."""
+def model_parts(settings: CompletionSettings) -> list[Path]:
+    """Every model part the settings name: the model folder, an atlas folder, refiner and residual files
+    (those given outside the folder too). No output of a call may be written there."""
     paths = [settings.model, *settings.learned.paths, *settings.residual.paths, settings.atlas.path]
+    return [Path(p) for p in paths if p is not None]
+
+
+def _parts_stamp(settings: CompletionSettings) -> str:
+    """The modification times of the model parts the settings name (empty without any): the model
+    folder's files and its atlas set (``MODEL/atlas``, every file below it), the given files, and
+    every file below a given atlas folder."""
+    from SkullVAELib.bundle.folder import ATLAS_FOLDER
+
     files = []
-    for path in (Path(p) for p in paths if p is not None):
-        files += [path] if path.is_file() else sorted(f for f in path.glob("*") if f.is_file()) if path.is_dir() else []
-    return "".join(f"|{f}:{f.stat().st_mtime_ns}" for f in files)
+    for path in model_parts(settings):
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            atlas = path / ATLAS_FOLDER if path == settings.model else path
+            below = sorted(f for f in atlas.rglob("*") if f.is_file()) if atlas.is_dir() else []
+            files += [*sorted(f for f in path.glob("*") if f.is_file()), *below]
+    return "".join(f"|{f}:{f.stat().st_mtime_ns}" for f in dict.fromkeys(files))
+
+
+# the extensions a γ sweep keeps at the end of a name (the longest first: .seg.nrrd before .nrrd)
+_NAMED_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".stl", ".png")
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """("a.v1", ".seg.nrrd") for "a.v1.seg.nrrd": a known extension, else all from the first dot."""
+    for ext in _NAMED_EXTENSIONS:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[len(name) - len(ext) :]
+    return (name[: name.index(".")], name[name.index(".") :]) if "." in name else (name, "")
 
 
 def sweep_path(output: Path, gamma: float, suffix: str | None = None) -> Path:
-    """result.seg.nrrd -> result_g0.50.seg.nrrd (``suffix`` replaces the extension)."""
-    name = output.name
-    stem, ext = (name[: name.index(".")], name[name.index(".") :]) if "." in name else (name, "")
+    """result.seg.nrrd -> result_g0.50.seg.nrrd (``suffix`` replaces the extension); a dotted name
+    keeps its dots: a.v1.seg.nrrd -> a.v1_g0.50.seg.nrrd."""
+    stem, ext = _split_extension(output.name)
     return output.with_name(f"{stem}_g{gamma:.2f}{ext if suffix is None else suffix}")
 
 
 def set_threads(n: int | None) -> None:
-    """CPU threads of torch, ITK and the BLAS/OpenMP pools under NumPy and SciPy (None: leave the
-    defaults); at most the CPU count. Batch workers call it with their share of the cores: a BLAS
-    pool of every core in each worker would oversubscribe them (the rim fit's spline solves)."""
-    if n is None:
+    """CPU threads of torch, ITK and the BLAS/OpenMP pools under NumPy and SciPy (None or 0: leave the
+    libraries' defaults, as ``--threads 0`` says); at most the CPU count. Batch workers call it with their
+    share of the cores: a BLAS pool of every core in each worker would oversubscribe them (the rim fit's
+    spline solves)."""
+    if n is None or n == 0:
         return
     if n < 1:
         raise SkullVAEError(f"--threads must be >= 1, got {n}")
@@ -112,32 +140,53 @@ def set_threads(n: int | None) -> None:
         os.environ["OMP_NUM_THREADS"] = str(n)
 
 
-def _plan_outputs(input, model, output: Path, gammas, options: OutputOptions):
-    """Every file the call will write, checked before any work (outputs.OutputPlan)."""
-    from SkullVAELib.io.outputs import (
-        PNG_EXTENSIONS,
-        SEGMENTATION_EXTENSIONS,
-        STL_EXTENSIONS,
-        VOLUME_EXTENSIONS,
-        OutputPlan,
-    )
+def planned_outputs(output: Path, gammas: Sequence[float], options: OutputOptions) -> list[tuple[Path, str, tuple]]:
+    """Every file one completion of ``output`` writes besides its run manifests, as (path, the option
+    that names it, its allowed extensions): per γ of a sweep, and the sweep's montage."""
+    from SkullVAELib.io.outputs import PNG_EXTENSIONS, SEGMENTATION_EXTENSIONS, STL_EXTENSIONS, VOLUME_EXTENSIONS
 
-    plan = OutputPlan(inputs=[input], protected=[model] if model is not None else [])
+    planned = []
     sweep = len(gammas) > 1
     for gamma in gammas:
         pick = (lambda p, g=gamma: sweep_path(Path(p), g)) if sweep else Path
-        plan.add(pick(output), "--output", SEGMENTATION_EXTENSIONS)
+        planned.append((pick(output), "--output", SEGMENTATION_EXTENSIONS))
         if options.implant_stl:
-            plan.add(pick(options.implant_stl), "--implant-stl", STL_EXTENSIONS)
+            planned.append((pick(options.implant_stl), "--implant-stl", STL_EXTENSIONS))
         if options.uncertainty:
-            plan.add(pick(options.uncertainty), "--uncertainty", VOLUME_EXTENSIONS)
+            planned.append((pick(options.uncertainty), "--uncertainty", VOLUME_EXTENSIONS))
     if sweep:
-        plan.add(_montage_path(output), "the γ-sweep montage", PNG_EXTENSIONS)
+        planned.append((_montage_path(output), "the γ-sweep montage", PNG_EXTENSIONS))
+    return planned
+
+
+def refuse_model_parts(path: Path, option: str, settings: CompletionSettings) -> None:
+    """SkullVAEError when ``path`` lies in the model folder or an atlas folder, or is a refiner or
+    residual file (by a link too), of ``settings`` (:func:`model_parts`): a trained model is never written over."""
+    resolved = path.resolve()
+    for part in model_parts(settings):
+        found = part.resolve()
+        if part.is_dir() and (resolved == found or found in resolved.parents):
+            kind = "model folder" if part == settings.model else "atlas folder"
+            raise SkullVAEError(f"{option} lies inside the {kind} {part}; refusing to write there", path)
+        if part.is_file() and (resolved == found or (path.exists() and os.path.samefile(path, part))):
+            raise SkullVAEError(f"{option} is the model file {part}; refusing to overwrite it", path)
+
+
+def _plan_outputs(input, settings: CompletionSettings, output: Path, gammas, options: OutputOptions):
+    """Every file the call will write, checked before any work (outputs.OutputPlan); none may be an
+    input or lie in a model part (:func:`model_parts`: --model, --atlas, --refiner, --residual)."""
+    from SkullVAELib.io.outputs import OutputPlan
+
+    plan = OutputPlan(inputs=[input], protected=[settings.model] if settings.model is not None else [])
+    for path, option, extensions in planned_outputs(output, gammas, options):
+        plan.add(path, option, extensions)  # the name's format, the inputs, the model folder, ...
+        refuse_model_parts(path, option, settings)  # ... and the parts given outside it
     return plan
 
 
 def _montage_path(output: Path) -> Path:
-    return output.with_name(output.name.split(".")[0] + "_gamma_sweep.png")
+    """result.seg.nrrd -> result_gamma_sweep.png (a dotted name keeps its dots: a.v1_gamma_sweep.png)."""
+    return output.with_name(_split_extension(output.name)[0] + "_gamma_sweep.png")
 
 
 def _write_one(skull, result, output: Path, options: OutputOptions, stl, unc, timings, warnings, tx):
@@ -212,7 +261,7 @@ def complete_files(
     if output.is_dir():
         raise SkullVAEError("--output is a folder; give a file name like result.seg.nrrd", output)
     read_information(input)  # a readable image, before any model loads
-    plan = _plan_outputs(input, settings.model, output, gammas, options)
+    plan = _plan_outputs(input, settings, output, gammas, options)
     set_threads(threads)
     progress = progress or no_progress
     if completer is None:

@@ -22,22 +22,34 @@ from SkullVAELib.workflows.batch_pool import (
     complete_case,
     complete_in_workers,
 )
-from SkullVAELib.workflows.complete import CompletedFiles, OutputOptions, complete_files, set_threads, warm_completer
+from SkullVAELib.workflows.complete import (
+    CompletedFiles,
+    OutputOptions,
+    complete_files,
+    planned_outputs,
+    set_threads,
+    warm_completer,
+)
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 
 def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The input files: the given files, or the image files of one given folder (sorted)."""
+    """The input files: the given files, or the image files of one given folder (sorted); two inputs of
+    one case name (``case.nrrd``, ``case.nii.gz``: their results would be one file) are refused."""
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
         found = sorted(p for p in paths[0].iterdir() if p.is_file() and split_case_name(p.name) is not None)
         if not found:
             raise SkullVAEError("no image files (.nrrd, .nii.gz, .nii, .mha, .mhd) in this folder", paths[0])
-        return found
-    names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        raise SkullVAEError("two inputs have the same file name; their results would collide", paths[0])
+        paths = found
+    seen: dict[str, Path] = {}
+    for path in paths:  # the results are named by case: one name, one result
+        other = seen.setdefault(case_stem(path), path)
+        if other is not path:
+            raise SkullVAEError(
+                f"{other} and {path} have the same case name {case_stem(path)!r}; their results would collide"
+            )
     return paths
 
 
@@ -89,6 +101,7 @@ def complete_batch(
     start = time.perf_counter()
     progress = progress or no_progress
     tasks = [_case_task(n, path, output, options) for n, path in enumerate(inputs)]
+    check_batch_outputs(tasks, gammas)
     arguments = CaseArguments(settings, tuple(gammas), input_kind, hu_threshold)
     jobs = batch_jobs(jobs, inputs)
     if jobs > 1:
@@ -118,6 +131,35 @@ def _case_task(index: int, path: Path, output: Path, options: OutputOptions) -> 
         uncertainty=options.uncertainty / f"{stem}.nrrd" if options.uncertainty else None,
     )
     return CaseTask(index, path, output / f"{stem}{SEGMENTATION_SUFFIX}", case_options)
+
+
+def check_batch_outputs(tasks: Sequence[CaseTask], gammas: Sequence[float]) -> None:
+    """Before any work: SkullVAEError naming the files when two cases of the batch would write the same
+    file (γ-sweep results and montages included), or a case would write over any input of the batch
+    (by its path or a link to it; the batch has no --overwrite: an input is never replaced)."""
+    inputs = {task.input.resolve(): task.input for task in tasks}
+    by_identity = {identity: task.input for task in tasks if (identity := _identity(task.input)) is not None}
+    writers: dict[Path, CaseTask] = {}
+    for task in tasks:
+        for path, option, _ in planned_outputs(task.output, gammas, task.options):
+            resolved = path.resolve()
+            clash = inputs.get(resolved) or by_identity.get(_identity(path))
+            if clash is not None:
+                raise SkullVAEError(
+                    f"{option} of {task.input.name} would write over the input {clash}; refusing to overwrite it", path
+                )
+            other = writers.setdefault(resolved, task)
+            if other is not task:
+                raise SkullVAEError(f"{other.input} and {task.input} would both write {path}; rename one of them")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file (links followed), else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _complete_in_turn(

@@ -269,3 +269,44 @@ def test_model_by_installed_name(setup, capsys, tmp_path, monkeypatch):
         capsys, "--model", "no-such-model", "--input", root / "defective.nrrd", "--output", tmp_path / "m.seg.nrrd"
     )
     assert code == 2 and "no-such-model" in err and "not installed" in err
+
+
+def test_no_output_is_written_into_a_model_part_given_outside_the_model(setup, capsys, tmp_path):
+    """--atlas, --refiner and --residual are model parts as much as --model: an output there is refused
+    (an atlas member was once overwritten by --uncertainty)."""
+    root, _ = setup
+    atlas = tmp_path / "ATL"
+    atlas.mkdir()
+    (atlas / "atlas.json").write_text('{"cases": []}')
+    (atlas / "000.nrrd").write_bytes((root / "defective.nrrd").read_bytes())
+    member = (atlas / "000.nrrd").read_bytes()
+    residual = tmp_path / "residual.stl"  # a model file whatever its name
+    residual.write_bytes(b"weights")
+    base = ["--model", root / "model", "--input", root / "defective.nrrd", "--sources", "rimfit", "--progress", "none"]
+    cases = [
+        (["--atlas", atlas, "--output", tmp_path / "r.seg.nrrd", "--uncertainty", atlas / "000.nrrd", "--samples", "2"],
+         f"--uncertainty lies inside the atlas folder {atlas}"),
+        (["--atlas", atlas, "--output", atlas / "r.seg.nrrd"], "--output lies inside the atlas folder"),
+        (["--residual", residual, "--output", tmp_path / "r.seg.nrrd", "--implant-stl", residual],
+         f"--implant-stl is the model file {residual}"),
+    ]  # fmt: skip
+    for extra, needle in cases:
+        code, _, err = _run(capsys, *base, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert (atlas / "000.nrrd").read_bytes() == member and residual.read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ATL", "residual.stl"]  # nothing written
+    assert sorted(p.name for p in atlas.iterdir()) == ["000.nrrd", "atlas.json"]
+
+
+def test_samples_alone_and_a_missing_model_name_the_flags_given(setup, capsys, tmp_path):
+    """--samples without --uncertainty would sample and write nothing of it: refused; the error for a
+    missing model names the flag the user gave, not one they did not."""
+    root, _ = setup
+    base = ["--input", root / "defective.nrrd", "--output", tmp_path / "r.seg.nrrd", "--progress", "none"]
+    code, _, err = _run(capsys, "--model", root / "model", *base, "--samples", "2")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--samples" in err and "--uncertainty" in err, err
+    code, _, err = _run(capsys, *base, "--uncertainty", tmp_path / "u.nrrd")
+    assert code == 2 and "--uncertainty needs a trained model (--model)" in err and "--raw" not in err, err
+    code, _, err = _run(capsys, *base, "--raw")
+    assert code == 2 and "--raw needs a trained model (--model)" in err and "--uncertainty" not in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -48,7 +48,7 @@ def test_a_batch_into_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "out.seg.nrrd").write_bytes(b"x")
     argv = ["complete", "--input", str(tmp_path / "a.nrrd"), str(tmp_path / "a.nrrd"), "--output", str(tmp_path / "x")]
     assert main([*argv, "--progress", "none"]) == 2
-    assert "same file name" in capsys.readouterr().err
+    assert "same case name" in capsys.readouterr().err
 
 
 def test_a_completion_names_its_run_and_a_mixed_pair_is_refused(tmp_path, capsys):
@@ -147,3 +147,61 @@ def test_a_rim_fit_batch_never_imports_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split()[-2:] == ["0", "False"]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.seg.nrrd")) == ["case1.seg.nrrd", "case2.seg.nrrd"]
+
+
+def _small_case(path: Path, seed: int = 1) -> Path:
+    defective, _ = cranial_defect(make_phantom(seed, (48, 48, 40), (3.2, 3.2, 3.2)), seed)
+    write_mask(defective, path)
+    return path
+
+
+def test_batch_results_that_would_collide_are_refused_before_any_work(tmp_path, capsys):
+    """case.nrrd beside case.nii.gz (one result name), and x.nrrd beside x.seg.nrrd with --output the
+    input folder (x.nrrd's result is the input x.seg.nrrd): one line naming the files, exit 2, nothing written."""
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.pipeline.settings import CompletionSettings
+    from SkullVAELib.workflows.complete_batch import complete_batch
+
+    same = tmp_path / "same"
+    same.mkdir()
+    _small_case(same / "case.nrrd")
+    _small_case(same / "case.nii.gz", 2)
+    argv = ["complete", "--input", str(same), "--output", str(tmp_path / "out"), "--progress", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case.nrrd" in err[0] and "case.nii.gz" in err[0] and "same case name" in err[0]
+    assert not (tmp_path / "out").exists()
+    here = tmp_path / "here"
+    here.mkdir()
+    _small_case(here / "x.nrrd")
+    _small_case(here / "x.seg.nrrd", 2)
+    before = (here / "x.seg.nrrd").read_bytes()
+    for jobs in ("1", "2"):
+        argv = ["complete", "--input", str(here), "--output", str(here), "--jobs", jobs, "--progress", "none"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "x.nrrd would write over the input" in err[0] and "x.seg.nrrd" in err[0], err
+    assert (here / "x.seg.nrrd").read_bytes() == before
+    assert sorted(p.name for p in here.iterdir()) == ["x.nrrd", "x.seg.nrrd"]
+    elsewhere = [tmp_path / "a" / "case.nrrd", tmp_path / "b" / "case.nrrd"]  # the library, without batch_inputs
+    for path in elsewhere:
+        path.parent.mkdir()
+        _small_case(path)
+    with pytest.raises(SkullVAEError, match=r"a/case.nrrd and .*b/case.nrrd would both write .*case.seg.nrrd"):
+        complete_batch(CompletionSettings(), elsewhere, tmp_path / "out2", jobs=1)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_dotted_case_names_get_their_own_sweep_files(tmp_path, capsys):
+    """a.v1.nrrd and a.v2.nrrd: each case's γ-sweep results and montage keep the whole case name (the
+    montages were both a_gamma_sweep.png, the second written over the first)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _small_case(inputs / "a.v1.nrrd")
+    _small_case(inputs / "a.v2.nrrd", 2)
+    argv = ["complete", "--input", str(inputs), "--output", str(tmp_path / "out"), "--gamma", "0.5,1"]
+    assert main([*argv, "--jobs", "1", "--no-mirror", "--progress", "none"]) == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.endswith(".run.json"))
+    assert names == [
+        f"a.{v}{suffix}" for v in ("v1", "v2") for suffix in ("_g0.50.seg.nrrd", "_g1.00.seg.nrrd", "_gamma_sweep.png")
+    ]

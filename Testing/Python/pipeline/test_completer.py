@@ -262,3 +262,50 @@ def test_a_facial_implant_in_the_band_is_not_flagged(own_registry, monkeypatch, 
     done = Completer(CompletionSettings(defect="facial", sources=("stamp",))).complete(defective)
     assert done.source == "stamp" and done.quality == band.score
     assert not done.record()["implant_review"] and not any(w.startswith("check this") for w in done.warnings)
+
+
+def test_auto_asks_the_models_classifier_whatever_the_gammas(monkeypatch, tiny_model, facial_case):
+    """No enclosed vault hole and a model: the classifier decides (it sees "auto"), the same for γ = 1
+    alone as for a sweep 0, 1 (the decision was once "cranial" at 1.0 without classifying at γ ≠ 0)."""
+    import SkullVAELib.vae.completion as vae_completion
+
+    seen = []
+    real = vae_completion.choose_defect
+
+    def classify(bundle, mu, cfg):
+        seen.append(cfg.defect)
+        return ("facial", 0.8, {"cranial": 0.2, "facial": 0.8}) if cfg.defect == "auto" else real(bundle, mu, cfg)
+
+    monkeypatch.setattr(vae_completion, "choose_defect", classify)
+    settings = CompletionSettings(model=tiny_model, sources=("model",), defect="auto", rimfit=NO_MIRROR)
+    for gammas in ([1.0], [0.0, 1.0]):
+        seen.clear()
+        results = Completer(settings).sweep(facial_case[0], gammas)
+        assert seen[0] == "auto", seen
+        for result in results:
+            assert (result.defect, result.confidence) == ("facial", 0.8), (gammas, result.defect_reason)
+            assert result.defect_reason == "facial: the model's classifier"
+
+
+def test_gamma_zero_with_the_model_source_is_the_reconstruction(tiny_model, facial_case):
+    """γ = 0 adds no latent shift: with the model source serving, the result is the reconstruction with an
+    empty implant and a note (a sweep 0, 0.5, 1 and `--raw --gamma 0` once failed: "no source applies")."""
+    import dataclasses
+
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.core.config import CompletionConfig
+    from SkullVAELib.pipeline.completer import RECONSTRUCTION_NOTE
+    from SkullVAELib.vae.completion import complete
+
+    defective = facial_case[0]
+    settings = CompletionSettings(model=tiny_model, sources=("model",), defect="facial", rimfit=NO_MIRROR)
+    zero, half, one = Completer(settings).sweep(defective, [0.0, 0.5, 1.0])
+    assert zero.source == "model" and zero.gamma_used and not zero.implant.mask.any()
+    assert RECONSTRUCTION_NOTE in zero.warnings and "model" not in zero.skipped
+    assert np.array_equal(zero.completed.mask, defective.mask)  # the patient's bone ∪ an empty implant
+    assert RECONSTRUCTION_NOTE not in half.warnings + one.warnings  # γ ≠ 0: the model source proposes
+    raw = dataclasses.replace(settings, vae=dataclasses.replace(settings.vae, keep_patient_bone=False))
+    done = Completer(raw).complete(defective, gamma=0.0)
+    expected = complete(defective, ModelBundle.load(tiny_model), CompletionConfig(gamma=0.0), device="cpu").raw
+    assert done.source == "model" and not done.implant.mask.any()
+    assert np.array_equal(done.completed.mask, expected.mask)  # the model's raw reconstruction

@@ -153,3 +153,46 @@ def test_set_threads_bounds_torch_itk_and_the_blas_pools():
     )  # a child process: the limits are process-wide
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "1", "1", "1"]
+
+
+def test_set_threads_zero_leaves_the_libraries_defaults(monkeypatch):
+    """`--threads 0` (``threads_arg``: 0 = the library's default) is accepted, and changes nothing."""
+    import os
+
+    from SkullVAELib.cli.common import threads_arg
+    from SkullVAELib.workflows.complete import set_threads
+
+    monkeypatch.delenv("SKULLVAE_THREADS", raising=False)
+    before = torch.get_num_threads()
+    assert threads_arg("0") == 0
+    set_threads(0)
+    assert torch.get_num_threads() == before and "SKULLVAE_THREADS" not in os.environ
+    with pytest.raises(SkullVAEError, match="--threads must be >= 1"):
+        set_threads(-1)
+
+
+def test_the_warm_completer_sees_an_atlas_added_or_rebuilt_in_the_model_folder(tiny_model, tmp_path):
+    """MODEL/atlas/ is part of the model: adding it, or rebuilding one of its files in place, loads the
+    model afresh (the worker once kept a Completer that did not know the atlas was there)."""
+    import json
+    import os
+    import shutil
+
+    from SkullVAELib.workflows.complete import warm_completer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    settings = CompletionSettings(model=model)
+    first = warm_completer(settings)
+    assert warm_completer(settings) is first and not first.folder.has_atlas
+    (model / "atlas").mkdir()
+    (model / "atlas" / "atlas.json").write_text(json.dumps({"cases": []}))
+    second = warm_completer(settings)
+    assert second is not first and second.folder.has_atlas
+    member = model / "atlas" / "000.nrrd"
+    member.write_bytes(b"a member")
+    third = warm_completer(settings)
+    assert third is not second
+    stat = member.stat()
+    os.utime(member, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rebuilt in place: a newer file
+    assert warm_completer(settings) is not third

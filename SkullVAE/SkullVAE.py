@@ -281,13 +281,17 @@ class SkullVAETest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.lastResult["implantSource"], "rimfit")
         self.assertGreater(logic.lastResult["implantVolumeMm3"], 0)
         self.assertTrue(results.hasSurface(seg, "Implant"))
-        folder = Path(tempfile.mkdtemp(prefix="SkullVAETest-"))
-        self.assertTrue(os.path.isfile(logic.exportImplantStl(seg, str(folder / "implant.stl"))))
+        with tempfile.TemporaryDirectory(prefix="SkullVAETest-") as folder:  # removed again, STL and all
+            self.assertTrue(os.path.isfile(logic.exportImplantStl(seg, os.path.join(folder, "implant.stl"))))
         logic.cleanup()
         self.assertIsNone(logic.workerPid)
         self.delayDisplay("Test passed")
 
     def test_PhantomWithTinyModel(self):
+        with tempfile.TemporaryDirectory(prefix="SkullVAETest-") as folder:  # the phantom and the model, removed again
+            self._completeWithTinyModel(Path(folder))
+
+    def _completeWithTinyModel(self, folder: Path) -> None:
         import numpy as np
 
         from SkullVAELib.bundle.model_bundle import new_bundle
@@ -296,7 +300,6 @@ class SkullVAETest(ScriptedLoadableModuleTest):
         from SkullVAELib.io.image import write_mask
 
         self.delayDisplay("Making a phantom skull and a tiny model")
-        folder = Path(tempfile.mkdtemp(prefix="SkullVAETest-"))
         phantomPath = folder / "phantom.nrrd"
         write_mask(make_phantom(0, shape=(48, 48, 40), spacing=(3.2, 3.2, 3.2)), phantomPath)
         bundle = new_bundle(network_preset("test"), aggregated=True, seed=0)
@@ -316,5 +319,5 @@ class SkullVAETest(ScriptedLoadableModuleTest):
         self.assertEqual(logic.lastResult["gammaUsed"], logic.lastResult["implantSource"] == "model")
         with self.assertRaises(ValueError):
             logic.process(volume, str(folder / "no such model"))
-        logic.cleanup()
+        logic.cleanup()  # the worker ends before its model's folder goes
         self.delayDisplay("Test passed")

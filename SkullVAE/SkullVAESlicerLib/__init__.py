@@ -1,6 +1,8 @@
 """Helpers of the SkullVAE Slicer module, kept in a package so Slicer does not load them as modules.
 
 - ``nodes``: MRML/vtk node work (no Qt), runs under the slicer-core wheel.
+- ``inputs``: a segmentation input's bone segments and the grid they are written on; ``outputs``: the
+  node a result fills and its place (the input's parent transform, under the input); no Qt.
 - ``process``: the child-process runner (command, progress lines, cancel), no Qt;
   ``runfolders``: its private temporary folders.
 - ``worker``: the warm ``skullvae worker`` child kept alive between runs, no Qt.

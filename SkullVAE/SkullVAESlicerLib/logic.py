@@ -21,7 +21,7 @@ import time
 
 from SkullVAELib.core.config import IMPLANT_SOURCES  # the implant sources' words (torch-free)
 
-from . import nodes, results
+from . import inputs, nodes, outputs, results
 from .models import ModelsLogic
 from .options import DEFECT_TYPES, FINISHING, checkedChoices, checkedOptions, gammaApplies  # noqa: F401  (re-exported)
 from .process import (  # noqa: F401  (SkullVAECancelled, SkullVAETimeout: re-exported API)
@@ -148,6 +148,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         smoothMm: float = 0.0,
         marginMm: float = 0.0,
         minThicknessMm: float = 0.0,
+        segmentIds=None,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
@@ -160,53 +161,54 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
                 or vtkMRMLSegmentationNode.
             modelPath: a model bundle folder (holds config.json) or an installed model's name;
                 None or "": no model (cranial defects: the model-free rim fit).
-            outputSegmentation: node to fill; None creates "<input> completion".
+            outputSegmentation: node to fill; None, or a node holding another input's result, creates
+                "<input> completion" (``outputs.outputFor``). It is placed under the input's parent transform.
             gamma: γ, weight of the class-direction shift (``SkullVAELib.core.config.GAMMA_RANGE``, 0..2).
             defect: "auto", "cranial" or "facial".
             boneThresholdHU: bone threshold for CT input.
             forceCPU: run on CPU even when CUDA is present.
             uncertainty: also load an uncertainty map as a volume.
-            sources: the implant sources to try, in order (the first that applies and proposes
-                bone makes the implant), in the library's words (``skullvae complete --sources``):
-                "residual" (the rim fit corrected by the bundle's cranial U-Net), "rimfit" (fitted
-                to a cranial defect's rim, no model), "learned" (the bundle's
-                facial U-Net), "atlas" (the bundle's atlas skulls), "model" (the latent
+            sources: the implant sources to try, in order (the first that applies and proposes bone makes
+                the implant; ``skullvae complete --sources``): "residual" (the rim fit corrected by the bundle's
+                cranial U-Net), "rimfit" (no model), "learned" (facial U-Net), "atlas", "model" (latent
                 arithmetic, γ). A sequence or one text "rimfit,model".
             mirror: let ``rimfit`` use the skull's mirror image (``--mirror``/``--no-mirror``).
-            selfCheck: try ``rimfit``'s fill on the hole's outline moved over the skull's intact vault and
-                report the DSC it scored there (``--self-check``; about 1.5 s more; the log and
-                :attr:`lastResult`'s ``implant_self_check`` hold it).
+            selfCheck: score ``rimfit``'s fill on the hole's outline moved over the intact vault (``--self-check``;
+                about 1.5 s more; the log and :attr:`lastResult`'s ``implant_self_check`` hold the DSC).
             smoothMm: smooth the implant's surface (Gaussian σ, mm; ``--smooth-mm``).
             marginMm: the gap left between implant and patient bone (mm; ``--margin-mm``).
             minThicknessMm: remove implant parts thinner than this (mm; ``--min-thickness-mm``).
                 Finishing: 0 = off; the library refuses values above its maximum (a ValueError).
-            waitForCompletion: block until done (console, batch); else return at once
-                and call :meth:`poll` from a timer.
+            segmentIds: segmentation input: the skull's segment(s), ids or names; None: the only segment,
+                else the visible ones (the log names those used; ``inputs.boneSegmentIds``).
+            waitForCompletion: block until done (console, batch); else return at once and call :meth:`poll`.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
-            onFinished: ``(segmentationNode or None, error or None)`` when done.
-            timeout: blocking mode only: seconds after which the child is stopped and
-                :class:`SkullVAETimeout` raised (None: no limit; Ctrl-C also stops it).
+            onFinished: ``(segmentationNode or None, error or None)`` when a started run ends; a run that
+                fails to start (bad input, no worker) only raises.
+            timeout: blocking mode: seconds until the child is stopped, :class:`SkullVAETimeout` (None: no limit).
 
         Returns:
             The output segmentation node when ``waitForCompletion``, else None.
 
         Raises:
-            ValueError for bad input (a model folder that is not a bundle, empty segmentation,
-            input neither binary nor CT), SkullVAECancelled, SkullVAETimeout, RuntimeError when
-            the child fails.
-            The scene is left as it was.
+            ValueError for bad input (a model folder that is not a bundle, empty segmentation, input neither
+            binary nor CT), SkullVAECancelled, SkullVAETimeout, RuntimeError when the child fails; the scene
+            is left as it was. :attr:`lastResult` and :attr:`uncertaintyVolume` are None until a run succeeds.
         """
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
+        self.lastResult = self.uncertaintyVolume = None  # nothing of an earlier run stays after this one
         options = checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
         options["choices"] = checkedChoices(sources, mirror, selfCheck, smoothMm=smoothMm, marginMm=marginMm,
                                             minThicknessMm=minThicknessMm)  # fmt: skip
-        run = _Run(inputNode, outputSegmentation, options, onProgress, onFinished)
-        self._run = run
+        options["segmentIds"] = segmentIds  # a segmentation input's bone (inputs.boneSegmentIds)
+        output = outputs.outputFor(inputNode, outputSegmentation, self.log)  # not another input's result
+        self._run = run = _Run(inputNode, output, options, onProgress, onFinished)
         try:
             self._writeInput(run)
             self._start(run)
         except BaseException as exc:
+            run.onFinished = None  # it never started: the exception alone reports it (not a second time)
             self._finish(run, None, exc)
             raise
         return self._waitFor(run, timeout) if waitForCompletion else None
@@ -267,7 +269,10 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         node = run.inputNode
         inputPath = run.tempDir / "input.nrrd"
         if nodes.isSegmentationNode(node):
-            nodes.writeSegmentationAsLabelmap(node, inputPath)
+            ids, run.options["geometry"] = inputs.writeSegmentationAsLabelmap(
+                node, inputPath, run.options["segmentIds"]
+            )
+            self.log(f"Skull: the segment(s) {inputs.segmentNames(node, ids)} of '{node.GetName()}'")
             run.options["inputKind"] = "binary"
         else:
             nodes.writeVolume(node, inputPath)
@@ -336,24 +341,9 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         return message.replace(run.options.get("inputPath", "\0"), f"'{run.inputNode.GetName()}'")
 
     def _loadResult(self, run: _Run, outcome: RunOutcome):
-        scene = run.inputNode.GetScene()
-        nodes.onlyLabelmapOnLoad(run.tempDir / "result.seg.nrrd")  # our temporary: surfaces built by us, lazily
-        output, created = run.outputNode, run.outputNode is None
-        if created:
-            output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{run.inputNode.GetName()} completion")
-        try:  # read into the output itself (an existing output's segments are replaced; no 60 MB copies)
-            nodes.readSegmentationInto(output, run.tempDir / "result.seg.nrrd")
-            results.showResult(output, run.inputNode)
-            nodes.placeUnder(output, run.inputNode)
-            if run.options["uncertainty"]:
-                self.uncertaintyVolume = nodes.readVolume(
-                    scene, run.tempDir / "uncertainty.nrrd", f"{run.inputNode.GetName()} uncertainty"
-                )
-                nodes.placeUnder(self.uncertaintyVolume, run.inputNode)
-        except BaseException:
-            if created:
-                nodes.removeNodes([output])
-            raise
+        output, self.uncertaintyVolume = outputs.loadResult(
+            run.inputNode, run.outputNode, run.tempDir, run.options["uncertainty"], run.options.get("geometry")
+        )
         self.lastResult = results.resultSummary(outcome.result or {}, output, bool(run.options.get("model")))
         for line in results.summaryLines(self.lastResult, run.options["defect"]):
             self.log(line)

@@ -87,38 +87,6 @@ def writeVolume(volumeNode, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def writeSegmentationAsLabelmap(segmentationNode, path: str | os.PathLike) -> str:
-    """Export all segments to one labelmap on the segmentation's reference geometry and write it.
-
-    Every node the export creates (labelmap, its colour table, display nodes) is removed
-    again, so the scene is left as it was. Raises ValueError for a segmentation without
-    segments or with only empty segments.
-    """
-    import slicer
-
-    scene = segmentationNode.GetScene()
-    segmentation = segmentationNode.GetSegmentation()
-    name = segmentationNode.GetName()
-    if segmentation.GetNumberOfSegments() == 0:
-        raise ValueError(f"segmentation '{name}' has no segments; segment the skull first")
-    ids = vtk.vtkStringArray()
-    segmentation.GetSegmentIDs(ids)
-    before = nodeIds(scene)
-    try:
-        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} SkullVAE input")
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentationNode, ids, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
-        )
-        image = labelmap.GetImageData()
-        empty = image is None or image.GetNumberOfPoints() == 0 or image.GetScalarRange()[1] <= 0
-        if not ok or empty:
-            raise ValueError(f"segmentation '{name}' is empty: no voxel belongs to any segment")
-        writeVolume(labelmap, path)
-    finally:
-        removeNodes([scene.GetNodeByID(i) for i in nodeIds(scene) - before])
-    return str(path)
-
-
 def nodeIds(scene) -> set[str]:
     """IDs of all nodes now in ``scene``."""
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
@@ -213,16 +181,23 @@ def loadSegmentationFile(scene, path: str | os.PathLike):
     return segmentation
 
 
-def setReferenceGeometry(segmentationNode, referenceNode) -> None:
-    """Give ``segmentationNode`` the geometry of a volume, or of another segmentation's reference."""
+def setReferenceGeometry(segmentationNode, reference) -> None:
+    """Give ``segmentationNode`` a reference image geometry: a serialized one (text), a volume's own
+    (its IJK-to-RAS and extent, without its parent transform: the output is placed under the same
+    transform), or another segmentation's reference."""
     import slicer
 
-    if isSegmentationNode(referenceNode):
-        name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-        geometry = referenceNode.GetSegmentation().GetConversionParameter(name)
-        segmentationNode.GetSegmentation().SetConversionParameter(name, geometry)
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    if isinstance(reference, str):
+        geometry = reference
+    elif isSegmentationNode(reference):
+        geometry = reference.GetSegmentation().GetConversionParameter(name)
     else:
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceNode)
+        geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(ijkToRas(reference), reference.GetImageData())
+        segmentationNode.SetNodeReferenceID(
+            segmentationNode.GetReferenceImageGeometryReferenceRole(), reference.GetID()
+        )
+    segmentationNode.GetSegmentation().SetConversionParameter(name, geometry)
 
 
 def segmentIsEmpty(segmentationNode, segmentName: str) -> bool:

@@ -44,6 +44,9 @@ TERMINOLOGY = {
     f"~SCT^260787004^Physical object~SCT^40388003^Implant~^^~Anatomic codes - DICOM master list~{_CRANIUM}~^^",
 }
 LABELMAP = "Binary labelmap"
+#: The library's quality bands (``SkullVAELib.pipeline.completer``: ``QUALITY_FLOOR``, ``REVIEW_BELOW``; not
+#: imported: that module imports torch): every implant delivered under 0.5 is flagged, under 0.3 as doubtful.
+DOUBTFUL_BELOW, REVIEW_BELOW = 0.3, 0.5
 CLOSED_SURFACE = "Closed surface"
 
 
@@ -91,15 +94,17 @@ def resultSummary(result: dict, output, hadModel: bool) -> dict:
 
 def qualityText(summary: dict) -> str:
     """The implant-quality score for the panel's volume line ("quality 0.92 (weakest: thickness)": its
-    lowest component in the result's ``implant_quality_parts``; ", check before use" where the result asks
-    for a review, ``implant_review``), or "" when the result has none (quality not computed, an older library)."""
+    lowest component in the result's ``implant_quality_parts``; ", check before use" under
+    :data:`REVIEW_BELOW` or where the result asks for a review, ``implant_review``; ", doubtful, check before
+    use" under :data:`DOUBTFUL_BELOW`), or "" when the result has none (quality not computed, an older library)."""
     score = summary.get("implant_quality")
     if score is None:
         return ""
     components = (summary.get("implant_quality_parts") or {}).get("components") or {}
     components = {name: value for name, value in components.items() if value is not None}
     weakest = f" (weakest: {min(components, key=components.get)})" if components else ""
-    review = ", check before use" if summary.get("implant_review") else ""
+    review = ", check before use" if score < REVIEW_BELOW or summary.get("implant_review") else ""
+    review = ", doubtful, check before use" if score < DOUBTFUL_BELOW else review
     return f"quality {score:.2f}{weakest}{review}"
 
 
@@ -203,7 +208,8 @@ def showResult(outputNode, referenceNode) -> None:
 
     Args:
         outputNode: vtkMRMLSegmentationNode holding the segments of a result file.
-        referenceNode: the input node, whose geometry the output takes.
+        referenceNode: the input node, whose own geometry (no parent transform) the output takes, or a
+            serialized reference image geometry (:func:`nodes.setReferenceGeometry`).
     """
     segmentation = outputNode.GetSegmentation()
     splitResult(segmentation)

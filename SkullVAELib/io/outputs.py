@@ -56,7 +56,8 @@ def has_extension(path: str | os.PathLike, extensions: Iterable[str]) -> bool:
     return any(name.endswith(ext) and len(name) > len(ext) for ext in extensions)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file (links followed), else None: two names of one file share it."""
     try:
         st = os.stat(path)
     except OSError:
@@ -95,7 +96,7 @@ class OutputPlan:
         self.max_new_folders = max_new_folders
         self.outputs: list[_Output] = []
         self.manifests: list[Path] = []
-        self._input_ids = {i for i in map(_identity, self.inputs) if i is not None}
+        self._input_ids = {i for i in map(file_identity, self.inputs) if i is not None}
         self._input_paths = {p.resolve() for p in self.inputs}
 
     def add(self, path: str | os.PathLike, option: str, extensions: Iterable[str] | None = None) -> Path:
@@ -107,14 +108,14 @@ class OutputPlan:
         if final.is_dir():
             raise SkullVAEError(f"{option} is a folder; give a file name", final)
         resolved = final.resolve()
-        identity = _identity(final)
+        identity = file_identity(final)
         if resolved in self._input_paths or (identity is not None and identity in self._input_ids):
             raise SkullVAEError(f"{option} is an input of this command; refusing to overwrite it", final)
         for folder in self.protected:
             if resolved == folder or folder in resolved.parents:
                 raise SkullVAEError(f"{option} lies inside the model folder {folder}; refusing to write there", final)
         for other in self.outputs:
-            if other.resolved == resolved or (identity is not None and identity == _identity(other.final)):
+            if other.resolved == resolved or (identity is not None and identity == file_identity(other.final)):
                 raise SkullVAEError(f"{option} and {other.option} name the same file", final)
         if not self.overwrite and (final.exists() or final.is_symlink()):
             raise SkullVAEError("already exists; give --overwrite to replace it", final)

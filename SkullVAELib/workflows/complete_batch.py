@@ -13,6 +13,7 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.data.layout import split_case_name
+from SkullVAELib.io.outputs import file_identity
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.batch_pool import (
     CaseArguments,
@@ -138,12 +139,12 @@ def check_batch_outputs(tasks: Sequence[CaseTask], gammas: Sequence[float]) -> N
     file (γ-sweep results and montages included), or a case would write over any input of the batch
     (by its path or a link to it; the batch has no --overwrite: an input is never replaced)."""
     inputs = {task.input.resolve(): task.input for task in tasks}
-    by_identity = {identity: task.input for task in tasks if (identity := _identity(task.input)) is not None}
+    by_identity = {identity: task.input for task in tasks if (identity := file_identity(task.input)) is not None}
     writers: dict[Path, CaseTask] = {}
     for task in tasks:
         for path, option, _ in planned_outputs(task.output, gammas, task.options):
             resolved = path.resolve()
-            clash = inputs.get(resolved) or by_identity.get(_identity(path))
+            clash = inputs.get(resolved) or by_identity.get(file_identity(path))
             if clash is not None:
                 raise SkullVAEError(
                     f"{option} of {task.input.name} would write over the input {clash}; refusing to overwrite it", path
@@ -151,15 +152,6 @@ def check_batch_outputs(tasks: Sequence[CaseTask], gammas: Sequence[float]) -> N
             other = writers.setdefault(resolved, task)
             if other is not task:
                 raise SkullVAEError(f"{other.input} and {task.input} would both write {path}; rename one of them")
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of an existing file (links followed), else None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 def _complete_in_turn(

@@ -267,7 +267,11 @@ def _explain(score: float, components: dict, measures: dict) -> str:
 
 
 def implant_quality(
-    skull: SkullImage, implant: np.ndarray, cfg: QualityConfig | None = None, centre: np.ndarray | None = None
+    skull: SkullImage,
+    implant: np.ndarray,
+    cfg: QualityConfig | None = None,
+    centre: np.ndarray | None = None,
+    rim: RimFitConfig | None = None,
 ) -> ImplantQuality:
     """The rim agreement of ``implant`` (bool (I, J, K) on ``skull``'s grid) with ``skull``'s bone.
 
@@ -275,6 +279,8 @@ def implant_quality(
         skull: the defective skull (never modified).
         implant: any source's implant; voxels on the patient's bone are ignored.
         centre: ray centre (LPS mm); default :func:`raycast.cranial_centre`.
+        rim: the rim fit's settings that say what a hole is (the smallest hole, the scan edge's margins, the
+            far-gap rule, the pole clearance, a second defect's share); default the rim fit's defaults.
     """
     cfg = cfg or QualityConfig()
     box, crop = _bone_free_box(skull, implant)  # the implant's box only: no whole-scan copies
@@ -282,7 +288,7 @@ def implant_quality(
     if volume < MIN_IMPLANT_MM3:
         return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": volume}, f"empty implant ({volume:.0f} mm³)")
     centre = raycast.cranial_centre(skull) if centre is None else np.asarray(centre, dtype=np.float64)
-    rim = RimFitConfig()
+    rim = rim or RimFitConfig()
     # the rim fit's holes in its frame: near a pole the grid's cells are no neighbourhoods on the sphere, and the
     # rim read there is off (SkullFix 057 pitched 20° chin-up scored 0.33 at DSC 0.97); a small gap far from the
     # defect is thin bone, not a hole to cover, for every source as for the rim fit (``count_far_gaps``)

@@ -188,7 +188,7 @@ class Completer:
                 from SkullVAELib.implant.quality import implant_quality
 
                 with context.timed("quality"):
-                    quality = implant_quality(context.skull, implant)
+                    quality = implant_quality(context.skull, implant, rim=self.settings.rimfit.config)
             context.cache[key] = (proposal, implant, quality)
         return context.cache[key]
 

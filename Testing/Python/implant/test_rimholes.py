@@ -100,6 +100,8 @@ def test_a_small_far_gap_is_no_hole_to_cover_for_the_rim_fit_nor_the_quality_sco
     counted = implant_quality(defective, truth, QualityConfig(count_far_gaps=True), centre=CENTRE)
     assert 0.9 < counted.measures["coverage"] < 1.0
     assert counted.score < quality.score
+    no_rule = implant_quality(defective, truth, centre=CENTRE, rim=RimFitConfig(far_hole_share=0.0))  # the user's rule
+    assert no_rule.measures["coverage"] == pytest.approx(counted.measures["coverage"])
 
 
 @pytest.fixture(scope="module")

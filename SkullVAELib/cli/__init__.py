@@ -98,7 +98,10 @@ def _add_limit_args(parser: argparse.ArgumentParser) -> None:
         type=_positive_number,
         default=None,
         metavar="GB",
-        help=f"largest estimated memory of one volume, model or cache (default 4, or ${LIMIT_ENV['max_memory_gb']})",
+        help=(
+            "largest estimated memory of one volume, model, or model-grid volume of a training cache (the cache as a "
+            f"whole is not limited) (default 4, or ${LIMIT_ENV['max_memory_gb']})"
+        ),
     )
 
 

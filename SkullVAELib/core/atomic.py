@@ -89,10 +89,14 @@ def create_temporary(final: Path, suffix: str = "", folder: bool = False) -> tup
     """A new locked temporary next to ``final`` (a file ``.NAME.XXXXXXXX.tmpSUFFIX``, or with
     ``folder`` a folder ``.NAME.XXXXXXXX.tmpdir``), after removing stale ones of ``final``.
 
+    ``suffix`` is lower-cased (``.MHA`` -> ``.mha``), so a writer that picks its format by a
+    case-sensitive extension writes the format the final name says.
+
     Returns ``(path, fd)``; the temporary counts as live until ``fd`` is closed. One-line
     SkullVAEError when the folder cannot be written.
     """
     make_parent(final)
+    suffix = suffix.lower()  # ITK picks its writer by a case-sensitive extension: ".MHA" would write .mhd + .zraw
     with folder_lock(final.parent):
         _remove_stale(final.parent, final.name)
         try:
@@ -232,8 +236,8 @@ def make_parent(final: Path) -> None:
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; on success rename it over ``final``.
 
-    The temporary name keeps the final file's extension(s) (``suffix``, default taken
-    from ``final``) so that writers that pick a format by extension (SimpleITK, VTK)
+    The temporary name keeps the final file's extension(s) in lower case (``suffix``, default
+    taken from ``final``) so that writers that pick a format by extension (SimpleITK, VTK)
     still work. On any exception the temporary file is removed and ``final`` is untouched;
     inside one of our temporary folders (:func:`make_temporary_folder`) ``final`` is written directly;
     an OSError (read-only folder, disk full, ...) becomes a one-line SkullVAEError naming

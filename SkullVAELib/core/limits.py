@@ -8,7 +8,9 @@ Defaults (documented in the README, "Reliability"):
 
 - ``max_voxels`` = 1024³ voxels per volume;
 - ``max_memory_gb`` = 4 GB of estimated memory per volume read and completed, per model
-  (parameters + one forward pass) and per training cache.
+  (parameters + one forward pass) and per model-grid volume of a training cache. The cache as a
+  whole (N float16 volumes) is not held to it: training needs all of it, and SkullFix's 240 cases
+  at 256×256×128 take 4.03 GB, just over the default (``data.dataset.build_cache``).
 
 Small files (JSON of models, registries, caches) are read through :func:`read_regular_bytes`:
 regular files only, opened without blocking (a FIFO named ``completion.json`` would otherwise

@@ -11,6 +11,11 @@ from SkullVAELib.core.errors import SkullVAEError
 MAX_IDS = 100_000  # case ids in one list: data sets hold hundreds
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²" (which ``int`` refuses) and "٣" (Arabic-Indic)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
     """Case ids from "064-079", "000,003,010-012", a file with one id (or range) per line,
     or a list of such; None stays None. Order kept, duplicates dropped.
@@ -29,8 +34,10 @@ def parse_id_spec(spec: str | Sequence[str] | None) -> list[str] | None:
             item = item.strip()
             if not item:
                 continue
+            if any(c.isdigit() and not c.isascii() for c in item):
+                raise SkullVAEError(f"case id {item!r} holds a digit that is not 0-9; write ids with ASCII digits")
             lo, sep, hi = item.partition("-")
-            if sep and lo.isdigit() and hi.isdigit():
+            if sep and _is_number(lo) and _is_number(hi):
                 if int(hi) < int(lo):
                     raise SkullVAEError(f"id range {item!r} runs backwards")
                 if int(hi) - int(lo) + 1 + len(ids) > MAX_IDS:  # counted before anything is expanded
@@ -53,7 +60,7 @@ def format_id_spec(ids: Iterable[str], most: int | None = None) -> str:
     "and N more".
     """
     unique = set(ids)
-    numeric = sorted((i for i in unique if i.isdigit()), key=lambda i: (int(i), i))
+    numeric = sorted((i for i in unique if _is_number(i)), key=lambda i: (int(i), i))
     parts: list[str] = []
     start = prev = None
     for i in numeric:
@@ -65,7 +72,7 @@ def format_id_spec(ids: Iterable[str], most: int | None = None) -> str:
         start = prev = i
     if start is not None:
         parts.append(start if start == prev else f"{start}-{prev}")
-    other = sorted(i for i in unique if not i.isdigit())
+    other = sorted(i for i in unique if not _is_number(i))
     if most is not None and len(other) > most:
         other = [*other[:most], f"and {len(other) - most} more"]
     return ", ".join(parts + other)

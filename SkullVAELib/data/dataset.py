@@ -268,8 +268,9 @@ def build_cache(
     progress = progress or no_progress
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     n = len(cases)
-    # One model-grid volume must fit the limits (a 2048³ grid is refused before anything is allocated);
-    # the whole cache (N float16 volumes, 4 GB for SkullFix's 240 at 256×256×128) is what training needs.
+    # One model-grid volume must fit the limits (a 2048³ grid is refused before anything is allocated).
+    # Deliberately not the whole cache (N float16 volumes): training needs all of it, and SkullFix's 240
+    # at 256×256×128 take 4.03 GB, over the default 4 GB limit, which would refuse the paper's own data.
     check_volume(grid, 2, what="model-grid volume")
 
     hashes = []

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from SkullVAELib.core.atomic import atomic_path, is_temporary_name, make_temporary_folder, write_error
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.inputs import read_information
+from SkullVAELib.io.outputs import has_extension
 
 
 @dataclass(eq=False)
@@ -307,17 +308,29 @@ def write_itk_nrrd(img: sitk.Image, path: str | Path, compression_level: int = -
     _patch_nrrd_space_directions(Path(path), img)
 
 
+def _write_mhd(img: sitk.Image, path: Path, folder: Path, compress: bool) -> Path:
+    """Write header + data file into ``folder``; the header is ``folder / path.name``. ITK's MetaImage
+    writer wants a lower-case ``.mhd`` (``X.MHD`` would become ``X.mhd``): written so, then renamed."""
+    header = folder / (path.name[:-4] + ".mhd")
+    sitk.WriteImage(img, str(header), compress)
+    if header.name != path.name:
+        os.replace(header, folder / path.name)
+    return folder / path.name
+
+
 def _write_itk(img: sitk.Image, path: str | Path, compress: bool) -> None:
-    """Write atomically; .mhd (header + data file) goes through a temporary folder."""
+    """Write atomically; .mhd (header + data file) goes through a temporary folder. Temporary names
+    carry the extension in lower case (see ``create_temporary``), so ``X.MHA`` is a real MetaImage."""
     path = Path(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not has_extension(path, (".nii", ".nii.gz")):
+        raise SkullVAEError("cannot write: NIfTI names end in .nii(.gz) or .NII(.GZ), never mixed case", path)
     try:
         if path.suffix.lower() == ".mhd" and is_temporary_name(path.parent.name, folder=True):
-            sitk.WriteImage(img, str(path), compress)  # already in a locked temporary folder (outputs.py)
+            _write_mhd(img, path, path.parent, compress)  # already in a locked temporary folder (outputs.py)
         elif path.suffix.lower() == ".mhd":
             tmp_dir, fd = make_temporary_folder(path)
             try:
-                sitk.WriteImage(img, str(tmp_dir / path.name), compress)
-                header = tmp_dir / path.name
+                header = _write_mhd(img, path, tmp_dir, compress)
                 for part in sorted(tmp_dir.iterdir(), key=lambda p: p == header):  # data first, header last
                     os.replace(part, path.parent / part.name)
             except OSError as exc:

@@ -8,7 +8,8 @@
   when gzipped, a complete gzip stream: ITK silently reads a truncated NIfTI as a half-empty
   volume (NRRD and MetaImage readers already fail on truncation). Hand-written with the
   standard library's gzip because ITK offers no such check; it reads at most what the
-  header declares plus a small slack.
+  header declares plus a small slack. The other names ITK's NIfTI reader takes (the two-file
+  Analyze/NIfTI pair ``.hdr`` + ``.img``, ASCII ``.nia``) are refused: they would skip these checks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from SkullVAELib.io.headers import check_geometry, header_warnings, nifti_vox_of
 IMAGE_HINT = "(.nrrd, .nii, .nii.gz, .mha, .mhd)"
 _CHUNK = 1 << 20
 _NIFTI_SLACK = 1 << 20  # bytes tolerated after the declared voxels (padding, vendor extras)
+_NIFTI_OTHER = (".hdr", ".img", ".hdr.gz", ".img.gz", ".nia")  # ITK's NIfTI reader takes these too
 _VERIFIED: set[tuple] = set()  # NIfTI files found complete (path, device, inode, size, mtime, bytes)
 
 
@@ -76,7 +78,8 @@ def nrrd_data_files(header: Path) -> list[Path]:
     except OSError as exc:
         raise SkullVAEError(f"cannot read file: {exc.strerror}", header) from None
     head = text.split(b"\n\n", 1)[0]
-    match = re.search(rb"^data ?file:\s*(.+?)\s*$", head, re.MULTILINE)
+    # teem matches field names in any case ("DATA FILE:", "Data File:"), as the reader must
+    match = re.search(rb"^[ \t]*data ?file[ \t]*:\s*(.+?)\s*$", head, re.MULTILINE | re.IGNORECASE)
     if match is None:
         return []
     name = match.group(1).decode("utf-8", "replace")
@@ -119,10 +122,17 @@ def read_information(
     appended to ``warnings`` when a list is given.
     """
     path = Path(path)
+    name = path.name.lower()
+    if name.endswith(_NIFTI_OTHER):  # ITK reads them without the .nii checks (a truncated .img reads half empty)
+        raise SkullVAEError(
+            "Analyze/NIfTI pairs (.hdr + .img) and ASCII NIfTI (.nia) are not supported; convert it to .nii.gz", path
+        )
     data_files(path)
     assumed = header_warnings(path)  # the raw fields, before ITK repairs them
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    if name.endswith((".mha", ".mhd")):
+        reader.SetImageIO("MetaImageIO")  # ITK finds it by a case-sensitive extension: not for "X.MHA"
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
@@ -148,7 +158,6 @@ def read_information(
         warnings.extend(w for w in assumed if w not in warnings)
     voxel_bytes = pixel_bytes(reader)
     check_volume(size, voxel_bytes, path, what="image")
-    name = path.name.lower()
     if verify_voxels and (name.endswith(".nii") or name.endswith(".nii.gz")):
         st = os.stat(path)
         key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, math.prod(size) * voxel_bytes)

@@ -52,8 +52,10 @@ PNG_EXTENSIONS = (".png",)
 
 
 def has_extension(path: str | os.PathLike, extensions: Iterable[str]) -> bool:
-    name = Path(path).name.lower()
-    return any(name.endswith(ext) and len(name) > len(ext) for ext in extensions)
+    """Any case (written under a lower-case temporary name); NIfTI's library reads only ``.nii.gz`` or ``.NII.GZ``."""
+    name = Path(path).name
+    tails = [(e, name[-len(e) :]) for e in extensions if len(name) > len(e) and name[-len(e) :].lower() == e]
+    return any(".nii" not in e or tail in (e, e.upper()) for e, tail in tails)
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:

@@ -29,3 +29,15 @@ def test_formatting_is_the_inverse_of_parsing(spec):
 def test_a_bad_range_is_refused():
     with pytest.raises(SkullVAEError):
         parse_id_spec("079-064")
+
+
+@pytest.mark.parametrize("spec", ["²-3", "\u0663-\u0665", "0\u0661", "007,\uff11"])
+def test_ids_with_digits_other_than_ascii_are_refused_in_one_line(spec):
+    """``str.isdigit`` takes "²" (int() then raised a bare ValueError) and Arabic-Indic or full-width digits."""
+    with pytest.raises(SkullVAEError, match="not 0-9") as info:
+        parse_id_spec(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_formatting_treats_only_ascii_digits_as_numbers():
+    assert format_id_spec(["²", "001", "002"]) == "001-002, ²"

@@ -148,6 +148,34 @@ def test_nrrd_with_a_detached_fifo_data_file_is_refused(tmp_path):
     assert "FIFO" in _finishes(lambda: _one_line_error(file_content_hash, path))
 
 
+@pytest.mark.parametrize("key", ["DATA FILE", "Data File", "DataFile"])
+def test_nhdr_data_file_field_in_any_case_is_checked(tmp_path, key):
+    """teem reads field names in any case: "DATA FILE: /dev/zero" must not slip past the checks."""
+    os.mkfifo(tmp_path / "data.raw")
+    fifo, zero = tmp_path / "fifo.nhdr", tmp_path / "zero.nhdr"
+    header = "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 16 16 16\nspacings: 1 1 1\nencoding: raw\n"
+    fifo.write_text(header + f"{key}: data.raw\n")
+    zero.write_text(header + f"{key}: /dev/zero\n")
+    assert "not a regular file" in _one_line_error(file_content_hash, zero)  # hashed only the header before
+    assert "FIFO" in _one_line_error(file_content_hash, fifo)
+    assert "FIFO" in _finishes(lambda: _one_line_error(read_skull, fifo), seconds=10)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "nan pixdim"])
+def test_analyze_nifti_pair_is_refused(tmp_path, damage):
+    """A .hdr + .img pair skipped every NIfTI check (a truncated .img read half empty, NaN pixdim as 1 mm)."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((8, 8, 8), np.uint8)), str(tmp_path / "pair.hdr"))
+    if damage == "truncated":
+        img = tmp_path / "pair.img"
+        img.write_bytes(img.read_bytes()[:100])
+    else:
+        head = bytearray((tmp_path / "pair.hdr").read_bytes())
+        head[80:84] = struct.pack("<f", float("nan"))
+        (tmp_path / "pair.hdr").write_bytes(bytes(head))
+    for name in ("pair.hdr", "pair.img"):
+        assert "convert it to .nii.gz" in _one_line_error(read_skull, tmp_path / name)
+
+
 def test_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "000.nrrd"
     os.mkfifo(fifo)

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.image import SkullImage, read_scalar, read_skull, write_mask, write_scalar
+from SkullVAELib.io.outputs import VOLUME_EXTENSIONS, OutputPlan
 
 
 def _rotation(angle_deg: float, axis: int) -> np.ndarray:
@@ -49,6 +50,44 @@ def test_round_trip_bit_for_bit(tmp_path, ext):
     assert np.array_equal(back.mask, skull.mask)
     assert back.metadata["kind"] == "binary"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+@pytest.mark.parametrize("ext", [".MHA", ".Mha", ".MHD", ".NII", ".NII.GZ", ".NRRD"])
+def test_upper_case_extension_round_trips_as_its_format(tmp_path, ext):
+    """ITK picks writers by a case-sensitive extension: "u.MHA" was written as an empty file."""
+    skull = _oblique_shell()
+    path = tmp_path / f"skull{ext}"
+    write_mask(skull, path)
+    back = read_skull(path)
+    assert np.array_equal(back.mask, skull.mask)
+    assert np.allclose(back.origin, skull.origin, atol=1e-4) and np.allclose(back.spacing, skull.spacing, atol=1e-6)
+    assert np.allclose(back.direction, skull.direction, atol=1e-6)
+    if ext.lower() == ".mha":
+        assert back.same_geometry(skull)
+    expected = {path.name} | ({"skull.zraw"} if ext == ".MHD" else set())
+    assert {p.name for p in tmp_path.iterdir()} == expected  # no stray .mhd/.zraw, no temporary
+
+
+def test_upper_case_mha_through_an_output_plan(tmp_path):
+    """As ``complete --uncertainty u.MHA`` writes it: a transaction's temporary, then the rename."""
+    like = _oblique_shell()
+    values = np.random.default_rng(0).random(like.shape).astype(np.float32)
+    plan = OutputPlan(inputs=[], overwrite=True)
+    final = plan.add(tmp_path / "u.MHA", "--uncertainty", VOLUME_EXTENSIONS)
+    with plan.transaction() as tx:
+        write_scalar(like, values, tx.path(final))
+    assert [p.name for p in tmp_path.iterdir()] == ["u.MHA"]
+    assert np.array_equal(read_scalar(final)[0], values)
+
+
+def test_mixed_case_nifti_name_is_refused_before_work(tmp_path):
+    """NIfTI's library reads ".nii.gz" or ".NII.GZ" only; a ".nii.GZ" would be written but never read."""
+    for name in ("a.nii.GZ", "a.Nii"):
+        with pytest.raises(SkullVAEError, match="must end in"):
+            OutputPlan().add(tmp_path / name, "--uncertainty", VOLUME_EXTENSIONS)
+        with pytest.raises(SkullVAEError, match="mixed case"):
+            write_mask(_oblique_shell(), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_round_trip_nrrd_read_write_read_bit_for_bit(tmp_path):

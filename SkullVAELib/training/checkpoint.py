@@ -43,6 +43,15 @@ def check_run_folder(out_dir: str | os.PathLike, weights_file: str, name: str, o
         raise SkullVAEError("--resume: no checkpoint to resume from", checkpoint_path(out_dir, name))
 
 
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete an older run's checkpoint ``path`` (if any) at a fresh start, so that a ``--resume``
+    after a kill before this run's first checkpoint cannot continue the older run."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        raise SkullVAEError(f"cannot remove an older training's checkpoint: {exc.strerror}", path) from None
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` (plain tensors/containers only) atomically to ``path``."""
     record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}

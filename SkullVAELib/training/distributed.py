@@ -53,6 +53,15 @@ class DistContext:
             return indices
         return torch.tensor_split(indices, self.world_size)[self.rank]
 
+    def any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag, true when it is true on any rank (one all-reduce under DDP): a decision every rank
+        must take at the same step (stop on a signal, stop on time, checkpoint) is taken by all."""
+        if not self.distributed:
+            return tuple(bool(f) for f in flags)
+        votes = torch.tensor([float(f) for f in flags], device=self.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in votes.tolist())
+
 
 def launched_by_torchrun() -> bool:
     """True when torchrun (or any env:// launcher) set WORLD_SIZE > 1."""

@@ -6,15 +6,18 @@ per-sample term times the nominal batch size, so they compare with the paper's F
 learned facial refiner's rows (stage 3; an epoch is one validation round) fill ``loss`` (its
 Dice + cross-entropy), ``seconds``, ``step``, ``val_dice`` and ``best_epoch``.
 
-* ``stage`` 1|2|3, ``epoch`` (1-based), ``beta`` (β of that stage; 0 for stage 2),
+* ``stage`` 1|2|3|4 (4: the cranial residual), ``epoch`` (1-based), ``beta`` (β of that stage; 0 for stage 2),
 * ``dice`` = dice_weight · Σ_batch soft-Dice loss, ``kld`` = Σ_batch Σ_latent KLD,
   ``beta_kld`` = β · kld, ``loss`` = recon_scale · dice + beta_kld (the optimised objective),
 * ``dice_score`` = mean per-sample soft Dice coefficient (1 − Dice loss) in [0, 1],
 * ``kld_per_dim`` = mean KLD per sample and latent dimension (nats),
 * ``seconds`` = wall time of the epoch, ``step`` = optimiser steps of the stage at its end,
-* ``val_dice`` = mean soft Dice of the validation reconstructions (z = μ, eval mode) on the
+* ``val_dice`` = mean soft Dice of the validation reconstructions (z = μ, or μ + σ in a ``mu_plus_sigma`` stage 2; eval mode) on the
   epochs where validation ran (empty otherwise), ``best_epoch`` = the epoch whose weights are
   kept so far, ``early_stop`` = 1 on the epoch where validation-based early stopping ended the stage.
+
+A run rewrites the log with its own rows in place of its stage's (a VAE stage: of the later VAE stage
+too, :meth:`~.loop.Trainer.replaced_stages`); the other trainers' rows are kept.
 
 The figure drawn from these logs (``curves.png``, the paper's Fig. 3) is not made here:
 engines write logs, figure modules draw them.

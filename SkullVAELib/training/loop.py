@@ -16,11 +16,12 @@ validation (``validation_dice``, ``on_validation``) → ``on_epoch_end`` → che
 * Checkpoints (``checkpoints/stage{N}.pt`` or ``NAME.pt``): every ``checkpoint_every`` epochs
   (0 = by wall time only) and mid-epoch whenever ``checkpoint_minutes`` have passed. Ctrl-C or
   SIGTERM: the step finishes, a checkpoint is written, ``KeyboardInterrupt`` is raised (the CLI
-  exits 130; :meth:`Trainer.restore_best` gives the caller the best weights so far).
+  exits 130; :meth:`Trainer.restore_best` gives the caller the best weights so far). A fresh
+  (not resumed) run deletes its older checkpoint first.
 * Validation (optional): every ``val_every`` epochs and after the last; the best weights are kept
   and restored at the end; ``patience`` > 0 stops after that many evaluations without improvement.
 * Log: one row per epoch in ``training_log.csv`` (:mod:`.log`). DDP: every rank runs this loop in
-  lock-step (``vae.stages``); rank 0 logs and saves.
+  lock-step (``vae.stages``); rank 0 logs and saves; a stop (signal, time) is agreed by all ranks.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ class Trainer:
         resumed ones included. Ctrl-C / SIGTERM: checkpoint, then ``KeyboardInterrupt``."""
         if self.ctx.is_main:
             ckpt.remove_stale_temporaries(self.out_dir)
+            if not resume:  # a fresh start: an older run's checkpoint must never be resumed later
+                ckpt.remove_checkpoint(self.path)
         if resume:
             self._resume_state()
         self.started = time.monotonic()
@@ -237,9 +240,13 @@ class Trainer:
             self.step, self.steps_done, self.in_step = b + 1, self.steps_done + 1, False
             if self.progress is not None and self.ctx.is_main:
                 self.progress(self.label, self._fraction(len(batches)), self._message())
-            if interrupt.requested:
+            # agreed by all ranks under DDP: a rank that stopped alone would leave the others waiting
+            stop, timed_out = self.ctx.any_rank(
+                interrupt.requested, time.monotonic() - self.started >= self.schedule.max_seconds
+            )
+            if stop:
                 raise KeyboardInterrupt
-            if time.monotonic() - self.started >= self.schedule.max_seconds:
+            if timed_out:
                 self.out_of_time = True
                 break
             if self.step < len(batches) and not self.ctx.distributed and self._time_due():
@@ -257,7 +264,7 @@ class Trainer:
         every = self.schedule.checkpoint_every
         if (every > 0 and self.epoch % every == 0) or self.finished() or self._time_due():
             self._save()
-        if interrupt.requested:
+        if self.ctx.any_rank(interrupt.requested)[0]:
             raise KeyboardInterrupt
 
     # ---- numbers ----------------------------------------------------------------------------
@@ -301,12 +308,8 @@ class Trainer:
     # ---- persistence ------------------------------------------------------------------------
     def _time_due(self) -> bool:
         """``checkpoint_minutes`` passed since the last checkpoint (agreed by all ranks under DDP)."""
-        due = time.monotonic() - self.last_save >= 60.0 * self.schedule.checkpoint_minutes
-        if self.ctx.distributed:  # a save has barriers: every rank must take the same decision
-            flag = torch.tensor([float(due)], device=self.ctx.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            due = bool(flag.item())
-        return due
+        # a save has barriers: every rank must take the same decision
+        return self.ctx.any_rank(time.monotonic() - self.last_save >= 60.0 * self.schedule.checkpoint_minutes)[0]
 
     def _save(self) -> None:
         """Checkpoint the current position (all ranks call it; rank 0 writes)."""
@@ -336,6 +339,10 @@ class Trainer:
             ckpt.save_checkpoint(self.path, state)
         self.last_save, self._saved_at = time.monotonic(), (self.epoch, self.step)
         self.ctx.barrier()
+
+    def replaced_stages(self) -> set[int]:
+        """The log's stages whose rows this run's rows replace (default: its own)."""
+        return {self.stage}
 
     def resume_defaults(self) -> dict:
         return type(self.cfg)().to_dict()  # what a checkpoint from before a setting existed was trained with
@@ -378,5 +385,5 @@ class Trainer:
     def _write_logs(self) -> None:
         if self.ctx.is_main:
             path = self.out_dir / LOG_NAME
-            kept = [r for r in read_log(path) if r["stage"] < self.stage]
-            write_log(path, kept + self.history)
+            kept = [r for r in read_log(path) if r["stage"] not in self.replaced_stages()]  # other trainers' rows
+            write_log(path, sorted(kept + self.history, key=lambda r: r["stage"]))

@@ -145,9 +145,10 @@ class StepTrainer(Trainer):
         if self.average is not None:
             self.average.load_state_dict(rec["ema"])
 
-    def on_train_end(self) -> None:
-        """The best validated weights; without validation, the moving average when there is one."""
-        super().on_train_end()
+    def restore_best(self) -> None:
+        """The best validated weights; without validation, the moving average when there is one (at
+        the end of the run, and after an interrupt: the weights file then holds the same kind)."""
+        super().restore_best()
         if self.best is None and self.average is not None:
             self.model.load_state_dict(self.average.weights())
 

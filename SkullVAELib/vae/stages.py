@@ -95,7 +95,7 @@ class _StageTrainer(Trainer):
     ε per sample, micro-batches under DDP, the Dice/KLD sums and the log row, batch loading."""
 
     acc_size = 3  # Σ dice_b, Σ kld_b, samples (this rank)
-    resume_keys = ("beta", "batch_size", "seed", "dice_weight", "stage2_latent", "recon_scale")
+    resume_keys = ("beta", "lr", "batch_size", "seed", "dice_weight", "stage2_latent", "recon_scale")
 
     def __init__(
         self,
@@ -128,6 +128,11 @@ class _StageTrainer(Trainer):
         self.data, self.validation, self.n = data, validation, data.shape[0]
         self.latent_size, self.beta, self.micro_batches = latent_size, beta, micro_batches
         self.batch_transform = batch_transform
+
+    def replaced_stages(self) -> set[int]:
+        """This VAE stage and the later one (retraining stage 1 invalidates stage 2); never the
+        refiner's or the residual's rows (stages 3, 4)."""
+        return {s for s in (1, 2) if s >= self.stage}
 
     def generator_streams(self) -> dict:
         streams = {"noise": (1, self.ctx.device)}
@@ -241,9 +246,10 @@ class Stage2Trainer(_StageTrainer):
         )
         self.std_all = torch.exp(0.5 * self.logvar_all)
         self.kld_all = kld_standard_normal(self.mu_all, self.logvar_all)
-        self.mu_val = None
+        self.z_val = None  # the code completion decodes (``ModelBundle.latent_code``): μ + σ when fixed, else μ
         if self.validation is not None:
-            self.mu_val, _ = encode_dataset(encoder, self.validation, self.cfg.batch_size, self.ctx.device, self.bf16)
+            mu, logvar = encode_dataset(encoder, self.validation, self.cfg.batch_size, self.ctx.device, self.bf16)
+            self.z_val = mu + torch.exp(0.5 * logvar) if self.fixed else mu
 
     def compute_loss(self, idx: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> dict:
         i = idx.to(self.ctx.device)
@@ -266,7 +272,7 @@ class Stage2Trainer(_StageTrainer):
         total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for idx, x in self._val_batches():
             with self.autocast():
-                prob = self.model(self.mu_val[idx.to(self.ctx.device)])
+                prob = self.model(self.z_val[idx.to(self.ctx.device)])
             total += (1.0 - soft_dice_loss(prob, x)).sum()
         self.model.train()
         return float(total) / self.validation.shape[0]
@@ -349,7 +355,7 @@ def train_stage2(
     ``"mu_plus_sigma"`` (z = μ + σ, fixed: the authors' code), float32 whatever the autocast.
     μ, log σ² are computed once (per augmented batch with ``batch_transform``). ``cfg.beta`` and
     ``cfg.recon_scale`` are ignored (the KLD is logged for information, β·KLD = 0). Validation
-    decodes the validation volumes' μ. Other arguments as :func:`train_stage1`; the checkpoint
+    decodes the validation volumes' code as completion does: μ, or μ + σ with ``mu_plus_sigma``. Other arguments as :func:`train_stage1`; the checkpoint
     is ``checkpoints/stage2.pt``.
     """
     ctx = current_context(cfg.device)

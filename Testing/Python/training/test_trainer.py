@@ -144,6 +144,19 @@ def test_bad_checkpoints_give_one_line_errors(data, tmp_path):
         train_stage1(fresh_vae(), data, cfg1(device="tpu"), tmp_path / "dev")
 
 
+def test_a_changed_lr_on_resume_is_refused(tmp_path):
+    """--lr is a resume key of both VAE stages (as of the refiner's and the residual's): a changed one is
+    refused in one line instead of being ignored while the checkpoint records it."""
+    data = phantom_data(n=4)
+    vae = fresh_vae()
+    train_stage1(vae, data, cfg1(epochs=1), tmp_path)
+    with pytest.raises(SkullVAEError, match="lr=0.001, not 1e-06"):
+        train_stage1(fresh_vae(), data, cfg1(epochs=2, lr=1e-6), tmp_path, resume=True)
+    train_stage2(vae.encoder, Decoder(NET), data, cfg1(stage=2, epochs=1), tmp_path)
+    with pytest.raises(SkullVAEError, match="lr=0.001, not 1e-06"):
+        train_stage2(vae.encoder, Decoder(NET), data, cfg1(stage=2, epochs=2, lr=1e-6), tmp_path, resume=True)
+
+
 def test_stage2_freezes_encoder_trains_new_decoder_and_logs(data, tmp_path):
     vae = fresh_vae()
     h1 = train_stage1(vae, data, cfg1(epochs=2, beta=100.0), tmp_path)

@@ -135,3 +135,26 @@ def test_cli_validation_ids_are_measured_and_kept_apart(tmp_path, capsys):
     assert ModelBundle.load(tmp_path / "m").info["validation_case_ids"] == ["003"]
     assert main([*argv, "--out", str(tmp_path / "bad"), "--val-ids", "002-003"]) == 2
     assert "share case ids: 002" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("trainer", "kept"),
+    [("stage1", [3, 4]), ("stage2", [1, 3, 4]), ("refiner", [1, 2, 4]), ("residual", [1, 2, 3])],
+)
+def test_a_run_rewrites_only_its_own_rows_of_the_shared_log(trainer, kept, tmp_path):
+    """A VAE stage replaces its own and the later VAE stage's rows; the refiner (3) and the residual (4)
+    only their own: training one never deletes the other's rows."""
+    from SkullVAELib.implant.learned.train import RefinerTrainer
+    from SkullVAELib.implant.residual.train import ResidualTrainer
+    from SkullVAELib.training.distributed import DistContext
+    from SkullVAELib.training.log import LOG_NAME, write_log
+    from SkullVAELib.vae.stages import Stage2Trainer
+
+    kind = {"stage1": Stage1Trainer, "stage2": Stage2Trainer, "refiner": RefinerTrainer, "residual": ResidualTrainer}
+    write_log(tmp_path / LOG_NAME, [{"stage": s, "epoch": 1, "loss": 0.5, "step": 1} for s in (1, 2, 3, 4)])
+    run = kind[trainer].__new__(kind[trainer])  # only what writing the log needs
+    run.ctx, run.out_dir = DistContext(), tmp_path
+    run.history = [{"stage": run.stage, "epoch": 1, "loss": 0.1, "step": 9}]
+    run._write_logs()
+    rows = read_log(tmp_path / LOG_NAME)
+    assert [(r["stage"], r["step"]) for r in rows] == sorted([(s, 1) for s in kept] + [(run.stage, 9)])

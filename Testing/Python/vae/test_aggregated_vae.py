@@ -59,6 +59,25 @@ def test_stage2_mu_plus_sigma_feeds_float32_codes_under_cpu_bf16(data, tmp_path)
     assert mu.dtype == logvar.dtype == torch.float32
 
 
+@pytest.mark.parametrize("mode", ["mu_plus_sigma", "sample"])
+def test_stage2_validation_decodes_the_code_completion_decodes(mode, data, tmp_path):
+    """Validation scores the decoder on ``ModelBundle.latent_code``: μ + σ with mu_plus_sigma, else μ."""
+    from SkullVAELib.bundle.model_bundle import ModelBundle
+    from SkullVAELib.vae.losses import soft_dice_loss
+
+    torch.manual_seed(0)
+    vae, val = VAE(NET).eval(), data[:3]
+    torch.manual_seed(1)
+    decoder = Decoder(NET)
+    cfg = TrainConfig(stage=2, epochs=1, batch_size=4, device="cpu", precision="fp32", stage2_latent=mode)
+    (row,) = train_stage2(vae.encoder, decoder, data, cfg, tmp_path, validation=val)
+    mu, logvar = encode_dataset(vae.encoder, val)
+    z = ModelBundle.from_vae(vae, decoder, info={"stage2_latent": mode}).latent_code(mu, logvar)
+    with torch.no_grad():
+        dice = (1.0 - soft_dice_loss(decoder.eval()(z), val.float())).mean().item()
+    assert row["val_dice"] == pytest.approx(dice, rel=1e-5)
+
+
 def active_units(scale: float, data: torch.Tensor, out) -> int:
     torch.manual_seed(0)
     vae = VAE(NET)

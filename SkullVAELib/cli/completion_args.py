@@ -109,7 +109,7 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="MM",
-        help="leave this gap between the implant and the patient's bone",
+        help="leave at least this gap between the implant's and the bone's voxel faces",
     )
     f.add_argument(
         "--min-thickness-mm", type=float, default=0.0, metavar="MM", help="remove implant parts thinner than this"

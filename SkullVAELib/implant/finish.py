@@ -7,8 +7,10 @@ Each step is off at 0; all lengths are in mm and respect anisotropic spacing.
   the volume changes by at most 10 % at σ = 2 mm (checked on phantoms by the tests).
 - ``min_thickness_mm``: parts thinner than this are removed (a morphological opening with a
   ball of that diameter), e.g. slivers a printer cannot build.
-- ``margin_mm``: every implant voxel closer than this to the patient's bone is removed, so the
-  implant sits with a gap (for fitting in surgery); applied last, so the gap always holds.
+- ``margin_mm``: the implant is cut back until at least this gap lies between its voxels' faces and
+  the bone's (for fitting in surgery): a voxel stays when its centre lies farther than ``margin_mm`` plus
+  the largest voxel side from every bone voxel's centre (two touching voxels' centres are one side
+  apart); applied last, so the gap always holds.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def finish_implant(implant: np.ndarray, skull: SkullImage, settings: FinishSetti
     if settings.min_thickness_mm > 0:
         crop = ndimage.binary_opening(crop, structure=ball(settings.min_thickness_mm / 2, spacing))
     if settings.margin_mm > 0:
-        crop &= ndimage.distance_transform_edt(~bone, sampling=spacing) > settings.margin_mm
+        # centre to centre: the faces' gap is the distance less up to one voxel side (the largest, to be sure)
+        crop &= ndimage.distance_transform_edt(~bone, sampling=spacing) > settings.margin_mm + spacing.max()
     out = np.zeros(skull.shape, dtype=bool)
     out[box] = crop & ~bone
     return out

@@ -156,7 +156,8 @@ def _pieces_near_bone(labels, candidates, bone: np.ndarray, spacing, gap_mm: flo
             continue
         tree = cKDTree(_surface_points(bone[window], lo, spacing))
         piece = _surface_points(labels[window] == lab, lo, spacing)
-        near[lab] = bool(np.isfinite(tree.query(piece, distance_upper_bound=gap_mm)[0]).any())
+        within = np.nextafter(gap_mm, np.inf)  # the tree's bound is strict; a piece at gap_mm is within it
+        near[lab] = bool(np.isfinite(tree.query(piece, distance_upper_bound=within)[0]).any())
     return near
 
 

@@ -97,13 +97,15 @@ class Completer:
         else:
             source, proposal, implant, quality = chosen
             name, variant, check = source.name, proposal.variant, proposal.self_check
+            warnings = list(proposal.messages)
+            implant = self._finished(context, implant, warnings)
+            quality = self._finished_quality(context, implant, quality)  # what is delivered is what is scored
             review_lines = (
                 review_note(quality) if decision.defect == "cranial" else []
             )  # the band's evidence is cranial
-            warnings = list(proposal.messages) + review_lines
+            warnings += review_lines
             what = f"{decision.defect} implant"
             warnings += check_implant(implant, skull.voxel_volume_mm3, proposal.holes, what, proposal.expected_mm3)
-            implant = self._finished(context, implant, warnings)
         completed = self._completed_skull(context, implant)
         uncertainty = None
         if self.settings.vae.uncertainty_samples > 0:
@@ -203,6 +205,19 @@ class Completer:
         if not finished.any():
             warnings.append("the finishing (smoothing, gap, minimum thickness) removed the whole implant")
         return finished
+
+    def _finished_quality(self, context: CompletionContext, implant: np.ndarray, quality):
+        """The quality score of the finished ``implant``: the chosen source's score where nothing was finished
+        (or no score was asked for), else the score again on what the finishing left (a gap to the bone or a
+        smoothing moves the rim; the source was chosen on its unfinished implant)."""
+        if quality is None or not self.settings.finish.active:
+            return quality
+        from SkullVAELib.implant.quality import ImplantQuality, implant_quality
+
+        if not implant.any():
+            return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": 0.0}, "empty implant after the finishing")
+        with context.timed("quality"):
+            return implant_quality(context.skull, implant, rim=self.settings.rimfit.config)
 
     def _completed_skull(self, context: CompletionContext, implant: np.ndarray) -> SkullImage:
         skull = context.skull

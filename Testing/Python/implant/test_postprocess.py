@@ -290,3 +290,19 @@ def test_a_real_skull_with_two_defects_gets_both_implants(skullfix_dir):
     assert implant_quality(twice, result.implant).components["pieces"] == 1.0
     together = postprocess_implant(result.implant, twice, RimFitConfig().postprocess())  # the gap rule on both
     assert not (together & near_second).any()
+
+
+def test_a_piece_exactly_the_gap_from_the_bone_is_within_it():
+    """``bone_gap_mm`` is inclusive: a plate whose voxel centres lie exactly 2 mm from the bone's (1 mm voxels,
+    one empty layer between them) touches it at ``bone_gap_mm`` 2 (the KD-tree's bound is strict: before, such
+    a plate was dropped)."""
+    from SkullVAELib.io.image import SkullImage
+
+    bone = np.zeros((20, 20, 20), dtype=bool)
+    bone[:, :, 2:6] = True
+    plate = np.zeros_like(bone)
+    plate[4:16, 4:16, 7:9] = True  # layer 6 empty: centres 2 mm from layer 5
+    skull = SkullImage(bone, np.zeros(3), np.ones(3), np.eye(3))
+    kept = postprocess_implant(plate, skull, PostprocessConfig(bone_gap_mm=2.0, closing_mm=0.0))
+    assert kept.sum() > 0.9 * plate.sum()  # (its thin corners go: the thin-shell rule)
+    assert not postprocess_implant(plate, skull, PostprocessConfig(bone_gap_mm=1.9, closing_mm=0.0)).any()

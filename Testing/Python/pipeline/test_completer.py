@@ -309,3 +309,18 @@ def test_gamma_zero_with_the_model_source_is_the_reconstruction(tiny_model, faci
     expected = complete(defective, ModelBundle.load(tiny_model), CompletionConfig(gamma=0.0), device="cpu").raw
     assert done.source == "model" and not done.implant.mask.any()
     assert np.array_equal(done.completed.mask, expected.mask)  # the model's raw reconstruction
+
+
+def test_the_quality_reported_is_the_finished_implants(cranial_case):
+    """With a gap to the bone the implant delivered no longer meets the rim: the score, the review note and the
+    volume check are those of the finished implant, not of the source's unfinished one (before: the unfinished
+    score was reported beside the finished implant's volume)."""
+    from SkullVAELib.implant.finish import FinishSettings
+    from SkullVAELib.implant.quality import implant_quality
+
+    defective, _ = cranial_case
+    plain = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
+    gapped = Completer(CompletionSettings(rimfit=NO_MIRROR, finish=FinishSettings(margin_mm=6.0))).complete(defective)
+    assert 0 < gapped.implant.mask.sum() < plain.implant.mask.sum()
+    assert gapped.quality == pytest.approx(implant_quality(defective, gapped.implant.mask).score)
+    assert gapped.quality < plain.quality

@@ -157,11 +157,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run the chosen verb; user errors become one line and exit 2, interruptions exit 130."""
+    """Run the chosen verb; user errors become one line and exit 2, interruptions exit 130.
+
+    ``--max-voxels`` / ``--max-memory-gb`` hold for this run only (its child processes included): the
+    environment is restored afterwards, so a later call in the same process (``skullvae worker``'s next
+    request) is not limited by them."""
+    saved = {env: os.environ.get(env) for env in LIMIT_ENV.values()}
     try:
         for key, env in LIMIT_ENV.items():
             if getattr(args, key, None) is not None:
                 os.environ[env] = repr(getattr(args, key))
+        return _run_verb(args)
+    finally:
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
+
+
+def _run_verb(args: argparse.Namespace) -> int:
+    try:
         return int(args.func(args) or 0)
     except SkullVAEError as exc:
         close_all_bars()  # the error starts on its own line, not after a progress bar

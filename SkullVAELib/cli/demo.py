@@ -51,6 +51,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threads", type=threads_arg, default=0, help="torch threads (0 = all cores; at most the CPU count)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a data set (OUT/data) or trained model (OUT/model) already in --out (refused without it)",
+    )
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -66,7 +71,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         outputs = demo(
-            args.out, args.n, args.epochs, args.epochs2, args.beta, args.seed, args.threads, progress=progress, log=log
+            args.out,
+            args.n,
+            args.epochs,
+            args.epochs2,
+            args.beta,
+            args.seed,
+            args.threads,
+            progress=progress,
+            log=log,
+            overwrite=args.overwrite,
         )
     finally:
         close_progress(progress)

@@ -58,7 +58,9 @@ def register(subparsers) -> None:
         help="training case ids whose latents give the training-set Gaussianity and PCA "
         "(default: the ids recorded in the model, when present in --data)",
     )
-    parser.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N test ids (quick runs)")
+    parser.add_argument(
+        "--max-cases", type=int, default=None, help="evaluate only the first N test ids (quick runs; --implants too)"
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_resample_arg(parser)
     parser.add_argument("--gammas", type=gammas_arg, default=list(GAMMAS), help="γ values of the sweep figure")
@@ -115,6 +117,10 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
     test_ids = parse_id_spec(args.test_ids)
     if not test_ids:
         raise SkullVAEError("--implants needs --test-ids (e.g. 056-063 for validation, 064-079 for test)")
+    if args.max_cases is not None:
+        if args.max_cases <= 0:
+            raise SkullVAEError(f"--max-cases must be positive, got {args.max_cases}")
+        test_ids = test_ids[: args.max_cases]
     try:
         seeds = [int(s) for s in str(args.defect_seeds).split(",") if s.strip()]
     except ValueError:
@@ -144,12 +150,35 @@ def _run_implants(args: argparse.Namespace, progress) -> None:
     print(f"wrote {path}")
 
 
+def _refuse_paper_only_options(args: argparse.Namespace) -> None:
+    """--implants-only skips the paper's evaluation: its options would be ignored silently, so they are refused."""
+    from SkullVAELib.core.errors import SkullVAEError
+
+    given = [
+        option
+        for option, used in (
+            ("--train-ids", args.train_ids is not None),
+            ("--resample", args.resample is not None),
+            ("--gammas", args.gammas != list(GAMMAS)),
+            ("--cache-dir", args.cache_dir is not None),
+            ("--permutations", args.permutations != 500),
+        )
+        if used
+    ]
+    if given:
+        raise SkullVAEError(
+            f"{', '.join(given)} only apply to the paper's evaluation, which --implants-only skips; leave them out"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.workflows import evaluate_model
 
     if args.implants_only and not args.implants:
         raise SkullVAEError("--implants-only needs --implants METHODS")
+    if args.implants_only:
+        _refuse_paper_only_options(args)
     progress = make_progress(args.progress)
     if args.implants:
         try:

@@ -55,6 +55,7 @@ def register(subparsers) -> None:
     s.add_argument("model", help="bundle folder")
     s.add_argument("--out", required=True, help="archive to write (.zip)")
     s.add_argument("--name", help="registry name (the archive's top folder; default: the folder name)")
+    add_overwrite_arg(s, "replace an existing --out archive")
     s.set_defaults(func=run_pack)
     s = sub.add_parser("card", help="set a bundle's card name/version and held-out metrics")
     s.add_argument("model", help="bundle folder")
@@ -81,12 +82,13 @@ def run_list(args: argparse.Namespace) -> int:
             "status": "installed" if e.name in installed else e.status(),
             "url": e.url,
             "size": e.size,
+            "licence": e.licence,
         }
         for e in registry.entries
     ]
     rows += [
         {"name": n, "version": m.version, "grid": "", "kind": "", "installed": True, "released": None,
-         "status": f"installed (local, from {m.source or 'unknown'})", "url": "", "size": None}
+         "status": f"installed (local, from {m.source or 'unknown'})", "url": "", "size": None, "licence": ""}
         for n, m in installed.items() if registry.get(n) is None
     ]  # fmt: skip
     if args.json:
@@ -99,7 +101,8 @@ def run_list(args: argparse.Namespace) -> int:
     width = max([len(r["name"]) for r in rows] + [4])
     for r in rows:
         details = " ".join(x for x in (f"v{r['version']}" if r["version"] else "", r["kind"], r["grid"]) if x)
-        print(f"  {r['name']:<{width}}  {details:<24}  {r['status']}")
+        licence = f"  licence: {r['licence']}" if r["licence"] else ""
+        print(f"  {r['name']:<{width}}  {details:<24}  {r['status']}{licence}")
     if registry.entries and not registry.any_released:
         print(
             "No release of the pretrained models exists yet: registry entries cannot be downloaded. "
@@ -109,13 +112,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from SkullVAELib.models import download_model
+    from SkullVAELib.models import download_model, load_registry
 
     overwrite = args.overwrite
     progress = make_progress(args.progress)
     path = download_model(args.name, progress=progress, overwrite=overwrite)
     close_progress(progress)
-    _done(args, f"installed {args.name} in {path}", path)
+    entry = load_registry().get(args.name)
+    licence = (entry.licence if entry is not None else "") or "not stated in the registry"
+    _done(args, f"installed {args.name} in {path}", path, licence)
     return 0
 
 
@@ -145,18 +150,24 @@ def run_path(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.models.card import read_model_card, render_model_card
     from SkullVAELib.models.registry import load_registry
     from SkullVAELib.models.store import installed_models, resolve_model
 
     installed = {m.name for m in installed_models()}
     folder = Path(args.name)
+    entry = load_registry().get(args.name)
     if folder.is_dir() or args.name in installed:
         print(render_model_card(read_model_card(resolve_model(args.name))))
+        if entry is not None and args.name in installed and not folder.is_dir():
+            print(f"Registry entry {entry.name} (version {entry.version}) licence: {entry.licence or 'not stated'}")
         return 0
-    entry = load_registry().get(args.name)
     if entry is None:
-        resolve_model(args.name)  # raises the one-line "no such model" error
+        raise SkullVAEError(
+            f"no model {args.name!r}: not a model folder, an installed model or a registry entry "
+            "(see skullvae models list)"
+        )
     print(_registry_card(entry))
     return 0
 
@@ -165,7 +176,7 @@ def run_pack(args: argparse.Namespace) -> int:
     from SkullVAELib.models.archive import pack_bundle
     from SkullVAELib.models.download import sha256_file
 
-    archive = pack_bundle(args.model, args.out, top=args.name)
+    archive = pack_bundle(args.model, args.out, top=args.name, overwrite=args.overwrite)
     print(json.dumps({"url_file": archive.name, "sha256": sha256_file(archive), "size": archive.stat().st_size}))
     return 0
 
@@ -203,10 +214,13 @@ def _registry_card(entry) -> str:
     return "\n".join(lines)
 
 
-def _done(args: argparse.Namespace, message: str, path: Path) -> None:
+def _done(args: argparse.Namespace, message: str, path: Path, licence: str | None = None) -> None:
     if args.progress == "json":
-        record = {"stage": "done", "fraction": 1.0, "message": message, "result": {"path": str(path)}}
+        result = {"path": str(path)} | ({"licence": licence} if licence is not None else {})
+        record = {"stage": "done", "fraction": 1.0, "message": message, "result": result}
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
     else:
         print(message)
+        if licence is not None:
+            print(f"licence: {licence}")

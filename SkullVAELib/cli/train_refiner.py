@@ -157,20 +157,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = _refiner_settings(args)
     train_cfg = _train_settings(args)
-    if (args.out / REFINER_FILE).exists() and not (args.overwrite or args.resume):
-        raise SkullVAEError(f"{REFINER_FILE} exists; pass --overwrite to replace it (or --resume)", args.out)
+    packed = _refuse_existing_outputs(args, REFINER_FILE)
     grids = args.grids
     progress = make_progress(args.progress)
     try:
         if grids is None:
-            grids = args.out / "grids.npz"
+            grids = packed
             if not (args.resume and grids.is_file()):
                 pack_refiner_grids(
                     args.data,
                     grids,
                     train_ids + val_ids,
                     cfg.spacing_mm,
-                    True,
+                    args.overwrite,
                     progress,
                     args.extra,
                     _packs_fractions(args),
@@ -192,6 +191,21 @@ def run(args: argparse.Namespace) -> int:
         close_progress(progress)
     log(f"wrote the facial refiner to {path}")
     return 0
+
+
+def _refuse_existing_outputs(args: argparse.Namespace, refiner_file: str) -> Path:
+    """OUT/grids.npz (returned), where training packs the skulls; refuse (before any work) a refiner or
+    packed grids already at --out unless --overwrite (or --resume, which continues from them)."""
+    from SkullVAELib.core.errors import SkullVAEError
+
+    if (args.out / refiner_file).exists() and not (args.overwrite or args.resume):
+        raise SkullVAEError(f"{refiner_file} exists; pass --overwrite to replace it (or --resume)", args.out)
+    packed = args.out / "grids.npz"
+    if args.grids is None and packed.exists() and not (args.overwrite or args.resume):
+        raise SkullVAEError(
+            "packed grids exist; pass --overwrite to repack them, or --grids to train from them", packed
+        )
+    return packed
 
 
 def _packs_fractions(args: argparse.Namespace) -> bool:

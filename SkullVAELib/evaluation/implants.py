@@ -61,6 +61,23 @@ def find_case_file(folder: Path, case_id: str) -> Path | None:
     return _files_by_id(folder).get(case_id) if folder.is_dir() else None
 
 
+def check_same_grid(image, reference, path: Path, what: str) -> None:
+    """Refuse (one line naming ``path``) an ``image`` whose voxel grid is not ``reference``'s: another shape,
+    or a spacing, origin or direction that differs beyond rounding (1e-4 relative; origin 1e-3 voxel)."""
+    if image.shape != reference.shape:
+        raise SkullVAEError(f"shape {image.shape} differs from {what}'s {reference.shape} (not the same grid)", path)
+    scale = float(np.max(reference.spacing))
+    checks = (
+        ("spacing", image.spacing, reference.spacing, 1e-4 * scale),
+        ("origin", image.origin, reference.origin, 1e-3 * scale),
+        ("direction", image.direction, reference.direction, 1e-4),
+    )
+    for name, mine, theirs, tol in checks:
+        if not np.allclose(mine, theirs, rtol=0.0, atol=tol):
+            ours, other = (np.round(np.ravel(v), 4).tolist() for v in (mine, theirs))
+            raise SkullVAEError(f"{name} {ours} differs from {what}'s {other} (not the same voxel grid)", path)
+
+
 def defect_cases(
     roots: str | Path | Sequence[str | Path],
     case_ids: Sequence[str],
@@ -91,9 +108,13 @@ def defect_cases(
                 if d_path is None:
                     continue
                 defective = read_skull(d_path, kind="binary")
-                truth = read_skull(i_path, kind="binary").mask if i_path else complete.mask & ~defective.mask
-                if defective.shape != complete.shape:
-                    raise SkullVAEError(f"grid {defective.shape} differs from its complete skull", d_path)
+                check_same_grid(defective, complete, d_path, "the complete skull")
+                if i_path is not None:
+                    implant_image = read_skull(i_path, kind="binary")
+                    check_same_grid(implant_image, defective, i_path, "the defective skull")
+                    truth = implant_image.mask
+                else:
+                    truth = complete.mask & ~defective.mask
                 yield DefectCase(cid, defect, None, defective, truth, complete.mask)
                 continue
             for seed in seeds:

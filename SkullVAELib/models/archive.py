@@ -50,15 +50,19 @@ def is_archive(path: str | os.PathLike) -> bool:
     return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
 
 
-def pack_bundle(folder: str | os.PathLike, archive: str | os.PathLike, top: str | None = None) -> Path:
+def pack_bundle(
+    folder: str | os.PathLike, archive: str | os.PathLike, top: str | None = None, overwrite: bool = False
+) -> Path:
     """Write ``folder`` (a bundle) into a .zip whose single top folder is ``top`` (default: the folder name).
 
     Training checkpoints and hidden files are left out; entries are sorted with fixed
-    timestamps so that packing twice gives the same bytes (and the same sha256).
+    timestamps so that packing twice gives the same bytes (and the same sha256). An existing
+    ``archive`` is replaced only with ``overwrite``; an ``archive`` inside ``folder`` is refused.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise SkullVAEError("not a SkullVAE model bundle (no config.json)", folder)
+    _check_pack_destination(folder, Path(archive), overwrite)
     top = top or folder.name
     files = sorted(
         p
@@ -74,6 +78,16 @@ def pack_bundle(folder: str | os.PathLike, archive: str | os.PathLike, top: str 
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, path.read_bytes())
     return Path(archive)
+
+
+def _check_pack_destination(folder: Path, archive: Path, overwrite: bool) -> None:
+    """Refuse an archive path inside the bundle being packed, a folder, or (without ``overwrite``) a file."""
+    if archive.resolve() == folder.resolve() or folder.resolve() in archive.resolve().parents:
+        raise SkullVAEError(f"--out is inside the bundle being packed ({folder}); write the archive elsewhere", archive)
+    if archive.is_dir():
+        raise SkullVAEError("--out is a folder; give the archive's file name (.zip)", archive)
+    if (archive.is_file() or archive.is_symlink()) and not overwrite:  # a device node: atomic_path's error
+        raise SkullVAEError("already exists; give --overwrite to replace it", archive)
 
 
 def unpack_archive(archive: str | os.PathLike, dest: str | os.PathLike, max_bytes: int | None = None) -> Path:

@@ -133,7 +133,7 @@ def metrics_from_summary(summary: dict, split: str = "") -> dict:
     for label, values in (summary.get("implant") or {}).items():
         for key, name in (("dsc", "implant DSC"), ("bdsc", "implant bDSC 10 mm"), ("hd95_mm", "implant HD95 mm")):
             stats = values.get(key) or {}
-            metrics[f"{label} {name} (median)"] = _round(stats.get("median"))
+            metrics[f"{label} {name} (median)"] = _median(stats)
     accuracy = (summary.get("classification") or {}).get("accuracy")
     if accuracy is not None:
         metrics["defect type chosen correctly"] = _round(accuracy)
@@ -178,6 +178,19 @@ def render_model_card(card: dict) -> str:
 def _id_ranges(ids: list[str]) -> str:
     """["000", "001", "002", "007"] -> "000-002, 007": a card's case ids (at most 6 non-numeric ones)."""
     return format_id_spec(ids, most=6)
+
+
+def _median(stats: dict):
+    """A summary's median for the card. ``evaluate``'s median is over the finite values; with infinite
+    ones (HD95 of an empty prediction) the card says so: the true median is inf when at least half the
+    cases are infinite, otherwise the finite median is given with how many cases were left out."""
+    n, n_inf = stats.get("n"), stats.get("n_infinite")
+    if not isinstance(n_inf, int) or n_inf <= 0 or not isinstance(n, int) or n <= 0:
+        return _round(stats.get("median"))
+    why = f"{n_inf} of {n} cases infinite: empty prediction"
+    if 2 * n_inf >= n:
+        return f"inf ({why})"
+    return f"{_round(stats.get('median'))} over the {n - n_inf} finite cases ({why})"
 
 
 def _round(value):

@@ -73,9 +73,10 @@ def _train(
     progress: ProgressCallback | None,
     log: Callable[[str], None],
     on_plan: Callable | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Step 2: train stage 1 (β-VAE, ``beta``, ``epochs``) and stage 2 (``epochs2``) on ``train_ids``
-    into ``model``, afresh."""
+    into ``model``, afresh (a model already there is replaced only with ``overwrite``)."""
     from SkullVAELib.workflows.train import train_model
 
     stages = {
@@ -88,7 +89,7 @@ def _train(
         stages,
         train_ids=train_ids,
         cache_dir=cache,
-        overwrite=True,  # the demo's own folder: a rerun trains afresh
+        overwrite=overwrite,  # a rerun trains afresh only when the user said --overwrite
         progress=progress,
         log=log,  # the plan: stages, epochs, estimated time
         on_plan=on_plan,
@@ -142,6 +143,13 @@ def _complete_held_back(
         _preview(source, result / f"{kind}.seg.nrrd", result / f"{kind}.png")
 
 
+def _refuse_existing(data: Path, model: Path) -> None:
+    """A data set or model already in the demo's folder is not replaced without --overwrite."""
+    for folder, what in ((data, "a data set"), (model, "a trained model")):
+        if folder.is_dir() and any(p.is_file() for p in folder.rglob("*")):
+            raise SkullVAEError(f"{folder} already holds {what}; give --overwrite to replace it")
+
+
 def demo(
     out: str | os.PathLike = "skullvae-demo",
     n: int = 12,
@@ -152,11 +160,13 @@ def demo(
     threads: int = 0,
     progress: ProgressCallback | None = None,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> DemoOutputs:
     """Run the demo into ``out`` (data/, model/, result/, cache/); ``log`` receives one line per step.
 
     ``n`` phantoms (the last is held back), ``epochs``/``epochs2`` per stage, stage-1 ``beta``;
-    ``threads`` torch threads (0 = all cores).
+    ``threads`` torch threads (0 = all cores). A data set or model already in ``out`` is refused
+    before any work unless ``overwrite``.
     """
     from SkullVAELib.data.case_ids import parse_id_spec
     from SkullVAELib.workflows.data import make_phantom_set, phantom_file_name
@@ -170,6 +180,8 @@ def demo(
         torch.set_num_threads(threads)
     out = Path(out).resolve()
     data, model, result, cache = out / "data", out / "model", out / "result", out / "cache"
+    if not overwrite:
+        _refuse_existing(data, model)
     held_back = phantom_file_name(n - 1)
     train_ids = parse_id_spec([Path(phantom_file_name(i)).stem for i in range(n - 1)])
     t0 = time.perf_counter()
@@ -185,8 +197,8 @@ def demo(
 
     _announce(log, t0, f"1/5 phantoms: {n} subjects with cranial and facial defects -> {data}")
     made = make_phantom_set(
-        n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=True
-    )  # the demo's own folder: a rerun writes a fresh cohort
+        n, data, seed, DEMO_PHANTOM_SHAPE, DEMO_SPACING_MM, with_defects=True, progress=progress, overwrite=overwrite
+    )
     log(f"{made.n} phantoms (bone {min(made.bone_cm3):.0f}-{max(made.bone_cm3):.0f} cm³) -> {data}")
 
     _announce(log, t0, f"2/5 train stage 1 (β = {beta:g}) and stage 2 (decoupled decoder) -> {model}")
@@ -202,6 +214,7 @@ def demo(
         progress=progress,
         log=log,
         on_plan=on_plan,
+        overwrite=overwrite,
     )
 
     _announce(log, t0, "3/5 fit completion centroids (DEV vectors) on the training phantoms")

@@ -106,3 +106,17 @@ def test_slicer_command_line_switches_the_refiner_off():
     off = buildCompleteCommand("in.nrrd", "model", "out.seg.nrrd", sources=("rimfit", "atlas", "model"))
     args = build_parser(off[off.index("complete") :]).parse_args(off[off.index("complete") :])
     assert "learned" not in args.sources
+
+
+def test_train_refiner_keeps_packed_grids_without_overwrite(tmp_path, capsys, monkeypatch):
+    import SkullVAELib.workflows.refiner as refiner_workflow
+
+    packed = tmp_path / "out" / "grids.npz"
+    packed.parent.mkdir()
+    packed.write_bytes(b"packed earlier")
+    monkeypatch.setattr(refiner_workflow, "train_refiner", lambda *a, **k: pytest.fail("training started"))
+    argv = ["train-refiner", "--data", str(tmp_path), "--train-ids", "001", "--out", str(packed.parent)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(packed) in err[0] and "--overwrite" in err[0]
+    assert packed.read_bytes() == b"packed earlier"

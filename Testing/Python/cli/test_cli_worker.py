@@ -36,3 +36,30 @@ def test_the_worker_completes_request_after_request_and_survives_bad_ones(tmp_pa
     _, again = read_segmentation(tmp_path / "c.seg.nrrd")
     assert (first["Implant"] == again["Implant"]).all() and first["Implant"].any()
     assert not (tmp_path / "b.seg.nrrd").exists()
+
+
+def test_a_request_s_limits_and_failures_stay_with_that_request(tmp_path, monkeypatch, capsys):
+    import io
+    import os
+
+    import SkullVAELib.cli.complete as complete_verb
+    from SkullVAELib.cli import main
+
+    monkeypatch.delenv("SKULLVAE_MAX_VOXELS", raising=False)
+    seen = []
+
+    def fake_run(args):
+        seen.append(os.environ.get("SKULLVAE_MAX_VOXELS"))
+        if args.input == ["boom"]:
+            raise ValueError("a bug\nover two lines")
+        return 0
+
+    monkeypatch.setattr(complete_verb, "run", fake_run)
+    requests = [["--input", name, "--output", str(tmp_path / "o.seg.nrrd")] for name in ("a", "boom", "b")]
+    requests[0] += ["--max-voxels", "5"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in requests)))
+    assert main(["worker"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["code"] for line in out.splitlines()] == [0, 1, 0]
+    assert seen == ["5.0", None, None] and "SKULLVAE_MAX_VOXELS" not in os.environ
+    assert err.strip().splitlines() == ["skullvae complete: error: internal error (ValueError): a bug over two lines"]

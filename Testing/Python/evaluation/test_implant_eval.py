@@ -129,3 +129,51 @@ def test_model_methods_run_with_a_model_and_the_rim_fit_takes_over_cranial_holes
     assert set(by_method) == {"model", "rimfit+model"}
     assert by_method["rimfit+model"]["dsc"] > 0.6 > by_method["model"]["dsc"]
     assert by_method["rimfit+model"]["source"] == "rimfit"
+
+
+@pytest.mark.parametrize("wrong", ["shape", "spacing", "origin"])
+def test_an_implant_file_on_another_grid_is_one_line_before_the_work(tmp_path, capsys, monkeypatch, wrong):
+    from SkullVAELib.cli import main
+    from SkullVAELib.io.image import SkullImage
+
+    def write(mask, folder, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        write_mask(SkullImage(mask, np.asarray(origin), np.asarray(spacing)), tmp_path / folder / "000.nrrd")
+
+    i, j, k = np.mgrid[:24, :24, :24]
+    shell = np.abs(np.sqrt((i - 12) ** 2 + (j - 12) ** 2 + (k - 12) ** 2) - 9) < 1.5
+    hole = shell.copy()
+    hole[18:, 8:16, 8:16] = False
+    write(shell, "complete_skull")
+    write(hole, "defective_skull")
+    implant = shell & ~hole
+    write(implant[:, :, :20] if wrong == "shape" else implant, "implant",
+          spacing=(1.0, 1.0, 1.5) if wrong == "spacing" else (1.0, 1.0, 1.0),
+          origin=(0.0, 0.0, 2.0) if wrong == "origin" else (0.0, 0.0, 0.0))  # fmt: skip
+    monkeypatch.setattr(implant_eval, "predict", lambda *a: pytest.fail("the work started"))
+    argv = ["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--test-ids", "000"]
+    assert main([*argv, "--implants", "rimfit", "--defects", "cranial", "--implants-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "implant" / "000.nrrd") in err[0] and wrong in err[0]
+
+
+def test_implants_only_honours_max_cases_and_refuses_the_papers_options(tmp_path, capsys, monkeypatch):
+    import SkullVAELib.workflows.implants as implants_workflow
+    from SkullVAELib.cli import main
+
+    asked = []
+
+    def fake(data, out, test_ids, *args, **kwargs):
+        asked.append(list(test_ids))
+        return {}, out / "implants.md"
+
+    monkeypatch.setattr(implants_workflow, "evaluate_implants", fake)
+    argv = ["evaluate", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--test-ids", "900-903"]
+    argv += ["--implants", "rimfit", "--implants-only"]
+    assert main([*argv, "--max-cases", "2"]) == 0
+    assert asked == [["900", "901"]]
+    for extra in (["--gammas", "0,1"], ["--train-ids", "000"], ["--permutations", "10"], ["--resample", "nearest"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and extra[0] in err[0] and "--implants-only" in err[0]
+    assert asked == [["900", "901"]]

@@ -19,7 +19,6 @@ import threading
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from SkullVAELib.cli import main
@@ -30,16 +29,7 @@ from SkullVAELib.models.archive import pack_bundle, unpack_archive
 BOMB_BYTES = 120 * 2**20
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    from SkullVAELib.bundle.model_bundle import new_bundle
-    from SkullVAELib.core.config import network_preset
-
-    bundle = new_bundle(network_preset("test"), aggregated=True, seed=0)
-    bundle.set_centroids({"complete": np.zeros(8), "cranial": np.full(8, 0.1)})
-    folder = tmp_path_factory.mktemp("bundle") / "tiny"
-    bundle.save(folder)
-    return folder
+# fixture bundle_dir: conftest.py
 
 
 @pytest.fixture

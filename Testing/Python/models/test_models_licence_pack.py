@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from SkullVAELib.cli import main
@@ -19,16 +17,7 @@ from SkullVAELib.models.card import metrics_from_summary
 LICENCE = "CC BY-NC-SA 4.0: research only (test entry)"
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory) -> Path:
-    from SkullVAELib.bundle.model_bundle import new_bundle
-    from SkullVAELib.core.config import network_preset
-
-    bundle = new_bundle(network_preset("test"), aggregated=True, seed=0)
-    bundle.set_centroids({"complete": np.zeros(8), "cranial": np.full(8, 0.1)})
-    folder = tmp_path_factory.mktemp("bundle") / "tiny"
-    bundle.save(folder)
-    return folder
+# fixture bundle_dir: conftest.py
 
 
 def _one_line(capsys, *argv) -> str:

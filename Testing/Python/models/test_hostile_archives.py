@@ -29,7 +29,7 @@ from SkullVAELib.models.archive import pack_bundle, unpack_archive
 BOMB_BYTES = 120 * 2**20
 
 
-# fixture bundle_dir: conftest.py
+# fixture tiny_model: Testing/Python/conftest.py
 
 
 @pytest.fixture
@@ -69,9 +69,9 @@ def _written(home: Path) -> int:
 
 
 # --- §4: unpacked size and member count, before writing --------------------------------------------
-def _zip_bomb(path: Path, bundle_dir: Path) -> Path:
+def _zip_bomb(path: Path, tiny_model: Path) -> Path:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for part in bundle_dir.iterdir():
+        for part in tiny_model.iterdir():
             zf.write(part, f"tiny/{part.name}")
         with zf.open("tiny/padding.bin", "w") as stream:
             for _ in range(BOMB_BYTES // 2**20):
@@ -79,7 +79,7 @@ def _zip_bomb(path: Path, bundle_dir: Path) -> Path:
     return path
 
 
-def _tar_bomb(path: Path, bundle_dir: Path) -> Path:
+def _tar_bomb(path: Path, tiny_model: Path) -> Path:
     class Zeros(io.RawIOBase):
         def readable(self):
             return True
@@ -89,7 +89,7 @@ def _tar_bomb(path: Path, bundle_dir: Path) -> Path:
             return len(buffer)
 
     with tarfile.open(path, "w:gz") as tf:
-        for part in bundle_dir.iterdir():
+        for part in tiny_model.iterdir():
             tf.add(part, f"tiny/{part.name}")
         info = tarfile.TarInfo("tiny/padding.bin")
         info.size = BOMB_BYTES
@@ -98,8 +98,8 @@ def _tar_bomb(path: Path, bundle_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("make", [_zip_bomb, _tar_bomb], ids=["zip", "tar.gz"])
-def test_an_archive_bomb_is_refused_before_writing(home, bundle_dir, tmp_path, capsys, make):
-    archive = make(tmp_path / ("bomb.zip" if make is _zip_bomb else "bomb.tar.gz"), bundle_dir)
+def test_an_archive_bomb_is_refused_before_writing(home, tiny_model, tmp_path, capsys, make):
+    archive = make(tmp_path / ("bomb.zip" if make is _zip_bomb else "bomb.tar.gz"), tiny_model)
     assert archive.stat().st_size < 2 * 2**20
     line = _cli_one_line(capsys, "models", "install", archive, "--name", "bomb", "--progress", "none")
     assert "unpacks to over" in line and "bomb" in line
@@ -116,11 +116,11 @@ def test_too_many_members_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_registrys_declared_unpacked_size_caps_the_install(home, bundle_dir, tmp_path, monkeypatch):
+def test_the_registrys_declared_unpacked_size_caps_the_install(home, tiny_model, tmp_path, monkeypatch):
     import hashlib
     import json
 
-    archive = pack_bundle(bundle_dir, tmp_path / "tiny.zip", top="tiny")
+    archive = pack_bundle(tiny_model, tmp_path / "tiny.zip", top="tiny")
     entry = {"name": "tiny", "version": "1", "released": True, "url": "file://" + str(archive),
              "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(), "size": archive.stat().st_size,
              "unpacked_size": 1000}  # fmt: skip
@@ -135,9 +135,9 @@ def test_the_registrys_declared_unpacked_size_caps_the_install(home, bundle_dir,
 
 
 # --- §6: encrypted, oddly compressed and empty zips -----------------------------------------------------
-def _patched_zip(path: Path, bundle_dir: Path, flag: int = 0, method: int | None = None) -> Path:
+def _patched_zip(path: Path, tiny_model: Path, flag: int = 0, method: int | None = None) -> Path:
     """A zip of the bundle whose headers (local and central) claim encryption or another method."""
-    pack_bundle(bundle_dir, path, top="tiny")
+    pack_bundle(tiny_model, path, top="tiny")
     data = bytearray(path.read_bytes())
     for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
         at = data.find(signature)
@@ -153,12 +153,12 @@ def _patched_zip(path: Path, bundle_dir: Path, flag: int = 0, method: int | None
 @pytest.mark.parametrize(
     ("kind", "expected"), [("encrypted", "password"), ("deflate64", "compression method 9"), ("empty", "empty")]
 )
-def test_unusual_zips_are_one_line(home, bundle_dir, tmp_path, capsys, kind, expected):
+def test_unusual_zips_are_one_line(home, tiny_model, tmp_path, capsys, kind, expected):
     path = tmp_path / f"{kind}.zip"
     if kind == "encrypted":
-        _patched_zip(path, bundle_dir, flag=0x1)
+        _patched_zip(path, tiny_model, flag=0x1)
     elif kind == "deflate64":
-        _patched_zip(path, bundle_dir, method=9)
+        _patched_zip(path, tiny_model, method=9)
     else:
         zipfile.ZipFile(path, "w").close()
     line = _cli_one_line(capsys, "models", "install", path, "--progress", "none")
@@ -166,12 +166,12 @@ def test_unusual_zips_are_one_line(home, bundle_dir, tmp_path, capsys, kind, exp
 
 
 # --- §4: FIFOs where a model part is read -----------------------------------------------------------------
-def test_a_fifo_as_completion_json_is_refused_not_waited_on(bundle_dir, tmp_path):
+def test_a_fifo_as_completion_json_is_refused_not_waited_on(tiny_model, tmp_path):
     from SkullVAELib.bundle.model_bundle import ModelBundle
 
     model = tmp_path / "model"
     model.mkdir()
-    for part in bundle_dir.iterdir():
+    for part in tiny_model.iterdir():
         if part.name != "completion.json":
             (model / part.name).write_bytes(part.read_bytes())
     os.mkfifo(model / "completion.json")
@@ -180,8 +180,8 @@ def test_a_fifo_as_completion_json_is_refused_not_waited_on(bundle_dir, tmp_path
 
 
 @pytest.mark.parametrize("fifo", ["installed.json", "model_card.json"])
-def test_a_fifo_in_an_installed_model_is_refused_by_list_and_info(home, bundle_dir, capsys, fifo):
-    install_model(bundle_dir, name="tiny")
+def test_a_fifo_in_an_installed_model_is_refused_by_list_and_info(home, tiny_model, capsys, fifo):
+    install_model(tiny_model, name="tiny")
     target = home / "models" / "tiny" / fifo
     target.unlink(missing_ok=True)
     os.mkfifo(target)
@@ -205,27 +205,27 @@ def _unwritable(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["file", "devnull", "unwritable"])
-def test_skullvae_home_that_is_not_a_writable_folder_is_one_line(bundle_dir, tmp_path, monkeypatch, capsys, kind):
+def test_skullvae_home_that_is_not_a_writable_folder_is_one_line(tiny_model, tmp_path, monkeypatch, capsys, kind):
     if kind == "file":
         target = tmp_path / "a-file"
         target.write_text("not a folder")
     else:
         target = Path(os.devnull) if kind == "devnull" else _unwritable(tmp_path)
     monkeypatch.setenv("SKULLVAE_HOME", str(target))
-    line = _cli_one_line(capsys, "models", "install", bundle_dir, "--name", "tiny", "--progress", "none")
+    line = _cli_one_line(capsys, "models", "install", tiny_model, "--name", "tiny", "--progress", "none")
     assert "SKULLVAE_HOME" in line, line
     if kind == "devnull":
         assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
 # --- §3: models pack onto a device node ---------------------------------------------------------------
-def test_models_pack_refuses_to_replace_a_device_node(bundle_dir, tmp_path, capsys):
+def test_models_pack_refuses_to_replace_a_device_node(tiny_model, tmp_path, capsys):
     node = tmp_path / "null"
     if os.geteuid() == 0:
         os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
     else:
         os.mkfifo(node)
     mode = os.lstat(node).st_mode
-    line = _cli_one_line(capsys, "models", "pack", bundle_dir, "--out", node)
+    line = _cli_one_line(capsys, "models", "pack", tiny_model, "--out", node)
     assert "device, FIFO or socket" in line and str(node) in line
     assert os.lstat(node).st_mode == mode  # still the node, not a zip

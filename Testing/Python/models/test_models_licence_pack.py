@@ -17,7 +17,7 @@ from SkullVAELib.models.card import metrics_from_summary
 LICENCE = "CC BY-NC-SA 4.0: research only (test entry)"
 
 
-# fixture bundle_dir: conftest.py
+# fixture tiny_model: Testing/Python/conftest.py
 
 
 def _one_line(capsys, *argv) -> str:
@@ -27,25 +27,25 @@ def _one_line(capsys, *argv) -> str:
     return err[0]
 
 
-def test_models_pack_refuses_an_existing_file_without_overwrite(bundle_dir, tmp_path, capsys):
+def test_models_pack_refuses_an_existing_file_without_overwrite(tiny_model, tmp_path, capsys):
     out = tmp_path / "release.zip"
     out.write_bytes(b"an earlier release")
-    line = _one_line(capsys, "models", "pack", bundle_dir, "--out", out)
+    line = _one_line(capsys, "models", "pack", tiny_model, "--out", out)
     assert str(out) in line and "--overwrite" in line and out.read_bytes() == b"an earlier release"
-    assert main(["models", "pack", str(bundle_dir), "--out", str(out), "--overwrite"]) == 0
+    assert main(["models", "pack", str(tiny_model), "--out", str(out), "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("inside", ["config.json", "new.zip"])
-def test_models_pack_never_writes_inside_the_bundle(bundle_dir, capsys, inside):
-    before = {p: p.read_bytes() for p in bundle_dir.rglob("*") if p.is_file()}
-    line = _one_line(capsys, "models", "pack", bundle_dir, "--out", bundle_dir / inside, "--overwrite")
+def test_models_pack_never_writes_inside_the_bundle(tiny_model, capsys, inside):
+    before = {p: p.read_bytes() for p in tiny_model.rglob("*") if p.is_file()}
+    line = _one_line(capsys, "models", "pack", tiny_model, "--out", tiny_model / inside, "--overwrite")
     assert "inside the bundle" in line
-    assert {p: p.read_bytes() for p in bundle_dir.rglob("*") if p.is_file()} == before
+    assert {p: p.read_bytes() for p in tiny_model.rglob("*") if p.is_file()} == before
 
 
-def test_the_registry_licence_is_shown_on_download_info_and_list(bundle_dir, tmp_path, monkeypatch, capsys):
-    archive = pack_bundle(bundle_dir, tmp_path / "tiny-v1.zip", top="tiny")
+def test_the_registry_licence_is_shown_on_download_info_and_list(tiny_model, tmp_path, monkeypatch, capsys):
+    archive = pack_bundle(tiny_model, tmp_path / "tiny-v1.zip", top="tiny")
     entry = {"name": "tiny", "version": "1", "released": True, "url": "file://" + str(archive),
              "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(), "size": archive.stat().st_size,
              "licence": LICENCE}  # fmt: skip

@@ -67,6 +67,14 @@ def boneSegmentIds(segmentationNode, segmentIds=None) -> list[str]:
     return visible
 
 
+def _idArray(ids: list[str]):
+    """The segment ids as the vtkStringArray the segmentation's methods take."""
+    array = vtk.vtkStringArray()
+    for segmentId in ids:
+        array.InsertNextValue(segmentId)
+    return array
+
+
 def _geometryImage(text: str):
     import slicer
 
@@ -88,9 +96,7 @@ def exportGeometry(segmentationNode, ids: list[str]):
     geometry = _geometryImage(reference)
     if geometry is not None:
         return geometry
-    array = vtk.vtkStringArray()
-    for segmentId in ids:
-        array.InsertNextValue(segmentId)
+    array = _idArray(ids)
     bone = _geometryImage(
         segmentation.DetermineCommonLabelmapGeometry(segmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS, array)
     )
@@ -119,9 +125,8 @@ def writeSegmentationAsLabelmap(segmentationNode, path: str | os.PathLike, segme
     ids = boneSegmentIds(segmentationNode, segmentIds)
     name = segmentationNode.GetName()
     geometry = exportGeometry(segmentationNode, ids)
-    array, ones = vtk.vtkStringArray(), vtk.vtkIntArray()
-    for segmentId in ids:
-        array.InsertNextValue(segmentId)
+    array, ones = _idArray(ids), vtk.vtkIntArray()
+    for _ in ids:
         ones.InsertNextValue(1)
     merged = slicer.vtkOrientedImageData()
     ok = geometry is not None and segmentationNode.GenerateMergedLabelmapForAllSegments(

@@ -19,7 +19,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from SkullVAELib.core.config import IMPLANT_COLOR
+from SkullVAELib.core.config import IMPLANT_COLOR, QUALITY_FLOOR, REVIEW_BELOW
 
 from . import nodes
 
@@ -44,9 +44,9 @@ TERMINOLOGY = {
     f"~SCT^260787004^Physical object~SCT^40388003^Implant~^^~Anatomic codes - DICOM master list~{_CRANIUM}~^^",
 }
 LABELMAP = "Binary labelmap"
-#: The library's quality bands (``SkullVAELib.pipeline.completer``: ``QUALITY_FLOOR``, ``REVIEW_BELOW``; not
-#: imported: that module imports torch): every implant delivered under 0.5 is flagged, under 0.3 as doubtful.
-DOUBTFUL_BELOW, REVIEW_BELOW = 0.3, 0.5
+#: The library's quality bands: every implant delivered under ``REVIEW_BELOW`` is flagged, under ``DOUBTFUL_BELOW``
+#: (the Completer's floor) as doubtful.
+DOUBTFUL_BELOW = QUALITY_FLOOR
 CLOSED_SURFACE = "Closed surface"
 
 

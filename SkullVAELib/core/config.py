@@ -26,6 +26,13 @@ DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
 # rim fit (only with a trained residual), the geometric rim fit, the learned
 # facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.
 IMPLANT_SOURCES: tuple[str, ...] = ("residual", "rimfit", "learned", "atlas", "model")
+#: An implant's quality score (SkullVAELib.implant.quality) under this is a failed implant (empty, stepped at the
+#: rim, too thin, stray): the Completer tries the next source and calls one kept anyway doubtful
+#: (docs/results/issue-24.md) ...
+QUALITY_FLOOR = 0.3
+#: ... and at or above the floor but under this, the implant is kept and the user asked to check it (the CLI's
+#: warning, the result's ``implant_review``, the Slicer panel's "check before use").
+REVIEW_BELOW = 0.5
 # Finishing an implant (smoothing, gap to the bone, minimum thickness): larger values would redesign it.
 MAX_FINISH_MM = 20.0
 #: Valid γ of z + γ·DEV (inclusive): 0 reconstructs, 1 completes (the paper), up to 2 thickens.

@@ -34,7 +34,7 @@ from SkullVAELib.core.config import DEFECTS
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.layout import IMPLANT_FOLDERS, LABEL_FOLDERS
 from SkullVAELib.evaluation.metrics import dice, implant_metrics
-from SkullVAELib.io.image import SkullImage, read_skull
+from SkullVAELib.io.image import SkullImage, check_same_grid, read_skull
 
 DEFECT_TYPES = ("cranial", "vault", "irregular", "facial")
 VAULT_STYLES = {"vault": "skullbreak", "irregular": "irregular"}  # drawn cranial defects: their style
@@ -59,23 +59,6 @@ def find_case_file(folder: Path, case_id: str) -> Path | None:
     from SkullVAELib.data.dataset import _files_by_id
 
     return _files_by_id(folder).get(case_id) if folder.is_dir() else None
-
-
-def check_same_grid(image, reference, path: Path, what: str) -> None:
-    """Refuse (one line naming ``path``) an ``image`` whose voxel grid is not ``reference``'s: another shape,
-    or a spacing, origin or direction that differs beyond rounding (1e-4 relative; origin 1e-3 voxel)."""
-    if image.shape != reference.shape:
-        raise SkullVAEError(f"shape {image.shape} differs from {what}'s {reference.shape} (not the same grid)", path)
-    scale = float(np.max(reference.spacing))
-    checks = (
-        ("spacing", image.spacing, reference.spacing, 1e-4 * scale),
-        ("origin", image.origin, reference.origin, 1e-3 * scale),
-        ("direction", image.direction, reference.direction, 1e-4),
-    )
-    for name, mine, theirs, tol in checks:
-        if not np.allclose(mine, theirs, rtol=0.0, atol=tol):
-            ours, other = (np.round(np.ravel(v), 4).tolist() for v in (mine, theirs))
-            raise SkullVAEError(f"{name} {ours} differs from {what}'s {other} (not the same voxel grid)", path)
 
 
 def defect_cases(

@@ -177,15 +177,12 @@ def _partners(test_cases) -> dict[str, object]:
 
 
 def _ground_truth_implant(case, defective, complete_mask):
-    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.image import check_same_grid, read_skull
 
     path = getattr(case, "implant_path", None)
     if path:
         implant = read_skull(path, kind="binary")
-        if implant.shape != defective.shape:
-            raise SkullVAEError(
-                f"implant grid {implant.shape} differs from its defective skull {defective.shape}", path
-            )
+        check_same_grid(implant, defective, path, "its defective skull")
         return implant.mask
     if complete_mask is None:
         return None

@@ -181,6 +181,23 @@ def _largest_component(mask_img: sitk.Image) -> sitk.Image:
     return sitk.Equal(labels, 1)
 
 
+def check_same_grid(image: SkullImage, reference: SkullImage, path: str | Path, what: str) -> None:
+    """Refuse (one line naming ``path``) an ``image`` whose voxel grid is not ``reference``'s: another shape,
+    or a spacing, origin or direction that differs beyond rounding (1e-4 relative; origin 1e-3 voxel)."""
+    if image.shape != reference.shape:
+        raise SkullVAEError(f"shape {image.shape} differs from {what}'s {reference.shape} (not the same grid)", path)
+    scale = float(np.max(reference.spacing))
+    checks = (
+        ("spacing", image.spacing, reference.spacing, 1e-4 * scale),
+        ("origin", image.origin, reference.origin, 1e-3 * scale),
+        ("direction", image.direction, reference.direction, 1e-4),
+    )
+    for name, mine, theirs, tol in checks:
+        if not np.allclose(mine, theirs, rtol=0.0, atol=tol):
+            ours, other = (np.round(np.ravel(v), 4).tolist() for v in (mine, theirs))
+            raise SkullVAEError(f"{name} {ours} differs from {what}'s {other} (not the same voxel grid)", path)
+
+
 def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAULT_HU_THRESHOLD) -> SkullImage:
     """Read a skull as a boolean mask on its exact geometry.
 

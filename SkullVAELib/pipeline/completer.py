@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from SkullVAELib.bundle.folder import ModelFolder
+from SkullVAELib.core.config import QUALITY_FLOOR, REVIEW_BELOW
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.core.unchanged import hold_unchanged
@@ -29,9 +30,6 @@ from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
-QUALITY_FLOOR = 0.3  # below: a failed implant (empty, stepped at the rim, too thin, stray); docs/results/issue-24.md
-# at or above the floor but below this: the implant is kept, and the user is asked to check it (review_note)
-REVIEW_BELOW = 0.5
 # γ = 0 with the model source: the model's reconstruction of the skull, an empty implant and this note
 RECONSTRUCTION_NOTE = "γ = 0: the model reconstructs the skull and adds no implant (the implant is empty)"
 MIN_EXTENT_VOXELS = 8  # a skull needs some depth along every axis (a 2D slice is refused)

@@ -1,5 +1,10 @@
 """``model``: the paper's latent arithmetic — z + γ·DEV decoded by the trained β-VAE's decoder;
-the implant is the decoded bone outside the patient's (:mod:`SkullVAELib.vae.completion`)."""
+the implant is the decoded bone outside the patient's (:mod:`SkullVAELib.vae.completion`).
+
+The decoder's implant is cleaned on the model grid only for pieces near the patient's bone; the
+Completer's shared post-processing (:mod:`SkullVAELib.implant.postprocess`) then drops what no implant
+keeps: a piece far from the main one (a plugged foramen, a blob in the skull's hollow), specks.
+"""
 
 from __future__ import annotations
 
@@ -27,4 +32,4 @@ class ModelSource:
 
     def propose(self, context) -> Proposal:
         result = context.model_completion()
-        return Proposal(result.implant.mask, postprocessed=True)
+        return Proposal(result.implant.mask)  # the shared post-processing follows

@@ -324,3 +324,31 @@ def test_the_quality_reported_is_the_finished_implants(cranial_case):
     assert 0 < gapped.implant.mask.sum() < plain.implant.mask.sum()
     assert gapped.quality == pytest.approx(implant_quality(defective, gapped.implant.mask).score)
     assert gapped.quality < plain.quality
+
+
+def test_the_models_implant_loses_a_far_piece_like_every_source(monkeypatch, tiny_model, facial_case):
+    """The model's decoded implant keeps pieces near the patient's bone; one 60 mm from the implant (a blob the
+    decoder put at the skull base) once survived, because the model source skipped the shared post-processing.
+    It now goes, and the implant proper stays."""
+    from types import SimpleNamespace
+
+    from SkullVAELib.implant.postprocess import postprocess_implant
+    from SkullVAELib.pipeline.context import CompletionContext
+
+    defective, truth = facial_case
+    implant = truth.mask.copy()
+    far = np.zeros_like(implant)
+    bone = np.argwhere(defective.mask)
+    centre = np.argwhere(implant).mean(axis=0)
+    spot = bone[np.argmax(np.linalg.norm((bone - centre) * defective.spacing, axis=1))]  # the farthest bone
+    box = tuple(slice(max(int(c) - 3, 0), int(c) + 3) for c in spot)
+    far[box] = True
+    far &= ~defective.mask
+    assert far.sum() * defective.voxel_volume_mm3 > 200  # no speck: only the far-piece rule removes it
+    fake = SimpleNamespace(implant=SimpleNamespace(mask=implant | far), messages=[], timings={})
+    monkeypatch.setattr(CompletionContext, "model_completion", lambda self: fake)
+    settings = CompletionSettings(model=tiny_model, sources=("model",), defect="facial", rimfit=NO_MIRROR)
+    result = Completer(settings).complete(defective)
+    assert result.source == "model"
+    assert not (result.implant.mask & far).any()
+    assert np.array_equal(result.implant.mask, postprocess_implant(implant, defective))  # the implant proper stays

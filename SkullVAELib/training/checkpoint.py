@@ -5,6 +5,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts writt
 mid-write leaves the previous checkpoint intact) and read back with
 ``torch.load(weights_only=True)`` (nothing is unpickled). RNG states of Python, NumPy and
 torch are converted to tensors/ints so that the safe loader accepts them.
+
+Under DDP every rank has its own random state (its augmentation stream, and whatever global RNG
+state it drew or was seeded with): :func:`gather_random_states` collects them all on rank 0, the
+checkpoint keeps them as a list by rank (``rank_rng``) and :func:`restore_random_state` gives each
+rank its own entry back.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from SkullVAELib.core import atomic
 from SkullVAELib.core.atomic import atomic_path
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.training.distributed import DistContext
 
 CHECKPOINT_FORMAT = "skullvae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -113,6 +120,59 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_random_states(ctx: DistContext, generators: dict[str, torch.Generator]) -> list[dict[str, Any]] | None:
+    """Every rank's random state, a list by rank on rank 0 (``None`` on the others); all ranks call it.
+
+    An entry is ``{"rng": capture_rng_state(), "generators": {name: state}}`` (``state``: the uint8
+    CPU tensor of ``Generator.get_state()``; pass ``{}`` at an epoch boundary, where the epoch's
+    generators are seeded afresh). The objects travel pickled between the ranks only, in memory.
+    """
+    local = {"rng": capture_rng_state(), "generators": {name: g.get_state() for name, g in generators.items()}}
+    if not ctx.distributed:
+        return [local]
+    states: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(local, states, dst=0)
+    return states
+
+
+def random_state_record(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checkpoint's entries for ``states`` (:func:`gather_random_states`): rank 0's at the top level
+    (``rng``, ``NAME_state``: a single process's checkpoint, as before), ``world_size``, and under DDP
+    every rank's in ``rank_rng`` (a list by rank)."""
+    record: dict[str, Any] = {"rng": states[0]["rng"], "world_size": len(states)}
+    record.update({f"{name}_state": state for name, state in states[0]["generators"].items()})
+    if len(states) > 1:
+        record["rank_rng"] = states
+    return record
+
+
+def restore_random_state(rec: dict[str, Any], ctx: DistContext, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Restore this rank's global RNG states from the checkpoint ``rec``; return its saved epoch
+    generators' states by name (empty at an epoch boundary).
+
+    On another number of processes than wrote ``rec``: at an epoch boundary (``rec["step"] == 0``) the
+    resume goes on, as PyTorch users resume elastic (torchrun) runs on other GPU counts - the epoch's
+    generators are seeded afresh per (seed, stage, epoch, rank) anyway, ranks the checkpoint has take
+    their own global RNG states and the others keep theirs. Mid-epoch it is refused (one line): the
+    epoch's batches were shared out and its per-rank streams drawn for the old count, so no state
+    of the new ranks continues the run, and handing one rank's streams to several would make them
+    draw the same augmentations.
+    """
+    saved_world = int(rec.get("world_size", 1))  # a checkpoint without it was written by one process
+    if saved_world != ctx.world_size and rec["step"] > 0:
+        raise SkullVAEError(
+            f"this checkpoint was saved mid-epoch by {saved_world} process(es), not {ctx.world_size}; "
+            f"resume it with {saved_world}",
+            path,
+        )
+    generators = {k[: -len("_state")]: v for k, v in rec.items() if k.endswith("_state")}
+    entries = rec.get("rank_rng") or [{"rng": rec["rng"], "generators": generators}]
+    if ctx.rank >= len(entries):
+        return {}
+    restore_rng_state(entries[ctx.rank]["rng"])
+    return dict(entries[ctx.rank]["generators"]) if saved_world == ctx.world_size else {}
 
 
 def data_fingerprint(data: torch.Tensor) -> dict[str, Any]:

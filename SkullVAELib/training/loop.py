@@ -315,6 +315,7 @@ class Trainer:
         """Checkpoint the current position (all ranks call it; rank 0 writes)."""
         self.ctx.barrier()
         acc = self._global_acc()
+        random_states = ckpt.gather_random_states(self.ctx, self.generators if self.step > 0 else {})
         if self.ctx.is_main:
             state = {
                 "stage": self.stage,
@@ -327,12 +328,10 @@ class Trainer:
                 "config": self.config_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "rng": ckpt.capture_rng_state(),
+                **ckpt.random_state_record(random_states),  # every rank's, by rank
                 "fingerprints": {k: ckpt.data_fingerprint(v) for k, v in self.fingerprints.items()},
                 "stopped": self.stopped,
             }
-            if self.step > 0:
-                state.update({f"{name}_state": g.get_state() for name, g in self.generators.items()})
             if self.best is not None:
                 state["best"] = dict(self.best)
             state.update(self.checkpoint_extras())
@@ -367,15 +366,14 @@ class Trainer:
         """Load the checkpoint after checking it belongs to this stage, settings and data."""
         rec = ckpt.load_checkpoint(self.path)
         self._check_resume(rec)
+        self._saved_generators = ckpt.restore_random_state(rec, self.ctx, self.path)  # this rank's own
         self.model.load_state_dict(rec["model"])
         self.optimizer.load_state_dict(rec["optimizer"])
-        ckpt.restore_rng_state(rec["rng"])
         self.epoch, self.step, self.history = rec["epoch"], rec["step"], list(rec["history"])
         self.steps_done = int(rec.get("steps_done", self.history[-1].get("step", 0) if self.history else 0))
         if self.ctx.is_main:  # the saved sums are global: rank 0 carries them, the others start at 0
             self.acc = torch.tensor(rec["accumulators"], dtype=torch.float64, device=self.ctx.device)
         self.seconds0 = rec["epoch_seconds"]
-        self._saved_generators = {k[: -len("_state")]: v for k, v in rec.items() if k.endswith("_state")}
         if "best" in rec:
             best = rec["best"]
             self.best = {**best, "model": {k: v.to(self.ctx.device) for k, v in best["model"].items()}}

@@ -229,11 +229,20 @@ class Completer:
 
 def _no_source_error(decision, skipped: dict[str, str], skull: SkullImage) -> SkullVAEError:
     """The one-line error when no implant source applies (``decision``: the defect decision; ``skipped``:
-    why each source was passed over), with the way out for the user."""
+    why each source was passed over), with the way out for the user.
+
+    When ``--defect auto`` took the skull for facial only because the rim fit found no enclosed hole in the
+    vault, the skull may as well be complete: the error says so first, then what each kind of defect needs
+    (the sources' own reasons add nothing there: each is "for cranial defects" or "not installed")."""
+    if decision.reason.startswith("taken as facial"):
+        why = decision.reason.removeprefix("taken as facial: ")
+        return SkullVAEError(
+            f"no cranial defect found ({why}): a complete skull has nothing to fill; "
+            f"{FACIAL_SOURCES_HINT}; give --defect cranial if the defect is cranial",
+            skull.metadata.get("source"),
+        )
     reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())
     hint = FACIAL_SOURCES_HINT if decision.defect == "facial" else "no implant source applies"
-    if decision.reason.startswith("taken as"):  # auto could not read it: say why, offer the way out
-        hint += f" (the defect was {decision.reason}; give --defect cranial if it is cranial)"
     return SkullVAEError(f"{hint} ({reasons})", skull.metadata.get("source"))
 
 

@@ -70,6 +70,19 @@ def test_a_facial_defect_without_a_facial_source_names_what_to_install(facial_ca
         Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(defective)
 
 
+def test_a_complete_skull_without_a_model_is_said_to_have_no_cranial_defect():
+    """No enclosed vault hole and no facial source: the skull may well be complete. The error says that first,
+    then what a facial defect needs and how to insist on cranial, in one line (before: "a facial defect needs
+    ..." followed by every source's reason, as if the skull surely had a facial defect)."""
+    complete = make_phantom(1, SHAPE, SPACING)
+    with pytest.raises(SkullVAEError) as error:
+        Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(complete)
+    text = str(error.value)
+    assert "no cranial defect found (the rim fit found no enclosed hole in the vault" in text
+    assert "a complete skull has nothing to fill" in text and "give --defect cranial" in text
+    assert "rimfit:" not in text and len(text.splitlines()) == 1
+
+
 def test_auto_reads_the_defect_from_the_geometry(facial_case, cranial_case):
     from SkullVAELib.bundle.folder import ModelFolder
     from SkullVAELib.pipeline.context import CompletionContext

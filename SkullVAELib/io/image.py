@@ -291,14 +291,6 @@ def exact_axis_vectors(spacing: np.ndarray, direction: np.ndarray) -> list[np.nd
     return [_exact_space_direction(float(spacing[c]), direction[:, c]) for c in range(3)]
 
 
-def geometry_from_axis_vectors(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(spacing (3,), direction (3, 3)) from a (3, 3) matrix whose column c is axis c's vector,
-    computed as ITK's NRRD reader does, so that it matches ``read_skull`` bit for bit."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    spacing = np.sqrt((vectors[0] * vectors[0] + vectors[1] * vectors[1]) + vectors[2] * vectors[2])
-    return spacing, vectors * (1.0 / spacing)[None, :]
-
-
 def _patch_nrrd_space_directions(path: Path, img: sitk.Image) -> None:
     """Rewrite the ``space directions`` header line of a NRRD file ITK just wrote (see above)."""
     spacing = np.array(img.GetSpacing(), dtype=np.float64)

@@ -111,7 +111,7 @@ def pixel_bytes(reader: sitk.ImageFileReader) -> int:
 
 
 def read_information(
-    path: str | os.PathLike, warnings: list[str] | None = None, verify_voxels: bool = True
+    path: str | os.PathLike, warnings: list[str] | None = None, verify_voxels: bool = True, layers: bool = False
 ) -> sitk.ImageFileReader:
     """A reader that has read ``path``'s header only, after the regular-file, geometry and size checks.
 
@@ -119,7 +119,9 @@ def read_information(
     geometry not finite or implausible (:mod:`SkullVAELib.io.headers`), not a 3D scalar volume,
     over the size limits, or (with ``verify_voxels``) a truncated NIfTI, which takes decompressing
     it once per process. Defaults assumed for missing header fields (a spacing of 1 mm, ...) are
-    appended to ``warnings`` when a list is given.
+    appended to ``warnings`` when a list is given. With ``layers``, a 3D volume of several values
+    per voxel is accepted (the layers of a Slicer segmentation, a ``list`` axis ITK reads as vector
+    components), and counted in the size limits.
     """
     path = Path(path)
     name = path.name.lower()
@@ -145,7 +147,7 @@ def read_information(
     components = reader.GetNumberOfComponents()
     dim = reader.GetDimension()
     shape = "x".join(map(str, size))
-    if components != 1:
+    if components != 1 and not layers:
         raise SkullVAEError(
             f"is a vector image with {components} components per voxel (4D); expected a 3D volume", path
         )
@@ -156,7 +158,7 @@ def read_information(
     check_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
     if warnings is not None:
         warnings.extend(w for w in assumed if w not in warnings)
-    voxel_bytes = pixel_bytes(reader)
+    voxel_bytes = pixel_bytes(reader) * components
     check_volume(size, voxel_bytes, path, what="image")
     if verify_voxels and (name.endswith(".nii") or name.endswith(".nii.gz")):
         st = os.stat(path)

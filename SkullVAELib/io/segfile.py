@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from SkullVAELib.core.atomic import atomic_path
 from SkullVAELib.core.config import IMPLANT_COLOR
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.core.limits import check_volume
-from SkullVAELib.io.image import SkullImage, exact_axis_vectors, geometry_from_axis_vectors, write_itk_nrrd
-from SkullVAELib.io.inputs import require_regular_file
+from SkullVAELib.io.image import SkullImage, exact_axis_vectors, write_itk_nrrd
+from SkullVAELib.io.inputs import read_information
 
 # Colours (RGB in [0, 1]) of the segments SkullVAE writes; bone-like and the one implant colour.
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
@@ -175,18 +175,23 @@ def _write_layers(path: Path, like: SkullImage, voxels_lijk: np.ndarray, fields:
 def read_segmentation(path: str | Path) -> tuple[SkullImage, dict[str, np.ndarray]]:
     """Read a ``.seg.nrrd``: (geometry as a SkullImage with an empty mask, {name: bool mask (I, J, K)}).
 
-    Raises SkullVAEError naming the file when it is missing or not a segmentation.
+    The header passes the image reader's checks first (:func:`SkullVAELib.io.inputs.read_information`),
+    so no voxel is read from a bad or hostile file. The geometry's ``metadata`` holds ``source`` and
+    ``warnings`` (defaults assumed for missing header fields, e.g. a spacing of 1 mm).
+
+    Raises SkullVAEError naming the file: missing, not a regular file (or its detached data file),
+    geometry not finite or outside the plausible range (``io.headers.SPACING_RANGE_MM``), not 3D (a
+    single slice, or 4D other than layers), over the size limits, labels not integers, or not a
+    Slicer segmentation.
     """
-    import nrrd
     import slicerio
 
-    path = require_regular_file(path)
-    try:
-        header = nrrd.read_header(str(path))
-        sizes = [int(s) for s in header["sizes"]]
-    except Exception as exc:  # pynrrd raises many types for a bad header
-        raise SkullVAEError(f"cannot read as a Slicer segmentation: {exc}", path) from None
-    check_volume(sizes, 1, path, what="segmentation")  # before pynrrd allocates the voxels
+    path = Path(path)
+    warnings: list[str] = []
+    reader = read_information(path, warnings, layers=True)  # before pynrrd allocates the voxels
+    label_type = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).dtype
+    if label_type.kind not in "iu":
+        raise SkullVAEError(f"segmentation voxels are {label_type.name}; expected integer labels", path)
     try:
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as exc:  # pynrrd/slicerio raise many types for a bad file
@@ -194,12 +199,12 @@ def read_segmentation(path: str | Path) -> tuple[SkullImage, dict[str, np.ndarra
     voxels = np.asarray(segmentation["voxels"])
     if voxels.ndim not in (3, 4):
         raise SkullVAEError(f"expected a 3D or layered 4D segmentation, got {voxels.ndim}D voxels", path)
-    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=np.float64)
-    spacing, direction = geometry_from_axis_vectors(ijk_to_lps[:3, :3])
-    shape = voxels.shape[-3:]
-    geometry = SkullImage(
-        np.zeros(shape, dtype=bool), ijk_to_lps[:3, 3].copy(), spacing, direction, {"source": str(path)}
+    # the geometry checked above, as read_skull reads it (slicerio ignores a NRRD "spacings" field)
+    origin, spacing, direction = (
+        np.array(v, dtype=np.float64) for v in (reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection())
     )
+    metadata = {"source": str(path), "warnings": warnings}
+    geometry = SkullImage(np.zeros(voxels.shape[-3:], dtype=bool), origin, spacing, direction, metadata)
     masks: dict[str, np.ndarray] = {}
     for segment in segmentation.get("segments", []):
         layer_voxels = voxels if voxels.ndim == 3 else voxels[int(segment.get("layer", 0))]

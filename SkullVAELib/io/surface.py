@@ -17,7 +17,7 @@ from vtkmodules.util import numpy_support
 from vtkmodules.util.vtkConstants import VTK_UNSIGNED_CHAR
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonTransforms import vtkTransform
-from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkWindowedSincPolyDataFilter
+from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkReverseSense, vtkWindowedSincPolyDataFilter
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
 from vtkmodules.vtkIOGeometry import vtkSTLWriter
 
@@ -46,7 +46,11 @@ def _vtk_image(mask: np.ndarray) -> vtkImageData:
 
 
 def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: str = "LPS") -> vtkPolyData:
-    """Triangulated surface (with normals) of ``mask.mask`` in physical mm.
+    """Triangulated surface (with point normals) of ``mask.mask`` in physical mm.
+
+    Every triangle (right-hand winding) and normal faces out of the material: away from the
+    implant on its outer shell and into the void on the wall of a void enclosed in it, so the
+    signed volume is the material's, whatever the handedness of the affine.
 
     Args:
         mask: a binary SkullImage (I, J, K) and its geometry.
@@ -80,11 +84,21 @@ def implant_surface(mask: SkullImage, smooth: bool = True, coordinate_system: st
     to_physical = vtkTransformPolyDataFilter()
     to_physical.SetTransform(transform)
     to_physical.SetInputConnection(last.GetOutputPort())
+    last = to_physical
+    if np.linalg.det(affine[:3, :3]) < 0:  # a mirroring affine turns every triangle inside out
+        reverse = vtkReverseSense()
+        reverse.SetInputConnection(to_physical.GetOutputPort())
+        reverse.ReverseCellsOn()
+        reverse.ReverseNormalsOff()
+        last = reverse
+    # The contour's triangles already face away from the material on every shell, the walls of an
+    # enclosed void included (they face into the void). No re-orienting: AutoOrientNormalsOn turns
+    # each closed shell to face away from its own inside, i.e. a void's wall into the material.
     normals = vtkPolyDataNormals()
-    normals.SetInputConnection(to_physical.GetOutputPort())
+    normals.SetInputConnection(last.GetOutputPort())
     normals.SplittingOff()
-    normals.ConsistencyOn()
-    normals.AutoOrientNormalsOn()  # outward normals, even for a mirroring (det < 0) affine
+    normals.ConsistencyOff()
+    normals.AutoOrientNormalsOff()
     normals.Update()
     return normals.GetOutput()
 

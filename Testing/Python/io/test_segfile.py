@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import slicerio
@@ -223,3 +227,105 @@ def test_layers_go_to_the_first_layer_they_do_not_overlap_and_leave_the_masks_al
     assert _assign_layers([a, c, b]) == [0, 1, 0]
     for mask, copy in zip((a, b, c, d), before, strict=True):
         np.testing.assert_array_equal(mask, copy)
+
+
+# --- a bad .seg.nrrd is refused as the image reader refuses a bad image: one line naming the file ---
+_SEGMENT_FIELDS = "Segment0_ID:=Segment_1\nSegment0_Name:=Implant\nSegment0_LabelValue:=1\nSegment0_Layer:=0\n"
+_NUMPY_TYPES = {"uint8": "u1", "int64": "<i8", "float": "<f4"}
+
+
+def _seg_nrrd(path: Path, data: bool = True, **fields: str | None) -> Path:
+    """A one-segment .seg.nrrd: raw labels (I, J, K) = 8×9×10, 0.5×0.7×0.9 mm, origin (1, 2, 3) mm.
+
+    ``fields`` replace header fields (``space_origin="(nan,2,3)"``; None drops one); ``data=False``
+    writes no voxels (for a detached ``data_file``)."""
+    header = {
+        "type": "uint8",
+        "dimension": "3",
+        "space": "left-posterior-superior",
+        "sizes": "8 9 10",
+        "space directions": "(0.5,0,0) (0,0.7,0) (0,0,0.9)",
+        "kinds": "domain domain domain",
+        "endian": "little",
+        "encoding": "raw",
+        "space origin": "(1,2,3)",
+    }
+    header.update({key.replace("_", " "): value for key, value in fields.items()})
+    text = "NRRD0004\n" + "".join(f"{k}: {v}\n" for k, v in header.items() if v is not None) + _SEGMENT_FIELDS
+    labels = np.zeros([int(s) for s in header["sizes"].split()][::-1], dtype=_NUMPY_TYPES[header["type"]])
+    labels[..., 2:5] = 1  # (K, J, I): x fastest in the file
+    path.write_bytes((text + "\n").encode() + (labels.tobytes() if data else b""))
+    return path
+
+
+def _refused(path: Path, named: Path | None = None, seconds: float = 10.0) -> str:
+    """The one-line SkullVAEError of ``read_segmentation(path)``, which names ``named`` (default
+    ``path``); fails instead of hanging when the read blocks (a FIFO)."""
+    box: dict = {}
+
+    def target():
+        try:
+            read_segmentation(path)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "hangs"
+    error = box.get("error")
+    assert isinstance(error, SkullVAEError), f"not refused: {error!r}"
+    message = str(error)
+    assert "\n" not in message and str(named or path) in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"space_directions": "(nan,0,0) (0,0.7,0) (0,0,0.9)"}, "not finite"),
+        ({"space_directions": "(0,0,0) (0,0.7,0) (0,0,0.9)"}, "not finite and positive"),
+        ({"space_directions": "(100,0,0) (0,0.7,0) (0,0,0.9)"}, "outside 0.05-20 mm"),
+        ({"space_directions": "(0.5,0,0) (0.5,0,0) (0,0,0.9)"}, "singular"),
+        ({"space_origin": "(nan,2,3)"}, "not finite"),
+        ({"space_origin": "(1e300,2,3)"}, "not a finite position"),
+        ({"sizes": "8 9 1"}, "2D image"),
+        ({"type": "float"}, "expected integer labels"),
+    ],
+    ids=["nan-spacing", "zero-spacing", "implausible-spacing", "singular", "nan-origin", "far-origin", "2D", "float"],
+)
+def test_bad_segmentation_header_is_refused_like_a_bad_image(tmp_path, fields, expected):
+    assert expected in _refused(_seg_nrrd(tmp_path / "bad.seg.nrrd", **fields))
+
+
+@pytest.mark.parametrize(
+    ("data_file", "expected"), [("/dev/zero", "not a regular file"), ("fifo", "FIFO"), ("gone", "not found")]
+)
+def test_segmentation_data_file_that_is_not_a_regular_file_is_refused(tmp_path, data_file, expected):
+    if data_file == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+    path = _seg_nrrd(tmp_path / "detached.seg.nrrd", data=False, data_file=data_file)
+    assert expected in _refused(path, named=tmp_path / data_file)
+
+
+def test_segmentation_memory_estimate_counts_the_bytes_of_its_labels(tmp_path, monkeypatch, default_limits):
+    """10⁶ int64 labels: under a 0.02 GB limit at 1 byte a voxel, over it at their 8 bytes."""
+    from SkullVAELib.core.limits import ENV_MAX_MEMORY_GB
+
+    monkeypatch.setenv(ENV_MAX_MEMORY_GB, "0.02")
+    path = _seg_nrrd(tmp_path / "wide.seg.nrrd", data=False, type="int64", sizes="100 100 100", data_file="gone")
+    (tmp_path / "gone").write_bytes(b"")  # a regular file: only the size estimate can refuse it
+    assert "memory, over the 0.02 GB limit" in _refused(path)
+
+
+def test_segmentation_geometry_is_the_checked_header_geometry(tmp_path):
+    """The geometry read_skull reads (a NRRD ``spacings`` field too), with the defaults it assumed."""
+    bare = {"space": None, "space_directions": None, "space_origin": None}  # no LPS space: origin 0
+    path = _seg_nrrd(tmp_path / "spacings.seg.nrrd", spacings="0.5 0.7 0.9", **bare)
+    geometry, masks = read_segmentation(path)
+    np.testing.assert_array_equal(geometry.spacing, [0.5, 0.7, 0.9])
+    skull = read_skull(path)
+    assert geometry.same_geometry(skull) and np.array_equal(masks["Implant"], skull.mask)
+    assert geometry.metadata["warnings"] == []
+    geometry, _ = read_segmentation(_seg_nrrd(tmp_path / "bare.seg.nrrd", **bare))
+    assert ["1 mm was assumed" in w for w in geometry.metadata["warnings"]] == [True]

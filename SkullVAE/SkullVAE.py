@@ -45,7 +45,7 @@ import slicer  # noqa: E402
 import vtk  # noqa: E402
 from SkullVAESlicerLib import resourcePath  # noqa: E402
 from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: E402, F401  (re-exported API)
-from SkullVAESlicerLib.widget import modelPathText  # noqa: E402
+from SkullVAESlicerLib.options import INPUT_KINDS, modelPathText  # noqa: E402
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode  # noqa: E402
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
 from slicer.ScriptedLoadableModule import (  # noqa: E402
@@ -120,6 +120,9 @@ class SkullVAEParameterNode:
 
     inputVolume: CT (HU) or binary volume / labelmap.
     inputSegmentation: a skull segmentation; used instead of inputVolume when set.
+    inputKind: how the input volume's values are read, ``skullvae complete --input-kind`` (``INPUT_KINDS``):
+        auto (decided from the values), binary (nonzero = bone) or ct (bone = values >= boneThresholdHU; e.g. a
+        CBCT that auto takes for a mask or refuses). A labelmap or a segmentation is always binary.
     boneThresholdHU: bone threshold for CT input.
     modelPath: model bundle folder.
     defectType: auto / cranial / facial (``SkullVAELib.core.config.DEFECT_CHOICES``).
@@ -129,7 +132,7 @@ class SkullVAEParameterNode:
     residual, rimfit, learned, atlas, model: which implant sources to try, in the library's order and words
         (``skullvae complete --sources``; ``SkullVAELib.core.config.IMPLANT_SOURCES``): one field per
         source, named by it (the panel passes ``sourcesOf(params)`` to ``process(sources=...)``).
-    mirror: let rimfit use the skull's mirror image (``--mirror``).
+    mirror: let rimfit and residual use the skull's mirror image (``--mirror``).
     selfCheck: try rimfit's fill on the hole's outline moved over the intact vault (``--self-check``).
     smoothMm, marginMm, minThicknessMm: finishing for manufacture in mm, 0 = off (``--smooth-mm``,
         ``--margin-mm``: the gap between implant and patient bone, ``--min-thickness-mm``).
@@ -138,6 +141,7 @@ class SkullVAEParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputSegmentation: vtkMRMLSegmentationNode
+    inputKind: Annotated[str, Choice(list(INPUT_KINDS))] = "auto"
     boneThresholdHU: Annotated[float, WithinRange(-1000, 3000)] = 300
     modelPath: Path  # a ctkPathLineEdit binds to pathlib.Path only; Path(".") means "not chosen"
     defectType: Annotated[str, Choice(list(DEFECT_CHOICES))] = "auto"

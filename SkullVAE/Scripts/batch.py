@@ -3,7 +3,7 @@
     Slicer --no-main-window --python-script SkullVAE/Scripts/batch.py \\
         --input defective.nrrd --output completed.seg.nrrd [--model MODEL_DIR] \\
         [--implant-stl implant.stl] [--gamma 1.0] [--defect auto|cranial|facial] \\
-        [--hu-threshold 300] [--cpu] [--timeout SECONDS] [--sources residual,rimfit,learned,atlas,model] \\
+        [--input-kind auto|binary|ct] [--hu-threshold 300] [--cpu] [--timeout SECONDS] [--sources residual,rimfit,learned,atlas,model] \\
         [--no-mirror] [--self-check] [--smooth-mm MM] [--margin-mm MM] [--min-thickness-mm MM]
 
 Loads the input (volume, or a .seg.nrrd segmentation), runs ``SkullVAELogic(warmWorker=False).process``
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from SkullVAESlicerLib import nodes  # noqa: E402  (importing it makes SkullVAELib importable too)
-from SkullVAESlicerLib.logic import SkullVAELogic, SkullVAETimeout  # noqa: E402
+from SkullVAESlicerLib.logic import INPUT_KINDS, SkullVAELogic, SkullVAETimeout  # noqa: E402
 
 from SkullVAELib.core.config import DEFECT_CHOICES, GAMMA_RANGE, IMPLANT_SOURCES  # noqa: E402  (the vocabulary)
 from SkullVAELib.core.errors import SkullVAEError  # noqa: E402
@@ -42,6 +42,9 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--implant-stl", help="also write the implant surface as STL")
     parser.add_argument("--gamma", type=float, default=1.0, help="γ in {:g}..{:g} (default 1)".format(*GAMMA_RANGE))
     parser.add_argument("--defect", choices=DEFECT_CHOICES, default="auto")
+    parser.add_argument(
+        "--input-kind", choices=INPUT_KINDS, default="auto", help="how a volume's values are read (skullvae complete)"
+    )
     parser.add_argument("--hu-threshold", type=float, default=300.0, help="bone threshold for CT input (HU)")
     parser.add_argument("--cpu", action="store_true", help="force CPU")
     parser.add_argument("--timeout", type=float, default=None, help="stop the completion after this many seconds")
@@ -133,6 +136,7 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
             gamma=args.gamma,
             defect=args.defect,
             boneThresholdHU=args.hu_threshold,
+            inputKind=args.input_kind,
             forceCPU=args.cpu,
             sources=args.sources,
             mirror=args.mirror,

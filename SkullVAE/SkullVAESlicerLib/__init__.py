@@ -6,7 +6,8 @@
 - ``process``: the child-process runner (command, progress lines, cancel), no Qt;
   ``runfolders``: its private temporary folders.
 - ``worker``: the warm ``skullvae worker`` child kept alive between runs, no Qt.
-- ``options``: a run's options checked (sources, finishing, model, γ), no Qt.
+- ``options``: a run's options checked (sources, finishing, model, γ, input kind) and the panel's rules
+  (which settings can matter: γ, mirror, self-check, input kind, bone threshold), no Qt.
 - ``logic``: ``SkullVAELogic`` (console, batch and panel), no Qt; ``models``: its model half;
   ``results``: the result the Slicer way.
 - ``install``: dependency setup inside Slicer (asks first).

@@ -8,7 +8,8 @@ and loads the resulting ``.seg.nrrd`` into a segmentation node the Slicer way (`
 the input's geometry, under the input in the subject hierarchy. ``SkullVAELogic(warmWorker=False)``
 starts one child per call instead (``batch.py``). A model is optional: without one, cranial defects
 get the model-free rim fit. The implant sources and the finishing are the library's words
-(``sources``, ``mirror``, ``selfCheck``, ``smoothMm``, ``marginMm``, ``minThicknessMm``). Imports no Qt: under the
+(``sources``, ``mirror``, ``selfCheck``, ``smoothMm``, ``marginMm``, ``minThicknessMm``), and so is how a volume's
+values are read (``inputKind``: ``--input-kind`` auto, binary or ct). Imports no Qt: under the
 slicer-core wheel the base class is a plain object. The model half (list, download, install,
 remove) is ``models.ModelsLogic``.
 """
@@ -23,7 +24,16 @@ from SkullVAELib.core.config import IMPLANT_SOURCES  # the implant sources' word
 
 from . import inputs, nodes, outputs, results
 from .models import ModelsLogic
-from .options import DEFECT_TYPES, FINISHING, checkedChoices, checkedOptions, gammaApplies  # noqa: F401  (re-exported)
+from .options import (  # noqa: F401  (re-exported: the panel's rules)
+    DEFECT_TYPES,
+    FINISHING,
+    INPUT_KINDS,
+    checkedChoices,
+    checkedOptions,
+    gammaApplies,
+    mirrorApplies,
+    selfCheckApplies,
+)
 from .process import (  # noqa: F401  (SkullVAECancelled, SkullVAETimeout: re-exported API)
     ChildProcess,
     RunOutcome,
@@ -148,37 +158,39 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         smoothMm: float = 0.0,
         marginMm: float = 0.0,
         minThicknessMm: float = 0.0,
+        inputKind: str = "auto",
         segmentIds=None,
         waitForCompletion: bool = True,
         onProgress=None,
         onFinished=None,
         timeout: float | None = None,
     ):
-        """Complete the skull in ``inputNode`` (CT or binary volume, labelmap, or segmentation).
+        """Complete the skull in ``inputNode`` (CT or binary volume, labelmap, or segmentation); returns the output
+        segmentation node when ``waitForCompletion``, else None.
 
         Args:
-            inputNode: vtkMRMLScalarVolumeNode (CT in HU or binary mask), vtkMRMLLabelMapVolumeNode
-                or vtkMRMLSegmentationNode.
+            inputNode: vtkMRMLScalarVolumeNode (CT or binary mask), vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode.
             modelPath: a model bundle folder (holds config.json) or an installed model's name;
                 None or "": no model (cranial defects: the model-free rim fit).
             outputSegmentation: node to fill; None, or a node holding another input's result, creates
                 "<input> completion" (``outputs.outputFor``). It is placed under the input's parent transform.
             gamma: γ, weight of the class-direction shift (``SkullVAELib.core.config.GAMMA_RANGE``, 0..2).
             defect: "auto", "cranial" or "facial".
-            boneThresholdHU: bone threshold for CT input.
+            boneThresholdHU: bone threshold for CT input (HU; for ``inputKind`` "ct", in the scan's own units).
             forceCPU: run on CPU even when CUDA is present.
             uncertainty: also load an uncertainty map as a volume.
-            sources: the implant sources to try, in order (the first that applies and proposes bone makes
-                the implant; ``skullvae complete --sources``): "residual" (the rim fit corrected by the bundle's
-                cranial U-Net), "rimfit" (no model), "learned" (facial U-Net), "atlas", "model" (latent
-                arithmetic, γ). A sequence or one text "rimfit,model".
-            mirror: let ``rimfit`` use the skull's mirror image (``--mirror``/``--no-mirror``).
+            sources: the implant sources to try in order (``--sources``; the first that applies and proposes bone
+                wins): "residual" (the rim fit corrected by the bundle's cranial U-Net), "rimfit" (no model), "learned"
+                (facial U-Net), "atlas", "model" (latent arithmetic, γ). A sequence or one text "rimfit,model".
+            mirror: let ``rimfit`` and ``residual`` use the skull's mirror image (``--mirror``/``--no-mirror``).
             selfCheck: score ``rimfit``'s fill on the hole's outline moved over the intact vault (``--self-check``;
                 about 1.5 s more; the log and :attr:`lastResult`'s ``implant_self_check`` hold the DSC).
             smoothMm: smooth the implant's surface (Gaussian σ, mm; ``--smooth-mm``).
             marginMm: the gap left between implant and patient bone (mm; ``--margin-mm``).
             minThicknessMm: remove implant parts thinner than this (mm; ``--min-thickness-mm``).
                 Finishing: 0 = off; the library refuses values above its maximum (a ValueError).
+            inputKind: how a scalar volume's values are read (``--input-kind``, :data:`INPUT_KINDS`): "auto" (from the
+                values), "binary" (nonzero = bone) or "ct" (>= ``boneThresholdHU``, e.g. a CBCT); labelmaps are binary.
             segmentIds: segmentation input: the skull's segment(s), ids or names; None: the only segment,
                 else the visible ones (the log names those used; ``inputs.boneSegmentIds``).
             waitForCompletion: block until done (console, batch); else return at once and call :meth:`poll`.
@@ -186,9 +198,6 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             onFinished: ``(segmentationNode or None, error or None)`` when a started run ends; a run that
                 fails to start (bad input, no worker) only raises.
             timeout: blocking mode: seconds until the child is stopped, :class:`SkullVAETimeout` (None: no limit).
-
-        Returns:
-            The output segmentation node when ``waitForCompletion``, else None.
 
         Raises:
             ValueError for bad input (a model folder that is not a bundle, empty segmentation, input neither
@@ -198,7 +207,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         if self._run is not None:
             raise RuntimeError("a completion is already running; cancel it first")
         self.lastResult = self.uncertaintyVolume = None  # nothing of an earlier run stays after this one
-        options = checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty)
+        options = checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty, inputKind)
         options["choices"] = checkedChoices(sources, mirror, selfCheck, smoothMm=smoothMm, marginMm=marginMm,
                                             minThicknessMm=minThicknessMm)  # fmt: skip
         options["segmentIds"] = segmentIds  # a segmentation input's bone (inputs.boneSegmentIds)
@@ -273,10 +282,8 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
                 node, inputPath, run.options["segmentIds"]
             )
             self.log(f"Skull: the segment(s) {inputs.segmentNames(node, ids)} of '{node.GetName()}'")
-            run.options["inputKind"] = "binary"
         else:
             nodes.writeVolume(node, inputPath)
-            run.options["inputKind"] = "binary" if nodes.isLabelmapNode(node) else "auto"
         run.options["inputPath"] = str(inputPath)
 
     def _start(self, run: _Run) -> None:

@@ -8,8 +8,10 @@ The model selector lists installed models and the registry's; Download (after th
 model, remembered in the user's settings) and Install from file run ``skullvae models download|install`` the same
 way (progress bar, Cancel); Remove deletes. A model is optional: Apply needs only an input. γ is enabled only
 where it can change the implant (``logic.gammaApplies``). The implant sources are one checkbox per source, named
-by the library's word (residual, rimfit, learned, atlas, model; :func:`sourcesOf`), rimfit's mirror and self-check
+by the library's word (residual, rimfit, learned, atlas, model; ``options.sourcesOf``), the mirror and self-check
 two more, and the finishing (smoothing, gap, minimum thickness) goes to ``process(smoothMm=, marginMm=, ...)``.
+The input kind (auto, binary, ct: ``--input-kind``) goes to ``process(inputKind=)``. Which settings are enabled
+is decided by ``options`` (gammaApplies, mirrorApplies, selfCheckApplies, inputKindApplies, boneThresholdApplies).
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from pathlib import Path
 import qt
 import slicer
 
-from SkullVAELib.core.config import IMPLANT_SOURCES
-
-from . import nodes
+from . import options
 from .logic import SkullVAECancelled, gammaApplies, sourceText
+from .options import modelPathText, sourcesOf
 from .results import volumeText
 
 MODEL_PATH_SETTING = "SkullVAE/ModelPath"
@@ -255,15 +256,19 @@ class SkullVAEPanel:
             else "γ has no effect here: it weights the model source only (no model, the model source off, or a "
             "cranial defect that rimfit fills first)"
         )
-        self.ui.mirrorCheckBox.enabled = self.ui.selfCheckCheckBox.enabled = "rimfit" in sources and not running
+        defect, model = (params.defectType if params is not None else "auto"), modelPathText(params)
+        self.ui.mirrorCheckBox.enabled = options.mirrorApplies(model, defect, sources) and not running
+        self.ui.selfCheckCheckBox.enabled = options.selfCheckApplies(defect, sources) and not running
         output = params.outputSegmentation if params is not None else None
         self.ui.show3DButton.setSegmentationNode(output)
         self.ui.show3DButton.enabled = output is not None and not running
         self.ui.exportStlButton.enabled = output is not None and not running
         self.ui.completedSkullButton.enabled = output is not None and not running
-        self.ui.boneThresholdSpinBox.enabled = (
-            params is not None and params.inputSegmentation is None and not nodes.isLabelmapNode(params.inputVolume)
+        volume, segmentation, kind = (
+            (params.inputVolume, params.inputSegmentation, params.inputKind) if params is not None else (None, None, "")
         )
+        self.ui.inputKindComboBox.enabled = options.inputKindApplies(volume, segmentation)
+        self.ui.boneThresholdSpinBox.enabled = options.boneThresholdApplies(volume, segmentation, kind)
 
     def appendLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
@@ -296,6 +301,7 @@ class SkullVAEPanel:
                 forceCPU=params.forceCPU,
                 uncertainty=params.uncertainty,
                 sources=sourcesOf(params),
+                inputKind=params.inputKind,
                 mirror=params.mirror,
                 selfCheck=params.selfCheck,
                 smoothMm=params.smoothMm,
@@ -379,18 +385,6 @@ class SkullVAEPanel:
             while not self.logic.poll() and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.timer.stop()
-
-
-def sourcesOf(params) -> tuple[str, ...]:
-    """The implant sources switched on in the panel, in the library's order (``IMPLANT_SOURCES``):
-    the parameter node has one bool field per source, named by its word."""
-    return tuple(word for word in IMPLANT_SOURCES if params is not None and bool(getattr(params, word, False)))
-
-
-def modelPathText(params) -> str:
-    """The chosen model folder as text; "" when none (an unset pathlib.Path reads as ".")."""
-    text = str(params.modelPath or "") if params is not None else ""
-    return "" if text in ("", ".") else text
 
 
 def _samePath(a: str, b: str) -> bool:

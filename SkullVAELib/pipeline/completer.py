@@ -236,9 +236,10 @@ def _no_source_error(decision, skipped: dict[str, str], skull: SkullImage) -> Sk
     (the sources' own reasons add nothing there: each is "for cranial defects" or "not installed")."""
     if decision.reason.startswith("taken as facial"):
         why = decision.reason.removeprefix("taken as facial: ")
+        complete = "" if why.startswith("the enclosed hole found") else ": a complete skull has nothing to fill"
         return SkullVAEError(
-            f"no cranial defect found ({why}): a complete skull has nothing to fill; "
-            f"{FACIAL_SOURCES_HINT}; give --defect cranial if the defect is cranial",
+            f"no cranial defect found ({why}){complete}; {FACIAL_SOURCES_HINT}; "
+            "give --defect cranial if the defect is cranial",
             skull.metadata.get("source"),
         )
     reasons = "; ".join(f"{n}: {why}" for n, why in skipped.items())

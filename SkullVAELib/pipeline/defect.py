@@ -36,14 +36,14 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
     given = context.settings.defect
     if given != "auto":
         decision = DefectDecision(given, f"{given} (given)", 1.0)
-    elif vault_holes(context.rim_fit().holes_in_lps()):
+    elif vault_holes(holes := context.rim_fit().holes_in_lps()):
         decision = DefectDecision("cranial", "cranial: an enclosed hole in the vault", None)
     elif context.folder.has_vae and context.folder.vae().centroids:
         context.defect = "auto"  # undecided: the model's completion at this γ classifies the skull
         result = context.model_completion()
         decision = DefectDecision(result.defect, f"{result.defect}: the model's classifier", result.confidence)
     else:
-        why = "; ".join(context.rim_fit().messages) or "no enclosed hole in the vault"
+        why = off_vault_note(holes) or "; ".join(context.rim_fit().messages) or "no enclosed hole in the vault"
         decision = DefectDecision("facial", f"taken as facial: {why}", None)
     context.cache["defect"] = decision
     return decision
@@ -57,3 +57,19 @@ def vault_holes(holes: Sequence) -> list:
         return z > LOWEST_VAULT_Z and not (y < FACE_ANTERIOR_Y and z < FACE_TOP_Z)
 
     return [h for h in holes if on_vault(h.direction)]
+
+
+def off_vault_note(holes: Sequence) -> str:
+    """Where the largest of ``holes`` (none on the vault) points, in words, or "" without holes: an enclosed hole
+    in the face's sector or below the vault is no cranial defect as the scan lies, but a frontal vault hole of a
+    head pitched forehead-down (20-30°) lies there too, which the user can tell at a glance."""
+    if not holes:
+        return ""
+    _, y, z = np.asarray(max(holes, key=lambda h: h.solid_angle_sr).direction, dtype=float)
+    elevation = np.degrees(np.arcsin(np.clip(z, -1.0, 1.0)))
+    from_front = np.degrees(np.arccos(np.clip(-y, -1.0, 1.0)))  # LPS: anterior is -y
+    where = "into the face's sector" if (y < FACE_ANTERIOR_Y and z < FACE_TOP_Z) else "below the vault"
+    return (
+        f"the enclosed hole found points {where} ({elevation:.0f}° above the horizontal, {from_front:.0f}° from "
+        "straight ahead, as scanned); a frontal vault defect of a head pitched forehead-down lies there too"
+    )

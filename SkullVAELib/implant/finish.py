@@ -3,8 +3,9 @@
 Applied by the Completer after any source, on the implant's box only (plus the finishing's reach).
 Each step is off at 0; all lengths are in mm and respect anisotropic spacing.
 
-- ``smoothing_mm``: Gaussian smoothing of the implant's surface (σ in mm), re-thresholded at 0.5;
-  the volume changes by at most 10 % at σ = 2 mm (checked on phantoms by the tests).
+- ``smoothing_mm``: Gaussian smoothing of the implant's surface (σ in mm), re-thresholded at 0.5,
+  with the bone as part of the solid so that the edge stays on the rim (:func:`smoothed`); the volume
+  changes by at most 10 % at σ = 2 mm (checked on phantoms by the tests).
 - ``min_thickness_mm``: parts thinner than this are removed (a morphological opening with a
   ball of that diameter), e.g. slivers a printer cannot build.
 - ``margin_mm``: the implant is cut back until at least this gap lies between its voxels' faces and
@@ -59,8 +60,7 @@ def finish_implant(implant: np.ndarray, skull: SkullImage, settings: FinishSetti
     box = bounding_box(implant, margin=np.ceil(reach / spacing).astype(int))
     crop, bone = implant[box].copy(), skull.mask[box]
     if settings.smoothing_mm > 0:
-        sigma = settings.smoothing_mm / spacing
-        crop = (ndimage.gaussian_filter(crop.astype(np.float32), sigma) >= 0.5) & ~bone
+        crop = smoothed(crop, bone, spacing, settings.smoothing_mm)
     if settings.min_thickness_mm > 0:
         crop = ndimage.binary_opening(crop, structure=ball(settings.min_thickness_mm / 2, spacing))
     if settings.margin_mm > 0:
@@ -69,3 +69,17 @@ def finish_implant(implant: np.ndarray, skull: SkullImage, settings: FinishSetti
     out = np.zeros(skull.shape, dtype=bool)
     out[box] = crop & ~bone
     return out
+
+
+def smoothed(implant: np.ndarray, bone: np.ndarray, spacing: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """``implant`` (bool (I, J, K)) with its surface smoothed by a Gaussian of ``sigma_mm`` (mm; ``spacing``: mm per
+    axis), re-thresholded at 0.5.
+
+    The implant and the ``bone`` are smoothed as one solid, so the implant's edge stays on the rim and its
+    surface runs on into the skull's (smoothing the implant alone read the bone as empty and pulled the edge
+    back: at σ 2 mm, 39 % of the rim contact of a phantom's implant remained, at 3 mm none). The bone is
+    never added to, and the implant grows only within ``sigma_mm`` of where it was: smoothing the bone
+    elsewhere (its sutures, foramina) adds no implant."""
+    solid = ndimage.gaussian_filter((implant | bone).astype(np.float32), sigma_mm / spacing) >= 0.5
+    near = ndimage.distance_transform_edt(~implant, sampling=spacing) <= sigma_mm
+    return solid & near & ~bone

@@ -45,6 +45,19 @@ def test_smoothing_keeps_the_volume_within_the_stated_bound(case):
     assert not np.array_equal(smooth, implant)  # it did something
 
 
+@pytest.mark.parametrize("sigma_mm", [2.0, 3.0])
+def test_smoothing_keeps_the_implants_edge_on_the_rim(case, sigma_mm):
+    """The implant is smoothed with the bone as one solid: its edge stays on the rim (before, smoothing it alone
+    read the bone as empty: 39 % of the rim contact stayed at σ 2 mm, none at 3 mm), and no implant appears
+    away from it."""
+    defective, implant = case
+    rim = ndimage.binary_dilation(defective.mask) & implant  # implant voxels that touch the bone
+    smooth = finish_implant(implant, defective, FinishSettings(smoothing_mm=sigma_mm))
+    assert (smooth & rim).sum() >= 0.9 * rim.sum()
+    distance = ndimage.distance_transform_edt(~implant, sampling=defective.spacing)
+    assert distance[smooth].max() <= sigma_mm and not (smooth & defective.mask).any()
+
+
 def test_a_sliver_thinner_than_the_minimum_goes_and_the_plate_stays(case):
     defective, implant = case
     sliver = np.zeros_like(implant)

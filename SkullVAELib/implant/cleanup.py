@@ -108,17 +108,31 @@ def _window(shift: np.ndarray, shape) -> tuple[slice, ...]:
     return tuple(slice(max(0, int(s)), n + min(0, int(s))) for s, n in zip(shift, shape, strict=True))
 
 
-def remove_thin_shells(mask: np.ndarray, min_neighbours: int = SHELL_MIN_NEIGHBOURS) -> np.ndarray:
-    """Drop voxels of ``mask`` (bool (X, Y, Z)) with fewer than ``min_neighbours`` of 26 neighbours set."""
+def remove_thin_shells(
+    mask: np.ndarray,
+    min_neighbours: int = SHELL_MIN_NEIGHBOURS,
+    spacing: Sequence[float] | None = None,
+    plate_mm: float = float("inf"),
+) -> np.ndarray:
+    """Drop voxels of ``mask`` (bool (X, Y, Z)) with fewer than ``min_neighbours`` of 26 neighbours set.
+
+    With ``spacing`` (mm per axis), an axis whose voxel is longer than ``plate_mm`` leaves the count: one
+    voxel along it is a plate already (a 3 mm slice of a vault plate 3 mm thick has 8 neighbours and
+    would go), so the neighbours are counted in the 3×3 (or 3) window of the other axes and the bar
+    scales with the window (``min_neighbours`` of 26 → the same fraction of 8 or 2).
+    """
     box = bounding_box(mask, margin=1)
     out = np.zeros_like(mask)
     if box is None:
         return out
+    fine = [spacing is None or float(spacing[a]) <= plate_mm for a in range(3)]
     crop = mask[box]
     counts = crop.view(np.uint8)
     for axis in range(3):  # the 3×3×3 box sum, separable: three 3-tap sums (at most 27: uint8 holds it)
-        counts = ndimage.correlate1d(counts, np.ones(3, dtype=np.uint8), axis=axis, mode="constant")
-    out[box] = crop & (counts > min_neighbours)  # counts include the voxel itself
+        if fine[axis]:
+            counts = ndimage.correlate1d(counts, np.ones(3, dtype=np.uint8), axis=axis, mode="constant")
+    bar = (min_neighbours + 1) * 3 ** sum(fine) / 27  # counts include the voxel itself (27: > min_neighbours)
+    out[box] = crop & (counts >= bar)
     return out
 
 

@@ -1,6 +1,7 @@
 """The one post-processing every implant source shares.
 
-Closing (a ball of ``closing_mm``), thin-shell removal, keep the pieces that touch the patient's
+Closing (a ball of ``closing_mm``), thin-shell removal (voxels with few neighbours; an axis whose
+voxel is longer than ``shell_plate_mm`` leaves the count), keep the pieces that touch the patient's
 bone or come within ``bone_gap_mm`` of it, drop islands smaller than ``min_island_mm3``, drop every
 piece farther than ``max_gap_mm`` from the main (largest) piece unless it is at least
 ``second_defect_fraction`` × the main piece (a second defect), and pieces below
@@ -55,6 +56,10 @@ class PostprocessConfig:
     # islands under min_island_mm3 are judged by pieces joined through faces (6), or edges (18), or corners
     # too (26: a speck that meets the implant at a corner stays); the largest part of each piece always stays
     island_connectivity: int = 6
+    # a voxel axis longer than this (mm) leaves the thin-shell count: one such voxel is most of a vault
+    # plate (5-7 mm) already; on 5 mm slices the 26-neighbour count dropped plates lying across them
+    # (validation at 0.8 × 0.8 × 5 mm: +0.013 / +0.022 DSC without it; at 4 mm slices dropping it lost 0.003)
+    shell_plate_mm: float = 4.5
 
     def __post_init__(self) -> None:
         if self.island_connectivity not in CONNECTIVITY:
@@ -82,7 +87,7 @@ def postprocess_implant(implant: np.ndarray, skull: SkullImage, cfg: Postprocess
         return np.zeros_like(skull.mask)  # the mask's memory order: mixed-order ops cost 1 s each
     crop, bone = implant[box], skull.mask[box]
     crop = binary_closing(crop, ball(cfg.closing_mm, skull.spacing)) & ~bone
-    crop = remove_thin_shells(crop)
+    crop = remove_thin_shells(crop, spacing=skull.spacing, plate_mm=cfg.shell_plate_mm)
     # The rules below drop whole pieces, so one labelling serves them all: a dropped piece gets
     # size 0 (removing pieces neither joins nor splits the others).
     labels, sizes = component_sizes(crop)

@@ -102,7 +102,11 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
     )
     f = p.add_argument_group("finishing for manufacture (every source; 0 = off)")
     f.add_argument(
-        "--smooth-mm", type=float, default=0.0, metavar="MM", help="smooth the implant's surface (Gaussian σ in mm)"
+        "--smooth-mm",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="smooth the implant's surface (Gaussian σ in mm, implant and bone as one solid: the edge stays on the rim)",
     )
     f.add_argument(
         "--margin-mm",

@@ -34,9 +34,18 @@ VERSION = 1
 
 
 def registration_image(mask: sitk.Image, spacing_mm: float = ATLAS_SPACING_MM) -> sitk.Image:
-    """float32 image of ``mask`` (uint8 0/1) area-averaged to ≈ ``spacing_mm`` and smoothed (σ = spacing / 2)."""
-    img = sitk.Cast(mask, sitk.sitkFloat32)
-    factors = [max(int(round(spacing_mm / s)), 1) for s in img.GetSpacing()]
+    """float32 image of ``mask`` (uint8 0/1, size (I, J, K)) area-averaged over blocks of ≈
+    ``spacing_mm`` (mm) and smoothed (σ = spacing / 2 mm); size ⌈(I, J, K) / factors⌉.
+
+    The blocks cover the whole of ``mask``: it is padded with background at its high-index faces
+    to whole blocks first (BinShrink alone drops a last partial block, and the registration, the
+    B-spline's domain and the displacement field sampled on this grid then miss those voxels).
+    Origin: the centre of the first block, as BinShrink's.
+    """
+    factors = [max(int(round(spacing_mm / s)), 1) for s in mask.GetSpacing()]
+    short = [(-n) % f for n, f in zip(mask.GetSize(), factors, strict=True)]  # voxels to whole blocks
+    padded = sitk.ConstantPad(mask, [0, 0, 0], short, 0.0) if any(short) else mask
+    img = sitk.Cast(padded, sitk.sitkFloat32)
     return sitk.SmoothingRecursiveGaussian(sitk.BinShrink(img, factors), spacing_mm / 2.0)
 
 

@@ -206,3 +206,31 @@ def test_build_never_overwrites_without_asking_and_leaves_nothing_half_written(t
     again = build_atlas_set(pairs[:1], tmp_path / "out", overwrite=True)
     assert len(out) == 2 and again.ids == [pairs[0][0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.nrrd", "out"]
+
+
+def test_the_deformation_field_covers_the_last_partial_block_at_the_high_faces():
+    """On a grid that no block factor divides, the 2 mm registration grid, and so the displacement
+    field the fusion samples on it, reaches the voxels of the last partial block at the high-index
+    faces: they get the registered transform, not the identity (zero displacement outside the field)."""
+    import SimpleITK as sitk
+
+    from SkullVAELib.implant.atlas.fill import fuse
+    from SkullVAELib.implant.atlas.store import registration_image
+
+    spacing = np.full(3, 0.5)  # 2 mm blocks of 4 voxels: 1, 3 and 1 voxels left over
+    patient = SkullImage(np.zeros((21, 19, 17), dtype=bool), np.zeros(3), spacing)
+    fixed = registration_image(patient.to_sitk(), 2.0)
+
+    class OneAtlas:  # an all-bone atlas in its own frame, 100 mm away from the patient's
+        def mask(self, case_id: str) -> SkullImage:
+            return SkullImage(np.ones((40, 40, 40), dtype=bool), np.array([95.0, -5.0, -5.0]), spacing)
+
+    affine = sitk.AffineTransform(3)
+    affine.SetTranslation((100.0, 0.0, 0.0))
+    transform = sitk.CompositeTransform([affine, sitk.BSplineTransformInitializer(fixed, [1, 1, 1], order=3)])
+    exact = fuse(patient, OneAtlas(), [("a", transform)])
+    sampled = fuse(patient, OneAtlas(), [("a", transform)], field_grid=fixed)
+    assert exact.min() == 1.0  # every voxel lands inside the atlas's bone ...
+    assert sampled[-1].min() == sampled[:, -3:].min() == sampled[:, :, -1].min() == 1.0  # ... the last blocks too
+    np.testing.assert_allclose(sampled, exact, atol=1e-6)
+    assert fixed.GetSize() == (6, 5, 5)  # ⌈(21, 19, 17) / 4⌉: whole blocks, the last one padded

@@ -177,11 +177,14 @@ def run_protocol(
 
     completers = method_completers(methods, settings or CompletionSettings(), folder)
     rows = []
+    # (case, method) runs at most: SkullFix's cranial defect once per id, a drawn one once per seed
+    total = max(len(case_ids) * sum(1 if d == "cranial" else len(seeds) for d in defect_types) * len(methods), 1)
     for n, case in enumerate(defect_cases(root, case_ids, defect_types, seeds)):
         kind = "facial" if case.defect == "facial" else "cranial"
-        for method in methods:
+        for k, method in enumerate(methods):
             if progress is not None:
-                progress("evaluate implants", n / max(len(case_ids), 1), f"{case.defect} {case.case_id} {method}")
+                fraction = (n * len(methods) + k) / total
+                progress("evaluate implants", fraction, f"{case.defect} {case.case_id} {method}")
             t0 = time.perf_counter()
             pred, timings, messages, source = predict(completers[(method, kind)], case)
             seconds = time.perf_counter() - t0

@@ -109,6 +109,16 @@ def gamma_sweep_rows(result: EvaluationResult, bundle, gammas=GAMMAS, device: st
     return rows
 
 
+def _completion_codes(latents: dict, bundle) -> dict:
+    """``latents`` ({split: {"mu" (N, d), "logvar" (N, d), "labels", ...}}) with "mu" replaced by the code
+    ``bundle.latent_code(μ, log σ²)`` (N, d) that the centroids and DEV vectors are means of: μ + σ for a
+    decoupled decoder trained on z = μ + σ, else μ itself (then the latents come back as they are)."""
+    return {
+        split: {**part, "mu": bundle.latent_code(np.asarray(part["mu"]), np.asarray(part["logvar"]))}
+        for split, part in latents.items()
+    }
+
+
 # --- the files --------------------------------------------------------------------------------
 def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
     """One line per test case: case_id, label, metrics, auto defect, seconds (NaN → empty)."""
@@ -157,7 +167,8 @@ def write_report(
     facts = model_facts(bundle, log_rows)
     figs: dict[str, Path | None] = {}
     figs["fig3"] = figures.plot_curves(logs, out / "fig3_training_curves.png") if log_rows else None
-    figs["fig4"] = figures.plot_latent_pca(result.latents, bundle.centroids, out / "fig4_latent_pca.png")
+    codes = _completion_codes(result.latents, bundle)  # the space of the centroids and DEV vectors
+    figs["fig4"] = figures.plot_latent_pca(codes, bundle.centroids, out / "fig4_latent_pca.png")
     sweep = gamma_sweep_rows(result, bundle, gammas, device, progress) if gammas else []
     figs["fig5"] = figures.plot_gamma_sweep(sweep, out / "fig5_gamma_sweep.png")
     figs["fig6"] = figures.plot_dsc_boxplots(result.rows, out / "fig6_dsc_boxplots.png", "original")

@@ -189,17 +189,23 @@ def _ground_truth_implant(case, defective, complete_mask):
     return complete_mask & ~defective.mask
 
 
-def _complete_partner(case, skull, partners: dict, complete_cache: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The complete skull mask (X, Y, Z) of a defective case's id (read once into ``complete_cache``), or None."""
-    from SkullVAELib.io.image import read_skull
+def _complete_partner(case, skull, partners: dict, complete_cache: dict) -> np.ndarray | None:
+    """The complete skull mask (I, J, K) of a defective case's id, or None.
 
+    The complete skull is read once into ``complete_cache`` (case id → SkullImage). One on another voxel
+    grid than ``skull``'s (shape, spacing, origin or direction) is refused: SkullVAEError naming its file.
+    """
+    from SkullVAELib.io.image import check_same_grid, read_skull
+
+    if case.case_id not in partners:
+        return None
+    path = partners[case.case_id].path
     partner = complete_cache.get(case.case_id)
-    if partner is None and case.case_id in partners:
-        partner = read_skull(partners[case.case_id].path, kind="binary").mask
+    if partner is None:
+        partner = read_skull(path, kind="binary")
         complete_cache[case.case_id] = partner
-    if partner is not None and partner.shape != skull.shape:
-        raise SkullVAEError(f"complete skull grid {partner.shape} differs from {skull.shape}", case.path)
-    return partner
+    check_same_grid(partner, skull, path, f"its {case.label} skull")
+    return partner.mask
 
 
 def _reconstruct(run: _Run, skull) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -271,7 +277,7 @@ def _evaluate_cases(run: _Run, test_cases: list, n_examples: int, progress: Prog
 
     partners = _partners(test_cases)
     rows, examples, mus, logvars = [], [], [], []
-    complete_cache: dict[str, np.ndarray] = {}
+    complete_cache: dict = {}  # case id -> its complete skull (SkullImage)
     for n, case in enumerate(test_cases):
         progress("evaluate", n / len(test_cases), f"{case.label} {case.case_id}")
         t0 = time.perf_counter()
@@ -282,7 +288,7 @@ def _evaluate_cases(run: _Run, test_cases: list, n_examples: int, progress: Prog
         row = {"case_id": case.case_id, "label": case.label, **{k: math.nan for k in METRIC_COLUMNS}, **rec}
         row.update(auto_defect="", auto_confidence=math.nan)
         if case.label == "complete":
-            complete_cache[case.case_id] = skull.mask
+            complete_cache[case.case_id] = skull
         else:
             partner = _complete_partner(case, skull, partners, complete_cache)
             keep_example = sum(e["label"] == case.label for e in examples) < n_examples

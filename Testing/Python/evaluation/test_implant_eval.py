@@ -23,7 +23,11 @@ def phantom_root(tmp_path_factory):
 
 
 def test_protocol_scores_random_vault_defects_with_the_rim_fit(phantom_root):
-    rows = implant_eval.run_protocol(phantom_root, ["900"], ["rimfit"], ["cranial", "vault"], seeds=[0, 1])
+    seen = []
+    rows = implant_eval.run_protocol(
+        phantom_root, ["900"], ["rimfit"], ["cranial", "vault"], seeds=[0, 1], progress=lambda *a: seen.append(a[1])
+    )
+    assert seen and all(0.0 <= f < 1.0 for f in seen) and seen == sorted(seen)  # a fraction of the whole run
     # no defective_skull/900: no SkullFix cranial row; two vault seeds
     assert [(r["defect"], r["seed"]) for r in rows] == [("vault", 0), ("vault", 1)]
     for row in rows:

@@ -19,7 +19,7 @@ from SkullVAELib.data.defects import cranial_defect, facial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.report import id_ranges, write_report
 from SkullVAELib.evaluation.table1 import evaluate, summarise
-from SkullVAELib.io.image import write_mask
+from SkullVAELib.io.image import SkullImage, write_mask
 from SkullVAELib.training.log import write_log
 
 
@@ -148,10 +148,49 @@ def test_report_files(evaluated, tmp_path):
     assert not list(out.glob(".*tmp*"))  # atomic writes left nothing behind
 
 
+def test_latent_pca_plots_the_codes_the_centroids_live_in(evaluated, tmp_path, monkeypatch):
+    """A decoupled decoder trained on z = μ + σ has its centroids and DEV in that code: Fig. 4 must
+    project the same code for every case, else the ★ sit one σ away from their own classes."""
+    from SkullVAELib.evaluation import figures
+
+    bundle, result, _ = evaluated
+    monkeypatch.setitem(bundle.info, "stage2_latent", "mu_plus_sigma")
+    seen = {}
+
+    def record(latents, centroids, path):
+        seen.update(latents=latents, centroids=centroids)
+
+    monkeypatch.setattr(figures, "plot_latent_pca", record)
+    write_report(result, bundle, tmp_path / "report", gammas=())
+    for split in ("test", "train"):
+        part = result.latents[split]
+        expected = part["mu"] + np.exp(0.5 * part["logvar"])
+        np.testing.assert_allclose(seen["latents"][split]["mu"], expected, rtol=1e-6)
+        assert seen["latents"][split]["labels"] == part["labels"]
+    assert seen["centroids"] is bundle.centroids
+
+
 def test_evaluate_needs_centroids(tmp_path):
     bundle = new_bundle(PRESETS["test"], seed=0)
     with pytest.raises(SkullVAEError, match="fit-completion"):
         evaluate(bundle, [FakeCase("1", "complete", tmp_path / "x.nrrd")])
+
+
+def test_evaluate_refuses_a_complete_partner_on_another_grid(tmp_path):
+    """The complete skull is the CMP truth and (without an implant file) gives the true implant
+    voxel by voxel: one of the same shape but shifted by 3 voxels must be refused, not compared."""
+    skull = make_phantom(10, shape=(48, 48, 40), spacing=None)
+    defective, _ = cranial_defect(skull, seed=0)
+    origin = skull.origin + skull.direction @ (3.0 * skull.spacing)
+    shifted = SkullImage(skull.mask, origin, skull.spacing, skull.direction, {})
+    write_mask(shifted, tmp_path / "complete.nrrd")
+    write_mask(defective, tmp_path / "cranial.nrrd")
+    cases = [FakeCase("1", "complete", tmp_path / "complete.nrrd"), FakeCase("1", "cranial", tmp_path / "cranial.nrrd")]
+    bundle = new_bundle(PRESETS["test"], aggregated=True, seed=0)
+    rng = np.random.default_rng(0)
+    bundle.set_centroids({k: rng.normal(size=bundle.network.latent_size) for k in ("complete", "cranial", "facial")})
+    with pytest.raises(SkullVAEError, match="origin .* differs .*not the same voxel grid"):
+        evaluate(bundle, cases, resample="area", device="cpu", n_permutations=5)
 
 
 def test_parse_id_spec_and_ranges():

@@ -1,7 +1,7 @@
 """Every figure of SkullVAE, one function each: a new figure goes here (matplotlib, Agg canvas).
 
 - Fig. 3 :func:`plot_curves`: training curves from ``training_log.csv`` files.
-- Fig. 4 :func:`plot_latent_pca`: PCA of μ by class, centroids, DEV arrows.
+- Fig. 4 :func:`plot_latent_pca`: PCA of the latent codes (μ, or μ + σ where the decoder reads that) by class, centroids, DEV arrows.
 - Fig. 5 :func:`plot_gamma_sweep`: completions for several γ (report and ``complete --gamma`` sweeps).
 - Fig. 6 :func:`plot_dsc_boxplots`: REC and CMP DSC per class.
 - Figs. 7–8 :func:`plot_completion_views`: defective bone grey, predicted implant yellow,
@@ -242,7 +242,7 @@ def plot_latent_pca(latents: dict, centroids: dict | None, path: str | os.PathLi
     ax.set(
         xlabel=f"PC 1 ({100 * ratio[0]:.0f} %)",
         ylabel=f"PC 2 ({100 * ratio[1]:.0f} %)",
-        title="PCA of μ: classes, centroids (★) and DEV vectors (red)",
+        title="PCA of the latent codes: classes, centroids (★) and DEV vectors (red)",
     )
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

@@ -16,7 +16,7 @@ from SkullVAELib.evaluation.table1 import LABELS, EvaluationResult
 
 FIGURE_CAPTIONS = {
     "fig3": "Figure 3: training curves (Dice loss left, KLD right).",
-    "fig4": "Figure 4: PCA of μ by class, class centroids (★), arrows from the latent origin to the centroids "
+    "fig4": "Figure 4: PCA of the latent codes (μ; μ + σ for a decoder trained on μ + σ) by class, class centroids (★), arrows from the latent origin to the centroids "
     "and DEV vectors (red) from the defect centroids to the complete centroid.",
     "fig5": "Figure 5: γ sweep on one cranial and one facial test case (decoded skull grey, implant yellow).",
     "fig6": "Figure 6: REC and CMP DSC per class on the test cases (original resolution).",

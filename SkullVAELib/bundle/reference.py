@@ -108,10 +108,13 @@ def _infer_network(state: dict[str, torch.Tensor], path: Path, grid: tuple[int, 
     convs = {int(m.group(1)): state[k] for k in state if (m := _ENCODE.match(k)) and m.group(2) == "conv.weight"}
     if not convs or sorted(convs) != list(range(len(convs))):
         raise SkullVAEError("VarAutoEncoder state dict without encode.encode_0..N conv weights", path)
-    if any(w.ndim != 5 for w in convs.values()):
-        raise SkullVAEError("not a 3D VarAutoEncoder (encoder weights are not Conv3d)", path)
+    if any(w.ndim != 5 or 0 in w.shape for w in convs.values()):
+        raise SkullVAEError("not a 3D VarAutoEncoder (encoder weights are not non-empty Conv3d weights)", path)
+    mu = state["mu.weight"]
+    if mu.ndim != 2 or 0 in mu.shape:  # a Linear layer's (latent size, bottleneck inputs)
+        raise SkullVAEError(f"mu.weight has shape {tuple(mu.shape)}, not (latent size, inputs) of a Linear", path)
     channels = tuple(int(convs[i].shape[0]) for i in range(len(convs)))
-    latent, flat = (int(s) for s in state["mu.weight"].shape)
+    latent, flat = (int(s) for s in mu.shape)
     cells, rest = divmod(flat, channels[-1])
     if rest:
         raise SkullVAEError(f"mu.weight has {flat} inputs, not a multiple of {channels[-1]} channels", path)

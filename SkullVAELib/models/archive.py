@@ -7,16 +7,23 @@ written it also refuses an archive of more than :data:`MAX_MEMBERS` members or w
 declare more than its unpacked-size limit (:func:`unpacked_limit`: the registry's declared
 ``unpacked_size``, else :data:`MAX_RATIO` times the archive plus :data:`RATIO_SLACK_BYTES`, never
 over :data:`MAX_UNPACKED_BYTES`), an encrypted, empty or oddly compressed zip, each in one line.
+A tar is read through :class:`_BoundedTarStream`: a pax or GNU long-name header, which tarfile reads
+whole into memory, may hold at most :data:`MAX_TAR_HEADER_BYTES` (a 300 KB .tar.gz declaring a 300 MB
+header would otherwise allocate 300 MB just to be recognised as a tar).
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import lzma
 import os
 import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from SkullVAELib.core.atomic import atomic_path
@@ -29,6 +36,8 @@ MAX_MEMBERS = 1000  # a bundle is a dozen files; an atlas set adds one per train
 MAX_UNPACKED_BYTES = 4 * 2**30  # 4 GiB: ten times the largest bundle we build (weights + atlas + refiner)
 MAX_RATIO = 20  # weights and gzipped masks barely compress: 20x is generous, a zip bomb is 1000x
 RATIO_SLACK_BYTES = 64 * 2**20  # small archives of small, compressible files (JSON, Markdown)
+MAX_TAR_HEADER_BYTES = 2**20  # one read of a tar header (pax, GNU long name): a real one is bytes to kilobytes
+_TAR_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))  # as tarfile's "r:*"
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, ValueError,
            RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError)  # fmt: skip
@@ -43,11 +52,12 @@ def unpacked_limit(archive_bytes: int, declared: int | None = None) -> int:
 
 
 def is_archive(path: str | os.PathLike) -> bool:
-    """True for a .zip or a (compressed) tar file, judged by its content."""
+    """True for a .zip or a (compressed) tar file, judged by its content; SkullVAEError naming the
+    file for a tar whose first header is over :data:`MAX_TAR_HEADER_BYTES`."""
     path = Path(path)
     if not path.is_file():
         return False
-    return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+    return zipfile.is_zipfile(path) or _is_tar(path)
 
 
 def pack_bundle(
@@ -103,7 +113,7 @@ def unpack_archive(archive: str | os.PathLike, dest: str | os.PathLike, max_byte
     try:
         if zipfile.is_zipfile(archive):
             _unpack_zip(archive, dest, max_bytes)
-        elif tarfile.is_tarfile(archive):
+        elif _is_tar(archive):
             _unpack_tar(archive, dest, max_bytes)
         else:
             raise SkullVAEError("not a .zip or .tar archive (corrupt or partial download?)", archive)
@@ -161,8 +171,50 @@ def _unpack_zip(archive: Path, dest: Path, max_bytes: int) -> None:
         zf.extractall(dest)
 
 
+class _BoundedTarStream:
+    """The (decompressed) bytes of a tar for :mod:`tarfile`, refusing any one read of more than
+    :data:`MAX_TAR_HEADER_BYTES`: tarfile reads headers in 512-byte blocks and member data in 16 KiB
+    chunks, but a pax or GNU long-name header whole, however large it declares itself."""
+
+    def __init__(self, raw, archive: Path) -> None:
+        self._raw, self._archive = raw, archive
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_TAR_HEADER_BYTES:
+            raise SkullVAEError(
+                f"a tar header declares over {MAX_TAR_HEADER_BYTES // 2**20} MiB; not a model bundle (refused)",
+                self._archive,
+            )
+        return self._raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+@contextlib.contextmanager
+def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+    """``tarfile.open(archive)`` (plain, gzip, bzip2 or xz) through :class:`_BoundedTarStream`."""
+    with open(archive, "rb") as probe:
+        magic = probe.read(6)
+    opener = next((o for prefix, o in _TAR_OPENERS if magic.startswith(prefix)), open)
+    with opener(archive, "rb") as raw, tarfile.open(fileobj=_BoundedTarStream(raw, archive), mode="r:") as tf:
+        yield tf
+
+
+def _is_tar(archive: Path) -> bool:
+    """``tarfile.is_tarfile`` with headers bounded (an oversized one raises SkullVAEError naming the archive)."""
+    try:
+        with _open_tar(Path(archive)):
+            return True
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError):
+        return False
+
+
 def _unpack_tar(archive: Path, dest: Path, max_bytes: int) -> None:
-    with tarfile.open(archive) as tf:
+    with _open_tar(archive) as tf:
         members, total = [], 0
         while (member := tf.next()) is not None:  # headers one by one: stop at the first over a limit
             members.append(member)

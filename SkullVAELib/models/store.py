@@ -8,7 +8,9 @@ folder, e.g. ``~/.cache/skullvae`` on Linux)::
 
 Installing unpacks the archive into a hidden temporary folder next to ``models/NAME``,
 loads it with :meth:`ModelBundle.load` (so a corrupt bundle is refused), and only then
-renames it into place: ``models/NAME`` is either the old bundle or the new one, never half.
+renames it into place: ``models/NAME`` is either the old bundle or the new one, never half. The
+check for an installed ``NAME`` and the rename hold a lock on ``models/`` (:func:`folder_lock`), so of
+two installs of one name at once without ``overwrite`` the second is refused, not silently replacing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from SkullVAELib.core.atomic import atomic_write_text, replace_folder
+from SkullVAELib.core.atomic import atomic_write_text, folder_lock, replace_folder
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import read_regular_bytes
 from SkullVAELib.core.progress import ProgressCallback
@@ -234,10 +236,23 @@ def _install_folder(folder: Path, name, home: Path, progress, overwrite) -> Path
     name = check_name(name or folder.resolve().name)
     staging = _staging(home, name)
     try:
-        shutil.copytree(folder, staging / "bundle", ignore=shutil.ignore_patterns("checkpoints", ".*"))
+        _copy_bundle(folder, staging / "bundle")
         return _commit(staging / "bundle", name, home, {"source": str(folder.resolve())}, progress, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_bundle(folder: Path, dest: Path) -> None:
+    """Copy a bundle folder (without checkpoints and hidden files) to ``dest``; one-line SkullVAEError naming
+    the first file that cannot be copied (a dangling link, a FIFO, an unreadable file, a full disk)."""
+    try:
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("checkpoints", ".*"))
+    except shutil.Error as exc:  # copytree goes on past failures and lists them all: (source, target, why)
+        failures = [f for f in (exc.args[0] if exc.args and isinstance(exc.args[0], list) else []) if len(f) == 3]
+        source, _, why = failures[0] if failures else (folder, None, str(exc))
+        raise SkullVAEError(f"cannot copy this file of the bundle, not installed ({why})", source) from None
+    except OSError as exc:
+        raise SkullVAEError(f"cannot copy the bundle folder, not installed ({exc.strerror or exc})", folder) from None
 
 
 def install_archive(
@@ -282,13 +297,15 @@ def _commit(root: Path, name: str, home: Path, meta: dict, progress, overwrite: 
         where = label or exc.path
         raise SkullVAEError(f"not a valid model bundle, not installed ({exc})", where) from None
     dest = home / "models" / name
-    if (dest / "config.json").is_file() and not overwrite:
-        raise SkullVAEError(
-            f"model {name!r} is already installed; use --overwrite to replace it, or --name to pick another name", dest
-        )
     info = {"name": name, "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
     atomic_write_text(root / INSTALLED_FILE, json.dumps(info, indent=2) + "\n")
-    replace_folder(root, dest)
+    with folder_lock(home / "models"):  # check and rename as one step: a concurrent install of NAME waits
+        if (dest / "config.json").is_file() and not overwrite:
+            raise SkullVAEError(
+                f"model {name!r} is already installed; use --overwrite to replace it, or --name to pick another name",
+                dest,
+            )
+        replace_folder(root, dest)
     if progress is not None:
         progress("install", 1.0, f"installed {name}")
     return dest

@@ -209,3 +209,19 @@ def test_checkpoint_dict_and_module_prefix(reference_files, tmp_path):
     torch.save(wrapped, tmp_path / "ckpt.pth")
     bundle = import_reference(tmp_path / "ckpt.pth")
     torch.testing.assert_close(bundle.encoder.mu.weight, vae.mu.weight)
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [("mu.weight", "mu.weight has shape (32,)"), ("encode.encode_5.conv.weight", "not a 3D VarAutoEncoder")],
+)
+def test_malformed_weights_are_one_line_naming_the_file(reference_files, tmp_path, capsys, broken, expected):
+    # A state dict with the right keys but a 1-D mu.weight (or a last encoder conv of zero channels) gave a
+    # ValueError (ZeroDivisionError) traceback instead of a one-line error naming the file.
+    vae, _, _, _ = reference_files
+    sd = dict(vae.state_dict())
+    sd[broken] = torch.zeros(32) if broken == "mu.weight" else torch.zeros(0, 128, 3, 3, 3)
+    torch.save(sd, tmp_path / "broken.pth")
+    msg = _err(["--vae", str(tmp_path / "broken.pth"), "--out", str(tmp_path / "m")], capsys)
+    assert expected in msg and "broken.pth" in msg, msg
+    assert not (tmp_path / "m").exists()

@@ -106,6 +106,31 @@ def test_an_archive_bomb_is_refused_before_writing(home, tiny_model, tmp_path, c
     assert _written(home) < 2**20  # refused from the headers: nothing unpacked
 
 
+def test_a_tar_header_bomb_is_refused_without_reading_it_into_memory(home, tiny_model, tmp_path, capsys):
+    # A valid pax header holding a 48 MiB comment, gzipped to ~1 MB: tarfile reads a pax header whole,
+    # so recognising and listing this tar allocated 48 MiB (a 3 MB archive: 3 GB) before any size check.
+    import tracemalloc
+
+    archive = tmp_path / "header-bomb.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=1) as tf:
+        for n, part in enumerate(sorted(tiny_model.iterdir())):
+            info = tf.gettarinfo(part, f"tiny/{part.name}")
+            if n == 0:
+                info.pax_headers = {"comment": "x" * (48 * 2**20)}
+            with open(part, "rb") as stream:
+                tf.addfile(info, stream)
+    assert archive.stat().st_size < 2 * 2**20
+    tracemalloc.start()
+    try:
+        line = _cli_one_line(capsys, "models", "install", archive, "--name", "bomb", "--progress", "none")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "tar header declares over 1 MiB" in line and archive.name in line, line
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
+    assert not (home / "models" / "bomb").exists()
+
+
 def test_too_many_members_are_refused(tmp_path):
     archive = tmp_path / "many.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -49,6 +49,8 @@ def read_weights(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, st
         raise SkullVAEError(f"not a {kind} (format {metadata.get('format')!r})", path)
     try:
         info = json.loads(metadata.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError("its training info is not a JSON object")
         return tensors, metadata["config"], info
     except (KeyError, ValueError, TypeError) as exc:
         raise SkullVAEError(f"the {what}'s stored settings are missing or damaged ({exc})", path) from None

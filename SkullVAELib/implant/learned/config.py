@@ -53,9 +53,22 @@ class RefinerConfig:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]
         self.crop_offset_mm = tuple(float(v) for v in self.crop_offset_mm)  # type: ignore[assignment]
         self.channels = tuple(int(v) for v in self.channels)
+        self.res_units = int(self.res_units)
+        if len(self.channels) < 2 or len(self.crop_offset_mm) != 3:
+            raise SkullVAEError(
+                f"the refiner needs two or more levels of channels and 3 crop offsets (mm), got "
+                f"{list(self.channels)} and {list(self.crop_offset_mm)}"
+            )
         step = 2 ** (len(self.channels) - 1)
-        if len(self.crop_shape) != 3 or any(s < step or s % step for s in self.crop_shape):
-            raise SkullVAEError(f"the refiner's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth)")
+        # all three sides of just ``step`` leave the deepest level one voxel, which instance norm refuses
+        if (
+            len(self.crop_shape) != 3
+            or any(s < step or s % step for s in self.crop_shape)
+            or self.crop_shape == (step,) * 3
+        ):
+            raise SkullVAEError(
+                f"the refiner's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth), not all {step}"
+            )
         if isinstance(self.test_time_shifts, bool) or self.test_time_shifts not in TEST_TIME_SHIFTS:
             raise SkullVAEError(
                 f"the refiner's test_time_shifts must be one of {TEST_TIME_SHIFTS}, got {self.test_time_shifts!r}"
@@ -81,6 +94,8 @@ class RefinerConfig:
     @classmethod
     def from_json(cls, text: str) -> RefinerConfig:
         values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError("the settings are not a JSON object")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -104,7 +119,7 @@ def load_refiner(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn
     tensors, config_json, info = read_weights(path, REFINER_FORMAT, "refiner")
     try:
         cfg = RefinerConfig.from_json(config_json)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, SkullVAEError) as exc:
         raise SkullVAEError(f"the refiner's stored settings are missing or damaged ({exc})", path) from None
     check_refiner_file(cfg, tensors, path)  # sizes before the network is allocated; NaN weights refused
     return load_state(cfg.network(), tensors, path).to(device).eval(), cfg, info

@@ -43,10 +43,18 @@ class ResidualConfig:
     def __post_init__(self) -> None:
         self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]
         self.channels = tuple(int(v) for v in self.channels)
+        self.res_units = int(self.res_units)
+        if len(self.channels) < 2:
+            raise SkullVAEError("the residual needs at least two levels of channels")
         step = 2 ** (len(self.channels) - 1)
-        if len(self.crop_shape) != 3 or any(s < step or s % step for s in self.crop_shape):
+        # all three sides of just ``step`` leave the deepest level one voxel, which instance norm refuses
+        if (
+            len(self.crop_shape) != 3
+            or any(s < step or s % step for s in self.crop_shape)
+            or self.crop_shape == (step,) * 3
+        ):
             raise SkullVAEError(
-                f"the residual's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth)"
+                f"the residual's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth), not all {step}"
             )
         if not (self.spacing_mm > 0 and self.max_shift_mm > 0 and self.sharpness_per_mm > 0):
             raise SkullVAEError("the residual needs spacing_mm, max_shift_mm and sharpness_per_mm > 0")
@@ -79,6 +87,8 @@ class ResidualConfig:
     @classmethod
     def from_json(cls, text: str) -> ResidualConfig:
         values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError("the settings are not a JSON object")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -98,7 +108,7 @@ def load_residual(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.n
     tensors, config_json, info = read_weights(path, RESIDUAL_FORMAT, "residual")
     try:
         cfg = ResidualConfig.from_json(config_json)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, SkullVAEError) as exc:
         raise SkullVAEError(f"the residual's stored settings are missing or damaged ({exc})", path) from None
     check_refiner_file(cfg, tensors, path)  # sizes before allocating (same U-Net family); NaN weights refused
     return load_state(cfg.network(), tensors, path).to(device).eval(), cfg, info

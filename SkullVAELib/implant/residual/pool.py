@@ -27,6 +27,8 @@ from SkullVAELib.io.image import SkullImage
 
 SAMPLE_KINDS = ("real", *CRANIAL_STYLES, "extra")
 PAD = 4  # voxels stored beyond the crop on every side
+# the settings a pool's inputs are made for: the crop's grid and the scale of its distance channel
+POOL_KEYS = ("spacing_mm", "crop_shape", "sdf_clip_mm")
 
 
 def _rim_fit(skull: SkullImage) -> tuple[np.ndarray, np.ndarray]:
@@ -133,9 +135,15 @@ def save_pool(path, rows: list[tuple[str, str, dict]], cfg: ResidualConfig) -> N
         np.savez_compressed(tmp, **arrays)  # mostly empty space: about 10x smaller, for a GPU machine
 
 
+def _made_for(cfg: ResidualConfig) -> str:
+    """:data:`POOL_KEYS` of ``cfg`` in words."""
+    return f"{cfg.spacing_mm:g} mm crops of {cfg.crop_shape}, distances / {cfg.sdf_clip_mm:g} mm"
+
+
 def load_pools(paths, cfg: ResidualConfig) -> dict[str, np.ndarray]:
     """The samples of one or more pool files, concatenated; refused (one line) when a pool was
-    made for another grid than ``cfg``'s (spacing, crop)."""
+    made for another grid than ``cfg``'s (spacing, crop) or another ``sdf_clip_mm`` (its distance
+    channel is divided by that: a residual trained on it would read other inputs at inference)."""
     from SkullVAELib.core.errors import SkullVAEError
 
     parts: dict[str, list] = {k: [] for k in ("inputs", "target", "ignore", "ids", "kinds")}
@@ -143,12 +151,9 @@ def load_pools(paths, cfg: ResidualConfig) -> dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as f:
                 made = ResidualConfig.from_json(str(f["config"]))
-                if (made.spacing_mm, made.crop_shape) != (cfg.spacing_mm, cfg.crop_shape) or int(f["pad"]) != PAD:
-                    raise SkullVAEError(
-                        f"made for {made.spacing_mm:g} mm crops of {made.crop_shape}, not "
-                        f"{cfg.spacing_mm:g} mm crops of {cfg.crop_shape}",
-                        path,
-                    )
+                same = all(getattr(made, key) == getattr(cfg, key) for key in POOL_KEYS)
+                if not same or int(f["pad"]) != PAD:
+                    raise SkullVAEError(f"made for {_made_for(made)}, not {_made_for(cfg)}", path)
                 for key in parts:
                     parts[key].append(f[key])
         except (OSError, ValueError, KeyError) as exc:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.implant.learned.config import REFINER_FORMAT, RefinerConfig, load_refiner, save_refiner
+from SkullVAELib.implant.residual.config import RESIDUAL_FORMAT, ResidualConfig, load_residual
 
 pytestmark = pytest.mark.usefixtures("default_limits")
 
@@ -66,3 +67,31 @@ def test_a_small_finite_refiner_still_loads(tmp_path):
     save_refiner(path, _network(SMALL), SMALL)
     network, cfg, _ = load_refiner(path)
     assert cfg.channels == SMALL.channels and not network.training
+
+
+def _with(cfg, **settings) -> str:
+    return json.dumps({**json.loads(cfg.to_json()), **settings})
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "info"),
+    [
+        ("refiner", "[]", "{}"),  # JSON, but not the settings' object
+        ("refiner", "null", "{}"),
+        ("refiner", _with(SMALL, channels=[4]), "{}"),  # a U-Net of one level
+        ("refiner", _with(SMALL, crop_offset_mm=[1.0, 2.0]), "{}"),  # two offsets for three axes
+        ("refiner", SMALL.to_json(), "[1]"),  # the training info is not an object
+        ("residual", "[]", "{}"),
+        ("residual", _with(ResidualConfig(crop_shape=(8, 8, 8), channels=(2, 4)), channels=[4]), "{}"),
+    ],
+)
+def test_stored_settings_that_parse_but_make_no_network_are_one_line_errors(tmp_path, kind, config, info):
+    """Settings that are valid JSON yet no network of this kind (a hand-edited or damaged file) are
+    refused in one line naming the file: not a traceback, nor a crash later at inference."""
+    fmt, load = (REFINER_FORMAT, load_refiner) if kind == "refiner" else (RESIDUAL_FORMAT, load_residual)
+    path = tmp_path / f"odd-{kind}.safetensors"
+    tensors = {k: v.contiguous() for k, v in _network(SMALL).state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": fmt, "config": config, "info": info})
+    with pytest.raises(SkullVAEError, match="stored settings are missing or damaged") as caught:
+        load(path)
+    assert "\n" not in str(caught.value) and path.name in str(caught.value)

@@ -182,3 +182,19 @@ def test_training_with_warped_crops_runs_and_resumes_only_with_them(case, tmp_pa
     plain = ResidualTrainConfig(steps=3, val_every=1, batch=1)
     with pytest.raises(SkullVAEError, match="augment=True"):
         train_residual([tmp_path / "train.npz"], tmp_path / "out", (), SMALL, plain, resume=True)
+
+
+def test_a_pool_made_for_another_distance_scale_is_refused(tmp_path):
+    """A pool's distance channel is divided by the ``sdf_clip_mm`` it was made with: a residual of
+    another clip trained on it would read its inputs at inference on another scale, so it is refused."""
+    import dataclasses
+
+    from SkullVAELib.implant.residual.pool import PAD
+
+    shape = tuple(n + 2 * PAD for n in SMALL.crop_shape)
+    sample = {"inputs": np.zeros((3, *shape), np.float16), "target": np.zeros(shape, np.uint8)}
+    save_pool(tmp_path / "p.npz", [("000", "skullbreak", {**sample, "ignore": np.zeros(shape, bool)})], SMALL)
+    assert load_pools([tmp_path / "p.npz"], SMALL)["inputs"].shape == (1, 3, *shape)
+    with pytest.raises(SkullVAEError, match="distances / 10 mm, not .* distances / 20 mm") as info:
+        load_pools([tmp_path / "p.npz"], dataclasses.replace(SMALL, sdf_clip_mm=20.0))
+    assert "\n" not in str(info.value) and "p.npz" in str(info.value)

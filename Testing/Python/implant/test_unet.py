@@ -70,3 +70,22 @@ def test_refiner_network_does_not_import_monai():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("make", ["refiner", "residual"])
+def test_the_smallest_crop_the_settings_accept_runs_and_one_voxel_deep_is_refused(make):
+    """A crop of just the depth step (16 for 5 levels) on all three sides leaves the deepest level
+    one voxel, which instance norm cannot normalise: refused with the settings, in one line, not
+    a crash of the network at the first training step or inference."""
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.implant.learned.config import RefinerConfig
+    from SkullVAELib.implant.residual.config import ResidualConfig
+
+    settings = RefinerConfig if make == "refiner" else ResidualConfig
+    channels = (2, 2, 2, 2, 2)
+    with pytest.raises(SkullVAEError, match=r"multiples of 16 \(the U-Net depth\), not all 16"):
+        settings(crop_shape=(16, 16, 16), channels=channels)
+    cfg = settings(crop_shape=(32, 16, 16), channels=channels)  # the deepest level: 2 x 1 x 1
+    with torch.no_grad():
+        out = cfg.network().eval()(torch.zeros(1, cfg.in_channels, *cfg.crop_shape))
+    assert out.shape == (1, 1, *cfg.crop_shape)

@@ -43,6 +43,7 @@ class RimFitConfig:
     closing_mm: float = 1.0
     min_island_mm3: float = 50.0
     min_piece_fraction: float = 0.0  # pieces below this × the largest are dropped (the atlas implant's 0.1)
+    shell_plate_mm: float = PostprocessConfig.shell_plate_mm  # voxel axes longer than this leave the thin-shell count
     # each hole's fill is post-processed on its own; a hole's implant farther from the largest one than the
     # post-processing's max_gap_mm is then kept when it holds at least this × its voxels: a second defect
     # (SkullBreak-style defects beside SkullFix's: 0.28-0.8), not a gap of thin bone (skullfix_test 047: 0.12)
@@ -75,7 +76,9 @@ class RimFitConfig:
 
     def postprocess(self) -> PostprocessConfig:
         """The shared post-processing's settings of this rim fit."""
-        return PostprocessConfig(self.closing_mm, self.min_island_mm3, self.min_piece_fraction)
+        return PostprocessConfig(
+            self.closing_mm, self.min_island_mm3, self.min_piece_fraction, shell_plate_mm=self.shell_plate_mm
+        )
 
 
 @dataclass

@@ -206,6 +206,8 @@ def test_a_slice_longer_than_a_plate_leaves_the_thin_shell_count():
     cfg = PostprocessConfig(closing_mm=0.0)
     assert postprocess_implant(plate, skull, cfg).sum() == plate.sum()
     assert not postprocess_implant(plate, skull, PostprocessConfig(closing_mm=0.0, shell_plate_mm=np.inf)).any()
+    assert RimFitConfig(shell_plate_mm=np.inf).postprocess().shell_plate_mm == np.inf  # the rim fit's own setting
+    assert RimFitConfig().postprocess().shell_plate_mm == PostprocessConfig().shell_plate_mm == 4.5
 
 
 def test_an_implant_a_voxel_off_the_bone_is_kept_and_a_far_blob_is_not(vault_case):

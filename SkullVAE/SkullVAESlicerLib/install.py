@@ -3,21 +3,29 @@
 torch comes from the PyTorch extension (``PyTorchUtils``), which picks the CUDA build that
 matches the driver, or CPU. The other packages (Resources/requirements.txt: only what
 inference needs, lower bounds, never pinned with ``==``, never SimpleITK/numpy/vtk, which
-Slicer ships) go through Slicer's pip helpers: ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.11)
-or ``slicer.util.pip_install``. A package counts as present only when its installed version
-satisfies the bound (``packaging``), so an old MONAI or torch is updated, not accepted.
-The one confirmation lists everything; torch and pip then install without asking again.
+Slicer ships) go through Slicer's pip helpers: ``pip_ensure`` (``slicer.packaging`` or
+``slicer.pydeps``, Slicer ≥ 5.11) or ``slicer.util.pip_install``. A package counts as present only
+when its installed version satisfies the bound (``packaging``), so an old SciPy or torch is updated,
+not accepted. The one confirmation lists everything; torch and pip then install without asking again.
+While pip installs ours, the installed torch, numpy, SimpleITK and vtk are constraints
+(:data:`KEEP_INSTALLED`): a dependency that wants a newer one gets an older release of itself instead
+of pip replacing the PyTorch extension's build (CPU, or CUDA for the driver) with PyPI's, or
+Slicer's numpy. MONAI is not installed: completion never imports it (training only).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import inspect
 import re
+import tempfile
 from pathlib import Path
 
 TORCH_REQUIREMENT = ">=2.1"
 NEVER_INSTALL = {"simpleitk", "numpy", "vtk", "torch"}
+#: Installed by Slicer or the PyTorch extension: pip keeps their installed versions while it installs ours.
+KEEP_INSTALLED = ("torch", "numpy", "SimpleITK", "vtk")
 REQUESTER = "SkullVAE"
 
 
@@ -69,7 +77,7 @@ def unsatisfiedRequirements(requirements: list[str], versionOf=installedVersion)
     """The requirements that are missing or whose installed version is outside the bound.
 
     Args:
-        requirements: lines such as ``monai>=1.3``.
+        requirements: lines such as ``scipy>=1.10``.
         versionOf: ``name -> version string or None`` (default: the installed distributions).
     """
     SpecifierSet, Version = _packaging()
@@ -88,6 +96,21 @@ def unsatisfiedRequirements(requirements: list[str], versionOf=installedVersion)
         if not ok:
             unsatisfied.append(requirement)
     return unsatisfied
+
+
+def keepInstalledConstraints(versionOf=installedVersion) -> list[str]:
+    """pip constraint lines ``name==version`` holding the installed :data:`KEEP_INSTALLED` packages
+    (one that is missing or whose version pip could not read is left out)."""
+    _SpecifierSet, Version = _packaging()
+    lines = []
+    for name in KEEP_INSTALLED:
+        version = versionOf(name)
+        try:
+            Version(version or "")
+        except Exception:  # noqa: BLE001 - not installed, or a version string pip would refuse
+            continue
+        lines.append(f"{name}=={version}")
+    return lines
 
 
 def missingRequirements(requirements: list[str]) -> list[str]:
@@ -137,29 +160,46 @@ def setupPythonRequirements(
             raise RuntimeError("PyTorch is required; its installation failed")
     if plan["packages"]:
         log("Installing " + ", ".join(plan["packages"]))
-        (pipEnsure or _slicerPipEnsure)(plan["packages"])
+        (pipEnsure or (lambda packages: _slicerPipEnsure(packages, versionOf)))(plan["packages"])
     still = unsatisfiedRequirements(plan["packages"], versionOf)
     if still:
         raise RuntimeError("These Python packages are still missing or too old: " + ", ".join(still))
     return True
 
 
-def _slicerPipEnsure(requirements: list[str]) -> None:
-    """Install with Slicer's helper, without its own confirmation (ours was the one dialog)."""
+def _slicerPipEnsure(requirements: list[str], versionOf=installedVersion) -> None:
+    """Install with Slicer's helper, without its own confirmation (ours was the one dialog), the
+    installed torch, numpy, SimpleITK and vtk held by a constraints file."""
     import slicer
 
-    packaging = getattr(slicer, "packaging", None)
-    ensure = getattr(packaging, "pip_ensure", None) if packaging is not None else None
-    if ensure is None:
-        slicer.util.pip_install(requirements)
-        return
-    from packaging.requirements import Requirement
+    ensure = _pipEnsureFunction()
+    with tempfile.TemporaryDirectory(prefix="SkullVAE-pip-") as folder:
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text("".join(line + "\n" for line in keepInstalledConstraints(versionOf)))
+        parameters = inspect.signature(ensure).parameters if ensure is not None else {}
+        if "constraints" not in parameters:  # Slicer <= 5.10: pip's own arguments
+            slicer.util.pip_install([*requirements, "-c", str(constraints)])
+            return
+        from packaging.requirements import Requirement
 
-    parameters = inspect.signature(ensure).parameters
-    options = {k: False for k in ("prompt_install", "prompt") if k in parameters}
-    if "requester" in parameters:
-        options["requester"] = REQUESTER
-    ensure([Requirement(r) for r in requirements], **options)
+        options = {k: False for k in ("prompt_install", "prompt") if k in parameters}
+        if "requester" in parameters:
+            options["requester"] = REQUESTER
+        ensure([Requirement(r) for r in requirements], constraints=str(constraints), **options)
+
+
+def _pipEnsureFunction():
+    """Slicer's ``pip_ensure`` (``slicer.packaging`` or ``slicer.pydeps``, Slicer >= 5.11), else None.
+    Imported: a submodule is an attribute of ``slicer`` only once something has imported it."""
+    for name in ("slicer.packaging", "slicer.pydeps"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        ensure = getattr(module, "pip_ensure", None)
+        if ensure is not None:
+            return ensure
+    return None
 
 
 def _pyTorchLogic():

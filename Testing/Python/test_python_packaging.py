@@ -80,3 +80,21 @@ def test_installed_wheel_reads_its_registry(wheel, tmp_path):
     module, registry, entries = done.stdout.split()
     assert Path(module).is_relative_to(site) and Path(registry).is_relative_to(site)
     assert int(entries) > 0
+
+
+def test_console_script_resolves_in_the_installed_wheel(wheel, tmp_path):
+    """``skullvae`` (pyproject [project.scripts]) names a callable that the installed wheel has."""
+    archive = zipfile.ZipFile(wheel)
+    (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    lines = archive.read(entry_points).decode().splitlines()
+    scripts = lines[lines.index("[console_scripts]") + 1 :]
+    target = dict(line.replace(" ", "").split("=", 1) for line in scripts if "=" in line)["skullvae"]
+    assert target == _pyproject()["project"]["scripts"]["skullvae"]
+    module, attribute = target.split(":")
+    site = tmp_path / "site"
+    archive.extractall(site)
+    code = f"import sys, {module} as m; sys.argv = ['skullvae', '--version']; sys.exit(m.{attribute}())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])}
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(importlib.import_module("SkullVAELib").__version__), done.stdout

@@ -42,7 +42,8 @@ class TqdmProgress:
 
     The bar is redrawn at most every ``mininterval`` seconds (a training calls back once
     per batch). When stderr is not a terminal (a log file, a pipe) there is no bar: one
-    plain line per stage start, at most one per ``log_interval`` seconds, and one at 100 %.
+    plain line per stage start, at most one per ``log_interval`` seconds, and one at 100 %. The same
+    lines where tqdm is not installed (3D Slicer's Python: `PythonSlicer -m SkullVAELib` in a terminal).
     """
 
     def __init__(self, disable: bool = False, mininterval: float = 0.5, log_interval: float = 60.0, stream=None):
@@ -67,7 +68,7 @@ class TqdmProgress:
         if new_stage:
             self.close()
             self._stage, self._started, self._last = stage, now, 0.0
-        if not getattr(self._out(), "isatty", lambda: False)():
+        if not getattr(self._out(), "isatty", lambda: False)() or not _tqdm_installed():
             if new_stage or fraction >= 1.0 or now - self._last >= self.log_interval:
                 self._last = now
                 eta = _eta(now - self._started, fraction)
@@ -98,6 +99,16 @@ class TqdmProgress:
             self._bar.close()
             self._bar = None
         _LIVE_BARS.discard(self)
+
+
+def _tqdm_installed() -> bool:
+    """Whether tqdm can be imported (SkullVAE does not install it into 3D Slicer: the module reads JSON lines)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tqdm") is not None
+    except (ImportError, ValueError):  # a None entry in sys.modules (blocked) or a broken spec
+        return False
 
 
 def close_all_bars() -> None:

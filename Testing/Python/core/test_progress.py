@@ -39,3 +39,18 @@ def test_disabled_writes_nothing():
     progress = TqdmProgress(disable=True, stream=stream)
     progress("a", 0.5)
     assert stream.getvalue() == ""
+
+
+def test_a_terminal_without_tqdm_gets_plain_lines(monkeypatch):
+    """Inside 3D Slicer tqdm is not installed (the module reads JSON lines); `PythonSlicer -m SkullVAELib
+    complete` in a terminal then prints plain lines instead of failing on the import."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed: importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    stream = Terminal()
+    progress = TqdmProgress(stream=stream)
+    progress("rimfit", 0.0, "fitting")
+    progress("rimfit", 1.0)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("rimfit:   0%") and lines[-1].startswith("rimfit: 100%")

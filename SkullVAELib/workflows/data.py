@@ -42,10 +42,17 @@ class PhantomSet:
 
 
 PHANTOM_ID = re.compile(r"^phantom_\d{3,}$")  # the case ids phantom_file_name gives
+# Peak bytes per grid voxel of painting, writing and cutting the defects of one phantom beyond the
+# limits' 16 (measured 28-30 B/voxel at 256x256x192 and 192x192x144, defects included).
+PHANTOM_BYTES_PER_VOXEL = 14
 
 
 def list_complete_skulls(folder: str | os.PathLike) -> list[Path]:
-    """The image files of ``folder`` (or of ``folder/complete_skull/`` when that exists), sorted."""
+    """The image files of ``folder`` (or of ``folder/complete_skull/`` when that exists), sorted.
+
+    Two files of one case id (``000.nrrd`` and ``000.nii.gz``) are refused, as the data set reader
+    refuses them: one would be dropped unseen, or both cut with the case's one seed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise SkullVAEError("not a folder of complete skulls", folder)
@@ -54,6 +61,12 @@ def list_complete_skulls(folder: str | os.PathLike) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and split_case_name(p.name) is not None)
     if not files:
         raise SkullVAEError(f"no skull images ({', '.join(EXTENSIONS)}) in this folder", folder)
+    seen: dict[str, Path] = {}
+    for path in files:
+        case_id = split_case_name(path.name)[0]
+        if case_id in seen:
+            raise SkullVAEError(f"two files for case {case_id!r}: {seen[case_id].name} and {path.name}", folder)
+        seen[case_id] = path
     return files
 
 
@@ -155,8 +168,10 @@ def make_phantom_set(
     then every ``phantom_NNN`` file there is replaced or, when this cohort has no such file
     (fewer phantoms, no defects), removed, so no phantom of an earlier cohort stays beside the
     new ones; other files are left alone. All files are written under temporary names and
-    renamed at the end: an error anywhere leaves ``out`` as it was.
+    renamed at the end: an error anywhere leaves ``out`` as it was. A ``shape`` (I, J, K voxels)
+    over the voxel or memory limit (:mod:`SkullVAELib.core.limits`) is refused before any work.
     """
+    from SkullVAELib.core.limits import check_volume
     from SkullVAELib.data.phantoms import make_phantom, phantom_seeds
     from SkullVAELib.io.image import write_mask
     from SkullVAELib.io.outputs import OutputPlan, check_output_folder
@@ -164,6 +179,7 @@ def make_phantom_set(
     if n < 1:
         raise SkullVAEError(f"--n must be at least 1, got {n}")
     _check_seed(seed)
+    check_volume(tuple(shape), PHANTOM_BYTES_PER_VOXEL, what="phantom grid")  # before any voxel is allocated
     out = check_output_folder(out, "--out")  # at most 2 new folder levels
     layout = [LABEL_FOLDERS["complete"]] + [f for kind in DEFECTS for f in (LABEL_FOLDERS[kind], IMPLANT_FOLDERS[kind])]
     if not overwrite:

@@ -136,7 +136,9 @@ def build_atlas_set(
     """Write an atlas set of the complete skulls ``complete`` ((case id, path) pairs) to ``out``.
 
     The folder appears only when every skull was written; an existing ``out`` is replaced only
-    with ``overwrite``. Inputs are read as binary masks (any format :func:`read_skull` reads).
+    with ``overwrite``, and only when it is an atlas set or empty (a model or data folder given
+    by mistake is refused, not deleted). Inputs are read as binary masks (any format
+    :func:`read_skull` reads).
     """
     out = Path(out)
     progress = progress or no_progress
@@ -150,6 +152,9 @@ def build_atlas_set(
     if out.exists() and not (out.is_dir() and overwrite):
         what = "exists" if out.is_dir() else "exists and is not a folder"
         raise SkullVAEError(f"{what}; give --overwrite to replace the atlas set", out)
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        # --overwrite replaces the whole folder: never a model bundle or data set named by mistake
+        raise SkullVAEError(f"holds files but no atlas set ({MANIFEST}); refusing to replace it", out)
     tmp, fd = make_temporary_folder(out)
     try:
         cases = []

@@ -108,3 +108,19 @@ def test_a_model_without_a_facial_centroid_still_gets_the_atlas_implant(setup, c
     err = capsys.readouterr().err.strip()
     assert "a facial defect needs" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b.seg.nrrd").exists()
+
+
+def test_two_files_of_one_case_are_refused_not_one_dropped(tmp_path, capsys):
+    """``001.nrrd`` beside ``001.nii.gz``: build-atlas would keep one of them unseen and make-defects
+    cut both with the case's one seed (a data set the reader then refuses); both refuse in one line."""
+    data = tmp_path / "data"
+    for name, seed in (("001.nrrd", 1), ("001.nii.gz", 2)):
+        write_mask(make_phantom(seed, (32, 32, 24), (6.4, 6.4, 6.4)), data / "complete_skull" / name)
+    for argv in (
+        ["build-atlas", "--data", str(data), "--out", str(tmp_path / "atlas")],
+        ["make-defects", "--complete", str(data), "--kind", "cranial", "--out", str(data)],
+    ):
+        assert main([*argv, "--progress", "none"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "001.nii.gz and 001.nrrd" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "atlas").exists() and sorted(p.name for p in data.iterdir()) == ["complete_skull"]

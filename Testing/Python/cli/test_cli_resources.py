@@ -72,3 +72,17 @@ def test_only_resource_failures_become_one_line():
     assert native_failure(OSError(28, "No space left on device")).startswith("cannot write")
     assert native_failure(RuntimeError("shape mismatch in a matmul")) is None  # a bug keeps its traceback
     assert native_failure(ImportError("No module named 'foo'")) is None
+
+
+@pytest.mark.parametrize("limit", [["--max-voxels", "100000"], ["--max-memory-gb", "0.005"]])
+def test_a_phantom_grid_over_the_limits_is_refused_before_it_is_made(tmp_path, capsys, limit):
+    """`phantoms --shape` is a volume like any read one: over --max-voxels or --max-memory-gb it is one
+    line, exit 2, before anything is allocated or written (not an out-of-memory kill halfway)."""
+    from SkullVAELib.cli import main
+
+    out = tmp_path / "data"
+    argv = ["phantoms", "--n", "1", "--out", str(out), "--shape", "64,64,64", "--progress", "none", *limit]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "phantom grid" in err and "limit" in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +73,16 @@ def scene():
     scene._skullvae_logics = logics  # keep the logics alive with the scene
     yield scene
     scene.Clear(1)
+
+
+@pytest.fixture
+def logic():
+    """The logic the panel and the console use (a warm worker), its worker killed afterwards."""
+    from SkullVAESlicerLib.logic import SkullVAELogic
+
+    instance = SkullVAELogic()
+    yield instance
+    instance.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +173,40 @@ class RampNetwork(torch.nn.Module):
 @pytest.fixture
 def ramp_network() -> torch.nn.Module:
     return RampNetwork()
+
+
+def finishes(call, seconds: float = 20.0):
+    """``call()``'s value (or its exception, raised again), run in a thread; fails the test instead of hanging
+    the suite when it does not return within ``seconds`` (a FIFO read, a hostile archive)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "hangs"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def gloo_ranks(script: str, *args: str, timeout: float = 180.0, world_size: int = 2) -> list[tuple[int, str]]:
+    """(exit code, stdout and stderr) of ``python script *args`` launched the torchrun way, one process per rank
+    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT on 127.0.0.1; one OpenMP thread each); ``{rank}`` in an
+    argument becomes the process's rank."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
+        env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+        cmd = [sys.executable, script, *(a.replace("{rank}", str(rank)) for a in args)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]

@@ -8,13 +8,13 @@ import gzip
 import json
 import os
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import finishes
 from safetensors.torch import load_file
 from safetensors.torch import save_file as st_save_file
 
@@ -34,25 +34,6 @@ def _one_line_error(call, *args, **kwargs) -> str:
     message = str(info.value)
     assert "\n" not in message and len(message) < 400, message
     return message
-
-
-def _finishes(call, seconds: float = 20.0):
-    """Run ``call`` in a thread; fail (instead of hanging the suite) if it does not return."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "hangs"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 pytestmark = pytest.mark.usefixtures("default_limits")
@@ -76,7 +57,7 @@ def _nrrd_header(path: Path, sizes: str, extra: str = "") -> Path:
 def test_tiny_nrrd_declaring_2000_cubed_is_refused_from_its_header(tmp_path):
     path = _nrrd_header(tmp_path / "huge.nrrd", "2000 2000 2000")
     assert path.stat().st_size < 300
-    message = _finishes(lambda: _one_line_error(read_skull, path))
+    message = finishes(lambda: _one_line_error(read_skull, path))
     assert "huge.nrrd" in message and "8,000,000,000 voxels exceeds the limit" in message
 
 
@@ -84,7 +65,7 @@ def test_segmentation_header_declaring_2000_cubed_is_refused(tmp_path):
     from SkullVAELib.io.segfile import read_segmentation
 
     path = _nrrd_header(tmp_path / "huge.seg.nrrd", "2000 2000 2000")
-    assert "exceeds the limit" in _finishes(lambda: _one_line_error(read_segmentation, path))
+    assert "exceeds the limit" in finishes(lambda: _one_line_error(read_segmentation, path))
 
 
 def _nifti_gz_declaring(path: Path, size: int) -> Path:
@@ -100,7 +81,7 @@ def _nifti_gz_declaring(path: Path, size: int) -> Path:
 
 def test_gzip_of_a_1024_cubed_volume_is_refused_by_memory_estimate(tmp_path):
     path = _nifti_gz_declaring(tmp_path / "big.nii.gz", 1024)
-    message = _finishes(lambda: _one_line_error(read_skull, path))
+    message = finishes(lambda: _one_line_error(read_skull, path))
     assert "GB limit" in message and "--max-memory-gb" in message
 
 
@@ -136,16 +117,16 @@ def _mhd(path: Path, data_file: str) -> Path:
 
 def test_mhd_pointing_at_dev_zero_is_refused_while_hashing_and_reading(tmp_path):
     path = _mhd(tmp_path / "000.mhd", "/dev/zero")
-    assert "not a regular file" in _finishes(lambda: _one_line_error(file_content_hash, path))
-    assert "not a regular file" in _finishes(lambda: _one_line_error(read_skull, path))
+    assert "not a regular file" in finishes(lambda: _one_line_error(file_content_hash, path))
+    assert "not a regular file" in finishes(lambda: _one_line_error(read_skull, path))
 
 
 def test_nrrd_with_a_detached_fifo_data_file_is_refused(tmp_path):
     os.mkfifo(tmp_path / "data.raw")
     path = tmp_path / "000.nrrd"
     path.write_text("NRRD0004\ntype: uint8\ndimension: 3\nsizes: 8 8 8\nencoding: raw\ndata file: data.raw\n\n")
-    assert "FIFO" in _finishes(lambda: _one_line_error(read_skull, path))
-    assert "FIFO" in _finishes(lambda: _one_line_error(file_content_hash, path))
+    assert "FIFO" in finishes(lambda: _one_line_error(read_skull, path))
+    assert "FIFO" in finishes(lambda: _one_line_error(file_content_hash, path))
 
 
 @pytest.mark.parametrize("key", ["DATA FILE", "Data File", "DataFile"])
@@ -158,7 +139,7 @@ def test_nhdr_data_file_field_in_any_case_is_checked(tmp_path, key):
     zero.write_text(header + f"{key}: /dev/zero\n")
     assert "not a regular file" in _one_line_error(file_content_hash, zero)  # hashed only the header before
     assert "FIFO" in _one_line_error(file_content_hash, fifo)
-    assert "FIFO" in _finishes(lambda: _one_line_error(read_skull, fifo), seconds=10)
+    assert "FIFO" in finishes(lambda: _one_line_error(read_skull, fifo), seconds=10)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "nan pixdim"])
@@ -179,8 +160,8 @@ def test_analyze_nifti_pair_is_refused(tmp_path, damage):
 def test_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "000.nrrd"
     os.mkfifo(fifo)
-    assert "FIFO" in _finishes(lambda: _one_line_error(file_content_hash, fifo))
-    assert "FIFO" in _finishes(lambda: _one_line_error(read_skull, fifo))
+    assert "FIFO" in finishes(lambda: _one_line_error(file_content_hash, fifo))
+    assert "FIFO" in finishes(lambda: _one_line_error(read_skull, fifo))
 
 
 def test_hash_of_regular_mhd_covers_header_and_data(tmp_path):
@@ -259,7 +240,7 @@ def test_bad_config_json_is_one_line(bundle_dir, edit, needle):
         (bundle_dir / "config.json").write_text(text)  # JSON itself cannot hold 1e400 as a number
     else:
         _edit_json(bundle_dir / "config.json", edit)
-    message = _finishes(lambda: _one_line_error(ModelBundle.load, bundle_dir))
+    message = finishes(lambda: _one_line_error(ModelBundle.load, bundle_dir))
     assert "config.json" in message and needle in message, message
 
 
@@ -302,7 +283,7 @@ def test_weights_of_the_wrong_dtype_are_refused(bundle_dir, dtype):
 def test_completion_json_linked_to_a_device_is_refused(bundle_dir):
     (bundle_dir / "completion.json").unlink()
     (bundle_dir / "completion.json").symlink_to("/dev/urandom")
-    message = _finishes(lambda: _one_line_error(ModelBundle.load, bundle_dir))
+    message = finishes(lambda: _one_line_error(ModelBundle.load, bundle_dir))
     assert "not a regular file" in message
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicerio
+from conftest import finishes
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.image import SkullImage, read_skull, write_mask
@@ -261,21 +261,9 @@ def _seg_nrrd(path: Path, data: bool = True, **fields: str | None) -> Path:
 def _refused(path: Path, named: Path | None = None, seconds: float = 10.0) -> str:
     """The one-line SkullVAEError of ``read_segmentation(path)``, which names ``named`` (default
     ``path``); fails instead of hanging when the read blocks (a FIFO)."""
-    box: dict = {}
-
-    def target():
-        try:
-            read_segmentation(path)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "hangs"
-    error = box.get("error")
-    assert isinstance(error, SkullVAEError), f"not refused: {error!r}"
-    message = str(error)
+    with pytest.raises(SkullVAEError) as error:
+        finishes(lambda: read_segmentation(path), seconds)
+    message = str(error.value)
     assert "\n" not in message and str(named or path) in message, message
     return message
 

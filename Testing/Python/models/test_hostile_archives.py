@@ -15,11 +15,11 @@ import os
 import stat
 import struct
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import finishes
 
 from SkullVAELib.cli import main
 from SkullVAELib.core.errors import SkullVAEError
@@ -44,24 +44,6 @@ def _cli_one_line(capsys, *argv) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     return err[0]
-
-
-def _finishes(call, seconds: float = 20.0):
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), "hangs"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def _written(home: Path) -> int:
@@ -201,7 +183,7 @@ def test_a_fifo_as_completion_json_is_refused_not_waited_on(tiny_model, tmp_path
             (model / part.name).write_bytes(part.read_bytes())
     os.mkfifo(model / "completion.json")
     with pytest.raises(SkullVAEError, match="not a regular file"):
-        _finishes(lambda: ModelBundle.load(model))
+        finishes(lambda: ModelBundle.load(model))
 
 
 @pytest.mark.parametrize("fifo", ["installed.json", "model_card.json"])
@@ -211,7 +193,7 @@ def test_a_fifo_in_an_installed_model_is_refused_by_list_and_info(home, tiny_mod
     target.unlink(missing_ok=True)
     os.mkfifo(target)
     for argv in (["models", "info", "tiny"], ["models", "list"]):
-        code = _finishes(lambda argv=argv: main(argv))
+        code = finishes(lambda argv=argv: main(argv))
         err = capsys.readouterr().err.strip().splitlines()
         if fifo == "installed.json" or argv[1] == "info":
             assert code == 2 and len(err) == 1 and "not a regular file" in err[0] and fifo in err[0], err

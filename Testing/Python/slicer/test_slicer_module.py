@@ -49,14 +49,6 @@ needs_model_free_cli = pytest.mark.skipif(
 # fixtures scene, tiny_model, phantom_file, private_tmp: conftest.py
 
 
-@pytest.fixture
-def logic():
-    """The logic the panel and the console use (a warm worker), its worker killed afterwards."""
-    instance = SkullVAELogic()
-    yield instance
-    instance.cleanup()
-
-
 def node_ids(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 

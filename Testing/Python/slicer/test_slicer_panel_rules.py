@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "SkullVAE"))
 
 from SkullVAESlicerLib import nodes, options  # noqa: E402
-from SkullVAESlicerLib.logic import SkullVAELogic  # noqa: E402
 
 from SkullVAELib.core.config import IMPLANT_SOURCES  # noqa: E402
 
@@ -36,13 +35,6 @@ SAMPLE = REPO / "Resources" / "SampleData" / "SkullVAE-phantom-cranial-defect.nr
 CBCT_BONE, CBCT_AIR, CBCT_THRESHOLD = 200, 8, 128  # a CBCT's grey values (uint8), not HU
 
 # fixtures scene, private_tmp: conftest.py
-
-
-@pytest.fixture
-def logic():
-    instance = SkullVAELogic()
-    yield instance
-    instance.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -231,13 +231,6 @@ print(json.dumps({{"stage": "done", "fraction": 1.0, "message": "", "result": {r
 """
 
 
-@pytest.fixture
-def logic():
-    instance = SkullVAELogic()
-    yield instance
-    instance.cleanup()
-
-
 def test_no_model_runs_without_a_model_argument(scene, case, private_tmp, monkeypatch, logic):
     """A stand-in worker writes the result as `skullvae complete` does; the requests carry no --model."""
     seen = []

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # slicer_workers (also
 from SkullVAESlicerLib import nodes, results  # noqa: E402
 from SkullVAESlicerLib import process as process_module  # noqa: E402
 from SkullVAESlicerLib import worker as worker_module  # noqa: E402
-from SkullVAESlicerLib.logic import SkullVAECancelled, SkullVAELogic  # noqa: E402
+from SkullVAESlicerLib.logic import SkullVAECancelled  # noqa: E402
 from SkullVAESlicerLib.process import (  # noqa: E402
     buildCompleteArguments,
     buildCompleteCommand,
@@ -37,13 +37,6 @@ from slicer_workers import dead, install_fake_worker, worker_leftovers  # noqa: 
 # fixtures scene, phantom_file, private_tmp: conftest.py
 
 GAP_MM = 3.0
-
-
-@pytest.fixture
-def logic():
-    instance = SkullVAELogic()
-    yield instance
-    instance.cleanup()
 
 
 @pytest.fixture(scope="module")

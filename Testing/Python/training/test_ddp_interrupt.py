@@ -11,33 +11,15 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import socket
-import subprocess
 import sys
 
 import torch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_signal_on_one_rank_stops_all_ranks_with_a_checkpoint(tmp_path):
-    port, procs = _free_port(), []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, __file__, str(tmp_path)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    from conftest import gloo_ranks  # in the test only: as a rank's script this file runs without pytest
+
+    outputs = [out for _, out in gloo_ranks(__file__, str(tmp_path), timeout=120)]
     assert [o.strip().splitlines()[-1] for o in outputs] == ["rank 0: interrupted", "rank 1: interrupted"], outputs
     from SkullVAELib.training.checkpoint import load_checkpoint
 

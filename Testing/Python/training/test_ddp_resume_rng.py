@@ -18,8 +18,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,28 +41,12 @@ def _cfg(epochs: int = EPOCHS):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(out_dir: Path) -> list[str]:
-    port, procs = _free_port(), []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, __file__, str(out_dir)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    return outputs
+    from conftest import gloo_ranks  # in the test only: as a rank's script this file runs without pytest
+
+    ranks = gloo_ranks(__file__, str(out_dir), timeout=180)
+    assert [code for code, _ in ranks] == [0, 0], ranks
+    return [out for _, out in ranks]
 
 
 def test_each_rank_resumes_its_own_random_state(tmp_path):

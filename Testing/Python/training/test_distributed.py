@@ -9,9 +9,6 @@ the worker: ``python test_distributed.py OUT_JSON`` under RANK/WORLD_SIZE/MASTER
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -56,30 +53,12 @@ def train_both_stages(out_dir: Path, micro_batches: int = 1) -> dict:
     return {"stage1": [[r["dice"], r["kld"]] for r in h1], "stage2": [r["dice"] for r in h2], "weights": weights}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path):
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, __file__, str(tmp_path / f"rank{rank}.json"), str(tmp_path / "ddp")]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    from conftest import gloo_ranks  # in the test only: as a rank's script this file runs without pytest
+
+    ranks = gloo_ranks(__file__, str(tmp_path / "rank{rank}.json"), str(tmp_path / "ddp"), timeout=240)
+    assert [code for code, _ in ranks] == [0, 0], ranks
     ddp = json.loads((tmp_path / "rank0.json").read_text())
     ddp_rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert ddp["weights"] == ddp_rank1["weights"]  # DDP keeps the replicas identical

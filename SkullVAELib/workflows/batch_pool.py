@@ -113,7 +113,9 @@ def _start_worker(arguments: CaseArguments, threads: int) -> None:
 
 
 def complete_case(task: CaseTask, arguments: CaseArguments, completer=None, progress=None) -> CaseOutcome:
-    """One case of a batch; a bad input becomes the outcome's error (it never stops the others)."""
+    """One case of a batch; a bad input, and any other failure of this case (running out of memory, an
+    unforeseen error of a library on an odd file), becomes the outcome's one-line error: it never stops the
+    others. Ctrl-C and SIGTERM (KeyboardInterrupt) still stop the batch."""
     try:
         done = complete_files(
             arguments.settings,
@@ -128,6 +130,11 @@ def complete_case(task: CaseTask, arguments: CaseArguments, completer=None, prog
         )
     except SkullVAEError as exc:
         return CaseOutcome(task.index, error=exc.message)
+    except MemoryError:
+        return CaseOutcome(task.index, error="out of memory (lower --jobs, or give --max-memory-gb)")
+    except Exception as exc:  # noqa: BLE001 - one case's unforeseen failure never stops the other cases
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return CaseOutcome(task.index, error=f"unexpected {type(exc).__name__}: {first} (please report it)")
     return CaseOutcome(task.index, {"input": str(task.input), **done.record}, list(done.warnings))
 
 

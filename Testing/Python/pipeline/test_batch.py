@@ -78,6 +78,30 @@ def test_one_bad_input_never_stops_the_batch(tmp_path, capsys):
     assert (tmp_path / "out" / "b_good.seg.nrrd").is_file()  # the good one after the bad one was done
 
 
+def test_an_unforeseen_failure_of_one_case_never_stops_the_batch(tmp_path, capsys, monkeypatch):
+    """Not only a bad input (SkullVAEError): a library's own error on one case (a RuntimeError of SimpleITK,
+    running out of memory) is that case's one-line error, and the other cases are completed."""
+    import SkullVAELib.workflows.batch_pool as batch_pool
+
+    inputs = _phantom_inputs(tmp_path / "in", seeds=(1, 2, 3))
+    real = batch_pool.complete_files
+    failures = {"case1": RuntimeError("itk::ERROR: odd file\nsecond line"), "case2": MemoryError()}
+
+    def flaky(settings, input, *args, **kwargs):
+        if Path(input).stem in failures:
+            raise failures[Path(input).stem]
+        return real(settings, input, *args, **kwargs)
+
+    monkeypatch.setattr(batch_pool, "complete_files", flaky)
+    argv = ["complete", "--input", str(inputs), "--output", str(tmp_path / "out"), "--progress", "none", "--jobs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 of 3 inputs failed" in err[0]
+    assert "case1.nrrd: unexpected RuntimeError: itk::ERROR: odd file (please report it)" in err[0]
+    assert "case2.nrrd: out of memory" in err[0]
+    assert (tmp_path / "out" / "case3.seg.nrrd").is_file()
+
+
 def test_workers_are_bounded_by_the_memory_limit(tmp_path, default_limits):
     from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.core.limits import set_limits

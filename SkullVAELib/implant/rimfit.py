@@ -251,6 +251,9 @@ def rim_fit(
         if _only_the_scan_edge(hole, edge, r_out, cfg):
             messages.append(_edge_message(hole, "is only the scan's edge cutting the skull (no ray sees a gap in it)"))
             continue
+        if _fill_dives(raymap, hole, edge, r_out, cfg):
+            messages.append(_edge_message(hole, f"is not filled: {DIVES}"))
+            continue
         if hole.outside_fraction > 0.0:
             messages.append(_edge_message(hole, "reaches the scan's edge; the implant is filled up to the edge"))
         piece = rasterise(skull, centre, cfg.step_deg, region, r_in, r_out)
@@ -298,6 +301,28 @@ def _only_the_scan_edge(hole: Hole, edge: ScanEdge, r_out: np.ndarray, cfg: RimF
         seen = hole.cells & (edge.exit_mm >= r_out)
     hole.seen_sr = float(np.broadcast_to(cell_solid_angle(cfg.step_deg), seen.shape)[seen].sum())
     return not seen.any()
+
+
+RIM_STRAY_MM = 20.0  # a fill this far below the rim's lowest outer radius is no continuation of the skull
+DIVES = "too little of its rim lies inside the scan to continue the skull across it (is it the scan's cut?)"
+
+
+def _fill_dives(raymap: raycast.RayMap, hole: Hole, edge: ScanEdge, r_out: np.ndarray, cfg: RimFitConfig) -> bool:
+    """True for a hole at the scan's edge whose filled outer radius (``r_out`` float (Nα, Nβ) mm, NaN where not
+    filled) dips more than ``RIM_STRAY_MM`` below the lowest outer radius of its rim rays.
+
+    Where the scan's edge cuts a skull's side, the rays around the cut are truncated and its rim is what the rays
+    through the cut meet inside the scan, deeper bone on one side of it: continued across the cut, it plunged to
+    the ray centre and beyond (down to -250 mm), and the rays through the cut passed this fill inside the scan, so
+    the cut passed for a defect (a field of view cutting a phantom's side 11 mm deep: a plate of 988 voxels 67 mm
+    from the defect, kept as a second defect's). A vault continued from its rim stays near the rim's radii."""
+    if not (hole.cells & edge.unknown).any():
+        return False
+    ring = rim_rays(raymap, hole.cells, cfg, hole.unusable)
+    filled = np.isfinite(r_out) & hole.cells
+    if not ring.any() or not filled.any():
+        return False
+    return float(r_out[filled].min()) < float(np.nanmin(raymap.r_out[ring])) - RIM_STRAY_MM
 
 
 def _edge_message(hole: Hole, what: str) -> str:

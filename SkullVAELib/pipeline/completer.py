@@ -188,7 +188,7 @@ class Completer:
                 from SkullVAELib.implant.quality import implant_quality
 
                 with context.timed("quality"):
-                    quality = implant_quality(context.skull, implant, rim=self.settings.rimfit.config)
+                    quality = implant_quality(_scored_skull(context), implant, rim=self.settings.rimfit.config)
             context.cache[key] = (proposal, implant, quality)
         return context.cache[key]
 
@@ -215,7 +215,7 @@ class Completer:
         if not implant.any():
             return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": 0.0}, "empty implant after the finishing")
         with context.timed("quality"):
-            return implant_quality(context.skull, implant, rim=self.settings.rimfit.config)
+            return implant_quality(_scored_skull(context), implant, rim=self.settings.rimfit.config)
 
     def _completed_skull(self, context: CompletionContext, implant: np.ndarray) -> SkullImage:
         skull = context.skull
@@ -225,6 +225,12 @@ class Completer:
             raise SkullVAEError("the raw decoded skull (--raw) needs a trained model (--model)")
         with context.timed("raw_skull"):
             return skull.with_mask(context.model_completion().raw.mask, title="completed skull (raw decoded)")
+
+
+def _scored_skull(context: CompletionContext) -> SkullImage:
+    """The skull an implant's quality is scored against: a cranial one's as the vault's rays read it (the rim
+    fit's, without separate pieces: :meth:`CompletionContext.vault_skull`), a facial one's whole."""
+    return context.vault_skull() if context.defect == "cranial" else context.skull
 
 
 def _no_source_error(decision, skipped: dict[str, str], skull: SkullImage) -> SkullVAEError:

@@ -48,6 +48,19 @@ class CompletionContext:
         finally:
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
+    def vault_skull(self) -> SkullImage:
+        """The skull as the rays of the vault read it (the rim fit, the mirror plane, a cranial implant's quality):
+        ``skull`` less the pieces of bone apart from its largest piece that reach over its vault
+        (:func:`~SkullVAELib.implant.vault.without_vault_pieces`), or ``skull`` itself where there is none (once
+        per skull). A head rest under the occiput, read as the outermost bone, hid an occipital hole or bent the
+        rim's outer radius towards it (DSC 0.22 at quality 0.82); a jaw or a spine apart from the skull lies below
+        the vault and stays. The completed skull handed back holds all of ``skull``, and the implant none of it."""
+        if "vault" not in self.cache:
+            from SkullVAELib.implant.vault import without_vault_pieces
+
+            self.cache["vault"] = without_vault_pieces(self.skull)
+        return self.cache["vault"][0]
+
     def mirror_transform(self) -> np.ndarray:
         """(4, 4) LPS reflection about the skull's mid-sagittal plane (computed once per skull)."""
         if "mirror" not in self.cache:
@@ -55,7 +68,7 @@ class CompletionContext:
 
             self.progress("rimfit", 0.0, "finding the mid-sagittal plane")
             with self.timed("mirror_plane"):
-                self.cache["mirror"] = find_mirror_plane(self.skull).transform()
+                self.cache["mirror"] = find_mirror_plane(self.vault_skull()).transform()
         return self.cache["mirror"]
 
     def rim_fit(self):
@@ -67,7 +80,8 @@ class CompletionContext:
             transform = self.mirror_transform() if self.settings.rimfit.mirror else None
             self.progress("rimfit", 0.3, "fitting the implant to the defect's rim")
             shapes = self.shape_cue() if self.settings.rimfit.shapes else None
-            result = rim_fit(self.skull, self.settings.rimfit.config, mirror_transform=transform, shapes=shapes)
+            result = rim_fit(self.vault_skull(), self.settings.rimfit.config, mirror_transform=transform, shapes=shapes)
+            result.messages += self.cache["vault"][1]  # what vault_skull left out
             for name, seconds in result.timings.items():
                 self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
             self.cache[key] = result
@@ -87,7 +101,7 @@ class CompletionContext:
             self.progress("rimfit", 0.6, "trying the fill on the skull's intact vault")
             with self.timed("rimfit_self_check"):
                 config = self.settings.rimfit.config
-                self.cache[key] = check_rim_fit(self.skull, self.rim_fit(), config, transform, shapes)
+                self.cache[key] = check_rim_fit(self.vault_skull(), self.rim_fit(), config, transform, shapes)
         return self.cache[key]
 
     def shape_cue(self):

@@ -7,13 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from SkullVAELib.implant.vault import FACE_ANTERIOR_Y, FACE_TOP_Z, on_vault
 from SkullVAELib.pipeline.context import CompletionContext
-
-# The vault, seen from the cranial centre (LPS unit directions): above LOWEST_VAULT_Z, except the
-# face's sector in front (anterior, -P) below FACE_TOP_Z. Holes elsewhere (orbits, nose, jaw,
-# skull base) are no cranial defect.
-LOWEST_VAULT_Z = -0.17  # sin(-10°)
-FACE_ANTERIOR_Y, FACE_TOP_Z = -0.7, 0.34  # the face: more than 45° forward and below 20° elevation
 
 
 @dataclass(frozen=True)
@@ -50,12 +45,7 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
 
 
 def vault_holes(holes: Sequence) -> list:
-    """The rim fit's holes (``rimfit.Hole``, LPS ``direction``) that lie on the vault."""
-
-    def on_vault(direction: np.ndarray) -> bool:
-        _, y, z = np.asarray(direction, dtype=float)
-        return z > LOWEST_VAULT_Z and not (y < FACE_ANTERIOR_Y and z < FACE_TOP_Z)
-
+    """The rim fit's holes (``rimfit.Hole``, LPS ``direction``) that lie on the vault (:func:`vault.on_vault`)."""
     return [h for h in holes if on_vault(h.direction)]
 
 

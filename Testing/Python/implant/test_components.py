@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SkullVAELib.implant.components import label_pieces
+from SkullVAELib.implant.components import label_pieces, separate_pieces
 
 STRUCTURES = {6: ndimage.generate_binary_structure(3, 1), 18: ndimage.generate_binary_structure(3, 2),
               26: ndimage.generate_binary_structure(3, 3)}  # fmt: skip
@@ -52,6 +52,27 @@ def test_non_bool_masks_count_non_zero_voxels():
     mask = np.zeros((4, 4, 4), dtype=np.uint8)
     mask[0, 0, 0], mask[3, 3, 3] = 7, 1
     assert label_pieces(mask)[1] == 2
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_read_only_mask_is_labelled_and_left_as_it_is(order):
+    """A mask the Completer holds read-only (core.unchanged): cc3d reads no read-only view ("buffer source array is
+    read-only" on a SkullFix mask, SimpleITK's (K, J, I) array transposed), so it is labelled from a copy."""
+    mask = np.zeros((6, 5, 4), dtype=bool) if order == "C" else np.zeros((4, 5, 6), dtype=bool).transpose(2, 1, 0)
+    mask[0, 0, 0] = mask[4, 3, 2] = True
+    mask.flags.writeable = False
+    labels, n = label_pieces(mask)
+    assert n == 2 and labels[0, 0, 0] != labels[4, 3, 2] and not mask.flags.writeable
+
+
+def test_the_separate_pieces_are_those_apart_from_the_largest_and_at_least_so_large():
+    mask = np.zeros((12, 10, 8), dtype=bool)
+    mask[:6, :6, :6] = True  # the largest piece (216 voxels)
+    mask[8:11, :3, :3] = True  # apart, 27 voxels
+    mask[11, 9, 7] = True  # a speck
+    labels, largest, apart = separate_pieces(mask, 10)
+    assert labels[0, 0, 0] == largest and apart.tolist() == [labels[9, 1, 1]]
+    assert separate_pieces(mask, 28) is None and separate_pieces(mask[:6], 1) is None
 
 
 @pytest.mark.parametrize("bad", [{"connectivity": 8}, {"mask": np.zeros((4, 4), dtype=bool)}])

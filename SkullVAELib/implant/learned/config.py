@@ -11,6 +11,7 @@ import torch
 
 from SkullVAELib.core.config import TEST_TIME_SHIFTS
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.implant.learned.unet import check_crop
 
 REFINER_FORMAT = "skullvae-facial-refiner"
 
@@ -59,16 +60,7 @@ class RefinerConfig:
                 f"the refiner needs two or more levels of channels and 3 crop offsets (mm), got "
                 f"{list(self.channels)} and {list(self.crop_offset_mm)}"
             )
-        step = 2 ** (len(self.channels) - 1)
-        # all three sides of just ``step`` leave the deepest level one voxel, which instance norm refuses
-        if (
-            len(self.crop_shape) != 3
-            or any(s < step or s % step for s in self.crop_shape)
-            or self.crop_shape == (step,) * 3
-        ):
-            raise SkullVAEError(
-                f"the refiner's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth), not all {step}"
-            )
+        check_crop(self.crop_shape, self.channels, "the refiner's")
         if isinstance(self.test_time_shifts, bool) or self.test_time_shifts not in TEST_TIME_SHIFTS:
             raise SkullVAEError(
                 f"the refiner's test_time_shifts must be one of {TEST_TIME_SHIFTS}, got {self.test_time_shifts!r}"

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from SkullVAELib.core.errors import SkullVAEError
+
 
 class ConvolutionBlock(nn.Sequential):
     """MONAI's ``Convolution``: ``conv`` (Conv3d or ConvTranspose3d, kernel 3, padding 1), then
@@ -109,3 +111,13 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def check_crop(crop_shape: Sequence[int], channels: Sequence[int], what: str) -> None:
+    """SkullVAEError unless ``crop_shape`` (3 sides, voxels) suits a :class:`UNet` of ``channels`` levels (``what``
+    names the network in the message): three multiples of its depth step 2^(levels - 1), not all equal to it
+    (the deepest level would be one voxel, which instance norm refuses)."""
+    step = 2 ** (len(channels) - 1)
+    shape = tuple(crop_shape)
+    if len(shape) != 3 or any(s < step or s % step for s in shape) or shape == (step,) * 3:
+        raise SkullVAEError(f"{what} crop {shape} must be 3 multiples of {step} (the U-Net depth), not all {step}")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.implant.learned.unet import check_crop
 
 RESIDUAL_FORMAT = "skullvae-cranial-residual"
 IN_CHANNELS = 3  # defective bone, rim-fit signed distance, mirrored bone
@@ -46,16 +47,7 @@ class ResidualConfig:
         self.res_units = int(self.res_units)
         if len(self.channels) < 2:
             raise SkullVAEError("the residual needs at least two levels of channels")
-        step = 2 ** (len(self.channels) - 1)
-        # all three sides of just ``step`` leave the deepest level one voxel, which instance norm refuses
-        if (
-            len(self.crop_shape) != 3
-            or any(s < step or s % step for s in self.crop_shape)
-            or self.crop_shape == (step,) * 3
-        ):
-            raise SkullVAEError(
-                f"the residual's crop {self.crop_shape} must be 3 multiples of {step} (the U-Net depth), not all {step}"
-            )
+        check_crop(self.crop_shape, self.channels, "the residual's")
         if not (self.spacing_mm > 0 and self.max_shift_mm > 0 and self.sharpness_per_mm > 0):
             raise SkullVAEError("the residual needs spacing_mm, max_shift_mm and sharpness_per_mm > 0")
         if not self.sdf_clip_mm > self.max_shift_mm:

@@ -251,7 +251,10 @@ def atlas_implant(
         raise SkullVAEError("the skull has no bone to register the atlases to")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    fixed = registration_image(skull.to_sitk(), atlases.spacing_mm)
+    try:
+        fixed = registration_image(skull.to_sitk(), atlases.spacing_mm)
+    except SkullVAEError as exc:
+        raise SkullVAEError(exc.message, skull.metadata.get("source")) from None
     mask = metric_mask(fixed, cfg.metric_mask_mm)
     chosen = choose_atlases(fixed, mask, atlases, cfg.n_atlases, progress)
     timings["atlas_choose"] = time.perf_counter() - t0

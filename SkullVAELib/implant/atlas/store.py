@@ -33,6 +33,9 @@ FORMAT = "skullvae-atlas"
 VERSION = 1
 
 
+MIN_BLOCKS = 4  # registration blocks an axis at the least
+
+
 def registration_image(mask: sitk.Image, spacing_mm: float = ATLAS_SPACING_MM) -> sitk.Image:
     """float32 image of ``mask`` (uint8 0/1, size (I, J, K)) area-averaged over blocks of ≈
     ``spacing_mm`` (mm) and smoothed (σ = spacing / 2 mm); size ⌈(I, J, K) / factors⌉.
@@ -40,9 +43,14 @@ def registration_image(mask: sitk.Image, spacing_mm: float = ATLAS_SPACING_MM) -
     The blocks cover the whole of ``mask``: it is padded with background at its high-index faces
     to whole blocks first (BinShrink alone drops a last partial block, and the registration, the
     B-spline's domain and the displacement field sampled on this grid then miss those voxels).
-    Origin: the centre of the first block, as BinShrink's.
+    Origin: the centre of the first block, as BinShrink's. SkullVAEError for a volume under ``MIN_BLOCKS``
+    blocks along an axis (not a skull; SimpleITK's smoothing refuses it with a traceback).
     """
     factors = [max(int(round(spacing_mm / s)), 1) for s in mask.GetSpacing()]
+    blocks = [-(-n // f) for n, f in zip(mask.GetSize(), factors, strict=True)]
+    if min(blocks) < MIN_BLOCKS:  # the recursive Gaussian needs 4 samples an axis; a skull spans 50 or more
+        extent = ", ".join(f"{n * s:.0f}" for n, s in zip(mask.GetSize(), mask.GetSpacing(), strict=True))
+        raise SkullVAEError(f"a volume of {extent} mm is too small to register (no skull: {spacing_mm:g} mm blocks)")
     short = [(-n) % f for n, f in zip(mask.GetSize(), factors, strict=True)]  # voxels to whole blocks
     padded = sitk.ConstantPad(mask, [0, 0, 0], short, 0.0) if any(short) else mask
     img = sitk.Cast(padded, sitk.sitkFloat32)
@@ -163,7 +171,11 @@ def build_atlas_set(
             skull = read_skull(path, kind="binary")
             mask_name, low_name = f"{case_id}.nrrd", f"{case_id}.low.nrrd"
             write_mask(skull, tmp / mask_name)
-            sitk.WriteImage(registration_image(skull.to_sitk(), spacing_mm), str(tmp / low_name), True)
+            try:
+                low = registration_image(skull.to_sitk(), spacing_mm)
+            except SkullVAEError as exc:
+                raise SkullVAEError(exc.message, path) from None
+            sitk.WriteImage(low, str(tmp / low_name), True)
             cases.append({"id": case_id, "mask": mask_name, "low": low_name})
         manifest = {"format": FORMAT, "version": VERSION, "spacing_mm": float(spacing_mm), "cases": cases}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")

@@ -124,3 +124,30 @@ def test_two_files_of_one_case_are_refused_not_one_dropped(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "001.nii.gz and 001.nrrd" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "atlas").exists() and sorted(p.name for p in data.iterdir()) == ["complete_skull"]
+
+
+def test_a_volume_too_small_to_register_is_one_line_naming_it(tmp_path, capsys):
+    """A 12 mm volume in the atlas's data (no skull: 3 blocks of 4 mm along an axis) made SimpleITK's smoothing
+    raise a traceback; it is a one-line error naming the file, and nothing is left behind."""
+    from SkullVAELib.io.image import SkullImage
+
+    data = tmp_path / "data"
+    write_mask(make_phantom(1, (32, 32, 24), (6.4, 6.4, 6.4)), data / "complete_skull" / "001.nrrd")
+    tiny = np.zeros((6, 6, 6), dtype=bool)
+    tiny[2:4, 2:4, 2:4] = True
+    write_mask(SkullImage(tiny, np.zeros(3), np.full(3, 2.0), np.eye(3), {}), data / "complete_skull" / "002.nrrd")
+    argv = [
+        "build-atlas",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "atlas"),
+        "--spacing",
+        "4",
+        "--progress",
+        "none",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "002.nrrd" in err and "too small to register" in err, err
+    assert not (tmp_path / "atlas").exists()

@@ -4,7 +4,8 @@
 and refuses, before anything is computed or written:
 
 - an output that resolves (symlinks and hard links followed) to an input of the call, to
-  another output of the same call, or into a protected folder (the model bundle);
+  another output of the same call, into a protected folder (the model bundle, an atlas set) or onto a
+  protected file (refiner or residual weights given on their own);
 - a wrong extension (``.seg.nrrd`` for segmentations, ``.stl``, a single-file volume format
   for maps), so a file never holds another format than its name says;
 - an existing file, unless overwriting is allowed (``--overwrite``);
@@ -29,7 +30,7 @@ import os
 import secrets
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,8 @@ class OutputPlan:
 
     Args:
         inputs: files the call reads; no output may be one of them (by path or by inode).
-        protected: folders no output may land in (the model bundle).
+        protected: {folder or file: what it is, e.g. "model folder", "model file"}: no output may land in
+            such a folder or be such a file (by path or link); a plain list of paths reads as model folders.
         overwrite: allow replacing existing files (complete's own outputs: yes; data sets
             and models: only with ``--overwrite``).
         max_new_folders: how many missing folder levels above an output may be created.
@@ -88,12 +90,13 @@ class OutputPlan:
     def __init__(
         self,
         inputs: Iterable[str | os.PathLike] = (),
-        protected: Iterable[str | os.PathLike] = (),
+        protected: Mapping[str | os.PathLike, str] | Iterable[str | os.PathLike] = (),
         overwrite: bool = True,
         max_new_folders: int = 1,
     ) -> None:
         self.inputs = [Path(p) for p in inputs]
-        self.protected = [Path(p).resolve() for p in protected]
+        labels = protected if isinstance(protected, Mapping) else dict.fromkeys(protected, "model folder")
+        self.protected = [(Path(p), Path(p).resolve(), what) for p, what in labels.items()]
         self.overwrite = overwrite
         self.max_new_folders = max_new_folders
         self.outputs: list[_Output] = []
@@ -113,9 +116,11 @@ class OutputPlan:
         identity = file_identity(final)
         if resolved in self._input_paths or (identity is not None and identity in self._input_ids):
             raise SkullVAEError(f"{option} is an input of this command; refusing to overwrite it", final)
-        for folder in self.protected:
-            if resolved == folder or folder in resolved.parents:
-                raise SkullVAEError(f"{option} lies inside the model folder {folder}; refusing to write there", final)
+        for given, part, what in self.protected:
+            if part.is_file() and (resolved == part or (identity is not None and identity == file_identity(part))):
+                raise SkullVAEError(f"{option} is the {what} {given}; refusing to overwrite it", final)
+            if not part.is_file() and (resolved == part or part in resolved.parents):
+                raise SkullVAEError(f"{option} lies inside the {what} {given}; refusing to write there", final)
         for other in self.outputs:
             if other.resolved == resolved or (identity is not None and identity == file_identity(other.final)):
                 raise SkullVAEError(f"{option} and {other.option} name the same file", final)

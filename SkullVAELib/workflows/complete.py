@@ -159,17 +159,13 @@ def planned_outputs(output: Path, gammas: Sequence[float], options: OutputOption
     return planned
 
 
-def refuse_model_parts(path: Path, option: str, settings: CompletionSettings) -> None:
-    """SkullVAEError when ``path`` lies in the model folder or an atlas folder, or is a refiner or
-    residual file (by a link too), of ``settings`` (:func:`model_parts`): a trained model is never written over."""
-    resolved = path.resolve()
-    for part in model_parts(settings):
-        found = part.resolve()
-        if part.is_dir() and (resolved == found or found in resolved.parents):
-            kind = "model folder" if part == settings.model else "atlas folder"
-            raise SkullVAEError(f"{option} lies inside the {kind} {part}; refusing to write there", path)
-        if part.is_file() and (resolved == found or (path.exists() and os.path.samefile(path, part))):
-            raise SkullVAEError(f"{option} is the model file {part}; refusing to overwrite it", path)
+def protected_parts(settings: CompletionSettings) -> dict[Path, str]:
+    """{model part: what it is} of ``settings`` (:func:`model_parts`), for the output plan to protect: the model
+    folder, an atlas folder, a refiner or residual file given outside the folder."""
+    return {
+        part: "model folder" if part == settings.model else "atlas folder" if part.is_dir() else "model file"
+        for part in model_parts(settings)
+    }
 
 
 def _plan_outputs(input, settings: CompletionSettings, output: Path, gammas, options: OutputOptions):
@@ -177,10 +173,9 @@ def _plan_outputs(input, settings: CompletionSettings, output: Path, gammas, opt
     input or lie in a model part (:func:`model_parts`: --model, --atlas, --refiner, --residual)."""
     from SkullVAELib.io.outputs import OutputPlan
 
-    plan = OutputPlan(inputs=[input], protected=[settings.model] if settings.model is not None else [])
+    plan = OutputPlan(inputs=[input], protected=protected_parts(settings))
     for path, option, extensions in planned_outputs(output, gammas, options):
-        plan.add(path, option, extensions)  # the name's format, the inputs, the model folder, ...
-        refuse_model_parts(path, option, settings)  # ... and the parts given outside it
+        plan.add(path, option, extensions)
     return plan
 
 

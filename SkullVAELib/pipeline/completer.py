@@ -183,12 +183,7 @@ class Completer:
                     implant = postprocess_implant(implant, context.skull, self.settings.postprocess)
             for step, seconds in proposal.timings.items():
                 context.timings[f"{source.name}_{step}"] = seconds
-            quality = None
-            if self.settings.quality and implant.any():
-                from SkullVAELib.implant.quality import implant_quality
-
-                with context.timed("quality"):
-                    quality = implant_quality(_scored_skull(context), implant, rim=self.settings.rimfit.config)
+            quality = self._score(context, implant) if self.settings.quality and implant.any() else None
             context.cache[key] = (proposal, implant, quality)
         return context.cache[key]
 
@@ -210,12 +205,21 @@ class Completer:
         smoothing moves the rim; the source was chosen on its unfinished implant)."""
         if quality is None or not self.settings.finish.active:
             return quality
-        from SkullVAELib.implant.quality import ImplantQuality, implant_quality
+        from SkullVAELib.implant.quality import ImplantQuality
 
         if not implant.any():
             return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": 0.0}, "empty implant after the finishing")
+        return self._score(context, implant)
+
+    def _score(self, context: CompletionContext, implant: np.ndarray):
+        """The quality score (:mod:`SkullVAELib.implant.quality`) of a non-empty ``implant``: against the skull
+        as the vault's rays read it for a cranial defect (:meth:`CompletionContext.vault_skull`), the whole skull
+        for a facial one, with the rim fit's own settings."""
+        from SkullVAELib.implant.quality import implant_quality
+
+        skull = context.vault_skull() if context.defect == "cranial" else context.skull
         with context.timed("quality"):
-            return implant_quality(_scored_skull(context), implant, rim=self.settings.rimfit.config)
+            return implant_quality(skull, implant, rim=self.settings.rimfit.config)
 
     def _completed_skull(self, context: CompletionContext, implant: np.ndarray) -> SkullImage:
         skull = context.skull
@@ -227,12 +231,6 @@ class Completer:
             return skull.with_mask(context.model_completion().raw.mask, title="completed skull (raw decoded)")
 
 
-def _scored_skull(context: CompletionContext) -> SkullImage:
-    """The skull an implant's quality is scored against: a cranial one's as the vault's rays read it (the rim
-    fit's, without separate pieces: :meth:`CompletionContext.vault_skull`), a facial one's whole."""
-    return context.vault_skull() if context.defect == "cranial" else context.skull
-
-
 def _no_source_error(decision, skipped: dict[str, str], skull: SkullImage) -> SkullVAEError:
     """The one-line error when no implant source applies (``decision``: the defect decision; ``skipped``:
     why each source was passed over), with the way out for the user.
@@ -240,11 +238,10 @@ def _no_source_error(decision, skipped: dict[str, str], skull: SkullImage) -> Sk
     When ``--defect auto`` took the skull for facial only because the rim fit found no enclosed hole in the
     vault, the skull may as well be complete: the error says so first, then what each kind of defect needs
     (the sources' own reasons add nothing there: each is "for cranial defects" or "not installed")."""
-    if decision.reason.startswith("taken as facial"):
-        why = decision.reason.removeprefix("taken as facial: ")
-        complete = "" if why.startswith("the enclosed hole found") else ": a complete skull has nothing to fill"
+    if decision.guessed:
+        complete = "" if decision.hole_off_vault else ": a complete skull has nothing to fill"
         return SkullVAEError(
-            f"no cranial defect found ({why}){complete}; {FACIAL_SOURCES_HINT}; "
+            f"no cranial defect found ({decision.guessed}){complete}; {FACIAL_SOURCES_HINT}; "
             "give --defect cranial if the defect is cranial",
             skull.metadata.get("source"),
         )

@@ -13,11 +13,15 @@ from SkullVAELib.pipeline.context import CompletionContext
 
 @dataclass(frozen=True)
 class DefectDecision:
-    """defect: "cranial" or "facial"; reason: one sentence for the user; confidence in [0, 1] or None."""
+    """defect: "cranial" or "facial"; reason: one sentence for the user; confidence in [0, 1] or None;
+    ``guessed``: why "auto" took the skull for facial with neither a vault hole nor a model to ask ("" else);
+    ``hole_off_vault``: that guess saw an enclosed hole, outside the vault (so the skull is not complete)."""
 
     defect: str
     reason: str
     confidence: float | None = None
+    guessed: str = ""
+    hole_off_vault: bool = False
 
 
 def decide_defect(context: CompletionContext) -> DefectDecision:
@@ -38,8 +42,9 @@ def decide_defect(context: CompletionContext) -> DefectDecision:
         result = context.model_completion()
         decision = DefectDecision(result.defect, f"{result.defect}: the model's classifier", result.confidence)
     else:
-        why = off_vault_note(holes) or "; ".join(context.rim_fit().messages) or "no enclosed hole in the vault"
-        decision = DefectDecision("facial", f"taken as facial: {why}", None)
+        off_vault = off_vault_note(holes)
+        why = off_vault or "; ".join(context.rim_fit().messages) or "no enclosed hole in the vault"
+        decision = DefectDecision("facial", f"taken as facial: {why}", None, why, bool(off_vault))
     context.cache["defect"] = decision
     return decision
 

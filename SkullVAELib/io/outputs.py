@@ -80,8 +80,7 @@ class OutputPlan:
 
     Args:
         inputs: files the call reads; no output may be one of them (by path or by inode).
-        protected: {folder or file: what it is, e.g. "model folder", "model file"}: no output may land in
-            such a folder or be such a file (by path or link); a plain list of paths reads as model folders.
+        protected: {folder or file: what it is ("model folder", "model file")}, no output in or onto one (a list: folders).
         overwrite: allow replacing existing files (complete's own outputs: yes; data sets
             and models: only with ``--overwrite``).
         max_new_folders: how many missing folder levels above an output may be created.

@@ -9,7 +9,7 @@
 #     MIN=6.6 bash benchmarks/gpu_refiner.sh
 # $OUT/ref gets refiner.safetensors (best validation Dice, fp16), training_log.csv, refiner_curves.png and
 # checkpoints/refiner.pt (a run stopped by its time budget or a signal continues with --resume).
-# With the levers the CPU recipe proved (issue 24 §4; docs/results/issue-24.md, "The facial CPU recipe: a higher
+# With the levers the CPU recipe proved (issue 24 §4; docs/results/issue-24-2026-12-05.md, "The facial CPU recipe: a higher
 # learning rate ..."; not yet measured on a GPU): pack the 60 extra skulls too (add
 # `--extra ../shared/data/skullfix_test` to the --pack-only command above, 124 skulls, ~12 MB), then
 #     GRIDS=.device/grids_x.npz MIN=6.6 EXTRA="--packed-extras --output-head --test-time-mirror \

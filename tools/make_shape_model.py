@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python tools/make_shape_model.py BANK/shapes.safetensors SkullVAELib/implant/shape_model.safetensors
 
 The bank (every training skull's ray map) stays private; the model keeps the mean shape, the first
-10 principal modes and the mean thickness (docs/results/issue-24.md, "A shape model as the default cue"), and a
+10 principal modes and the mean thickness (docs/results/issue-24-2026-12-03.md, "A shape model as the default cue"), and a
 card: the skulls it was fitted to (``--source`` and the bank's case ids) and the licence it inherits
 from them (``--licence``; by default the model cards' licence of that data, SkullFix's). The model
 measured in docs/RESULTS.md was made with the defaults.

@@ -28,7 +28,7 @@ DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
 IMPLANT_SOURCES: tuple[str, ...] = ("residual", "rimfit", "learned", "atlas", "model")
 #: An implant's quality score (SkullVAELib.implant.quality) under this is a failed implant (empty, stepped at the
 #: rim, too thin, stray): the Completer tries the next source and calls one kept anyway doubtful
-#: (docs/results/issue-24.md) ...
+#: (docs/results/issue-24-2026-12-03.md, "The implant-quality score") ...
 QUALITY_FLOOR = 0.3
 #: ... and at or above the floor but under this, the implant is kept and the user asked to check it (the CLI's
 #: warning, the result's ``implant_review``, the Slicer panel's "check before use").

@@ -5,7 +5,7 @@ voids: diploic spaces and vascular channels of the removed bone that the bone th
 (0.3-0.7 ml on some skulls). Each void is a closed inner surface of the true implant. A solid implant
 (what any source gives, and what is printed) fills them, and the surface distance counts every void
 wall as far from any predicted surface: on three training pairs those walls alone lifted HD95 past
-3 mm (docs/results/issue-24.md, "The true implant's own cavities …").
+3 mm (docs/results/issue-24-2026-12-06.md, "The true implant's own cavities …").
 
 :func:`enclosed_cavities` finds them, so that a benchmark can score an implant against the truth with
 its cavities counted as implant beside the plain score (never in place of it).

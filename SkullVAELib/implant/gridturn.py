@@ -5,7 +5,7 @@ head. Near a pole its cells are not neighbourhoods on the sphere: a ring ``ring`
 hole spans a third of the arc across the rows that it spans along them, and the grid's dilation
 stops at the pole. A hole whose rim passes within a few degrees of a pole (SkullFix's own defects,
 8-26° from the posterior pole as scanned, on a head pitched 15-30° chin-up) then takes its rim's
-thickness from the rays its cut wall thinned, and the fill comes out thin (docs/results/issue-24.md,
+thickness from the rays its cut wall thinned, and the fill comes out thin (docs/results/issue-24-2026-12-06.md,
 "A head in any pose" and "The ray grid's poles kept off the hole").
 
 :func:`turn_off_poles` gives the smallest pitch of the grid's frame about the ray centre (a turn about

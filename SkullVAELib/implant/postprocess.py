@@ -26,7 +26,7 @@ Why specks joined only at an edge or corner go: the rules above judge 26-connect
 that meets the implant at a corner of the rim belongs to it. A surface mesh (the printable STL) and
 Slicer's islands see faces only: on 46 of the 60 ``skullfix_test`` skulls the rim fit's implant carried
 1-56 such specks beside the bone (1,155 voxels in all), each its own tiny shell in the
-STL (docs/results/issue-24.md, "Specks at the rim").
+STL (docs/results/issue-24-2026-12-06.md, "Specks at the rim").
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ implant is a sliver), a neutral ``rim`` component of 0.5 stands in for them. The
 A measure, not a component: ``reach_mm``, how far the footprint's middle lies from its rim (mm along
 the implant's outer surface). A fill continued from the rim is least sure there: on SkullFix's training
 defects the rim fit's shell lay 0.12 mm (SD over holes) off the truth within about 5 mm of the rim and
-1.2 mm off beyond about 30 mm (docs/results/issue-24.md, "The true implant's own cavities …"). The
+1.2 mm off beyond about 30 mm (docs/results/issue-24-2026-12-06.md, "The true implant's own cavities …"). The
 explanation names it so that a reader knows how far the implant reaches beyond the bone that holds it.
 """
 

@@ -37,7 +37,7 @@ from SkullVAELib.io.image import SkullImage
 
 DEFAULT_STEP_DEG = 1.0
 # The rim fit's step (and so a shape bank's): 1° → 0.75° lifted validation 056–063 by 0.011–0.013 DSC
-# in each defect style (docs/results/issue-24.md, "A finer ray grid for the rim fit").
+# in each defect style (docs/results/issue-24-2026-12-05.md, "A finer ray grid for the rim fit").
 RIM_STEP_DEG = 0.75
 RADIUS_STEP_MM = 0.25  # sampling along a ray; finer than SkullFix voxels (0.4-0.6 mm)
 MIN_RADIUS_MM = 15.0  # start of every ray (nothing of the vault is this close to the centre)

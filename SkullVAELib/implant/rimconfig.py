@@ -67,7 +67,7 @@ class RimFitConfig:
         A ray reads the bone's surfaces to about a voxel along it, so on a scan of 1-3 mm slices the rim's
         radii and thicknesses are noisier than on SkullFix's 0.4-0.75 mm voxels (for which nothing
         changes), and a spline through them bends with the noise. Measured on validation cases
-        resampled to clinical slices (docs/results/issue-24.md, "The rim fit on coarser scans")."""
+        resampled to clinical slices (docs/results/issue-24-2026-12-05.md, "The rim fit on coarser scans")."""
         largest = float(np.max(spacing))
         if self.smoothing_voxel_mm <= 0 or largest <= self.smoothing_voxel_mm:
             return self

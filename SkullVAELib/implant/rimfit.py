@@ -108,7 +108,7 @@ def thick_slice_note(skull: SkullImage) -> list[str]:
     """[one line for the user] when ``skull``'s largest voxel side exceeds ``THICK_SLICE_MM``, else [].
 
     On 5 mm slices the rim fit's implants scored DSC 0.87 on validation and 0.84 on test, against 0.93 for
-    the same skulls on SkullFix's voxels (docs/results/issue-24.md, "The rim fit on coarser scans")."""
+    the same skulls on SkullFix's voxels (docs/results/issue-24-2026-12-05.md, "The rim fit on coarser scans")."""
     largest = float(np.max(skull.spacing))
     if largest <= THICK_SLICE_MM:
         return []

@@ -85,7 +85,7 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
     A hole under ``cfg.far_hole_share`` of the largest hole's solid angle whose nearest ray lies more
     than ``cfg.far_hole_deg`` from the largest hole's rays is a gap where the bone is too thin for the
     scan (the temporal squama on 3 mm slices), not a second defect: its fill would be a piece far from
-    the defect (docs/results/issue-24.md, "The rim fit on coarser scans"). Off when either setting is 0."""
+    the defect (docs/results/issue-24-2026-12-05.md, "The rim fit on coarser scans"). Off when either setting is 0."""
     if len(holes) < 2 or cfg.far_hole_share <= 0 or cfg.far_hole_deg <= 0:
         return holes, []
     main = holes[0]
@@ -188,5 +188,5 @@ def _seen_first(holes: list[Hole], edge: ScanEdge) -> list[Hole]:
     """``holes`` (largest first) with those of which some ray sees the gap inside the scan ahead of those whose
     every ray is unknown (the scan's edge cutting the skull, e.g. a field of view that stops below the vertex):
     the defect, not the scan's cut, is the main hole that far gaps are measured from, that the frame turns for
-    and that the self-check tries (docs/results/issue-24.md, "Reviewed: the scan's cut as the main hole …")."""
+    and that the self-check tries (docs/results/issue-24-2026-12-07.md, "Reviewed: the scan's cut as the main hole …")."""
     return sorted(holes, key=lambda hole: not bool((hole.cells & ~edge.unknown).any()))  # stable: size order kept

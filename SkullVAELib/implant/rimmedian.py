@@ -3,7 +3,7 @@
 A thin-plate spline continued across a hole is only as good as the ring of rim rays it is fitted
 on: a narrow ring follows the bone right at the hole (and its local bumps), a wide one the vault's
 trend (and bone farther from the hole that may curve away). Each width misses some holes by a
-millimetre or more; which one, the rim does not tell (validation, docs/results/issue-24.md, "A median over
+millimetre or more; which one, the rim does not tell (validation, docs/results/issue-24-2026-12-06.md, "A median over
 rim widths"). So the hole is filled once per width, and per ray the median of the filled outer and
 inner radii is kept where most fills cover the ray. Along one ray, the voxels a majority of the
 fills cover are those between the median inner and the median outer radius (the fills overlap: a

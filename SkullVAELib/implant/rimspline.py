@@ -59,7 +59,7 @@ def mirror_thickness_weight(thick: np.ndarray, mirrored: np.ndarray, fixed: floa
     mirror's, clipped to [0, 1]. Where the mirror explains how the thickness varies around the rim it
     is followed into the hole; where it does not (a plane a little off, an asymmetric skull) the rim's
     own spline carries the thickness. Following it fully put implants' inner surfaces up to 3 mm off
-    on validation (docs/results/issue-24.md, "How much of the mirror's thickness")."""
+    on validation (docs/results/issue-24-2026-12-03.md, "How much of the mirror's thickness")."""
     if fixed is not None:
         return float(fixed)
     ok = np.isfinite(thick) & np.isfinite(mirrored)

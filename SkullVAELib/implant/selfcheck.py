@@ -10,11 +10,11 @@ implant's DSC on this skull: the same outline (so the same size and rim length),
 thickness and the same skull's shape. It ranks the true DSC (Spearman +0.35 on the test split,
 +0.47 on 167 fresh-seed training pairs) where the rim-agreement quality score cannot (−0.04, −0.08),
 but it does not say where the error lies: corrections taken from the places' errors lose
-(docs/results/issue-24.md, "The rim fit checked on the patient's own intact vault").
+(docs/results/issue-24-2026-12-06.md, "The rim fit checked on the patient's own intact vault").
 
 Scoring is in ray space (:func:`interval_dsc`): the radial interval [inner, outer radius] per ray,
 each ray weighted by its solid angle and r² dr, which matches a voxel DSC to about ±0.002 on
-SkullFix (docs/results/issue-24.md, "Where the rim fit's remaining error lies").
+SkullFix (docs/results/issue-24-2026-12-05.md, "Where the rim fit's remaining error lies").
 """
 
 from __future__ import annotations

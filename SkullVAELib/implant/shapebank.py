@@ -3,7 +3,7 @@
 Inside a hole the rim fit knows only the rim, and a thin-plate spline continues it as flat as the
 rim allows; the skull itself is not flat there (on SkullFix's defects, which cross the mid-plane
 where the mirror has no bone, the spline's outer surface lay 0.4 mm low on average and up to 2 mm
-off: docs/results/issue-24.md, "Complete skulls as the shape cue"). A bank holds, per complete training
+off: docs/results/issue-24-2026-12-03.md, "Complete skulls as the shape cue"). A bank holds, per complete training
 skull, the outer radius and the bone thickness of every ray from its own cranial centre (the same
 (α, β) grid as the rim fit's, LPS directions). For a hole, the members whose outer radius matches the
 patient's rim best (after removing a quadratic in the hole's gnomonic plane: only the shape counts,

@@ -9,10 +9,10 @@ from it. For a hole, the mean and the modes are fitted to the patient's rim rays
 surface is the cue the rim's splines correct, as the mirror's would be (:mod:`rimcue`).
 
 Installed as ``SkullVAELib/implant/shape_model.safetensors`` (``tools/make_shape_model.py``, from the
-bank of SkullFix 000–055: docs/results/issue-24.md, "A shape model as the default cue"), with its card in the
+bank of SkullFix 000–055: docs/results/issue-24-2026-12-03.md, "A shape model as the default cue"), with its card in the
 file (:attr:`ShapeModel.card`: what it was fitted to and the licence it inherits, SkullFix's CC BY-NC-SA
 4.0). It is trained on SkullFix and, since the rim's thickness skips the rays a cut wall thinned, no
-longer better on test (docs/results/issue-24.md, "Where the rim fit's remaining error lies"), so it is not kept in
+longer better on test (docs/results/issue-24-2026-12-05.md, "Where the rim fit's remaining error lies"), so it is not kept in
 git; without it the rim fit has no shape cue unless a model folder holds a bank.
 """
 

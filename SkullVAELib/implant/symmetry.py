@@ -32,7 +32,7 @@ SAMPLED_SHARE = 0.1  # of the smoothed grid's voxels the registration's metric r
 # mirror best on a coarse grid and lies beyond START_REACH_DEG of x, from that plane too, the better final
 # match kept. From x = const alone a head rolled or turned by 15-25° kept a plane 13-28° off; a turned
 # start alone moved a plane found from x = const by 19° (an irregular defect's asymmetry fooled the coarse
-# grid) (docs/results/issue-24.md, "A head in any pose"). Turns up to ±30° left heads turned 50-70° with
+# grid) (docs/results/issue-24-2026-12-06.md, "A head in any pose"). Turns up to ±30° left heads turned 50-70° with
 # planes far off (vault defects 0.88-0.90, weakest 0.70); up to ±80° they get theirs (0.944-0.946), and the
 # 180 skulls of validation, test and the extra skulls keep theirs (section "A head turned 50-70°").
 START_ROLLS_DEG = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
@@ -158,10 +158,10 @@ def _registered(fixed: sitk.Image, centre: np.ndarray, start: np.ndarray, spacin
     reg.SetInterpolator(sitk.sitkLinear)
     # The metric's gradient is ~1e-5 on a smoothed mask: SimpleITK's default gradient tolerance (1e-4)
     # stopped the optimiser within a few steps of the starting plane (x = const), so a head rolled or
-    # turned in the scan kept a plane 5-12° off (docs/results/issue-24.md, "The mirror plane, registered").
+    # turned in the scan kept a plane 5-12° off (docs/results/issue-24-2026-12-03.md, "The mirror plane, registered").
     # A minimum step of 1e-2 still stopped it 0.5° (up to 2.9°) short: the same skull turned in space got
     # planes that far apart; at 1e-3 they agree within 0.07° (0.3°), at no measurable cost
-    # (docs/results/issue-24.md, "A head in any pose").
+    # (docs/results/issue-24-2026-12-06.md, "A head in any pose").
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=300, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-10
     )

@@ -257,7 +257,7 @@ def review_note(quality) -> list[str]:
     Cranial implants only (the caller's choice): the band was chosen on them, and a facial implant's score (the
     plate's thickness at the junction) was never set against its DSC. On held-out skulls such scores mark rims the
     fill continues less well (the step to the skull base, the frontal sinus, the orbit's roof), where half or more
-    of the implants missed the per-case bar (docs/results/issue-24.md, "An implant to check: the quality score's
+    of the implants missed the per-case bar (docs/results/issue-24-2026-12-07.md, "An implant to check: the quality score's
     review band")."""
     if quality is None or not QUALITY_FLOOR <= quality.score < REVIEW_BELOW:
         return []

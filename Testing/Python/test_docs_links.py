@@ -1,8 +1,8 @@
 """The docs' cross-references hold: relative markdown links reach a file, and a section that code or
-docs cite by name (``docs/results/issue-24.md, "A median over rim widths"``) is a heading of that file
+docs cite by name (``docs/results/issue-24-2026-12-06.md, "A median over rim widths"``) is a heading of that file
 (or a bold run-in heading that opens a paragraph).
 
-The results log is split over ``docs/RESULTS.md`` and ``docs/results/issue-*.md``; these checks keep
+The results log is split over ``docs/RESULTS.md`` and ``docs/results/issue-*.md`` (issue 24's by date); these checks keep
 a later move or rename from leaving a comment or a README line pointing at nothing.
 """
 
@@ -68,4 +68,4 @@ def test_cited_sections_are_headings_of_the_cited_file() -> None:
 def test_the_citation_pattern_still_finds_citations_of_the_logs() -> None:
     """Guards the check above from passing because its pattern stopped matching anything."""
     cited = {c for source in CITING for c, _ in CITATION.findall(source.read_text(encoding="utf-8"))}
-    assert {"docs/results/issue-24.md", "docs/results/issue-09.md"} <= cited
+    assert {"docs/results/issue-24-2026-12-06.md", "docs/results/issue-09.md"} <= cited

@@ -40,11 +40,11 @@ class RefinerConfig:
     test_time_mirror: bool = False
     # at inference, the refiner's grid at n positions per axis, k/n of a voxel apart (k = 0 … n-1):
     # n³ passes whose probabilities are averaged on the patient's grid (1: one grid; the CPU
-    # recipe's 2 mm voxels gain from 2, docs/results/issue-24.md)
+    # recipe's 2 mm voxels gain from 2, docs/results/issue-24-2026-12-05.md)
     test_time_shifts: int = 1
     # the network's input is the defective skull's anti-aliased bone fraction on the grid
     # (lps_grid.bone_fraction_onto), not its >= 50 % mask: thin facial bone a coarse grid's points
-    # fall between stays visible (docs/results/issue-24.md); the crop is still placed from the mask
+    # fall between stays visible (docs/results/issue-24-2026-12-06.md); the crop is still placed from the mask
     soft_input: bool = False
     # the network reads the crop's left-right mirror as a second channel (network.MirroredInput): the
     # intact side of an off-midline facial defect, handed to each voxel of the hole

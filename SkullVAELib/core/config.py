@@ -274,7 +274,8 @@ class CompletionConfig:
         threshold: probability threshold for bone on the original grid.
         min_island_mm3: implant components smaller than this are removed.
         max_distance_mm: implant voxels farther than this from the input bone are removed.
-        uncertainty_samples: K samples z ~ q(z|x) + γ·DEV for the uncertainty map (0 = off).
+        uncertainty_samples: K samples z ~ q(z|x) + γ·DEV for the uncertainty map (around the fitted z
+            when the test-time fit runs; 0 = off).
         fit_steps: Adam steps of the test-time fit of z to the patient's bone before the latent
             shift (``testtime_fit``, mode "refit"; 0 = off, the paper's completion).
     """

@@ -8,7 +8,12 @@ decoder of an aggregated VAE), and builds the implant at the input's original re
 the defective input ∪ the implant, so the patient's bone is never altered;
 ``keep_patient_bone=False`` returns the raw decoded skull as the paper did.
 
-The optional uncertainty map decodes K samples z ~ q(z|x) + γ·DEV (seeded) and gives the
+With the test-time fit on (``fit.steps > 0``, :mod:`SkullVAELib.vae.testtime_fit`), the
+completion decodes the fitted latent instead: z_fit + γ·DEV ("refit") or z_fit ("outside").
+
+The optional uncertainty map decodes K seeded samples around the latent the completion decodes,
+with the encoder's spread σ: z = μ + ε·σ + γ·DEV (i.e. z ~ q(z|x) + γ·DEV) without the fit, and
+z = z_fit + γ·DEV + ε·σ ("refit"; z_fit + ε·σ for "outside") after it, ε ~ N(0, I). It gives the
 voxel-wise frequency of bone, interpolated back to the original grid (float32 (I, J, K)).
 """
 
@@ -30,7 +35,7 @@ from SkullVAELib.implant import cleanup as implant_ops
 from SkullVAELib.io.image import ALL_BONE_FRACTION, SkullImage
 from SkullVAELib.vae.centroids import classifier_of, nearest_centroid_defect
 from SkullVAELib.vae.networks import reparameterize
-from SkullVAELib.vae.testtime_fit import FitConfig, apply_fit
+from SkullVAELib.vae.testtime_fit import FitConfig, fit_to_patient
 
 NO_DEFECT = "none"  # γ = 0 without centroids: plain reconstruction
 # Channels-last-3d (NDHWC) convolutions: the same float32 result, a faster encode/decode on CPUs
@@ -48,7 +53,7 @@ class CompletionResult:
         defect: "cranial" / "facial" (or "none" for γ = 0 without centroids).
         confidence: probability of ``defect`` from the classifier (1.0 when given by the user).
         probabilities_model_grid: float32 (X, Y, Z) decoded bone probabilities.
-        uncertainty: float32 (I, J, K) bone frequency over K samples, or None.
+        uncertainty: float32 (I, J, K) bone frequency over K samples around the decoded latent, or None.
         timings: seconds per stage (to_grid, encode, decode, implant, back_to_grid, ...).
         gamma, mu: the γ used and μ (d,) of the input.
         raw (property): the raw decoded skull at original resolution (trilinear/nearest back
@@ -150,11 +155,56 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _module_device(module: torch.nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); the CPU for a module holding neither."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _bone_frequency(
+    decoder,
+    centre: torch.Tensor,
+    logvar: torch.Tensor,
+    shift: torch.Tensor,
+    shape: tuple[int, ...],
+    cfg: CompletionConfig,
+    report,
+    start: float,
+) -> np.ndarray:
+    """float32 (X, Y, Z): the frequency of bone over K = ``cfg.uncertainty_samples`` decodings.
+
+    z_k = centre + ε_k·σ + shift, ε_k ~ N(0, I) seeded by ``cfg.seed``, σ = exp(½ log σ²);
+    ``centre``, ``logvar``, ``shift``: (1, d) on the decoder's device. Progress runs from ``start``
+    to 0.7.
+    """
+    device = centre.device
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    counts = torch.zeros(shape, dtype=torch.float32, device=device)
+    for k in range(cfg.uncertainty_samples):
+        z = reparameterize(centre, logvar, generator=generator) + shift
+        counts += (torch.sigmoid(decoder.logits(z).float())[0, 0] > cfg.threshold).float()
+        report(
+            start + (0.7 - start) * (k + 1) / cfg.uncertainty_samples,
+            f"uncertainty sample {k + 1}/{cfg.uncertainty_samples}",
+        )
+    return np.ascontiguousarray((counts / cfg.uncertainty_samples).cpu().numpy())
+
+
 @torch.inference_mode()
 def _encode_decode(
-    bundle, occupancy: np.ndarray, cfg: CompletionConfig, device: torch.device, timings, report, precision="float32"
+    bundle,
+    occupancy: np.ndarray,
+    cfg: CompletionConfig,
+    device: torch.device,
+    timings,
+    report,
+    precision="float32",
+    sample: bool = True,
 ):
-    """μ, log σ² (d,), the defect choice and the decoded probabilities (X, Y, Z) float32."""
+    """μ, log σ² (d,), the defect choice, the decoded probabilities (X, Y, Z) float32, the
+    uncertainty samples' bone frequency (X, Y, Z) around μ + γ·DEV (None unless ``sample`` and K > 0)
+    and the bone the shift adds (X, Y, Z) bool or None."""
     t = time.perf_counter()
     x = torch.from_numpy(occupancy)[None, None].to(device)
     if CHANNELS_LAST:
@@ -177,20 +227,27 @@ def _encode_decode(
             added = (prob > cfg.threshold) & ~(reconstruction > cfg.threshold)
         timings["decode"] = time.perf_counter() - t
         samples = None
-        if cfg.uncertainty_samples > 0:
+        if sample and cfg.uncertainty_samples > 0:
             t = time.perf_counter()
-            generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
-            counts = torch.zeros(prob.shape, dtype=torch.float32, device=device)
-            for k in range(cfg.uncertainty_samples):
-                z = reparameterize(mu, logvar, generator=generator) + shift
-                counts += (torch.sigmoid(decoder.logits(z).float())[0, 0] > cfg.threshold).float()
-                report(
-                    0.5 + 0.2 * (k + 1) / cfg.uncertainty_samples,
-                    f"uncertainty sample {k + 1}/{cfg.uncertainty_samples}",
-                )
-            samples = np.ascontiguousarray((counts / cfg.uncertainty_samples).cpu().numpy())
+            samples = _bone_frequency(decoder, mu, logvar, shift[None], prob.shape, cfg, report, 0.5)
             timings["uncertainty_decode"] = time.perf_counter() - t
-    return mu_np, defect, confidence, probs, prob, samples, added
+    return mu_np, logvar[0].cpu().numpy(), defect, confidence, probs, prob, samples, added
+
+
+@torch.inference_mode()
+def _bone_frequency_around(
+    bundle, z: np.ndarray, logvar: np.ndarray, shape: tuple[int, ...], cfg: CompletionConfig, precision, timings, report
+) -> np.ndarray:
+    """float32 (X, Y, Z): the uncertainty samples around the fitted latent ``z`` (d,) the completion
+    decoded (z_fit + γ·DEV or z_fit), with the encoder's log σ² (d,) as the spread."""
+    t = time.perf_counter()
+    device = _module_device(bundle.completion_decoder)
+    with _inference_modules(bundle, device, CHANNELS_LAST) as (_, decoder), _autocast(device, precision):
+        centre = torch.from_numpy(np.asarray(z, dtype=np.float32))[None].to(device)
+        spread = torch.from_numpy(np.asarray(logvar, dtype=np.float32))[None].to(device)
+        samples = _bone_frequency(decoder, centre, spread, torch.zeros_like(centre), shape, cfg, report, 0.6)
+    timings["uncertainty_decode"] = time.perf_counter() - t
+    return samples
 
 
 def complete(
@@ -238,12 +295,14 @@ def complete(
     occupancy = np.ascontiguousarray(to_model_grid(skull, grid, mode=resample), dtype=np.float32)
     timings["to_grid"] = time.perf_counter() - t
     report(0.15, "encoding")
-    out = _encode_decode_anywhere(bundle, occupancy, cfg, device, timings, report, precision)
-    mu, defect, confidence, probs, prob, samples, added = out
-    voxel_mm = implant_ops.model_spacing(skull, grid)
     fit = fit if fit is not None else FitConfig(steps=cfg.fit_steps)
+    out = _encode_decode_anywhere(bundle, occupancy, cfg, device, timings, report, precision, fit.steps == 0)
+    mu, logvar, defect, confidence, probs, prob, samples, added = out
+    voxel_mm = implant_ops.model_spacing(skull, grid)
     if fit.steps > 0:  # z fitted to the patient's bone, then shifted (testtime_fit)
-        prob, added = _fit(bundle, occupancy, mu, defect, prob, added, voxel_mm, cfg, fit, timings, report)
+        prob, added, z = _fit(bundle, occupancy, mu, defect, prob, added, voxel_mm, cfg, fit, timings, report)
+        if cfg.uncertainty_samples > 0:  # sampled around the latent the completion decoded
+            samples = _bone_frequency_around(bundle, z, logvar, prob.shape, cfg, precision, timings, report)
     implant_mask = _implant(prob, occupancy, skull, voxel_mm, added, cfg, timings, report)
 
     result = CompletionResult(
@@ -266,30 +325,33 @@ def complete(
     return result
 
 
-def _encode_decode_anywhere(bundle, occupancy, cfg, device, timings, report, precision):
+def _encode_decode_anywhere(bundle, occupancy, cfg, device, timings, report, precision, sample=True):
     """:func:`_encode_decode` on ``device``; on CUDA out of memory, again on the CPU."""
     dev = resolve_device(device)
     try:
-        return _encode_decode(bundle, occupancy, cfg, dev, timings, report, precision)
+        return _encode_decode(bundle, occupancy, cfg, dev, timings, report, precision, sample)
     except torch.cuda.OutOfMemoryError:
         report(0.15, "CUDA out of memory; falling back to the CPU")
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        return _encode_decode(bundle, occupancy, cfg, torch.device("cpu"), timings, report, precision)
+        return _encode_decode(bundle, occupancy, cfg, torch.device("cpu"), timings, report, precision, sample)
 
 
 def _fit(bundle, occupancy, mu, defect, prob, added, voxel_mm, cfg, fit, timings, report):
-    """(prob, added) after the test-time fit of z to the patient's bone (``testtime_fit``)."""
+    """(prob (X, Y, Z), added (X, Y, Z) bool, z (d,)) after the test-time fit of z to the patient's
+    bone (``testtime_fit``); z is the latent the completion now decodes: z_fit + γ·DEV ("refit") or
+    z_fit ("outside"). The decoder runs on the device its weights are on."""
     report(0.5, f"fitting z to the patient's bone ({fit.steps} steps)")
     t = time.perf_counter()
     shift = _latent_shift(bundle, defect, cfg.gamma)
-    prob, added, fit_info = apply_fit(
-        bundle.completion_decoder, occupancy, mu, shift, prob, added, voxel_mm, fit, cfg.threshold
+    decoder = bundle.completion_decoder
+    result, added = fit_to_patient(
+        decoder, occupancy, mu, shift, prob, added, voxel_mm, fit, cfg.threshold, device=_module_device(decoder)
     )
     timings["fit"] = time.perf_counter() - t
-    before, after = fit_info["masked_dice"]
-    report(0.69, f"fit: Dice loss on the patient's bone {before:.3f} -> {after:.3f}")
-    return prob, added
+    before, after = result.masked_dice
+    report(0.6, f"fit: Dice loss on the patient's bone {before:.3f} -> {after:.3f}")
+    return result.probabilities, added, result.z
 
 
 def _implant(prob, occupancy, skull: SkullImage, voxel_mm, added, cfg, timings, report) -> np.ndarray:

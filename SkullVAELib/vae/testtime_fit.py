@@ -259,35 +259,3 @@ def fit_to_patient(
     region = dilate_mm(np.asarray(region, dtype=bool), voxel_mm, cfg.dilation_mm)
     start = mu + (shift if cfg.start == "shifted" else 0.0)
     return fit_latent(decoder, occupancy, start, ~region, cfg, device), region
-
-
-def apply_fit(
-    decoder: torch.nn.Module,
-    occupancy: np.ndarray,
-    mu: np.ndarray,
-    shift: np.ndarray,
-    prob: np.ndarray,
-    added: np.ndarray | None,
-    voxel_mm,
-    cfg: FitConfig,
-    threshold: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """``complete``'s hook: (probabilities, implant mask for the ``implant`` rule, info) after the fit.
-
-    With ``cfg.steps == 0`` the inputs come back unchanged. ``info``: steps, mode, masked Dice
-    before/after, ‖z‖ before/after. The decoder runs on the device its parameters are on.
-    """
-    if cfg.steps == 0:
-        return prob, added, {"steps": 0}
-    device = next(decoder.parameters()).device
-    start = np.linalg.norm(np.asarray(mu) + (np.asarray(shift) if cfg.mode == "refit" else 0.0))
-    result, region = fit_to_patient(
-        decoder, occupancy, mu, shift, prob, added, voxel_mm, cfg, threshold=threshold, device=device
-    )
-    info = {
-        "steps": cfg.steps,
-        "mode": cfg.mode,
-        "masked_dice": [round(v, 5) for v in result.masked_dice],
-        "z_norm": [round(float(start), 4), round(float(np.linalg.norm(result.z)), 4)],
-    }
-    return result.probabilities, region, info

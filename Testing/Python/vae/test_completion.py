@@ -14,6 +14,7 @@ from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.grid import from_model_grid, to_model_grid
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.vae.completion import complete
+from SkullVAELib.vae.testtime_fit import FitConfig
 
 CFG = NetworkConfig(grid=(64, 64, 48), channels=(4, 8), latent_size=4)
 
@@ -40,14 +41,31 @@ class OracleDecoder(nn.Module):
 
 
 class CodeEncoder(nn.Module):
-    """μ = a fixed code, log σ² = 0."""
+    """μ = a fixed code, log σ² = ``logvar`` (0 by default)."""
 
-    def __init__(self, code) -> None:
+    def __init__(self, code, logvar: float = 0.0) -> None:
         super().__init__()
         self.code = torch.tensor(code, dtype=torch.float32)
+        self.logvar = float(logvar)
 
     def forward(self, x):
-        return self.code.expand(x.shape[0], -1).clone(), torch.zeros(x.shape[0], self.code.numel())
+        return self.code.expand(x.shape[0], -1).clone(), torch.full((x.shape[0], self.code.numel()), self.logvar)
+
+
+class RecordingDecoder(nn.Module):
+    """Wraps a decoder and keeps every z (1, d) it is given; a deep copy (the fit's) keeps its own list."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: list[torch.Tensor] = []
+
+    def logits(self, z):
+        self.seen.append(z.detach().clone())
+        return self.inner.logits(z)
+
+    def forward(self, z):
+        return torch.sigmoid(self.logits(z))
 
 
 def _centroids():
@@ -142,6 +160,63 @@ def test_uncertainty_map_is_a_seeded_frequency(skulls):
     assert a.shape == defective.shape and a.dtype == np.float32
     assert 0.0 <= a.min() and a.max() <= 1.0
     np.testing.assert_array_equal(a, b)
+
+
+def _recording_bundle(code, logvar):
+    """A random-weight decoder (so the fit moves z) that records its inputs; μ and log σ² fixed."""
+    bundle = new_bundle(CFG, seed=0)
+    bundle.decoder = RecordingDecoder(bundle.decoder)
+    bundle.encoder = CodeEncoder(code, logvar)
+    bundle.set_centroids(_centroids())
+    return bundle
+
+
+def _seeded_eps(seed: int, k: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn((1, 4), generator=generator) for _ in range(k)]
+
+
+@pytest.mark.parametrize("mode", ["refit", "outside"])
+def test_uncertainty_samples_are_centred_on_the_fitted_latent(skulls, mode):
+    """With the test-time fit on, the K samples are z_c + ε·σ around the latent z_c that the
+    completion decodes (the fitted one, far from μ + γ·DEV), with the encoder's σ and seeded ε."""
+    _, defective, _ = skulls
+    code, sigma, k, seed = (0.5, -0.3, 0.2, 0.1), 0.5, 3, 7
+    bundle = _recording_bundle(code, logvar=2 * np.log(sigma))
+    cfg = CompletionConfig(gamma=1.0, defect="cranial", uncertainty_samples=k, seed=seed)
+    fit = FitConfig(steps=15, lr=0.5, prior_weight=0.0, mode=mode, dilation_mm=3.0)
+    result = complete(defective, bundle, cfg, device="cpu", fit=fit)
+    samples, noise = bundle.decoder.seen[-k:], _seeded_eps(seed, k)  # the K samples are decoded last
+    centre = samples[0] - sigma * noise[0]
+    with torch.inference_mode():
+        prob = torch.sigmoid(bundle.decoder.inner.logits(centre))[0, 0].numpy()
+    np.testing.assert_allclose(result.probabilities_model_grid, prob, atol=1e-5)  # the centre is what is shown
+    shifted = torch.tensor(code) + torch.tensor([1.0, 0, 0, 0])  # μ + γ·DEV, where samples were drawn before
+    assert float((centre[0] - shifted).norm()) > 0.3
+    for z, eps in zip(samples, noise, strict=True):
+        torch.testing.assert_close(z, centre + sigma * eps, atol=1e-5, rtol=0)
+    again = complete(defective, bundle, cfg, device="cpu", fit=fit).uncertainty
+    np.testing.assert_array_equal(result.uncertainty, again)  # still seeded
+    assert result.uncertainty.shape == defective.shape and result.uncertainty.dtype == np.float32
+
+
+def test_uncertainty_samples_without_the_fit_stay_around_mu_plus_the_shift(skulls):
+    """Fit off: the samples are μ + ε·σ + γ·DEV (as before), and the map equals the frequency of
+    bone over exactly those decodings."""
+    _, defective, _ = skulls
+    code, sigma, k, seed = (0.5, -0.3, 0.2, 0.1), 0.5, 3, 7
+    bundle = _recording_bundle(code, logvar=2 * np.log(sigma))
+    cfg = CompletionConfig(gamma=1.0, defect="cranial", uncertainty_samples=k, seed=seed)
+    result = complete(defective, bundle, cfg, device="cpu", fit=FitConfig(steps=0))
+    samples = bundle.decoder.seen[-k:]
+    mu, shift = torch.tensor([code]), torch.tensor([[1.0, 0, 0, 0]])
+    for z, eps in zip(samples, _seeded_eps(seed, k), strict=True):
+        torch.testing.assert_close(z, mu + sigma * eps + shift, atol=0, rtol=0)
+    with torch.inference_mode():
+        bone = [(torch.sigmoid(bundle.decoder.inner.logits(z))[0, 0] > 0.5).float() for z in samples]
+    frequency = (sum(bone) / k).numpy()
+    np.testing.assert_allclose(result.uncertainty, from_model_grid(frequency, defective, mode="area"), atol=1e-6)
+    assert "fit" not in result.timings
 
 
 def test_bad_requests(skulls):

@@ -148,6 +148,17 @@ def random_state_record(states: list[dict[str, Any]]) -> dict[str, Any]:
     return record
 
 
+def saved_world_size(rec: dict[str, Any]) -> int | None:
+    """How many processes wrote the checkpoint ``rec``: its ``world_size``, else the length of its
+    per-rank ``rank_rng``; None when it records neither. Checkpoints from before both were written
+    hold rank 0's random state alone, whatever the number of processes; nothing else in them
+    (settings, accumulated sums, history) tells that number."""
+    if "world_size" in rec:
+        return int(rec["world_size"])
+    ranks = rec.get("rank_rng")
+    return len(ranks) if isinstance(ranks, list) and ranks else None
+
+
 def restore_random_state(rec: dict[str, Any], ctx: DistContext, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Restore this rank's global RNG states from the checkpoint ``rec``; return its saved epoch
     generators' states by name (empty at an epoch boundary).
@@ -158,10 +169,20 @@ def restore_random_state(rec: dict[str, Any], ctx: DistContext, path: str | os.P
     their own global RNG states and the others keep theirs. Mid-epoch it is refused (one line): the
     epoch's batches were shared out and its per-rank streams drawn for the old count, so no state
     of the new ranks continues the run, and handing one rank's streams to several would make them
-    draw the same augmentations.
+    draw the same augmentations. A checkpoint that does not record its number of processes
+    (:func:`saved_world_size`) is taken as one process's, and refused mid-epoch on several with
+    that said: it may have been written by any number.
     """
-    saved_world = int(rec.get("world_size", 1))  # a checkpoint without it was written by one process
+    recorded = saved_world_size(rec)
+    saved_world = 1 if recorded is None else recorded
     if saved_world != ctx.world_size and rec["step"] > 0:
+        if recorded is None:
+            raise SkullVAEError(
+                "this checkpoint was saved mid-epoch and does not record how many processes wrote it (it predates "
+                f"that record), so it cannot be resumed on {ctx.world_size} processes: if the run was started as one "
+                "process, resume it with 1; else resume from a checkpoint saved at an epoch boundary",
+                path,
+            )
         raise SkullVAEError(
             f"this checkpoint was saved mid-epoch by {saved_world} process(es), not {ctx.world_size}; "
             f"resume it with {saved_world}",

@@ -24,10 +24,14 @@
    than ``doubled_near_mm`` to the patient's bone and farther than ``doubled_core_mm`` from the
    implant's core (its voxels at least ``seed_depth_mm`` from the patient's bone) are dropped.
    The band at the cut edges lies next to the core and stays.
+
+Registering, fusing and locating are each checked against the memory limit before they allocate
+(one line naming the stage, :mod:`.memory`); the first two before any registration starts.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +43,15 @@ from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.implant import raycast
+from SkullVAELib.implant.atlas.memory import (
+    FUSING,
+    LOCATING,
+    REGISTERING,
+    fusion_bytes,
+    held_bytes,
+    locating_bytes,
+    registration_bytes,
+)
 from SkullVAELib.implant.atlas.register import (
     initial_affine,
     metric_mask,
@@ -46,7 +59,7 @@ from SkullVAELib.implant.atlas.register import (
     register_deformable,
     without_missing_part,
 )
-from SkullVAELib.implant.atlas.store import AtlasSet, registration_image
+from SkullVAELib.implant.atlas.store import AtlasSet, registration_grid, registration_image
 from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.implant.components import label_pieces
 from SkullVAELib.io.image import SkullImage
@@ -118,15 +131,20 @@ def fuse(
     transforms: list[tuple[str, sitk.Transform]],
     field_grid: sitk.Image | None = None,
     progress: ProgressCallback | None = None,
+    held: float = 0.0,
 ) -> np.ndarray:
     """float32 (I, J, K) fraction of the atlases with bone at each of the patient's voxels.
 
     ``field_grid``: an image (the 2 mm registration grid) on which a non-affine transform is
     sampled once as a displacement field, so that the original-resolution resampling
     interpolates 8 vectors per voxel instead of evaluating 64 B-spline weights. ``progress``
-    hears of each atlas (fractions 0.75–0.95 of the "atlas" stage: seconds per atlas).
+    hears of each atlas (fractions 0.75–0.95 of the "atlas" stage: seconds per atlas). ``held``:
+    bytes the caller holds meanwhile (the registration's images), counted in the memory check.
     """
-    check_memory(skull.mask.size * 16.0, "fusing the atlases on the patient's grid")
+    sampled = field_grid is not None and not all(isinstance(t, sitk.AffineTransform) for _, t in transforms)
+    field_voxels = math.prod(field_grid.GetSize()) if sampled else 0
+    estimate = fusion_bytes(skull.mask.size, (atlases.voxels(case_id) for case_id, _ in transforms), field_voxels)
+    check_memory(held + estimate, FUSING, skull.metadata.get("source"))
     progress = progress or no_progress
     reference = skull.to_sitk()
     total = np.zeros(skull.shape, dtype=np.float32)
@@ -169,13 +187,20 @@ def localise(skull: SkullImage, probability: np.ndarray, cfg: AtlasConfig) -> np
     return localise_with_volume(skull, probability, cfg)[0]
 
 
-def localise_with_volume(skull: SkullImage, probability: np.ndarray, cfg: AtlasConfig) -> tuple[np.ndarray, float]:
+def localise_with_volume(
+    skull: SkullImage, probability: np.ndarray, cfg: AtlasConfig, held: float = 0.0
+) -> tuple[np.ndarray, float]:
     """(implant, expected volume in mm³): :func:`localise`, and the volume the atlases add outside
     the patient's surface on average (the sum of the probability there), which the thresholded,
-    cleaned implant should roughly match (0.9–1.1× on validation 056–063)."""
+    cleaned implant should roughly match (0.9–1.1× on validation 056–063). ``held``: bytes the
+    caller holds meanwhile, counted in the memory check."""
     candidate = (probability >= min(SOFT_SHARE, cfg.threshold)) & ~skull.mask
     region = exposed(skull, candidate, cfg.exposed_margin_mm, cfg.step_deg)
-    implant = seeded_implant(skull, region & (probability >= cfg.threshold), cfg)
+    missing = region & (probability >= cfg.threshold)
+    reach_mm = max(cfg.seed_depth_mm, cfg.rim_attach_mm + cfg.rim_attach_reach_mm, cfg.doubled_near_mm)
+    margin = int(np.ceil(reach_mm / skull.spacing.min())) + 2  # the crops of the steps below
+    check_memory(held + locating_bytes(missing, margin), LOCATING, skull.metadata.get("source"))
+    implant = seeded_implant(skull, missing, cfg)
     implant = attach_to_rim(skull, implant, probability >= cfg.threshold, cfg)
     implant = drop_doubled_bone(skull, implant, cfg)
     return implant, float(probability[region].sum(dtype=np.float64)) * skull.voxel_volume_mm3
@@ -239,6 +264,18 @@ def seeded_implant(skull: SkullImage, missing: np.ndarray, cfg: AtlasConfig) -> 
     return postprocess_implant(implant, skull, PostprocessConfig(min_piece_fraction=cfg.min_piece_fraction))
 
 
+def check_atlas_memory(skull: SkullImage, atlases: AtlasSet, cfg: AtlasConfig) -> None:
+    """One-line SkullVAEError naming the stage when registering ``atlases`` to ``skull`` or fusing
+    them on its grid would exceed the memory limit (``.memory``): before minutes of registration.
+    The fusion is estimated for the set's largest skull (which ones are chosen is not known yet)."""
+    source = skull.metadata.get("source")
+    estimate = registration_bytes(skull.shape, skull.spacing, atlases, cfg.n_atlases, cfg.deformable)
+    check_memory(estimate, REGISTERING, source)
+    low = math.prod(registration_grid(skull.shape, skull.spacing, atlases.spacing_mm)[1])
+    fusion = fusion_bytes(skull.mask.size, (atlases.voxels(i) for i in atlases.ids), low if cfg.deformable else 0)
+    check_memory(held_bytes(low, atlases) + fusion, FUSING, source)
+
+
 def atlas_implant(
     skull: SkullImage, atlases: AtlasSet, cfg: AtlasConfig | None = None, progress: ProgressCallback | None = None
 ) -> AtlasFill:
@@ -249,6 +286,7 @@ def atlas_implant(
         raise SkullVAEError(f"the atlas implant needs at least one atlas, got n_atlases={cfg.n_atlases}")
     if not skull.mask.any():
         raise SkullVAEError("the skull has no bone to register the atlases to")
+    check_atlas_memory(skull, atlases, cfg)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
@@ -271,6 +309,7 @@ def atlas_implant(
         deform_mask = without_missing_part(
             fixed, mask, placed, cfg.missing_core_mm, cfg.missing_margin_mm, cfg.rim_bone_in_metric
         )
+        del placed  # not held through the B-spline registrations (memory.registration_bytes)
         for n, (case_id, affine) in enumerate(list(transforms)):
             progress("atlas", 0.4 + 0.3 * n / len(chosen), f"registering atlas skull {case_id} (B-spline)")
             deformed, metrics[n] = register_deformable(
@@ -279,10 +318,11 @@ def atlas_implant(
             transforms[n] = (case_id, deformed)
     timings["atlas_register"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    probability = fuse(skull, atlases, transforms, field_grid=fixed, progress=progress)
+    held = held_bytes(math.prod(fixed.GetSize()), atlases)
+    probability = fuse(skull, atlases, transforms, field_grid=fixed, progress=progress, held=held)
     timings["atlas_fuse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    implant, expected = localise_with_volume(skull, probability, cfg)
+    implant, expected = localise_with_volume(skull, probability, cfg, held)
     timings["atlas_localise"] = time.perf_counter() - t0
     messages = [] if implant.any() else ["the atlas skulls add no bone outside the patient's surface"]
     progress("atlas", 1.0, "atlas implant done")

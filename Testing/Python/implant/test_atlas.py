@@ -35,11 +35,34 @@ def facial_case():
     return facial_defect(make_phantom(7, SHAPE, SPACING), seed=0)
 
 
-def test_atlas_implant_fills_a_facial_defect_without_touching_the_patient(atlas_dir, facial_case):
-    defective, truth = facial_case
-    before = defective.mask.copy()
+@pytest.fixture(scope="module")
+def facial_fill(atlas_dir, facial_case):
+    """The facial case's atlas implant at the default limits, the progress it reported and the
+    largest memory estimate checked before each stage, by the stage's name."""
+    from SkullVAELib.core import limits
+    from SkullVAELib.implant.atlas import fill as fill_module
+
     calls: list[tuple[float, str]] = []
-    fill = atlas_implant(defective, AtlasSet.load(atlas_dir), CFG, lambda stage, f, m="": calls.append((f, m)))
+    estimates: dict[str, float] = {}
+
+    def check(estimate: float, what: str, path=None) -> None:
+        estimates[what] = max(estimates.get(what, 0.0), estimate)
+        limits.check_memory(estimate, what, path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in (limits.ENV_MAX_VOXELS, limits.ENV_MAX_MEMORY_GB):
+            patch.delenv(name, raising=False)
+        limits.reset_limits()
+        patch.setattr(fill_module, "check_memory", check)
+        progress = lambda stage, f, m="": calls.append((f, m))  # noqa: E731
+        fill = atlas_implant(facial_case[0], AtlasSet.load(atlas_dir), CFG, progress)
+    return fill, calls, estimates
+
+
+def test_atlas_implant_fills_a_facial_defect_without_touching_the_patient(atlas_dir, facial_case, facial_fill):
+    defective, truth = facial_case
+    fill, calls, _ = facial_fill
+    before = facial_defect(make_phantom(7, SHAPE, SPACING), seed=0)[0].mask
     assert np.array_equal(defective.mask, before)  # the patient's bone is never modified
     assert fill.implant.shape == defective.shape and fill.implant.any()
     assert not (fill.implant & defective.mask).any()
@@ -246,6 +269,9 @@ def test_the_deformation_field_covers_the_last_partial_block_at_the_high_faces()
         def mask(self, case_id: str) -> SkullImage:
             return SkullImage(np.ones((40, 40, 40), dtype=bool), np.array([95.0, -5.0, -5.0]), spacing)
 
+        def voxels(self, case_id: str) -> int:
+            return 40**3
+
     affine = sitk.AffineTransform(3)
     affine.SetTranslation((100.0, 0.0, 0.0))
     transform = sitk.CompositeTransform([affine, sitk.BSplineTransformInitializer(fixed, [1, 1, 1], order=3)])
@@ -255,3 +281,86 @@ def test_the_deformation_field_covers_the_last_partial_block_at_the_high_faces()
     assert sampled[-1].min() == sampled[:, -3:].min() == sampled[:, :, -1].min() == 1.0  # ... the last blocks too
     np.testing.assert_allclose(sampled, exact, atol=1e-6)
     assert fixed.GetSize() == (6, 5, 5)  # ⌈(21, 19, 17) / 4⌉: whole blocks, the last one padded
+
+
+# The atlas path's one memory estimate before its stages were counted: fusing, 16 B a patient voxel.
+OLD_ESTIMATE_BYTES = 16.0
+
+
+def _limit_just_above_the_old_estimate(skull: SkullImage) -> float:
+    from SkullVAELib.core.limits import set_limits
+
+    limit = 1.1 * OLD_ESTIMATE_BYTES * skull.mask.size
+    set_limits(max_memory_gb=limit / 1e9)
+    return limit
+
+
+def test_registering_the_atlases_is_refused_over_the_memory_limit_before_it_starts(
+    atlas_dir, facial_case, monkeypatch, default_limits
+):
+    """The registration images (the patient's, every atlas's, SimpleITK's copies and gradients)
+    were not counted: under a limit the old estimate met, the atlases were registered anyway
+    (≈ 19 MB on this phantom); now it is one line naming the stage, before any of them is made."""
+    from SkullVAELib.implant.atlas import fill as fill_module
+    from SkullVAELib.implant.atlas.memory import registration_bytes
+
+    defective, _ = facial_case
+    atlases = AtlasSet.load(atlas_dir)
+    limit = _limit_just_above_the_old_estimate(defective)
+    assert registration_bytes(defective.shape, defective.spacing, atlases, CFG.n_atlases, True) > 2 * limit
+    made = []
+    monkeypatch.setattr(fill_module, "registration_image", lambda *args: made.append(args))
+    with pytest.raises(SkullVAEError, match="registering the atlases to the patient would need") as err:
+        atlas_implant(defective, atlases, CFG)
+    assert "\n" not in str(err.value) and "GB limit" in str(err.value) and not made
+
+
+def test_fusing_counts_the_atlas_skulls_and_the_displacement_field(atlas_dir, facial_case, monkeypatch, default_limits):
+    """Fusing resamples each atlas skull (a uint8 and a float32 copy on its own grid) through a
+    float64 displacement field: refused over the limit before any atlas skull is read."""
+    import SimpleITK as sitk
+
+    from SkullVAELib.implant.atlas.fill import fuse
+    from SkullVAELib.implant.atlas.store import registration_image
+
+    defective, _ = facial_case
+    atlases = AtlasSet.load(atlas_dir)
+    fixed = registration_image(defective.to_sitk(), atlases.spacing_mm)
+    bspline = sitk.BSplineTransformInitializer(fixed, [1, 1, 1], order=3)
+    transforms = [(case_id, sitk.CompositeTransform([sitk.AffineTransform(3), bspline])) for case_id in atlases.ids]
+    _limit_just_above_the_old_estimate(defective)
+    read = []
+    monkeypatch.setattr(AtlasSet, "mask", lambda self, case_id: read.append(case_id))
+    with pytest.raises(SkullVAEError, match="fusing the atlases on the patient's grid would need") as err:
+        fuse(defective, atlases, transforms, field_grid=fixed)
+    assert "\n" not in str(err.value) and not read
+
+
+def test_locating_the_missing_bone_counts_its_distance_maps(facial_case, monkeypatch, default_limits):
+    """The localisation's distance maps (float64 from int32 indices) on the missing bone's box were
+    not counted: refused over the limit before they are made."""
+    from SkullVAELib.implant.atlas import fill as fill_module
+
+    defective, _ = facial_case
+    skulls = [make_phantom(seed, SHAPE, SPACING).mask for seed in (1, 2, 3)]  # three atlases, in place unregistered
+    probability = np.mean(skulls, axis=0).astype(np.float32)
+    _limit_just_above_the_old_estimate(defective)
+    seeded = []
+    monkeypatch.setattr(fill_module, "seeded_implant", lambda *args: seeded.append(args))
+    with pytest.raises(SkullVAEError, match="locating the missing bone on the patient's grid would need") as err:
+        fill_module.localise(defective, probability, AtlasConfig())
+    assert "\n" not in str(err.value) and not seeded
+
+
+def test_a_limit_just_above_every_stage_leaves_the_implant_unchanged(
+    atlas_dir, facial_case, facial_fill, default_limits
+):
+    from SkullVAELib.core.limits import set_limits
+    from SkullVAELib.implant.atlas.memory import FUSING, LOCATING, REGISTERING
+
+    fill, _, estimates = facial_fill
+    assert set(estimates) == {REGISTERING, FUSING, LOCATING}
+    set_limits(max_memory_gb=1.01 * max(estimates.values()) / 1e9)
+    again = atlas_implant(facial_case[0], AtlasSet.load(atlas_dir), CFG)
+    assert np.array_equal(again.implant, fill.implant) and again.atlases == fill.atlases
+    assert again.metrics == fill.metrics and again.expected_volume_mm3 == fill.expected_volume_mm3

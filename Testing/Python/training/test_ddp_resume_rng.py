@@ -79,6 +79,34 @@ def test_each_rank_resumes_its_own_random_state(tmp_path):
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 2))
 
 
+def test_a_checkpoint_that_does_not_record_its_process_count_is_not_said_to_be_one_processs(tmp_path):
+    """A checkpoint from before ``world_size`` and ``rank_rng`` were written holds rank 0's random state
+    alone, whatever the number of processes. Mid-epoch on 2 ranks it was refused as "saved by 1
+    process(es) ... resume it with 1": wrong advice for a DDP run's. It now says the count is not
+    recorded; a count the per-rank list shows is taken from it."""
+    from SkullVAELib.core.errors import SkullVAEError
+    from SkullVAELib.training.checkpoint import capture_rng_state, restore_random_state
+    from SkullVAELib.training.distributed import DistContext
+
+    path = tmp_path / "checkpoints" / "stage1.pt"
+    state = {"rng": capture_rng_state(), "generators": {"noise": torch.Generator().get_state()}}
+    old = {"step": 2, "rng": state["rng"], "noise_state": state["generators"]["noise"]}  # no world_size
+    with pytest.raises(SkullVAEError) as info:
+        restore_random_state(old, DistContext(0, 2), path)
+    message = str(info.value)
+    assert "does not record how many processes wrote it" in message and "by 1 process" not in message
+    assert "epoch boundary" in message and str(path) in message and "\n" not in message
+    assert set(restore_random_state(old, DistContext(0, 1), path)) == {"noise"}  # taken as one process's
+    assert restore_random_state({**old, "step": 0}, DistContext(1, 2), path) == {}  # an epoch boundary goes on
+    ranks = {"step": 2, "rng": state["rng"], "rank_rng": [state, state]}  # the per-rank list shows 2
+    with pytest.raises(SkullVAEError, match=r"mid-epoch by 2 process\(es\), not 1; resume it with 2"):
+        restore_random_state(ranks, DistContext(0, 1), path)
+    assert set(restore_random_state(ranks, DistContext(1, 2), path)) == {"noise"}
+    from SkullVAELib.training.checkpoint import saved_world_size
+
+    assert (saved_world_size(old), saved_world_size(ranks), saved_world_size({**old, "world_size": 3})) == (None, 2, 3)
+
+
 def _seed_globals(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)

@@ -97,8 +97,8 @@ def add_completion_args(p: argparse.ArgumentParser) -> None:
         "--defect",
         choices=DEFECT_CHOICES,
         default="auto",
-        help="the defect: auto = an enclosed vault hole is cranial, otherwise the model's classifier "
-        "(or, without a model, facial)",
+        help="the defect: auto = an enclosed vault hole is cranial (or one outside the vault that the rim fit "
+        "closes as a vault defect: a pitched head), otherwise the model's classifier (or, without a model, facial)",
     )
     f = p.add_argument_group("finishing for manufacture (every source; 0 = off)")
     f.add_argument(

@@ -183,7 +183,7 @@ class Completer:
                     implant = postprocess_implant(implant, context.skull, self.settings.postprocess)
             for step, seconds in proposal.timings.items():
                 context.timings[f"{source.name}_{step}"] = seconds
-            quality = self._score(context, implant) if self.settings.quality and implant.any() else None
+            quality = context.implant_quality(implant) if self.settings.quality and implant.any() else None
             context.cache[key] = (proposal, implant, quality)
         return context.cache[key]
 
@@ -209,17 +209,7 @@ class Completer:
 
         if not implant.any():
             return ImplantQuality(0.0, {"volume": 0.0}, {"volume_mm3": 0.0}, "empty implant after the finishing")
-        return self._score(context, implant)
-
-    def _score(self, context: CompletionContext, implant: np.ndarray):
-        """The quality score (:mod:`SkullVAELib.implant.quality`) of a non-empty ``implant``: against the skull
-        as the vault's rays read it for a cranial defect (:meth:`CompletionContext.vault_skull`), the whole skull
-        for a facial one, with the rim fit's own settings."""
-        from SkullVAELib.implant.quality import implant_quality
-
-        skull = context.vault_skull() if context.defect == "cranial" else context.skull
-        with context.timed("quality"):
-            return implant_quality(skull, implant, rim=self.settings.rimfit.config)
+        return context.implant_quality(implant)
 
     def _completed_skull(self, context: CompletionContext, implant: np.ndarray) -> SkullImage:
         skull = context.skull

@@ -61,6 +61,16 @@ class CompletionContext:
             self.cache["vault"] = without_vault_pieces(self.skull)
         return self.cache["vault"][0]
 
+    def implant_quality(self, implant: np.ndarray, defect: str | None = None):
+        """The quality score (:class:`~SkullVAELib.implant.quality.ImplantQuality`) of a non-empty ``implant`` (bool
+        (I, J, K)) as an implant of ``defect`` (default: this call's): against the skull as the vault's rays read it
+        for a cranial defect (:meth:`vault_skull`), the whole skull for a facial one, with the rim fit's settings."""
+        from SkullVAELib.implant.quality import implant_quality
+
+        skull = self.vault_skull() if (defect or self.defect) == "cranial" else self.skull
+        with self.timed("quality"):
+            return implant_quality(skull, implant, rim=self.settings.rimfit.config)
+
     def mirror_transform(self) -> np.ndarray:
         """(4, 4) LPS reflection about the skull's mid-sagittal plane (computed once per skull)."""
         if "mirror" not in self.cache:

@@ -105,7 +105,7 @@ def test_an_enclosed_hole_outside_the_vault_is_named_where_it_points(monkeypatch
     elevation, ahead = np.radians(10.0), np.radians(30.0)  # 10° up, 30° from straight ahead (LPS: anterior -y)
     direction = np.array([np.sin(ahead), -np.cos(ahead), np.sin(elevation)])
     hole = SimpleNamespace(direction=direction / np.linalg.norm(direction), solid_angle_sr=0.3)
-    fit = SimpleNamespace(holes_in_lps=lambda: [hole], messages=[])
+    fit = SimpleNamespace(holes_in_lps=lambda: [hole], messages=[], implant=np.zeros(cranial_case[0].shape, dtype=bool))
     monkeypatch.setattr(CompletionContext, "rim_fit", lambda self: fit)
     with pytest.raises(SkullVAEError) as error:
         Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(cranial_case[0])

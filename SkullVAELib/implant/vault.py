@@ -4,7 +4,8 @@ The rays of the rim fit (:mod:`raycast`) read, per direction, the outermost bone
 from the skull that lies over its vault (a head rest under the occiput in a binary mask thresholded with it, an
 electrode, a device) is then read as the skull's surface: it hides a hole behind it, or bends the rim's outer
 radius towards it. :func:`without_vault_pieces` leaves such pieces out; pieces below the vault or in the face's
-sector (a jaw or a spine apart from the skull) hide none of it and stay.
+sector (a jaw or a spine apart from the skull) hide none of it and stay, and so does a piece that lies in the vault's
+own shell (a bone flap put back, a fragment: its bone no farther out than the skull's around it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from SkullVAELib.implant.components import label_pieces, separate_pieces
-from SkullVAELib.implant.raycast import cranial_centre
+from SkullVAELib.implant.raycast import bone_count, bone_points, cranial_centre
 from SkullVAELib.io.image import SkullImage
 
 # The vault, seen from the cranial centre (LPS unit directions): above LOWEST_VAULT_Z, except the
@@ -28,6 +29,11 @@ SEPARATE_PIECE_MM3 = 50.0
 # part of it, as a piece touching it does, and a skull in one piece costs 0.04-0.1 s and no full-size labels
 # (labelling a 512 × 512 × 224 scan whole: 0.5 s and 110 MiB more in a CLI run)
 FIRST_LOOK_MM = 1.5
+# a piece apart from the skull lies in the vault's shell (a bone flap, a fragment), not over it, when its edge lies
+# at most this far (mm) beyond the outer surface of the skull's bone just beyond it (in_the_shell); a head rest stands
+# off beyond the scalp (4 mm or more) and its own half thickness
+SHELL_MARGIN_MM = 3.0
+EDGE_DEG, SECTOR_DEG = 5.0, 30.0  # the piece's edge and the bone beyond it (degrees from its mean direction); sectors
 
 
 def on_vault(directions: np.ndarray) -> np.ndarray:
@@ -47,7 +53,9 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
     if found is None:
         return skull, []
     labels, largest, apart = found
-    centre = cranial_centre(skull.with_mask(labels == largest))  # the skull's own, not pulled by the pieces
+    main = skull.with_mask(labels == largest)
+    centre = cranial_centre(main)  # the skull's own, not pulled by the pieces
+    skull_offsets = bone_points(main, every=max(bone_count(main.mask) // 50_000, 1)) - centre
     boxes, affine = ndimage.find_objects(labels), skull.index_to_physical()
     left_out = []
     for label in apart:
@@ -55,7 +63,8 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
         points = (np.argwhere(labels[box] == label) + [b.start for b in box]) @ affine[:3, :3].T + affine[:3, 3]
         offsets = points - centre
         if on_vault(offsets / np.linalg.norm(offsets, axis=1, keepdims=True).clip(1e-9)).any():
-            left_out.append(label)
+            if not in_the_shell(offsets, skull_offsets):
+                left_out.append(label)
     if not left_out:
         return skull, []
     out = np.isin(labels, left_out)
@@ -64,6 +73,42 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
         f"{len(left_out)} piece(s) of bone ({volume:.1f} cm³) apart from the skull, over its vault, were left out of "
         "the rim fit (a head rest or a device?); the implant is fitted to the skull alone, clear of them"
     ]
+
+
+def in_the_shell(piece: np.ndarray, skull: np.ndarray) -> bool:
+    """Whether a piece of bone at ``piece`` (N, 3) mm from the cranial centre lies in the skull's shell.
+
+    The piece's edge (its points within :data:`EDGE_DEG` of its widest direction from its mean direction) is set
+    against the skull's bone at ``skull`` (M, 3) mm from the centre just beyond it (the next :data:`EDGE_DEG`), side
+    by side in sectors of :data:`SECTOR_DEG` about the mean direction: in each sector the piece's median distance from
+    the centre against the skull's outer surface there (the 95th percentile of its distances). A flap continues the
+    shell at its edge, a head rest stands off it; the piece lies in the shell when the median of these differences
+    is at most :data:`SHELL_MARGIN_MM`. No sector holding both (at least 3 points each) says no.
+    """
+    radii = np.linalg.norm(piece, axis=1).clip(1e-9)
+    axis = (piece / radii[:, None]).mean(axis=0)
+    axis /= max(float(np.linalg.norm(axis)), 1e-9)
+    angle = np.degrees(np.arccos(np.clip(piece @ axis / radii, -1.0, 1.0)))
+    spread = float(angle.max())
+    skull_radii = np.linalg.norm(skull, axis=1).clip(1e-9)
+    skull_angle = np.degrees(np.arccos(np.clip(skull @ axis / skull_radii, -1.0, 1.0)))
+    edge, beyond = angle > spread - EDGE_DEG, (skull_angle > spread) & (skull_angle <= spread + EDGE_DEG)
+    first = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+    first /= np.linalg.norm(first)
+    second = np.cross(axis, first)
+
+    def sectors(points: np.ndarray) -> np.ndarray:
+        azimuth = np.degrees(np.arctan2(points @ second, points @ first)) % 360.0
+        return (azimuth // SECTOR_DEG).astype(int)
+
+    piece_sector, skull_sector = sectors(piece[edge]), sectors(skull[beyond])
+    differences = [
+        float(np.median(radii[edge][piece_sector == k]))
+        - float(np.percentile(skull_radii[beyond][skull_sector == k], 95))
+        for k in range(int(360 // SECTOR_DEG))
+        if np.count_nonzero(piece_sector == k) >= 3 and np.count_nonzero(skull_sector == k) >= 3
+    ]
+    return bool(differences) and float(np.median(differences)) <= SHELL_MARGIN_MM
 
 
 def _apart_at_first_look(skull: SkullImage, min_mm3: float) -> bool:

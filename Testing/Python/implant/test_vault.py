@@ -80,3 +80,28 @@ def test_the_first_look_in_blocks_finds_what_the_voxels_hold():
     corner[6, 4, 3] = True  # in the last, partial block of each axis
     assert _blocks_any(corner, [3, 3, 2]).shape == (3, 2, 2) and _blocks_any(corner, [3, 3, 2])[2, 1, 1]
     assert _blocks_any(np.asfortranarray(corner), [3, 3, 2]).sum() == 1
+
+
+def test_a_bone_flap_in_the_vaults_shell_stays_and_a_plate_beyond_it_goes():
+    """A flap put back in its hole (a 4 mm saw kerf all round, apart from the skull) lies in the vault's shell: it
+    stays in the rays' skull (before, it was left out as a head rest, and the rim fit filled its place: an implant of
+    quality 0.21 called doubtful). The same piece moved 8 mm outwards is over the vault and goes."""
+    from SkullVAELib.implant.vault import in_the_shell
+
+    skull = make_phantom(1, (96, 96, 72), (2.2, 2.2, 2.2))
+    centre = cranial_centre(skull)
+    affine = skull.index_to_physical()
+    offsets = np.indices(skull.shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3] - centre
+    axis = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
+    angle = np.degrees(np.arccos(np.clip(offsets @ axis / np.linalg.norm(offsets, axis=1).clip(1e-9), -1, 1)))
+    angle = angle.reshape(skull.shape)
+    flapped = skull.with_mask(skull.mask & ~((angle > 30.0) & (angle < 33.0)))
+    flap = flapped.mask & (angle <= 30.0)
+    kept, notes = without_vault_pieces(flapped)
+    assert kept is flapped and notes == []
+    flap_offsets = np.argwhere(flap) @ affine[:3, :3].T + affine[:3, 3] - centre
+    rest_offsets = np.argwhere(flapped.mask & ~flap) @ affine[:3, :3].T + affine[:3, 3] - centre
+    assert in_the_shell(flap_offsets, rest_offsets)
+    lifted = flap_offsets * (1.0 + 8.0 / np.linalg.norm(flap_offsets, axis=1, keepdims=True))
+    assert not in_the_shell(lifted, rest_offsets)
+    assert not in_the_shell(flap_offsets, rest_offsets[:10])  # no ring to compare with: not in the shell

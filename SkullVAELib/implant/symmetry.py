@@ -142,7 +142,7 @@ def _register_mirror_plane(skull: SkullImage, spacing_mm: float) -> MirrorPlane:
     pts = bone_points(skull, every=max(bone_count(skull.mask) // 100_000, 1))
     centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
     centre[0] = float(np.median(pts[:, 0]))
-    spacing_mm = spacing_mm * min(1.0, skull_size_mm(pts) / ADULT_SIZE_MM)
+    spacing_mm = spacing_mm * float(np.clip(skull_size_mm(pts) / ADULT_SIZE_MM, 0.25, 1.0))  # a speck: a quarter
     fixed = _smoothed(skull, spacing_mm)
     plane = _registered(fixed, centre, np.array([1.0, 0.0, 0.0]), spacing_mm)
     start = _starting_normal(fixed, pts.mean(axis=0))

@@ -29,10 +29,12 @@ SEPARATE_PIECE_MM3 = 50.0
 # part of it, as a piece touching it does, and a skull in one piece costs 0.04-0.1 s and no full-size labels
 # (labelling a 512 × 512 × 224 scan whole: 0.5 s and 110 MiB more in a CLI run)
 FIRST_LOOK_MM = 1.5
-# a piece apart from the skull lies in the vault's shell (a bone flap, a fragment), not over it, when its edge lies
-# at most this far (mm) beyond the outer surface of the skull's bone just beyond it (in_the_shell); a head rest stands
-# off beyond the scalp (4 mm or more) and its own half thickness
+# a piece apart from the skull lies in the vault's shell (a bone flap behind its saw kerf), not over it, when its edge
+# lies at most SHELL_MARGIN_MM (mm) beyond the outer surface, or inside the inner surface, of the skull's bone just
+# beyond it, across a gap of at most KERF_MM (in_the_shell); a head rest stands off beyond the scalp (4 mm or more)
+# and its own half thickness
 SHELL_MARGIN_MM = 3.0
+KERF_MM = 3.5
 EDGE_DEG, SECTOR_DEG = 5.0, 30.0  # the piece's edge and the bone beyond it (degrees from its mean direction); sectors
 
 
@@ -76,39 +78,54 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
 
 
 def in_the_shell(piece: np.ndarray, skull: np.ndarray) -> bool:
-    """Whether a piece of bone at ``piece`` (N, 3) mm from the cranial centre lies in the skull's shell.
+    """Whether a piece of bone at ``piece`` (N, 3) mm from the cranial centre lies in the skull's shell, in its hole
+    behind a narrow gap: a bone flap put back behind its saw kerf.
 
-    The piece's edge (its points within :data:`EDGE_DEG` of its widest direction from its mean direction) is set
-    against the skull's bone at ``skull`` (M, 3) mm from the centre just beyond it (the next :data:`EDGE_DEG`), side
-    by side in sectors of :data:`SECTOR_DEG` about the mean direction: in each sector the piece's median distance from
-    the centre against the skull's outer surface there (the 95th percentile of its distances). A flap continues the
-    shell at its edge, a head rest stands off it; the piece lies in the shell when the median of these differences
-    is at most :data:`SHELL_MARGIN_MM`. No sector holding both (at least 3 points each) says no.
+    Seen from the centre, about the piece's mean direction, the piece and the skull's bone at ``skull`` (M, 3) mm
+    from the centre are cut into sectors of :data:`SECTOR_DEG`. In each sector the piece's edge (its outermost
+    :data:`EDGE_DEG`) is set against the skull's bone just beyond it (the next :data:`EDGE_DEG`): the gap between
+    them, and the edge's median distance from the centre against the outer and inner surfaces of that bone (its
+    95th and 5th percentiles). Over the sectors holding both (3 points each, at least half of all), the piece lies
+    in the shell when the median gap is at most :data:`KERF_MM` and its edge lies at most :data:`SHELL_MARGIN_MM`
+    beyond the outer and inside the inner surface. A head rest stands off the shell; a fragment sunk below it, or
+    one in a wider hole, is read as before (left out, the hole filled around it).
     """
     radii = np.linalg.norm(piece, axis=1).clip(1e-9)
     axis = (piece / radii[:, None]).mean(axis=0)
     axis /= max(float(np.linalg.norm(axis)), 1e-9)
-    angle = np.degrees(np.arccos(np.clip(piece @ axis / radii, -1.0, 1.0)))
-    spread = float(angle.max())
     skull_radii = np.linalg.norm(skull, axis=1).clip(1e-9)
-    skull_angle = np.degrees(np.arccos(np.clip(skull @ axis / skull_radii, -1.0, 1.0)))
-    edge, beyond = angle > spread - EDGE_DEG, (skull_angle > spread) & (skull_angle <= spread + EDGE_DEG)
     first = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
     first /= np.linalg.norm(first)
     second = np.cross(axis, first)
 
-    def sectors(points: np.ndarray) -> np.ndarray:
+    def polar(points: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(degrees from the axis, sector index) of ``points``."""
+        angle = np.degrees(np.arccos(np.clip(points @ axis / lengths, -1.0, 1.0)))
         azimuth = np.degrees(np.arctan2(points @ second, points @ first)) % 360.0
-        return (azimuth // SECTOR_DEG).astype(int)
+        return angle, (azimuth // SECTOR_DEG).astype(int)
 
-    piece_sector, skull_sector = sectors(piece[edge]), sectors(skull[beyond])
-    differences = [
-        float(np.median(radii[edge][piece_sector == k]))
-        - float(np.percentile(skull_radii[beyond][skull_sector == k], 95))
-        for k in range(int(360 // SECTOR_DEG))
-        if np.count_nonzero(piece_sector == k) >= 3 and np.count_nonzero(skull_sector == k) >= 3
-    ]
-    return bool(differences) and float(np.median(differences)) <= SHELL_MARGIN_MM
+    angle, sector = polar(piece, radii)
+    skull_angle, skull_sector = polar(skull, skull_radii)
+    gaps, heights, depths = [], [], []
+    for k in range(int(360 // SECTOR_DEG)):
+        mine = sector == k
+        if np.count_nonzero(mine) < 3:
+            continue
+        edge_deg = float(angle[mine].max())
+        edge = radii[mine & (angle > edge_deg - EDGE_DEG)]
+        beyond = (skull_sector == k) & (skull_angle > edge_deg) & (skull_angle <= edge_deg + EDGE_DEG)
+        if np.count_nonzero(beyond) < 3:
+            continue
+        gaps.append(np.radians(float(skull_angle[beyond].min()) - edge_deg) * float(np.median(edge)))
+        heights.append(float(np.median(edge)) - float(np.percentile(skull_radii[beyond], 95)))
+        depths.append(float(np.median(edge)) - float(np.percentile(skull_radii[beyond], 5)))
+    if len(gaps) < 360 // SECTOR_DEG // 2:
+        return False
+    return (
+        float(np.median(gaps)) <= KERF_MM
+        and float(np.median(heights)) <= SHELL_MARGIN_MM
+        and float(np.median(depths)) >= -SHELL_MARGIN_MM
+    )
 
 
 def _apart_at_first_look(skull: SkullImage, min_mm3: float) -> bool:

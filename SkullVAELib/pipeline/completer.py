@@ -30,6 +30,9 @@ from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
+# ... nor a speck: a skull's bone is several hundred cm³ (SkullFix 056: 496, a phantom: 405); the rim fit's rays
+# found no shell in a few voxels and stopped on a traceback
+MIN_BONE_MM3 = 1000.0
 # γ = 0 with the model source: the model's reconstruction of the skull, an empty implant and this note
 RECONSTRUCTION_NOTE = "γ = 0: the model reconstructs the skull and adds no implant (the implant is empty)"
 MIN_EXTENT_VOXELS = 8  # a skull needs some depth along every axis (a 2D slice is refused)
@@ -66,8 +69,15 @@ class Completer:
         and atlas implants) is done once."""
         if skull.mask.ndim != 3 or min(skull.shape) < MIN_EXTENT_VOXELS:
             raise SkullVAEError(f"not a 3D volume (shape {skull.shape})", skull.metadata.get("source"))
-        if np.count_nonzero(skull.mask) < MIN_BONE_VOXELS:
+        bone = np.count_nonzero(skull.mask)
+        if bone < MIN_BONE_VOXELS:
             raise SkullVAEError("empty mask: no bone voxels to complete", skull.metadata.get("source"))
+        if bone * skull.voxel_volume_mm3 < MIN_BONE_MM3:
+            raise SkullVAEError(
+                f"too little bone to complete ({bone * skull.voxel_volume_mm3 / 1000.0:.2f} cm³ in {bone} voxels; "
+                "a skull holds several hundred cm³)",
+                skull.metadata.get("source"),
+            )
         cache: dict = {}
         # read-only while it is completed: the caches of its bone listing, block occupancy and mirror
         # plane then know it unchanged without a pass over it (core.unchanged)

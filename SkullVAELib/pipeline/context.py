@@ -64,12 +64,21 @@ class CompletionContext:
     def implant_quality(self, implant: np.ndarray, defect: str | None = None):
         """The quality score (:class:`~SkullVAELib.implant.quality.ImplantQuality`) of a non-empty ``implant`` (bool
         (I, J, K)) as an implant of ``defect`` (default: this call's): against the skull as the vault's rays read it
-        for a cranial defect (:meth:`vault_skull`), the whole skull for a facial one, with the rim fit's settings."""
+        for a cranial defect (:meth:`vault_skull`), the whole skull for a facial one, with the rim fit's settings.
+        The last score per defect is kept: the same implant asked about again (the rim fit's, scored by the defect
+        decision and then as the rimfit source's proposal) is not scored twice."""
         from SkullVAELib.implant.quality import implant_quality
 
-        skull = self.vault_skull() if (defect or self.defect) == "cranial" else self.skull
+        defect = defect or self.defect
+        packed = (implant.shape, np.packbits(implant))  # a copy of its content (1 bit a voxel), whatever changes it
+        last = self.cache.get(("quality", defect))
+        if last is not None and last[0][0] == packed[0] and np.array_equal(last[0][1], packed[1]):
+            return last[1]
+        skull = self.vault_skull() if defect == "cranial" else self.skull
         with self.timed("quality"):
-            return implant_quality(skull, implant, rim=self.settings.rimfit.config)
+            quality = implant_quality(skull, implant, rim=self.settings.rimfit.config)
+        self.cache[("quality", defect)] = (packed, quality)
+        return quality
 
     def mirror_transform(self) -> np.ndarray:
         """(4, 4) LPS reflection about the skull's mid-sagittal plane (computed once per skull)."""

@@ -82,26 +82,34 @@ def test_the_first_look_in_blocks_finds_what_the_voxels_hold():
     assert _blocks_any(np.asfortranarray(corner), [3, 3, 2]).sum() == 1
 
 
-def test_a_bone_flap_in_the_vaults_shell_stays_and_a_plate_beyond_it_goes():
-    """A flap put back in its hole (a 4 mm saw kerf all round, apart from the skull) lies in the vault's shell: it
-    stays in the rays' skull (before, it was left out as a head rest, and the rim fit filled its place: an implant of
-    quality 0.21 called doubtful). The same piece moved 8 mm outwards is over the vault and goes."""
-    from SkullVAELib.implant.vault import in_the_shell
-
-    skull = make_phantom(1, (96, 96, 72), (2.2, 2.2, 2.2))
-    centre = cranial_centre(skull)
+def _flapped(kerf_mm: float) -> tuple:
+    """(phantom 1 on 1.4 mm voxels, its bone less a saw kerf of ``kerf_mm`` all round a flap 30° about a direction
+    near the vertex, the flap bool (I, J, K), LPS mm offsets (N, 3) of every voxel from the cranial centre)."""
+    skull = make_phantom(1, (151, 151, 113), (1.4, 1.4, 1.4))
     affine = skull.index_to_physical()
-    offsets = np.indices(skull.shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3] - centre
+    offsets = np.indices(skull.shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3] - cranial_centre(skull)
     axis = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
     angle = np.degrees(np.arccos(np.clip(offsets @ axis / np.linalg.norm(offsets, axis=1).clip(1e-9), -1, 1)))
     angle = angle.reshape(skull.shape)
-    flapped = skull.with_mask(skull.mask & ~((angle > 30.0) & (angle < 33.0)))
-    flap = flapped.mask & (angle <= 30.0)
+    kerf = (angle > 30.0) & (angle < 30.0 + np.degrees(kerf_mm / 75.0))  # the vault lies about 75 mm out there
+    flapped = skull.with_mask(skull.mask & ~kerf)
+    return flapped, flapped.mask & (angle <= 30.0), offsets.reshape(*skull.shape, 3)
+
+
+def test_a_bone_flap_behind_its_kerf_stays_and_a_plate_a_sunk_piece_or_a_wide_gap_go():
+    """A flap put back in its hole behind a 2.5 mm saw kerf lies in the vault's shell: it stays in the rays' skull
+    (before, it was left out as a head rest, and the rim fit filled its place: quality 0.17, "doubtful"). The same
+    piece moved 8 mm out (a plate) or 12 mm in (a sunk fragment), or behind a 6 mm gap (a fragment in a wider hole,
+    which the rim fit fills better around it), is not in the shell and goes, as before."""
+    from SkullVAELib.implant.vault import in_the_shell
+
+    flapped, flap, offsets = _flapped(2.5)
     kept, notes = without_vault_pieces(flapped)
     assert kept is flapped and notes == []
-    flap_offsets = np.argwhere(flap) @ affine[:3, :3].T + affine[:3, 3] - centre
-    rest_offsets = np.argwhere(flapped.mask & ~flap) @ affine[:3, :3].T + affine[:3, 3] - centre
-    assert in_the_shell(flap_offsets, rest_offsets)
-    lifted = flap_offsets * (1.0 + 8.0 / np.linalg.norm(flap_offsets, axis=1, keepdims=True))
-    assert not in_the_shell(lifted, rest_offsets)
-    assert not in_the_shell(flap_offsets, rest_offsets[:10])  # no ring to compare with: not in the shell
+    piece, rest = offsets[flap], offsets[flapped.mask & ~flap]
+    assert in_the_shell(piece, rest)
+    for moved_mm in (8.0, -12.0):
+        assert not in_the_shell(piece * (1.0 + moved_mm / np.linalg.norm(piece, axis=1, keepdims=True)), rest)
+    wide, wide_flap, _ = _flapped(6.0)
+    assert not in_the_shell(offsets[wide_flap], offsets[wide.mask & ~wide_flap])
+    assert not in_the_shell(piece, rest[:10])  # no bone beyond the edge to compare with: not in the shell

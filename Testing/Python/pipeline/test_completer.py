@@ -385,3 +385,18 @@ def test_the_models_implant_loses_a_far_piece_like_every_source(monkeypatch, tin
     assert result.source == "model"
     assert not (result.implant.mask & far).any()
     assert np.array_equal(result.implant.mask, postprocess_implant(implant, defective))  # the implant proper stays
+
+
+def test_a_speck_of_bone_is_refused_in_one_line():
+    """A mask of a few voxels (a wrong label, a crop) has no shell for the rays: before, the rim fit stopped on an
+    IndexError deep in its ray march; now the Completer refuses it in one line naming the file."""
+    phantom = make_phantom(1, SHAPE, SPACING)
+    speck = np.zeros_like(phantom.mask)
+    speck[40:42, 40:42, 40:42] = True
+    case = phantom.with_mask(speck)
+    case.metadata["source"] = "speck.nrrd"
+    with pytest.raises(
+        SkullVAEError, match=r"speck\.nrrd: too little bone to complete \(0\.09 cm³ in 8 voxels"
+    ) as error:
+        Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(case)
+    assert len(str(error.value).splitlines()) == 1

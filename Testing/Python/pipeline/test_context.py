@@ -61,19 +61,19 @@ def test_a_head_rest_under_an_occipital_defect_is_left_out_of_the_rim_fit(occipi
 
 
 def test_a_bone_flap_put_back_is_read_as_the_skull_and_the_defect_beside_it_is_filled():
-    """A flap in its hole behind a 4 mm saw kerf is apart from the skull but lies in its shell: it stays in the rays'
-    skull (before, it was left out as a head rest and the rim fit filled its place: quality 0.20, "doubtful", DSC
-    0.81 against the kerf and the defect together)."""
+    """A flap in its hole behind a 2.5 mm saw kerf is apart from the skull but lies in its shell: it stays in the rays'
+    skull (before, it was left out as a head rest and the rim fit filled its place: quality 0.17, "doubtful", DSC
+    0.919 against the kerf and the defect together)."""
     from SkullVAELib.data.defects import cranial_defect
 
-    skull = make_phantom(1, (96, 96, 72), SPACING)
+    skull = make_phantom(1, (151, 151, 113), (1.4, 1.4, 1.4))
     offsets = np.argwhere(np.ones(skull.shape, dtype=bool)) * skull.spacing + skull.origin - cranial_centre(skull)
     axis = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
     angle = np.degrees(np.arccos(np.clip(offsets @ axis / np.linalg.norm(offsets, axis=1).clip(1e-9), -1.0, 1.0)))
-    kerf = skull.mask & ((angle > 30.0) & (angle < 33.0)).reshape(skull.shape)
+    kerf = skull.mask & ((angle > 30.0) & (angle < 30.0 + np.degrees(2.5 / 75.0))).reshape(skull.shape)
     defective, implant = cranial_defect(skull, 1, style="skullbreak")
     case = skull.with_mask(defective.mask & ~kerf)
     result = Completer(CompletionSettings()).complete(case)
     assert not any("apart from the skull" in w for w in result.warnings)
     assert result.quality >= 0.5 and not any(w.startswith("doubtful") for w in result.warnings)
-    assert dice(result.implant.mask, kerf | implant.mask) >= 0.9
+    assert dice(result.implant.mask, kerf | implant.mask) >= 0.93

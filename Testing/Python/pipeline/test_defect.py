@@ -81,3 +81,22 @@ def test_no_fill_means_no_off_vault_decision(monkeypatch):
     assert not on_vault(hole.direction)
     assert defect.closed_as_vault(context, [hole]) == ""
     assert defect.closed_as_vault(context, []) == ""
+
+
+def test_the_decisions_score_is_the_rimfit_sources_score(pitched_frontal, monkeypatch):
+    """The decision scores the rim fit's implant; the Completer scoring the same implant as the rimfit source's
+    proposal takes that score instead of computing it again. An implant of other content is scored anew."""
+    import SkullVAELib.implant.quality as quality_module
+
+    scored = []
+    real = quality_module.implant_quality
+    monkeypatch.setattr(quality_module, "implant_quality", lambda *a, **k: scored.append(1) or real(*a, **k))
+    skull, _ = pitched_frontal
+    result = Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(skull)
+    assert result.source == "rimfit" and len(scored) == 1
+    context = CompletionContext(skull, CompletionSettings(rimfit=NO_MIRROR), ModelFolder(None))
+    implant = result.implant.mask.copy()
+    first = context.implant_quality(implant, "cranial")
+    assert context.implant_quality(implant.copy(), "cranial") is first and len(scored) == 2
+    implant[tuple(np.argwhere(implant)[0])] = False  # the same array, one voxel less: another implant
+    assert context.implant_quality(implant, "cranial") is not first and len(scored) == 3

@@ -47,8 +47,9 @@ def on_vault(directions: np.ndarray) -> np.ndarray:
 
 def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3) -> tuple[SkullImage, list[str]]:
     """(``skull`` less the pieces of bone apart from its largest piece, of ``min_mm3`` or more each, that reach into
-    the vault's directions from the largest piece's cranial centre, [one line for the user on what was left out]);
-    (``skull`` itself, []) where there is none: a skull in one piece costs one labelling and nothing else."""
+    the vault's directions from the largest piece's cranial centre and do not lie in its shell (:func:`in_the_shell`:
+    a bone flap behind its kerf stays), [one line for the user on what was left out]); (``skull`` itself, []) where
+    there is none: a skull in one piece costs one labelling and nothing else."""
     if not _apart_at_first_look(skull, min_mm3):
         return skull, []
     found = separate_pieces(skull.mask, min_mm3 / skull.voxel_volume_mm3)
@@ -64,9 +65,9 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
         box = boxes[label - 1]
         points = (np.argwhere(labels[box] == label) + [b.start for b in box]) @ affine[:3, :3].T + affine[:3, 3]
         offsets = points - centre
-        if on_vault(offsets / np.linalg.norm(offsets, axis=1, keepdims=True).clip(1e-9)).any():
-            if not in_the_shell(offsets, skull_offsets):
-                left_out.append(label)
+        over_vault = on_vault(offsets / np.linalg.norm(offsets, axis=1, keepdims=True).clip(1e-9)).any()
+        if over_vault and not in_the_shell(offsets, skull_offsets):
+            left_out.append(label)
     if not left_out:
         return skull, []
     out = np.isin(labels, left_out)

@@ -65,19 +65,25 @@ class CompletionContext:
         """The quality score (:class:`~SkullVAELib.implant.quality.ImplantQuality`) of a non-empty ``implant`` (bool
         (I, J, K)) as an implant of ``defect`` (default: this call's): against the skull as the vault's rays read it
         for a cranial defect (:meth:`vault_skull`), the whole skull for a facial one, with the rim fit's settings.
-        The last score per defect is kept: the same implant asked about again (the rim fit's, scored by the defect
-        decision and then as the rimfit source's proposal) is not scored twice."""
+        The last score per defect is kept: an implant of the same content asked about again (the rim fit's, scored by
+        the defect decision and then as the rimfit source's proposal) is not scored twice. No implant is modified
+        while the Completer works on it, so the kept one is compared as it is, its bone count first (a few ms)."""
         from SkullVAELib.implant.quality import implant_quality
 
         defect = defect or self.defect
-        packed = (implant.shape, np.packbits(implant))  # a copy of its content (1 bit a voxel), whatever changes it
+        count = int(np.count_nonzero(implant))
         last = self.cache.get(("quality", defect))
-        if last is not None and last[0][0] == packed[0] and np.array_equal(last[0][1], packed[1]):
-            return last[1]
+        if (
+            last is not None
+            and last[1] == count
+            and last[0].shape == implant.shape
+            and np.array_equal(last[0], implant)
+        ):
+            return last[2]
         skull = self.vault_skull() if defect == "cranial" else self.skull
         with self.timed("quality"):
             quality = implant_quality(skull, implant, rim=self.settings.rimfit.config)
-        self.cache[("quality", defect)] = (packed, quality)
+        self.cache[("quality", defect)] = (implant, count, quality)
         return quality
 
     def mirror_transform(self) -> np.ndarray:

@@ -28,6 +28,7 @@ from SkullVAELib.core.config import ATLAS_SPACING_MM
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.io.image import SkullImage, read_skull, write_mask
+from SkullVAELib.io.inputs import read_information
 
 MANIFEST = "atlas.json"
 FORMAT = "skullvae-atlas"
@@ -142,13 +143,13 @@ class AtlasSet:
         key = (case_id, which)
         if key not in self._voxels:
             entry = self._entry(case_id)
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(self.folder / (entry.low if which == "low" else entry.mask)))
-            try:
-                reader.ReadImageInformation()
-                self._voxels[key] = math.prod(reader.GetSize())
-            except RuntimeError:
+            try:  # the project's header reader: regular files only (a FIFO would hang a bare ITK reader)
+                reader = read_information(
+                    self.folder / (entry.low if which == "low" else entry.mask), verify_voxels=False
+                )
+            except SkullVAEError:
                 return 0
+            self._voxels[key] = math.prod(reader.GetSize())
         return self._voxels[key]
 
     def mask(self, case_id: str) -> SkullImage:

@@ -94,26 +94,6 @@ def test_auto_reads_the_defect_from_the_geometry(facial_case, cranial_case):
         assert decision.defect == expected, decision
 
 
-def test_an_enclosed_hole_outside_the_vault_is_named_where_it_points(monkeypatch, cranial_case):
-    """An enclosed hole in the face's sector is taken as facial; without a facial source the error says where the
-    hole points (a frontal vault defect of a head pitched forehead-down lies there too) and does not call the
-    skull complete."""
-    from types import SimpleNamespace
-
-    from SkullVAELib.pipeline.context import CompletionContext
-
-    elevation, ahead = np.radians(10.0), np.radians(30.0)  # 10° up, 30° from straight ahead (LPS: anterior -y)
-    direction = np.array([np.sin(ahead), -np.cos(ahead), np.sin(elevation)])
-    hole = SimpleNamespace(direction=direction / np.linalg.norm(direction), solid_angle_sr=0.3)
-    fit = SimpleNamespace(holes_in_lps=lambda: [hole], messages=[], implant=np.zeros(cranial_case[0].shape, dtype=bool))
-    monkeypatch.setattr(CompletionContext, "rim_fit", lambda self: fit)
-    with pytest.raises(SkullVAEError) as error:
-        Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(cranial_case[0])
-    text = str(error.value)
-    assert "the enclosed hole found points into the face's sector (10° above the horizontal, 31° from" in text
-    assert "pitched forehead-down" in text and "complete skull" not in text and "give --defect cranial" in text
-
-
 class _Stamp:
     """A source of this test: one file's worth of code, one registration line."""
 

@@ -1,5 +1,6 @@
 """``--defect auto`` (pipeline/defect.py): an enclosed hole outside the vault's directions as scanned is a cranial
-defect when the rim fit closes it as one (a pitched head's frontal defect), and is not when it does not."""
+defect when the rim fit closes it as one (a pitched head's frontal defect), and is not when it does not; then the
+error says where the hole points."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from SkullVAELib.bundle.folder import ModelFolder
+from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant.gridturn import GridTurn
@@ -100,3 +102,21 @@ def test_the_decisions_score_is_the_rimfit_sources_score(pitched_frontal, monkey
     assert context.implant_quality(implant.copy(), "cranial") is first and len(scored) == 2
     implant[tuple(np.argwhere(implant)[0])] = False  # the same array, one voxel less: another implant
     assert context.implant_quality(implant, "cranial") is not first and len(scored) == 3
+
+
+def test_an_enclosed_hole_outside_the_vault_is_named_where_it_points(monkeypatch, pitched_frontal):
+    """An enclosed hole in the face's sector is taken as facial; without a facial source the error says where the
+    hole points (a frontal vault defect of a head pitched forehead-down lies there too) and does not call the
+    skull complete."""
+    elevation, ahead = np.radians(10.0), np.radians(30.0)  # 10° up, 30° from straight ahead (LPS: anterior -y)
+    direction = np.array([np.sin(ahead), -np.cos(ahead), np.sin(elevation)])
+    hole = SimpleNamespace(direction=direction / np.linalg.norm(direction), solid_angle_sr=0.3)
+    fit = SimpleNamespace(
+        holes_in_lps=lambda: [hole], messages=[], implant=np.zeros(pitched_frontal[0].shape, dtype=bool)
+    )
+    monkeypatch.setattr(CompletionContext, "rim_fit", lambda self: fit)
+    with pytest.raises(SkullVAEError) as error:
+        Completer(CompletionSettings(rimfit=NO_MIRROR)).complete(pitched_frontal[0])
+    text = str(error.value)
+    assert "the enclosed hole found points into the face's sector (10° above the horizontal, 31° from" in text
+    assert "pitched forehead-down" in text and "complete skull" not in text and "give --defect cranial" in text

@@ -42,18 +42,3 @@ def label_pieces(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, 
         return np.zeros(mask.shape, dtype=np.uint32), 0
     labels, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
     return labels, int(n)
-
-
-def separate_pieces(mask: np.ndarray, min_voxels: float) -> tuple[np.ndarray, int, np.ndarray] | None:
-    """(labels uint (I, J, K) of the 26-connected pieces of ``mask`` (bool (I, J, K)), the label of the largest,
-    the labels int (M,) of the others that hold at least ``min_voxels`` voxels each), or None where there is no
-    such other piece (one labelling; nothing more for a mask in one piece, as every SkullFix skull is but for a
-    speck of at most 7 mm³)."""
-    labels, n = label_pieces(mask)
-    if n <= 1:
-        return None
-    sizes = np.bincount(labels.ravel(order="K"), minlength=n + 1)
-    largest = int(np.argmax(sizes[1:])) + 1
-    apart = np.flatnonzero(sizes >= min_voxels)
-    apart = apart[(apart != 0) & (apart != largest)]
-    return (labels, largest, apart) if len(apart) else None

@@ -1,9 +1,10 @@
-"""The vault as seen from the cranial centre: its directions, and the pieces of bone apart from the skull over it.
+"""The vault as seen from the cranial centre: its directions, and the bone apart from the skull its rays must skip.
 
 The rays of the rim fit (:mod:`raycast`) read, per direction, the outermost bone. A piece of bone-like voxels apart
 from the skull that lies over its vault (a head rest under the occiput in a binary mask thresholded with it, an
 electrode, a device) is then read as the skull's surface: it hides a hole behind it, or bends the rim's outer
-radius towards it. :func:`without_vault_pieces` leaves such pieces out; pieces below the vault or in the face's
+radius towards it; a calcification inside the skull hides a hole in front of it, and a mask's noise, specks by the
+hundred, does both. :func:`without_vault_pieces` leaves such bone out; pieces below the vault or in the face's
 sector (a jaw or a spine apart from the skull) hide none of it and stay, and so does a piece that lies in the vault's
 own shell (a bone flap put back, a fragment: its bone no farther out than the skull's around it).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from SkullVAELib.implant.components import label_pieces, separate_pieces
+from SkullVAELib.implant.components import label_pieces
 from SkullVAELib.implant.raycast import bone_count, bone_points, cranial_centre
 from SkullVAELib.io.image import SkullImage
 
@@ -22,8 +23,8 @@ from SkullVAELib.io.image import SkullImage
 # skull base) are no cranial defect.
 LOWEST_VAULT_Z = -0.17  # sin(-10°)
 FACE_ANTERIOR_Y, FACE_TOP_Z = -0.7, 0.34  # the face: more than 45° forward and below 20° elevation
-# a piece of bone this large (mm³) apart from the skull's largest piece is no speck of it (SkullFix's 140 defective
-# skulls are one piece each but for two specks of 7 mm³ and of one voxel)
+# a piece of bone this large (mm³) apart from the skull's largest piece is no speck (SkullFix's 140 defective skulls
+# are one piece each but for two specks of 7 mm³ and of one voxel)
 SEPARATE_PIECE_MM3 = 50.0
 # the first look for such pieces is on blocks of about this size (mm): pieces this close to the skull count as
 # part of it, as a piece touching it does, and a skull in one piece costs 0.04-0.1 s and no full-size labels
@@ -36,6 +37,8 @@ FIRST_LOOK_MM = 1.5
 SHELL_MARGIN_MM = 3.0
 KERF_MM = 3.5
 EDGE_DEG, SECTOR_DEG = 5.0, 30.0  # the piece's edge and the bone beyond it (degrees from its mean direction); sectors
+NOISY_SPECKS = 10  # specks left out are named from this many on (a noisy mask); fewer go without a note
+KEPT, SPECK, BEYOND, INSIDE = 0, 1, 2, 3  # what without_vault_pieces does with each piece apart from the skull
 
 
 def on_vault(directions: np.ndarray) -> np.ndarray:
@@ -46,36 +49,80 @@ def on_vault(directions: np.ndarray) -> np.ndarray:
 
 
 def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3) -> tuple[SkullImage, list[str]]:
-    """(``skull`` less the pieces of bone apart from its largest piece, of ``min_mm3`` or more each, that reach into
-    the vault's directions from the largest piece's cranial centre and do not lie in its shell (:func:`in_the_shell`:
-    a bone flap behind its kerf stays), [one line for the user on what was left out]); (``skull`` itself, []) where
-    there is none: a skull in one piece costs one labelling and nothing else."""
-    if not _apart_at_first_look(skull, min_mm3):
+    """(``skull`` less what the vault's rays must not read as its surface, [one line for the user per kind of thing
+    left out]); (``skull`` itself, []) where there is none: a skull in one piece costs one look in blocks.
+
+    Left out, apart from the skull's largest piece: each piece of ``min_mm3`` or more that reaches into the vault's
+    directions from the largest piece's cranial centre and does not lie in its shell (:func:`in_the_shell`: a bone
+    flap behind its kerf stays), named a head rest or a device where it lies beyond the skull and a calcification
+    where it lies inside it (:func:`inside_the_skull`); and every speck under ``min_mm3``, wherever it lies. One
+    speck hides a ray or two, but a mask thresholded with its noise holds hundreds, each read as the outermost bone
+    on its ray. Specks within a block (``FIRST_LOOK_MM``) of the bone are found only where something farther off is,
+    and named only from :data:`NOISY_SPECKS` on."""
+    if not _apart_at_first_look(skull):
         return skull, []
-    found = separate_pieces(skull.mask, min_mm3 / skull.voxel_volume_mm3)
-    if found is None:
-        return skull, []
-    labels, largest, apart = found
+    labels, n = label_pieces(skull.mask)
+    sizes = np.bincount(labels.ravel(order="K"), minlength=n + 1)
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    kind = np.where((sizes > 0) & (sizes < min_mm3 / skull.voxel_volume_mm3), SPECK, KEPT)
+    kind[largest] = KEPT
     main = skull.with_mask(labels == largest)
     centre = cranial_centre(main)  # the skull's own, not pulled by the pieces
     skull_offsets = bone_points(main, every=max(bone_count(main.mask) // 50_000, 1)) - centre
     boxes, affine = ndimage.find_objects(labels), skull.index_to_physical()
-    left_out = []
-    for label in apart:
+    for label in np.flatnonzero((sizes > 0) & (kind == KEPT)):
+        if label == largest:
+            continue
         box = boxes[label - 1]
         points = (np.argwhere(labels[box] == label) + [b.start for b in box]) @ affine[:3, :3].T + affine[:3, 3]
         offsets = points - centre
         over_vault = on_vault(offsets / np.linalg.norm(offsets, axis=1, keepdims=True).clip(1e-9)).any()
         if over_vault and not in_the_shell(offsets, skull_offsets):
-            left_out.append(label)
-    if not left_out:
+            kind[label] = INSIDE if inside_the_skull(offsets, skull_offsets) else BEYOND
+    if not (kind != KEPT).any():
         return skull, []
-    out = np.isin(labels, left_out)
-    volume = np.count_nonzero(out) * skull.voxel_volume_mm3 / 1000.0
-    return skull.with_mask(skull.mask & ~out), [
-        f"{len(left_out)} piece(s) of bone ({volume:.1f} cm³) apart from the skull, over its vault, were left out of "
-        "the rim fit (a head rest or a device?); the implant is fitted to the skull alone, clear of them"
-    ]
+    return skull.with_mask(skull.mask & (kind == KEPT)[labels]), _left_out_notes(kind, sizes * skull.voxel_volume_mm3)
+
+
+def _left_out_notes(kind: np.ndarray, volumes_mm3: np.ndarray) -> list[str]:
+    """One line per kind of thing :func:`without_vault_pieces` left out (``kind`` (n + 1,) per piece label,
+    ``volumes_mm3`` (n + 1,) each piece's volume)."""
+    notes = []
+    for what, where, why in (
+        (BEYOND, "apart from the skull, over its vault", "a head rest or a device?"),
+        (INSIDE, "inside the skull, apart from it", "a calcification?"),
+    ):
+        count = int(np.count_nonzero(kind == what))
+        if count:
+            cm3 = float(volumes_mm3[kind == what].sum()) / 1000.0
+            notes.append(
+                f"{count} piece(s) of bone ({cm3:.1f} cm³) {where}, were left out of the rim fit ({why}); the "
+                "implant is fitted to the skull alone, clear of them"
+            )
+    specks = int(np.count_nonzero(kind == SPECK))
+    if specks >= NOISY_SPECKS:
+        cm3 = float(volumes_mm3[kind == SPECK].sum()) / 1000.0
+        notes.append(
+            f"{specks} specks of bone apart from the skull (each under {SEPARATE_PIECE_MM3:.0f} mm³, {cm3:.2f} cm³ "
+            "in all) were left out of the rim fit (noise in the mask?); the completed skull keeps them"
+        )
+    return notes
+
+
+def inside_the_skull(piece: np.ndarray, skull: np.ndarray) -> bool:
+    """Whether a piece of bone at ``piece`` (N, 3) mm from the cranial centre lies inside the skull (a
+    calcification): its median distance from the centre under the inner surface (5th percentile) of the skull's bone
+    at ``skull`` (M, 3) mm within 20° of the piece's mean direction (all of it, for a piece about the centre)."""
+    radii = np.linalg.norm(piece, axis=1).clip(1e-9)
+    skull_radii = np.linalg.norm(skull, axis=1).clip(1e-9)
+    mean = (piece / radii[:, None]).mean(axis=0)
+    near = np.ones(len(skull), dtype=bool)
+    if np.linalg.norm(mean) > 0.5:
+        near = skull @ (mean / np.linalg.norm(mean)) > np.cos(np.radians(20.0)) * skull_radii
+    if np.count_nonzero(near) < 3:
+        return False
+    return float(np.median(radii)) < float(np.percentile(skull_radii[near], 5))
 
 
 def in_the_shell(piece: np.ndarray, skull: np.ndarray) -> bool:
@@ -129,18 +176,12 @@ def in_the_shell(piece: np.ndarray, skull: np.ndarray) -> bool:
     )
 
 
-def _apart_at_first_look(skull: SkullImage, min_mm3: float) -> bool:
+def _apart_at_first_look(skull: SkullImage) -> bool:
     """Whether ``skull``'s bone, looked at in blocks of about ``FIRST_LOOK_MM`` (a block is bone where any of its
-    voxels is), holds a piece apart from the largest that covers ``min_mm3`` or more: a piece that large on the
-    voxels covers at least as much in blocks, so False means there is none (pieces closer to the skull than a
-    block merge with it)."""
+    voxels is), lies in more than one piece: False means the voxels hold nothing apart from the skull farther than a
+    block (pieces closer to it merge with it there)."""
     factors = [max(1, int(FIRST_LOOK_MM // s)) for s in skull.spacing]
-    blocks = _blocks_any(skull.mask, factors)
-    labels, n = label_pieces(blocks)
-    if n <= 1:
-        return False
-    sizes = np.bincount(labels.ravel(order="K"), minlength=n + 1)[1:] * float(np.prod(factors)) * skull.voxel_volume_mm3
-    return int(np.count_nonzero(sizes >= min_mm3)) - int(sizes.max() >= min_mm3) > 0
+    return label_pieces(_blocks_any(skull.mask, factors))[1] > 1
 
 
 def _blocks_any(mask: np.ndarray, factors: list[int]) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SkullVAELib.implant.components import label_pieces, separate_pieces
+from SkullVAELib.implant.components import label_pieces
 
 STRUCTURES = {6: ndimage.generate_binary_structure(3, 1), 18: ndimage.generate_binary_structure(3, 2),
               26: ndimage.generate_binary_structure(3, 3)}  # fmt: skip
@@ -63,16 +63,6 @@ def test_a_read_only_mask_is_labelled_and_left_as_it_is(order):
     mask.flags.writeable = False
     labels, n = label_pieces(mask)
     assert n == 2 and labels[0, 0, 0] != labels[4, 3, 2] and not mask.flags.writeable
-
-
-def test_the_separate_pieces_are_those_apart_from_the_largest_and_at_least_so_large():
-    mask = np.zeros((12, 10, 8), dtype=bool)
-    mask[:6, :6, :6] = True  # the largest piece (216 voxels)
-    mask[8:11, :3, :3] = True  # apart, 27 voxels
-    mask[11, 9, 7] = True  # a speck
-    labels, largest, apart = separate_pieces(mask, 10)
-    assert labels[0, 0, 0] == largest and apart.tolist() == [labels[9, 1, 1]]
-    assert separate_pieces(mask, 28) is None and separate_pieces(mask[:6], 1) is None
 
 
 @pytest.mark.parametrize("bad", [{"connectivity": 8}, {"mask": np.zeros((4, 4), dtype=bool)}])

@@ -16,9 +16,10 @@ so a stopped batch leaves whole results only.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,17 +70,46 @@ def case_memory_bytes(path: str | os.PathLike) -> float:
     return math.prod(reader.GetSize()) * (pixel_bytes(reader) + WORK_BYTES_PER_VOXEL)
 
 
-def _memory_or_zero(path: Path) -> float:
-    """:func:`case_memory_bytes`, 0 for an unreadable input (its case reports it; the others go on)."""
+def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
+    """The per-case peak bytes of a batch under ``settings``: :func:`case_memory_bytes`, or where the atlas source may
+    run (among the sources, and the model folder holds a set) the larger of that and the atlas implant's stages for
+    the input's header (``implant.atlas.memory.atlas_case_bytes``). The atlas set is opened on the first call."""
+    from SkullVAELib.io.inputs import read_information
+
+    @functools.cache
+    def atlas_parts():
+        folder = settings.model_folder()
+        if "atlas" not in settings.sources or not folder.has_atlas:
+            return None
+        return folder.atlas(), settings.atlas.config
+
+    def estimate(path: Path) -> float:
+        own, parts = case_memory_bytes(path), atlas_parts()
+        if parts is None:
+            return own
+        from SkullVAELib.implant.atlas.memory import atlas_case_bytes
+
+        (atlases, config), reader = parts, read_information(path, verify_voxels=False)
+        size, spacing = reader.GetSize(), reader.GetSpacing()
+        return max(own, atlas_case_bytes(size, spacing, atlases, config.n_atlases, config.deformable))
+
+    return estimate
+
+
+def _memory_or_zero(path: Path, estimate: Callable[[Path], float] = case_memory_bytes) -> float:
+    """``estimate(path)``, 0 for an unreadable input (its case reports it; the others go on)."""
     try:
-        return case_memory_bytes(path)
+        return estimate(path)
     except SkullVAEError:
         return 0.0
 
 
-def batch_jobs(requested: int | None, inputs: Sequence[Path]) -> int:
+def batch_jobs(
+    requested: int | None, inputs: Sequence[Path], estimate: Callable[[Path], float] = case_memory_bytes
+) -> int:
     """How many cases to complete at once: ``requested`` (None: as many as the CPU cores allow),
-    at most one per input and at most what the memory limit holds for the largest input.
+    at most one per input and at most what the memory limit holds for the largest input by ``estimate``
+    (:func:`case_estimate`). Each worker is then held to its share of the limit (``start_worker``).
 
     Raises SkullVAEError (naming that input) when ``requested`` workers exceed the memory limit.
     """
@@ -87,7 +117,7 @@ def batch_jobs(requested: int | None, inputs: Sequence[Path]) -> int:
     wanted = min(cores if requested is None else int(requested), len(inputs))
     if wanted <= 1:
         return 1
-    sizes = {path: _memory_or_zero(path) for path in inputs}
+    sizes = {path: _memory_or_zero(path, estimate) for path in inputs}
     largest = max(sizes, key=sizes.get)
     if sizes[largest] <= 0:
         return wanted  # no input readable: each fails in its own case, with its own message
@@ -105,9 +135,9 @@ def batch_jobs(requested: int | None, inputs: Sequence[Path]) -> int:
 _WORKER: dict = {}
 
 
-def _start_worker(arguments: CaseArguments, threads: int) -> None:
-    """Worker start (:func:`.processes.start_worker`), then one Completer."""
-    start_worker(threads)
+def _start_worker(arguments: CaseArguments, threads: int, workers: int) -> None:
+    """Worker start (:func:`.processes.start_worker`: one of ``workers``), then one Completer."""
+    start_worker(threads, workers)
     _WORKER["arguments"] = arguments
     _WORKER["completer"] = warm_completer(arguments.settings)
 
@@ -161,7 +191,7 @@ def complete_in_workers(
     per_worker = threads_per_worker(jobs, threads)
     by_index = {task.index: task for task in tasks}
     outcomes: dict[int, CaseOutcome] = {}
-    with process_context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker)) as pool:
+    with process_context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker, jobs)) as pool:
         for n, outcome in enumerate(pool.imap_unordered(_worker_case, largest_first(tasks)), 1):
             outcomes[outcome.index] = outcome
             progress("complete", n / len(tasks), f"{by_index[outcome.index].input.name}: done")

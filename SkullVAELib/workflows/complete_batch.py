@@ -20,6 +20,7 @@ from SkullVAELib.workflows.batch_pool import (
     CaseOutcome,
     CaseTask,
     batch_jobs,
+    case_estimate,
     complete_case,
     complete_in_workers,
 )
@@ -104,7 +105,7 @@ def complete_batch(
     tasks = [_case_task(n, path, output, options) for n, path in enumerate(inputs)]
     check_batch_outputs(tasks, gammas)
     arguments = CaseArguments(settings, tuple(gammas), input_kind, hu_threshold)
-    jobs = batch_jobs(jobs, inputs)
+    jobs = batch_jobs(jobs, inputs, case_estimate(settings))
     if jobs > 1:
         outcomes = complete_in_workers(arguments, tasks, jobs, threads, progress)
     else:

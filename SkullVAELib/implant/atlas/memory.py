@@ -51,6 +51,10 @@ FUSE_ATLAS_BYTES = 5.0  # per atlas voxel: its uint8 image and float32 copy
 FIELD_BYTES = 24.0  # per registration voxel: a float64 displacement field
 LOCATE_BYTES = 8.0  # per patient voxel: the probability and four bool maps
 LOCATE_BOX_BYTES = 60.0  # per voxel of the missing bone's box: distance maps and labels
+# the missing bone's box, grown by its margin, as a share of the patient's grid, where it is not known yet (a batch's
+# estimate before the case runs): a SkullFix face's true implant takes 5-9 % (validation 056-062, 4 mm margin); the
+# missing bone before clean-up reaches further
+LOCATE_BOX_SHARE = 0.25
 
 
 def held_bytes(low_voxels: int, atlases: AtlasSet) -> float:
@@ -84,3 +88,17 @@ def locating_bytes(missing: np.ndarray, margin: int) -> float:
     box = bounding_box(missing, margin=margin)
     box_voxels = 0 if box is None else math.prod(s.stop - s.start for s in box)
     return LOCATE_BYTES * missing.size + LOCATE_BOX_BYTES * box_voxels
+
+
+def atlas_case_bytes(
+    size: Sequence[int], spacing: Sequence[float], atlases: AtlasSet, n_atlases: int, deformable: bool
+) -> float:
+    """Peak bytes of the atlas implant of a patient of ``size`` voxels of ``spacing`` mm before anything of the case
+    is known (a batch's per-case estimate): the largest of registering, fusing (the set's largest skull, as
+    ``fill.check_atlas_memory``) and locating the missing bone in a box of :data:`LOCATE_BOX_SHARE` of the grid."""
+    voxels = math.prod(int(n) for n in size)
+    low = math.prod(registration_grid(size, spacing, atlases.spacing_mm)[1])
+    fusion = fusion_bytes(voxels, (atlases.voxels(i) for i in atlases.ids), low if deformable else 0)
+    held = held_bytes(low, atlases)
+    locating = LOCATE_BYTES * voxels + LOCATE_BOX_BYTES * LOCATE_BOX_SHARE * voxels
+    return max(registration_bytes(size, spacing, atlases, n_atlases, deformable), held + fusion, held + locating)

@@ -364,3 +364,32 @@ def test_a_limit_just_above_every_stage_leaves_the_implant_unchanged(
     again = atlas_implant(facial_case[0], AtlasSet.load(atlas_dir), CFG)
     assert np.array_equal(again.implant, fill.implant) and again.atlases == fill.atlases
     assert again.metrics == fill.metrics and again.expected_volume_mm3 == fill.expected_volume_mm3
+
+
+def test_a_batch_counts_the_atlas_stages_in_its_per_case_estimate(atlas_dir, facial_case, tmp_path, default_limits):
+    """A batch chose its workers by the input's own estimate (16 B a voxel), while the atlas implant, where it may
+    run, holds its registration images, fusion and distance maps: the per-case estimate is now the larger of the
+    two, and no smaller than what the atlas implant checks before it registers or fuses."""
+    import math
+
+    from SkullVAELib.implant.atlas.memory import atlas_case_bytes, fusion_bytes, held_bytes, registration_bytes
+    from SkullVAELib.implant.atlas.store import registration_grid
+    from SkullVAELib.pipeline.settings import AtlasSettings, CompletionSettings
+    from SkullVAELib.workflows.batch_pool import case_estimate, case_memory_bytes
+
+    defective, _ = facial_case
+    path = tmp_path / "case.nrrd"
+    write_mask(defective, path)
+    atlases = AtlasSet.load(atlas_dir)
+    low = math.prod(registration_grid(defective.shape, defective.spacing, atlases.spacing_mm)[1])
+    need = atlas_case_bytes(defective.shape, defective.spacing, atlases, CFG.n_atlases, True)
+    assert need >= registration_bytes(defective.shape, defective.spacing, atlases, CFG.n_atlases, True)
+    assert need >= held_bytes(low, atlases) + fusion_bytes(
+        defective.mask.size, [atlases.voxels(i) for i in atlases.ids], low
+    )
+    with_atlas = CompletionSettings(atlas=AtlasSettings(path=atlas_dir, config=CFG))
+    assert case_estimate(with_atlas)(path) == max(case_memory_bytes(path), need) > case_memory_bytes(path)
+    assert case_estimate(CompletionSettings(sources=("rimfit",), atlas=with_atlas.atlas))(path) == case_memory_bytes(
+        path
+    )
+    assert case_estimate(CompletionSettings())(path) == case_memory_bytes(path)  # no atlas set

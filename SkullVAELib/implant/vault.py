@@ -67,19 +67,20 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
     largest = int(np.argmax(sizes))
     kind = np.where((sizes > 0) & (sizes < min_mm3 / skull.voxel_volume_mm3), SPECK, KEPT)
     kind[largest] = KEPT
-    main = skull.with_mask(labels == largest)
-    centre = cranial_centre(main)  # the skull's own, not pulled by the pieces
-    skull_offsets = bone_points(main, every=max(bone_count(main.mask) // 50_000, 1)) - centre
-    boxes, affine = ndimage.find_objects(labels), skull.index_to_physical()
-    for label in np.flatnonzero((sizes > 0) & (kind == KEPT)):
-        if label == largest:
-            continue
-        box = boxes[label - 1]
-        points = (np.argwhere(labels[box] == label) + [b.start for b in box]) @ affine[:3, :3].T + affine[:3, 3]
-        offsets = points - centre
-        over_vault = on_vault(offsets / np.linalg.norm(offsets, axis=1, keepdims=True).clip(1e-9)).any()
-        if over_vault and not in_the_shell(offsets, skull_offsets):
-            kind[label] = INSIDE if inside_the_skull(offsets, skull_offsets) else BEYOND
+    pieces = np.flatnonzero((sizes > 0) & (kind == KEPT))
+    pieces = pieces[pieces != largest]
+    if len(pieces):  # a piece apart from the skull, not a speck: over the vault and off its shell, or not
+        main = skull.with_mask(labels == largest)
+        centre = cranial_centre(main)  # the skull's own, not pulled by the pieces
+        skull_offsets = bone_points(main, every=max(bone_count(main.mask) // 50_000, 1)) - centre
+        boxes, affine = ndimage.find_objects(labels), skull.index_to_physical()
+        for label in pieces:
+            box = boxes[label - 1]
+            points = (np.argwhere(labels[box] == label) + [b.start for b in box]) @ affine[:3, :3].T + affine[:3, 3]
+            offsets = points - centre
+            over_vault = on_vault(offsets / np.linalg.norm(offsets, axis=1, keepdims=True).clip(1e-9)).any()
+            if over_vault and not in_the_shell(offsets, skull_offsets):
+                kind[label] = INSIDE if inside_the_skull(offsets, skull_offsets) else BEYOND
     if not (kind != KEPT).any():
         return skull, []
     return skull.with_mask(skull.mask & (kind == KEPT)[labels]), _left_out_notes(kind, sizes * skull.voxel_volume_mm3)

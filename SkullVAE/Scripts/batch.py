@@ -46,6 +46,12 @@ def buildParser() -> argparse.ArgumentParser:
         "--input-kind", choices=INPUT_KINDS, default="auto", help="how a volume's values are read (skullvae complete)"
     )
     parser.add_argument("--hu-threshold", type=float, default=300.0, help="bone threshold for CT input (HU)")
+    parser.add_argument(
+        "--segment",
+        action="append",
+        metavar="NAME",
+        help="a .seg.nrrd input's skull segment, by name or id (repeat for several; default: the only one)",
+    )
     parser.add_argument("--cpu", action="store_true", help="force CPU")
     parser.add_argument("--timeout", type=float, default=None, help="stop the completion after this many seconds")
     parser.add_argument(
@@ -137,6 +143,7 @@ def runBatch(argv: list[str] | None = None, scene=None, log=print) -> int:
             defect=args.defect,
             boneThresholdHU=args.hu_threshold,
             inputKind=args.input_kind,
+            segmentIds=args.segment,
             forceCPU=args.cpu,
             sources=args.sources,
             mirror=args.mirror,

@@ -3,7 +3,8 @@
 Only ``slicer`` MRML classes and ``vtk`` (no Qt; runs under the slicer-core wheel).
 
 - Segments (:func:`boneSegmentIds`): those asked for (``segmentIds``, ids or names); else the only one;
-  else the visible ones (a hidden "Brain" or "Tumour" segment is not bone).
+  else the visible ones (a hidden "Brain" or "Tumour" segment is not bone); a segmentation never shown (read
+  from a file by the batch script: no display node) has no visible ones to go by, and several are refused.
 - Grid (:func:`exportGeometry`): the segmentation's reference geometry when it has one (the volume it
   was segmented on). Without one (e.g. a ``.seg.nrrd`` read by hand), the bone's own lattice over the
   segments' stored extent and the bone's box padded by :data:`BONE_MARGIN_MM` on every side: the
@@ -37,7 +38,8 @@ def segmentNames(segmentationNode, ids) -> str:
 
 def boneSegmentIds(segmentationNode, segmentIds=None) -> list[str]:
     """The ids of the segments that are the skull: ``segmentIds`` (one id or name, or a sequence of
-    them); None: the only segment, else the visible ones. ValueError naming the problem."""
+    them); None: the only segment, else the visible ones (several and no display node: refused). ValueError
+    naming the problem."""
     segmentation = segmentationNode.GetSegmentation()
     name = segmentationNode.GetName()
     every = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
@@ -58,7 +60,12 @@ def boneSegmentIds(segmentationNode, segmentIds=None) -> list[str]:
     if len(every) == 1:
         return every
     display = segmentationNode.GetDisplayNode()
-    visible = [i for i in every if display is None or display.GetSegmentVisibility(i)]
+    if display is None:  # never shown (a file read headless): every segment would be bone, a brain's too
+        raise ValueError(
+            f"segmentation '{name}' holds {len(every)} segments ({segmentNames(segmentationNode, every)}); choose "
+            "the skull's (segmentIds, or --segment NAME in the batch script)"
+        )
+    visible = [i for i in every if display.GetSegmentVisibility(i)]
     if not visible:
         raise ValueError(
             f"segmentation '{name}': every segment is hidden; show the skull's segment(s) or choose them "

@@ -69,6 +69,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--hu-threshold", type=finite_float, default=300.0, help="bone threshold for CT input (HU)")
     p.add_argument(
+        "--segment",
+        action="append",
+        metavar="NAME",
+        help="the skull's segment where the input holds several: a segment's name in a .seg.nrrd, a label value in "
+        "a label map (repeat for several; default: the only one there is)",
+    )
+    p.add_argument(
         "--threads",
         type=threads_arg,
         default=None,
@@ -112,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
             options=options,
             input_kind=args.input_kind,
             hu_threshold=args.hu_threshold,
+            segments=args.segment or (),
             threads=args.threads,
             jobs=args.jobs,
             owns_process=getattr(args, "owns_process", False),
+            into_folder=len(args.input) == 1 and Path(args.input[0]).is_dir(),
             progress=progress,
         )
     finally:

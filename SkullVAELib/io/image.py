@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from SkullVAELib.core.atomic import atomic_path, is_temporary_name, make_tempora
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.inputs import read_information
 from SkullVAELib.io.outputs import has_extension
+from SkullVAELib.io.values import bone_of_labels, detect_kind, refuse_a_label_map
 
 
 @dataclass(eq=False)
@@ -126,8 +128,6 @@ class SkullImage:
 # from soft tissue and contrast-free brain (< 100 HU) with margin for partial volume.
 DEFAULT_HU_THRESHOLD = 300.0
 ALL_BONE_FRACTION = 0.999  # a "mask" this full is not a skull segmentation
-_CT_MIN_BELOW = -200.0  # a CT holds air (≈ -1000 HU); a mask never has negatives
-_CT_MAX_ABOVE = 300.0  # ... and bone above the threshold
 
 
 def _read_itk(path: str | Path, warnings: list[str] | None = None) -> sitk.Image:
@@ -150,29 +150,6 @@ def _read_itk(path: str | Path, warnings: list[str] | None = None) -> sitk.Image
     except MemoryError:
         raise SkullVAEError("not enough memory to read this image", path) from None
     return img
-
-
-def _detect_kind(values: np.ndarray, path: Path) -> str:
-    """ "binary" for small non-negative integer labels, "ct" for HU-like ranges."""
-    if values.dtype in (np.uint8, np.bool_):
-        return "binary"
-    if values.dtype.kind in "iu" and values.dtype.itemsize >= 2 and values.size:
-        # one pass, not two (min and max: 0.1-0.2 s on a 512² × 300 int32 scan): a value in 0..255
-        # is exactly one whose unsigned view is <= 255 (a negative one wraps to >= 2**15; not so
-        # for int8, whose -1 is 255 unsigned: it takes the two passes below)
-        if int(values.view(values.dtype.str.replace("i", "u")).max()) <= 255:
-            return "binary"
-    lo, hi = float(values.min()), float(values.max())
-    integral = values.dtype.kind in "iub" or bool(np.array_equal(values, np.round(values)))
-    if lo >= 0 and hi <= 255 and integral:
-        return "binary"
-    if lo < _CT_MIN_BELOW and hi > _CT_MAX_ABOVE:
-        return "ct"
-    raise SkullVAEError(
-        f"neither a binary mask (values 0..255 integers) nor a CT (HU, air < {_CT_MIN_BELOW:g}): "
-        f"values range {lo:g}..{hi:g}; force one with kind='binary' or kind='ct'",
-        path,
-    )
 
 
 def _largest_component(mask_img: sitk.Image) -> sitk.Image:
@@ -198,7 +175,12 @@ def check_same_grid(image: SkullImage, reference: SkullImage, path: str | Path, 
             raise SkullVAEError(f"{name} {ours} differs from {what}'s {other} (not the same voxel grid)", path)
 
 
-def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAULT_HU_THRESHOLD) -> SkullImage:
+def read_skull(
+    path: str | Path,
+    kind: str = "auto",
+    hu_threshold: float = DEFAULT_HU_THRESHOLD,
+    labels: Sequence[int] | None = None,
+) -> SkullImage:
     """Read a skull as a boolean mask on its exact geometry.
 
     Args:
@@ -207,6 +189,8 @@ def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAU
             largest connected component) or "auto" (binary if the values are non-negative
             integers ≤ 255; CT if they span air (< -200) to bone (> 300)).
         hu_threshold: bone threshold in Hounsfield units for CT (default 300 HU).
+        labels: a label map's values that are bone (any of them); None: every nonzero voxel, and a map of
+            several values is refused unless ``kind`` is "binary" (:func:`~SkullVAELib.io.values.refuse_a_label_map`).
 
     Returns:
         SkullImage with mask (I, J, K); ``metadata`` holds ``source``, ``kind``, for CT
@@ -216,7 +200,7 @@ def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAU
     Raises:
         SkullVAEError naming the file: missing, unreadable, 2D, 4D/vector, geometry not finite or
         outside the plausible range (``io.headers.SPACING_RANGE_MM``), NaN or infinite values,
-        neither mask nor CT, empty mask, or all-bone mask.
+        neither mask nor CT, empty mask, or all-bone mask; a label map of several values and none chosen.
     """
     if kind not in ("auto", "binary", "ct"):
         raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
@@ -227,15 +211,14 @@ def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAU
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         what = "NaN" if np.isnan(values).any() else "infinite (±inf)"
         raise SkullVAEError(f"contains {what} values", path)
-    detected = _detect_kind(values, path) if kind == "auto" else kind
+    detected = detect_kind(values, path) if kind == "auto" else kind
     metadata: dict = {"source": str(path), "kind": detected, "warnings": warnings}
     if detected == "binary":
-        mask_kji = values != 0
+        mask_kji = bone_of_labels(values, labels, path)
     else:
         metadata["hu_threshold"] = float(hu_threshold)
         bone = sitk.GreaterEqual(img, float(hu_threshold))  # uint8 0/1
         mask_kji = sitk.GetArrayFromImage(_largest_component(bone)).astype(bool)
-    del values
     n_bone = np.count_nonzero(mask_kji)
     fraction = n_bone / mask_kji.size
     if n_bone == 0:
@@ -246,6 +229,9 @@ def read_skull(path: str | Path, kind: str = "auto", hu_threshold: float = DEFAU
         raise SkullVAEError(
             f"all-bone mask ({100 * fraction:.2f}% of voxels are bone); expected a skull segmentation", path
         )
+    if detected == "binary" and kind == "auto" and not labels:
+        refuse_a_label_map(values, mask_kji, path)
+    del values
     origin, spacing, direction = SkullImage.geometry_from_sitk(img)
     return SkullImage(mask_kji.transpose(2, 1, 0), origin, spacing, direction, metadata)
 

@@ -59,14 +59,16 @@ class CaseArguments:
     gammas: tuple[float, ...]
     input_kind: str
     hu_threshold: float
+    segments: tuple[str, ...] = ()
 
 
 def case_memory_bytes(path: str | os.PathLike) -> float:
     """Estimated peak bytes of completing ``path`` (its header's voxels × (pixel + work bytes)); the
     header only (a NIfTI's voxels are verified by the worker that reads them, not here in turn)."""
     from SkullVAELib.io.inputs import pixel_bytes, read_information
+    from SkullVAELib.io.skull_input import is_segmentation_file
 
-    reader = read_information(path, verify_voxels=False)
+    reader = read_information(path, verify_voxels=False, layers=is_segmentation_file(path))
     return math.prod(reader.GetSize()) * (pixel_bytes(reader) + WORK_BYTES_PER_VOXEL)
 
 
@@ -75,6 +77,7 @@ def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
     run (among the sources, and the model folder holds a set) the larger of that and the atlas implant's stages for
     the input's header (``implant.atlas.memory.atlas_case_bytes``). The atlas set is opened on the first call."""
     from SkullVAELib.io.inputs import read_information
+    from SkullVAELib.io.skull_input import is_segmentation_file
 
     @functools.cache
     def atlas_parts():
@@ -89,7 +92,8 @@ def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
             return own
         from SkullVAELib.implant.atlas.memory import atlas_case_bytes
 
-        (atlases, config), reader = parts, read_information(path, verify_voxels=False)
+        reader = read_information(path, verify_voxels=False, layers=is_segmentation_file(path))
+        atlases, config = parts
         size, spacing = reader.GetSize(), reader.GetSpacing()
         return max(own, atlas_case_bytes(size, spacing, atlases, config.n_atlases, config.deformable))
 
@@ -155,6 +159,7 @@ def complete_case(task: CaseTask, arguments: CaseArguments, completer=None, prog
             options=task.options,
             input_kind=arguments.input_kind,
             hu_threshold=arguments.hu_threshold,
+            segments=arguments.segments,
             progress=progress,
             completer=completer,
         )

@@ -227,6 +227,7 @@ def complete_files(
     options: OutputOptions | None = None,
     input_kind: str = "auto",
     hu_threshold: float = 300.0,
+    segments: Sequence[str] = (),
     threads: int | None = None,
     progress: ProgressCallback | None = None,
     completer=None,
@@ -237,15 +238,16 @@ def complete_files(
         settings: the completion recipe (model folder or none, implant sources, γ, ...).
         gammas: one γ, or several (a sweep: one file per γ, named by :func:`sweep_path`, and a montage).
         options: the other files to write (STL, uncertainty map, the completed-skull segment).
-        input_kind, hu_threshold: how the input is read (``read_skull``).
+        input_kind, hu_threshold, segments: how the input is read, and which of its segments or labels are the
+            skull (``io.skull_input.read_input_skull``).
         completer: a :class:`~SkullVAELib.pipeline.completer.Completer` to reuse (a batch); default
             a new one from ``settings``.
 
     Returns:
         :class:`CompletedFiles`. Raises SkullVAEError (naming the file) on bad input.
     """
-    from SkullVAELib.io.image import read_skull
     from SkullVAELib.io.inputs import read_information
+    from SkullVAELib.io.skull_input import is_segmentation_file, read_input_skull
 
     start = time.perf_counter()
     options = options or OutputOptions()
@@ -255,7 +257,7 @@ def complete_files(
     output = Path(output)
     if output.is_dir():
         raise SkullVAEError("--output is a folder; give a file name like result.seg.nrrd", output)
-    read_information(input)  # a readable image, before any model loads
+    read_information(input, layers=is_segmentation_file(input))  # a readable image, before any model loads
     plan = _plan_outputs(input, settings, output, gammas, options)
     set_threads(threads)
     progress = progress or no_progress
@@ -264,7 +266,7 @@ def complete_files(
         completer = warm_completer(settings)
     progress("read", 0.0, f"reading {input}")
     t = time.perf_counter()
-    skull = read_skull(input, kind=input_kind, hu_threshold=hu_threshold)
+    skull = read_input_skull(input, kind=input_kind, hu_threshold=hu_threshold, segments=segments)
     timings = {"read": time.perf_counter() - t}
     try:
         results = completer.sweep(skull, gammas, progress)

@@ -14,6 +14,7 @@ from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.data.layout import split_case_name
 from SkullVAELib.io.outputs import file_identity
+from SkullVAELib.io.skull_input import SEGMENTATION_SUFFIX, is_segmentation_file
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.batch_pool import (
     CaseArguments,
@@ -32,8 +33,6 @@ from SkullVAELib.workflows.complete import (
     set_threads,
     warm_completer,
 )
-
-SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 
 def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -56,7 +55,9 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def case_stem(path: Path) -> str:
-    """``case_001.nii.gz`` -> ``case_001``."""
+    """``case_001.nii.gz`` -> ``case_001``; a Slicer segmentation ``case_001.seg.nrrd`` -> ``case_001``."""
+    if is_segmentation_file(path) and len(path.name) > len(SEGMENTATION_SUFFIX):
+        return path.name[: -len(SEGMENTATION_SUFFIX)]
     split = split_case_name(path.name)
     return split[0] if split else path.name.split(".")[0]
 
@@ -70,9 +71,11 @@ def complete_batch(
     options: OutputOptions | None = None,
     input_kind: str = "auto",
     hu_threshold: float = 300.0,
+    segments: Sequence[str] = (),
     threads: int | None = None,
     jobs: int | None = 1,
     owns_process: bool = False,
+    into_folder: bool = False,
     progress: ProgressCallback | None = None,
 ) -> CompletedFiles:
     """One input: :func:`complete_files`. Several: ``output`` is a folder that gets
@@ -82,11 +85,12 @@ def complete_batch(
     as the CPU cores and the memory limit allow; 1 (the library's default): one after the other in
     this process (the safe choice inside an application such as Slicer). ``owns_process``: this
     process ends with the work (the CLI), so freed memory is kept for reuse (:mod:`core.memory`).
+    ``into_folder``: ``output`` is a folder even for one input (the inputs are a folder's files).
     """
     if owns_process:
         keep_freed_memory()
     options = options or OutputOptions()
-    if len(inputs) == 1 and not output.is_dir():
+    if len(inputs) == 1 and not into_folder and not output.is_dir():
         return complete_files(
             settings,
             inputs[0],
@@ -95,6 +99,7 @@ def complete_batch(
             options=options,
             input_kind=input_kind,
             hu_threshold=hu_threshold,
+            segments=segments,
             threads=threads,
             progress=progress,
         )
@@ -104,7 +109,7 @@ def complete_batch(
     progress = progress or no_progress
     tasks = [_case_task(n, path, output, options) for n, path in enumerate(inputs)]
     check_batch_outputs(tasks, gammas)
-    arguments = CaseArguments(settings, tuple(gammas), input_kind, hu_threshold)
+    arguments = CaseArguments(settings, tuple(gammas), input_kind, hu_threshold, tuple(segments))
     jobs = batch_jobs(jobs, inputs, case_estimate(settings))
     if jobs > 1:
         outcomes = complete_in_workers(arguments, tasks, jobs, threads, progress)

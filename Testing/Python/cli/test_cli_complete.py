@@ -310,3 +310,31 @@ def test_samples_alone_and_a_missing_model_name_the_flags_given(setup, capsys, t
     code, _, err = _run(capsys, *base, "--raw")
     assert code == 2 and "--raw needs a trained model (--model)" in err and "--uncertainty" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slicer_segmentation_is_completed_from_the_segment_named(tmp_path, setup, capsys):
+    """A .seg.nrrd of the skull and a brain: refused in one line (exit 2) without --segment, completed from the
+    named segment with it, alone or in a batch (named after its case, not "<case>.seg.seg.nrrd")."""
+    from SkullVAELib.io.segfile import Segment, write_segmentation
+
+    _, defective = setup
+    brain = np.zeros(defective.shape, dtype=bool)
+    brain[24:40, 24:40, 16:32] = True
+    brain &= ~defective.mask
+    source = tmp_path / "in" / "Patient 7.seg.nrrd"
+    source.parent.mkdir()
+    write_segmentation(source, defective, [Segment("Skull", defective.mask), Segment("Brain", brain)])
+    out = tmp_path / "result.seg.nrrd"
+    code, _, err = _run(capsys, "--input", source, "--output", out, "--no-mirror", "--progress", "none")
+    assert code == 2 and "holds 2 segments ('Skull', 'Brain')" in err and not out.exists()
+    code, _, err = _run(
+        capsys, "--input", source, "--output", out, "--segment", "Skull", "--no-mirror", "--progress", "none"
+    )
+    assert code == 0, err
+    geometry, masks = read_segmentation(out)
+    assert geometry.same_geometry(defective) and np.array_equal(masks["Patient bone"], defective.mask)
+    assert masks["Implant"].any()
+    argv = ["--input", source.parent, "--output", tmp_path / "batch", "--segment", "skull", "--jobs", "1"]
+    code, _, err = _run(capsys, *argv, "--no-mirror", "--progress", "none")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "batch").glob("*.seg.nrrd")) == ["Patient 7.seg.nrrd"]

@@ -134,14 +134,23 @@ def test_scalar_round_trip(tmp_path):
     assert geometry.same_geometry(skull) and not geometry.mask.any()
 
 
-def test_label_volume_nonzero_is_bone(tmp_path):
+def test_a_label_map_is_read_by_its_chosen_labels_and_refused_without_them(tmp_path):
+    """A label map of several values (a skull and a brain) read as a mask took the brain for bone too, and the brain
+    closed a cranial hole ("no cranial defect found"): with none chosen it is refused in one line that lists them;
+    chosen labels are the bone; ``kind="binary"`` keeps every nonzero voxel, as asked."""
     skull = _oblique_shell()
     labels = skull.mask.astype(np.int16) * 3
     labels[0, 0, 0] = 7
     _write_array(tmp_path / "labels.nii.gz", labels.transpose(2, 1, 0), skull)
-    back = read_skull(tmp_path / "labels.nii.gz")
-    assert back.metadata["kind"] == "binary"
-    assert back.mask.sum() == skull.mask.sum() + 1
+    with pytest.raises(SkullVAEError, match=r"holds 2 values \(3, 7\): a label map\? .*--segment N") as err:
+        read_skull(tmp_path / "labels.nii.gz")
+    assert "\n" not in str(err.value) and "labels.nii.gz" in str(err.value)
+    back = read_skull(tmp_path / "labels.nii.gz", labels=[3])
+    assert back.metadata["kind"] == "binary" and np.array_equal(back.mask, skull.mask)
+    assert read_skull(tmp_path / "labels.nii.gz", labels=[3, 7]).mask.sum() == skull.mask.sum() + 1
+    assert read_skull(tmp_path / "labels.nii.gz", kind="binary").mask.sum() == skull.mask.sum() + 1
+    with pytest.raises(SkullVAEError, match=r"no voxel has the label\(s\) \[4\] \(the volume holds 3, 7\)"):
+        read_skull(tmp_path / "labels.nii.gz", labels=[4])
 
 
 def _ct_from(skull: SkullImage) -> np.ndarray:
@@ -272,7 +281,7 @@ def test_auto_kind_reads_labels_of_every_integer_type_and_refuses_negatives(tmp_
     labels[4, 4, 4] = 2 if np.dtype(dtype).itemsize == 1 else 255
     path = tmp_path / "labels.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
-    assert read_skull(path).metadata["kind"] == "binary"
+    assert read_skull(path, labels=[1]).metadata["kind"] == "binary"
     labels[0, 0, 0] = -1 if np.dtype(dtype).kind in "if" else 256
     sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
     with pytest.raises(SkullVAEError, match="neither a binary mask"):

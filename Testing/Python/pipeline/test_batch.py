@@ -208,7 +208,8 @@ def _small_case(path: Path, seed: int = 1) -> Path:
 
 def test_batch_results_that_would_collide_are_refused_before_any_work(tmp_path, capsys):
     """case.nrrd beside case.nii.gz (one result name), and x.nrrd beside x.seg.nrrd with --output the
-    input folder (x.nrrd's result is the input x.seg.nrrd): one line naming the files, exit 2, nothing written."""
+    input folder (x.nrrd's result is the input x.seg.nrrd, itself the case x): one line naming the files, exit 2,
+    nothing written."""
     from SkullVAELib.core.errors import SkullVAEError
     from SkullVAELib.pipeline.settings import CompletionSettings
     from SkullVAELib.workflows.complete_batch import complete_batch
@@ -231,8 +232,14 @@ def test_batch_results_that_would_collide_are_refused_before_any_work(tmp_path, 
         argv = ["complete", "--input", str(here), "--output", str(here), "--jobs", jobs, "--progress", "none"]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "x.nrrd would write over the input" in err[0] and "x.seg.nrrd" in err[0], err
+        assert len(err) == 1 and "same case name 'x'" in err[0] and "x.nrrd" in err[0] and "x.seg.nrrd" in err[0], err
     assert (here / "x.seg.nrrd").read_bytes() == before
+    from SkullVAELib.workflows.complete import OutputOptions
+    from SkullVAELib.workflows.complete_batch import _case_task, check_batch_outputs
+
+    maps_beside = OutputOptions(uncertainty=here)  # x.nrrd's uncertainty map would be here/x.nrrd, the input
+    with pytest.raises(SkullVAEError, match="of x.nrrd would write over the input"):
+        check_batch_outputs([_case_task(0, here / "x.nrrd", tmp_path / "out", maps_beside)], [1.0])
     assert sorted(p.name for p in here.iterdir()) == ["x.nrrd", "x.seg.nrrd"]
     elsewhere = [tmp_path / "a" / "case.nrrd", tmp_path / "b" / "case.nrrd"]  # the library, without batch_inputs
     for path in elsewhere:

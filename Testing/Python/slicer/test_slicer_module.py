@@ -307,6 +307,27 @@ def test_batch_self_check_reaches_the_log(tmp_path):
     assert any(line.startswith("The rim fit") and "this skull" in line for line in lines), lines
 
 
+@needs_cli
+def test_batch_reads_a_segmentation_by_the_segment_named(tmp_path):
+    """A .seg.nrrd of the skull and a brain, read by the batch script (no display node: no visible segments to go
+    by): refused without ``--segment`` (exit 2: every segment would be bone, the brain's too), completed from the
+    named one with it."""
+    from SkullVAELib.io.image import read_skull
+    from SkullVAELib.io.segfile import Segment, write_segmentation
+
+    defective = read_skull(REPO / "Resources" / "SampleData" / "SkullVAE-phantom-cranial-defect.nrrd")
+    brain = np.zeros(defective.shape, dtype=bool)
+    brain[tuple(slice(n // 3, 2 * n // 3) for n in defective.shape)] = True
+    source = tmp_path / "two.seg.nrrd"
+    write_segmentation(source, defective, [Segment("Skull", defective.mask), Segment("Brain", brain & ~defective.mask)])
+    batch, lines, out = _batch_module(), [], tmp_path / "out.seg.nrrd"
+    assert batch.runBatch(["--input", str(source), "--output", str(out)], log=lines.append) == 2
+    assert any("holds 2 segments ('Skull', 'Brain')" in line for line in lines) and not out.exists()
+    assert batch.runBatch(["--input", str(source), "--output", str(out), "--segment", "Skull"], log=lines.append) == 0
+    assert any("'Skull'" in line and "Skull:" in line for line in lines), lines
+    assert out.is_file()
+
+
 def test_batch_bad_input_exit_codes(tiny_model, phantom_file, tmp_path):
     batch = _batch_module()
     out = str(tmp_path / "x.seg.nrrd")

@@ -1,0 +1,98 @@
+"""Which voxels of an input file are the skull: the bone of a mask or a CT, or chosen segments and labels.
+
+A segmentation made in Slicer, saved as a ``.seg.nrrd``, often holds more than the skull (a brain, the skin, a
+mandible); a label map holds one value per structure. Read as a mask, every nonzero voxel was bone: a brain under
+a cranial defect closed the hole, and the completion said "no cranial defect found". Such a file is now read by
+its segments or labels: the ones named (``segments``: a segment's name in a ``.seg.nrrd``, or a label value), or
+the only one there is; several and none named is refused in one line that lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.io.image import DEFAULT_HU_THRESHOLD, SkullImage, read_skull
+
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+
+
+def is_segmentation_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a Slicer segmentation file (``.seg.nrrd``, any case)."""
+    return Path(path).name.lower().endswith(SEGMENTATION_SUFFIX)
+
+
+def read_input_skull(
+    path: str | os.PathLike,
+    kind: str = "auto",
+    hu_threshold: float = DEFAULT_HU_THRESHOLD,
+    segments: Sequence[str] = (),
+) -> SkullImage:
+    """The skull of ``path`` as a boolean mask on its exact geometry.
+
+    Args:
+        path: a Slicer segmentation (``.seg.nrrd``), or any volume :func:`~SkullVAELib.io.image.read_skull` reads.
+        kind: how a volume's values are read (``read_skull``); a segmentation's are its segments.
+        hu_threshold: the bone threshold of a CT (HU).
+        segments: the skull's segment(s): names in a ``.seg.nrrd`` (case-insensitive), label values in a label
+            map; empty: the only segment or label there is.
+
+    Raises:
+        SkullVAEError naming the file: ``read_skull``'s errors; several segments or labels and none chosen, a
+        chosen one missing, or nothing chosen that holds bone.
+    """
+    if is_segmentation_file(path):
+        return _segmentation_skull(Path(path), segments)
+    labels = [_label_value(text, path) for text in segments]
+    return read_skull(path, kind=kind, hu_threshold=hu_threshold, labels=labels or None)
+
+
+def _segmentation_skull(path: Path, wanted: Sequence[str]) -> SkullImage:
+    """The union of the chosen segments of the ``.seg.nrrd`` at ``path`` (:func:`read_input_skull`)."""
+    from SkullVAELib.io.segfile import read_segmentation
+
+    geometry, masks = read_segmentation(path)
+    listed = ", ".join(repr(name) for name in masks) or "none"
+    if not masks:
+        raise SkullVAEError("the segmentation holds no segments; segment the skull first", path)
+    if not wanted and len(masks) > 1:
+        raise SkullVAEError(
+            f"the segmentation holds {len(masks)} segments ({listed}); choose the skull's with --segment NAME "
+            "(repeat it for several)",
+            path,
+        )
+    names = list(masks) if not wanted else [_segment_name(text, masks, listed, path) for text in wanted]
+    mask = np.zeros(geometry.shape, dtype=bool)
+    for name in dict.fromkeys(names):
+        mask |= masks[name]
+    if not mask.any():
+        raise SkullVAEError(f"empty mask: the segment(s) {', '.join(map(repr, names))} hold no voxels", path)
+    metadata = {**geometry.metadata, "kind": "segmentation", "segments": list(dict.fromkeys(names))}
+    return SkullImage(mask, geometry.origin, geometry.spacing, geometry.direction, metadata)
+
+
+def _segment_name(text: str, masks: dict[str, np.ndarray], listed: str, path: Path) -> str:
+    """The segment of ``masks`` that ``text`` names (case-insensitive)."""
+    by_name = {name.lower(): name for name in masks}
+    if text.lower() in by_name:
+        return by_name[text.lower()]
+    raise SkullVAEError(f"the segmentation has no segment {text!r} (it has {listed})", path)
+
+
+def _label_value(text: str, path: str | os.PathLike) -> int:
+    """The label value ``text`` gives for a volume (a label map): a whole number 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise SkullVAEError(
+            f"--segment {text!r}: a volume's segments are label values (whole numbers); names are for a "
+            f"{SEGMENTATION_SUFFIX}",
+            path,
+        ) from None
+    if not 1 <= value <= 65535:
+        raise SkullVAEError(f"--segment {value}: a label value is 1..65535", path)
+    return value

@@ -28,6 +28,7 @@ from SkullVAELib.pipeline.context import CompletionContext
 from SkullVAELib.pipeline.defect import decide_defect
 from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
+from SkullVAELib.pipeline.skull_checks import check_is_a_skull
 
 MIN_BONE_VOXELS = 1  # an empty mask cannot be completed
 # ... nor a speck: a skull's bone is several hundred cm³ (SkullFix 056: 496, a phantom: 405); the rim fit's rays
@@ -82,6 +83,7 @@ class Completer:
         # read-only while it is completed: the caches of its bone listing, block occupancy and mirror
         # plane then know it unchanged without a pass over it (core.unchanged)
         with hold_unchanged(skull.mask):
+            check_is_a_skull(skull)  # an inverted mask, a filled cranium: one line, not "no cranial defect found"
             return [self._complete_one(skull, float(g), cache, progress or no_progress) for g in gammas]
 
     def _complete_one(self, skull: SkullImage, gamma: float, cache: dict, progress: ProgressCallback) -> Completion:

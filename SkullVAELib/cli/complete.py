@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             jobs=args.jobs,
             owns_process=getattr(args, "owns_process", False),
-            into_folder=len(args.input) == 1 and Path(args.input[0]).is_dir(),
+            into_folder=len(args.input) == 1 and Path(args.input[0]).is_dir() and inputs != [Path(args.input[0])],
             progress=progress,
         )
     finally:

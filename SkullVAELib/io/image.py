@@ -206,7 +206,20 @@ def read_skull(
         raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
     path = Path(path)
     warnings: list[str] = []
-    img = _read_itk(path, warnings)
+    return skull_from_image(_read_itk(path, warnings), path, kind, hu_threshold, labels, warnings)
+
+
+def skull_from_image(
+    img: sitk.Image,
+    path: str | Path,
+    kind: str = "auto",
+    hu_threshold: float = DEFAULT_HU_THRESHOLD,
+    labels: Sequence[int] | None = None,
+    warnings: list[str] | None = None,
+) -> SkullImage:
+    """The skull of a 3D scalar ``img`` read from ``path`` (named in errors and ``metadata["source"]``), as
+    :func:`read_skull` reads a file's; ``warnings``: what reading it assumed."""
+    warnings = [] if warnings is None else warnings
     values = sitk.GetArrayViewFromImage(img)  # (K, J, I) view, no copy
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         what = "NaN" if np.isnan(values).any() else "infinite (±inf)"

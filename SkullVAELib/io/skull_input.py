@@ -1,4 +1,5 @@
-"""Which voxels of an input file are the skull: the bone of a mask or a CT, or chosen segments and labels.
+"""Which voxels of an input are the skull: the bone of a mask or a CT (a file, or a DICOM series' folder), or
+chosen segments and labels.
 
 A segmentation made in Slicer, saved as a ``.seg.nrrd``, often holds more than the skull (a brain, the skin, a
 mandible); a label map holds one value per structure. Read as a mask, every nonzero voxel was bone: a brain under
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
-from SkullVAELib.io.image import DEFAULT_HU_THRESHOLD, SkullImage, read_skull
+from SkullVAELib.io.image import DEFAULT_HU_THRESHOLD, SkullImage, read_skull, skull_from_image
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
@@ -35,7 +36,8 @@ def read_input_skull(
     """The skull of ``path`` as a boolean mask on its exact geometry.
 
     Args:
-        path: a Slicer segmentation (``.seg.nrrd``), or any volume :func:`~SkullVAELib.io.image.read_skull` reads.
+        path: a Slicer segmentation (``.seg.nrrd``), a folder of one DICOM series (``io.dicom``), or any volume
+            :func:`~SkullVAELib.io.image.read_skull` reads.
         kind: how a volume's values are read (``read_skull``); a segmentation's are its segments.
         hu_threshold: the bone threshold of a CT (HU).
         segments: the skull's segment(s): names in a ``.seg.nrrd`` (case-insensitive), label values in a label
@@ -45,10 +47,28 @@ def read_input_skull(
         SkullVAEError naming the file: ``read_skull``'s errors; several segments or labels and none chosen, a
         chosen one missing, or nothing chosen that holds bone.
     """
+    if kind not in ("auto", "binary", "ct"):
+        raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
     if is_segmentation_file(path):
         return _segmentation_skull(Path(path), segments)
-    labels = [_label_value(text, path) for text in segments]
-    return read_skull(path, kind=kind, hu_threshold=hu_threshold, labels=labels or None)
+    labels = [_label_value(text, path) for text in segments] or None
+    if Path(path).is_dir():
+        from SkullVAELib.io.dicom import read_dicom_series
+
+        return skull_from_image(read_dicom_series(path), path, kind, hu_threshold, labels)
+    return read_skull(path, kind=kind, hu_threshold=hu_threshold, labels=labels)
+
+
+def input_information(path: str | os.PathLike, verify_voxels: bool = True):
+    """The checked header of an input (``io.inputs.read_information``'s reader; a DICOM folder's
+    ``io.dicom.SeriesInformation``): size, spacing, origin, direction and pixel type, no voxel read."""
+    from SkullVAELib.io.inputs import read_information
+
+    if Path(path).is_dir():
+        from SkullVAELib.io.dicom import series_information
+
+        return series_information(path)
+    return read_information(path, verify_voxels=verify_voxels, layers=is_segmentation_file(path))
 
 
 def _segmentation_skull(path: Path, wanted: Sequence[str]) -> SkullImage:

@@ -65,10 +65,10 @@ class CaseArguments:
 def case_memory_bytes(path: str | os.PathLike) -> float:
     """Estimated peak bytes of completing ``path`` (its header's voxels × (pixel + work bytes)); the
     header only (a NIfTI's voxels are verified by the worker that reads them, not here in turn)."""
-    from SkullVAELib.io.inputs import pixel_bytes, read_information
-    from SkullVAELib.io.skull_input import is_segmentation_file
+    from SkullVAELib.io.inputs import pixel_bytes
+    from SkullVAELib.io.skull_input import input_information
 
-    reader = read_information(path, verify_voxels=False, layers=is_segmentation_file(path))
+    reader = input_information(path, verify_voxels=False)
     return math.prod(reader.GetSize()) * (pixel_bytes(reader) + WORK_BYTES_PER_VOXEL)
 
 
@@ -76,8 +76,7 @@ def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
     """The per-case peak bytes of a batch under ``settings``: :func:`case_memory_bytes`, or where the atlas source may
     run (among the sources, and the model folder holds a set) the larger of that and the atlas implant's stages for
     the input's header (``implant.atlas.memory.atlas_case_bytes``). The atlas set is opened on the first call."""
-    from SkullVAELib.io.inputs import read_information
-    from SkullVAELib.io.skull_input import is_segmentation_file
+    from SkullVAELib.io.skull_input import input_information
 
     @functools.cache
     def atlas_parts():
@@ -92,7 +91,7 @@ def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
             return own
         from SkullVAELib.implant.atlas.memory import atlas_case_bytes
 
-        reader = read_information(path, verify_voxels=False, layers=is_segmentation_file(path))
+        reader = input_information(path, verify_voxels=False)
         atlases, config = parts
         size, spacing = reader.GetSize(), reader.GetSpacing()
         return max(own, atlas_case_bytes(size, spacing, atlases, config.n_atlases, config.deformable))

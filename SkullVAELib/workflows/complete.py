@@ -246,8 +246,7 @@ def complete_files(
     Returns:
         :class:`CompletedFiles`. Raises SkullVAEError (naming the file) on bad input.
     """
-    from SkullVAELib.io.inputs import read_information
-    from SkullVAELib.io.skull_input import is_segmentation_file, read_input_skull
+    from SkullVAELib.io.skull_input import input_information, read_input_skull
 
     start = time.perf_counter()
     options = options or OutputOptions()
@@ -257,7 +256,7 @@ def complete_files(
     output = Path(output)
     if output.is_dir():
         raise SkullVAEError("--output is a folder; give a file name like result.seg.nrrd", output)
-    read_information(input, layers=is_segmentation_file(input))  # a readable image, before any model loads
+    input_information(input)  # a readable image, before any model loads
     plan = _plan_outputs(input, settings, output, gammas, options)
     set_threads(threads)
     progress = progress or no_progress

@@ -36,14 +36,11 @@ from SkullVAELib.workflows.complete import (
 
 
 def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The input files: the given files, or the image files of one given folder (sorted); two inputs of
-    one case name (``case.nrrd``, ``case.nii.gz``: their results would be one file) are refused."""
+    """The inputs: the given files and DICOM series' folders, or what one given folder holds (:func:`folder_inputs`);
+    two inputs of one case name (``case.nrrd``, ``case.nii.gz``: their results would be one file) are refused."""
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
-        found = sorted(p for p in paths[0].iterdir() if p.is_file() and split_case_name(p.name) is not None)
-        if not found:
-            raise SkullVAEError("no image files (.nrrd, .nii.gz, .nii, .mha, .mhd) in this folder", paths[0])
-        paths = found
+        paths = folder_inputs(paths[0])
     seen: dict[str, Path] = {}
     for path in paths:  # the results are named by case: one name, one result
         other = seen.setdefault(case_stem(path), path)
@@ -54,8 +51,30 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def folder_inputs(folder: Path) -> list[Path]:
+    """The inputs a folder holds: its image files (sorted); else the folder itself where it holds one DICOM series
+    (GDCM reads its files' headers); else its subfolders that hold DICOM series (sorted), one case each."""
+    from SkullVAELib.io.dicom import is_dicom_folder
+
+    found = sorted(p for p in folder.iterdir() if p.is_file() and split_case_name(p.name) is not None)
+    if found:
+        return found
+    if is_dicom_folder(folder):
+        return [folder]
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and is_dicom_folder(p))
+    if not found:
+        raise SkullVAEError(
+            "no image files (.nrrd, .nii.gz, .nii, .mha, .mhd) and no DICOM series in this folder or its subfolders",
+            folder,
+        )
+    return found
+
+
 def case_stem(path: Path) -> str:
-    """``case_001.nii.gz`` -> ``case_001``; a Slicer segmentation ``case_001.seg.nrrd`` -> ``case_001``."""
+    """``case_001.nii.gz`` -> ``case_001``; a Slicer segmentation ``case_001.seg.nrrd`` -> ``case_001``; a DICOM
+    series' folder ``Patient 7`` -> ``Patient 7``."""
+    if path.is_dir():
+        return path.name
     if is_segmentation_file(path) and len(path.name) > len(SEGMENTATION_SUFFIX):
         return path.name[: -len(SEGMENTATION_SUFFIX)]
     split = split_case_name(path.name)

@@ -1,0 +1,125 @@
+"""io.dicom: a folder of one DICOM series read as a CT on its exact geometry; what would misplace it is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SkullVAELib.cli import main
+from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.data.defects import cranial_defect
+from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.io.dicom import is_dicom_folder, keeping_locale, series_information
+from SkullVAELib.io.image import SkullImage
+from SkullVAELib.io.segfile import read_segmentation
+from SkullVAELib.io.skull_input import read_input_skull
+
+
+def _ct_of(mask_image) -> sitk.Image:
+    """An int16 CT (HU) of a SkullImage: air -1000, the head's soft tissue 40 (a ball about the bone), bone 1200."""
+    mask = mask_image.mask
+    points = np.indices(mask.shape).reshape(3, -1).T * mask_image.spacing
+    centre = points[mask.ravel()].mean(axis=0)
+    head = np.linalg.norm(points - centre, axis=1) < 0.45 * (np.array(mask.shape) * mask_image.spacing).min()
+    hu = np.where(mask, 1200, np.where(head.reshape(mask.shape), 40, -1000)).astype(np.int16)
+    image = sitk.GetImageFromArray(hu.transpose(2, 1, 0))
+    image.CopyInformation(mask_image.to_sitk())
+    return image
+
+
+def write_series(image: sitk.Image, folder: Path, uid: str = "1.2.826.0.1.3680043.2.1125.7", tilt_deg: float = 0.0,
+                 skip: tuple[int, ...] = (), description: str = "Head CT") -> Path:  # fmt: skip
+    """Write ``image`` as a DICOM series (one file a slice) into ``folder``; its slices shifted along the rows by
+    tan(``tilt_deg``) of their step (a tilted gantry), ``skip``: slices left out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    d = image.GetDirection()
+    orientation = "\\".join(f"{v:.9f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    row = np.array([d[0], d[3], d[6]])
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    with keeping_locale():
+        _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, description)
+    return folder
+
+
+def _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, description) -> None:
+    """:func:`write_series`'s slices, one file each."""
+    for k in range(image.GetDepth()):
+        if k in skip:
+            continue
+        plane = image[:, :, k]
+        shift = row * np.tan(np.radians(tilt_deg)) * image.GetSpacing()[2] * k
+        position = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + shift
+        tags = {
+            "0008|0060": "CT", "0020|000d": uid + ".1", "0020|000e": uid + ".2", "0008|103e": description,
+            "0020|0037": orientation, "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0013": str(k + 1), "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+            "0008|0018": f"{uid}.3.{k + 1}",
+        }  # fmt: skip
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{uid.rsplit('.', 1)[-1]}_{k:04d}.dcm"))
+        writer.Execute(plane)
+
+
+@pytest.fixture(scope="module")
+def oblique_case():
+    """(a phantom with a cranial defect on an oblique grid, its CT image)."""
+    defective, _ = cranial_defect(make_phantom(1, (64, 64, 48), (3.2, 3.2, 3.2)), 1, style="skullbreak")
+    turn = sitk.Euler3DTransform()
+    turn.SetRotation(0.2, -0.1, 0.3)
+    direction = np.array(turn.GetMatrix()).reshape(3, 3)
+    oblique = SkullImage(defective.mask, np.array([12.5, -40.0, 7.0]), defective.spacing, direction, {})
+    return oblique, _ct_of(oblique)
+
+
+def test_a_series_reads_as_its_ct_on_its_exact_grid(tmp_path, oblique_case):
+    """The series' mask and geometry are the CT's (an oblique grid), and reading it leaves the process's text
+    encoding as it was (GDCM sets the C locale: Python's default encoding turned ASCII, and a record with "γ" failed)."""
+    import locale
+
+    skull, ct = oblique_case
+    encoding = locale.getpreferredencoding(False)
+    folder = write_series(ct, tmp_path / "Patient 7")
+    assert is_dicom_folder(folder) and not is_dicom_folder(tmp_path / "nothing")
+    information = series_information(folder)
+    assert information.GetSize() == skull.shape and np.allclose(information.GetSpacing(), skull.spacing)
+    read = read_input_skull(folder)
+    assert read.metadata["kind"] == "ct" and np.array_equal(read.mask, skull.mask)
+    assert np.allclose(read.origin, skull.origin, atol=1e-3) and np.allclose(read.direction, skull.direction, atol=1e-6)
+    assert locale.getpreferredencoding(False) == encoding
+
+
+def test_complete_takes_a_series_folder_and_a_folder_of_series(tmp_path, oblique_case, capsys):
+    skull, ct = oblique_case
+    folder = write_series(ct, tmp_path / "series" / "Patient 7")
+    out = tmp_path / "out.seg.nrrd"
+    assert main(["complete", "--input", str(folder), "--output", str(out), "--no-mirror", "--progress", "none"]) == 0
+    geometry, masks = read_segmentation(out)
+    assert np.allclose(geometry.origin, skull.origin, atol=1e-3) and np.allclose(geometry.direction, skull.direction)
+    assert np.array_equal(masks["Patient bone"], skull.mask) and masks["Implant"].any()
+    write_series(ct, tmp_path / "series" / "Patient 8", uid="1.2.826.0.1.3680043.2.1125.8")
+    argv = ["complete", "--input", str(tmp_path / "series"), "--output", str(tmp_path / "batch"), "--jobs", "1"]
+    assert main([*argv, "--no-mirror", "--progress", "none"]) == 0
+    assert sorted(p.name for p in (tmp_path / "batch").glob("*.seg.nrrd")) == [
+        "Patient 7.seg.nrrd",
+        "Patient 8.seg.nrrd",
+    ]
+    capsys.readouterr()
+
+
+def test_two_series_a_tilted_gantry_and_a_missing_slice_are_refused(tmp_path, oblique_case):
+    _, ct = oblique_case
+    both = write_series(ct, tmp_path / "study", description="Head CT")
+    write_series(ct, both, uid="1.2.826.0.1.3680043.2.1125.9", description="Bone window")
+    with pytest.raises(SkullVAEError, match=r"holds 2 DICOM series \(.*Head CT \(48 files\).*Bone window"):
+        series_information(both)
+    with pytest.raises(SkullVAEError, match=r"a gantry-tilted DICOM series \(its slices step 15.0° off"):
+        read_input_skull(write_series(ct, tmp_path / "tilted", tilt_deg=15.0))
+    with pytest.raises(SkullVAEError, match="missing or uneven slices"):
+        read_input_skull(write_series(ct, tmp_path / "gap", skip=(20,)))
+    with pytest.raises(SkullVAEError, match="no DICOM series in this folder"):
+        read_input_skull(tmp_path)  # folders of series, none of its own

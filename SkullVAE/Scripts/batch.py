@@ -50,7 +50,8 @@ def buildParser() -> argparse.ArgumentParser:
         "--segment",
         action="append",
         metavar="NAME",
-        help="a .seg.nrrd input's skull segment, by name or id (repeat for several; default: the only one)",
+        help="the skull's segment: a .seg.nrrd input's by name or id, a label map's by its value (repeat for several; "
+        "default: the only one)",
     )
     parser.add_argument("--cpu", action="store_true", help="force CPU")
     parser.add_argument("--timeout", type=float, default=None, help="stop the completion after this many seconds")

@@ -192,7 +192,8 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             inputKind: how a scalar volume's values are read (``--input-kind``, :data:`INPUT_KINDS`): "auto" (from the
                 values), "binary" (nonzero = bone) or "ct" (>= ``boneThresholdHU``, e.g. a CBCT); labelmaps are binary.
             segmentIds: segmentation input: the skull's segment(s), ids or names; None: the only segment,
-                else the visible ones (the log names those used; ``inputs.boneSegmentIds``).
+                else the visible ones (the log names those used; ``inputs.boneSegmentIds``). A volume input (a label
+                map): its skull's label value(s) (``--segment``; None: the only one there is).
             waitForCompletion: block until done (console, batch); else return at once and call :meth:`poll`.
             onProgress: ``(stage, fraction, message)``; ``fraction`` is None for log lines.
             onFinished: ``(segmentationNode or None, error or None)`` when a started run ends; a run that
@@ -295,6 +296,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             boneThresholdHU=opts["boneThresholdHU"],
             device="cpu" if opts["forceCPU"] else "auto",
             uncertaintyPath=str(run.tempDir / "uncertainty.nrrd") if opts["uncertainty"] else None,
+            labels=_volumeLabels(run.inputNode, opts["segmentIds"]),
             **opts["choices"],
         )
         paths = (opts["inputPath"], opts["model"], str(run.tempDir / "result.seg.nrrd"))
@@ -384,3 +386,11 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
             segmentationNode.CreateClosedSurfaceRepresentation()
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.GetDisplayNode().SetVisibility3D(bool(show))
+
+
+def _volumeLabels(inputNode, segmentIds) -> tuple[str, ...]:
+    """A volume input's chosen label values (``segmentIds`` of a label map: ``--segment`` each); a segmentation's
+    segments are chosen here, before its bone is written (``inputs.boneSegmentIds``)."""
+    if nodes.isSegmentationNode(inputNode) or segmentIds is None:
+        return ()
+    return (str(segmentIds),) if isinstance(segmentIds, (str, int)) else tuple(str(s) for s in segmentIds)

@@ -106,6 +106,7 @@ def buildCompleteArguments(
     smoothMm: float = 0.0,
     marginMm: float = 0.0,
     minThicknessMm: float = 0.0,
+    labels=(),
 ) -> list[str]:
     """The arguments of one ``skullvae complete`` run with JSON progress, without the verb: one
     request line of ``skullvae worker``; :func:`buildCompleteCommand` puts them after the verb.
@@ -115,7 +116,8 @@ def buildCompleteArguments(
     (``--sources``; :func:`sourceList`); ``mirror``: ``--mirror``/``--no-mirror`` of ``rimfit``;
     ``selfCheck``: ``--self-check`` (the rim fit tried on the skull's intact vault).
     ``smoothMm``, ``marginMm``, ``minThicknessMm``: ``--smooth-mm``, ``--margin-mm`` (the gap
-    between implant and patient bone), ``--min-thickness-mm``; 0 = off, all in mm.
+    between implant and patient bone), ``--min-thickness-mm``; 0 = off, all in mm. ``labels``: a label
+    map's skull labels (``--segment`` each; none: the only one).
     """
     args = []
     if modelPath is not None and str(modelPath).strip():
@@ -132,6 +134,8 @@ def buildCompleteArguments(
         args += ["--self-check"]
     for flag, value in (("--smooth-mm", smoothMm), ("--margin-mm", marginMm), ("--min-thickness-mm", minThicknessMm)):
         args += [flag, repr(float(value))]
+    for label in labels:
+        args += ["--segment", str(label)]
     return args
 
 

@@ -47,12 +47,10 @@ _override: dict[str, float] = {}
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits in force: voxels per volume and estimated bytes per operation (in one of ``workers`` processes
-    side by side, its share of the memory limit)."""
+    """The limits in force: voxels per volume and estimated bytes per operation."""
 
     max_voxels: int
     max_memory_bytes: float
-    workers: int = 1
 
     @property
     def max_memory_gb(self) -> float:
@@ -90,15 +88,8 @@ def set_limits(max_voxels: float | None = None, max_memory_gb: float | None = No
         os.environ[env] = repr(value)
 
 
-def share_among_workers(workers: int) -> None:
-    """In one of ``workers`` processes working side by side (a batch's ``--jobs``): every estimate of this process is
-    held to its share of the memory limit (1 / ``workers``), so that together they stay within the limit whatever
-    each case turns out to need; its errors say so."""
-    _override["workers"] = max(1, int(workers))
-
-
 def reset_limits() -> None:
-    """Forget :func:`set_limits` and :func:`share_among_workers` overrides (tests)."""
+    """Forget :func:`set_limits` overrides (tests)."""
     _override.clear()
 
 
@@ -106,8 +97,7 @@ def current_limits() -> Limits:
     """The limits in force: :func:`set_limits` > environment > defaults."""
     voxels = _override.get("max_voxels") or _env_number(ENV_MAX_VOXELS) or DEFAULT_MAX_VOXELS
     memory = _override.get("max_memory_gb") or _env_number(ENV_MAX_MEMORY_GB) or DEFAULT_MAX_MEMORY_GB
-    workers = int(_override.get("workers", 1))
-    return Limits(int(voxels), float(memory) * GB / workers, workers)
+    return Limits(int(voxels), float(memory) * GB)
 
 
 def _hint() -> str:
@@ -121,14 +111,9 @@ def check_memory(estimated_bytes: float, what: str, path: str | PathLike | None 
         need = (
             "an unbounded amount of" if not math.isfinite(estimated_bytes) else f"about {estimated_bytes / GB:.1f} GB"
         )
-        over = f"over the {limits.max_memory_gb:g} GB limit; {_hint()}"
-        if limits.workers > 1:
-            total = limits.max_memory_gb * limits.workers
-            over = (
-                f"over this worker's {limits.max_memory_gb:.3g} GB share of the {total:g} GB limit (--jobs "
-                f"{limits.workers}); lower --jobs, or {_hint()}"
-            )
-        raise SkullVAEError(f"{what} would need {need} memory, {over}", path)
+        raise SkullVAEError(
+            f"{what} would need {need} memory, over the {limits.max_memory_gb:g} GB limit; {_hint()}", path
+        )
 
 
 def check_volume(

@@ -4,9 +4,10 @@ The rays of the rim fit (:mod:`raycast`) read, per direction, the outermost bone
 from the skull that lies over its vault (a head rest under the occiput in a binary mask thresholded with it, an
 electrode, a device) is then read as the skull's surface: it hides a hole behind it, or bends the rim's outer
 radius towards it; a calcification inside the skull hides a hole in front of it, and a mask's noise, specks by the
-hundred, does both. :func:`without_vault_pieces` leaves such bone out; pieces below the vault or in the face's
-sector (a jaw or a spine apart from the skull) hide none of it and stay, and so does a piece that lies in the vault's
-own shell (a bone flap put back, a fragment: its bone no farther out than the skull's around it).
+hundred, does both. :func:`without_vault_pieces` leaves such bone out, every speck wherever it lies; larger pieces
+below the vault or in the face's sector (a jaw or a spine apart from the skull) hide none of it and stay, and so does
+a piece that lies in the vault's own shell (a bone flap put back, a fragment: its bone no farther out than the
+skull's around it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from SkullVAELib.implant.components import label_pieces
+from SkullVAELib.implant.cleanup import component_sizes
 from SkullVAELib.implant.raycast import bone_count, bone_points, cranial_centre
 from SkullVAELib.io.image import SkullImage
 
@@ -50,20 +51,35 @@ def on_vault(directions: np.ndarray) -> np.ndarray:
 
 def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3) -> tuple[SkullImage, list[str]]:
     """(``skull`` less what the vault's rays must not read as its surface, [one line for the user per kind of thing
-    left out]); (``skull`` itself, []) where there is none: a skull in one piece costs one look in blocks.
+    left out]); (``skull`` itself, []) where there is none.
 
     Left out, apart from the skull's largest piece: each piece of ``min_mm3`` or more that reaches into the vault's
     directions from the largest piece's cranial centre and does not lie in its shell (:func:`in_the_shell`: a bone
     flap behind its kerf stays), named a head rest or a device where it lies beyond the skull and a calcification
     where it lies inside it (:func:`inside_the_skull`); and every speck under ``min_mm3``, wherever it lies. One
     speck hides a ray or two, but a mask thresholded with its noise holds hundreds, each read as the outermost bone
-    on its ray. Specks within a block (``FIRST_LOOK_MM``) of the bone are found only where something farther off is,
-    and named only from :data:`NOISY_SPECKS` on."""
-    if not _apart_at_first_look(skull):
+    on its ray. The first look is in blocks of about ``FIRST_LOOK_MM`` (a block is bone where any of its voxels is):
+    a skull in one piece there costs that look alone, and one with specks alone apart loses their blocks' voxels
+    without a labelling of the whole scan (specks within a block of the bone merge with it and stay). Specks are
+    named from :data:`NOISY_SPECKS` on."""
+    factors = [max(1, int(FIRST_LOOK_MM // s)) for s in skull.spacing]
+    block_labels, block_sizes = component_sizes(_blocks_any(skull.mask, factors))
+    apart = block_sizes > 0
+    apart[int(np.argmax(block_sizes))] = False
+    if not apart.any():
         return skull, []
-    labels, n = label_pieces(skull.mask)
-    sizes = np.bincount(labels.ravel(order="K"), minlength=n + 1)
-    sizes[0] = 0
+    block_mm3 = block_sizes * float(np.prod(factors)) * skull.voxel_volume_mm3  # at least each piece's own volume
+    if not (apart & (block_mm3 >= min_mm3)).any():  # specks alone apart: no piece there is as large on the voxels
+        dropped = skull.mask & _block_voxels(apart[block_labels], factors, skull.shape)
+        cm3 = np.count_nonzero(dropped) * skull.voxel_volume_mm3 / 1000.0
+        return skull.with_mask(skull.mask & ~dropped), _speck_notes(int(np.count_nonzero(apart)), cm3, min_mm3)
+    return _without_labelled_pieces(skull, min_mm3)
+
+
+def _without_labelled_pieces(skull: SkullImage, min_mm3: float) -> tuple[SkullImage, list[str]]:
+    """:func:`without_vault_pieces` on the voxels' own pieces, where the first look found a piece apart that may
+    be ``min_mm3`` or more (a head rest, a calcification, a bone flap)."""
+    labels, sizes = component_sizes(skull.mask)
     largest = int(np.argmax(sizes))
     kind = np.where((sizes > 0) & (sizes < min_mm3 / skull.voxel_volume_mm3), SPECK, KEPT)
     kind[largest] = KEPT
@@ -83,12 +99,16 @@ def without_vault_pieces(skull: SkullImage, min_mm3: float = SEPARATE_PIECE_MM3)
                 kind[label] = INSIDE if inside_the_skull(offsets, skull_offsets) else BEYOND
     if not (kind != KEPT).any():
         return skull, []
-    return skull.with_mask(skull.mask & (kind == KEPT)[labels]), _left_out_notes(kind, sizes * skull.voxel_volume_mm3)
+    volumes_mm3 = sizes * skull.voxel_volume_mm3
+    notes = _left_out_notes(kind, volumes_mm3)
+    specks = kind == SPECK
+    notes += _speck_notes(int(np.count_nonzero(specks)), float(volumes_mm3[specks].sum()) / 1000.0, min_mm3)
+    return skull.with_mask(skull.mask & (kind == KEPT)[labels]), notes
 
 
 def _left_out_notes(kind: np.ndarray, volumes_mm3: np.ndarray) -> list[str]:
-    """One line per kind of thing :func:`without_vault_pieces` left out (``kind`` (n + 1,) per piece label,
-    ``volumes_mm3`` (n + 1,) each piece's volume)."""
+    """One line per kind of piece :func:`without_vault_pieces` left out beyond or inside the skull (``kind`` (n + 1,)
+    per piece label, ``volumes_mm3`` (n + 1,) each piece's volume); specks have their own (:func:`_speck_notes`)."""
     notes = []
     for what, where, why in (
         (BEYOND, "apart from the skull, over its vault", "a head rest or a device?"),
@@ -101,14 +121,27 @@ def _left_out_notes(kind: np.ndarray, volumes_mm3: np.ndarray) -> list[str]:
                 f"{count} piece(s) of bone ({cm3:.1f} cm³) {where}, were left out of the rim fit ({why}); the "
                 "implant is fitted to the skull alone, clear of them"
             )
-    specks = int(np.count_nonzero(kind == SPECK))
-    if specks >= NOISY_SPECKS:
-        cm3 = float(volumes_mm3[kind == SPECK].sum()) / 1000.0
-        notes.append(
-            f"{specks} specks of bone apart from the skull (each under {SEPARATE_PIECE_MM3:.0f} mm³, {cm3:.2f} cm³ "
-            "in all) were left out of the rim fit (noise in the mask?); the completed skull keeps them"
-        )
     return notes
+
+
+def _speck_notes(count: int, cm3: float, min_mm3: float) -> list[str]:
+    """The line on ``count`` specks of ``cm3`` left out, from :data:`NOISY_SPECKS` on (fewer: no line)."""
+    if count < NOISY_SPECKS:
+        return []
+    return [
+        f"{count} specks of bone apart from the skull (each under {min_mm3:.0f} mm³, {cm3:.2f} cm³ in all) were left "
+        "out of the rim fit (noise in the mask?); the completed skull keeps them"
+    ]
+
+
+def _block_voxels(blocks: np.ndarray, factors: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """bool ``shape``: each voxel set where its block in ``blocks`` (bool, one cell per block of ``factors``
+    voxels, as :func:`_blocks_any` makes them) is set."""
+    out = blocks
+    for axis, step in enumerate(factors):
+        if step > 1:
+            out = np.repeat(out, step, axis=axis)
+    return out[tuple(slice(0, n) for n in shape)]
 
 
 def inside_the_skull(piece: np.ndarray, skull: np.ndarray) -> bool:
@@ -175,14 +208,6 @@ def in_the_shell(piece: np.ndarray, skull: np.ndarray) -> bool:
         and float(np.median(heights)) <= SHELL_MARGIN_MM
         and float(np.median(depths)) >= -SHELL_MARGIN_MM
     )
-
-
-def _apart_at_first_look(skull: SkullImage) -> bool:
-    """Whether ``skull``'s bone, looked at in blocks of about ``FIRST_LOOK_MM`` (a block is bone where any of its
-    voxels is), lies in more than one piece: False means the voxels hold nothing apart from the skull farther than a
-    block (pieces closer to it merge with it there)."""
-    factors = [max(1, int(FIRST_LOOK_MM // s)) for s in skull.spacing]
-    return label_pieces(_blocks_any(skull.mask, factors))[1] > 1
 
 
 def _blocks_any(mask: np.ndarray, factors: list[int]) -> np.ndarray:

@@ -224,13 +224,17 @@ def skull_from_image(
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         what = "NaN" if np.isnan(values).any() else "infinite (±inf)"
         raise SkullVAEError(f"contains {what} values", path)
-    detected = detect_kind(values, path) if kind == "auto" else kind
+    if labels and kind == "ct":
+        raise SkullVAEError("--segment chooses a label map's labels; a CT's bone is chosen by --hu-threshold", path)
+    detected = "binary" if labels else (detect_kind(values, path) if kind == "auto" else kind)  # labels: a map
     metadata: dict = {"source": str(path), "kind": detected, "warnings": warnings}
     if detected == "binary":
         mask_kji = bone_of_labels(values, labels, path)
     else:
         metadata["hu_threshold"] = float(hu_threshold)
-        bone = sitk.GreaterEqual(img, float(hu_threshold))  # uint8 0/1
+        # numpy's comparison, not ITK's: ITK casts the threshold to the pixel type (300 on a uint8 scan read as 44)
+        bone = sitk.GetImageFromArray((values >= float(hu_threshold)).view(np.uint8))
+        bone.CopyInformation(img)
         mask_kji = sitk.GetArrayFromImage(_largest_component(bone)).astype(bool)
     n_bone = np.count_nonzero(mask_kji)
     fraction = n_bone / mask_kji.size

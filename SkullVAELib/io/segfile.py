@@ -173,7 +173,22 @@ def _write_layers(path: Path, like: SkullImage, voxels_lijk: np.ndarray, fields:
 
 
 def read_segmentation(path: str | Path) -> tuple[SkullImage, dict[str, np.ndarray]]:
-    """Read a ``.seg.nrrd``: (geometry as a SkullImage with an empty mask, {name: bool mask (I, J, K)}).
+    """Read a ``.seg.nrrd``: (geometry as a SkullImage with an empty mask, {name: bool mask (I, J, K)}); the
+    checks and errors of :func:`read_segment_voxels`."""
+    geometry, voxels, segments = read_segment_voxels(path)
+    return geometry, {segment["name"]: segment_mask(voxels, segment) for segment in segments}
+
+
+def segment_mask(voxels: np.ndarray, segment: dict) -> np.ndarray:
+    """bool (I, J, K): the voxels of one ``segment`` (slicerio's dict: ``labelValue``, ``layer``) of a
+    segmentation's ``voxels`` ((I, J, K) labels, or (L, I, J, K) layers)."""
+    layer_voxels = voxels if voxels.ndim == 3 else voxels[int(segment.get("layer", 0))]
+    return layer_voxels == int(segment["labelValue"])
+
+
+def read_segment_voxels(path: str | Path) -> tuple[SkullImage, np.ndarray, list[dict]]:
+    """Read a ``.seg.nrrd``: (geometry as a SkullImage with an empty mask, its label voxels (I, J, K) or layers
+    (L, I, J, K), its segments as slicerio lists them: dicts with ``name``, ``labelValue``, ``layer``, in order).
 
     The header passes the image reader's checks first (:func:`SkullVAELib.io.inputs.read_information`),
     so no voxel is read from a bad or hostile file. The geometry's ``metadata`` holds ``source`` and
@@ -205,8 +220,4 @@ def read_segmentation(path: str | Path) -> tuple[SkullImage, dict[str, np.ndarra
     )
     metadata = {"source": str(path), "warnings": warnings}
     geometry = SkullImage(np.zeros(voxels.shape[-3:], dtype=bool), origin, spacing, direction, metadata)
-    masks: dict[str, np.ndarray] = {}
-    for segment in segmentation.get("segments", []):
-        layer_voxels = voxels if voxels.ndim == 3 else voxels[int(segment.get("layer", 0))]
-        masks[segment["name"]] = layer_voxels == int(segment["labelValue"])
-    return geometry, masks
+    return geometry, voxels, list(segmentation.get("segments", []))

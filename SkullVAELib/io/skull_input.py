@@ -18,13 +18,14 @@ import numpy as np
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.image import DEFAULT_HU_THRESHOLD, SkullImage, read_skull, skull_from_image
+from SkullVAELib.io.outputs import SEGMENTATION_EXTENSIONS, has_extension
 
-SEGMENTATION_SUFFIX = ".seg.nrrd"
+SEGMENTATION_SUFFIX = SEGMENTATION_EXTENSIONS[0]
 
 
 def is_segmentation_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` names a Slicer segmentation file (``.seg.nrrd``, any case)."""
-    return Path(path).name.lower().endswith(SEGMENTATION_SUFFIX)
+    return has_extension(path, SEGMENTATION_EXTENSIONS)
 
 
 def read_input_skull(
@@ -72,35 +73,38 @@ def input_information(path: str | os.PathLike, verify_voxels: bool = True):
 
 
 def _segmentation_skull(path: Path, wanted: Sequence[str]) -> SkullImage:
-    """The union of the chosen segments of the ``.seg.nrrd`` at ``path`` (:func:`read_input_skull`)."""
-    from SkullVAELib.io.segfile import read_segmentation
+    """The union of the chosen segments of the ``.seg.nrrd`` at ``path`` (:func:`read_input_skull`); a mask is
+    built for those alone (a file of 100 segments holds 100 masks' worth of voxels)."""
+    from SkullVAELib.io.segfile import read_segment_voxels, segment_mask
 
-    geometry, masks = read_segmentation(path)
-    listed = ", ".join(repr(name) for name in masks) or "none"
-    if not masks:
+    geometry, voxels, segments = read_segment_voxels(path)
+    names = [str(segment["name"]) for segment in segments]
+    listed = ", ".join(repr(name) for name in names) or "none"
+    if not segments:
         raise SkullVAEError("the segmentation holds no segments; segment the skull first", path)
-    if not wanted and len(masks) > 1:
+    same = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+    if same:
+        raise SkullVAEError(f"the segmentation holds several segments named {same[0]!r}; rename them apart", path)
+    if not wanted and len(segments) > 1:
         raise SkullVAEError(
-            f"the segmentation holds {len(masks)} segments ({listed}); choose the skull's with --segment NAME "
+            f"the segmentation holds {len(segments)} segments ({listed}); choose the skull's with --segment NAME "
             "(repeat it for several)",
             path,
         )
-    names = list(masks) if not wanted else [_segment_name(text, masks, listed, path) for text in wanted]
+    by_name = {name.lower(): index for index, name in enumerate(names)}
+    chosen = list(range(len(segments))) if not wanted else []
+    for text in wanted:
+        if text.lower() not in by_name:
+            raise SkullVAEError(f"the segmentation has no segment {text!r} (it has {listed})", path)
+        chosen += [by_name[text.lower()]] if by_name[text.lower()] not in chosen else []
     mask = np.zeros(geometry.shape, dtype=bool)
-    for name in dict.fromkeys(names):
-        mask |= masks[name]
+    for index in chosen:
+        mask |= segment_mask(voxels, segments[index])
+    chosen_names = [names[index] for index in chosen]
     if not mask.any():
-        raise SkullVAEError(f"empty mask: the segment(s) {', '.join(map(repr, names))} hold no voxels", path)
-    metadata = {**geometry.metadata, "kind": "segmentation", "segments": list(dict.fromkeys(names))}
+        raise SkullVAEError(f"empty mask: the segment(s) {', '.join(map(repr, chosen_names))} hold no voxels", path)
+    metadata = {**geometry.metadata, "kind": "segmentation", "segments": chosen_names}
     return SkullImage(mask, geometry.origin, geometry.spacing, geometry.direction, metadata)
-
-
-def _segment_name(text: str, masks: dict[str, np.ndarray], listed: str, path: Path) -> str:
-    """The segment of ``masks`` that ``text`` names (case-insensitive)."""
-    by_name = {name.lower(): name for name in masks}
-    if text.lower() in by_name:
-        return by_name[text.lower()]
-    raise SkullVAEError(f"the segmentation has no segment {text!r} (it has {listed})", path)
 
 
 def _label_value(text: str, path: str | os.PathLike) -> int:

@@ -62,7 +62,7 @@ def refuse_a_label_map(values: np.ndarray, mask: np.ndarray, path: Path) -> None
         raise SkullVAEError(
             f"the volume holds {len(held)} values ({_listed(held)}): a label map? choose the skull's label with "
             "--segment N (repeat it for several), or take every nonzero voxel as bone with --input-kind binary (a "
-            "scan stored as 0..255: --input-kind ct)",
+            "scan stored as 0..255: --input-kind ct with --hu-threshold in its own units)",
             path,
         )
 

@@ -59,24 +59,18 @@ def _face_indices(axis: int) -> tuple[tuple, tuple]:
 
 
 def centre_bone_share(skull: SkullImage) -> float:
-    """The share of bone in the ball of :data:`CENTRE_BALL_MM` about ``skull``'s cranial centre (the part inside the
-    scan; 0 where the centre lies outside it)."""
+    """The share of bone in the ball of :data:`CENTRE_BALL_MM` about the voxel nearest ``skull``'s cranial centre
+    (the part inside the scan; 0 where the centre lies outside it)."""
+    from SkullVAELib.implant.postprocess import ball
     from SkullVAELib.implant.raycast import cranial_centre
 
     affine = skull.index_to_physical()
-    index = np.linalg.solve(affine[:3, :3], cranial_centre(skull) - affine[:3, 3])
-    reach = np.ceil(CENTRE_BALL_MM / skull.spacing).astype(int)
-    near = np.round(index).astype(int)
+    near = np.round(np.linalg.solve(affine[:3, :3], cranial_centre(skull) - affine[:3, 3])).astype(int)
+    element = ball(CENTRE_BALL_MM, skull.spacing)  # the direction is orthonormal: voxels times spacing are mm
+    reach = np.array(element.shape) // 2
     lo, hi = np.maximum(near - reach, 0), np.minimum(near + reach + 1, skull.shape)
     if np.any(lo >= hi):
         return 0.0
-    grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-    # the direction is orthonormal: a distance in voxels times the spacing is one in mm
-    distance2 = sum(((g - index[a]) * skull.spacing[a]) ** 2 for a, g in enumerate(grids))
-    ball = distance2 <= CENTRE_BALL_MM**2
-    count = np.count_nonzero(ball)
-    return (
-        float(np.count_nonzero(skull.mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] & ball)) / count
-        if count
-        else 0.0
-    )
+    inside = element[tuple(slice(a - (n - r), b - (n - r)) for a, b, n, r in zip(lo, hi, near, reach, strict=True))]
+    region = skull.mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    return float(np.count_nonzero(region & inside)) / max(np.count_nonzero(inside), 1)

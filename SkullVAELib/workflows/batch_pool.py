@@ -80,10 +80,13 @@ def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
 
     @functools.cache
     def atlas_parts():
-        folder = settings.model_folder()
-        if "atlas" not in settings.sources or not folder.has_atlas:
+        try:
+            folder = settings.model_folder()
+            if "atlas" not in settings.sources or not folder.has_atlas:
+                return None
+            return folder.atlas(), settings.atlas.config
+        except SkullVAEError:  # a broken set: each case reports it; the input's own estimate still bounds the workers
             return None
-        return folder.atlas(), settings.atlas.config
 
     def estimate(path: Path) -> float:
         own, parts = case_memory_bytes(path), atlas_parts()
@@ -112,7 +115,7 @@ def batch_jobs(
 ) -> int:
     """How many cases to complete at once: ``requested`` (None: as many as the CPU cores allow),
     at most one per input and at most what the memory limit holds for the largest input by ``estimate``
-    (:func:`case_estimate`). Each worker is then held to its share of the limit (``start_worker``).
+    (:func:`case_estimate`).
 
     Raises SkullVAEError (naming that input) when ``requested`` workers exceed the memory limit.
     """
@@ -138,9 +141,9 @@ def batch_jobs(
 _WORKER: dict = {}
 
 
-def _start_worker(arguments: CaseArguments, threads: int, workers: int) -> None:
-    """Worker start (:func:`.processes.start_worker`: one of ``workers``), then one Completer."""
-    start_worker(threads, workers)
+def _start_worker(arguments: CaseArguments, threads: int) -> None:
+    """Worker start (:func:`.processes.start_worker`), then one Completer."""
+    start_worker(threads)
     _WORKER["arguments"] = arguments
     _WORKER["completer"] = warm_completer(arguments.settings)
 
@@ -195,7 +198,7 @@ def complete_in_workers(
     per_worker = threads_per_worker(jobs, threads)
     by_index = {task.index: task for task in tasks}
     outcomes: dict[int, CaseOutcome] = {}
-    with process_context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker, jobs)) as pool:
+    with process_context().Pool(jobs, initializer=_start_worker, initargs=(arguments, per_worker)) as pool:
         for n, outcome in enumerate(pool.imap_unordered(_worker_case, largest_first(tasks)), 1):
             outcomes[outcome.index] = outcome
             progress("complete", n / len(tasks), f"{by_index[outcome.index].input.name}: done")

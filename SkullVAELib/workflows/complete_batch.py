@@ -123,7 +123,7 @@ def complete_batch(
             progress=progress,
         )
     if output.exists() and not output.is_dir():
-        raise SkullVAEError("a batch (several inputs) writes into a folder; --output is a file", output)
+        raise SkullVAEError("a batch (several inputs, or a folder's) writes into a folder; --output is a file", output)
     start = time.perf_counter()
     progress = progress or no_progress
     tasks = [_case_task(n, path, output, options) for n, path in enumerate(inputs)]

@@ -27,15 +27,12 @@ def threads_per_worker(jobs: int, threads: int | None = None) -> int:
     return threads or max(1, (os.cpu_count() or 1) // max(jobs, 1))
 
 
-def start_worker(threads: int, workers: int = 1) -> None:
+def start_worker(threads: int) -> None:
     """A worker's first call: SIGINT ignored (the parent stops the pool), SIGTERM ends it, freed
-    memory kept, ``threads`` CPU threads for torch, ITK and BLAS, and its share of the memory limit
-    as one of ``workers`` (``core.limits.share_among_workers``)."""
-    from SkullVAELib.core.limits import share_among_workers
+    memory kept, ``threads`` CPU threads for torch, ITK and BLAS."""
     from SkullVAELib.workflows.complete import set_threads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     keep_freed_memory()  # spawned workers do not inherit the parent's setting
     set_threads(threads)
-    share_among_workers(workers)

@@ -129,7 +129,7 @@ def pool_rows(
     with contextlib.ExitStack() as stack:  # a pool of workers ends with the block (Ctrl-C too)
         results = map(_case_rows, cases)
         if jobs > 1:
-            workers = stack.enter_context(process_context().Pool(jobs, initializer=start_worker, initargs=(1, jobs)))
+            workers = stack.enter_context(process_context().Pool(jobs, initializer=start_worker, initargs=(1,)))
             results = workers.imap(_case_rows, cases)  # in order, as map
         for n, rows in enumerate(results, 1):
             if progress is not None:

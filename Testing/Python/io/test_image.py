@@ -151,6 +151,24 @@ def test_a_label_map_is_read_by_its_chosen_labels_and_refused_without_them(tmp_p
     assert read_skull(tmp_path / "labels.nii.gz", kind="binary").mask.sum() == skull.mask.sum() + 1
     with pytest.raises(SkullVAEError, match=r"no voxel has the label\(s\) \[4\] \(the volume holds 3, 7\)"):
         read_skull(tmp_path / "labels.nii.gz", labels=[4])
+    with pytest.raises(SkullVAEError, match="a CT's bone is chosen by --hu-threshold"):
+        read_skull(tmp_path / "labels.nii.gz", kind="ct", labels=[3])
+    wide = (skull.mask.astype(np.uint32) * 70_000).transpose(2, 1, 0)  # labels over 255 read as a map when chosen
+    _write_array(tmp_path / "wide.nrrd", wide, skull)
+    assert np.array_equal(read_skull(tmp_path / "wide.nrrd", labels=[70_000]).mask, skull.mask)
+
+
+def test_a_ct_threshold_is_compared_in_the_scans_own_values():
+    """ITK's comparison cast 300 HU to a uint8 scan's type (44): a 0..255 scan read as a CT got bone at 44 and up."""
+    from SkullVAELib.io.image import skull_from_image
+
+    values = np.zeros((20, 20, 20), dtype=np.uint8)
+    values[5:15, 5:15, 5:15] = 100
+    values[8:12, 8:12, 8:12] = 250
+    image = sitk.GetImageFromArray(values)
+    with pytest.raises(SkullVAEError, match="empty mask: no bone voxels above 300 HU"):
+        skull_from_image(image, "scan.nrrd", kind="ct")
+    assert skull_from_image(image, "scan.nrrd", kind="ct", hu_threshold=200).mask.sum() == 4**3
 
 
 def _ct_from(skull: SkullImage) -> np.ndarray:
@@ -281,7 +299,9 @@ def test_auto_kind_reads_labels_of_every_integer_type_and_refuses_negatives(tmp_
     labels[4, 4, 4] = 2 if np.dtype(dtype).itemsize == 1 else 255
     path = tmp_path / "labels.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
-    assert read_skull(path, labels=[1]).metadata["kind"] == "binary"
+    with pytest.raises(SkullVAEError, match="holds 2 values"):  # read as a mask (a map of two labels), not a CT
+        read_skull(path)
+    assert read_skull(path, kind="binary").metadata["kind"] == "binary"
     labels[0, 0, 0] = -1 if np.dtype(dtype).kind in "if" else 256
     sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
     with pytest.raises(SkullVAEError, match="neither a binary mask"):

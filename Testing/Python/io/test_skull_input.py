@@ -72,3 +72,15 @@ def test_a_label_maps_segments_are_label_values(tmp_path, skull_and_brain):
         read_input_skull(path, segments=["Skull"])
     with pytest.raises(SkullVAEError, match="a label value is 1..65535"):
         read_input_skull(path, segments=["0"])
+
+
+def test_segments_of_one_name_are_refused_not_guessed(tmp_path, skull_and_brain):
+    """Masks keyed by name kept the last of two segments named alike: a file of two "Skull" segments read as the
+    other one, and "Skull" beside "skull" chose the lower-case one. Such a file is refused, naming the name."""
+    defective, brain = skull_and_brain
+    path = tmp_path / "twice.seg.nrrd"
+    for other in (b"Skull", b"skull"):
+        write_segmentation(path, defective, [Segment("Skull", defective.mask), Segment("Zzzzz", brain)])
+        path.write_bytes(path.read_bytes().replace(b"Zzzzz", other, 1))  # our writer refuses such names; Slicer's not
+        with pytest.raises(SkullVAEError, match="several segments named 'S?s?kull'; rename them apart"):
+            read_input_skull(path, segments=["Skull"])

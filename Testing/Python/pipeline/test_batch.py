@@ -117,33 +117,6 @@ def test_workers_are_bounded_by_the_memory_limit(tmp_path, default_limits):
         batch_jobs(3, inputs)
 
 
-def _limits_and_refusal():
-    """In a worker: the limits in force, and the one line a check over them gives."""
-    from SkullVAELib.core.errors import SkullVAEError
-    from SkullVAELib.core.limits import check_memory, current_limits
-
-    limits = current_limits()
-    try:
-        check_memory(limits.max_memory_bytes * 1.01, "a stage")
-    except SkullVAEError as exc:
-        return limits, exc.message
-    return limits, ""
-
-
-def test_each_worker_is_held_to_its_share_of_the_memory_limit(default_limits):
-    """The workers of a batch each checked their stages (the atlas's, a refiner's) against the whole limit, so N of
-    them could hold N times it: each is now held to 1 / N of it, and its refusal says so and what to do."""
-    from SkullVAELib.core.limits import current_limits
-    from SkullVAELib.workflows.processes import process_context, start_worker
-
-    whole = current_limits().max_memory_bytes
-    with process_context().Pool(1, initializer=start_worker, initargs=(1, 3)) as pool:
-        limits, refusal = pool.apply(_limits_and_refusal)
-    assert limits.workers == 3 and limits.max_memory_bytes == pytest.approx(whole / 3)
-    assert "this worker's" in refusal and "share of the" in refusal and "(--jobs 3); lower --jobs" in refusal
-    assert current_limits().max_memory_bytes == whole  # the parent keeps the whole limit
-
-
 def test_a_stopped_batch_leaves_no_worker_running(tmp_path):
     """Ctrl-C or SIGTERM (KeyboardInterrupt) in the parent terminates every worker."""
     from SkullVAELib.pipeline.settings import CompletionSettings

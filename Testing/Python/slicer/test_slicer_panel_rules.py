@@ -173,4 +173,10 @@ def test_a_cbct_forced_to_ct_completes(scene, cbct_file, private_tmp, logic):
     assert arguments[arguments.index("--input-kind") + 1] == "ct"
     assert float(arguments[arguments.index("--hu-threshold") + 1]) == CBCT_THRESHOLD
     assert logic.lastResult["implantSource"] == "rimfit" and logic.lastResult["implantVolumeMm3"] > 0
+    labelled = logic.process(
+        volume, forceCPU=True, timeout=300, segmentIds=str(CBCT_BONE), **dict(chosen, inputKind="auto")
+    )
+    arguments = logic.lastArguments
+    assert arguments[arguments.index("--segment") + 1] == str(CBCT_BONE)  # the scan read as a map of its values
+    assert logic.lastResult["implantVolumeMm3"] > 0 and labelled is not None
     assert seg.GetSegmentation().GetSegmentIdBySegmentName("Implant")

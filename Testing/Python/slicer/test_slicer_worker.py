@@ -89,6 +89,9 @@ def test_sources_mirror_and_finishing_are_the_child_arguments():
     assert default[default.index("--margin-mm") + 1] == "0.0"  # off, said explicitly
     assert "--self-check" not in default  # off unless asked: it costs seconds
     assert buildWorkerCommand("py")[0] == "py" and buildWorkerCommand("py")[-1] == "worker"
+    labelled = buildCompleteArguments("in.nrrd", None, "out.seg.nrrd", labels=("1", "3"))  # a label map's skull
+    assert build_parser(["complete", *labelled]).parse_args(["complete", *labelled]).segment == ["1", "3"]
+    assert "--segment" not in default
 
 
 @pytest.mark.parametrize(

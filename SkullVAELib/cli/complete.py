@@ -76,6 +76,11 @@ def register(subparsers) -> None:
         "a label map (repeat for several; default: the only one there is)",
     )
     p.add_argument(
+        "--series",
+        metavar="NUMBER",
+        help="a DICOM folder's series where it holds several: its series number, description or UID",
+    )
+    p.add_argument(
         "--threads",
         type=threads_arg,
         default=None,
@@ -94,7 +99,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SkullVAELib.workflows.complete import DEFAULT_SAMPLES, OutputOptions
+    from SkullVAELib.workflows.complete import DEFAULT_SAMPLES, OutputOptions, SkullReading
     from SkullVAELib.workflows.complete_batch import batch_inputs, complete_batch
 
     gammas = gamma_list(args.gamma)
@@ -117,9 +122,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.output),
             gammas,
             options=options,
-            input_kind=args.input_kind,
-            hu_threshold=args.hu_threshold,
-            segments=args.segment or (),
+            reading=SkullReading(args.input_kind, args.hu_threshold, tuple(args.segment or ()), args.series),
             threads=args.threads,
             jobs=args.jobs,
             owns_process=getattr(args, "owns_process", False),

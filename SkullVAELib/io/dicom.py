@@ -2,7 +2,8 @@
 
 SimpleITK's GDCM series reader does the reading (slice order by position, rescale slope and intercept to HU, the
 patient's LPS geometry). What it does not check is done here, from the files' headers, before any voxel is read:
-- one series in the folder (a study exported as one folder holds several: each is listed, none guessed);
+- one series from the folder (a study exported as one folder holds several: the one named by ``--series``, else
+  each is listed, none guessed);
 - slices that stack into a grid: a gantry-tilted series (slices sheared along the table) or one with missing or
   uneven slices would be read onto a regular grid they do not lie on, and every output would land beside the
   patient's bone; both are refused in one line;
@@ -34,7 +35,7 @@ from SkullVAELib.io.headers import check_geometry
 TILT_TOLERANCE_DEG = 0.5
 # slice steps that differ from their median by more than this share are missing or uneven slices
 STEP_TOLERANCE = 0.05
-_POSITION, _ORIENTATION, _DESCRIPTION = "0020|0032", "0020|0037", "0008|103e"
+_DESCRIPTION, _NUMBER = "0008|103e", "0020|0011"
 
 
 @dataclass(frozen=True)
@@ -100,21 +101,18 @@ def is_dicom_folder(path: str | os.PathLike) -> bool:
 
 
 @_locale_kept
-def series_information(folder: str | os.PathLike) -> SeriesInformation:
-    """The one series of ``folder``, checked (one series, slices on a grid, within the limits), no voxel read.
+def series_information(folder: str | os.PathLike, series: str | None = None) -> SeriesInformation:
+    """The series of ``folder`` (``series``: its number, description or UID, where the folder holds several; None:
+    the only one), checked (slices on a grid, within the limits), no voxel read.
 
-    Raises SkullVAEError naming the folder: no series, several, a single slice, a tilted gantry, missing or uneven
-    slices, geometry outside the plausible range, or over the size limits."""
+    Raises SkullVAEError naming the folder: no series, several and none chosen (each listed), a chosen one missing
+    or ambiguous, a single slice, a tilted gantry, missing or uneven slices, geometry outside the plausible range,
+    or over the size limits."""
     folder = Path(folder)
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise SkullVAEError("no DICOM series in this folder", folder)
-    if len(ids) > 1:
-        listed = "; ".join(_describe(folder, series) for series in ids[:6]) + ("; ..." if len(ids) > 6 else "")
-        raise SkullVAEError(
-            f"holds {len(ids)} DICOM series ({listed}); put the one to complete in a folder of its own", folder
-        )
-    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), _chosen_series(folder, ids, series)))
     if len(files) < 2:
         raise SkullVAEError("the DICOM series holds one slice; expected a 3D volume", folder)
     headers = [_header(name) for name in files]
@@ -136,10 +134,10 @@ def series_information(folder: str | os.PathLike) -> SeriesInformation:
 
 
 @_locale_kept
-def read_dicom_series(folder: str | os.PathLike) -> sitk.Image:
-    """The one DICOM series of ``folder`` as a 3D image in its scanner units (CT: HU), after
-    :func:`series_information`'s checks."""
-    information = series_information(folder)
+def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """The DICOM series of ``folder`` (``series``: as :func:`series_information` takes it) as a 3D image in its
+    scanner units (CT: HU), after :func:`series_information`'s checks."""
+    information = series_information(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(information.files))
     try:
@@ -184,9 +182,29 @@ def _header(name: str) -> sitk.ImageFileReader:
     return reader
 
 
-def _describe(folder: Path, series: str) -> str:
-    """One series for a message: its description (where the files give one) and its number of files."""
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series)
+def _chosen_series(folder: Path, ids: list[str] | tuple[str, ...], wanted: str | None) -> str:
+    """The UID of the series of ``ids`` that ``wanted`` names (its number, its description case-insensitively, or its
+    UID); the only one where ``wanted`` is None. SkullVAEError listing them where several match or none."""
+    if wanted is None and len(ids) == 1:
+        return ids[0]
+    named = {uid: _series_names(folder, uid) for uid in ids}
+    listed = "; ".join(f"{number or '-'} {text or uid} ({count} files)" for uid, (number, text, count) in named.items())
+    if wanted is None:
+        raise SkullVAEError(f"holds {len(ids)} DICOM series ({listed}); choose one with --series NUMBER", folder)
+    key = wanted.strip().lower()
+    found = [uid for uid, (number, text, _) in named.items() if key in (number.lower(), text.lower(), uid.lower())]
+    if len(found) != 1:
+        how = "several series match" if found else "no series matches"
+        raise SkullVAEError(f"{how} --series {wanted!r} (it holds: {listed})", folder)
+    return found[0]
+
+
+def _series_names(folder: Path, uid: str) -> tuple[str, str, int]:
+    """(series number, description, number of files) of the series ``uid`` of ``folder`` ("" where the files give
+    none)."""
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     header = _header(files[0])
-    described = header.GetMetaData(_DESCRIPTION).strip() if header.HasMetaDataKey(_DESCRIPTION) else ""
-    return f"{described or series} ({len(files)} files)"
+    number, text = (
+        header.GetMetaData(tag).strip() if header.HasMetaDataKey(tag) else "" for tag in (_NUMBER, _DESCRIPTION)
+    )
+    return number, text, len(files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,31 @@ def is_segmentation_file(path: str | os.PathLike) -> bool:
     return has_extension(path, SEGMENTATION_EXTENSIONS)
 
 
+@dataclass(frozen=True)
+class SkullReading:
+    """How an input is read (the CLI's ``--input-kind``, ``--hu-threshold``, ``--segment``, ``--series``): what
+    :func:`read_input_skull` and :func:`input_information` take, in one value a batch hands its workers."""
+
+    kind: str = "auto"
+    hu_threshold: float = DEFAULT_HU_THRESHOLD
+    segments: tuple[str, ...] = ()
+    series: str | None = None
+
+    def read(self, path: str | os.PathLike) -> SkullImage:
+        """The skull of ``path`` (:func:`read_input_skull`)."""
+        return read_input_skull(path, self.kind, self.hu_threshold, self.segments, self.series)
+
+    def information(self, path: str | os.PathLike, verify_voxels: bool = True):
+        """The checked header of ``path`` (:func:`input_information`)."""
+        return input_information(path, verify_voxels, self.series)
+
+
 def read_input_skull(
     path: str | os.PathLike,
     kind: str = "auto",
     hu_threshold: float = DEFAULT_HU_THRESHOLD,
     segments: Sequence[str] = (),
+    series: str | None = None,
 ) -> SkullImage:
     """The skull of ``path`` as a boolean mask on its exact geometry.
 
@@ -43,6 +64,7 @@ def read_input_skull(
         hu_threshold: the bone threshold of a CT (HU).
         segments: the skull's segment(s): names in a ``.seg.nrrd`` (case-insensitive), label values in a label
             map; empty: the only segment or label there is.
+        series: a DICOM folder's series where it holds several (its number, description or UID).
 
     Raises:
         SkullVAEError naming the file: ``read_skull``'s errors; several segments or labels and none chosen, a
@@ -56,19 +78,19 @@ def read_input_skull(
     if Path(path).is_dir():
         from SkullVAELib.io.dicom import read_dicom_series
 
-        return skull_from_image(read_dicom_series(path), path, kind, hu_threshold, labels)
+        return skull_from_image(read_dicom_series(path, series), path, kind, hu_threshold, labels)
     return read_skull(path, kind=kind, hu_threshold=hu_threshold, labels=labels)
 
 
-def input_information(path: str | os.PathLike, verify_voxels: bool = True):
+def input_information(path: str | os.PathLike, verify_voxels: bool = True, series: str | None = None):
     """The checked header of an input (``io.inputs.read_information``'s reader; a DICOM folder's
-    ``io.dicom.SeriesInformation``): size, spacing, origin, direction and pixel type, no voxel read."""
+    ``io.dicom.SeriesInformation`` of ``series``): size, spacing, origin, direction and pixel type, no voxel read."""
     from SkullVAELib.io.inputs import read_information
 
     if Path(path).is_dir():
         from SkullVAELib.io.dicom import series_information
 
-        return series_information(path)
+        return series_information(path, series)
     return read_information(path, verify_voxels=verify_voxels, layers=is_segmentation_file(path))
 
 

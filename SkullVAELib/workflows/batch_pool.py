@@ -26,6 +26,7 @@ from pathlib import Path
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import WORK_BYTES_PER_VOXEL, current_limits
 from SkullVAELib.core.progress import ProgressCallback
+from SkullVAELib.io.skull_input import SkullReading
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.complete import OutputOptions, complete_files, warm_completer
 from SkullVAELib.workflows.processes import process_context, start_worker, threads_per_worker
@@ -57,26 +58,23 @@ class CaseArguments:
 
     settings: CompletionSettings
     gammas: tuple[float, ...]
-    input_kind: str
-    hu_threshold: float
-    segments: tuple[str, ...] = ()
+    reading: SkullReading
 
 
-def case_memory_bytes(path: str | os.PathLike) -> float:
-    """Estimated peak bytes of completing ``path`` (its header's voxels × (pixel + work bytes)); the
-    header only (a NIfTI's voxels are verified by the worker that reads them, not here in turn)."""
+def case_memory_bytes(path: str | os.PathLike, reading: SkullReading | None = None) -> float:
+    """Estimated peak bytes of completing ``path`` read as ``reading`` says (its header's voxels × (pixel + work
+    bytes)); the header only (a NIfTI's voxels are verified by the worker that reads them, not here in turn)."""
     from SkullVAELib.io.inputs import pixel_bytes
-    from SkullVAELib.io.skull_input import input_information
 
-    reader = input_information(path, verify_voxels=False)
+    reader = (reading or SkullReading()).information(path, verify_voxels=False)
     return math.prod(reader.GetSize()) * (pixel_bytes(reader) + WORK_BYTES_PER_VOXEL)
 
 
-def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
+def case_estimate(settings: CompletionSettings, reading: SkullReading | None = None) -> Callable[[Path], float]:
     """The per-case peak bytes of a batch under ``settings``: :func:`case_memory_bytes`, or where the atlas source may
     run (among the sources, and the model folder holds a set) the larger of that and the atlas implant's stages for
     the input's header (``implant.atlas.memory.atlas_case_bytes``). The atlas set is opened on the first call."""
-    from SkullVAELib.io.skull_input import input_information
+    reading = reading or SkullReading()
 
     @functools.cache
     def atlas_parts():
@@ -89,12 +87,12 @@ def case_estimate(settings: CompletionSettings) -> Callable[[Path], float]:
             return None
 
     def estimate(path: Path) -> float:
-        own, parts = case_memory_bytes(path), atlas_parts()
+        own, parts = case_memory_bytes(path, reading), atlas_parts()
         if parts is None:
             return own
         from SkullVAELib.implant.atlas.memory import atlas_case_bytes
 
-        reader = input_information(path, verify_voxels=False)
+        reader = reading.information(path, verify_voxels=False)
         atlases, config = parts
         size, spacing = reader.GetSize(), reader.GetSpacing()
         return max(own, atlas_case_bytes(size, spacing, atlases, config.n_atlases, config.deformable))
@@ -159,9 +157,7 @@ def complete_case(task: CaseTask, arguments: CaseArguments, completer=None, prog
             task.output,
             arguments.gammas,
             options=task.options,
-            input_kind=arguments.input_kind,
-            hu_threshold=arguments.hu_threshold,
-            segments=arguments.segments,
+            reading=arguments.reading,
             progress=progress,
             completer=completer,
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from SkullVAELib.core.config import check_gamma
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.progress import ProgressCallback, no_progress
+from SkullVAELib.io.skull_input import SkullReading
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 DEFAULT_SAMPLES = 10  # uncertainty samples when an uncertainty map is asked for without a count
@@ -225,9 +226,7 @@ def complete_files(
     gammas: Sequence[float] = (1.0,),
     *,
     options: OutputOptions | None = None,
-    input_kind: str = "auto",
-    hu_threshold: float = 300.0,
-    segments: Sequence[str] = (),
+    reading: SkullReading | None = None,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
     completer=None,
@@ -238,15 +237,14 @@ def complete_files(
         settings: the completion recipe (model folder or none, implant sources, γ, ...).
         gammas: one γ, or several (a sweep: one file per γ, named by :func:`sweep_path`, and a montage).
         options: the other files to write (STL, uncertainty map, the completed-skull segment).
-        input_kind, hu_threshold, segments: how the input is read, and which of its segments or labels are the
-            skull (``io.skull_input.read_input_skull``).
+        reading: how the input is read, and which of its segments, labels or series is the skull
+            (:class:`~SkullVAELib.io.skull_input.SkullReading`; default: the only one, kind from the values).
         completer: a :class:`~SkullVAELib.pipeline.completer.Completer` to reuse (a batch); default
             a new one from ``settings``.
 
     Returns:
         :class:`CompletedFiles`. Raises SkullVAEError (naming the file) on bad input.
     """
-    from SkullVAELib.io.skull_input import input_information, read_input_skull
 
     start = time.perf_counter()
     options = options or OutputOptions()
@@ -256,7 +254,8 @@ def complete_files(
     output = Path(output)
     if output.is_dir():
         raise SkullVAEError("--output is a folder; give a file name like result.seg.nrrd", output)
-    input_information(input)  # a readable image, before any model loads
+    reading = reading or SkullReading()
+    reading.information(input)  # a readable image, before any model loads
     plan = _plan_outputs(input, settings, output, gammas, options)
     set_threads(threads)
     progress = progress or no_progress
@@ -265,7 +264,7 @@ def complete_files(
         completer = warm_completer(settings)
     progress("read", 0.0, f"reading {input}")
     t = time.perf_counter()
-    skull = read_input_skull(input, kind=input_kind, hu_threshold=hu_threshold, segments=segments)
+    skull = reading.read(input)
     timings = {"read": time.perf_counter() - t}
     try:
         results = completer.sweep(skull, gammas, progress)

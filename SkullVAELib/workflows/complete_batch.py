@@ -14,7 +14,7 @@ from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.data.layout import split_case_name
 from SkullVAELib.io.outputs import file_identity
-from SkullVAELib.io.skull_input import SEGMENTATION_SUFFIX, is_segmentation_file
+from SkullVAELib.io.skull_input import SEGMENTATION_SUFFIX, SkullReading, is_segmentation_file
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.batch_pool import (
     CaseArguments,
@@ -88,9 +88,7 @@ def complete_batch(
     gammas: Sequence[float] = (1.0,),
     *,
     options: OutputOptions | None = None,
-    input_kind: str = "auto",
-    hu_threshold: float = 300.0,
-    segments: Sequence[str] = (),
+    reading: SkullReading | None = None,
     threads: int | None = None,
     jobs: int | None = 1,
     owns_process: bool = False,
@@ -116,9 +114,7 @@ def complete_batch(
             output,
             gammas,
             options=options,
-            input_kind=input_kind,
-            hu_threshold=hu_threshold,
-            segments=segments,
+            reading=reading,
             threads=threads,
             progress=progress,
         )
@@ -128,8 +124,9 @@ def complete_batch(
     progress = progress or no_progress
     tasks = [_case_task(n, path, output, options) for n, path in enumerate(inputs)]
     check_batch_outputs(tasks, gammas)
-    arguments = CaseArguments(settings, tuple(gammas), input_kind, hu_threshold, tuple(segments))
-    jobs = batch_jobs(jobs, inputs, case_estimate(settings))
+    reading = reading or SkullReading()
+    arguments = CaseArguments(settings, tuple(gammas), reading)
+    jobs = batch_jobs(jobs, inputs, case_estimate(settings, reading))
     if jobs > 1:
         outcomes = complete_in_workers(arguments, tasks, jobs, threads, progress)
     else:

@@ -56,6 +56,7 @@ def _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, 
         tags = {
             "0008|0060": "CT", "0020|000d": uid + ".1", "0020|000e": uid + ".2", "0008|103e": description,
             "0020|0037": orientation, "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0011": uid.rsplit(".", 1)[-1],
             "0020|0013": str(k + 1), "0018|0050": f"{image.GetSpacing()[2]:.6f}",
             "0008|0018": f"{uid}.3.{k + 1}",
         }  # fmt: skip
@@ -108,6 +109,12 @@ def test_complete_takes_a_series_folder_and_a_folder_of_series(tmp_path, oblique
         "Patient 7.seg.nrrd",
         "Patient 8.seg.nrrd",
     ]
+    study = write_series(ct, tmp_path / "study")
+    write_series(ct, study, uid="1.2.826.0.1.3680043.2.1125.9", description="Bone window")
+    out = tmp_path / "chosen.seg.nrrd"
+    argv = ["complete", "--input", str(study), "--output", str(out), "--no-mirror", "--progress", "none"]
+    assert main(argv) == 2 and not out.exists()  # two series, none chosen
+    assert main([*argv, "--series", "Bone window"]) == 0 and out.is_file()
     capsys.readouterr()
 
 
@@ -115,8 +122,12 @@ def test_two_series_a_tilted_gantry_and_a_missing_slice_are_refused(tmp_path, ob
     _, ct = oblique_case
     both = write_series(ct, tmp_path / "study", description="Head CT")
     write_series(ct, both, uid="1.2.826.0.1.3680043.2.1125.9", description="Bone window")
-    with pytest.raises(SkullVAEError, match=r"holds 2 DICOM series \(.*Head CT \(48 files\).*Bone window"):
+    with pytest.raises(SkullVAEError, match=r"holds 2 DICOM series \(7 Head CT \(48 files\); 9 Bone window .*--series"):
         series_information(both)
+    for chosen in ("9", "bone WINDOW", "1.2.826.0.1.3680043.2.1125.9.2"):  # its number, description or UID
+        assert series_information(both, chosen).files[0].endswith("9_0000.dcm")
+    with pytest.raises(SkullVAEError, match="no series matches --series '4'"):
+        series_information(both, "4")
     with pytest.raises(SkullVAEError, match=r"a gantry-tilted DICOM series \(its slices step 15.0° off"):
         read_input_skull(write_series(ct, tmp_path / "tilted", tilt_deg=15.0))
     with pytest.raises(SkullVAEError, match="missing or uneven slices"):

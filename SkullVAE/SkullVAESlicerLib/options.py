@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 from os import PathLike
 
-from SkullVAELib.core.config import DEFECT_CHOICES, IMPLANT_SOURCES, check_gamma  # words, γ rule (torch-free)
+from SkullVAELib.core.config import (  # words (INPUT_KINDS: --input-kind), γ rule (torch-free)
+    DEFECT_CHOICES,
+    IMPLANT_SOURCES,
+    INPUT_KINDS,
+    check_gamma,
+)
 from SkullVAELib.core.errors import SkullVAEError
 
 from . import nodes
@@ -17,11 +22,6 @@ from .models import resolveModelPath
 from .process import sourceList
 
 DEFECT_TYPES = DEFECT_CHOICES  # the library's vocabulary (config.py owns it)
-
-#: How the input's values are read: ``skullvae complete --input-kind`` (``SkullVAELib.io.image.read_skull``'s
-#: ``kind``): "auto" decides from the values (integers 0..255: a mask; air < -200 to bone > 300: a CT in HU),
-#: "binary" (nonzero = bone), "ct" (bone = values >= the bone threshold, e.g. a CBCT whose values are not HU).
-INPUT_KINDS: tuple[str, ...] = ("auto", "binary", "ct")
 
 #: The implant sources that read the skull's mirror image (``--mirror``): the rim fit, and the learned
 #: cranial residual (it corrects the rim fit's implant and reads the mirrored bone as one of its inputs).

@@ -24,7 +24,7 @@ from SkullVAELib.cli.common import (
     threads_arg,
 )
 from SkullVAELib.cli.completion_args import add_completion_args, add_model_args, completion_settings
-from SkullVAELib.core.config import GAMMA_RANGE
+from SkullVAELib.core.config import GAMMA_RANGE, INPUT_KINDS
 from SkullVAELib.core.errors import SkullVAEError
 
 
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--input-kind",
-        choices=("auto", "binary", "ct"),
+        choices=INPUT_KINDS,
         default="auto",
         help="binary mask, CT in HU (thresholded at --hu-threshold), or auto (decided from the values)",
     )

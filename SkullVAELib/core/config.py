@@ -22,6 +22,10 @@ COMPLETE = "complete"
 CLASSES: tuple[str, ...] = (COMPLETE, *DEFECTS)
 #: What a user may ask for: the classifier's choice, or one defect class.
 DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
+#: How an input volume's values are read (``--input-kind``; ``io.image.read_skull``'s ``kind``): "auto" decides from
+#: the values (integers 0..255: a mask; air < -200 to bone > 300: a CT in HU), "binary" (nonzero = bone), "ct"
+#: (bone = values >= the bone threshold, e.g. a CBCT whose values are not HU).
+INPUT_KINDS: tuple[str, ...] = ("auto", "binary", "ct")
 # Implant sources (SkullVAELib/implant/sources), one word each: the learned cranial residual on the
 # rim fit (only with a trained residual), the geometric rim fit, the learned
 # facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.

@@ -23,7 +23,7 @@ from SkullVAELib.core.atomic import atomic_path, is_temporary_name, make_tempora
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.inputs import read_information
 from SkullVAELib.io.outputs import has_extension
-from SkullVAELib.io.values import bone_of_labels, detect_kind, refuse_a_label_map
+from SkullVAELib.io.values import bone_of_labels, check_input_kind, detect_kind, refuse_a_label_map
 
 
 @dataclass(eq=False)
@@ -202,8 +202,7 @@ def read_skull(
         outside the plausible range (``io.headers.SPACING_RANGE_MM``), NaN or infinite values,
         neither mask nor CT, empty mask, or all-bone mask; a label map of several values and none chosen.
     """
-    if kind not in ("auto", "binary", "ct"):
-        raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
+    check_input_kind(kind)
     path = Path(path)
     warnings: list[str] = []
     return skull_from_image(_read_itk(path, warnings), path, kind, hu_threshold, labels, warnings)

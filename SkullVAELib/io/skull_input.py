@@ -11,6 +11,7 @@ the only one there is; several and none named is refused in one line that lists 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.image import DEFAULT_HU_THRESHOLD, SkullImage, read_skull, skull_from_image
 from SkullVAELib.io.outputs import SEGMENTATION_EXTENSIONS, has_extension
+from SkullVAELib.io.values import check_input_kind
 
 SEGMENTATION_SUFFIX = SEGMENTATION_EXTENSIONS[0]
 
@@ -70,8 +72,7 @@ def read_input_skull(
         SkullVAEError naming the file: ``read_skull``'s errors; several segments or labels and none chosen, a
         chosen one missing, or nothing chosen that holds bone.
     """
-    if kind not in ("auto", "binary", "ct"):
-        raise SkullVAEError(f"kind must be auto, binary or ct, got {kind!r}")
+    check_input_kind(kind)
     if is_segmentation_file(path):
         return _segmentation_skull(Path(path), segments)
     labels = [_label_value(text, path) for text in segments] or None
@@ -104,7 +105,7 @@ def _segmentation_skull(path: Path, wanted: Sequence[str]) -> SkullImage:
     listed = ", ".join(repr(name) for name in names) or "none"
     if not segments:
         raise SkullVAEError("the segmentation holds no segments; segment the skull first", path)
-    same = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+    same = [name for name, count in Counter(n.lower() for n in names).items() if count > 1]
     if same:
         raise SkullVAEError(f"the segmentation holds several segments named {same[0]!r}; rename them apart", path)
     if not wanted and len(segments) > 1:

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from SkullVAELib.core.config import INPUT_KINDS
 from SkullVAELib.core.errors import SkullVAEError
 
 _CT_MIN_BELOW = -200.0  # a CT holds air (≈ -1000 HU); a mask never has negatives
 _CT_MAX_ABOVE = 300.0  # ... and bone above the threshold
+
+
+def check_input_kind(kind: str) -> None:
+    """SkullVAEError unless ``kind`` is one of :data:`~SkullVAELib.core.config.INPUT_KINDS`."""
+    if kind not in INPUT_KINDS:
+        raise SkullVAEError(f"kind must be {', '.join(INPUT_KINDS)}, got {kind!r}")
 
 
 def detect_kind(values: np.ndarray, path: Path) -> str:

@@ -52,9 +52,9 @@ class CompletionContext:
         """The skull as the rays of the vault read it (the rim fit, the mirror plane, a cranial implant's quality):
         ``skull`` less the pieces of bone apart from its largest piece that reach over its vault or lie inside it,
         and every speck apart from it (:func:`~SkullVAELib.implant.vault.without_vault_pieces`), or ``skull`` itself
-        where there is none (once per skull). A head rest under the occiput, read as the outermost bone, hid an occipital hole or bent the
-        rim's outer radius towards it (DSC 0.22 at quality 0.82); a jaw or a spine apart from the skull lies below
-        the vault and stays. The completed skull handed back holds all of ``skull``, and the implant none of it."""
+        where there is none (once per skull). A head rest under the occiput, read as the outermost bone, hid an
+        occipital hole or bent the rim's outer radius towards it (DSC 0.22 at quality 0.82); a jaw or a spine apart
+        from the skull lies below the vault and stays. The completed skull handed back holds all of ``skull``, and the implant none of it."""
         if "vault" not in self.cache:
             from SkullVAELib.implant.vault import without_vault_pieces
 

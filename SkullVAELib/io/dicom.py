@@ -4,9 +4,10 @@ SimpleITK's GDCM series reader does the reading (slice order by position, rescal
 patient's LPS geometry). What it does not check is done here, from the files' headers, before any voxel is read:
 - one series from the folder (a study exported as one folder holds several: the one named by ``--series``, else
   each is listed, none guessed);
-- slices that stack into a grid: a gantry-tilted series (slices sheared along the table) or one with missing or
-  uneven slices would be read onto a regular grid they do not lie on, and every output would land beside the
-  patient's bone; both are refused in one line;
+- slices that stack into a grid (:mod:`SkullVAELib.io.slice_stack`): a gantry-tilted series (slices sheared along
+  the table), which SimpleITK's reader would put onto a regular grid the voxels do not lie on, is resampled onto
+  the regular grid along its slices' normal, as Slicer's DICOM module regularises one, and its result says so;
+  missing or uneven slices are refused in one line;
 - the volume's size against the memory limits (:mod:`SkullVAELib.core.limits`).
 
 GDCM sets the process's C locale to "C" when it reads or writes a file, and Python's default text encoding then
@@ -30,18 +31,16 @@ import SimpleITK as sitk
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
 from SkullVAELib.io.headers import check_geometry
+from SkullVAELib.io.slice_stack import SliceStack, regularise, stack_slices, tilt_note
 
-# slices whose positions step off the slice normal by more than this (degrees) are a tilted gantry's
-TILT_TOLERANCE_DEG = 0.5
-# slice steps that differ from their median by more than this share are missing or uneven slices
-STEP_TOLERANCE = 0.05
 _DESCRIPTION, _NUMBER = "0008|103e", "0020|0011"
 
 
 @dataclass(frozen=True)
 class SeriesInformation:
     """The header of a DICOM series, read from its files' headers (duck-types the parts of SimpleITK's
-    ``ImageFileReader`` the input checks use: size, spacing, origin, direction, pixel type)."""
+    ``ImageFileReader`` the input checks use: size, spacing, origin, direction, pixel type). The geometry is the
+    regular grid the series is read onto (a tilted one's resampled grid); ``stack`` is where its slices lie."""
 
     files: tuple[str, ...]
     size: tuple[int, int, int]
@@ -49,6 +48,12 @@ class SeriesInformation:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
     pixel_id: int
+    stack: SliceStack
+
+    @property
+    def notes(self) -> list[str]:
+        """What reading the series changed that its result should say (a tilted gantry's resampling)."""
+        return tilt_note(self.stack)
 
     def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's reader's name
         return self.size
@@ -139,55 +144,30 @@ def _checked_series(folder_name: str, series: str | None, listing: tuple) -> Ser
     headers = [_header(name) for name in files]
     first = headers[0]
     row, column = (np.array(first.GetDirection(), dtype=float).reshape(3, 3)[:, a] for a in (0, 1))
-    normal = np.cross(row, column)
     positions = np.array([h.GetOrigin() for h in headers], dtype=float)
-    step = float(_check_stacking(positions, normal, folder))
-    direction = np.stack([row, column, normal], axis=1)
-    size = (*first.GetSize()[:2], len(files))
-    spacing = (*first.GetSpacing()[:2], step)
-    check_geometry(spacing, positions[0], direction.ravel(), folder)
-    return SeriesInformation(files, size, spacing, tuple(positions[0]), tuple(direction.ravel()), first.GetPixelID())
+    stack = stack_slices(positions, row, column, first.GetSpacing()[:2], first.GetSize()[:2], folder)
+    size, spacing, origin, direction = stack.regular_grid()
+    check_geometry(spacing, origin, direction.ravel(), folder)
+    return SeriesInformation(
+        files, size, tuple(spacing), tuple(origin), tuple(direction.ravel()), first.GetPixelID(), stack
+    )
 
 
 @_locale_kept
 def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> sitk.Image:
     """The DICOM series of ``folder`` (``series``: as :func:`series_information` takes it) as a 3D image in its
-    scanner units (CT: HU), after :func:`series_information`'s checks."""
+    scanner units (CT: HU) on the series' regular grid (a tilted gantry's series resampled onto it), after
+    :func:`series_information`'s checks."""
     information = series_information(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(information.files))
     try:
-        return reader.Execute()
+        return regularise(reader.Execute(), information.stack)
     except RuntimeError as exc:
         reason = (str(exc).strip().splitlines() or [""])[-1].strip()
         raise SkullVAEError("cannot read the DICOM series" + (f"; {reason}" if reason else ""), folder) from None
     except MemoryError:
         raise SkullVAEError("not enough memory to read the DICOM series", folder) from None
-
-
-def _check_stacking(positions: np.ndarray, normal: np.ndarray, folder: Path) -> float:
-    """The slice step (mm) of slices at ``positions`` (N, 3) in file order along ``normal``; SkullVAEError where
-    they step off the normal (a tilted gantry) or unevenly (missing or uneven slices)."""
-    steps = np.diff(positions, axis=0)
-    along = steps @ normal
-    lengths = np.linalg.norm(steps, axis=1)
-    if np.any(lengths <= 1e-6):
-        raise SkullVAEError("the DICOM series holds two slices at one position", folder)
-    tilt = float(np.degrees(np.arccos(np.clip(np.abs(along) / lengths, 0.0, 1.0))).max())
-    if tilt > TILT_TOLERANCE_DEG:
-        raise SkullVAEError(
-            f"a gantry-tilted DICOM series (its slices step {tilt:.1f}° off their normal); resample it onto a "
-            "regular grid first (Slicer's DICOM module offers to)",
-            folder,
-        )
-    median = float(np.median(np.abs(along)))
-    if np.any(np.abs(np.abs(along) - median) > STEP_TOLERANCE * median):
-        raise SkullVAEError(
-            f"the DICOM series has missing or uneven slices (steps {np.abs(along).min():.2f}-{np.abs(along).max():.2f} "
-            "mm); complete or resample it first",
-            folder,
-        )
-    return median
 
 
 def _header(name: str) -> sitk.ImageFileReader:

@@ -77,9 +77,10 @@ def read_input_skull(
         return _segmentation_skull(Path(path), segments)
     labels = [_label_value(text, path) for text in segments] or None
     if Path(path).is_dir():
-        from SkullVAELib.io.dicom import read_dicom_series
+        from SkullVAELib.io.dicom import read_dicom_series, series_information
 
-        return skull_from_image(read_dicom_series(path, series), path, kind, hu_threshold, labels)
+        notes = series_information(path, series).notes  # a tilted gantry's resampling
+        return skull_from_image(read_dicom_series(path, series), path, kind, hu_threshold, labels, notes)
     return read_skull(path, kind=kind, hu_threshold=hu_threshold, labels=labels)
 
 

@@ -1,0 +1,145 @@
+"""Where a DICOM series' slices lie, and the regular grid a gantry-tilted series is resampled onto.
+
+A CT scanner whose gantry is tilted (a head CT often is, to keep the orbits out of the beam) writes slices whose
+positions step along the table, not along their own normal: the voxels lie on a sheared grid. A regular grid read
+from such files (SimpleITK's series reader takes the first slice's position and the slices' distance) puts every
+voxel beside where it was scanned, the more the farther from the first slice. Slicer's DICOM module regularises
+such a series by resampling it onto a grid along the slices' normal; so does :func:`regularise` here, with
+SimpleITK's resampler reading the sheared grid as a non-orthogonal direction matrix (the library's own way of
+mapping an index to a point), so the resampled voxels are those the scanner measured, linearly interpolated.
+
+Missing or uneven slices, and slices that do not lie on one line, are refused: interpolating across a gap would
+invent the bone there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from SkullVAELib.core.errors import SkullVAEError
+
+# slices whose positions step off the slice normal by more than this (degrees) are a tilted gantry's
+TILT_TOLERANCE_DEG = 0.5
+# a gantry tilts at most about 30°; a stack stepping farther off its normal is no CT series
+MAX_TILT_DEG = 45.0
+# slice steps that differ from their median by more than this share are missing or uneven slices
+STEP_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class SliceStack:
+    """Where the slices of a series lie (LPS mm).
+
+    Attributes:
+        origin: (3,) the first slice's first pixel.
+        axes: (3, 3) columns: the slices' row and column directions and the unit step from one slice to the next
+            (off the slices' normal by ``tilt_deg`` where the gantry was tilted).
+        spacing: (3,) the pixel spacing along a row and a column, and the distance from one slice to the next.
+        size: (3,) pixels along a row and a column, and the number of slices.
+        tilt_deg: how far the step leans off the slices' normal (degrees; 0 for a regular stack).
+    """
+
+    origin: np.ndarray
+    axes: np.ndarray
+    spacing: np.ndarray
+    size: tuple[int, int, int]
+    tilt_deg: float
+
+    @property
+    def tilted(self) -> bool:
+        """Whether the stack is sheared (its voxels do not lie on a regular grid)."""
+        return self.tilt_deg > TILT_TOLERANCE_DEG
+
+    def regular_grid(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]:
+        """(size, spacing (3,) mm, origin (3,) LPS mm, direction (3, 3)) of the regular grid the stack's voxels
+        lie on: the stack itself where it is regular; for a tilted one, the grid along the slices' row, column
+        and normal, with the stack's pixel spacing and its slices' distance along the normal, grown to cover
+        every slice (the shear moves the last slice by the slices' count × step × sin(tilt))."""
+        row, column, step = self.axes.T
+        normal = np.cross(row, column)
+        normal *= np.sign(step @ normal)
+        direction = np.stack([row, column, normal], axis=1)
+        if not self.tilted:
+            return self.size, self.spacing.copy(), self.origin.copy(), direction
+        spacing = np.array([self.spacing[0], self.spacing[1], self.spacing[2] * (step @ normal)])
+        corners = np.array(np.meshgrid(*[(0, n - 1) for n in self.size], indexing="ij")).reshape(3, -1).T
+        in_frame = (corners * self.spacing) @ (self.axes.T @ direction)  # corners in (row, column, normal) mm
+        low, high = in_frame.min(axis=0), in_frame.max(axis=0)
+        size = tuple(int(n) for n in np.round((high - low) / spacing).astype(int) + 1)
+        return size, spacing, self.origin + direction @ low, direction
+
+
+def stack_slices(
+    positions: np.ndarray,
+    row: np.ndarray,
+    column: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    pixels: tuple[int, int],
+    folder: str | os.PathLike,
+) -> SliceStack:
+    """The :class:`SliceStack` of slices at ``positions`` (N, 3) LPS mm in file order, with pixel rows along ``row``
+    and columns along ``column`` (unit (3,)), ``pixel_spacing`` mm and ``pixels`` (along a row, a column).
+
+    Raises SkullVAEError naming ``folder``: two slices at one position, missing or uneven slices, slices that
+    step more than :data:`MAX_TILT_DEG` off their normal."""
+    steps = np.diff(positions, axis=0)
+    lengths = np.linalg.norm(steps, axis=1)
+    if np.any(lengths <= 1e-6):
+        raise SkullVAEError("the DICOM series holds two slices at one position", folder)
+    normal = np.cross(row, column)
+    along = np.abs(steps @ normal)
+    median = float(np.median(along))
+    if np.any(np.abs(along - median) > STEP_TOLERANCE * median):
+        raise SkullVAEError(
+            f"the DICOM series has missing or uneven slices (steps {along.min():.2f}-{along.max():.2f} mm); "
+            "complete or resample it first",
+            folder,
+        )
+    step = (positions[-1] - positions[0]) / (len(positions) - 1)  # the mean step: its lean is the gantry's tilt
+    tilt = float(np.degrees(np.arccos(np.clip(np.abs(step @ normal) / np.linalg.norm(step), 0.0, 1.0))))
+    if tilt > MAX_TILT_DEG:
+        raise SkullVAEError(
+            f"the DICOM series' slices step {tilt:.1f}° off their normal (a gantry tilts at most about 30°); "
+            "not a CT stack",
+            folder,
+        )
+    off_line = positions - positions[0] - np.outer(np.arange(len(positions)), step)
+    if np.linalg.norm(off_line, axis=1).max() > 0.5 * min(pixel_spacing):
+        raise SkullVAEError("the DICOM series' slices do not lie on one line (their positions wander)", folder)
+    if tilt <= TILT_TOLERANCE_DEG:  # a regular stack: along its normal, by its median distance
+        step = normal * np.sign(step @ normal) * median
+    axes = np.stack([row, column, step / np.linalg.norm(step)], axis=1)
+    spacing = np.array([*pixel_spacing, np.linalg.norm(step)], dtype=np.float64)
+    return SliceStack(np.asarray(positions[0], dtype=np.float64), axes, spacing, (*pixels, len(positions)), tilt)
+
+
+def regularise(image: sitk.Image, stack: SliceStack) -> sitk.Image:
+    """``image`` (the series' voxels as SimpleITK's series reader stacks them, slice k the k-th file) on
+    ``stack.regular_grid()``: as read for a regular stack (the reader's grid is that one); for a tilted one placed on its sheared grid and
+    resampled (linear; outside the scan: the image's lowest value, air in a CT)."""
+    if not stack.tilted:
+        return image
+    size, spacing, origin, direction = stack.regular_grid()
+    image.SetOrigin(tuple(stack.origin))
+    image.SetSpacing(tuple(stack.spacing))
+    image.SetDirection(tuple(stack.axes.ravel()))  # non-orthogonal: ITK maps a sheared index to its point
+    outside = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(
+        image, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), tuple(spacing), tuple(direction.ravel()), outside
+    )
+
+
+def tilt_note(stack: SliceStack) -> list[str]:
+    """The warning a tilted stack's result carries (none for a regular one)."""
+    if not stack.tilted:
+        return []
+    size = "x".join(str(n) for n in stack.regular_grid()[0])
+    return [
+        f"a gantry-tilted series (its slices step {stack.tilt_deg:.1f}° off their normal): resampled onto a regular "
+        f"grid along the slices' normal ({size} voxels), as Slicer's DICOM module regularises one; the outputs lie "
+        "on that grid"
+    ]

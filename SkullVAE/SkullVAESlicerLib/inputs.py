@@ -1,10 +1,13 @@
-"""A segmentation as the completion's input: which segments are bone, and the grid they are written on.
+"""A segmentation or a label map as the completion's input: which segments or labels are bone, and the grid they
+are written on.
 
 Only ``slicer`` MRML classes and ``vtk`` (no Qt; runs under the slicer-core wheel).
 
 - Segments (:func:`boneSegmentIds`): those asked for (``segmentIds``, ids or names); else the only one;
   else the visible ones (a hidden "Brain" or "Tumour" segment is not bone); a segmentation never shown (read
   from a file by the batch script: no display node) has no visible ones to go by, and several are refused.
+- Labels (:func:`checkLabelChoice`): a labelmap volume of several labels (a skull and a brain) with none chosen is
+  refused, naming them; read together as bone, the brain would close a cranial hole.
 - Grid (:func:`exportGeometry`): the segmentation's reference geometry when it has one (the volume it
   was segmented on). Without one (e.g. a ``.seg.nrrd`` read by hand), the bone's own lattice over the
   segments' stored extent and the bone's box padded by :data:`BONE_MARGIN_MM` on every side: the
@@ -28,6 +31,28 @@ from . import nodes
 #: geometry: the height of the cap a defect removes from an adult vault (radius about 90 mm) is 28 mm for
 #: a defect 13 cm across (90 - sqrt(90² - 65²)), so 30 mm holds the implant of a large craniectomy.
 BONE_MARGIN_MM = 30.0
+
+
+def checkLabelChoice(inputNode, labels=()) -> None:
+    """Refuse (ValueError naming them) a labelmap volume ``inputNode`` that holds several labels when ``labels``
+    (the chosen label values) is empty; any other input passes."""
+    if not nodes.isLabelmapNode(inputNode) or labels:
+        return
+    import slicer
+
+    from SkullVAELib.io.values import nonzero_values
+
+    values = slicer.util.arrayFromVolume(inputNode)  # a view of the node's voxels
+    held = nonzero_values(values, values != 0)
+    if len(held) > 1:
+        display = inputNode.GetDisplayNode()
+        colors = display.GetColorNode() if display is not None else None
+        named = [f"{v} {colors.GetColorName(v)}" if colors is not None else str(v) for v in held[:8]]
+        raise ValueError(
+            f"'{inputNode.GetName()}' is a label map of {len(held)} labels ({', '.join(named)}"
+            f"{', ...' if len(held) > 8 else ''}): choose the skull's label (segmentIds in the Python console), or "
+            "convert it to a segmentation (Data module: right-click it) and show only the skull's segments"
+        )
 
 
 def segmentNames(segmentationNode, ids) -> str:

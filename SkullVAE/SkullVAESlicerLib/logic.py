@@ -211,6 +211,7 @@ class SkullVAELogic(ModelsLogic, ScriptedLoadableModuleLogic):
         options = checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCPU, uncertainty, inputKind)
         options["choices"] = checkedChoices(sources, mirror, selfCheck, smoothMm=smoothMm, marginMm=marginMm,
                                             minThicknessMm=minThicknessMm)  # fmt: skip
+        inputs.checkLabelChoice(inputNode, _volumeLabels(inputNode, segmentIds))  # a skull and a brain: which?
         options["segmentIds"] = segmentIds  # a segmentation input's bone (inputs.boneSegmentIds)
         output = outputs.outputFor(inputNode, outputSegmentation, self.log)  # not another input's result
         self._run = run = _Run(inputNode, output, options, onProgress, onFinished)

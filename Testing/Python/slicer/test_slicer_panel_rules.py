@@ -180,3 +180,21 @@ def test_a_cbct_forced_to_ct_completes(scene, cbct_file, private_tmp, logic):
     assert arguments[arguments.index("--segment") + 1] == str(CBCT_BONE)  # the scan read as a map of its values
     assert logic.lastResult["implantVolumeMm3"] > 0 and labelled is not None
     assert seg.GetSegmentation().GetSegmentIdBySegmentName("Implant")
+
+
+def test_a_label_map_of_several_labels_needs_the_skulls_label(scene, cbct_file, logic):
+    """A labelmap volume whose voxels hold several labels (here the scan's 8 and 200; a skull and a brain read
+    together as bone close a cranial hole) is refused before anything starts, naming them; a chosen label, or a
+    label map of one label, passes."""
+    from SkullVAESlicerLib import inputs
+
+    labelmap = nodes.readVolume(scene, cbct_file, "labels", labelmap=True)
+    before = nodes.nodeIds(scene)
+    with pytest.raises(
+        ValueError, match=r"'labels' is a label map of 2 labels \(8 .*, 200 .*\): choose the skull's label"
+    ):
+        logic.process(labelmap, defect="cranial", sources="rimfit", forceCPU=True, timeout=300)
+    assert nodes.nodeIds(scene) == before and logic.lastResult is None
+    inputs.checkLabelChoice(labelmap, (str(CBCT_BONE),))
+    inputs.checkLabelChoice(nodes.readVolume(scene, SAMPLE, "skull", labelmap=True))
+    inputs.checkLabelChoice(nodes.readVolume(scene, cbct_file, "scan"))  # a scalar volume: the library reads it

@@ -33,7 +33,7 @@ from SkullVAELib.core.limits import check_volume
 from SkullVAELib.io.headers import check_geometry
 from SkullVAELib.io.slice_stack import SliceStack, regularise, stack_slices, tilt_note
 
-_DESCRIPTION, _NUMBER = "0008|103e", "0020|0011"
+_DESCRIPTION, _NUMBER, _SERIES_UID = "0008|103e", "0020|0011", "0020|000e"
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,25 @@ def is_dicom_folder(path: str | os.PathLike) -> bool:
 
 
 @_locale_kept
+def dicom_file_series(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """(its folder, its series' UID) where ``path`` is a DICOM file (one slice of a series, as Slicer's "Add data"
+    takes one: the series it belongs to is read); None for anything else."""
+    path = Path(path)
+    try:
+        with path.open("rb") as stream:
+            stream.seek(128)
+            if stream.read(4) != b"DICM":  # the DICOM file's preamble (PS3.10 7.1)
+                return None
+    except OSError:
+        return None
+    header = _header(str(path))
+    uid = header.GetMetaData(_SERIES_UID).strip() if header.HasMetaDataKey(_SERIES_UID) else ""
+    if not uid:
+        raise SkullVAEError("a DICOM file without a series UID; give the folder of its series", path)
+    return path.parent, uid
+
+
+@_locale_kept
 def series_information(folder: str | os.PathLike, series: str | None = None) -> SeriesInformation:
     """The series of ``folder`` (``series``: its number, description or UID, where the folder holds several; None:
     the only one), checked (slices on a grid, within the limits), no voxel read.
@@ -140,6 +159,13 @@ def _checked_series(folder_name: str, series: str | None, listing: tuple) -> Ser
         raise SkullVAEError("no DICOM series in this folder", folder)
     files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), _chosen_series(folder, ids, series)))
     if len(files) < 2:
+        frames = _header(files[0]).GetSize()[2]
+        if frames > 1:  # ITK does not read a multi-frame file's per-frame positions: its spacing would be a guess
+            raise SkullVAEError(
+                f"the DICOM series is one multi-frame file ({frames} frames), whose slice positions are not read "
+                "reliably here; export it as one file a slice, or convert it to NRRD (Slicer's DICOM module) first",
+                folder,
+            )
         raise SkullVAEError("the DICOM series holds one slice; expected a 3D volume", folder)
     headers = [_header(name) for name in files]
     first = headers[0]

@@ -60,7 +60,8 @@ def read_input_skull(
     """The skull of ``path`` as a boolean mask on its exact geometry.
 
     Args:
-        path: a Slicer segmentation (``.seg.nrrd``), a folder of one DICOM series (``io.dicom``), or any volume
+        path: a Slicer segmentation (``.seg.nrrd``), a folder of one DICOM series or one of its files (``io.dicom``),
+            or any volume
             :func:`~SkullVAELib.io.image.read_skull` reads.
         kind: how a volume's values are read (``read_skull``); a segmentation's are its segments.
         hu_threshold: the bone threshold of a CT (HU).
@@ -76,12 +77,25 @@ def read_input_skull(
     if is_segmentation_file(path):
         return _segmentation_skull(Path(path), segments)
     labels = [_label_value(text, path) for text in segments] or None
-    if Path(path).is_dir():
+    dicom = _dicom_series(path, series)
+    if dicom is not None:
         from SkullVAELib.io.dicom import read_dicom_series, series_information
 
-        notes = series_information(path, series).notes  # a tilted gantry's resampling
-        return skull_from_image(read_dicom_series(path, series), path, kind, hu_threshold, labels, notes)
+        folder, series = dicom
+        notes = series_information(folder, series).notes  # a tilted gantry's resampling
+        return skull_from_image(read_dicom_series(folder, series), folder, kind, hu_threshold, labels, notes)
     return read_skull(path, kind=kind, hu_threshold=hu_threshold, labels=labels)
+
+
+def _dicom_series(path: str | os.PathLike, series: str | None) -> tuple[Path, str | None] | None:
+    """(folder, series) of a DICOM input: a folder and ``series`` as given; a DICOM file, its folder and its own
+    series (unless ``series`` chooses another); None for any other input."""
+    from SkullVAELib.io.dicom import dicom_file_series
+
+    if Path(path).is_dir():
+        return Path(path), series
+    found = None if is_segmentation_file(path) else dicom_file_series(path)
+    return None if found is None else (found[0], series or found[1])
 
 
 def input_information(path: str | os.PathLike, verify_voxels: bool = True, series: str | None = None):
@@ -89,10 +103,11 @@ def input_information(path: str | os.PathLike, verify_voxels: bool = True, serie
     ``io.dicom.SeriesInformation`` of ``series``): size, spacing, origin, direction and pixel type, no voxel read."""
     from SkullVAELib.io.inputs import read_information
 
-    if Path(path).is_dir():
+    dicom = _dicom_series(path, series)
+    if dicom is not None:
         from SkullVAELib.io.dicom import series_information
 
-        return series_information(path, series)
+        return series_information(*dicom)
     return read_information(path, verify_voxels=verify_voxels, layers=is_segmentation_file(path))
 
 

@@ -18,7 +18,7 @@ from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.io.dicom import is_dicom_folder, keeping_locale, series_information
 from SkullVAELib.io.image import SkullImage
 from SkullVAELib.io.segfile import read_segmentation
-from SkullVAELib.io.skull_input import read_input_skull
+from SkullVAELib.io.skull_input import input_information, read_input_skull
 
 
 def _ct_of(mask_image) -> sitk.Image:
@@ -198,3 +198,27 @@ def test_a_series_headers_are_read_once_until_its_files_change(tmp_path, oblique
     sorted(folder.iterdir())[20].unlink()
     with pytest.raises(SkullVAEError, match="missing or uneven slices"):
         series_information(folder)
+
+
+def test_one_file_of_a_series_reads_its_series_and_a_multi_frame_file_is_named(tmp_path, oblique_case, capsys):
+    """A DICOM file given as the input is read as the series it belongs to (as Slicer's "Add data" takes one), in a
+    study folder of several series too; a multi-frame file is refused by name, not as "one slice"."""
+    skull, ct = oblique_case
+    study = write_series(ct, tmp_path / "study", description="Head CT")
+    write_series(ct, study, uid="1.2.826.0.1.3680043.2.1125.9", description="Bone window")
+    read = read_input_skull(study / "9_0005.dcm")
+    assert np.array_equal(read.mask, skull.mask) and read.metadata["source"] == str(study)
+    assert series_information(study, "9").files == input_information(study / "9_0005.dcm").files
+    out = tmp_path / "one.seg.nrrd"
+    argv = ["complete", "--input", str(study / "7_0000.dcm"), "--output", str(out), "--no-mirror", "--progress", "none"]
+    assert main(argv) == 0 and np.array_equal(read_segmentation(out)[1]["Patient bone"], skull.mask)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    with keeping_locale():
+        sitk.WriteImage(sitk.Cast(ct + 1000, sitk.sitkUInt16), str(frames / "volume.dcm"))  # one multi-frame file
+    with pytest.raises(SkullVAEError, match=r"one multi-frame file \(48 frames\)"):
+        read_input_skull(frames / "volume.dcm")
+    not_dicom = tmp_path / "notes.dcm"
+    not_dicom.write_text("not a DICOM file")
+    assert main(["complete", "--input", str(not_dicom), "--output", str(tmp_path / "x.seg.nrrd")]) == 2
+    assert "notes.dcm" in capsys.readouterr().err

@@ -33,7 +33,9 @@ from SkullVAELib.core.limits import check_volume
 from SkullVAELib.io.headers import check_geometry
 from SkullVAELib.io.slice_stack import SliceStack, regularise, stack_slices, tilt_note
 
-_DESCRIPTION, _NUMBER, _SERIES_UID = "0008|103e", "0020|0011", "0020|000e"
+_DESCRIPTION, _NUMBER, _SERIES_UID, _MODALITY = "0008|103e", "0020|0011", "0020|000e", "0008|0060"
+# modalities whose values hold no bone threshold (a CT's HU): refused by name, not read as a mask or a CT
+NOT_BONE_MODALITIES = {"MR": "magnetic resonance", "PT": "PET", "NM": "nuclear medicine", "US": "ultrasound"}
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,13 @@ def _checked_series(folder_name: str, series: str | None, listing: tuple) -> Ser
         raise SkullVAEError("the DICOM series holds one slice; expected a 3D volume", folder)
     headers = [_header(name) for name in files]
     first = headers[0]
+    modality = first.GetMetaData(_MODALITY).strip().upper() if first.HasMetaDataKey(_MODALITY) else ""
+    if modality in NOT_BONE_MODALITIES:
+        raise SkullVAEError(
+            f"a DICOM series of modality {modality} ({NOT_BONE_MODALITIES[modality]}): bone is found in a CT (a "
+            "cone-beam CT too) or a mask; give one of those",
+            folder,
+        )
     row, column = (np.array(first.GetDirection(), dtype=float).reshape(3, 3)[:, a] for a in (0, 1))
     positions = np.array([h.GetOrigin() for h in headers], dtype=float)
     stack = stack_slices(positions, row, column, first.GetSpacing()[:2], first.GetSize()[:2], folder)

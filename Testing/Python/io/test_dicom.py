@@ -34,7 +34,7 @@ def _ct_of(mask_image) -> sitk.Image:
 
 
 def write_series(image: sitk.Image, folder: Path, uid: str = "1.2.826.0.1.3680043.2.1125.7", tilt_deg: float = 0.0,
-                 skip: tuple[int, ...] = (), description: str = "Head CT") -> Path:  # fmt: skip
+                 skip: tuple[int, ...] = (), description: str = "Head CT", modality: str = "CT") -> Path:  # fmt: skip
     """Write ``image`` as a DICOM series (one file a slice) into ``folder``; its slices shifted along the rows by
     tan(``tilt_deg``) of their step (a tilted gantry), ``skip``: slices left out."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,11 +44,11 @@ def write_series(image: sitk.Image, folder: Path, uid: str = "1.2.826.0.1.368004
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     with keeping_locale():
-        _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, description)
+        _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, description, modality)
     return folder
 
 
-def _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, description) -> None:
+def _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, description, modality) -> None:
     """:func:`write_series`'s slices, one file each."""
     for k in range(image.GetDepth()):
         if k in skip:
@@ -57,7 +57,7 @@ def _write_slices(image, folder, writer, uid, orientation, row, tilt_deg, skip, 
         shift = row * np.tan(np.radians(tilt_deg)) * image.GetSpacing()[2] * k
         position = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + shift
         tags = {
-            "0008|0060": "CT", "0020|000d": uid + ".1", "0020|000e": uid + ".2", "0008|103e": description,
+            "0008|0060": modality, "0020|000d": uid + ".1", "0020|000e": uid + ".2", "0008|103e": description,
             "0020|0037": orientation, "0020|0032": "\\".join(f"{v:.6f}" for v in position),
             "0020|0011": uid.rsplit(".", 1)[-1],
             "0020|0013": str(k + 1), "0018|0050": f"{image.GetSpacing()[2]:.6f}",
@@ -180,6 +180,8 @@ def test_two_series_a_stack_no_gantry_tilts_so_far_and_a_missing_slice_are_refus
         read_input_skull(write_series(ct, tmp_path / "tilted", tilt_deg=50.0))
     with pytest.raises(SkullVAEError, match="missing or uneven slices"):
         read_input_skull(write_series(ct, tmp_path / "gap", skip=(20,)))
+    with pytest.raises(SkullVAEError, match="a DICOM series of modality MR .*bone is found in a CT"):
+        read_input_skull(write_series(ct, tmp_path / "mr", modality="MR"))
     with pytest.raises(SkullVAEError, match="no DICOM series in this folder"):
         read_input_skull(tmp_path)  # folders of series, none of its own
 

@@ -26,6 +26,7 @@ from SkullVAELib.implant.sources import source_class
 from SkullVAELib.io.image import SkullImage
 from SkullVAELib.pipeline.context import CompletionContext
 from SkullVAELib.pipeline.defect import decide_defect
+from SkullVAELib.pipeline.head_box import find_head, on_the_scan
 from SkullVAELib.pipeline.result import Completion
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.pipeline.skull_checks import check_is_a_skull
@@ -80,11 +81,14 @@ class Completer:
                 skull.metadata.get("source"),
             )
         cache: dict = {}
+        head = find_head(skull)  # a whole-body scan: its head alone, pasted back onto the scan's grid
+        work = skull if head is None else head.crop(skull)
         # read-only while it is completed: the caches of its bone listing, block occupancy and mirror
         # plane then know it unchanged without a pass over it (core.unchanged)
-        with hold_unchanged(skull.mask):
-            check_is_a_skull(skull)  # an inverted mask, a filled cranium: one line, not "no cranial defect found"
-            return [self._complete_one(skull, float(g), cache, progress or no_progress) for g in gammas]
+        with hold_unchanged(work.mask):
+            check_is_a_skull(work)  # an inverted mask, a filled cranium: one line, not "no cranial defect found"
+            done = [self._complete_one(work, float(g), cache, progress or no_progress) for g in gammas]
+        return done if head is None else [on_the_scan(head, skull, completion) for completion in done]
 
     def _complete_one(self, skull: SkullImage, gamma: float, cache: dict, progress: ProgressCallback) -> Completion:
         start = time.perf_counter()

@@ -24,7 +24,7 @@ from SkullVAELib.cli.common import (
     threads_arg,
 )
 from SkullVAELib.cli.completion_args import add_completion_args, add_model_args, completion_settings
-from SkullVAELib.core.config import GAMMA_RANGE, INPUT_KINDS
+from SkullVAELib.core.config import GAMMA_RANGE, INPUT_KINDS, MESH_VOXEL_MM
 from SkullVAELib.core.errors import SkullVAEError
 
 
@@ -40,7 +40,8 @@ def register(subparsers) -> None:
         "--input",
         required=True,
         nargs="+",
-        help="defective skull(s): binary masks or CTs (.nrrd, .nii.gz, .mha, ...), or one folder of them (a batch)",
+        help="defective skull(s): binary masks or CTs (.nrrd, .nii.gz, .mha, ...), a DICOM series' folder, a "
+        "Slicer segmentation, a closed surface (.stl, .obj, .ply), or one folder of them (a batch)",
     )
     p.add_argument("--output", required=True, help="result segmentation (.seg.nrrd); for a batch, a folder")
     add_model_args(p)
@@ -52,7 +53,18 @@ def register(subparsers) -> None:
         "separated sweep like 0,0.5,1,1.5 (one file per γ)",
     )
     p.add_argument("--implant-stl", help="also write the implant surface (binary STL, mm); for a batch, a folder")
-    p.add_argument("--stl-frame", choices=("LPS", "RAS"), default="LPS", help="STL coordinates (Slicer reads LPS)")
+    p.add_argument(
+        "--stl-frame",
+        choices=("LPS", "RAS"),
+        default="LPS",
+        help="STL coordinates of --implant-stl, and of an input surface whose header names none (Slicer reads LPS)",
+    )
+    p.add_argument(
+        "--mesh-voxel-mm",
+        type=finite_float,
+        default=MESH_VOXEL_MM,
+        help="an input surface (.stl, .obj, .ply) is voxelized at this size (mm) before it is completed",
+    )
     p.add_argument("--uncertainty", help="also write the model's bone frequency over K samples (float NRRD)")
     p.add_argument("--samples", type=positive_int, default=None, help="K for --uncertainty (default 10)")
     p.add_argument("--raw", action="store_true", help="completed skull = the model's raw decoded skull (the paper)")
@@ -122,7 +134,14 @@ def run(args: argparse.Namespace) -> int:
             Path(args.output),
             gammas,
             options=options,
-            reading=SkullReading(args.input_kind, args.hu_threshold, tuple(args.segment or ()), args.series),
+            reading=SkullReading(
+                args.input_kind,
+                args.hu_threshold,
+                tuple(args.segment or ()),
+                args.series,
+                mesh_voxel_mm=args.mesh_voxel_mm,
+                stl_frame=args.stl_frame,
+            ),
             threads=args.threads,
             jobs=args.jobs,
             owns_process=getattr(args, "owns_process", False),

@@ -26,6 +26,10 @@ DEFECT_CHOICES: tuple[str, ...] = ("auto", *DEFECTS)
 #: the values (integers 0..255: a mask; air < -200 to bone > 300: a CT in HU), "binary" (nonzero = bone), "ct"
 #: (bone = values >= the bone threshold, e.g. a CBCT whose values are not HU).
 INPUT_KINDS: tuple[str, ...] = ("auto", "binary", "ct")
+#: A skull given as a closed surface (``io.mesh``): its files, and the voxel (mm) it is read onto by default
+#: (SkullFix's scans are 0.4-0.5 mm in plane).
+MESH_EXTENSIONS: tuple[str, ...] = (".stl", ".obj", ".ply")
+MESH_VOXEL_MM = 0.5
 # Implant sources (SkullVAELib/implant/sources), one word each: the learned cranial residual on the
 # rim fit (only with a trained residual), the geometric rim fit, the learned
 # facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
+from SkullVAELib.io.grid_header import GridHeader
 from SkullVAELib.io.headers import check_geometry
 from SkullVAELib.io.slice_stack import SliceStack, regularise, stack_slices, tilt_note
 
@@ -39,44 +40,17 @@ NOT_BONE_MODALITIES = {"MR": "magnetic resonance", "PT": "PET", "NM": "nuclear m
 
 
 @dataclass(frozen=True)
-class SeriesInformation:
-    """The header of a DICOM series, read from its files' headers (duck-types the parts of SimpleITK's
-    ``ImageFileReader`` the input checks use: size, spacing, origin, direction, pixel type). The geometry is the
-    regular grid the series is read onto (a tilted one's resampled grid); ``stack`` is where its slices lie."""
+class SeriesInformation(GridHeader):
+    """The header of a DICOM series, read from its files' headers: the regular grid the series is read onto (a
+    tilted one's resampled grid), its ``files`` in slice order, and ``stack``, where its slices lie."""
 
-    files: tuple[str, ...]
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-    pixel_id: int
-    stack: SliceStack
+    files: tuple[str, ...] = ()
+    stack: SliceStack | None = None
 
     @property
     def notes(self) -> list[str]:
         """What reading the series changed that its result should say (a tilted gantry's resampling)."""
-        return tilt_note(self.stack)
-
-    def GetSize(self) -> tuple[int, int, int]:  # noqa: N802 - SimpleITK's reader's name
-        return self.size
-
-    def GetSpacing(self) -> tuple[float, float, float]:  # noqa: N802
-        return self.spacing
-
-    def GetOrigin(self) -> tuple[float, float, float]:  # noqa: N802
-        return self.origin
-
-    def GetDirection(self) -> tuple[float, ...]:  # noqa: N802
-        return self.direction
-
-    def GetPixelID(self) -> int:  # noqa: N802
-        return self.pixel_id
-
-    def GetDimension(self) -> int:  # noqa: N802
-        return 3
-
-    def GetNumberOfComponents(self) -> int:  # noqa: N802
-        return 1
+        return tilt_note(self.stack) if self.stack is not None else []
 
 
 @contextlib.contextmanager
@@ -184,7 +158,7 @@ def _checked_series(folder_name: str, series: str | None, listing: tuple) -> Ser
     size, spacing, origin, direction = stack.regular_grid()
     check_geometry(spacing, origin, direction.ravel(), folder)
     return SeriesInformation(
-        files, size, tuple(spacing), tuple(origin), tuple(direction.ravel()), first.GetPixelID(), stack
+        size, tuple(spacing), tuple(origin), tuple(direction.ravel()), first.GetPixelID(), files=files, stack=stack
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from SkullVAELib.core.config import MESH_EXTENSIONS, MESH_VOXEL_MM
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.io.image import DEFAULT_HU_THRESHOLD, SkullImage, read_skull, skull_from_image
 from SkullVAELib.io.outputs import SEGMENTATION_EXTENSIONS, has_extension
@@ -31,22 +32,40 @@ def is_segmentation_file(path: str | os.PathLike) -> bool:
     return has_extension(path, SEGMENTATION_EXTENSIONS)
 
 
+def is_mesh_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a surface file (``core.config.MESH_EXTENSIONS``, any case; read by ``io.mesh``)."""
+    return Path(path).suffix.lower() in MESH_EXTENSIONS
+
+
 @dataclass(frozen=True)
 class SkullReading:
-    """How an input is read (the CLI's ``--input-kind``, ``--hu-threshold``, ``--segment``, ``--series``): what
-    :func:`read_input_skull` and :func:`input_information` take, in one value a batch hands its workers."""
+    """How an input is read (the CLI's ``--input-kind``, ``--hu-threshold``, ``--segment``, ``--series``,
+    ``--mesh-voxel-mm``, ``--stl-frame``): what :func:`read_input_skull` and :func:`input_information` take (and,
+    for a surface, :mod:`SkullVAELib.io.mesh`), in one value a batch hands its workers."""
 
     kind: str = "auto"
     hu_threshold: float = DEFAULT_HU_THRESHOLD
     segments: tuple[str, ...] = ()
     series: str | None = None
+    mesh_voxel_mm: float = MESH_VOXEL_MM  # a surface's voxels (``io.mesh``)
+    stl_frame: str = "LPS"  # a surface's coordinates where its header names none
 
     def read(self, path: str | os.PathLike) -> SkullImage:
         """The skull of ``path`` (:func:`read_input_skull`)."""
+        if is_mesh_file(path):
+            from SkullVAELib.io.mesh import read_mesh_skull  # VTK's readers: loaded for a surface alone
+
+            if self.segments:
+                raise SkullVAEError("--segment chooses a segmentation's segments or a label map's labels", path)
+            return read_mesh_skull(path, self.mesh_voxel_mm, self.stl_frame)
         return read_input_skull(path, self.kind, self.hu_threshold, self.segments, self.series)
 
     def information(self, path: str | os.PathLike, verify_voxels: bool = True):
-        """The checked header of ``path`` (:func:`input_information`)."""
+        """The checked header of ``path`` (:func:`input_information`; a surface's: the grid it is voxelized onto)."""
+        if is_mesh_file(path):
+            from SkullVAELib.io.mesh import mesh_information
+
+            return mesh_information(path, self.mesh_voxel_mm, self.stl_frame)
         return input_information(path, verify_voxels, self.series)
 
 

@@ -14,7 +14,7 @@ from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
 from SkullVAELib.data.layout import split_case_name
 from SkullVAELib.io.outputs import file_identity
-from SkullVAELib.io.skull_input import SEGMENTATION_SUFFIX, SkullReading, is_segmentation_file
+from SkullVAELib.io.skull_input import SEGMENTATION_SUFFIX, SkullReading, is_mesh_file, is_segmentation_file
 from SkullVAELib.pipeline.settings import CompletionSettings
 from SkullVAELib.workflows.batch_pool import (
     CaseArguments,
@@ -52,11 +52,11 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def folder_inputs(folder: Path) -> list[Path]:
-    """The inputs a folder holds: its image files (sorted); else the folder itself where it holds one DICOM series
+    """The inputs a folder holds: its image and surface files (sorted); else the folder itself where it holds one DICOM series
     (GDCM reads its files' headers); else its subfolders that hold DICOM series (sorted), one case each."""
     from SkullVAELib.io.dicom import is_dicom_folder
 
-    found = sorted(p for p in folder.iterdir() if p.is_file() and split_case_name(p.name) is not None)
+    found = sorted(p for p in folder.iterdir() if p.is_file() and (split_case_name(p.name) or is_mesh_file(p)))
     if found:
         return found
     if is_dicom_folder(folder):
@@ -64,7 +64,8 @@ def folder_inputs(folder: Path) -> list[Path]:
     found = sorted(p for p in folder.iterdir() if p.is_dir() and is_dicom_folder(p))
     if not found:
         raise SkullVAEError(
-            "no image files (.nrrd, .nii.gz, .nii, .mha, .mhd) and no DICOM series in this folder or its subfolders",
+            "no image files (.nrrd, .nii.gz, .nii, .mha, .mhd), no surfaces (.stl, .obj, .ply) and no DICOM series in "
+            "this folder or its subfolders",
             folder,
         )
     return found

@@ -103,3 +103,15 @@ def test_what_is_no_skulls_closed_surface_is_refused(tmp_path, phantom_defect):
         read_mesh_skull(_stl(skull, tmp_path / "fine.stl"), voxel_mm=0.01)
     assert main(["complete", "--input", str(tmp_path / "open.stl"), "--output", str(tmp_path / "x.seg.nrrd")]) == 2
     assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_a_folder_of_surfaces_is_a_batch_of_them(tmp_path, phantom_defect):
+    from SkullVAELib.workflows.complete_batch import case_stem, folder_inputs
+
+    skull, _ = phantom_defect
+    for name in ("Patient 2.stl", "Patient 1.STL"):
+        _stl(skull, tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an input")
+    found = folder_inputs(tmp_path)
+    assert [p.name for p in found] == ["Patient 1.STL", "Patient 2.stl"]
+    assert [case_stem(p) for p in found] == ["Patient 1", "Patient 2"]

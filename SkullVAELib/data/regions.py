@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from SkullVAELib.core.errors import SkullVAEError
@@ -38,7 +39,11 @@ def bone_bounds(
     else:  # the index box's corners (exact on an axis-aligned grid)
         ends = []
         for axis in range(3):
-            hit = torch.nonzero(bone.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+            others = tuple(a for a in range(3) if a != axis)
+            if device.type == "cpu":  # numpy reduces a Fortran-ordered mask 100x faster (4 ms against 0.46 s)
+                hit = torch.from_numpy(np.flatnonzero(bone.numpy().any(axis=others)))
+            else:
+                hit = torch.nonzero(bone.any(dim=others)).flatten()
             ends.append(hit[[0, -1]].to(dtype))
         index = torch.cartesian_prod(*ends)  # (8, 3)
     points = index @ matrix.T + torch.as_tensor(origin, device=device).to(dtype)

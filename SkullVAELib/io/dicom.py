@@ -180,10 +180,16 @@ def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> s
 
 
 def _header(name: str) -> sitk.ImageFileReader:
-    """A reader that has read the header of the DICOM file ``name``."""
+    """A reader that has read the header of the DICOM file ``name``; SkullVAEError naming it where GDCM reads no
+    image from it (a DICOMDIR, a report, a truncated file)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(name)
-    reader.ReadImageInformation()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise SkullVAEError(
+            "not a DICOM image file (a DICOMDIR or a report? give the folder of its series)", name
+        ) from None
     return reader
 
 

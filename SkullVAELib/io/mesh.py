@@ -7,8 +7,8 @@ a grid of ``core.config.MESH_VOXEL_MM`` (SkullFix's scans are 0.4-0.5 mm) in the
 implant STL (``--implant-stl``) in the surface's coordinates, where it overlays the input.
 
 Coordinates: a surface file carries no frame of its own. Slicer writes ``SPACE=LPS`` or ``SPACE=RAS`` in an STL's
-header, and so does SkullVAE; that word is read, else the frame asked for (``--stl-frame``, LPS by default, as
-Slicer reads an STL). A surface in RAS is turned to LPS (x and y negated) before it is voxelized.
+header and in an OBJ's or a PLY's comments, and SkullVAE in an STL's; that word is read, else the frame asked for
+(``--stl-frame``, LPS by default, as Slicer reads an STL). A surface in RAS is turned to LPS (x and y negated) before it is voxelized.
 
 Refused in one line: a file VTK reads no triangles from; one no skull's size in millimetres (in metres or
 inches); an open surface (its boundary edges would let the
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonCore import vtkObject
 from vtkmodules.vtkCommonTransforms import vtkTransform
 from vtkmodules.vtkFiltersCore import vtkFeatureEdges
 from vtkmodules.vtkFiltersGeneral import vtkTransformPolyDataFilter
@@ -41,6 +42,7 @@ SKULL_SPAN_MM = (50.0, 600.0)  # the longest side of a skull's box: a child's to
 MARGIN_MM = 30.0  # room about the bone: the cap a vertex defect removes (about 28 mm for a hole 13 cm across)
 _READERS = {".stl": vtkSTLReader, ".obj": vtkOBJReader, ".ply": vtkPLYReader}  # MESH_EXTENSIONS' readers
 _SPACE = re.compile(rb"SPACE=(LPS|RAS)", re.IGNORECASE)
+_HEADER_BYTES = 1024  # where Slicer writes SPACE= (an STL's header, an OBJ's or a PLY's comments)
 
 
 def mesh_information(path: str | os.PathLike, voxel_mm: float = MESH_VOXEL_MM, frame: str = "LPS") -> GridHeader:
@@ -82,14 +84,9 @@ def _lps_surface(path: str | os.PathLike, frame: str):
     path = Path(path)
     if not path.is_file():
         raise SkullVAEError("file not found", path)
-    reader = _READERS[path.suffix.lower()]()
-    reader.SetFileName(str(path))
-    reader.Update()
-    surface = reader.GetOutput()
-    if surface.GetNumberOfPolys() == 0:
-        raise SkullVAEError("no triangles read from this surface file", path)
-    with path.open("rb") as stream:
-        found = _SPACE.search(stream.read(256)) if path.suffix.lower() == ".stl" else None
+    surface = _read_surface(path)
+    with path.open("rb") as stream:  # an STL's 80-byte header, an OBJ's first comments, a PLY's header
+        found = _SPACE.search(stream.read(_HEADER_BYTES))
     used = found.group(1).decode().upper() if found else frame
     if used == "LPS":
         return surface, used, found is not None
@@ -100,6 +97,23 @@ def _lps_surface(path: str | os.PathLike, frame: str):
     to_lps.SetInputData(surface)
     to_lps.Update()
     return to_lps.GetOutput(), used, found is not None
+
+
+def _read_surface(path: Path):
+    """The polygons of the surface file ``path``; SkullVAEError naming it where VTK reads none (a broken or empty
+    file: its reader's error report is kept off the terminal, the one line says it)."""
+    reader = _READERS[path.suffix.lower()]()
+    shown = vtkObject.GetGlobalWarningDisplay()
+    vtkObject.GlobalWarningDisplayOff()
+    try:
+        reader.SetFileName(str(path))
+        reader.Update()
+    finally:
+        vtkObject.SetGlobalWarningDisplay(shown)
+    surface = reader.GetOutput()
+    if surface.GetNumberOfPolys() == 0:
+        raise SkullVAEError("no triangles read from this surface file (broken or empty?)", path)
+    return surface
 
 
 def _checked_bounds(surface, path) -> np.ndarray:

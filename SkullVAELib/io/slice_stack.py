@@ -22,8 +22,9 @@ import SimpleITK as sitk
 
 from SkullVAELib.core.errors import SkullVAEError
 
-# slices whose positions step off the slice normal by more than this (degrees) are a tilted gantry's
-TILT_TOLERANCE_DEG = 0.5
+# slices whose positions move along their own plane by more than this share of a pixel, from the first slice to the
+# last, are a tilted gantry's (a small tilt over many slices adds up: 0.45° over 200 slices of 1 mm is 1.6 mm)
+SHIFT_TOLERANCE_PIXELS = 0.5
 # a gantry tilts at most about 30°; a stack stepping farther off its normal is no CT series
 MAX_TILT_DEG = 45.0
 # slice steps that differ from their median by more than this share are missing or uneven slices
@@ -41,6 +42,8 @@ class SliceStack:
         spacing: (3,) the pixel spacing along a row and a column, and the distance from one slice to the next.
         size: (3,) pixels along a row and a column, and the number of slices.
         tilt_deg: how far the step leans off the slices' normal (degrees; 0 for a regular stack).
+        tilted: whether the stack is sheared: its last slice lies more than :data:`SHIFT_TOLERANCE_PIXELS` of a
+            pixel along its own plane from where a regular grid puts it.
     """
 
     origin: np.ndarray
@@ -48,11 +51,7 @@ class SliceStack:
     spacing: np.ndarray
     size: tuple[int, int, int]
     tilt_deg: float
-
-    @property
-    def tilted(self) -> bool:
-        """Whether the stack is sheared (its voxels do not lie on a regular grid)."""
-        return self.tilt_deg > TILT_TOLERANCE_DEG
+    tilted: bool = False
 
     def regular_grid(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]:
         """(size, spacing (3,) mm, origin (3,) LPS mm, direction (3, 3)) of the regular grid the stack's voxels
@@ -110,11 +109,14 @@ def stack_slices(
     off_line = positions - positions[0] - np.outer(np.arange(len(positions)), step)
     if np.linalg.norm(off_line, axis=1).max() > 0.5 * min(pixel_spacing):
         raise SkullVAEError("the DICOM series' slices do not lie on one line (their positions wander)", folder)
-    if tilt <= TILT_TOLERANCE_DEG:  # a regular stack: along its normal, by its median distance
+    in_plane = positions[-1] - positions[0] - ((positions[-1] - positions[0]) @ normal) * normal
+    tilted = bool(np.linalg.norm(in_plane) > SHIFT_TOLERANCE_PIXELS * min(pixel_spacing))
+    if not tilted:  # a regular stack: along its normal, by its median distance
         step = normal * np.sign(step @ normal) * median
     axes = np.stack([row, column, step / np.linalg.norm(step)], axis=1)
     spacing = np.array([*pixel_spacing, np.linalg.norm(step)], dtype=np.float64)
-    return SliceStack(np.asarray(positions[0], dtype=np.float64), axes, spacing, (*pixels, len(positions)), tilt)
+    origin = np.asarray(positions[0], dtype=np.float64)
+    return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, tilted)
 
 
 def regularise(image: sitk.Image, stack: SliceStack) -> sitk.Image:

@@ -41,6 +41,7 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
         paths = folder_inputs(paths[0])
+    paths = _one_file_a_series(paths)
     seen: dict[str, Path] = {}
     for path in paths:  # the results are named by case: one name, one result
         other = seen.setdefault(case_stem(path), path)
@@ -56,7 +57,11 @@ def folder_inputs(folder: Path) -> list[Path]:
     (GDCM reads its files' headers); else its subfolders that hold DICOM series (sorted), one case each."""
     from SkullVAELib.io.dicom import is_dicom_folder
 
-    found = sorted(p for p in folder.iterdir() if p.is_file() and (split_case_name(p.name) or is_mesh_file(p)))
+    found = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and (split_case_name(p.name) or is_mesh_file(p))
+    )  # a hidden file (macOS's "._x.stl") is no case
     if found:
         return found
     if is_dicom_folder(folder):
@@ -69,6 +74,21 @@ def folder_inputs(folder: Path) -> list[Path]:
             folder,
         )
     return found
+
+
+def _one_file_a_series(paths: list[Path]) -> list[Path]:
+    """``paths`` with the DICOM files of a series already named left out (``--input "Patient 7"/*.dcm``: each file
+    reads its whole series; the first one of each stays)."""
+    from SkullVAELib.io.dicom import dicom_file_series
+
+    series, kept = set(), []
+    for path in paths:
+        found = None if path.is_dir() or is_segmentation_file(path) else dicom_file_series(path)
+        if found is None or found not in series:
+            kept.append(path)
+        if found is not None:
+            series.add(found)
+    return kept
 
 
 def case_stem(path: Path) -> str:

@@ -19,6 +19,7 @@ from SkullVAELib.io.dicom import is_dicom_folder, keeping_locale, series_informa
 from SkullVAELib.io.image import SkullImage
 from SkullVAELib.io.segfile import read_segmentation
 from SkullVAELib.io.skull_input import input_information, read_input_skull
+from SkullVAELib.workflows.complete_batch import batch_inputs
 
 
 def _ct_of(mask_image) -> sitk.Image:
@@ -220,6 +221,12 @@ def test_one_file_of_a_series_reads_its_series_and_a_multi_frame_file_is_named(t
         sitk.WriteImage(sitk.Cast(ct + 1000, sitk.sitkUInt16), str(frames / "volume.dcm"))  # one multi-frame file
     with pytest.raises(SkullVAEError, match=r"one multi-frame file \(48 frames\)"):
         read_input_skull(frames / "volume.dcm")
+    dicomdir = tmp_path / "DICOMDIR"  # a DICOM file that holds no image
+    dicomdir.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x04\x00\x00\x00")
+    with pytest.raises(SkullVAEError, match="DICOMDIR: not a DICOM image file"):
+        read_input_skull(dicomdir)
+    files = sorted(str(p) for p in study.glob("7_*.dcm"))[:3] + [str(study / "9_0001.dcm")]
+    assert [p.name for p in batch_inputs(files)] == ["7_0000.dcm", "9_0001.dcm"]  # one case a series
     not_dicom = tmp_path / "notes.dcm"
     not_dicom.write_text("not a DICOM file")
     assert main(["complete", "--input", str(not_dicom), "--output", str(tmp_path / "x.seg.nrrd")]) == 2

@@ -8,6 +8,7 @@ import pytest
 from vtkmodules.vtkCommonDataModel import vtkPlane
 from vtkmodules.vtkFiltersCore import vtkClipPolyData
 from vtkmodules.vtkIOGeometry import vtkOBJWriter, vtkSTLWriter
+from vtkmodules.vtkIOPLY import vtkPLYWriter
 
 from SkullVAELib.cli import main
 from SkullVAELib.core.errors import SkullVAEError
@@ -65,6 +66,13 @@ def test_a_surface_is_the_bone_it_encloses_in_either_frame(tmp_path, phantom_def
     assert dice(_back_on(skull, read), skull.mask) >= 0.93 and "(--stl-frame's)" in read.metadata["warnings"][0]
     wrong = read_mesh_skull(tmp_path / "skull.obj", voxel_mm=1.2, frame="RAS")  # no header: the frame asked for
     assert dice(_back_on(skull, wrong), skull.mask) < 0.2
+    ras = vtkPLYWriter()  # Slicer writes the frame into an OBJ's or a PLY's comments
+    ras.SetFileName(str(tmp_path / "skull.ply"))
+    ras.AddComment("SPACE=RAS")
+    ras.SetInputData(implant_surface(skull, smooth=False, coordinate_system="RAS"))
+    ras.Write()
+    read = read_mesh_skull(tmp_path / "skull.ply", voxel_mm=1.2)
+    assert dice(_back_on(skull, read), skull.mask) >= 0.93 and "in RAS (its header's)" in read.metadata["warnings"][0]
 
 
 def test_complete_takes_a_surface_and_writes_the_implant_where_it_lay(tmp_path, phantom_defect):
@@ -96,6 +104,9 @@ def test_what_is_no_skulls_closed_surface_is_refused(tmp_path, phantom_defect):
     metres = SkullImage(skull.mask, skull.origin / 1000, skull.spacing / 1000, skull.direction)
     with pytest.raises(SkullVAEError, match="is it in millimetres"):
         read_mesh_skull(_stl(metres, tmp_path / "metres.stl"))
+    (tmp_path / "broken.stl").write_bytes(b"\0" * 80 + b"\xff\xff\x00\x00")  # 65535 triangles announced, none
+    with pytest.raises(SkullVAEError, match=r"broken.stl: no triangles read from this surface file \(broken"):
+        read_mesh_skull(tmp_path / "broken.stl")
     (tmp_path / "empty.stl").write_bytes(b"solid empty\nendsolid empty\n")
     with pytest.raises(SkullVAEError, match="no triangles read"):
         read_mesh_skull(tmp_path / "empty.stl")
@@ -112,6 +123,7 @@ def test_a_folder_of_surfaces_is_a_batch_of_them(tmp_path, phantom_defect):
     for name in ("Patient 2.stl", "Patient 1.STL"):
         _stl(skull, tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an input")
+    (tmp_path / "._Patient 1.stl").write_bytes(b"\0" * 84)  # macOS's resource fork: hidden, no case
     found = folder_inputs(tmp_path)
     assert [p.name for p in found] == ["Patient 1.STL", "Patient 2.stl"]
     assert [case_stem(p) for p in found] == ["Patient 1", "Patient 2"]

@@ -51,3 +51,13 @@ def test_a_stack_that_is_no_grid_is_refused():
         stack_slices(wander, ROW, COLUMN, (1, 1), (4, 4), "f")
     with pytest.raises(SkullVAEError, match="60.0° off their normal"):
         stack_slices(_positions(6, [0, 2 * np.tan(np.radians(60)), 2]), ROW, COLUMN, (1, 1), (4, 4), "f")
+
+
+def test_a_small_tilt_over_many_slices_is_a_tilt():
+    """0.45° over 200 slices of 1 mm moves the last slice 1.6 mm (3 pixels) along its plane: resampled; the same
+    lean over 20 slices (0.16 mm, under half a pixel) is a regular stack."""
+    step = np.array([0.0, np.tan(np.radians(0.45)), 1.0])
+    long = stack_slices(_positions(200, step), ROW, COLUMN, (0.5, 0.5), (8, 9), "f")
+    short = stack_slices(_positions(20, step), ROW, COLUMN, (0.5, 0.5), (8, 9), "f")
+    assert long.tilted and long.regular_grid()[0] == (8, 12, 200) and tilt_note(long)
+    assert not short.tilted and short.regular_grid()[0] == (8, 9, 20) and not tilt_note(short)

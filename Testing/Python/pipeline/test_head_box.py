@@ -75,4 +75,8 @@ def test_the_head_box_on_an_oblique_grid_keeps_the_bone_above_its_cut_and_pastes
     top = (np.argwhere(oblique.mask) @ full[2, :3] + full[2, 3]).max()
     assert head.cut_mm == pytest.approx(top - HEAD_SPAN_MM, abs=2 * SPACING)
     assert np.array_equal(head.paste(oblique, crop.mask, oblique.mask), oblique.mask)  # the round trip
+    everything = head.paste(oblique, np.ones(crop.shape, dtype=bool), None)  # written above the cut, in the box
+    points = np.argwhere(everything) @ full[:3, :3].T + full[:3, 3]
+    assert points[:, 2].min() >= head.cut_mm and 0 < everything.sum() < np.prod(crop.shape)
+    assert not everything[: head.box[0].start].any() and not everything[head.box[0].stop :].any()
     assert np.allclose(crop.index_to_physical()[:3, 3], full[:3, :3] @ [s.start for s in head.box] + full[:3, 3])

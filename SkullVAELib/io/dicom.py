@@ -7,7 +7,8 @@ patient's LPS geometry). What it does not check is done here, from the files' he
 - slices that stack into a grid (:mod:`SkullVAELib.io.slice_stack`): a gantry-tilted series (slices sheared along
   the table), which SimpleITK's reader would put onto a regular grid the voxels do not lie on, is resampled onto
   the regular grid along its slices' normal, as Slicer's DICOM module regularises one, and its result says so;
-  missing or uneven slices are refused in one line;
+  unevenly spaced slices (a missing one, two slice distances) are blended onto the finest step, and a wider gap
+  (more than two slices missing in a row) is refused in one line;
 - the volume's size against the memory limits (:mod:`SkullVAELib.core.limits`).
 
 GDCM sets the process's C locale to "C" when it reads or writes a file, and Python's default text encoding then
@@ -106,8 +107,8 @@ def series_information(folder: str | os.PathLike, series: str | None = None) -> 
     the only one), checked (slices on a grid, within the limits), no voxel read.
 
     Raises SkullVAEError naming the folder: no series, several and none chosen (each listed), a chosen one missing
-    or ambiguous, a single slice, a tilted gantry, missing or uneven slices, geometry outside the plausible range,
-    or over the size limits."""
+    or ambiguous, a single slice, a stack no gantry tilts so far, a gap of several missing slices, slices off one
+    line, geometry outside the plausible range, or over the size limits."""
     information = _checked_series(str(folder), series, _listing(Path(folder)))
     voxel_bytes = sitk.Image([1, 1, 1], information.pixel_id).GetSizeOfPixelComponent()
     check_volume(information.size, voxel_bytes, folder, what="DICOM series")  # the limits in force now
@@ -165,11 +166,13 @@ def _checked_series(folder_name: str, series: str | None, listing: tuple) -> Ser
 @_locale_kept
 def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> sitk.Image:
     """The DICOM series of ``folder`` (``series``: as :func:`series_information` takes it) as a 3D image in its
-    scanner units (CT: HU) on the series' regular grid (a tilted gantry's series resampled onto it), after
-    :func:`series_information`'s checks."""
+    scanner units (CT: HU) on the series' regular grid (a tilted gantry's or an uneven series resampled onto it),
+    after :func:`series_information`'s checks."""
     information = series_information(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(information.files))
+    shown = reader.GetGlobalWarningDisplay()
+    reader.SetGlobalWarningDisplay(False)  # ITK's "non uniform sampling" on stderr: checked and said here
     try:
         return regularise(reader.Execute(), information.stack)
     except RuntimeError as exc:
@@ -177,6 +180,8 @@ def read_dicom_series(folder: str | os.PathLike, series: str | None = None) -> s
         raise SkullVAEError("cannot read the DICOM series" + (f"; {reason}" if reason else ""), folder) from None
     except MemoryError:
         raise SkullVAEError("not enough memory to read the DICOM series", folder) from None
+    finally:
+        reader.SetGlobalWarningDisplay(shown)
 
 
 def _header(name: str) -> sitk.ImageFileReader:

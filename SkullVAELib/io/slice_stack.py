@@ -1,4 +1,4 @@
-"""Where a DICOM series' slices lie, and the regular grid a gantry-tilted series is resampled onto.
+"""Where a DICOM series' slices lie, and the regular grid a gantry-tilted or an unevenly spaced series is read onto.
 
 A CT scanner whose gantry is tilted (a head CT often is, to keep the orbits out of the beam) writes slices whose
 positions step along the table, not along their own normal: the voxels lie on a sheared grid. A regular grid read
@@ -8,8 +8,10 @@ such a series by resampling it onto a grid along the slices' normal; so does :fu
 SimpleITK's resampler reading the sheared grid as a non-orthogonal direction matrix (the library's own way of
 mapping an index to a point), so the resampled voxels are those the scanner measured, linearly interpolated.
 
-Missing or uneven slices, and slices that do not lie on one line, are refused: interpolating across a gap would
-invent the bone there.
+Unevenly spaced slices (a missing slice, a protocol of two slice distances) are resampled onto a grid of the finest
+step, each slice between its two neighbours; a gap of more than :data:`MAX_GAP_STEPS` steps, uneven slices of a
+tilted gantry, and slices that do not lie on one line are refused: interpolating across a wide gap would invent the
+bone there.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ SHIFT_TOLERANCE_PIXELS = 0.5
 MAX_TILT_DEG = 45.0
 # slice steps that differ from their median by more than this share are missing or uneven slices
 STEP_TOLERANCE = 0.05
+# uneven slices are resampled onto the finest step; a gap wider than this many of those steps (more than two
+# missing slices in a row) is refused: interpolating across it would invent the bone there
+MAX_GAP_STEPS = 3.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class SliceStack:
         tilt_deg: how far the step leans off the slices' normal (degrees; 0 for a regular stack).
         tilted: whether the stack is sheared: its last slice lies more than :data:`SHIFT_TOLERANCE_PIXELS` of a
             pixel along its own plane from where a regular grid puts it.
+        heights: (N,) mm of each slice above the first along the normal where the slices are unevenly spaced (a
+            missing slice, a protocol of two slice distances; ``spacing[2]`` is then the finest step), else None.
     """
 
     origin: np.ndarray
@@ -52,6 +59,7 @@ class SliceStack:
     size: tuple[int, int, int]
     tilt_deg: float
     tilted: bool = False
+    heights: np.ndarray | None = None
 
     def regular_grid(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]:
         """(size, spacing (3,) mm, origin (3,) LPS mm, direction (3, 3)) of the regular grid the stack's voxels
@@ -62,6 +70,9 @@ class SliceStack:
         normal = np.cross(row, column)
         normal *= np.sign(step @ normal)
         direction = np.stack([row, column, normal], axis=1)
+        if self.heights is not None:  # uneven: the finest step from the first slice to the last
+            size = (*self.size[:2], int(round(self.heights[-1] / self.spacing[2])) + 1)
+            return size, self.spacing.copy(), self.origin.copy(), direction
         if not self.tilted:
             return self.size, self.spacing.copy(), self.origin.copy(), direction
         spacing = np.array([self.spacing[0], self.spacing[1], self.spacing[2] * (step @ normal)])
@@ -90,14 +101,11 @@ def stack_slices(
     if np.any(lengths <= 1e-6):
         raise SkullVAEError("the DICOM series holds two slices at one position", folder)
     normal = np.cross(row, column)
-    along = np.abs(steps @ normal)
-    median = float(np.median(along))
-    if np.any(np.abs(along - median) > STEP_TOLERANCE * median):
-        raise SkullVAEError(
-            f"the DICOM series has missing or uneven slices (steps {along.min():.2f}-{along.max():.2f} mm); "
-            "complete or resample it first",
-            folder,
-        )
+    normal *= np.sign((positions[-1] - positions[0]) @ normal)  # along the stack: slice k + 1 above slice k
+    heights = (positions - positions[0]) @ normal
+    along = np.diff(heights)
+    if np.any(along <= 1e-6):
+        raise SkullVAEError("the DICOM series' slices are not in order along their normal", folder)
     step = (positions[-1] - positions[0]) / (len(positions) - 1)  # the mean step: its lean is the gantry's tilt
     tilt = float(np.degrees(np.arccos(np.clip(np.abs(step @ normal) / np.linalg.norm(step), 0.0, 1.0))))
     if tilt > MAX_TILT_DEG:
@@ -106,23 +114,39 @@ def stack_slices(
             "not a CT stack",
             folder,
         )
-    off_line = positions - positions[0] - np.outer(np.arange(len(positions)), step)
+    sideways = positions - positions[0] - np.outer(heights, normal)  # each slice's shift along its own plane
+    off_line = sideways - np.outer(heights / heights[-1], sideways[-1])
     if np.linalg.norm(off_line, axis=1).max() > 0.5 * min(pixel_spacing):
         raise SkullVAEError("the DICOM series' slices do not lie on one line (their positions wander)", folder)
-    in_plane = positions[-1] - positions[0] - ((positions[-1] - positions[0]) @ normal) * normal
-    tilted = bool(np.linalg.norm(in_plane) > SHIFT_TOLERANCE_PIXELS * min(pixel_spacing))
-    if not tilted:  # a regular stack: along its normal, by its median distance
-        step = normal * np.sign(step @ normal) * median
-    axes = np.stack([row, column, step / np.linalg.norm(step)], axis=1)
-    spacing = np.array([*pixel_spacing, np.linalg.norm(step)], dtype=np.float64)
+    tilted = bool(np.linalg.norm(sideways[-1]) > SHIFT_TOLERANCE_PIXELS * min(pixel_spacing))
     origin = np.asarray(positions[0], dtype=np.float64)
-    return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, tilted)
+    median = float(np.median(along))
+    if np.all(np.abs(along - median) <= STEP_TOLERANCE * median):  # evenly spaced
+        if not tilted:  # a regular stack: along its normal, by its median distance
+            step = normal * median
+        axes = np.stack([row, column, step / np.linalg.norm(step)], axis=1)
+        spacing = np.array([*pixel_spacing, np.linalg.norm(step)], dtype=np.float64)
+        return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, tilted)
+    finest, widest = float(along.min()), float(along.max())
+    if tilted or widest > MAX_GAP_STEPS * finest:
+        why = "a tilted gantry's" if tilted else f"a gap of {widest:.2f} mm where the slices are {finest:.2f} mm apart"
+        raise SkullVAEError(
+            f"the DICOM series has missing or uneven slices (steps {finest:.2f}-{widest:.2f} mm, {why}); complete or "
+            "resample it first",
+            folder,
+        )
+    axes = np.stack([row, column, normal], axis=1)
+    spacing = np.array([*pixel_spacing, finest], dtype=np.float64)
+    return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, False, heights)
 
 
 def regularise(image: sitk.Image, stack: SliceStack) -> sitk.Image:
     """``image`` (the series' voxels as SimpleITK's series reader stacks them, slice k the k-th file) on
-    ``stack.regular_grid()``: as read for a regular stack (the reader's grid is that one); for a tilted one placed on its sheared grid and
-    resampled (linear; outside the scan: the image's lowest value, air in a CT)."""
+    ``stack.regular_grid()``: as read for a regular stack (the reader's grid is that one); for a tilted one placed
+    on its sheared grid and resampled (linear; outside the scan: the image's lowest value, air in a CT); for an
+    uneven one, each slice of the grid blended from the two slices about its height (:func:`_between_slices`)."""
+    if stack.heights is not None:
+        return _between_slices(image, stack)
     if not stack.tilted:
         return image
     size, spacing, origin, direction = stack.regular_grid()
@@ -135,11 +159,40 @@ def regularise(image: sitk.Image, stack: SliceStack) -> sitk.Image:
     )
 
 
+def _between_slices(image: sitk.Image, stack: SliceStack) -> sitk.Image:
+    """An uneven stack on its regular grid: slice n at height n × the finest step, linearly between the two slices
+    about it. Hand-written: SimpleITK's resampler takes one affine grid, and these slices lie on none; along one
+    axis the interpolation is a weighted sum of two slices."""
+    size, spacing, origin, direction = stack.regular_grid()
+    voxels = sitk.GetArrayViewFromImage(image)  # (K, J, I)
+    heights = np.asarray(stack.heights, dtype=np.float64)
+    wanted = np.arange(size[2]) * spacing[2]
+    below = np.clip(np.searchsorted(heights, wanted, side="right") - 1, 0, len(heights) - 2)
+    weight = np.clip((wanted - heights[below]) / (heights[below + 1] - heights[below]), 0.0, 1.0)
+    out = np.empty((size[2], *voxels.shape[1:]), dtype=np.float32)
+    for n, (k, w) in enumerate(zip(below, weight, strict=True)):
+        np.add((1.0 - w) * voxels[k], w * voxels[k + 1], out=out[n])
+    if voxels.dtype.kind in "iu":  # keep the scan's integer type (HU)
+        out = np.rint(out).astype(voxels.dtype)
+    result = sitk.GetImageFromArray(out)
+    result.SetOrigin(tuple(origin))
+    result.SetSpacing(tuple(spacing))
+    result.SetDirection(tuple(direction.ravel()))
+    return result
+
+
 def tilt_note(stack: SliceStack) -> list[str]:
-    """The warning a tilted stack's result carries (none for a regular one)."""
+    """The warning a tilted or unevenly spaced stack's result carries (none for a regular one)."""
+    size = "x".join(str(n) for n in stack.regular_grid()[0])
+    if stack.heights is not None:
+        steps = np.diff(stack.heights)
+        return [
+            f"unevenly spaced slices (steps {steps.min():.2f}-{steps.max():.2f} mm: a missing slice, or two slice "
+            f"distances): resampled onto a regular grid of {stack.spacing[2]:.2f} mm ({size} voxels), each slice "
+            "between its two neighbours; the outputs lie on that grid"
+        ]
     if not stack.tilted:
         return []
-    size = "x".join(str(n) for n in stack.regular_grid()[0])
     return [
         f"a gantry-tilted series (its slices step {stack.tilt_deg:.1f}° off their normal): resampled onto a regular "
         f"grid along the slices' normal ({size} voxels), as Slicer's DICOM module regularises one; the outputs lie "

@@ -43,8 +43,11 @@ def test_a_tilted_stacks_grid_lies_along_the_normal_and_holds_every_slice():
 def test_a_stack_that_is_no_grid_is_refused():
     with pytest.raises(SkullVAEError, match="two slices at one position"):
         stack_slices(_positions(3, [0, 0, 0]), ROW, COLUMN, (1, 1), (4, 4), "f")
-    with pytest.raises(SkullVAEError, match="missing or uneven slices"):
-        stack_slices(np.delete(_positions(6, [0, 0, 2]), 3, axis=0), ROW, COLUMN, (1, 1), (4, 4), "f")
+    with pytest.raises(SkullVAEError, match="a gap of 8.00 mm where the slices are 2.00 mm apart"):
+        stack_slices(np.delete(_positions(8, [0, 0, 2]), [3, 4, 5], axis=0), ROW, COLUMN, (1, 1), (4, 4), "f")
+    uneven_tilted = np.delete(_positions(8, [0, 0.2, 2]), 3, axis=0)
+    with pytest.raises(SkullVAEError, match="missing or uneven slices .*a tilted gantry's"):
+        stack_slices(uneven_tilted, ROW, COLUMN, (0.5, 0.5), (4, 4), "f")
     wander = _positions(6, [0, 0, 2])
     wander[3] += [2.0, 0, 0]
     with pytest.raises(SkullVAEError, match="do not lie on one line"):
@@ -61,3 +64,17 @@ def test_a_small_tilt_over_many_slices_is_a_tilt():
     short = stack_slices(_positions(20, step), ROW, COLUMN, (0.5, 0.5), (8, 9), "f")
     assert long.tilted and long.regular_grid()[0] == (8, 12, 200) and tilt_note(long)
     assert not short.tilted and short.regular_grid()[0] == (8, 9, 20) and not tilt_note(short)
+
+
+def test_uneven_slices_are_blended_onto_the_finest_step():
+    """A missing slice, or two slice distances in one series: each slice of the regular grid lies between the two
+    scanned about its height, weighted by its distance from each."""
+    heights = np.array([0.0, 2.0, 4.0, 8.0, 10.0])  # the slice at 6 mm is missing
+    stack = stack_slices(_positions(1, [0, 0, 0]) + np.outer(heights, [0, 0, 1]), ROW, COLUMN, (0.5, 0.5), (3, 2), "f")
+    size, spacing, _, direction = stack.regular_grid()
+    assert size == (3, 2, 6) and spacing[2] == 2.0 and np.allclose(direction, np.eye(3))
+    values = np.repeat(np.array([0, 20, 40, 80, 100], dtype=np.int16), 6).reshape(5, 2, 3)  # (K, J, I): 10 × height
+    read = regularise(sitk.GetImageFromArray(values), stack)
+    assert read.GetSize() == size and read.GetPixelID() == sitk.sitkInt16
+    assert sitk.GetArrayFromImage(read)[:, 0, 0].tolist() == [0, 20, 40, 60, 80, 100]
+    assert "unevenly spaced slices (steps 2.00-4.00 mm" in tilt_note(stack)[0]

@@ -130,6 +130,11 @@ def checkedOptions(inputNode, modelPath, gamma, defect, boneThresholdHU, forceCP
     the run's option dict."""
     if inputNode is None:
         raise ValueError("No input selected: choose a CT volume, a labelmap or a skull segmentation")
+    if inputNode.IsA("vtkMRMLModelNode"):  # a surface: Slicer's own conversion gives the segmentation
+        raise ValueError(
+            f"'{inputNode.GetName()}' is a model (a surface): convert it to a segmentation (Data module: right-click "
+            "it, Convert model to segmentation node), or give its file to `skullvae complete`"
+        )
     if not (nodes.isScalarVolumeNode(inputNode) or nodes.isSegmentationNode(inputNode)):
         raise ValueError(f"'{inputNode.GetName()}' is neither a volume nor a segmentation")
     model = None

@@ -198,3 +198,9 @@ def test_a_label_map_of_several_labels_needs_the_skulls_label(scene, cbct_file, 
     inputs.checkLabelChoice(labelmap, (str(CBCT_BONE),))
     inputs.checkLabelChoice(nodes.readVolume(scene, SAMPLE, "skull", labelmap=True))
     inputs.checkLabelChoice(nodes.readVolume(scene, cbct_file, "scan"))  # a scalar volume: the library reads it
+
+
+def test_a_model_is_named_with_what_to_do(scene, logic):
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode", "skull surface")
+    with pytest.raises(ValueError, match="'skull surface' is a model .*Convert model to segmentation node"):
+        logic.process(model, forceCPU=True, timeout=300)

@@ -41,7 +41,7 @@ def bone_bounds(
         for axis in range(3):
             others = tuple(a for a in range(3) if a != axis)
             if device.type == "cpu":  # numpy reduces a Fortran-ordered mask 100x faster (4 ms against 0.46 s)
-                hit = torch.from_numpy(np.flatnonzero(bone.numpy().any(axis=others)))
+                hit = torch.from_numpy(np.flatnonzero(bone.detach().to(torch.bool).numpy().any(axis=others)))
             else:
                 hit = torch.nonzero(bone.any(dim=others)).flatten()
             ends.append(hit[[0, -1]].to(dtype))

@@ -193,7 +193,8 @@ def _header(name: str) -> sitk.ImageFileReader:
         reader.ReadImageInformation()
     except RuntimeError:
         raise SkullVAEError(
-            "not a DICOM image file (a DICOMDIR or a report? give the folder of its series)", name
+            "cannot read it as a DICOM image (a DICOMDIR, a report, an unreadable file? give the folder of its series)",
+            name,
         ) from None
     return reader
 

@@ -31,8 +31,8 @@ SHIFT_TOLERANCE_PIXELS = 0.5
 MAX_TILT_DEG = 45.0
 # slice steps that differ from their median by more than this share are missing or uneven slices
 STEP_TOLERANCE = 0.05
-# uneven slices are resampled onto the finest step; a gap wider than this many of those steps (more than two
-# missing slices in a row) is refused: interpolating across it would invent the bone there
+# uneven slices are resampled onto the finest step (the 10th percentile of the steps); a gap wider than this many
+# of those steps (more than two missing slices in a row) is refused: interpolating across it would invent the bone
 MAX_GAP_STEPS = 3.0
 
 
@@ -127,8 +127,9 @@ def stack_slices(
         axes = np.stack([row, column, step / np.linalg.norm(step)], axis=1)
         spacing = np.array([*pixel_spacing, np.linalg.norm(step)], dtype=np.float64)
         return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, tilted)
-    finest, widest = float(along.min()), float(along.max())
-    if tilted or widest > MAX_GAP_STEPS * finest:
+    finest = float(np.percentile(along, 10))  # the fine part's step (a stray close pair of slices does not set it)
+    widest = float(along.max())
+    if tilted or widest > MAX_GAP_STEPS * (1.0 + STEP_TOLERANCE) * finest:
         why = "a tilted gantry's" if tilted else f"a gap of {widest:.2f} mm where the slices are {finest:.2f} mm apart"
         raise SkullVAEError(
             f"the DICOM series has missing or uneven slices (steps {finest:.2f}-{widest:.2f} mm, {why}); complete or "
@@ -169,7 +170,7 @@ def _between_slices(image: sitk.Image, stack: SliceStack) -> sitk.Image:
     wanted = np.arange(size[2]) * spacing[2]
     below = np.clip(np.searchsorted(heights, wanted, side="right") - 1, 0, len(heights) - 2)
     weight = np.clip((wanted - heights[below]) / (heights[below + 1] - heights[below]), 0.0, 1.0)
-    out = np.empty((size[2], *voxels.shape[1:]), dtype=np.float32)
+    out = np.empty((size[2], *voxels.shape[1:]), dtype=np.float64 if voxels.dtype == np.float64 else np.float32)
     for n, (k, w) in enumerate(zip(below, weight, strict=True)):
         np.add((1.0 - w) * voxels[k], w * voxels[k + 1], out=out[n])
     if voxels.dtype.kind in "iu":  # keep the scan's integer type (HU)

@@ -237,7 +237,7 @@ def test_one_file_of_a_series_reads_its_series_and_a_multi_frame_file_is_named(t
         read_input_skull(frames / "volume.dcm")
     dicomdir = tmp_path / "DICOMDIR"  # a DICOM file that holds no image
     dicomdir.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x04\x00\x00\x00")
-    with pytest.raises(SkullVAEError, match="DICOMDIR: not a DICOM image file"):
+    with pytest.raises(SkullVAEError, match="DICOMDIR: cannot read it as a DICOM image"):
         read_input_skull(dicomdir)
     files = sorted(str(p) for p in study.glob("7_*.dcm"))[:3] + [str(study / "9_0001.dcm")]
     assert [p.name for p in batch_inputs(files)] == ["7_0000.dcm", "9_0001.dcm"]  # one case a series

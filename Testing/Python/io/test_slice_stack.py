@@ -78,3 +78,18 @@ def test_uneven_slices_are_blended_onto_the_finest_step():
     assert read.GetSize() == size and read.GetPixelID() == sitk.sitkInt16
     assert sitk.GetArrayFromImage(read)[:, 0, 0].tolist() == [0, 20, 40, 60, 80, 100]
     assert "unevenly spaced slices (steps 2.00-4.00 mm" in tilt_note(stack)[0]
+
+
+def test_two_missing_slices_are_blended_and_a_stray_close_pair_does_not_set_the_step():
+    """Positions as DICOM writes them (6 decimals) with two slices missing in a row: a gap of exactly three steps;
+    100 slices of 1 mm with one more at 50.4 mm: the grid keeps 1 mm."""
+    positions = np.round(_positions(48, [0.1, -0.2, 3.2]) @ np.eye(3), 6)
+    direction = np.array([0.1, -0.2, 3.2]) / np.linalg.norm([0.1, -0.2, 3.2])
+    row = np.cross(direction, COLUMN)
+    row /= np.linalg.norm(row)
+    column = np.cross(direction, row)
+    gap = stack_slices(np.delete(positions, [20, 21], axis=0), row, column, (0.5, 0.5), (4, 4), "f")
+    assert gap.heights is not None and gap.regular_grid()[0][2] == 48
+    stray = np.sort(np.r_[np.arange(100.0), 50.4])
+    stack = stack_slices(np.outer(stray, [0, 0, 1]), ROW, COLUMN, (0.5, 0.5), (4, 4), "f")
+    assert stack.spacing[2] == 1.0 and stack.regular_grid()[0][2] == 100

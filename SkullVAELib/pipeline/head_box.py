@@ -13,19 +13,19 @@ was. A head alone (SkullFix's skulls span 140-150 mm) is completed as before, un
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from SkullVAELib.data.regions import bone_bounds
+from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.io.image import SkullImage
 
 # vertex to chin of an adult head is 220-250 mm; bone spanning more is a head on a neck and a trunk
 HEAD_SPAN_MM = 260.0
 # room about the head's bone: the cap a vertex defect removes (about 28 mm for a hole 13 cm across)
 MARGIN_MM = 30.0
-_STRIDE = 2  # the bone's extent and the head's box are read on every second voxel along each axis
+_STRIDE = 2  # a body scan's bone is read on every second voxel along each axis (within a voxel: enough for 260 mm)
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,21 @@ class HeadBox:
 def find_head(skull: SkullImage) -> HeadBox | None:
     """The :class:`HeadBox` of ``skull`` where its bone spans more than :data:`HEAD_SPAN_MM` along the patient's S
     axis; None for a head alone (or no bone)."""
-    strided = skull.mask[::_STRIDE, ::_STRIDE, ::_STRIDE]  # within a voxel of the whole: enough for 260 mm
-    if not strided.any():
+    box = bounding_box(skull.mask)  # numpy, along the memory order (no torch in a rim-fit batch's workers)
+    if box is None:
         return None
-    low, high = bone_bounds(torch.from_numpy(strided), skull.origin, skull.spacing * _STRIDE, skull.direction)
-    top, span = float(high[2]), float(high[2] - low[2])  # the bone's extent along S (LPS z), mm
+    affine = skull.index_to_physical()
+    corners = np.array(list(itertools.product(*[(s.start, s.stop - 1) for s in box])), dtype=np.float64)
+    s_corners = corners @ affine[2, :3] + affine[2, 3]
+    if s_corners.max() - s_corners.min() <= HEAD_SPAN_MM:  # the box's corners bound the bone's extent along S
+        return None
+    index = np.argwhere(skull.mask[::_STRIDE, ::_STRIDE, ::_STRIDE]) * _STRIDE  # an oblique grid's exact extent
+    s_mm = index @ affine[2, :3] + affine[2, 3]
+    top, span = float(s_mm.max()), float(s_mm.max() - s_mm.min())
     if span <= HEAD_SPAN_MM:
         return None
     cut = top - HEAD_SPAN_MM
-    index = np.argwhere(strided) * _STRIDE
-    affine = skull.index_to_physical()
-    head = index[index @ affine[2, :3] + affine[2, 3] >= cut]
+    head = index[s_mm >= cut]
     pad = np.ceil(MARGIN_MM / skull.spacing).astype(int) + _STRIDE
     low = np.maximum(head.min(axis=0) - pad, 0)
     high = np.minimum(head.max(axis=0) + pad + 1, skull.shape)

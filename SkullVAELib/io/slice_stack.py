@@ -46,9 +46,6 @@ class SliceStack:
             (off the slices' normal by ``tilt_deg`` where the gantry was tilted).
         spacing: (3,) the pixel spacing along a row and a column, and the distance from one slice to the next.
         size: (3,) pixels along a row and a column, and the number of slices.
-        tilt_deg: how far the step leans off the slices' normal (degrees; 0 for a regular stack).
-        tilted: whether the stack is sheared: its last slice lies more than :data:`SHIFT_TOLERANCE_PIXELS` of a
-            pixel along its own plane from where a regular grid puts it.
         heights: (N,) mm of each slice above the first along the normal where the slices are unevenly spaced (a
             missing slice, a protocol of two slice distances; ``spacing[2]`` is then the finest step), else None.
     """
@@ -57,9 +54,27 @@ class SliceStack:
     axes: np.ndarray
     spacing: np.ndarray
     size: tuple[int, int, int]
-    tilt_deg: float
-    tilted: bool = False
     heights: np.ndarray | None = None
+
+    @property
+    def _sideways(self) -> np.ndarray:
+        """(3,) mm: how far the last slice lies along its own plane from the first slice's normal."""
+        row, column, step = self.axes.T
+        normal = np.cross(row, column)
+        run = step * self.spacing[2] * (self.size[2] - 1)
+        return run - (run @ normal) * normal
+
+    @property
+    def tilted(self) -> bool:
+        """Whether the stack is sheared: its last slice lies more than :data:`SHIFT_TOLERANCE_PIXELS` of a pixel
+        along its own plane from where a regular grid puts it."""
+        return bool(np.linalg.norm(self._sideways) > SHIFT_TOLERANCE_PIXELS * self.spacing[:2].min())
+
+    @property
+    def tilt_deg(self) -> float:
+        """How far the step leans off the slices' normal (degrees; 0 for a regular or an uneven stack)."""
+        row, column, step = self.axes.T
+        return float(np.degrees(np.arccos(np.clip(abs(step @ np.cross(row, column)), 0.0, 1.0))))
 
     def regular_grid(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, np.ndarray]:
         """(size, spacing (3,) mm, origin (3,) LPS mm, direction (3, 3)) of the regular grid the stack's voxels
@@ -126,7 +141,7 @@ def stack_slices(
             step = normal * median
         axes = np.stack([row, column, step / np.linalg.norm(step)], axis=1)
         spacing = np.array([*pixel_spacing, np.linalg.norm(step)], dtype=np.float64)
-        return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, tilted)
+        return SliceStack(origin, axes, spacing, (*pixels, len(positions)))
     finest = float(np.percentile(along, 10))  # the fine part's step (a stray close pair of slices does not set it)
     widest = float(along.max())
     if tilted or widest > MAX_GAP_STEPS * (1.0 + STEP_TOLERANCE) * finest:
@@ -138,7 +153,7 @@ def stack_slices(
         )
     axes = np.stack([row, column, normal], axis=1)
     spacing = np.array([*pixel_spacing, finest], dtype=np.float64)
-    return SliceStack(origin, axes, spacing, (*pixels, len(positions)), tilt, False, heights)
+    return SliceStack(origin, axes, spacing, (*pixels, len(positions)), heights)
 
 
 def regularise(image: sitk.Image, stack: SliceStack) -> sitk.Image:

@@ -25,12 +25,13 @@ import os
 
 import vtk
 
+from SkullVAELib.core.config import MISSING_CAP_MM
+
 from . import nodes
 
 #: Room (mm) added on each side of the remaining bone's box when the segmentation has no reference
-#: geometry: the height of the cap a defect removes from an adult vault (radius about 90 mm) is 28 mm for
-#: a defect 13 cm across (90 - sqrt(90² - 65²)), so 30 mm holds the implant of a large craniectomy.
-BONE_MARGIN_MM = 30.0
+#: geometry: the library's room for the cap a defect removes (``core.config.MISSING_CAP_MM``).
+BONE_MARGIN_MM = MISSING_CAP_MM
 
 
 def checkLabelChoice(inputNode, labels=()) -> None:

@@ -30,6 +30,10 @@ INPUT_KINDS: tuple[str, ...] = ("auto", "binary", "ct")
 #: (SkullFix's scans are 0.4-0.5 mm in plane).
 MESH_EXTENSIONS: tuple[str, ...] = (".stl", ".obj", ".ply")
 MESH_VOXEL_MM = 0.5
+#: Room (mm) about a defective skull's remaining bone where a grid is built or cut around it (a surface
+#: voxelized, a body scan's head, a Slicer segmentation without a reference geometry): the cap a defect removes
+#: from an adult vault (radius about 90 mm) is 28 mm high for a hole 13 cm across (90 - sqrt(90² - 65²)).
+MISSING_CAP_MM = 30.0
 # Implant sources (SkullVAELib/implant/sources), one word each: the learned cranial residual on the
 # rim fit (only with a trained residual), the geometric rim fit, the learned
 # facial U-Net, the registered atlas skulls, the model's latent arithmetic. The default order.

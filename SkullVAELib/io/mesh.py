@@ -3,16 +3,17 @@
 A surface has no voxel grid; the completion needs one. The surface is voxelized by VTK's polygon-to-stencil filter
 (a voxel is bone where its centre lies inside the closed surface: between a skull's outer and inner surfaces) onto
 a grid of ``core.config.MESH_VOXEL_MM`` (SkullFix's scans are 0.4-0.5 mm) in the surface's own millimetres, with
-:data:`MARGIN_MM` of room around the bone for the part a defect removed. The outputs lie on that grid, and an
-implant STL (``--implant-stl``) in the surface's coordinates, where it overlays the input.
+``core.config.MISSING_CAP_MM`` of room around the bone for the part a defect removed. The outputs lie on that
+grid, and an implant STL (``--implant-stl``) in the surface's coordinates, where it overlays the input.
 
 Coordinates: a surface file carries no frame of its own. Slicer writes ``SPACE=LPS`` or ``SPACE=RAS`` in an STL's
 header and in an OBJ's or a PLY's comments, and SkullVAE in an STL's; that word is read, else the frame asked for
-(``--stl-frame``, LPS by default, as Slicer reads an STL). A surface in RAS is turned to LPS (x and y negated) before it is voxelized.
+(``--stl-frame``, LPS by default, as Slicer reads an STL). A surface in RAS is turned to LPS (x and y negated)
+before it is voxelized.
 
-Refused in one line: a file VTK reads no triangles from; one no skull's size in millimetres (in metres or
-inches); an open surface (its boundary edges would let the
-voxelizer's scan lines fill the air); a grid over the memory limits (checked before it is allocated).
+Refused in one line: a file VTK reads no triangles from; one no skull's size in millimetres (in metres or inches);
+an open surface (its boundary edges would let the voxelizer's scan lines fill the air); a grid over the memory
+limits (checked before it is allocated).
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from vtkmodules.vtkImagingStencil import vtkImageStencilToImage, vtkPolyDataToIm
 from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkSTLReader
 from vtkmodules.vtkIOPLY import vtkPLYReader
 
-from SkullVAELib.core.config import MESH_VOXEL_MM
+from SkullVAELib.core.config import MESH_VOXEL_MM, MISSING_CAP_MM
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.limits import check_volume
 from SkullVAELib.io.grid_header import GridHeader
 from SkullVAELib.io.image import SkullImage
 
 SKULL_SPAN_MM = (50.0, 600.0)  # the longest side of a skull's box: a child's to a head on its neck, with room
-MARGIN_MM = 30.0  # room about the bone: the cap a vertex defect removes (about 28 mm for a hole 13 cm across)
 _READERS = {".stl": vtkSTLReader, ".obj": vtkOBJReader, ".ply": vtkPLYReader}  # MESH_EXTENSIONS' readers
 _SPACE = re.compile(rb"SPACE=(LPS|RAS)", re.IGNORECASE)
 _HEADER_BYTES = 1024  # where Slicer writes SPACE= (an STL's header, an OBJ's or a PLY's comments)
@@ -146,12 +146,12 @@ def _checked_bounds(surface, path) -> np.ndarray:
 
 
 def _grid(bounds: np.ndarray, voxel_mm: float, path) -> GridHeader:
-    """The grid of ``voxel_mm`` covering ``bounds`` (2, 3) and :data:`MARGIN_MM` about them, checked against the
-    memory limits before anything is allocated."""
+    """The grid of ``voxel_mm`` covering ``bounds`` (2, 3) and ``core.config.MISSING_CAP_MM`` about them, checked
+    against the memory limits before anything is allocated."""
     if not (np.isfinite(voxel_mm) and 0.05 <= voxel_mm <= 5.0):
         raise SkullVAEError(f"a voxel of {voxel_mm:g} mm; choose 0.05-5 mm for a skull's surface", path)
-    low = bounds[0] - MARGIN_MM
-    size = tuple(int(n) for n in np.ceil((bounds[1] + MARGIN_MM - low) / voxel_mm).astype(int) + 1)
+    low = bounds[0] - MISSING_CAP_MM
+    size = tuple(int(n) for n in np.ceil((bounds[1] + MISSING_CAP_MM - low) / voxel_mm).astype(int) + 1)
     check_volume(size, 1, path, what="voxelized surface")
     identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     return GridHeader(size, (float(voxel_mm),) * 3, tuple(float(v) for v in low), identity, sitk.sitkUInt8)

@@ -5,9 +5,9 @@ mirror plane is the whole mask's, the pieces apart from the skull are judged aga
 spine, ribs and a pelvis outweigh the skull: a SkullFix skull set on 300 mm of such bone got an implant 220 mm from
 its hole (DSC 0). Where the bone spans more along the patient's S axis than a head does (:data:`HEAD_SPAN_MM`),
 the completion runs on the top of it (LPS +S is the head's end whatever way the patient lay in the scanner): a box
-about the bone within :data:`HEAD_SPAN_MM` of its top, padded by :data:`MARGIN_MM`, with the bone below that cut
-left out; the results are pasted back onto the scan's own grid, where the rest of the bone is the patient's as it
-was. A head alone (SkullFix's skulls span 140-150 mm) is completed as before, untouched.
+about the bone within :data:`HEAD_SPAN_MM` of its top, padded by ``core.config.MISSING_CAP_MM``, with the bone
+below that cut left out; the results are pasted back onto the scan's own grid, where the rest of the bone is the
+patient's as it was. A head alone (SkullFix's skulls span 140-150 mm) is completed as before, untouched.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from SkullVAELib.core.config import MISSING_CAP_MM
 from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.io.image import SkullImage
 
 # vertex to chin of an adult head is 220-250 mm; bone spanning more is a head on a neck and a trunk
 HEAD_SPAN_MM = 260.0
-# room about the head's bone: the cap a vertex defect removes (about 28 mm for a hole 13 cm across)
-MARGIN_MM = 30.0
 _STRIDE = 2  # a body scan's bone is read on every second voxel along each axis (within a voxel: enough for 260 mm)
 
 
@@ -33,7 +32,7 @@ class HeadBox:
     """Where the head lies in a scan that holds more.
 
     Attributes:
-        box: (3,) index slices of the scan holding the head's bone and :data:`MARGIN_MM` about it.
+        box: (3,) index slices of the scan holding the head's bone and ``core.config.MISSING_CAP_MM`` about it.
         cut_mm: the patient's S coordinate (LPS z, mm) below which bone is left out.
         span_mm: how far the scan's bone spans along S (mm).
     """
@@ -97,7 +96,7 @@ def find_head(skull: SkullImage) -> HeadBox | None:
         return None
     cut = top - HEAD_SPAN_MM
     head = index[s_mm >= cut]
-    pad = np.ceil(MARGIN_MM / skull.spacing).astype(int) + _STRIDE
+    pad = np.ceil(MISSING_CAP_MM / skull.spacing).astype(int) + _STRIDE
     low = np.maximum(head.min(axis=0) - pad, 0)
     high = np.minimum(head.max(axis=0) + pad + 1, skull.shape)
     return HeadBox(tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True)), cut, span)

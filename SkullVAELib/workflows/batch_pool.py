@@ -64,9 +64,13 @@ class CaseArguments:
 def case_memory_bytes(path: str | os.PathLike, reading: SkullReading | None = None) -> float:
     """Estimated peak bytes of completing ``path`` read as ``reading`` says (its header's voxels × (pixel + work
     bytes)); the header only (a NIfTI's voxels are verified by the worker that reads them, not here in turn)."""
+    return _header_bytes((reading or SkullReading()).information(path, verify_voxels=False))
+
+
+def _header_bytes(reader) -> float:
+    """:func:`case_memory_bytes` of an input's checked header ``reader``."""
     from SkullVAELib.io.inputs import pixel_bytes
 
-    reader = (reading or SkullReading()).information(path, verify_voxels=False)
     return math.prod(reader.GetSize()) * (pixel_bytes(reader) + WORK_BYTES_PER_VOXEL)
 
 
@@ -87,12 +91,12 @@ def case_estimate(settings: CompletionSettings, reading: SkullReading | None = N
             return None
 
     def estimate(path: Path) -> float:
-        own, parts = case_memory_bytes(path, reading), atlas_parts()
+        reader = reading.information(path, verify_voxels=False)  # the header once: a surface's is read from it
+        own, parts = _header_bytes(reader), atlas_parts()
         if parts is None:
             return own
         from SkullVAELib.implant.atlas.memory import atlas_case_bytes
 
-        reader = reading.information(path, verify_voxels=False)
         atlases, config = parts
         size, spacing = reader.GetSize(), reader.GetSpacing()
         return max(own, atlas_case_bytes(size, spacing, atlases, config.n_atlases, config.deformable))

@@ -80,8 +80,7 @@ def read_input_skull(
 
     Args:
         path: a Slicer segmentation (``.seg.nrrd``), a folder of one DICOM series or one of its files (``io.dicom``),
-            or any volume
-            :func:`~SkullVAELib.io.image.read_skull` reads.
+            or any volume :func:`~SkullVAELib.io.image.read_skull` reads.
         kind: how a volume's values are read (``read_skull``); a segmentation's are its segments.
         hu_threshold: the bone threshold of a CT (HU).
         segments: the skull's segment(s): names in a ``.seg.nrrd`` (case-insensitive), label values in a label

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from SkullVAELib.core.config import MESH_EXTENSIONS
 from SkullVAELib.core.errors import SkullVAEError
 from SkullVAELib.core.memory import keep_freed_memory
 from SkullVAELib.core.progress import ProgressCallback, no_progress
@@ -53,8 +54,8 @@ def batch_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def folder_inputs(folder: Path) -> list[Path]:
-    """The inputs a folder holds: its image and surface files (sorted); else the folder itself where it holds one DICOM series
-    (GDCM reads its files' headers); else its subfolders that hold DICOM series (sorted), one case each."""
+    """The inputs a folder holds: its image and surface files (sorted); else the folder itself where it holds one
+    DICOM series (GDCM reads its files' headers); else its subfolders that hold DICOM series (sorted), one case each."""
     from SkullVAELib.io.dicom import is_dicom_folder
 
     found = sorted(
@@ -69,8 +70,8 @@ def folder_inputs(folder: Path) -> list[Path]:
     found = sorted(p for p in folder.iterdir() if p.is_dir() and is_dicom_folder(p))
     if not found:
         raise SkullVAEError(
-            "no image files (.nrrd, .nii.gz, .nii, .mha, .mhd), no surfaces (.stl, .obj, .ply) and no DICOM series in "
-            "this folder or its subfolders",
+            f"no image files (.nrrd, .nii.gz, .nii, .mha, .mhd), no surfaces ({', '.join(MESH_EXTENSIONS)}) and no "
+            "DICOM series in this folder or its subfolders",
             folder,
         )
     return found

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from SkullVAELib.core.atomic import atomic_path, is_temporary_name, make_temporary_folder, write_error
 from SkullVAELib.core.errors import SkullVAEError
+from SkullVAELib.io.ct_bone import bone_of_ct
 from SkullVAELib.io.inputs import read_information
 from SkullVAELib.io.outputs import has_extension
 from SkullVAELib.io.values import bone_of_labels, check_input_kind, detect_kind, refuse_a_label_map
@@ -152,12 +153,6 @@ def _read_itk(path: str | Path, warnings: list[str] | None = None) -> sitk.Image
     return img
 
 
-def _largest_component(mask_img: sitk.Image) -> sitk.Image:
-    """Keep the largest 26-connected component of a uint8 ITK mask."""
-    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask_img, True), sortByObjectSize=True)
-    return sitk.Equal(labels, 1)
-
-
 def check_same_grid(image: SkullImage, reference: SkullImage, path: str | Path, what: str) -> None:
     """Refuse (one line naming ``path``) an ``image`` whose voxel grid is not ``reference``'s: another shape,
     or a spacing, origin or direction that differs beyond rounding (1e-4 relative; origin 1e-3 voxel)."""
@@ -230,11 +225,9 @@ def skull_from_image(
     if detected == "binary":
         mask_kji = bone_of_labels(values, labels, path)
     else:
-        metadata["hu_threshold"] = float(hu_threshold)
-        # numpy's comparison, not ITK's: ITK casts the threshold to the pixel type (300 on a uint8 scan read as 44)
-        bone = sitk.GetImageFromArray((values >= float(hu_threshold)).view(np.uint8))
-        bone.CopyInformation(img)
-        mask_kji = sitk.GetArrayFromImage(_largest_component(bone)).astype(bool)
+        mask_kji, read_at, notes = bone_of_ct(img, float(hu_threshold), path)
+        metadata["hu_threshold"] = read_at
+        warnings.extend(notes)
     n_bone = np.count_nonzero(mask_kji)
     fraction = n_bone / mask_kji.size
     if n_bone == 0:

@@ -5,7 +5,7 @@ setting (:data:`SCANS`): a CT in HU is made of the defective skull on its own gr
 tissue 40 HU, the skull's inside and a 5 mm scalp of the complete skull, so a brain lies under the hole; the bone's
 outer and inner tables ``cortex_mm`` deep at 1600 HU, the diploë between them at ``diploe_hu``; a scanner's
 point-spread as a Gaussian of ``blur_mm`` (σ, physical); white noise of ``noise_hu``; optionally a titanium clip
-(3000 HU, 8 × 3 × 1.5 mm) on the bone 15 mm from the hole with streaks through it), written as int16 NRRD, read
+(3000 HU, 8 × 3 × 3 mm) on the bone 15 mm from the hole with streaks through it), written as int16 NRRD, read
 with ``skullvae complete``'s reading (a CT thresholded at 300 HU by default) and completed by the default
 ``Completer``. The implant is scored against the true implant on the same grid. One JSON line a pair and setting,
 then a summary per setting::
@@ -61,8 +61,8 @@ def around(mask: np.ndarray, spacing: np.ndarray, margin_mm: float) -> tuple[sli
 
 
 def clip_box(defective: np.ndarray, implant: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(a titanium clip's voxels, its centre (3,) index): an 8 × 3 mm plate 1.5 mm proud of the bone's outer
-    surface, on the bone ≈ 15 mm from the hole."""
+    """(a titanium clip's voxels, its centre (3,) index): an 8 × 3 × 3 mm block about a point within 1.5 mm outside
+    the bone, ≈ 15 mm from the hole."""
     from_hole = ndimage.distance_transform_edt(~implant, sampling=spacing)
     outside = ndimage.distance_transform_edt(~defective, sampling=spacing)
     surface = (np.abs(from_hole - 15.0) < 1.0) & (outside > 0) & (outside <= 1.5)

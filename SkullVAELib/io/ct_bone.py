@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 # a bone with more of its voxels on its surface (a zero 6-neighbour) is looked at again at half the threshold
-# (SkullFix's validation masks 0.14-0.19; their CTs, blurred and noisy, 0.09-0.15 at 300 HU; with a 200 HU diploë 0.34)
+# (SkullFix's 220 masks 0.13-0.26; validation's as blurred, noisy CTs 0.09-0.15 at 300 HU, with a 200 HU diploë 0.34)
 HOLLOW_SURFACE_SHARE = 0.25
 # ... and is read there where this part of its surface voxels is gone: the voids between the tables fill and their
 # two faces go (validation's CTs with a 200 HU diploë 0.45, a 1 mm phantom's 0.29); a solid bone grows outwards at

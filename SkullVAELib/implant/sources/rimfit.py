@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from SkullVAELib.implant.hollow import hollow_note, hollow_share
 from SkullVAELib.implant.sources.base import Proposal
 
 
@@ -25,6 +26,7 @@ class RimFitSource:
         messages = list(result.messages) or (
             [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
         )
+        messages += hollow_note(hollow_share(result.in_frame(context.skull)[0], result.raymap))
         return Proposal(
             result.implant,
             variant=result.cue,

@@ -1,0 +1,57 @@
+"""Whether a skull mask is hollow: its vault's outer table apart from bone a few millimetres under it.
+
+A mask thresholded from a CT above its diploë (an elderly patient's fatty marrow, a child's thin skull, a soft
+kernel) holds the vault's two tables with a void between them. Every ray of the rim fit then ends at the outer
+table: the implant comes out as thin as that table, its rim agrees with it, and its quality score is high
+(validation 057 from such a CT: DSC 0.36 at quality 0.98; docs/results/issue-24-2026-12-07.md, "A CT as a scanner
+gives it"). A CT input is read at a lower threshold there (:mod:`SkullVAELib.io.ct_bone`); a mask cannot be, so
+:func:`hollow_share` measures it on the rim fit's rays and :func:`hollow_note` asks the user to look.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from SkullVAELib.implant.raycast import RayMap, grid_directions
+from SkullVAELib.io.image import SkullImage
+
+# bone this deep (mm) under a ray's outer layer is the inner table of a hollow bone (a vault 5-8 mm thick with its
+# tables 1-2 mm); under a solid vault lies the brain
+UNDER_MM = (0.75, 5.0)
+# rays of the vault this high (sine of the elevation over the horizontal): above the skull base's plates
+VAULT_SINE = 0.5
+# a mask with bone under the outer layer of more than this share of its vault's rays reads hollow (SkullFix's 220
+# masks: median 0.002, at most 0.17; validation's CTs with a 200-300 HU diploë thresholded at 300-400 HU: 0.19-0.94,
+# the lowest where the inner table fell apart from the outer one and the largest piece kept the outer one alone)
+HOLLOW_RAYS = 0.25
+_SAMPLE_MM = 0.25
+_EVERY = 2  # every second ray each way: the share, not the map
+
+
+def hollow_share(skull: SkullImage, rays: RayMap) -> float:
+    """The share of ``rays``' vault rays (hit, elevation sine ≥ :data:`VAULT_SINE`) that meet bone again
+    :data:`UNDER_MM` under their outer layer's inner surface (``rays.r_in``), on ``skull`` as the rays saw it."""
+    directions = grid_directions(rays.step_deg)[::_EVERY, ::_EVERY]
+    vault = rays.hit[::_EVERY, ::_EVERY] & (directions @ np.asarray(rays.up, dtype=np.float64) >= VAULT_SINE)
+    if not vault.any():
+        return 0.0
+    depths = np.arange(UNDER_MM[0], UNDER_MM[1] + 1e-6, _SAMPLE_MM)
+    radii = rays.r_in[::_EVERY, ::_EVERY][vault][:, None] - depths[None, :]  # (n, depths) mm from the centre
+    points = rays.centre + directions[vault][:, None, :] * radii[..., None]  # (n, depths, 3) LPS mm
+    affine = skull.index_to_physical()
+    index = np.rint((points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(np.int64)
+    inside = np.all((index >= 0) & (index < np.array(skull.shape)), axis=-1)
+    index[~inside] = 0
+    bone = skull.mask[index[..., 0], index[..., 1], index[..., 2]] & inside
+    return float(np.count_nonzero(bone.any(axis=1))) / float(np.count_nonzero(vault))
+
+
+def hollow_note(share: float) -> list[str]:
+    """The warning for a mask whose :func:`hollow_share` is over :data:`HOLLOW_RAYS`, else none."""
+    if share <= HOLLOW_RAYS:
+        return []
+    return [
+        f"the skull reads hollow: under the outer table of {100 * share:.0f} % of the vault's rays lies more bone "
+        f"within {UNDER_MM[1]:g} mm (a CT thresholded above its diploë?); the implant takes the outer table's "
+        "thickness: segment the bone at a lower threshold, or give the CT itself"
+    ]

@@ -3,8 +3,8 @@
 Not a timing. For each pair (``--ids``, ``--defects``, ``--seeds`` as in ``rimfit_cases.py``) and each ``--scans``
 setting (:data:`SCANS`): a CT in HU is made of the defective skull on its own grid (air -1000 HU; the head's soft
 tissue 40 HU, the skull's inside and a 5 mm scalp of the complete skull, so a brain lies under the hole; the bone's
-outer and inner tables ``cortex_mm`` deep at 1600 HU, the diploë between them at ``diploe_hu``; a scanner's
-point-spread as a Gaussian of ``blur_mm`` (σ, physical); white noise of ``noise_hu``; optionally a titanium clip
+outer and inner tables ``CORTEX_MM`` deep at 1600 HU, the diploë between them at the setting.s value; a scanner.s
+point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium clip
 (3000 HU, 8 × 3 × 3 mm) on the bone 15 mm from the hole with streaks through it), written as int16 NRRD, read
 with ``skullvae complete``'s reading (a CT thresholded at 300 HU by default) and completed by the default
 ``Completer``. The implant is scored against the true implant on the same grid. One JSON line a pair and setting,
@@ -32,12 +32,14 @@ from SkullVAELib.pipeline.completer import Completer
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 #: name → (blur σ mm, noise HU, diploë HU, metal clip): an ideal CT, a head CT's bone kernel, a soft kernel or thick
-#: slices, a skull whose diploë falls under the threshold (a child's, an osteoporotic one), a clip at the rim
+#: slices, a skull whose diploë falls under the threshold (a child's, an osteoporotic one), the same on a low-dose
+#: scan's noise, a clip at the rim
 SCANS = {
     "ideal": (0.0, 0.0, 1600.0, False),
     "typical": (0.45, 20.0, 700.0, False),
     "soft": (0.9, 10.0, 700.0, False),
     "thin-diploe": (0.45, 20.0, 200.0, False),
+    "thin-noisy": (0.45, 50.0, 200.0, False),
     "metal": (0.45, 20.0, 700.0, True),
 }
 CORTEX_MM = 1.2

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from SkullVAELib.implant.raycast import RayMap, grid_directions
+from SkullVAELib.implant.raycast import RayMap, angle_grid, grid_directions
 from SkullVAELib.io.image import SkullImage
 
-# bone this deep (mm) under a ray's outer layer is the inner table of a hollow bone (a vault 5-8 mm thick with its
-# tables 1-2 mm); under a solid vault lies the brain
-UNDER_MM = (0.75, 5.0)
+# bone this deep (mm) under a ray's outer layer is the inner table of a hollow bone (SkullFix's vaults measure a
+# median 8.8-10 mm along the rays, their tables 1-2 mm); under a solid vault lies the brain
+UNDER_MM = (0.75, 10.0)
 # rays of the vault this high (sine of the elevation over the horizontal): above the skull base's plates
 VAULT_SINE = 0.5
 # a mask with bone under the outer layer of more than this share of its vault's rays reads hollow (SkullFix's 220
@@ -29,9 +29,12 @@ _EVERY = 2  # every second ray each way: the share, not the map
 
 
 def hollow_share(skull: SkullImage, rays: RayMap) -> float:
-    """The share of ``rays``' vault rays (hit, elevation sine ≥ :data:`VAULT_SINE`) that meet bone again
-    :data:`UNDER_MM` under their outer layer's inner surface (``rays.r_in``), on ``skull`` as the rays saw it."""
+    """The share of ``rays``' vault (hit rays, elevation sine ≥ :data:`VAULT_SINE`; each by its cell's solid angle,
+    so that it does not depend on where the grid's poles lie) whose rays meet bone again :data:`UNDER_MM` under
+    their outer layer's inner surface (``rays.r_in``), on ``skull`` as the rays saw it."""
     directions = grid_directions(rays.step_deg)[::_EVERY, ::_EVERY]
+    alpha, _ = angle_grid(rays.step_deg)
+    solid_angle = np.broadcast_to(np.sin(alpha[::_EVERY])[:, None], directions.shape[:2])
     vault = rays.hit[::_EVERY, ::_EVERY] & (directions @ np.asarray(rays.up, dtype=np.float64) >= VAULT_SINE)
     if not vault.any():
         return 0.0
@@ -43,15 +46,22 @@ def hollow_share(skull: SkullImage, rays: RayMap) -> float:
     inside = np.all((index >= 0) & (index < np.array(skull.shape)), axis=-1)
     index[~inside] = 0
     bone = skull.mask[index[..., 0], index[..., 1], index[..., 2]] & inside
-    return float(np.count_nonzero(bone.any(axis=1))) / float(np.count_nonzero(vault))
+    weights = solid_angle[vault]
+    return float(weights[bone.any(axis=1)].sum() / weights.sum())
 
 
-def hollow_note(share: float) -> list[str]:
-    """The warning for a mask whose :func:`hollow_share` is over :data:`HOLLOW_RAYS`, else none."""
+def hollow_note(share: float, kind: str = "binary") -> list[str]:
+    """The warning for a skull whose :func:`hollow_share` is over :data:`HOLLOW_RAYS`, else none; ``kind``: how it
+    was read ("ct": from a CT's threshold, else a mask)."""
     if share <= HOLLOW_RAYS:
         return []
+    what = (
+        "give a lower bone threshold (--hu-threshold)"
+        if kind == "ct"
+        else "segment the bone at a lower threshold, or give the CT itself"
+    )
     return [
-        f"the skull reads hollow: under the outer table of {100 * share:.0f} % of the vault's rays lies more bone "
-        f"within {UNDER_MM[1]:g} mm (a CT thresholded above its diploë?); the implant takes the outer table's "
-        "thickness: segment the bone at a lower threshold, or give the CT itself"
+        f"the skull reads hollow: under the outer table of {100 * share:.0f} % of the vault lies more bone within "
+        f"{UNDER_MM[1]:g} mm (a diploë under the bone threshold?); the implant takes the outer table's thickness: "
+        + what
     ]

@@ -26,7 +26,8 @@ class RimFitSource:
         messages = list(result.messages) or (
             [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
         )
-        messages += hollow_note(hollow_share(result.in_frame(context.skull)[0], result.raymap))
+        share = hollow_share(result.in_frame(context.skull)[0], result.raymap)
+        messages += hollow_note(share, context.skull.metadata.get("kind", "binary"))
         return Proposal(
             result.implant,
             variant=result.cue,

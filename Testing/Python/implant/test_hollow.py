@@ -38,7 +38,8 @@ def test_rays_that_leave_the_grid_under_the_table_read_no_bone(solid_and_hollow)
 def test_the_note_names_the_share_over_the_bar():
     assert hollow_note(HOLLOW_RAYS) == []
     (note,) = hollow_note(0.62)
-    assert "62 %" in note and "hollow" in note and "lower threshold" in note
+    assert "62 %" in note and "hollow" in note and "give the CT itself" in note
+    assert "--hu-threshold" in hollow_note(0.62, "ct")[0]
 
 
 def test_a_hollow_mask_is_completed_with_a_warning_and_a_solid_one_without(solid_and_hollow):

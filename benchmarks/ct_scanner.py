@@ -4,8 +4,8 @@ Not a timing. For each pair (``--ids``, ``--defects``, ``--seeds`` as in ``rimfi
 setting (:data:`SCANS`): a CT in HU is made of the defective skull on its own grid (air -1000 HU; the head's soft
 tissue 40 HU, the skull's inside and a 5 mm scalp of the complete skull, so a brain lies under the hole; the bone's
 outer and inner tables ``CORTEX_MM`` deep at 1600 HU, the diploë between them at the setting's value; a scanner's
-point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium clip (3000 HU, 8 × 3 × 3 mm) on the bone 15 mm from the hole with streaks through it), written as int16 NRRD, read
-with ``skullvae complete``'s reading (a CT thresholded at 300 HU by default) and completed by the default
+point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium clip (3000 HU, 8 × 3 × 3 mm) on the
+bone 15 mm from the hole with streaks through it), written as int16 NRRD, read with ``skullvae complete``'s reading (a CT thresholded at 300 HU by default) and completed by the default
 ``Completer``. The implant is scored against the true implant on the same grid. One JSON line a pair and setting,
 then a summary per setting::
 

@@ -1,13 +1,13 @@
-"""A SkullFix skull as a CT scanner gives it: blurred, noisy, soft diploë, a metal clip; completed by default (issue 24 §1).
+"""A SkullFix skull as a CT scanner gives it: blurred, noisy, a diploë under the threshold, a clip (issue 24 §1).
 
 Not a timing. For each pair (``--ids``, ``--defects``, ``--seeds`` as in ``rimfit_cases.py``) and each ``--scans``
 setting (:data:`SCANS`): a CT in HU is made of the defective skull on its own grid (air -1000 HU; the head's soft
 tissue 40 HU, the skull's inside and a 5 mm scalp of the complete skull, so a brain lies under the hole; the bone's
 outer and inner tables ``CORTEX_MM`` deep at 1600 HU, the diploë between them at the setting's value; a scanner's
 point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium clip (3000 HU, 8 × 3 × 3 mm) on the
-bone 15 mm from the hole with streaks through it), written as int16 NRRD, read with ``skullvae complete``'s reading (a CT thresholded at 300 HU by default) and completed by the default
-``Completer``. The implant is scored against the true implant on the same grid. One JSON line a pair and setting,
-then a summary per setting::
+bone 15 mm from the hole with streaks through it), written as int16 NRRD, read with ``skullvae complete``'s reading
+(a CT thresholded at 300 HU by default) and completed by the default ``Completer``. The implant is scored against
+the true implant on the same grid. One JSON line a pair and setting, then a summary per setting::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ct_scanner.py --ids 056-063 --defects cranial,vault --seeds 0
 """

@@ -40,8 +40,7 @@ def hollow_share(skull: SkullImage, rays: RayMap) -> float:
     depths = np.arange(UNDER_MM[0], UNDER_MM[1] + 1e-6, _SAMPLE_MM)
     radii = rays.r_in[::_EVERY, ::_EVERY][vault][:, None] - depths[None, :]  # (n, depths) mm from the centre
     points = rays.centre + directions[vault][:, None, :] * radii[..., None]  # (n, depths, 3) LPS mm
-    affine = skull.index_to_physical()
-    index = np.rint((points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(np.int64)
+    index = np.rint(skull.physical_to_index(points)).astype(np.int64)  # the nearest voxel, as the rays read it
     inside = np.all((index >= 0) & (index < np.array(skull.shape)), axis=-1)
     index[~inside] = 0
     bone = skull.mask[index[..., 0], index[..., 1], index[..., 2]] & inside

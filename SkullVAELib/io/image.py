@@ -88,11 +88,15 @@ class SkullImage:
         affine[:3, 3] = self.origin
         return affine
 
+    def physical_to_index(self, points_mm: np.ndarray) -> np.ndarray:
+        """float64 (..., 3): the continuous voxel index (i, j, k) of the LPS ``points_mm`` (..., 3) (mm)."""
+        affine = self.index_to_physical()
+        return (np.asarray(points_mm, dtype=np.float64) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+
     def index_box(self, points_mm: np.ndarray, margin: int = 2) -> tuple[slice, ...] | None:
         """The index box (3 slices) of this grid that holds the LPS ``points_mm`` (N, 3) plus ``margin``
         voxels on every side, clipped to the grid; None when it misses the grid."""
-        affine = self.index_to_physical()
-        index = (np.asarray(points_mm, dtype=np.float64) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+        index = self.physical_to_index(points_mm)
         lo = np.maximum(np.floor(index.min(axis=0)).astype(int) - margin, 0)
         hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + margin + 1, np.asarray(self.shape))
         if np.any(hi <= lo):

@@ -306,3 +306,10 @@ def test_auto_kind_reads_labels_of_every_integer_type_and_refuses_negatives(tmp_
     sitk.WriteImage(sitk.GetImageFromArray(labels.transpose(2, 1, 0)), str(path))
     with pytest.raises(SkullVAEError, match="neither a binary mask"):
         read_skull(path)
+
+
+def test_physical_points_map_back_to_their_voxel_index():
+    skull = _oblique_shell()
+    index = np.array([[3.0, 7.0, 2.0], [10.5, 0.0, 4.25]])
+    points = index @ skull.index_to_physical()[:3, :3].T + skull.origin
+    np.testing.assert_allclose(skull.physical_to_index(points), index, atol=1e-9)

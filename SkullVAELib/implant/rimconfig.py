@@ -54,6 +54,9 @@ class RimFitConfig:
     # a hole nearer a grid pole than this is filled in a frame pitched until it is this far (gridturn; 0: off):
     # the widest rim ring and the growth reach, (12 + 6) cells of 0.75°, clear of the pole
     pole_clearance_deg: float = 13.5
+    # a skull whose vault reads hollow to the rays (a mask thresholded above the diploë; implant/hollow) has the
+    # space between its tables filled and is fitted again (False: only a warning)
+    join_hollow: bool = True
 
     def __post_init__(self) -> None:
         self.fill_rings = tuple(int(outer) for outer in self.fill_rings)

@@ -97,20 +97,46 @@ class CompletionContext:
         return self.cache["mirror"]
 
     def rim_fit(self):
-        """The rim fit's :class:`~SkullVAELib.implant.rimfit.RimFitResult` (once per skull; it does not depend on γ)."""
+        """The rim fit's :class:`~SkullVAELib.implant.rimfit.RimFitResult` (once per skull; it does not depend on γ).
+        Where the skull reads hollow to its rays (:func:`~SkullVAELib.implant.hollow.hollow_share`: a mask thresholded
+        above the diploë), its tables are joined (:meth:`_join_hollow_tables`) and it is fitted again on that."""
         key = ("rimfit", self.settings.rimfit.mirror, self.settings.rimfit.shapes)
         if key not in self.cache:
-            from SkullVAELib.implant.rimfit import rim_fit
-
-            transform = self.mirror_transform() if self.settings.rimfit.mirror else None
-            self.progress("rimfit", 0.3, "fitting the implant to the defect's rim")
-            shapes = self.shape_cue() if self.settings.rimfit.shapes else None
-            result = rim_fit(self.vault_skull(), self.settings.rimfit.config, mirror_transform=transform, shapes=shapes)
-            result.messages += self.cache["vault"][1]  # what vault_skull left out
-            for name, seconds in result.timings.items():
-                self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
+            result = self._fit_rim()
+            if result.holes and self.settings.rimfit.config.join_hollow and self._join_hollow_tables(result):
+                result = self._fit_rim()
             self.cache[key] = result
         return self.cache[key]
+
+    def _fit_rim(self):
+        """One rim fit on :meth:`vault_skull` with the settings' cues; its timings added to :attr:`timings`."""
+        from SkullVAELib.implant.rimfit import rim_fit
+
+        transform = self.mirror_transform() if self.settings.rimfit.mirror else None
+        self.progress("rimfit", 0.3, "fitting the implant to the defect's rim")
+        shapes = self.shape_cue() if self.settings.rimfit.shapes else None
+        result = rim_fit(self.vault_skull(), self.settings.rimfit.config, mirror_transform=transform, shapes=shapes)
+        result.messages += self.cache["vault"][1]  # what vault_skull left out
+        for name, seconds in result.timings.items():
+            self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
+        return result
+
+    def _join_hollow_tables(self, result) -> bool:
+        """Whether ``result``'s rays found the vault hollow; if so, :meth:`vault_skull` becomes that skull with its
+        tables joined (:func:`~SkullVAELib.implant.hollow.join_tables`), with a note saying so. The mirror plane
+        found on the hollow skull stays (its outer surface is the same)."""
+        from SkullVAELib.implant.hollow import hollow_note, hollow_share, join_tables
+
+        skull, _ = result.in_frame(self.vault_skull())
+        share = hollow_share(skull, result.raymap)
+        notes = hollow_note(share, self.skull.metadata.get("kind", "binary"), joined=True)
+        if not notes:
+            return False
+        self.progress("rimfit", 0.3, "joining the hollow skull's tables")
+        with self.timed("rimfit_join_tables"):
+            vault, left_out = self.cache["vault"]
+            self.cache["vault"] = (vault.with_mask(join_tables(skull, result.raymap)), left_out + notes)
+        return True
 
     def self_check(self):
         """The rim fit tried on the skull's intact vault (:class:`~SkullVAELib.implant.selfcheck.SelfCheck`,

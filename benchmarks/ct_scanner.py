@@ -7,14 +7,19 @@ outer and inner tables ``CORTEX_MM`` deep at 1600 HU, the diploë between them a
 point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium clip (3000 HU, 8 × 3 × 3 mm) on the
 bone 15 mm from the hole with streaks through it), written as int16 NRRD, read with ``skullvae complete``'s reading
 (a CT thresholded at 300 HU by default) and completed by the default ``Completer``. The implant is scored against
-the true implant on the same grid. One JSON line a pair and setting, then a summary per setting::
+the true implant on the same grid. With ``--as-mask`` the CT is handed over as a user's threshold segmentation of
+it would be: its voxels ≥ ``MASK_HU`` as a uint8 mask, read as a mask (a diploë under it leaves a hollow mask);
+``--no-join`` leaves such a mask's tables apart (``RimFitConfig.join_hollow``: the build before it). One JSON line
+a pair and setting, then a summary per setting::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ct_scanner.py --ids 056-063 --defects cranial,vault --seeds 0
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ct_scanner.py --ids 056-063 --scans thin-diploe --as-mask
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -43,6 +48,7 @@ SCANS = {
 }
 CORTEX_MM = 1.2
 SCALP_MM = 5.0
+MASK_HU = 300.0  # --as-mask: a bone threshold as a user sets one in a segmentation editor
 
 
 def head_tissue(complete: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -120,11 +126,13 @@ def scanner_ct(case, setting: str, rng: np.random.Generator, head=None) -> sitk.
     return out
 
 
-def score(completer: Completer, case, setting: str, seed: int, head) -> dict:
-    """One pair scanned as ``setting``: its implant's DSC and HD95 (mm) against the truth, on the scan's grid."""
+def score(completer: Completer, case, setting: str, seed: int, head, as_mask: bool = False) -> dict:
+    """One pair scanned as ``setting``: its implant's DSC and HD95 (mm) against the truth, on the scan's grid
+    (``as_mask``: the scan handed over as its voxels ≥ ``MASK_HU``)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ct.nrrd"
-        sitk.WriteImage(scanner_ct(case, setting, np.random.default_rng(seed), head), str(path))
+        ct = scanner_ct(case, setting, np.random.default_rng(seed), head)
+        sitk.WriteImage(sitk.Cast(ct >= MASK_HU, sitk.sitkUInt8) if as_mask else ct, str(path))
         skull = SkullReading().read(path)
     result = completer.complete(skull)
     implant = result.implant.mask
@@ -142,13 +150,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_case_arguments(parser, defects="cranial", seeds="0")
     parser.add_argument("--scans", default=",".join(SCANS), help=f"settings, comma-separated: {', '.join(SCANS)}")
+    parser.add_argument("--as-mask", action="store_true", help=f"hand the scan over as its voxels ≥ {MASK_HU:g} HU")
+    parser.add_argument("--no-join", action="store_true", help="leave a hollow mask's tables apart (warn only)")
     args = parser.parse_args()
-    completer = Completer(CompletionSettings())
+    rimfit = CompletionSettings().rimfit
+    if args.no_join:
+        rimfit = dataclasses.replace(rimfit, config=dataclasses.replace(rimfit.config, join_hollow=False))
+    completer = Completer(CompletionSettings(rimfit=rimfit))
     rows = []
     for case in selected_cases(args):
         head = anatomy(case)
         for setting in args.scans.split(","):
-            rows.append(score(completer, case, setting, len(rows), head))
+            rows.append(score(completer, case, setting, len(rows), head, args.as_mask))
             print(json.dumps(rows[-1]), flush=True)
     for setting in args.scans.split(","):
         mine = [r for r in rows if r["scan"] == setting]

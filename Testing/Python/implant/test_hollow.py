@@ -1,25 +1,37 @@
-"""A hollow skull mask (`implant/hollow.py`): its vault's outer table apart from bone under it, named to the user."""
+"""A hollow skull mask (`implant/hollow.py`): its vault's outer table apart from bone under it, its tables joined for
+the rim fit, named to the user."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 from scipy import ndimage
 
 from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.phantoms import make_phantom
+from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.hollow import HOLLOW_RAYS, hollow_note, hollow_share
+from SkullVAELib.implant.hollow import HOLLOW_RAYS, hollow_note, hollow_share, join_tables, table_gaps
 from SkullVAELib.pipeline.completer import Completer
 from SkullVAELib.pipeline.settings import CompletionSettings
 
+TABLE_MM = 1.5
+
 
 @pytest.fixture(scope="module")
-def solid_and_hollow():
-    """A phantom's defective skull at 1 mm, and the same with only 1.5 mm of each face kept (its tables: the
-    diploë between them left out, as a CT thresholded above it gives)."""
-    defective, _ = cranial_defect(make_phantom(3, (200, 200, 150), None), 1, style="skullfix")
+def phantom():
+    """(a phantom's defective skull at 1 mm, its true implant, the same skull with only ``TABLE_MM`` of each face
+    kept: its tables, the diploë between them left out, as a CT thresholded above it gives)."""
+    defective, implant = cranial_defect(make_phantom(3, (200, 200, 150), None), 1, style="skullfix")
     depth = ndimage.distance_transform_edt(defective.mask, sampling=defective.spacing)
-    return defective, defective.with_mask(defective.mask & (depth <= 1.5))
+    return defective, implant.mask, defective.with_mask(defective.mask & (depth <= TABLE_MM))
+
+
+@pytest.fixture(scope="module")
+def solid_and_hollow(phantom):
+    return phantom[0], phantom[2]
 
 
 def test_bone_under_the_outer_table_is_measured_on_the_vault(solid_and_hollow):
@@ -47,3 +59,51 @@ def test_a_hollow_mask_is_completed_with_a_warning_and_a_solid_one_without(solid
     completer = Completer(CompletionSettings())
     assert not any("hollow" in w for w in completer.complete(solid).warnings)
     assert any("reads hollow" in w for w in completer.complete(hollow).warnings)
+
+
+def test_the_gap_under_the_outer_table_is_the_diploe_a_hollow_vault_lost(phantom):
+    solid, _, hollow = phantom
+    rays = raycast.cast(hollow, step_deg=1.5)
+    gaps = table_gaps(hollow, rays)
+    solid_rays = raycast.cast(solid, step_deg=1.5)
+    vault = rays.hit & solid_rays.hit & (rays.elevation() >= 0.5) & np.isfinite(gaps)
+    assert vault.sum() > 0.5 * (solid_rays.hit & (solid_rays.elevation() >= 0.5)).sum()
+    # the inner table starts where the solid bone's last TABLE_MM begins, to a voxel and a sample
+    lost = solid_rays.thickness[vault] - (rays.r_out - rays.r_in)[vault] - TABLE_MM
+    assert np.median(np.abs(gaps[vault] - lost)) < 1.0
+    assert np.isfinite(table_gaps(solid, solid_rays)[solid_rays.elevation() >= 0.5]).mean() < 0.05
+
+
+def test_joined_tables_are_the_solid_bone_and_keep_every_voxel_of_the_hollow_one(phantom):
+    solid, _, hollow = phantom
+    joined = join_tables(hollow, raycast.cast(hollow, step_deg=1.5))
+    assert np.all(joined[hollow.mask])
+    upper = np.zeros_like(joined)
+    upper[:, :, joined.shape[2] // 2 :] = True  # the vault's half of the grid
+    assert dice(joined & upper, solid.mask & upper) > 0.95
+    assert dice(hollow.mask & upper, solid.mask & upper) < 0.7
+    assert hollow_share(hollow.with_mask(joined), raycast.cast(hollow.with_mask(joined), step_deg=1.5)) < 0.05
+
+
+def test_a_solid_skull_is_left_as_it_is_by_the_join(phantom):
+    solid, _, _ = phantom
+    joined = join_tables(solid, raycast.cast(solid, step_deg=1.5))
+    assert np.count_nonzero(joined & ~solid.mask) < 0.01 * np.count_nonzero(solid.mask)
+
+
+def test_a_hollow_mask_gets_a_full_thickness_implant_off_its_bone_with_a_note(phantom):
+    solid, truth, hollow = phantom
+    result = Completer(CompletionSettings()).complete(hollow)
+    assert dice(result.implant.mask, truth) > 0.85
+    assert not np.any(result.implant.mask & hollow.mask)
+    assert any("reads hollow" in w and "was filled" in w for w in result.warnings)
+    assert np.array_equal(result.completed.mask & ~result.implant.mask, hollow.mask)  # the patient's bone as given
+
+
+def test_without_the_join_a_hollow_mask_keeps_the_outer_tables_thickness_and_says_so(phantom):
+    solid, truth, hollow = phantom
+    rimfit = CompletionSettings().rimfit
+    rimfit = dataclasses.replace(rimfit, config=dataclasses.replace(rimfit.config, join_hollow=False))
+    result = Completer(CompletionSettings(rimfit=rimfit)).complete(hollow)
+    assert dice(result.implant.mask, truth) < 0.7
+    assert any("takes the outer table's thickness" in w for w in result.warnings)

@@ -8,7 +8,7 @@ point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium cl
 bone 15 mm from the hole with streaks through it), written as int16 NRRD, read with ``skullvae complete``'s reading
 (a CT thresholded at 300 HU by default) and completed by the default ``Completer``. The implant is scored against
 the true implant on the same grid. With ``--as-mask`` the CT is handed over as a user's threshold segmentation of
-it would be: its voxels ≥ ``MASK_HU`` as a uint8 mask, read as a mask (a diploë under it leaves a hollow mask);
+it would be: its voxels ≥ ``--mask-hu`` (300) as a uint8 mask, read as a mask (a diploë under it leaves a hollow mask);
 ``--no-join`` leaves such a mask's tables apart (``RimFitConfig.join_hollow``: the build before it). One JSON line
 a pair and setting, then a summary per setting::
 
@@ -48,7 +48,6 @@ SCANS = {
 }
 CORTEX_MM = 1.2
 SCALP_MM = 5.0
-MASK_HU = 300.0  # --as-mask: a bone threshold as a user sets one in a segmentation editor
 
 
 def head_tissue(complete: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -126,13 +125,13 @@ def scanner_ct(case, setting: str, rng: np.random.Generator, head=None) -> sitk.
     return out
 
 
-def score(completer: Completer, case, setting: str, seed: int, head, as_mask: bool = False) -> dict:
+def score(completer: Completer, case, setting: str, seed: int, head, mask_hu: float | None = None) -> dict:
     """One pair scanned as ``setting``: its implant's DSC and HD95 (mm) against the truth, on the scan's grid
-    (``as_mask``: the scan handed over as its voxels ≥ ``MASK_HU``)."""
+    (``mask_hu``: the scan handed over as its voxels ≥ that many HU, a mask)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ct.nrrd"
         ct = scanner_ct(case, setting, np.random.default_rng(seed), head)
-        sitk.WriteImage(sitk.Cast(ct >= MASK_HU, sitk.sitkUInt8) if as_mask else ct, str(path))
+        sitk.WriteImage(ct if mask_hu is None else sitk.Cast(ct >= mask_hu, sitk.sitkUInt8), str(path))
         skull = SkullReading().read(path)
     result = completer.complete(skull)
     implant = result.implant.mask
@@ -150,7 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_case_arguments(parser, defects="cranial", seeds="0")
     parser.add_argument("--scans", default=",".join(SCANS), help=f"settings, comma-separated: {', '.join(SCANS)}")
-    parser.add_argument("--as-mask", action="store_true", help=f"hand the scan over as its voxels ≥ {MASK_HU:g} HU")
+    parser.add_argument("--as-mask", action="store_true", help="hand the scan over as a mask: its voxels ≥ --mask-hu")
+    parser.add_argument("--mask-hu", type=float, default=300.0, help="--as-mask: the bone threshold (HU)")
     parser.add_argument("--no-join", action="store_true", help="leave a hollow mask's tables apart (warn only)")
     args = parser.parse_args()
     rimfit = CompletionSettings().rimfit
@@ -161,7 +161,7 @@ def main() -> None:
     for case in selected_cases(args):
         head = anatomy(case)
         for setting in args.scans.split(","):
-            rows.append(score(completer, case, setting, len(rows), head, args.as_mask))
+            rows.append(score(completer, case, setting, len(rows), head, args.mask_hu if args.as_mask else None))
             print(json.dumps(rows[-1]), flush=True)
     for setting in args.scans.split(","):
         mine = [r for r in rows if r["scan"] == setting]

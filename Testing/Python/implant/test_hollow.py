@@ -14,6 +14,7 @@ from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.hollow import HOLLOW_RAYS, hollow_note, hollow_share, join_tables, table_gaps
+from SkullVAELib.io.image import skull_from_image
 from SkullVAELib.pipeline.completer import Completer
 from SkullVAELib.pipeline.settings import CompletionSettings
 
@@ -107,3 +108,16 @@ def test_without_the_join_a_hollow_mask_keeps_the_outer_tables_thickness_and_say
     result = Completer(CompletionSettings(rimfit=rimfit)).complete(hollow)
     assert dice(result.implant.mask, truth) < 0.7
     assert any("takes the outer table's thickness" in w for w in result.warnings)
+
+
+def test_a_scan_whose_units_the_ct_reading_cannot_check_is_joined_by_the_rays(phantom):
+    """A CBCT's own units (air at 0; the CT reading looks for a hollow bone only in HU): thresholded between the
+    tables' and the diploë's values it reads hollow, and the rim fit joins its tables all the same."""
+    solid, truth, hollow = phantom
+    values = np.where(hollow.mask, 2600, np.where(solid.mask, 1200, 0)).astype(np.int16)
+    skull = skull_from_image(solid.to_sitk(values, np.int16), "cbct.nrrd", kind="ct", hu_threshold=1300.0)
+    assert np.array_equal(skull.mask, hollow.mask) and skull.metadata["hu_threshold"] == 1300.0
+    result = Completer(CompletionSettings()).complete(skull)
+    assert dice(result.implant.mask, truth) > 0.85
+    (note,) = [w for w in result.warnings if "reads hollow" in w]
+    assert "was filled" in note and "--hu-threshold" in note

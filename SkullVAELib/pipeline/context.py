@@ -136,7 +136,13 @@ class CompletionContext:
         with self.timed("rimfit_join_tables"):
             vault, left_out = self.cache["vault"]
             self.cache["vault"] = (vault.with_mask(join_tables(skull, result.raymap)), left_out + notes)
+        self.cache["tables_joined"] = True
         return True
+
+    @property
+    def tables_joined(self) -> bool:
+        """Whether :meth:`rim_fit` joined a hollow skull's tables (its note is among the rim fit's messages)."""
+        return bool(self.cache.get("tables_joined"))
 
     def self_check(self):
         """The rim fit tried on the skull's intact vault (:class:`~SkullVAELib.implant.selfcheck.SelfCheck`,

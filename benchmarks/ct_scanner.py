@@ -8,9 +8,9 @@ point-spread as a Gaussian (its σ in mm); white noise; optionally a titanium cl
 bone 15 mm from the hole with streaks through it), written as int16 NRRD, read with ``skullvae complete``'s reading
 (a CT thresholded at 300 HU by default) and completed by the default ``Completer``. The implant is scored against
 the true implant on the same grid. With ``--as-mask`` the CT is handed over as a user's threshold segmentation of
-it would be: its voxels ≥ ``--mask-hu`` (300) as a uint8 mask, read as a mask (a diploë under it leaves a hollow mask);
-``--no-join`` leaves such a mask's tables apart (``RimFitConfig.join_hollow``: the build before it). One JSON line
-a pair and setting, then a summary per setting::
+it would be: its voxels ≥ ``--mask-hu`` (300) as a uint8 mask, read as a mask (a diploë under it leaves a hollow
+mask); ``--no-join`` leaves such a mask's tables apart (``RimFitConfig.join_hollow``: the build before it). One JSON
+line a pair and setting, then a summary per setting::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ct_scanner.py --ids 056-063 --defects cranial,vault --seeds 0
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ct_scanner.py --ids 056-063 --scans thin-diploe --as-mask

@@ -55,7 +55,8 @@ class RimFitConfig:
     # the widest rim ring and the growth reach, (12 + 6) cells of 0.75°, clear of the pole
     pole_clearance_deg: float = 13.5
     # a skull whose vault reads hollow to the rays (a mask thresholded above the diploë; implant/hollow) has the
-    # space between its tables filled and is fitted again (False: only a warning)
+    # space between its tables filled and is fitted again (False: only a warning); read by the CompletionContext,
+    # which runs the rim fit: rim_fit itself fits the skull it is given
     join_hollow: bool = True
 
     def __post_init__(self) -> None:

@@ -71,6 +71,8 @@ class CompletionContext:
         from SkullVAELib.implant.quality import implant_quality
 
         defect = defect or self.defect
+        if defect == "cranial" and self._rim_fit_may_join():
+            self.rim_fit()  # its join first: every cranial implant scored against the one skull the rays read
         count = int(np.count_nonzero(implant))
         last = self.cache.get(("quality", defect))
         if (
@@ -86,6 +88,11 @@ class CompletionContext:
         self.cache[("quality", defect)] = (implant, count, quality)
         return quality
 
+    def _rim_fit_may_join(self) -> bool:
+        """Whether a source of this call runs the rim fit, which may join a hollow skull's tables
+        (:meth:`rim_fit`) and so change :meth:`vault_skull`."""
+        return self.settings.rimfit.config.join_hollow and bool({"rimfit", "residual"} & set(self.settings.sources))
+
     def mirror_transform(self) -> np.ndarray:
         """(4, 4) LPS reflection about the skull's mid-sagittal plane (computed once per skull)."""
         if "mirror" not in self.cache:
@@ -98,8 +105,9 @@ class CompletionContext:
 
     def rim_fit(self):
         """The rim fit's :class:`~SkullVAELib.implant.rimfit.RimFitResult` (once per skull; it does not depend on γ).
-        Where the skull reads hollow to its rays (:func:`~SkullVAELib.implant.hollow.hollow_share`: a mask thresholded
-        above the diploë), its tables are joined (:meth:`_join_hollow_tables`) and it is fitted again on that."""
+        Where it finds an enclosed hole (a vault's or not) and the skull reads hollow to its rays
+        (:func:`~SkullVAELib.implant.hollow.hollow_share`: a mask thresholded above the diploë), the skull's tables
+        are joined (:meth:`_join_hollow_tables`) and it is fitted again on that."""
         key = ("rimfit", self.settings.rimfit.mirror, self.settings.rimfit.shapes)
         if key not in self.cache:
             result = self._fit_rim()
@@ -136,13 +144,13 @@ class CompletionContext:
         with self.timed("rimfit_join_tables"):
             vault, left_out = self.cache["vault"]
             self.cache["vault"] = (vault.with_mask(join_tables(skull, result.raymap)), left_out + notes)
-        self.cache["tables_joined"] = True
+        self.cache["join_notes"] = notes
         return True
 
     @property
-    def tables_joined(self) -> bool:
-        """Whether :meth:`rim_fit` joined a hollow skull's tables (its note is among the rim fit's messages)."""
-        return bool(self.cache.get("tables_joined"))
+    def join_notes(self) -> list[str]:
+        """The note of a hollow skull whose tables :meth:`rim_fit` joined (also among its messages), else []."""
+        return list(self.cache.get("join_notes", []))
 
     def self_check(self):
         """The rim fit tried on the skull's intact vault (:class:`~SkullVAELib.implant.selfcheck.SelfCheck`,

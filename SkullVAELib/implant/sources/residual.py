@@ -32,7 +32,9 @@ class ResidualSource:
         context.progress("residual", 0.0, "correcting the rim fit (learned residual)")
         transform = context.mirror_transform() if context.settings.rimfit.mirror else None
         result = residual(context.skull, rim.implant, transform)
-        notes = [f"the learned residual changed {result.changed_mm3 / 1000:.1f} ml of the rim fit's implant"]
+        notes = context.join_notes + [
+            f"the learned residual changed {result.changed_mm3 / 1000:.1f} ml of the rim fit's implant"
+        ]
         if residual.info.get("interrupted"):
             notes.append("the residual's training was interrupted: its weights are the best before the stop")
         return Proposal(

@@ -26,7 +26,7 @@ class RimFitSource:
         messages = list(result.messages) or (
             [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
         )
-        if not context.tables_joined:  # joined: the context's note says so
+        if not context.join_notes:  # joined: the context's note says so
             share = hollow_share(result.in_frame(context.skull)[0], result.raymap)
             messages += hollow_note(share, context.skull.metadata.get("kind", "binary"))
         return Proposal(

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from SkullVAELib.bundle.folder import ModelFolder
 from SkullVAELib.data.defects import cranial_defect
 from SkullVAELib.data.phantoms import make_phantom
 from SkullVAELib.evaluation.metrics import dice
 from SkullVAELib.implant import raycast
-from SkullVAELib.implant.hollow import HOLLOW_RAYS, hollow_note, hollow_share, join_tables, table_gaps
-from SkullVAELib.io.image import skull_from_image
+from SkullVAELib.implant.hollow import HOLLOW_RAYS, _closed_within, hollow_note, hollow_share, join_tables, table_gaps
+from SkullVAELib.io.image import SkullImage, skull_from_image
 from SkullVAELib.pipeline.completer import Completer
+from SkullVAELib.pipeline.context import CompletionContext
 from SkullVAELib.pipeline.settings import CompletionSettings
 
 TABLE_MM = 1.5
@@ -122,3 +124,29 @@ def test_a_scan_whose_units_the_ct_reading_cannot_check_is_joined_by_the_rays(ph
     assert dice(result.implant.mask, truth) > 0.85
     (note,) = [w for w in result.warnings if "reads hollow" in w]
     assert "was filled" in note and "--hu-threshold" in note
+
+
+def test_the_closing_is_a_balls_and_reads_no_bone_beyond_the_grid():
+    """Blobs that reach the grid's faces: the closing is scipy's with a ball of 2 voxels on the grid padded with
+    no bone (ITK's distance maps alone would read beyond the grid as bone and close against its faces)."""
+    mask = ndimage.binary_dilation(np.random.default_rng(0).random((40, 36, 30)) > 0.99, iterations=2)
+    mask[:, :, :3] |= mask[:, :, 3:6]  # bone on a face of the grid
+    skull = SkullImage(mask, np.zeros(3), np.ones(3), np.eye(3))
+    offsets = np.indices((5, 5, 5)) - 2
+    ball = (offsets**2).sum(axis=0) <= 4
+    expected = ndimage.binary_closing(np.pad(mask, 6), structure=ball)[6:-6, 6:-6, 6:-6]
+    closed = _closed_within(mask, skull, tuple(slice(0, n) for n in mask.shape), 2.0)
+    assert np.array_equal(closed, expected) and np.all(closed[mask]) and np.count_nonzero(closed & ~mask) > 0
+    inner = (slice(5, 30), slice(4, 20), slice(6, 25))
+    only_inside = _closed_within(mask, skull, inner, 2.0)
+    assert np.array_equal(only_inside[inner], expected[inner]) and not only_inside.sum() - only_inside[inner].sum()
+
+
+def test_a_cranial_implant_is_scored_against_the_joined_skull_whichever_source_asks_first(phantom):
+    """A source before the rim fit (a model's, say) asks for its implant's quality: the rim fit, which joins the
+    hollow skull's tables, runs first, so that every cranial score is made against the one skull."""
+    _, truth, hollow = phantom
+    context = CompletionContext(hollow, CompletionSettings(), ModelFolder(None), defect="cranial")
+    context.implant_quality(truth)
+    assert context.join_notes and "was filled" in context.join_notes[0]
+    assert np.count_nonzero(context.vault_skull().mask) > 1.3 * np.count_nonzero(hollow.mask)

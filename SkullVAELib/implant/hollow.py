@@ -132,3 +132,14 @@ def hollow_note(share: float, kind: str = "binary", joined: bool = False) -> lis
         f"the skull reads hollow: under the outer table of {100 * share:.0f} % of the vault lies more bone within "
         f"{UNDER_MM[1]:g} mm (a diploë under the bone threshold?); " + done + what
     ]
+
+
+def still_hollow_note(share: float) -> list[str]:
+    """The warning for a skull whose tables were joined and whose :func:`hollow_share` is still over
+    :data:`HOLLOW_RAYS` (bone deeper than :data:`UNDER_MM` under the outer table), else none."""
+    if share <= HOLLOW_RAYS:
+        return []
+    return [
+        f"after its tables were joined, {100 * share:.0f} % of the vault still reads hollow (bone more than "
+        f"{UNDER_MM[1]:g} mm under the outer table?): the implant may be thinner than the bone around it"
+    ]

@@ -113,6 +113,7 @@ class CompletionContext:
             result = self._fit_rim()
             if result.holes and self.settings.rimfit.config.join_hollow and self._join_hollow_tables(result):
                 result = self._fit_rim()
+                self._note_what_stays_hollow(result)
             self.cache[key] = result
         return self.cache[key]
 
@@ -146,6 +147,15 @@ class CompletionContext:
             self.cache["vault"] = (vault.with_mask(join_tables(skull, result.raymap)), left_out + notes)
         self.cache["join_notes"] = notes
         return True
+
+    def _note_what_stays_hollow(self, result) -> None:
+        """Add to ``result``'s messages and :attr:`join_notes` how much of the vault its rays (cast on the joined
+        skull) still read hollow, where that is over the bar (a vault deeper than the join looks)."""
+        from SkullVAELib.implant.hollow import hollow_share, still_hollow_note
+
+        note = still_hollow_note(hollow_share(result.in_frame(self.vault_skull())[0], result.raymap))
+        result.messages += note
+        self.cache["join_notes"] = self.cache["join_notes"] + note
 
     @property
     def join_notes(self) -> list[str]:

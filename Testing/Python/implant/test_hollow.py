@@ -150,3 +150,16 @@ def test_a_cranial_implant_is_scored_against_the_joined_skull_whichever_source_a
     context.implant_quality(truth)
     assert context.join_notes and "was filled" in context.join_notes[0]
     assert np.count_nonzero(context.vault_skull().mask) > 1.3 * np.count_nonzero(hollow.mask)
+
+
+def test_a_join_that_leaves_the_vault_hollow_says_how_much(phantom, monkeypatch):
+    """Where the join cannot fill the space (here: a join that changes nothing), the note says what still reads
+    hollow; a join that works adds no such note."""
+    from SkullVAELib.implant import hollow
+
+    _, _, skull = phantom
+    assert not any("still reads hollow" in w for w in Completer(CompletionSettings()).complete(skull).warnings)
+    monkeypatch.setattr(hollow, "join_tables", lambda skull, rays: skull.mask.copy())
+    result = Completer(CompletionSettings()).complete(skull)
+    (note,) = [w for w in result.warnings if "still reads hollow" in w]
+    assert "%" in note and "thinner than the bone around it" in note

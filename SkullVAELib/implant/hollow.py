@@ -16,7 +16,8 @@ import numpy as np
 from SkullVAELib.implant.cleanup import bounding_box
 from SkullVAELib.implant.distance import depth_mm
 from SkullVAELib.implant.rasterise import rasterise
-from SkullVAELib.implant.raycast import RayMap, angle_grid, grid_directions
+from SkullVAELib.implant.raycast import RayMap, grid_directions
+from SkullVAELib.implant.scanedge import cell_solid_angle
 from SkullVAELib.io.image import SkullImage
 
 # bone this deep (mm) under a ray's outer layer is the inner table of a hollow bone (SkullFix's vaults measure a
@@ -40,9 +41,8 @@ def hollow_share(skull: SkullImage, rays: RayMap) -> float:
     """The share of ``rays``' vault (hit rays, elevation sine ≥ :data:`VAULT_SINE`; each by its cell's solid angle,
     so that it does not depend on where the grid's poles lie) whose rays meet bone again :data:`UNDER_MM` under
     their outer layer's inner surface (``rays.r_in``), on ``skull`` as the rays saw it."""
-    alpha, _ = angle_grid(rays.step_deg)
     directions = grid_directions(rays.step_deg)[::_EVERY, ::_EVERY]
-    solid_angle = np.broadcast_to(np.sin(alpha[::_EVERY])[:, None], directions.shape[:2])
+    solid_angle = np.broadcast_to(cell_solid_angle(rays.step_deg)[::_EVERY], directions.shape[:2])
     vault = rays.hit[::_EVERY, ::_EVERY] & (rays.elevation()[::_EVERY, ::_EVERY] >= VAULT_SINE)
     if not vault.any():
         return 0.0

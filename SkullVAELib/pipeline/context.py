@@ -105,15 +105,13 @@ class CompletionContext:
 
     def rim_fit(self):
         """The rim fit's :class:`~SkullVAELib.implant.rimfit.RimFitResult` (once per skull; it does not depend on γ).
-        Where it finds an enclosed hole (a vault's or not) and the skull reads hollow to its rays
-        (:func:`~SkullVAELib.implant.hollow.hollow_share`: a mask thresholded above the diploë), the skull's tables
-        are joined (:meth:`_join_hollow_tables`) and it is fitted again on that."""
+        Where it finds an enclosed hole (a vault's or not) and the skull reads hollow to its rays (a mask thresholded
+        above the diploë), the skull's tables are joined and it is fitted again on that (:meth:`_read_hollow`)."""
         key = ("rimfit", self.settings.rimfit.mirror, self.settings.rimfit.shapes)
         if key not in self.cache:
             result = self._fit_rim()
-            if result.holes and self.settings.rimfit.config.join_hollow and self._join_hollow_tables(result):
-                result = self._fit_rim()
-                self._note_what_stays_hollow(result)
+            if result.holes:
+                result = self._read_hollow(result)
             self.cache[key] = result
         return self.cache[key]
 
@@ -130,36 +128,32 @@ class CompletionContext:
             self.timings[f"rimfit_{name}"] = self.timings.get(f"rimfit_{name}", 0.0) + seconds
         return result
 
-    def _join_hollow_tables(self, result) -> bool:
-        """Whether ``result``'s rays found the vault hollow; if so, :meth:`vault_skull` becomes that skull with its
-        tables joined (:func:`~SkullVAELib.implant.hollow.join_tables`), with a note saying so. The mirror plane
-        found on the hollow skull stays (its outer surface is the same)."""
-        from SkullVAELib.implant.hollow import hollow_note, hollow_share, join_tables
+    def _read_hollow(self, result):
+        """``result`` as it is where its rays do not read the vault hollow (:func:`~SkullVAELib.implant.hollow.
+        hollow_share`); else with a note, and, with ``join_hollow`` (default), the rim fit again on the skull with its
+        tables joined (:func:`~SkullVAELib.implant.hollow.join_tables`, :meth:`vault_skull` from then on), noted with
+        what still reads hollow. The mirror plane found on the hollow skull stays (its outer surface is the same)."""
+        from SkullVAELib.implant.hollow import hollow_note, hollow_share, join_tables, still_hollow_note
 
         skull, _ = result.in_frame(self.vault_skull())
-        share = hollow_share(skull, result.raymap)
-        notes = hollow_note(share, self.skull.metadata.get("kind", "binary"), joined=True)
-        if not notes:
-            return False
+        join = self.settings.rimfit.config.join_hollow
+        notes = hollow_note(hollow_share(skull, result.raymap), self.skull.metadata.get("kind", "binary"), join)
+        if not (notes and join):
+            result.messages += notes
+            return result
         self.progress("rimfit", 0.3, "joining the hollow skull's tables")
         with self.timed("rimfit_join_tables"):
             vault, left_out = self.cache["vault"]
             self.cache["vault"] = (vault.with_mask(join_tables(skull, result.raymap)), left_out + notes)
-        self.cache["join_notes"] = notes
-        return True
-
-    def _note_what_stays_hollow(self, result) -> None:
-        """Add to ``result``'s messages and :attr:`join_notes` how much of the vault its rays (cast on the joined
-        skull) still read hollow, where that is over the bar (a vault deeper than the join looks)."""
-        from SkullVAELib.implant.hollow import hollow_share, still_hollow_note
-
-        note = still_hollow_note(hollow_share(result.in_frame(self.vault_skull())[0], result.raymap))
-        result.messages += note
-        self.cache["join_notes"] = self.cache["join_notes"] + note
+        result = self._fit_rim()  # its messages hold the note, with what vault_skull left out
+        still = still_hollow_note(hollow_share(result.in_frame(self.vault_skull())[0], result.raymap))
+        result.messages += still
+        self.cache["join_notes"] = notes + still
+        return result
 
     @property
     def join_notes(self) -> list[str]:
-        """The note of a hollow skull whose tables :meth:`rim_fit` joined (also among its messages), else []."""
+        """The notes of a hollow skull whose tables :meth:`rim_fit` joined (also among its messages), else []."""
         return list(self.cache.get("join_notes", []))
 
     def self_check(self):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from SkullVAELib.implant.hollow import hollow_note, hollow_share
 from SkullVAELib.implant.sources.base import Proposal
 
 
@@ -26,9 +25,6 @@ class RimFitSource:
         messages = list(result.messages) or (
             [] if result.holes else ["the rim fit found no enclosed hole in the vault"]
         )
-        if not context.join_notes:  # joined: the context's note says so
-            share = hollow_share(result.in_frame(context.skull)[0], result.raymap)
-            messages += hollow_note(share, context.skull.metadata.get("kind", "binary"))
         return Proposal(
             result.implant,
             variant=result.cue,

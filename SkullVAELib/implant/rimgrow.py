@@ -30,12 +30,17 @@ def _ring(cells: np.ndarray, inner: int, outer: int) -> np.ndarray:
     return near & ~ndimage.binary_dilation(cells, _SQUARE, iterations=inner)
 
 
+def rim_ring(raymap: raycast.RayMap, cells: np.ndarray, cfg: RimFitConfig) -> np.ndarray:
+    """bool (Nα, Nβ): the hit rays ``cfg.ring`` cells out of ``cells`` (8-connected steps), the rim the fill reads."""
+    return _ring(cells, cfg.ring[0], cfg.ring[1]) & raymap.hit
+
+
 def rim_rays(
     raymap: raycast.RayMap, cells: np.ndarray, cfg: RimFitConfig, unusable: np.ndarray | None = None
 ) -> np.ndarray:
     """Ring cells used as rim data: hit rays ``cfg.ring`` cells out (not ``unusable``: bone cut by
     the scan's edge), outer-radius outliers removed."""
-    ring = _ring(cells, cfg.ring[0], cfg.ring[1]) & raymap.hit
+    ring = rim_ring(raymap, cells, cfg)
     if unusable is not None:
         ring &= ~unusable
     if ring.any():  # rim rays whose outer radius strays far from the rim's median met other bone

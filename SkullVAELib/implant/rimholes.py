@@ -10,7 +10,8 @@ read the same holes in the same frame.
    anterior pole, the face, or its downward seam, the skull base: :func:`scanedge.openings`), larger than
    ``min_hole_sr`` steradians. The scan's edge is not an opening.
 3. :func:`without_small_far_holes` (the rim fit only): a small gap far from the largest hole is thin bone
-   or a foramen, not a defect.
+   or a foramen, not a defect; :func:`without_gaps_off_the_shell`: nor is a gap far from it whose rim lies
+   at depths no shell has (the orbits' thin roofs lost to a high threshold).
 4. :func:`holes_in_frame`: where the largest hole comes within ``pole_clearance_deg`` of a grid pole, all of
    the above runs again in a frame pitched off it (:mod:`gridturn`): near a pole the grid's cells are no
    neighbourhoods on the sphere.
@@ -27,6 +28,7 @@ from scipy.spatial import cKDTree
 from SkullVAELib.implant import raycast
 from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
+from SkullVAELib.implant.rimgrow import rim_ring
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, miss_groups, openings, scan_edge
 from SkullVAELib.io.image import SkullImage
 
@@ -94,8 +96,7 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
     kept, notes = [main], []
     for hole in holes[1:]:
         if hole.solid_angle_sr < cfg.far_hole_share * main.solid_angle_sr:
-            chord = float(main_rays.query(dirs[hole.cells])[0].min())
-            nearest = float(np.degrees(2.0 * np.arcsin(min(chord / 2.0, 1.0))))
+            nearest = _degrees_apart(float(main_rays.query(dirs[hole.cells])[0].min()))
             if nearest > cfg.far_hole_deg:
                 notes.append(
                     f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled "
@@ -104,6 +105,57 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
                 continue
         kept.append(hole)
     return kept, notes
+
+
+def rim_spread_mm(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> float:
+    """The interquartile range (mm) of the outer radii of ``hole``'s rim rays, NaN without any: how far from one
+    shell its rim lies (a vault hole's rim: 2-13 mm on SkullFix's skulls).
+
+    The rim is the rim fit's (:func:`rimgrow.rim_ring`, ``cfg.ring`` cells of ``cfg.step_deg``) on ``raymap``'s
+    grid, whatever its step (the quality score's is coarser): the same ring in degrees."""
+    scale = cfg.step_deg / raymap.step_deg
+    ring = tuple(max(1, int(round(cells * scale))) for cells in cfg.ring)
+    radii = raymap.r_out[rim_ring(raymap, hole.cells, replace(cfg, ring=ring))]
+    if radii.size == 0:
+        return float("nan")
+    upper, lower = np.percentile(radii, [75.0, 25.0])
+    return float(upper - lower)
+
+
+def without_gaps_off_the_shell(
+    holes: list[Hole], raymap: raycast.RayMap, cfg: RimFitConfig
+) -> tuple[list[Hole], list[str]]:
+    """(``holes`` (largest first) less those far from the largest whose rim is no shell, one message per hole left
+    out).
+
+    A hole whose nearest ray lies more than ``cfg.far_hole_deg`` from the largest hole's rays and whose rim rays'
+    outer radii spread over more than ``cfg.gap_rim_spread_mm`` (:func:`rim_spread_mm`) is a gap between bones
+    at different depths, not a hole in the vault: at a threshold above their bone, the orbits' thin roofs go,
+    and the rays through them pass the orbits between the frontal bone (≈ 90 mm out) and the deep bone below
+    (≈ 35 mm). Its fill would be a plate 60-90 mm from the defect (docs/results/issue-24-2026-12-07.md,
+    "A gap in the orbits' roofs is no second defect"). The largest hole is never left out here. Off when either
+    setting is 0."""
+    if len(holes) < 2 or cfg.gap_rim_spread_mm <= 0 or cfg.far_hole_deg <= 0:
+        return holes, []
+    dirs = raycast.grid_directions(raymap.step_deg)
+    main_rays = cKDTree(dirs[holes[0].cells])
+    kept, notes = [holes[0]], []
+    for hole in holes[1:]:
+        nearest = _degrees_apart(float(main_rays.query(dirs[hole.cells])[0].min()))
+        spread = rim_spread_mm(raymap, hole, cfg)
+        if nearest > cfg.far_hole_deg and spread > cfg.gap_rim_spread_mm:
+            notes.append(
+                f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled: its rim lies "
+                f"{spread:.0f} mm apart in depth, in no shell (thin bone such as the orbits' roofs, not a defect)"
+            )
+            continue
+        kept.append(hole)
+    return kept, notes
+
+
+def _degrees_apart(chord: float) -> float:
+    """The angle (degrees) between two unit vectors ``chord`` apart."""
+    return float(np.degrees(2.0 * np.arcsin(min(chord / 2.0, 1.0))))
 
 
 @dataclass
@@ -115,7 +167,7 @@ class HoleSearch:
         raymap: every ray of the grid, cast on ``skull``.
         edge: the rays the scan's edge cuts or leaves unknown.
         holes: the enclosed holes, largest first.
-        notes: one line per small far gap left out (the rim fit's rule; empty when it was not applied).
+        notes: one line per far gap left out (thin bone: the rim fit's rules; empty when they were not applied).
         turn: the grid's frame where the largest hole came near a pole, else None (LPS).
     """
 
@@ -145,8 +197,9 @@ def holes_in_frame(
 
     Args:
         cfg: the rim fit's settings (``min_hole_sr``, the scan edge's margins, the far-gap rule, the clearance).
-        leave_out_far_gaps: apply :func:`without_small_far_holes` (the rim fit does not fill them, and the
-            quality score does not ask an implant to cover them unless its ``count_far_gaps`` is set).
+        leave_out_far_gaps: apply :func:`without_small_far_holes` and :func:`without_gaps_off_the_shell` (the rim fit
+            does not fill them, and the quality score does not ask an implant to cover them unless its
+            ``count_far_gaps`` is set).
         timings: seconds added to "raycast" and "holes" (summed over both frames where the grid was turned).
     """
     step = cfg.step_deg if step_deg is None else float(step_deg)
@@ -180,6 +233,8 @@ def _search(
     notes: list[str] = []
     if leave_out_far_gaps:
         holes, notes = without_small_far_holes(holes, replace(cfg, step_deg=step_deg))
+        holes, off_shell = without_gaps_off_the_shell(holes, raymap, cfg)  # the rim fit's ring in degrees
+        notes += off_shell
     timings["holes"] = timings.get("holes", 0.0) + time.perf_counter() - t0
     return HoleSearch(skull, raymap, edge, holes, notes, turn)
 

@@ -87,14 +87,17 @@ def test_the_rim_fit_leaves_a_small_far_second_hole_unfilled():
     punched[tuple(index.T)] = False
     plug = defective.mask & ~punched
     near_plug = ndimage.binary_dilation(plug, iterations=3)
-    # the rule off: the hole is filled, and its implant, far and under second_defect_fraction of the defect's,
-    # is dropped (a second defect's size would keep it)
-    result = rim_fit(defective.with_mask(punched), RimFitConfig(far_hole_share=0.0))
+    # the rules off (this gap's rim also meets the phantom's face: gap_rim_spread_mm): the hole is filled, and its
+    # implant, far and under second_defect_fraction of the defect's, is dropped (a second defect's size would keep it)
+    result = rim_fit(defective.with_mask(punched), RimFitConfig(far_hole_share=0.0, gap_rim_spread_mm=0.0))
     assert len(result.holes) == 2, "the second hole must be a hole to the rays"
     assert not (result.implant & near_plug).any()
     assert dice(result.implant, first.implant) >= 0.98
     assert any("left out" in m and "not a second defect" in m for m in result.messages), result.messages
-    every = rim_fit(defective.with_mask(punched), RimFitConfig(far_hole_share=0.0, second_defect_fraction=0.0))
+    every = rim_fit(
+        defective.with_mask(punched),
+        RimFitConfig(far_hole_share=0.0, gap_rim_spread_mm=0.0, second_defect_fraction=0.0),
+    )
     assert (every.implant & near_plug).any()
     # the default: the rim fit does not fill it at all, and says so
     default = rim_fit(defective.with_mask(punched))

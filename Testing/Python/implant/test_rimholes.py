@@ -12,7 +12,7 @@ from SkullVAELib.implant.gridturn import pole_clearance_deg
 from SkullVAELib.implant.quality import QualityConfig, implant_quality
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimfit import rim_fit
-from SkullVAELib.implant.rimholes import holes_in_frame, without_small_far_holes
+from SkullVAELib.implant.rimholes import holes_in_frame, rim_spread_mm, without_small_far_holes
 from SkullVAELib.implant.scanedge import cell_solid_angle
 from SkullVAELib.io.image import SkullImage
 
@@ -168,3 +168,58 @@ def test_a_turned_frame_keeps_the_skull_bases_rays_open(pole_hole_and_gap):
     assert len(as_cast.holes) == len(turned.holes) == 1
     assert turned.holes[0].solid_angle_sr == pytest.approx(as_cast.holes[0].solid_angle_sr, rel=0.05)
     assert np.allclose(turned.raymap.up, turned.turn.rotation @ [0.0, 0.0, 1.0])
+
+
+def _shell_with_second_hole(deep_plate: bool) -> tuple[SkullImage, np.ndarray, np.ndarray]:
+    """(defective, the true implant of its vault defect, the second hole's cone of directions (I, J, K) bool): the
+    6 mm shell of ``pole_hole_and_gap`` with a 25° defect over the back of the vertex and a 14° hole 30° below the
+    horizontal, forward and to the left, 90° from it. With ``deep_plate`` the shell is gone from the lower half of a
+    24° cone about the second hole too, and a plate 28-32 mm from the centre lies there instead: the rays about
+    that hole meet the shell above it and the deep plate below it, as the rays about the orbits' lost roofs meet
+    the frontal bone and the bone deep under the orbits."""
+    spacing, shape = np.full(3, 1.5), (86, 86, 86)
+    origin = CENTRE - spacing * (np.array(shape) - 1) / 2.0
+    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - CENTRE
+    radius = np.linalg.norm(offsets, axis=1)
+    unit = offsets / np.maximum(radius, 1e-9)[:, None]
+    shell = ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+    vertex = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0])
+    defect = ((unit @ vertex >= np.cos(np.deg2rad(25.0))) & (radius >= 45.0)).reshape(shape)
+    gap_dir = np.array([0.5, -0.7, -0.5]) / np.linalg.norm([0.5, -0.7, -0.5])
+    cos_gap = unit @ gap_dir
+    gap = (cos_gap >= np.cos(np.deg2rad(14.0))).reshape(shape)
+    bone = shell & ~defect & ~gap
+    if deep_plate:
+        below = np.cross(np.cross(gap_dir, [0.0, 0.0, -1.0]), gap_dir)  # the cone's downward side
+        lower_half = ((cos_gap >= np.cos(np.deg2rad(24.0))) & (unit @ below > 0)).reshape(shape)
+        plate = lower_half & ~gap & ((radius >= 28.0) & (radius <= 32.0)).reshape(shape)
+        bone = (bone & ~lower_half) | plate
+    return SkullImage(bone, origin, spacing, np.eye(3)), shell & defect, gap
+
+
+@pytest.mark.parametrize("deep_plate", [True, False])
+def test_a_far_gap_whose_rim_lies_in_no_shell_is_not_filled_and_a_second_defect_is(deep_plate):
+    """The second hole is over a tenth of the defect's solid angle and far from it, so the small far gap's rule keeps
+    it. Where its rim lies half on the shell and half on the deep plate (a spread of ≈ 24 mm), the search leaves it
+    out with one note, the rim fit fills the defect alone and the quality score asks it to cover the defect alone;
+    with the rule off (``gap_rim_spread_mm`` 0) the rim fit puts a plate 60 mm from the defect, as it did before.
+    In the shell alone (a second defect) it is filled, rule or not."""
+    defective, truth, gap = _shell_with_second_hole(deep_plate)
+    found = holes_in_frame(defective, CENTRE, RimFitConfig())
+    every = holes_in_frame(defective, CENTRE, RimFitConfig(), leave_out_far_gaps=False)
+    assert len(every.holes) == 2 and every.holes[1].solid_angle_sr > 0.1 * every.holes[0].solid_angle_sr
+    spread = rim_spread_mm(every.raymap, every.holes[1], RimFitConfig())
+    assert (spread > 20.0) == deep_plate and rim_spread_mm(every.raymap, every.holes[0], RimFitConfig()) < 5.0
+    filled = rim_fit(defective, centre=CENTRE)
+    off = rim_fit(defective, RimFitConfig(gap_rim_spread_mm=0.0), centre=CENTRE)
+    assert np.count_nonzero(off.implant & gap) > 0.15 * np.count_nonzero(truth)  # filled without the rule
+    if deep_plate:
+        assert len(found.holes) == 1 and len(found.notes) == 1 and "no shell" in found.notes[0]
+        assert "\n" not in found.notes[0] and any("no shell" in m for m in filled.messages)
+        assert not (filled.implant & gap).any() and len(filled.holes) == 1
+        dice = 2 * np.count_nonzero(filled.implant & truth) / (filled.implant.sum() + truth.sum())
+        assert dice > 0.9
+        assert implant_quality(defective, truth, centre=CENTRE).measures["coverage"] == pytest.approx(1.0)
+    else:
+        assert len(found.holes) == 2 and found.notes == []
+        assert np.array_equal(filled.implant, off.implant)

@@ -29,6 +29,7 @@ from SkullVAELib.implant import raycast
 from SkullVAELib.implant.gridturn import GridTurn, turn_off_poles
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimgrow import rim_ring
+from SkullVAELib.implant.rimspline import gnomonic
 from SkullVAELib.implant.scanedge import ScanEdge, cell_solid_angle, miss_groups, openings, scan_edge
 from SkullVAELib.io.image import SkullImage
 
@@ -108,17 +109,24 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
 
 
 def rim_spread_mm(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> float:
-    """The interquartile range (mm) of the outer radii of ``hole``'s rim rays, NaN without any: how far from one
-    shell its rim lies (a vault hole's rim: 2-13 mm on SkullFix's skulls).
+    """How far from one shell ``hole``'s rim lies: the interquartile range (mm) of its rim rays' outer radii about
+    their linear trend across the hole (least squares in the tangent plane about its direction, :func:`rimspline.
+    gnomonic`), NaN with fewer than 3 rim rays.
 
+    A hole in the vault's shell has its rim on a smooth surface; the trend takes the skull's elongation (a low hole's
+    rim runs from 60 to 100 mm out), so what is left is how rough the rim is: 1-8 mm about the holes of the extra
+    skulls. A gap between bones at different depths leaves a step: 22 mm about the orbits' lost roofs.
     The rim is the rim fit's (:func:`rimgrow.rim_ring`, ``cfg.ring`` cells of ``cfg.step_deg``) on ``raymap``'s
     grid, whatever its step (the quality score's is coarser): the same ring in degrees."""
     scale = cfg.step_deg / raymap.step_deg
-    ring = tuple(max(1, int(round(cells * scale))) for cells in cfg.ring)
-    radii = raymap.r_out[rim_ring(raymap, hole.cells, replace(cfg, ring=ring))]
-    if radii.size == 0:
+    ring = rim_ring(raymap, hole.cells, replace(cfg, ring=tuple(max(1, int(round(c * scale))) for c in cfg.ring)))
+    radii = raymap.r_out[ring].astype(np.float64)
+    if radii.size < 3:
         return float("nan")
-    upper, lower = np.percentile(radii, [75.0, 25.0])
+    plane = gnomonic(raycast.grid_directions(raymap.step_deg)[ring], hole.direction)
+    trend = np.c_[np.ones(radii.size), plane]
+    residual = radii - trend @ np.linalg.lstsq(trend, radii, rcond=None)[0]
+    upper, lower = np.percentile(residual, [75.0, 25.0])
     return float(upper - lower)
 
 
@@ -129,10 +137,10 @@ def without_gaps_off_the_shell(
     out).
 
     A hole whose nearest ray lies more than ``cfg.far_hole_deg`` from the largest hole's rays and whose rim rays'
-    outer radii spread over more than ``cfg.gap_rim_spread_mm`` (:func:`rim_spread_mm`) is a gap between bones
-    at different depths, not a hole in the vault: at a threshold above their bone, the orbits' thin roofs go,
-    and the rays through them pass the orbits between the frontal bone (≈ 90 mm out) and the deep bone below
-    (≈ 35 mm). Its fill would be a plate 60-90 mm from the defect (docs/results/issue-24-2026-12-07.md,
+    outer radii spread about their trend over more than ``cfg.gap_rim_spread_mm`` (:func:`rim_spread_mm`) is a gap
+    between bones at different depths, not a hole in the vault: at a threshold above their bone, the orbits' thin
+    roofs go, and the rays through them pass the orbits between the frontal bone (≈ 90 mm out) and the deep bone
+    below (≈ 35 mm). Its fill would be a plate 60-90 mm from the defect (docs/results/issue-24-2026-12-07.md,
     "A gap in the orbits' roofs is no second defect"). The largest hole is never left out here. Off when either
     setting is 0."""
     if len(holes) < 2 or cfg.gap_rim_spread_mm <= 0 or cfg.far_hole_deg <= 0:
@@ -145,8 +153,8 @@ def without_gaps_off_the_shell(
         spread = rim_spread_mm(raymap, hole, cfg)
         if nearest > cfg.far_hole_deg and spread > cfg.gap_rim_spread_mm:
             notes.append(
-                f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled: its rim lies "
-                f"{spread:.0f} mm apart in depth, in no shell (thin bone such as the orbits' roofs, not a defect)"
+                f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled: its rim strays "
+                f"{spread:.0f} mm in depth, in no shell (thin bone such as the orbits' roofs, not a defect)"
             )
             continue
         kept.append(hole)

@@ -49,17 +49,25 @@ def _from_pole(degrees: float) -> np.ndarray:
     return Rotation.from_euler("x", degrees, degrees=True).apply([0.0, 1.0, 0.0])
 
 
+def _shell_grid(shape: tuple[int, int, int] = (86, 86, 86)):
+    """(origin, spacing, offsets (N, 3) mm from ``CENTRE``, their lengths (N,), their unit directions (N, 3), a 6 mm
+    shell of 56 mm outer radius about ``CENTRE`` (``shape`` bool)) on a 1.5 mm grid of ``shape`` whose 86 voxels per
+    axis would centre on ``CENTRE`` (fewer cut the shell)."""
+    spacing = np.full(3, 1.5)
+    origin = CENTRE - spacing * 85 / 2.0
+    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - CENTRE
+    radius = np.linalg.norm(offsets, axis=1)
+    unit = offsets / np.maximum(radius, 1e-9)[:, None]
+    return origin, spacing, offsets, radius, unit, ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+
+
 @pytest.fixture(scope="module")
 def pole_hole_and_gap() -> tuple[SkullImage, np.ndarray]:
     """(defective, the true implant of its defect): a 6 mm shell of 56 mm outer radius about ``CENTRE`` on a
     1.5 mm grid, with a 22 mm defect 12° above the posterior pole (the grid's pole inside its rim) and a
     5.5° gap on the left side, 80° away (thin bone: a gap the rim fit leaves out)."""
-    spacing, shape = np.full(3, 1.5), (86, 86, 86)
-    origin = CENTRE - spacing * (np.array(shape) - 1) / 2.0
-    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - CENTRE
-    radius = np.linalg.norm(offsets, axis=1)
-    unit = offsets / np.maximum(radius, 1e-9)[:, None]
-    shell = ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+    shape = (86, 86, 86)
+    origin, spacing, offsets, radius, unit, shell = _shell_grid(shape)
     defect = (np.linalg.norm(offsets - 56.0 * _from_pole(12.0), axis=1) <= 22.0).reshape(shape)
     left = np.array([1.0, 0.0, 0.3]) / np.linalg.norm([1.0, 0.0, 0.3])
     gap = (unit @ left >= np.cos(np.deg2rad(5.5))).reshape(shape)
@@ -110,12 +118,8 @@ def top_cut_scan() -> tuple[SkullImage, np.ndarray]:
     slightly raised direction: 0.05 sr, under a tenth of the cut's solid angle, 43° from it) in a scan whose
     field of view stops 44 mm above the centre, inside the vertex's inner table: the cut top is an enclosed group
     of rays the scan cannot see, larger than the defect."""
-    spacing, shape = np.full(3, 1.5), (86, 86, 73)
-    origin = CENTRE - spacing * 85 / 2.0
-    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - CENTRE
-    radius = np.linalg.norm(offsets, axis=1)
-    unit = offsets / np.maximum(radius, 1e-9)[:, None]
-    shell = ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+    shape = (86, 86, 73)
+    origin, spacing, _, radius, unit, shell = _shell_grid(shape)
     left = np.array([1.0, 0.0, 0.2]) / np.linalg.norm([1.0, 0.0, 0.2])
     defect = ((unit @ left >= np.cos(np.deg2rad(8.0))) & (radius >= 45.0)).reshape(shape)
     return SkullImage(shell & ~defect, origin, spacing, np.eye(3)), shell & defect
@@ -177,12 +181,8 @@ def _shell_with_second_hole(deep_plate: bool) -> tuple[SkullImage, np.ndarray, n
     quarter of a 27° cone about the second hole too, and six plates 24 and 44 mm from the centre, in turn, lie there
     instead: the rays about that hole meet the shell above it and bone at two depths below it, as the rays about the
     orbits' lost roofs meet the frontal bone, what is left of the roofs and the bone deep under the orbits."""
-    spacing, shape = np.full(3, 1.5), (86, 86, 86)
-    origin = CENTRE - spacing * (np.array(shape) - 1) / 2.0
-    offsets = np.indices(shape).reshape(3, -1).T * spacing + origin - CENTRE
-    radius = np.linalg.norm(offsets, axis=1)
-    unit = offsets / np.maximum(radius, 1e-9)[:, None]
-    shell = ((radius >= 50.0) & (radius <= 56.0)).reshape(shape)
+    shape = (86, 86, 86)
+    origin, spacing, _, radius, unit, shell = _shell_grid(shape)
     vertex = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0])
     defect = ((unit @ vertex >= np.cos(np.deg2rad(25.0))) & (radius >= 45.0)).reshape(shape)
     gap_dir = np.array([0.5, -0.7, -0.5]) / np.linalg.norm([0.5, -0.7, -0.5])

@@ -18,9 +18,10 @@ Components, each in [0, 1]:
   thicker than the bone around it, or one that does not meet the bone, lowers it.
 - ``coverage``: the share of the skull's enclosed holes (the rim fit's :func:`rimholes.find_holes`,
   scan edge aware; only the rays the scan sees through) whose rays meet bone once the implant is
-  in; absent when the skull has no such hole (a facial defect). A small gap far from the defect,
-  which the rim fit leaves open as thin bone (:func:`rimholes.without_small_far_holes`), is no hole
-  to cover here either (``count_far_gaps`` counts it).
+  in; absent when the skull has no such hole (a facial defect). A gap far from the defect that the
+  rim fit leaves open as thin bone (:func:`rimholes.without_small_far_holes`, small;
+  :func:`rimholes.without_gaps_off_the_shell`, its rim in no shell) is no hole to cover here either
+  (``count_far_gaps`` counts it).
 - ``pieces``: 1 - ``stray_weight`` × the share of the implant's volume in stray pieces, at least 0: pieces
   farther than ``max_gap_mm`` from its main piece (:func:`postprocess.piece_gaps`), unless a piece lies over
   another enclosed hole than the main piece and is a second defect's size (a skull with two defects has two
@@ -76,7 +77,7 @@ class QualityConfig:
     stray_weight: float = 10.0  # 10 % of the volume stray: pieces component 0
     max_fit_points: int = 400
     junction_mm: tuple[float, float] = (1.0, 6.0)  # no vault hole: plate thickness this far either side of the junction
-    count_far_gaps: bool = False  # count the small far gaps the rim fit leaves open (thin bone) as holes to cover
+    count_far_gaps: bool = False  # count the far gaps the rim fit leaves open (thin bone) as holes to cover
 
 
 @dataclass

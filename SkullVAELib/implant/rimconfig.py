@@ -20,11 +20,12 @@ class RimFitConfig:
     min_hole_sr: float = 0.02  # smaller ray holes (foramina, noise) are not defects
     far_hole_share: float = 0.1  # a hole under this share of the largest one's solid angle ...
     far_hole_deg: float = 15.0  # ... and farther than this from it is a gap of thin bone, not filled (0: off)
-    # a hole farther than far_hole_deg from the largest whose rim's outer radii spread about their linear trend
+    # a hole farther than far_hole_deg from the defect whose rim's outer radii spread about their linear trend
     # by more than this (interquartile range, mm; rimholes.rim_spread_mm) lies in no shell: thin bone between
-    # bones at other depths (the orbits' roofs), not filled (0: off). Second defects on the extra skulls: at most
-    # 8.2 mm; the orbits' roofs lost at 700 HU: 22 mm
-    gap_rim_spread_mm: float = 12.0
+    # bones at other depths (the orbits' roofs), not filled (0: off). Second defects on the extra skulls' vaults:
+    # at most 8.2 mm; 20 mm cuts low and forward on SkullFix's skulls: 16.1 mm (into the orbit); the orbits'
+    # roofs lost at 700 HU: 20.5-24 mm
+    gap_rim_spread_mm: float = 18.0
     ring: tuple[int, int] = (3, 12)  # rim rays: between these many cells outside the hole (with trim_mm; 5-12 before)
     # the fill: the per-ray median of fills whose ring reaches these many cells out, ring's own always among
     # them (rimmedian; (): that ring alone)

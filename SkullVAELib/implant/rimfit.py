@@ -16,7 +16,9 @@ original resolution.
    A hole then grows by the rays next to it that still belong to the defect (:mod:`rimgrow`):
    rays that passed it and met deeper bone, and (``grow_thick_mm``) rays that met its cut wall
    obliquely and hold only a wedge of the bone. A hole far smaller than the defect and far from it
-   (:func:`rimholes.without_small_far_holes`: bone too thin for a scan of thick slices, a foramen) is not filled.
+   (:func:`rimholes.without_small_far_holes`: bone too thin for a scan of thick slices, a foramen) is not filled,
+   nor is one far from it whose rim lies in no shell (:func:`rimholes.without_gaps_off_the_shell`: the orbits'
+   thin roofs lost to a high threshold).
 3. Fill: the outer radius and the thickness on a ring of rim rays (``ring`` cells outside the
    hole, less the rays its cut wall thinned: :func:`rimgrow.whole_bone_rim`) are continued across the hole with a thin-plate spline
    (``scipy.interpolate.RBFInterpolator``) in a gnomonic projection about the hole's mean

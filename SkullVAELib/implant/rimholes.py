@@ -108,22 +108,34 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
     return kept, notes
 
 
-def rim_spread_mm(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> float:
+#: rim rays farther than this from a hole's direction are not read by :func:`rim_spread_mm` (degrees)
+MAX_RIM_DEG = 80.0
+
+
+def rim_spread_mm(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig, unusable: np.ndarray | None = None) -> float:
     """How far from one shell ``hole``'s rim lies: the interquartile range (mm) of its rim rays' outer radii about
     their linear trend across the hole (least squares in the tangent plane about its direction, :func:`rimspline.
-    gnomonic`), NaN with fewer than 3 rim rays.
+    gnomonic`), NaN with fewer than 3 rim rays (a hole such a rule then keeps).
+
+    ``hole.cells`` lie on ``raymap``'s grid; ``unusable`` (bool (Nα, Nβ)): hit rays that are no rim data (bone cut
+    by the scan's edge, :attr:`scanedge.ScanEdge.truncated`); rim rays over ``MAX_RIM_DEG`` from the hole's direction
+    are left out too (the tangent plane holds no farther ones).
 
     A hole in the vault's shell has its rim on a smooth surface; the trend takes the skull's elongation (a low hole's
     rim runs from 60 to 100 mm out), so what is left is how rough the rim is: 1-8 mm about the holes of the extra
     skulls. A gap between bones at different depths leaves a step: 22 mm about the orbits' lost roofs.
     The rim is the rim fit's (:func:`rimgrow.rim_ring`, ``cfg.ring`` cells of ``cfg.step_deg``) on ``raymap``'s
-    grid, whatever its step (the quality score's is coarser): the same ring in degrees."""
+    grid, whatever its step (the quality score's is coarser): about the same ring in degrees (whole cells)."""
     scale = cfg.step_deg / raymap.step_deg
     ring = rim_ring(raymap, hole.cells, replace(cfg, ring=tuple(max(1, int(round(c * scale))) for c in cfg.ring)))
+    dirs = raycast.grid_directions(raymap.step_deg)
+    ring &= dirs @ hole.direction > np.cos(np.deg2rad(MAX_RIM_DEG))
+    if unusable is not None:
+        ring &= ~unusable
     radii = raymap.r_out[ring].astype(np.float64)
     if radii.size < 3:
         return float("nan")
-    plane = gnomonic(raycast.grid_directions(raymap.step_deg)[ring], hole.direction)
+    plane = gnomonic(dirs[ring], hole.direction)
     trend = np.c_[np.ones(radii.size), plane]
     residual = radii - trend @ np.linalg.lstsq(trend, radii, rcond=None)[0]
     upper, lower = np.percentile(residual, [75.0, 25.0])
@@ -131,18 +143,19 @@ def rim_spread_mm(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig) -> floa
 
 
 def without_gaps_off_the_shell(
-    holes: list[Hole], raymap: raycast.RayMap, cfg: RimFitConfig
+    holes: list[Hole], raymap: raycast.RayMap, cfg: RimFitConfig, unusable: np.ndarray | None = None
 ) -> tuple[list[Hole], list[str]]:
-    """(``holes`` (largest first) less those far from the largest whose rim is no shell, one message per hole left
-    out).
+    """(``holes`` less those far from the first whose rim is no shell, one message per hole left out).
 
-    A hole whose nearest ray lies more than ``cfg.far_hole_deg`` from the largest hole's rays and whose rim rays'
-    outer radii spread about their trend over more than ``cfg.gap_rim_spread_mm`` (:func:`rim_spread_mm`) is a gap
+    ``holes`` as :func:`holes_in_frame` orders them: the first is the largest the scan sees into (the defect), and
+    it is never left out here. A hole whose nearest ray lies more than ``cfg.far_hole_deg`` from the first hole's
+    rays and whose rim rays' outer radii spread about their trend over more than ``cfg.gap_rim_spread_mm``
+    (:func:`rim_spread_mm`, without the ``unusable`` rays: bone cut by the scan's edge) is a gap
     between bones at different depths, not a hole in the vault: at a threshold above their bone, the orbits' thin
     roofs go, and the rays through them pass the orbits between the frontal bone (≈ 90 mm out) and the deep bone
     below (≈ 35 mm). Its fill would be a plate 60-90 mm from the defect (docs/results/issue-24-2026-12-07.md,
-    "A gap in the orbits' roofs is no second defect"). The largest hole is never left out here. Off when either
-    setting is 0."""
+    "A gap in the orbits' roofs is no second defect"). A small defect cut into the orbit's level reads alike (up to
+    16 mm on SkullFix's skulls); one on the vault above it does not (at most 8 mm). Off when either setting is 0."""
     if len(holes) < 2 or cfg.gap_rim_spread_mm <= 0 or cfg.far_hole_deg <= 0:
         return holes, []
     dirs = raycast.grid_directions(raymap.step_deg)
@@ -150,7 +163,7 @@ def without_gaps_off_the_shell(
     kept, notes = [holes[0]], []
     for hole in holes[1:]:
         nearest = _degrees_apart(float(main_rays.query(dirs[hole.cells])[0].min()))
-        spread = rim_spread_mm(raymap, hole, cfg)
+        spread = rim_spread_mm(raymap, hole, cfg, unusable)
         if nearest > cfg.far_hole_deg and spread > cfg.gap_rim_spread_mm:
             notes.append(
                 f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled: its rim strays "
@@ -241,7 +254,7 @@ def _search(
     notes: list[str] = []
     if leave_out_far_gaps:
         holes, notes = without_small_far_holes(holes, replace(cfg, step_deg=step_deg))
-        holes, off_shell = without_gaps_off_the_shell(holes, raymap, cfg)  # the rim fit's ring in degrees
+        holes, off_shell = without_gaps_off_the_shell(holes, raymap, cfg, edge.truncated)  # the rim fit's ring
         notes += off_shell
     timings["holes"] = timings.get("holes", 0.0) + time.perf_counter() - t0
     return HoleSearch(skull, raymap, edge, holes, notes, turn)

@@ -12,7 +12,13 @@ from SkullVAELib.implant.gridturn import pole_clearance_deg
 from SkullVAELib.implant.quality import QualityConfig, implant_quality
 from SkullVAELib.implant.rimconfig import Hole, RimFitConfig
 from SkullVAELib.implant.rimfit import rim_fit
-from SkullVAELib.implant.rimholes import holes_in_frame, rim_spread_mm, without_small_far_holes
+from SkullVAELib.implant.rimgrow import rim_ring
+from SkullVAELib.implant.rimholes import (
+    holes_in_frame,
+    rim_spread_mm,
+    without_gaps_off_the_shell,
+    without_small_far_holes,
+)
 from SkullVAELib.implant.scanedge import cell_solid_angle
 from SkullVAELib.io.image import SkullImage
 
@@ -178,7 +184,7 @@ def _shell_with_second_hole(deep_plate: bool) -> tuple[SkullImage, np.ndarray, n
     """(defective, the true implant of its vault defect, the second hole's cone of directions (I, J, K) bool): the
     6 mm shell of ``pole_hole_and_gap`` with a 25° defect over the back of the vertex and a 17° hole 30° below the
     horizontal, forward and to the left, 90° from it. With ``deep_plate`` the shell is gone from all but the top
-    quarter of a 27° cone about the second hole too, and six plates 24 and 44 mm from the centre, in turn, lie there
+    quarter of a 27° cone about the second hole too, and six plates 18 and 46 mm from the centre, in turn, lie there
     instead: the rays about that hole meet the shell above it and bone at two depths below it, as the rays about the
     orbits' lost roofs meet the frontal bone, what is left of the roofs and the bone deep under the orbits."""
     shape = (86, 86, 86)
@@ -194,7 +200,7 @@ def _shell_with_second_hole(deep_plate: bool) -> tuple[SkullImage, np.ndarray, n
         below /= np.linalg.norm(below)
         aside = np.degrees(np.arctan2(unit @ np.cross(gap_dir, below), unit @ below))  # azimuth from "below"
         lower_half = ((cos_gap >= np.cos(np.deg2rad(27.0))) & (np.abs(aside) < 135.0)).reshape(shape)
-        depth = np.where(np.floor(aside / 45.0) % 2 == 0, 24.0, 44.0)  # six plates, as broken as a lost roof's rim
+        depth = np.where(np.floor(aside / 45.0) % 2 == 0, 18.0, 46.0)  # six plates, as broken as a lost roof's rim
         plate = lower_half & ~gap & ((radius >= depth - 2.0) & (radius <= depth + 2.0)).reshape(shape)
         bone = (bone & ~lower_half) | plate
     return SkullImage(bone, origin, spacing, np.eye(3)), shell & defect, gap
@@ -203,16 +209,17 @@ def _shell_with_second_hole(deep_plate: bool) -> tuple[SkullImage, np.ndarray, n
 @pytest.mark.parametrize("deep_plate", [True, False])
 def test_a_far_gap_whose_rim_lies_in_no_shell_is_not_filled_and_a_second_defect_is(deep_plate):
     """The second hole is over a tenth of the defect's solid angle and far from it, so the small far gap's rule keeps
-    it. Where its rim lies on the shell and the plates (≈ 17 mm about its trend), the search leaves it out with one
+    it. Where its rim lies on the shell and the plates (≈ 23 mm about its trend), the search leaves it out with one
     note, the rim fit fills the defect alone and the quality score asks it to cover the defect alone;
     with the rule off (``gap_rim_spread_mm`` 0) the rim fit puts a plate 60 mm from the defect, as it did before.
+    The rule reads only gaps far from the defect, and no rim rays that the scan's edge cut (fewer than 3 left: kept).
     In the shell alone (a second defect) it is filled, rule or not."""
     defective, truth, gap = _shell_with_second_hole(deep_plate)
     found = holes_in_frame(defective, CENTRE, RimFitConfig())
     every = holes_in_frame(defective, CENTRE, RimFitConfig(), leave_out_far_gaps=False)
     assert len(every.holes) == 2 and every.holes[1].solid_angle_sr > 0.1 * every.holes[0].solid_angle_sr
     spread = rim_spread_mm(every.raymap, every.holes[1], RimFitConfig())
-    assert (spread > 12.0) == deep_plate and rim_spread_mm(every.raymap, every.holes[0], RimFitConfig()) < 5.0
+    assert (spread > 18.0) == deep_plate and rim_spread_mm(every.raymap, every.holes[0], RimFitConfig()) < 5.0
     filled = rim_fit(defective, centre=CENTRE)
     off = rim_fit(defective, RimFitConfig(gap_rim_spread_mm=0.0), centre=CENTRE)
     assert np.count_nonzero(off.implant & gap) > 0.15 * np.count_nonzero(truth)  # filled without the rule
@@ -223,6 +230,16 @@ def test_a_far_gap_whose_rim_lies_in_no_shell_is_not_filled_and_a_second_defect_
         dice = 2 * np.count_nonzero(filled.implant & truth) / (filled.implant.sum() + truth.sum())
         assert dice > 0.9
         assert implant_quality(defective, truth, centre=CENTRE).measures["coverage"] == pytest.approx(1.0)
+        # only a gap far from the defect: the same hole within far_hole_deg of it is kept; 0 turns the rule off
+        near = without_gaps_off_the_shell(every.holes, every.raymap, RimFitConfig(far_hole_deg=100.0))
+        assert near == (every.holes, [])
+        assert without_gaps_off_the_shell(every.holes, every.raymap, RimFitConfig(far_hole_deg=0.0))[0] == every.holes
+        # bone cut by the scan's edge is no rim data: with all but three of its rim rays so, there is no spread
+        rim = rim_ring(every.raymap, every.holes[1].cells, RimFitConfig())
+        unusable = rim.copy()
+        unusable[tuple(np.argwhere(rim)[:2].T)] = False
+        assert np.isnan(rim_spread_mm(every.raymap, every.holes[1], RimFitConfig(), unusable))
+        assert without_gaps_off_the_shell(every.holes, every.raymap, RimFitConfig(), unusable)[0] == every.holes
     else:
         assert len(found.holes) == 2 and found.notes == []
         assert np.array_equal(filled.implant, off.implant)

@@ -123,7 +123,7 @@ def rim_spread_mm(raymap: raycast.RayMap, hole: Hole, cfg: RimFitConfig, unusabl
 
     A hole in the vault's shell has its rim on a smooth surface; the trend takes the skull's elongation (a low hole's
     rim runs from 60 to 100 mm out), so what is left is how rough the rim is: 1-8 mm about the holes of the extra
-    skulls. A gap between bones at different depths leaves a step: 22 mm about the orbits' lost roofs.
+    skulls. A gap between bones at different depths leaves a step: 20-24 mm about the orbits' lost roofs.
     The rim is the rim fit's (:func:`rimgrow.rim_ring`, ``cfg.ring`` cells of ``cfg.step_deg``) on ``raymap``'s
     grid, whatever its step (the quality score's is coarser): about the same ring in degrees (whole cells)."""
     scale = cfg.step_deg / raymap.step_deg

@@ -92,18 +92,14 @@ def without_small_far_holes(holes: list[Hole], cfg: RimFitConfig) -> tuple[list[
     if len(holes) < 2 or cfg.far_hole_share <= 0 or cfg.far_hole_deg <= 0:
         return holes, []
     main = holes[0]
-    dirs = raycast.grid_directions(cfg.step_deg)
-    main_rays = cKDTree(dirs[main.cells])  # unit vectors: the nearest by chord is the nearest by angle
     kept, notes = [main], []
-    for hole in holes[1:]:
-        if hole.solid_angle_sr < cfg.far_hole_share * main.solid_angle_sr:
-            nearest = _degrees_apart(float(main_rays.query(dirs[hole.cells])[0].min()))
-            if nearest > cfg.far_hole_deg:
-                notes.append(
-                    f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled "
-                    "(thin bone or a foramen, not a second defect)"
-                )
-                continue
+    for hole, nearest in zip(holes[1:], degrees_from_first(holes, cfg.step_deg), strict=True):
+        if hole.solid_angle_sr < cfg.far_hole_share * main.solid_angle_sr and nearest > cfg.far_hole_deg:
+            notes.append(
+                f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled "
+                "(thin bone or a foramen, not a second defect)"
+            )
+            continue
         kept.append(hole)
     return kept, notes
 
@@ -158,13 +154,10 @@ def without_gaps_off_the_shell(
     16 mm on SkullFix's skulls); one on the vault above it does not (at most 8 mm). Off when either setting is 0."""
     if len(holes) < 2 or cfg.gap_rim_spread_mm <= 0 or cfg.far_hole_deg <= 0:
         return holes, []
-    dirs = raycast.grid_directions(raymap.step_deg)
-    main_rays = cKDTree(dirs[holes[0].cells])
     kept, notes = [holes[0]], []
-    for hole in holes[1:]:
-        nearest = _degrees_apart(float(main_rays.query(dirs[hole.cells])[0].min()))
-        spread = rim_spread_mm(raymap, hole, cfg, unusable)
-        if nearest > cfg.far_hole_deg and spread > cfg.gap_rim_spread_mm:
+    for hole, nearest in zip(holes[1:], degrees_from_first(holes, raymap.step_deg), strict=True):
+        spread = rim_spread_mm(raymap, hole, cfg, unusable) if nearest > cfg.far_hole_deg else float("nan")
+        if spread > cfg.gap_rim_spread_mm:  # NaN (near the defect, or too few rim rays): kept
             notes.append(
                 f"a gap of {hole.solid_angle_sr:.3f} sr {nearest:.0f}° from the defect is not filled: its rim strays "
                 f"{spread:.0f} mm in depth, in no shell (thin bone such as the orbits' roofs, not a defect)"
@@ -174,9 +167,13 @@ def without_gaps_off_the_shell(
     return kept, notes
 
 
-def _degrees_apart(chord: float) -> float:
-    """The angle (degrees) between two unit vectors ``chord`` apart."""
-    return float(np.degrees(2.0 * np.arcsin(min(chord / 2.0, 1.0))))
+def degrees_from_first(holes: list[Hole], step_deg: float) -> list[float]:
+    """For each hole after the first (cells on the grid of ``step_deg``), the smallest angle (degrees) between its rays
+    and the first hole's: how far the far-gap rules find it from the defect."""
+    dirs = raycast.grid_directions(step_deg)
+    first = cKDTree(dirs[holes[0].cells])  # unit vectors: the nearest by chord is the nearest by angle
+    chords = [float(first.query(dirs[hole.cells])[0].min()) for hole in holes[1:]]
+    return [float(np.degrees(2.0 * np.arcsin(min(chord / 2.0, 1.0)))) for chord in chords]
 
 
 @dataclass
